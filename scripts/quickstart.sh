@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up (if needed), start `sandboxd up` with its embedded defaults, run a real example
+# against it, and keep the platform running until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+log=$(mktemp -t sandboxd-up.XXXXXX)
+.venv/bin/sandboxd up "$@" >"$log" 2>&1 &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT INT TERM
+
+for _ in $(seq 1 600); do
+  if line=$(grep -m1 '^CWSANDBOX_BASE_URL=' "$log"); then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then cat "$log" >&2; exit 1; fi
+  sleep 0.5
+done
+[[ -n "${line:-}" ]] || { echo "sandboxd did not become ready" >&2; cat "$log" >&2; exit 1; }
+export "${line?}"
+echo "sandboxd is up: $line"
+
+echo "--- examples/list_runners.py"
+.venv/bin/python examples/list_runners.py
+echo "--- examples/list_profiles.py"
+.venv/bin/python examples/list_profiles.py
+
+echo "sandboxd keeps running (pid $pid); export $line in other shells. Ctrl-C stops it."
+wait "$pid"

@@ -1,0 +1,186 @@
+"""The ``sandboxd`` command: run the control plane, runners, or everything at once.
+
+Why click groups from each part: each part owns its own command (``sandboxd.runner.cli``,
+``sandboxd.images.cli``) and this module only mounts them, so the top-level CLI never grows
+into one long file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+import platformdirs
+
+from sandboxd import __version__
+from sandboxd.config import ConfigError, PlatformConfig, load_config
+from sandboxd.runner.cli import runner_command
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def default_data_dir() -> Path:
+    """Where sandboxd keeps its state when ``--data-dir`` is not given."""
+    return platformdirs.user_data_path("sandboxd")
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr, so stdout stays for machine-readable lines."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def load_config_or_exit(path: Path | None) -> PlatformConfig:
+    """Load the configuration, or print why it is refused and exit with status 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"sandboxd: configuration refused:\n{exc}", err=True)
+        raise SystemExit(2) from exc
+
+
+def api_keys_from(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Flatten ``--api-key`` values, each of which may be a comma-separated list."""
+    return tuple(k.strip() for v in values for k in v.split(",") if k.strip())
+
+
+listen_option = click.option(
+    "--listen", default=DEFAULT_LISTEN, show_default=True, help="host:port to serve gRPC on."
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_data_dir,
+    show_default="user data directory",
+    help="Where state (database, join token, images) lives.",
+)
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Profiles and bindings YAML (default: the embedded configuration).",
+)
+api_key_option = click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="SANDBOXD_API_KEYS",
+    help="API key clients must send as a bearer token (repeat, or comma-separate). "
+    "Without any, the public API is open.",
+)
+health_timeout_option = click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="Seconds without a heartbeat before a runner is reported unhealthy.",
+)
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sandboxd")
+def main() -> None:
+    """sandboxd: a self-hostable sandbox platform (control plane, runners, sandboxes)."""
+
+
+@main.command("controlplane")
+@listen_option
+@data_dir_option
+@config_option
+@api_key_option
+@health_timeout_option
+@click.option(
+    "--join-token",
+    envvar="SANDBOXD_JOIN_TOKEN",
+    default="",
+    help="Token runners must present (default: generated into DATA_DIR/join-token).",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="How often runners are told to send heartbeats, in seconds.",
+)
+@click.option("--database-url", default="", help="SQLAlchemy URL (default: SQLite in DATA_DIR).")
+@log_level_option
+def controlplane_command(**options: object) -> None:
+    """Run the control plane that runners register with and clients talk to."""
+    from sandboxd.controlplane.server import ControlPlaneSettings  # noqa: PLC0415
+    from sandboxd.up import serve_control_plane  # noqa: PLC0415
+
+    setup_logging(str(options["log_level"]))
+    config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
+    settings = ControlPlaneSettings(
+        data_dir=options["data_dir"],  # type: ignore[arg-type]
+        config=config,
+        listen=str(options["listen"]),
+        join_token=str(options["join_token"]),
+        api_keys=api_keys_from(options["api_keys"]),  # type: ignore[arg-type]
+        health_timeout=float(options["health_timeout"]),  # type: ignore[arg-type]
+        heartbeat_interval=float(options["heartbeat_interval"]),  # type: ignore[arg-type]
+        database_url=str(options["database_url"]),
+    )
+    asyncio.run(serve_control_plane(settings))
+
+
+@main.command("up")
+@listen_option
+@data_dir_option
+@config_option
+@api_key_option
+@health_timeout_option
+@click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
+@log_level_option
+def up_command(**options: object) -> None:
+    """Start a control plane and one local runner, ready for clients."""
+    from sandboxd.controlplane.server import ControlPlaneSettings  # noqa: PLC0415
+    from sandboxd.up import run_all_in_one  # noqa: PLC0415
+
+    setup_logging(str(options["log_level"]))
+    config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
+    data_dir: Path = options["data_dir"]  # type: ignore[assignment]
+    settings = ControlPlaneSettings(
+        data_dir=data_dir,
+        config=config,
+        listen=str(options["listen"]),
+        api_keys=api_keys_from(options["api_keys"]),  # type: ignore[arg-type]
+        health_timeout=float(options["health_timeout"]),  # type: ignore[arg-type]
+    )
+    runner_id = options["runner_id"]
+    asyncio.run(run_all_in_one(settings, runner_id=str(runner_id) if runner_id else None))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check administrator configuration files."""
+
+
+@config_group.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def config_validate(path: Path) -> None:
+    """Validate a profiles-and-bindings YAML file; exit 2 with the problems if invalid."""
+    config = load_config_or_exit(path)
+    click.echo(
+        f"{path}: ok ({len(config.profiles)} profiles, {len(config.runners)} runners, "
+        f"{len(config.default_bindings)} default bindings)"
+    )
+
+
+main.add_command(runner_command, "runner")
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

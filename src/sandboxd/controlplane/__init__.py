@@ -1,0 +1,1 @@
+"""The control plane: public v1beta2 API, runner registry and scheduling."""

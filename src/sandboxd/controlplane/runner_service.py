@@ -1,0 +1,124 @@
+"""``sandboxd.runner.v1.RunnerService``: where runners dial in and stay connected.
+
+Why one stream per runner with a separate reader task: the control plane must be able to push
+commands to a runner at any time (next issue: start, stop, attach) while it keeps reading the
+runner's heartbeats. The handler writes from an outbox queue; a reader task consumes the
+runner's messages. When the stream ends, for any reason, the runner is marked disconnected,
+and discovery reports it unhealthy at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.errors import ApiError, abort_with, invalid_argument, unauthenticated
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
+
+RUNNER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+REGISTER_TIMEOUT_SECONDS = 10.0
+
+
+class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
+    """Accepts runner connections, checks their join token and tracks their heartbeats."""
+
+    def __init__(
+        self,
+        registry: RunnerRegistry,
+        join_token: str,
+        heartbeat_interval: float,
+    ) -> None:
+        self._registry = registry
+        self._join_token = join_token.encode()
+        self._heartbeat_interval = heartbeat_interval
+
+    def _check_register(self, message: runner_pb2.RunnerMessage) -> runner_pb2.Register:
+        if message.WhichOneof("message") != "register":
+            raise invalid_argument("register", "the first message on Connect must be register")
+        register = message.register
+        if not hmac.compare_digest(register.join_token.encode(), self._join_token):
+            raise unauthenticated("join token rejected; pass the control plane's --join-token")
+        if not RUNNER_ID_PATTERN.match(register.runner_id):
+            raise invalid_argument(
+                "register.runner_id",
+                "must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        return register
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[runner_pb2.RunnerMessage],
+        context: Context,
+    ) -> AsyncIterator[runner_pb2.ControlMessage]:
+        """Register the runner, then keep its connection until either side goes away."""
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
+                first = await anext(request_iterator)
+            register = self._check_register(first)
+        except (StopAsyncIteration, TimeoutError):
+            await abort_with(
+                context, invalid_argument("register", "no register message was received")
+            )
+        except ApiError as error:
+            await abort_with(context, error)
+
+        state, connection_id = self._registry.register(register)
+        log.info("runner %s connected (group %s)", state.runner_id, state.runner_group_id)
+        connected_at = timestamp_pb2.Timestamp()
+        connected_at.FromDatetime(state.connected_at)
+        yield runner_pb2.ControlMessage(
+            registered=runner_pb2.Registered(
+                connected_at=connected_at,
+                heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
+                profile_names=state.profile_names,
+            )
+        )
+        # Commands for the runner will be queued here by the sandbox gateway.
+        outbox: asyncio.Queue[runner_pb2.ControlMessage | None] = asyncio.Queue()
+        reader = asyncio.create_task(
+            self._read(request_iterator, state.runner_id, connection_id, outbox)
+        )
+        try:
+            while (message := await outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._registry.disconnect(state.runner_id, connection_id)
+            log.info("runner %s disconnected", state.runner_id)
+
+    async def _read(
+        self,
+        request_iterator: AsyncIterator[runner_pb2.RunnerMessage],
+        runner_id: str,
+        connection_id: int,
+        outbox: asyncio.Queue[runner_pb2.ControlMessage | None],
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("message")
+                if kind == "heartbeat":
+                    current = self._registry.heartbeat(
+                        runner_id, connection_id, message.heartbeat.resources
+                    )
+                    if not current:
+                        log.info("runner %s: connection superseded by a newer one", runner_id)
+                        break
+                else:
+                    log.warning("runner %s sent unexpected %s message", runner_id, kind)
+        except grpc.aio.AioRpcError as error:
+            log.info("runner %s stream ended: %s", runner_id, error.code().name)
+        finally:
+            outbox.put_nowait(None)

@@ -1,0 +1,92 @@
+"""Process lifecycles: the control plane alone, or the all-in-one ``sandboxd up``.
+
+Why the runner runs in the same event loop for ``up``: a single command on a laptop should
+give a working platform with one process to stop. The runner still dials the control plane
+over gRPC exactly as a remote runner does, so ``up`` exercises the real protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
+from sandboxd.runner.agent import RunnerAgent
+from sandboxd.runner.settings import RunnerSettings
+
+READY_TIMEOUT_SECONDS = 60.0
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so both end the process cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def announce(base_url: str) -> None:
+    """Print the one machine-readable ready line on stdout."""
+    print(f"CWSANDBOX_BASE_URL={base_url}", flush=True)
+
+
+async def serve_control_plane(settings: ControlPlaneSettings) -> None:
+    """Run a control plane until SIGINT/SIGTERM."""
+    stop = _stop_event()
+    control_plane = ControlPlane(settings)
+    await control_plane.start()
+    print(f"join token file: {settings.data_dir / 'join-token'}", file=sys.stderr, flush=True)
+    announce(control_plane.base_url)
+    try:
+        await stop.wait()
+    finally:
+        await control_plane.stop()
+
+
+async def _wait_until_registered(control_plane: ControlPlane, agent: RunnerAgent) -> None:
+    async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+        while True:
+            state = control_plane.registry.get(agent.runner_id)
+            if state is not None and control_plane.registry.is_healthy(state):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None = None) -> None:
+    """Run a control plane and one local runner until SIGINT/SIGTERM."""
+    stop = _stop_event()
+    control_plane = ControlPlane(settings)
+    await control_plane.start()
+    agent = RunnerAgent(
+        RunnerSettings(
+            control_plane=control_plane.base_url,
+            join_token=control_plane.join_token,
+            runner_id=runner_id,
+            state_dir=settings.data_dir / "runner",
+            heartbeat_interval=settings.heartbeat_interval,
+        )
+    )
+    agent_task = asyncio.create_task(agent.run(), name="local-runner")
+    stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        ready = asyncio.create_task(_wait_until_registered(control_plane, agent))
+        done, _ = await asyncio.wait(
+            {ready, agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            ready.result()
+            announce(control_plane.base_url)
+            await asyncio.wait({agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            ready.cancel()
+        if agent_task.done() and not agent_task.cancelled():
+            agent_task.result()  # re-raise why the local runner stopped
+    finally:
+        for task in (agent_task, stop_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await control_plane.stop()

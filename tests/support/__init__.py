@@ -1,0 +1,1 @@
+"""Shared test helpers: real sandboxd processes on free loopback ports."""
