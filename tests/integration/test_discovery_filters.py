@@ -143,7 +143,9 @@ def test_pagination_keeps_filters(cluster: Cluster) -> None:
         assert ids(list(second.runners)) == ["charlie"]
         assert second.next_page_token == ""
         with pytest.raises(grpc.RpcError) as caught:
-            client.list_runners(page_size=1, runner_group_id="west", page_token=first.next_page_token)
+            client.list_runners(
+                page_size=1, runner_group_id="west", page_token=first.next_page_token
+            )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in caught.value.details()
 

@@ -1,0 +1,156 @@
+"""Immutable results of discovery calls.
+
+The field names, order and keyword-only constructors match the official cwsandbox 0.26.2
+client, so code written against either client reads the same attributes. Results are frozen
+dataclasses: they are snapshots of server state at call time, safe to share and to hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cwsandbox._format import format_bytes, format_cpu
+from cwsandbox._proto import discovery_pb2
+
+__all__ = [
+    "EgressMode",
+    "Profile",
+    "Runner",
+    "RunnerResources",
+    "ServiceExposureMode",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceExposureMode:
+    """One way a profile lets a sandbox expose ports (the guide calls these ingress modes)."""
+
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EgressMode:
+    """One kind of outbound network access a profile allows, e.g. ``"internet"``."""
+
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    """A profile on one runner: the guardrails a sandbox placed on it runs under.
+
+    The same profile name can exist on several runners; each (runner, profile) pair is its
+    own ``Profile``. Pass ``profile_name`` to ``Sandbox.run(profile_ids=[...])`` to target it.
+    """
+
+    profile_name: str
+    runner_id: str
+    supported_gpu_types: tuple[str, ...]
+    supported_architectures: tuple[str, ...]
+    service_exposure_modes: tuple[ServiceExposureMode, ...]
+    egress_modes: tuple[EgressMode, ...]
+
+    @property
+    def ingress_modes(self) -> tuple[ServiceExposureMode, ...]:
+        """The discovery guide's name for ``service_exposure_modes`` (the same tuple)."""
+        return self.service_exposure_modes
+
+    @classmethod
+    def from_proto(cls, msg: discovery_pb2.ProfileSummary) -> Profile:
+        """Build a ``Profile`` from the wire message ``ProfileSummary``."""
+        return cls(
+            profile_name=msg.profile_name,
+            runner_id=msg.runner_id,
+            supported_gpu_types=tuple(msg.supported_gpu_types),
+            supported_architectures=tuple(msg.supported_architectures),
+            service_exposure_modes=tuple(
+                ServiceExposureMode(name=m.name) for m in msg.service_exposure_modes
+            ),
+            egress_modes=tuple(EgressMode(name=m.name) for m in msg.egress_modes),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunnerResources:
+    """Live, unreserved capacity of a runner at the time of the call (FULL view only)."""
+
+    available_cpu_millicores: int
+    available_memory_bytes: int
+    available_gpu_count: int
+    running_sandboxes: int
+
+    @classmethod
+    def from_proto(cls, msg: discovery_pb2.RunnerResourceSummary) -> RunnerResources:
+        """Build ``RunnerResources`` from the wire message ``RunnerResourceSummary``."""
+        return cls(
+            available_cpu_millicores=msg.available_cpu_millicores,
+            available_memory_bytes=msg.available_memory_bytes,
+            available_gpu_count=msg.available_gpu_count,
+            running_sandboxes=msg.running_sandboxes,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Runner:
+    """A registered runner: what hardware it offers, which profiles it has, whether it is up.
+
+    ``resources`` is ``None`` unless live capacity was asked for (``include_resources=True``,
+    any ``min_available_*`` filter, or ``get_runner``). The ``repr`` is a one-line summary in
+    human units, because printing runners is the first thing people do with them.
+    """
+
+    runner_id: str
+    runner_group_id: str
+    tags: tuple[str, ...]
+    healthy: bool
+    profile_names: tuple[str, ...]
+    connected_at: datetime
+    max_cpu_millicores: int
+    max_memory_bytes: int
+    max_gpu_count: int
+    supported_gpu_types: tuple[str, ...]
+    supported_architectures: tuple[str, ...]
+    supports_privileged: bool
+    available_storage_classes: tuple[str, ...]
+    resources: RunnerResources | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Runner(runner_id={self.runner_id!r}, healthy={self.healthy}, "
+            f"cpu={format_cpu(self.max_cpu_millicores)}, "
+            f"memory={format_bytes(self.max_memory_bytes)}, "
+            f"gpus={self.max_gpu_count}, profiles={list(self.profile_names)!r})"
+        )
+
+    @classmethod
+    def from_proto(cls, msg: discovery_pb2.AvailableRunner) -> Runner:
+        """Build a ``Runner`` from the wire message ``AvailableRunner``.
+
+        A missing ``capabilities`` reads as zeros and empty tuples, a missing
+        ``connected_at`` as 1970-01-01 UTC, and ``resources`` is kept only when present.
+        """
+        caps = msg.capabilities
+        connected_at = (
+            msg.connected_at.ToDatetime(tzinfo=UTC) if msg.HasField("connected_at") else _EPOCH
+        )
+        return cls(
+            runner_id=msg.runner_id,
+            runner_group_id=msg.runner_group_id,
+            tags=tuple(msg.tags),
+            healthy=msg.healthy,
+            profile_names=tuple(msg.profile_names),
+            connected_at=connected_at,
+            max_cpu_millicores=caps.max_cpu_millicores,
+            max_memory_bytes=caps.max_memory_bytes,
+            max_gpu_count=caps.max_gpu_count,
+            supported_gpu_types=tuple(caps.supported_gpu_types),
+            supported_architectures=tuple(caps.supported_architectures),
+            supports_privileged=caps.supports_privileged,
+            available_storage_classes=tuple(caps.available_storage_classes),
+            resources=(
+                RunnerResources.from_proto(msg.resources) if msg.HasField("resources") else None
+            ),
+        )

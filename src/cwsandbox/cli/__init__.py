@@ -1,0 +1,11 @@
+"""The ``cwsandbox`` command: discovery today, sandbox commands as they land.
+
+Each group of commands lives in its own module and registers itself on the root group in
+``_app``; adding ``ls``, ``run``, ``exec`` and friends means adding modules, not growing one.
+"""
+
+from __future__ import annotations
+
+from cwsandbox.cli._app import CliError, cli, main
+
+__all__ = ["CliError", "cli", "main"]

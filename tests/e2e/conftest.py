@@ -1,0 +1,88 @@
+"""A real ``sandboxd up`` for end-to-end tests, and the official client in its own venv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import SANDBOXD, Proc, child_env, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFICIAL_VERSION = "0.26.2"
+OFFICIAL_VENV = ROOT / ".cache" / f"official-cwsandbox-{OFFICIAL_VERSION}"
+# The guide's get_runner block looks up this id; the all-in-one runner takes it.
+GUIDE_RUNNER_ID = "runner-abc-123"
+
+
+@dataclass
+class Platform:
+    """A running ``sandboxd up``."""
+
+    base_url: str
+    runner_id: str
+    proc: Proc
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return child_env(CWSANDBOX_BASE_URL=self.base_url, **extra)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data_dir = tmp_path_factory.mktemp("up")
+    port = free_port()
+    proc = Proc(
+        [*SANDBOXD, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+         "--runner-id", GUIDE_RUNNER_ID],
+        child_env(),
+    ).start()  # fmt: skip
+    try:
+        line = proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
+        yield Platform(line.split("=", 1)[1], GUIDE_RUNNER_ID, proc)
+    finally:
+        assert proc.stop() == 0, proc.output
+
+
+def official_python() -> Path:
+    """Python of a virtualenv holding the official client (created once, then reused)."""
+    python = OFFICIAL_VENV / "bin" / "python"
+    marker = OFFICIAL_VENV / ".ready"
+    if not marker.exists():
+        venv.create(OFFICIAL_VENV, with_pip=True, clear=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             f"cwsandbox=={OFFICIAL_VERSION}"],
+            check=True, timeout=600,
+        )  # fmt: skip
+        marker.touch()
+    return python
+
+
+@pytest.fixture(scope="session")
+def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # xdist workers may race to create the venv: let one build it under a lock file.
+    lock = ROOT / ".cache" / "official-venv.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return official_python()
+
+
+def run_python(python: Path | str, script: Path | str, env: dict[str, str]) -> str:
+    """Run a script file (Path) or source text (str); fail with its output; return stdout."""
+    args = [str(python), str(script)] if isinstance(script, Path) else [str(python), "-c", script]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+OUR_PYTHON = sys.executable
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
