@@ -7,6 +7,11 @@ into one long file.
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core reads this when it is first imported; keep its INFO chatter off our stderr.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import asyncio
 import logging
 import sys
@@ -119,8 +124,8 @@ def main() -> None:
 @log_level_option
 def controlplane_command(**options: object) -> None:
     """Run the control plane that runners register with and clients talk to."""
-    from sandboxd.controlplane.server import ControlPlaneSettings  # noqa: PLC0415
-    from sandboxd.up import serve_control_plane  # noqa: PLC0415
+    from sandboxd.controlplane.server import ControlPlaneSettings
+    from sandboxd.up import serve_control_plane
 
     setup_logging(str(options["log_level"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
@@ -147,8 +152,8 @@ def controlplane_command(**options: object) -> None:
 @log_level_option
 def up_command(**options: object) -> None:
     """Start a control plane and one local runner, ready for clients."""
-    from sandboxd.controlplane.server import ControlPlaneSettings  # noqa: PLC0415
-    from sandboxd.up import run_all_in_one  # noqa: PLC0415
+    from sandboxd.controlplane.server import ControlPlaneSettings
+    from sandboxd.up import run_all_in_one
 
     setup_logging(str(options["log_level"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]

@@ -1,0 +1,22 @@
+"""The sandboxd runner agent: fingerprint the host, dial out to the control plane, stay joined.
+
+Public names are re-exported here; the CLI entry point is :data:`sandboxd.runner.cli.runner_command`
+(import it from there so importing this package does not pull in click).
+"""
+
+from sandboxd.runner.agent import RunnerAgent, RunnerRejectedError
+from sandboxd.runner.fingerprint import fingerprint
+from sandboxd.runner.identity import resolve_runner_id
+from sandboxd.runner.resources import InsufficientCapacityError, Reservation, ReservationLedger
+from sandboxd.runner.settings import RunnerSettings
+
+__all__ = [
+    "InsufficientCapacityError",
+    "Reservation",
+    "ReservationLedger",
+    "RunnerAgent",
+    "RunnerRejectedError",
+    "RunnerSettings",
+    "fingerprint",
+    "resolve_runner_id",
+]

@@ -1,0 +1,123 @@
+"""``sandboxd runner``: run this host as a runner of a control plane.
+
+Exported as :data:`runner_command` for the top-level ``sandboxd`` click group. The command
+exits 0 on SIGTERM/SIGINT (a deliberate stop, e.g. by systemd or Ctrl-C, is not a failure)
+and non-zero when the control plane rejects the runner, so supervisors do not restart a runner
+whose join token is wrong in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from sandboxd.runner.agent import RunnerAgent, RunnerRejectedError
+from sandboxd.runner.settings import RunnerSettings, default_state_dir
+
+EXIT_REJECTED = 3
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+async def _run_until_signalled(agent: RunnerAgent) -> None:
+    """Run the agent; SIGTERM/SIGINT cancel it, which closes the stream and channel cleanly."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(agent.run(), name="runner-agent")
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, task.cancel)
+            installed.append(signum)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+@click.command("runner")
+@click.option(
+    "--control-plane",
+    "control_plane",
+    envvar="SANDBOXD_CONTROL_PLANE",
+    required=True,
+    metavar="URL",
+    help="Control plane to join: http://host:port, or https://host[:port] for TLS.",
+)
+@click.option("--runner-id", default=None, help="Runner id (default: persisted in --state-dir).")
+@click.option("--group", "group", default="default", show_default=True, help="Runner group id.")
+@click.option("--tag", "tags", multiple=True, help="Runner tag; repeat for several.")
+@click.option(
+    "--join-token",
+    envvar="SANDBOXD_JOIN_TOKEN",
+    default="",
+    help="Join token issued by the control plane (env SANDBOXD_JOIN_TOKEN).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Where runner state (its id) lives [default: {default_state_dir()}].",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between heartbeats unless the control plane asks for another interval.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def runner_command(
+    *,
+    control_plane: str,
+    runner_id: str | None,
+    group: str,
+    tags: tuple[str, ...],
+    join_token: str,
+    state_dir: Path | None,
+    heartbeat_interval: float,
+    log_level: str,
+) -> None:
+    """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = RunnerSettings(
+            control_plane=control_plane,
+            join_token=join_token,
+            runner_id=runner_id,
+            runner_group_id=group,
+            tags=tags,
+            state_dir=state_dir if state_dir is not None else default_state_dir(),
+            heartbeat_interval=heartbeat_interval,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+    # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
+    agent = RunnerAgent(settings)
+    try:
+        asyncio.run(_run_until_signalled(agent))
+    except RunnerRejectedError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_REJECTED)
+    except KeyboardInterrupt:  # a SIGINT that arrived before the handler was installed
+        pass
+
+
+if __name__ == "__main__":  # `python -m sandboxd.runner.cli`, until `sandboxd runner` is wired
+    runner_command()

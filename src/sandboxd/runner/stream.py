@@ -1,0 +1,65 @@
+"""The runner's side of one ``RunnerService.Connect`` call.
+
+Why a wrapper: grpc.aio allows one outstanding read and one outstanding write per call. There
+is exactly one reader (the agent's dispatch loop), but many writers: the heartbeat loop now,
+and command handlers replying to the control plane later. :class:`ControlStream` serialises
+writes with a lock so those writers never interleave or trip grpc's "write already pending".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import grpc
+import grpc.aio
+
+from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd.runner.settings import ControlPlaneAddress
+
+ConnectCall = grpc.aio.StreamStreamCall[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
+
+
+def open_channel(
+    address: ControlPlaneAddress, *, keepalive_interval: float | None = None
+) -> grpc.aio.Channel:
+    """A fresh channel per session, so each redial re-resolves DNS and starts clean."""
+    options: list[tuple[str, int]] = []
+    if keepalive_interval is not None:
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_interval * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+    if address.secure:
+        return grpc.aio.secure_channel(
+            address.target, grpc.ssl_channel_credentials(), options=options
+        )
+    return grpc.aio.insecure_channel(address.target, options=options)
+
+
+class ControlStream:
+    """One open ``Connect`` call: serialised :meth:`send`, and :meth:`receive` for one reader."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        # The generated stub is untyped; the cast below restores the call's real type.
+        stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._call = cast(ConnectCall, stub.Connect())
+        self._write_lock = asyncio.Lock()
+
+    async def send(self, message: runner_pb2.RunnerMessage) -> None:
+        """Write one message; safe to call from several tasks at once."""
+        async with self._write_lock:
+            await self._call.write(message)
+
+    async def receive(self) -> runner_pb2.ControlMessage | None:
+        """The next control message, or ``None`` when the control plane ended the stream.
+
+        A non-OK end (abort, broken connection) raises ``grpc.aio.AioRpcError``.
+        """
+        message = await self._call.read()
+        # Anything but a ControlMessage is grpc.aio.EOF (which the type stubs do not export).
+        return message if isinstance(message, runner_pb2.ControlMessage) else None
+
+    def cancel(self) -> None:
+        """Abandon the call (on shutdown or when the session ends)."""
+        self._call.cancel()

@@ -1,0 +1,124 @@
+"""A tiny in-process stand-in for the control plane's ``RunnerService``, for the agent tests.
+
+The real control plane lives in ``src/sandboxd/controlplane`` and its integration tests with
+real runners are written there (by the lead). Here we only need a real ``grpc.aio`` server on
+127.0.0.1 that speaks the runner protocol, records what arrives and can be told to reject, so
+the agent's wire behaviour (register first, heartbeats, redials, rejection) is tested for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+import pytest
+
+from sandboxd._proto import runner_pb2, runner_pb2_grpc
+
+
+@dataclass
+class Received:
+    """One message as the fake control plane saw it."""
+
+    connection: int
+    message: runner_pb2.RunnerMessage
+    at: float
+
+
+@dataclass
+class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
+    """Serve ``Connect``: answer ``register`` with ``Registered``, then record heartbeats."""
+
+    heartbeat_interval_ms: int = 0
+    profile_names: Sequence[str] = ()
+    reject: grpc.StatusCode | None = None
+    # Behaviour after Registered: "stay" (read until the runner leaves) or "close" (end cleanly).
+    after_register: str = "stay"
+    # Extra ControlMessages pushed right after Registered.
+    extra: Sequence[runner_pb2.ControlMessage] = ()
+    received: asyncio.Queue[Received] = field(default_factory=asyncio.Queue)
+    connections: int = 0
+    ended: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    server: grpc.aio.Server | None = None
+    port: int = 0
+
+    async def start(self, port: int | None = None) -> int:
+        """Listen on 127.0.0.1:``port`` (default: ``self.port``, 0 = any free port)."""
+        self.server = grpc.aio.server()
+        runner_pb2_grpc.add_RunnerServiceServicer_to_server(self, self.server)
+        wanted = self.port if port is None else port
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{wanted}")
+        assert self.port, f"could not bind 127.0.0.1:{wanted}"
+        await self.server.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.stop(None)
+
+    async def __aenter__(self) -> FakeControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def next_message(self, kind: str | None = None, timeout: float = 5.0) -> Received:
+        """The next recorded message (of ``kind``, skipping others)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await self.received.get()
+                if kind is None or item.message.WhichOneof("message") == kind:
+                    return item
+
+    async def Connect(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        self.connections += 1
+        connection = self.connections
+        loop = asyncio.get_running_loop()
+        context.add_done_callback(lambda _ctx: self.ended.put_nowait(connection))
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        self.received.put_nowait(Received(connection, first, loop.time()))
+        if self.reject is not None:
+            await context.abort(self.reject, "join token is not valid")
+        if first.WhichOneof("message") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register must come first")
+        yield runner_pb2.ControlMessage(
+            registered=runner_pb2.Registered(
+                heartbeat_interval_ms=self.heartbeat_interval_ms,
+                profile_names=list(self.profile_names),
+            )
+        )
+        for message in self.extra:
+            yield message
+        if self.after_register == "close":
+            return
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            self.received.put_nowait(Received(connection, message, loop.time()))
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port that nothing listens on right now (for "control plane is down" tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fake_control_plane() -> type[FakeControlPlane]:
+    """The fake's class; tests build it inside their own event loop."""
+    return FakeControlPlane

@@ -1,0 +1,121 @@
+"""``sandboxd runner`` as a real process against the fake control plane (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from sandboxd.runner.cli import EXIT_REJECTED, runner_command
+
+LAUNCH = "from sandboxd.runner.cli import runner_command; runner_command()"
+
+
+async def start_runner(args: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LAUNCH,
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str, timeout: float = 15) -> str:
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while needle not in seen:
+            line = await stream.readline()
+            if not line:
+                break
+            seen += line.decode()
+    return seen
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_registers_then_exits_0_on_signal(fake_control_plane, tmp_path: Path, signum):
+    async def main() -> None:
+        async with fake_control_plane(profile_names=("default",)) as cp:
+            process = await start_runner(
+                ["--state-dir", str(tmp_path), "--tag", "a", "--tag", "b", "--group", "g"],
+                {"SANDBOXD_CONTROL_PLANE": cp.url, "SANDBOXD_JOIN_TOKEN": "secret"},
+            )
+            try:
+                assert process.stderr is not None
+                output = await read_until(process.stderr, "registered with")
+                register = (await cp.next_message("register")).message.register
+                runner_id = (tmp_path / "runner-id").read_text().strip()
+                assert f"runner {runner_id} registered with {cp.url}" in output
+                assert register.runner_id == runner_id
+                assert register.join_token == "secret"
+                assert list(register.tags) == ["a", "b"]
+                assert register.runner_group_id == "g"
+                process.send_signal(signum)
+                async with asyncio.timeout(10):
+                    assert await process.wait() == 0
+                    assert await cp.ended.get() == 1
+                rest = (await process.stderr.read()).decode()
+                assert "Traceback" not in output + rest
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+    asyncio.run(main())
+
+
+def test_rejected_runner_exits_non_zero(fake_control_plane, tmp_path: Path):
+    async def main() -> tuple[int, str]:
+        async with fake_control_plane(reject=grpc.StatusCode.UNAUTHENTICATED) as cp:
+            process = await start_runner(
+                ["--control-plane", cp.url, "--state-dir", str(tmp_path), "--join-token", "x"],
+                {},
+            )
+            async with asyncio.timeout(15):
+                _, stderr = await process.communicate()
+            assert process.returncode is not None
+            return process.returncode, stderr.decode()
+
+    code, stderr = asyncio.run(main())
+    assert code == EXIT_REJECTED
+    assert "UNAUTHENTICATED" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_control_plane_is_required(monkeypatch):
+    monkeypatch.delenv("SANDBOXD_CONTROL_PLANE", raising=False)
+    result = CliRunner().invoke(runner_command, [])
+    assert result.exit_code == 2
+    assert "--control-plane" in result.output
+
+
+def test_bad_url_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(
+        runner_command, ["--control-plane", "grpc://nope", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "http:// or https://" in result.output
+
+
+def test_help_lists_the_options():
+    result = CliRunner().invoke(runner_command, ["--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--control-plane",
+        "--runner-id",
+        "--group",
+        "--tag",
+        "--join-token",
+        "--state-dir",
+        "--heartbeat-interval",
+        "--log-level",
+    ):
+        assert option in result.output
