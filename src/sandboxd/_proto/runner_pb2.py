@@ -23,30 +23,89 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cwsandbox._proto import streaming_pb2 as coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsandboxd/runner/v1/runner.proto\x12\x12sandboxd.runner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\x0c\x43\x61pabilities\x12\x16\n\x0e\x63pu_millicores\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x11\n\tgpu_count\x18\x03 \x01(\x03\x12\x11\n\tgpu_types\x18\x04 \x03(\t\x12\x15\n\rarchitectures\x18\x05 \x03(\t\x12\x1b\n\x13supports_privileged\x18\x06 \x01(\x08\x12\x17\n\x0fstorage_classes\x18\x07 \x03(\t\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\t \x03(\t\"\x85\x01\n\tResources\x12 \n\x18\x61vailable_cpu_millicores\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x61vailable_gpu_count\x18\x03 \x01(\x03\x12\x19\n\x11running_sandboxes\x18\x04 \x01(\x05\"\xd3\x01\n\x08Register\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x17\n\x0frunner_group_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .sandboxd.runner.v1.Capabilities\x12\x12\n\njoin_token\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x30\n\tresources\x18\x07 \x01(\x0b\x32\x1d.sandboxd.runner.v1.Resources\"j\n\tHeartbeat\x12\x30\n\tresources\x18\x01 \x01(\x0b\x32\x1d.sandboxd.runner.v1.Resources\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\rRunnerMessage\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.sandboxd.runner.v1.RegisterH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.sandboxd.runner.v1.HeartbeatH\x00\x42\t\n\x07message\"t\n\nRegistered\x12\x30\n\x0c\x63onnected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05\x12\x15\n\rprofile_names\x18\x03 \x03(\t\"Q\n\x0e\x43ontrolMessage\x12\x34\n\nregistered\x18\x01 \x01(\x0b\x32\x1e.sandboxd.runner.v1.RegisteredH\x00\x42\t\n\x07message2e\n\rRunnerService\x12T\n\x07\x43onnect\x12!.sandboxd.runner.v1.RunnerMessage\x1a\".sandboxd.runner.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsandboxd/runner/v1/runner.proto\x12\x12sandboxd.runner.v1\x1a)coreweave/sandbox/v1beta2/streaming.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\x0c\x43\x61pabilities\x12\x16\n\x0e\x63pu_millicores\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x11\n\tgpu_count\x18\x03 \x01(\x03\x12\x11\n\tgpu_types\x18\x04 \x03(\t\x12\x15\n\rarchitectures\x18\x05 \x03(\t\x12\x1b\n\x13supports_privileged\x18\x06 \x01(\x08\x12\x17\n\x0fstorage_classes\x18\x07 \x03(\t\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\t \x03(\t\x12\x0e\n\x06images\x18\n \x03(\t\"\x85\x01\n\tResources\x12 \n\x18\x61vailable_cpu_millicores\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x61vailable_gpu_count\x18\x03 \x01(\x03\x12\x19\n\x11running_sandboxes\x18\x04 \x01(\x05\"\x88\x02\n\x08Register\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x17\n\x0frunner_group_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32 .sandboxd.runner.v1.Capabilities\x12\x12\n\njoin_token\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x30\n\tresources\x18\x07 \x01(\x0b\x32\x1d.sandboxd.runner.v1.Resources\x12\x33\n\tsandboxes\x18\x08 \x03(\x0b\x32 .sandboxd.runner.v1.SandboxEvent\"j\n\tHeartbeat\x12\x30\n\tresources\x18\x01 \x01(\x0b\x32\x1d.sandboxd.runner.v1.Resources\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x01\n\rRunnerMessage\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.sandboxd.runner.v1.RegisterH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.sandboxd.runner.v1.HeartbeatH\x00\x12\x33\n\x06result\x18\x03 \x01(\x0b\x32!.sandboxd.runner.v1.CommandResultH\x00\x12\x31\n\x05\x65vent\x18\x04 \x01(\x0b\x32 .sandboxd.runner.v1.SandboxEventH\x00\x42\t\n\x07message\"t\n\nRegistered\x12\x30\n\x0c\x63onnected_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05\x12\x15\n\rprofile_names\x18\x03 \x03(\t\"\x81\x01\n\x0e\x43ontrolMessage\x12\x34\n\nregistered\x18\x01 \x01(\x0b\x32\x1e.sandboxd.runner.v1.RegisteredH\x00\x12.\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1b.sandboxd.runner.v1.CommandH\x00\x42\t\n\x07message\"\x92\x01\n\rNetworkPolicy\x12\x13\n\x0b\x65gress_mode\x18\x01 \x01(\t\x12\x13\n\x0b\x65gress_type\x18\x02 \x01(\t\x12\x14\n\x0c\x65gress_cidrs\x18\x03 \x03(\t\x12\x14\n\x0cingress_mode\x18\x04 \x01(\t\x12\x14\n\x0cingress_type\x18\x05 \x01(\t\x12\x15\n\rexposed_ports\x18\x06 \x03(\x05\",\n\x0bMountedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x9c\x01\n\rProfileLimits\x12\x1a\n\x12max_cpu_millicores\x18\x01 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x02 \x01(\x03\x12\x15\n\rmax_gpu_count\x18\x03 \x01(\x03\x12\x16\n\x0emax_disk_bytes\x18\x04 \x01(\x03\x12\x10\n\x08max_pids\x18\x05 \x01(\x03\x12\x14\n\x0c\x65gress_types\x18\x06 \x03(\t\"N\n\x0bReservation\x12\x16\n\x0e\x63pu_millicores\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x11\n\tgpu_count\x18\x03 \x01(\x03\"\xd3\x04\n\x0bSandboxSpec\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x45\n\x0b\x65nvironment\x18\x04 \x03(\x0b\x32\x30.sandboxd.runner.v1.SandboxSpec.EnvironmentEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12\x16\n\x0e\x63pu_millicores\x18\x06 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x03\x12\x11\n\tgpu_count\x18\x08 \x01(\x03\x12\x10\n\x08gpu_type\x18\t \x01(\t\x12\x12\n\ndisk_bytes\x18\n \x01(\x03\x12\x10\n\x08pids_max\x18\x0b \x01(\x03\x12\x32\n\x07network\x18\x0c \x01(\x0b\x32!.sandboxd.runner.v1.NetworkPolicy\x12\x36\n\rmounted_files\x18\r \x03(\x0b\x32\x1f.sandboxd.runner.v1.MountedFile\x12\x1c\n\x14max_lifetime_seconds\x18\x0e \x01(\x05\x12\x14\n\x0cprofile_name\x18\x0f \x01(\t\x12\x34\n\x0breservation\x18\x10 \x01(\x0b\x32\x1f.sandboxd.runner.v1.Reservation\x12\x31\n\x06limits\x18\x11 \x01(\x0b\x32!.sandboxd.runner.v1.ProfileLimits\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x0cStartSandbox\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x1f.sandboxd.runner.v1.SandboxSpec\"8\n\x0bStopSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x05\"#\n\rDeleteSandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"\xd6\x01\n\x08OpenExec\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\nsandbox_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0b\n\x03tty\x18\x04 \x01(\x08\x12\x11\n\ttty_width\x18\x05 \x01(\r\x12\x12\n\ntty_height\x18\x06 \x01(\r\x12\x32\n\x03\x65nv\x18\x07 \x03(\x0b\x32%.sandboxd.runner.v1.OpenExec.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\tWriteFile\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x63ontents\x18\x03 \x01(\x0c\"?\n\x08ReadFile\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\"\xd6\x02\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\x05start\x18\x02 \x01(\x0b\x32 .sandboxd.runner.v1.StartSandboxH\x00\x12/\n\x04stop\x18\x03 \x01(\x0b\x32\x1f.sandboxd.runner.v1.StopSandboxH\x00\x12\x33\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32!.sandboxd.runner.v1.DeleteSandboxH\x00\x12,\n\x04\x65xec\x18\x05 \x01(\x0b\x32\x1c.sandboxd.runner.v1.OpenExecH\x00\x12\x33\n\nwrite_file\x18\x06 \x01(\x0b\x32\x1d.sandboxd.runner.v1.WriteFileH\x00\x12\x31\n\tread_file\x18\x07 \x01(\x0b\x32\x1c.sandboxd.runner.v1.ReadFileH\x00\x42\x08\n\x06\x61\x63tion\"\xa6\x01\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12;\n\x08metadata\x18\x04 \x03(\x0b\x32).sandboxd.runner.v1.Failure.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x01\n\x0eSandboxStarted\x12\x17\n\x0fservice_address\x18\x01 \x01(\t\x12O\n\x0fpublished_ports\x18\x02 \x03(\x0b\x32\x36.sandboxd.runner.v1.SandboxStarted.PublishedPortsEntry\x1a\x35\n\x13PublishedPortsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\" \n\x0c\x46ileContents\x12\x10\n\x08\x63ontents\x18\x01 \x01(\x0c\"\x06\n\x04\x44one\"\xee\x01\n\rCommandResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x1b.sandboxd.runner.v1.Failure\x12\x35\n\x07started\x18\x03 \x01(\x0b\x32\".sandboxd.runner.v1.SandboxStartedH\x00\x12(\n\x04\x64one\x18\x04 \x01(\x0b\x32\x18.sandboxd.runner.v1.DoneH\x00\x12\x30\n\x04\x66ile\x18\x05 \x01(\x0b\x32 .sandboxd.runner.v1.FileContentsH\x00\x42\x08\n\x06result\"\xb1\x01\n\x0cSandboxEvent\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12/\n\x05phase\x18\x02 \x01(\x0e\x32 .sandboxd.runner.v1.SandboxPhase\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_exit_code\"\xd6\x01\n\x0c\x45xecUpstream\x12\x37\n\x05hello\x18\x01 \x01(\x0b\x32&.sandboxd.runner.v1.ExecUpstream.HelloH\x00\x12\x41\n\x08response\x18\x02 \x01(\x0b\x32-.coreweave.sandbox.v1beta2.ExecStreamResponseH\x00\x1a\x41\n\x05Hello\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\trunner_id\x18\x02 \x01(\t\x12\x12\n\njoin_token\x18\x03 \x01(\tB\x07\n\x05\x66rame*\x7f\n\x0cSandboxPhase\x12\x1d\n\x19SANDBOX_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15SANDBOX_PHASE_RUNNING\x10\x01\x12\x1b\n\x17SANDBOX_PHASE_COMPLETED\x10\x02\x12\x18\n\x14SANDBOX_PHASE_FAILED\x10\x03\x32\xc1\x01\n\rRunnerService\x12T\n\x07\x43onnect\x12!.sandboxd.runner.v1.RunnerMessage\x1a\".sandboxd.runner.v1.ControlMessage(\x01\x30\x01\x12Z\n\x04\x45xec\x12 .sandboxd.runner.v1.ExecUpstream\x1a,.coreweave.sandbox.v1beta2.ExecStreamRequest(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandboxd.runner.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPABILITIES']._serialized_start=89
-  _globals['_CAPABILITIES']._serialized_end=300
-  _globals['_RESOURCES']._serialized_start=303
-  _globals['_RESOURCES']._serialized_end=436
-  _globals['_REGISTER']._serialized_start=439
-  _globals['_REGISTER']._serialized_end=650
-  _globals['_HEARTBEAT']._serialized_start=652
-  _globals['_HEARTBEAT']._serialized_end=758
-  _globals['_RUNNERMESSAGE']._serialized_start=761
-  _globals['_RUNNERMESSAGE']._serialized_end=889
-  _globals['_REGISTERED']._serialized_start=891
-  _globals['_REGISTERED']._serialized_end=1007
-  _globals['_CONTROLMESSAGE']._serialized_start=1009
-  _globals['_CONTROLMESSAGE']._serialized_end=1090
-  _globals['_RUNNERSERVICE']._serialized_start=1092
-  _globals['_RUNNERSERVICE']._serialized_end=1193
+  _globals['_SANDBOXSPEC_ENVIRONMENTENTRY']._loaded_options = None
+  _globals['_SANDBOXSPEC_ENVIRONMENTENTRY']._serialized_options = b'8\001'
+  _globals['_OPENEXEC_ENVENTRY']._loaded_options = None
+  _globals['_OPENEXEC_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_FAILURE_METADATAENTRY']._loaded_options = None
+  _globals['_FAILURE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_SANDBOXSTARTED_PUBLISHEDPORTSENTRY']._loaded_options = None
+  _globals['_SANDBOXSTARTED_PUBLISHEDPORTSENTRY']._serialized_options = b'8\001'
+  _globals['_SANDBOXPHASE']._serialized_start=4268
+  _globals['_SANDBOXPHASE']._serialized_end=4395
+  _globals['_CAPABILITIES']._serialized_start=132
+  _globals['_CAPABILITIES']._serialized_end=359
+  _globals['_RESOURCES']._serialized_start=362
+  _globals['_RESOURCES']._serialized_end=495
+  _globals['_REGISTER']._serialized_start=498
+  _globals['_REGISTER']._serialized_end=762
+  _globals['_HEARTBEAT']._serialized_start=764
+  _globals['_HEARTBEAT']._serialized_end=870
+  _globals['_RUNNERMESSAGE']._serialized_start=873
+  _globals['_RUNNERMESSAGE']._serialized_end=1105
+  _globals['_REGISTERED']._serialized_start=1107
+  _globals['_REGISTERED']._serialized_end=1223
+  _globals['_CONTROLMESSAGE']._serialized_start=1226
+  _globals['_CONTROLMESSAGE']._serialized_end=1355
+  _globals['_NETWORKPOLICY']._serialized_start=1358
+  _globals['_NETWORKPOLICY']._serialized_end=1504
+  _globals['_MOUNTEDFILE']._serialized_start=1506
+  _globals['_MOUNTEDFILE']._serialized_end=1550
+  _globals['_PROFILELIMITS']._serialized_start=1553
+  _globals['_PROFILELIMITS']._serialized_end=1709
+  _globals['_RESERVATION']._serialized_start=1711
+  _globals['_RESERVATION']._serialized_end=1789
+  _globals['_SANDBOXSPEC']._serialized_start=1792
+  _globals['_SANDBOXSPEC']._serialized_end=2387
+  _globals['_SANDBOXSPEC_ENVIRONMENTENTRY']._serialized_start=2337
+  _globals['_SANDBOXSPEC_ENVIRONMENTENTRY']._serialized_end=2387
+  _globals['_STARTSANDBOX']._serialized_start=2389
+  _globals['_STARTSANDBOX']._serialized_end=2450
+  _globals['_STOPSANDBOX']._serialized_start=2452
+  _globals['_STOPSANDBOX']._serialized_end=2508
+  _globals['_DELETESANDBOX']._serialized_start=2510
+  _globals['_DELETESANDBOX']._serialized_end=2545
+  _globals['_OPENEXEC']._serialized_start=2548
+  _globals['_OPENEXEC']._serialized_end=2762
+  _globals['_OPENEXEC_ENVENTRY']._serialized_start=2720
+  _globals['_OPENEXEC_ENVENTRY']._serialized_end=2762
+  _globals['_WRITEFILE']._serialized_start=2764
+  _globals['_WRITEFILE']._serialized_end=2827
+  _globals['_READFILE']._serialized_start=2829
+  _globals['_READFILE']._serialized_end=2892
+  _globals['_COMMAND']._serialized_start=2895
+  _globals['_COMMAND']._serialized_end=3237
+  _globals['_FAILURE']._serialized_start=3240
+  _globals['_FAILURE']._serialized_end=3406
+  _globals['_FAILURE_METADATAENTRY']._serialized_start=3359
+  _globals['_FAILURE_METADATAENTRY']._serialized_end=3406
+  _globals['_SANDBOXSTARTED']._serialized_start=3409
+  _globals['_SANDBOXSTARTED']._serialized_end=3586
+  _globals['_SANDBOXSTARTED_PUBLISHEDPORTSENTRY']._serialized_start=3533
+  _globals['_SANDBOXSTARTED_PUBLISHEDPORTSENTRY']._serialized_end=3586
+  _globals['_FILECONTENTS']._serialized_start=3588
+  _globals['_FILECONTENTS']._serialized_end=3620
+  _globals['_DONE']._serialized_start=3622
+  _globals['_DONE']._serialized_end=3628
+  _globals['_COMMANDRESULT']._serialized_start=3631
+  _globals['_COMMANDRESULT']._serialized_end=3869
+  _globals['_SANDBOXEVENT']._serialized_start=3872
+  _globals['_SANDBOXEVENT']._serialized_end=4049
+  _globals['_EXECUPSTREAM']._serialized_start=4052
+  _globals['_EXECUPSTREAM']._serialized_end=4266
+  _globals['_EXECUPSTREAM_HELLO']._serialized_start=4192
+  _globals['_EXECUPSTREAM_HELLO']._serialized_end=4257
+  _globals['_RUNNERSERVICE']._serialized_start=4398
+  _globals['_RUNNERSERVICE']._serialized_end=4591
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from cwsandbox._proto import streaming_pb2 as coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2
 from sandboxd._proto import runner_pb2 as sandboxd_dot_runner_dot_v1_dot_runner__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -40,6 +41,11 @@ class RunnerServiceStub:
                 request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
                 response_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ControlMessage.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/sandboxd.runner.v1.RunnerService/Exec',
+                request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
+                response_deserializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -52,6 +58,14 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """One exec's byte stream, dialled by the runner after an OpenExec command, so a large or
+        slow exec never blocks the control stream or another exec (each is its own HTTP/2 stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.FromString,
                     response_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ControlMessage.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.FromString,
+                    response_serializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +107,33 @@ class RunnerService:
             '/sandboxd.runner.v1.RunnerService/Connect',
             sandboxd_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
             sandboxd_dot_runner_dot_v1_dot_runner__pb2.ControlMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandboxd.runner.v1.RunnerService/Exec',
+            sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
+            coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,7 +87,7 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             ),
         )
         if view == discovery_pb2.RUNNER_VIEW_FULL:
-            live = state.resources
+            live = state.available
             message.resources.CopyFrom(
                 discovery_pb2.RunnerResourceSummary()
                 if state.shared

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from sandboxd._proto import runner_pb2
 from sandboxd.config import PlatformConfig, ResolvedProfile, resolve_binding
+from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.store import RunnerRecord
 
 Clock = Callable[[], float]
@@ -39,6 +40,25 @@ class RunnerState:
     shared: bool = False
     connection_id: int | None = None
     last_heartbeat_monotonic: float = field(default=float("-inf"))
+    link: RunnerLink | None = None
+    # What placed, not yet terminal sandboxes take from this runner, by sandbox id. The
+    # control plane is the only one placing sandboxes, so this count is exact and changes the
+    # moment a sandbox is placed or ends (discovery shows it at once).
+    reservations: dict[str, runner_pb2.Reservation] = field(default_factory=dict)
+
+    @property
+    def available(self) -> runner_pb2.Resources:
+        """Capacity minus what live sandboxes reserve (never negative)."""
+        caps = self.capabilities
+        cpu = sum(r.cpu_millicores for r in self.reservations.values())
+        memory = sum(r.memory_bytes for r in self.reservations.values())
+        gpus = sum(r.gpu_count for r in self.reservations.values())
+        return runner_pb2.Resources(
+            available_cpu_millicores=max(0, caps.cpu_millicores - cpu),
+            available_memory_bytes=max(0, caps.memory_bytes - memory),
+            available_gpu_count=max(0, caps.gpu_count - gpus),
+            running_sandboxes=len(self.reservations),
+        )
 
     @property
     def profile_names(self) -> tuple[str, ...]:
@@ -120,6 +140,18 @@ class RunnerRegistry:
             self._apply_config(state, state.runner_group_id)
             self._insert(state)
 
+    def reserve(self, runner_id: str, sandbox_id: str, amount: runner_pb2.Reservation) -> None:
+        """Count a placed sandbox against its runner's capacity."""
+        state = self._runners.get(runner_id)
+        if state is not None:
+            state.reservations[sandbox_id] = amount
+
+    def release(self, runner_id: str, sandbox_id: str) -> None:
+        """Give back what a sandbox reserved (idempotent)."""
+        state = self._runners.get(runner_id)
+        if state is not None:
+            state.reservations.pop(sandbox_id, None)
+
     def register(self, message: runner_pb2.Register) -> tuple[RunnerState, int]:
         """Record a (re)connected runner; returns its state and the new connection's id.
 
@@ -148,6 +180,9 @@ class RunnerRegistry:
         state.last_heartbeat_at = now
         state.resources = message.resources
         state.connection_id = connection_id
+        if state.link is not None:
+            state.link.close()
+        state.link = RunnerLink(state.runner_id)
         state.last_heartbeat_monotonic = self._clock()
         self._apply_config(state, message.runner_group_id or "default")
         self._on_change(state.runner_id)
@@ -170,6 +205,9 @@ class RunnerRegistry:
         state = self._runners.get(runner_id)
         if state is not None and state.connection_id == connection_id:
             state.connection_id = None
+            if state.link is not None:
+                state.link.close()
+                state.link = None
             self._on_change(runner_id)
 
     def is_current(self, runner_id: str, connection_id: int) -> bool:

@@ -15,11 +15,15 @@ import hmac
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd.controlplane.exec_bridge import ExecSession, ExecSessions
+from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.errors import ApiError, abort_with, invalid_argument, unauthenticated
 
@@ -38,16 +42,23 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         registry: RunnerRegistry,
         join_token: str,
         heartbeat_interval: float,
+        lifecycle: Lifecycle,
+        exec_sessions: ExecSessions,
     ) -> None:
         self._registry = registry
         self._join_token = join_token.encode()
         self._heartbeat_interval = heartbeat_interval
+        self._lifecycle = lifecycle
+        self._exec_sessions = exec_sessions
+
+    def _token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self._join_token)
 
     def _check_register(self, message: runner_pb2.RunnerMessage) -> runner_pb2.Register:
         if message.WhichOneof("message") != "register":
             raise invalid_argument("register", "the first message on Connect must be register")
         register = message.register
-        if not hmac.compare_digest(register.join_token.encode(), self._join_token):
+        if not self._token_ok(register.join_token):
             raise unauthenticated("join token rejected; pass the control plane's --join-token")
         if not RUNNER_ID_PATTERN.match(register.runner_id):
             raise invalid_argument(
@@ -84,13 +95,15 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                 profile_names=state.profile_names,
             )
         )
-        # Commands for the runner will be queued here by the sandbox gateway.
-        outbox: asyncio.Queue[runner_pb2.ControlMessage | None] = asyncio.Queue()
+        link = state.link
+        assert link is not None
+        await self._lifecycle.on_register(state.runner_id, list(register.sandboxes))
         reader = asyncio.create_task(
-            self._read(request_iterator, state.runner_id, connection_id, outbox)
+            self._read(request_iterator, state.runner_id, connection_id, link.outbox)
         )
         try:
-            while (message := await outbox.get()) is not None:
+            # Commands queued by the lifecycle for this runner; None ends the stream.
+            while (message := await link.outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()
@@ -109,16 +122,61 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("message")
+                if not self._registry.is_current(runner_id, connection_id):
+                    log.info("runner %s: connection superseded by a newer one", runner_id)
+                    break
                 if kind == "heartbeat":
-                    current = self._registry.heartbeat(
-                        runner_id, connection_id, message.heartbeat.resources
-                    )
-                    if not current:
-                        log.info("runner %s: connection superseded by a newer one", runner_id)
-                        break
+                    self._registry.heartbeat(runner_id, connection_id, message.heartbeat.resources)
+                elif kind == "result":
+                    state = self._registry.get(runner_id)
+                    if state is not None and state.link is not None:
+                        state.link.resolve(message.result)
+                elif kind == "event":
+                    await self._lifecycle.on_event(runner_id, message.event)
                 else:
                     log.warning("runner %s sent unexpected %s message", runner_id, kind)
         except grpc.aio.AioRpcError as error:
             log.info("runner %s stream ended: %s", runner_id, error.code().name)
         finally:
             outbox.put_nowait(None)
+
+    async def Exec(
+        self,
+        request_iterator: AsyncIterator[runner_pb2.ExecUpstream],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[streaming_pb2.ExecStreamRequest]:
+        """A runner's half of one exec: relay its frames up, the client's frames down."""
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
+                first = await anext(request_iterator)
+        except (StopAsyncIteration, TimeoutError):
+            await abort_with(context, invalid_argument("hello", "no hello frame was received"))
+        if first.WhichOneof("frame") != "hello":
+            await abort_with(context, invalid_argument("hello", "the first frame must be hello"))
+        hello = first.hello
+        if not self._token_ok(hello.join_token):
+            await abort_with(context, unauthenticated("join token rejected"))
+        session = self._exec_sessions.attach(hello.stream_id, hello.runner_id)
+        if session is None:
+            await abort_with(
+                context,
+                ApiError(grpc.StatusCode.NOT_FOUND, f"no exec is waiting for {hello.stream_id!r}"),
+            )
+        pump = asyncio.create_task(self._relay_up(request_iterator, session))
+        try:
+            while (message := await session.downstream.get()) is not None:
+                yield message
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    @staticmethod
+    async def _relay_up(
+        request_iterator: AsyncIterator[runner_pb2.ExecUpstream], session: ExecSession
+    ) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for frame in request_iterator:
+                if frame.WhichOneof("frame") == "response":
+                    await session.upstream.put(frame.response)
+        await session.upstream.put(None)

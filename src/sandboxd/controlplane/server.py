@@ -14,13 +14,18 @@ from pathlib import Path
 
 import grpc
 
-from cwsandbox._proto import discovery_pb2_grpc
+from cwsandbox._proto import discovery_pb2_grpc, gateway_pb2_grpc, streaming_pb2_grpc
 from sandboxd._proto import runner_pb2_grpc
 from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.auth import ApiKeyInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
+from sandboxd.controlplane.exec_bridge import ExecSessions
+from sandboxd.controlplane.gateway import GatewayService
+from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
+from sandboxd.controlplane.sandboxes import SandboxTable
+from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.store import BatchedRunnerWriter, Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,9 @@ class ControlPlane:
             on_change=lambda runner_id: self.writer.mark(runner_id) if self.writer else None,
         )
         self.discovery = DiscoveryService(self.registry)
+        self.sandboxes = SandboxTable(self.store, self.registry)
+        self.lifecycle = Lifecycle(self.registry, self.sandboxes)
+        self.exec_sessions = ExecSessions()
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -103,6 +111,7 @@ class ControlPlane:
     async def start(self) -> None:
         """Restore persisted runners, bind the port and start serving."""
         self.registry.restore(self.store.load_runners())
+        self.sandboxes.restore()
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         server = grpc.aio.server(
@@ -111,8 +120,20 @@ class ControlPlane:
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.discovery, server
         )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            GatewayService(self.lifecycle), server
+        )
+        streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            StreamingService(self.lifecycle, self.exec_sessions), server
+        )
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RunnerService(self.registry, self.join_token, self.settings.heartbeat_interval),
+            RunnerService(
+                self.registry,
+                self.join_token,
+                self.settings.heartbeat_interval,
+                self.lifecycle,
+                self.exec_sessions,
+            ),
             server,
         )
         self.port = server.add_insecure_port(self.settings.listen)
@@ -129,6 +150,7 @@ class ControlPlane:
             self._server = None
         if self.writer is not None:
             await self.writer.stop()
+        self.sandboxes.close()
         self.store.close()
 
     async def wait(self) -> None:

@@ -35,6 +35,16 @@ class RunnerRow(_Base):
     last_heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SandboxRow(_Base):
+    """One sandbox, live or terminal; terminal rows stay readable until deleted."""
+
+    __tablename__ = "sandboxes"
+
+    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The whole record as JSON; sandboxd.controlplane.sandboxes owns its shape.
+    document: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
 @dataclass(frozen=True)
 class RunnerRecord:
     """What the store keeps of a runner; ``capabilities`` is a serialized Capabilities proto."""
@@ -100,6 +110,24 @@ class Store:
                         last_heartbeat_at=record.last_heartbeat_at,
                     )
                 )
+
+    def load_sandboxes(self) -> list[dict[str, object]]:
+        """Every stored sandbox document, in id order."""
+        with Session(self._engine) as session:
+            rows = session.scalars(select(SandboxRow).order_by(SandboxRow.sandbox_id)).all()
+            return [dict(row.document) for row in rows]
+
+    def save_sandbox(self, sandbox_id: str, document: dict[str, object]) -> None:
+        """Insert or replace one sandbox document."""
+        with Session(self._engine) as session, session.begin():
+            session.merge(SandboxRow(sandbox_id=sandbox_id, document=document))
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        """Forget a sandbox."""
+        with Session(self._engine) as session, session.begin():
+            row = session.get(SandboxRow, sandbox_id)
+            if row is not None:
+                session.delete(row)
 
     def close(self) -> None:
         """Release database connections."""

@@ -1,0 +1,265 @@
+"""``coreweave.sandbox.v1beta2.GatewayService``: sandbox lifecycle and unary files.
+
+The polling contract (v1beta2.md §4) shapes this module: Start returns as soon as the sandbox
+is placed and recorded (never waiting for it to run, except to learn published ports); Get
+never reports status 0 for a live sandbox; Stop answers ``success`` once the runner stopped the
+process (after the grace period, then a kill), and the terminal record stays readable with its
+exit code. Work that talks to runners lives in :mod:`sandboxd.controlplane.lifecycle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
+from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.pagination import (
+    decode_token,
+    encode_token,
+    filter_fingerprint,
+    page_size_of,
+)
+from sandboxd.controlplane.sandboxes import TERMINAL, SandboxRecord
+from sandboxd.controlplane.start_request import not_implemented, parse_start_request
+from sandboxd.errors import ApiError, abort_with, invalid_argument
+
+R = TypeVar("R")
+Context = grpc.aio.ServicerContext[Any, Any]
+S = gateway_pb2
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _ports(record: SandboxRecord) -> list[gateway_pb2.Port]:
+    return [gateway_pb2.Port(container_port=p, protocol="TCP") for p in record.exposed_ports]
+
+
+def _common(record: SandboxRecord) -> dict[str, Any]:
+    return {
+        "sandbox_id": record.sandbox_id,
+        "started_at_time": _timestamp(record.started_at or record.created_at),
+        "sandbox_status": record.status,
+        "runner_id": record.runner_id,
+        "runner_group_id": record.runner_group_id,
+        "profile_id": record.profile_name,
+        "service_address": record.service_address,
+        "exposed_ports": _ports(record),
+        "applied_ingress_mode": record.applied_ingress_mode,
+        "applied_egress_mode": record.applied_egress_mode,
+    }
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
+    """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._table = lifecycle.table
+
+    async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
+        try:
+            return await work()
+        except ApiError as error:
+            await abort_with(context, error)
+
+    def _record(self, sandbox_id: str) -> SandboxRecord:
+        return self._lifecycle.record(sandbox_id)
+
+    async def Start(
+        self, request: gateway_pb2.StartSandboxRequest, context: Context
+    ) -> gateway_pb2.StartSandboxResponse:
+        """Validate, place, record and start the sandbox on its runner."""
+
+        async def work() -> gateway_pb2.StartSandboxResponse:
+            record = await self._lifecycle.start(parse_start_request(request))
+            response = gateway_pb2.StartSandboxResponse(**_common(record))
+            response.requested_resource_limits.CopyFrom(request.resource_limits)
+            response.requested_resource_requests.CopyFrom(request.resource_requests)
+            return response
+
+        return await self._run(context, work)
+
+    async def Get(
+        self, request: gateway_pb2.GetSandboxRequest, context: Context
+    ) -> gateway_pb2.GetSandboxResponse:
+        """The current record; terminal ones carry the exit code."""
+
+        async def work() -> gateway_pb2.GetSandboxResponse:
+            record = self._record(request.sandbox_id)
+            response = gateway_pb2.GetSandboxResponse(
+                **_common(record), status_reason=record.status_reason
+            )
+            if record.exit_code is not None:
+                response.exit_code = record.exit_code
+            return response
+
+        return await self._run(context, work)
+
+    async def List(
+        self, request: gateway_pb2.ListSandboxesRequest, context: Context
+    ) -> gateway_pb2.ListSandboxesResponse:
+        """Filter by tags (all must match), status, profiles, runners; paginate."""
+
+        async def work() -> gateway_pb2.ListSandboxesResponse:
+            if request.status not in gateway_pb2.SandboxStatus.values():
+                raise invalid_argument("status", f"unknown SandboxStatus value {request.status}")
+            if len(request.volume_ids):
+                raise not_implemented("volume_ids", "volumes")
+            size = page_size_of(request.page_size)
+            filters = (
+                tuple(sorted(request.tags)),
+                request.status,
+                tuple(sorted({*request.profile_ids, *request.profile_names})),
+                tuple(sorted(request.runner_ids)),
+                request.include_stopped,
+            )
+            fingerprint = filter_fingerprint(filters)
+            after = decode_token(request.page_token, fingerprint)
+            profiles = set(filters[2])
+            runners = set(request.runner_ids)
+            tags = set(request.tags)
+            # A terminal status filter widens to stopped sandboxes by itself (§4.6).
+            with_stopped = request.include_stopped or request.status in TERMINAL
+
+            def keep(record: SandboxRecord) -> bool:
+                return (
+                    (with_stopped or not record.terminal)
+                    and (not request.status or record.status == request.status)
+                    and tags.issubset(record.tags)
+                    and (not profiles or record.profile_name in profiles)
+                    and (not runners or record.runner_id in runners)
+                )
+
+            page: list[SandboxRecord] = []
+            last = ""
+            for record in self._table.iter_from(after):
+                if not keep(record):
+                    continue
+                if len(page) == size:
+                    last = page[-1].sandbox_id
+                    break
+                page.append(record)
+            return gateway_pb2.ListSandboxesResponse(
+                sandboxes=[gateway_pb2.SandboxInfo(**_common(r)) for r in page],
+                next_page_token=encode_token(last, fingerprint) if last else "",
+            )
+
+        return await self._run(context, work)
+
+    async def Stop(
+        self, request: gateway_pb2.StopSandboxRequest, context: Context
+    ) -> gateway_pb2.StopSandboxResponse:
+        """Stop the main process (grace period, then kill); success once it is stopped."""
+
+        async def work() -> gateway_pb2.StopSandboxResponse:
+            if request.file_system_snapshot_on_stop:
+                raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
+            if request.graceful_shutdown_seconds < 0:
+                raise invalid_argument("graceful_shutdown_seconds", "must not be negative")
+            record = self._record(request.sandbox_id)
+            await self._lifecycle.stop(record, request.graceful_shutdown_seconds or 10)
+            return gateway_pb2.StopSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def Delete(
+        self, request: gateway_pb2.DeleteSandboxRequest, context: Context
+    ) -> gateway_pb2.DeleteSandboxResponse:
+        """Stop if needed, clean up on the runner and forget the record."""
+
+        async def work() -> gateway_pb2.DeleteSandboxResponse:
+            await self._lifecycle.delete(self._record(request.sandbox_id))
+            return gateway_pb2.DeleteSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def AddFile(
+        self, request: gateway_pb2.AddFileSandboxRequest, context: Context
+    ) -> gateway_pb2.AddFileSandboxResponse:
+        """Write a file into the sandbox's filesystem."""
+
+        async def work() -> gateway_pb2.AddFileSandboxResponse:
+            record = self._record(request.sandbox_id)
+            await self._lifecycle.write_file(record, request.filepath, request.file_contents)
+            return gateway_pb2.AddFileSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def RetrieveFile(
+        self, request: gateway_pb2.RetrieveFileSandboxRequest, context: Context
+    ) -> gateway_pb2.RetrieveFileSandboxResponse:
+        """Read a file from the sandbox's filesystem."""
+
+        async def work() -> gateway_pb2.RetrieveFileSandboxResponse:
+            record = self._record(request.sandbox_id)
+            contents = await self._lifecycle.read_file(record, request.filepath)
+            return gateway_pb2.RetrieveFileSandboxResponse(file_contents=contents, success=True)
+
+        return await self._run(context, work)
+
+    # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
+
+    async def _unimplemented(self, context: Context, what: str) -> Any:
+        await abort_with(context, not_implemented(what, what.replace("_", " ")))
+
+    async def Exec(self, request: Any, context: Context) -> Any:
+        """Unary exec is not offered; clients use GatewayStreamingService/StreamExec."""
+        return await self._unimplemented(context, "unary_exec")
+
+    async def Pause(self, request: Any, context: Context) -> Any:
+        """Not offered."""
+        return await self._unimplemented(context, "pause")
+
+    async def Resume(self, request: Any, context: Context) -> Any:
+        """Not offered."""
+        return await self._unimplemented(context, "resume")
+
+    async def Raw(self, request: Any, context: Context) -> Any:
+        """Not offered."""
+        return await self._unimplemented(context, "raw_actions")
+
+    async def CreateFileSystemSnapshot(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def GetFileSystemSnapshot(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def ListFileSystemSnapshots(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def DeleteFileSystemSnapshot(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def GetFileSystemSnapshotBucketConfig(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def SetFileSystemSnapshotBucketConfig(self, request: Any, context: Context) -> Any:
+        """Snapshots are not offered yet."""
+        return await self._unimplemented(context, "file_system_snapshots")
+
+    async def GetObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
+        """Object storage is not offered."""
+        return await self._unimplemented(context, "object_storage")
+
+    async def SetObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
+        """Object storage is not offered."""
+        return await self._unimplemented(context, "object_storage")
+
+    async def DeleteObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
+        """Object storage is not offered."""
+        return await self._unimplemented(context, "object_storage")
