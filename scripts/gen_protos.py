@@ -44,7 +44,7 @@ def _rewrite_imports(source: str) -> str:
 
 def generate() -> dict[Path, str]:
     """Run protoc into a temporary directory and return {destination path: text}."""
-    import grpc_tools  # noqa: PLC0415 - only needed when generating
+    import grpc_tools
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     result: dict[Path, str] = {}

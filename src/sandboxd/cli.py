@@ -18,18 +18,14 @@ import sys
 from pathlib import Path
 
 import click
-import platformdirs
 
 from sandboxd import __version__
 from sandboxd.config import ConfigError, PlatformConfig, load_config
+from sandboxd.images.cli import images_group
+from sandboxd.paths import default_data_dir
 from sandboxd.runner.cli import runner_command
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-
-
-def default_data_dir() -> Path:
-    """Where sandboxd keeps its state when ``--data-dir`` is not given."""
-    return platformdirs.user_data_path("sandboxd")
 
 
 def setup_logging(level: str) -> None:
@@ -61,6 +57,7 @@ listen_option = click.option(
 data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    envvar="SANDBOXD_DATA_DIR",
     default=default_data_dir,
     show_default="user data directory",
     help="Where state (database, join token, images) lives.",
@@ -186,6 +183,7 @@ def config_validate(path: Path) -> None:
 
 
 main.add_command(runner_command, "runner")
+main.add_command(images_group, "images")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

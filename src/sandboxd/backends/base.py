@@ -1,0 +1,296 @@
+"""The narrow async interface every sandbox backend implements (rule 4 of DESIGN.md).
+
+Shaped after Nomad task drivers and containerd shims: the runner owns policy (profiles,
+limits, lifetimes, status reporting) and a backend only turns a fully resolved
+``SandboxSpec`` into an isolated process tree and back. The lifecycle is
+``create → start → (exec | files | logs | stats)* → stop → destroy``; ``wait`` may be called
+at any time after ``start``; ``recover`` re-attaches to sandboxes that outlived a runner
+restart. Every backend passes the same conformance checks (``tests/backends/conformance.py``).
+
+Values are small frozen dataclasses so they can be logged, compared and passed across
+threads safely. Errors are the typed tree in ``errors.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal, NamedTuple
+
+from .errors import InvalidSpec
+
+Stream = Literal["stdout", "stderr"]
+SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class EgressType(enum.StrEnum):
+    """Where a sandbox may send traffic (admin-model §2.4)."""
+
+    NONE = "none"  # own network namespace with loopback only
+    INTERNET = "internet"  # NAT through the host
+    ALLOWLIST = "allowlist"  # like internet, but only to ``cidrs``
+
+
+class IngressMode(enum.StrEnum):
+    """Who may reach a sandbox's exposed ports."""
+
+    PUBLIC = "public"  # published on every host interface
+    INTERNAL = "internal"  # published on host loopback only
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Egress type (+ CIDRs for allowlist) and ingress mode (+ exposed container ports)."""
+
+    egress: EgressType = EgressType.NONE
+    cidrs: tuple[str, ...] = ()
+    ingress: IngressMode | None = None
+    exposed_ports: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for cidr in self.cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise InvalidSpec("network.cidrs", f"not a CIDR: {cidr!r}") from None
+        if self.cidrs and self.egress is not EgressType.ALLOWLIST:
+            raise InvalidSpec("network.cidrs", "only used with egress type allowlist")
+        if bool(self.exposed_ports) != (self.ingress is not None):
+            raise InvalidSpec("network.exposed_ports", "ingress mode and ports go together")
+        for port in self.exposed_ports:
+            if not 0 < port < 65536:
+                raise InvalidSpec("network.exposed_ports", f"bad port {port}")
+
+
+@dataclass(frozen=True)
+class MountedFile:
+    """A file placed read-only at ``path`` before the main process starts."""
+
+    path: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a backend needs to run one sandbox; resolved and checked by the runner."""
+
+    sandbox_id: str
+    rootfs: Path
+    command: tuple[str, ...] = ("/bin/sh", "-c", 'trap "exit 0" TERM INT; sleep infinity & wait')
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    cpu_millicores: int | None = None
+    memory_bytes: int | None = None
+    pids_max: int | None = None
+    disk_bytes: int = 1 << 30
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    mounted_files: tuple[MountedFile, ...] = ()
+    max_lifetime_seconds: float | None = None
+    hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        if not SANDBOX_ID_RE.match(self.sandbox_id):
+            raise InvalidSpec("sandbox_id", "1-63 of [A-Za-z0-9_.-], starting alphanumeric")
+        if not self.command:
+            raise InvalidSpec("command", "must not be empty")
+        if not self.workdir.startswith("/"):
+            raise InvalidSpec("workdir", "must be an absolute path")
+        for name, value in (
+            ("cpu_millicores", self.cpu_millicores),
+            ("memory_bytes", self.memory_bytes),
+            ("pids_max", self.pids_max),
+            ("disk_bytes", self.disk_bytes),
+            ("max_lifetime_seconds", self.max_lifetime_seconds),
+        ):
+            if value is not None and value <= 0:
+                raise InvalidSpec(name, "must be positive")
+        for key in self.env:
+            if not key or "=" in key or "\0" in key:
+                raise InvalidSpec("env", f"bad variable name {key!r}")
+        for mf in self.mounted_files:
+            if not mf.path.startswith("/") or ".." in mf.path.split("/"):
+                raise InvalidSpec("mounted_files", f"bad path {mf.path!r}")
+
+
+class OutputChunk(NamedTuple):
+    """Output of an exec'd process, as produced (``stream``, ``data``)."""
+
+    stream: Stream
+    data: bytes
+
+
+class LogChunk(NamedTuple):
+    """One chunk of the main process's output with the time it was read (unix seconds)."""
+
+    timestamp: float
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """An exposed container port and where the host publishes it."""
+
+    container_port: int
+    host_ip: str
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """Resource usage read from the sandbox's cgroups."""
+
+    cpu_seconds: float
+    memory_bytes: int
+    memory_peak_bytes: int
+    pids: int
+    oom_kills: int = 0
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What the backend knows about a sandbox: ``state``, exit code and why it ended."""
+
+    sandbox_id: str
+    state: Literal["created", "running", "exited"]
+    exit_code: int | None = None
+    reason: str | None = None  # exited | stopped | lifetime | oom | killed | start_failed
+    started_at: float | None = None
+    finished_at: float | None = None
+    ports: tuple[PublishedPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What this backend can do on this host, as the runner reports it to the control plane."""
+
+    name: str
+    available: bool
+    reason: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    cpu_millicores: int = 0
+    memory_bytes: int = 0
+
+
+class ExecSession(ABC):
+    """A process started by ``Backend.exec``: stream stdin in, iterate output, wait, kill."""
+
+    tty: bool
+
+    @abstractmethod
+    async def write_stdin(self, data: bytes) -> None:
+        """Write to the process's stdin (or terminal), waiting while the pipe is full."""
+
+    @abstractmethod
+    async def close_stdin(self) -> None:
+        """Signal end of input (for a TTY: an end-of-file character)."""
+
+    @abstractmethod
+    async def resize(self, width: int, height: int) -> None:
+        """Change the terminal size (no-op without a TTY)."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        """Output chunks as the process produces them; ends after the process exits."""
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """The exit code: the status, or 128+N if killed by signal N."""
+
+    @abstractmethod
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the process (and its process group)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release everything; kills the process if it still runs."""
+
+
+class Backend(ABC):
+    """One way of running sandboxes. Methods raise the errors of ``errors.py``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def fingerprint(self) -> Fingerprint:
+        """Report availability, attributes and capacity; never raises for "unavailable"."""
+
+    @abstractmethod
+    async def create(self, spec: SandboxSpec) -> None:
+        """Build the isolated environment; the main process is not started yet."""
+
+    @abstractmethod
+    async def start(self, sandbox_id: str) -> None:
+        """Start the main process (its output goes to the sandbox's log)."""
+
+    @abstractmethod
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        tty: bool = False,
+        tty_size: tuple[int, int] | None = None,
+    ) -> ExecSession:
+        """Start another process inside the running sandbox; ``tty_size`` is (width, height)."""
+
+    @abstractmethod
+    async def wait(self, sandbox_id: str) -> int:
+        """Wait for the main process to end; its exit code (128+N for signal N)."""
+
+    @abstractmethod
+    async def stop(self, sandbox_id: str, grace_seconds: float = 10.0) -> int:
+        """SIGTERM the main process, SIGKILL everything after the grace period; exit code."""
+
+    @abstractmethod
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill anything left and remove every trace (processes, mounts, cgroups, network)."""
+
+    @abstractmethod
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        """Current resource usage."""
+
+    @abstractmethod
+    async def state(self, sandbox_id: str) -> SandboxState:
+        """Lifecycle state, exit code and published ports."""
+
+    @abstractmethod
+    async def recover(self) -> list[str]:
+        """After a runner restart: re-attach, and return the ids of sandboxes still alive."""
+
+    @abstractmethod
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        data: bytes,
+        *,
+        make_parents: bool = False,
+        mode: int = 0o644,
+    ) -> None:
+        """Write a file as the sandbox's own user sees its filesystem."""
+
+    @abstractmethod
+    async def read_file(self, sandbox_id: str, path: str, *, max_bytes: int | None = None) -> bytes:
+        """Read a file as the sandbox's own user sees its filesystem."""
+
+    @abstractmethod
+    def logs(
+        self, sandbox_id: str, *, follow: bool = False, since: float | None = None
+    ) -> AsyncIterator[LogChunk]:
+        """The main process's output, also after it ended; ``follow`` waits for more."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release runner-side resources; running sandboxes keep running."""

@@ -1,0 +1,87 @@
+"""Exceptions raised by sandbox backends.
+
+The tree (every backend raises only these; the runner maps them to ``CWSANDBOX_*`` reasons
+in one place)::
+
+    BackendError
+    ├── BackendUnavailable        the backend cannot run here (not root, no cgroups, ...)
+    ├── InvalidSpec               a SandboxSpec field is unusable; ``.field`` names it
+    ├── SandboxExists             create() with an id that is already in use
+    ├── SandboxNotFound           no sandbox with that id
+    ├── SandboxNotRunning         exec/file op on a sandbox whose main process has ended
+    ├── SandboxStartError         create() or start() failed; nothing is left behind
+    └── FileOperationError        a file helper failed; ``.path``, ``.errno``
+        ├── FileNotFound
+        ├── FileIsDirectory
+        ├── FilePermissionDenied  (also: read-only mounted files, read-only filesystems)
+        ├── ParentNotFound        write_file() into a directory that does not exist
+        └── FileTooLarge          ``.size`` and ``.max_size`` in bytes
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base class of every backend error."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot work on this host; the message says why."""
+
+
+class InvalidSpec(BackendError, ValueError):
+    """A sandbox spec value cannot be used."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class SandboxExists(BackendError):
+    """A sandbox with this id already exists."""
+
+
+class SandboxNotFound(BackendError):
+    """No sandbox with this id is known to the backend."""
+
+
+class SandboxNotRunning(BackendError):
+    """The sandbox's main process has ended (or it was stopped)."""
+
+
+class SandboxStartError(BackendError):
+    """Creating or starting the sandbox failed."""
+
+
+class FileOperationError(BackendError):
+    """A file helper failed inside the sandbox."""
+
+    def __init__(self, path: str, message: str, errno: int | None = None) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.errno = errno
+
+
+class FileNotFound(FileOperationError):
+    """The file does not exist in the sandbox."""
+
+
+class FileIsDirectory(FileOperationError):
+    """The path names a directory."""
+
+
+class FilePermissionDenied(FileOperationError):
+    """The sandbox's own user may not do this (or the file is read-only)."""
+
+
+class ParentNotFound(FileOperationError):
+    """The parent directory of the file to write does not exist."""
+
+
+class FileTooLarge(FileOperationError):
+    """The file is larger than the caller's limit."""
+
+    def __init__(self, path: str, size: int, max_size: int) -> None:
+        super().__init__(path, f"file is {size} bytes, limit {max_size}")
+        self.size = size
+        self.max_size = max_size

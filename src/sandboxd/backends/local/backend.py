@@ -1,0 +1,389 @@
+"""``LocalBackend``: sandboxes as namespaces + overlay + cgroups on the runner's own host.
+
+Why direct namespace calls (via the zygote and agent) and not bubblewrap: bubblewrap builds
+a sandbox well but cannot *enter* one, so every exec would need ``nsenter`` (one more
+program execution, a fork for the PID namespace, and no way to drop capabilities or join
+the cgroup before the user's code runs). With a pre-forked Python zygote, create is a few
+system calls and two forks, and exec is a request to the sandbox's PID 1, which is already
+inside every namespace and cgroup with capabilities dropped: one ``vfork``+``execve``.
+
+This module is the glue: it validates, creates cgroups and networks (``cgroups``,
+``network``), asks the zygote for the process side, and maps agent replies to the typed
+errors of ``sandboxd.backends.errors``. Files and logs live in ``files.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from ..base import (
+    DEFAULT_PATH,
+    Backend,
+    EgressType,
+    ExecSession,
+    Fingerprint,
+    LogChunk,
+    MountedFile,
+    SandboxSpec,
+    SandboxState,
+    SandboxStats,
+)
+from ..errors import (
+    BackendUnavailable,
+    InvalidSpec,
+    SandboxExists,
+    SandboxNotFound,
+    SandboxNotRunning,
+    SandboxStartError,
+)
+from . import files, process
+from .cgroups import CgroupError, CgroupManager
+from .ingress import PortPublisher
+from .network import NetworkManager
+from .rootfs import check_overlay_path
+from .state import SandboxRecord
+from .supervisor import ZygoteClient
+from .syscalls import process_start_time
+
+
+class LocalBackend(Backend):
+    """Runs sandboxes on this host. Needs root, overlayfs and cgroups (v1 or v2)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        network_pool: str = "10.213.0.0/16",
+        log_limit_bytes: int = 64 << 20,
+        lifetime_grace_seconds: float = 5.0,
+        seccomp: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.sandboxes_dir = self.data_dir / "sandboxes"
+        key = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:8]
+        self._group = f"sandboxd-{key}"
+        self._cgroups: CgroupManager | None = None
+        self._net = NetworkManager(key, network_pool)
+        self._zygote = ZygoteClient(self.data_dir / "run")
+        self._records: dict[str, SandboxRecord] = {}
+        self._log_limit = log_limit_bytes
+        self._lifetime_grace = lifetime_grace_seconds
+        self._seccomp = seccomp
+
+    # -- plumbing ----------------------------------------------------------------------------
+    async def _ready(self) -> CgroupManager:
+        if os.geteuid() != 0:
+            raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
+        if self._cgroups is None:
+            try:
+                self._cgroups = CgroupManager(self._group)
+            except CgroupError as exc:
+                raise BackendUnavailable(str(exc)) from exc
+        await self._zygote.ensure()
+        return self._cgroups
+
+    def _get(self, sandbox_id: str) -> SandboxRecord:
+        try:
+            return self._records[sandbox_id]
+        except KeyError:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r}") from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def fingerprint(self) -> Fingerprint:
+        """Availability (root, overlayfs, cgroups), modes, and this host's capacity."""
+        from .fingerprint import probe
+
+        return probe(self.name, self._net.pool)
+
+    async def create(self, spec: SandboxSpec) -> None:
+        """Cgroups, network, then the zygote builds namespaces, overlay and agent."""
+        cgroups = await self._ready()
+        sid = spec.sandbox_id
+        state_dir = self.sandboxes_dir / sid
+        if sid in self._records or state_dir.exists():
+            raise SandboxExists(f"sandbox {sid!r} already exists")
+        rootfs = Path(spec.rootfs).absolute()
+        if not rootfs.is_dir():
+            raise InvalidSpec("rootfs", f"not a directory: {rootfs}")
+        try:
+            check_overlay_path(str(rootfs))
+            check_overlay_path(str(state_dir))
+        except ValueError as exc:
+            raise InvalidSpec("rootfs", str(exc)) from None
+        self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_dir.mkdir(mode=0o700)
+        net = spec.network
+        rec = SandboxRecord(sid, state_dir, net.egress, net.cidrs, net.ingress, net.exposed_ports)
+        self._records[sid] = rec
+        try:
+            await self._build(rec, spec, cgroups, rootfs)
+        except BaseException as exc:
+            rec.kill_agent()
+            await self._cleanup(rec)
+            if isinstance(exc, SandboxStartError | asyncio.CancelledError):
+                raise
+            raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
+
+    async def _build(
+        self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
+    ) -> None:
+        for sub in ("root", "rw", "files"):
+            (rec.state_dir / sub).mkdir(mode=0o700)
+        mounted = list(spec.mounted_files)
+        if rec.egress is not EgressType.NONE and not any(
+            m.path == "/etc/resolv.conf" for m in mounted
+        ):
+            resolv = self._net.resolv_conf()
+            if resolv is not None:
+                mounted.append(MountedFile("/etc/resolv.conf", resolv))
+        file_map = []
+        for i, mf in enumerate(mounted):
+            host = rec.state_dir / "files" / str(i)
+            host.write_bytes(mf.data)
+            file_map.append([mf.path, str(host)])
+        rec.cgroup = cgroups.create(rec.sandbox_id)
+        rec.save()
+        rec.cgroup.set_limits(
+            cpu_millicores=spec.cpu_millicores,
+            memory_bytes=spec.memory_bytes,
+            pids_max=spec.pids_max,
+        )
+        if rec.egress is not EgressType.NONE:
+            rec.lease = self._net.allocate(rec.sandbox_id)
+            rec.save()
+            await self._net.setup(rec.lease, rec.egress, rec.cidrs)
+        hostname = spec.hostname or rec.sandbox_id
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
+        reply = await self._zygote.spawn(
+            {
+                "state_dir": str(rec.state_dir),
+                "rootfs": str(rootfs),
+                "rw_dir": str(rec.state_dir / "rw"),
+                "root_dir": str(rec.state_dir / "root"),
+                "disk_bytes": spec.disk_bytes,
+                "files": file_map,
+                "hostname": hostname[:63],
+                "cgroup_procs": rec.cgroup.procs_files(),
+                "netns": rec.lease.netns_path if rec.lease else None,
+                "env": env,
+                "workdir": spec.workdir,
+                "command": list(spec.command),
+                "max_lifetime": spec.max_lifetime_seconds,
+                "lifetime_grace": self._lifetime_grace,
+                "log_limit": self._log_limit,
+                "seccomp": self._seccomp,
+            }
+        )
+        if not reply.get("ok"):
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
+        rec.agent_pid = int(reply["pid"])
+        rec.agent_start_time = process_start_time(rec.agent_pid)
+        rec.attach()
+        rec.save()
+        if rec.ingress is not None and rec.exposed_ports:
+            await self._publish(rec)
+
+    async def _publish(self, rec: SandboxRecord) -> None:
+        assert rec.ingress is not None and rec.agent_pid is not None
+        netns_fd = os.open(f"/proc/{rec.agent_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        rec.publisher = PortPublisher(netns_fd)
+        previous = {p.container_port: p.host_port for p in rec.ports}
+        rec.ports = await rec.publisher.publish(rec.exposed_ports, rec.ingress, previous)
+        rec.save()
+
+    async def start(self, sandbox_id: str) -> None:
+        """Ask the agent to start the main process."""
+        rec = self._get(sandbox_id)
+        try:
+            reply = await process.request(rec.agent_socket, {"op": "start"})
+        except OSError as exc:
+            raise SandboxStartError(f"sandbox {sandbox_id!r} is not running: {exc}") from None
+        if "error" in reply:
+            raise SandboxStartError(f"sandbox {sandbox_id!r}: {reply['error']['message']}")
+        rec.started = True
+        rec.save()
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        tty: bool = False,
+        tty_size: tuple[int, int] | None = None,
+    ) -> ExecSession:
+        """Hand the agent pipes (or get a PTY master back) and stream."""
+        rec = self._get(sandbox_id)
+        if not argv:
+            raise InvalidSpec("argv", "must not be empty")
+        if not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        try:
+            return await process.open_exec(
+                rec.agent_socket,
+                list(argv),
+                env=dict(env or {}),
+                cwd=cwd,
+                tty=tty,
+                tty_size=tty_size,
+            )
+        except OSError:
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running") from None
+
+    async def wait(self, sandbox_id: str) -> int:
+        """Wait for PID 1 to go, then read the exit code it recorded (137 if it was killed).
+
+        PID 1 exits only after every other process of the sandbox is gone (the kernel kills
+        and reaps them first), so when this returns nothing of the sandbox runs any more.
+        """
+        rec = self._get(sandbox_id)
+        await asyncio.shield(rec.exited_future())
+        return rec.exit_code()
+
+    async def stop(self, sandbox_id: str, grace_seconds: float = 10.0) -> int:
+        """Agent sends SIGTERM, SIGKILLs all after the grace; we SIGKILL PID 1 as a backstop."""
+        rec = self._get(sandbox_id)
+        if rec.is_running():
+            try:
+                await process.request(rec.agent_socket, {"op": "stop", "grace": grace_seconds})
+            except OSError:
+                rec.kill_agent()
+            try:
+                await asyncio.wait_for(self.wait(sandbox_id), grace_seconds + 5)
+            except TimeoutError:
+                rec.kill_agent()
+        return await self.wait(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill PID 1 (the kernel kills the rest), then remove cgroups, network and state."""
+        rec = self._get(sandbox_id)
+        if rec.pidfd is not None:
+            rec.kill_agent()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(rec.exited_future()), 10)
+        await self._cleanup(rec)
+
+    async def _cleanup(self, rec: SandboxRecord) -> None:
+        if rec.publisher is not None:
+            await rec.publisher.close()
+            rec.publisher = None
+        if rec.cgroup is not None:
+            await asyncio.to_thread(rec.cgroup.remove)
+        if rec.lease is not None:
+            await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
+        rec.close_fds()
+        shutil.rmtree(rec.state_dir, ignore_errors=True)
+        self._records.pop(rec.sandbox_id, None)
+
+    async def stats(self, sandbox_id: str) -> SandboxStats:
+        """Usage from the sandbox's cgroups."""
+        rec = self._get(sandbox_id)
+        raw = rec.cgroup.stats() if rec.cgroup else {}
+        return SandboxStats(
+            cpu_seconds=raw.get("cpu_usage_ns", 0) / 1e9,
+            memory_bytes=raw.get("memory_bytes", 0),
+            memory_peak_bytes=raw.get("memory_peak_bytes", 0),
+            pids=raw.get("pids", 0),
+            oom_kills=raw.get("oom_kills", 0),
+        )
+
+    async def state(self, sandbox_id: str) -> SandboxState:
+        """Created / running / exited, with exit code, reason and published ports."""
+        rec = self._get(sandbox_id)
+        info = rec.exit_info()
+        ports = tuple(rec.ports)
+        if info is None and rec.is_running():
+            return SandboxState(sandbox_id, "running" if rec.started else "created", ports=ports)
+        code = rec.exit_code()
+        reason = info["reason"] if info else "killed"
+        if code == 137 and reason == "exited" and rec.cgroup and rec.cgroup.stats()["oom_kills"]:
+            reason = "oom"
+        started = info.get("started_at") if info else None
+        finished = info.get("finished_at") if info else None
+        return SandboxState(sandbox_id, "exited", code, reason, started, finished, ports)
+
+    async def recover(self) -> list[str]:
+        """Reload every state directory; re-attach to live agents; re-publish their ports."""
+        alive: list[str] = []
+        if not self.sandboxes_dir.is_dir():
+            return alive
+        for state_dir in sorted(self.sandboxes_dir.iterdir()):
+            try:
+                rec = SandboxRecord.load(state_dir)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            old = self._records.pop(rec.sandbox_id, None)
+            if old is not None:
+                old.close_fds()
+            self._records[rec.sandbox_id] = rec
+            if rec.lease is not None:
+                self._net.claim(rec.lease)
+            if not rec.agent_alive():
+                continue
+            rec.attach()
+            try:
+                await process.request(rec.agent_socket, {"op": "ping"})
+            except OSError:
+                continue
+            if rec.ingress is not None and rec.exposed_ports:
+                await self._publish(rec)
+            alive.append(rec.sandbox_id)
+        return alive
+
+    # -- files and logs (files.py) --------------------------------------------------------------
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        data: bytes,
+        *,
+        make_parents: bool = False,
+        mode: int = 0o644,
+    ) -> None:
+        """Write through a worker forked by the agent (sandbox credentials and view)."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        await files.write_file(rec.agent_socket, path, data, make_parents=make_parents, mode=mode)
+
+    async def read_file(self, sandbox_id: str, path: str, *, max_bytes: int | None = None) -> bytes:
+        """Read through a worker forked by the agent (sandbox credentials and view)."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        return await files.read_file(rec.agent_socket, path, max_bytes=max_bytes)
+
+    def _require_running(self, rec: SandboxRecord) -> None:
+        if not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {rec.sandbox_id!r} is not running")
+
+    def logs(
+        self, sandbox_id: str, *, follow: bool = False, since: float | None = None
+    ) -> AsyncIterator[LogChunk]:
+        """Chunks from ``main.log``; with ``follow``, until the sandbox has ended."""
+        rec = self._get(sandbox_id)
+        return files.follow_log(rec.log_path, lambda: not rec.is_running(), follow, since)
+
+    async def close(self) -> None:
+        """Stop port relays and drop connections; shut the zygote down if nothing runs."""
+        any_alive = False
+        for rec in list(self._records.values()):
+            if rec.publisher is not None:
+                await rec.publisher.close()
+                rec.publisher = None
+            any_alive = any_alive or rec.is_running()
+            rec.close_fds()
+        self._records.clear()
+        if any_alive:
+            self._zygote.close()
+        else:
+            await self._zygote.shutdown()
+            if self._cgroups is not None:
+                self._cgroups.cleanup_group()

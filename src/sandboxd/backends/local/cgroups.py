@@ -1,0 +1,292 @@
+"""Per-sandbox cgroups on cgroup v1 (one hierarchy per controller) and v2 (unified).
+
+Why beneath our own cgroup: the runner may itself be confined (a systemd slice, a container,
+a per-process cgroup as on this project's CI), and sandboxes must count against that
+budget. So the backend reads ``/proc/self/cgroup`` and ``/proc/self/mountinfo``, finds its
+own cgroup in every hierarchy it needs (``cpu``, ``cpuacct``, ``memory``, ``pids`` on v1;
+the unified tree on v2) and creates ``sandboxd-<tag>/<sandbox>`` below it. The sandbox's
+processes join these cgroups before any namespace exists (see ``zygote.py``), so nothing
+the user runs is ever outside them. Paths are recorded in the sandbox's state so that a
+restarted runner, possibly in a different cgroup itself, still finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+V2_CONTROLLERS = ("cpu", "memory", "pids")
+CFS_PERIOD_US = 100_000
+
+
+class CgroupError(OSError):
+    """The cgroup layout is unusable (missing controller, not writable)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where our own cgroup lives: ``version`` 1 or 2 and controller → directory."""
+
+    version: int
+    bases: dict[str, str]
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
+    """(mount root, mount point, fstype, super options) of every cgroup mount."""
+    out = []
+    with open(mountinfo) as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if rfields and rfields[0] in ("cgroup", "cgroup2"):
+                opts = set(rfields[2].split(",")) if len(rfields) > 2 else set()
+                out.append((fields[3], fields[4], rfields[0], opts))
+    return out
+
+
+def _join(mount_point: str, mount_root: str, path: str) -> str:
+    rel = os.path.relpath(path, mount_root) if mount_root != "/" else path.lstrip("/")
+    if rel.startswith(".."):
+        rel = ""  # our cgroup is outside this mount's view (cgroup namespace): use its root
+    return os.path.normpath(os.path.join(mount_point, rel))
+
+
+def detect(
+    proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+) -> Layout:
+    """Find our own cgroup in each needed hierarchy; prefers v1 controllers when mounted."""
+    own: dict[str, str] = {}
+    unified_path = None
+    with open(proc_cgroup) as fh:
+        for line in fh:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if hid == "0" and controllers == "":
+                unified_path = path
+            for name in controllers.split(","):
+                if name:
+                    own[name] = path
+    mounts = _mounts(mountinfo)
+    v1: dict[str, str] = {}
+    for root, point, fstype, opts in mounts:
+        if fstype != "cgroup":
+            continue
+        for name in V1_CONTROLLERS:
+            if name in opts and name in own and name not in v1:
+                v1[name] = _join(point, root, own[name])
+    if len(v1) == len(V1_CONTROLLERS):
+        return Layout(1, v1)
+    for root, point, fstype, _opts in mounts:
+        if fstype == "cgroup2" and unified_path is not None:
+            base = _join(point, root, unified_path)
+            ctl = os.path.join(base, "cgroup.controllers")  # what was delegated to us
+            with contextlib.suppress(OSError), open(ctl) as fh:
+                available = set(fh.read().split())
+                if set(V2_CONTROLLERS) <= available:
+                    return Layout(2, {"unified": base})
+    missing = sorted(set(V1_CONTROLLERS) - set(v1))
+    raise CgroupError(errno.ENOENT, f"cgroup controllers not available: {', '.join(missing)}")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _enable_v2_controllers(base: str) -> None:
+    """Enable cpu/memory/pids for children of ``base``, moving our processes to a leaf if needed.
+
+    cgroup v2 forbids controllers in a cgroup's subtree while the cgroup itself holds
+    processes ("no internal processes"), so our own processes move to ``base/runner``.
+    """
+    want = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    ctl = os.path.join(base, "cgroup.subtree_control")
+    if set(V2_CONTROLLERS) <= set(_read(ctl).split()):
+        return
+    try:
+        _write(ctl, want)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        leaf = os.path.join(base, "runner")
+        os.makedirs(leaf, exist_ok=True)
+        for pid in _read(os.path.join(base, "cgroup.procs")).split():
+            with contextlib.suppress(OSError):
+                _write(os.path.join(leaf, "cgroup.procs"), pid)
+        _write(ctl, want)
+
+
+@dataclass(frozen=True)
+class SandboxCgroup:
+    """The cgroup directories of one sandbox (one per v1 hierarchy, or one on v2)."""
+
+    version: int
+    dirs: dict[str, str]
+
+    @property
+    def unique_dirs(self) -> list[str]:
+        """Each directory once (co-mounted v1 controllers share one)."""
+        return sorted(set(self.dirs.values()))
+
+    def procs_files(self) -> list[str]:
+        """Files to write "0" into to join every hierarchy."""
+        return [os.path.join(d, "cgroup.procs") for d in self.unique_dirs]
+
+    def _file(self, controller: str, v1_name: str, v2_name: str) -> str:
+        if self.version == 1:
+            return os.path.join(self.dirs[controller], v1_name)
+        return os.path.join(self.dirs["unified"], v2_name)
+
+    def set_limits(
+        self, *, cpu_millicores: int | None, memory_bytes: int | None, pids_max: int | None
+    ) -> None:
+        """Apply CPU quota, memory limit (swap included where possible) and PID limit."""
+        if cpu_millicores:
+            quota = max(1000, cpu_millicores * CFS_PERIOD_US // 1000)
+            if self.version == 1:
+                _write(self._file("cpu", "cpu.cfs_period_us", ""), str(CFS_PERIOD_US))
+                _write(self._file("cpu", "cpu.cfs_quota_us", ""), str(quota))
+            else:
+                _write(self._file("cpu", "", "cpu.max"), f"{quota} {CFS_PERIOD_US}")
+        if memory_bytes:
+            _write(self._file("memory", "memory.limit_in_bytes", "memory.max"), str(memory_bytes))
+            swap = self._file("memory", "memory.memsw.limit_in_bytes", "memory.swap.max")
+            if os.path.exists(swap):
+                _write(swap, str(memory_bytes) if self.version == 1 else "0")
+        if pids_max:
+            _write(self._file("pids", "pids.max", "pids.max"), str(pids_max))
+
+    def stats(self) -> dict[str, int]:
+        """cpu_usage_ns, memory_bytes, memory_peak_bytes, pids, oom_kills (missing → 0)."""
+        out = {
+            "cpu_usage_ns": 0,
+            "memory_bytes": 0,
+            "memory_peak_bytes": 0,
+            "pids": 0,
+            "oom_kills": 0,
+        }
+        with contextlib.suppress(OSError, ValueError):
+            if self.version == 1:
+                out["cpu_usage_ns"] = int(_read(self._file("cpuacct", "cpuacct.usage", "")))
+                out["memory_bytes"] = int(_read(self._file("memory", "memory.usage_in_bytes", "")))
+                peak = self._file("memory", "memory.max_usage_in_bytes", "")
+                out["memory_peak_bytes"] = int(_read(peak))
+                events = _read(self._file("memory", "memory.oom_control", ""))
+            else:
+                for line in _read(self._file("cpu", "", "cpu.stat")).splitlines():
+                    if line.startswith("usage_usec "):
+                        out["cpu_usage_ns"] = int(line.split()[1]) * 1000
+                out["memory_bytes"] = int(_read(self._file("memory", "", "memory.current")))
+                with contextlib.suppress(OSError):
+                    out["memory_peak_bytes"] = int(_read(self._file("memory", "", "memory.peak")))
+                events = _read(self._file("memory", "", "memory.events"))
+            for line in events.splitlines():
+                if line.startswith("oom_kill "):
+                    out["oom_kills"] = int(line.split()[1])
+            out["pids"] = int(_read(self._file("pids", "pids.current", "pids.current")))
+        return out
+
+    def pids(self) -> list[int]:
+        """Every process still in the sandbox's cgroups."""
+        found: set[int] = set()
+        for d in self.unique_dirs:
+            with contextlib.suppress(OSError):
+                found.update(int(p) for p in _read(os.path.join(d, "cgroup.procs")).split())
+        return sorted(found)
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever is left (v2: ``cgroup.kill``)."""
+        if self.version == 2:
+            kill = os.path.join(self.dirs["unified"], "cgroup.kill")
+            if os.path.exists(kill):
+                with contextlib.suppress(OSError):
+                    _write(kill, "1")
+                return
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Kill leftovers and remove the directories, waiting for dying tasks to leave.
+
+        The per-data-dir group directory above is removed too once it is empty (another
+        sandbox keeps it busy); ``CgroupManager.create`` recreates it on demand.
+        """
+        deadline = time.monotonic() + timeout
+        for d in self.unique_dirs:
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    self.kill_all()
+                    time.sleep(0.005)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(d))
+
+
+class CgroupManager:
+    """Creates sandbox cgroups beneath our own, under a per-data-dir group name."""
+
+    def __init__(self, group: str, layout: Layout | None = None) -> None:
+        self.layout = layout or detect()
+        self.group = group
+        self._ready = False
+
+    def _group_dirs(self) -> dict[str, str]:
+        return {c: os.path.join(base, self.group) for c, base in self.layout.bases.items()}
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        if self.layout.version == 2:
+            _enable_v2_controllers(self.layout.bases["unified"])
+        self._ready = True
+
+    def _make_groups(self) -> None:
+        for d in set(self._group_dirs().values()):
+            if not os.path.isdir(d):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d)
+            if self.layout.version == 2:
+                _enable_v2_controllers(d)
+
+    def create(self, sandbox_id: str) -> SandboxCgroup:
+        """Make the sandbox's cgroup directories (fails if they exist)."""
+        self._prepare()
+        dirs = {c: os.path.join(d, sandbox_id) for c, d in self._group_dirs().items()}
+        for attempt in range(3):  # a concurrent destroy may remove an empty group dir
+            self._make_groups()
+            made: list[str] = []
+            try:
+                for d in sorted(set(dirs.values())):
+                    os.mkdir(d)
+                    made.append(d)
+                return SandboxCgroup(self.layout.version, dirs)
+            except OSError as exc:
+                for d in reversed(made):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d)
+                if not isinstance(exc, FileNotFoundError) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def cleanup_group(self) -> None:
+        """Remove the (empty) group directories; busy ones are left in place."""
+        for d in set(self._group_dirs().values()):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        self._ready = False

@@ -1,0 +1,124 @@
+"""File reads and writes performed *inside* a sandbox, by a process forked from its agent.
+
+Why inside rather than through the host path of the overlay: the forked worker has the
+sandbox's root, mounts and credentials (uid 0 without capabilities), so symlinks resolve
+within the sandbox, mounted files are read-only, and "permission denied" means what it would
+mean to the sandbox's own processes. Data moves through a pipe the runner passes in, so a
+32 MiB payload never sits in one message. Standard library only (runs in the agent).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any
+
+from . import protocol
+
+CHUNK = 1 << 20
+
+_KINDS = {
+    errno.ENOENT: "not_found",
+    errno.EISDIR: "is_directory",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.EROFS: "permission_denied",
+    errno.ETXTBSY: "permission_denied",
+}
+
+
+def error_reply(exc: OSError, path: str, *, writing: bool = False) -> dict[str, Any]:
+    """Describe an ``OSError`` as a typed error the runner turns into an exception."""
+    code = exc.errno or errno.EIO
+    kind = _KINDS.get(code, "io")
+    if writing and code in (errno.ENOENT, errno.ENOTDIR):
+        kind = "parent_not_found"
+    elif code == errno.ENOTDIR:
+        kind = "not_found"
+    return {
+        "error": {
+            "kind": kind,
+            "errno": code,
+            "path": path,
+            "message": os.strerror(code),
+        }
+    }
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def read_file(conn: socket.socket, msg: dict[str, Any], out_fd: int) -> None:
+    """Reply ``{"ok", "size"}`` then stream the file into ``out_fd``; or reply an error."""
+    path = msg["path"]
+    max_bytes = msg.get("max_bytes")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        protocol.send(conn, error_reply(exc, path))
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            protocol.send(conn, error_reply(IsADirectoryError(errno.EISDIR, ""), path))
+            return
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            protocol.send(conn, error_reply(OSError(errno.EINVAL, ""), path))
+            return
+        size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        if max_bytes is not None and size is not None and size > max_bytes:
+            err = {"kind": "too_large", "path": path, "size": size, "max_size": max_bytes}
+            protocol.send(conn, {"error": err | {"message": "file too large"}})
+            return
+        os.set_blocking(fd, True)
+        os.set_blocking(out_fd, True)
+        protocol.send(conn, {"ok": True, "size": size})
+        limit = None if max_bytes is None else max_bytes + 1
+        sent = 0
+        while limit is None or sent < limit:
+            want = CHUNK if limit is None else min(CHUNK, limit - sent)
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            _write_all(out_fd, chunk)
+            sent += len(chunk)
+    except BrokenPipeError:
+        pass
+    except OSError as exc:
+        protocol.send(conn, error_reply(exc, path))
+    finally:
+        os.close(fd)
+
+
+def write_file(conn: socket.socket, msg: dict[str, Any], in_fd: int) -> None:
+    """Copy everything from ``in_fd`` into the file, then reply ``{"ok", "written"}``."""
+    path = msg["path"]
+    try:
+        if msg.get("make_parents"):
+            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        fd = os.open(path, flags, msg.get("mode", 0o644))
+    except OSError as exc:
+        protocol.send(conn, error_reply(exc, path, writing=True))
+        return
+    written = 0
+    try:
+        os.set_blocking(in_fd, True)
+        while True:
+            chunk = os.read(in_fd, CHUNK)
+            if not chunk:
+                break
+            _write_all(fd, chunk)
+            written += len(chunk)
+    except OSError as exc:
+        protocol.send(conn, error_reply(exc, path))
+        return
+    finally:
+        os.close(fd)
+    protocol.send(conn, {"ok": True, "written": written})

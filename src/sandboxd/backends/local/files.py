@@ -1,0 +1,146 @@
+"""Runner side of file reads/writes and of log reading for the local backend.
+
+Why pipes: the agent forks a worker inside the sandbox for each file operation (see
+``fileops.py``); the runner passes it one end of a pipe and streams the data, so a large
+file is never one message and a failing worker (no such directory, disk full) simply closes
+the pipe and replies with a typed error. Logs are read straight from ``main.log`` on the
+host, so they stay available after the sandbox has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from ..base import LogChunk, Stream
+from ..errors import (
+    FileIsDirectory,
+    FileNotFound,
+    FileOperationError,
+    FilePermissionDenied,
+    FileTooLarge,
+    ParentNotFound,
+    SandboxNotRunning,
+)
+from . import logfile, process, protocol
+
+LOG_POLL_SECONDS = 0.05
+
+_ERRORS: dict[str, type[FileOperationError]] = {
+    "not_found": FileNotFound,
+    "is_directory": FileIsDirectory,
+    "permission_denied": FilePermissionDenied,
+    "parent_not_found": ParentNotFound,
+}
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or "\0" in path:
+        raise FileOperationError(path, "path must be absolute", errno.EINVAL)
+
+
+def raise_for(reply: dict[str, Any], path: str) -> None:
+    """Turn an agent error reply into the matching exception."""
+    err = reply.get("error")
+    if not err:
+        return
+    kind = err.get("kind")
+    if kind == "too_large":
+        raise FileTooLarge(path, int(err["size"]), int(err["max_size"]))
+    cls = _ERRORS.get(kind or "", FileOperationError)
+    raise cls(path, err.get("message", "failed"), err.get("errno"))
+
+
+async def _connect(socket_path: str) -> Any:
+    try:
+        return process.connect(socket_path)
+    except OSError:
+        raise SandboxNotRunning("sandbox is not running") from None
+
+
+async def write_file(
+    socket_path: str, path: str, data: bytes, *, make_parents: bool, mode: int
+) -> None:
+    """Stream ``data`` to a worker that writes it at ``path`` inside the sandbox."""
+    _check_path(path)
+    sock = await _connect(socket_path)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        msg = {"op": "write_file", "path": path, "make_parents": make_parents, "mode": mode}
+        try:
+            protocol.send(sock, msg, [read_end])
+        finally:
+            os.close(read_end)
+        with contextlib.suppress(BrokenPipeError):
+            await process.write_all(write_end, data)
+        os.close(write_end)
+        write_end = -1
+        reply, _ = await process.recv(sock)
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        sock.close()
+    if reply is None:
+        raise FileOperationError(path, "the sandbox ended during the write", errno.EIO)
+    raise_for(reply, path)
+    if reply.get("written") != len(data):
+        raise FileOperationError(path, f"short write ({reply.get('written')} bytes)", errno.EIO)
+
+
+async def read_file(socket_path: str, path: str, *, max_bytes: int | None) -> bytes:
+    """Read ``path`` inside the sandbox through a worker and a pipe."""
+    _check_path(path)
+    sock = await _connect(socket_path)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        msg = {"op": "read_file", "path": path, "max_bytes": max_bytes}
+        try:
+            protocol.send(sock, msg, [write_end])
+        finally:
+            os.close(write_end)
+        reply, _ = await process.recv(sock)
+        if reply is None:
+            raise FileOperationError(path, "the sandbox ended during the read", errno.EIO)
+        raise_for(reply, path)
+        os.set_blocking(read_end, False)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            try:
+                chunk = os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                await process.wait_readable(read_end)
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if max_bytes is not None and total > max_bytes:
+                raise FileTooLarge(path, total, max_bytes)
+        return b"".join(chunks)
+    finally:
+        os.close(read_end)
+        sock.close()
+
+
+async def follow_log(
+    path: Path, ended: Callable[[], bool], follow: bool, since: float | None
+) -> AsyncIterator[LogChunk]:
+    """Yield log records; with ``follow``, poll for more until ``ended()`` and drained."""
+    offset = 0
+    while True:
+        finished = ended()
+        records, offset = await asyncio.to_thread(logfile.read_records, str(path), offset)
+        for rec in records:
+            if since is None or rec.timestamp >= since:
+                stream: Stream = "stdout" if rec.stream == "stdout" else "stderr"
+                yield LogChunk(rec.timestamp, stream, rec.data)
+        if not follow or (finished and not records):
+            return
+        if not records:
+            await asyncio.sleep(LOG_POLL_SECONDS)

@@ -1,0 +1,79 @@
+"""What the local backend can do on this host (reported to the control plane).
+
+Why a separate probe: the runner calls ``fingerprint()`` before anything else and must get
+a clear "unavailable, because ..." rather than an exception from deep inside a create, e.g.
+when run without root, without overlayfs, or without the cpu/memory/pids controllers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+import shutil
+
+from ..base import Fingerprint
+from . import seccomp
+from .cgroups import CgroupError, detect
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _own_memory_limit(bases: dict[str, str], version: int) -> int | None:
+    name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+    base = bases.get("memory" if version == 1 else "unified")
+    if base is None:
+        return None
+    try:
+        with open(os.path.join(base, name)) as fh:
+            raw = fh.read().strip()
+    except OSError:
+        return None
+    return None if raw == "max" else int(raw)
+
+
+def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fingerprint:
+    """Check root, overlayfs and cgroups; list egress/ingress modes and capacity."""
+    problems: list[str] = []
+    attrs: dict[str, str] = {
+        "kernel": platform.release(),
+        "isolation": "namespaces(pid,mount,ipc,uts,net,cgroup)+overlayfs+cgroups",
+        "seccomp": "yes" if seccomp.supported() else "no",
+        "network_pool": str(pool),
+    }
+    if os.geteuid() != 0:
+        problems.append("needs root")
+    with open("/proc/filesystems") as fh:
+        if "overlay" not in fh.read():
+            problems.append("overlayfs is not available (modprobe overlay)")
+    memory = _mem_total()
+    try:
+        layout = detect()
+        attrs["cgroup"] = f"v{layout.version}"
+        for base in sorted(set(layout.bases.values())):
+            if not os.access(base, os.W_OK):
+                problems.append(f"cgroup {base} is not writable")
+        limit = _own_memory_limit(layout.bases, layout.version)
+        if limit is not None:
+            memory = min(memory, limit)
+    except CgroupError as exc:
+        problems.append(str(exc))
+    egress = ["none"]
+    if shutil.which("ip") and shutil.which("iptables-restore"):
+        egress += ["internet", "allowlist"]
+    attrs["egress_types"] = ",".join(egress)
+    attrs["ingress_modes"] = "public,internal"
+    return Fingerprint(
+        name=name,
+        available=not problems,
+        reason="; ".join(problems),
+        attributes=attrs,
+        cpu_millicores=(os.cpu_count() or 1) * 1000,
+        memory_bytes=memory,
+    )

@@ -1,0 +1,75 @@
+"""Starting processes inside the sandbox (used by the agent) and exit-code conventions.
+
+Why separate: these few functions are the exec hot path and the terminal plumbing, shared
+by the agent (which spawns) and the runner side (which resizes PTYs). Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import struct
+import termios
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def exit_code_from_status(status: int) -> int:
+    """Shell convention: the exit status, or 128+N when killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def set_winsize(fd: int, cols: int, rows: int) -> None:
+    """TIOCSWINSZ on a terminal fd."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _which(program: str, env: dict[str, str]) -> str:
+    if "/" in program:
+        return program
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
+
+
+def spawn_fast(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str], cwd: str) -> int:
+    """``posix_spawn`` (a vfork+exec in C) in a new session; the pid.
+
+    Why not ``subprocess``: in a freshly forked agent every Python object touched costs a
+    copy-on-write page fault, and ``Popen`` touches many; this path is the exec hot path.
+    Every descriptor of the agent is close-on-exec, so only ``stdio`` is inherited. The
+    agent changes its own directory around the call (it is single-threaded), as Python
+    3.11 has no spawn-time chdir; exec errors (ENOENT, EACCES) are raised here.
+    """
+    path = _which(argv[0], env)
+    os.chdir(cwd)
+    try:
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)],
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    finally:
+        os.chdir("/")
+
+
+def acquire_ctty() -> None:
+    """Make the PTY on stdin the controlling terminal (run in the child, after setsid)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def relax_oom(pid: int) -> None:
+    """Reset a child's OOM score: the agent shields itself (-1000), its children must not."""
+    # The agent protects itself from the OOM killer; its children must not inherit that.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+        fh.write("0")

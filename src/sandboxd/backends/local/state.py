@@ -1,0 +1,188 @@
+"""What the local backend keeps per sandbox, on disk and in memory.
+
+Why on disk: a runner restart must find every sandbox again (``recover``), including ones
+that ended while it was away, and their logs and exit codes. The state directory
+``<data_dir>/sandboxes/<id>/`` holds ``record.json`` (agent pid and start time, cgroup
+paths, network lease, published ports, the parts of the spec recovery needs), ``main.log``
+(written by the agent), ``exit.json`` (written by the agent just before it exits), the
+mounted-file sources, the agent's socket, and two empty mount points that are only ever
+mounted inside the sandbox's own mount namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..base import EgressType, IngressMode, PublishedPort
+from .cgroups import SandboxCgroup
+from .ingress import PortPublisher
+from .network import Lease
+from .syscalls import process_start_time
+
+KILLED_WITH_SANDBOX = 137
+
+MAX_SOCKET_PATH = 100
+
+
+@dataclass
+class SandboxRecord:
+    """One sandbox known to the backend."""
+
+    sandbox_id: str
+    state_dir: Path
+    egress: EgressType = EgressType.NONE
+    cidrs: tuple[str, ...] = ()
+    ingress: IngressMode | None = None
+    exposed_ports: tuple[int, ...] = ()
+    cgroup: SandboxCgroup | None = None
+    lease: Lease | None = None
+    agent_pid: int | None = None
+    agent_start_time: int | None = None
+    ports: list[PublishedPort] = field(default_factory=list)
+    started: bool = False
+    # runtime only
+    pidfd: int | None = None
+    dir_fd: int | None = None
+    publisher: PortPublisher | None = None
+    exited: asyncio.Future[None] | None = None
+
+    @property
+    def agent_socket(self) -> str:
+        """Path to the agent's socket, shortened through /proc/self/fd when too long."""
+        path = str(self.state_dir / "agent.sock")
+        if len(path) < MAX_SOCKET_PATH:
+            return path
+        if self.dir_fd is None:
+            self.dir_fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self.dir_fd}/agent.sock"
+
+    @property
+    def log_path(self) -> Path:
+        """The main process's log."""
+        return self.state_dir / "main.log"
+
+    def exit_info(self) -> dict[str, Any] | None:
+        """``exit.json`` as written by the agent, if it has been."""
+        try:
+            with open(self.state_dir / "exit.json") as fh:
+                info: dict[str, Any] = json.load(fh)
+                return info
+        except (OSError, ValueError):
+            return None
+
+    def agent_alive(self) -> bool:
+        """Whether the recorded agent still runs (pid *and* start time match)."""
+        if self.agent_pid is None:
+            return False
+        start = process_start_time(self.agent_pid)
+        if start is None or start != self.agent_start_time:
+            return False
+        with open(f"/proc/{self.agent_pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+
+    def attach(self) -> None:
+        """Open a pidfd on the agent, unless its pid now belongs to another process."""
+        assert self.agent_pid is not None
+        self.pidfd = os.pidfd_open(self.agent_pid)
+        if process_start_time(self.agent_pid) != self.agent_start_time:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def exited_future(self) -> asyncio.Future[None]:
+        """Resolves when the agent (PID 1) is gone; one pidfd reader per sandbox."""
+        loop = asyncio.get_running_loop()
+        if self.exited is None:
+            self.exited = fut = loop.create_future()
+            if self.pidfd is None:
+                fut.set_result(None)
+            else:
+                fd = self.pidfd
+
+                def done() -> None:
+                    loop.remove_reader(fd)
+                    if not fut.done():
+                        fut.set_result(None)
+
+                loop.add_reader(fd, done)
+        return self.exited
+
+    def is_running(self) -> bool:
+        """PID 1 alive (its pidfd not yet readable) and no exit recorded."""
+        if self.pidfd is None or (self.exited is not None and self.exited.done()):
+            return False
+        if select.select([self.pidfd], [], [], 0)[0]:
+            return False
+        return self.exit_info() is None
+
+    def exit_code(self) -> int:
+        """Recorded exit code; 137 when PID 1 was killed before it could record one."""
+        info = self.exit_info()
+        return int(info["exit_code"]) if info else KILLED_WITH_SANDBOX
+
+    def kill_agent(self) -> None:
+        """SIGKILL PID 1 through its pidfd (the kernel then kills the whole sandbox)."""
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def save(self) -> None:
+        """Write ``record.json`` atomically."""
+        data = {
+            "sandbox_id": self.sandbox_id,
+            "egress": self.egress.value,
+            "cidrs": list(self.cidrs),
+            "ingress": self.ingress.value if self.ingress else None,
+            "exposed_ports": list(self.exposed_ports),
+            "cgroup": {"version": self.cgroup.version, "dirs": self.cgroup.dirs}
+            if self.cgroup
+            else None,
+            "lease": json.loads(self.lease.to_json()) if self.lease else None,
+            "agent_pid": self.agent_pid,
+            "agent_start_time": self.agent_start_time,
+            "ports": [vars(p) for p in self.ports],
+            "started": self.started,
+        }
+        tmp = self.state_dir / "record.json.tmp"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.state_dir / "record.json")
+
+    @classmethod
+    def load(cls, state_dir: Path) -> SandboxRecord:
+        """Read ``record.json`` of a state directory."""
+        data = json.loads((state_dir / "record.json").read_text())
+        cg = data.get("cgroup")
+        lease = data.get("lease")
+        return cls(
+            sandbox_id=data["sandbox_id"],
+            state_dir=state_dir,
+            egress=EgressType(data["egress"]),
+            cidrs=tuple(data["cidrs"]),
+            ingress=IngressMode(data["ingress"]) if data["ingress"] else None,
+            exposed_ports=tuple(data["exposed_ports"]),
+            cgroup=SandboxCgroup(cg["version"], cg["dirs"]) if cg else None,
+            lease=Lease(**lease) if lease else None,
+            agent_pid=data["agent_pid"],
+            agent_start_time=data["agent_start_time"],
+            ports=[PublishedPort(**p) for p in data["ports"]],
+            started=data["started"],
+        )
+
+    def close_fds(self) -> None:
+        """Release runtime descriptors (the sandbox itself is untouched)."""
+        loop_fds = [fd for fd in (self.pidfd, self.dir_fd) if fd is not None]
+        if self.pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.pidfd)
+        for fd in loop_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pidfd = self.dir_fd = None

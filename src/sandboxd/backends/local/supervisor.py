@@ -1,0 +1,155 @@
+"""The runner's connection to its zygote: start it once, reconnect after a restart.
+
+Why the zygote outlives the runner: it is the parent (subreaper) of every agent, so it must
+keep reaping them while a runner restarts; the new runner finds it through
+``<data_dir>/run/zygote.sock``. Replies to spawn requests come back on the shared
+connection tagged with the request id (each is sent by the forked child that did the work,
+as one SEQPACKET message), so concurrent creates never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .process import wait_readable
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from sandboxd.backends.local.zygote import main; main()"
+)
+READY_TIMEOUT = 15.0
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not be started or reached."""
+
+
+class ZygoteClient:
+    """Starts (or finds) the zygote of one data directory and multiplexes spawn requests."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._dir_fd: int | None = None
+
+    def _path(self) -> str:
+        if self._dir_fd is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._dir_fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return protocol.socket_path(self._dir_fd, "zygote.sock")
+
+    async def ensure(self) -> None:
+        """Connect to a running zygote, or start one."""
+        async with self._lock:
+            if self._sock is not None:
+                return
+            try:
+                sock = protocol.connect(self._path())
+            except OSError:
+                await self._start()
+                sock = protocol.connect(self._path())
+            sock.setblocking(False)
+            self._sock = sock
+            asyncio.get_running_loop().add_reader(sock, self._on_readable)
+
+    async def _start(self) -> None:
+        src = str(Path(__file__).resolve().parents[3])
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        log = open(self.run_dir / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C.UTF-8"}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-s", "-B", "-c", _BOOT, src, str(self.run_dir), str(ready_w)],
+                pass_fds=[ready_w],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd="/",
+                env=env,
+            )
+        finally:
+            os.close(ready_w)
+            log.close()
+        try:
+            await asyncio.wait_for(wait_readable(ready_r), READY_TIMEOUT)
+            if os.read(ready_r, 16) != b"ok":
+                raise ZygoteError(f"zygote failed to start; see {self.run_dir / 'zygote.log'}")
+        except TimeoutError:
+            raise ZygoteError("zygote did not become ready") from None
+        finally:
+            os.close(ready_r)
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                msg, fds = protocol.recv(self._sock)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                self._disconnect(ZygoteError("zygote connection lost"))
+                return
+            fut = self._pending.pop(int(msg.get("req", 0)), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _disconnect(self, exc: Exception) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._sock)
+            self._sock.close()
+            self._sock = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+
+    async def spawn(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Ask the zygote to build a sandbox; the reply carries ``ok`` and ``pid`` or ``error``."""
+        await self.ensure()
+        assert self._sock is not None
+        req = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req] = fut
+        protocol.send(self._sock, {**request, "op": "spawn", "req": req})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(req, None)
+
+    async def shutdown(self) -> None:
+        """Ask the zygote to exit (agents it still parents are re-parented to init)."""
+        with contextlib.suppress(OSError, ZygoteError):
+            await self.ensure()
+            if self._sock is not None:
+                protocol.send(self._sock, {"op": "shutdown"})
+        self.close()
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self._proc.wait, 5)
+            self._proc = None
+
+    def close(self) -> None:
+        """Drop the connection; the zygote keeps running."""
+        self._disconnect(ZygoteError("closed"))
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None

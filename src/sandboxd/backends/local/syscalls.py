@@ -1,0 +1,232 @@
+"""Thin ctypes wrappers for the Linux calls the local backend needs and Python 3.11 lacks.
+
+Why ctypes rather than bubblewrap or ``nsenter``: the sandbox is built by a forked copy of a
+small, already-running Python process (see ``zygote.py``), so every namespace, mount and
+capability step is a plain system call in that process: no program is executed until the
+user's own command. This module must import only the standard library, because it is loaded
+into the zygote and the in-sandbox agent, which cannot import anything once they have pivoted
+into the image's root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import platform
+import socket
+import struct
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# securebits: root gets no capabilities on execve and setuid never restores them; all locked.
+SECBIT_NOROOT = 1 << 0
+SECBIT_NOROOT_LOCKED = 1 << 1
+SECBIT_NO_SETUID_FIXUP = 1 << 2
+SECBIT_NO_SETUID_FIXUP_LOCKED = 1 << 3
+SECBIT_KEEP_CAPS_LOCKED = 1 << 5
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+
+
+def _check(result: int, what: str, path: str | None = None) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return result
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces (``unshare(2)``)."""
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that ``fd`` refers to (``setns(2)``)."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def mount(
+    source: str | None,
+    target: str,
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """``mount(2)``; raises ``OSError`` naming the target on failure."""
+    res = _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    _check(res, f"mount {fstype or source or ''} on", target)
+
+
+def bind_readonly(source: str, target: str, extra: int = MS_NOSUID | MS_NODEV) -> None:
+    """Bind ``source`` on ``target`` and make that bind read-only (two calls, as Linux needs)."""
+    mount(source, target, None, MS_BIND)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | extra)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """``umount2(2)``."""
+    _check(_libc.umount2(_b(target), flags), "umount", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """``pivot_root(2)`` (glibc has no wrapper)."""
+    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"pivot_root: unsupported architecture {platform.machine()}")
+    res = _libc.syscall(nr, _b(new_root), _b(put_old))
+    _check(res, "pivot_root", new_root)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """``prctl(2)``."""
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def set_process_name(name: str) -> None:
+    """Set the comm name shown by ``ps`` (best effort, 15 bytes)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
+
+
+def set_cmdline(title: str) -> None:
+    """Overwrite this process's argv area, so ``ps`` shows ``title`` (setproctitle style).
+
+    The agent is a fork of the zygote, whose command line names host paths (the Python
+    binary, the source tree, the data directory); the sandbox's own ``ps`` must not show
+    them. Python keeps its own copy of argv, so the original area is free to rewrite.
+    """
+    with open("/proc/self/stat", "rb") as fh:
+        raw = fh.read()
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    start, end = int(fields[45]), int(fields[46])  # stat fields 48 and 49: arg_start/end
+    size = end - start
+    if size <= 1:
+        return
+    data = title.encode()[: size - 1]
+    ctypes.memset(start, 0, size)
+    ctypes.memmove(start, data, len(data))
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as fh:
+            return int(fh.read())
+    except OSError:
+        return 40
+
+
+def drop_all_capabilities() -> None:
+    """Drop every capability for good: bounding, ambient, effective, permitted, inheritable.
+
+    The process stays uid 0 (there is no user namespace), so securebits are set first:
+    with ``SECBIT_NOROOT`` locked, executing a program as root no longer hands it the full
+    capability set, and ``PR_SET_NO_NEW_PRIVS`` makes setuid/file capabilities inert.
+    """
+    bits = (
+        SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+    )
+    prctl(PR_SET_SECUREBITS, bits)
+    for cap in range(_last_cap() + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    hdr = ctypes.create_string_buffer(header, len(header))
+    data = ctypes.create_string_buffer(24)  # two zeroed __user_cap_data_struct
+    _check(_libc.capset(hdr, data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def capability_sets(pid: int | str = "self") -> dict[str, int]:
+    """Read CapInh/CapPrm/CapEff/CapBnd/CapAmb of a process (used by tests and diagnostics)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("Cap"):
+                key, _, value = line.partition(":")
+                out[key] = int(value.strip(), 16)
+    return out
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def set_link_up(name: str = "lo") -> None:
+    """Bring an interface of the current network namespace up with one ioctl (no ``ip`` run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, to tell a process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return int(fields[19])

@@ -1,0 +1,365 @@
+"""The conformance suite every backend must pass (DESIGN.md rule 4).
+
+Each ``check_*`` is an async function taking a ``Harness``: the backend under test, an image
+with busybox (``/bin/sh``, ``cat``, ``sleep``...) and one with python:3.11, and a way to
+open a second backend instance on the same state (a runner restart). ``test_conformance.py``
+parametrizes every check over every backend harness; a new backend adds a harness fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sandboxd.backends.base import Backend, ExecSession, MountedFile, SandboxSpec, Stream
+from sandboxd.backends.errors import (
+    FileIsDirectory,
+    FileNotFound,
+    FilePermissionDenied,
+    ParentNotFound,
+    SandboxExists,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class Harness:
+    backend: Backend
+    rootfs: Path
+    python_rootfs: Path | None
+    reopen: Callable[[], Backend]
+    prefix: str = "t-"
+    created: list[str] = field(default_factory=list)
+
+    def spec(self, **kw: Any) -> SandboxSpec:
+        sid = kw.pop("sandbox_id", None) or f"{self.prefix}{next(_counter)}"
+        base = SandboxSpec(sandbox_id=sid, rootfs=self.rootfs, memory_bytes=256 << 20)
+        return replace(base, **kw)
+
+    @contextlib.asynccontextmanager
+    async def sandbox(self, start: bool = True, **kw: Any) -> AsyncIterator[str]:
+        spec = self.spec(**kw)
+        await self.backend.create(spec)
+        try:
+            if start:
+                await self.backend.start(spec.sandbox_id)
+            yield spec.sandbox_id
+        finally:
+            await self.backend.destroy(spec.sandbox_id)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: bytes
+    stderr: bytes
+    chunks: list[tuple[Stream, bytes]]
+
+
+async def collect(session: ExecSession, stdin: bytes | None = None) -> Result:
+    async def feed() -> None:
+        if stdin is not None:
+            await session.write_stdin(stdin)
+        await session.close_stdin()
+
+    feeder = asyncio.ensure_future(feed())
+    chunks = [(c.stream, c.data) async for c in session]
+    code = await session.wait()
+    await feeder
+    await session.close()
+    out = b"".join(d for s, d in chunks if s == "stdout")
+    err = b"".join(d for s, d in chunks if s == "stderr")
+    return Result(code, out, err, chunks)
+
+
+async def run(
+    h: Harness, sid: str, argv: list[str], stdin: bytes | None = None, **kw: Any
+) -> Result:
+    return await collect(await h.backend.exec(sid, argv, **kw), stdin)
+
+
+def sh(script: str) -> list[str]:
+    return ["/bin/sh", "-c", script]
+
+
+# -- exec ------------------------------------------------------------------------------------
+async def check_exec_output_and_exit_code(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        r = await run(h, sid, sh("echo out; echo err >&2; exit 3"))
+        assert (r.code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+        r = await run(h, sid, ["true"])
+        assert (r.code, r.stdout, r.stderr) == (0, b"", b"")
+
+
+async def check_exec_stdin_roundtrip(h: Harness) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB: more than any pipe buffer
+    async with h.sandbox() as sid:
+        r = await run(h, sid, ["cat"], stdin=payload)
+        assert r.code == 0 and r.stdout == payload
+        r = await run(h, sid, ["wc", "-c"])  # no stdin at all means EOF, not a hang
+        assert r.code == 0 and r.stdout.strip() == b"0"
+
+
+async def check_exec_signals_are_128_plus_n(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        assert (await run(h, sid, sh("kill -TERM $$"))).code == 143
+        assert (await run(h, sid, sh("kill -KILL $$"))).code == 137
+        assert (await run(h, sid, sh("kill -INT $$"))).code == 130
+        session = await h.backend.exec(sid, ["sleep", "100"])
+        await session.kill()
+        assert await asyncio.wait_for(session.wait(), 5) == 137
+        await session.close()
+
+
+async def check_exec_env_and_cwd(h: Harness) -> None:
+    async with h.sandbox(env={"SPEC_VAR": "from-spec"}, workdir="/tmp") as sid:
+        r = await run(h, sid, sh("echo $SPEC_VAR $EXTRA; pwd"), env={"EXTRA": "x y"})
+        assert r.stdout == b"from-spec x y\n/tmp\n"
+        r = await run(h, sid, ["pwd"], cwd="/etc")
+        assert r.stdout == b"/etc\n"
+
+
+async def check_exec_missing_program_is_127(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        r = await run(h, sid, ["/no/such/program"])
+        assert r.code == 127 and b"/no/such/program" in r.stderr
+        r = await run(h, sid, ["/etc/passwd"])  # not executable
+        assert r.code == 126
+
+
+async def check_exec_streams_before_exit(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        session = await h.backend.exec(sid, sh("echo first; sleep 2; echo second"))
+        started = time.monotonic()
+        first = await session.__aiter__().__anext__()
+        assert first.data == b"first\n" and time.monotonic() - started < 1.5
+        rest = [c async for c in session]
+        assert b"".join(c.data for c in rest) == b"second\n"
+        assert await session.wait() == 0
+        await session.close()
+
+
+async def check_exec_large_output(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        r = await run(h, sid, sh("head -c 8388608 /dev/zero; echo done >&2"))
+        assert r.code == 0 and len(r.stdout) == 8 << 20 and r.stderr == b"done\n"
+
+
+async def check_exec_concurrent_no_head_of_line_blocking(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        slow = await h.backend.exec(sid, ["sleep", "30"])
+        results = await asyncio.wait_for(
+            asyncio.gather(*(run(h, sid, sh(f"echo {i}")) for i in range(20))), 15
+        )
+        assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(20)]
+        await slow.close()
+
+
+async def check_exec_tty(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        r = await run(h, sid, sh("tty; stty size"), tty=True, tty_size=(100, 30))
+        assert r.code == 0
+        lines = r.stdout.replace(b"\r", b"").split(b"\n")
+        assert lines[0].startswith(b"/dev/pts/") and lines[1] == b"30 100"
+        session = await h.backend.exec(sid, sh("read x; stty size"), tty=True)
+        await session.resize(120, 40)
+        await session.write_stdin(b"go\n")
+        out = b"".join([c.data async for c in session])
+        assert b"40 120" in out and await session.wait() == 0
+        await session.close()
+
+
+# -- files -----------------------------------------------------------------------------------
+async def check_files_roundtrip(h: Harness) -> None:
+    big = bytes(range(256)) * 20000  # ~5 MB, binary
+    async with h.sandbox() as sid:
+        await h.backend.write_file(sid, "/tmp/big.bin", big)
+        assert await h.backend.read_file(sid, "/tmp/big.bin") == big
+        await h.backend.write_file(sid, "/tmp/empty", b"")
+        assert await h.backend.read_file(sid, "/tmp/empty") == b""
+        r = await run(h, sid, ["wc", "-c", "/tmp/big.bin"])
+        assert r.stdout.split()[0] == str(len(big)).encode()
+        await run(h, sid, sh("echo from-exec > /tmp/made"))
+        assert await h.backend.read_file(sid, "/tmp/made") == b"from-exec\n"
+        await h.backend.write_file(sid, "/tmp/a/b/c.txt", b"deep", make_parents=True)
+        assert (await run(h, sid, ["cat", "/tmp/a/b/c.txt"])).stdout == b"deep"
+
+
+async def check_file_errors_are_typed(h: Harness) -> None:
+    mounted = (MountedFile("/etc/app/config.json", b'{"a": 1}'),)
+    async with h.sandbox(mounted_files=mounted) as sid:
+        for exc, coro in (
+            (FileNotFound, h.backend.read_file(sid, "/does/not/exist")),
+            (FileIsDirectory, h.backend.read_file(sid, "/tmp")),
+            (FileIsDirectory, h.backend.write_file(sid, "/tmp", b"x")),
+            (ParentNotFound, h.backend.write_file(sid, "/no/such/dir/f", b"x")),
+            (FilePermissionDenied, h.backend.write_file(sid, "/etc/app/config.json", b"x")),
+        ):
+            try:
+                await coro
+            except exc:
+                continue
+            raise AssertionError(f"expected {exc.__name__}")
+
+
+async def check_mounted_files_are_read_only(h: Harness) -> None:
+    mounted = (MountedFile("/etc/app/config.json", b'{"a": 1}'), MountedFile("/x", b"top"))
+    async with h.sandbox(mounted_files=mounted) as sid:
+        assert (await run(h, sid, ["cat", "/etc/app/config.json"])).stdout == b'{"a": 1}'
+        r = await run(h, sid, sh("echo hacked > /etc/app/config.json"))
+        assert r.code != 0
+        r = await run(h, sid, sh("rm -f /x; mv /x /y"))
+        assert r.code != 0
+        assert await h.backend.read_file(sid, "/x") == b"top"
+        assert await h.backend.read_file(sid, "/etc/app/config.json") == b'{"a": 1}'
+
+
+# -- main process, logs, stop --------------------------------------------------------------
+async def check_wait_returns_main_exit_code(h: Harness) -> None:
+    async with h.sandbox(command=("/bin/sh", "-c", "echo bye; exit 7")) as sid:
+        assert await asyncio.wait_for(h.backend.wait(sid), 10) == 7
+        state = await h.backend.state(sid)
+        assert (state.state, state.exit_code, state.reason) == ("exited", 7, "exited")
+        try:
+            await h.backend.exec(sid, ["true"])
+        except SandboxNotRunning:
+            pass
+        else:
+            raise AssertionError("exec after exit must raise SandboxNotRunning")
+
+
+async def check_logs_of_main_process(h: Harness) -> None:
+    script = "echo one; echo two >&2; sleep 1; echo three"
+    async with h.sandbox(command=("/bin/sh", "-c", script)) as sid:
+        follow = [c async for c in h.backend.logs(sid, follow=True)]
+        assert b"".join(c.data for c in follow if c.stream == "stdout") == b"one\nthree\n"
+        assert [c.data for c in follow if c.stream == "stderr"] == [b"two\n"]
+        assert all(a.timestamp <= b.timestamp for a, b in itertools.pairwise(follow))
+        assert await h.backend.wait(sid) == 0
+        after = [c async for c in h.backend.logs(sid)]  # still served after the end
+        assert after == follow
+        late = [c async for c in h.backend.logs(sid, since=follow[-1].timestamp)]
+        assert [c.data for c in late] == [b"three\n"]
+
+
+async def wait_for_sleep(h: Harness, sid: str) -> None:
+    """Until the main command's ``sleep`` runs (a shell's trap is only set by then)."""
+    for _ in range(200):
+        if b"sleep" in (await run(h, sid, ["ps", "-o", "args"])).stdout:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("main process never started sleeping")
+
+
+async def check_stop_exit_codes(h: Harness) -> None:
+    async with h.sandbox() as sid:  # default keep-alive traps TERM and exits 0
+        await wait_for_sleep(h, sid)
+        assert await asyncio.wait_for(h.backend.stop(sid, 5), 10) == 0
+    async with h.sandbox(command=("sleep", "1000")) as sid:
+        assert await asyncio.wait_for(h.backend.stop(sid, 5), 10) == 143
+        assert (await h.backend.state(sid)).reason == "stopped"
+    stubborn = ("/bin/sh", "-c", 'trap "" TERM; while true; do sleep 1; done')
+    async with h.sandbox(command=stubborn) as sid:
+        await wait_for_sleep(h, sid)
+        started = time.monotonic()
+        assert await asyncio.wait_for(h.backend.stop(sid, 0.5), 10) == 137
+        assert time.monotonic() - started < 4
+        for coro in (h.backend.exec(sid, ["true"]), h.backend.read_file(sid, "/etc/passwd")):
+            try:
+                await coro
+            except SandboxNotRunning:
+                continue
+            raise AssertionError("operation on a stopped sandbox must raise")
+
+
+async def check_lifetime_is_enforced(h: Harness) -> None:
+    async with h.sandbox(command=("sleep", "1000"), max_lifetime_seconds=1) as sid:
+        assert await asyncio.wait_for(h.backend.wait(sid), 15) == 143
+        assert (await h.backend.state(sid)).reason == "lifetime"
+
+
+async def check_ids_and_lookup_errors(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        try:
+            await h.backend.create(h.spec(sandbox_id=sid))
+        except SandboxExists:
+            pass
+        else:
+            raise AssertionError("duplicate create must raise SandboxExists")
+    for op in (h.backend.destroy("nope"), h.backend.wait("nope"), h.backend.stats("nope")):
+        try:
+            await op
+        except SandboxNotFound:
+            continue
+        raise AssertionError("unknown id must raise SandboxNotFound")
+
+
+async def check_stats_and_hostname(h: Harness) -> None:
+    async with h.sandbox(hostname="box-one") as sid:
+        assert (await run(h, sid, ["hostname"])).stdout == b"box-one\n"
+        await run(h, sid, sh("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"))
+        stats = await h.backend.stats(sid)
+        assert stats.cpu_seconds > 0 and stats.memory_bytes > 0 and stats.pids >= 1
+
+
+async def check_recover_after_restart(h: Harness) -> None:
+    async with h.sandbox() as sid:
+        await h.backend.write_file(sid, "/tmp/state", b"kept")
+        other = h.reopen()
+        try:
+            assert sid in await other.recover()
+            r = await run(Harness(other, h.rootfs, None, h.reopen), sid, ["cat", "/tmp/state"])
+            assert r.stdout == b"kept"
+        finally:
+            await other.close()
+
+
+async def check_python_image(h: Harness) -> None:
+    if h.python_rootfs is None:
+        return
+    async with h.sandbox(rootfs=h.python_rootfs) as sid:
+        script = "import sys, venv, ssl; print(sys.version_info[:2])"
+        r = await run(h, sid, ["python", "-c", script])
+        assert r.code == 0 and r.stdout == b"(3, 11)\n", r.stderr
+        for tool in (["pip", "--version"], ["bash", "--version"], ["git", "--version"],
+                     ["curl", "--version"], ["ps", "aux"]):  # fmt: skip
+            r = await run(h, sid, tool)
+            assert r.code == 0, (tool, r.stderr)
+        r = await run(h, sid, ["python", "-m", "venv", "/tmp/venv"])
+        assert r.code == 0, r.stderr
+        # like the public image, pip may install system-wide (no PEP 668 marker)
+        r = await run(h, sid, sh("ls /usr/lib/python3.11/EXTERNALLY-MANAGED"))
+        assert r.code != 0
+
+
+CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
+    check_exec_output_and_exit_code,
+    check_exec_stdin_roundtrip,
+    check_exec_signals_are_128_plus_n,
+    check_exec_env_and_cwd,
+    check_exec_missing_program_is_127,
+    check_exec_streams_before_exit,
+    check_exec_large_output,
+    check_exec_concurrent_no_head_of_line_blocking,
+    check_exec_tty,
+    check_files_roundtrip,
+    check_file_errors_are_typed,
+    check_mounted_files_are_read_only,
+    check_wait_returns_main_exit_code,
+    check_logs_of_main_process,
+    check_stop_exit_codes,
+    check_lifetime_is_enforced,
+    check_ids_and_lookup_errors,
+    check_stats_and_hostname,
+    check_recover_after_restart,
+    check_python_image,
+]

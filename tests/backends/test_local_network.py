@@ -1,0 +1,222 @@
+"""Egress (none / internet / allowlist) and ingress of the local backend.
+
+Traffic only ever goes to 127.0.0.1 or to a "test host": a network namespace this module
+creates itself (``ip netns add``), joined to the host by a veth pair, with two addresses
+and a small bounded TCP server. No packet is sent anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
+
+from .conformance import Harness, run, sh
+
+SERVER = r"""
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080)); srv.listen(16); srv.settimeout(0.5)
+print("ready", flush=True)
+deadline, served = time.monotonic() + 300, 0
+while time.monotonic() < deadline and served < 200:
+    try:
+        conn, peer = srv.accept()
+    except TimeoutError:
+        continue
+    conn.sendall(f"hello {conn.getsockname()[0]} from-peer {peer[0]}\n".encode())
+    conn.close(); served += 1
+"""
+
+
+@dataclass(frozen=True)
+class NetHost:
+    name: str
+    host_ip: str
+    ip_a: str
+    ip_b: str
+    port: int = 8080
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def test_host() -> Iterator[NetHost]:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables-restore"):
+        pytest.skip("needs root, iproute2 and iptables")
+    n = os.getpid() % 250 + 1
+    name, veth = f"sbxtest-{os.getpid()}", f"sbxtv{os.getpid()}"[:15]
+    host = NetHost(name, f"10.214.{n}.1", f"10.214.{n}.2", f"10.214.{n}.3")
+    server = None
+    try:
+        _ip("netns", "add", name)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+        _ip("addr", "add", f"{host.host_ip}/24", "dev", veth)
+        _ip("link", "set", veth, "up")
+        for addr in (host.ip_a, host.ip_b):
+            _ip("-n", name, "addr", "add", f"{addr}/24", "dev", "eth0")
+        _ip("-n", name, "link", "set", "eth0", "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c", SERVER],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield host
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def go(aio: asyncio.Runner, coro: object) -> object:
+    return aio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+def net(egress: EgressType, *cidrs: str, **kw: object) -> NetworkSpec:
+    return NetworkSpec(egress=egress, cidrs=cidrs, **kw)  # type: ignore[arg-type]
+
+
+async def fetch(h: Harness, sid: str, ip: str, port: int = 8080) -> tuple[int, bytes]:
+    r = await run(h, sid, sh(f"nc -w 3 {ip} {port} </dev/null"))
+    return r.code, r.stdout
+
+
+def test_internet_reaches_outside_through_nat(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=net(EgressType.INTERNET)) as sid:
+            for ip in (test_host.ip_a, test_host.ip_b):
+                code, out = await fetch(local_harness, sid, ip)
+                # the test host sees the host's address: the sandbox is masqueraded
+                assert code == 0 and out == f"hello {ip} from-peer {test_host.host_ip}\n".encode()
+            r = await run(local_harness, sid, ["ip", "-o", "-4", "addr"])
+            assert b"eth0" in r.stdout
+            assert (
+                await run(local_harness, sid, ["cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])
+            ).stdout == b"1\n"
+
+    go(aio, scenario())
+
+
+def test_allowlist_reaches_only_listed_cidrs(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    async def scenario() -> None:
+        spec = net(EgressType.ALLOWLIST, f"{test_host.ip_a}/32")
+        async with local_harness.sandbox(network=spec) as sid:
+            code, out = await fetch(local_harness, sid, test_host.ip_a)
+            assert code == 0 and out.startswith(f"hello {test_host.ip_a}".encode())
+            code, out = await fetch(local_harness, sid, test_host.ip_b)
+            assert code != 0 and out == b""
+
+    go(aio, scenario())
+
+
+def test_egress_none_reaches_nothing(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox() as sid:
+            code, out = await fetch(local_harness, sid, test_host.ip_a)
+            assert code != 0 and out == b""
+
+    go(aio, scenario())
+
+
+def test_sandboxes_cannot_reach_each_other(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    listener = ("/bin/sh", "-c", "while true; do echo secret | nc -l -p 9000; done")
+
+    async def scenario() -> None:
+        spec = net(EgressType.INTERNET)
+        async with (
+            local_harness.sandbox(network=spec, command=listener) as b,
+            local_harness.sandbox(network=spec) as a,
+        ):
+            lease = local_harness.backend._records[b].lease  # type: ignore[attr-defined]
+            code, out = await fetch(local_harness, a, lease.sandbox_ip, 9000)
+            assert out == b"" and code != 0
+
+    go(aio, scenario())
+
+
+def _iptables() -> str:
+    out = subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
+    return out
+
+
+def test_host_rules_exist_while_running_and_vanish_on_destroy(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    async def scenario() -> None:
+        spec = local_harness.spec(network=net(EgressType.ALLOWLIST, "198.51.100.0/24"))
+        await local_harness.backend.create(spec)
+        lease = local_harness.backend._records[spec.sandbox_id].lease  # type: ignore[attr-defined]
+        rules = _iptables()
+        assert (
+            f'-A INPUT -i {lease.host_if} -m comment --comment "sandboxd:{lease.tag}" -j DROP'
+            in rules
+        )
+        assert f"-A {lease.chain} -d 198.51.100.0/24 -j ACCEPT" in rules
+        assert Path(lease.netns_path).exists()
+        await local_harness.backend.destroy(spec.sandbox_id)
+        assert lease.tag not in _iptables()
+        assert not Path(lease.netns_path).exists()
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert lease.host_if not in links
+
+    go(aio, scenario())
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+@pytest.mark.parametrize("mode", [IngressMode.INTERNAL, IngressMode.PUBLIC])
+def test_ingress_publishes_exposed_ports(
+    aio: asyncio.Runner, local_harness: Harness, mode: IngressMode
+) -> None:
+    page = MountedFile("/www/index.html", b"served from the sandbox\n")
+    command = ("httpd", "-f", "-p", "127.0.0.1:8000", "-h", "/www")
+
+    async def scenario() -> None:
+        network = NetworkSpec(ingress=mode, exposed_ports=(8000,))
+        async with local_harness.sandbox(
+            network=network, command=command, mounted_files=(page,)
+        ) as sid:
+            state = await local_harness.backend.state(sid)
+            (port,) = state.ports
+            assert port.container_port == 8000
+            assert port.host_ip == ("127.0.0.1" if mode is IngressMode.INTERNAL else "0.0.0.0")
+            url = f"http://127.0.0.1:{port.host_port}/index.html"
+            for _ in range(50):
+                try:
+                    body = await asyncio.to_thread(_get, url)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            assert body == b"served from the sandbox\n"
+        with pytest.raises(OSError):
+            await asyncio.to_thread(_get, url)
+
+    go(aio, scenario())

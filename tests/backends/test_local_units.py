@@ -1,0 +1,147 @@
+"""Unit tests of the local backend's pure parts (no root needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from sandboxd.backends import backend_names, get_backend_class
+from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.errors import InvalidSpec
+from sandboxd.backends.local import logfile, protocol, seccomp
+from sandboxd.backends.local.cgroups import detect
+from sandboxd.backends.local.network import Lease, NetworkManager
+from sandboxd.backends.local.spawn import exit_code_from_status
+
+MOUNTINFO_V1 = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+CGROUP_V1 = "9:pids:/\n4:memory:/process_api/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n"
+
+
+def test_cgroup_v1_detection(tmp_path: Path) -> None:
+    (tmp_path / "mi").write_text(MOUNTINFO_V1)
+    (tmp_path / "cg").write_text(CGROUP_V1)
+    layout = detect(str(tmp_path / "cg"), str(tmp_path / "mi"))
+    assert layout.version == 1
+    assert layout.bases["memory"] == "/sys/fs/cgroup/memory/process_api/abc"
+    assert layout.bases["cpu"] == "/sys/fs/cgroup/cpu"
+
+
+def test_cgroup_v2_detection(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup2"
+    (root / "system.slice/runner.service").mkdir(parents=True)
+    (root / "system.slice/runner.service/cgroup.controllers").write_text("cpu io memory pids\n")
+    (tmp_path / "mi").write_text(f"30 23 0:26 / {root} rw - cgroup2 cgroup2 rw\n")
+    (tmp_path / "cg").write_text("0::/system.slice/runner.service\n")
+    layout = detect(str(tmp_path / "cg"), str(tmp_path / "mi"))
+    assert layout.version == 2
+    assert layout.bases["unified"] == f"{root}/system.slice/runner.service"
+
+
+def test_log_records_survive_partial_writes() -> None:
+    data = logfile.encode_record("stdout", b"a\nb", 1.5) + logfile.encode_record(
+        "stderr", b"c", 2.0
+    )
+    records, used = logfile.parse(data + b"3.0 o 10\npart")
+    assert records == [logfile.Record(1.5, "stdout", b"a\nb"), logfile.Record(2.0, "stderr", b"c")]
+    assert used == len(data)
+
+
+def test_log_writer_limit(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    writer = logfile.LogWriter(fd, limit=64)
+    for _ in range(10):
+        writer.write("stdout", b"x" * 20)
+    os.close(fd)
+    records, _ = logfile.read_records(str(tmp_path / "log"))
+    assert records[-1].data == logfile.TRUNCATION_NOTICE and len(records) < 10
+
+
+def test_seccomp_program_shape() -> None:
+    prog = seccomp.build_filter()
+    assert len(prog) % 8 == 0 and len(prog) // 8 < 4096
+    first = struct.unpack("HBBI", prog[:8])
+    assert first == (0x20, 0, 0, 4)  # load the architecture first
+
+
+def test_exit_codes() -> None:
+    assert exit_code_from_status(3 << 8) == 3
+    assert exit_code_from_status(9) == 137
+    assert exit_code_from_status(15) == 143
+
+
+def test_protocol_passes_fds() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    protocol.send(a, {"op": "x", "n": 1}, [w])
+    msg, fds = protocol.recv(b)
+    assert msg == {"op": "x", "n": 1} and len(fds) == 1
+    os.write(fds[0], b"via passed fd")
+    assert os.read(r, 100) == b"via passed fd"
+    for fd in (r, w, *fds):
+        os.close(fd)
+    a.close()
+    assert protocol.recv(b) == (None, [])
+    b.close()
+
+
+def test_network_rules_and_allocation(tmp_path: Path) -> None:
+    mgr = NetworkManager("k", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    lease = mgr.allocate("box")
+    assert (lease.host_ip, lease.sandbox_ip) == ("10.99.0.5", "10.99.0.6")
+    assert len(lease.host_if) <= 15 and Lease.from_json(lease.to_json()) == lease
+    add = mgr._rules(lease, EgressType.ALLOWLIST, ("1.2.3.0/24",), add=True)
+    assert f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT" in add
+    assert "REJECT" in add and f"-I INPUT -i {lease.host_if}" in add
+    remove = mgr._rules(lease, EgressType.ALLOWLIST, ("1.2.3.0/24",), add=False)
+    assert f"-X {lease.chain}" in remove and "-I " not in remove
+    other_backend = NetworkManager("k2", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    second = other_backend.allocate("other")
+    assert second.index != lease.index  # the pool is shared host-wide
+    mgr.release(lease)
+    assert other_backend.allocate("third").index == lease.index
+
+
+def test_network_spec_validation() -> None:
+    with pytest.raises(InvalidSpec):
+        NetworkSpec(egress=EgressType.INTERNET, cidrs=("10.0.0.0/8",))
+    with pytest.raises(InvalidSpec):
+        NetworkSpec(egress=EgressType.ALLOWLIST, cidrs=("nope",))
+    with pytest.raises(InvalidSpec):
+        NetworkSpec(exposed_ports=(80,))
+
+
+def test_catalog() -> None:
+    assert "local" in backend_names()
+    assert get_backend_class("local").name == "local"
+    with pytest.raises(KeyError, match="known: local"):
+        get_backend_class("nope")
+
+
+def test_cgroup_v2_manager_on_a_fake_tree(tmp_path: Path) -> None:
+    from sandboxd.backends.local.cgroups import CgroupManager, Layout
+
+    base = tmp_path / "runner.service"
+    base.mkdir()
+    (base / "cgroup.subtree_control").write_text("")
+    mgr = CgroupManager("sandboxd-x", Layout(2, {"unified": str(base)}))
+    (base / "sandboxd-x").mkdir()
+    (base / "sandboxd-x" / "cgroup.subtree_control").write_text("")
+    cg = mgr.create("box")
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    cg.set_limits(cpu_millicores=500, memory_bytes=1 << 20, pids_max=7)
+    box = base / "sandboxd-x" / "box"
+    assert (box / "cpu.max").read_text() == "50000 100000"
+    assert (box / "memory.max").read_text() == str(1 << 20)
+    assert (box / "pids.max").read_text() == "7"
+    assert cg.procs_files() == [str(box / "cgroup.procs")]
