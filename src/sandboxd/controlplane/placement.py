@@ -226,16 +226,17 @@ def place(registry: RunnerRegistry, request: SandboxRequest) -> Placement:
     problems: list[FieldViolation] = []
     summary: dict[str, str] = {}
     for runner, profiles in _candidates(registry, request):
+        if request.profile_names and not profiles:
+            continue  # does not offer the named profile: not a candidate at all
         if not registry.is_healthy(runner) or runner.link is None:
             problems.append(FieldViolation("runner_ids", f"runner {runner.runner_id}: unhealthy"))
             summary[runner.runner_id] = "unhealthy"
             continue
         if not profiles:
-            wanted = ", ".join(request.profile_names) or "a default profile"
             problems.append(
-                FieldViolation("profile_names", f"runner {runner.runner_id}: has no {wanted}")
+                FieldViolation("profile_names", f"runner {runner.runner_id}: has no profile bound")
             )
-            summary[runner.runner_id] = "no matching profile"
+            summary[runner.runner_id] = "no profile bound"
             continue
         for profile in profiles:
             placement, failed = _resolve(request, runner, profile)
