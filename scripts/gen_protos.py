@@ -51,9 +51,14 @@ def generate() -> dict[Path, str]:
     with tempfile.TemporaryDirectory() as tmp:
         protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}", f"-I{well_known}",
-            f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
             *protos,
         ]
         subprocess.run(cmd, check=True, cwd=PROTO_ROOT)

@@ -128,9 +128,7 @@ def status_trailers(error: ApiError) -> tuple[tuple[str, bytes], ...]:
     return (("grpc-status-details-bin", error.to_status().SerializeToString()),)
 
 
-async def abort_with(
-    context: grpc.aio.ServicerContext[Any, Any], error: ApiError
-) -> NoReturn:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -> NoReturn:
     """Abort the current RPC with ``error``'s code, message and AIP-193 details."""
     await context.abort(error.code, error.message, trailing_metadata=status_trailers(error))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

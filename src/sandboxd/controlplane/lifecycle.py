@@ -293,7 +293,27 @@ class Lifecycle:
     async def on_register(self, runner_id: str, reported: list[runner_pb2.SandboxEvent]) -> None:
         """Reconcile after a (re)connect: what the runner still runs against our records."""
         known = {event.sandbox_id for event in reported}
+        runner = self.registry.get(runner_id)
         for event in reported:
+            record = self.table.get(event.sandbox_id)
+            if record is None or record.runner_id != runner_id:
+                # An orphan (deleted here while its runner was away): remove it there too.
+                if runner is not None and runner.link is not None:
+                    runner.link.send(
+                        runner_pb2.Command(
+                            delete=runner_pb2.DeleteSandbox(sandbox_id=event.sandbox_id)
+                        )
+                    )
+                continue
+            if record.terminal and event.phase == runner_pb2.SANDBOX_PHASE_RUNNING:
+                # Ended here (e.g. stopped while the runner was away): end it there too.
+                if runner is not None and runner.link is not None:
+                    runner.link.send(
+                        runner_pb2.Command(
+                            stop=runner_pb2.StopSandbox(sandbox_id=record.sandbox_id)
+                        )
+                    )
+                continue
             await self.on_event(runner_id, event)
         for record in self.table.live_on(runner_id):
             if record.sandbox_id not in known and record.status != S.SANDBOX_STATUS_CREATING:
