@@ -2,15 +2,28 @@
 
 The public API lives here; the ``_``-prefixed modules behind it are private and may change.
 Discovery (``list_profiles``, ``get_profile``, ``list_runners``, ``get_runner``) tells you
-where sandboxes can run. The control plane is found through ``CWSANDBOX_BASE_URL`` (default
+where sandboxes can run; ``Sandbox.run`` starts one there, ``sandbox.exec`` runs commands in
+it, and a ``Session`` applies ``SandboxDefaults`` to many sandboxes and stops them together.
+The control plane is found through ``CWSANDBOX_BASE_URL`` (default
 ``http://127.0.0.1:50051``, where ``sandboxd up`` listens) and authenticated with
 ``CWSANDBOX_API_KEY`` when that is set.
 """
 
 from __future__ import annotations
 
+from cwsandbox._attachments import FileSystemSnapshotOptions, Secret
+from cwsandbox._defaults import SandboxDefaults
 from cwsandbox._discovery import get_profile, get_runner, list_profiles, list_runners
+from cwsandbox._exec import Process
 from cwsandbox._format import format_bytes, format_cpu
+from cwsandbox._network import NetworkOptions
+from cwsandbox._operation import OperationRef, Waitable, results, wait
+from cwsandbox._resources import ResourceOptions
+from cwsandbox._results import ProcessResult
+from cwsandbox._sandbox import Sandbox
+from cwsandbox._session import Session
+from cwsandbox._status import SandboxStatus
+from cwsandbox._streams import StreamReader, StreamWriter
 from cwsandbox._types import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode
 from cwsandbox.exceptions import (
     AsyncFunctionError,
@@ -56,13 +69,21 @@ __all__ = [
     "CWSandboxError",
     "DiscoveryError",
     "EgressMode",
+    "FileSystemSnapshotOptions",
     "FunctionError",
+    "NetworkOptions",
+    "OperationRef",
+    "Process",
+    "ProcessResult",
     "Profile",
     "ProfileNotFoundError",
+    "ResourceOptions",
     "Runner",
     "RunnerNotFoundError",
     "RunnerResources",
+    "Sandbox",
     "SandboxCommandTimeoutError",
+    "SandboxDefaults",
     "SandboxError",
     "SandboxExecutionError",
     "SandboxFailedError",
@@ -72,13 +93,16 @@ __all__ = [
     "SandboxRequestTimeoutError",
     "SandboxResourceExhaustedError",
     "SandboxSnapshotError",
+    "SandboxStatus",
     "SandboxStreamBackpressureError",
     "SandboxStreamTruncatedError",
     "SandboxTerminalStateUnavailableError",
     "SandboxTerminatedError",
     "SandboxTimeoutError",
     "SandboxUnavailableError",
+    "Secret",
     "ServiceExposureMode",
+    "Session",
     "SnapshotBackendThrottledError",
     "SnapshotBucketMismatchError",
     "SnapshotNotFoundError",
@@ -88,6 +112,9 @@ __all__ = [
     "SnapshotQuotaExceededError",
     "SnapshotSizeExceededError",
     "SnapshotWaitTimeoutError",
+    "StreamReader",
+    "StreamWriter",
+    "Waitable",
     "__version__",
     "format_bytes",
     "format_cpu",
@@ -95,4 +122,6 @@ __all__ = [
     "get_runner",
     "list_profiles",
     "list_runners",
+    "results",
+    "wait",
 ]

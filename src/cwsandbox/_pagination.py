@@ -8,12 +8,12 @@ token or never stops, so a buggy server cannot make the client spin forever.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from cwsandbox.exceptions import CWSandboxError
 
-__all__ = ["MAX_PAGES", "Deadline", "collect_pages"]
+__all__ = ["MAX_PAGES", "Deadline", "collect_pages", "collect_pages_async"]
 
 MAX_PAGES = 100
 
@@ -56,6 +56,30 @@ def collect_pages(
     token = ""
     for _ in range(max_pages):
         page, token = fetch_page(token)
+        items.extend(page)
+        if not token:
+            return items
+        if token in seen:
+            raise error_type(
+                f"{operation}: pagination loop detected (the server repeated page token {token!r})"
+            )
+        seen.add(token)
+    raise error_type(f"{operation}: pagination exceeded {max_pages} pages; giving up")
+
+
+async def collect_pages_async(
+    fetch_page: Callable[[str], Awaitable[tuple[list[ItemT], str]]],
+    *,
+    operation: str,
+    error_type: type[CWSandboxError] = CWSandboxError,
+    max_pages: int = MAX_PAGES,
+) -> list[ItemT]:
+    """``collect_pages`` for an async ``fetch_page`` (the sandbox client's List calls)."""
+    items: list[ItemT] = []
+    seen: set[str] = set()
+    token = ""
+    for _ in range(max_pages):
+        page, token = await fetch_page(token)
         items.extend(page)
         if not token:
             return items

@@ -1,0 +1,116 @@
+"""gRPC ``aio`` channels for sandbox calls, with errors translated in one place.
+
+Each ``Sandbox`` owns one ``Transport``: a channel for unary calls and a second one for
+streams (as the official client does, so a long exec never queues behind unary traffic on
+the same HTTP/2 connection's flow-control window). Credentials are read once, when the
+transport is made. Class-level calls (``Sandbox.list``, ``from_id``, ``delete``) use a
+short-lived transport per call, so they read the environment each time.
+
+Channels are opened lazily on the background loop and can be closed and reopened: closing
+after ``stop()`` releases sockets, and a later ``get_status()`` simply reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from cwsandbox._channel import CHANNEL_OPTIONS
+from cwsandbox._config import Endpoint, auth_metadata
+from cwsandbox._error_mapping import sandbox_error
+from cwsandbox._proto import streaming_pb2 as st
+from cwsandbox.exceptions import SandboxTimeoutError
+
+__all__ = ["GATEWAY", "STREAMING", "Transport"]
+
+GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
+STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+ExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
+
+
+class Transport:
+    """The two channels of one sandbox handle, plus its fixed call metadata."""
+
+    def __init__(self, endpoint: Endpoint, metadata: tuple[tuple[str, str], ...] | None = None):
+        self.endpoint = endpoint
+        self.metadata = auth_metadata() if metadata is None else metadata
+        self._unary: grpc.aio.Channel | None = None
+        self._stream: grpc.aio.Channel | None = None
+        self._stream_ready = False
+
+    def _open(self) -> grpc.aio.Channel:
+        if self.endpoint.secure:
+            return grpc.aio.secure_channel(
+                self.endpoint.target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
+            )
+        return grpc.aio.insecure_channel(self.endpoint.target, options=CHANNEL_OPTIONS)
+
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[ResponseT],
+        *,
+        timeout: float,
+        operation: str,
+        sandbox_id: str | None = None,
+        filepath: str | None = None,
+    ) -> ResponseT:
+        """Call ``GatewayService/<method>``; every gRPC error becomes a cwsandbox error."""
+        if self._unary is None:
+            self._unary = self._open()
+        rpc = self._unary.unary_unary(
+            GATEWAY + method,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            response = await rpc(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise sandbox_error(
+                err, operation=operation, sandbox_id=sandbox_id, filepath=filepath
+            ) from None
+        if not isinstance(response, response_type):  # pragma: no cover - deserializer guarantees
+            raise TypeError(f"{method} returned {type(response).__name__}")
+        return response
+
+    async def open_exec(self, *, timeout: float, ready_timeout: float) -> ExecCall:
+        """Open a StreamExec call with deadline ``timeout``; requests are written by the caller.
+
+        The streaming channel is first given ``ready_timeout`` seconds to connect; a server
+        that cannot be reached in that time gives ``SandboxTimeoutError``.
+        """
+        if self._stream is None:
+            self._stream = self._open()
+            self._stream_ready = False
+        if not self._stream_ready:
+            try:
+                await asyncio.wait_for(self._stream.channel_ready(), ready_timeout)
+            except TimeoutError:
+                raise SandboxTimeoutError(
+                    f"could not connect a streaming channel to {self.endpoint.base_url} "
+                    f"within {ready_timeout:g}s"
+                ) from None
+            self._stream_ready = True
+        multi = self._stream.stream_stream(
+            STREAMING + "StreamExec",
+            request_serializer=st.ExecStreamRequest.SerializeToString,
+            response_deserializer=st.ExecStreamResponse.FromString,
+        )
+        # No request iterator: requests are written with call.write() (grpc-stubs lag here).
+        call: ExecCall = multi(timeout=timeout, metadata=self.metadata)  # type: ignore[call-arg]
+        return call
+
+    async def close(self) -> None:
+        """Close both channels (calls in flight are cancelled); they reopen on next use."""
+        channels = [c for c in (self._unary, self._stream) if c is not None]
+        self._unary = self._stream = None
+        self._stream_ready = False
+        for channel in channels:
+            await channel.close(None)
