@@ -10,7 +10,7 @@ log=$(mktemp -t sandboxd-up.XXXXXX)
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT INT TERM
 
-for _ in $(seq 1 600); do
+for _ in $(seq 1 1200); do  # the first start builds python:3.11
   if line=$(grep -m1 '^CWSANDBOX_BASE_URL=' "$log"); then break; fi
   if ! kill -0 "$pid" 2>/dev/null; then cat "$log" >&2; exit 1; fi
   sleep 0.5
@@ -23,6 +23,8 @@ echo "--- examples/list_runners.py"
 .venv/bin/python examples/list_runners.py
 echo "--- examples/list_profiles.py"
 .venv/bin/python examples/list_profiles.py
+echo "--- examples/sandbox_network_options.py (a real sandbox)"
+.venv/bin/python examples/sandbox_network_options.py
 
 echo "sandboxd keeps running (pid $pid); export $line in other shells. Ctrl-C stops it."
 wait "$pid"

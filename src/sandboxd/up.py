@@ -11,12 +11,38 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
+from sandboxd.images import ImageNotFound, ImageStore, build_image
 from sandboxd.runner.agent import RunnerAgent
+from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
 
 READY_TIMEOUT_SECONDS = 60.0
+DEFAULT_IMAGE = "python:3.11"
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
+def ensure_default_image(data_dir: Path, ref: str = DEFAULT_IMAGE) -> None:
+    """Build the client's default image on first start (cached afterwards), visibly."""
+    store = ImageStore(data_dir)
+    try:
+        store.resolve(ref)
+        return
+    except ImageNotFound:
+        pass
+    print(
+        f"sandboxd: building image {ref} from Debian packages (first start only; "
+        "about a minute)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    build_image(store, ref, progress=_progress)
+    print(f"sandboxd: image {ref} ready", file=sys.stderr, flush=True)
 
 
 def _stop_event() -> asyncio.Event:
@@ -55,9 +81,22 @@ async def _wait_until_registered(control_plane: ControlPlane, agent: RunnerAgent
             await asyncio.sleep(0.02)
 
 
+async def stop_all_sandboxes(control_plane: ControlPlane, grace_seconds: int = 2) -> None:
+    """Leave nothing running when the all-in-one platform exits."""
+    live = [r for r in control_plane.sandboxes.iter_from() if not r.terminal]
+    if live:
+        print(f"sandboxd: stopping {len(live)} sandbox(es)", file=sys.stderr, flush=True)
+        await asyncio.gather(
+            *(control_plane.lifecycle.stop(r, grace_seconds) for r in live),
+            return_exceptions=True,
+        )
+
+
 async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None = None) -> None:
     """Run a control plane and one local runner until SIGINT/SIGTERM."""
     stop = _stop_event()
+    await asyncio.to_thread(ensure_default_image, settings.data_dir)
+    backend, images = build_local_backend(settings.data_dir)
     control_plane = ControlPlane(settings)
     await control_plane.start()
     agent = RunnerAgent(
@@ -67,7 +106,9 @@ async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None =
             runner_id=runner_id,
             state_dir=settings.data_dir / "runner",
             heartbeat_interval=settings.heartbeat_interval,
-        )
+        ),
+        backend=backend,
+        images=images,
     )
     agent_task = asyncio.create_task(agent.run(), name="local-runner")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -85,8 +126,10 @@ async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None =
         if agent_task.done() and not agent_task.cancelled():
             agent_task.result()  # re-raise why the local runner stopped
     finally:
+        await stop_all_sandboxes(control_plane)
         for task in (agent_task, stop_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await control_plane.stop()
+        await backend.close()

@@ -9,6 +9,7 @@ exit code. Work that talks to runners lives in :mod:`sandboxd.controlplane.lifec
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,8 @@ from sandboxd.controlplane.start_request import not_implemented, parse_start_req
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
+GET_LONG_POLL_SECONDS = 0.5
 Context = grpc.aio.ServicerContext[Any, Any]
 S = gateway_pb2
 
@@ -44,8 +47,9 @@ def _ports(record: SandboxRecord) -> list[gateway_pb2.Port]:
     return [gateway_pb2.Port(container_port=p, protocol="TCP") for p in record.exposed_ports]
 
 
-def _common(record: SandboxRecord) -> dict[str, Any]:
-    return {
+def _common(record: SandboxRecord, message: type[Any]) -> dict[str, Any]:
+    """The record's fields that ``message`` (Start/Get response, SandboxInfo) carries."""
+    fields = {
         "sandbox_id": record.sandbox_id,
         "started_at_time": _timestamp(record.started_at or record.created_at),
         "sandbox_status": record.status,
@@ -57,6 +61,8 @@ def _common(record: SandboxRecord) -> dict[str, Any]:
         "applied_ingress_mode": record.applied_ingress_mode,
         "applied_egress_mode": record.applied_egress_mode,
     }
+    known = message.DESCRIPTOR.fields_by_name
+    return {key: value for key, value in fields.items() if key in known}
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
@@ -71,6 +77,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             return await work()
         except ApiError as error:
             await abort_with(context, error)
+        except Exception as exc:  # a bug of ours: log it, answer INTERNAL, keep serving
+            log.exception("gateway call failed")
+            await abort_with(
+                context,
+                ApiError(grpc.StatusCode.INTERNAL, f"internal error in sandboxd: {exc}"),
+            )
 
     def _record(self, sandbox_id: str) -> SandboxRecord:
         return self._lifecycle.record(sandbox_id)
@@ -82,7 +94,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         async def work() -> gateway_pb2.StartSandboxResponse:
             record = await self._lifecycle.start(parse_start_request(request))
-            response = gateway_pb2.StartSandboxResponse(**_common(record))
+            response = gateway_pb2.StartSandboxResponse(
+                **_common(record, gateway_pb2.StartSandboxResponse)
+            )
             response.requested_resource_limits.CopyFrom(request.resource_limits)
             response.requested_resource_requests.CopyFrom(request.resource_requests)
             return response
@@ -96,8 +110,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         async def work() -> gateway_pb2.GetSandboxResponse:
             record = self._record(request.sandbox_id)
+            if record.status in (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING):
+                # Short long-poll: a starting sandbox usually turns RUNNING within
+                # milliseconds, so the client's first poll sees it instead of sleeping 200 ms.
+                await self._table.wait_status_change(record, GET_LONG_POLL_SECONDS)
             response = gateway_pb2.GetSandboxResponse(
-                **_common(record), status_reason=record.status_reason
+                **_common(record, gateway_pb2.GetSandboxResponse),
+                status_reason=record.status_reason,
             )
             if record.exit_code is not None:
                 response.exit_code = record.exit_code
@@ -150,7 +169,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                     break
                 page.append(record)
             return gateway_pb2.ListSandboxesResponse(
-                sandboxes=[gateway_pb2.SandboxInfo(**_common(r)) for r in page],
+                sandboxes=[
+                    gateway_pb2.SandboxInfo(**_common(r, gateway_pb2.SandboxInfo)) for r in page
+                ],
                 next_page_token=encode_token(last, fingerprint) if last else "",
             )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import os
 import time
@@ -155,6 +156,13 @@ class SandboxTable:
         self._registry.release(record.runner_id, record.sandbox_id)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self._store.delete_sandbox, record.sandbox_id)
+
+    async def wait_status_change(self, record: SandboxRecord, timeout: float) -> None:
+        """Return when the record's status changes, or after ``timeout`` seconds."""
+        status = record.status
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: record.status != status)
 
     async def wait_terminal(self, record: SandboxRecord, timeout: float) -> bool:
         """Wait until the record is terminal; False on timeout."""

@@ -11,16 +11,25 @@ Why it is shaped this way:
   fix itself, so :meth:`RunnerAgent.run` raises :class:`RunnerRejectedError` instead of
   hammering the control plane.
 * **One reader, many writers.** A single loop reads ``ControlMessage`` s and dispatches on
-  ``WhichOneof("message")``; today it only sees ``registered``, and this is where pushed
-  commands (create/stop sandbox, exec, ...) will be handled. Writers share the stream through
+  ``WhichOneof("message")``: ``registered`` changes the heartbeat interval, ``command`` goes
+  to the :class:`~sandboxd.runner.supervisor.SandboxSupervisor`, which runs each command in
+  its own task. Writers (heartbeats, results, events) share the stream through
   :class:`~sandboxd.runner.stream.ControlStream`, which serialises them.
+* **Sandboxes outlive connections.** The supervisor lives as long as the agent; each session
+  lends it the current stream (events) and channel (exec streams). ``Register`` carries its
+  snapshot, taken just before the register message claims the stream's write lock, so an
+  event is either in the snapshot or sent after the register, never lost in between.
+* **No backend, honest answers.** Without a backend the runner still joins (capacity and
+  health are useful on their own) and answers every command with
+  ``CWSANDBOX_BACKEND_UNAVAILABLE``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -29,11 +38,18 @@ from google.protobuf import timestamp_pb2
 import sandboxd
 from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
+from sandboxd.runner.exec_relay import ExecCall, dial_exec
+from sandboxd.runner.failures import refuse_command
 from sandboxd.runner.fingerprint import fingerprint
 from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import ControlStream, open_channel
+
+if TYPE_CHECKING:
+    from sandboxd.backends.base import Backend
+    from sandboxd.images import ImageStore
+    from sandboxd.runner.supervisor import SandboxSupervisor
 
 __all__ = ["REJECTION_CODES", "RunnerAgent", "RunnerRejectedError", "RunnerSettings"]
 
@@ -69,6 +85,11 @@ class RunnerAgent:
     (which may run ``nvidia-smi``, so construct the agent before entering a latency-sensitive
     loop); ``ledger`` defaults to a ledger over those capabilities. ``on_registered`` is called
     after each successful registration (every redial), e.g. for the CLI to announce it.
+
+    With a ``backend`` the agent runs sandboxes: it recovers the backend's survivors when
+    :meth:`run` starts, advertises ``backend.name`` and the ``images`` it can start, and
+    keeps per-sandbox records under ``<state_dir>/sandboxes``. The caller owns the backend
+    and closes it after :meth:`run` ends.
     """
 
     def __init__(
@@ -78,6 +99,8 @@ class RunnerAgent:
         capabilities: runner_pb2.Capabilities | None = None,
         *,
         on_registered: Callable[[runner_pb2.Registered], None] | None = None,
+        backend: Backend | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self._settings = settings
         self._address = settings.address
@@ -93,6 +116,24 @@ class RunnerAgent:
         # Created per session (an Event binds to the loop that first waits on it).
         self._interval_changed: asyncio.Event | None = None
         self._connected = False
+        self._images = images
+        self._stream: ControlStream | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recovered = False
+        self._supervisor: SandboxSupervisor | None = None
+        if backend is not None:
+            from sandboxd.runner.supervisor import SandboxSupervisor
+
+            self._supervisor = SandboxSupervisor(
+                backend,
+                self._ledger,
+                images,
+                self._send_event,
+                self._dial_exec,
+                records_dir=settings.state_dir / "sandboxes",
+                public_host=self._capabilities.hostname or None,
+            )
 
     @property
     def runner_id(self) -> str:
@@ -115,6 +156,11 @@ class RunnerAgent:
         return self._ledger
 
     @property
+    def supervisor(self) -> SandboxSupervisor | None:
+        """The sandboxes' supervisor, when the agent has a backend."""
+        return self._supervisor
+
+    @property
     def connected(self) -> bool:
         """True while registered on an open stream."""
         return self._connected
@@ -126,6 +172,24 @@ class RunnerAgent:
 
     async def run(self) -> None:
         """Stay connected until cancelled; raise :class:`RunnerRejectedError` if refused."""
+        try:
+            await self._recover()
+            await self._run_sessions()
+        finally:
+            if self._supervisor is not None:
+                await self._supervisor.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _recover(self) -> None:
+        """Re-adopt sandboxes that outlived a previous runner process (once per agent)."""
+        if self._supervisor is None or self._recovered:
+            return
+        self._recovered = True
+        await self._supervisor.recover()
+
+    async def _run_sessions(self) -> None:
         settings = self._settings
         backoff = Backoff(settings.reconnect_backoff_min, settings.reconnect_backoff_max)
         loop = asyncio.get_running_loop()
@@ -165,6 +229,9 @@ class RunnerAgent:
                 reason,
                 delay,
             )
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancellation some await swallowed
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
@@ -177,27 +244,59 @@ class RunnerAgent:
         stream: ControlStream | None = None
         try:
             stream = ControlStream(channel)
-            await stream.send(runner_pb2.RunnerMessage(register=self._register_message()))
-            registered = await asyncio.wait_for(
-                self._await_registered(stream), self._settings.register_timeout
-            )
+            # No await between the snapshot in the register message and the stream becoming
+            # current: later events queue behind the register on the stream's write lock.
+            register = runner_pb2.RunnerMessage(register=self._register_message())
+            self._stream, self._channel = stream, channel
+            await stream.send(register)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives just as the inner call fails, and the agent would then never stop.
+            async with asyncio.timeout(self._settings.register_timeout):
+                registered = await self._await_registered(stream)
             self._on_session_registered(registered)
             await self._pump(stream)
         finally:
+            if self._stream is stream:
+                self._stream, self._channel = None, None
             if stream is not None:
                 stream.cancel()
             await channel.close(None)
 
     def _register_message(self) -> runner_pb2.Register:
+        capabilities = self._capabilities
+        sandboxes: list[runner_pb2.SandboxEvent] = []
+        if self._supervisor is not None:
+            from sandboxd.runner.sandboxes import image_refs
+
+            capabilities = runner_pb2.Capabilities()
+            capabilities.CopyFrom(self._capabilities)
+            capabilities.backends[:] = [self._supervisor.backend.name]
+            capabilities.images[:] = image_refs(self._images) if self._images else []
+            sandboxes = self._supervisor.snapshot()
         return runner_pb2.Register(
             runner_id=self._runner_id,
             runner_group_id=self._settings.runner_group_id,
             tags=list(self._settings.tags),
-            capabilities=self._capabilities,
+            capabilities=capabilities,
             join_token=self._settings.join_token,
             version=sandboxd.__version__,
             resources=self._ledger.snapshot(),
+            sandboxes=sandboxes,
         )
+
+    async def _send_event(self, message: runner_pb2.RunnerMessage) -> None:
+        """Send on whichever stream is current (events are not tied to one connection)."""
+        stream = self._stream
+        if stream is None:
+            raise ConnectionError("not connected to the control plane")
+        await stream.send(message)
+
+    async def _dial_exec(self, stream_id: str) -> ExecCall:
+        """Open an exec stream on the current channel, the one the OpenExec came on."""
+        channel = self._channel
+        if channel is None:
+            raise ConnectionError("not connected to the control plane")
+        return await dial_exec(channel, stream_id, self._runner_id, self._settings.join_token)
 
     async def _await_registered(self, stream: ControlStream) -> runner_pb2.Registered:
         message = await stream.receive()
@@ -283,17 +382,26 @@ class RunnerAgent:
             self._dispatch(message, stream)
 
     def _dispatch(self, message: runner_pb2.ControlMessage, stream: ControlStream) -> None:
-        """Route one control message by its oneof.
+        """Route one control message by its oneof; never blocks the reader loop.
 
-        Commands pushed by the control plane will be added here. Each will run in its own task
-        (tracked so the session can cancel them) so a slow command never stalls this loop, and
-        will reply through ``stream.send``, which serialises writes with the heartbeats.
+        A command runs in its own task and its result goes back on ``stream``, the connection
+        it came on (request ids are only unique per connection).
         """
-        del stream  # used by command handlers once the protocol has commands
         kind = message.WhichOneof("message")
         if kind == "registered":
             # A repeated Registered lets the control plane change the heartbeat interval.
             self._apply_interval(message.registered)
             _log.debug("heartbeat interval now %.1fs", self._heartbeat_interval)
+        elif kind == "command":
+            if self._supervisor is not None:
+                self._supervisor.handle(message.command, reply=stream.send)
+            else:
+                why = "this runner has no sandbox backend (run it with --backend local, as root)"
+                self._spawn(refuse_command(message.command, stream.send, self._dial_exec, why))
         else:
             _log.warning("runner %s ignoring unknown control message %r", self._runner_id, kind)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

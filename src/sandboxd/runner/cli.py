@@ -4,6 +4,11 @@ Exported as :data:`runner_command` for the top-level ``sandboxd`` click group. T
 exits 0 on SIGTERM/SIGINT (a deliberate stop, e.g. by systemd or Ctrl-C, is not a failure)
 and non-zero when the control plane rejects the runner, so supervisors do not restart a runner
 whose join token is wrong in a tight loop.
+
+``--backend local`` (the default when running as root) runs sandboxes on this host; without
+root the runner still joins, reports its capacity and answers sandbox commands with
+``CWSANDBOX_BACKEND_UNAVAILABLE``, so a misconfigured host is visible instead of silent.
+Sandboxes keep running when the runner stops, and the next start re-adopts them.
 """
 
 from __future__ import annotations
@@ -11,17 +16,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sandboxd.runner.agent import RunnerAgent, RunnerRejectedError
 from sandboxd.runner.settings import RunnerSettings, default_state_dir
 
+if TYPE_CHECKING:
+    from sandboxd.backends.base import Backend
+    from sandboxd.images import ImageStore
+
 EXIT_REJECTED = 3
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_BACKENDS = ("local", "none")
+_log = logging.getLogger(__name__)
+
+
+def _default_backend() -> str:
+    return "local" if os.geteuid() == 0 else "none"
+
+
+async def _usable(backend: Backend) -> bool:
+    """Whether the backend works on this host; logs why not (e.g. no cgroups)."""
+    found = await backend.fingerprint()
+    if not found.available:
+        _log.warning(
+            "backend %s is unavailable (%s); sandbox commands will be refused",
+            backend.name,
+            found.reason,
+        )
+    return found.available
+
+
+async def _run_with_backend(
+    settings: RunnerSettings, backend: Backend | None, images: ImageStore | None
+) -> None:
+    """Build the agent inside the loop (its backend needs one) and close the backend after."""
+    try:
+        if backend is not None and not await _usable(backend):
+            await backend.close()
+            backend = images = None
+        agent = RunnerAgent(settings, backend=backend, images=images)
+        await _run_until_signalled(agent)
+    finally:
+        if backend is not None:
+            await backend.close()
 
 
 async def _run_until_signalled(agent: RunnerAgent) -> None:
@@ -66,6 +110,19 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
     help=f"Where runner state (its id) lives [default: {default_state_dir()}].",
 )
 @click.option(
+    "--backend",
+    "backend_name",
+    type=click.Choice(_BACKENDS),
+    default=None,
+    help="Sandbox backend [default: local when running as root, else none].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the backend keeps sandboxes and images [default: the state dir].",
+)
+@click.option(
     "--heartbeat-interval",
     type=click.FloatRange(min=0.0, min_open=True),
     default=2.0,
@@ -86,6 +143,8 @@ def runner_command(
     tags: tuple[str, ...],
     join_token: str,
     state_dir: Path | None,
+    backend_name: str | None,
+    data_dir: Path | None,
     heartbeat_interval: float,
     log_level: str,
 ) -> None:
@@ -108,10 +167,20 @@ def runner_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 
+    backend: Backend | None = None
+    images: ImageStore | None = None
+    if backend_name is None:
+        backend_name = _default_backend()
+        if backend_name == "none":
+            _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
+    if backend_name == "local":
+        from sandboxd.runner.sandboxes import build_local_backend
+
+        backend, images = build_local_backend(data_dir or settings.state_dir)
+
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
-    agent = RunnerAgent(settings)
     try:
-        asyncio.run(_run_until_signalled(agent))
+        asyncio.run(_run_with_backend(settings, backend, images))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

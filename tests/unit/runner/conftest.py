@@ -12,6 +12,7 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -45,6 +46,9 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
     ended: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     server: grpc.aio.Server | None = None
     port: int = 0
+    # Serves RunnerService.Exec when set (an ExecStandin).
+    exec_standin: Any = None
+    _pushed: asyncio.Queue[runner_pb2.ControlMessage | None] | None = None
 
     async def start(self, port: int | None = None) -> int:
         """Listen on 127.0.0.1:``port`` (default: ``self.port``, 0 = any free port)."""
@@ -103,11 +107,38 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
             yield message
         if self.after_register == "close":
             return
-        while True:
-            message = await context.read()
-            if message is grpc.aio.EOF:
-                return
-            self.received.put_nowait(Received(connection, message, loop.time()))
+        pushed: asyncio.Queue[runner_pb2.ControlMessage | None] = asyncio.Queue()
+        self._pushed = pushed
+
+        async def read_all() -> None:
+            try:
+                while True:
+                    message = await context.read()
+                    if message is grpc.aio.EOF:
+                        return
+                    self.received.put_nowait(Received(connection, message, loop.time()))
+            finally:
+                pushed.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (message := await pushed.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+
+    def push(self, **command: object) -> None:
+        """Send a command down the current connection (``push(request_id=..., start=...)``)."""
+        assert self._pushed is not None, "no runner is connected"
+        message = runner_pb2.ControlMessage(command=runner_pb2.Command(**command))  # type: ignore[arg-type]
+        self._pushed.put_nowait(message)
+
+    async def Exec(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """Exec streams go to ``exec_standin`` (tests/unit/runner/exec_standin.py) if set."""
+        if self.exec_standin is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no exec in this test")
+        async for message in self.exec_standin.Exec(request_iterator, context):
+            yield message
 
 
 @pytest.fixture

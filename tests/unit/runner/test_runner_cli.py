@@ -12,6 +12,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from sandboxd._proto import runner_pb2
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
 
 LAUNCH = "from sandboxd.runner.cli import runner_command; runner_command()"
@@ -119,3 +120,46 @@ def test_help_lists_the_options():
         "--log-level",
     ):
         assert option in result.output
+
+
+def test_help_lists_the_backend_options():
+    result = CliRunner().invoke(runner_command, ["--help"])
+    assert result.exit_code == 0
+    assert "--backend [local|none]" in result.output
+    assert "--data-dir" in result.output
+
+
+@pytest.mark.parametrize("backend", ["none", "local"])
+def test_backend_choice_shows_in_register(fake_control_plane, tmp_path: Path, backend: str):
+    if backend == "local" and os.geteuid() != 0:
+        pytest.skip("the local backend needs root")
+    data_dir = tmp_path / "data"
+
+    async def main() -> runner_pb2.Register:
+        async with fake_control_plane() as cp:
+            process = await start_runner(
+                ["--control-plane", cp.url, "--state-dir", str(tmp_path / "state"),
+                 "--backend", backend, "--data-dir", str(data_dir)],
+                {},
+            )  # fmt: skip
+            try:
+                register = (await cp.next_message("register", timeout=15)).message.register
+                process.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(15):
+                    assert await process.wait() == 0
+                assert process.stderr is not None
+                assert "Traceback" not in (await process.stderr.read()).decode()
+                return register
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+    register = asyncio.run(main())
+    assert list(register.sandboxes) == []
+    assert list(register.capabilities.images) == []
+    if backend == "local":
+        assert list(register.capabilities.backends) == ["local"]
+        assert data_dir.is_dir()
+    else:
+        assert not data_dir.exists()

@@ -1,0 +1,128 @@
+"""Sandboxes through the whole platform: client → control plane → runner → local backend.
+
+Run: ``.venv/bin/python bench/sandboxes.py [--iterations 50] [--concurrency 50]`` (as root).
+It starts ``sandboxd up`` in a temporary data directory and times, with our ``cwsandbox``
+client over real gRPC on loopback:
+
+* create → first exec result: ``Sandbox.run()`` until ``exec(["true"]).result()`` returns;
+* exec round trip of ``true`` in a running sandbox;
+* N concurrent creates, each until its first exec result (wall time, p50, p99);
+
+then runs ``bench/local_backend.py`` in the same invocation, which times the same shapes on
+the backend alone and with plain ``bwrap`` (the floor), and says whether podman (the peer) is
+installed. Targets from the issue: create → first exec p50 ≤ 25 ms on the local backend,
+exec ``true`` p50 ≤ 3 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+from tests.support.processes import SANDBOXD, Proc, child_env, free_port
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def fmt(samples: list[float]) -> str:
+    return f"p50 {pct(samples, 0.5):7.2f} ms  p99 {pct(samples, 0.99):7.2f} ms"
+
+
+# Small requests so that N concurrent sandboxes fit a 2-core runner's capacity; limits stay
+# generous so the measured commands are not throttled.
+RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"cpu": "1", "memory": "256Mi"},
+}
+
+
+def create_and_exec(image: str) -> tuple[float, object]:
+    from cwsandbox import ResourceOptions, Sandbox
+
+    start = time.perf_counter()
+    sandbox = Sandbox.run(container_image=image, resources=ResourceOptions(**RESOURCES))
+    sandbox.exec(["true"]).result()
+    return time.perf_counter() - start, sandbox
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--image", default="python:3.11")
+    parser.add_argument("--skip-backend", action="store_true", help="skip the backend/bwrap part")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("the sandbox benchmark needs root (real namespaces and cgroups)")
+
+    with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data:
+        port = free_port()
+        up = Proc(
+            [*SANDBOXD, "up", "--data-dir", data, "--listen", f"127.0.0.1:{port}"], child_env()
+        ).start()
+        try:
+            line = up.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
+            os.environ["CWSANDBOX_BASE_URL"] = line.split("=", 1)[1]
+            from cwsandbox import Sandbox
+
+            warm, sandbox = create_and_exec(args.image)  # first create starts the zygote
+            sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+            create_lat = []
+            for _ in range(args.iterations):
+                took, sandbox = create_and_exec(args.image)
+                create_lat.append(took)
+                sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+            sandbox = Sandbox.run(container_image=args.image)
+            sandbox.exec(["true"]).result()
+            exec_lat = []
+            for _ in range(args.iterations * 4):
+                start = time.perf_counter()
+                sandbox.exec(["true"]).result()
+                exec_lat.append(time.perf_counter() - start)
+            sandbox.stop(graceful_shutdown_seconds=0).result()
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                results = list(
+                    pool.map(lambda _: create_and_exec(args.image), range(args.concurrency))
+                )
+            wall = time.perf_counter() - start
+            for _, box in results:
+                box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+        finally:
+            up.stop()
+
+    print(
+        f"\nsandboxd end to end ({os.cpu_count()} CPUs, image {args.image}, "
+        f"{args.iterations} iterations; first create with zygote start {warm * 1000:.0f} ms)"
+    )
+    print(f"{'measure':<34} {'sandboxd (client→control plane→runner)':<44} target")
+    print(f"{'create -> first exec result':<34} {fmt(create_lat):<44} p50 <= 25 ms (backend)")
+    print(f"{'exec true round trip':<34} {fmt(exec_lat):<44} p50 <= 3 ms (backend)")
+    conc = [t for t, _ in results]
+    print(f"{f'{args.concurrency} concurrent creates':<34} wall {wall * 1000:7.1f} ms  {fmt(conc)}")
+    if not args.skip_backend:
+        print(
+            "\n--- the same shapes on the local backend alone, beside bwrap "
+            "(bench/local_backend.py)"
+        )
+        subprocess.run(
+            [sys.executable, str(ROOT / "local_backend.py"), "--iterations", str(args.iterations),
+             "--concurrency", str(args.concurrency)],
+            check=True,
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What the runner must remember about a sandbox across its own restarts.
+
+Why the runner keeps its own small records: the backend re-attaches to running sandboxes
+after a restart (``Backend.recover``), but it knows nothing of the runner's policy: how much
+of the runner's capacity the sandbox reserved (so heartbeats stay honest), when its maximum
+lifetime ends (so a restart does not grant it a fresh lifetime), and where its ports were
+published. One JSON file per sandbox, written atomically, removed when the sandbox is
+destroyed. Without a directory (tests, ephemeral runners) records live only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandboxd.runner.resources import Reservation
+
+__all__ = ["RecordStore", "RunnerRecord"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerRecord:
+    """The runner's policy for one sandbox."""
+
+    sandbox_id: str
+    reservation: Reservation = field(default_factory=Reservation)
+    max_lifetime_seconds: int = 0
+    started_at: float = 0.0  # unix seconds; the lifetime counts from here
+    service_address: str = ""
+    published_ports: dict[int, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise (the reverse of :meth:`from_json`)."""
+        r = self.reservation
+        return json.dumps(
+            {
+                "sandbox_id": self.sandbox_id,
+                "reservation": [r.cpu_millicores, r.memory_bytes, r.gpu_count],
+                "max_lifetime_seconds": self.max_lifetime_seconds,
+                "started_at": self.started_at,
+                "service_address": self.service_address,
+                "published_ports": {str(k): v for k, v in self.published_ports.items()},
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunnerRecord:
+        """Parse; raises ``ValueError``/``KeyError``/``TypeError`` on a damaged record."""
+        data = json.loads(text)
+        cpu, memory, gpus = (int(v) for v in data["reservation"])
+        return cls(
+            sandbox_id=str(data["sandbox_id"]),
+            reservation=Reservation(cpu, memory, gpus),
+            max_lifetime_seconds=int(data.get("max_lifetime_seconds", 0)),
+            started_at=float(data.get("started_at", 0.0)),
+            service_address=str(data.get("service_address", "")),
+            published_ports={int(k): int(v) for k, v in data.get("published_ports", {}).items()},
+        )
+
+
+class RecordStore:
+    """Records under ``directory`` (``<id>.json``), or in memory when it is ``None``."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory
+        self._memory: dict[str, RunnerRecord] = {}
+
+    def _path(self, sandbox_id: str) -> Path:
+        assert self._directory is not None
+        return self._directory / f"{sandbox_id}.json"
+
+    def save(self, record: RunnerRecord) -> None:
+        """Write atomically, so a crash leaves the old or the new record, never half of one."""
+        self._memory[record.sandbox_id] = record
+        if self._directory is None:
+            return
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = self._path(record.sandbox_id)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(record.to_json())
+            os.replace(tmp, path)
+        except OSError as exc:  # the sandbox still runs; only a later restart loses policy
+            _log.warning("cannot save runner record of %s: %s", record.sandbox_id, exc)
+
+    def get(self, sandbox_id: str) -> RunnerRecord | None:
+        """The record of ``sandbox_id``, or ``None``."""
+        return self._memory.get(sandbox_id)
+
+    def remove(self, sandbox_id: str) -> None:
+        """Forget ``sandbox_id`` (idempotent)."""
+        self._memory.pop(sandbox_id, None)
+        if self._directory is not None:
+            self._path(sandbox_id).unlink(missing_ok=True)
+
+    def load_all(self) -> list[RunnerRecord]:
+        """Read every record from disk (at start-up); damaged files are skipped and logged."""
+        if self._directory is None or not self._directory.is_dir():
+            return list(self._memory.values())
+        for path in sorted(self._directory.glob("*.json")):
+            try:
+                record = RunnerRecord.from_json(path.read_text())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                _log.warning("ignoring damaged runner record %s: %s", path, exc)
+                continue
+            self._memory[record.sandbox_id] = record
+        return list(self._memory.values())

@@ -1,0 +1,59 @@
+"""Sandboxes on a runner: the public face of the supervisor and the local backend's set-up.
+
+Module map (each says why in its docstring): ``supervisor`` (commands), ``sandbox_table``
+(state, watchers, lifetime, recovery), ``sandbox_state`` (one sandbox and its event),
+``spec_mapping`` (profile re-check, runner spec → backend spec), ``exec_relay`` (an exec's
+frames), ``failures`` (errors → public reasons) and ``records`` (what survives a restart).
+
+:func:`build_local_backend` is what ``sandboxd runner --backend local`` and ``sandboxd up``
+use, so both lay out a data directory the same way: the backend's state under
+``<data_dir>/backend`` and images under ``<data_dir>/images``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandboxd.runner.exec_relay import ExecCall, ExecDialer, dial_exec
+from sandboxd.runner.supervisor import SandboxSupervisor, Send
+
+if TYPE_CHECKING:
+    from sandboxd.backends.base import Backend
+    from sandboxd.images import ImageStore
+
+__all__ = [
+    "ExecCall",
+    "ExecDialer",
+    "SandboxSupervisor",
+    "Send",
+    "build_local_backend",
+    "dial_exec",
+    "image_refs",
+]
+
+
+def build_local_backend(data_dir: str | Path) -> tuple[Backend, ImageStore]:
+    """The local backend and its image store, both keeping state under ``data_dir``.
+
+    Nothing is started here (the backend checks root and cgroups on first use and reports
+    why in its fingerprint), so this is cheap and safe to call before the event loop runs.
+    """
+    from sandboxd.backends.local import LocalBackend
+    from sandboxd.images import ImageStore
+
+    root = Path(data_dir).absolute()
+    return LocalBackend(root / "backend"), ImageStore(root)
+
+
+def image_refs(images: ImageStore) -> list[str]:
+    """Image names the runner can start now, for ``Capabilities.images``.
+
+    Written as clients write them: ``name:tag``, plus the bare ``name`` for ``latest``.
+    """
+    refs: set[str] = set()
+    for info in images.list_images():
+        refs.add(info.ref)
+        if info.tag == "latest":
+            refs.add(info.name)
+    return sorted(refs)

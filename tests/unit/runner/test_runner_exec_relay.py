@@ -1,0 +1,184 @@
+"""Exec relay: the runner dials ``RunnerService.Exec`` and carries one process's frames.
+
+The server side is the in-process stand-in in ``exec_standin.py`` (a real grpc.aio server on
+127.0.0.1); the process side is the stand-in backend's scripted ``StandinExec``. What is
+pinned here is the runner's half of v1beta2.md §5: hello first, ``ready`` first, output as
+produced, ``exit`` last, in-band ``error`` frames, stdin/resize/close, and kill on cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from cwsandbox._proto import streaming_pb2
+from sandboxd._proto import runner_pb2
+from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
+
+STDOUT = streaming_pb2.ExecStreamOutput.STREAM_TYPE_STDOUT
+STDERR = streaming_pb2.ExecStreamOutput.STREAM_TYPE_STDERR
+
+
+def open_exec(rig: Rig, stream_id: str, *argv: str, sandbox_id: str = "sb-1", **kw: object) -> None:
+    command = runner_pb2.OpenExec(stream_id=stream_id, sandbox_id=sandbox_id, command=argv, **kw)
+    rig.supervisor.handle(runner_pb2.Command(exec=command))
+
+
+def kinds(frames: list[streaming_pb2.ExecStreamResponse]) -> list[str]:
+    return [str(f.WhichOneof("response")) for f in frames]
+
+
+async def started(rig: Rig) -> None:
+    result = await rig.run("start", **start(spec()))
+    assert not result.HasField("failure")
+
+
+def test_hello_ready_output_exit_in_order(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "echo", "hi")
+        stream = await rig.execs.stream("e1")
+        assert (stream.hello.stream_id, stream.hello.runner_id) == ("e1", "runner-1")
+        assert stream.hello.join_token == "token-1"
+        frames = await stream.until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert frames[0].ready.session_id == "e1" and frames[0].ready.HasField("ready_at")
+        assert (frames[1].output.stream_type, frames[1].output.data) == (STDOUT, b"hi\n")
+        assert frames[2].exit.exit_code == 0
+        await asyncio.wait_for(stream.ended.wait(), 5)
+        # Execs never produce command results or events on the control stream.
+        assert rig.outbox.kinds() == ["event:SANDBOX_PHASE_RUNNING", "result:start"]
+
+    run_rig(tmp_path, body)
+
+
+def test_stderr_and_exit_code(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "fail", "7")
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert (frames[1].output.stream_type, frames[1].output.data) == (STDERR, b"boom\n")
+        assert frames[2].exit.exit_code == 7
+
+    run_rig(tmp_path, body)
+
+
+def test_missing_program_is_stderr_and_127(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "/no/such/program")
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert frames[1].output.stream_type == STDERR and frames[2].exit.exit_code == 127
+
+    run_rig(tmp_path, body)
+
+
+def test_stdin_then_close_is_eof(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "cat")
+        stream = await rig.execs.stream("e1")
+        assert kinds([await stream.next()]) == ["ready"]
+        stream.push(stdin=streaming_pb2.ExecStreamData(data=b"abc"))
+        first = await stream.next()
+        assert first.output.data == b"abc"  # streamed as produced, before stdin ends
+        stream.push(stdin=streaming_pb2.ExecStreamData(data=b"def"))
+        stream.push(close=streaming_pb2.ExecStreamClose())
+        stream.push(stdin=streaming_pb2.ExecStreamData(data=b"ignored after close"))
+        rest = await stream.until_end()
+        assert kinds(rest) == ["output", "exit"]
+        assert rest[0].output.data == b"def" and rest[1].exit.exit_code == 0
+
+    run_rig(tmp_path, body)
+
+
+def test_tty_size_and_resize_reach_the_session(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "cat", tty=True, tty_width=80, tty_height=24)
+        stream = await rig.execs.stream("e1")
+        await stream.next()
+        stream.push(resize=streaming_pb2.ExecStreamResize(width=120, height=40))
+        stream.push(close=streaming_pb2.ExecStreamClose())
+        await stream.until_end()
+        session = rig.backend.world["sb-1"].execs[0]
+        assert session.tty and session.resizes == [(120, 40)]
+
+    run_rig(tmp_path, body)
+
+
+def test_lots_of_output_arrives_whole_and_before_exit(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "flood", "500")
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames)[0] == "ready" and kinds(frames)[-1] == "exit"
+        data = b"".join(f.output.data for f in frames[1:-1])
+        assert len(data) == 500 * 1024
+
+    run_rig(tmp_path, body)
+
+
+def test_not_running_and_unknown_sandbox_are_in_band_errors(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "echo", sandbox_id="ghost")
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+        await rig.run("stop", stop=runner_pb2.StopSandbox(sandbox_id="sb-1"))
+        open_exec(rig, "e2", "echo")
+        frames = await (await rig.execs.stream("e2")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_RUNNING"
+        open_exec(rig, "e3", sandbox_id="sb-1")
+        frames = await (await rig.execs.stream("e3")).until_end()
+        assert kinds(frames) == ["error"]
+
+    run_rig(tmp_path, body)
+
+
+def test_control_plane_ending_the_call_kills_the_process(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "sleep")
+        stream = await rig.execs.stream("e1")
+        await stream.next()  # ready
+        session = rig.backend.world["sb-1"].execs[0]
+        stream.end_call()
+        async with asyncio.timeout(5):
+            while not session.closed:
+                await asyncio.sleep(0.01)
+        assert session.killed_with == 9 and await session.wait() == 137
+
+    run_rig(tmp_path, body)
+
+
+def test_a_slow_exec_does_not_block_another(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "slow", "sleep")
+        slow = await rig.execs.stream("slow")
+        await slow.next()
+        began = time.monotonic()
+        open_exec(rig, "fast", "echo", "quick")
+        frames = await (await rig.execs.stream("fast")).until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert time.monotonic() - began < 2
+        # The control stream stays free too.
+        await rig.run("r", read_file=runner_pb2.ReadFile(sandbox_id="sb-1", path="/none"))
+        assert rig.backend.world["sb-1"].execs[0].killed_with is None
+
+    run_rig(tmp_path, body)
+
+
+def test_shutdown_kills_running_execs(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "sleep")
+        await (await rig.execs.stream("e1")).next()
+        await rig.supervisor.close()
+        assert rig.backend.world["sb-1"].execs[0].closed
+
+    run_rig(tmp_path, body)

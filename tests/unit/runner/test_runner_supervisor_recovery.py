@@ -1,0 +1,110 @@
+"""Recovery after a runner restart, and state that survives lost events.
+
+Against the in-memory stand-in backend (``backend_standin.py``; two instances sharing one
+``world`` model a runner restart while sandboxes keep running). Real backends prove their
+own ``recover`` in their conformance suite; this pins what the supervisor rebuilds from it
+and from its own records: reservations, lifetimes, ended sandboxes with their exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sandboxd._proto import runner_pb2
+from sandboxd.backends.base import SandboxSpec
+from sandboxd.runner.resources import Reservation, ReservationLedger
+from sandboxd.runner.supervisor import SandboxSupervisor
+from tests.unit.runner.backend_standin import StandinBackend
+from tests.unit.runner.exec_standin import CAPACITY, Outbox, Rig, image_store, run_rig, spec, start
+
+RUNNING = runner_pb2.SANDBOX_PHASE_RUNNING
+COMPLETED = runner_pb2.SANDBOX_PHASE_COMPLETED
+FAILED = runner_pb2.SANDBOX_PHASE_FAILED
+
+
+def test_lost_events_are_in_the_next_snapshot(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.run("1", **start(spec()))
+        rig.outbox.fail = True
+        rig.backend.exit_main("sb-1", 5)
+        await asyncio.sleep(0.05)
+        [event] = rig.supervisor.snapshot()
+        assert (event.phase, event.exit_code) == (COMPLETED, 5)
+
+    run_rig(tmp_path, body)
+
+
+def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
+    async def main() -> None:
+        world: dict = {}
+        images = image_store(tmp_path)
+        records = tmp_path / "records"
+
+        async def never(_stream_id: str):  # type: ignore[no-untyped-def]
+            raise ConnectionError("no exec in this test")
+
+        first_out = Outbox()
+        first = SandboxSupervisor(
+            StandinBackend(world), ReservationLedger(CAPACITY), images, first_out.send, never,
+            records_dir=records,
+        )  # fmt: skip
+        first.handle(
+            runner_pb2.Command(request_id="1", **start(spec("keeps", max_lifetime_seconds=2)))
+        )
+        first.handle(runner_pb2.Command(request_id="2", **start(spec("ends"))))
+        first.handle(runner_pb2.Command(request_id="3", **start(spec("plain"))))
+        for rid in ("1", "2", "3"):
+            assert not (await first_out.result(rid)).HasField("failure")
+        await first.close()  # the runner process goes away; sandboxes keep running
+        StandinBackend(world).exit_main("ends", 4)  # ...and one ends meanwhile
+
+        out = Outbox()
+        ledger = ReservationLedger(CAPACITY)
+        second = SandboxSupervisor(
+            StandinBackend(world), ledger, images, out.send, never, records_dir=records
+        )
+        try:
+            assert await second.recover() == ["keeps", "plain"]
+            snap = {e.sandbox_id: e for e in second.snapshot()}
+            assert snap["keeps"].phase == RUNNING and snap["plain"].phase == RUNNING
+            assert (snap["ends"].phase, snap["ends"].exit_code) == (COMPLETED, 4)
+            assert ledger.reservation("keeps") == Reservation(1000, 1 << 30, 0)
+            assert "ends" not in ledger and len(ledger) == 2
+            # The lifetime counts from the original start, not from the recovery.
+            event = (await out.next("event", timeout=4)).event
+            assert event.sandbox_id == "keeps" and event.reason == "max lifetime of 2 s reached"
+        finally:
+            await second.close()
+
+    asyncio.run(main())
+
+
+def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
+    async def main() -> None:
+        world: dict = {}
+        backend = StandinBackend(world)
+        await backend.create(SandboxSpec("half", rootfs=tmp_path))  # a runner died mid-start
+        records = tmp_path / "records"
+        records.mkdir()
+        (records / "half.json").write_text('{"sandbox_id": "half", "reservation": [0, 0, 0]}')
+        (records / "gone.json").write_text('{"sandbox_id": "gone", "reservation": [0, 0, 0]}')
+        (records / "junk.json").write_text("{not json")
+
+        async def never(_stream_id: str):  # type: ignore[no-untyped-def]
+            raise ConnectionError
+
+        out = Outbox()
+        sup = SandboxSupervisor(
+            backend, ReservationLedger(CAPACITY), image_store(tmp_path), out.send, never,
+            records_dir=records,
+        )  # fmt: skip
+        try:
+            assert await sup.recover() == []
+            [event] = sup.snapshot()
+            assert (event.sandbox_id, event.phase) == ("half", FAILED)
+            assert not (records / "gone.json").exists()
+        finally:
+            await sup.close()
+
+    asyncio.run(main())
