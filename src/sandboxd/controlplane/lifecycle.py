@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 S = gateway_pb2
 MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024
 STOP_MARGIN_SECONDS = 15.0
+MAX_ID_LENGTH = 128
+MAX_PATH_LENGTH = 4096
 
 
 def sandbox_not_found(sandbox_id: str) -> ApiError:
@@ -128,6 +130,8 @@ class Lifecycle:
         """The record with this id, or NOT_FOUND (CWSANDBOX_SANDBOX_NOT_FOUND)."""
         if not sandbox_id.strip():
             raise invalid_argument("sandbox_id", "must not be empty")
+        if len(sandbox_id) > MAX_ID_LENGTH:
+            raise invalid_argument("sandbox_id", f"must be at most {MAX_ID_LENGTH} characters")
         record = self.table.get(sandbox_id)
         if record is None:
             raise sandbox_not_found(sandbox_id)
@@ -329,3 +333,5 @@ def _check_path(path: str) -> None:
         raise invalid_argument("filepath", f"must be an absolute path (got {path!r})")
     if "\x00" in path:
         raise invalid_argument("filepath", "must not contain NUL characters")
+    if len(path) > MAX_PATH_LENGTH:
+        raise invalid_argument("filepath", f"must be at most {MAX_PATH_LENGTH} characters")

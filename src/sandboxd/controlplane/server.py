@@ -22,6 +22,7 @@ from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.exec_bridge import ExecSessions
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandboxes import SandboxTable
@@ -115,7 +116,8 @@ class ControlPlane:
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(self.settings.api_keys)], options=SERVER_OPTIONS
+            interceptors=[ApiKeyInterceptor(self.settings.api_keys), MalformedRequestInterceptor()],
+            options=SERVER_OPTIONS,
         )
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.discovery, server
