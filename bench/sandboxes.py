@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port
+from tests.support.processes import all_in_one
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -66,42 +66,35 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("the sandbox benchmark needs root (real namespaces and cgroups)")
 
-    with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data:
-        port = free_port()
-        up = Proc(
-            [*SANDBOXD, "up", "--data-dir", data, "--listen", f"127.0.0.1:{port}"], child_env()
-        ).start()
-        try:
-            line = up.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
-            os.environ["CWSANDBOX_BASE_URL"] = line.split("=", 1)[1]
-            from cwsandbox import Sandbox
+    with (
+        tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data,
+        all_in_one(Path(data)) as (_, base_url),
+    ):
+        os.environ["CWSANDBOX_BASE_URL"] = base_url
+        from cwsandbox import Sandbox
 
-            warm, sandbox = create_and_exec(args.image)  # first create starts the zygote
+        warm, sandbox = create_and_exec(args.image)  # first create starts the zygote
+        sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+        create_lat = []
+        for _ in range(args.iterations):
+            took, sandbox = create_and_exec(args.image)
+            create_lat.append(took)
             sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
-            create_lat = []
-            for _ in range(args.iterations):
-                took, sandbox = create_and_exec(args.image)
-                create_lat.append(took)
-                sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
-            sandbox = Sandbox.run(container_image=args.image)
-            sandbox.exec(["true"]).result()
-            exec_lat = []
-            for _ in range(args.iterations * 4):
-                start = time.perf_counter()
-                sandbox.exec(["true"]).result()
-                exec_lat.append(time.perf_counter() - start)
-            sandbox.stop(graceful_shutdown_seconds=0).result()
-
+        sandbox = Sandbox.run(container_image=args.image)
+        sandbox.exec(["true"]).result()
+        exec_lat = []
+        for _ in range(args.iterations * 4):
             start = time.perf_counter()
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                results = list(
-                    pool.map(lambda _: create_and_exec(args.image), range(args.concurrency))
-                )
-            wall = time.perf_counter() - start
-            for _, box in results:
-                box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
-        finally:
-            up.stop()
+            sandbox.exec(["true"]).result()
+            exec_lat.append(time.perf_counter() - start)
+        sandbox.stop(graceful_shutdown_seconds=0).result()
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            results = list(pool.map(lambda _: create_and_exec(args.image), range(args.concurrency)))
+        wall = time.perf_counter() - start
+        for _, box in results:
+            box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
 
     print(
         f"\nsandboxd end to end ({os.cpu_count()} CPUs, image {args.image}, "

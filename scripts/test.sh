@@ -8,4 +8,4 @@ scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/pytest -n "${PYTEST_WORKERS:-4}" -p no:cacheprovider "$@"
+exec .venv/bin/pytest -n "${PYTEST_WORKERS:-4}" -p no:cacheprovider -m "not slow" "$@"

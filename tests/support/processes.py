@@ -247,3 +247,19 @@ class RunnerProcess:
     def stop(self) -> int:
         assert self.proc is not None
         return self.proc.stop()
+
+
+@contextlib.contextmanager
+def all_in_one(data_dir: Path, *extra_args: str) -> Iterator[tuple[Proc, str]]:
+    """A running ``sandboxd up`` on a free loopback port; yields it and its base URL."""
+    port = free_port()
+    proc = Proc(
+        [*SANDBOXD, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+         *extra_args],
+        child_env(),
+    ).start()  # fmt: skip
+    try:
+        line = proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
+        yield proc, line.split("=", 1)[1]
+    finally:
+        proc.stop()
