@@ -80,12 +80,16 @@ class Register(_message.Message):
     def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., join_token: _Optional[str] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("resources", "sent_at")
+    __slots__ = ("resources", "sent_at", "images", "images_listed")
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_LISTED_FIELD_NUMBER: _ClassVar[int]
     resources: Resources
     sent_at: _timestamp_pb2.Timestamp
-    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[str]
+    images_listed: bool
+    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., images_listed: _Optional[bool] = ...) -> None: ...
 
 class RunnerMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "result", "event")
@@ -257,6 +261,26 @@ class OpenExec(_message.Message):
     env: _containers.ScalarMap[str, str]
     def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., tty_width: _Optional[int] = ..., tty_height: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class OpenLogs(_message.Message):
+    __slots__ = ("stream_id", "sandbox_id", "follow", "tail_lines", "since_time", "timestamps", "resume_session_id", "resume_offset")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    sandbox_id: str
+    follow: bool
+    tail_lines: int
+    since_time: _timestamp_pb2.Timestamp
+    timestamps: bool
+    resume_session_id: str
+    resume_offset: int
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail_lines: _Optional[int] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timestamps: _Optional[bool] = ..., resume_session_id: _Optional[str] = ..., resume_offset: _Optional[int] = ...) -> None: ...
+
 class WriteFile(_message.Message):
     __slots__ = ("sandbox_id", "path", "contents")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
@@ -278,7 +302,7 @@ class ReadFile(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "exec", "write_file", "read_file")
+    __slots__ = ("request_id", "start", "stop", "delete", "exec", "write_file", "read_file", "logs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +310,7 @@ class Command(_message.Message):
     EXEC_FIELD_NUMBER: _ClassVar[int]
     WRITE_FILE_FIELD_NUMBER: _ClassVar[int]
     READ_FILE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
@@ -293,7 +318,8 @@ class Command(_message.Message):
     exec: OpenExec
     write_file: WriteFile
     read_file: ReadFile
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., exec: _Optional[_Union[OpenExec, _Mapping]] = ..., write_file: _Optional[_Union[WriteFile, _Mapping]] = ..., read_file: _Optional[_Union[ReadFile, _Mapping]] = ...) -> None: ...
+    logs: OpenLogs
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., exec: _Optional[_Union[OpenExec, _Mapping]] = ..., write_file: _Optional[_Union[WriteFile, _Mapping]] = ..., read_file: _Optional[_Union[ReadFile, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")
@@ -383,3 +409,15 @@ class ExecUpstream(_message.Message):
     hello: ExecUpstream.Hello
     response: _streaming_pb2.ExecStreamResponse
     def __init__(self, hello: _Optional[_Union[ExecUpstream.Hello, _Mapping]] = ..., response: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ...) -> None: ...
+
+class LogsUpstream(_message.Message):
+    __slots__ = ("hello", "response")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    hello: ExecUpstream.Hello
+    response: _streaming_pb2.LogStreamResponse
+    def __init__(self, hello: _Optional[_Union[ExecUpstream.Hello, _Mapping]] = ..., response: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ...) -> None: ...
+
+class LogsControl(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

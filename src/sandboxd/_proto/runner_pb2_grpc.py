@@ -46,6 +46,11 @@ class RunnerServiceStub:
                 request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
                 response_deserializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
                 _registered_method=True)
+        self.Logs = channel.stream_stream(
+                '/sandboxd.runner.v1.RunnerService/Logs',
+                request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.SerializeToString,
+                response_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -66,6 +71,13 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Logs(self, request_iterator, context):
+        """One log stream, dialled by the runner after an OpenLogs command, for the same reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +90,11 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.FromString,
                     response_serializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.SerializeToString,
+            ),
+            'Logs': grpc.stream_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.FromString,
+                    response_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class RunnerService:
             '/sandboxd.runner.v1.RunnerService/Exec',
             sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
             coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandboxd.runner.v1.RunnerService/Logs',
+            sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.SerializeToString,
+            sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.FromString,
             options,
             channel_credentials,
             insecure,

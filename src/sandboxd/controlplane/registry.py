@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -189,15 +189,31 @@ class RunnerRegistry:
         return state, connection_id
 
     def heartbeat(
-        self, runner_id: str, connection_id: int, resources: runner_pb2.Resources
+        self,
+        runner_id: str,
+        connection_id: int,
+        resources: runner_pb2.Resources,
+        *,
+        images: Sequence[str] | None = None,
     ) -> bool:
-        """Record a heartbeat; False when this connection has been superseded."""
+        """Record a heartbeat; False when this connection has been superseded.
+
+        ``images`` (when the runner listed them) replaces ``capabilities.images``, so an image
+        built while the runner is connected is placeable at the next heartbeat; a change is
+        persisted like any other runner change.
+        """
         state = self._runners.get(runner_id)
         if state is None or state.connection_id != connection_id:
             return False
         state.resources = resources
         state.last_heartbeat_monotonic = self._clock()
         state.last_heartbeat_at = datetime.now(UTC)
+        if images is not None and list(images) != list(state.capabilities.images):
+            capabilities = runner_pb2.Capabilities()
+            capabilities.CopyFrom(state.capabilities)
+            capabilities.images[:] = list(images)
+            state.capabilities = capabilities
+            self._on_change(runner_id)
         return True
 
     def disconnect(self, runner_id: str, connection_id: int) -> None:

@@ -1,10 +1,14 @@
 """``sandboxd.runner.v1.RunnerService``: where runners dial in and stay connected.
 
 Why one stream per runner with a separate reader task: the control plane must be able to push
-commands to a runner at any time (next issue: start, stop, attach) while it keeps reading the
-runner's heartbeats. The handler writes from an outbox queue; a reader task consumes the
-runner's messages. When the stream ends, for any reason, the runner is marked disconnected,
-and discovery reports it unhealthy at once.
+commands to a runner at any time (start, stop, files, open an exec or a log stream) while it
+keeps reading the runner's heartbeats. The handler writes from an outbox queue; a reader task
+consumes the runner's messages. When the stream ends, for any reason, the runner is marked
+disconnected, and discovery reports it unhealthy at once.
+
+Byte streams (``Exec``, ``Logs``) are separate calls that the runner dials with a ``hello``
+naming a session opened by :mod:`sandboxd.controlplane.streaming`; both are joined to that
+session the same way (:meth:`RunnerService._accept`, :meth:`RunnerService._bridge`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
-from sandboxd.controlplane.exec_bridge import ExecSession, ExecSessions
+from sandboxd.controlplane.exec_bridge import BridgeSession, Kind, StreamSessions
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.errors import ApiError, abort_with, invalid_argument, unauthenticated
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
+Upstream = runner_pb2.ExecUpstream | runner_pb2.LogsUpstream
 
 RUNNER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 REGISTER_TIMEOUT_SECONDS = 10.0
@@ -43,13 +48,13 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         join_token: str,
         heartbeat_interval: float,
         lifecycle: Lifecycle,
-        exec_sessions: ExecSessions,
+        sessions: StreamSessions,
     ) -> None:
         self._registry = registry
         self._join_token = join_token.encode()
         self._heartbeat_interval = heartbeat_interval
         self._lifecycle = lifecycle
-        self._exec_sessions = exec_sessions
+        self._sessions = sessions
 
     def _token_ok(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self._join_token)
@@ -126,7 +131,13 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     log.info("runner %s: connection superseded by a newer one", runner_id)
                     break
                 if kind == "heartbeat":
-                    self._registry.heartbeat(runner_id, connection_id, message.heartbeat.resources)
+                    heartbeat = message.heartbeat
+                    self._registry.heartbeat(
+                        runner_id,
+                        connection_id,
+                        heartbeat.resources,
+                        images=heartbeat.images if heartbeat.images_listed else None,
+                    )
                 elif kind == "result":
                     state = self._registry.get(runner_id)
                     if state is not None and state.link is not None:
@@ -140,12 +151,13 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         finally:
             outbox.put_nowait(None)
 
-    async def Exec(
+    async def _accept(
         self,
-        request_iterator: AsyncIterator[runner_pb2.ExecUpstream],
+        request_iterator: AsyncIterator[Upstream],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[streaming_pb2.ExecStreamRequest]:
-        """A runner's half of one exec: relay its frames up, the client's frames down."""
+        kind: Kind,
+    ) -> BridgeSession[Any, Any]:
+        """Read the ``hello`` of a runner's per-operation stream and join it to its session."""
         try:
             async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
                 first = await anext(request_iterator)
@@ -156,12 +168,21 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         hello = first.hello
         if not self._token_ok(hello.join_token):
             await abort_with(context, unauthenticated("join token rejected"))
-        session = self._exec_sessions.attach(hello.stream_id, hello.runner_id)
+        session = self._sessions.attach(hello.stream_id, hello.runner_id, kind)
         if session is None:
             await abort_with(
                 context,
-                ApiError(grpc.StatusCode.NOT_FOUND, f"no exec is waiting for {hello.stream_id!r}"),
+                ApiError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no {kind} stream is waiting for {hello.stream_id!r}",
+                ),
             )
+        return session
+
+    async def _bridge(
+        self, request_iterator: AsyncIterator[Upstream], session: BridgeSession[Any, Any]
+    ) -> AsyncIterator[Any]:
+        """Relay the runner's frames up and the session's downstream frames down."""
         pump = asyncio.create_task(self._relay_up(request_iterator, session))
         try:
             while (message := await session.downstream.get()) is not None:
@@ -171,9 +192,33 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
 
+    async def Exec(
+        self,
+        request_iterator: AsyncIterator[runner_pb2.ExecUpstream],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[streaming_pb2.ExecStreamRequest]:
+        """A runner's half of one exec: relay its frames up, the client's frames down."""
+        session = await self._accept(request_iterator, context, "exec")
+        async for message in self._bridge(request_iterator, session):
+            yield message
+
+    async def Logs(
+        self,
+        request_iterator: AsyncIterator[runner_pb2.LogsUpstream],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[runner_pb2.LogsControl]:
+        """A runner's half of one log stream: relay its frames up until the session closes.
+
+        Nothing goes down; closing the session (client left, or follow closed) ends this call,
+        which is how the runner learns to stop reading.
+        """
+        session = await self._accept(request_iterator, context, "logs")
+        async for message in self._bridge(request_iterator, session):
+            yield message
+
     @staticmethod
     async def _relay_up(
-        request_iterator: AsyncIterator[runner_pb2.ExecUpstream], session: ExecSession
+        request_iterator: AsyncIterator[Upstream], session: BridgeSession[Any, Any]
     ) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
             async for frame in request_iterator:

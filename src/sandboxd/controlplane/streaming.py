@@ -1,10 +1,17 @@
-"""``GatewayStreamingService``: exec streams proxied to the runner that owns the sandbox.
+"""``GatewayStreamingService``: exec and log streams proxied to the runner that owns the sandbox.
 
-Per v1beta2.md §5: the first client frame is ``init``; a client half-close means stdin EOF,
-not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last. Conditions
-found after the stream is accepted (sandbox not running, runner gone) are reported in-band as
-an ``error`` frame, which every client turns into a typed exception; gRPC statuses are kept
-for malformed requests, unknown sandboxes and auth.
+Exec, per v1beta2.md §5: the first client frame is ``init``; a client half-close means stdin
+EOF, not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last.
+
+Logs, per §7: one ``init``; the runner reads the backend's log, cuts frames at line
+boundaries, adds the timestamp prefixes and the resumable ``session_id``/``offset``, and
+ends with ``complete`` (non-follow: once what exists is sent; follow: once the sandbox has
+ended). Here we only relay, and end a follow early with ``complete`` when the client sends
+``close`` or half-closes. Logs of stopped sandboxes are served too: the runner keeps them.
+
+Both: conditions found after the stream is accepted (sandbox not running, runner gone) are
+reported in-band as an ``error`` frame, which every client turns into a typed exception;
+gRPC statuses are kept for malformed requests, unknown sandboxes and auth.
 """
 
 from __future__ import annotations
@@ -16,15 +23,24 @@ from typing import Any
 
 import grpc
 
-from cwsandbox._proto import streaming_pb2, streaming_pb2_grpc
+from cwsandbox._proto import gateway_pb2, streaming_pb2, streaming_pb2_grpc
 from sandboxd._proto import runner_pb2
-from sandboxd.controlplane.exec_bridge import ATTACH_TIMEOUT_SECONDS, ExecSession, ExecSessions
+from sandboxd.controlplane.exec_bridge import (
+    ATTACH_TIMEOUT_SECONDS,
+    ExecSession,
+    LogSession,
+    StreamSessions,
+)
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.sandboxes import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_TTY_DIMENSION = 10_000
+# How long a log request on a sandbox that is still being created waits for it to start.
+LOGS_START_WAIT_SECONDS = 60.0
+S = gateway_pb2
 
 
 def error_frame(code: str, message: str) -> streaming_pb2.ExecStreamResponse:
@@ -49,10 +65,45 @@ def _check_init(first: streaming_pb2.ExecStreamRequest) -> streaming_pb2.ExecStr
     return init
 
 
-class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
-    """StreamExec over :class:`ExecSessions`; StreamLogs comes with the logs feature."""
+def log_error(code: str, message: str) -> streaming_pb2.LogStreamResponse:
+    """An in-band, terminal log-stream error."""
+    return streaming_pb2.LogStreamResponse(
+        error=streaming_pb2.LogStreamError(code=code, message=message)
+    )
 
-    def __init__(self, lifecycle: Lifecycle, sessions: ExecSessions) -> None:
+
+def _check_log_init(first: streaming_pb2.LogStreamRequest) -> streaming_pb2.LogStreamInit:
+    if first.WhichOneof("request") != "init":
+        raise invalid_argument("init", "the first message of StreamLogs must be init")
+    init = first.init
+    if init.tail_lines < 0:
+        raise invalid_argument("init.tail_lines", "must not be negative (0 means all lines)")
+    if init.HasField("since_time"):
+        since = init.since_time
+        if not 0 <= since.nanos < 1_000_000_000 or not 0 <= since.seconds < 253_402_300_800:
+            raise invalid_argument("init.since_time", "must be a valid time after 1970")
+    return init
+
+
+def _open_logs(stream_id: str, init: streaming_pb2.LogStreamInit) -> runner_pb2.Command:
+    command = runner_pb2.OpenLogs(
+        stream_id=stream_id,
+        sandbox_id=init.sandbox_id,
+        follow=init.follow,
+        tail_lines=init.tail_lines,
+        timestamps=init.timestamps,
+        resume_session_id=init.resume_session_id,
+        resume_offset=init.resume_offset,
+    )
+    if init.HasField("since_time"):
+        command.since_time.CopyFrom(init.since_time)
+    return runner_pb2.Command(logs=command)
+
+
+class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
+    """StreamExec and StreamLogs over :class:`StreamSessions` joined with runner streams."""
+
+    def __init__(self, lifecycle: Lifecycle, sessions: StreamSessions) -> None:
         self._lifecycle = lifecycle
         self._sessions = sessions
 
@@ -144,6 +195,97 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         request_iterator: AsyncIterator[streaming_pb2.LogStreamRequest],
         context: Context,
     ) -> AsyncIterator[streaming_pb2.LogStreamResponse]:
-        """Main-process logs arrive with the logs feature (issue 4)."""
-        await abort_with(context, not_implemented("StreamLogs", "log streaming"))
-        yield streaming_pb2.LogStreamResponse()  # pragma: no cover - unreachable
+        """Ask the sandbox's runner for its logs and relay them until complete or closed."""
+        try:
+            try:
+                first = await anext(request_iterator)
+            except StopAsyncIteration:
+                raise invalid_argument("init", "the stream ended before init") from None
+            init = _check_log_init(first)
+            record = self._lifecycle.record(init.sandbox_id)
+        except ApiError as error:
+            await abort_with(context, error)
+        await self._wait_created(record)
+        try:
+            link = self._lifecycle.link_for(record)
+        except ApiError as error:
+            yield log_error("RUNNER_UNAVAILABLE", error.message)
+            return
+        session = self._sessions.open_logs(record.runner_id)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            link.send(_open_logs(session.stream_id, init))
+            try:
+                async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
+                    await session.attached.wait()
+            except TimeoutError:
+                yield log_error(
+                    "RUNNER_UNAVAILABLE",
+                    f"runner {record.runner_id} did not open the log stream in time",
+                )
+                return
+            watcher = asyncio.create_task(self._watch_log_client(request_iterator, init.follow))
+            while True:
+                frame = await self._next_log_frame(session, watcher)
+                if frame is None:
+                    yield log_error(
+                        "RUNNER_UNAVAILABLE", "the runner's log stream ended before it completed"
+                    )
+                    return
+                yield frame
+                if frame.WhichOneof("response") in ("complete", "error"):
+                    return
+        except ApiError as error:
+            yield log_error(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            self._sessions.close(session)
+
+    async def _wait_created(self, record: SandboxRecord) -> None:
+        """A sandbox still being created has no log on its runner yet: wait for its start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOGS_START_WAIT_SECONDS
+        table = self._lifecycle.table
+        while record.status == S.SANDBOX_STATUS_CREATING and loop.time() < deadline:
+            await table.wait_status_change(record, deadline - loop.time())
+
+    @staticmethod
+    async def _next_log_frame(
+        session: LogSession, watcher: asyncio.Task[None]
+    ) -> streaming_pb2.LogStreamResponse | None:
+        """The runner's next frame (None: its stream ended), or ``complete`` if the client left.
+
+        Once the client has ended a follow, what the runner has not sent yet is not wanted,
+        so the client's end is checked first: a chatty sandbox keeps the queue full.
+        """
+        complete = streaming_pb2.LogStreamResponse(complete=streaming_pb2.LogStreamComplete())
+        if watcher.done():
+            return complete
+        getter = asyncio.ensure_future(session.upstream.get())
+        try:
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return complete
+
+    @staticmethod
+    async def _watch_log_client(
+        request_iterator: AsyncIterator[streaming_pb2.LogStreamRequest], follow: bool
+    ) -> None:
+        """Return when the client ends the stream: ``close`` always, a half-close on a follow.
+
+        A non-follow client half-closes right after init (v1beta2.md §7) and still expects
+        everything, so there the half-close is not an end.
+        """
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for request in request_iterator:
+                if request.WhichOneof("request") == "close":
+                    return
+        if follow:
+            return
+        await asyncio.Event().wait()  # until the stream ends by itself and cancels us

@@ -42,6 +42,8 @@ from sandboxd.runner.exec_relay import ExecCall, dial_exec
 from sandboxd.runner.failures import refuse_command
 from sandboxd.runner.fingerprint import fingerprint
 from sandboxd.runner.identity import resolve_runner_id
+from sandboxd.runner.images import ImageList
+from sandboxd.runner.log_relay import LogsCall, dial_logs
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import ControlStream, open_channel
@@ -117,6 +119,8 @@ class RunnerAgent:
         self._interval_changed: asyncio.Event | None = None
         self._connected = False
         self._images = images
+        # Heartbeats carry the image list, so images built while connected become placeable.
+        self._image_list = ImageList(images) if images and backend is not None else None
         self._stream: ControlStream | None = None
         self._channel: grpc.aio.Channel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,6 +137,7 @@ class RunnerAgent:
                 self._dial_exec,
                 records_dir=settings.state_dir / "sandboxes",
                 public_host=self._capabilities.hostname or None,
+                logs_dialer=self._dial_logs,
             )
 
     @property
@@ -266,12 +271,11 @@ class RunnerAgent:
         capabilities = self._capabilities
         sandboxes: list[runner_pb2.SandboxEvent] = []
         if self._supervisor is not None:
-            from sandboxd.runner.sandboxes import image_refs
-
             capabilities = runner_pb2.Capabilities()
             capabilities.CopyFrom(self._capabilities)
             capabilities.backends[:] = [self._supervisor.backend.name]
-            capabilities.images[:] = image_refs(self._images) if self._images else []
+            images = self._image_list.current(fresh=True) if self._image_list else []
+            capabilities.images[:] = images
             sandboxes = self._supervisor.snapshot()
         return runner_pb2.Register(
             runner_id=self._runner_id,
@@ -291,12 +295,19 @@ class RunnerAgent:
             raise ConnectionError("not connected to the control plane")
         await stream.send(message)
 
-    async def _dial_exec(self, stream_id: str) -> ExecCall:
-        """Open an exec stream on the current channel, the one the OpenExec came on."""
-        channel = self._channel
-        if channel is None:
+    def _live_channel(self) -> grpc.aio.Channel:
+        """The current session's channel: exec and log streams go where their command came."""
+        if self._channel is None:
             raise ConnectionError("not connected to the control plane")
-        return await dial_exec(channel, stream_id, self._runner_id, self._settings.join_token)
+        return self._channel
+
+    async def _dial_exec(self, stream_id: str) -> ExecCall:
+        token = self._settings.join_token
+        return await dial_exec(self._live_channel(), stream_id, self._runner_id, token)
+
+    async def _dial_logs(self, stream_id: str) -> LogsCall:
+        token = self._settings.join_token
+        return await dial_logs(self._live_channel(), stream_id, self._runner_id, token)
 
     async def _await_registered(self, stream: ControlStream) -> runner_pb2.Registered:
         message = await stream.receive()
@@ -372,6 +383,9 @@ class RunnerAgent:
             sent_at = timestamp_pb2.Timestamp()
             sent_at.GetCurrentTime()
             heartbeat = runner_pb2.Heartbeat(resources=self._ledger.snapshot(), sent_at=sent_at)
+            if self._image_list is not None:
+                heartbeat.images[:] = await self._image_list.refreshed()
+                heartbeat.images_listed = True
             await stream.send(runner_pb2.RunnerMessage(heartbeat=heartbeat))
 
     async def _reader_loop(self, stream: ControlStream) -> None:
@@ -397,7 +411,10 @@ class RunnerAgent:
                 self._supervisor.handle(message.command, reply=stream.send)
             else:
                 why = "this runner has no sandbox backend (run it with --backend local, as root)"
-                self._spawn(refuse_command(message.command, stream.send, self._dial_exec, why))
+                refusal = refuse_command(
+                    message.command, stream.send, self._dial_exec, why, logs_dialer=self._dial_logs
+                )
+                self._spawn(refusal)
         else:
             _log.warning("runner %s ignoring unknown control message %r", self._runner_id, kind)
 

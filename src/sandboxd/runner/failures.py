@@ -31,6 +31,7 @@ from sandboxd.backends.errors import (
     SandboxStartError,
 )
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec
+from sandboxd.runner.log_relay import LogsDialer, refuse_logs
 
 __all__ = [
     "CommandFailed",
@@ -167,15 +168,22 @@ async def refuse_command(
     reply: Callable[[runner_pb2.RunnerMessage], Awaitable[None]],
     dialer: ExecDialer,
     why: str,
+    *,
+    logs_dialer: LogsDialer | None = None,
 ) -> None:
     """Answer a command that this runner cannot run at all (no backend) with BACKEND_UNAVAILABLE.
 
-    An exec still gets its stream dialled, so the client sees the reason in-band at once
-    instead of the control plane waiting for an attach that never comes.
+    An exec or a log stream still gets its stream dialled, so the client sees the reason
+    in-band at once instead of the control plane waiting for an attach that never comes.
     """
     try:
-        if command.WhichOneof("action") == "exec":
+        kind = command.WhichOneof("action")
+        if kind == "exec":
             await refuse_exec(dialer, command.exec.stream_id, "BACKEND_UNAVAILABLE", why)
+            return
+        if kind == "logs":
+            if logs_dialer is not None:
+                await refuse_logs(logs_dialer, command.logs.stream_id, "BACKEND_UNAVAILABLE", why)
             return
         result = runner_pb2.CommandResult(
             request_id=command.request_id, failure=backend_unavailable(why)

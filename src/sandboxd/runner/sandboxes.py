@@ -3,7 +3,8 @@
 Module map (each says why in its docstring): ``supervisor`` (commands), ``sandbox_table``
 (state, watchers, lifetime, recovery), ``sandbox_state`` (one sandbox and its event),
 ``spec_mapping`` (profile re-check, runner spec → backend spec), ``exec_relay`` (an exec's
-frames), ``failures`` (errors → public reasons) and ``records`` (what survives a restart).
+frames), ``log_relay`` and ``log_stream`` (a log stream), ``images`` (what images to
+advertise), ``failures`` (errors → public reasons) and ``records`` (what survives a restart).
 
 :func:`build_local_backend` is what ``sandboxd runner --backend local`` and ``sandboxd up``
 use, so both lay out a data directory the same way: the backend's state under
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandboxd.runner.exec_relay import ExecCall, ExecDialer, dial_exec
+from sandboxd.runner.images import image_refs
 from sandboxd.runner.supervisor import SandboxSupervisor, Send
 
 if TYPE_CHECKING:
@@ -44,16 +46,3 @@ def build_local_backend(data_dir: str | Path) -> tuple[Backend, ImageStore]:
 
     root = Path(data_dir).absolute()
     return LocalBackend(root / "backend"), ImageStore(root)
-
-
-def image_refs(images: ImageStore) -> list[str]:
-    """Image names the runner can start now, for ``Capabilities.images``.
-
-    Written as clients write them: ``name:tag``, plus the bare ``name`` for ``latest``.
-    """
-    refs: set[str] = set()
-    for info in images.list_images():
-        refs.add(info.ref)
-        if info.tag == "latest":
-            refs.add(info.name)
-    return sorted(refs)

@@ -1,4 +1,4 @@
-"""Commands from the control plane, run against a backend: start, stop, delete, files, exec.
+"""Commands from the control plane, run against a backend: start, stop, delete, files, exec, logs.
 
 Why it is shaped this way:
 
@@ -14,6 +14,9 @@ Why it is shaped this way:
   connection, so each result is sent on the connection that carried its command (``reply``);
   a connection that is gone by then simply loses it, as the control plane has already
   failed that call.
+* **Logs need no lock and no running sandbox.** A log stream reads what the backend keeps
+  (also after the main process ended, until the sandbox is destroyed), so it goes straight
+  to ``log_relay`` in its own task, like an exec.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
+from sandboxd.runner.log_relay import LogsDialer, relay_logs
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
 from sandboxd.runner.sandbox_state import TERMINAL, Sandbox
@@ -58,7 +62,9 @@ class SandboxSupervisor(SandboxTable):
     """Runs the control plane's commands against one backend; see the module docstring.
 
     ``send`` delivers events (and results when no ``reply`` is given) on the current
-    connection; ``exec_dialer`` opens ``RunnerService.Exec`` for a stream id, hello sent.
+    connection; ``exec_dialer`` opens ``RunnerService.Exec`` for a stream id, hello sent, and
+    ``logs_dialer`` likewise ``RunnerService.Logs`` (None: log requests go unanswered, and the
+    control plane reports the runner unavailable for them).
     ``records_dir`` keeps the runner's per-sandbox policy across restarts (None: memory).
     ``public_host`` names this host in ``service_address`` for ports published on every
     interface (default: the hostname). Sandboxes that ended are destroyed after
@@ -77,6 +83,7 @@ class SandboxSupervisor(SandboxTable):
         records_dir: Path | None = None,
         public_host: str | None = None,
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
+        logs_dialer: LogsDialer | None = None,
     ) -> None:
         super().__init__(
             backend,
@@ -87,6 +94,7 @@ class SandboxSupervisor(SandboxTable):
         )
         self._images = images
         self._dial = exec_dialer
+        self._dial_logs = logs_dialer
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -103,6 +111,10 @@ class SandboxSupervisor(SandboxTable):
         kind = command.WhichOneof("action")
         if kind == "exec":
             self._spawn(self._exec(command.exec), f"exec-{command.exec.stream_id}")
+        elif kind == "logs":
+            if self._dial_logs is not None:
+                task = relay_logs(self._backend, command.logs, self._dial_logs)
+                self._spawn(task, f"logs-{command.logs.stream_id}")
         else:
             self._spawn(self._answer(command, reply or self._send), f"command-{kind}")
 

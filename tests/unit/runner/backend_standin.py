@@ -9,6 +9,9 @@ Exec programs understood by :class:`StandinExec`: ``echo WORDS...`` (stdout, exi
 ``cat`` (stdin to stdout until stdin closes), ``fail CODE`` (stderr, exit CODE),
 ``sleep`` (runs until killed: 137), ``flood N`` (N stdout chunks of 1 KiB), anything else
 (stderr "not found", exit 127, as a shell does).
+
+Main-process logs are whatever the test appends with :meth:`StandinBackend.log`; they stay
+readable after the main process ends, until destroy, as with a real backend.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class StandinSandbox:
     files: dict[str, bytes] = field(default_factory=dict)
     execs: list[StandinExec] = field(default_factory=list)
     stops: list[float] = field(default_factory=list)
+    log: list[LogChunk] = field(default_factory=list)
+    logged: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def traps_term(self) -> bool:
@@ -152,6 +157,7 @@ class StandinBackend(Backend):
         self.fail_start: set[str] = set()
         self.start_delay = 0.0
         self.ports: tuple[PublishedPort, ...] = ()
+        self.log_readers = 0  # open ``logs`` iterators (to see that readers get closed)
 
     def _get(self, sandbox_id: str) -> StandinSandbox:
         try:
@@ -278,14 +284,45 @@ class StandinBackend(Backend):
         if path.startswith("/broken"):
             raise FileOperationError(path, "input/output error", 5)
 
+    def log(self, sandbox_id: str, data: bytes, stream: str = "stdout", at: float = 0.0) -> None:
+        """Append main-process output (``at``: its time; default now)."""
+        sb = self._get(sandbox_id)
+        sb.log.append(
+            LogChunk(at or time.time(), "stderr" if stream == "stderr" else "stdout", data)
+        )
+        sb.logged.set()
+
     def logs(
         self, sandbox_id: str, *, follow: bool = False, since: float | None = None
     ) -> AsyncIterator[LogChunk]:
-        async def nothing() -> AsyncIterator[LogChunk]:
-            for chunk in ():
-                yield chunk
+        """Like a real backend: the log outlives the main process; ``follow`` waits for more."""
+        sb = self._get(sandbox_id)
 
-        return nothing()
+        async def chunks() -> AsyncIterator[LogChunk]:
+            self.log_readers += 1
+            sent = 0
+            try:
+                while True:
+                    ended = sb.state == "exited"
+                    sb.logged.clear()
+                    while sent < len(sb.log):
+                        chunk = sb.log[sent]
+                        sent += 1
+                        if since is None or chunk.timestamp >= since:
+                            yield chunk
+                    if not follow or ended:
+                        return
+                    waiter = asyncio.ensure_future(sb.logged.wait())
+                    exited = asyncio.ensure_future(sb.exited.wait())
+                    try:
+                        await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                        exited.cancel()
+            finally:
+                self.log_readers -= 1
+
+        return chunks()
 
     async def close(self) -> None:
         self.calls.append(("close", ""))

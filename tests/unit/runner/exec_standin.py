@@ -3,8 +3,10 @@
 :class:`ExecStandin` is an in-process grpc.aio server on 127.0.0.1 that accepts the runner's
 exec streams the way the control plane does: it reads ``hello``, records every response
 frame, lets the test push ``ExecStreamRequest`` frames down, and (like the control plane)
-ends the call once it has seen ``exit`` or ``error``. The real control plane's side is tested
-with the control plane; this only pins the runner's half of the wire.
+ends the call once it has seen ``exit`` or ``error``. Log streams likewise: frames are
+recorded, and the call ends after ``complete``/``error`` or when the test ends it. The real
+control plane's side is tested with the control plane; this only pins the runner's half of
+the wire.
 
 :class:`Outbox` records what the supervisor sends (results and events) in order.
 """
@@ -25,6 +27,7 @@ from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.images import ImageStore
 from sandboxd.runner.exec_relay import ExecCall, dial_exec
+from sandboxd.runner.log_relay import LogsCall, dial_logs
 from sandboxd.runner.resources import Reservation, ReservationLedger
 from sandboxd.runner.supervisor import SandboxSupervisor
 from tests.unit.runner.backend_standin import StandinBackend
@@ -63,12 +66,42 @@ class ExecStream:
         self.downstream.put_nowait(None)
 
 
+@dataclass
+class LogStream:
+    """One log stream as the stand-in control plane sees it."""
+
+    hello: runner_pb2.ExecUpstream.Hello
+    frames: asyncio.Queue[streaming_pb2.LogStreamResponse | None] = field(
+        default_factory=asyncio.Queue
+    )
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def next(self, timeout: float = 5.0) -> streaming_pb2.LogStreamResponse | None:
+        """The next frame from the runner (None: the runner's side ended)."""
+        async with asyncio.timeout(timeout):
+            return await self.frames.get()
+
+    async def until_end(self, timeout: float = 5.0) -> list[streaming_pb2.LogStreamResponse]:
+        """Every frame up to the end of the runner's side."""
+        got: list[streaming_pb2.LogStreamResponse] = []
+        while (frame := await self.next(timeout)) is not None:
+            got.append(frame)
+        return got
+
+    def end_call(self) -> None:
+        """End the call from the control plane's side (a follow the client closed)."""
+        self.stop.set()
+
+
 class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
-    """Serves ``Exec`` only; streams are announced on :attr:`streams` by stream id."""
+    """Serves ``Exec`` and ``Logs``; streams are announced by stream id."""
 
     def __init__(self) -> None:
         self.streams: dict[str, ExecStream] = {}
+        self.log_streams: dict[str, LogStream] = {}
         self._arrived: asyncio.Queue[ExecStream] = asyncio.Queue()
+        self._logs_arrived: asyncio.Queue[LogStream] = asyncio.Queue()
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
         self.port = 0
@@ -91,6 +124,45 @@ class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
         """The runner's exec dialer, over a real channel to this server."""
         assert self.channel is not None
         return await dial_exec(self.channel, stream_id, "runner-1", "token-1")
+
+    async def dial_logs(self, stream_id: str) -> LogsCall:
+        """The runner's logs dialer, over a real channel to this server."""
+        assert self.channel is not None
+        return await dial_logs(self.channel, stream_id, "runner-1", "token-1")
+
+    async def log_stream(self, stream_id: str, timeout: float = 5.0) -> LogStream:
+        """Wait until the runner has dialled the log stream ``stream_id``."""
+        async with asyncio.timeout(timeout):
+            while stream_id not in self.log_streams:
+                await self._logs_arrived.get()
+        return self.log_streams[stream_id]
+
+    async def Logs(
+        self, request_iterator: AsyncIterator[runner_pb2.LogsUpstream], context: Any
+    ) -> AsyncIterator[runner_pb2.LogsControl]:
+        first = await anext(request_iterator)
+        stream = LogStream(first.hello)
+        self.log_streams[first.hello.stream_id] = stream
+        self._logs_arrived.put_nowait(stream)
+
+        async def relay_up() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                async for frame in request_iterator:
+                    stream.frames.put_nowait(frame.response)
+                    if frame.response.WhichOneof("response") in ("complete", "error"):
+                        stream.stop.set()  # as the control plane does
+            stream.frames.put_nowait(None)
+
+        pump = asyncio.create_task(relay_up())
+        try:
+            await stream.stop.wait()
+        finally:
+            stream.ended.set()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        return
+        yield  # an (empty) response stream
 
     async def stream(self, stream_id: str, timeout: float = 5.0) -> ExecStream:
         """Wait until the runner has dialled ``stream_id``."""
@@ -239,6 +311,7 @@ def run_rig(
                 execs.dial,
                 records_dir=tmp_path / "records" if records else None,
                 public_host="runner.example",
+                logs_dialer=execs.dial_logs,
                 **options,
             )
             try:

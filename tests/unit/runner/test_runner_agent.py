@@ -107,8 +107,10 @@ def test_heartbeats_follow_the_interval_the_control_plane_sets(fake_control_plan
                 assert agent.heartbeat_interval == pytest.approx(0.1)
                 times = [register.at] + [beat.at for beat in beats]
                 gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-                assert all(0.05 <= gap <= 0.3 for gap in gaps), gaps
-                assert sum(gaps) / len(gaps) == pytest.approx(0.1, abs=0.03)
+                # Arrival times jitter on a loaded machine (the suite runs 4 workers on few
+                # CPUs); what matters is 0.1 s from the control plane, not the 5 s setting.
+                assert all(gap <= 0.5 for gap in gaps), gaps
+                assert sum(gaps) / len(gaps) == pytest.approx(0.1, abs=0.05), gaps
                 for beat in beats:
                     assert beat.message.heartbeat.sent_at.seconds > 0
                     assert beat.message.heartbeat.resources.available_cpu_millicores == 4000
