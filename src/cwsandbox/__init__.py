@@ -3,7 +3,9 @@
 The public API lives here; the ``_``-prefixed modules behind it are private and may change.
 Discovery (``list_profiles``, ``get_profile``, ``list_runners``, ``get_runner``) tells you
 where sandboxes can run; ``Sandbox.run`` starts one there, ``sandbox.exec`` runs commands in
-it, and a ``Session`` applies ``SandboxDefaults`` to many sandboxes and stops them together.
+it (``shell`` for a terminal, ``read_file``/``write_file`` and their streaming variants for
+files, ``stream_logs`` for its output), and a ``Session`` applies ``SandboxDefaults`` to many
+sandboxes, runs ``@session.function()`` functions in them, and stops them together.
 The control plane is found through ``CWSANDBOX_BASE_URL`` (default
 ``http://127.0.0.1:50051``, where ``sandboxd up`` listens) and authenticated with
 ``CWSANDBOX_API_KEY`` when that is set.
@@ -16,6 +18,7 @@ from cwsandbox._defaults import SandboxDefaults
 from cwsandbox._discovery import get_profile, get_runner, list_profiles, list_runners
 from cwsandbox._exec import Process
 from cwsandbox._format import format_bytes, format_cpu
+from cwsandbox._functions import RemoteFunction
 from cwsandbox._network import NetworkOptions
 from cwsandbox._operation import OperationRef, Waitable, results, wait
 from cwsandbox._resources import ResourceOptions
@@ -24,6 +27,7 @@ from cwsandbox._sandbox import Sandbox
 from cwsandbox._session import Session
 from cwsandbox._status import SandboxStatus
 from cwsandbox._streams import StreamReader, StreamWriter
+from cwsandbox._terminal import TerminalResult, TerminalSession
 from cwsandbox._types import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode
 from cwsandbox.exceptions import (
     AsyncFunctionError,
@@ -77,6 +81,7 @@ __all__ = [
     "ProcessResult",
     "Profile",
     "ProfileNotFoundError",
+    "RemoteFunction",
     "ResourceOptions",
     "Runner",
     "RunnerNotFoundError",
@@ -114,6 +119,8 @@ __all__ = [
     "SnapshotWaitTimeoutError",
     "StreamReader",
     "StreamWriter",
+    "TerminalResult",
+    "TerminalSession",
     "Waitable",
     "__version__",
     "format_bytes",

@@ -1,11 +1,13 @@
-"""Running a command in a sandbox over ``GatewayStreamingService/StreamExec`` (protocol §5).
+"""``Sandbox.exec``: run a command, stream its output, feed its stdin (protocol §5).
 
-The wire conversation: one ``init`` with the full argv; then, without stdin, an immediate
-half-close (the server reads that as stdin EOF); with stdin, the client waits for the
-server's ``ready`` frame (at most 5 s) before sending ``stdin`` frames of at most 64 KiB and
-finally ``close``. The server answers with ``ready``, ``output`` frames as the command
-produces them, and a final ``exit`` (or an in-band ``error``). The only timeout signal is
-the call's deadline, the command's ``timeout_seconds`` plus 5 s.
+The wire conversation lives in ``_exec_stream``; this module decides what a *command* means
+to its caller: output decoded for the live readers and kept whole for the ``ProcessResult``,
+stdin forwarded from a ``StreamWriter``, and a time limit.
+
+The time limit is enforced here, on the client, at exactly ``timeout_seconds``: the call is
+then cancelled, which makes the server kill the command, and the caller gets
+``SandboxCommandTimeoutError``. The call's gRPC deadline (timeout plus 5 s) stays as the
+server's own backstop, as the protocol prescribes.
 
 Unlike the official client, every gRPC status from the stream is translated through
 ``cwsandbox._error_mapping``, so no raw ``grpc.RpcError`` ever reaches the caller.
@@ -14,48 +16,45 @@ Unlike the official client, every gRPC status from the stream is translated thro
 from __future__ import annotations
 
 import asyncio
+import codecs
 import concurrent.futures
 import logging
 import shlex
 from collections.abc import Sequence
 
 import grpc
-import grpc.aio
-from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 from cwsandbox import _loop
 from cwsandbox._error_mapping import sandbox_error
+from cwsandbox._exec_stream import (
+    DEADLINE_SLACK_SECONDS,
+    READY_WAIT_SECONDS,
+    STDIN_CHUNK_BYTES,
+    ExecChannel,
+    Exit,
+)
 from cwsandbox._lifecycle import Lifecycle
 from cwsandbox._operation import OperationRef
-from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox._results import ProcessResult
 from cwsandbox._streams import StreamReader, StreamWriter
-from cwsandbox._transport import ExecCall, Transport
+from cwsandbox._transport import Transport
 from cwsandbox.exceptions import (
     SandboxCommandTimeoutError,
     SandboxExecutionError,
     SandboxNotRunningError,
-    SandboxStreamBackpressureError,
-    SandboxStreamTruncatedError,
-    SandboxTimeoutError,
 )
 
 __all__ = [
     "STDIN_CHUNK_BYTES",
     "Process",
     "check_command",
+    "pump_stdin",
     "run_exec",
     "spawn",
     "with_cwd",
 ]
 
 _log = logging.getLogger("cwsandbox")
-
-STDIN_CHUNK_BYTES = 64 * 1024
-READY_WAIT_SECONDS = 5.0
-DEADLINE_SLACK_SECONDS = 5.0
-_STDERR = st.ExecStreamOutput.STREAM_TYPE_STDERR
-_STDOUT = st.ExecStreamOutput.STREAM_TYPE_STDOUT
 
 
 def check_command(command: Sequence[str]) -> list[str]:
@@ -127,7 +126,7 @@ class Process(OperationRef[ProcessResult]):
         return self.result(timeout).returncode
 
     def cancel(self) -> bool:
-        """Stop waiting for the command: the stream is cancelled and the readers end."""
+        """Stop the command: the stream is cancelled (the server kills it), readers end."""
         cancelled = super().cancel()
         if cancelled:
             # The task may be cancelled before it ever ran; end the streams here too.
@@ -135,7 +134,7 @@ class Process(OperationRef[ProcessResult]):
             self.stdout._end(error)
             self.stderr._end(error)
             if self.stdin is not None:
-                _loop.loop().call_soon_threadsafe(self.stdin._fail, error)
+                self.stdin.set_exception(error)
         return cancelled
 
     def __repr__(self) -> str:
@@ -143,30 +142,46 @@ class Process(OperationRef[ProcessResult]):
         return f"<Process {shlex.join(self._command)!r} {state}>"
 
 
-def _stream_error(frame: st.ExecStreamError) -> SandboxExecutionError:
-    text = f"Exec stream error: {frame.message}"
-    if frame.code == "STREAM_BACKPRESSURE":
-        return SandboxStreamBackpressureError(text, stream_code=frame.code)
-    if frame.code == "STREAM_TRUNCATED":
-        return SandboxStreamTruncatedError(text, stream_code=frame.code)
-    return SandboxExecutionError(text, reason=frame.code or None)
-
-
-async def _pump_stdin(call: ExecCall, stdin: StreamWriter, ready: asyncio.Event) -> None:
-    """Forward stdin once the server is ready: ≤ 64 KiB frames, then ``close`` + half-close."""
+async def pump_stdin(channel: ExecChannel, stdin: StreamWriter) -> None:
+    """Forward a ``StreamWriter`` once the server is ready, then ``close`` + half-close."""
     try:
-        await ready.wait()
+        await channel.ready.wait()
         while True:
             data = await stdin._get()
             if data is None:
-                await call.write(st.ExecStreamRequest(close=st.ExecStreamClose()))
-                await call.done_writing()
+                await channel.close_stdin()
                 return
-            for start in range(0, len(data), STDIN_CHUNK_BYTES):
-                chunk = data[start : start + STDIN_CHUNK_BYTES]
-                await call.write(st.ExecStreamRequest(stdin=st.ExecStreamData(data=chunk)))
+            if not await channel.send_stdin(data):
+                return
     except Exception as err:  # the call ended under us; the reading side reports why
         _log.debug("stdin pump stopped: %r", err)
+
+
+class _Decoder:
+    """Incremental UTF-8 for a live reader: a character split across frames stays whole."""
+
+    def __init__(self, reader: StreamReader[str]) -> None:
+        self.reader = reader
+        self.raw = bytearray()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        self.raw += data
+        text = self._decoder.decode(data, final)
+        if text:
+            self.reader._feed(text)
+
+
+def _rpc_failure(err: grpc.RpcError, command: list[str], timeout: float, sid: str) -> Exception:
+    if isinstance(err, grpc.aio.AioRpcError) and err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return _timed_out(command, timeout)
+    return sandbox_error(err, operation="exec", sandbox_id=sid)
+
+
+def _timed_out(command: list[str], timeout: float) -> SandboxCommandTimeoutError:
+    return SandboxCommandTimeoutError(
+        f"command {shlex.join(command)!r} did not finish within {timeout:g}s"
+    )
 
 
 async def run_exec(
@@ -184,65 +199,39 @@ async def run_exec(
 ) -> ProcessResult:
     """Drive one StreamExec call to its end and return the command's result."""
     argv = with_cwd(command, cwd)
-    out, err = bytearray(), bytearray()
-    ready = asyncio.Event()
+    out, err = _Decoder(stdout), _Decoder(stderr)
     pump: asyncio.Task[None] | None = None
-    call: ExecCall | None = None
+    channel: ExecChannel | None = None
     failure: BaseException | None = None
+    loop = asyncio.get_running_loop()
     try:
-        call = await transport.open_exec(
-            timeout=timeout + DEADLINE_SLACK_SECONDS, ready_timeout=connect_timeout
-        )
-        init = st.ExecStreamInit(sandbox_id=sandbox_id, command=argv)
-        await call.write(st.ExecStreamRequest(init=init))
-        if stdin is None:
-            await call.done_writing()
-        else:
-            pump = asyncio.create_task(_pump_stdin(call, stdin, ready))
-        loop = asyncio.get_running_loop()
-        ready_by = loop.time() + min(READY_WAIT_SECONDS, timeout)
-        exit_code = 0
-        while True:
-            if stdin is not None and not ready.is_set():
-                try:
-                    msg = await asyncio.wait_for(call.read(), max(0.0, ready_by - loop.time()))
-                except TimeoutError:
-                    raise SandboxTimeoutError(
-                        "stdin ready signal not received within timeout"
-                    ) from None
-            else:
-                msg = await call.read()
-            if msg is EOF:
-                break  # ended OK without an exit frame: exit code 0 (protocol §5.3)
-            assert isinstance(msg, st.ExecStreamResponse)
-            kind = msg.WhichOneof("response")
-            if kind == "ready":
-                ready.set()
-            elif kind == "output":
-                frame = msg.output
-                if frame.stream_type == _STDERR:
-                    err += frame.data
-                    stderr._feed(frame.data.decode("utf-8", errors="replace"))
-                else:
-                    if frame.stream_type != _STDOUT:
-                        _log.warning("exec output frame without stream type; treating as stdout")
-                    out += frame.data
-                    stdout._feed(frame.data.decode("utf-8", errors="replace"))
-            elif kind == "exit":
-                exit_code = msg.exit.exit_code
-                break
-            elif kind == "error":
-                raise _stream_error(msg.error)
-        result = ProcessResult.from_bytes(bytes(out), bytes(err), exit_code, command)
-    except grpc.RpcError as rpc_err:
-        if isinstance(rpc_err, grpc.aio.AioRpcError) and (
-            rpc_err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        ):
-            failure = SandboxCommandTimeoutError(
-                f"command {shlex.join(command)!r} did not finish within {timeout:g}s"
+        async with asyncio.timeout(timeout):
+            channel = await ExecChannel.open(
+                transport,
+                sandbox_id,
+                argv,
+                deadline=timeout + DEADLINE_SLACK_SECONDS,
+                connect_timeout=connect_timeout,
+                interactive=stdin is not None,
             )
-        else:
-            failure = sandbox_error(rpc_err, operation="exec", sandbox_id=sandbox_id)
+            ready_by = None
+            if stdin is not None:
+                pump = asyncio.create_task(pump_stdin(channel, stdin))
+                ready_by = loop.time() + min(READY_WAIT_SECONDS, timeout)
+            while True:
+                event = await channel.next(ready_by)
+                if isinstance(event, Exit):
+                    exit_code = 0 if event.code is None else event.code  # §5.3: no exit = 0
+                    break
+                (err if event.stderr else out).feed(event.data)
+        out.feed(b"", final=True)
+        err.feed(b"", final=True)
+        result = ProcessResult.from_bytes(bytes(out.raw), bytes(err.raw), exit_code, command)
+    except TimeoutError:
+        failure = _timed_out(command, timeout)
+        raise failure from None
+    except grpc.RpcError as rpc_err:
+        failure = _rpc_failure(rpc_err, command, timeout, sandbox_id)
         raise failure from None
     except asyncio.CancelledError:
         failure = SandboxExecutionError(f"exec of {shlex.join(command)!r} was cancelled")
@@ -253,8 +242,8 @@ async def run_exec(
     finally:
         if pump is not None:
             pump.cancel()
-        if call is not None and not call.done():
-            call.cancel()
+        if channel is not None:
+            channel.cancel()
         if stdin is not None:
             stdin._fail(SandboxNotRunningError("the command has ended; its stdin is closed"))
         stdout._end(failure)

@@ -57,6 +57,10 @@ class Lifecycle:
         self._start_task: asyncio.Future[None] | None = None
         #: ``stop()`` ran before the sandbox was ever started: it never will be.
         self.abandoned = False
+        #: Largest payload sent with unary AddFile; lowered by a server's ``max_size_bytes``.
+        self.file_op_cap = 32 * 1024 * 1024
+        #: Whether a file already fell back to streaming (logged once per handle).
+        self.streamed_files = False
 
     # --- start ---------------------------------------------------------------------------
 

@@ -19,14 +19,13 @@ from cwsandbox import _loop
 from cwsandbox._attachments import FileSystemSnapshotOptions, Secret
 from cwsandbox._catalog import SandboxCatalogMixin, endpoint_for
 from cwsandbox._defaults import SandboxDefaults
-from cwsandbox._exec import Process, check_command, spawn, with_cwd
-from cwsandbox._files import check_contents, check_path, read_file, write_file
 from cwsandbox._lifecycle import Lifecycle
 from cwsandbox._network import NetworkOptions
 from cwsandbox._operation import OperationRef
 from cwsandbox._polling import PollSettings
 from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import ResourceOptions
+from cwsandbox._sandbox_io import SandboxIOMixin
 from cwsandbox._sandbox_state import SandboxInfoMixin, SandboxState
 from cwsandbox._spec import StartOptions, build_start_request
 from cwsandbox._status import SandboxStatus
@@ -49,11 +48,12 @@ def _seconds(value: float | None, default: float, what: str) -> float:
     return float(value)
 
 
-class Sandbox(SandboxInfoMixin, SandboxCatalogMixin):
+class Sandbox(SandboxIOMixin, SandboxInfoMixin, SandboxCatalogMixin):
     """One sandbox. ``Sandbox.run(...)`` starts it; ``with`` stops it again on exit.
 
     ``Sandbox(...)`` alone only describes it: the Start RPC is sent by ``start()``, by
-    entering ``with``/``async with``, or by the first operation that needs it.
+    entering ``with``/``async with``, or by the first operation that needs it. Commands,
+    terminals, files and logs are the methods of ``SandboxIOMixin``.
     """
 
     def __init__(
@@ -248,54 +248,6 @@ class Sandbox(SandboxInfoMixin, SandboxCatalogMixin):
             return self
 
         return self._submit(go())
-
-    # --- commands and files ----------------------------------------------------------------
-
-    def exec(
-        self,
-        command: Sequence[str],
-        *,
-        cwd: str | None = None,
-        check: bool = False,
-        timeout_seconds: float | None = None,
-        stdin: bool = False,
-    ) -> Process:
-        """Run ``command`` (an argv list) in the sandbox; returns a ``Process`` at once.
-
-        ``process.result()`` (or ``await process``) gives the ``ProcessResult``; with
-        ``check=True`` a non-zero exit raises ``SandboxExecutionError``. ``stdin=True``
-        gives ``process.stdin`` to write to (close it when done); ``process.stdout`` and
-        ``process.stderr`` yield output as it arrives.
-        """
-        argv = check_command(command)
-        with_cwd(argv, cwd)  # validate cwd now
-        timeout = _seconds(timeout_seconds, self._request_timeout, "timeout_seconds")
-        return spawn(
-            self._life,
-            argv,
-            cwd=cwd,
-            check=check,
-            timeout=timeout,
-            connect_timeout=self._request_timeout,
-            stdin=stdin,
-        )
-
-    def read_file(
-        self, filepath: str, *, timeout_seconds: float | None = None
-    ) -> OperationRef[bytes]:
-        """Read a file from the sandbox (unary RetrieveFile); ``SandboxFileError`` if it can't."""
-        path = check_path(filepath)
-        timeout = _seconds(timeout_seconds, self._request_timeout, "timeout_seconds")
-        return self._submit(read_file(self._life, path, timeout))
-
-    def write_file(
-        self, filepath: str, contents: bytes, *, timeout_seconds: float | None = None
-    ) -> OperationRef[None]:
-        """Write ``contents`` to a file in the sandbox (unary AddFile), replacing it."""
-        path = check_path(filepath)
-        data = check_contents(contents)
-        timeout = _seconds(timeout_seconds, self._request_timeout, "timeout_seconds")
-        return self._submit(write_file(self._life, path, data, timeout))
 
     # --- stopping ----------------------------------------------------------------------------
 

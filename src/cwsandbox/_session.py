@@ -12,9 +12,9 @@ import asyncio
 import atexit
 import builtins
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from cwsandbox import _loop
 from cwsandbox._attachments import FileSystemSnapshotOptions, Secret
@@ -26,6 +26,7 @@ from cwsandbox._catalog import (
     require_id,
 )
 from cwsandbox._defaults import SandboxDefaults
+from cwsandbox._functions import RemoteFunction
 from cwsandbox._network import NetworkOptions
 from cwsandbox._operation import OperationRef
 from cwsandbox._resources import ResourceOptions
@@ -36,6 +37,8 @@ from cwsandbox.exceptions import SandboxError
 __all__ = ["Session"]
 
 _log = logging.getLogger("cwsandbox")
+P = ParamSpec("P")
+R = TypeVar("R")
 #: Sessions not yet closed. Strong references on purpose: a session dropped without
 #: ``close()`` must still have its sandboxes stopped at interpreter exit.
 _OPEN: set[Session] = set()
@@ -122,6 +125,62 @@ class Session:
         self._check_open()
         if not any(s is sandbox for s in self._sandboxes):
             self._sandboxes.append(sandbox)
+
+    def _forget(self, sandbox: Sandbox) -> None:
+        """Stop owning ``sandbox`` (it was stopped already, e.g. by a remote function)."""
+        self._sandboxes = [s for s in self._sandboxes if s is not sandbox]
+
+    def function(
+        self,
+        *,
+        container_image: str | None = None,
+        temp_dir: str | None = None,
+        profile_ids: builtins.list[str] | None = None,
+        profile_names: builtins.list[str] | None = None,
+        runner_ids: builtins.list[str] | None = None,
+        resources: ResourceOptions | dict[str, Any] | None = None,
+        mounted_files: Sequence[dict[str, Any]] | None = None,
+        s3_mount: dict[str, Any] | None = None,
+        ports: Sequence[dict[str, Any]] | None = None,
+        network: NetworkOptions | dict[str, Any] | None = None,
+        file_system_snapshot: FileSystemSnapshotOptions | dict[str, Any] | None = None,
+        max_timeout_seconds: int | None = None,
+        environment_variables: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]:
+        """Decorator: the function runs in its own sandbox of this session per call.
+
+        ``fn.remote(*args, **kwargs)`` returns an ``OperationRef`` of the result,
+        ``fn.map([(a, b), ...])`` one per argument tuple, ``fn.local(...)`` runs it here.
+        Arguments and results must be JSON values; a function that raises gives
+        ``FunctionError`` with the remote traceback. Async functions are refused
+        (``AsyncFunctionError``). ``temp_dir`` (default ``SandboxDefaults.temp_dir``) holds
+        the payload and result files in the sandbox.
+        """
+        self._check_open()
+        directory = temp_dir if temp_dir is not None else self._defaults.temp_dir
+
+        def decorate(fn: Callable[P, R]) -> RemoteFunction[P, R]:
+            return RemoteFunction(
+                fn,
+                session=self,
+                container_image=container_image,
+                temp_dir=directory,
+                profile_ids=profile_ids,
+                profile_names=profile_names,
+                runner_ids=runner_ids,
+                resources=resources,
+                mounted_files=None if mounted_files is None else builtins.list(mounted_files),
+                s3_mount=s3_mount,
+                ports=None if ports is None else builtins.list(ports),
+                network=network,
+                file_system_snapshot=file_system_snapshot,
+                max_timeout_seconds=max_timeout_seconds,
+                environment_variables=environment_variables,
+                annotations=annotations,
+            )
+
+        return decorate
 
     def _attach(self, state: SandboxState) -> Sandbox:
         return Sandbox._attach(state, defaults=self._defaults)

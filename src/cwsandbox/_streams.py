@@ -1,10 +1,20 @@
-"""Live stdout/stderr readers and the stdin writer of a running command.
+"""Live output readers and the stdin writer of a running command.
 
 Both sides are queues owned by the client's background loop. A ``StreamReader`` can be
-iterated synchronously (``for chunk in proc.stdout``) or asynchronously (``async for``); each
-item is one decoded output frame as the server sent it, not a line. A ``StreamWriter``'s
-queue is bounded, so a caller writing faster than the sandbox reads is slowed down instead
-of buffering without limit.
+iterated synchronously (``for chunk in proc.stdout``) or asynchronously (``async for``).
+
+Readers come in two kinds, because the two uses need different things:
+
+* **unbounded** (``Process.stdout``/``stderr``): the command's whole output is kept for its
+  ``ProcessResult`` anyway, so holding the live copy costs no extra order of memory, and a
+  caller that never iterates must not stall the command;
+* **bounded** (terminal output, streamed file reads, logs): the producer *awaits* room
+  (``_put``) instead of dropping or reordering anything. While it waits it stops reading
+  the gRPC call, so HTTP/2 flow control slows the server down: a slow consumer costs
+  bounded memory and loses nothing.
+
+A ``StreamWriter``'s queue is bounded too, so a caller writing faster than the sandbox
+reads is slowed down instead of buffering without limit.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from cwsandbox import _loop
@@ -22,20 +33,37 @@ __all__ = ["StreamReader", "StreamWriter"]
 T = TypeVar("T")
 
 
+def _one(_item: object) -> int:
+    return 1
+
+
 class StreamReader(Generic[T]):
     """Items produced by a running operation, readable while it runs.
 
     Items are handed over through a lock-protected deque rather than a loop round trip per
     item, so reading thousands of small frames stays cheap for sync and async readers alike.
+    ``limit`` (with ``weigh``, default one per item) bounds what may wait unread; 0 means
+    unbounded. ``close()`` ends iteration and calls ``on_close`` (e.g. to cancel the call).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int = 0,
+        weigh: Callable[[T], int] = _one,
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self._ended = False
         self._error: BaseException | None = None
         self._closed = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._limit = limit
+        self._weigh = weigh
+        self._held = 0
+        self._space: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._on_close = on_close
 
     # producer side (background loop)
 
@@ -46,12 +74,36 @@ class StreamReader(Generic[T]):
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future)
 
+    def _wake_producer(self) -> None:
+        """Tell a producer blocked in ``_put`` that there is room (or no reader); lock held."""
+        space, self._space = self._space, []
+        for loop, future in space:
+            loop.call_soon_threadsafe(_resolve, future)
+
     def _feed(self, item: T) -> None:
+        """Append without waiting (unbounded readers)."""
         with self._cond:
             if self._closed or self._ended:
                 return
             self._items.append(item)
+            self._held += self._weigh(item)
             self._wake()
+
+    async def _put(self, item: T) -> bool:
+        """Append, first waiting while the reader is full; False once nobody reads any more."""
+        while True:
+            with self._cond:
+                if self._closed or self._ended:
+                    return False
+                if not self._limit or self._held < self._limit or not self._items:
+                    self._items.append(item)
+                    self._held += self._weigh(item)
+                    self._wake()
+                    return True
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[None] = loop.create_future()
+                self._space.append((loop, future))
+            await future
 
     def _end(self, error: BaseException | None = None) -> None:
         with self._cond:
@@ -59,6 +111,12 @@ class StreamReader(Generic[T]):
                 return
             self._ended, self._error = True, error
             self._wake()
+            self._wake_producer()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the consumer called ``close()``."""
+        return self._closed
 
     # consumer side
 
@@ -70,7 +128,11 @@ class StreamReader(Generic[T]):
         if self._closed:
             return False, None
         if self._items:
-            return True, self._items.popleft()
+            item = self._items.popleft()
+            self._held -= self._weigh(item)
+            if self._space:
+                self._wake_producer()
+            return True, item
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -106,11 +168,18 @@ class StreamReader(Generic[T]):
             await future
 
     def close(self) -> None:
-        """Stop reading: iteration ends and later output is dropped (the command continues)."""
+        """Stop reading: iteration ends, unread items are dropped, the producer is released."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._items.clear()
+            self._held = 0
             self._wake()
+            self._wake_producer()
+            callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -151,6 +220,10 @@ class StreamWriter:
             return done_ref(None)
         self._closed = True
         return OperationRef(_loop.submit(self._put(None)))
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Make later writes raise ``exception`` (the command can no longer take input)."""
+        _loop.loop().call_soon_threadsafe(self._fail, exception)
 
     async def _put(self, item: bytes | None) -> None:
         if self._error is not None:

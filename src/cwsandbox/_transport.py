@@ -25,13 +25,14 @@ from cwsandbox._error_mapping import sandbox_error
 from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox.exceptions import SandboxTimeoutError
 
-__all__ = ["GATEWAY", "STREAMING", "Transport"]
+__all__ = ["GATEWAY", "STREAMING", "ExecCall", "LogsCall", "Transport"]
 
 GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
 STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 ExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
+LogsCall = grpc.aio.StreamStreamCall[st.LogStreamRequest, st.LogStreamResponse]
 
 
 class Transport:
@@ -80,12 +81,8 @@ class Transport:
             raise TypeError(f"{method} returned {type(response).__name__}")
         return response
 
-    async def open_exec(self, *, timeout: float, ready_timeout: float) -> ExecCall:
-        """Open a StreamExec call with deadline ``timeout``; requests are written by the caller.
-
-        The streaming channel is first given ``ready_timeout`` seconds to connect; a server
-        that cannot be reached in that time gives ``SandboxTimeoutError``.
-        """
+    async def _streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
+        """The streaming channel, connected; ``SandboxTimeoutError`` if that takes too long."""
         if self._stream is None:
             self._stream = self._open()
             self._stream_ready = False
@@ -98,13 +95,34 @@ class Transport:
                     f"within {ready_timeout:g}s"
                 ) from None
             self._stream_ready = True
-        multi = self._stream.stream_stream(
+        return self._stream
+
+    async def open_exec(self, *, timeout: float | None, ready_timeout: float) -> ExecCall:
+        """Open a StreamExec call with deadline ``timeout`` (None: no deadline, for terminals).
+
+        Requests are written by the caller. The streaming channel is first given
+        ``ready_timeout`` seconds to connect; a server that cannot be reached in that time
+        gives ``SandboxTimeoutError``.
+        """
+        channel = await self._streaming_channel(ready_timeout)
+        multi = channel.stream_stream(
             STREAMING + "StreamExec",
             request_serializer=st.ExecStreamRequest.SerializeToString,
             response_deserializer=st.ExecStreamResponse.FromString,
         )
         # No request iterator: requests are written with call.write() (grpc-stubs lag here).
         call: ExecCall = multi(timeout=timeout, metadata=self.metadata)  # type: ignore[call-arg]
+        return call
+
+    async def open_logs(self, *, timeout: float | None, ready_timeout: float) -> LogsCall:
+        """Open a StreamLogs call (deadline ``timeout``, None for follow); caller writes."""
+        channel = await self._streaming_channel(ready_timeout)
+        multi = channel.stream_stream(
+            STREAMING + "StreamLogs",
+            request_serializer=st.LogStreamRequest.SerializeToString,
+            response_deserializer=st.LogStreamResponse.FromString,
+        )
+        call: LogsCall = multi(timeout=timeout, metadata=self.metadata)  # type: ignore[call-arg]
         return call
 
     async def close(self) -> None:

@@ -172,7 +172,28 @@ class ProfileNotFoundError(DiscoveryError):
 
 
 class FunctionError(CWSandboxError):
-    """A remote function raised, or its result could not be brought back."""
+    """A remote function raised, or its result could not be brought back.
+
+    When the function itself raised, ``exception_type`` and ``exception_message`` name the
+    remote exception and ``remote_traceback`` holds its traceback as text (the message
+    includes it too); they are ``None`` when the failure happened around the function.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exception_type: str | None = None,
+        exception_message: str | None = None,
+        remote_traceback: str | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: timedelta | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, retry_delay=retry_delay)
+        self.exception_type = exception_type
+        self.exception_message = exception_message
+        self.remote_traceback = remote_traceback
 
 
 class AsyncFunctionError(FunctionError):

@@ -35,6 +35,17 @@ class Platform:
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """One ``sandboxd up`` shared by a test worker's session (tests must clean up after them)."""
+    yield from _start_platform(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def quiet_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A ``sandboxd up`` of a module's own, for tests that count what runs on it."""
+    yield from _start_platform(tmp_path_factory)
+
+
+def _start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     data_dir = tmp_path_factory.mktemp("up")
     port = free_port()
     proc = Proc(

@@ -20,33 +20,33 @@ def run_example(name: str, platform: Platform) -> subprocess.CompletedProcess[st
     )
 
 
-def test_target_a_profile_directly(platform: Platform) -> None:
+def test_target_a_profile_directly(quiet_platform: Platform) -> None:
     # This machine has no internet: curl -s fails quietly inside the sandbox, so the block
     # prints an empty stdout. It must not raise.
-    result = run_example("sandbox_target_profile.py", platform)
+    result = run_example("sandbox_target_profile.py", quiet_platform)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.strip() == "" or '"origin"' in result.stdout
 
 
-def test_discovery_with_network_options(platform: Platform) -> None:
-    result = run_example("sandbox_network_options.py", platform)
+def test_discovery_with_network_options(quiet_platform: Platform) -> None:
+    result = run_example("sandbox_network_options.py", quiet_platform)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "connected\n\n"
 
 
-def test_profile_in_sandbox_defaults(platform: Platform) -> None:
-    result = run_example("sandbox_session_defaults.py", platform)
+def test_profile_in_sandbox_defaults(quiet_platform: Platform) -> None:
+    result = run_example("sandbox_session_defaults.py", quiet_platform)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "running on discovered profile\n\n"
 
 
-def test_guide_sandboxes_are_stopped_afterwards(platform: Platform) -> None:
+def test_guide_sandboxes_are_stopped_afterwards(quiet_platform: Platform) -> None:
     for name in ("sandbox_network_options.py", "sandbox_session_defaults.py"):
-        assert run_example(name, platform).returncode == 0
+        assert run_example(name, quiet_platform).returncode == 0
     import cwsandbox
 
-    runner = cwsandbox.get_runner(platform.runner_id, base_url=platform.base_url)
+    runner = cwsandbox.get_runner(quiet_platform.runner_id, base_url=quiet_platform.base_url)
     assert runner.resources is not None
     # Every block used a context manager or a session: nothing is left running.
     assert runner.resources.running_sandboxes == 0

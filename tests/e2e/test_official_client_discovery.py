@@ -63,18 +63,18 @@ print(json.dumps(out, sort_keys=True))
 """
 
 
-def test_official_and_our_client_agree(platform: Platform, official: Path) -> None:
-    theirs = json.loads(run_python(official, SCRIPT, platform.env()))
-    ours = json.loads(run_python(OUR_PYTHON, SCRIPT, platform.env()))
+def test_official_and_our_client_agree(quiet_platform: Platform, official: Path) -> None:
+    theirs = json.loads(run_python(official, SCRIPT, quiet_platform.env()))
+    ours = json.loads(run_python(OUR_PYTHON, SCRIPT, quiet_platform.env()))
     assert theirs == ours
     # And what they agree on is right.
-    assert [r["runner_id"] for r in theirs["runners"]] == [platform.runner_id]
+    assert [r["runner_id"] for r in theirs["runners"]] == [quiet_platform.runner_id]
     assert theirs["runners"][0]["resources"] is None
     assert theirs["runners_full"][0]["resources"]["running_sandboxes"] == 0
-    assert theirs["runners_capacity"] == [platform.runner_id]
+    assert theirs["runners_capacity"] == [quiet_platform.runner_id]
     assert theirs["runners_too_big"] == []
-    assert theirs["runners_egress_none"] == [platform.runner_id]
-    assert theirs["runners_group"] == [platform.runner_id]
+    assert theirs["runners_egress_none"] == [quiet_platform.runner_id]
+    assert theirs["runners_group"] == [quiet_platform.runner_id]
     assert theirs["runners_other_group"] == []
     assert [p["profile_name"] for p in theirs["profiles"]] == ["default", "locked-down"]
     assert [p["profile_name"] for p in theirs["profiles_public"]] == ["default"]

@@ -1,7 +1,7 @@
-"""The ``cwsandbox`` command: discovery today, sandbox commands as they land.
+"""The ``cwsandbox`` command: discovery, sandboxes, exec/sh, logs and cp.
 
 Each group of commands lives in its own module and registers itself on the root group in
-``_app``; adding ``ls``, ``run``, ``exec`` and friends means adding modules, not growing one.
+``_app``; adding commands means adding modules, not growing one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Root click group, shared options and the error contract of the CLI.
 
+Commands: discovery (``runners``, ``runner``, ``profiles``, ``profile``), sandboxes (``ls``,
+``run``, ``stop``, ``rm``), commands in them (``exec``, ``sh``), ``logs`` and ``cp``.
+
 Errors are part of the interface: a failure prints one line, ``error: <what went wrong>``,
 on stderr and exits 1; usage mistakes exit 2 with click's usage message. No traceback ever
 reaches the terminal, because the people reading it want the cause, not our call stack.
@@ -83,16 +86,20 @@ def _validate_base_url(
 @click.version_option(__version__, prog_name="cwsandbox")
 @click.pass_context
 def cli(ctx: click.Context, base_url: str | None, timeout: float | None) -> None:
-    """Discover runners and profiles on a sandboxd (coreweave.sandbox.v1beta2) control plane."""
+    """Discover runners and profiles, and run and manage sandboxes, on a sandboxd control plane.
+
+    Works with any coreweave.sandbox.v1beta2 server.
+    """
     ctx.obj = CliSettings(base_url=base_url, timeout=timeout)
 
 
 def _register_commands() -> None:
     # One module per command family; each exposes ``COMMANDS``.
-    from cwsandbox.cli import _discovery
+    from cwsandbox.cli import _cp, _discovery, _exec, _logs, _sandboxes
 
-    for command in _discovery.COMMANDS:
-        cli.add_command(command)
+    for module in (_discovery, _sandboxes, _exec, _logs, _cp):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register_commands()

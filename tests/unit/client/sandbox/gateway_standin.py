@@ -41,6 +41,9 @@ TERMINAL = {S.SANDBOX_STATUS_COMPLETED, S.SANDBOX_STATUS_FAILED, S.SANDBOX_STATU
 Failure = tuple[grpc.StatusCode, str, bytes | None]
 #: A scripted exec: gets the init and the request iterator, yields responses.
 ExecScript = Callable[[st.ExecStreamInit, Iterator[st.ExecStreamRequest]], Iterator[Any]]
+#: A scripted log stream: gets the init and the rest of the requests, yields responses.
+LogsScript = Callable[[st.LogStreamInit, Iterator[st.LogStreamRequest]], Iterator[Any]]
+READY = st.ExecStreamResponse(ready=st.StreamingExecReady(session_id="s1"))
 
 
 def failure(code: grpc.StatusCode, message: str, reason: str | None = None, **md: str) -> Failure:
@@ -75,13 +78,13 @@ class Box:
     after_stop: tuple[int, int | None] = (S.SANDBOX_STATUS_COMPLETED, 0)
 
 
-def _canned_exec(init: st.ExecStreamInit, requests: Iterator[Any]) -> Iterator[Any]:
+def canned_exec(init: st.ExecStreamInit, requests: Iterator[Any]) -> Iterator[Any]:
     """Default exec: ``echo`` prints its args, ``cat`` echoes stdin, ``false`` exits 1.
 
     Everything else prints ``ran: <argv>``. Output comes only after the client half-closed
     (or sent ``close``), so a client that forgets to half-close runs into its deadline.
     """
-    yield st.ExecStreamResponse(ready=st.StreamingExecReady(session_id="s1"))
+    yield READY
     argv = list(init.command)
     stdin = b""
     for req in requests:
@@ -128,7 +131,10 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         self.failures: dict[str, list[Failure]] = {}
         #: Initial Get script for every new sandbox, e.g. [(CREATING, None), (RUNNING, None)].
         self.start_script: list[tuple[int, int | None]] = [(S.SANDBOX_STATUS_RUNNING, None)]
-        self.exec_script: ExecScript = _canned_exec
+        self.exec_script: ExecScript = canned_exec
+        self.logs_script: LogsScript | None = None
+        #: Unary file calls above this size answer CWSANDBOX_FILE_TOO_LARGE (§6).
+        self.max_file_bytes: int | None = None
         self.page_size = 1
         self.loop_tokens = False
         self.stop_success = True
@@ -257,6 +263,7 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
     def AddFile(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("AddFile", request, context)
         box = self._box(request.sandbox_id, context)
+        self._check_size(len(request.file_contents), request.filepath, context)
         if self.file_failure == "success_false":
             return gw.AddFileSandboxResponse(success=False, error_message="disk full")
         if self.file_failure:
@@ -273,9 +280,17 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
             reason = self.file_failure or "CWSANDBOX_FILE_NOT_FOUND"
             code = grpc.StatusCode.NOT_FOUND
             abort(context, *failure(code, f"{request.filepath}: missing", reason))
+        self._check_size(len(box.files[request.filepath]), request.filepath, context)
         return gw.RetrieveFileSandboxResponse(
             success=True, file_contents=box.files[request.filepath]
         )
+
+    def _check_size(self, size: int, path: str, context: grpc.ServicerContext) -> None:
+        cap = self.max_file_bytes
+        if cap is not None and size > cap:
+            code, reason = grpc.StatusCode.FAILED_PRECONDITION, "CWSANDBOX_FILE_TOO_LARGE"
+            meta = {"filepath": path, "size_bytes": str(size), "max_size_bytes": str(cap)}
+            abort(context, *failure(code, f"{path} is too large", reason, **meta))
 
     # --- GatewayStreamingService -------------------------------------------------------------
 
@@ -290,6 +305,21 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
             self._record("StreamExec", st.ExecStreamRequest(), context)  # marks half-close
 
         yield from self.exec_script(first.init, rest())
+
+    def StreamLogs(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator)
+        self._record("StreamLogs", first, context)
+
+        def rest() -> Iterator[Any]:
+            for req in request_iterator:
+                self._record("StreamLogs", req, context)
+                yield req
+            self._record("StreamLogs", st.LogStreamRequest(), context)  # marks half-close
+
+        if self.logs_script is None:
+            abort(context, grpc.StatusCode.UNIMPLEMENTED, "StreamLogs is not implemented")
+            return
+        yield from self.logs_script(first.init, rest())
 
 
 @dataclass

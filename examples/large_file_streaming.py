@@ -1,0 +1,62 @@
+"""Move a large file into a sandbox and back with constant memory, and check it arrived intact.
+
+    python examples/large_file_streaming.py [MIB]     (default 256 MiB)
+
+``write_file_streaming`` pulls the generator only as fast as the sandbox takes the bytes,
+and ``read_file_streaming`` holds at most a few MiB unread, so this process's memory stays
+flat whatever the size. Prints one JSON line: sizes, digests, seconds, peak memory.
+"""
+
+import hashlib
+import json
+import resource
+import sys
+import time
+
+from cwsandbox import Sandbox
+
+MIB = 1024 * 1024
+
+
+def blocks(total_mib):
+    """Deterministic 1 MiB blocks, generated on the fly (nothing is held in memory)."""
+    for i in range(total_mib):
+        yield i.to_bytes(8, "big") * (MIB // 8)
+
+
+def main(total_mib):
+    expected = hashlib.sha256()
+    for block in blocks(total_mib):
+        expected.update(block)
+    # The sandbox's page cache counts against its memory limit: give it room for the file.
+    with Sandbox.run(resources={"cpu": "2", "memory": "3Gi"}) as sandbox:
+        started = time.monotonic()
+        sandbox.write_file_streaming("/root/big.bin", blocks(total_mib)).result()
+        wrote = time.monotonic() - started
+        remote = sandbox.exec(["sha256sum", "/root/big.bin"]).result().stdout.split()[0]
+
+        started = time.monotonic()
+        received, digest = 0, hashlib.sha256()
+        for chunk in sandbox.read_file_streaming("/root/big.bin"):
+            received += len(chunk)
+            digest.update(chunk)
+        read = time.monotonic() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "bytes": total_mib * MIB,
+                "received": received,
+                "expected_sha256": expected.hexdigest(),
+                "remote_sha256": remote,
+                "received_sha256": digest.hexdigest(),
+                "write_seconds": round(wrote, 2),
+                "read_seconds": round(read, 2),
+                "peak_rss_mib": round(peak_kib / 1024, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)
