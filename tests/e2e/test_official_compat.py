@@ -123,6 +123,18 @@ SCENARIOS = {
         out["timeout"] = error_name(lambda: sb.exec(["sleep", "30"], timeout_seconds=1).result())
         sb.stop().result()
     """,
+    "shell": """
+        sb = Sandbox.run(profile_names=["locked-down"])
+        term = sb.shell(["/bin/sh"], width=100, height=30)
+        term.stdin.write(b"stty size; tty; exit 4\\n").result()
+        seen = b""
+        for chunk in term.output:
+            seen += chunk
+        out["size"] = "30 100" in seen.decode(errors="replace")
+        out["tty"] = "/dev/pts/" in seen.decode(errors="replace")
+        out["code"] = term.wait()
+        sb.stop().result()
+    """,
     "logs": """
         sb = Sandbox.run(
             "sh", "-c", "echo first; echo second; echo oops >&2; sleep 300",
@@ -166,6 +178,7 @@ EXPECTED = {
         "check": "SandboxExecutionError",
     },
     "logs": {},
+    "shell": {"size": True, "tty": True, "code": 4},
 }
 
 
