@@ -160,6 +160,17 @@ def test_file_errors_never_look_like_a_missing_sandbox(
         g.AddFileSandboxRequest(sandbox_id=bystander, filepath="/tmp", file_contents=b"x"),
     )
     assert reason_of(into_dir)[0] == "CWSANDBOX_FILE_IS_DIRECTORY"
+    # A parent that is a regular file reads as "not found" both ways.
+    through_file = fails(
+        gateway.AddFile,
+        g.AddFileSandboxRequest(sandbox_id=bystander, filepath="/etc/passwd/x", file_contents=b""),
+    )
+    assert reason_of(through_file)[0] == "CWSANDBOX_FILE_NOT_FOUND"
+    read_through = fails(
+        gateway.RetrieveFile,
+        g.RetrieveFileSandboxRequest(sandbox_id=bystander, filepath="/etc/passwd/x"),
+    )
+    assert reason_of(read_through)[0] == "CWSANDBOX_FILE_NOT_FOUND"
 
 
 def test_list_and_stop_arguments(gateway: gateway_pb2_grpc.GatewayServiceStub) -> None:

@@ -33,7 +33,9 @@ def error_reply(exc: OSError, path: str, *, writing: bool = False) -> dict[str, 
     """Describe an ``OSError`` as a typed error the runner turns into an exception."""
     code = exc.errno or errno.EIO
     kind = _KINDS.get(code, "io")
-    if writing and code in (errno.ENOENT, errno.ENOTDIR):
+    if writing and code in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+        # EEXIST comes from creating parents when one of them is a file: like reading
+        # through that file (ENOTDIR), the parent directory does not exist.
         kind = "parent_not_found"
     elif code == errno.ENOTDIR:
         kind = "not_found"
