@@ -36,6 +36,9 @@ SCENARIOS = {
         out["cat"] = sb.exec(["cat", "/tmp/small.txt"]).result().stdout
         sb.write_file("/tmp/empty", b"").result()
         out["empty"] = sb.read_file("/tmp/empty").result().decode()
+        mid = bytes(range(256)) * (16 * 1024 * 1024 // 256)  # 16 MiB: unary, above gRPC's 4 MiB
+        sb.write_file("/tmp/mid.bin", mid).result()
+        out["mid_same"] = sb.read_file("/tmp/mid.bin").result() == mid
         big = bytes(range(256)) * (40 * 1024 * 1024 // 256)  # 40 MiB: above the unary cap
         sb.write_file("/tmp/big.bin", big).result()
         out["big_size"] = sb.exec(["stat", "-c", "%s", "/tmp/big.bin"]).result().stdout.strip()
@@ -156,6 +159,7 @@ EXPECTED = {
         "empty": "",
         "big_size": str(40 * 1024 * 1024),
         "big_same": True,
+        "mid_same": True,
         "missing": "SandboxFileError",
         "directory": "SandboxFileError",
     },

@@ -17,14 +17,22 @@ import grpc.aio
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.runner.settings import ControlPlaneAddress
 
+MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 ConnectCall = grpc.aio.StreamStreamCall[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
 
 
 def open_channel(
     address: ControlPlaneAddress, *, keepalive_interval: float | None = None
 ) -> grpc.aio.Channel:
-    """A fresh channel per session, so each redial re-resolves DNS and starts clean."""
-    options: list[tuple[str, int]] = []
+    """A fresh channel per session, so each redial re-resolves DNS and starts clean.
+
+    Message limits match the control plane's (100 MiB): unary file writes and reads of up
+    to 32 MiB travel on the control stream, far above gRPC's 4 MiB default.
+    """
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
     if keepalive_interval is not None:
         options += [
             ("grpc.keepalive_time_ms", int(keepalive_interval * 1000)),
