@@ -38,6 +38,7 @@ from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_TTY_DIMENSION = 10_000
+CLIENT_DRAIN_SECONDS = 2.0
 # How long a log request on a sandbox that is still being created waits for it to start.
 LOGS_START_WAIT_SECONDS = 60.0
 S = gateway_pb2
@@ -162,6 +163,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                     return
                 yield frame
                 if frame.WhichOneof("response") in ("exit", "error"):
+                    await self._let_client_finish(session, pump)
                     return
         except ApiError as error:
             yield error_frame(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
@@ -171,6 +173,17 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
             self._sessions.close(session)
+
+    async def _let_client_finish(self, session: ExecSession, pump: asyncio.Task[None]) -> None:
+        """After exit, give the client a moment to half-close before the call ends.
+
+        A client streaming stdin (a file upload, say) may still be writing when the process
+        exits early (e.g. permission denied); ending the call at once turns its next write
+        into an INTERNAL error on the client instead of the exit frame it should read.
+        """
+        self._sessions.close(session)  # the runner's side is over; stdin is discarded
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pump), CLIENT_DRAIN_SECONDS)
 
     @staticmethod
     async def _pump_client(
