@@ -220,3 +220,37 @@ def test_ingress_publishes_exposed_ports(
             await asyncio.to_thread(_get, url)
 
     go(aio, scenario())
+
+
+def test_stop_releases_network_and_cgroups_but_keeps_logs(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """After stop nothing of the sandbox is left in the kernel; its log and exit code stay."""
+
+    async def scenario() -> None:
+        backend = local_harness.backend
+        spec = local_harness.spec(
+            command=("sh", "-c", "echo bye; sleep 300"),
+            network=net(EgressType.INTERNET),
+        )
+        await backend.create(spec)
+        await backend.start(spec.sandbox_id)
+        record = backend._records[spec.sandbox_id]  # type: ignore[attr-defined]
+        lease, cgroup_dirs = record.lease, record.cgroup.unique_dirs
+        assert lease is not None and all(Path(d).exists() for d in cgroup_dirs)
+        assert await backend.stop(spec.sandbox_id, 1) in (137, 143)
+        for _ in range(50):  # released by a task that follows PID 1's exit
+            if record.lease is None and record.cgroup is None:
+                break
+            await asyncio.sleep(0.05)
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert lease.host_if not in links
+        assert not Path(lease.netns_path).exists()
+        assert lease.tag not in _iptables()
+        assert not any(Path(d).exists() for d in cgroup_dirs)
+        logged = b"".join([chunk.data async for chunk in backend.logs(spec.sandbox_id)])
+        assert b"bye" in logged
+        assert await backend.wait(spec.sandbox_id) in (137, 143)
+        await backend.destroy(spec.sandbox_id)
+
+    go(aio, scenario())

@@ -74,6 +74,7 @@ class LocalBackend(Backend):
         self._net = NetworkManager(key, network_pool)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._records: dict[str, SandboxRecord] = {}
+        self._release_tasks: set[asyncio.Future[None]] = set()
         self._log_limit = log_limit_bytes
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
@@ -188,8 +189,36 @@ class LocalBackend(Backend):
         rec.agent_start_time = process_start_time(rec.agent_pid)
         rec.attach()
         rec.save()
+        self._release_on_exit(rec)
         if rec.ingress is not None and rec.exposed_ports:
             await self._publish(rec)
+
+    def _release_on_exit(self, rec: SandboxRecord) -> None:
+        """Once PID 1 is gone, give back the kernel resources; keep logs and exit code.
+
+        A stopped sandbox must leave nothing behind (no cgroup, veth, netns or published
+        port), while its log and exit code stay readable until ``destroy``.
+        """
+        task = asyncio.ensure_future(self._release_after_exit(rec))
+        self._release_tasks.add(task)
+        task.add_done_callback(self._release_tasks.discard)
+
+    async def _release_after_exit(self, rec: SandboxRecord) -> None:
+        await asyncio.shield(rec.exited_future())
+        await self._release(rec)
+
+    async def _release(self, rec: SandboxRecord) -> None:
+        if rec.publisher is not None:
+            await rec.publisher.close()
+            rec.publisher = None
+        if rec.cgroup is not None:
+            await asyncio.to_thread(rec.cgroup.remove)
+            rec.cgroup = None
+        if rec.lease is not None:
+            await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
+            rec.lease = None
+        if rec.state_dir.exists():
+            rec.save()
 
     async def _publish(self, rec: SandboxRecord) -> None:
         assert rec.ingress is not None and rec.agent_pid is not None
@@ -273,13 +302,7 @@ class LocalBackend(Backend):
         await self._cleanup(rec)
 
     async def _cleanup(self, rec: SandboxRecord) -> None:
-        if rec.publisher is not None:
-            await rec.publisher.close()
-            rec.publisher = None
-        if rec.cgroup is not None:
-            await asyncio.to_thread(rec.cgroup.remove)
-        if rec.lease is not None:
-            await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
+        await self._release(rec)
         rec.close_fds()
         shutil.rmtree(rec.state_dir, ignore_errors=True)
         self._records.pop(rec.sandbox_id, None)
@@ -328,12 +351,14 @@ class LocalBackend(Backend):
             if rec.lease is not None:
                 self._net.claim(rec.lease)
             if not rec.agent_alive():
+                await self._release(rec)  # it ended while nobody watched: free what it held
                 continue
             rec.attach()
             try:
                 await process.request(rec.agent_socket, {"op": "ping"})
             except OSError:
                 continue
+            self._release_on_exit(rec)
             if rec.ingress is not None and rec.exposed_ports:
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
@@ -373,6 +398,8 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         """Stop port relays and drop connections; shut the zygote down if nothing runs."""
+        for task in list(self._release_tasks):
+            task.cancel()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:
