@@ -35,6 +35,7 @@ from ..base import (
     SandboxStats,
 )
 from ..errors import (
+    BackendError,
     BackendUnavailable,
     InvalidSpec,
     SandboxExists,
@@ -75,6 +76,7 @@ class LocalBackend(Backend):
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
+        self._release_locks: dict[str, asyncio.Lock] = {}
         self._log_limit = log_limit_bytes
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
@@ -208,17 +210,20 @@ class LocalBackend(Backend):
         await self._release(rec)
 
     async def _release(self, rec: SandboxRecord) -> None:
-        if rec.publisher is not None:
-            await rec.publisher.close()
-            rec.publisher = None
-        if rec.cgroup is not None:
-            await asyncio.to_thread(rec.cgroup.remove)
-            rec.cgroup = None
-        if rec.lease is not None:
-            await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
-            rec.lease = None
-        if rec.state_dir.exists():
-            rec.save()
+        # stop(), destroy() and the exit watcher may all release: one at a time, so each
+        # resource is torn down once and nobody returns before the teardown is finished.
+        async with self._release_locks.setdefault(rec.sandbox_id, asyncio.Lock()):
+            if rec.publisher is not None:
+                await rec.publisher.close()
+                rec.publisher = None
+            if rec.cgroup is not None:
+                await asyncio.to_thread(rec.cgroup.remove)
+                rec.cgroup = None
+            if rec.lease is not None:
+                await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
+                rec.lease = None
+            if rec.state_dir.exists():
+                rec.save()
 
     async def _publish(self, rec: SandboxRecord) -> None:
         assert rec.ingress is not None and rec.agent_pid is not None
@@ -290,7 +295,9 @@ class LocalBackend(Backend):
                 await asyncio.wait_for(self.wait(sandbox_id), grace_seconds + 5)
             except TimeoutError:
                 rec.kill_agent()
-        return await self.wait(sandbox_id)
+        code = await self.wait(sandbox_id)
+        await self._release(rec)  # stopped means released, before we answer
+        return code
 
     async def destroy(self, sandbox_id: str) -> None:
         """Kill PID 1 (the kernel kills the rest), then remove cgroups, network and state."""
@@ -303,6 +310,7 @@ class LocalBackend(Backend):
 
     async def _cleanup(self, rec: SandboxRecord) -> None:
         await self._release(rec)
+        self._release_locks.pop(rec.sandbox_id, None)
         rec.close_fds()
         shutil.rmtree(rec.state_dir, ignore_errors=True)
         self._records.pop(rec.sandbox_id, None)
@@ -405,7 +413,11 @@ class LocalBackend(Backend):
             if rec.publisher is not None:
                 await rec.publisher.close()
                 rec.publisher = None
-            any_alive = any_alive or rec.is_running()
+            running = rec.is_running()
+            if not running and not rec.agent_alive():
+                with contextlib.suppress(OSError, BackendError, CgroupError):
+                    await self._release(rec)  # ended: its watcher may not have run yet
+            any_alive = any_alive or running
             rec.close_fds()
         self._records.clear()
         if any_alive:
