@@ -62,7 +62,8 @@ def test_silent_runner_turns_unhealthy_within_ten_seconds(
             runner.proc.signal(signal.SIGSTOP)  # type: ignore[union-attr]
             stopped_at = time.monotonic()
             client.wait_for("frozen", healthy=False, timeout=12)
-            assert time.monotonic() - stopped_at <= 10.5  # heartbeat timeout is 10 s
+            # Heartbeat timeout is 10 s; allow for the poll interval and a loaded CI machine.
+            assert time.monotonic() - stopped_at <= 11.0
             runner.proc.signal(signal.SIGCONT)  # type: ignore[union-attr]
             client.wait_for("frozen", healthy=True, timeout=15)
     finally:
