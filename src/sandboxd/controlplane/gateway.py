@@ -65,6 +65,16 @@ def _common(record: SandboxRecord, message: type[Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if key in known}
 
 
+def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]]:
+    """A handler for an RPC whose feature this server does not offer."""
+
+    async def handler(self: object, request: object, context: Context) -> Any:
+        await abort_with(context, not_implemented(feature, feature.replace("_", " ")))
+
+    handler.__doc__ = f"Not offered: answers UNIMPLEMENTED ({feature}). {hint}".strip()
+    return handler
+
+
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
@@ -229,58 +239,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         return await self._run(context, work)
 
     # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
-
-    async def _unimplemented(self, context: Context, what: str) -> Any:
-        await abort_with(context, not_implemented(what, what.replace("_", " ")))
-
-    async def Exec(self, request: Any, context: Context) -> Any:
-        """Unary exec is not offered; clients use GatewayStreamingService/StreamExec."""
-        return await self._unimplemented(context, "unary_exec")
-
-    async def Pause(self, request: Any, context: Context) -> Any:
-        """Not offered."""
-        return await self._unimplemented(context, "pause")
-
-    async def Resume(self, request: Any, context: Context) -> Any:
-        """Not offered."""
-        return await self._unimplemented(context, "resume")
-
-    async def Raw(self, request: Any, context: Context) -> Any:
-        """Not offered."""
-        return await self._unimplemented(context, "raw_actions")
-
-    async def CreateFileSystemSnapshot(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def GetFileSystemSnapshot(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def ListFileSystemSnapshots(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def DeleteFileSystemSnapshot(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def GetFileSystemSnapshotBucketConfig(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def SetFileSystemSnapshotBucketConfig(self, request: Any, context: Context) -> Any:
-        """Snapshots are not offered yet."""
-        return await self._unimplemented(context, "file_system_snapshots")
-
-    async def GetObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
-        """Object storage is not offered."""
-        return await self._unimplemented(context, "object_storage")
-
-    async def SetObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
-        """Object storage is not offered."""
-        return await self._unimplemented(context, "object_storage")
-
-    async def DeleteObjectStorageWIFConfig(self, request: Any, context: Context) -> Any:
-        """Object storage is not offered."""
-        return await self._unimplemented(context, "object_storage")
+    Exec = _unimplemented("unary_exec", "use GatewayStreamingService/StreamExec")
+    Pause = _unimplemented("pause")
+    Resume = _unimplemented("resume")
+    Raw = _unimplemented("raw_actions")
+    CreateFileSystemSnapshot = _unimplemented("file_system_snapshots")
+    GetFileSystemSnapshot = _unimplemented("file_system_snapshots")
+    ListFileSystemSnapshots = _unimplemented("file_system_snapshots")
+    DeleteFileSystemSnapshot = _unimplemented("file_system_snapshots")
+    GetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
+    SetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
+    GetObjectStorageWIFConfig = _unimplemented("object_storage")
+    SetObjectStorageWIFConfig = _unimplemented("object_storage")
+    DeleteObjectStorageWIFConfig = _unimplemented("object_storage")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,11 +37,30 @@ from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 MAX_TTY_DIMENSION = 10_000
 CLIENT_DRAIN_SECONDS = 2.0
 # How long a log request on a sandbox that is still being created waits for it to start.
 LOGS_START_WAIT_SECONDS = 60.0
 S = gateway_pb2
+
+
+async def _first_request(requests: AsyncIterator[T]) -> T:
+    """The first client frame, which must exist (it carries ``init``)."""
+    try:
+        return await anext(requests)
+    except StopAsyncIteration:
+        raise invalid_argument("init", "the stream ended before init") from None
+
+
+async def _attached(session: ExecSession | LogSession) -> bool:
+    """Wait for the runner to dial back for this session; False if it did not in time."""
+    try:
+        async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
+            await session.attached.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def error_frame(code: str, message: str) -> streaming_pb2.ExecStreamResponse:
@@ -115,11 +134,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
     ) -> AsyncIterator[streaming_pb2.ExecStreamResponse]:
         """Start the process on the sandbox's runner and relay frames both ways."""
         try:
-            try:
-                first = await anext(request_iterator)
-            except StopAsyncIteration:
-                raise invalid_argument("init", "the stream ended before init") from None
-            init = _check_init(first)
+            init = _check_init(await _first_request(request_iterator))
             record = self._lifecycle.record(init.sandbox_id)
         except ApiError as error:
             await abort_with(context, error)
@@ -144,10 +159,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                     )
                 )
             )
-            try:
-                async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
-                    await session.attached.wait()
-            except TimeoutError:
+            if not await _attached(session):
                 yield error_frame(
                     "RUNNER_UNAVAILABLE",
                     f"runner {record.runner_id} did not open the exec stream in time",
@@ -210,11 +222,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
     ) -> AsyncIterator[streaming_pb2.LogStreamResponse]:
         """Ask the sandbox's runner for its logs and relay them until complete or closed."""
         try:
-            try:
-                first = await anext(request_iterator)
-            except StopAsyncIteration:
-                raise invalid_argument("init", "the stream ended before init") from None
-            init = _check_log_init(first)
+            init = _check_log_init(await _first_request(request_iterator))
             record = self._lifecycle.record(init.sandbox_id)
         except ApiError as error:
             await abort_with(context, error)
@@ -228,10 +236,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         watcher: asyncio.Task[None] | None = None
         try:
             link.send(_open_logs(session.stream_id, init))
-            try:
-                async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
-                    await session.attached.wait()
-            except TimeoutError:
+            if not await _attached(session):
                 yield log_error(
                     "RUNNER_UNAVAILABLE",
                     f"runner {record.runner_id} did not open the log stream in time",

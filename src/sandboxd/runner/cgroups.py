@@ -21,6 +21,7 @@ Everything is read under injectable roots so tests can build fake trees.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -157,62 +158,52 @@ def _tightest(values: list[int | None]) -> int | None:
     return min(present) if present else None
 
 
-def cpu_limit_millicores(
-    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+def _tightest_limit(
+    proc_root: Path,
+    cgroup_root: Path,
+    controller: str,
+    read_v1: Callable[[Path], int | None],
+    read_v2: Callable[[Path], int | None],
 ) -> int | None:
-    """The tightest CPU quota on the own cgroup and its ancestors, in millicores, or ``None``."""
+    """The tightest limit of ``controller`` on the own cgroup and its ancestors (v1 or v2)."""
     membership = read_membership(proc_root)
-    if "cpu" in membership.v1:
-        controllers, path = membership.v1["cpu"]
-        mount = _v1_mount(cgroup_root, "cpu", controllers)
+    if controller in membership.v1:
+        controllers, path = membership.v1[controller]
+        mount = _v1_mount(cgroup_root, controller, controllers)
         if mount is None:
             return None
-        return _tightest(
-            [
-                _parse_v1_cpu(
-                    _read_text(directory / "cpu.cfs_quota_us"),
-                    _read_text(directory / "cpu.cfs_period_us"),
-                )
-                for directory in _own_dirs(mount, path)
-            ]
-        )
+        return _tightest([read_v1(directory) for directory in _own_dirs(mount, path)])
     if membership.v2 is not None:
         mount = _v2_mount(cgroup_root)
         if mount is None:
             return None
-        return _tightest(
-            [
-                _parse_v2_cpu_max(_read_text(directory / "cpu.max"))
-                for directory in _own_dirs(mount, membership.v2)
-            ]
-        )
+        return _tightest([read_v2(directory) for directory in _own_dirs(mount, membership.v2)])
     return None
+
+
+def cpu_limit_millicores(
+    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The tightest CPU quota on the own cgroup and its ancestors, in millicores, or ``None``."""
+    return _tightest_limit(
+        proc_root,
+        cgroup_root,
+        "cpu",
+        lambda d: _parse_v1_cpu(
+            _read_text(d / "cpu.cfs_quota_us"), _read_text(d / "cpu.cfs_period_us")
+        ),
+        lambda d: _parse_v2_cpu_max(_read_text(d / "cpu.max")),
+    )
 
 
 def memory_limit_bytes(
     proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
 ) -> int | None:
     """The tightest memory limit on the own cgroup and its ancestors, in bytes, or ``None``."""
-    membership = read_membership(proc_root)
-    if "memory" in membership.v1:
-        controllers, path = membership.v1["memory"]
-        mount = _v1_mount(cgroup_root, "memory", controllers)
-        if mount is None:
-            return None
-        return _tightest(
-            [
-                _parse_bytes(_read_text(directory / "memory.limit_in_bytes"))
-                for directory in _own_dirs(mount, path)
-            ]
-        )
-    if membership.v2 is not None:
-        mount = _v2_mount(cgroup_root)
-        if mount is None:
-            return None
-        return _tightest(
-            [
-                _parse_bytes(_read_text(directory / "memory.max"))
-                for directory in _own_dirs(mount, membership.v2)
-            ]
-        )
-    return None
+    return _tightest_limit(
+        proc_root,
+        cgroup_root,
+        "memory",
+        lambda d: _parse_bytes(_read_text(d / "memory.limit_in_bytes")),
+        lambda d: _parse_bytes(_read_text(d / "memory.max")),
+    )

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -82,15 +82,24 @@ async def dial_exec(
     """Open ``Exec`` on ``channel`` and greet; the :data:`ExecDialer` the agent provides."""
     stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
     call = cast(ExecCall, stub.Exec())
-    hello = runner_pb2.ExecUpstream.Hello(
+    await greet(call, runner_pb2.ExecUpstream(hello=hello(stream_id, runner_id, join_token)))
+    return call
+
+
+def hello(stream_id: str, runner_id: str, join_token: str) -> runner_pb2.ExecUpstream.Hello:
+    """The first frame of every per-stream RPC a runner dials (Exec, Logs)."""
+    return runner_pb2.ExecUpstream.Hello(
         stream_id=stream_id, runner_id=runner_id, join_token=join_token
     )
+
+
+async def greet(call: Any, first_frame: Any) -> None:
+    """Send the hello frame on a freshly dialled call; cancel the call if that fails."""
     try:
-        await call.write(runner_pb2.ExecUpstream(hello=hello))
+        await call.write(first_frame)
     except BaseException:
         call.cancel()
         raise
-    return call
 
 
 async def _end_call(call: ExecCall) -> None:

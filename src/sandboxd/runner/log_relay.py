@@ -29,7 +29,7 @@ from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, BackendUnavailable, SandboxNotFound
-from sandboxd.runner.exec_relay import CALL_ERRORS, END_OF_CALL_TIMEOUT
+from sandboxd.runner.exec_relay import CALL_ERRORS, END_OF_CALL_TIMEOUT, greet, hello
 from sandboxd.runner.log_stream import (
     InvalidResumeOffset,
     LogCursor,
@@ -63,14 +63,7 @@ async def dial_logs(
     """Open ``Logs`` on ``channel`` and greet; the :data:`LogsDialer` the agent provides."""
     stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
     call = cast(LogsCall, stub.Logs())
-    hello = runner_pb2.ExecUpstream.Hello(
-        stream_id=stream_id, runner_id=runner_id, join_token=join_token
-    )
-    try:
-        await call.write(runner_pb2.LogsUpstream(hello=hello))
-    except BaseException:
-        call.cancel()
-        raise
+    await greet(call, runner_pb2.LogsUpstream(hello=hello(stream_id, runner_id, join_token)))
     return call
 
 
