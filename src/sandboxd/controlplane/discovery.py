@@ -8,7 +8,7 @@ equals the runner's, so client-side mode filters can join the two lists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -21,6 +21,7 @@ from sandboxd.controlplane.pagination import (
     encode_token,
     filter_fingerprint,
     page_size_of,
+    take_page,
 )
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
 from sandboxd.errors import ApiError, abort_with, invalid_argument, profile_not_found
@@ -34,16 +35,6 @@ _SEPARATOR = "\x00"  # sorts before every printable character in ids and names
 def _same(wanted: str, offered: Iterable[str]) -> bool:
     wanted = wanted.casefold()
     return any(item.casefold() == wanted for item in offered)
-
-
-def _page(items: Iterator[T], size: int, key: Callable[[T], str]) -> tuple[list[T], str]:
-    """Take ``size`` items and report the key to continue after, if any item is left."""
-    page: list[T] = []
-    for item in items:
-        if len(page) == size:
-            return page, key(page[-1])
-        page.append(item)
-    return page, ""
 
 
 def _view(requested: int, default: int) -> int:
@@ -146,7 +137,7 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             )
 
         matches = (s for s in self._registry.iter_from(after) if keep(s))
-        page, last = _page(matches, size, key=lambda s: s.runner_id)
+        page, last = take_page(matches, size, key=lambda s: s.runner_id)
         return discovery_pb2.ListAvailableRunnersResponse(
             runners=[self.runner_message(s, view) for s in page],
             next_page_token=encode_token(last, filter_fingerprint(filters)) if last else "",
@@ -208,7 +199,7 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             )
 
         matches = (e for e in self._profile_entries(after, request.runner_id) if keep(e))
-        page, last = _page(
+        page, last = take_page(
             matches, size, key=lambda e: f"{e[0].runner_id}{_SEPARATOR}{e[1].profile_name}"
         )
         return discovery_pb2.ListProfilesResponse(

@@ -23,6 +23,7 @@ from sandboxd.controlplane.pagination import (
     encode_token,
     filter_fingerprint,
     page_size_of,
+    take_page,
 )
 from sandboxd.controlplane.sandboxes import TERMINAL, SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
@@ -169,15 +170,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                     and (not runners or record.runner_id in runners)
                 )
 
-            page: list[SandboxRecord] = []
-            last = ""
-            for record in self._table.iter_from(after):
-                if not keep(record):
-                    continue
-                if len(page) == size:
-                    last = page[-1].sandbox_id
-                    break
-                page.append(record)
+            matches = (r for r in self._table.iter_from(after) if keep(r))
+            page, last = take_page(matches, size, key=lambda r: r.sandbox_id)
             return gateway_pb2.ListSandboxesResponse(
                 sandboxes=[
                     gateway_pb2.SandboxInfo(**_common(r, gateway_pb2.SandboxInfo)) for r in page

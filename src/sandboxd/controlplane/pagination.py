@@ -12,10 +12,12 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from sandboxd.errors import ApiError, invalid_argument
 
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -27,6 +29,19 @@ def page_size_of(requested: int, field: str = "page_size") -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)
+
+
+def take_page(items: Iterator[T], size: int, key: Callable[[T], str]) -> tuple[list[T], str]:
+    """Take ``size`` items and report the key to continue after, if any item is left.
+
+    Looking one item ahead means the last page never carries a token to an empty page.
+    """
+    page: list[T] = []
+    for item in items:
+        if len(page) == size:
+            return page, key(page[-1])
+        page.append(item)
+    return page, ""
 
 
 def filter_fingerprint(filters: Sequence[object]) -> str:
