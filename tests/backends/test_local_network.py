@@ -238,6 +238,9 @@ def test_stop_releases_network_and_cgroups_but_keeps_logs(
         record = backend._records[spec.sandbox_id]  # type: ignore[attr-defined]
         lease, cgroup_dirs = record.lease, record.cgroup.unique_dirs
         assert lease is not None and all(Path(d).exists() for d in cgroup_dirs)
+        async with asyncio.timeout(10):  # stop only once "bye" was written, or it may not be
+            while b"bye" not in b"".join([c.data async for c in backend.logs(spec.sandbox_id)]):
+                await asyncio.sleep(0.02)
         assert await backend.stop(spec.sandbox_id, 1) in (137, 143)
         for _ in range(50):  # released by a task that follows PID 1's exit
             if record.lease is None and record.cgroup is None:

@@ -1,13 +1,21 @@
-"""The agent: PID 1 of every sandbox, a forked copy of the zygote living inside the sandbox.
+"""The agent: PID 1 of every sandbox, a forked copy of its keeper living inside the sandbox.
 
 Why an agent rather than ``nsenter`` per exec: joining five namespaces and a cgroup and
 dropping capabilities costs one program execution (plus a fork for the PID namespace) on
 *every* exec, and ``nsenter`` cannot drop capabilities at all. The agent is already inside
-every namespace and the cgroup with capabilities dropped and the seccomp filter loaded, so an
-exec is one ``vfork``+``execve`` of the user's program. As PID 1 it also reaps orphans,
-writes the main process's output to the log with timestamps, enforces the stop grace period
-and the lifetime, and records the exit code (128+N for signal N) in ``exit.json`` before it
-exits; when PID 1 exits the kernel kills everything left in the sandbox.
+every namespace, the user namespace and the cgroup, with capabilities dropped and the
+seccomp filter loaded, so an exec is one ``vfork``+``execve`` of the user's program. As
+PID 1 it also reaps orphans, starts the main process on the output pipes its keeper reads,
+enforces the stop grace period and the lifetime, and reports the main process's start and
+exit code (128+N for signal N) to the keeper, which records them on the host; when PID 1
+exits the kernel kills everything left in the sandbox.
+
+The agent holds no host descriptor and resolves every path in root (``resolve.py``); it
+treats every request as hostile: a malformed, oversized or unknown message gets an error
+reply, any failure while handling one (even ``MemoryError`` under the sandbox's own memory
+pressure, or ``EAGAIN`` when a fork bomb took every PID) costs that request only, and the
+number of concurrent execs is capped. The OOM killer never picks it (``oom_score_adj``
+-1000); its children are reset to 0.
 
 The agent cannot import anything once it has pivoted into the image, so this module and its
 helpers use only modules the zygote imported beforehand. Single-threaded, one epoll loop.
@@ -24,33 +32,74 @@ import signal
 import socket
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import fileops, protocol
-from .logfile import LogWriter
-from .spawn import acquire_ctty, exit_code_from_status, relax_oom, set_winsize, spawn_fast
+from .resolve import Root, find_executable
+from .spawn import (
+    DEFAULT_PATH,
+    acquire_ctty,
+    exit_code_from_status,
+    relax_oom,
+    set_winsize,
+    spawn_fast,
+)
 
 _TTY_DEFAULT = (80, 24)
+MAX_EXECS = 1024  # concurrent exec sessions per sandbox (the runner caps lower, per policy)
+MAX_CONNECTIONS = 2048  # open request connections of any kind
+EXEC_REFUSED = 126
+
+
+class BadRequest(ValueError):
+    """A request with missing or mistyped fields."""
+
+
+def _str_list(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{name} must be a list of strings")
+    return value
+
+
+def _str_map(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise BadRequest(f"{name} must map strings to strings")
+    return value
+
+
+def _has_nul(values: list[str]) -> bool:
+    return any("\0" in v for v in values)
 
 
 class Agent:
     """The event loop; ``cfg`` is the spawn request the runner sent through the zygote."""
 
     def __init__(
-        self, cfg: dict[str, Any], listener: socket.socket, log_fd: int, state_fd: int
+        self,
+        cfg: dict[str, Any],
+        listener: socket.socket | int,
+        stdout_w: int,
+        stderr_w: int,
+        status_w: int,
     ) -> None:
         self.cfg = cfg
         self.env: dict[str, str] = dict(cfg["env"])
+        if isinstance(listener, int):
+            listener = socket.socket(fileno=listener)
         self.listener = listener
-        self.state_fd = state_fd
-        self.log = LogWriter(log_fd, int(cfg.get("log_limit", 64 << 20)))
+        self.main_out: tuple[int, int] | None = (stdout_w, stderr_w)
+        self.status_w = status_w
+        self.root = Root("/")
         self.sel = selectors.EpollSelector()
         self.children: dict[int, Callable[[int], None]] = {}
         self.popens: dict[int, subprocess.Popen[bytes]] = {}
+        self.conns: set[socket.socket] = set()
+        self.execs = 0
         self.main_pid: int | None = None
-        self.main_pipes: dict[int, str] = {}
-        self.started_at: float | None = None
         self.stop_deadline: float | None = None
         self.stop_reason = "stopped"
         self.lifetime_deadline: float | None = None
@@ -71,22 +120,37 @@ class Agent:
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
 
     # -- loop ---------------------------------------------------------------------------
-    def run(self) -> None:
-        """Serve until the main process is gone (or the sandbox was stopped)."""
+    def serve_forever(self) -> NoReturn:
+        """Serve until the main process is gone (or the sandbox was stopped), then exit."""
         while not self.finished:
-            deadlines = [d for d in (self.stop_deadline, self.lifetime_deadline) if d]
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            for key, _mask in self.sel.select(timeout):
+            try:
+                self._turn()
+            except Exception:  # never fatal: report to the keeper's diagnostics and go on
+                with contextlib.suppress(Exception):
+                    traceback.print_exc()
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
+        os._exit(0)
+
+    def _turn(self) -> None:
+        deadlines = [d for d in (self.stop_deadline, self.lifetime_deadline) if d]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        for key, _mask in self.sel.select(timeout):
+            try:
                 key.data(key.fileobj)
-            now = time.monotonic()
-            if self.lifetime_deadline and now >= self.lifetime_deadline:
-                self.lifetime_deadline = None
-                self.stop(float(self.cfg.get("lifetime_grace", 5.0)), "lifetime")
-            if self.stop_deadline and now >= self.stop_deadline:
-                self.stop_deadline = None
-                with contextlib.suppress(OSError):
-                    os.kill(-1, signal.SIGKILL)
-        self._finish()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    traceback.print_exc()
+                if isinstance(key.fileobj, socket.socket) and key.fileobj is not self.listener:
+                    self._close(key.fileobj)
+        now = time.monotonic()
+        if self.lifetime_deadline and now >= self.lifetime_deadline:
+            self.lifetime_deadline = None
+            self.stop(float(self.cfg.get("lifetime_grace", 5.0)), "lifetime")
+        if self.stop_deadline and now >= self.stop_deadline:
+            self.stop_deadline = None
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
 
     def _on_wakeup(self, _fd: Any) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -110,20 +174,37 @@ class Agent:
     def _accept(self, _sock: Any) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return
+        except OSError:  # EMFILE and friends: refuse this one, keep serving the others
+            return
+        if len(self.conns) >= MAX_CONNECTIONS:
+            conn.close()
+            return
+        self.conns.add(conn)
         self.sel.register(conn, selectors.EVENT_READ, self._on_request)
 
     def _close(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn)
+        self.conns.discard(conn)
         conn.close()
 
+    @staticmethod
+    def _reply(conn: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        with contextlib.suppress(OSError, protocol.ProtocolError):
+            protocol.send(conn, msg, fds or [])
+
     def _on_request(self, conn: socket.socket) -> None:
+        fds: list[int] = []
         try:
             msg, fds = protocol.recv(conn)
+        except protocol.ProtocolError as exc:
+            self._reply(conn, {"error": {"kind": "protocol", "message": str(exc)}})
+            self._close(conn)
+            return
         except OSError:
-            msg, fds = None, []
+            msg = None
         if msg is None:
             self._close(conn)
             return
@@ -136,21 +217,40 @@ class Agent:
             elif op == "start":
                 self._start(conn)
             elif op == "stop":
-                self.stop(float(msg.get("grace", 10.0)), "stopped")
-                protocol.send(conn, {"ok": True})
+                grace = msg.get("grace", 10.0)
+                if not isinstance(grace, int | float):
+                    raise BadRequest("grace must be a number")
+                self.stop(float(grace), "stopped")
+                self._reply(conn, {"ok": True})
             elif op == "ping":
                 state = "running" if self.main_pid else "created"
-                protocol.send(conn, {"ok": True, "state": state})
+                self._reply(conn, {"ok": True, "state": state})
             else:
-                protocol.send(conn, {"error": {"kind": "protocol", "message": f"bad op {op}"}})
+                self._reply(conn, {"error": {"kind": "protocol", "message": f"bad op {op!r}"}})
+        except BadRequest as exc:
+            self._reply(conn, {"error": {"kind": "protocol", "message": str(exc)}})
+            self._close(conn)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                protocol.send(conn, {"error": {"kind": "io", "message": str(exc)}})
+            self._reply(conn, {"error": {"kind": "io", "message": str(exc)}})
         finally:
             for fd in fds:
-                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- processes ------------------------------------------------------------------------
+    def _enter_cwd(self, cwd: str) -> None:
+        """``fchdir`` into ``cwd`` resolved in root; children inherit it (single thread)."""
+        try:
+            fd = self.root.open_dir(cwd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a magic link: refused, not "too many links"
+                raise PermissionError(errno.EACCES, "refused: magic link", cwd) from None
+            raise
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+
     def _spawn(
         self,
         argv: list[str],
@@ -159,82 +259,69 @@ class Agent:
         cwd: str,
         tty: bool = False,
     ) -> int:
-        if tty:  # needs TIOCSCTTY in the child, which posix_spawn cannot do
-            popen = subprocess.Popen(
-                argv,
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=acquire_ctty,  # noqa: PLW1509 - the agent is single-threaded
-            )
-            self.popens[popen.pid] = popen
-            pid = popen.pid
-        else:
-            pid = spawn_fast(argv, stdio, env, cwd)
+        """Resolve ``cwd`` and ``argv[0]`` in root, then start the process in a new session."""
+        self._enter_cwd(cwd)
+        try:
+            path = find_executable(self.root, argv[0], env.get("PATH", DEFAULT_PATH), cwd)
+            if tty:  # needs TIOCSCTTY in the child, which posix_spawn cannot do
+                popen = subprocess.Popen(
+                    argv,
+                    executable=path,
+                    stdin=stdio[0],
+                    stdout=stdio[1],
+                    stderr=stdio[2],
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                    preexec_fn=acquire_ctty,  # noqa: PLW1509 - the agent is single-threaded
+                )
+                self.popens[popen.pid] = popen
+                pid = popen.pid
+            else:
+                pid = spawn_fast(path, argv, stdio, env)
+        finally:
+            os.chdir("/")
         relax_oom(pid)
         return pid
 
     @staticmethod
     def _spawn_error(exc: OSError, argv: list[str], cwd: str) -> tuple[int, bytes]:
-        missing_cwd = exc.filename == cwd and not os.path.isdir(cwd)
-        what = f"cwd {cwd}" if missing_cwd else argv[0]
+        what = f"cwd {cwd}" if exc.filename == cwd else argv[0]
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         return code, f"sandboxd: exec {what}: {exc.strerror}\n".encode()
 
     def _start(self, conn: socket.socket) -> None:
-        if self.main_pid is not None or self.finished:
-            protocol.send(conn, {"error": {"kind": "state", "message": "already started"}})
+        if self.main_pid is not None or self.finished or self.main_out is None:
+            self._reply(conn, {"error": {"kind": "state", "message": "already started"}})
             return
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        out_w, err_w = self.main_out
+        self.main_out = None
         argv, cwd = list(self.cfg["command"]), self.cfg["workdir"]
-        self.started_at = time.time()
+        self._status({"event": "started", "at": time.time()})
         try:
-            pid = self._spawn(argv, (devnull, out_w, err_w), self.env, cwd)
+            stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                pid = self._spawn(argv, (stdin, out_w, err_w), self.env, cwd)
+            finally:
+                os.close(stdin)
         except OSError as exc:
-            os.close(out_r)
-            os.close(err_r)
             code, text = self._spawn_error(exc, argv, cwd)
-            self.log.write("stderr", text)
-            protocol.send(conn, {"error": {"kind": "exec", "message": text.decode().strip()}})
+            with contextlib.suppress(OSError):
+                os.write(err_w, text)
+            self._reply(conn, {"error": {"kind": "exec", "message": text.decode().strip()}})
             self._record_exit(code, "start_failed")
             return
         finally:
-            for fd in (out_w, err_w, devnull):
+            for fd in (out_w, err_w):
                 os.close(fd)
         self.main_pid = pid
         lifetime = self.cfg.get("max_lifetime")
         if lifetime:
             self.lifetime_deadline = time.monotonic() + float(lifetime)
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            os.set_blocking(fd, False)
-            self.main_pipes[fd] = stream
-            self.sel.register(fd, selectors.EVENT_READ, self._on_main_output)
         self.children[pid] = self._on_main_exit
-        protocol.send(conn, {"ok": True, "pid": pid})
-
-    def _on_main_output(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            self.log.write(self.main_pipes[fd], data)
-            return
-        self.sel.unregister(fd)
-        os.close(fd)
-        del self.main_pipes[fd]
+        self._reply(conn, {"ok": True, "pid": pid})
 
     def _on_main_exit(self, code: int) -> None:
-        for fd in list(self.main_pipes):
-            with contextlib.suppress(OSError):
-                while data := os.read(fd, 65536):
-                    self.log.write(self.main_pipes[fd], data)
         self._record_exit(code, self.stop_reason if self._stopping else "exited")
 
     def stop(self, grace: float, reason: str) -> None:
@@ -250,96 +337,145 @@ class Agent:
             os.kill(self.main_pid, signal.SIGTERM)
         self.stop_deadline = time.monotonic() + max(0.0, grace)
 
+    def _status(self, event: dict[str, Any]) -> None:
+        """One line to the keeper (atomic: well under PIPE_BUF)."""
+        with contextlib.suppress(OSError):
+            os.write(self.status_w, json.dumps(event).encode() + b"\n")
+
     def _record_exit(self, code: int, reason: str) -> None:
-        record = {
-            "exit_code": code,
-            "reason": reason,
-            "started_at": self.started_at,
-            "finished_at": time.time(),
-        }
-        tmp = "exit.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self.state_fd)
-        try:
-            os.write(fd, json.dumps(record).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, "exit.json", src_dir_fd=self.state_fd, dst_dir_fd=self.state_fd)
+        self._status({"event": "exit", "code": code, "reason": reason, "at": time.time()})
         self.finished = True
 
-    def _finish(self) -> None:
-        with contextlib.suppress(OSError):
-            os.kill(-1, signal.SIGKILL)
-
     # -- exec ---------------------------------------------------------------------------------
-    def _exec(self, conn: socket.socket, msg: dict[str, Any], fds: list[int]) -> None:
-        argv = list(msg["argv"])
-        env = {**self.env, **msg.get("env", {})}
+    def _parse_exec(self, msg: dict[str, Any]) -> tuple[list[str], dict[str, str], str]:
+        argv = _str_list(msg.get("argv"), "argv")
+        if not argv or _has_nul(argv):
+            raise BadRequest("argv must be non-empty strings without NUL")
+        env = {**self.env, **_str_map(msg.get("env", {}), "env")}
+        if _has_nul(list(env)) or _has_nul(list(env.values())) or any("=" in k for k in env):
+            raise BadRequest("env keys and values must not contain NUL (or '=' in keys)")
         cwd = msg.get("cwd") or self.cfg["workdir"]
+        if not isinstance(cwd, str) or "\0" in cwd:
+            raise BadRequest("cwd must be a string")
+        return argv, env, cwd
+
+    def _exec(self, conn: socket.socket, msg: dict[str, Any], fds: list[int]) -> None:
+        tty = bool(msg.get("tty"))
+        try:
+            argv, env, cwd = self._parse_exec(msg)
+        except BadRequest as exc:
+            if not tty and len(fds) == 3:
+                with contextlib.suppress(OSError):
+                    os.write(fds[2], f"sandboxd: exec refused: {exc}\n".encode())
+            self._reply(conn, {"started": False, "exit": EXEC_REFUSED, "error": str(exc)})
+            self._close(conn)
+            return
+        if self.execs >= MAX_EXECS:
+            busy = f"sandboxd: too many concurrent execs in this sandbox (limit {MAX_EXECS})\n"
+            if not tty and len(fds) == 3:
+                with contextlib.suppress(OSError):
+                    os.write(fds[2], busy.encode())
+            self._reply(conn, {"started": False, "exit": EXEC_REFUSED, "error": busy.strip()})
+            self._close(conn)
+            return
         master = -1
-        if msg.get("tty"):
+        if tty:
             env.setdefault("TERM", "xterm")
             master, slave = os.openpty()
-            cols, rows = msg.get("size") or _TTY_DEFAULT
-            set_winsize(slave, cols, rows)
+            size = msg.get("size") or _TTY_DEFAULT
+            try:
+                cols, rows = (int(size[0]), int(size[1]))
+            except (TypeError, ValueError, IndexError):
+                cols, rows = _TTY_DEFAULT
+            set_winsize(slave, max(1, min(cols, 10000)), max(1, min(rows, 10000)))
             stdio = (slave, slave, slave)
         else:
             if len(fds) != 3:
-                raise OSError(errno.EINVAL, "exec needs three pipe fds")
+                raise BadRequest("exec needs three pipe fds")
             stdio = (fds[0], fds[1], fds[2])
         try:
-            pid = self._spawn(argv, stdio, env, cwd, tty=bool(msg.get("tty")))
+            pid = self._spawn(argv, stdio, env, cwd, tty=tty)
         except OSError as exc:
             code, text = self._spawn_error(exc, argv, cwd)
             with contextlib.suppress(OSError):
                 os.write(stdio[2], text)
-            protocol.send(conn, {"started": False, "exit": code}, [master] if master >= 0 else [])
+            self._reply(conn, {"started": False, "exit": code}, [master] if master >= 0 else [])
+            if master >= 0:
+                os.close(master)
+                os.close(stdio[0])
             self._close(conn)
             return
-        finally:
-            if master >= 0:
-                os.close(stdio[0])
-        protocol.send(conn, {"started": True, "pid": pid}, [master] if master >= 0 else [])
+        if master >= 0:
+            os.close(stdio[0])
+        self._reply(conn, {"started": True, "pid": pid}, [master] if master >= 0 else [])
         if master >= 0:
             os.close(master)
+        self.execs += 1
 
         def on_exit(code: int) -> None:
-            with contextlib.suppress(OSError):
-                protocol.send(conn, {"exit": code})
+            self.execs -= 1
+            self._reply(conn, {"exit": code})
             self._close(conn)
 
         def on_control(sock: socket.socket) -> None:
             try:
                 ctl, extra = protocol.recv(sock)
-            except OSError:
+            except (OSError, protocol.ProtocolError):
                 ctl, extra = None, []
             for fd in extra:
                 os.close(fd)
-            sig = signal.SIGKILL if ctl is None else int(ctl.get("signal", signal.SIGKILL))
+            sig: int = signal.SIGKILL
+            if ctl is not None:
+                value = ctl.get("signal", signal.SIGKILL)
+                sig = value if isinstance(value, int) and 0 < value < 65 else signal.SIGKILL
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
             if ctl is None:  # runner went away: the session is over
-                self.sel.unregister(sock)
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(sock)
 
         self.children[pid] = on_exit
         self.sel.modify(conn, selectors.EVENT_READ, on_control)
 
     def _file_op(self, conn: socket.socket, msg: dict[str, Any], fds: list[int]) -> None:
         if len(fds) != 1:
-            raise OSError(errno.EINVAL, "file ops need one pipe fd")
-        pid = os.fork()
+            raise BadRequest("file ops need one pipe fd")
+        path = msg.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise BadRequest("path must be an absolute path")
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN: the sandbox is out of PIDs or memory
+            self._reply(conn, fileops.error_reply(exc, path))
+            self._close(conn)
+            return
         if pid == 0:  # worker: blocking, short-lived, then _exit
             code = 0
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                keep = {conn.fileno(), fds[0], self.root.fd, 1, 2}
+                _close_fds_except(keep)
                 relax_oom(os.getpid())
                 if msg["op"] == "read_file":
-                    fileops.read_file(conn, msg, fds[0])
+                    fileops.read_file(self.root, conn, msg, fds[0])
                 else:
-                    fileops.write_file(conn, msg, fds[0])
+                    fileops.write_file(self.root, conn, msg, fds[0])
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         self.children[pid] = lambda _code: None
         self._close(conn)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 4096)]
+    for name in names:
+        fd = int(name)
+        if fd not in keep and fd > 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -47,10 +47,11 @@ from . import files, process
 from .cgroups import CgroupError, CgroupManager
 from .ingress import PortPublisher
 from .network import NetworkManager
-from .rootfs import check_overlay_path
+from .rootfs import LOWER, ROOT, RW
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
+from .userns import IdRangeError, IdRangePool
 
 
 class LocalBackend(Backend):
@@ -73,6 +74,7 @@ class LocalBackend(Backend):
         self._group = f"sandboxd-{key}"
         self._cgroups: CgroupManager | None = None
         self._net = NetworkManager(key, network_pool)
+        self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
@@ -116,11 +118,6 @@ class LocalBackend(Backend):
         rootfs = Path(spec.rootfs).absolute()
         if not rootfs.is_dir():
             raise InvalidSpec("rootfs", f"not a directory: {rootfs}")
-        try:
-            check_overlay_path(str(rootfs))
-            check_overlay_path(str(state_dir))
-        except ValueError as exc:
-            raise InvalidSpec("rootfs", str(exc)) from None
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         state_dir.mkdir(mode=0o700)
         net = spec.network
@@ -138,7 +135,7 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
-        for sub in ("root", "rw", "files"):
+        for sub in (ROOT, RW, LOWER, "files"):
             (rec.state_dir / sub).mkdir(mode=0o700)
         mounted = list(spec.mounted_files)
         if rec.egress is not EgressType.NONE and not any(
@@ -152,6 +149,10 @@ class LocalBackend(Backend):
             host = rec.state_dir / "files" / str(i)
             host.write_bytes(mf.data)
             file_map.append([mf.path, str(host)])
+        try:
+            rec.ids = self._ids.allocate(rec.sandbox_id)
+        except IdRangeError as exc:
+            raise SandboxStartError(str(exc)) from None
         rec.cgroup = cgroups.create(rec.sandbox_id)
         rec.save()
         rec.cgroup.set_limits(
@@ -169,8 +170,8 @@ class LocalBackend(Backend):
             {
                 "state_dir": str(rec.state_dir),
                 "rootfs": str(rootfs),
-                "rw_dir": str(rec.state_dir / "rw"),
-                "root_dir": str(rec.state_dir / "root"),
+                "uid_first": rec.ids.first,
+                "uid_count": rec.ids.count,
                 "disk_bytes": spec.disk_bytes,
                 "files": file_map,
                 "hostname": hostname[:63],
@@ -189,6 +190,8 @@ class LocalBackend(Backend):
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
         rec.agent_pid = int(reply["pid"])
         rec.agent_start_time = process_start_time(rec.agent_pid)
+        rec.keeper_pid = int(reply["keeper_pid"])
+        rec.keeper_start_time = process_start_time(rec.keeper_pid)
         rec.attach()
         rec.save()
         self._release_on_exit(rec)
@@ -222,6 +225,11 @@ class LocalBackend(Backend):
             if rec.lease is not None:
                 await self._net.teardown(rec.lease, rec.egress, rec.cidrs)
                 rec.lease = None
+            if rec.ids is not None and rec.cgroup is None:
+                # The cgroup is gone, so no process of the sandbox (all of them ran in it)
+                # runs as these ids any more: the range may go to the next sandbox.
+                self._ids.release(rec.ids)
+                rec.ids = None
             if rec.state_dir.exists():
                 rec.save()
 
@@ -358,6 +366,8 @@ class LocalBackend(Backend):
             self._records[rec.sandbox_id] = rec
             if rec.lease is not None:
                 self._net.claim(rec.lease)
+            if rec.ids is not None:
+                self._ids.claim(rec.ids)
             if not rec.agent_alive():
                 await self._release(rec)  # it ended while nobody watched: free what it held
                 continue

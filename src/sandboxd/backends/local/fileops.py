@@ -1,10 +1,13 @@
 """File reads and writes performed *inside* a sandbox, by a process forked from its agent.
 
 Why inside rather than through the host path of the overlay: the forked worker has the
-sandbox's root, mounts and credentials (uid 0 without capabilities), so symlinks resolve
-within the sandbox, mounted files are read-only, and "permission denied" means what it would
-mean to the sandbox's own processes. Data moves through a pipe the runner passes in, so a
-32 MiB payload never sits in one message. Standard library only (runs in the agent).
+sandbox's root, mounts and credentials (its root: an unprivileged host uid, without
+capabilities), so mounted files are read-only and "permission denied" means what it would
+mean to the sandbox's own processes. Every path is opened with ``openat2`` in root without
+magic links (``resolve.py``): symlinks resolve within the sandbox, ``..`` stops at its
+``/``, and ``/proc/<pid>/{fd,exe,root,cwd}`` are refused. Data moves through a pipe the
+runner passes in, so a 32 MiB payload never sits in one message. Standard library only
+(runs in the agent).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import stat
 from typing import Any
 
 from . import protocol
+from .resolve import Root
 
 CHUNK = 1 << 20
 
@@ -26,6 +30,8 @@ _KINDS = {
     errno.EPERM: "permission_denied",
     errno.EROFS: "permission_denied",
     errno.ETXTBSY: "permission_denied",
+    errno.ELOOP: "permission_denied",  # a refused magic link (or a symlink loop)
+    errno.EXDEV: "permission_denied",  # a walk that would leave the sandbox root
 }
 
 
@@ -39,12 +45,15 @@ def error_reply(exc: OSError, path: str, *, writing: bool = False) -> dict[str, 
         kind = "parent_not_found"
     elif code == errno.ENOTDIR:
         kind = "not_found"
+    message = os.strerror(code)
+    if code in (errno.ELOOP, errno.EXDEV):
+        message = "refused: the path leaves the sandbox (a /proc magic link) or loops"
     return {
         "error": {
             "kind": kind,
             "errno": code,
             "path": path,
-            "message": os.strerror(code),
+            "message": message,
         }
     }
 
@@ -56,12 +65,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def read_file(conn: socket.socket, msg: dict[str, Any], out_fd: int) -> None:
+def read_file(root: Root, conn: socket.socket, msg: dict[str, Any], out_fd: int) -> None:
     """Reply ``{"ok", "size"}`` then stream the file into ``out_fd``; or reply an error."""
     path = msg["path"]
     max_bytes = msg.get("max_bytes")
+    if max_bytes is not None and not isinstance(max_bytes, int):
+        max_bytes = 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = root.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         protocol.send(conn, error_reply(exc, path))
         return
@@ -98,17 +109,26 @@ def read_file(conn: socket.socket, msg: dict[str, Any], out_fd: int) -> None:
         os.close(fd)
 
 
-def write_file(conn: socket.socket, msg: dict[str, Any], in_fd: int) -> None:
+def write_file(root: Root, conn: socket.socket, msg: dict[str, Any], in_fd: int) -> None:
     """Copy everything from ``in_fd`` into the file, then reply ``{"ok", "written"}``."""
     path = msg["path"]
+    mode = msg.get("mode", 0o644)
+    if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        mode = 0o644
     try:
         if msg.get("make_parents"):
-            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        fd = os.open(path, flags, msg.get("mode", 0o644))
+            root.makedirs(os.path.dirname(path) or "/")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_NOCTTY
+        fd = root.open(path, flags, mode & 0o777)
     except OSError as exc:
         protocol.send(conn, error_reply(exc, path, writing=True))
         return
+    st = os.fstat(fd)
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        protocol.send(conn, error_reply(OSError(errno.EINVAL, ""), path, writing=True))
+        return
+    os.set_blocking(fd, True)
     written = 0
     try:
         os.set_blocking(in_fd, True)

@@ -15,10 +15,16 @@ import os
 import socket
 from typing import Any
 
-MAX_MESSAGE = 1 << 16
+MAX_MESSAGE = 8 << 20  # an exec request: argv + env (bounded by the API) as JSON
 MAX_FDS = 4
+_SO_SNDBUFFORCE = 32  # root may exceed wmem_max; a SEQPACKET message must fit the send buffer
+_SMALL = 200_000  # below the default send buffer: no socket option needed
 
 Message = dict[str, Any]
+
+
+class ProtocolError(ValueError):
+    """A message that is too large, not JSON, or not a JSON object: refused, never fatal."""
 
 
 def socket_path(dir_fd: int, name: str) -> str:
@@ -34,6 +40,13 @@ def encode(msg: Message) -> bytes:
 def send(sock: socket.socket, msg: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
     """Send one message, with file descriptors attached when given."""
     data = encode(msg)
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    if len(data) > _SMALL:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, len(data) + 4096)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) + 4096)
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
@@ -41,15 +54,38 @@ def send(sock: socket.socket, msg: Message, fds: list[int] | tuple[int, ...] = (
 
 
 def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
-    """Receive one message; ``(None, [])`` on EOF. Received fds are close-on-exec."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    """Receive one message; ``(None, [])`` on EOF. Received fds are close-on-exec.
+
+    The size is peeked first so a buffer of exactly that size is used; a message over
+    ``MAX_MESSAGE``, or one that is not a JSON object, is consumed (its descriptors closed)
+    and raises ``ProtocolError``: a hostile or buggy peer costs one refused request, never
+    the receiver.
+    """
+    probe = bytearray(1)
+    size = sock.recv_into(probe, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    if size > MAX_MESSAGE:
+        _data, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS, socket.MSG_TRUNC)
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
+    data, fds, flags, _addr = socket.recv_fds(sock, max(size, 1), MAX_FDS)
     for fd in fds:
         os.set_inheritable(fd, False)
     if not data:
         for fd in fds:
             os.close(fd)
         return None, []
-    return json.loads(data), fds
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"more than {MAX_FDS} descriptors attached")
+        msg = json.loads(data)
+        if not isinstance(msg, dict):
+            raise ProtocolError("a message must be a JSON object")
+    except (ValueError, RecursionError) as exc:
+        for fd in fds:
+            os.close(fd)
+        raise exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc)) from None
+    return msg, fds
 
 
 def listen(path: str) -> socket.socket:

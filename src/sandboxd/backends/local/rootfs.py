@@ -2,38 +2,52 @@
 
 Why this shape:
 
-* The image rootfs is only ever an overlayfs *lower* layer, so it is never written. The upper
-  layer lives on a tmpfs whose ``size=`` is the sandbox's disk cap: a write past it fails with
-  ``ENOSPC`` and the pages are charged to the sandbox's memory cgroup. A loop-mounted ext4
-  file would keep the data on disk but costs a mkfs per sandbox, far over the startup budget.
+* The image rootfs is only ever an overlayfs *lower* layer, so it is never written, and it
+  is bound through an **idmapped mount** first: host uid 0 (the image's owner) appears as
+  the sandbox's root, whose host uid is unprivileged (see ``userns.py``). The upper layer
+  lives on a tmpfs whose ``size=`` is the sandbox's disk cap; its root directory belongs to
+  the sandbox's root, so the sandbox owns ``/`` without owning anything on the host.
+* Overlay options name their layers by *relative* paths from the state directory, so
+  ``/proc/self/mountinfo`` inside the sandbox shows ``lowerdir=lower,upperdir=rw/upper``
+  and no host path.
 * Everything is mounted in a private mount namespace, so the host mount table never sees a
   sandbox mount, and when the last process of the sandbox exits the kernel tears all of it
   down: destroy cannot leak mounts.
 * After ``pivot_root`` every further step (``/proc``, ``/dev``, ``/sys``, mounted files)
-  resolves paths inside the new root, so a hostile image (for example an absolute symlink
-  ``/etc -> /host``) cannot redirect a mount onto a host path. Mounted files are opened on
-  the host *before* pivoting and bound from ``/proc/self/fd`` afterwards.
-* The root is ``nodev`` (an imported tarball could carry a device node of the host disk),
-  and ``/proc/sys`` and friends are read-only or masked: without that, uid 0 without
-  capabilities could still write many sysctls, since their check is the file mode only.
+  resolves paths inside the new root, with ``openat2(RESOLVE_IN_ROOT |
+  RESOLVE_NO_MAGICLINKS)`` where the path comes from a user or an image, so a hostile image
+  (an absolute symlink ``/etc -> /host``, or one into ``/proc/self/fd``) cannot redirect a
+  mount or a write. Mounted files arrive as sealed memfds, never as host descriptors.
+* The root is ``nodev`` (an imported tarball could carry a device node of the host disk);
+  ``/proc/sys`` and friends are read-only, and the kernel's diagnostic files that leak host
+  details (``kcore``, ``kallsyms``, ``config.gz``, ``cmdline``, ``slabinfo``, ACPI and
+  firmware tables...) are masked, as container runtimes do.
 
 Standard library only (runs in the agent).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 
+from .resolve import Root
 from .syscalls import (
     MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_REMOUNT,
+    bind_idmapped,
     bind_readonly,
     mount,
     pivot_root,
@@ -55,28 +69,35 @@ _DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
-_PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
-_PROC_MASKED_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "kmsg")
-_PROC_MASKED_DIRS = ("acpi", "scsi")
+PROC_READONLY = ("sys", "irq", "bus", "fs")
+PROC_MASKED_FILES = (
+    "kcore", "keys", "key-users", "timer_list", "sched_debug", "latency_stats", "kmsg",
+    "config.gz", "cmdline", "slabinfo", "vmallocinfo", "kallsyms", "kpagecount",
+    "kpageflags", "kpagecgroup", "pagetypeinfo", "iomem", "ioports", "buddyinfo",
+    "zoneinfo", "sysrq-trigger", "modules", "lockdep", "lock_stat", "mtrr", "dma",
+)  # fmt: skip
+PROC_MASKED_DIRS = ("acpi", "scsi", "asound", "driver", "tty/driver", "dynamic_debug")
+SYS_MASKED_DIRS = (
+    "firmware", "kernel/debug", "kernel/tracing", "kernel/security", "kernel/config",
+    "devices/virtual/powercap", "fs/bpf", "fs/pstore", "fs/cgroup",
+)  # fmt: skip
+
+# Names inside the state directory (relative, so no host path reaches mountinfo).
+LOWER, RW, ROOT = "lower", "rw", "root"
 
 
-def check_overlay_path(path: str) -> None:
-    """Refuse paths that would break overlayfs option parsing."""
-    if any(ch in path for ch in ",:\\\n"):
-        raise ValueError(f"path not usable as an overlay layer: {path!r}")
-
-
-def mount_overlay(lower: str, rw_dir: str, root_dir: str, disk_bytes: int) -> None:
-    """Make mounts private, then mount tmpfs (size cap) + overlay at ``root_dir``."""
-    for path in (lower, rw_dir, root_dir):
-        check_overlay_path(path)
+def mount_overlay(state_dir: str, lower: str, disk_bytes: int, userns_fd: int, owner: int) -> None:
+    """Private mounts; idmapped image at ``lower``; tmpfs (size cap) + overlay at ``root``."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("sandboxd-rw", rw_dir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0755")
-    upper, work = os.path.join(rw_dir, "upper"), os.path.join(rw_dir, "work")
+    os.chdir(state_dir)
+    bind_idmapped(lower, LOWER, userns_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
+    mount("sandboxd-rw", RW, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0700")
+    upper, work = f"{RW}/upper", f"{RW}/work"
     os.mkdir(upper, 0o755)
     os.mkdir(work, 0o700)
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    mount("sandboxd-root", root_dir, "overlay", MS_NODEV | MS_NOSUID, opts)
+    os.chown(upper, owner, owner)  # the overlay's "/" belongs to the sandbox's root
+    opts = f"lowerdir={LOWER},upperdir={upper},workdir={work}"
+    mount("sandboxd-root", ROOT, "overlay", MS_NODEV | MS_NOSUID, opts)
 
 
 def pivot_into(root_dir: str) -> None:
@@ -95,28 +116,32 @@ def _ensure_dir(path: str, mode: int = 0o755) -> None:
 
 
 def mount_proc() -> None:
-    """Mount the sandbox's own /proc (its PID namespace) with sysctls read-only."""
+    """Mount the sandbox's own /proc (its PID namespace)."""
     _ensure_dir("/proc", 0o555)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def harden_proc() -> None:
-    """Read-only binds over writable kernel knobs, /dev/null over leaky files."""
-    for name in _PROC_READONLY:
+    """Read-only binds over writable kernel knobs; /dev/null or empty dirs over leaky ones."""
+    for name in PROC_READONLY:
         path = f"/proc/{name}"
         if os.path.exists(path):
             bind_readonly(path, path, MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name in _PROC_MASKED_FILES:
+    for name in PROC_MASKED_FILES:
         path = f"/proc/{name}"
-        if os.path.exists(path):
+        if os.path.exists(path) and not os.path.isdir(path):
             bind_readonly("/dev/null", path)
-    for name in _PROC_MASKED_DIRS:
-        path = f"/proc/{name}"
-        if os.path.isdir(path):
-            mount("masked", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_MASKED_DIRS:
+        _mask_dir(f"/proc/{name}")
 
 
-def mount_dev() -> None:
+def _mask_dir(path: str) -> None:
+    if os.path.isdir(path):
+        flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        mount("masked", path, "tmpfs", flags, "size=4k,mode=0555")
+
+
+def mount_dev(owner: int) -> None:
     """A minimal /dev: a few character devices, a private devpts (for PTYs) and /dev/shm."""
     _ensure_dir("/dev")
     mount("sandboxd-dev", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=1m,mode=0755")
@@ -124,6 +149,7 @@ def mount_dev() -> None:
     try:
         for name, (major, minor) in _DEVICES.items():
             os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.chown(f"/dev/{name}", owner, owner)
         os.mkdir("/dev/pts", 0o755)
         os.mkdir("/dev/shm", 0o1777)
     finally:
@@ -136,54 +162,76 @@ def mount_dev() -> None:
         "newinstance,ptmxmode=0666,mode=0620",
     )
     mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64m,mode=1777")
+    os.chown("/dev/shm", owner, owner)
     for name, target in _DEV_LINKS.items():
         os.symlink(target, f"/dev/{name}")
 
 
 def mount_sys() -> None:
-    """Read-only sysfs (of the sandbox's network namespace)."""
+    """Read-only sysfs (of the sandbox's network namespace), firmware and debug masked."""
     _ensure_dir("/sys", 0o555)
     mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in SYS_MASKED_DIRS:
+        _mask_dir(f"/sys/{name}")
 
 
-def place_files(files: list[tuple[str, int]]) -> None:
-    """Write each pre-opened host file at its path inside the (pivoted) root, read-only.
+def place_files(root: Root, files: list[tuple[str, int]], owner: int) -> None:
+    """Copy each sealed memfd to its path inside the (pivoted) root, then make it read-only.
 
-    The content is copied into the overlay and the file is then bound onto itself and
-    remounted read-only: a bind *from* the host is impossible once the old root is detached.
-    The sandbox cannot unmount the bind (no capabilities) and cannot hard-link the file to a
-    writable name (links across mounts fail), so the content cannot change.
+    The path comes from the API and the directories on it from the image, so both are
+    resolved in root without magic links; the file is then bound onto itself through the
+    descriptor we opened (``/proc/self/fd/N``), so the bind hits exactly that file. The
+    sandbox cannot unmount the bind (no capabilities, seccomp) and cannot hard-link the file
+    to a writable name (links across mounts fail), so the content cannot change.
     """
-    for path, fd in files:
-        _ensure_dir(os.path.dirname(path))
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "mounted file target is a directory", path)
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o444)
+    for path, memfd in files:
         try:
-            while chunk := os.read(fd, 1 << 20):
-                os.write(out, chunk)
+            parent = os.path.dirname(path) or "/"
+            root.makedirs(parent)
+            out = root.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOCTTY, 0o444)
+        except IsADirectoryError:
+            raise IsADirectoryError(21, "mounted file target is a directory", path) from None
+        try:
+            if not stat.S_ISREG(os.fstat(out).st_mode):
+                raise IsADirectoryError(21, "mounted file target is not a regular file", path)
+            os.lseek(memfd, 0, os.SEEK_SET)
+            while chunk := os.read(memfd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
             os.fchmod(out, 0o444)
+            os.fchown(out, owner, owner)
+            link = f"/proc/self/fd/{out}"
+            resolved = root.real_path(out)  # symlink-free; no user code runs yet to swap it
+            mount(link, link, None, MS_BIND)
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+            mount(None, resolved, None, flags)
         finally:
             os.close(out)
-            os.close(fd)
-        bind_readonly(path, path)
+            with contextlib.suppress(OSError):
+                os.close(memfd)
 
 
 def build(
     *,
+    state_dir: str,
     lower: str,
-    rw_dir: str,
-    root_dir: str,
     disk_bytes: int,
     files: list[tuple[str, int]],
     hostname: str,
+    userns_fd: int,
+    owner: int,
 ) -> None:
-    """The whole filesystem setup, in order; raises ``OSError`` naming the failed step."""
-    mount_overlay(lower, rw_dir, root_dir, disk_bytes)
-    pivot_into(root_dir)
+    """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
+
+    ``owner`` is the host uid (and gid) of the sandbox's root: what it must own.
+    """
+    mount_overlay(state_dir, lower, disk_bytes, userns_fd, owner)
+    pivot_into(ROOT)
     mount_proc()
-    mount_dev()
+    mount_dev(owner)
     mount_sys()
     harden_proc()
-    place_files(files)
+    with Root("/") as root:
+        place_files(root, files, owner)
     socket.sethostname(hostname)

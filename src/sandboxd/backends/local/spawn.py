@@ -7,7 +7,6 @@ by the agent (which spawns) and the runner side (which resizes PTYs). Standard l
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import signal
@@ -29,38 +28,23 @@ def set_winsize(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _which(program: str, env: dict[str, str]) -> str:
-    if "/" in program:
-        return program
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
-        candidate = os.path.join(directory or ".", program)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
-
-
-def spawn_fast(argv: list[str], stdio: tuple[int, int, int], env: dict[str, str], cwd: str) -> int:
-    """``posix_spawn`` (a vfork+exec in C) in a new session; the pid.
+def spawn_fast(path: str, argv: list[str], stdio: tuple[int, int, int], env: dict[str, str]) -> int:
+    """``posix_spawn`` (a vfork+exec in C) of ``path`` in a new session; the pid.
 
     Why not ``subprocess``: in a freshly forked agent every Python object touched costs a
     copy-on-write page fault, and ``Popen`` touches many; this path is the exec hot path.
-    Every descriptor of the agent is close-on-exec, so only ``stdio`` is inherited. The
-    agent changes its own directory around the call (it is single-threaded), as Python
-    3.11 has no spawn-time chdir; exec errors (ENOENT, EACCES) are raised here.
+    Every descriptor of the agent is close-on-exec, so only ``stdio`` is inherited. ``path``
+    was resolved in root by the caller, which also moved into the working directory (the
+    child inherits it). Exec errors (ENOENT, EACCES) are raised here.
     """
-    path = _which(argv[0], env)
-    os.chdir(cwd)
-    try:
-        return os.posix_spawn(
-            path,
-            argv,
-            env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)],
-            setsid=True,
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-        )
-    finally:
-        os.chdir("/")
+    return os.posix_spawn(
+        path,
+        argv,
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)],
+        setsid=True,
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+    )
 
 
 def acquire_ctty() -> None:

@@ -2,11 +2,16 @@
 
 Why on disk: a runner restart must find every sandbox again (``recover``), including ones
 that ended while it was away, and their logs and exit codes. The state directory
-``<data_dir>/sandboxes/<id>/`` holds ``record.json`` (agent pid and start time, cgroup
-paths, network lease, published ports, the parts of the spec recovery needs), ``main.log``
-(written by the agent), ``exit.json`` (written by the agent just before it exits), the
-mounted-file sources, the agent's socket, and two empty mount points that are only ever
-mounted inside the sandbox's own mount namespace.
+``<data_dir>/sandboxes/<id>/`` holds ``record.json`` (keeper and agent pids and start times,
+cgroup paths, network lease, user id range, published ports, the parts of the spec recovery
+needs), ``main.log`` and ``exit.json`` (written by the keeper, on the host side, never by
+anything inside the sandbox), ``agent.log`` (the agent's own diagnostics), the mounted-file
+sources, the agent's socket, and three empty mount points that are only ever mounted inside
+the sandbox's own mount namespace.
+
+A sandbox is alive while its keeper is: the keeper outlives PID 1 just long enough to drain
+the output pipes and write ``exit.json``, so once it is gone everything about the sandbox's
+end is on disk.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .cgroups import SandboxCgroup
 from .ingress import PortPublisher
 from .network import Lease
 from .syscalls import process_start_time
+from .userns import IdRange
 
 KILLED_WITH_SANDBOX = 137
 
@@ -46,10 +52,14 @@ class SandboxRecord:
     lease: Lease | None = None
     agent_pid: int | None = None
     agent_start_time: int | None = None
+    keeper_pid: int | None = None
+    keeper_start_time: int | None = None
+    ids: IdRange | None = None
     ports: list[PublishedPort] = field(default_factory=list)
     started: bool = False
-    # runtime only
+    # runtime only: pidfd follows the keeper (the sandbox's lifetime), agent_pidfd PID 1
     pidfd: int | None = None
+    agent_pidfd: int | None = None
     dir_fd: int | None = None
     publisher: PortPublisher | None = None
     exited: asyncio.Future[None] | None = None
@@ -79,23 +89,13 @@ class SandboxRecord:
             return None
 
     def agent_alive(self) -> bool:
-        """Whether the recorded agent still runs (pid *and* start time match)."""
-        if self.agent_pid is None:
-            return False
-        start = process_start_time(self.agent_pid)
-        if start is None or start != self.agent_start_time:
-            return False
-        with open(f"/proc/{self.agent_pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
+        """Whether the sandbox's keeper still runs (pid *and* start time match)."""
+        return _alive(self.keeper_pid, self.keeper_start_time)
 
     def attach(self) -> None:
-        """Open a pidfd on the agent, unless its pid now belongs to another process."""
-        assert self.agent_pid is not None
-        self.pidfd = os.pidfd_open(self.agent_pid)
-        if process_start_time(self.agent_pid) != self.agent_start_time:
-            os.close(self.pidfd)
-            self.pidfd = None
+        """Open pidfds on the keeper and the agent, unless their pids now name others."""
+        self.pidfd = _pidfd(self.keeper_pid, self.keeper_start_time)
+        self.agent_pidfd = _pidfd(self.agent_pid, self.agent_start_time)
 
     def exited_future(self) -> asyncio.Future[None]:
         """Resolves when the agent (PID 1) is gone; one pidfd reader per sandbox."""
@@ -129,10 +129,16 @@ class SandboxRecord:
         return int(info["exit_code"]) if info else KILLED_WITH_SANDBOX
 
     def kill_agent(self) -> None:
-        """SIGKILL PID 1 through its pidfd (the kernel then kills the whole sandbox)."""
-        if self.pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        """SIGKILL PID 1 through its pidfd (the kernel then kills the whole sandbox).
+
+        Its keeper then records "killed" and exits; if PID 1 is already gone but the keeper
+        is stuck, the keeper itself is killed.
+        """
+        for fd in (self.agent_pidfd, self.pidfd):
+            if fd is not None and not select.select([fd], [], [], 0)[0]:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                return
 
     def save(self) -> None:
         """Write ``record.json`` atomically."""
@@ -148,6 +154,9 @@ class SandboxRecord:
             "lease": json.loads(self.lease.to_json()) if self.lease else None,
             "agent_pid": self.agent_pid,
             "agent_start_time": self.agent_start_time,
+            "keeper_pid": self.keeper_pid,
+            "keeper_start_time": self.keeper_start_time,
+            "ids": [self.ids.slot, self.ids.first, self.ids.count] if self.ids else None,
             "ports": [vars(p) for p in self.ports],
             "started": self.started,
         }
@@ -161,6 +170,7 @@ class SandboxRecord:
         data = json.loads((state_dir / "record.json").read_text())
         cg = data.get("cgroup")
         lease = data.get("lease")
+        ids = data.get("ids")
         return cls(
             sandbox_id=data["sandbox_id"],
             state_dir=state_dir,
@@ -172,17 +182,49 @@ class SandboxRecord:
             lease=Lease(**lease) if lease else None,
             agent_pid=data["agent_pid"],
             agent_start_time=data["agent_start_time"],
+            # before keepers existed, the agent itself wrote exit.json: it is its own keeper
+            keeper_pid=data.get("keeper_pid", data["agent_pid"]),
+            keeper_start_time=data.get("keeper_start_time", data["agent_start_time"]),
+            ids=IdRange(*ids) if ids else None,
             ports=[PublishedPort(**p) for p in data["ports"]],
             started=data["started"],
         )
 
     def close_fds(self) -> None:
         """Release runtime descriptors (the sandbox itself is untouched)."""
-        loop_fds = [fd for fd in (self.pidfd, self.dir_fd) if fd is not None]
+        loop_fds = [fd for fd in (self.pidfd, self.agent_pidfd, self.dir_fd) if fd is not None]
         if self.pidfd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.pidfd)
         for fd in loop_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self.pidfd = self.dir_fd = None
+        self.pidfd = self.agent_pidfd = self.dir_fd = None
+
+
+def _alive(pid: int | None, start_time: int | None) -> bool:
+    if pid is None:
+        return False
+    start = process_start_time(pid)
+    if start is None or start != start_time:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _pidfd(pid: int | None, start_time: int | None) -> int | None:
+    """A pidfd for ``pid`` if it is still the process that started at ``start_time``."""
+    if pid is None:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if process_start_time(pid) != start_time:
+        os.close(fd)
+        return None
+    return fd

@@ -1,17 +1,25 @@
 """The runner's connection to its zygote: start it once, reconnect after a restart.
 
-Why the zygote outlives the runner: it is the parent (subreaper) of every agent, so it must
+Why the zygote outlives the runner: it is the parent (subreaper) of every keeper, so it must
 keep reaping them while a runner restarts; the new runner finds it through
 ``<data_dir>/run/zygote.sock``. Replies to spawn requests come back on the shared
-connection tagged with the request id (each is sent by the forked child that did the work,
+connection tagged with the request id (each is sent by the forked keeper that did the work,
 as one SEQPACKET message), so concurrent creates never wait for each other.
+
+Why a sealed copy of the interpreter: every keeper and agent is a fork of the zygote, so
+their ``/proc/<pid>/exe`` is whatever binary the zygote was started from. Started from the
+host's ``python3``, a sandbox process could reach that host file through the link (the
+runc CVE-2019-5736 pattern). Like runc, we copy the interpreter into a memfd, seal it
+against writes, and execute the copy: the link then names an anonymous, immutable file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
+import logging
 import os
 import socket
 import subprocess
@@ -22,11 +30,41 @@ from typing import Any
 from . import protocol
 from .process import wait_readable
 
+log = logging.getLogger(__name__)
+
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
     "from sandboxd.backends.local.zygote import main; main()"
 )
 READY_TIMEOUT = 15.0
+_MFD_EXEC = 0x10  # Linux 6.3+: say explicitly that this memfd is meant to be executed
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def sealed_interpreter() -> int | None:
+    """A sealed memfd holding this Python interpreter's binary; None if memfds cannot exec."""
+    exe = os.path.realpath(sys.executable)
+    fd = -1
+    for flags in (os.MFD_ALLOW_SEALING | _MFD_EXEC, os.MFD_ALLOW_SEALING):
+        try:
+            fd = os.memfd_create("sandboxd-python", flags)
+            break
+        except OSError:
+            continue
+    if fd < 0:
+        return None
+    try:
+        with open(exe, "rb") as src:
+            while chunk := src.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        os.fchmod(fd, 0o555)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class ZygoteError(RuntimeError):
@@ -66,24 +104,48 @@ class ZygoteClient:
             asyncio.get_running_loop().add_reader(sock, self._on_readable)
 
     async def _start(self) -> None:
+        exe_fd = sealed_interpreter()
+        try:
+            if exe_fd is not None:
+                try:
+                    await self._launch(f"/proc/self/fd/{exe_fd}", exe_fd)
+                    return
+                except ZygoteError as exc:
+                    log.warning("zygote from a sealed interpreter failed (%s); using %s",
+                                exc, sys.executable)  # fmt: skip
+            await self._launch(sys.executable, None)
+        finally:
+            if exe_fd is not None:
+                os.close(exe_fd)
+
+    async def _launch(self, executable: str, exe_fd: int | None) -> None:
         src = str(Path(__file__).resolve().parents[3])
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        log = open(self.run_dir / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C.UTF-8"}
+        log_file = open(self.run_dir / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONHOME": sys.base_prefix,  # a memfd executable cannot locate its stdlib
+        }
+        argv = [executable, "-s", "-B", "-c", _BOOT, src, str(self.run_dir), str(ready_w)]
+        if exe_fd is not None:
+            argv.append(str(exe_fd))
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-s", "-B", "-c", _BOOT, src, str(self.run_dir), str(ready_w)],
-                pass_fds=[ready_w],
+                argv,
+                pass_fds=[ready_w] + ([exe_fd] if exe_fd is not None else []),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=log_file,
+                stderr=log_file,
                 start_new_session=True,
                 cwd="/",
                 env=env,
             )
+        except OSError as exc:
+            raise ZygoteError(f"cannot execute {executable}: {exc}") from exc
         finally:
             os.close(ready_w)
-            log.close()
+            log_file.close()
         try:
             await asyncio.wait_for(wait_readable(ready_r), READY_TIMEOUT)
             if os.read(ready_r, 16) != b"ok":

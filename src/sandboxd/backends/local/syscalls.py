@@ -60,6 +60,7 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = [
     ctypes.c_char_p,
     ctypes.c_char_p,
@@ -116,6 +117,48 @@ def bind_readonly(source: str, target: str, extra: int = MS_NOSUID | MS_NODEV) -
     """Bind ``source`` on ``target`` and make that bind read-only (two calls, as Linux needs)."""
     mount(source, target, None, MS_BIND)
     mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | extra)
+
+
+_SYS_OPEN_TREE = 428  # the new mount API has one number on every architecture
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+def bind_idmapped(source: str, target: str, userns_fd: int, attrs: int = 0) -> None:
+    """Bind ``source`` on ``target`` with ids shifted by ``userns_fd``'s mapping.
+
+    Why: the image on disk is owned by host uid 0; seen through this mount, host 0 is
+    the sandbox's root (the user namespace's uid 0 → a high host uid), so the sandbox owns
+    its image files without a chown'd copy and without ever being host root. One
+    ``open_tree`` clone, one ``mount_setattr`` and one ``move_mount``: about 0.1 ms.
+    """
+    tree = _check(
+        _libc.syscall(
+            _SYS_OPEN_TREE, -100, _b(source), _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
+        ),
+        "open_tree",
+        source,
+    )
+    try:
+        attr = struct.pack("QQQQ", MOUNT_ATTR_IDMAP | attrs, 0, 0, userns_fd)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        res = _libc.syscall(
+            _SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, buf, len(attr)
+        )
+        _check(res, "mount_setattr (idmapped mounts need Linux 5.12+ and a filesystem "
+               "that supports them)", source)  # fmt: skip
+        res = _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", -100, _b(target), _MOVE_MOUNT_F_EMPTY_PATH)
+        _check(res, "move_mount", target)
+    finally:
+        os.close(tree)
 
 
 def umount2(target: str, flags: int = 0) -> None:

@@ -1,0 +1,164 @@
+"""Booting a sandbox's PID 1: shed host descriptors, build, become its root, lock down.
+
+After that it serves as the agent (``agent.py``).
+
+Why in this order:
+
+1. **Descriptors first.** The agent is a fork of its keeper, which holds host objects (the
+   state directory, ``main.log``, the runner's connection). Everything not on the agent's
+   explicit list is closed before anything else happens, and stdout/stderr are pointed at
+   the keeper's diagnostics pipe, so no process in the sandbox can ever reach a host
+   object through ``/proc/self/fd`` (the way the first review climbed to the host's ``/``).
+2. **Privileged setup as real root**: network, mount, UTS and IPC namespaces, the
+   idmapped overlay, ``/proc``, ``/dev``, ``/sys``, mounted files, hostname. No user code
+   runs yet, and every path from an image or a user is resolved in root.
+3. **Cgroups** are joined by the keeper while we build (a move waits for an RCU grace
+   period); then the cgroup namespace is created, rooted at the sandbox's cgroup.
+4. **Identity**: enter the sandbox's user namespace as its root — from here on the process
+   is an unprivileged host uid — then drop every capability, lock the securebits, set
+   no-new-privileges, make the process undumpable (its ``/proc`` entries unreadable to the
+   sandbox), arm the parent-death signal (the sandbox dies with its keeper) and load the
+   seccomp filter.
+
+Standard library only (runs in the agent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from . import rootfs, seccomp, syscalls, userns
+from .agent import Agent
+
+SETUP_TIMEOUT = 20.0
+
+
+@dataclass
+class AgentFds:
+    """The only descriptors an agent keeps from its keeper; everything else is closed."""
+
+    listener: int
+    stdout_w: int
+    stderr_w: int
+    status_w: int
+    diag_w: int
+    ready_w: int
+    joined_r: int
+    userns: int
+    netns: int | None = None
+    files: list[tuple[str, int]] = field(default_factory=list)
+
+    def keep(self) -> set[int]:
+        """Every descriptor on the list."""
+        fds = {
+            self.listener,
+            self.stdout_w,
+            self.stderr_w,
+            self.status_w,
+            self.diag_w,
+            self.ready_w,
+            self.joined_r,
+            self.userns,
+        }
+        if self.netns is not None:
+            fds.add(self.netns)
+        fds.update(fd for _path, fd in self.files)
+        return fds
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every open descriptor not in ``keep`` (0, 1 and 2 included)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with contextlib.suppress(OSError), open(path, "w") as fh:
+        fh.write(value)
+
+
+def _wait_byte(fd: int, timeout: float) -> bytes:
+    ok, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 4096) if ok else b"timed out"
+
+
+def _shed_host_descriptors(fds: AgentFds) -> None:
+    close_fds_except(fds.keep())
+    for target in (1, 2):
+        os.dup2(fds.diag_w, target)  # tracebacks go to the keeper, not to a host file
+
+
+def _namespaces(req: dict[str, Any], fds: AgentFds) -> None:
+    flags = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+    if fds.netns is not None:
+        syscalls.setns(fds.netns, syscalls.CLONE_NEWNET)
+        os.close(fds.netns)
+        fds.netns = None
+        for key in ("all", "default"):
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "1")
+    else:
+        flags |= syscalls.CLONE_NEWNET
+    syscalls.unshare(flags)
+    syscalls.set_link_up("lo")
+
+
+def _lock_down(req: dict[str, Any], fds: AgentFds) -> None:
+    userns.enter_userns(fds.userns)
+    syscalls.drop_all_capabilities()
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # getppid() is 0 for a PID namespace's init; the keeper's end of our status pipe tells
+    # instead: if it is closed, the keeper died before the death signal was armed.
+    poller = select.poll()
+    poller.register(fds.status_w, select.POLLOUT)
+    if any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0)):
+        raise OSError("the keeper exited during setup")
+    if req.get("seccomp", True):
+        seccomp.install()
+
+
+def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
+    """PID 1 of the new PID namespace: shed, build, join, become, lock down, then serve."""
+    try:
+        _shed_host_descriptors(fds)
+        syscalls.set_process_name("sandboxd-init")
+        syscalls.set_cmdline("sandboxd-init")
+        _write_sysctl("/proc/self/oom_score_adj", "-1000")
+        _namespaces(req, fds)
+        owner = int(req["uid_first"])
+        rootfs.build(
+            state_dir=req["state_dir"],
+            lower=req["rootfs"],
+            disk_bytes=int(req["disk_bytes"]),
+            files=fds.files,
+            hostname=req["hostname"],
+            userns_fd=fds.userns,
+            owner=owner,
+        )
+        fds.files = []
+        null = os.open("/dev/null", os.O_RDWR)  # the sandbox's own, now that it exists
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+        joined = _wait_byte(fds.joined_r, SETUP_TIMEOUT)
+        if joined != b"ok":
+            raise OSError(f"joining the sandbox cgroups failed: {joined.decode(errors='replace')}")
+        os.close(fds.joined_r)
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+        _lock_down(req, fds)
+        agent = Agent(req, fds.listener, fds.stdout_w, fds.stderr_w, fds.status_w)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(fds.ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+    os.write(fds.ready_w, b"ok")
+    os.close(fds.ready_w)
+    agent.serve_forever()

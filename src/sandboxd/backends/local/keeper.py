@@ -1,0 +1,278 @@
+"""The keeper: a sandbox's host-side half, one small process per sandbox (like conmon).
+
+Why a keeper: the host objects a sandbox needs — its log file, its exit record, its state
+directory — must never be held by anything that runs inside it (a descriptor held by PID 1
+was enough to climb to the host's ``/``). The keeper is forked by the zygote, never enters
+the sandbox, never resolves a path the sandbox chose, and reads only two kinds of input from
+it: the main process's output (raw bytes, appended to ``main.log`` as timestamped records
+up to the log limit) and one-line JSON status events from the agent (start time, exit code
+and reason), which it validates before writing ``exit.json``. It is the agent's parent, so
+it also learns for certain when PID 1 is gone (and with it every process of the sandbox);
+if the keeper is killed, the agent's parent-death signal ends the sandbox with it.
+
+It also does the privileged preparation the agent must not do from inside: the user
+namespace and its id mapping, the agent's listening socket in the state directory, sealed
+memfd copies of mounted files, the output pipes, and moving the agent into its cgroups.
+
+Standard library only (forked from the zygote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Any, NoReturn
+
+from . import protocol, syscalls, userns
+from .boot import SETUP_TIMEOUT, AgentFds, _wait_byte, agent_main
+from .logfile import LogWriter
+from .spawn import exit_code_from_status
+
+LOG_FILE = "main.log"
+EXIT_FILE = "exit.json"
+DIAG_FILE = "agent.log"
+DIAG_LIMIT = 1 << 20
+KILLED = 137  # PID 1 died without reporting: the kernel killed the whole sandbox
+EXIT_REASONS = frozenset({"exited", "stopped", "lifetime", "start_failed"})
+STATUS_LINE_LIMIT = 4096
+DRAIN_SECONDS = 5.0
+
+
+def _sealed_copy(host_path: str) -> int:
+    """A read-only memfd with the content of a file the runner wrote (no host fd crosses)."""
+    src = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        mfd = os.memfd_create("sandboxd-file", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        while chunk := os.read(src, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(mfd, view) :]
+    finally:
+        os.close(src)
+    seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+    fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, seals)
+    return mfd
+
+
+def _join_cgroups(pid: int, procs_files: list[str]) -> bytes:
+    try:
+        for procs in procs_files:
+            with open(procs, "w") as fh:
+                fh.write(str(pid))
+    except OSError as exc:
+        return f"{exc}".encode()
+    return b"ok"
+
+
+def run_keeper(req: dict[str, Any], reply: socket.socket) -> NoReturn:
+    """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends."""
+    result: dict[str, Any] = {"req": req.get("req")}
+    try:
+        os.setsid()
+        syscalls.set_process_name("sandboxd-keeper")
+        state_fd = os.open(req["state_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        log_fd = os.open(
+            LOG_FILE,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+            dir_fd=state_fd,
+        )
+        files = [(str(path), _sealed_copy(str(host))) for path, host in req["files"]]
+        listener = protocol.listen(protocol.socket_path(state_fd, "agent.sock")).detach()
+        netns = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC) if req.get("netns") else None
+        userns_fd = userns.create_userns(int(req["uid_first"]), int(req["uid_count"]))
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        diag_r, diag_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+        fds = AgentFds(
+            listener=listener,
+            stdout_w=out_w,
+            stderr_w=err_w,
+            status_w=status_w,
+            diag_w=diag_w,
+            ready_w=ready_w,
+            joined_r=joined_r,
+            userns=userns_fd,
+            netns=netns,
+            files=files,
+        )
+        req["keeper_pid"] = os.getpid()
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            agent_main(req, fds)
+        for fd in fds.keep():
+            os.close(fd)
+        with contextlib.suppress(BrokenPipeError):  # the agent failed; its report follows
+            os.write(joined_w, _join_cgroups(pid, req["cgroup_procs"]))
+        os.close(joined_w)
+        status = _wait_byte(ready_r, SETUP_TIMEOUT).decode(errors="replace")
+        os.close(ready_r)
+        if status != "ok":
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            raise RuntimeError(status or "agent died during setup")
+        result.update(ok=True, pid=pid, keeper_pid=os.getpid())
+    except BaseException as exc:
+        text = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+        result.update(ok=False, error=text)
+        with contextlib.suppress(OSError):
+            protocol.send(reply, result)
+        os._exit(1)
+    with contextlib.suppress(OSError):
+        protocol.send(reply, result)
+    reply.close()
+    keeper = KeeperLoop(
+        state_fd,
+        LogWriter(log_fd, int(req.get("log_limit", 64 << 20))),
+        pid,
+        {out_r: "stdout", err_r: "stderr"},
+        status_r,
+        diag_r,
+    )
+    try:
+        keeper.run()
+    finally:
+        keeper.write_exit()
+    os._exit(0)
+
+
+class KeeperLoop:
+    """Copies output into the log, collects status events, and records the exit."""
+
+    def __init__(  # noqa: PLR0917 - one call site, each argument a distinct descriptor
+        self,
+        state_fd: int,
+        log: LogWriter,
+        agent_pid: int,
+        outputs: dict[int, str],
+        status_fd: int,
+        diag_fd: int,
+    ) -> None:
+        self.state_fd = state_fd
+        self.log = log
+        self.agent_pid = agent_pid
+        self.outputs = dict(outputs)
+        self.status_fd = status_fd
+        self.diag_fd = diag_fd
+        self.diag_written = 0
+        self.status_buf = b""
+        self.started_at: float | None = None
+        self.exit: tuple[int, str] | None = None
+        self.agent_status: int | None = None
+        self.sel = selectors.EpollSelector()
+        self.pidfd = os.pidfd_open(agent_pid)
+        for fd in (*self.outputs, status_fd, diag_fd):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        self.sel.register(self.pidfd, selectors.EVENT_READ)
+
+    def run(self) -> None:
+        """Serve until PID 1 is gone and every pipe is drained (or the drain timed out)."""
+        drain_deadline: float | None = None
+        while True:
+            open_fds = [k.fd for k in self.sel.get_map().values() if k.fd != self.pidfd]
+            if self.agent_status is not None and not open_fds:
+                return
+            timeout = None
+            if drain_deadline is not None:
+                timeout = drain_deadline - time.monotonic()
+                if timeout <= 0:
+                    return
+            for key, _ in self.sel.select(timeout):
+                if key.fd == self.pidfd:
+                    self._reap()
+                    drain_deadline = time.monotonic() + DRAIN_SECONDS
+                else:
+                    self._read(key.fd)
+
+    def _reap(self) -> None:
+        self.sel.unregister(self.pidfd)
+        with contextlib.suppress(ChildProcessError):
+            _pid, status = os.waitpid(self.agent_pid, 0)
+            self.agent_status = exit_code_from_status(status)
+        if self.agent_status is None:
+            self.agent_status = KILLED
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            return
+        if fd in self.outputs:
+            self.log.write(self.outputs[fd], data)
+        elif fd == self.status_fd:
+            self._on_status(data)
+        else:
+            self._on_diag(data)
+
+    def _on_status(self, data: bytes) -> None:
+        self.status_buf += data
+        *lines, self.status_buf = self.status_buf.split(b"\n")
+        if len(self.status_buf) > STATUS_LINE_LIMIT:
+            self.status_buf = b""  # not a line an honest agent writes: drop it
+        for line in lines:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                event = json.loads(line)
+                kind = event.get("event")
+                if kind == "started" and isinstance(event.get("at"), float | int):
+                    self.started_at = float(event["at"])
+                elif kind == "exit":
+                    code, reason = event.get("code"), event.get("reason")
+                    if isinstance(code, int) and 0 <= code <= 255 and reason in EXIT_REASONS:
+                        self.exit = (code, str(reason))
+
+    def _on_diag(self, data: bytes) -> None:
+        if self.diag_written >= DIAG_LIMIT:
+            return
+        data = data[: DIAG_LIMIT - self.diag_written]
+        with contextlib.suppress(OSError):
+            fd = os.open(
+                DIAG_FILE,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self.state_fd,
+            )
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self.diag_written += len(data)
+
+    def write_exit(self) -> None:
+        """``exit.json``: the agent's report, or 137 "killed" when PID 1 died without one."""
+        code, reason = self.exit if self.exit is not None else (KILLED, "killed")
+        record = {
+            "exit_code": code,
+            "reason": reason,
+            "started_at": self.started_at,
+            "finished_at": time.time(),
+        }
+        tmp = f"{EXIT_FILE}.tmp"
+        with contextlib.suppress(OSError):
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self.state_fd,
+            )
+            try:
+                os.write(fd, json.dumps(record).encode())
+            finally:
+                os.close(fd)
+            os.rename(tmp, EXIT_FILE, src_dir_fd=self.state_fd, dst_dir_fd=self.state_fd)

@@ -1,0 +1,149 @@
+"""User namespaces: the sandbox's root is an unprivileged, unique uid range on the host.
+
+Why: everything else in the boundary (no host descriptors, paths resolved in root, no
+capabilities, seccomp) stops the escapes we know of; a user namespace decides what the
+*next* mistake is worth. Inside, processes run as uid 0; on the host they are
+``base + uid`` for a range of 65,536 ids that belongs to this sandbox alone, so a process
+that somehow reached a host file, a host process or another sandbox would meet it as an
+unrelated, unprivileged user ("nobody"). Host binaries are owned by real root and cannot be
+rewritten (CVE-2019-5736), host signals and ptrace are refused, and two sandboxes cannot
+touch each other's processes even if they could see them.
+
+Ranges are claimed host-wide with one file per slot under ``/run/sandboxd/idmap`` (like the
+network pool's claims), so several runners on one host never share a range; ``/run`` is a
+tmpfs, so claims do not outlive a reboot, and neither do the sandboxes.
+
+``IdRangePool`` runs in the runner; ``create_userns`` runs in the keeper (standard library
+only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from . import syscalls
+
+IDS_PER_SANDBOX = 65536
+DEFAULT_FIRST_ID = 1 << 30  # far above any /etc/subuid allocation or real account
+DEFAULT_SLOTS = 16383  # first id + slots x 65,536 stays below 2**31 - 1
+IDMAP_DIR = "/run/sandboxd/idmap"
+
+
+class IdRangeError(RuntimeError):
+    """No free id range, or the host cannot create user namespaces."""
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Host ids ``first .. first + count - 1`` mapped to sandbox ids ``0 .. count - 1``."""
+
+    slot: int
+    first: int
+    count: int = IDS_PER_SANDBOX
+
+    def host_id(self, sandbox_id: int = 0) -> int:
+        """The host uid/gid that sandbox uid/gid ``sandbox_id`` is."""
+        return self.first + sandbox_id
+
+
+class IdRangePool:
+    """Hands out per-sandbox id ranges; claims are exclusive files, one per slot."""
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        first_id: int = DEFAULT_FIRST_ID,
+        slots: int = DEFAULT_SLOTS,
+        claim_dir: str = IDMAP_DIR,
+    ) -> None:
+        if first_id < 65536 or first_id + slots * IDS_PER_SANDBOX > (1 << 31) - 1:
+            raise ValueError("id ranges must lie between 65536 and 2**31 - 1")
+        self.owner = owner
+        self.first_id = first_id
+        self.slots = slots
+        self.claim_dir = claim_dir
+        self._next = 0
+
+    def _range(self, slot: int) -> IdRange:
+        return IdRange(slot, self.first_id + slot * IDS_PER_SANDBOX)
+
+    def allocate(self, sandbox_id: str) -> IdRange:
+        """Claim a free range (an exclusive create of its claim file)."""
+        os.makedirs(self.claim_dir, mode=0o700, exist_ok=True)
+        for step in range(self.slots):
+            slot = (self._next + step) % self.slots
+            path = os.path.join(self.claim_dir, str(slot))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            with contextlib.suppress(OSError):
+                os.write(fd, f"{self.owner} {sandbox_id}\n".encode())
+            os.close(fd)
+            self._next = slot + 1
+            return self._range(slot)
+        raise IdRangeError(f"all {self.slots} user id ranges are in use")
+
+    def claim(self, ids: IdRange) -> None:
+        """Re-assert a recovered sandbox's claim (after a runner restart)."""
+        os.makedirs(self.claim_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(self.claim_dir, str(ids.slot)), "a"):
+            pass
+
+    def release(self, ids: IdRange) -> None:
+        """Give a range back once nothing of its sandbox runs any more."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.claim_dir, str(ids.slot)))
+
+
+def create_userns(first: int, count: int) -> int:
+    """A new user namespace mapping ``0..count-1`` to ``first..``; an fd that keeps it.
+
+    A helper child unshares the namespace and waits while we (real root) write its maps;
+    the namespace then lives on through the returned descriptor after the child exits.
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the helper child
+        code = 0
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise IdRangeError("could not create a user namespace (unshare failed)")
+        mapping = f"0 {first} {count}\n"
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as fh:
+                fh.write(mapping)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)  # EOF releases the helper
+        os.waitpid(pid, 0)
+
+
+def enter_userns(userns_fd: int) -> None:
+    """Join the sandbox's user namespace as its root (``0:0``, no supplementary groups).
+
+    Called last in the agent's setup: every mount, device node and namespace was made by
+    real root before; from here on the process is the unprivileged host uid
+    ``first``. Capabilities it holds inside the namespace are dropped right after.
+    """
+    syscalls.setns(userns_fd, syscalls.CLONE_NEWUSER)
+    os.close(userns_fd)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
