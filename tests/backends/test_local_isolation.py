@@ -223,7 +223,7 @@ def test_cannot_gain_capabilities(aio: asyncio.Runner, local_harness: Harness) -
         "ip link add dummy0 type dummy",
         "ping -c 1 -W 1 127.0.0.1",
         "echo -1000 > /proc/self/oom_score_adj",
-        "readlink /proc/1/fd/3",  # PID 1 (the agent) holds host descriptors: not dumpable
+        "readlink /proc/1/fd/3",  # PID 1 (the agent) is undumpable: its /proc is closed
         "cat /proc/1/fd/3",
         "readlink /proc/1/cwd",
         "cat /proc/1/environ",

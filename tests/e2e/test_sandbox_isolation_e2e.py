@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -85,12 +86,14 @@ def test_no_capabilities_inside(defaults: SandboxDefaults) -> None:
 
 
 def test_stop_leaves_no_process(defaults: SandboxDefaults) -> None:
-    sandbox = Sandbox.run("sleep", "1000", defaults=defaults)
+    # A duration no other test uses, so the host-wide scan below only finds our process.
+    duration = f"1000.{os.getpid()}{time.monotonic_ns() % 100000}"
+    sandbox = Sandbox.run("sleep", duration, defaults=defaults)
     sandbox.wait()
     sandbox.stop(graceful_shutdown_seconds=1).result()
     assert sandbox.returncode in (137, 143)
     leftovers = [
-        pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid) == "sleep 1000"
+        pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid) == f"sleep {duration}"
     ]
     assert leftovers == []
 

@@ -286,7 +286,7 @@ def test_one_deadline_is_shared_by_all_pages(standin: StandIn) -> None:
     started = time.monotonic()
     with pytest.raises(DiscoveryError) as info:
         cwsandbox.list_runners(timeout=1.0)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3  # room for a loaded machine; pages never end
     assert standin.url in str(info.value)
     # Each page got only what was left of the one 1-second budget, not a fresh timeout.
     remaining = [c.time_remaining or 0.0 for c in standin.servicer.calls]

@@ -14,8 +14,8 @@ The agent holds no host descriptor and resolves every path in root (``resolve.py
 treats every request as hostile: a malformed, oversized or unknown message gets an error
 reply, any failure while handling one (even ``MemoryError`` under the sandbox's own memory
 pressure, or ``EAGAIN`` when a fork bomb took every PID) costs that request only, and the
-number of concurrent execs is capped. The OOM killer never picks it (``oom_score_adj``
--1000); its children are reset to 0.
+number of concurrent execs is capped. The OOM killer picks its children first
+(``spawn.expose_to_oom``).
 
 The agent cannot import anything once it has pivoted into the image, so this module and its
 helpers use only modules the zygote imported beforehand. Single-threaded, one epoll loop.
@@ -42,7 +42,7 @@ from .spawn import (
     DEFAULT_PATH,
     acquire_ctty,
     exit_code_from_status,
-    relax_oom,
+    expose_to_oom,
     set_winsize,
     spawn_fast,
 )
@@ -281,7 +281,7 @@ class Agent:
                 pid = spawn_fast(path, argv, stdio, env)
         finally:
             os.chdir("/")
-        relax_oom(pid)
+        expose_to_oom(pid)
         return pid
 
     @staticmethod
@@ -370,8 +370,9 @@ class Agent:
             self._reply(conn, {"started": False, "exit": EXEC_REFUSED, "error": str(exc)})
             self._close(conn)
             return
-        if self.execs >= MAX_EXECS:
-            busy = f"sandboxd: too many concurrent execs in this sandbox (limit {MAX_EXECS})\n"
+        limit = int(self.cfg.get("max_execs") or MAX_EXECS)
+        if self.execs >= limit:
+            busy = f"sandboxd: too many concurrent execs in this sandbox (limit {limit})\n"
             if not tty and len(fds) == 3:
                 with contextlib.suppress(OSError):
                     os.write(fds[2], busy.encode())
@@ -456,7 +457,8 @@ class Agent:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 keep = {conn.fileno(), fds[0], self.root.fd, 1, 2}
                 _close_fds_except(keep)
-                relax_oom(os.getpid())
+                # Left at the agent's OOM score: user processes (+500) go first, so a
+                # sandbox full of its own processes still gets its files read and written.
                 if msg["op"] == "read_file":
                     fileops.read_file(self.root, conn, msg, fds[0])
                 else:

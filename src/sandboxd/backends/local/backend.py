@@ -43,10 +43,12 @@ from ..errors import (
     SandboxNotRunning,
     SandboxStartError,
 )
-from . import files, process
+from . import files, log_budget, process
+from .agent import MAX_EXECS
 from .cgroups import CgroupError, CgroupManager
 from .ingress import PortPublisher
 from .network import NetworkManager
+from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
@@ -65,8 +67,10 @@ class LocalBackend(Backend):
         *,
         network_pool: str = "10.213.0.0/16",
         log_limit_bytes: int = 64 << 20,
+        log_budget_bytes: int = 2 << 30,
         lifetime_grace_seconds: float = 5.0,
         seccomp: bool = True,
+        max_execs: int = MAX_EXECS,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -76,10 +80,13 @@ class LocalBackend(Backend):
         self._net = NetworkManager(key, network_pool)
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
+        self._ranges = PreparedIdRanges(self._ids, self._zygote)
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
         self._log_limit = log_limit_bytes
+        self._log_budget = log_budget_bytes
+        self._max_execs = max_execs
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
 
@@ -93,6 +100,7 @@ class LocalBackend(Backend):
             except CgroupError as exc:
                 raise BackendUnavailable(str(exc)) from exc
         await self._zygote.ensure()
+        self._ranges.refill()
         return self._cgroups
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
@@ -150,7 +158,7 @@ class LocalBackend(Backend):
             host.write_bytes(mf.data)
             file_map.append([mf.path, str(host)])
         try:
-            rec.ids = self._ids.allocate(rec.sandbox_id)
+            rec.ids = self._ranges.take(rec.sandbox_id)
         except IdRangeError as exc:
             raise SandboxStartError(str(exc)) from None
         rec.cgroup = cgroups.create(rec.sandbox_id)
@@ -170,6 +178,7 @@ class LocalBackend(Backend):
             {
                 "state_dir": str(rec.state_dir),
                 "rootfs": str(rootfs),
+                "uid_slot": rec.ids.slot,
                 "uid_first": rec.ids.first,
                 "uid_count": rec.ids.count,
                 "disk_bytes": spec.disk_bytes,
@@ -184,6 +193,7 @@ class LocalBackend(Backend):
                 "lifetime_grace": self._lifetime_grace,
                 "log_limit": self._log_limit,
                 "seccomp": self._seccomp,
+                "max_execs": self._max_execs,
             }
         )
         if not reply.get("ok"):
@@ -232,6 +242,7 @@ class LocalBackend(Backend):
                 rec.ids = None
             if rec.state_dir.exists():
                 rec.save()
+        await asyncio.to_thread(log_budget.enforce, self.sandboxes_dir, self._log_budget)
 
     async def _publish(self, rec: SandboxRecord) -> None:
         assert rec.ingress is not None and rec.agent_pid is not None
@@ -418,6 +429,7 @@ class LocalBackend(Backend):
         """Stop port relays and drop connections; shut the zygote down if nothing runs."""
         for task in list(self._release_tasks):
             task.cancel()
+        await self._ranges.close()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:

@@ -94,6 +94,9 @@ def _shed_host_descriptors(fds: AgentFds) -> None:
     close_fds_except(fds.keep())
     for target in (1, 2):
         os.dup2(fds.diag_w, target)  # tracebacks go to the keeper, not to a host file
+    if fds.diag_w > 2:
+        os.close(fds.diag_w)
+        fds.diag_w = 2
 
 
 def _namespaces(req: dict[str, Any], fds: AgentFds) -> None:
@@ -131,7 +134,6 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         _shed_host_descriptors(fds)
         syscalls.set_process_name("sandboxd-init")
         syscalls.set_cmdline("sandboxd-init")
-        _write_sysctl("/proc/self/oom_score_adj", "-1000")
         _namespaces(req, fds)
         owner = int(req["uid_first"])
         rootfs.build(

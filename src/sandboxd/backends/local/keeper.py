@@ -70,8 +70,12 @@ def _join_cgroups(pid: int, procs_files: list[str]) -> bytes:
     return b"ok"
 
 
-def run_keeper(req: dict[str, Any], reply: socket.socket) -> NoReturn:
-    """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends."""
+def run_keeper(req: dict[str, Any], reply: socket.socket, userns_fd: int | None) -> NoReturn:
+    """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
+
+    ``userns_fd`` is the sandbox's user namespace when the zygote made it ahead of time;
+    otherwise it is made here.
+    """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
         os.setsid()
@@ -86,7 +90,8 @@ def run_keeper(req: dict[str, Any], reply: socket.socket) -> NoReturn:
         files = [(str(path), _sealed_copy(str(host))) for path, host in req["files"]]
         listener = protocol.listen(protocol.socket_path(state_fd, "agent.sock")).detach()
         netns = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC) if req.get("netns") else None
-        userns_fd = userns.create_userns(int(req["uid_first"]), int(req["uid_count"]))
+        if userns_fd is None:
+            userns_fd = userns.create_userns(int(req["uid_first"]), int(req["uid_count"]))
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)

@@ -130,7 +130,7 @@ def harden_proc() -> None:
     for name in PROC_MASKED_FILES:
         path = f"/proc/{name}"
         if os.path.exists(path) and not os.path.isdir(path):
-            bind_readonly("/dev/null", path)
+            mount("/dev/null", path, None, MS_BIND)  # reads are empty, writes vanish
     for name in PROC_MASKED_DIRS:
         _mask_dir(f"/proc/{name}")
 

@@ -119,6 +119,7 @@ AARCH64 = Arch(
 )  # fmt: skip
 
 ARCHES = {"x86_64": X86_64, "aarch64": AARCH64}
+_CACHE: dict[str, bytes] = {}  # the program, assembled once (in the zygote, before forks)
 
 
 class _Asm:
@@ -208,6 +209,12 @@ def build_filter() -> bytes:
     return asm.assemble()
 
 
+def prepare() -> None:
+    """Assemble the program now (the zygote does, once, so forks only install it)."""
+    if "program" not in _CACHE and supported():
+        _CACHE["program"] = build_filter()
+
+
 def supported() -> bool:
     """Whether this machine's architecture has a table."""
     return platform.machine() in ARCHES
@@ -220,7 +227,8 @@ def install() -> bool:
     """
     if not supported():
         return False
-    code = build_filter()
+    prepare()
+    code = _CACHE["program"]
     buf = ctypes.create_string_buffer(code, len(code))
     prog = struct.pack("HxxxxxxP", len(code) // 8, ctypes.addressof(buf))
     pbuf = ctypes.create_string_buffer(prog, len(prog))

@@ -52,8 +52,19 @@ def acquire_ctty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def relax_oom(pid: int) -> None:
-    """Reset a child's OOM score: the agent shields itself (-1000), its children must not."""
-    # The agent protects itself from the OOM killer; its children must not inherit that.
+OOM_SCORE_EXPOSED = 500
+
+
+def expose_to_oom(pid: int | str = "self") -> None:
+    """Make a sandbox process the OOM killer's choice before its agent.
+
+    The agent keeps the score it was born with (0) and everything it starts gets +500,
+    which the kernel allows without privilege since it only raises the score. Within a
+    sandbox's memory cgroup that puts every user process ahead of PID 1 by half the limit,
+    so a hog or a fork bomb loses its own processes and the sandbox keeps answering. Why not
+    -1000 for the agent: that needs ``CAP_SYS_RESOURCE`` (some VMs withhold it even from
+    root), and where it works, children inherit -1000 as the floor they may lower
+    themselves to, so a sandbox could make its own processes unkillable.
+    """
     with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as fh:
-        fh.write("0")
+        fh.write(str(OOM_SCORE_EXPOSED))

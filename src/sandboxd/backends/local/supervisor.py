@@ -186,12 +186,22 @@ class ZygoteClient:
 
     async def spawn(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Ask the zygote to build a sandbox; the reply carries ``ok`` and ``pid`` or ``error``."""
+        return await self._call({**request, "op": "spawn"}, timeout)
+
+    async def prepare_userns(self, slot: int, first: int, count: int) -> None:
+        """Have the zygote make the user namespace of a claimed id range ahead of time."""
+        msg = {"op": "prepare_userns", "uid_slot": slot, "uid_first": first, "uid_count": count}
+        reply = await self._call(msg, 30.0)
+        if not reply.get("ok"):
+            raise ZygoteError(f"preparing a user namespace failed: {reply.get('error')}")
+
+    async def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         await self.ensure()
         assert self._sock is not None
         req = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req] = fut
-        protocol.send(self._sock, {**request, "op": "spawn", "req": req})
+        protocol.send(self._sock, {**request, "req": req})
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import os
 import platform
 import socket
@@ -205,7 +206,9 @@ def set_cmdline(title: str) -> None:
     ctypes.memmove(start, data, len(data))
 
 
-def _last_cap() -> int:
+@functools.cache
+def last_cap() -> int:
+    """The highest capability number this kernel knows (read once)."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as fh:
             return int(fh.read())
@@ -230,7 +233,7 @@ def drop_all_capabilities() -> None:
         | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
     )
     prctl(PR_SET_SECUREBITS, bits)
-    for cap in range(_last_cap() + 1):
+    for cap in range(last_cap() + 1):
         prctl(PR_CAPBSET_DROP, cap)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)

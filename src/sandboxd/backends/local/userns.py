@@ -87,6 +87,23 @@ class IdRangePool:
             return self._range(slot)
         raise IdRangeError(f"all {self.slots} user id ranges are in use")
 
+    def adopt(self, marker: str) -> list[IdRange]:
+        """Ranges this owner claimed under ``marker`` (e.g. prepared ahead before a restart)."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.claim_dir):
+                path = os.path.join(self.claim_dir, name)
+                with contextlib.suppress(OSError, ValueError), open(path) as fh:
+                    if fh.read().strip() == f"{self.owner} {marker}":
+                        found.append(self._range(int(name)))
+        return found
+
+    def relabel(self, ids: IdRange, sandbox_id: str) -> None:
+        """Record which sandbox a claimed range went to (for the operator reading claims)."""
+        path = os.path.join(self.claim_dir, str(ids.slot))
+        with contextlib.suppress(OSError), open(path, "w") as fh:
+            fh.write(f"{self.owner} {sandbox_id}\n")
+
     def claim(self, ids: IdRange) -> None:
         """Re-assert a recovered sandbox's claim (after a runner restart)."""
         os.makedirs(self.claim_dir, mode=0o700, exist_ok=True)

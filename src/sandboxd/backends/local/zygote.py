@@ -26,9 +26,10 @@ import selectors
 import signal
 import socket
 import sys
+from collections import deque
 from typing import Any
 
-from . import protocol, syscalls
+from . import protocol, seccomp, syscalls, userns
 from .keeper import run_keeper
 
 
@@ -54,6 +55,10 @@ class Zygote:
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._reap)
         self.running = True
+        # User namespaces made ahead of time for id ranges the runner has claimed: creating
+        # one costs a fork and two map writes (~2 ms), too much for the create path.
+        self.namespaces: dict[int, tuple[int, int, int]] = {}  # slot -> (first, count, fd)
+        self.prepare_queue: deque[tuple[socket.socket, dict[str, Any]]] = deque()
 
     def _accept(self, _obj: Any) -> None:
         conn, _ = self.listener.accept()
@@ -84,12 +89,9 @@ class Zygote:
             return
         op = msg.get("op")
         if op == "spawn":
-            pid = os.fork()
-            if pid == 0:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _close_fds_except({conn.fileno(), 0, 1, 2})
-                run_keeper(msg, conn)
+            self._spawn(conn, msg)
+        elif op == "prepare_userns":
+            self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
             with contextlib.suppress(OSError):
                 protocol.send(conn, {"ok": True, "pid": os.getpid()})
@@ -98,14 +100,60 @@ class Zygote:
                 protocol.send(conn, {"ok": True})
             self.running = False
 
+    def _spawn(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+        userns_fd: int | None = None
+        pooled = self.namespaces.pop(msg.get("uid_slot", -1), None)
+        if pooled is not None:
+            first, count, fd = pooled
+            if (first, count) == (msg.get("uid_first"), msg.get("uid_count")):
+                userns_fd = fd
+            else:
+                os.close(fd)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                protocol.send(conn, {"req": msg.get("req"), "ok": False, "error": str(exc)})
+            pid = -1
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            keep = {conn.fileno(), 0, 1, 2}
+            if userns_fd is not None:
+                keep.add(userns_fd)
+            _close_fds_except(keep)
+            run_keeper(msg, conn, userns_fd)
+        if userns_fd is not None:
+            os.close(userns_fd)
+
+    def _prepare_one(self) -> None:
+        conn, msg = self.prepare_queue.popleft()
+        reply: dict[str, Any] = {"req": msg.get("req")}
+        try:
+            slot, first, count = int(msg["uid_slot"]), int(msg["uid_first"]), int(msg["uid_count"])
+            if slot not in self.namespaces:
+                self.namespaces[slot] = (first, count, userns.create_userns(first, count))
+            reply["ok"] = True
+        except (OSError, KeyError, TypeError, ValueError, userns.IdRangeError) as exc:
+            reply.update(ok=False, error=str(exc))
+        with contextlib.suppress(OSError):
+            protocol.send(conn, reply)
+
     def serve(self, ready_fd: int | None) -> None:
-        """Signal readiness on ``ready_fd`` and loop until asked to shut down."""
+        """Signal readiness on ``ready_fd`` and loop until asked to shut down.
+
+        Spawns are served as they arrive; namespace preparation only when nothing else is
+        waiting, so a burst of creates never queues behind it.
+        """
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
         while self.running:
-            for key, _mask in self.sel.select():
+            events = self.sel.select(0 if self.prepare_queue else None)
+            for key, _mask in events:
                 key.data(key.fileobj)
+            if not events and self.prepare_queue:
+                self._prepare_one()
 
 
 def main() -> None:
@@ -119,6 +167,8 @@ def main() -> None:
         with contextlib.suppress(OSError):
             os.close(int(sys.argv[3]))
     zygote = Zygote(run_dir)
+    seccomp.prepare()
+    syscalls.last_cap()
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) inherited pages
     zygote.serve(ready_fd)

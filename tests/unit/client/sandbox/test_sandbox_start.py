@@ -271,7 +271,8 @@ def test_no_auth_header_without_key(gateway: Gateway) -> None:
 def test_start_deadline_is_request_timeout(gateway: Gateway) -> None:
     Sandbox.run(request_timeout_seconds=42)
     remaining = gateway.servicer.recorded("Start")[0].time_remaining
-    assert remaining is not None and 40 < remaining <= 42
+    # gRPC rounds the timeout it sends up to its wire unit, so allow a fraction above 42
+    assert remaining is not None and 40 < remaining <= 42.5
 
 
 def test_context_manager_stops(gateway: Gateway) -> None:

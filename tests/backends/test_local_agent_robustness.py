@@ -1,0 +1,183 @@
+"""The agent (PID 1) against hostile or broken requests, oversized input and exhaustion.
+
+The agent's socket is only reachable by the runner (it lives in a root-only state
+directory), but the runner relays what the API sends, and a bug anywhere in front of it
+must cost one request, never the sandbox. These tests talk to the agent's socket directly,
+as the runner does, with messages no honest runner sends, and check that it keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from pathlib import Path
+
+from sandboxd.backends.local import LocalBackend, log_budget, protocol
+
+from .conformance import Harness, collect, run, sh
+
+
+def go(aio: asyncio.Runner, coro: object) -> object:
+    return aio.run(asyncio.wait_for(coro, 120))  # type: ignore[arg-type]
+
+
+def agent_socket(h: Harness, sid: str) -> str:
+    return str(h.backend._records[sid].agent_socket)  # type: ignore[attr-defined]
+
+
+def raw_exchange(path: str, payload: bytes, fds: list[int] | None = None) -> bytes:
+    """Send one raw datagram and return the reply (b"" when the agent hung up)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(path)
+        sock.setsockopt(socket.SOL_SOCKET, 32, len(payload) + 65536)  # SO_SNDBUFFORCE
+        if fds:
+            socket.send_fds(sock, [payload], fds)
+        else:
+            sock.send(payload)
+        sock.settimeout(10)
+        data, got, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
+        for fd in got:
+            os.close(fd)
+        return bytes(data)
+
+
+def test_agent_survives_malformed_and_oversized_messages(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    async def attack() -> None:
+        async with local_harness.sandbox() as sid:
+            path = agent_socket(local_harness, sid)
+            pipes = [os.pipe() for _ in range(6)]
+            bad: list[tuple[bytes, list[int]]] = [
+                (b"not json at all", []),
+                (b"\xff\xfe\x00binary", []),
+                (b"[1, 2, 3]", []),
+                (b'"just a string"', []),
+                (b"{" * 100_000, []),  # deep nesting
+                (json.dumps({"op": "exec", "argv": 5}).encode(), []),
+                (json.dumps({"op": "exec", "argv": ["true"], "env": ["x"]}).encode(), []),
+                (json.dumps({"op": "exec", "argv": []}).encode(), []),
+                (json.dumps({"op": "exec", "argv": ["a\u0000b"]}).encode(), []),
+                (json.dumps({"op": "exec", "argv": ["true"], "cwd": 7}).encode(), []),
+                (
+                    json.dumps({"op": "exec", "argv": ["x"], "tty": True, "size": "x"}).encode(),
+                    [],
+                ),
+                (json.dumps({"op": "read_file", "path": "/etc/hostname"}).encode(), []),
+                (json.dumps({"op": "write_file", "path": 12}).encode(), [pipes[0][0]]),
+                (json.dumps({"op": "write_file", "path": "rel/ative"}).encode(), [pipes[1][0]]),
+                (json.dumps({"op": "stop", "grace": "soon"}).encode(), []),
+                (json.dumps({"op": "no-such-op"}).encode(), []),
+                (json.dumps({"no": "op"}).encode(), []),
+                (b"{}" + b" " * (4 << 20), []),  # over the 4 MiB message limit
+                (json.dumps({"op": "ping"}).encode(), [p[0] for p in pipes]),  # too many fds
+            ]
+            for payload, fds in bad:
+                reply = raw_exchange(path, payload, fds)
+                assert b'"ok":true' not in reply.replace(b" ", b""), (payload[:60], reply)
+                pong = json.loads(raw_exchange(path, b'{"op":"ping"}'))
+                assert pong["ok"] is True, payload[:60]
+            for r, w in pipes:
+                for fd in (r, w):
+                    os.close(fd)
+            r = await run(local_harness, sid, ["echo", "still serving"])
+            assert r.stdout == b"still serving\n"
+
+    go(aio, attack())
+
+
+def test_large_arguments_run_or_fail_cleanly(aio: asyncio.Runner, local_harness: Harness) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox() as sid:
+            big = "x" * 100_000  # over the 64 KiB that used to kill the agent
+            r = await run(local_harness, sid, sh(f"printf %s '{big}' | wc -c"))
+            assert (r.code, r.stdout.strip()) == (0, b"100000")
+            r = await run(local_harness, sid, ["echo", "y" * 200_000])  # > MAX_ARG_STRLEN
+            assert r.code == 126 and b"Argument list too long" in r.stderr
+            env = {f"V{i}": "z" * 1000 for i in range(500)}
+            r = await run(local_harness, sid, sh("echo $V499 | wc -c"), env=env)
+            assert r.stdout.strip() == b"1001"
+            assert (await run(local_harness, sid, ["true"])).code == 0
+
+    go(aio, scenario())
+
+
+def test_concurrent_execs_are_capped_per_sandbox(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "capped", max_execs=4)
+        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        try:
+            async with h.sandbox() as sid:
+                held = [await backend.exec(sid, ["sleep", "30"]) for _ in range(4)]
+                async with asyncio.timeout(10):
+                    while (await backend.stats(sid)).pids < 5:  # agent + four sleeps
+                        await asyncio.sleep(0.01)
+                r = await run(h, sid, ["echo", "one too many"])
+                assert r.code == 126 and b"too many concurrent execs" in r.stderr
+                for session in held:
+                    await session.close()
+                r = await run(h, sid, ["echo", "room again"])
+                assert r.stdout == b"room again\n"
+        finally:
+            await backend.close()
+
+    go(aio, scenario())
+
+
+def test_many_idle_connections_do_not_block_others(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox() as sid:
+            path = agent_socket(local_harness, sid)
+            idle = []
+            try:
+                for _ in range(300):  # connected, never sending anything
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    s.connect(path)
+                    idle.append(s)
+                session = await local_harness.backend.exec(sid, ["echo", "through"])
+                assert (await collect(session)).stdout == b"through\n"
+            finally:
+                for s in idle:
+                    s.close()
+
+    go(aio, scenario())
+
+
+def test_log_budget_evicts_oldest_ended_logs_first(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    chunk = 120_000
+
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "budget", log_budget_bytes=300_000)
+        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        try:
+            ids = []
+            for n in range(3):
+                cmd = ("/bin/sh", "-c", f"head -c {chunk} /dev/zero | tr '\\0' '{n}'")
+                spec = h.spec(command=cmd)
+                await backend.create(spec)
+                await backend.start(spec.sandbox_id)
+                await backend.wait(spec.sandbox_id)
+                await backend.stop(spec.sandbox_id, 1)
+                ids.append(spec.sandbox_id)
+            texts = [b"".join([c.data async for c in backend.logs(sid)]) for sid in ids]
+            assert log_budget.EVICTED_NOTICE in texts[0]  # oldest went first
+            assert texts[1] == b"1" * chunk and texts[2] == b"2" * chunk
+            total = sum(
+                (Path(backend.sandboxes_dir) / sid / "main.log").stat().st_size for sid in ids
+            )
+            assert total <= 300_000
+            for sid in ids:
+                await backend.destroy(sid)
+        finally:
+            await backend.close()
+
+    go(aio, scenario())
+    assert protocol.MAX_MESSAGE >= 2 << 20  # room for the API's largest exec request
