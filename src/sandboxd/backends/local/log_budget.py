@@ -54,7 +54,8 @@ def enforce(sandboxes_dir: Path, budget_bytes: int) -> list[Path]:
     total = sum(log.size for log in logs)
     notice = encode_record("stderr", EVICTED_NOTICE)
     evicted = []
-    for log in sorted((lg for lg in logs if lg.ended_at is not None), key=lambda lg: lg.ended_at):
+    ended = [(lg.ended_at, lg) for lg in logs if lg.ended_at is not None]
+    for _ended_at, log in sorted(ended, key=lambda pair: pair[0]):
         if total <= budget_bytes:
             break
         if log.size <= len(notice):
