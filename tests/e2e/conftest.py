@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import venv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support.official import OFFICIAL_VERSION, official_python
 from tests.support.processes import SANDBOXD, Proc, child_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFICIAL_VERSION = "0.26.2"
-OFFICIAL_VENV = ROOT / ".cache" / f"official-cwsandbox-{OFFICIAL_VERSION}"
+__all__ = ["OFFICIAL_VERSION", "Platform", "run_python"]
 # The guide's get_runner block looks up this id; the all-in-one runner takes it.
 GUIDE_RUNNER_ID = "runner-abc-123"
 
@@ -60,31 +59,9 @@ def _start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         assert proc.stop() == 0, proc.output
 
 
-def official_python() -> Path:
-    """Python of a virtualenv holding the official client (created once, then reused)."""
-    python = OFFICIAL_VENV / "bin" / "python"
-    marker = OFFICIAL_VENV / ".ready"
-    if not marker.exists():
-        venv.create(OFFICIAL_VENV, with_pip=True, clear=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             f"cwsandbox=={OFFICIAL_VERSION}"],
-            check=True, timeout=600,
-        )  # fmt: skip
-        marker.touch()
-    return python
-
-
 @pytest.fixture(scope="session")
 def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # xdist workers may race to create the venv: let one build it under a lock file.
-    lock = ROOT / ".cache" / "official-venv.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        return official_python()
+    return official_python()
 
 
 def run_python(python: Path | str, script: Path | str, env: dict[str, str]) -> str:

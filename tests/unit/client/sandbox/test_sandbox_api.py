@@ -12,7 +12,6 @@ import inspect
 import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,9 +30,8 @@ from cwsandbox import (
 from cwsandbox._operation import done_ref
 from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import resource_messages
+from tests.support.official import official_python
 from tests.unit.client.sandbox.gateway_standin import Gateway
-
-OFFICIAL_PYTHON = Path("/tmp/official/bin/python")
 
 #: (object path, method) pairs whose signatures must match the official client's.
 SHARED = [
@@ -68,10 +66,9 @@ def params(owner: str | None, name: str) -> list[tuple[str, str]]:
     return [(p.name, p.kind.name) for p in inspect.signature(obj).parameters.values()]
 
 
-@pytest.mark.skipif(not OFFICIAL_PYTHON.exists(), reason="official client not installed")
 def test_signatures_match_official_client() -> None:
     done = subprocess.run(
-        [str(OFFICIAL_PYTHON), "-c", _DUMP, json.dumps(SHARED)],
+        [str(official_python()), "-c", _DUMP, json.dumps(SHARED)],
         capture_output=True, text=True, check=True, timeout=60, cwd="/tmp",
     )  # fmt: skip
     official = {k: [tuple(p) for p in v] for k, v in json.loads(done.stdout).items()}

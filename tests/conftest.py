@@ -1,0 +1,25 @@
+"""Suite-wide rules: in CI nothing may be skipped.
+
+A skip is for a machine that lacks something (not root, a missing package). CI runs as root
+with everything installed by ``scripts/setup.sh``, so there a skip means a test silently did
+not run: with ``SANDBOXD_REQUIRE_NO_SKIPS=1`` (set by ``.ci/run``) the session fails and
+lists them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("SANDBOXD_REQUIRE_NO_SKIPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if not skipped:
+        return
+    for report in skipped:
+        reporter.write_line(f"SKIPPED IN CI (not allowed): {report.nodeid}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
