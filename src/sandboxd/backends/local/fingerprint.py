@@ -38,17 +38,37 @@ def _own_memory_limit(bases: dict[str, str], version: int) -> int | None:
     return None if raw == "max" else int(raw)
 
 
+def _userns_problem() -> str | None:
+    """Why sandboxes cannot get their own user namespace and idmapped image here, if so."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as fh:
+            if int(fh.read()) <= 0:
+                return "user namespaces are disabled (sysctl user.max_user_namespaces=0)"
+    except (OSError, ValueError):
+        return "this kernel has no user namespaces"
+    release = platform.release().split(".")
+    try:
+        version = (int(release[0]), int(release[1].split("-")[0]))
+    except (IndexError, ValueError):
+        return None
+    if version < (5, 19):
+        return f"Linux {version[0]}.{version[1]} cannot use idmapped image layers (needs 5.19+)"
+    return None
+
+
 def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fingerprint:
     """Check root, overlayfs and cgroups; list egress/ingress modes and capacity."""
     problems: list[str] = []
     attrs: dict[str, str] = {
         "kernel": platform.release(),
-        "isolation": "namespaces(pid,mount,ipc,uts,net,cgroup)+overlayfs+cgroups",
+        "isolation": "namespaces(user,pid,mount,ipc,uts,net,cgroup)+idmapped overlayfs+cgroups",
         "seccomp": "yes" if seccomp.supported() else "no",
         "network_pool": str(pool),
     }
     if os.geteuid() != 0:
         problems.append("needs root")
+    if (problem := _userns_problem()) is not None:
+        problems.append(problem)
     with open("/proc/filesystems") as fh:
         if "overlay" not in fh.read():
             problems.append("overlayfs is not available (modprobe overlay)")
