@@ -181,3 +181,64 @@ def test_log_budget_evicts_oldest_ended_logs_first(
 
     go(aio, scenario())
     assert protocol.MAX_MESSAGE >= 2 << 20  # room for the API's largest exec request
+
+
+def test_killing_the_keeper_ends_its_sandbox_and_frees_everything(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """SIGKILL on a sandbox's keeper: PID 1 dies with it (parent-death signal), the runner
+    sees a killed sandbox, and its cgroup and id range are released."""
+
+    async def scenario() -> None:
+        b = local_harness.backend
+        spec = local_harness.spec(command=("sleep", "1000"))
+        await b.create(spec)
+        await b.start(spec.sandbox_id)
+        rec = b._records[spec.sandbox_id]  # type: ignore[attr-defined]
+        cgroup_dirs, ids = rec.cgroup.unique_dirs, rec.ids
+        os.kill(rec.keeper_pid, 9)
+        assert await asyncio.wait_for(b.wait(spec.sandbox_id), 10) == 137
+        state = await b.state(spec.sandbox_id)
+        assert (state.state, state.exit_code) == ("exited", 137)
+        async with asyncio.timeout(10):
+            while any(Path(d).exists() for d in cgroup_dirs):
+                await asyncio.sleep(0.02)
+        assert not Path(f"/proc/{rec.agent_pid}").exists() or _zombie(rec.agent_pid)
+        claim = Path("/run/sandboxd/idmap") / str(ids.slot)
+        async with asyncio.timeout(10):
+            while claim.exists():
+                await asyncio.sleep(0.02)
+        await b.destroy(spec.sandbox_id)
+
+    go(aio, scenario())
+
+
+def test_a_killed_zygote_leaves_running_sandboxes_alone(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "zygote-kill")
+        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        try:
+            async with h.sandbox(command=("sleep", "1000")) as first:
+                zygote = backend._zygote._proc.pid  # type: ignore[union-attr]
+                os.kill(zygote, 9)
+                async with asyncio.timeout(10):
+                    while Path(f"/proc/{zygote}").exists() and not _zombie(zygote):
+                        await asyncio.sleep(0.02)
+                assert (await run(h, first, ["echo", "still"])).stdout == b"still\n"
+                async with h.sandbox() as second:  # a new zygote is started on demand
+                    assert (await run(h, second, ["echo", "new"])).stdout == b"new\n"
+                await backend.stop(first, 1)
+                assert (await backend.state(first)).reason == "stopped"
+        finally:
+            await backend.close()
+
+    go(aio, scenario())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
