@@ -138,6 +138,7 @@ class RunnerAgent:
                 records_dir=settings.state_dir / "sandboxes",
                 public_host=self._capabilities.hostname or None,
                 logs_dialer=self._dial_logs,
+                control_plane=settings.control_plane,
             )
 
     @property

@@ -37,6 +37,7 @@ from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
+from sandboxd.runner.egress import ControlPlaneAddresses
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
 from sandboxd.runner.log_relay import LogsDialer, relay_logs
@@ -70,6 +71,7 @@ class SandboxSupervisor(SandboxTable):
     interface (default: the hostname). Sandboxes that ended are destroyed after
     ``retain_exited_seconds`` (None: only on delete), so a runner whose clients never delete
     does not fill its disk; until then their logs and final state stay readable.
+    ``control_plane`` (the runner's URL) is resolved and made unreachable from sandboxes.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class SandboxSupervisor(SandboxTable):
         public_host: str | None = None,
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
         logs_dialer: LogsDialer | None = None,
+        control_plane: str | None = None,
     ) -> None:
         super().__init__(
             backend,
@@ -97,6 +100,7 @@ class SandboxSupervisor(SandboxTable):
         self._dial_logs = logs_dialer
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
 
     async def close(self) -> None:
         """Stop supervising (runner shutdown); the sandboxes keep running for a later recover."""
@@ -197,7 +201,8 @@ class SandboxSupervisor(SandboxTable):
     async def _create(self, sb: Sandbox, spec: runner_pb2.SandboxSpec) -> None:
         limits = apply_limits(spec)
         reservation = reservation_of(spec)
-        backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits)
+        blocked = await self._control_plane.cidrs() if self._control_plane else ()
+        backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits, blocked=blocked)
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)
         except InsufficientCapacityError as exc:

@@ -162,7 +162,7 @@ class LocalBackend(Backend):
         if rec.egress is not EgressType.NONE:
             rec.lease = self._net.allocate(rec.sandbox_id)
             rec.save()
-            await self._net.setup(rec.lease, rec.egress, rec.cidrs)
+            await self._net.setup(rec.lease, rec.egress, rec.cidrs, spec.network.blocked)
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
         reply = await self._zygote.spawn(
