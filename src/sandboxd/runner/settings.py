@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from sandboxd.runner.capacity import HostReserve
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -61,6 +63,9 @@ class RunnerSettings:
     runners do not stampede a restarted control plane. ``keepalive_interval`` enables HTTP/2
     keepalive pings (off by default: the control plane must allow them, or it answers with
     GOAWAY "too_many_pings").
+
+    ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
+    reports, and its sandboxes together may use, the rest.
     """
 
     control_plane: str
@@ -74,6 +79,7 @@ class RunnerSettings:
     reconnect_backoff_max: float = 5.0
     register_timeout: float = 30.0
     keepalive_interval: float | None = None
+    reserve: HostReserve = field(default_factory=HostReserve)
 
     def __post_init__(self) -> None:
         parse_control_plane_url(self.control_plane)

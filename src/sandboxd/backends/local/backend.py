@@ -47,6 +47,7 @@ from . import files, process
 from .cgroups import CgroupError, CgroupManager
 from .ingress import PortPublisher
 from .network import NetworkManager
+from .parent_cgroup import ParentLimits
 from .rootfs import check_overlay_path
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
@@ -66,6 +67,7 @@ class LocalBackend(Backend):
         log_limit_bytes: int = 64 << 20,
         lifetime_grace_seconds: float = 5.0,
         seccomp: bool = True,
+        parent_limits: ParentLimits | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -80,6 +82,7 @@ class LocalBackend(Backend):
         self._log_limit = log_limit_bytes
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
+        self._parent_limits = parent_limits  # None: this host's allocatable capacity
 
     # -- plumbing ----------------------------------------------------------------------------
     async def _ready(self) -> CgroupManager:
@@ -87,7 +90,7 @@ class LocalBackend(Backend):
             raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
         if self._cgroups is None:
             try:
-                self._cgroups = CgroupManager(self._group)
+                self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
             except CgroupError as exc:
                 raise BackendUnavailable(str(exc)) from exc
         await self._zygote.ensure()
