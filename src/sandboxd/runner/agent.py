@@ -144,6 +144,7 @@ class RunnerAgent:
                 public_host=self._capabilities.hostname or None,
                 logs_dialer=self._dial_logs,
                 control_plane=settings.control_plane,
+                max_execs_per_sandbox=settings.max_execs_per_sandbox,
             )
 
     @property

@@ -152,6 +152,7 @@ def runner_command(
     log_level: str,
     reserve_cpu: int | None,
     reserve_memory: int | None,
+    max_execs_per_sandbox: int,
 ) -> None:
     """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -169,6 +170,7 @@ def runner_command(
             state_dir=state_dir if state_dir is not None else default_state_dir(),
             heartbeat_interval=heartbeat_interval,
             reserve=HostReserve(cpu_millicores=reserve_cpu, memory_bytes=reserve_memory),
+            max_execs_per_sandbox=max_execs_per_sandbox,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
+from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,7 +32,15 @@ def _quantity(parse: Callable[[str], int]) -> Callable[[click.Context, click.Par
 
 
 def limit_options(command: F) -> F:
-    """Add ``--reserve-cpu`` and ``--reserve-memory``."""
+    """Add ``--reserve-cpu``, ``--reserve-memory`` and ``--max-execs-per-sandbox``."""
+    command = click.option(
+        "--max-execs-per-sandbox",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_EXECS_PER_SANDBOX,
+        show_default=True,
+        envvar="SANDBOXD_MAX_EXECS_PER_SANDBOX",
+        help="Concurrent execs one sandbox may run; one more is refused (EXEC_LIMIT_EXCEEDED).",
+    )(command)
     command = click.option(
         "--reserve-memory",
         metavar="QUANTITY",

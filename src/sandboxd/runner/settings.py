@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from sandboxd.runner.capacity import HostReserve
+from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -65,7 +66,8 @@ class RunnerSettings:
     GOAWAY "too_many_pings").
 
     ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
-    reports, and its sandboxes together may use, the rest.
+    reports, and its sandboxes together may use, the rest. ``max_execs_per_sandbox`` caps
+    concurrent execs in one sandbox (see ``exec_limits.py``).
     """
 
     control_plane: str
@@ -80,6 +82,7 @@ class RunnerSettings:
     register_timeout: float = 30.0
     keepalive_interval: float | None = None
     reserve: HostReserve = field(default_factory=HostReserve)
+    max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
 
     def __post_init__(self) -> None:
         parse_control_plane_url(self.control_plane)
@@ -93,6 +96,8 @@ class RunnerSettings:
             raise ValueError("keepalive_interval must be positive")
         if not self.runner_group_id:
             raise ValueError("runner_group_id must not be empty")
+        if self.max_execs_per_sandbox < 1:
+            raise ValueError("max_execs_per_sandbox must be at least 1")
 
     @property
     def address(self) -> ControlPlaneAddress:

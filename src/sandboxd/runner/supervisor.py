@@ -38,6 +38,12 @@ from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
 from sandboxd.runner.egress import ControlPlaneAddresses
+from sandboxd.runner.exec_limits import (
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    ExecSlots,
+    raise_nofile_limit,
+    runner_exec_budget,
+)
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
 from sandboxd.runner.log_relay import LogsDialer, relay_logs
@@ -72,6 +78,8 @@ class SandboxSupervisor(SandboxTable):
     ``retain_exited_seconds`` (None: only on delete), so a runner whose clients never delete
     does not fill its disk; until then their logs and final state stay readable.
     ``control_plane`` (the runner's URL) is resolved and made unreachable from sandboxes.
+    At most ``max_execs_per_sandbox`` execs run at once in one sandbox, and no more on the
+    whole runner than its open-files limit (raised to the hard limit here) has room for.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class SandboxSupervisor(SandboxTable):
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
         logs_dialer: LogsDialer | None = None,
         control_plane: str | None = None,
+        max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
     ) -> None:
         super().__init__(
             backend,
@@ -101,6 +110,8 @@ class SandboxSupervisor(SandboxTable):
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
+        raise_nofile_limit()
+        self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
 
     async def close(self) -> None:
         """Stop supervising (runner shutdown); the sandboxes keep running for a later recover."""
@@ -332,7 +343,14 @@ class SandboxSupervisor(SandboxTable):
                 self._dial, command.stream_id, "INVALID_ARGUMENT", "command must not be empty"
             )
             return
-        await relay_exec(self._backend, command, self._dial)
+        refusal = self._exec_slots.acquire(command.sandbox_id)
+        if refusal is not None:
+            await refuse_exec(self._dial, command.stream_id, *refusal)
+            return
+        try:
+            await relay_exec(self._backend, command, self._dial)
+        finally:
+            self._exec_slots.release(command.sandbox_id)
 
 
 def _check_path(path: str) -> None:

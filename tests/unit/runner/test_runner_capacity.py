@@ -15,6 +15,7 @@ from sandboxd._proto import runner_pb2
 from sandboxd.runner.capacity import HostReserve, allocatable_capabilities, parent_limits
 from sandboxd.runner.cli import runner_command
 from sandboxd.runner.fingerprint import fingerprint, host_cpu_millicores, host_memory_bytes
+from sandboxd.runner.settings import RunnerSettings
 from tests.unit.runner.test_runner_fingerprint import build_host
 
 GiB = 1 << 30
@@ -47,9 +48,11 @@ def test_unknown_capacity_is_left_alone() -> None:
     assert allocatable_capabilities(caps, HostReserve()) == caps
 
 
-def test_reserve_validates() -> None:
+def test_settings_validate_the_new_fields() -> None:
     with pytest.raises(ValueError, match="negative"):
         HostReserve(memory_bytes=-1)
+    with pytest.raises(ValueError, match="max_execs_per_sandbox"):
+        RunnerSettings(control_plane="http://127.0.0.1:1", max_execs_per_sandbox=0)
 
 
 def test_cli_refuses_a_bad_quantity(tmp_path: Path) -> None:
