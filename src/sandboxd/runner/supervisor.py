@@ -35,6 +35,7 @@ import grpc
 from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, SandboxNotFound
+from sandboxd.controlplane.limits import LimitExceeded, check_runner_exec, check_runner_spec
 from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
 from sandboxd.runner.egress import ControlPlaneAddresses
@@ -210,6 +211,10 @@ class SandboxSupervisor(SandboxTable):
         result.started.CopyFrom(sb.started())
 
     async def _create(self, sb: Sandbox, spec: runner_pb2.SandboxSpec) -> None:
+        try:
+            check_runner_spec(spec)  # the control plane checked these sizes too (limits.py)
+        except LimitExceeded as exc:
+            raise failures.invalid_argument(exc.field, exc.problem) from None
         limits = apply_limits(spec)
         reservation = reservation_of(spec)
         blocked = await self._control_plane.cidrs() if self._control_plane else ()
@@ -342,6 +347,11 @@ class SandboxSupervisor(SandboxTable):
             await refuse_exec(
                 self._dial, command.stream_id, "INVALID_ARGUMENT", "command must not be empty"
             )
+            return
+        try:
+            check_runner_exec(command)  # so a control plane bug cannot overrun the agent
+        except LimitExceeded as exc:
+            await refuse_exec(self._dial, command.stream_id, "INVALID_ARGUMENT", str(exc))
             return
         refusal = self._exec_slots.acquire(command.sandbox_id)
         if refusal is not None:

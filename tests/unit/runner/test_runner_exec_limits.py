@@ -91,3 +91,20 @@ def test_one_exec_over_the_cap_is_refused_others_run(tmp_path: Path) -> None:
         assert kinds(frames) == ["ready", "output", "exit"]
 
     run_rig(tmp_path, body, max_execs_per_sandbox=2)
+
+
+def test_oversized_requests_are_refused_by_the_runner_too(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        big = spec("sb-big", command=["sh", "x" * 5000])
+        result = await rig.run("big", **start(big))
+        assert result.failure.reason == "CWSANDBOX_INVALID_ARGUMENT"
+        assert result.failure.metadata["field"] == "command[1]"
+        assert "sb-big" not in rig.backend.world  # nothing was created
+        assert not (await rig.run("ok", **start(spec()))).HasField("failure")
+        open_exec(rig, "e1", "echo", env={"K": "v" * 5000})
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "INVALID_ARGUMENT"
+        assert "env" in frames[0].error.message
+        assert rig.backend.world["sb-1"].execs == []
+
+    run_rig(tmp_path, body)
