@@ -148,21 +148,23 @@ def test_limits_are_rewritten_when_the_group_is_recreated_or_reconfigured(
         files = group_files(backend)
         await backend.destroy(first.sandbox_id)
         assert not files["limit"].parent.exists()  # the empty group went away
-        second = spec("second", rootfs)
+        second = spec("second", rootfs, cpu_millicores=500)  # all of the parent's quota
         await backend.create(second)
         assert first_int(files["limit"]) == 192 * MiB  # made again, bounded again
         # A restarted runner with another budget: the running sandbox stays bounded all along,
         # and the new budget applies from the new process's first create.
         await backend.close()
-        restarted = LocalBackend(
-            backend.data_dir, parent_limits=ParentLimits(cpu_millicores=500, memory_bytes=256 * MiB)
-        )
+        smaller_cpu = ParentLimits(cpu_millicores=300, memory_bytes=256 * MiB)
+        restarted = LocalBackend(backend.data_dir, parent_limits=smaller_cpu)
         try:
             assert await restarted.recover() == [second.sandbox_id]
             assert first_int(files["limit"]) == 192 * MiB
             third = spec("third", rootfs)
-            await restarted.create(third)
-            assert first_int(files["limit"]) == 256 * MiB
+            await restarted.create(third)  # works although v1 refuses the smaller quota...
+            assert first_int(files["limit"]) == 256 * MiB  # ...and the memory limit applies
+            quota = files["quota"].read_text().split()[0]
+            v1 = restarted._cgroups is not None and restarted._cgroups.layout.version == 1
+            assert quota == ("50000" if v1 else "30000")  # v1 keeps it while "second" lives
         finally:
             await _destroy_all(restarted)
         assert not files["limit"].parent.exists()

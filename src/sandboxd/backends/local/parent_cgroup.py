@@ -160,15 +160,23 @@ def apply(version: int, dirs: dict[str, str], limits: ParentLimits) -> None:
     """Write ``limits`` into the group directories (controller → directory, or "unified").
 
     ``FileNotFoundError`` (the directory went away meanwhile) is raised for the caller to
-    retry; a memory limit below what the sandboxes already use (``EBUSY`` on v1, when a
-    restarted runner got a smaller budget) is logged and left for the kernel to converge.
+    retry. On v1, a smaller budget than running sandboxes already have (a restarted runner
+    with a larger reservation) is logged and left: the kernel refuses a memory limit below
+    the usage (``EBUSY``) and a CPU quota below a child's (``EINVAL``).
     """
     cpu, memory = limits.cpu_millicores, limits.memory_bytes
     quota = str(max(1000, cpu * CFS_PERIOD_US // 1000)) if cpu else None
     if version == 1:
         if quota is not None:
-            _write(os.path.join(dirs["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-            _write(os.path.join(dirs["cpu"], "cpu.cfs_quota_us"), quota)
+            try:
+                _write(os.path.join(dirs["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+                _write(os.path.join(dirs["cpu"], "cpu.cfs_quota_us"), quota)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # v1 refuses a parent quota below a child's: sandboxes started under a larger
+                # budget keep the old one until they are gone (the group is then remade).
+                _log.warning("sandboxes already have more CPU than %s cpu quota", quota)
         if memory:
             try:
                 _set_v1_memory(dirs["memory"], memory)
