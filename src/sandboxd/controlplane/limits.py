@@ -50,6 +50,7 @@ from sandboxd.errors import ApiError, invalid_argument
 __all__ = [
     "AGENT_MESSAGE_BYTES",
     "JSON_WORST_CASE_EXPANSION",
+    "MAX_FILE_PATH_CHARS",
     "PAYLOAD_BYTES",
     "STRUCTURE_RESERVE",
     "FieldNames",
@@ -90,6 +91,9 @@ MAX_ENV_BYTES = PAYLOAD_BYTES // 2
 """All names and values together (4 KiB)."""
 MAX_PATH_BYTES = 256
 """A mount path or working directory (a deeper path is never needed to place a file)."""
+MAX_FILE_PATH_CHARS = 4096
+"""A file path of the file API (PATH_MAX). Its agent message has room for the worst case:
+4096 astral characters are 16 KiB of UTF-8 and 48 KiB of JSON (two six-byte escapes each)."""
 MAX_MOUNTED_FILES = 16
 """Files placed at start; more belong in an image or a file upload."""
 MAX_MOUNTED_FILE_BYTES = 16 * MiB

@@ -35,7 +35,12 @@ import grpc
 from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, SandboxNotFound
-from sandboxd.controlplane.limits import LimitExceeded, check_runner_exec, check_runner_spec
+from sandboxd.controlplane.limits import (
+    MAX_FILE_PATH_CHARS,
+    LimitExceeded,
+    check_runner_exec,
+    check_runner_spec,
+)
 from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
 from sandboxd.runner.egress import ControlPlaneAddresses
@@ -365,4 +370,6 @@ class SandboxSupervisor(SandboxTable):
 
 def _check_path(path: str) -> None:
     if not path.startswith("/") or "\x00" in path:
-        raise failures.invalid_argument("path", f"must be an absolute path (got {path!r})")
+        raise failures.invalid_argument("path", f"must be an absolute path (got {path[:80]!r})")
+    if len(path) > MAX_FILE_PATH_CHARS:  # as the control plane checks (limits.py)
+        raise failures.invalid_argument("path", f"must be at most {MAX_FILE_PATH_CHARS} characters")

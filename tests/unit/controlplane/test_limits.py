@@ -57,6 +57,12 @@ def test_the_arithmetic_fits_the_agent_protocol() -> None:
     assert json.loads(protocol.encode(message)) == message
 
 
+def test_the_longest_file_path_fits_the_agent_protocol() -> None:
+    path = "/" + "\U0001f600" * (L.MAX_FILE_PATH_CHARS - 1)  # two six-byte escapes each
+    message = {"op": "write_file", "path": path, "make_parents": True, "mode": 0o644}
+    assert len(protocol.encode(message)) <= 0.8 * protocol.MAX_MESSAGE
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [

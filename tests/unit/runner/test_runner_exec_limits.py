@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd._proto import runner_pb2
+from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.runner.exec_limits import (
     EXEC_LIMIT_CODE,
     RUNNER_LIMIT_CODE,
@@ -106,5 +108,18 @@ def test_oversized_requests_are_refused_by_the_runner_too(tmp_path: Path) -> Non
         assert kinds(frames) == ["error"] and frames[0].error.code == "INVALID_ARGUMENT"
         assert "env" in frames[0].error.message
         assert rig.backend.world["sb-1"].execs == []
+
+    run_rig(tmp_path, body)
+
+
+def test_file_paths_longer_than_the_limit_are_refused(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        assert not (await rig.run("ok", **start(spec()))).HasField("failure")
+        path = "/" + "p" * MAX_FILE_PATH_CHARS
+        write = runner_pb2.WriteFile(sandbox_id="sb-1", path=path, contents=b"x")
+        result = await rig.run("w", write_file=write)
+        assert result.failure.reason == "CWSANDBOX_INVALID_ARGUMENT"
+        assert result.failure.metadata["field"] == "path"
+        assert path not in rig.backend.world["sb-1"].files
 
     run_rig(tmp_path, body)
