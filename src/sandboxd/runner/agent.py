@@ -145,6 +145,7 @@ class RunnerAgent:
                 logs_dialer=self._dial_logs,
                 control_plane=settings.control_plane,
                 max_execs_per_sandbox=settings.max_execs_per_sandbox,
+                egress_blocked=settings.egress_blocked,
             )
 
     @property

@@ -153,6 +153,7 @@ def runner_command(
     reserve_cpu: int | None,
     reserve_memory: int | None,
     max_execs_per_sandbox: int,
+    egress_blocked: tuple[str, ...],
 ) -> None:
     """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -171,6 +172,7 @@ def runner_command(
             heartbeat_interval=heartbeat_interval,
             reserve=HostReserve(cpu_millicores=reserve_cpu, memory_bytes=reserve_memory),
             max_execs_per_sandbox=max_execs_per_sandbox,
+            egress_blocked=egress_blocked,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

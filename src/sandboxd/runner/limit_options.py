@@ -1,4 +1,4 @@
-"""``sandboxd runner`` options for what the runner keeps back and how much one sandbox may hold.
+"""``sandboxd runner`` options for what the runner keeps back and what sandboxes may hold or reach.
 
 Kept apart from ``cli.py`` so the command stays a list of its own options plus this one
 decorator. Quantities are parsed once, here, with the same grammar as profiles
@@ -32,7 +32,16 @@ def _quantity(parse: Callable[[str], int]) -> Callable[[click.Context, click.Par
 
 
 def limit_options(command: F) -> F:
-    """Add ``--reserve-cpu``, ``--reserve-memory`` and ``--max-execs-per-sandbox``."""
+    """Add ``--reserve-cpu``/``-memory``, ``--max-execs-per-sandbox`` and ``--block-egress``."""
+    command = click.option(
+        "--block-egress",
+        "egress_blocked",
+        metavar="CIDR",
+        multiple=True,
+        envvar="SANDBOXD_BLOCK_EGRESS",
+        help="A CIDR no sandbox may reach, on top of the non-public ranges, this host and the "
+        "control plane (e.g. a public IP the provider maps to this host); repeat for several.",
+    )(command)
     command = click.option(
         "--max-execs-per-sandbox",
         type=click.IntRange(min=1),

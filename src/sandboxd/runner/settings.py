@@ -6,6 +6,7 @@ interval must fail at start-up with a clear message, not surface as an odd retry
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,7 +68,9 @@ class RunnerSettings:
 
     ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
     reports, and its sandboxes together may use, the rest. ``max_execs_per_sandbox`` caps
-    concurrent execs in one sandbox (see ``exec_limits.py``).
+    concurrent execs in one sandbox (see ``exec_limits.py``). ``egress_blocked`` are CIDRs no
+    sandbox may reach on top of the built-in list and the control plane (``egress.py``), e.g.
+    a public address the provider maps to this host without any interface carrying it.
     """
 
     control_plane: str
@@ -83,6 +86,7 @@ class RunnerSettings:
     keepalive_interval: float | None = None
     reserve: HostReserve = field(default_factory=HostReserve)
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
+    egress_blocked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         parse_control_plane_url(self.control_plane)
@@ -98,6 +102,11 @@ class RunnerSettings:
             raise ValueError("runner_group_id must not be empty")
         if self.max_execs_per_sandbox < 1:
             raise ValueError("max_execs_per_sandbox must be at least 1")
+        for cidr in self.egress_blocked:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"--block-egress {cidr!r} is not a CIDR") from None
 
     @property
     def address(self) -> ControlPlaneAddress:

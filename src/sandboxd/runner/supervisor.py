@@ -83,7 +83,8 @@ class SandboxSupervisor(SandboxTable):
     interface (default: the hostname). Sandboxes that ended are destroyed after
     ``retain_exited_seconds`` (None: only on delete), so a runner whose clients never delete
     does not fill its disk; until then their logs and final state stay readable.
-    ``control_plane`` (the runner's URL) is resolved and made unreachable from sandboxes.
+    ``control_plane`` (the runner's URL) is resolved and made unreachable from sandboxes,
+    as are the ``egress_blocked`` CIDRs.
     At most ``max_execs_per_sandbox`` execs run at once in one sandbox, and no more on the
     whole runner than its open-files limit (raised to the hard limit here) has room for.
     """
@@ -102,6 +103,7 @@ class SandboxSupervisor(SandboxTable):
         logs_dialer: LogsDialer | None = None,
         control_plane: str | None = None,
         max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
+        egress_blocked: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             backend,
@@ -116,6 +118,7 @@ class SandboxSupervisor(SandboxTable):
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
+        self._egress_blocked = egress_blocked
         raise_nofile_limit()
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
 
@@ -223,6 +226,7 @@ class SandboxSupervisor(SandboxTable):
         limits = apply_limits(spec)
         reservation = reservation_of(spec)
         blocked = await self._control_plane.cidrs() if self._control_plane else ()
+        blocked = (*blocked, *self._egress_blocked)
         backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits, blocked=blocked)
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)

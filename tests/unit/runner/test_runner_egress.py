@@ -12,7 +12,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+
 from sandboxd._proto import runner_pb2
+from sandboxd.runner.cli import runner_command
 from sandboxd.runner.egress import ControlPlaneAddresses
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
 
@@ -70,3 +73,30 @@ def test_supervisor_puts_the_control_plane_into_every_networked_spec(tmp_path: P
         assert rig.backend.world["sb-none"].spec.network.blocked == ()
 
     run_rig(tmp_path, body, control_plane="http://203.0.113.9:50051")
+
+
+def test_configured_blocks_join_the_control_plane(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        internet = runner_pb2.NetworkPolicy(egress_type="internet")
+        await rig.run("1", **start(spec("sb-net", network=internet)))
+        assert rig.backend.world["sb-net"].spec.network.blocked == (
+            "203.0.113.9/32",
+            "198.51.100.0/24",
+        )
+
+    run_rig(
+        tmp_path,
+        body,
+        control_plane="http://203.0.113.9:50051",
+        egress_blocked=("198.51.100.0/24",),
+    )
+
+
+def test_a_bad_block_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        runner_command,
+        ["--control-plane", "http://127.0.0.1:1", "--state-dir", str(tmp_path),
+         "--block-egress", "not-a-cidr"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "not-a-cidr" in result.output
