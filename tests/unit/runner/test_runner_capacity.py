@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from sandboxd._proto import runner_pb2
+from sandboxd.backends.local.parent_cgroup import ParentLimits
 from sandboxd.runner.capacity import HostReserve, allocatable_capabilities, parent_limits
 from sandboxd.runner.cli import runner_command
 from sandboxd.runner.fingerprint import fingerprint, host_cpu_millicores, host_memory_bytes
+from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
 from tests.unit.runner.test_runner_fingerprint import build_host
 
@@ -41,6 +43,16 @@ def test_reported_capacity_is_the_parent_cgroups_bound(tmp_path: Path) -> None:
     )
     given = allocatable_capabilities(caps, HostReserve(cpu_millicores=500, memory_bytes=GiB))
     assert (given.cpu_millicores, given.memory_bytes) == (cpus - 500, 3 * GiB)
+
+
+def test_the_runners_backend_gets_the_capacity_it_reports(tmp_path: Path) -> None:
+    """What ``sandboxd runner``/``up`` build: the backend's parent bound = the reported size."""
+    reserve = HostReserve(cpu_millicores=300, memory_bytes=GiB // 2)
+    backend, _images = build_local_backend(tmp_path, reserve)
+    reported = allocatable_capabilities(fingerprint(nvidia_smi=str(tmp_path / "none")), reserve)
+    assert backend._parent_limits == ParentLimits(  # type: ignore[attr-defined]
+        cpu_millicores=reported.cpu_millicores, memory_bytes=reported.memory_bytes
+    )
 
 
 def test_unknown_capacity_is_left_alone() -> None:
