@@ -296,8 +296,14 @@ def test_worker_for_a_blocked_write_holds_no_host_descriptor(
                 status = Path(f"/proc/{worker}/status").read_text()
                 uid = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1]
                 assert int(uid) >= 1 << 16, "the worker must run as the sandbox's unprivileged uid"
-            finally:
                 os.close(write_end)
+                write_end = -1
+                sock.settimeout(10)
+                reply, _ = protocol.recv(sock)  # the worker answers once it saw EOF
+                assert reply == {"ok": True, "written": len(b"partial")}, reply
+            finally:
+                if write_end >= 0:
+                    os.close(write_end)
                 sock.close()
             assert await local_harness.backend.read_file(sid, "/tmp/slow") == b"partial"
 

@@ -1,20 +1,16 @@
 """Egress (none / internet / allowlist) and ingress of the local backend.
 
-Traffic only ever goes to 127.0.0.1 or to a "test host": a network namespace this module
-creates itself (``ip netns add``), joined to the host by a veth pair, with two addresses
-and a small bounded TCP server. No packet is sent anywhere else.
+Traffic only ever goes to 127.0.0.1 or to a "test host" (``nethost.py``): a network
+namespace this module creates itself, joined to the host by a veth pair, with a few
+addresses and a small bounded TCP server. No packet is sent anywhere else. What
+``internet`` must *not* reach is in ``test_local_egress.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,66 +18,9 @@ import pytest
 from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
 
 from .conformance import Harness, run, sh
+from .nethost import NetHost, test_host
 
-SERVER = r"""
-import socket, sys, time
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 8080)); srv.listen(16); srv.settimeout(0.5)
-print("ready", flush=True)
-deadline, served = time.monotonic() + 300, 0
-while time.monotonic() < deadline and served < 200:
-    try:
-        conn, peer = srv.accept()
-    except TimeoutError:
-        continue
-    conn.sendall(f"hello {conn.getsockname()[0]} from-peer {peer[0]}\n".encode())
-    conn.close(); served += 1
-"""
-
-
-@dataclass(frozen=True)
-class NetHost:
-    name: str
-    host_ip: str
-    ip_a: str
-    ip_b: str
-    port: int = 8080
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def test_host() -> Iterator[NetHost]:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables-restore"):
-        pytest.skip("needs root, iproute2 and iptables")
-    n = os.getpid() % 250 + 1
-    name, veth = f"sbxtest-{os.getpid()}", f"sbxtv{os.getpid()}"[:15]
-    host = NetHost(name, f"10.214.{n}.1", f"10.214.{n}.2", f"10.214.{n}.3")
-    server = None
-    try:
-        _ip("netns", "add", name)
-        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-        _ip("addr", "add", f"{host.host_ip}/24", "dev", veth)
-        _ip("link", "set", veth, "up")
-        for addr in (host.ip_a, host.ip_b):
-            _ip("-n", name, "addr", "add", f"{addr}/24", "dev", "eth0")
-        _ip("-n", name, "link", "set", "eth0", "up")
-        _ip("-n", name, "link", "set", "lo", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", name, sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield host
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+__all__ = ["test_host"]  # a module-scoped fixture shared with test_local_egress.py
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:

@@ -92,10 +92,11 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     lease = mgr.allocate("box")
     assert (lease.host_ip, lease.sandbox_ip) == ("10.99.0.5", "10.99.0.6")
     assert len(lease.host_if) <= 15 and Lease.from_json(lease.to_json()) == lease
-    add = mgr._rules(lease, EgressType.ALLOWLIST, ("1.2.3.0/24",), add=True)
+    body = [f":{lease.chain} - [0:0]", f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT"]
+    add = mgr._rules(lease, True, body)
     assert f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT" in add
-    assert "REJECT" in add and f"-I INPUT -i {lease.host_if}" in add
-    remove = mgr._rules(lease, EgressType.ALLOWLIST, ("1.2.3.0/24",), add=False)
+    assert f"-I INPUT -i {lease.host_if}" in add
+    remove = mgr._rules(lease, False)
     assert f"-X {lease.chain}" in remove and "-I " not in remove
     other_backend = NetworkManager("k2", "10.99.0.0/24", ipam_dir=str(tmp_path))
     second = other_backend.allocate("other")

@@ -46,21 +46,28 @@ class IngressMode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Egress type (+ CIDRs for allowlist) and ingress mode (+ exposed container ports)."""
+    """Egress type (+ CIDRs for allowlist) and ingress mode (+ exposed container ports).
+
+    ``blocked`` are destinations the runner forbids on top of what the backend never lets a
+    sandbox reach (non-public ranges, the host): its control plane's addresses. An allowlist
+    entry naming one of them exactly, or a subnet inside it, still wins (most specific first).
+    """
 
     egress: EgressType = EgressType.NONE
     cidrs: tuple[str, ...] = ()
     ingress: IngressMode | None = None
     exposed_ports: tuple[int, ...] = ()
+    blocked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         import ipaddress
 
-        for cidr in self.cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise InvalidSpec("network.cidrs", f"not a CIDR: {cidr!r}") from None
+        for name, cidrs in (("network.cidrs", self.cidrs), ("network.blocked", self.blocked)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise InvalidSpec(name, f"not a CIDR: {cidr!r}") from None
         if self.cidrs and self.egress is not EgressType.ALLOWLIST:
             raise InvalidSpec("network.cidrs", "only used with egress type allowlist")
         if bool(self.exposed_ports) != (self.ingress is not None):

@@ -15,6 +15,7 @@ import grpc
 
 from cwsandbox._proto import gateway_pb2
 from sandboxd._proto import runner_pb2
+from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.controlplane.placement import Placement, place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink, runner_unavailable
@@ -32,7 +33,7 @@ S = gateway_pb2
 MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024
 STOP_MARGIN_SECONDS = 15.0
 MAX_ID_LENGTH = 128
-MAX_PATH_LENGTH = 4096
+MAX_PATH_LENGTH = MAX_FILE_PATH_CHARS  # limits.py says why it fits the agent's message
 
 
 def sandbox_not_found(sandbox_id: str) -> ApiError:

@@ -14,11 +14,10 @@ import grpc
 
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
+from sandboxd.controlplane.limits import check_start_request
 from sandboxd.errors import ApiError, invalid_argument
 
-MAX_MOUNTED_BYTES = 32 * 1024 * 1024
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
-MAX_ENV_ENTRIES = 1024
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,6 @@ def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
 
 def _mounted_files(request: gateway_pb2.StartSandboxRequest) -> tuple[tuple[str, bytes], ...]:
     files: list[tuple[str, bytes]] = []
-    total = 0
     for index, mounted in enumerate(request.mounted_files):
         field = f"mounted_files[{index}].mount_path"
         path = mounted.mount_path
@@ -112,12 +110,6 @@ def _mounted_files(request: gateway_pb2.StartSandboxRequest) -> tuple[tuple[str,
         normal = posixpath.normpath(path)
         if normal in ("/", "//") or normal.startswith(("/proc", "/sys", "/dev")):
             raise invalid_argument(field, f"cannot mount a file at {path!r}")
-        total += len(mounted.file_content)
-        if total > MAX_MOUNTED_BYTES:
-            raise invalid_argument(
-                f"mounted_files[{index}].file_content",
-                f"mounted files may hold at most {MAX_MOUNTED_BYTES} bytes in all",
-            )
         files.append((normal, mounted.file_content))
     return tuple(files)
 
@@ -137,6 +129,7 @@ def _ports(request: gateway_pb2.StartSandboxRequest) -> tuple[int, ...]:
 def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequest:
     """Validate every field; raise :class:`ApiError` naming the first bad one."""
     _check_unsupported(request)
+    check_start_request(request)  # sizes first (limits.py): nothing below parses a huge field
     if not request.command.strip():
         raise invalid_argument("command", "must name the program to run")
     command = (request.command, *request.args)
@@ -160,8 +153,6 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
     gpu_type = gpu.gpu_type if gpu is not None and gpu.WhichOneof("spec") == "gpu_type" else ""
 
     environment = dict(request.environment_variables)
-    if len(environment) > MAX_ENV_ENTRIES:
-        raise invalid_argument("environment_variables", f"at most {MAX_ENV_ENTRIES} entries")
     for name, value in environment.items():
         if not name or "=" in name or "\x00" in name or "\x00" in value:
             raise invalid_argument(

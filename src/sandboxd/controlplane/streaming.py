@@ -32,6 +32,7 @@ from sandboxd.controlplane.exec_bridge import (
     StreamSessions,
 )
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.limits import check_exec_init
 from sandboxd.controlplane.sandboxes import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
@@ -82,6 +83,7 @@ def _check_init(first: streaming_pb2.ExecStreamRequest) -> streaming_pb2.ExecStr
         raise invalid_argument("init.tty_width", f"terminal size must be <= {MAX_TTY_DIMENSION}")
     if init.resume_session_id:
         raise not_implemented("init.resume_session_id", "exec session resume")
+    check_exec_init(init)  # sizes (limits.py): what reaches the sandbox's agent must fit
     return init
 
 

@@ -38,6 +38,7 @@ from google.protobuf import timestamp_pb2
 import sandboxd
 from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
+from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.exec_relay import ExecCall, dial_exec
 from sandboxd.runner.failures import refuse_command
 from sandboxd.runner.fingerprint import fingerprint
@@ -106,7 +107,11 @@ class RunnerAgent:
     ) -> None:
         self._settings = settings
         self._address = settings.address
-        self._capabilities = capabilities if capabilities is not None else fingerprint()
+        self._capabilities = (
+            capabilities
+            if capabilities is not None
+            else allocatable_capabilities(fingerprint(), settings.reserve)
+        )
         self._ledger = (
             ledger
             if ledger is not None
@@ -138,6 +143,9 @@ class RunnerAgent:
                 records_dir=settings.state_dir / "sandboxes",
                 public_host=self._capabilities.hostname or None,
                 logs_dialer=self._dial_logs,
+                control_plane=settings.control_plane,
+                max_execs_per_sandbox=settings.max_execs_per_sandbox,
+                egress_blocked=settings.egress_blocked,
             )
 
     @property

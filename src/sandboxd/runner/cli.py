@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import click
 
 from sandboxd.runner.agent import RunnerAgent, RunnerRejectedError
+from sandboxd.runner.capacity import HostReserve
+from sandboxd.runner.limit_options import limit_options
 from sandboxd.runner.settings import RunnerSettings, default_state_dir
 
 if TYPE_CHECKING:
@@ -135,6 +137,7 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
     default="INFO",
     show_default=True,
 )
+@limit_options
 def runner_command(
     *,
     control_plane: str,
@@ -147,6 +150,10 @@ def runner_command(
     data_dir: Path | None,
     heartbeat_interval: float,
     log_level: str,
+    reserve_cpu: int | None,
+    reserve_memory: int | None,
+    max_execs_per_sandbox: int,
+    egress_blocked: tuple[str, ...],
 ) -> None:
     """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -163,6 +170,9 @@ def runner_command(
             tags=tags,
             state_dir=state_dir if state_dir is not None else default_state_dir(),
             heartbeat_interval=heartbeat_interval,
+            reserve=HostReserve(cpu_millicores=reserve_cpu, memory_bytes=reserve_memory),
+            max_execs_per_sandbox=max_execs_per_sandbox,
+            egress_blocked=egress_blocked,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -176,7 +186,7 @@ def runner_command(
     if backend_name == "local":
         from sandboxd.runner.sandboxes import build_local_backend
 
-        backend, images = build_local_backend(data_dir or settings.state_dir)
+        backend, images = build_local_backend(data_dir or settings.state_dir, settings.reserve)
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:

@@ -95,6 +95,29 @@ def supports_privileged(proc_root: Path = Path("/proc")) -> bool:
     return effective_uid == 0 and bool(cap_eff & (1 << CAP_SYS_ADMIN))
 
 
+def host_cpu_millicores(
+    proc_root: Path = Path("/proc"),
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    online_cpus: int | None = None,
+) -> int:
+    """CPUs we may run on, capped by the tightest CPU quota of our cgroup and its ancestors."""
+    cpus = online_cpus if online_cpus is not None else online_cpu_count()
+    cpu_millicores = cpus * 1000
+    cpu_quota = cgroups.cpu_limit_millicores(proc_root, cgroup_root)
+    return min(cpu_millicores, cpu_quota) if cpu_quota is not None else cpu_millicores
+
+
+def host_memory_bytes(
+    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """``MemTotal``, capped by the tightest memory limit of our cgroup and its ancestors."""
+    memory = mem_total_bytes(proc_root)
+    memory_limit = cgroups.memory_limit_bytes(proc_root, cgroup_root)
+    if memory_limit is not None:
+        memory = min(memory, memory_limit) if memory > 0 else memory_limit
+    return memory
+
+
 def fingerprint(
     *,
     proc_root: Path = Path("/proc"),
@@ -104,27 +127,16 @@ def fingerprint(
     machine: str | None = None,
     hostname: str | None = None,
 ) -> runner_pb2.Capabilities:
-    """Describe this host as ``Capabilities``.
+    """Describe this host as ``Capabilities`` (its whole capacity; see ``capacity.py``).
 
     ``online_cpus``, ``machine`` and ``hostname`` default to the real values
     (``sched_getaffinity``, ``platform.machine()``, ``socket.gethostname()``). Runs
     ``nvidia-smi`` (up to 10 s), so call it off the event loop if latency matters.
     """
-    cpus = online_cpus if online_cpus is not None else online_cpu_count()
-    cpu_millicores = cpus * 1000
-    cpu_quota = cgroups.cpu_limit_millicores(proc_root, cgroup_root)
-    if cpu_quota is not None:
-        cpu_millicores = min(cpu_millicores, cpu_quota)
-
-    memory = mem_total_bytes(proc_root)
-    memory_limit = cgroups.memory_limit_bytes(proc_root, cgroup_root)
-    if memory_limit is not None:
-        memory = min(memory, memory_limit) if memory > 0 else memory_limit
-
     gpus = discover_gpus(nvidia_smi)
     return runner_pb2.Capabilities(
-        cpu_millicores=cpu_millicores,
-        memory_bytes=memory,
+        cpu_millicores=host_cpu_millicores(proc_root, cgroup_root, online_cpus),
+        memory_bytes=host_memory_bytes(proc_root, cgroup_root),
         gpu_count=gpus.count,
         gpu_types=list(gpus.types),
         architectures=[normalize_architecture(machine or platform.machine())],

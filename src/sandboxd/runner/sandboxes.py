@@ -23,6 +23,7 @@ from sandboxd.runner.supervisor import SandboxSupervisor, Send
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
     from sandboxd.images import ImageStore
+    from sandboxd.runner.capacity import HostReserve
 
 __all__ = [
     "ExecCall",
@@ -35,14 +36,20 @@ __all__ = [
 ]
 
 
-def build_local_backend(data_dir: str | Path) -> tuple[Backend, ImageStore]:
+def build_local_backend(
+    data_dir: str | Path, reserve: HostReserve | None = None
+) -> tuple[Backend, ImageStore]:
     """The local backend and its image store, both keeping state under ``data_dir``.
 
     Nothing is started here (the backend checks root and cgroups on first use and reports
     why in its fingerprint), so this is cheap and safe to call before the event loop runs.
+    All sandboxes together are bounded by the runner's allocatable capacity with ``reserve``
+    kept for the host (``capacity.py``): the same numbers the runner reports.
     """
     from sandboxd.backends.local import LocalBackend
     from sandboxd.images import ImageStore
+    from sandboxd.runner.capacity import HostReserve, parent_limits
 
     root = Path(data_dir).absolute()
-    return LocalBackend(root / "backend"), ImageStore(root)
+    limits = parent_limits(reserve or HostReserve())
+    return LocalBackend(root / "backend", parent_limits=limits), ImageStore(root)

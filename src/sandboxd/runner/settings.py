@@ -6,11 +6,15 @@ interval must fail at start-up with a clear message, not surface as an odd retry
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import platformdirs
+
+from sandboxd.runner.capacity import HostReserve
+from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -61,6 +65,12 @@ class RunnerSettings:
     runners do not stampede a restarted control plane. ``keepalive_interval`` enables HTTP/2
     keepalive pings (off by default: the control plane must allow them, or it answers with
     GOAWAY "too_many_pings").
+
+    ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
+    reports, and its sandboxes together may use, the rest. ``max_execs_per_sandbox`` caps
+    concurrent execs in one sandbox (see ``exec_limits.py``). ``egress_blocked`` are CIDRs no
+    sandbox may reach on top of the built-in list and the control plane (``egress.py``), e.g.
+    a public address the provider maps to this host without any interface carrying it.
     """
 
     control_plane: str
@@ -74,6 +84,9 @@ class RunnerSettings:
     reconnect_backoff_max: float = 5.0
     register_timeout: float = 30.0
     keepalive_interval: float | None = None
+    reserve: HostReserve = field(default_factory=HostReserve)
+    max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
+    egress_blocked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         parse_control_plane_url(self.control_plane)
@@ -87,6 +100,13 @@ class RunnerSettings:
             raise ValueError("keepalive_interval must be positive")
         if not self.runner_group_id:
             raise ValueError("runner_group_id must not be empty")
+        if self.max_execs_per_sandbox < 1:
+            raise ValueError("max_execs_per_sandbox must be at least 1")
+        for cidr in self.egress_blocked:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"--block-egress {cidr!r} is not a CIDR") from None
 
     @property
     def address(self) -> ControlPlaneAddress:

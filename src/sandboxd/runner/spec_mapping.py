@@ -150,7 +150,7 @@ def reservation_of(spec: runner_pb2.SandboxSpec) -> Reservation:
     )
 
 
-def _network(policy: runner_pb2.NetworkPolicy) -> NetworkSpec:
+def _network(policy: runner_pb2.NetworkPolicy, blocked: tuple[str, ...]) -> NetworkSpec:
     try:
         egress = EgressType(policy.egress_type or EgressType.NONE.value)
     except ValueError:
@@ -167,11 +167,24 @@ def _network(policy: runner_pb2.NetworkPolicy) -> NetworkSpec:
                 "network.ingress_type", f"unknown ingress type {policy.ingress_type!r}"
             ) from None
     cidrs = tuple(policy.egress_cidrs) if egress is EgressType.ALLOWLIST else ()
-    return NetworkSpec(egress=egress, cidrs=cidrs, ingress=ingress, exposed_ports=ports)
+    blocked = blocked if egress is not EgressType.NONE else ()
+    return NetworkSpec(
+        egress=egress, cidrs=cidrs, ingress=ingress, exposed_ports=ports, blocked=blocked
+    )
 
 
-def to_backend_spec(spec: runner_pb2.SandboxSpec, rootfs: Path, limits: Ceilings) -> SandboxSpec:
-    """The backend's spec; InvalidSpec is reported as INVALID_ARGUMENT naming the field."""
+def to_backend_spec(
+    spec: runner_pb2.SandboxSpec,
+    rootfs: Path,
+    limits: Ceilings,
+    *,
+    blocked: tuple[str, ...] = (),
+) -> SandboxSpec:
+    """The backend's spec; InvalidSpec is reported as INVALID_ARGUMENT naming the field.
+
+    ``blocked``: destinations no egress may reach on top of the backend's own list (the
+    control plane's addresses, see ``runner/egress.py``).
+    """
     if spec.gpu_count > 0:
         raise CommandFailed(
             failure(
@@ -201,7 +214,7 @@ def to_backend_spec(spec: runner_pb2.SandboxSpec, rootfs: Path, limits: Ceilings
     if limits.disk_bytes:
         kwargs["disk_bytes"] = limits.disk_bytes
     try:
-        return SandboxSpec(network=_network(spec.network), **kwargs)
+        return SandboxSpec(network=_network(spec.network, blocked), **kwargs)
     except InvalidSpec as exc:
         raise invalid_argument(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
 

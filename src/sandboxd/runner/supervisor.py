@@ -35,8 +35,21 @@ import grpc
 from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, SandboxNotFound
+from sandboxd.controlplane.limits import (
+    MAX_FILE_PATH_CHARS,
+    LimitExceeded,
+    check_runner_exec,
+    check_runner_spec,
+)
 from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
+from sandboxd.runner.egress import ControlPlaneAddresses
+from sandboxd.runner.exec_limits import (
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    ExecSlots,
+    raise_nofile_limit,
+    runner_exec_budget,
+)
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
 from sandboxd.runner.log_relay import LogsDialer, relay_logs
@@ -70,6 +83,10 @@ class SandboxSupervisor(SandboxTable):
     interface (default: the hostname). Sandboxes that ended are destroyed after
     ``retain_exited_seconds`` (None: only on delete), so a runner whose clients never delete
     does not fill its disk; until then their logs and final state stay readable.
+    ``control_plane`` (the runner's URL) is resolved and made unreachable from sandboxes,
+    as are the ``egress_blocked`` CIDRs.
+    At most ``max_execs_per_sandbox`` execs run at once in one sandbox, and no more on the
+    whole runner than its open-files limit (raised to the hard limit here) has room for.
     """
 
     def __init__(
@@ -84,6 +101,9 @@ class SandboxSupervisor(SandboxTable):
         public_host: str | None = None,
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
         logs_dialer: LogsDialer | None = None,
+        control_plane: str | None = None,
+        max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
+        egress_blocked: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             backend,
@@ -97,6 +117,10 @@ class SandboxSupervisor(SandboxTable):
         self._dial_logs = logs_dialer
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
+        self._egress_blocked = egress_blocked
+        raise_nofile_limit()
+        self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
 
     async def close(self) -> None:
         """Stop supervising (runner shutdown); the sandboxes keep running for a later recover."""
@@ -195,9 +219,15 @@ class SandboxSupervisor(SandboxTable):
         result.started.CopyFrom(sb.started())
 
     async def _create(self, sb: Sandbox, spec: runner_pb2.SandboxSpec) -> None:
+        try:
+            check_runner_spec(spec)  # the control plane checked these sizes too (limits.py)
+        except LimitExceeded as exc:
+            raise failures.invalid_argument(exc.field, exc.problem) from None
         limits = apply_limits(spec)
         reservation = reservation_of(spec)
-        backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits)
+        blocked = await self._control_plane.cidrs() if self._control_plane else ()
+        blocked = (*blocked, *self._egress_blocked)
+        backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits, blocked=blocked)
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)
         except InsufficientCapacityError as exc:
@@ -327,9 +357,23 @@ class SandboxSupervisor(SandboxTable):
                 self._dial, command.stream_id, "INVALID_ARGUMENT", "command must not be empty"
             )
             return
-        await relay_exec(self._backend, command, self._dial)
+        try:
+            check_runner_exec(command)  # so a control plane bug cannot overrun the agent
+        except LimitExceeded as exc:
+            await refuse_exec(self._dial, command.stream_id, "INVALID_ARGUMENT", str(exc))
+            return
+        refusal = self._exec_slots.acquire(command.sandbox_id)
+        if refusal is not None:
+            await refuse_exec(self._dial, command.stream_id, *refusal)
+            return
+        try:
+            await relay_exec(self._backend, command, self._dial)
+        finally:
+            self._exec_slots.release(command.sandbox_id)
 
 
 def _check_path(path: str) -> None:
     if not path.startswith("/") or "\x00" in path:
-        raise failures.invalid_argument("path", f"must be an absolute path (got {path!r})")
+        raise failures.invalid_argument("path", f"must be an absolute path (got {path[:80]!r})")
+    if len(path) > MAX_FILE_PATH_CHARS:  # as the control plane checks (limits.py)
+        raise failures.invalid_argument("path", f"must be at most {MAX_FILE_PATH_CHARS} characters")

@@ -1,9 +1,10 @@
 """The local backend: real Linux isolation on the runner's own host.
 
 Module map (each says why in its docstring): ``backend`` (the ``Backend`` implementation),
-``cgroups``, ``network`` and ``ingress`` (host-side setup), ``process`` (exec sessions and
-agent client), ``zygote`` → ``agent`` → ``rootfs``/``fileops`` (what runs inside), and
-``syscalls``/``seccomp``/``protocol``/``logfile`` (shared, standard library only).
+``cgroups`` and ``parent_cgroup``, ``network``, ``egress`` and ``ingress`` (host-side setup),
+``process`` (exec sessions and agent client), ``zygote`` → ``agent`` →
+``rootfs``/``fileops`` (what runs inside), and ``syscalls``/``seccomp``/``protocol``/
+``logfile`` (shared, standard library only).
 
 ``LocalBackend`` is loaded lazily: the zygote imports this package and must stay small.
 """

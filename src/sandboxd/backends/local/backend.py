@@ -48,6 +48,7 @@ from .agent import MAX_EXECS
 from .cgroups import CgroupError, CgroupManager
 from .ingress import PortPublisher
 from .network import NetworkManager
+from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
 from .state import SandboxRecord
@@ -71,6 +72,7 @@ class LocalBackend(Backend):
         lifetime_grace_seconds: float = 5.0,
         seccomp: bool = True,
         max_execs: int = MAX_EXECS,
+        parent_limits: ParentLimits | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -89,6 +91,7 @@ class LocalBackend(Backend):
         self._max_execs = max_execs
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
+        self._parent_limits = parent_limits  # None: this host's allocatable capacity
 
     # -- plumbing ----------------------------------------------------------------------------
     async def _ready(self) -> CgroupManager:
@@ -96,7 +99,7 @@ class LocalBackend(Backend):
             raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
         if self._cgroups is None:
             try:
-                self._cgroups = CgroupManager(self._group)
+                self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
             except CgroupError as exc:
                 raise BackendUnavailable(str(exc)) from exc
         await self._zygote.ensure()
@@ -171,7 +174,7 @@ class LocalBackend(Backend):
         if rec.egress is not EgressType.NONE:
             rec.lease = self._net.allocate(rec.sandbox_id)
             rec.save()
-            await self._net.setup(rec.lease, rec.egress, rec.cidrs)
+            await self._net.setup(rec.lease, rec.egress, rec.cidrs, spec.network.blocked)
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
         reply = await self._zygote.spawn(

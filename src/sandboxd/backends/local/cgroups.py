@@ -4,7 +4,8 @@ Why beneath our own cgroup: the runner may itself be confined (a systemd slice, 
 a per-process cgroup as on this project's CI), and sandboxes must count against that
 budget. So the backend reads ``/proc/self/cgroup`` and ``/proc/self/mountinfo``, finds its
 own cgroup in every hierarchy it needs (``cpu``, ``cpuacct``, ``memory``, ``pids`` on v1;
-the unified tree on v2) and creates ``sandboxd-<tag>/<sandbox>`` below it. The sandbox's
+the unified tree on v2) and creates ``sandboxd-<tag>/<sandbox>`` below it. ``sandboxd-<tag>``
+is bounded as a whole by the runner's allocatable capacity (``parent_cgroup.py``). The sandbox's
 processes join these cgroups before any namespace exists (see ``zygote.py``), so nothing
 the user runs is ever outside them. Paths are recorded in the sandbox's state so that a
 restarted runner, possibly in a different cgroup itself, still finds them.
@@ -18,6 +19,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+
+from . import parent_cgroup
+from .parent_cgroup import ParentLimits
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 V2_CONTROLLERS = ("cpu", "memory", "pids")
@@ -97,6 +101,17 @@ def _write(path: str, value: str) -> None:
         fh.write(value)
 
 
+def _parent_quota(quota_file: str) -> int | None:
+    """The v1 CFS quota of the cgroup above ``quota_file``'s (``None``: unlimited)."""
+    parent = os.path.join(os.path.dirname(os.path.dirname(quota_file)), "cpu.cfs_quota_us")
+    try:
+        with open(parent) as fh:
+            value = int(fh.read())
+    except (OSError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
 def _read(path: str) -> str:
     with open(path) as fh:
         return fh.read()
@@ -149,10 +164,16 @@ class SandboxCgroup:
     def set_limits(
         self, *, cpu_millicores: int | None, memory_bytes: int | None, pids_max: int | None
     ) -> None:
-        """Apply CPU quota, memory limit (swap included where possible) and PID limit."""
+        """Apply CPU quota, memory limit (swap included where possible) and PID limit.
+
+        On v1 a child's CPU quota may not exceed its parent's (the kernel answers EINVAL),
+        so it is capped at the runner-wide parent's quota; more could not be used anyway.
+        """
         if cpu_millicores:
             quota = max(1000, cpu_millicores * CFS_PERIOD_US // 1000)
             if self.version == 1:
+                parent = _parent_quota(self._file("cpu", "cpu.cfs_quota_us", ""))
+                quota = min(quota, parent) if parent else quota
                 _write(self._file("cpu", "cpu.cfs_period_us", ""), str(CFS_PERIOD_US))
                 _write(self._file("cpu", "cpu.cfs_quota_us", ""), str(quota))
             else:
@@ -239,12 +260,21 @@ class SandboxCgroup:
 
 
 class CgroupManager:
-    """Creates sandbox cgroups beneath our own, under a per-data-dir group name."""
+    """Creates sandbox cgroups beneath our own, under a per-data-dir group name.
 
-    def __init__(self, group: str, layout: Layout | None = None) -> None:
+    ``limits`` bound the group as a whole (default: this host's allocatable capacity, see
+    ``parent_cgroup.host_limits``); they are written whenever the group directory is made
+    and the first time this manager uses one that already exists.
+    """
+
+    def __init__(
+        self, group: str, layout: Layout | None = None, limits: ParentLimits | None = None
+    ) -> None:
         self.layout = layout or detect()
         self.group = group
+        self.limits = limits or parent_cgroup.host_limits(self.layout.version, self.layout.bases)
         self._ready = False
+        self._bounded: set[str] = set()  # group directories we wrote the limits into
 
     def _group_dirs(self) -> dict[str, str]:
         return {c: os.path.join(base, self.group) for c, base in self.layout.bases.items()}
@@ -257,21 +287,27 @@ class CgroupManager:
         self._ready = True
 
     def _make_groups(self) -> None:
-        for d in set(self._group_dirs().values()):
+        """Make the group directories that are missing; bound every one we have not yet."""
+        dirs = self._group_dirs()
+        for d in set(dirs.values()):
             if not os.path.isdir(d):
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(d)
+                self._bounded.discard(d)  # new (by us or a concurrent create): bound it
             if self.layout.version == 2:
                 _enable_v2_controllers(d)
+        if not set(dirs.values()) <= self._bounded:
+            parent_cgroup.apply(self.layout.version, dirs, self.limits)
+            self._bounded.update(dirs.values())
 
     def create(self, sandbox_id: str) -> SandboxCgroup:
         """Make the sandbox's cgroup directories (fails if they exist)."""
         self._prepare()
         dirs = {c: os.path.join(d, sandbox_id) for c, d in self._group_dirs().items()}
         for attempt in range(3):  # a concurrent destroy may remove an empty group dir
-            self._make_groups()
             made: list[str] = []
             try:
+                self._make_groups()
                 for d in sorted(set(dirs.values())):
                     os.mkdir(d)
                     made.append(d)
@@ -280,6 +316,8 @@ class CgroupManager:
                 for d in reversed(made):
                     with contextlib.suppress(OSError):
                         os.rmdir(d)
+                if isinstance(exc, FileNotFoundError):
+                    self._bounded.clear()  # a group dir went away: bound it again
                 if not isinstance(exc, FileNotFoundError) or attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -290,3 +328,4 @@ class CgroupManager:
             with contextlib.suppress(OSError):
                 os.rmdir(d)
         self._ready = False
+        self._bounded.clear()

@@ -7,15 +7,18 @@ For the other two, the runner creates a named namespace (``ip netns add``), a ve
 a /30 from a private pool (one end in the namespace as ``eth0``, default route via the host
 end), IPv6 off on both ends, and one ``iptables-restore --noflush`` transaction on the host:
 
-* ``INPUT -i <veth> -j DROP``: the sandbox cannot reach services on the host itself;
-* ``FORWARD -i <veth> -j SBX-<tag>``: a per-sandbox chain that drops the link-local range
-  (cloud metadata) and the sandbox pool (other sandboxes), then accepts everything
-  (``internet``) or only the allowlisted CIDRs and rejects the rest (``allowlist``);
+* ``INPUT -i <veth> -j DROP``: the sandbox cannot reach services on the host itself, on any
+  of its addresses, including ones the host gains after the sandbox was created;
+* ``FORWARD -i <veth> -j SBX-<tag>``: a per-sandbox chain that drops the sandbox pool (other
+  sandboxes), jumps to the shared chain of non-public destinations and then accepts
+  (``internet``) or accepts only the allowlisted CIDRs (``allowlist``); what is reachable
+  and why is ``egress.py``'s business;
 * ``FORWARD -o <veth>`` for replies, and ``POSTROUTING ... -j MASQUERADE`` for NAT.
 
 Filtering on the host rather than inside the namespace keeps every rule out of the
 sandbox's reach and lets teardown be one transaction. IPv4 forwarding must be on
-(``net.ipv4.ip_forward=1``); the backend turns it on, as Docker does.
+(``net.ipv4.ip_forward=1``); the backend turns it on, as Docker does. The shared chain is
+removed with the last sandbox of this backend when no other backend on the host uses it.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import hashlib
 import ipaddress
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ..base import EgressType
+from . import egress as policy
 
 NETNS_DIR = "/run/netns"
 IPAM_DIR = "/run/sandboxd/ipam"
-METADATA_RANGE = "169.254.0.0/16"
 
 
 class NetworkError(RuntimeError):
@@ -102,9 +106,18 @@ class NetworkManager:
 
     def __init__(self, key: str, pool: str = "10.213.0.0/16", ipam_dir: str = IPAM_DIR) -> None:
         self.key = key
-        self.pool = ipaddress.ip_network(pool)
-        if self.pool.prefixlen > 29:
+        net = ipaddress.ip_network(pool)
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise ValueError("network pool must be IPv4 (sandboxes have no IPv6)")
+        if net.prefixlen > 29:
             raise ValueError("network pool must be /29 or larger")
+        self.pool = net
+        self._active: set[str] = set()  # tags of leases whose rules reference the shared chain
+        # The shared chain as this process last wrote it. Re-declaring a chain that has rules
+        # costs iptables-nft a full rule-cache fetch (~12 ms), so a create leaves it alone
+        # while its content is unchanged and one of our own rules still jumps to it (the
+        # kernel refuses to delete a referenced chain, so then it certainly still exists).
+        self._shared_written: tuple[str, ...] | None = None
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -120,6 +133,7 @@ class NetworkManager:
 
     def claim(self, lease: Lease) -> None:
         """Re-assert a recovered lease's claim (no-op when it is still recorded)."""
+        self._active.add(lease.tag)
         os.makedirs(self.ipam, exist_ok=True)
         with open(self._claim_file(lease.index), "a") as fh:
             fh.write("")
@@ -144,7 +158,8 @@ class NetworkManager:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._claim_file(lease.index))
 
-    def _rules(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], add: bool) -> str:
+    def _rules(self, lease: Lease, add: bool, body: Sequence[str] = ()) -> str:
+        """The transaction that adds (``body``: chain lines) or removes a sandbox's rules."""
         ins, app = ("-I", "-A") if add else ("-D", "-D")
         comment = f"-m comment --comment sandboxd:{lease.tag}"
         hooks = [
@@ -158,22 +173,22 @@ class NetworkManager:
             "-j MASQUERADE"
         )
         if not add:
-            body = [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
-            return "\n".join(["*filter", *body, "COMMIT", "*nat", nat, "COMMIT", ""])
-        chain = [
-            f":{lease.chain} - [0:0]",
-            f"-A {lease.chain} -d {METADATA_RANGE} -j DROP",
-            f"-A {lease.chain} -d {self.pool} -j DROP",
-        ]
-        if egress is EgressType.ALLOWLIST:
-            chain += [f"-A {lease.chain} -d {cidr} -j ACCEPT" for cidr in cidrs]
-            chain.append(f"-A {lease.chain} -j REJECT --reject-with icmp-admin-prohibited")
-        else:
-            chain.append(f"-A {lease.chain} -j ACCEPT")
-        return "\n".join(["*filter", *chain, *hooks, "COMMIT", "*nat", nat, "COMMIT", ""])
+            body = [f"-F {lease.chain}", f"-X {lease.chain}"]
+            return "\n".join(["*filter", *hooks, *body, "COMMIT", "*nat", nat, "COMMIT", ""])
+        return "\n".join(["*filter", *body, *hooks, "COMMIT", "*nat", nat, "COMMIT", ""])
 
-    async def setup(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
-        """Namespace, veth, addresses, routes and host rules; rolls back on failure."""
+    async def setup(
+        self,
+        lease: Lease,
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...] = (),
+    ) -> None:
+        """Namespace, veth, addresses, routes and host rules; rolls back on failure.
+
+        ``blocked`` are destinations the runner forbids on top of the fixed non-public
+        ranges (its control plane); see ``egress.py``.
+        """
         try:
             with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
                 if fh.read().strip() != "1":
@@ -193,15 +208,41 @@ class NetworkManager:
                 f"route add default via {lease.host_ip}\n"
             )
             await run("ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
-            rules = self._rules(lease, egress, cidrs, add=True)
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await self._add_rules(lease, egress, cidrs, blocked)
         except BaseException:
             await self.teardown(lease, egress, cidrs)
             raise
 
+    async def _add_rules(
+        self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
+    ) -> None:
+        """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
+        hosts = policy.host_addresses()
+        shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
+        chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
+        skip = tuple(shared) == self._shared_written and bool(self._active)
+        # Counted from now on, so that a concurrent teardown of our last other sandbox does
+        # not remove the shared chain while this transaction is on its way.
+        self._active.add(lease.tag)
+        try:
+            rules = self._rules(lease, True, chain if skip else [*shared, *chain])
+            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+        except NetworkError:
+            if not skip:
+                raise
+            # The chain went away under us (another backend removed it between our
+            # sandboxes, or the ruleset was flushed): write it again.
+            rules = self._rules(lease, True, [*shared, *chain])
+            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+        self._shared_written = tuple(shared)
+
     async def teardown(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
-        """Remove rules, veth and namespace; tolerant of parts that never existed."""
-        rules = self._rules(lease, egress, cidrs, add=False)
+        """Remove rules, veth and namespace; tolerant of parts that never existed.
+
+        ``egress`` and ``cidrs`` are not needed (the chain is flushed whole); the signature
+        matches ``setup`` for the callers.
+        """
+        rules = self._rules(lease, False)
         try:
             await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
         except NetworkError:
@@ -209,6 +250,22 @@ class NetworkManager:
         await run("ip", "link", "del", lease.host_if, check=False)
         await run("ip", "netns", "del", lease.netns, check=False)
         self.release(lease)
+        self._active.discard(lease.tag)
+        if not self._active:
+            self._shared_written = None
+            await self.remove_shared_chain()
+
+    @staticmethod
+    async def remove_shared_chain() -> None:
+        """Delete the shared chain unless some sandbox (of any backend) still jumps to it.
+
+        One transaction: while a rule references the chain the kernel refuses ``-X`` and the
+        flush before it is rolled back too, so a sandbox of another backend on this host
+        keeps its rules whole; a concurrent create re-declares the chain in its own
+        transaction, before or after this one.
+        """
+        rules = f"*filter\n-F {policy.SHARED_CHAIN}\n-X {policy.SHARED_CHAIN}\nCOMMIT\n"
+        await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), check=False)
 
     async def _teardown_rules_one_by_one(self, rules: str) -> None:
         table = "filter"

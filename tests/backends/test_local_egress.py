@@ -1,0 +1,191 @@
+"""``internet`` egress reaches the internet, not what sits next to the runner.
+
+The "internet" and the neighbours are all one test host (``nethost.py``): a network
+namespace this module creates, with a public stand-in address (198.18/15) and addresses in
+10/8, 192.168/16 and 100.64/10. The host's own address is one the test adds to the host end
+of that veth. No packet goes anywhere else; everything is removed even when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+
+from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.local.egress import NON_PUBLIC, SHARED_CHAIN
+
+from .conformance import Harness, run, sh
+from .nethost import NetHost, test_host
+
+__all__ = ["test_host"]
+
+
+def go(aio: asyncio.Runner, coro: object) -> object:
+    return aio.run(asyncio.wait_for(coro, 90))  # type: ignore[arg-type]
+
+
+async def reaches(h: Harness, sid: str, ip: str, port: int = 8080) -> bool:
+    """Whether a TCP client in the sandbox gets the test server's greeting from ``ip``."""
+    r = await run(h, sid, sh(f"nc -w 2 {ip} {port} </dev/null"))
+    return r.code == 0 and r.stdout.startswith(b"hello ")
+
+
+def test_internet_reaches_the_internet_but_no_private_neighbour(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=NetworkSpec(EgressType.INTERNET)) as sid:
+            assert await reaches(local_harness, sid, test_host.ip_a)  # the route works
+            for ip in test_host.non_public:
+                assert not await reaches(local_harness, sid, ip), ip
+
+    go(aio, scenario())
+
+
+def test_allowlist_naming_a_private_address_reaches_it_and_nothing_else(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    cgnat_subnet = test_host.cgnat.rsplit(".", 1)[0] + ".0/24"
+    spec = NetworkSpec(EgressType.ALLOWLIST, cidrs=(f"{test_host.private_a}/32", cgnat_subnet))
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=spec) as sid:
+            assert await reaches(local_harness, sid, test_host.private_a)
+            assert await reaches(local_harness, sid, test_host.cgnat)
+            for ip in (test_host.private_b, test_host.lan, test_host.ip_a):
+                assert not await reaches(local_harness, sid, ip), ip
+
+    go(aio, scenario())
+
+
+def test_runner_blocked_destinations_such_as_the_control_plane(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    """``NetworkSpec.blocked`` (the runner puts its control plane there) wins unless named."""
+    control_plane = f"{test_host.ip_b}/32"
+    subnet = test_host.ip_b.rsplit(".", 1)[0] + ".0/24"
+    internet = NetworkSpec(EgressType.INTERNET, blocked=(control_plane,))
+    wide = NetworkSpec(EgressType.ALLOWLIST, cidrs=(subnet,), blocked=(control_plane,))
+    exact = NetworkSpec(EgressType.ALLOWLIST, cidrs=(control_plane,), blocked=(control_plane,))
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=internet) as sid:
+            assert await reaches(local_harness, sid, test_host.ip_a)
+            assert not await reaches(local_harness, sid, test_host.ip_b)
+        async with local_harness.sandbox(network=wide) as sid:
+            assert await reaches(local_harness, sid, test_host.ip_a)
+            assert not await reaches(local_harness, sid, test_host.ip_b)
+        async with local_harness.sandbox(network=exact) as sid:
+            assert await reaches(local_harness, sid, test_host.ip_b)
+
+    go(aio, scenario())
+
+
+class HostServer:
+    """A TCP server of the test process on one host address; counts who connected."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.sock = socket.create_server((address, port), reuse_port=False)
+        self.sock.settimeout(0.2)
+        self.peers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                self.peers.append(peer[0])
+                conn.sendall(b"hello from the host\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def host_address(test_host: NetHost, port: int) -> Iterator[tuple[str, HostServer]]:
+    """Give the host one more (public-range) address, on a real interface, and serve on it."""
+    n = test_host.host_ip.split(".")[2]
+    address = f"198.19.{n}.1"
+    subprocess.run(
+        ["ip", "addr", "add", f"{address}/32", "dev", test_host.host_if],
+        check=True,
+        capture_output=True,
+    )
+    server = None
+    try:
+        server = HostServer(address, port)
+        yield address, server
+    finally:
+        if server is not None:
+            server.close()
+        subprocess.run(
+            ["ip", "addr", "del", f"{address}/32", "dev", test_host.host_if],
+            capture_output=True,
+        )
+
+
+def test_host_addresses_are_unreachable_also_ones_added_later(
+    aio: asyncio.Runner, local_harness: Harness, test_host: NetHost
+) -> None:
+    port = 8081
+
+    async def scenario() -> None:
+        named = NetworkSpec(EgressType.ALLOWLIST, cidrs=("198.19.0.0/16",))
+        async with (
+            local_harness.sandbox(network=NetworkSpec(EgressType.INTERNET)) as early,
+            local_harness.sandbox(network=named) as early_named,
+        ):
+            # The host gains an address after both sandboxes exist.
+            with host_address(test_host, port) as (address, server):
+                with socket.create_connection((address, port), timeout=5) as probe:
+                    assert probe.recv(64) == b"hello from the host\n"  # the service is up
+                async with local_harness.sandbox(network=NetworkSpec(EgressType.INTERNET)) as late:
+                    rules = _iptables()
+                    assert f"-A {SHARED_CHAIN} -d {address}/32 -j REJECT" in rules
+                    for sid in (early, late):
+                        assert await reaches(local_harness, sid, test_host.ip_a)
+                    for sid in (early, early_named, late):
+                        assert not await reaches(local_harness, sid, address, port), sid
+                assert server.peers == [address]  # only the probe: no sandbox got through
+
+    go(aio, scenario())
+
+
+def _iptables() -> str:
+    return subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
+
+
+def test_rule_set_is_small_shared_and_torn_down(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    async def scenario() -> None:
+        spec = local_harness.spec(network=NetworkSpec(EgressType.INTERNET))
+        await local_harness.backend.create(spec)
+        lease = local_harness.backend._records[spec.sandbox_id].lease  # type: ignore[attr-defined]
+        try:
+            rules = _iptables().splitlines()
+            own = [line for line in rules if line.startswith(f"-A {lease.chain} ")]
+            assert own == [
+                f"-A {lease.chain} -d 10.213.0.0/16 -j DROP",
+                f"-A {lease.chain} -j {SHARED_CHAIN}",
+                f"-A {lease.chain} -j ACCEPT",
+            ]
+            shared = {line.split()[3] for line in rules if line.startswith(f"-A {SHARED_CHAIN} ")}
+            assert {cidr for cidr, _why in NON_PUBLIC} <= shared
+        finally:
+            await local_harness.backend.destroy(spec.sandbox_id)
+        assert lease.tag not in _iptables()
+        assert f":{lease.chain} " not in _iptables()
+
+    go(aio, scenario())

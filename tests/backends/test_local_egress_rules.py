@@ -1,0 +1,140 @@
+"""The egress rule text (no root needed): what each chain says, and longest-prefix semantics.
+
+The kernel-level behaviour is in ``test_local_egress.py``; here the cases that are awkward
+to build with real networks (nested allowlist entries, resolvers, AnyIP prefixes).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from sandboxd.backends.base import EgressType
+from sandboxd.backends.local.egress import (
+    NON_PUBLIC,
+    REJECT,
+    SHARED_CHAIN,
+    host_addresses,
+    nameservers,
+    sandbox_chain,
+    shared_chain,
+)
+
+POOL = IPv4Network("10.213.0.0/16")
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     |-- 203.0.113.0
+        /24 host LOCAL
+     +-- 192.0.2.0/24 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+"""
+
+
+def verdicts(lines: list[str], chain: str) -> list[tuple[str, str]]:
+    """(destination or '*', verdict) of each rule of ``chain``, in order."""
+    out = []
+    for line in lines:
+        if line.startswith(f"-A {chain} "):
+            fields = line.split()
+            dest = fields[fields.index("-d") + 1] if "-d" in fields else "*"
+            out.append((dest, fields[fields.index("-j") + 1]))
+    return out
+
+
+def test_host_addresses_are_every_local_route_including_anyip(tmp_path: Path) -> None:
+    (tmp_path / "fib_trie").write_text(FIB_TRIE)
+    assert host_addresses(str(tmp_path / "fib_trie")) == (
+        IPv4Network("127.0.0.0/8"),
+        IPv4Network("127.0.0.1/32"),
+        IPv4Network("192.0.2.2/32"),
+        IPv4Network("203.0.113.0/24"),
+    )
+    assert host_addresses(str(tmp_path / "missing")) == ()
+
+
+def test_nameservers() -> None:
+    conf = b"# x\nnameserver 10.0.0.2\nnameserver ::1\nnameserver 10.0.0.2\nsearch x\n"
+    assert nameservers(conf) == (IPv4Address("10.0.0.2"),)
+    assert nameservers(None) == ()
+
+
+def test_shared_chain_rejects_non_public_and_host_but_lets_a_private_resolver_answer() -> None:
+    hosts = (IPv4Network("127.0.0.1/32"), IPv4Network("192.0.2.2/32"))
+    resolvers = (IPv4Address("10.0.0.2"), IPv4Address("127.0.0.53"), IPv4Address("9.9.9.9"))
+    lines = shared_chain(hosts, resolvers)
+    assert lines[0] == f":{SHARED_CHAIN} - [0:0]"
+    got = verdicts(lines, SHARED_CHAIN)
+    # DNS to the private resolver first (udp and tcp), nothing for loopback or public ones.
+    assert got[:2] == [("10.0.0.2/32", "RETURN"), ("10.0.0.2/32", "RETURN")]
+    assert all("--dport 53" in line for line in lines[1:3])
+    assert [d for d, v in got[2:]] == [c for c, _ in NON_PUBLIC] + ["192.0.2.2/32"]
+    assert {v for _, v in got[2:]} == {"REJECT"}
+    assert all(REJECT in line for line in lines[3:])
+
+
+def test_internet_chain_is_three_rules() -> None:
+    lines = sandbox_chain("SBX-a", POOL, EgressType.INTERNET, (), ())
+    assert verdicts(lines, "SBX-a") == [
+        ("10.213.0.0/16", "DROP"),
+        ("*", SHARED_CHAIN),
+        ("*", "ACCEPT"),
+    ]
+
+
+def test_internet_chain_rejects_a_public_control_plane_after_the_shared_chain() -> None:
+    lines = sandbox_chain("SBX-a", POOL, EgressType.INTERNET, ("9.9.9.9/32",), ("127.0.0.1/32",))
+    assert verdicts(lines, "SBX-a") == [  # allowlist CIDRs are ignored for internet
+        ("10.213.0.0/16", "DROP"),
+        ("*", SHARED_CHAIN),
+        ("*", "ACCEPT"),
+    ]
+    lines = sandbox_chain("SBX-a", POOL, EgressType.INTERNET, (), ("198.51.100.7",))
+    assert verdicts(lines, "SBX-a")[2:] == [("198.51.100.7/32", "REJECT"), ("*", "ACCEPT")]
+
+
+def test_allowlist_longest_prefix_wins_ties_go_to_the_allowlist() -> None:
+    allowed = ("0.0.0.0/0", "10.1.2.0/24", "169.254.169.254/32", "10.213.5.0/24")
+    blocked = ("10.1.2.5/32", "198.51.100.7/32")
+    hosts = (IPv4Network("10.1.2.9/32"), IPv4Network("10.213.0.1/32"))
+    lines = sandbox_chain("SBX-a", POOL, EgressType.ALLOWLIST, allowed, blocked, hosts=hosts)
+    assert verdicts(lines, "SBX-a") == [
+        ("10.213.0.0/16", "DROP"),  # the pool first, whatever the allowlist names
+        ("169.254.169.254/32", "ACCEPT"),  # named inside a blocked range: reachable
+        ("10.1.2.5/32", "REJECT"),  # the control plane inside a named subnet: still blocked
+        ("10.1.2.9/32", "REJECT"),  # so is a host address there
+        ("10.1.2.0/24", "ACCEPT"),
+        ("10.213.5.0/24", "ACCEPT"),  # (dead: the pool rule came first)
+        ("*", SHARED_CHAIN),  # the rest of the non-public ranges
+        ("198.51.100.7/32", "REJECT"),  # a public control plane inside 0.0.0.0/0
+        ("0.0.0.0/0", "ACCEPT"),  # naming everything does not open the private ranges
+        ("*", "REJECT"),
+    ]
+
+
+def test_allowlist_naming_a_blocked_address_exactly_reaches_it() -> None:
+    lines = sandbox_chain("SBX-a", POOL, EgressType.ALLOWLIST, ("10.1.2.5/32",), ("10.1.2.5/32",))
+    assert verdicts(lines, "SBX-a")[1] == ("10.1.2.5/32", "ACCEPT")
+
+
+def test_ipv6_entries_are_ignored() -> None:
+    lines = sandbox_chain("SBX-a", POOL, EgressType.ALLOWLIST, ("2001:db8::/32",), ("::1/128",))
+    assert verdicts(lines, "SBX-a") == [
+        ("10.213.0.0/16", "DROP"),
+        ("*", SHARED_CHAIN),
+        ("*", "REJECT"),
+    ]

@@ -1,0 +1,74 @@
+"""Egress through the whole platform: profiles from a YAML config, a real ``sandboxd up``.
+
+The neighbours are one network namespace this module creates (``tests/backends/nethost.py``):
+a public stand-in address and private ones. ``internet`` must reach the first and none of
+the others; an ``allowlist`` mode in the administrator's profile that names one private
+address reaches exactly that one. No packet goes anywhere but that namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cwsandbox import NetworkOptions, Sandbox, SandboxDefaults
+from tests.backends.nethost import NetHost, test_host
+from tests.support.processes import all_in_one
+
+__all__ = ["test_host"]
+
+CONFIG = """\
+profiles:
+  - display_name: egress-test
+    spec:
+      container_image: python:3.11
+      resource_defaults:
+        {{cpu_request: 50m, memory_request: 64Mi, cpu_limit: "1", memory_limit: 256Mi}}
+      network:
+        egress:
+          default: internet
+          modes:
+            internet: {{type: internet}}
+            lan: {{type: allowlist, cidrs: ["{private}/32"]}}
+default_bindings:
+  - {{profile: egress-test, is_default: true}}
+"""
+
+PROBE = """
+import socket, sys
+for ip in sys.argv[1:]:
+    try:
+        with socket.create_connection((ip, 8080), timeout=3) as s:
+            print(ip, "reached" if s.recv(64).startswith(b"hello ") else "odd")
+    except OSError as e:
+        print(ip, "blocked", type(e).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("egress-up")
+    config = data / "platform.yaml"
+    config.write_text(CONFIG.format(private=test_host.private_a))
+    with all_in_one(Path(data), "--config", str(config)) as (_proc, url):
+        yield url
+
+
+def probe(sandbox: Sandbox, *ips: str) -> dict[str, str]:
+    result = sandbox.exec(["python3", "-c", PROBE, *ips]).result()
+    assert result.returncode == 0, result.stderr
+    return {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+
+
+def test_internet_and_allowlist_modes_from_the_config(base_url: str, test_host: NetHost) -> None:
+    defaults = SandboxDefaults(base_url=base_url, tags=("egress-e2e",))
+    everyone = (test_host.ip_a, *test_host.non_public)
+    with Sandbox.run(defaults=defaults) as internet:
+        seen = probe(internet, *everyone)
+    assert seen == {test_host.ip_a: "reached"} | {ip: "blocked" for ip in test_host.non_public}
+    lan = NetworkOptions(egress_mode="lan")
+    with Sandbox.run(defaults=defaults, network=lan) as allowlisted:
+        seen = probe(allowlisted, *everyone)
+    assert seen == {ip: "blocked" for ip in everyone} | {test_host.private_a: "reached"}
