@@ -13,6 +13,7 @@ flags exit 2 naming the flag.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from sandboxd.identity.model import (
 )
 
 SERVICE = "/sandboxd.admin.v1.AdminService/"
+_META = "sandboxd.admin.connection"
 TIMEOUT_SECONDS = 30.0
 ResponseT = TypeVar("ResponseT", bound=Message)
 ROLE_NAMES = {admin_pb2.ROLE_ADMIN: "admin", admin_pb2.ROLE_MEMBER: "member"}
@@ -57,7 +59,7 @@ def _call(
     ctx: click.Context, method: str, request: Message, response_type: type[ResponseT]
 ) -> ResponseT:
     """Call ``AdminService/<method>`` with the admin key; gRPC errors become one line."""
-    options: dict[str, Any] = ctx.find_object(dict) or {}
+    options: dict[str, Any] = ctx.meta.get(_META, {})
     if not os.environ.get(API_KEY_ENV, "").strip():
         raise AdminError(
             f"set {API_KEY_ENV} to an admin API key (sandboxd up prints one; "
@@ -81,26 +83,28 @@ def _call(
         raise AdminError(details) from None
 
 
-def _connection_options(group: Callable[..., Any]) -> Callable[..., Any]:
-    """``--base-url`` and ``--ca-file`` on a command group, stored in ``ctx.obj``."""
-    group = click.option(
+def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--base-url`` and ``--ca-file`` on a command; kept in ``ctx.meta`` for :func:`_call`."""
+
+    @functools.wraps(command)
+    def run(*args: Any, base_url: str | None, ca_file: str | None, **kwargs: Any) -> Any:
+        click.get_current_context().meta[_META] = {"base_url": base_url, "ca_file": ca_file}
+        return command(*args, **kwargs)
+
+    run = click.option(
         "--ca-file",
         envvar=CA_FILE_ENV,
         type=click.Path(dir_okay=False, exists=True),
         default=None,
         help=f"CA certificates for an https:// control plane [env: {CA_FILE_ENV}].",
-    )(group)
+    )(run)
     return click.option(
         "--base-url",
         envvar=BASE_URL_ENV,
         default=None,
         metavar="URL",
         help=f"Control plane [env: {BASE_URL_ENV}; default: http://127.0.0.1:50051].",
-    )(group)
-
-
-def _remember(ctx: click.Context, base_url: str | None, ca_file: str | None) -> None:
-    ctx.obj = {"base_url": base_url, "ca_file": ca_file}
+    )(run)
 
 
 def _when(stamp: Timestamp, set_: bool) -> str:
@@ -129,6 +133,10 @@ def _org(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if problem:
         raise click.BadParameter(problem)
     return value
+
+
+def _optional_org(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return _org(ctx, param, value) if value else value
 
 
 def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -208,14 +216,12 @@ def _print(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> Non
 
 
 @click.group("keys")
-@_connection_options
-@click.pass_context
-def keys_group(ctx: click.Context, base_url: str | None, ca_file: str | None) -> None:
+def keys_group() -> None:
     """API keys: each belongs to one organization and is an admin or a member key."""
-    _remember(ctx, base_url, ca_file)
 
 
 @keys_group.command("create")
+@_connection_options
 @click.option("--org", "organization", required=True, callback=_org, help="Organization.")
 @click.option(
     "--role",
@@ -241,14 +247,15 @@ def keys_create(ctx: click.Context, organization: str, role: str, name: str) -> 
 
 
 @keys_group.command("ls")
-@click.option("--org", "organization", default="", help="Only keys of this organization.")
+@_connection_options
+@click.option(
+    "--org", "organization", default="", callback=_optional_org, help="Only this organization."
+)
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def keys_ls(ctx: click.Context, organization: str, include_revoked: bool, as_json: bool) -> None:
     """List keys (never their secrets)."""
-    if organization:
-        _org(ctx, click.Option(["--org"]), organization)
     request = admin_pb2.ListApiKeysRequest(
         organization=organization, include_revoked=include_revoked
     )
@@ -258,6 +265,7 @@ def keys_ls(ctx: click.Context, organization: str, include_revoked: bool, as_jso
 
 
 @keys_group.command("revoke")
+@_connection_options
 @click.argument("key_id", callback=_public_id("sandboxd keys ls"))
 @click.pass_context
 def keys_revoke(ctx: click.Context, key_id: str) -> None:
@@ -271,14 +279,12 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 
 
 @click.group("tokens")
-@_connection_options
-@click.pass_context
-def tokens_group(ctx: click.Context, base_url: str | None, ca_file: str | None) -> None:
+def tokens_group() -> None:
     """Join tokens: a new runner trades one for its own credential."""
-    _remember(ctx, base_url, ca_file)
 
 
 @tokens_group.command("create")
+@_connection_options
 @click.option("--group", "runner_group_id", default="", help="Runner group joiners are put in.")
 @click.option(
     "--uses",
@@ -322,6 +328,7 @@ def tokens_create(
 
 
 @tokens_group.command("ls")
+@_connection_options
 @click.option("--all", "include_spent", is_flag=True, help="Include used, expired, revoked.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
@@ -334,6 +341,7 @@ def tokens_ls(ctx: click.Context, include_spent: bool, as_json: bool) -> None:
 
 
 @tokens_group.command("revoke")
+@_connection_options
 @click.argument("token_id", callback=_public_id("sandboxd tokens ls"))
 @click.pass_context
 def tokens_revoke(ctx: click.Context, token_id: str) -> None:
@@ -347,14 +355,12 @@ def tokens_revoke(ctx: click.Context, token_id: str) -> None:
 
 
 @click.group("runners")
-@_connection_options
-@click.pass_context
-def runners_group(ctx: click.Context, base_url: str | None, ca_file: str | None) -> None:
+def runners_group() -> None:
     """Runner credentials: list them, revoke a runner."""
-    _remember(ctx, base_url, ca_file)
 
 
 @runners_group.command("ls")
+@_connection_options
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked runners.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
@@ -368,6 +374,7 @@ def runners_ls(ctx: click.Context, include_revoked: bool, as_json: bool) -> None
 
 
 @runners_group.command("revoke")
+@_connection_options
 @click.argument("runner_id", callback=_runner_id)
 @click.pass_context
 def runners_revoke(ctx: click.Context, runner_id: str) -> None:

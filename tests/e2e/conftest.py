@@ -2,7 +2,8 @@
 
 Authentication is on: each platform's first administrator key (printed by ``sandboxd up``)
 goes into child environments (:meth:`Platform.env`) and, for tests that use the client in
-this process, into ``CWSANDBOX_API_KEY`` for the duration of each test that uses a platform.
+this process, into ``CWSANDBOX_API_KEY`` (with ``CWSANDBOX_BASE_URL``) for the duration of
+each test that uses a platform.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def quiet_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfor
     yield from _start_platform(tmp_path_factory)
 
 
-def _start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def _start_platform(
+    tmp_path_factory: pytest.TempPathFactory, *extra_args: str
+) -> Iterator[Platform]:
     data_dir = tmp_path_factory.mktemp("up")
     port = free_port()
     proc = Proc(
         [*SANDBOXD, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-         "--runner-id", GUIDE_RUNNER_ID],
+         "--runner-id", GUIDE_RUNNER_ID, *extra_args],
         child_env(),
     ).start()  # fmt: skip
     try:
@@ -73,12 +76,16 @@ def _start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         assert proc.stop() == 0, proc.output
 
 
+start_platform = _start_platform  # for modules that need their own options (--config ...)
+
+
 @pytest.fixture(autouse=True)
 def _platform_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Clients in this process send the administrator key of the platform a test uses."""
+    """Clients in this process talk to the platform a test uses, with its administrator key."""
     for name in ("platform", "quiet_platform"):
         if name in request.fixturenames:
             platform: Platform = request.getfixturevalue(name)
+            monkeypatch.setenv("CWSANDBOX_BASE_URL", platform.base_url)
             monkeypatch.setenv("CWSANDBOX_API_KEY", platform.api_key)
             return
 
