@@ -11,6 +11,7 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
+from sandboxd._proto import admin_pb2
 from sandboxd.cli import main
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, child_env
 
@@ -140,3 +141,24 @@ def test_without_a_key_or_against_nothing_the_error_is_one_line(
     assert "Traceback" not in result.output + wrong.output + gone.output
     unknown = sandboxd(cp, "keys", "revoke", "0123456789abcdef")
     assert unknown.exit_code == 1 and "not found" in unknown.output
+
+
+def test_the_admin_api_names_bad_fields(cp: ControlPlaneProcess) -> None:
+    """What the CLI checks, the API checks again (other tools call it directly)."""
+    cases = [
+        ("CreateApiKey", admin_pb2.CreateApiKeyRequest(organization="t", role=7), "role"),  # type: ignore[arg-type]
+        ("CreateApiKey", admin_pb2.CreateApiKeyRequest(organization=""), "organization"),
+        ("CreateJoinToken", admin_pb2.CreateJoinTokenRequest(ttl_seconds=-5), "ttl_seconds"),
+        ("CreateJoinToken", admin_pb2.CreateJoinTokenRequest(max_uses=-1), "max_uses"),
+        ("RevokeApiKey", admin_pb2.RevokeApiKeyRequest(key_id="sbxk_x"), "key_id"),
+    ]
+    responses = {
+        "CreateApiKey": admin_pb2.CreateApiKeyResponse,
+        "CreateJoinToken": admin_pb2.CreateJoinTokenResponse,
+        "RevokeApiKey": admin_pb2.RevokeApiKeyResponse,
+    }
+    for method, request, field in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            cp.admin(method, request, responses[method])
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert f"invalid {field}:" in caught.value.details()
