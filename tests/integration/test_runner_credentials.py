@@ -137,15 +137,17 @@ def test_a_revoked_runner_is_dropped_and_cannot_register_again(
     assert "was revoked" in beta.proc.output  # type: ignore[union-attr]
     with cp.discovery() as client:
         client.wait_for("beta", healthy=False)
-    # Its stored credential stays refused; a fresh token cannot reclaim the id either.
+    # Its stored credential stays refused, and the (unpinned) token it falls back to cannot
+    # reclaim the id; nor can another host with a valid token.
     again = runner(cp, tmp_path / "beta", "beta").start()
     assert exit_status(again) == 3
+    assert "trying the join token" in again.proc.output  # type: ignore[union-attr]
     other_host = runner(cp, tmp_path / "elsewhere", "beta").start()
     assert exit_status(other_host) == 3
     assert "already holds a revoked credential" in other_host.proc.output  # type: ignore[union-attr]
     # Only a token pinned to the id re-admits it (an operator's deliberate act).
     pinned = cp.create_join_token(runner_id="beta")
-    readmitted = runner(cp, tmp_path / "elsewhere", "beta", pinned).start()
+    readmitted = runner(cp, tmp_path / "beta", "beta", pinned).start()
     try:
         with cp.discovery() as client:
             client.wait_for("beta", healthy=True)

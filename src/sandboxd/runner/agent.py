@@ -131,6 +131,7 @@ class RunnerAgent:
         )
         self._runner_id = resolve_runner_id(settings.runner_id, settings.state_dir)
         self._credential = load_credential(settings.state_dir, self._runner_id)
+        self._token_tried = False
         self._on_registered = on_registered
         self._heartbeat_interval = settings.heartbeat_interval
         # Created per session (an Event binds to the loop that first waits on it).
@@ -238,6 +239,8 @@ class RunnerAgent:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in REJECTION_CODES:
                     details = _one_line(exc.details() or "")
+                    if self._fall_back_to_join_token(details):
+                        continue
                     _log.error(
                         "runner %s rejected by %s (%s: %s); check its %s",
                         self._runner_id,
@@ -271,6 +274,22 @@ class RunnerAgent:
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError  # a cancellation some await swallowed
             await asyncio.sleep(delay)
+
+    def _fall_back_to_join_token(self, details: str) -> bool:
+        """After a refused credential, try the join token once, if the operator gave one.
+
+        This is how an operator re-admits a runner whose credential was revoked or lost: a
+        token pinned to its id (``sandboxd tokens create --runner-id``), without having to
+        delete the credential file. The token is tried once per process.
+        """
+        if self._credential is None or not self._settings.join_token or self._token_tried:
+            return False
+        self._token_tried = True
+        self._credential = None
+        _log.warning(
+            "runner %s: credential refused (%s); trying the join token", self._runner_id, details
+        )
+        return True
 
     async def _session(self) -> None:
         """One dial: register, then heartbeat and dispatch until the stream ends.

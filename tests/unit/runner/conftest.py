@@ -42,6 +42,8 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
     # Issued in Registered to a runner that joined with a token (as the control plane does).
     credential: str = "issued-credential"
     reject: grpc.StatusCode | None = None
+    # Refuse (UNAUTHENTICATED) only connections presenting this secret, e.g. a revoked one.
+    reject_bearer: str | None = None
     # Behaviour after Registered: "stay" (read until the runner leaves) or "close" (end cleanly).
     after_register: str = "stay"
     # Extra ControlMessages pushed right after Registered.
@@ -101,6 +103,8 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
         self.received.put_nowait(Received(connection, first, loop.time(), bearer))
         if self.reject is not None:
             await context.abort(self.reject, "join token is not valid")
+        if self.reject_bearer is not None and bearer == self.reject_bearer:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credential was revoked")
         if first.WhichOneof("message") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register must come first")
         yield runner_pb2.ControlMessage(

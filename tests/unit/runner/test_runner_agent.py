@@ -281,6 +281,39 @@ def test_the_issued_credential_is_stored_0600_and_used_after_a_restart(
     asyncio.run(main())
 
 
+def test_a_refused_credential_falls_back_to_the_join_token_once(fake_control_plane, tmp_path):
+    async def main() -> None:
+        runner_id = make_agent("http://127.0.0.1:1", tmp_path).runner_id
+        save_credential(tmp_path, runner_id, "revoked-credential")
+        async with fake_control_plane(reject_bearer="revoked-credential") as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="pinned-token")
+
+            async def body(_task: asyncio.Task[None]) -> None:
+                refused = await cp.next_message("register")
+                rejoined = await cp.next_message("register")
+                assert (refused.bearer, rejoined.bearer) == ("revoked-credential", "pinned-token")
+                await cp.next_message("heartbeat")
+                assert load_credential(tmp_path, runner_id) == cp.credential
+
+            await with_agent(agent, body)
+
+        # Both refused: the token is tried once, then the refusal is final.
+        save_credential(tmp_path, runner_id, "revoked-credential")
+        async with fake_control_plane(reject=grpc.StatusCode.UNAUTHENTICATED) as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="spent-token")
+            with pytest.raises(RunnerRejectedError):
+                await asyncio.wait_for(agent.run(), timeout=5)
+            assert cp.connections == 2
+        # Without a join token a refused credential is final at once.
+        async with fake_control_plane(reject_bearer="revoked-credential") as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="")
+            with pytest.raises(RunnerRejectedError):
+                await asyncio.wait_for(agent.run(), timeout=5)
+            assert cp.connections == 1
+
+    asyncio.run(main())
+
+
 def test_without_credential_or_join_token_run_fails_at_once(tmp_path):
     agent = make_agent("http://127.0.0.1:1", tmp_path, join_token="")
     with pytest.raises(NoCredentialError, match="SANDBOXD_JOIN_TOKEN"):
