@@ -79,12 +79,18 @@ class _Entry(Generic[Info]):
 
 
 class _Cache(Generic[Info]):
-    """Successful lookups by public id, each for ``seconds``."""
+    """Successful lookups by public id, each for ``seconds``; ids revoked here, for good.
+
+    The revoked set closes a race: a lookup that read the row just before a revocation could
+    put the old record back after :meth:`revoke` evicted it. It holds at most one id per
+    revoked key or credential.
+    """
 
     def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
         self._seconds = seconds
         self._clock = clock
         self._entries: dict[str, _Entry[Info]] = {}
+        self._revoked: set[str] = set()
 
     def get(self, public_id: str) -> _Entry[Info] | None:
         entry = self._entries.get(public_id)
@@ -98,8 +104,12 @@ class _Cache(Generic[Info]):
         self._entries[public_id] = entry
         return entry
 
-    def evict(self, public_id: str) -> None:
+    def revoke(self, public_id: str) -> None:
+        self._revoked.add(public_id)
         self._entries.pop(public_id, None)
+
+    def revoked_here(self, public_id: str) -> bool:
+        return public_id in self._revoked
 
 
 def _parse_as(bearer: str | None, what: str, *kinds: SecretKind) -> ParsedSecret:
@@ -146,7 +156,7 @@ class IdentityService:
         if entry is None or not matches(parsed, entry.digest):
             raise unauthenticated(f"API key not recognised; {KEY_HINT}")
         key = entry.info
-        if key.revoked_at is not None:
+        if key.revoked_at is not None or self._keys.revoked_here(key.key_id):
             raise unauthenticated(f"API key {key.key_id} was revoked; {KEY_HINT}")
         return Caller(key_id=key.key_id, organization=key.organization, role=key.role)
 
@@ -176,7 +186,7 @@ class IdentityService:
                 "reset, delete the runner's credential file and join again with a join token"
             )
         credential = entry.info
-        if credential.revoked_at is not None:
+        if credential.revoked_at is not None or self._runners.revoked_here(parsed.public_id):
             raise unauthenticated(
                 f"the credential of runner {credential.runner_id!r} was revoked "
                 "(sandboxd runners revoke)"
@@ -254,9 +264,9 @@ class IdentityService:
         """Revoke a key; calls with it fail from the next one on."""
         _check_public_id("key_id", key_id, "sandboxd keys ls")
         key = await asyncio.to_thread(self._store.revoke_api_key, key_id, utcnow())
-        self._keys.evict(key_id)
         if key is None:
             raise not_found("API key", key_id)
+        self._keys.revoke(key_id)
         return key
 
     # -- join tokens ----------------------------------------------------------------------
@@ -319,7 +329,7 @@ class IdentityService:
         credential = await asyncio.to_thread(self._store.revoke_runner, runner_id, utcnow())
         if credential is None:
             raise not_found("runner credential", runner_id, reason="CWSANDBOX_RUNNER_NOT_FOUND")
-        self._runners.evict(credential.credential_id)
+        self._runners.revoke(credential.credential_id)
         return credential
 
     # -- the first administrator key ------------------------------------------------------
