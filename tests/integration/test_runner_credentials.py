@@ -78,6 +78,28 @@ def test_a_single_use_token_admits_exactly_one_runner(
         first.stop()
 
 
+def test_a_group_named_by_the_token_sticks_and_otherwise_the_runner_chooses(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    def group_after_start(state: str, runner_id: str, group: str, token: str | None) -> str:
+        process = RunnerProcess(
+            cp, tmp_path / state, runner_id=runner_id, group=group, join_token=token,
+            extra_args=NO_BACKEND,
+        ).start()  # fmt: skip
+        try:
+            with cp.discovery() as client:
+                runner, _ = client.wait_for(runner_id, healthy=True)
+            return runner.runner_group_id
+        finally:
+            process.stop()
+
+    fixed = cp.create_join_token(runner_group_id="gpu-pool")
+    assert group_after_start("pinned", "pinned", "asked-for", fixed) == "gpu-pool"
+    assert group_after_start("pinned", "pinned", "asked-again", "") == "gpu-pool"
+    assert group_after_start("free", "free", "east", None) == "east"
+    assert group_after_start("free", "free", "west", "") == "west"
+
+
 def test_an_expired_token_admits_nobody(cp: ControlPlaneProcess, tmp_path: Path) -> None:
     token = cp.create_join_token(ttl_seconds=1)
     token_id = token.split("_")[1]

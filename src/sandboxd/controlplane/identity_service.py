@@ -212,15 +212,17 @@ class IdentityService:
     ) -> tuple[RunnerCredentialInfo, str]:
         """Spend a use of ``token`` and issue the credential bound to ``runner_id``.
 
-        The runner's group is the token's when the token fixes one. A runner id that already
-        holds a credential is refused (PERMISSION_DENIED) unless the token is pinned to it.
+        A token that fixes a runner group fixes it for the credential's whole life; otherwise
+        the credential records no group and the runner keeps choosing its own. A runner id
+        that already holds a credential is refused (PERMISSION_DENIED) unless the token is
+        pinned to it. ``requested_group`` is only logged.
         """
         secret = mint(SecretKind.RUNNER_CREDENTIAL)
         now = utcnow()
         credential = RunnerCredentialInfo(
             runner_id=runner_id,
             credential_id=secret.public_id,
-            runner_group_id=token.runner_group_id or requested_group,
+            runner_group_id=token.runner_group_id,
             token_id=token.token_id,
             created_at=now,
         )
@@ -234,7 +236,8 @@ class IdentityService:
             raise permission_denied(
                 refused.message, "CWSANDBOX_RUNNER_ID_TAKEN", runner_id=runner_id
             ) from None
-        log.info("runner %s joined with token %s", runner_id, token.token_id)
+        group = token.runner_group_id or requested_group
+        log.info("runner %s joined with token %s (group %s)", runner_id, token.token_id, group)
         return credential, secret.text
 
     # -- API keys -------------------------------------------------------------------------

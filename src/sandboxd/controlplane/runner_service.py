@@ -99,7 +99,7 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         requested = register.runner_group_id or DEFAULT_GROUP
         if isinstance(who, JoiningRunner):
             credential, secret = await self._identity.join(who.token, register.runner_id, requested)
-            register.runner_group_id = credential.runner_group_id
+            register.runner_group_id = credential.runner_group_id or requested
             return secret
         if register.runner_id != who.runner_id:
             raise wrong_runner(who.runner_id, register.runner_id)
