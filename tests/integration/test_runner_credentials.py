@@ -8,6 +8,7 @@ join token would try: take over a registered runner id, or attach to another run
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import subprocess
 import time
@@ -18,9 +19,11 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from click.testing import CliRunner
 
 from cwsandbox._proto import gateway_pb2, streaming_pb2
 from sandboxd._proto import admin_pb2, runner_pb2
+from sandboxd.cli import main
 from tests.support.fake_runner import FakeRunner, exec_ready, status_of
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, RunnerProcess, child_env
 
@@ -157,6 +160,11 @@ def test_a_revoked_runner_is_dropped_and_cannot_register_again(
     assert revoke.stdout.startswith("revoked runner beta")
     assert exit_status(beta) == 3  # disconnected, its redial refused: it gives up
     assert "was revoked" in beta.proc.output  # type: ignore[union-attr]
+    env = {"CWSANDBOX_BASE_URL": cp.url, "CWSANDBOX_API_KEY": cp.admin_key}
+    listed = CliRunner().invoke(main, ["runners", "ls", "--all", "--json"], env=env)
+    [entry] = [c for c in json.loads(listed.output) if c["runner_id"] == "beta"]
+    assert entry["revoked_at"] and entry["credential_id"]
+    assert "beta" not in CliRunner().invoke(main, ["runners", "ls"], env=env).output
     with cp.discovery() as client:
         client.wait_for("beta", healthy=False)
     # Its stored credential stays refused, and the (unpinned) token it falls back to cannot
