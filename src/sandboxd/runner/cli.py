@@ -100,9 +100,14 @@ def _refuse_argv_token(_ctx: click.Context, _param: click.Parameter, value: str 
 
 
 def read_join_token(path: Path | None) -> str:
-    """The join token from ``path`` (surrounding blanks ignored), else from the environment."""
+    """The join token from ``path`` (surrounding blanks ignored), else from the environment.
+
+    The variable is removed once read, so no child process (a tool, a backend helper)
+    inherits it.
+    """
+    from_env = os.environ.pop("SANDBOXD_JOIN_TOKEN", "").strip()
     if path is None:
-        return os.environ.get("SANDBOXD_JOIN_TOKEN", "").strip()
+        return from_env
     try:
         return path.read_text().strip()
     except OSError as exc:
