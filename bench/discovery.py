@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -18,8 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import grpc
 
 from cwsandbox._proto import discovery_pb2 as d
 from cwsandbox._proto import discovery_pb2_grpc
@@ -77,13 +76,15 @@ def main() -> None:
         cp = ControlPlaneProcess(
             data_dir=Path(tmp), health_timeout=60, heartbeat_interval=10
         ).start()
+        token = cp.create_join_token(max_uses=args.runners, ttl_seconds=3600)
         swarm = subprocess.Popen(
             [sys.executable, str(ROOT / "runner_swarm.py"), "--target", cp.target,
-             "--count", str(args.runners), "--token", cp.join_token],
+             "--count", str(args.runners)],
             stdout=sys.stderr,
+            env={**os.environ, "SANDBOXD_JOIN_TOKEN": token},
         )  # fmt: skip
         try:
-            channel = grpc.insecure_channel(cp.target)
+            channel = cp.channel()
             stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)  # type: ignore[no-untyped-call]
             took = wait_for_all(stub, args.runners)
             print(f"{args.runners} runners registered and healthy in {took:.1f} s")

@@ -56,9 +56,10 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data,
-        all_in_one(Path(data)) as (_, base_url),
+        all_in_one(Path(data)) as up,
     ):
-        os.environ["CWSANDBOX_BASE_URL"] = base_url
+        os.environ["CWSANDBOX_BASE_URL"] = up.base_url
+        os.environ["CWSANDBOX_API_KEY"] = up.api_key
         from cwsandbox import ResourceOptions, Sandbox
 
         big = ResourceOptions(limits={"cpu": "2", "memory": "3Gi"})

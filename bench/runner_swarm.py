@@ -1,20 +1,23 @@
 """Many lightweight runner connections in one process, for the discovery benchmark.
 
 Each simulated runner is a real RunnerService.Connect stream that registers with synthetic
-capabilities and heartbeats; it runs no sandboxes. Run by bench/discovery.py.
+capabilities and heartbeats; it runs no sandboxes. Like a real runner it joins once with the
+join token ($SANDBOXD_JOIN_TOKEN, a many-use token) and redials with the credential it was
+issued. Run by bench/discovery.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 import grpc
 
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 
 
-def register_message(index: int, token: str, groups: int) -> runner_pb2.RunnerMessage:
+def register_message(index: int, groups: int) -> runner_pb2.RunnerMessage:
     gpus = 8 if index % 10 == 0 else 0
     caps = runner_pb2.Capabilities(
         cpu_millicores=64_000,
@@ -31,7 +34,6 @@ def register_message(index: int, token: str, groups: int) -> runner_pb2.RunnerMe
             runner_group_id=f"group-{index % groups:03d}",
             tags=["bench"],
             capabilities=caps,
-            join_token=token,
             version="bench",
             resources=runner_pb2.Resources(
                 available_cpu_millicores=caps.cpu_millicores,
@@ -45,7 +47,8 @@ def register_message(index: int, token: str, groups: int) -> runner_pb2.RunnerMe
 async def one_runner(
     stub: runner_pb2_grpc.RunnerServiceStub, index: int, token: str, groups: int, interval: float
 ) -> None:
-    first = register_message(index, token, groups)
+    first = register_message(index, groups)
+    secret = token
     heartbeat = runner_pb2.RunnerMessage(
         heartbeat=runner_pb2.Heartbeat(resources=first.register.resources)
     )
@@ -59,8 +62,10 @@ async def one_runner(
 
     while True:  # like a real runner: redial when the stream ends
         try:
-            async for _ in stub.Connect(requests()):
-                pass
+            metadata = (("authorization", f"Bearer {secret}"),)
+            async for message in stub.Connect(requests(), metadata=metadata):
+                if message.WhichOneof("message") == "registered" and message.registered.credential:
+                    secret = message.registered.credential
         except grpc.aio.AioRpcError as error:
             ERRORS[error.code().name] = ERRORS.get(error.code().name, 0) + 1
         await asyncio.sleep(1.0)
@@ -93,8 +98,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--count", type=int, default=10_000)
-    parser.add_argument("--token", required=True)
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     args = parser.parse_args()
-    asyncio.run(main(args.target, args.count, args.token, args.groups, args.heartbeat_interval))
+    token = os.environ["SANDBOXD_JOIN_TOKEN"]
+    asyncio.run(main(args.target, args.count, token, args.groups, args.heartbeat_interval))

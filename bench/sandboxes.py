@@ -68,9 +68,10 @@ def main() -> None:
 
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data,
-        all_in_one(Path(data)) as (_, base_url),
+        all_in_one(Path(data)) as up,
     ):
-        os.environ["CWSANDBOX_BASE_URL"] = base_url
+        os.environ["CWSANDBOX_BASE_URL"] = up.base_url
+        os.environ["CWSANDBOX_API_KEY"] = up.api_key
         from cwsandbox import Sandbox
 
         warm, sandbox = create_and_exec(args.image)  # first create starts the zygote

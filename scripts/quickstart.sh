@@ -16,8 +16,11 @@ for _ in $(seq 1 1200); do  # the first start builds python:3.11
   sleep 0.5
 done
 [[ -n "${line:-}" ]] || { echo "sandboxd did not become ready" >&2; cat "$log" >&2; exit 1; }
-export "${line?}"
+# `sandboxd up` prints the administrator key before the ready line; calls need it.
+key=$(grep -m1 '^CWSANDBOX_API_KEY=' "$log")
+export "${line?}" "${key?}"
 echo "sandboxd is up: $line"
+echo "administrator key: ${key#CWSANDBOX_API_KEY=} (also in the data directory, file admin-key)"
 
 echo "--- examples/list_runners.py"
 .venv/bin/python examples/list_runners.py
@@ -26,5 +29,8 @@ echo "--- examples/list_profiles.py"
 echo "--- examples/sandbox_network_options.py (a real sandbox)"
 .venv/bin/python examples/sandbox_network_options.py
 
-echo "sandboxd keeps running (pid $pid); export $line in other shells. Ctrl-C stops it."
+echo "sandboxd keeps running (pid $pid). In other shells:"
+echo "  export $line"
+echo "  export $key"
+echo "Ctrl-C stops it."
 wait "$pid"

@@ -15,7 +15,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from cwsandbox._config import MAX_MESSAGE_BYTES, Endpoint, auth_metadata
+from cwsandbox._config import MAX_MESSAGE_BYTES, Endpoint, auth_metadata, tls_credentials
 
 __all__ = ["CHANNEL_OPTIONS", "open_channel", "unary_call"]
 
@@ -32,12 +32,10 @@ def open_channel(endpoint: Endpoint) -> Iterator[grpc.Channel]:
     """Yield a channel to ``endpoint`` and close it afterwards.
 
     ``http://`` gives a plaintext (h2c) channel, ``https://`` a TLS channel with the
-    system's root certificates.
+    system's root certificates (or ``$CWSANDBOX_CA_FILE``).
     """
     if endpoint.secure:
-        channel = grpc.secure_channel(
-            endpoint.target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
-        )
+        channel = grpc.secure_channel(endpoint.target, tls_credentials(), options=CHANNEL_OPTIONS)
     else:
         channel = grpc.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
     try:

@@ -1,7 +1,8 @@
 """Where the client connects and with which credentials.
 
 Configuration is read from the environment at call time, not import time, so a program (or
-a test) can change ``CWSANDBOX_BASE_URL`` / ``CWSANDBOX_API_KEY`` between calls. The parsed
+a test) can change ``CWSANDBOX_BASE_URL`` / ``CWSANDBOX_API_KEY`` / ``CWSANDBOX_CA_FILE``
+between calls. The parsed
 address is a small immutable ``Endpoint`` so that it can be validated once per call and then
 passed around without re-parsing.
 
@@ -15,19 +16,24 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import grpc
+
 __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
+    "CA_FILE_ENV",
     "DEFAULT_BASE_URL",
     "DISCOVERY_TIMEOUT_SECONDS",
     "MAX_MESSAGE_BYTES",
     "Endpoint",
     "auth_metadata",
     "resolve_endpoint",
+    "tls_credentials",
 ]
 
 BASE_URL_ENV = "CWSANDBOX_BASE_URL"
 API_KEY_ENV = "CWSANDBOX_API_KEY"
+CA_FILE_ENV = "CWSANDBOX_CA_FILE"
 DEFAULT_BASE_URL = "http://127.0.0.1:50051"
 
 #: Total deadline for one discovery call, shared by all of its pages (and, for
@@ -137,3 +143,22 @@ def auth_metadata() -> tuple[tuple[str, str], ...]:
     if not key:
         return ()
     return (("authorization", f"Bearer {key}"),)
+
+
+def tls_credentials() -> grpc.ChannelCredentials:
+    """TLS credentials for an ``https://`` endpoint: ``$CWSANDBOX_CA_FILE`` or the system roots.
+
+    A CA file (PEM) is for a control plane whose certificate a private CA signed (or that is
+    self-signed). Without it gRPC uses its default roots, which
+    ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`` overrides (that is also how the official client is
+    pointed at a private CA). An unreadable file raises ``ValueError`` naming the variable.
+    """
+    path = os.environ.get(CA_FILE_ENV, "").strip()
+    if not path:
+        return grpc.ssl_channel_credentials()
+    try:
+        with open(path, "rb") as handle:
+            roots = handle.read()
+    except OSError as exc:
+        raise ValueError(f"invalid {CA_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(root_certificates=roots)

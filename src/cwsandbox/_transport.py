@@ -20,7 +20,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from cwsandbox._channel import CHANNEL_OPTIONS
-from cwsandbox._config import Endpoint, auth_metadata
+from cwsandbox._config import Endpoint, auth_metadata, tls_credentials
 from cwsandbox._error_mapping import sandbox_error
 from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox.exceptions import SandboxTimeoutError
@@ -48,7 +48,7 @@ class Transport:
     def _open(self) -> grpc.aio.Channel:
         if self.endpoint.secure:
             return grpc.aio.secure_channel(
-                self.endpoint.target, grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
+                self.endpoint.target, tls_credentials(), options=CHANNEL_OPTIONS
             )
         return grpc.aio.insecure_channel(self.endpoint.target, options=CHANNEL_OPTIONS)
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import click
 
 from sandboxd import __version__
+from sandboxd.admin_cli import ADMIN_GROUPS
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
 from sandboxd.paths import default_data_dir
-from sandboxd.runner.cli import runner_command
+from sandboxd.runner.agent import RunnerRejectedError
+from sandboxd.runner.cli import EXIT_REJECTED, runner_command
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -46,11 +48,6 @@ def load_config_or_exit(path: Path | None) -> PlatformConfig:
         raise SystemExit(2) from exc
 
 
-def api_keys_from(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Flatten ``--api-key`` values, each of which may be a comma-separated list."""
-    return tuple(k.strip() for v in values for k in v.split(",") if k.strip())
-
-
 listen_option = click.option(
     "--listen", default=DEFAULT_LISTEN, show_default=True, help="host:port to serve gRPC on."
 )
@@ -60,7 +57,7 @@ data_dir_option = click.option(
     envvar="SANDBOXD_DATA_DIR",
     default=default_data_dir,
     show_default="user data directory",
-    help="Where state (database, join token, images) lives.",
+    help="Where state (database, admin key, images) lives; kept 0700.",
 )
 config_option = click.option(
     "--config",
@@ -69,14 +66,46 @@ config_option = click.option(
     default=None,
     help="Profiles and bindings YAML (default: the embedded configuration).",
 )
-api_key_option = click.option(
-    "--api-key",
-    "api_keys",
-    multiple=True,
-    envvar="SANDBOXD_API_KEYS",
-    help="API key clients must send as a bearer token (repeat, or comma-separate). "
-    "Without any, the public API is open.",
+insecure_option = click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=False,
+    help="Accept calls without an API key, every one acting as an administrator. Only for a "
+    "machine where every local user may run anything as root.",
 )
+tls_cert_option = click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM certificate chain: serve TLS only (clients use https://).",
+)
+tls_key_option = click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+
+
+def warn_if_insecure(insecure: bool, listen: str) -> None:
+    """Say loudly that the API is open, every time such a control plane starts."""
+    if insecure:
+        click.echo(
+            f"sandboxd: WARNING: --insecure-no-auth: anyone who can reach {listen} acts as an "
+            "administrator (every sandbox, every API key, exec as root in any sandbox)",
+            err=True,
+        )
+
+
+def tls_pair(options: dict[str, object]) -> tuple[Path | None, Path | None]:
+    """``--tls-cert`` and ``--tls-key``, which go together."""
+    cert: Path | None = options["tls_cert"]  # type: ignore[assignment]
+    key: Path | None = options["tls_key"]  # type: ignore[assignment]
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
+    return cert, key
+
+
 health_timeout_option = click.option(
     "--health-timeout",
     type=click.FloatRange(min=0.5),
@@ -102,14 +131,10 @@ def main() -> None:
 @listen_option
 @data_dir_option
 @config_option
-@api_key_option
+@insecure_option
+@tls_cert_option
+@tls_key_option
 @health_timeout_option
-@click.option(
-    "--join-token",
-    envvar="SANDBOXD_JOIN_TOKEN",
-    default="",
-    help="Token runners must present (default: generated into DATA_DIR/join-token).",
-)
 @click.option(
     "--heartbeat-interval",
     type=click.FloatRange(min=0.1),
@@ -126,16 +151,19 @@ def controlplane_command(**options: object) -> None:
 
     setup_logging(str(options["log_level"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
+    cert, key = tls_pair(options)
     settings = ControlPlaneSettings(
         data_dir=options["data_dir"],  # type: ignore[arg-type]
         config=config,
         listen=str(options["listen"]),
-        join_token=str(options["join_token"]),
-        api_keys=api_keys_from(options["api_keys"]),  # type: ignore[arg-type]
         health_timeout=float(options["health_timeout"]),  # type: ignore[arg-type]
         heartbeat_interval=float(options["heartbeat_interval"]),  # type: ignore[arg-type]
         database_url=str(options["database_url"]),
+        insecure_no_auth=bool(options["insecure_no_auth"]),
+        tls_cert=cert,
+        tls_key=key,
     )
+    warn_if_insecure(settings.insecure_no_auth, settings.listen)
     asyncio.run(serve_control_plane(settings))
 
 
@@ -143,7 +171,16 @@ def controlplane_command(**options: object) -> None:
 @listen_option
 @data_dir_option
 @config_option
-@api_key_option
+@insecure_option
+@tls_cert_option
+@tls_key_option
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA that signed --tls-cert, for the local runner and the printed "
+    "CWSANDBOX_CA_FILE (default: --tls-cert itself, for a self-signed certificate).",
+)
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
 @log_level_option
@@ -155,15 +192,30 @@ def up_command(**options: object) -> None:
     setup_logging(str(options["log_level"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
     data_dir: Path = options["data_dir"]  # type: ignore[assignment]
+    cert, key = tls_pair(options)
+    if options["tls_ca"] is not None and cert is None:
+        raise click.UsageError("--tls-ca needs --tls-cert and --tls-key")
     settings = ControlPlaneSettings(
         data_dir=data_dir,
         config=config,
         listen=str(options["listen"]),
-        api_keys=api_keys_from(options["api_keys"]),  # type: ignore[arg-type]
         health_timeout=float(options["health_timeout"]),  # type: ignore[arg-type]
+        insecure_no_auth=bool(options["insecure_no_auth"]),
+        tls_cert=cert,
+        tls_key=key,
     )
+    warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
-    asyncio.run(run_all_in_one(settings, runner_id=str(runner_id) if runner_id else None))
+    ca_file: Path | None = options["tls_ca"] or cert  # type: ignore[assignment]
+    try:
+        asyncio.run(
+            run_all_in_one(
+                settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+            )
+        )
+    except RunnerRejectedError as exc:
+        click.echo(f"sandboxd: the local runner was refused: {exc}", err=True)
+        raise SystemExit(EXIT_REJECTED) from exc
 
 
 @main.group("config")
@@ -184,6 +236,8 @@ def config_validate(path: Path) -> None:
 
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
+for _group in ADMIN_GROUPS:
+    main.add_command(_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

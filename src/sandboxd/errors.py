@@ -119,8 +119,23 @@ def profile_not_found(profile_name: str, runner_id: str = "") -> ApiError:
 
 
 def unauthenticated(message: str) -> ApiError:
-    """A missing or wrong credential (API key or runner join token)."""
+    """A missing, malformed, unknown or revoked credential (API key, join token, runner)."""
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, message, reason="CWSANDBOX_AUTH_EXPIRED")
+
+
+def permission_denied(message: str, reason: str, **metadata: str) -> ApiError:
+    """A valid credential that may not do this (a member calling the admin API, say)."""
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED, message, reason=reason, metadata=metadata)
+
+
+def not_found(what: str, identifier: str, reason: str = "CWSANDBOX_NOT_FOUND") -> ApiError:
+    """No such object (an API key id, a join token id, a runner credential)."""
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        f"{what} {identifier!r} not found",
+        reason=reason,
+        metadata={"id": identifier},
+    )
 
 
 def status_trailers(error: ApiError) -> tuple[tuple[str, bytes], ...]:

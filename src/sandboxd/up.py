@@ -2,7 +2,14 @@
 
 Why the runner runs in the same event loop for ``up``: a single command on a laptop should
 give a working platform with one process to stop. The runner still dials the control plane
-over gRPC exactly as a remote runner does, so ``up`` exercises the real protocol.
+over gRPC exactly as a remote runner does, so ``up`` exercises the real protocol — including
+joining: on first start ``up`` mints a single-use join token pinned to its runner's id, the
+runner trades it for its own credential (kept in ``<data_dir>/runner``), and later starts
+present that credential.
+
+``up`` prints ``CWSANDBOX_API_KEY=<the first administrator key>`` (and, with TLS,
+``CWSANDBOX_CA_FILE=``) before the ready line ``CWSANDBOX_BASE_URL=...``, so a script that
+waits for the ready line finds everything it needs to export.
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ from pathlib import Path
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
 from sandboxd.images import ImageNotFound, ImageStore, build_image
 from sandboxd.runner.agent import RunnerAgent
+from sandboxd.runner.credentials import load_credential
+from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
 
 READY_TIMEOUT_SECONDS = 60.0
 DEFAULT_IMAGE = "python:3.11"
+# Long enough for a slow first registration, short enough to be useless if it leaks.
+LOCAL_JOIN_TOKEN_TTL_SECONDS = 600
 
 
 def _progress(line: str) -> None:
@@ -54,17 +65,29 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-def announce(base_url: str) -> None:
-    """Print the one machine-readable ready line on stdout."""
+def announce(base_url: str, *, api_key: str = "", ca_file: Path | None = None) -> None:
+    """Print the machine-readable lines on stdout, the ready line ``CWSANDBOX_BASE_URL`` last."""
+    if api_key:
+        print(f"CWSANDBOX_API_KEY={api_key}", flush=True)
+    if ca_file is not None:
+        print(f"CWSANDBOX_CA_FILE={ca_file.resolve()}", flush=True)
     print(f"CWSANDBOX_BASE_URL={base_url}", flush=True)
 
 
 async def serve_control_plane(settings: ControlPlaneSettings) -> None:
-    """Run a control plane until SIGINT/SIGTERM."""
+    """Run a control plane until SIGINT/SIGTERM.
+
+    The administrator key is not printed (service logs are widely read); its file is named.
+    """
     stop = _stop_event()
     control_plane = ControlPlane(settings)
     await control_plane.start()
-    print(f"join token file: {settings.data_dir / 'join-token'}", file=sys.stderr, flush=True)
+    print(
+        f"sandboxd: administrator key in {settings.data_dir / 'admin-key'} (export it as "
+        "CWSANDBOX_API_KEY for sandboxd keys/tokens/runners)",
+        file=sys.stderr,
+        flush=True,
+    )
     announce(control_plane.base_url)
     try:
         await stop.wait()
@@ -92,19 +115,41 @@ async def stop_all_sandboxes(control_plane: ControlPlane, grace_seconds: int = 2
         )
 
 
-async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None = None) -> None:
-    """Run a control plane and one local runner until SIGINT/SIGTERM."""
+async def local_join_token(control_plane: ControlPlane, state_dir: Path, runner_id: str) -> str:
+    """A join token for the local runner, or "" when it already holds its credential.
+
+    Pinned to the runner's id, so it also re-admits a runner whose credential file was lost.
+    """
+    if load_credential(state_dir, runner_id) is not None:
+        return ""
+    _, secret = await control_plane.identity.create_join_token(
+        runner_id=runner_id, ttl_seconds=LOCAL_JOIN_TOKEN_TTL_SECONDS
+    )
+    return secret
+
+
+async def run_all_in_one(
+    settings: ControlPlaneSettings, runner_id: str | None = None, ca_file: Path | None = None
+) -> None:
+    """Run a control plane and one local runner until SIGINT/SIGTERM.
+
+    ``ca_file`` is what the local runner trusts when the control plane serves TLS.
+    """
     stop = _stop_event()
     await asyncio.to_thread(ensure_default_image, settings.data_dir)
     backend, images = build_local_backend(settings.data_dir)
     control_plane = ControlPlane(settings)
     await control_plane.start()
+    state_dir = settings.data_dir / "runner"
+    runner_id = resolve_runner_id(runner_id, state_dir)
+    tls_ca = ca_file if control_plane.tls else None
     agent = RunnerAgent(
         RunnerSettings(
             control_plane=control_plane.base_url,
-            join_token=control_plane.join_token,
+            join_token=await local_join_token(control_plane, state_dir, runner_id),
             runner_id=runner_id,
-            state_dir=settings.data_dir / "runner",
+            ca_file=tls_ca,
+            state_dir=state_dir,
             heartbeat_interval=settings.heartbeat_interval,
         ),
         backend=backend,
@@ -119,7 +164,7 @@ async def run_all_in_one(settings: ControlPlaneSettings, runner_id: str | None =
         )
         if ready in done:
             ready.result()
-            announce(control_plane.base_url)
+            announce(control_plane.base_url, api_key=control_plane.admin_key, ca_file=tls_ca)
             await asyncio.wait({agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         else:
             ready.cancel()

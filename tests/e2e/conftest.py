@@ -1,4 +1,10 @@
-"""A real ``sandboxd up`` for end-to-end tests, and the official client in its own venv."""
+"""A real ``sandboxd up`` for end-to-end tests, and the official client in its own venv.
+
+Authentication is on: each platform's first administrator key (printed by ``sandboxd up``)
+goes into child environments (:meth:`Platform.env`) and, for tests that use the client in
+this process, into ``CWSANDBOX_API_KEY`` (with ``CWSANDBOX_BASE_URL``) for the duration of
+each test that uses a platform.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.official import OFFICIAL_VERSION, official_python
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port
+from tests.support.processes import SANDBOXD, Proc, child_env, free_port, printed
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["OFFICIAL_VERSION", "Platform", "run_python"]
@@ -22,14 +28,21 @@ GUIDE_RUNNER_ID = "runner-abc-123"
 
 @dataclass
 class Platform:
-    """A running ``sandboxd up``."""
+    """A running ``sandboxd up`` and its administrator key."""
 
     base_url: str
     runner_id: str
     proc: Proc
+    api_key: str
+
+    @property
+    def target(self) -> str:
+        return self.base_url.split("://", 1)[1]
 
     def env(self, **extra: str) -> dict[str, str]:
-        return child_env(CWSANDBOX_BASE_URL=self.base_url, **extra)
+        """A child environment for clients: base URL and the admin key (override with extra)."""
+        values = {"CWSANDBOX_BASE_URL": self.base_url, "CWSANDBOX_API_KEY": self.api_key}
+        return child_env(**{**values, **extra})
 
 
 @pytest.fixture(scope="session")
@@ -44,19 +57,36 @@ def quiet_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfor
     yield from _start_platform(tmp_path_factory)
 
 
-def _start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def _start_platform(
+    tmp_path_factory: pytest.TempPathFactory, *extra_args: str
+) -> Iterator[Platform]:
     data_dir = tmp_path_factory.mktemp("up")
     port = free_port()
     proc = Proc(
         [*SANDBOXD, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-         "--runner-id", GUIDE_RUNNER_ID],
+         "--runner-id", GUIDE_RUNNER_ID, *extra_args],
         child_env(),
     ).start()  # fmt: skip
     try:
         line = proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
-        yield Platform(line.split("=", 1)[1], GUIDE_RUNNER_ID, proc)
+        api_key = printed(proc, "CWSANDBOX_API_KEY")
+        yield Platform(line.split("=", 1)[1], GUIDE_RUNNER_ID, proc, api_key)
     finally:
         assert proc.stop() == 0, proc.output
+
+
+start_platform = _start_platform  # for modules that need their own options (--config ...)
+
+
+@pytest.fixture(autouse=True)
+def _platform_key(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients in this process talk to the platform a test uses, with its administrator key."""
+    for name in ("platform", "quiet_platform"):
+        if name in request.fixturenames:
+            platform: Platform = request.getfixturevalue(name)
+            monkeypatch.setenv("CWSANDBOX_BASE_URL", platform.base_url)
+            monkeypatch.setenv("CWSANDBOX_API_KEY", platform.api_key)
+            return
 
 
 @pytest.fixture(scope="session")

@@ -18,13 +18,15 @@ from google.rpc import error_details_pb2, status_pb2
 from cwsandbox._proto import gateway_pb2 as g
 from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from tests.e2e.conftest import Platform
+from tests.support.processes import keyed_channel
 
 
 @pytest.fixture(scope="module")
 def channel(platform: Platform) -> Iterator[grpc.Channel]:
-    target = platform.base_url.removeprefix("http://")
-    with grpc.insecure_channel(
-        target, options=[("grpc.max_send_message_length", 100 * 1024 * 1024)]
+    with keyed_channel(
+        platform.target,
+        platform.api_key,
+        options=[("grpc.max_send_message_length", 100 * 1024 * 1024)],
     ) as ch:
         yield ch
 

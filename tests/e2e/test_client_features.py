@@ -36,6 +36,7 @@ from cwsandbox import (
 )
 from cwsandbox._proto import streaming_pb2 as st
 from tests.e2e.conftest import OUR_PYTHON, ROOT, Platform
+from tests.support.processes import keyed_channel
 
 CLI = str(Path(sys.executable).parent / "cwsandbox")
 TAG = "client-features-e2e"
@@ -46,7 +47,7 @@ OFFSET = 100
 @pytest.fixture
 def client_env(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
     monkeypatch.setenv("CWSANDBOX_BASE_URL", platform.base_url)
-    monkeypatch.delenv("CWSANDBOX_API_KEY", raising=False)
+    monkeypatch.setenv("CWSANDBOX_API_KEY", platform.api_key)
     return platform
 
 
@@ -59,8 +60,7 @@ def sandbox(client_env: Platform) -> Iterator[Sandbox]:
 
 def logs_unimplemented(platform: Platform) -> bool:
     """Whether the server still answers StreamLogs with UNIMPLEMENTED."""
-    target = platform.base_url.removeprefix("http://")
-    with grpc.insecure_channel(target) as channel:
+    with keyed_channel(platform.target, platform.api_key) as channel:
         call = channel.stream_stream(
             "/coreweave.sandbox.v1beta2.GatewayStreamingService/StreamLogs",
             request_serializer=st.LogStreamRequest.SerializeToString,

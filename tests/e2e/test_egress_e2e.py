@@ -15,7 +15,7 @@ import pytest
 
 from cwsandbox import NetworkOptions, Sandbox, SandboxDefaults
 from tests.backends.nethost import NetHost, test_host
-from tests.support.processes import all_in_one
+from tests.support.processes import Up, all_in_one
 
 __all__ = ["test_host"]
 
@@ -48,12 +48,12 @@ for ip in sys.argv[1:]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator[str]:
+def up(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("egress-up")
     config = data / "platform.yaml"
     config.write_text(CONFIG.format(private=test_host.private_a))
-    with all_in_one(Path(data), "--config", str(config)) as (_proc, url):
-        yield url
+    with all_in_one(Path(data), "--config", str(config)) as platform:
+        yield platform
 
 
 def probe(sandbox: Sandbox, *ips: str) -> dict[str, str]:
@@ -62,8 +62,11 @@ def probe(sandbox: Sandbox, *ips: str) -> dict[str, str]:
     return {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
 
 
-def test_internet_and_allowlist_modes_from_the_config(base_url: str, test_host: NetHost) -> None:
-    defaults = SandboxDefaults(base_url=base_url, tags=("egress-e2e",))
+def test_internet_and_allowlist_modes_from_the_config(
+    up: Up, test_host: NetHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CWSANDBOX_API_KEY", up.api_key)
+    defaults = SandboxDefaults(base_url=up.base_url, tags=("egress-e2e",))
     everyone = (test_host.ip_a, *test_host.non_public)
     with Sandbox.run(defaults=defaults) as internet:
         seen = probe(internet, *everyone)

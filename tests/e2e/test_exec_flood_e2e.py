@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
 import pytest
 
 from cwsandbox._proto import gateway_pb2 as g
@@ -48,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         runner_id="flood",
         extra_env={"SANDBOXD_MAX_EXECS_PER_SANDBOX": str(CAP)},
     ).start()
-    channel = grpc.insecure_channel(cp.target)
+    channel = cp.channel()  # authenticated with the control plane's administrator key
     cluster = Cluster(
         gateway_pb2_grpc.GatewayServiceStub(channel),
         streaming_pb2_grpc.GatewayStreamingServiceStub(channel),

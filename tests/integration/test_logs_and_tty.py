@@ -23,7 +23,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port
+from tests.support.processes import SANDBOXD, Proc, child_env, free_port, keyed_channel, printed
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     channel = None
     try:
         proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channel = keyed_channel(f"127.0.0.1:{port}", printed(proc, "CWSANDBOX_API_KEY"))
         yield Platform(
             data_dir,
             proc,

@@ -12,7 +12,7 @@ from tests.integration.conftest import Cluster
 
 
 def start(cluster: Cluster, **fields: object) -> grpc.RpcError:
-    channel = grpc.insecure_channel(cluster.control_plane.target)
+    channel = cluster.control_plane.channel()
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
     fields.setdefault("command", "sleep")
     fields.setdefault("args", ["1"])

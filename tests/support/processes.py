@@ -1,7 +1,9 @@
 """Start real ``sandboxd`` processes for tests and wait until they are ready.
 
 Nothing here is simulated: each helper runs the installed ``sandboxd`` command in a child
-process on a free loopback port, and tests talk to it over real gRPC.
+process on a free loopback port, and tests talk to it over real gRPC. Authentication is on,
+as in production: a control plane's first administrator key is read from its data directory,
+runners join with a join token made through the admin API and passed in a file.
 """
 
 from __future__ import annotations
@@ -17,12 +19,93 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from cwsandbox._proto import discovery_pb2, discovery_pb2_grpc
+from sandboxd._proto import admin_pb2
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]
+ADMIN = "/sandboxd.admin.v1.AdminService/"
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds ``authorization: Bearer <key>`` to every call on a channel."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = (("authorization", f"Bearer {key}"),)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(  # type: ignore[attr-defined,no-any-return]
+            metadata=[*(details.metadata or ()), *self._metadata]
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), requests)
+
+
+def keyed_channel(
+    target: str,
+    api_key: str | None,
+    *,
+    ca_file: Path | None = None,
+    options: Sequence[tuple[str, object]] = (),
+) -> grpc.Channel:
+    """A channel to ``target`` whose calls carry ``api_key`` (none when it is empty/None).
+
+    With ``ca_file`` the channel speaks TLS and trusts that CA.
+    """
+    if ca_file is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+        channel = grpc.secure_channel(target, creds, options=list(options))
+    else:
+        channel = grpc.insecure_channel(target, options=list(options))
+    if not api_key:
+        return channel
+    return grpc.intercept_channel(channel, _Bearer(api_key))
+
+
+def admin_call(
+    target: str,
+    api_key: str,
+    method: str,
+    request: Message,
+    response_type: type[Message],
+    *,
+    ca_file: Path | None = None,
+) -> Any:
+    """Call ``AdminService/<method>`` with ``api_key``."""
+    with keyed_channel(target, api_key, ca_file=ca_file) as channel:
+        rpc = channel.unary_unary(
+            ADMIN + method,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return rpc(request, timeout=30)
+
+
+def write_secret(path: Path, secret: str) -> Path:
+    """A secret in a 0600 file, as an operator would hand it to a runner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return path
 
 
 def free_port() -> int:
@@ -103,51 +186,93 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class ControlPlaneProcess:
-    """A ``sandboxd controlplane`` child process."""
+    """A ``sandboxd controlplane`` child process, with authentication on.
+
+    After :meth:`start`, ``admin_key`` is its first administrator key and ``join_token`` a
+    many-use join token that :class:`RunnerProcess` hands to runners by default.
+    """
 
     data_dir: Path
     config: Path | None = None
-    join_token: str = "test-join-token"
     health_timeout: float = 10.0
     heartbeat_interval: float = 0.5
-    api_keys: Sequence[str] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_file: Path | None = None
+    extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
+    admin_key: str = ""
+    join_token: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def host(self) -> str:
+        # TLS test certificates name "localhost"; plaintext tests use the address.
+        return "localhost" if self.tls_cert is not None else "127.0.0.1"
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> ControlPlaneProcess:
         args = [
             *SANDBOXD, "controlplane",
-            "--listen", self.target,
+            "--listen", f"127.0.0.1:{self.port}",
             "--data-dir", str(self.data_dir),
-            "--join-token", self.join_token,
             "--health-timeout", str(self.health_timeout),
             "--heartbeat-interval", str(self.heartbeat_interval),
+            *self.extra_args,
         ]  # fmt: skip
         if self.config is not None:
             args += ["--config", str(self.config)]
-        for key in self.api_keys:
-            args += ["--api-key", key]
+        if self.tls_cert is not None and self.tls_key is not None:
+            args += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         self.proc = Proc(args, child_env()).start()
         self.proc.wait_for_line("CWSANDBOX_BASE_URL=")
+        self.admin_key = (self.data_dir / "admin-key").read_text().strip()
+        if not self.join_token:
+            self.join_token = self.create_join_token(max_uses=1000, ttl_seconds=24 * 3600)
         return self
 
     def stop(self) -> int:
         assert self.proc is not None
         return self.proc.stop()
 
+    def admin(self, method: str, request: Message, response_type: type[Message]) -> Any:
+        """Call the admin API with the administrator key."""
+        return admin_call(
+            self.target, self.admin_key, method, request, response_type, ca_file=self.ca_file
+        )
+
+    def create_join_token(self, **fields: Any) -> str:
+        request = admin_pb2.CreateJoinTokenRequest(**fields)
+        return str(self.admin("CreateJoinToken", request, admin_pb2.CreateJoinTokenResponse).secret)
+
+    def create_key(self, organization: str, role: str = "member", name: str = "") -> str:
+        request = admin_pb2.CreateApiKeyRequest(
+            organization=organization,
+            role=admin_pb2.ROLE_ADMIN if role == "admin" else admin_pb2.ROLE_MEMBER,
+            name=name,
+        )
+        return str(self.admin("CreateApiKey", request, admin_pb2.CreateApiKeyResponse).secret)
+
+    def channel(self, api_key: str | None = None) -> grpc.Channel:
+        """A channel whose calls carry ``api_key`` (None: the admin key; "": no key)."""
+        key = self.admin_key if api_key is None else api_key
+        return keyed_channel(self.target, key, ca_file=self.ca_file)
+
     @contextlib.contextmanager
     def discovery(self, api_key: str | None = None) -> Iterator[DiscoveryClient]:
-        channel = grpc.insecure_channel(self.target)
+        """Discovery calls with ``api_key`` (None: the admin key; "": no key at all)."""
+        key = self.admin_key if api_key is None else api_key
+        channel = keyed_channel(self.target, None, ca_file=self.ca_file)
         try:
-            yield DiscoveryClient(discovery_pb2_grpc.DiscoveryServiceStub(channel), api_key)
+            yield DiscoveryClient(discovery_pb2_grpc.DiscoveryServiceStub(channel), key)
         finally:
             channel.close()
 
@@ -217,7 +342,11 @@ class DiscoveryClient:
 
 @dataclass
 class RunnerProcess:
-    """A ``sandboxd runner`` child process."""
+    """A ``sandboxd runner`` child process.
+
+    Its join token (the control plane's shared test token unless ``join_token`` is given) is
+    written to a 0600 file next to its state directory and passed with ``--join-token-file``.
+    """
 
     control_plane: ControlPlaneProcess
     state_dir: Path
@@ -226,17 +355,23 @@ class RunnerProcess:
     tags: Sequence[str] = ()
     join_token: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: Sequence[str] = ()
     proc: Proc | None = None
 
     def start(self) -> RunnerProcess:
+        token = self.join_token if self.join_token is not None else self.control_plane.join_token
+        token_file = write_secret(self.state_dir.with_name(self.state_dir.name + ".token"), token)
         args = [
             *SANDBOXD, "runner",
             "--control-plane", self.control_plane.url,
             "--group", self.group,
             "--state-dir", str(self.state_dir),
-            "--join-token", self.join_token or self.control_plane.join_token,
+            "--join-token-file", str(token_file),
             "--heartbeat-interval", str(self.control_plane.heartbeat_interval),
+            *self.extra_args,
         ]  # fmt: skip
+        if self.control_plane.ca_file is not None:
+            args += ["--ca-file", str(self.control_plane.ca_file)]
         if self.runner_id:
             args += ["--runner-id", self.runner_id]
         for tag in self.tags:
@@ -249,9 +384,27 @@ class RunnerProcess:
         return self.proc.stop()
 
 
+@dataclass(frozen=True)
+class Up:
+    """A running ``sandboxd up``: its process and what it printed for clients."""
+
+    proc: Proc
+    base_url: str
+    api_key: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A child environment pointed at it, with its administrator key."""
+        return child_env(CWSANDBOX_BASE_URL=self.base_url, CWSANDBOX_API_KEY=self.api_key, **extra)
+
+
+def printed(proc: Proc, name: str) -> str:
+    """The value of the ``NAME=value`` line ``proc`` printed (it must have printed one)."""
+    return proc.wait_for_line(f"{name}=", timeout=5).split("=", 1)[1]
+
+
 @contextlib.contextmanager
-def all_in_one(data_dir: Path, *extra_args: str) -> Iterator[tuple[Proc, str]]:
-    """A running ``sandboxd up`` on a free loopback port; yields it and its base URL."""
+def all_in_one(data_dir: Path, *extra_args: str) -> Iterator[Up]:
+    """A running ``sandboxd up`` on a free loopback port."""
     port = free_port()
     proc = Proc(
         [*SANDBOXD, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
@@ -259,7 +412,7 @@ def all_in_one(data_dir: Path, *extra_args: str) -> Iterator[tuple[Proc, str]]:
         child_env(),
     ).start()  # fmt: skip
     try:
-        line = proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600)
-        yield proc, line.split("=", 1)[1]
+        base_url = proc.wait_for_line("CWSANDBOX_BASE_URL=", timeout=600).split("=", 1)[1]
+        yield Up(proc, base_url, printed(proc, "CWSANDBOX_API_KEY"))
     finally:
         proc.stop()

@@ -10,13 +10,14 @@ reaches the terminal, because the people reading it want the cause, not our call
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import IO, Any
 
 import click
 
 from cwsandbox import __version__
-from cwsandbox._config import BASE_URL_ENV, Endpoint
+from cwsandbox._config import BASE_URL_ENV, CA_FILE_ENV, Endpoint
 from cwsandbox.exceptions import CWSandboxError
 
 __all__ = ["CliError", "CliSettings", "cli", "main"]
@@ -83,13 +84,27 @@ def _validate_base_url(
     metavar="SECONDS",
     help="Deadline for each command's requests [default: 30].",
 )
+@click.option(
+    "--ca-file",
+    envvar=CA_FILE_ENV,
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    metavar="PEM",
+    help=f"CA certificates to trust for an https:// base URL [env: {CA_FILE_ENV}; "
+    "default: the system's roots].",
+)
 @click.version_option(__version__, prog_name="cwsandbox")
 @click.pass_context
-def cli(ctx: click.Context, base_url: str | None, timeout: float | None) -> None:
+def cli(
+    ctx: click.Context, base_url: str | None, timeout: float | None, ca_file: str | None
+) -> None:
     """Discover runners and profiles, and run and manage sandboxes, on a sandboxd control plane.
 
-    Works with any coreweave.sandbox.v1beta2 server.
+    Works with any coreweave.sandbox.v1beta2 server. Calls carry $CWSANDBOX_API_KEY.
     """
+    if ca_file:
+        # The library reads its CA file from the environment at each call; so does the CLI.
+        os.environ[CA_FILE_ENV] = ca_file
     ctx.obj = CliSettings(base_url=base_url, timeout=timeout)
 
 

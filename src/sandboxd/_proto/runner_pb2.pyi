@@ -60,12 +60,11 @@ class Resources(_message.Message):
     def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("runner_id", "runner_group_id", "tags", "capabilities", "join_token", "version", "resources", "sandboxes")
+    __slots__ = ("runner_id", "runner_group_id", "tags", "capabilities", "version", "resources", "sandboxes")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
-    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
@@ -73,11 +72,10 @@ class Register(_message.Message):
     runner_group_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
     capabilities: Capabilities
-    join_token: str
     version: str
     resources: Resources
     sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxEvent]
-    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., join_token: _Optional[str] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
+    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("resources", "sent_at", "images", "images_listed")
@@ -104,14 +102,18 @@ class RunnerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names")
+    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id")
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     connected_at: _timestamp_pb2.Timestamp
     heartbeat_interval_ms: int
     profile_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    credential: str
+    runner_group_id: str
+    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "command")
@@ -396,14 +398,12 @@ class SandboxEvent(_message.Message):
 class ExecUpstream(_message.Message):
     __slots__ = ("hello", "response")
     class Hello(_message.Message):
-        __slots__ = ("stream_id", "runner_id", "join_token")
+        __slots__ = ("stream_id", "runner_id")
         STREAM_ID_FIELD_NUMBER: _ClassVar[int]
         RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
-        JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
         stream_id: str
         runner_id: str
-        join_token: str
-        def __init__(self, stream_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., join_token: _Optional[str] = ...) -> None: ...
+        def __init__(self, stream_id: _Optional[str] = ..., runner_id: _Optional[str] = ...) -> None: ...
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     hello: ExecUpstream.Hello

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
+from sandboxd.config.quotas import QuotaConfig
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
@@ -225,6 +226,7 @@ class PlatformConfig(_Strict):
     profiles: tuple[Profile, ...] = Field(min_length=1)
     runners: tuple[RunnerConfig, ...] = ()
     default_bindings: tuple[Binding, ...] = ()
+    quotas: QuotaConfig = QuotaConfig()
 
     @field_validator("default_bindings")
     @classmethod

@@ -1,71 +1,128 @@
-"""Client authentication for the public API: ``authorization: Bearer <API key>``.
+"""Authentication of every call, before its request is read.
 
-Why an interceptor: every public RPC (discovery, gateway, streaming) needs the same check, and
-doing it before the handler runs means no handler can forget it. Runner connections are not
-checked here; they prove themselves with the join token in their register message. With no API
-keys configured (a local ``sandboxd up``), the public API is open, as on a developer machine.
+Why an interceptor: it sees the method and the metadata of a call before any request message
+is read, so every call is checked in one place and no handler can forget it. Three kinds:
+
+* runner calls (``/sandboxd.runner.v1.RunnerService/``) carry the runner's credential, or,
+  on ``Connect`` only, a join token;
+* admin calls (``/sandboxd.admin.v1.``) need an API key of role ``admin``;
+* everything else (the public ``coreweave.sandbox`` API and whatever is added later) needs an
+  API key, unless the control plane runs with ``--insecure-no-auth``. Closed by default.
+
+The identity found is bound to the call (:mod:`sandboxd.controlplane.caller`) by wrapping the
+handler. A refused call gets a handler of the method's response shape that is always
+request-*streaming* and never reads: grpc then never buffers or decodes the request body, so
+a stranger's 95 MiB message costs at most a flow-control window, not 95 MiB of memory.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from sandboxd.errors import status_trailers, unauthenticated
+from sandboxd.controlplane.caller import UNAUTHENTICATED_ADMIN, Identity, bind
+from sandboxd.controlplane.identity_service import IdentityService
+from sandboxd.errors import ApiError, permission_denied, status_trailers
 
-PUBLIC_PREFIX = "/coreweave.sandbox.v1beta2."
+RUNNER_PREFIX = "/sandboxd.runner.v1.RunnerService/"
+RUNNER_CONNECT = RUNNER_PREFIX + "Connect"
+ADMIN_PREFIX = "/sandboxd.admin.v1."
+
+if TYPE_CHECKING:  # the grpc-stubs generics do not exist at run time
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Rejects public RPCs whose bearer token is not one of the configured API keys."""
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of the first ``authorization: Bearer <token>`` header, if any."""
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    return None
 
-    def __init__(self, api_keys: Iterable[str]) -> None:
-        self._keys = [key.encode() for key in api_keys if key]
 
-    def _allowed(self, metadata: Iterable[tuple[str, Any]]) -> bool:
-        for key, value in metadata:
-            if key.lower() != "authorization":
-                continue
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() != "bearer":
-                return False
-            return any(hmac.compare_digest(token.strip().encode(), k) for k in self._keys)
-        return False
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Resolves each call's identity from its metadata, or refuses the call unread."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Pass allowed calls on; answer others with UNAUTHENTICATED."""
-        method = handler_call_details.method or ""
-        if not self._keys or not method.startswith(PUBLIC_PREFIX):
-            return await continuation(handler_call_details)
-        if self._allowed(handler_call_details.invocation_metadata or ()):
-            return await continuation(handler_call_details)
+    def __init__(self, identity: IdentityService, *, insecure_no_auth: bool = False) -> None:
+        self._identity = identity
+        self._insecure = insecure_no_auth
+
+    async def _resolve(self, method: str, token: str | None) -> Identity:
+        if method.startswith(RUNNER_PREFIX):
+            return await self._identity.authenticate_runner(
+                token, allow_join=method == RUNNER_CONNECT
+            )
+        if self._insecure:
+            return UNAUTHENTICATED_ADMIN
+        caller = await self._identity.authenticate_key(token)
+        if method.startswith(ADMIN_PREFIX) and not caller.is_admin:
+            raise permission_denied(
+                f"{method.rsplit('/', 1)[-1]} needs an API key of role admin; key "
+                f"{caller.key_id} is a {caller.role.value} key of {caller.organization!r}",
+                "CWSANDBOX_ADMIN_ROLE_REQUIRED",
+                key_id=caller.key_id,
+            )
+        return caller
+
+    async def intercept_service(  # type: ignore[override]  # grpc-stubs forget None
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """Bind the caller to the call, or answer UNAUTHENTICATED/PERMISSION_DENIED."""
         handler = await continuation(handler_call_details)
-        return _rejecting(handler)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED, nothing to read
+            return None
+        method = handler_call_details.method or ""
+        token = bearer_token(handler_call_details.invocation_metadata)
+        try:
+            identity = await self._resolve(method, token)
+        except ApiError as error:
+            return _refusing(handler, error)
+        return _binding(handler, identity)
 
 
-def _rejecting(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same streaming shape that fails with UNAUTHENTICATED."""
-    error = unauthenticated(
-        "missing or invalid API key: set CWSANDBOX_API_KEY to a key this server accepts"
-    )
+def _refusing(handler: Handler, error: ApiError) -> Handler:
+    """A handler with the method's response shape that refuses without reading a request."""
 
-    async def deny(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def refuse(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(error.code, error.message, trailing_metadata=status_trailers(error))
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _binding(handler: Handler, identity: Identity) -> Handler:
+    """``handler`` with each behaviour first binding ``identity`` to the call."""
+    replaced: dict[str, Any] = {}
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            replaced[kind] = _bound(behavior, identity)
+    return handler._replace(**replaced)  # type: ignore[attr-defined,no-any-return]
+
+
+def _bound(behavior: Callable[..., Any], identity: Identity) -> Callable[..., Any]:
+    # grpc.aio picks how to drive a handler from its function type, so keep the type.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            bind(identity)
+            async for response in behavior(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: Any) -> Any:
+        bind(identity)
+        return await behavior(request, context)
+
+    return call

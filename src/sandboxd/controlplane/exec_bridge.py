@@ -86,6 +86,13 @@ class StreamSessions:
         session.attached.set()
         return session
 
+    def close_runner(self, runner_id: str) -> int:
+        """Close every session of a runner (its credential was revoked); returns how many."""
+        sessions = [s for s in self._sessions.values() if s.runner_id == runner_id]
+        for session in sessions:
+            self.close(session)
+        return len(sessions)
+
     def close(self, session: BridgeSession[Any, Any]) -> None:
         """Forget a session; ends the runner's stream if it is attached."""
         self._sessions.pop(session.stream_id, None)

@@ -5,6 +5,9 @@ is placed and recorded (never waiting for it to run, except to learn published p
 never reports status 0 for a live sandbox; Stop answers ``success`` once the runner stopped the
 process (after the grace period, then a kill), and the terminal record stays readable with its
 exit code. Work that talks to runners lives in :mod:`sandboxd.controlplane.lifecycle`.
+
+Every RPC that names a sandbox finds it through ``Lifecycle.record``, which hides other
+organizations' sandboxes; List keeps only what the caller may see.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
+from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import (
     decode_token,
@@ -158,12 +162,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             profiles = set(filters[2])
             runners = set(request.runner_ids)
             tags = set(request.tags)
+            caller = current_caller()
             # A terminal status filter widens to stopped sandboxes by itself (§4.6).
             with_stopped = request.include_stopped or request.status in TERMINAL
 
             def keep(record: SandboxRecord) -> bool:
                 return (
-                    (with_stopped or not record.terminal)
+                    caller.can_see(record.owner_org)
+                    and (with_stopped or not record.terminal)
                     and (not request.status or record.status == request.status)
                     and tags.issubset(record.tags)
                     and (not profiles or record.profile_name in profiles)

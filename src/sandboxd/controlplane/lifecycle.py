@@ -3,6 +3,10 @@
 Why one place: every status transition of a sandbox record happens here (from a client call or
 from an event its runner reports), so the rules — terminal is final, exit code set together
 with COMPLETED, reservations released exactly when a sandbox ends — are kept in one module.
+
+Tenancy lives here too: :meth:`Lifecycle.record` is the one lookup every public RPC that names
+a sandbox goes through, and it answers another organization's sandbox exactly as it answers a
+missing one, so no RPC, present or future, can tell them apart.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import grpc
 
 from cwsandbox._proto import gateway_pb2
 from sandboxd._proto import runner_pb2
+from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.controlplane.placement import Placement, place
+from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink, runner_unavailable
 from sandboxd.controlplane.sandboxes import (
@@ -122,21 +128,33 @@ def build_spec(
 class Lifecycle:
     """Sandbox operations that involve a runner, and the records they change."""
 
-    def __init__(self, registry: RunnerRegistry, table: SandboxTable) -> None:
+    def __init__(self, registry: RunnerRegistry, table: SandboxTable, quotas: Quotas) -> None:
         self.registry = registry
         self.table = table
+        self.quotas = quotas
         self._tasks: set[asyncio.Task[None]] = set()
 
     def record(self, sandbox_id: str) -> SandboxRecord:
-        """The record with this id, or NOT_FOUND (CWSANDBOX_SANDBOX_NOT_FOUND)."""
+        """The record with this id as the current caller may see it, else NOT_FOUND.
+
+        Members see their own organization's sandboxes, admins every sandbox; a sandbox of
+        another organization gets the very same error (code, message, reason, metadata) as an
+        id that never existed.
+        """
         if not sandbox_id.strip():
             raise invalid_argument("sandbox_id", "must not be empty")
         if len(sandbox_id) > MAX_ID_LENGTH:
             raise invalid_argument("sandbox_id", f"must be at most {MAX_ID_LENGTH} characters")
+        caller = current_caller()
         record = self.table.get(sandbox_id)
-        if record is None:
+        if record is None or not caller.can_see(record.owner_org):
             raise sandbox_not_found(sandbox_id)
         return record
+
+    @staticmethod
+    def visible(record: SandboxRecord) -> bool:
+        """Whether the current caller may see ``record`` (for listings)."""
+        return current_caller().can_see(record.owner_org)
 
     def link_for(self, record: SandboxRecord) -> RunnerLink:
         """The live connection to the runner that owns a sandbox."""
@@ -157,7 +175,12 @@ class Lifecycle:
         Only when ports are exposed does Start wait for the runner's answer, because the
         response must carry the published ``service_address``.
         """
+        owner = current_caller().organization
         placement = place(self.registry, request)
+        # No await from this check to table.add below: concurrent Starts cannot both fit.
+        self.quotas.check_start(
+            owner, self.table.usage(owner), placement.cpu_limit, placement.memory_limit
+        )
         sandbox_id = new_sandbox_id()
         spec = build_spec(sandbox_id, request, placement)
         record = SandboxRecord(
@@ -174,6 +197,9 @@ class Lifecycle:
             reserved_cpu_millicores=placement.cpu_request,
             reserved_memory_bytes=placement.memory_request,
             reserved_gpu_count=placement.gpu_count,
+            owner_org=owner,
+            cpu_limit_millicores=placement.cpu_limit,
+            memory_limit_bytes=placement.memory_limit,
         )
         await self.table.add(record)
         launch = self._launch(record, spec)
@@ -272,6 +298,13 @@ class Lifecycle:
             )
         )
         return result.file.contents
+
+    async def fail_runner_sandboxes(self, runner_id: str, reason: str) -> int:
+        """Mark every live sandbox of a runner FAILED (its runner can no longer be trusted)."""
+        live = self.table.live_on(runner_id)
+        for record in live:
+            await self.table.update(record, status=S.SANDBOX_STATUS_FAILED, status_reason=reason)
+        return len(live)
 
     # -- events from runners ------------------------------------------------------------
 

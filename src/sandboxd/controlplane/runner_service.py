@@ -9,15 +9,20 @@ disconnected, and discovery reports it unhealthy at once.
 Byte streams (``Exec``, ``Logs``) are separate calls that the runner dials with a ``hello``
 naming a session opened by :mod:`sandboxd.controlplane.streaming`; both are joined to that
 session the same way (:meth:`RunnerService._accept`, :meth:`RunnerService._bridge`).
+
+Who the runner is was settled by the interceptor from the call's metadata before any message
+was read (:mod:`sandboxd.controlplane.auth`): its own credential, or on ``Connect`` a join
+token. Here the messages must agree with it: a credential registers only its own runner id,
+and a ``hello`` attaches only to a session opened for that runner. A join token buys a new
+credential for a runner id nobody holds yet (:meth:`IdentityService.join`), so a second
+machine holding a valid join token cannot take over a registered runner or its sandboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,51 +31,80 @@ from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller, current_runner
 from sandboxd.controlplane.exec_bridge import BridgeSession, Kind, StreamSessions
+from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.registry import RunnerRegistry
-from sandboxd.errors import ApiError, abort_with, invalid_argument, unauthenticated
+from sandboxd.errors import (
+    ApiError,
+    abort_with,
+    invalid_argument,
+    permission_denied,
+    unauthenticated,
+)
+from sandboxd.identity.model import RUNNER_ID_PATTERN, RUNNER_ID_RULE
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
 Upstream = runner_pb2.ExecUpstream | runner_pb2.LogsUpstream
 
-RUNNER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 REGISTER_TIMEOUT_SECONDS = 10.0
+DEFAULT_GROUP = "default"
+
+
+def wrong_runner(credential_runner: str, claimed: str) -> ApiError:
+    """A credential used for another runner id than the one it is bound to."""
+    return permission_denied(
+        f"this runner credential belongs to runner {credential_runner!r}, not {claimed!r}",
+        "CWSANDBOX_RUNNER_ID_MISMATCH",
+        runner_id=claimed,
+    )
 
 
 class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
-    """Accepts runner connections, checks their join token and tracks their heartbeats."""
+    """Accepts runner connections, issues credentials to new runners, tracks heartbeats."""
 
     def __init__(
         self,
         registry: RunnerRegistry,
-        join_token: str,
+        identity: IdentityService,
         heartbeat_interval: float,
         lifecycle: Lifecycle,
         sessions: StreamSessions,
     ) -> None:
         self._registry = registry
-        self._join_token = join_token.encode()
+        self._identity = identity
         self._heartbeat_interval = heartbeat_interval
         self._lifecycle = lifecycle
         self._sessions = sessions
 
-    def _token_ok(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self._join_token)
-
-    def _check_register(self, message: runner_pb2.RunnerMessage) -> runner_pb2.Register:
+    @staticmethod
+    def _check_register(message: runner_pb2.RunnerMessage) -> runner_pb2.Register:
         if message.WhichOneof("message") != "register":
             raise invalid_argument("register", "the first message on Connect must be register")
         register = message.register
-        if not self._token_ok(register.join_token):
-            raise unauthenticated("join token rejected; pass the control plane's --join-token")
         if not RUNNER_ID_PATTERN.match(register.runner_id):
-            raise invalid_argument(
-                "register.runner_id",
-                "must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            )
+            raise invalid_argument("register.runner_id", RUNNER_ID_RULE)
+        if register.runner_group_id and not RUNNER_ID_PATTERN.match(register.runner_group_id):
+            raise invalid_argument("register.runner_group_id", RUNNER_ID_RULE)
         return register
+
+    async def _admit(self, register: runner_pb2.Register) -> str:
+        """Check the runner may register under its id; returns a new credential, or "".
+
+        Fixes ``register.runner_group_id`` to the group its credential (or join token) names.
+        """
+        who = current_runner()
+        requested = register.runner_group_id or DEFAULT_GROUP
+        if isinstance(who, JoiningRunner):
+            credential, secret = await self._identity.join(who.token, register.runner_id, requested)
+            register.runner_group_id = credential.runner_group_id or requested
+            return secret
+        if register.runner_id != who.runner_id:
+            raise wrong_runner(who.runner_id, register.runner_id)
+        register.runner_group_id = who.runner_group_id or requested
+        return ""
 
     async def Connect(
         self,
@@ -82,6 +116,7 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
             async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
                 first = await anext(request_iterator)
             register = self._check_register(first)
+            credential = await self._admit(register)
         except (StopAsyncIteration, TimeoutError):
             await abort_with(
                 context, invalid_argument("register", "no register message was received")
@@ -98,6 +133,8 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                 connected_at=connected_at,
                 heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
                 profile_names=state.profile_names,
+                credential=credential,
+                runner_group_id=state.runner_group_id,
             )
         )
         link = state.link
@@ -166,9 +203,13 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         if first.WhichOneof("frame") != "hello":
             await abort_with(context, invalid_argument("hello", "the first frame must be hello"))
         hello = first.hello
-        if not self._token_ok(hello.join_token):
-            await abort_with(context, unauthenticated("join token rejected"))
-        session = self._sessions.attach(hello.stream_id, hello.runner_id, kind)
+        who = current_runner()
+        if not isinstance(who, RunnerCaller):  # the interceptor admits only credentials here
+            await abort_with(context, unauthenticated("byte streams need a runner credential"))
+        if hello.runner_id != who.runner_id:
+            await abort_with(context, wrong_runner(who.runner_id, hello.runner_id))
+        # Sessions remember the runner their sandbox is on: another runner cannot attach.
+        session = self._sessions.attach(hello.stream_id, who.runner_id, kind)
         if session is None:
             await abort_with(
                 context,

@@ -4,6 +4,10 @@ Why records live here and not on runners: clients poll ``Get`` (v1beta2.md §4.3
 terminal record to stay readable after ``Stop``; a runner may be gone by then. Every change is
 written through to the store on one ordered worker thread, so a control-plane restart keeps
 final statuses and exit codes.
+
+Every record names its owner organization (``owner_org``); records stored before sandboxes had
+owners belong to the administrators' organization. Who may see a record is decided in one
+place, :meth:`sandboxd.controlplane.lifecycle.Lifecycle.record`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 
 from cwsandbox._proto import gateway_pb2
 from sandboxd._proto import runner_pb2
+from sandboxd.controlplane.quotas import Usage
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.identity.model import ADMIN_ORG
 from sandboxd.store import Store
 
 S = gateway_pb2
@@ -66,6 +72,11 @@ class SandboxRecord:
     reserved_memory_bytes: int = 0
     reserved_gpu_count: int = 0
     stop_requested: bool = False
+    # The organization whose key started it: only that organization (and admins) see it.
+    owner_org: str = ADMIN_ORG
+    # Its CPU and memory limits, which count against the owner's quotas while it lives.
+    cpu_limit_millicores: int = 0
+    memory_limit_bytes: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -121,6 +132,15 @@ class SandboxTable:
             record = self._records.get(sandbox_id)
             if record is not None:
                 yield record
+
+    def usage(self, organization: str) -> Usage:
+        """What ``organization``'s live (not yet ended) sandboxes take, for its quotas."""
+        live = [r for r in self._records.values() if r.owner_org == organization and not r.terminal]
+        return Usage(
+            running_sandboxes=len(live),
+            cpu_millicores=sum(r.cpu_limit_millicores for r in live),
+            memory_bytes=sum(r.memory_limit_bytes for r in live),
+        )
 
     def live_on(self, runner_id: str) -> list[SandboxRecord]:
         """Non-terminal sandboxes placed on a runner."""

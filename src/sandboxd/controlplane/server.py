@@ -1,28 +1,35 @@
 """The control plane process: one grpc.aio server for clients and runners.
 
-Why one port: clients (public v1beta2 API) and runners (internal RunnerService) reach the same
-address, so a runner only needs the URL clients already use. Public calls pass the API-key
-interceptor; runner calls prove themselves with the join token.
+Why one port: clients (public v1beta2 API), administrators (AdminService) and runners
+(internal RunnerService) reach the same address, so a runner only needs the URL clients already
+use. Every call passes the authentication interceptor first (:mod:`sandboxd.controlplane.auth`):
+API keys for clients and administrators, runner credentials or a join token for runners.
+
+Why the data directory is 0700 and its secrets 0600: it holds the database (credential
+digests, every sandbox's record) and the first administrator key; other local users must not
+read either. With ``tls_cert``/``tls_key`` the port speaks TLS only.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from cwsandbox._proto import discovery_pb2_grpc, gateway_pb2_grpc, streaming_pb2_grpc
-from sandboxd._proto import runner_pb2_grpc
+from sandboxd._proto import admin_pb2_grpc, runner_pb2_grpc
 from sandboxd.config import PlatformConfig
-from sandboxd.controlplane.auth import ApiKeyInterceptor
+from sandboxd.controlplane.admin_service import AdminService
+from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.exec_bridge import ExecSessions
 from sandboxd.controlplane.gateway import GatewayService
+from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
+from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandboxes import SandboxTable
@@ -48,28 +55,42 @@ SERVER_OPTIONS = [
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
-    """How to run a control plane; every field has a safe local default."""
+    """How to run a control plane; every field has a safe local default.
+
+    ``insecure_no_auth`` opens the public and admin APIs to anyone who can reach the port
+    (every call acts as an administrator); runners still need credentials.
+    """
 
     data_dir: Path
     config: PlatformConfig
     listen: str = "127.0.0.1:50051"
-    join_token: str = ""
-    api_keys: tuple[str, ...] = ()
     health_timeout: float = 10.0
     heartbeat_interval: float = 2.0
     database_url: str = field(default="")
+    insecure_no_auth: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
 
 
-def load_or_create_join_token(data_dir: Path) -> str:
-    """The join token kept in ``<data_dir>/join-token`` (0600), created on first use."""
-    path = data_dir / "join-token"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    return token
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory, or narrow an existing one, to its owner only (0700)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; errors name the file that could not be read."""
+    pair = []
+    for path in (key, cert):
+        try:
+            pair.append(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return grpc.ssl_server_credentials([(pair[0], pair[1])])
 
 
 class ControlPlane:
@@ -77,7 +98,7 @@ class ControlPlane:
 
     def __init__(self, settings: ControlPlaneSettings) -> None:
         self.settings = settings
-        self.join_token = settings.join_token or load_or_create_join_token(settings.data_dir)
+        prepare_data_dir(settings.data_dir)
         self.store = (
             Store(settings.database_url)
             if settings.database_url
@@ -91,8 +112,11 @@ class ControlPlane:
         )
         self.discovery = DiscoveryService(self.registry)
         self.sandboxes = SandboxTable(self.store, self.registry)
-        self.lifecycle = Lifecycle(self.registry, self.sandboxes)
+        self.lifecycle = Lifecycle(self.registry, self.sandboxes, Quotas(settings.config.quotas))
         self.exec_sessions = ExecSessions()
+        self.identity = IdentityService(self.store.identity)
+        # The first administrator key, in <data_dir>/admin-key (0600).
+        self.admin_key = self.identity.ensure_admin_key(settings.data_dir)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -105,9 +129,14 @@ class ControlPlane:
         return f"{host}:{self.port}"
 
     @property
+    def tls(self) -> bool:
+        """Whether the port speaks TLS."""
+        return self.settings.tls_cert is not None
+
+    @property
     def base_url(self) -> str:
         """The URL clients put in ``CWSANDBOX_BASE_URL``."""
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     async def start(self) -> None:
         """Restore persisted runners, bind the port and start serving."""
@@ -115,9 +144,9 @@ class ControlPlane:
         self.sandboxes.restore()
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
+        auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)
         server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(self.settings.api_keys), MalformedRequestInterceptor()],
-            options=SERVER_OPTIONS,
+            interceptors=[auth, MalformedRequestInterceptor()], options=SERVER_OPTIONS
         )
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.discovery, server
@@ -131,14 +160,22 @@ class ControlPlane:
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             RunnerService(
                 self.registry,
-                self.join_token,
+                self.identity,
                 self.settings.heartbeat_interval,
                 self.lifecycle,
                 self.exec_sessions,
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminService(self.identity, self.registry, self.lifecycle, self.exec_sessions), server
+        )
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        if cert is not None and key is not None:
+            credentials = server_credentials(cert, key)
+            self.port = server.add_secure_port(self.settings.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()

@@ -11,14 +11,15 @@ ended). Here we only relay, and end a follow early with ``complete`` when the cl
 
 Both: conditions found after the stream is accepted (sandbox not running, runner gone) are
 reported in-band as an ``error`` frame, which every client turns into a typed exception;
-gRPC statuses are kept for malformed requests, unknown sandboxes and auth.
+gRPC statuses are kept for malformed requests, unknown sandboxes, auth and quotas.
+Both find their sandbox through ``Lifecycle.record``, which hides other organizations'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -134,12 +135,34 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest],
         context: Context,
     ) -> AsyncIterator[streaming_pb2.ExecStreamResponse]:
-        """Start the process on the sandbox's runner and relay frames both ways."""
+        """Start the process on the sandbox's runner and relay frames both ways.
+
+        The exec counts against its sandbox's organization's ``concurrent_execs`` quota for
+        as long as the call lasts; over the quota, the call ends RESOURCE_EXHAUSTED.
+        """
+        quotas = self._lifecycle.quotas
         try:
             init = _check_init(await _first_request(request_iterator))
             record = self._lifecycle.record(init.sandbox_id)
+            quotas.acquire_exec(record.owner_org)
         except ApiError as error:
             await abort_with(context, error)
+        try:
+            # aclosing: a client that goes away closes the relay (and its session) at once.
+            async with contextlib.aclosing(
+                self._relay_exec(record, init, request_iterator)
+            ) as frames:
+                async for frame in frames:
+                    yield frame
+        finally:
+            quotas.release_exec(record.owner_org)
+
+    async def _relay_exec(
+        self,
+        record: SandboxRecord,
+        init: streaming_pb2.ExecStreamInit,
+        request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest],
+    ) -> AsyncGenerator[streaming_pb2.ExecStreamResponse]:
         try:
             link = self._lifecycle.running_link(record)
         except ApiError as error:

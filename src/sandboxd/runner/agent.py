@@ -7,9 +7,15 @@ Why it is shaped this way:
   id every time (see :mod:`sandboxd.runner.identity`) so the control plane recognises it.
 * **Transient trouble is routine.** A control plane that restarts or is unreachable costs one
   log line and a jittered backoff, never a traceback or a crash.
-* **Rejection is final.** UNAUTHENTICATED or PERMISSION_DENIED (a bad join token) will not
-  fix itself, so :meth:`RunnerAgent.run` raises :class:`RunnerRejectedError` instead of
-  hammering the control plane.
+* **Its own credential.** The first registration presents the join token (in call metadata,
+  checked before any message is read); the control plane answers with a credential bound to
+  this runner id, which the agent stores in its state directory (0600, see
+  :mod:`sandboxd.runner.credentials`) and presents from then on, on every call including the
+  per-exec and per-log streams. The join token is not needed again.
+* **Rejection is final.** UNAUTHENTICATED or PERMISSION_DENIED (a bad or spent join token, a
+  revoked credential, a runner id held by another runner) will not fix itself, so
+  :meth:`RunnerAgent.run` raises :class:`RunnerRejectedError` instead of hammering the
+  control plane.
 * **One reader, many writers.** A single loop reads ``ControlMessage`` s and dispatches on
   ``WhichOneof("message")``: ``registered`` changes the heartbeat interval, ``command`` goes
   to the :class:`~sandboxd.runner.supervisor.SandboxSupervisor`, which runs each command in
@@ -39,6 +45,7 @@ import sandboxd
 from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
+from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.exec_relay import ExecCall, dial_exec
 from sandboxd.runner.failures import refuse_command
 from sandboxd.runner.fingerprint import fingerprint
@@ -47,14 +54,20 @@ from sandboxd.runner.images import ImageList
 from sandboxd.runner.log_relay import LogsCall, dial_logs
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
-from sandboxd.runner.stream import ControlStream, open_channel
+from sandboxd.runner.stream import ControlStream, bearer, open_channel
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
     from sandboxd.images import ImageStore
     from sandboxd.runner.supervisor import SandboxSupervisor
 
-__all__ = ["REJECTION_CODES", "RunnerAgent", "RunnerRejectedError", "RunnerSettings"]
+__all__ = [
+    "REJECTION_CODES",
+    "NoCredentialError",
+    "RunnerAgent",
+    "RunnerRejectedError",
+    "RunnerSettings",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +83,10 @@ class RunnerRejectedError(Exception):
         super().__init__(f"control plane rejected the runner ({code.name}): {details}")
         self.code = code
         self.details = details
+
+
+class NoCredentialError(Exception):
+    """The runner has neither a stored credential for its id nor a join token to get one."""
 
 
 class ProtocolError(Exception):
@@ -118,6 +135,8 @@ class RunnerAgent:
             else ReservationLedger.from_capabilities(self._capabilities)
         )
         self._runner_id = resolve_runner_id(settings.runner_id, settings.state_dir)
+        self._credential = load_credential(settings.state_dir, self._runner_id)
+        self._token_tried = False
         self._on_registered = on_registered
         self._heartbeat_interval = settings.heartbeat_interval
         # Created per session (an Event binds to the loop that first waits on it).
@@ -154,6 +173,11 @@ class RunnerAgent:
         return self._runner_id
 
     @property
+    def has_credential(self) -> bool:
+        """Whether the runner holds its own credential (stored, or issued this session)."""
+        return self._credential is not None
+
+    @property
     def settings(self) -> RunnerSettings:
         """The settings the agent was built with."""
         return self._settings
@@ -184,7 +208,16 @@ class RunnerAgent:
         return self._heartbeat_interval
 
     async def run(self) -> None:
-        """Stay connected until cancelled; raise :class:`RunnerRejectedError` if refused."""
+        """Stay connected until cancelled; raise :class:`RunnerRejectedError` if refused.
+
+        Raises :class:`NoCredentialError` at once when there is nothing to authenticate with.
+        """
+        if self._credential is None and not self._settings.join_token:
+            raise NoCredentialError(
+                f"runner {self._runner_id} has no credential in "
+                f"{self._settings.state_dir / CREDENTIAL_FILE} and no join token to get one: "
+                "pass --join-token-file or set SANDBOXD_JOIN_TOKEN (sandboxd tokens create)"
+            )
         try:
             await self._recover()
             await self._run_sessions()
@@ -214,12 +247,15 @@ class RunnerAgent:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in REJECTION_CODES:
                     details = _one_line(exc.details() or "")
+                    if self._fall_back_to_join_token(details):
+                        continue
                     _log.error(
-                        "runner %s rejected by %s (%s: %s); check the join token",
+                        "runner %s rejected by %s (%s: %s); check its %s",
                         self._runner_id,
                         settings.control_plane,
                         exc.code().name,
                         details,
+                        "credential" if self._credential else "join token",
                     )
                     raise RunnerRejectedError(exc.code(), details) from None
                 reason = f"{exc.code().name}: {_one_line(exc.details() or '')}"
@@ -247,16 +283,36 @@ class RunnerAgent:
                 raise asyncio.CancelledError  # a cancellation some await swallowed
             await asyncio.sleep(delay)
 
+    def _fall_back_to_join_token(self, details: str) -> bool:
+        """After a refused credential, try the join token once, if the operator gave one.
+
+        This is how an operator re-admits a runner whose credential was revoked or lost: a
+        token pinned to its id (``sandboxd tokens create --runner-id``), without having to
+        delete the credential file. The token is tried once per process.
+        """
+        if self._credential is None or not self._settings.join_token or self._token_tried:
+            return False
+        self._token_tried = True
+        self._credential = None
+        _log.warning(
+            "runner %s: credential refused (%s); trying the join token", self._runner_id, details
+        )
+        return True
+
     async def _session(self) -> None:
         """One dial: register, then heartbeat and dispatch until the stream ends.
 
         Returns normally when the control plane ends the stream cleanly; raises on errors.
         Always cancels the call and closes the channel, including on cancellation.
         """
-        channel = open_channel(self._address, keepalive_interval=self._settings.keepalive_interval)
+        channel = open_channel(
+            self._address,
+            keepalive_interval=self._settings.keepalive_interval,
+            ca_file=self._settings.ca_file,
+        )
         stream: ControlStream | None = None
         try:
-            stream = ControlStream(channel)
+            stream = ControlStream(channel, bearer(self._credential or self._settings.join_token))
             # No await between the snapshot in the register message and the stream becoming
             # current: later events queue behind the register on the stream's write lock.
             register = runner_pb2.RunnerMessage(register=self._register_message())
@@ -290,7 +346,6 @@ class RunnerAgent:
             runner_group_id=self._settings.runner_group_id,
             tags=list(self._settings.tags),
             capabilities=capabilities,
-            join_token=self._settings.join_token,
             version=sandboxd.__version__,
             resources=self._ledger.snapshot(),
             sandboxes=sandboxes,
@@ -309,13 +364,18 @@ class RunnerAgent:
             raise ConnectionError("not connected to the control plane")
         return self._channel
 
+    def _own_credential(self) -> str:
+        if self._credential is None:
+            raise ConnectionError("not registered with the control plane yet")
+        return self._credential
+
     async def _dial_exec(self, stream_id: str) -> ExecCall:
-        token = self._settings.join_token
-        return await dial_exec(self._live_channel(), stream_id, self._runner_id, token)
+        credential = self._own_credential()
+        return await dial_exec(self._live_channel(), stream_id, self._runner_id, credential)
 
     async def _dial_logs(self, stream_id: str) -> LogsCall:
-        token = self._settings.join_token
-        return await dial_logs(self._live_channel(), stream_id, self._runner_id, token)
+        credential = self._own_credential()
+        return await dial_logs(self._live_channel(), stream_id, self._runner_id, credential)
 
     async def _await_registered(self, stream: ControlStream) -> runner_pb2.Registered:
         message = await stream.receive()
@@ -327,7 +387,29 @@ class RunnerAgent:
             )
         return message.registered
 
+    def _keep_credential(self, credential: str) -> None:
+        """Use the credential issued on joining from now on, and store it for restarts.
+
+        It is kept in memory even if it cannot be written, so this process keeps working;
+        the error says that the next start will need a token pinned to this runner id.
+        """
+        self._credential = credential
+        try:
+            path = save_credential(self._settings.state_dir, self._runner_id, credential)
+        except OSError as exc:
+            _log.error(
+                "runner %s joined but cannot store its credential (%s); after a restart it "
+                "needs a join token pinned to its id (sandboxd tokens create --runner-id %s)",
+                self._runner_id,
+                exc,
+                self._runner_id,
+            )
+            return
+        _log.info("runner %s joined; its credential is stored in %s", self._runner_id, path)
+
     def _on_session_registered(self, registered: runner_pb2.Registered) -> None:
+        if registered.credential:
+            self._keep_credential(registered.credential)
         self._apply_interval(registered)
         self._connected = True
         profiles = ", ".join(registered.profile_names) or "none bound"

@@ -5,6 +5,10 @@ exits 0 on SIGTERM/SIGINT (a deliberate stop, e.g. by systemd or Ctrl-C, is not 
 and non-zero when the control plane rejects the runner, so supervisors do not restart a runner
 whose join token is wrong in a tight loop.
 
+Secrets never come from argv, which every local user can read in ``ps``: the join token is read
+from ``--join-token-file`` or ``$SANDBOXD_JOIN_TOKEN``, and only until the runner holds its own
+credential (stored in ``--state-dir``).
+
 ``--backend local`` (the default when running as root) runs sandboxes on this host; without
 root the runner still joins, reports its capacity and answers sandbox commands with
 ``CWSANDBOX_BACKEND_UNAVAILABLE``, so a misconfigured host is visible instead of silent.
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sandboxd.runner.agent import RunnerAgent, RunnerRejectedError
+from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.capacity import HostReserve
 from sandboxd.runner.limit_options import limit_options
 from sandboxd.runner.settings import RunnerSettings, default_state_dir
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from sandboxd.images import ImageStore
 
 EXIT_REJECTED = 3
+EXIT_USAGE = 2
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _BACKENDS = ("local", "none")
 _log = logging.getLogger(__name__)
@@ -87,6 +92,32 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
             loop.remove_signal_handler(signum)
 
 
+def _refuse_argv_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.BadParameter(
+            "secrets on the command line are visible to every local user in ps; put the join "
+            "token in a file for --join-token-file, or in $SANDBOXD_JOIN_TOKEN",
+            param_hint="--join-token",
+        )
+
+
+def read_join_token(path: Path | None) -> str:
+    """The join token from ``path`` (surrounding blanks ignored), else from the environment.
+
+    The variable is removed once read, so no child process (a tool, a backend helper)
+    inherits it.
+    """
+    from_env = os.environ.pop("SANDBOXD_JOIN_TOKEN", "").strip()
+    if path is None:
+        return from_env
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc}", param_hint="--join-token-file"
+        ) from exc
+
+
 @click.command("runner")
 @click.option(
     "--control-plane",
@@ -100,16 +131,33 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
 @click.option("--group", "group", default="default", show_default=True, help="Runner group id.")
 @click.option("--tag", "tags", multiple=True, help="Runner tag; repeat for several.")
 @click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding a join token (sandboxd tokens create); needed only until the runner "
+    "holds its own credential. Default: $SANDBOXD_JOIN_TOKEN.",
+)
+@click.option(
     "--join-token",
-    envvar="SANDBOXD_JOIN_TOKEN",
-    default="",
-    help="Join token issued by the control plane (env SANDBOXD_JOIN_TOKEN).",
+    "argv_token",
+    hidden=True,
+    expose_value=False,
+    callback=_refuse_argv_token,
+    help="Refused: use --join-token-file or SANDBOXD_JOIN_TOKEN.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="SANDBOXD_CA_FILE",
+    default=None,
+    help="PEM CA certificates to trust for an https:// control plane (env SANDBOXD_CA_FILE; "
+    "default: the system's roots).",
 )
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help=f"Where runner state (its id) lives [default: {default_state_dir()}].",
+    help=f"Where runner state (its id and credential) lives [default: {default_state_dir()}].",
 )
 @click.option(
     "--backend",
@@ -144,7 +192,8 @@ def runner_command(
     runner_id: str | None,
     group: str,
     tags: tuple[str, ...],
-    join_token: str,
+    join_token_file: Path | None,
+    ca_file: Path | None,
     state_dir: Path | None,
     backend_name: str | None,
     data_dir: Path | None,
@@ -164,7 +213,8 @@ def runner_command(
     try:
         settings = RunnerSettings(
             control_plane=control_plane,
-            join_token=join_token,
+            join_token=read_join_token(join_token_file),
+            ca_file=ca_file,
             runner_id=runner_id,
             runner_group_id=group,
             tags=tags,
@@ -194,6 +244,9 @@ def runner_command(
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)
+    except NoCredentialError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:  # a SIGINT that arrived before the handler was installed
         pass
 

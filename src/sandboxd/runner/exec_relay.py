@@ -36,6 +36,7 @@ from sandboxd.backends.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
+from sandboxd.runner.stream import bearer
 
 __all__ = [
     "CALL_ERRORS",
@@ -77,20 +78,21 @@ def error_frame(code: str, message: str) -> runner_pb2.ExecUpstream:
 
 
 async def dial_exec(
-    channel: grpc.aio.Channel, stream_id: str, runner_id: str, join_token: str
+    channel: grpc.aio.Channel, stream_id: str, runner_id: str, credential: str
 ) -> ExecCall:
-    """Open ``Exec`` on ``channel`` and greet; the :data:`ExecDialer` the agent provides."""
+    """Open ``Exec`` on ``channel`` with the runner's credential and greet.
+
+    This is the :data:`ExecDialer` the agent provides.
+    """
     stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call = cast(ExecCall, stub.Exec())
-    await greet(call, runner_pb2.ExecUpstream(hello=hello(stream_id, runner_id, join_token)))
+    call = cast(ExecCall, stub.Exec(metadata=bearer(credential)))
+    await greet(call, runner_pb2.ExecUpstream(hello=hello(stream_id, runner_id)))
     return call
 
 
-def hello(stream_id: str, runner_id: str, join_token: str) -> runner_pb2.ExecUpstream.Hello:
+def hello(stream_id: str, runner_id: str) -> runner_pb2.ExecUpstream.Hello:
     """The first frame of every per-stream RPC a runner dials (Exec, Logs)."""
-    return runner_pb2.ExecUpstream.Hello(
-        stream_id=stream_id, runner_id=runner_id, join_token=join_token
-    )
+    return runner_pb2.ExecUpstream.Hello(stream_id=stream_id, runner_id=runner_id)
 
 
 async def greet(call: Any, first_frame: Any) -> None:

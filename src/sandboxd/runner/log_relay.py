@@ -37,6 +37,7 @@ from sandboxd.runner.log_stream import (
     session_frames,
     tail_start,
 )
+from sandboxd.runner.stream import bearer
 
 __all__ = ["LogsCall", "LogsDialer", "dial_logs", "refuse_logs", "relay_logs"]
 
@@ -58,12 +59,15 @@ class _Refused(Exception):
 
 
 async def dial_logs(
-    channel: grpc.aio.Channel, stream_id: str, runner_id: str, join_token: str
+    channel: grpc.aio.Channel, stream_id: str, runner_id: str, credential: str
 ) -> LogsCall:
-    """Open ``Logs`` on ``channel`` and greet; the :data:`LogsDialer` the agent provides."""
+    """Open ``Logs`` on ``channel`` with the runner's credential and greet.
+
+    This is the :data:`LogsDialer` the agent provides.
+    """
     stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call = cast(LogsCall, stub.Logs())
-    await greet(call, runner_pb2.LogsUpstream(hello=hello(stream_id, runner_id, join_token)))
+    call = cast(LogsCall, stub.Logs(metadata=bearer(credential)))
+    await greet(call, runner_pb2.LogsUpstream(hello=hello(stream_id, runner_id)))
     return call
 
 

@@ -59,7 +59,9 @@ def parse_control_plane_url(url: str) -> ControlPlaneAddress:
 class RunnerSettings:
     """Everything the agent needs to join a control plane.
 
-    ``heartbeat_interval`` is only a fallback: the control plane's ``Registered`` reply wins
+    ``join_token`` is used only while ``state_dir`` holds no credential for the runner's id;
+    ``ca_file`` (PEM) replaces the system's root certificates for an ``https://`` control
+    plane. ``heartbeat_interval`` is only a fallback: the control plane's ``Registered`` reply wins
     when it names an interval. Reconnects back off exponentially from
     ``reconnect_backoff_min`` to ``reconnect_backoff_max`` seconds, with jitter so that many
     runners do not stampede a restarted control plane. ``keepalive_interval`` enables HTTP/2
@@ -76,6 +78,7 @@ class RunnerSettings:
     control_plane: str
     join_token: str = ""
     runner_id: str | None = None
+    ca_file: Path | None = None
     runner_group_id: str = "default"
     tags: tuple[str, ...] = ()
     state_dir: Path = field(default_factory=default_state_dir)
@@ -107,6 +110,8 @@ class RunnerSettings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"--block-egress {cidr!r} is not a CIDR") from None
+        if self.ca_file is not None and not self.address.secure:
+            raise ValueError("a CA file only applies to an https:// control plane URL")
 
     @property
     def address(self) -> ControlPlaneAddress:

@@ -9,6 +9,7 @@ writes with a lock so those writers never interleave or trip grpc's "write alrea
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -21,13 +22,25 @@ MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 ConnectCall = grpc.aio.StreamStreamCall[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+def bearer(secret: str) -> Metadata:
+    """Call metadata that authenticates a runner call (credential or join token)."""
+    return (("authorization", f"Bearer {secret}"),)
+
+
 def open_channel(
-    address: ControlPlaneAddress, *, keepalive_interval: float | None = None
+    address: ControlPlaneAddress,
+    *,
+    keepalive_interval: float | None = None,
+    ca_file: Path | None = None,
 ) -> grpc.aio.Channel:
     """A fresh channel per session, so each redial re-resolves DNS and starts clean.
 
     Message limits match the control plane's (100 MiB): unary file writes and reads of up
-    to 32 MiB travel on the control stream, far above gRPC's 4 MiB default.
+    to 32 MiB travel on the control stream, far above gRPC's 4 MiB default. TLS trusts
+    ``ca_file`` when given, else the system's roots (or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``).
     """
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -39,19 +52,19 @@ def open_channel(
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
     if address.secure:
-        return grpc.aio.secure_channel(
-            address.target, grpc.ssl_channel_credentials(), options=options
-        )
+        roots = ca_file.read_bytes() if ca_file is not None else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc.aio.secure_channel(address.target, credentials, options=options)
     return grpc.aio.insecure_channel(address.target, options=options)
 
 
 class ControlStream:
     """One open ``Connect`` call: serialised :meth:`send`, and :meth:`receive` for one reader."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata = ()) -> None:
         # The generated stub is untyped; the cast below restores the call's real type.
         stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-        self._call = cast(ConnectCall, stub.Connect())
+        self._call = cast(ConnectCall, stub.Connect(metadata=metadata))
         self._write_lock = asyncio.Lock()
 
     async def send(self, message: runner_pb2.RunnerMessage) -> None:

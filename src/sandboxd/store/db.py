@@ -7,18 +7,19 @@ The live registry stays in memory; this store is written behind it in batches.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, LargeBinary, String, create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-
-class _Base(DeclarativeBase):
-    pass
+from sandboxd.store.base import Base as _Base
+from sandboxd.store.base import utc as _utc
+from sandboxd.store.identity import IdentityStore
 
 
 class RunnerRow(_Base):
@@ -58,24 +59,33 @@ class RunnerRecord:
     last_heartbeat_at: datetime
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite drops the tzinfo on the way back; everything we store is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 class Store:
-    """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`)."""
+    """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
+
+    ``identity`` holds API keys, join tokens and runner credentials in the same database.
+    """
 
     def __init__(self, url: str) -> None:
         self._engine: Engine = create_engine(url)
         if url.startswith("sqlite"):
             event.listen(self._engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self._engine)
+        self.identity = IdentityStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
-        """A store in a SQLite file, creating its directory."""
+        """A store in a SQLite file only its owner can read (it holds credential digests).
+
+        The file is created 0600 before SQLite opens it, and an existing one is narrowed to
+        0600; SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        path.chmod(0o600)
+        for suffix in ("-wal", "-shm"):
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                sidecar.chmod(0o600)
         return cls(f"sqlite:///{path}")
 
     def load_runners(self) -> list[RunnerRecord]:

@@ -19,6 +19,7 @@ import grpc.aio
 import pytest
 
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from tests.unit.runner.exec_standin import bearer_of
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Received:
     connection: int
     message: runner_pb2.RunnerMessage
     at: float
+    # The call's ``authorization`` metadata (join token or credential), "" if none.
+    bearer: str = ""
 
 
 @dataclass
@@ -36,7 +39,11 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
 
     heartbeat_interval_ms: int = 0
     profile_names: Sequence[str] = ()
+    # Issued in Registered to a runner that joined with a token (as the control plane does).
+    credential: str = "issued-credential"
     reject: grpc.StatusCode | None = None
+    # Refuse (UNAUTHENTICATED) only connections presenting this secret, e.g. a revoked one.
+    reject_bearer: str | None = None
     # Behaviour after Registered: "stay" (read until the runner leaves) or "close" (end cleanly).
     after_register: str = "stay"
     # Extra ControlMessages pushed right after Registered.
@@ -92,15 +99,19 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
         first = await context.read()
         if first is grpc.aio.EOF:
             return
-        self.received.put_nowait(Received(connection, first, loop.time()))
+        bearer = bearer_of(context)
+        self.received.put_nowait(Received(connection, first, loop.time(), bearer))
         if self.reject is not None:
             await context.abort(self.reject, "join token is not valid")
+        if self.reject_bearer is not None and bearer == self.reject_bearer:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credential was revoked")
         if first.WhichOneof("message") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register must come first")
         yield runner_pb2.ControlMessage(
             registered=runner_pb2.Registered(
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
                 profile_names=list(self.profile_names),
+                credential=self.credential if bearer != self.credential else "",
             )
         )
         for message in self.extra:
@@ -116,7 +127,7 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
                     message = await context.read()
                     if message is grpc.aio.EOF:
                         return
-                    self.received.put_nowait(Received(connection, message, loop.time()))
+                    self.received.put_nowait(Received(connection, message, loop.time(), bearer))
             finally:
                 pushed.put_nowait(None)
 

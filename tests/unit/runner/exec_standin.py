@@ -32,6 +32,15 @@ from sandboxd.runner.resources import Reservation, ReservationLedger
 from sandboxd.runner.supervisor import SandboxSupervisor
 from tests.unit.runner.backend_standin import StandinBackend
 
+
+def bearer_of(context: Any) -> str:
+    """The token of a call's ``authorization: Bearer`` metadata, "" if none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value).removeprefix("Bearer ")
+    return ""
+
+
 Response = streaming_pb2.ExecStreamResponse
 Request = streaming_pb2.ExecStreamRequest
 
@@ -41,6 +50,7 @@ class ExecStream:
     """One exec stream as the stand-in control plane sees it."""
 
     hello: runner_pb2.ExecUpstream.Hello
+    bearer: str
     frames: asyncio.Queue[Response | None] = field(default_factory=asyncio.Queue)
     downstream: asyncio.Queue[Request | None] = field(default_factory=asyncio.Queue)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,6 +81,7 @@ class LogStream:
     """One log stream as the stand-in control plane sees it."""
 
     hello: runner_pb2.ExecUpstream.Hello
+    bearer: str
     frames: asyncio.Queue[streaming_pb2.LogStreamResponse | None] = field(
         default_factory=asyncio.Queue
     )
@@ -141,7 +152,7 @@ class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
         self, request_iterator: AsyncIterator[runner_pb2.LogsUpstream], context: Any
     ) -> AsyncIterator[runner_pb2.LogsControl]:
         first = await anext(request_iterator)
-        stream = LogStream(first.hello)
+        stream = LogStream(first.hello, bearer_of(context))
         self.log_streams[first.hello.stream_id] = stream
         self._logs_arrived.put_nowait(stream)
 
@@ -175,7 +186,7 @@ class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
         self, request_iterator: AsyncIterator[runner_pb2.ExecUpstream], context: Any
     ) -> AsyncIterator[Request]:
         first = await anext(request_iterator)
-        stream = ExecStream(first.hello)
+        stream = ExecStream(first.hello, bearer_of(context))
         self.streams[first.hello.stream_id] = stream
         self._arrived.put_nowait(stream)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import pytest
 import sandboxd
 from sandboxd._proto import runner_pb2
 from sandboxd.runner import Reservation, ReservationLedger, RunnerAgent, RunnerRejectedError
+from sandboxd.runner.agent import NoCredentialError
+from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.identity import RUNNER_ID_FILE
 from sandboxd.runner.settings import RunnerSettings
 
@@ -79,7 +82,7 @@ def test_register_comes_first_with_the_right_fields(fake_control_plane, tmp_path
                 assert register.runner_id == (tmp_path / RUNNER_ID_FILE).read_text().strip()
                 assert register.runner_group_id == "gpu-pool"
                 assert list(register.tags) == ["zone-a", "fast"]
-                assert register.join_token == "good-token"
+                assert first.bearer == "good-token"  # in call metadata, read before the body
                 assert register.version == sandboxd.__version__
                 assert register.capabilities == CAPS
                 assert register.resources == runner_pb2.Resources(
@@ -181,6 +184,10 @@ def test_redials_with_the_same_id_after_control_plane_restart(fake_control_plane
                     again = await restarted.next_message("register")
                     assert again.message.register.runner_id == first.message.register.runner_id
                     assert again.message.register.runner_id == agent.runner_id
+                    # The join token was spent on the first registration; redials present
+                    # the credential the control plane issued then.
+                    assert first.bearer == "good-token"
+                    assert again.bearer == cp.credential
                     await restarted.next_message("heartbeat")
                     assert agent.connected
 
@@ -246,6 +253,77 @@ def test_a_rejected_join_token_ends_run(fake_control_plane, tmp_path, code, capl
     assert error.code == code
     assert "join token is not valid" in str(error)
     assert any("rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_the_issued_credential_is_stored_0600_and_used_after_a_restart(
+    fake_control_plane, tmp_path
+):
+    async def main() -> None:
+        async with fake_control_plane() as cp:
+            agent = make_agent(cp.url, tmp_path)
+
+            async def body(_task: asyncio.Task[None]) -> None:
+                await cp.next_message("heartbeat")
+
+            await with_agent(agent, body)
+            path = tmp_path / CREDENTIAL_FILE
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert load_credential(tmp_path, agent.runner_id) == cp.credential
+            # A new process with the same state directory needs no join token any more.
+            again = make_agent(cp.url, tmp_path, join_token="")
+
+            async def second(_task: asyncio.Task[None]) -> None:
+                register = await cp.next_message("register")
+                assert register.bearer == cp.credential
+
+            await with_agent(again, second)
+
+    asyncio.run(main())
+
+
+def test_a_refused_credential_falls_back_to_the_join_token_once(fake_control_plane, tmp_path):
+    async def main() -> None:
+        runner_id = make_agent("http://127.0.0.1:1", tmp_path).runner_id
+        save_credential(tmp_path, runner_id, "revoked-credential")
+        async with fake_control_plane(reject_bearer="revoked-credential") as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="pinned-token")
+
+            async def body(_task: asyncio.Task[None]) -> None:
+                refused = await cp.next_message("register")
+                rejoined = await cp.next_message("register")
+                assert (refused.bearer, rejoined.bearer) == ("revoked-credential", "pinned-token")
+                await cp.next_message("heartbeat")
+                assert load_credential(tmp_path, runner_id) == cp.credential
+
+            await with_agent(agent, body)
+
+        # Both refused: the token is tried once, then the refusal is final.
+        save_credential(tmp_path, runner_id, "revoked-credential")
+        async with fake_control_plane(reject=grpc.StatusCode.UNAUTHENTICATED) as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="spent-token")
+            with pytest.raises(RunnerRejectedError):
+                await asyncio.wait_for(agent.run(), timeout=5)
+            assert cp.connections == 2
+        # Without a join token a refused credential is final at once.
+        async with fake_control_plane(reject_bearer="revoked-credential") as cp:
+            agent = make_agent(cp.url, tmp_path, join_token="")
+            with pytest.raises(RunnerRejectedError):
+                await asyncio.wait_for(agent.run(), timeout=5)
+            assert cp.connections == 1
+
+    asyncio.run(main())
+
+
+def test_without_credential_or_join_token_run_fails_at_once(tmp_path):
+    agent = make_agent("http://127.0.0.1:1", tmp_path, join_token="")
+    with pytest.raises(NoCredentialError, match="SANDBOXD_JOIN_TOKEN"):
+        asyncio.run(agent.run())
+
+
+def test_a_credential_for_another_runner_id_is_not_used(tmp_path):
+    save_credential(tmp_path, "someone-else", "their-credential")
+    agent = make_agent("http://127.0.0.1:1", tmp_path, runner_id="me")
+    assert not agent.has_credential
 
 
 def test_cancelling_run_closes_the_stream(fake_control_plane, tmp_path):

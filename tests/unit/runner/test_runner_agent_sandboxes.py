@@ -101,7 +101,8 @@ def test_commands_and_execs_flow_through_the_agent(fake_control_plane, tmp_path:
                 )
                 stream = await execs.stream("x1")
                 assert stream.hello.runner_id == agent.runner_id
-                assert stream.hello.join_token == "good-token"
+                # Byte streams carry the credential issued on joining, not the join token.
+                assert stream.bearer == cp.credential
                 assert (await stream.next()).WhichOneof("response") == "ready"
                 stream.push(stdin=streaming_pb2.ExecStreamData(data=b"ping"))
                 stream.push(close=streaming_pb2.ExecStreamClose())

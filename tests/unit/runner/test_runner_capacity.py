@@ -85,7 +85,8 @@ def test_cli_reserve_shows_in_the_registered_capacity(fake_control_plane, tmp_pa
                 "from sandboxd.runner.cli import runner_command; runner_command()",
                 "--control-plane", cp.url, "--state-dir", str(tmp_path), "--backend", "none",
                 "--reserve-cpu", "250m", "--reserve-memory", "512Mi",
-                env=dict(os.environ), stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "SANDBOXD_JOIN_TOKEN": "secret"},
+                stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             try:
                 return (await cp.next_message("register", timeout=15)).message.register

@@ -52,11 +52,12 @@ def test_registers_then_exits_0_on_signal(fake_control_plane, tmp_path: Path, si
             try:
                 assert process.stderr is not None
                 output = await read_until(process.stderr, "registered with")
-                register = (await cp.next_message("register")).message.register
+                received = await cp.next_message("register")
+                register = received.message.register
                 runner_id = (tmp_path / "runner-id").read_text().strip()
                 assert f"runner {runner_id} registered with {cp.url}" in output
                 assert register.runner_id == runner_id
-                assert register.join_token == "secret"
+                assert received.bearer == "secret"
                 assert list(register.tags) == ["a", "b"]
                 assert register.runner_group_id == "g"
                 process.send_signal(signum)
@@ -77,8 +78,8 @@ def test_rejected_runner_exits_non_zero(fake_control_plane, tmp_path: Path):
     async def main() -> tuple[int, str]:
         async with fake_control_plane(reject=grpc.StatusCode.UNAUTHENTICATED) as cp:
             process = await start_runner(
-                ["--control-plane", cp.url, "--state-dir", str(tmp_path), "--join-token", "x"],
-                {},
+                ["--control-plane", cp.url, "--state-dir", str(tmp_path)],
+                {"SANDBOXD_JOIN_TOKEN": "x"},
             )
             async with asyncio.timeout(15):
                 _, stderr = await process.communicate()
@@ -89,6 +90,52 @@ def test_rejected_runner_exits_non_zero(fake_control_plane, tmp_path: Path):
     assert code == EXIT_REJECTED
     assert "UNAUTHENTICATED" in stderr
     assert "Traceback" not in stderr
+
+
+def test_join_token_file_is_read_and_argv_tokens_are_refused(fake_control_plane, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("  from-a-file\n")
+
+    async def main() -> str:
+        async with fake_control_plane() as cp:
+            process = await start_runner(
+                ["--control-plane", cp.url, "--state-dir", str(tmp_path / "state"),
+                 "--join-token-file", str(token_file)],
+                {},
+            )  # fmt: skip
+            try:
+                return (await cp.next_message("register", timeout=15)).bearer
+            finally:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+
+    assert asyncio.run(main()) == "from-a-file"
+    result = CliRunner().invoke(
+        runner_command, ["--control-plane", "http://127.0.0.1:1", "--join-token", "secret"]
+    )
+    assert result.exit_code == 2
+    assert "--join-token" in result.output and "ps" in result.output
+    assert "--join-token-file" in result.output
+
+
+def test_no_join_token_and_no_credential_exits_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("SANDBOXD_JOIN_TOKEN", raising=False)
+    result = CliRunner().invoke(
+        runner_command,
+        ["--control-plane", "http://127.0.0.1:1", "--state-dir", str(tmp_path), "--backend",
+         "none"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "SANDBOXD_JOIN_TOKEN" in result.output
+
+
+def test_unreadable_join_token_file_names_the_option(tmp_path):
+    result = CliRunner().invoke(
+        runner_command,
+        ["--control-plane", "http://127.0.0.1:1", "--join-token-file", str(tmp_path / "nope")],
+    )
+    assert result.exit_code == 2
+    assert "--join-token-file" in result.output and "nope" in result.output
 
 
 def test_control_plane_is_required(monkeypatch):
@@ -140,7 +187,7 @@ def test_backend_choice_shows_in_register(fake_control_plane, tmp_path: Path, ba
             process = await start_runner(
                 ["--control-plane", cp.url, "--state-dir", str(tmp_path / "state"),
                  "--backend", backend, "--data-dir", str(data_dir)],
-                {},
+                {"SANDBOXD_JOIN_TOKEN": "a-token"},
             )  # fmt: skip
             try:
                 register = (await cp.next_message("register", timeout=15)).message.register

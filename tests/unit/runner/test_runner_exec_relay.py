@@ -40,7 +40,7 @@ def test_hello_ready_output_exit_in_order(tmp_path: Path) -> None:
         open_exec(rig, "e1", "echo", "hi")
         stream = await rig.execs.stream("e1")
         assert (stream.hello.stream_id, stream.hello.runner_id) == ("e1", "runner-1")
-        assert stream.hello.join_token == "token-1"
+        assert stream.bearer == "token-1"  # the runner's credential, in call metadata
         frames = await stream.until_end()
         assert kinds(frames) == ["ready", "output", "exit"]
         assert frames[0].ready.session_id == "e1" and frames[0].ready.HasField("ready_at")

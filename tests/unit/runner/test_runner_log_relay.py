@@ -42,7 +42,7 @@ def test_existing_logs_then_complete(tmp_path: Path) -> None:
         rig.backend.log("sb-1", b"oops\n", stream="stderr")
         open_logs(rig, "l1")
         stream = await rig.execs.log_stream("l1")
-        assert (stream.hello.stream_id, stream.hello.join_token) == ("l1", "token-1")
+        assert (stream.hello.stream_id, stream.bearer) == ("l1", "token-1")
         frames = await stream.until_end()
         assert kinds(frames)[-1] == "complete" and set(kinds(frames)[:-1]) == {"data"}
         assert data(frames) == b"one\ntwo\noops\n"

@@ -1,0 +1,289 @@
+"""Runner credentials on a real control plane: join once, then only the runner's own credential.
+
+Real ``sandboxd controlplane`` and ``sandboxd runner`` processes, plus runners impersonated
+over the real protocol (:mod:`tests.support.fake_runner`) for what an attacker holding a valid
+join token would try: take over a registered runner id, or attach to another runner's exec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from click.testing import CliRunner
+
+from cwsandbox._proto import gateway_pb2, streaming_pb2
+from sandboxd._proto import admin_pb2, runner_pb2
+from sandboxd.cli import main
+from tests.support.fake_runner import FakeRunner, exec_ready, status_of
+from tests.support.processes import SANDBOXD, ControlPlaneProcess, RunnerProcess, child_env
+
+NO_BACKEND = ["--backend", "none"]
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
+    control_plane = ControlPlaneProcess(data_dir=tmp_path / "cp").start()
+    yield control_plane
+    control_plane.stop()
+
+
+def runner(
+    cp: ControlPlaneProcess, state: Path, runner_id: str, token: str | None = None
+) -> RunnerProcess:
+    return RunnerProcess(cp, state, runner_id=runner_id, join_token=token, extra_args=NO_BACKEND)
+
+
+def exit_status(process: RunnerProcess, timeout: float = 20) -> int:
+    assert process.proc is not None
+    return process.proc.popen.wait(timeout=timeout)
+
+
+def tokens(cp: ControlPlaneProcess) -> dict[str, admin_pb2.JoinToken]:
+    listed = cp.admin(
+        "ListJoinTokens",
+        admin_pb2.ListJoinTokensRequest(include_spent=True),
+        admin_pb2.ListJoinTokensResponse,
+    )
+    return {t.token_id: t for t in listed.tokens}
+
+
+def test_a_single_use_token_admits_exactly_one_runner(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    token = cp.create_join_token(max_uses=1)
+    first = runner(cp, tmp_path / "first", "first", token).start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for("first", healthy=True)
+        second = runner(cp, tmp_path / "second", "second", token).start()
+        assert exit_status(second) == 3
+        assert "used up" in second.proc.output  # type: ignore[union-attr]
+        with cp.discovery() as client:
+            assert [r.runner_id for r in client.all_runners()] == ["first"]
+            client.wait_for("first", healthy=True)
+        # The first runner holds its own credential now: a restart needs no token at all.
+        first.stop()
+        again = runner(cp, tmp_path / "first", "first", token="").start()
+        with cp.discovery() as client:
+            client.wait_for("first", healthy=True)
+        again.stop()
+    finally:
+        first.stop()
+
+
+def test_a_group_named_by_the_token_sticks_and_otherwise_the_runner_chooses(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    def group_after_start(state: str, runner_id: str, group: str, token: str | None) -> str:
+        process = RunnerProcess(
+            cp, tmp_path / state, runner_id=runner_id, group=group, join_token=token,
+            extra_args=NO_BACKEND,
+        ).start()  # fmt: skip
+        try:
+            with cp.discovery() as client:
+                runner, _ = client.wait_for(runner_id, healthy=True)
+            return runner.runner_group_id
+        finally:
+            process.stop()
+
+    fixed = cp.create_join_token(runner_group_id="gpu-pool")
+    assert group_after_start("pinned", "pinned", "asked-for", fixed) == "gpu-pool"
+    assert group_after_start("pinned", "pinned", "asked-again", "") == "gpu-pool"
+    assert group_after_start("free", "free", "east", None) == "east"
+    assert group_after_start("free", "free", "west", "") == "west"
+
+
+def test_an_expired_token_admits_nobody(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    token = cp.create_join_token(ttl_seconds=1)
+    token_id = token.split("_")[1]
+    expires = tokens(cp)[token_id].expires_at.ToDatetime().replace(tzinfo=UTC)
+    while datetime.now(UTC) <= expires:  # wait for the expiry itself, not a guess
+        time.sleep(0.05)
+    late = runner(cp, tmp_path / "late", "late", token).start()
+    assert exit_status(late) == 3
+    assert f"join token {token_id} expired" in late.proc.output  # type: ignore[union-attr]
+
+
+def test_a_valid_join_token_cannot_take_over_a_registered_runner(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    real = runner(cp, tmp_path / "alpha", "alpha").start()
+    try:
+        with cp.discovery() as client:
+            before, _ = client.wait_for("alpha", healthy=True)
+        stolen = cp.create_join_token(max_uses=5)
+
+        async def impersonate() -> grpc.aio.AioRpcError:
+            async with FakeRunner(cp.target, stolen, "alpha") as fake:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await fake.connect()
+                return caught.value
+
+        error = asyncio.run(impersonate())
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "runner id 'alpha' already holds a credential" in (error.details() or "")
+        # The real runner kept its connection (same connected_at) and stays healthy; the
+        # refused attempt did not even spend a use of the token.
+        with cp.discovery() as client:
+            after, _ = client.wait_for("alpha", healthy=True)
+        assert after.connected_at == before.connected_at
+        assert tokens(cp)[stolen.split("_")[1]].uses == 0
+        assert real.proc is not None and real.proc.popen.poll() is None
+    finally:
+        real.stop()
+
+
+def test_a_revoked_runner_is_dropped_and_cannot_register_again(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    beta = runner(cp, tmp_path / "beta", "beta").start()
+    with cp.discovery() as client:
+        client.wait_for("beta", healthy=True)
+    revoke = subprocess.run(
+        [*SANDBOXD, "runners", "revoke", "beta"],
+        env=child_env(CWSANDBOX_BASE_URL=cp.url, CWSANDBOX_API_KEY=cp.admin_key),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoke.returncode == 0, revoke.stderr
+    assert revoke.stdout.startswith("revoked runner beta")
+    assert exit_status(beta) == 3  # disconnected, its redial refused: it gives up
+    assert "was revoked" in beta.proc.output  # type: ignore[union-attr]
+    env = {"CWSANDBOX_BASE_URL": cp.url, "CWSANDBOX_API_KEY": cp.admin_key}
+    listed = CliRunner().invoke(main, ["runners", "ls", "--all", "--json"], env=env)
+    [entry] = [c for c in json.loads(listed.output) if c["runner_id"] == "beta"]
+    assert entry["revoked_at"] and entry["credential_id"]
+    assert "beta" not in CliRunner().invoke(main, ["runners", "ls"], env=env).output
+    with cp.discovery() as client:
+        client.wait_for("beta", healthy=False)
+    # Its stored credential stays refused, and the (unpinned) token it falls back to cannot
+    # reclaim the id; nor can another host with a valid token.
+    again = runner(cp, tmp_path / "beta", "beta").start()
+    assert exit_status(again) == 3
+    assert "trying the join token" in again.proc.output  # type: ignore[union-attr]
+    other_host = runner(cp, tmp_path / "elsewhere", "beta").start()
+    assert exit_status(other_host) == 3
+    assert "already holds a revoked credential" in other_host.proc.output  # type: ignore[union-attr]
+    # Only a token pinned to the id re-admits it (an operator's deliberate act).
+    pinned = cp.create_join_token(runner_id="beta")
+    readmitted = runner(cp, tmp_path / "beta", "beta", pinned).start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for("beta", healthy=True)
+    finally:
+        readmitted.stop()
+
+
+def test_exec_streams_attach_only_with_the_owning_runners_credential(
+    cp: ControlPlaneProcess,
+) -> None:
+    async def scenario() -> None:
+        async with (
+            FakeRunner(cp.target, cp.join_token, "owner") as owner,
+            FakeRunner(cp.target, cp.join_token, "intruder") as intruder,
+        ):
+            await owner.connect()
+            await intruder.connect()
+            assert owner.secret.startswith("sbxr_") and intruder.secret.startswith("sbxr_")
+            metadata = (("authorization", f"Bearer {cp.admin_key}"),)
+            async with grpc.aio.insecure_channel(cp.target) as channel:
+                start = channel.unary_unary(
+                    "/coreweave.sandbox.v1beta2.GatewayService/Start",
+                    request_serializer=gateway_pb2.StartSandboxRequest.SerializeToString,
+                    response_deserializer=gateway_pb2.StartSandboxResponse.FromString,
+                )
+                started = await start(
+                    gateway_pb2.StartSandboxRequest(command="true", runner_ids=["owner"]),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                command = await owner.command()
+                assert command.start.spec.sandbox_id == started.sandbox_id
+                await owner.answer(command, started=runner_pb2.SandboxStarted())
+                await owner.running(started.sandbox_id)
+
+                stream = channel.stream_stream(
+                    "/coreweave.sandbox.v1beta2.GatewayStreamingService/StreamExec",
+                    request_serializer=streaming_pb2.ExecStreamRequest.SerializeToString,
+                    response_deserializer=streaming_pb2.ExecStreamResponse.FromString,
+                )
+                client = stream(metadata=metadata, timeout=30)
+                init = streaming_pb2.ExecStreamInit(sandbox_id=started.sandbox_id, command=["id"])
+                await client.write(streaming_pb2.ExecStreamRequest(init=init))
+                open_exec = await owner.command()
+                stream_id = open_exec.exec.stream_id
+                assert open_exec.exec.sandbox_id == started.sandbox_id
+
+                # Another runner, with its own valid credential, naming the owner: refused.
+                claim = await intruder.dial_exec(stream_id, runner_id="owner")
+                assert await status_of(claim) is grpc.StatusCode.PERMISSION_DENIED
+                # ...naming itself: the session is not its to join.
+                mine = await intruder.dial_exec(stream_id)
+                assert await status_of(mine) is grpc.StatusCode.NOT_FOUND
+                logs = await intruder.dial_logs(stream_id)
+                assert await status_of(logs) is grpc.StatusCode.NOT_FOUND
+                # The owner with a join token instead of its credential: refused unread.
+                token = await owner.dial_exec(stream_id, secret=cp.join_token)
+                assert await status_of(token) is grpc.StatusCode.UNAUTHENTICATED
+
+                # The owner with its own credential joins, and the client sees its frames.
+                upstream = await owner.dial_exec(stream_id)
+                await upstream.write(exec_ready())
+                exit_frame = streaming_pb2.ExecStreamResponse(
+                    exit=streaming_pb2.ExecStreamExit(exit_code=0)
+                )
+                await upstream.write(runner_pb2.ExecUpstream(response=exit_frame))
+                first = await client.read()
+                second = await client.read()
+                assert first.WhichOneof("response") == "ready"
+                assert second.exit.exit_code == 0
+                await client.done_writing()
+                upstream.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_state_and_secrets_are_private(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    token = cp.create_join_token()
+    gamma = runner(cp, tmp_path / "gamma", "gamma", token).start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for("gamma", healthy=True)
+        mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+        assert mode(cp.data_dir) == 0o700
+        assert mode(cp.data_dir / "controlplane.db") == 0o600
+        assert mode(cp.data_dir / "admin-key") == 0o600
+        assert not (cp.data_dir / "join-token").exists()  # no shared token any more
+        assert mode(tmp_path / "gamma" / "runner-credential") == 0o600
+        # Nothing secret on any command line (ps shows them to every local user).
+        for process in (cp.proc, gamma.proc):
+            assert process is not None
+            cmdline = Path(f"/proc/{process.popen.pid}/cmdline").read_bytes()
+            assert token.encode() not in cmdline
+            assert cp.admin_key.encode() not in cmdline
+            assert b"sbx" not in cmdline
+    finally:
+        gamma.stop()
+
+
+def test_cli_refuses_a_token_on_the_command_line() -> None:
+    result = subprocess.run(
+        [*SANDBOXD, "runner", "--control-plane", "http://127.0.0.1:1", "--join-token", "x"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--join-token-file" in result.stderr and "SANDBOXD_JOIN_TOKEN" in result.stderr
