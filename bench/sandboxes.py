@@ -47,11 +47,12 @@ RESOURCES = {
 }
 
 
-def create_and_exec(image: str) -> tuple[float, object]:
+def create_and_exec(image: str, profiles: list[str] | None = None) -> tuple[float, object]:
     from cwsandbox import ResourceOptions, Sandbox
 
     start = time.perf_counter()
-    sandbox = Sandbox.run(container_image=image, resources=ResourceOptions(**RESOURCES))
+    resources = ResourceOptions(**RESOURCES)
+    sandbox = Sandbox.run(container_image=image, resources=resources, profile_names=profiles)
     sandbox.exec(["true"]).result()
     return time.perf_counter() - start, sandbox
 
@@ -61,27 +62,34 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--image", default="python:3.11")
+    parser.add_argument(
+        "--profile", default=None, help="profile name (e.g. locked-down: egress none)"
+    )
+    parser.add_argument(
+        "--up-arg", action="append", default=[], help="extra argument for sandboxd up"
+    )
     parser.add_argument("--skip-backend", action="store_true", help="skip the backend/bwrap part")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the sandbox benchmark needs root (real namespaces and cgroups)")
+    profiles = [args.profile] if args.profile else None
 
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data,
-        all_in_one(Path(data)) as up,
+        all_in_one(Path(data), *args.up_arg) as up,
     ):
         os.environ["CWSANDBOX_BASE_URL"] = up.base_url
         os.environ["CWSANDBOX_API_KEY"] = up.api_key
         from cwsandbox import Sandbox
 
-        warm, sandbox = create_and_exec(args.image)  # first create starts the zygote
+        warm, sandbox = create_and_exec(args.image, profiles)  # first create starts the zygote
         sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
         create_lat = []
         for _ in range(args.iterations):
-            took, sandbox = create_and_exec(args.image)
+            took, sandbox = create_and_exec(args.image, profiles)
             create_lat.append(took)
             sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
-        sandbox = Sandbox.run(container_image=args.image)
+        sandbox = Sandbox.run(container_image=args.image, profile_names=profiles)
         sandbox.exec(["true"]).result()
         exec_lat = []
         for _ in range(args.iterations * 4):
@@ -92,7 +100,8 @@ def main() -> None:
 
         start = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda _: create_and_exec(args.image), range(args.concurrency)))
+            runs = range(args.concurrency)
+            results = list(pool.map(lambda _: create_and_exec(args.image, profiles), runs))
         wall = time.perf_counter() - start
         for _, box in results:
             box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]

@@ -167,6 +167,7 @@ def test_log_budget_evicts_oldest_ended_logs_first(
                 await backend.wait(spec.sandbox_id)
                 await backend.stop(spec.sandbox_id, 1)
                 ids.append(spec.sandbox_id)
+            await backend._budget.settle()  # the check runs in the background after an end
             texts = [b"".join([c.data async for c in backend.logs(sid)]) for sid in ids]
             assert log_budget.EVICTED_NOTICE in texts[0]  # oldest went first
             assert texts[1] == b"1" * chunk and texts[2] == b"2" * chunk

@@ -87,7 +87,7 @@ class LocalBackend(Backend):
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
         self._log_limit = log_limit_bytes
-        self._log_budget = log_budget_bytes
+        self._budget = log_budget.BudgetKeeper(self.sandboxes_dir, log_budget_bytes)
         self._max_execs = max_execs
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
@@ -245,7 +245,7 @@ class LocalBackend(Backend):
                 rec.ids = None
             if rec.state_dir.exists():
                 rec.save()
-        await asyncio.to_thread(log_budget.enforce, self.sandboxes_dir, self._log_budget)
+        self._budget.poke()
 
     async def _publish(self, rec: SandboxRecord) -> None:
         assert rec.ingress is not None and rec.agent_pid is not None
@@ -433,6 +433,7 @@ class LocalBackend(Backend):
         for task in list(self._release_tasks):
             task.cancel()
         await self._ranges.close()
+        await self._budget.close()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:

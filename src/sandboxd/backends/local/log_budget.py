@@ -7,18 +7,22 @@ evicted, oldest end first, until the total fits again; a running sandbox's log i
 touched (its own cap bounds it). An evicted log is replaced by a single notice record, so
 ``logs`` says what happened instead of returning nothing.
 
-Runs in a worker thread after a sandbox ends (off the create path).
+``BudgetKeeper`` runs the check in a worker thread after sandboxes end, at most once per
+``INTERVAL_SECONDS`` (a scan stats every state directory), never on the create or stop path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .logfile import encode_record
 
+INTERVAL_SECONDS = 2.0
 LOG_FILE = "main.log"
 EXIT_FILE = "exit.json"
 EVICTED_NOTICE = b"[sandboxd: this log was evicted to keep the runner within its log budget]\n"
@@ -69,3 +73,40 @@ def enforce(sandboxes_dir: Path, budget_bytes: int) -> list[Path]:
             total -= log.size - len(notice)
             evicted.append(log.path)
     return evicted
+
+
+class BudgetKeeper:
+    """Runs :func:`enforce` in the background when poked, at most once per interval."""
+
+    def __init__(self, sandboxes_dir: Path, budget_bytes: int) -> None:
+        self.sandboxes_dir = sandboxes_dir
+        self.budget_bytes = budget_bytes
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._last = -INTERVAL_SECONDS
+
+    def poke(self) -> None:
+        """A sandbox ended: check the budget soon (coalesced with other pokes)."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            await asyncio.sleep(max(0.0, self._last + INTERVAL_SECONDS - time.monotonic()))
+            self._last = time.monotonic()
+            await asyncio.to_thread(enforce, self.sandboxes_dir, self.budget_bytes)
+            if not self._again:
+                return
+
+    async def settle(self) -> None:
+        """Wait for a pending check (tests, shutdown)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def close(self) -> None:
+        """Finish a pending check, so nothing runs after the backend closed."""
+        await self.settle()
