@@ -8,7 +8,9 @@ client over real gRPC on loopback:
 * exec round trip of ``true`` in a running sandbox;
 * N concurrent creates, each until its first exec result (wall time, p50, p99);
 
-then runs ``bench/local_backend.py`` in the same invocation, which times the same shapes on
+Each row is printed beside the baseline named in ``bench/baselines.json`` (key
+``sandboxes``; ``--record NAME`` replaces it with this run). It then runs
+``bench/local_backend.py`` in the same invocation, which times the same shapes on
 the backend alone and with plain ``bwrap`` (the floor), and says whether podman (the peer) is
 installed. Targets from the issue: create → first exec p50 ≤ 25 ms on the local backend,
 exec ``true`` p50 ≤ 3 ms.
@@ -17,6 +19,7 @@ exec ``true`` p50 ≤ 3 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 from tests.support.processes import all_in_one
+
+BASELINES = ROOT / "baselines.json"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -69,6 +74,7 @@ def main() -> None:
         "--up-arg", action="append", default=[], help="extra argument for sandboxd up"
     )
     parser.add_argument("--skip-backend", action="store_true", help="skip the backend/bwrap part")
+    parser.add_argument("--record", metavar="NAME", help="save this run as the baseline NAME")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the sandbox benchmark needs root (real namespaces and cgroups)")
@@ -106,15 +112,40 @@ def main() -> None:
         for _, box in results:
             box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
 
+    conc = [t for t, _ in results]
+    rows = {
+        "create -> first exec result": (create_lat, None),
+        "exec true round trip": (exec_lat, None),
+        f"{args.concurrency} concurrent creates": (conc, wall),
+    }
+    stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    baseline = stored.get("sandboxes", {})
     print(
         f"\nsandboxd end to end ({os.cpu_count()} CPUs, image {args.image}, "
         f"{args.iterations} iterations; first create with zygote start {warm * 1000:.0f} ms)"
     )
-    print(f"{'measure':<34} {'sandboxd (client→control plane→runner)':<44} target")
-    print(f"{'create -> first exec result':<34} {fmt(create_lat):<44} p50 <= 25 ms (backend)")
-    print(f"{'exec true round trip':<34} {fmt(exec_lat):<44} p50 <= 3 ms (backend)")
-    conc = [t for t, _ in results]
-    print(f"{f'{args.concurrency} concurrent creates':<34} wall {wall * 1000:7.1f} ms  {fmt(conc)}")
+    print(f"baseline: {baseline.get('name', 'none recorded')}")
+    print(f"{'measure':<30} {'this run':<40} baseline")
+    for name, (samples, total) in rows.items():
+        ours = fmt(samples) + (f"  wall {total * 1000:.0f} ms" if total is not None else "")
+        base = baseline.get("rows", {}).get(name)
+        theirs = (
+            f"p50 {base['p50_ms']:7.2f} ms  p99 {base['p99_ms']:7.2f} ms"
+            + (f"  wall {base['wall_ms']:.0f} ms" if "wall_ms" in base else "")
+            if base
+            else "-"
+        )
+        print(f"{name:<30} {ours:<40} {theirs}")
+    print("targets (backend alone): create -> first exec p50 <= 25 ms, exec true p50 <= 3 ms")
+    if args.record:
+        recorded: dict[str, dict[str, float]] = {}
+        for name, (samples, total) in rows.items():
+            row = {"p50_ms": round(pct(samples, 0.5), 2), "p99_ms": round(pct(samples, 0.99), 2)}
+            if total is not None:
+                row["wall_ms"] = round(total * 1000, 1)
+            recorded[name] = row
+        stored["sandboxes"] = {"name": args.record, "rows": recorded}
+        BASELINES.write_text(json.dumps(stored, indent=2) + "\n")
     if not args.skip_backend:
         print(
             "\n--- the same shapes on the local backend alone, beside bwrap "
