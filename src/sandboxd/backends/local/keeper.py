@@ -247,17 +247,17 @@ class KeeperLoop:
             return
         data = data[: DIAG_LIMIT - self.diag_written]
         with contextlib.suppress(OSError):
-            fd = os.open(
-                DIAG_FILE,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-                dir_fd=self.state_fd,
-            )
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            self._write(DIAG_FILE, data, os.O_APPEND)
         self.diag_written += len(data)
+
+    def _write(self, name: str, data: bytes, mode: int) -> None:
+        """Write ``data`` to a file of the state directory (never through a symlink)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | mode
+        fd = os.open(name, flags, 0o600, dir_fd=self.state_fd)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
     def write_exit(self) -> None:
         """``exit.json``: the agent's report, or 137 "killed" when PID 1 died without one."""
@@ -270,14 +270,5 @@ class KeeperLoop:
         }
         tmp = f"{EXIT_FILE}.tmp"
         with contextlib.suppress(OSError):
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-                dir_fd=self.state_fd,
-            )
-            try:
-                os.write(fd, json.dumps(record).encode())
-            finally:
-                os.close(fd)
+            self._write(tmp, json.dumps(record).encode(), os.O_TRUNC)
             os.rename(tmp, EXIT_FILE, src_dir_fd=self.state_fd, dst_dir_fd=self.state_fd)
