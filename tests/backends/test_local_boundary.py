@@ -483,3 +483,46 @@ def test_a_memory_hog_loses_only_itself(
             assert (await run(local_harness, sid, ["echo", "alive"])).stdout == b"alive\n"
 
     go(aio, attack())
+
+
+def test_a_hostile_image_cannot_redirect_mounted_files(
+    aio: asyncio.Runner, local_harness: Harness, host_secret: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An image whose directories lead through magic links: mounted files land inside or
+    the create fails with a clear error; nothing appears on the host."""
+    import shutil
+    import subprocess
+
+    from sandboxd.backends.base import MountedFile
+    from sandboxd.backends.errors import SandboxStartError
+
+    _secret, target = host_secret
+    rootfs = tmp_path / "hostile-rootfs"
+    subprocess.run(["cp", "-a", str(local_harness.rootfs), str(rootfs)], check=True)
+    os.symlink("/proc/self/fd/3/../../../../../../..", rootfs / "escape")
+    os.symlink("/proc/1/root", rootfs / "pid1root")
+    (rootfs / "etc" / "hostname").unlink()
+    os.symlink("/proc/self/fd/4", rootfs / "etc" / "hostname")
+
+    async def attack() -> None:
+        for path in (f"/escape{target}/planted", "/pid1root/etc/planted"):
+            spec = local_harness.spec(rootfs=rootfs, mounted_files=(MountedFile(path, b"x"),))
+            with pytest.raises(SandboxStartError) as info:
+                await local_harness.backend.create(spec)
+            if path.startswith("/pid1root"):  # /proc/1/root exists: the link is refused
+                assert "refused: magic link" in str(info.value), info.value
+            with contextlib.suppress(Exception):
+                await local_harness.backend.destroy(spec.sandbox_id)
+        # a file placed over the image's magic-link symlink is refused, not followed
+        spec = local_harness.spec(
+            rootfs=rootfs, mounted_files=(MountedFile("/etc/hostname", b"mine"),)
+        )
+        with pytest.raises(SandboxStartError):
+            await local_harness.backend.create(spec)
+        with contextlib.suppress(Exception):
+            await local_harness.backend.destroy(spec.sandbox_id)
+
+    try:
+        go(aio, attack())
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)

@@ -76,8 +76,13 @@ class Root:
         return openat2(self.fd, path, flags, mode)
 
     def open_dir(self, path: str) -> int:
-        """An ``O_PATH`` descriptor of the directory at ``path``."""
-        return self.open(path, os.O_PATH | os.O_DIRECTORY)
+        """An ``O_PATH`` descriptor of the directory at ``path``; a magic link is refused."""
+        try:
+            return self.open(path, os.O_PATH | os.O_DIRECTORY)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PermissionError(errno.EACCES, "refused: magic link", path) from None
+            raise
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         """``mkdir -p`` inside the root, one component at a time.
