@@ -106,7 +106,7 @@ async def _wait_until_registered(control_plane: ControlPlane, agent: RunnerAgent
 
 async def stop_all_sandboxes(control_plane: ControlPlane, grace_seconds: int = 2) -> None:
     """Leave nothing running when the all-in-one platform exits."""
-    live = [r for r in control_plane.sandboxes.iter_from() if not r.terminal]
+    live = [r for r in control_plane.sandboxes.live() if not r.terminal]
     if live:
         print(f"sandboxd: stopping {len(live)} sandbox(es)", file=sys.stderr, flush=True)
         await asyncio.gather(

@@ -212,6 +212,19 @@ def test_exec_streams_attach_only_with_the_owning_runners_credential(
                 assert command.start.spec.sandbox_id == started.sandbox_id
                 await owner.answer(command, started=runner_pb2.SandboxStarted())
                 await owner.running(started.sandbox_id)
+                get = channel.unary_unary(
+                    "/coreweave.sandbox.v1beta2.GatewayService/Get",
+                    request_serializer=gateway_pb2.GetSandboxRequest.SerializeToString,
+                    response_deserializer=gateway_pb2.GetSandboxResponse.FromString,
+                )
+                async with asyncio.timeout(10):  # the report is stored, then the sandbox runs
+                    while (
+                        await get(
+                            gateway_pb2.GetSandboxRequest(sandbox_id=started.sandbox_id),
+                            metadata=metadata,
+                        )
+                    ).sandbox_status != gateway_pb2.SANDBOX_STATUS_RUNNING:
+                        await asyncio.sleep(0.01)
 
                 stream = channel.stream_stream(
                     "/coreweave.sandbox.v1beta2.GatewayStreamingService/StreamExec",

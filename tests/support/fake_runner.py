@@ -94,11 +94,15 @@ class FakeRunner:
                 await self._call.write(beat)
 
     async def command(self, timeout: float = 10.0) -> runner_pb2.Command:
-        """The next command the control plane sends down."""
+        """The next command the control plane sends down (snapshot requests are answered
+        here: this runner holds no sandboxes beyond what the test drives)."""
         async with asyncio.timeout(timeout):
-            message = await self._call.read()
-        assert message is not grpc.aio.EOF, "the control plane ended the stream"
-        return message.command
+            while True:
+                message = await self._call.read()
+                assert message is not grpc.aio.EOF, "the control plane ended the stream"
+                if message.command.WhichOneof("action") != "snapshot":
+                    return message.command
+                await self.answer(message.command, snapshot=runner_pb2.SandboxList())
 
     async def answer(self, command: runner_pb2.Command, **result: Any) -> None:
         """Send a ``CommandResult`` for ``command`` (e.g. ``started=SandboxStarted()``)."""

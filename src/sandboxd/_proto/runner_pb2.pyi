@@ -60,7 +60,7 @@ class Resources(_message.Message):
     def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("runner_id", "runner_group_id", "tags", "capabilities", "version", "resources", "sandboxes")
+    __slots__ = ("runner_id", "runner_group_id", "tags", "capabilities", "version", "resources", "sandboxes", "cluster_id")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class Register(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     runner_group_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -75,7 +76,8 @@ class Register(_message.Message):
     version: str
     resources: Resources
     sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxEvent]
-    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("resources", "sent_at", "images", "images_listed")
@@ -102,18 +104,20 @@ class RunnerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id")
+    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id")
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     connected_at: _timestamp_pb2.Timestamp
     heartbeat_interval_ms: int
     profile_names: _containers.RepeatedScalarFieldContainer[str]
     credential: str
     runner_group_id: str
-    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "command")
@@ -219,24 +223,40 @@ class SandboxSpec(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ...) -> None: ...
 
 class StartSandbox(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "generation")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     spec: SandboxSpec
-    def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
+    generation: int
+    def __init__(self, spec: _Optional[_Union[SandboxSpec, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StopSandbox(_message.Message):
-    __slots__ = ("sandbox_id", "grace_seconds")
+    __slots__ = ("sandbox_id", "grace_seconds", "generation")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     grace_seconds: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class DeleteSandbox(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "generation")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SandboxList(_message.Message):
+    __slots__ = ("sandboxes",)
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxEvent]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
 
 class OpenExec(_message.Message):
     __slots__ = ("stream_id", "sandbox_id", "command", "tty", "tty_width", "tty_height", "env")
@@ -304,7 +324,7 @@ class ReadFile(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "exec", "write_file", "read_file", "logs")
+    __slots__ = ("request_id", "start", "stop", "delete", "exec", "write_file", "read_file", "logs", "snapshot")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +333,7 @@ class Command(_message.Message):
     WRITE_FILE_FIELD_NUMBER: _ClassVar[int]
     READ_FILE_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
@@ -321,7 +342,8 @@ class Command(_message.Message):
     write_file: WriteFile
     read_file: ReadFile
     logs: OpenLogs
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., exec: _Optional[_Union[OpenExec, _Mapping]] = ..., write_file: _Optional[_Union[WriteFile, _Mapping]] = ..., read_file: _Optional[_Union[ReadFile, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ...) -> None: ...
+    snapshot: Snapshot
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., exec: _Optional[_Union[OpenExec, _Mapping]] = ..., write_file: _Optional[_Union[WriteFile, _Mapping]] = ..., read_file: _Optional[_Union[ReadFile, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")
@@ -368,32 +390,40 @@ class Done(_message.Message):
     def __init__(self) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("request_id", "failure", "started", "done", "file")
+    __slots__ = ("request_id", "failure", "started", "done", "file", "state", "snapshot")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     failure: Failure
     started: SandboxStarted
     done: Done
     file: FileContents
-    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., file: _Optional[_Union[FileContents, _Mapping]] = ...) -> None: ...
+    state: SandboxEvent
+    snapshot: SandboxList
+    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., file: _Optional[_Union[FileContents, _Mapping]] = ..., state: _Optional[_Union[SandboxEvent, _Mapping]] = ..., snapshot: _Optional[_Union[SandboxList, _Mapping]] = ...) -> None: ...
 
 class SandboxEvent(_message.Message):
-    __slots__ = ("sandbox_id", "phase", "exit_code", "reason", "at")
+    __slots__ = ("sandbox_id", "phase", "exit_code", "reason", "at", "generation", "service_address")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     phase: SandboxPhase
     exit_code: int
     reason: str
     at: _timestamp_pb2.Timestamp
-    def __init__(self, sandbox_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    generation: int
+    service_address: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., service_address: _Optional[str] = ...) -> None: ...
 
 class ExecUpstream(_message.Message):
     __slots__ = ("hello", "response")

@@ -170,7 +170,8 @@ class SandboxState:
     sandbox_id: str
     state: Literal["created", "running", "exited"]
     exit_code: int | None = None
-    reason: str | None = None  # exited | stopped | lifetime | oom | killed | start_failed
+    # exited | stopped | lifetime | oom | killed | start_failed | lost (no exit status kept)
+    reason: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
     ports: tuple[PublishedPort, ...] = ()

@@ -29,9 +29,10 @@ from sandboxd.controlplane.pagination import (
     page_size_of,
     take_page,
 )
-from sandboxd.controlplane.sandboxes import TERMINAL, SandboxRecord
+from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
+from sandboxd.store.sandbox_store import ListQuery
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         self._lifecycle = lifecycle
-        self._table = lifecycle.table
+        self._records = lifecycle.records
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -99,8 +100,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 ApiError(grpc.StatusCode.INTERNAL, f"internal error in sandboxd: {exc}"),
             )
 
-    def _record(self, sandbox_id: str) -> SandboxRecord:
-        return self._lifecycle.record(sandbox_id)
+    async def _record(self, sandbox_id: str) -> SandboxRecord:
+        return await self._lifecycle.record(sandbox_id)
 
     async def Start(
         self, request: gateway_pb2.StartSandboxRequest, context: Context
@@ -124,14 +125,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """The current record; terminal ones carry the exit code."""
 
         async def work() -> gateway_pb2.GetSandboxResponse:
-            record = self._record(request.sandbox_id)
+            record = await self._record(request.sandbox_id)
             if record.status in (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING):
                 # Short long-poll: a starting sandbox usually turns RUNNING within
                 # milliseconds, so the client's first poll sees it instead of sleeping 200 ms.
-                await self._table.wait_status_change(record, GET_LONG_POLL_SECONDS)
+                await self._records.wait_change(record.sandbox_id, GET_LONG_POLL_SECONDS)
+                record = await self._record(request.sandbox_id)
             response = gateway_pb2.GetSandboxResponse(
                 **_common(record, gateway_pb2.GetSandboxResponse),
-                status_reason=record.status_reason,
+                status_reason=self._lifecycle.reason_of(record),
             )
             if record.exit_code is not None:
                 response.exit_code = record.exit_code
@@ -159,25 +161,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             )
             fingerprint = filter_fingerprint(filters)
             after = decode_token(request.page_token, fingerprint)
-            profiles = set(filters[2])
-            runners = set(request.runner_ids)
-            tags = set(request.tags)
             caller = current_caller()
             # A terminal status filter widens to stopped sandboxes by itself (§4.6).
-            with_stopped = request.include_stopped or request.status in TERMINAL
-
-            def keep(record: SandboxRecord) -> bool:
-                return (
-                    caller.can_see(record.owner_org)
-                    and (with_stopped or not record.terminal)
-                    and (not request.status or record.status == request.status)
-                    and tags.issubset(record.tags)
-                    and (not profiles or record.profile_name in profiles)
-                    and (not runners or record.runner_id in runners)
-                )
-
-            matches = (r for r in self._table.iter_from(after) if keep(r))
-            page, last = take_page(matches, size, key=lambda r: r.sandbox_id)
+            with_stopped = request.include_stopped or request.status in TERMINAL_STATUSES
+            query = ListQuery(
+                owner="" if caller.is_admin else caller.organization,
+                after=after,
+                limit=size + 1,
+                statuses=(request.status,) if request.status else (),
+                exclude_statuses=() if with_stopped else tuple(TERMINAL_STATUSES),
+                tags=tuple(request.tags),
+                profiles=filters[2],
+                runners=filters[3],
+            )
+            matches = await self._records.page(query)
+            page, last = take_page(iter(matches), size, key=lambda r: r.sandbox_id)
             return gateway_pb2.ListSandboxesResponse(
                 sandboxes=[
                     gateway_pb2.SandboxInfo(**_common(r, gateway_pb2.SandboxInfo)) for r in page
@@ -197,7 +195,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
             if request.graceful_shutdown_seconds < 0:
                 raise invalid_argument("graceful_shutdown_seconds", "must not be negative")
-            record = self._record(request.sandbox_id)
+            record = await self._record(request.sandbox_id)
             await self._lifecycle.stop(record, request.graceful_shutdown_seconds or 10)
             return gateway_pb2.StopSandboxResponse(success=True)
 
@@ -209,7 +207,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Stop if needed, clean up on the runner and forget the record."""
 
         async def work() -> gateway_pb2.DeleteSandboxResponse:
-            await self._lifecycle.delete(self._record(request.sandbox_id))
+            await self._lifecycle.delete(await self._record(request.sandbox_id))
             return gateway_pb2.DeleteSandboxResponse(success=True)
 
         return await self._run(context, work)
@@ -220,7 +218,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Write a file into the sandbox's filesystem."""
 
         async def work() -> gateway_pb2.AddFileSandboxResponse:
-            record = self._record(request.sandbox_id)
+            record = await self._record(request.sandbox_id)
             await self._lifecycle.write_file(record, request.filepath, request.file_contents)
             return gateway_pb2.AddFileSandboxResponse(success=True)
 
@@ -232,7 +230,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Read a file from the sandbox's filesystem."""
 
         async def work() -> gateway_pb2.RetrieveFileSandboxResponse:
-            record = self._record(request.sandbox_id)
+            record = await self._record(request.sandbox_id)
             contents = await self._lifecycle.read_file(record, request.filepath)
             return gateway_pb2.RetrieveFileSandboxResponse(file_contents=contents, success=True)
 

@@ -1,8 +1,11 @@
-"""Driving sandboxes on runners: start, stop, delete, files, and runner events.
+"""What client calls do to sandboxes: record desired state, and reach runners for files.
 
-Why one place: every status transition of a sandbox record happens here (from a client call or
-from an event its runner reports), so the rules — terminal is final, exit code set together
-with COMPLETED, reservations released exactly when a sandbox ends — are kept in one module.
+Why no call drives a runner's lifecycle itself: Start, Stop and Delete only write what the
+sandbox should be (``sandbox_model``), in one database write each, and the sandbox's runner
+reconciler (``reconciler.py``) makes it so, now or when the runner comes back. So a client
+call never leaves half-done work behind when the runner, the network or the control plane
+fails in the middle; it only decides how long to wait for the outcome before answering.
+File operations go to the runner directly (they change nothing the control plane keeps).
 
 Tenancy lives here too: :meth:`Lifecycle.record` is the one lookup every public RPC that names
 a sandbox goes through, and it answers another organization's sandbox exactly as it answers a
@@ -11,9 +14,8 @@ missing one, so no RPC, present or future, can tell them apart.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from dataclasses import replace
 
 import grpc
 
@@ -23,14 +25,19 @@ from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.controlplane.placement import Placement, place
 from sandboxd.controlplane.quotas import Quotas
+from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink, runner_unavailable
-from sandboxd.controlplane.sandboxes import (
+from sandboxd.controlplane.sandbox_model import (
+    Desired,
+    Observed,
     SandboxRecord,
-    SandboxTable,
+    give_up,
     new_sandbox_id,
     now,
+    start_deadline,
 )
+from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 S = gateway_pb2
 MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024
 STOP_MARGIN_SECONDS = 15.0
+START_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
 MAX_PATH_LENGTH = MAX_FILE_PATH_CHARS  # limits.py says why it fits the agent's message
 
@@ -126,35 +134,53 @@ def build_spec(
 
 
 class Lifecycle:
-    """Sandbox operations that involve a runner, and the records they change."""
+    """Sandbox operations: each writes desired state, and waits only where the API must."""
 
-    def __init__(self, registry: RunnerRegistry, table: SandboxTable, quotas: Quotas) -> None:
+    def __init__(
+        self,
+        registry: RunnerRegistry,
+        records: SandboxRecords,
+        quotas: Quotas,
+        reconcilers: Reconcilers,
+    ) -> None:
         self.registry = registry
-        self.table = table
+        self.records = records
         self.quotas = quotas
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.reconcilers = reconcilers
 
-    def record(self, sandbox_id: str) -> SandboxRecord:
+    async def record(self, sandbox_id: str) -> SandboxRecord:
         """The record with this id as the current caller may see it, else NOT_FOUND.
 
         Members see their own organization's sandboxes, admins every sandbox; a sandbox of
-        another organization gets the very same error (code, message, reason, metadata) as an
-        id that never existed.
+        another organization, or one being deleted, gets the very same error (code,
+        message, reason, metadata) as an id that never existed.
         """
         if not sandbox_id.strip():
             raise invalid_argument("sandbox_id", "must not be empty")
         if len(sandbox_id) > MAX_ID_LENGTH:
             raise invalid_argument("sandbox_id", f"must be at most {MAX_ID_LENGTH} characters")
         caller = current_caller()
-        record = self.table.get(sandbox_id)
-        if record is None or not caller.can_see(record.owner_org):
+        record = await self.records.get(sandbox_id)
+        if (
+            record is None
+            or record.desired is Desired.DELETED
+            or not caller.can_see(record.owner_org)
+        ):
             raise sandbox_not_found(sandbox_id)
         return record
 
-    @staticmethod
-    def visible(record: SandboxRecord) -> bool:
-        """Whether the current caller may see ``record`` (for listings)."""
-        return current_caller().can_see(record.owner_org)
+    def reason_of(self, record: SandboxRecord) -> str:
+        """The status reason a client reads, saying so when the sandbox's runner is away."""
+        reason = record.status_reason
+        if record.terminal:
+            return reason
+        runner = self.registry.get(record.runner_id)
+        if runner is not None and self.registry.is_healthy(runner):
+            return reason
+        heard = runner.last_heartbeat_at if runner is not None else None
+        since = f" since {heard.strftime('%Y-%m-%dT%H:%M:%SZ')}" if heard else ""
+        away = f"its runner {record.runner_id} is unreachable (last heard from{since or ' never'})"
+        return f"{away}; {reason}" if reason else away
 
     def link_for(self, record: SandboxRecord) -> RunnerLink:
         """The live connection to the runner that owns a sandbox."""
@@ -170,107 +196,77 @@ class Lifecycle:
         return self.link_for(record)
 
     async def start(self, request: SandboxRequest) -> SandboxRecord:
-        """Place and record a sandbox, then start it; returns without waiting for RUNNING.
+        """Place and record a sandbox (one database write); its reconciler starts it.
 
-        Only when ports are exposed does Start wait for the runner's answer, because the
-        response must carry the published ``service_address``.
+        Returns without waiting for RUNNING, except when ports are exposed: the response must
+        carry the published ``service_address``, so Start then waits for the runner's answer.
         """
         owner = current_caller().organization
         placement = place(self.registry, request)
-        # No await from this check to table.add below: concurrent Starts cannot both fit.
+        # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(
-            owner, self.table.usage(owner), placement.cpu_limit, placement.memory_limit
+            owner, self.records.usage(owner), placement.cpu_limit, placement.memory_limit
         )
         sandbox_id = new_sandbox_id()
         spec = build_spec(sandbox_id, request, placement)
+        created = now()
         record = SandboxRecord(
             sandbox_id=sandbox_id,
-            status=S.SANDBOX_STATUS_CREATING,
             runner_id=placement.runner.runner_id,
             runner_group_id=placement.runner.runner_group_id,
             profile_name=placement.profile.profile_name,
             image=placement.image,
+            owner_org=owner,
+            spec=spec.SerializeToString(),
             tags=list(request.tags),
+            exposed_ports=list(request.exposed_ports),
             applied_egress_mode=placement.egress_mode,
             applied_ingress_mode=placement.ingress_mode,
-            exposed_ports=list(request.exposed_ports),
             reserved_cpu_millicores=placement.cpu_request,
             reserved_memory_bytes=placement.memory_request,
             reserved_gpu_count=placement.gpu_count,
-            owner_org=owner,
             cpu_limit_millicores=placement.cpu_limit,
             memory_limit_bytes=placement.memory_limit,
+            created_at=created,
+            start_deadline=start_deadline(created),
         )
-        await self.table.add(record)
-        launch = self._launch(record, spec)
-        if request.exposed_ports:
-            await launch
-        else:
-            task = asyncio.create_task(launch, name=f"start-{sandbox_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return record
-
-    async def _launch(self, record: SandboxRecord, spec: runner_pb2.SandboxSpec) -> None:
-        try:
-            link = self.link_for(record)
-            result = await link.call(runner_pb2.Command(start=runner_pb2.StartSandbox(spec=spec)))
-        except ApiError as error:
-            log.warning("sandbox %s failed to start: %s", record.sandbox_id, error.message)
-            await self.table.update(
-                record, status=S.SANDBOX_STATUS_FAILED, status_reason=error.message
-            )
-            return
-        changes: dict[str, object] = {"service_address": result.started.service_address}
-        if record.status == S.SANDBOX_STATUS_CREATING:
-            changes.update(status=S.SANDBOX_STATUS_RUNNING, started_at=now())
-        await self.table.update(record, **changes)
+        await self.records.add(record)  # the reconciler is kicked by the change
+        if not request.exposed_ports:
+            return record
+        done = await self.records.wait_for(
+            sandbox_id, lambda r: r is None or r.observed is not Observed.NONE or r.terminal,
+            START_WAIT_SECONDS,
+        )  # fmt: skip
+        return done or record
 
     async def stop(self, record: SandboxRecord, grace_seconds: int) -> None:
-        """Stop a sandbox; a terminal one is already stopped (success, nothing to do)."""
+        """Stop a sandbox; returns once it ended (a terminal one is already stopped).
+
+        The wish is recorded first, so it takes effect even if the runner is away now;
+        then this waits for the end, and says UNAVAILABLE if it did not come in time.
+        """
         if record.terminal:
             return
-        await self.table.update(record, status=S.SANDBOX_STATUS_TERMINATING, stop_requested=True)
-        try:
-            link = self.link_for(record)
-            await link.call(
-                runner_pb2.Command(
-                    stop=runner_pb2.StopSandbox(
-                        sandbox_id=record.sandbox_id, grace_seconds=grace_seconds
-                    )
-                ),
-                timeout=grace_seconds + STOP_MARGIN_SECONDS,
-            )
-        except ApiError as error:
-            if error.reason == "CWSANDBOX_SANDBOX_NOT_FOUND":
-                await self.table.update(
-                    record,
-                    status=S.SANDBOX_STATUS_FAILED,
-                    status_reason="the runner no longer had this sandbox",
-                )
-                return
-            raise
-        # The runner's COMPLETED event carries the exit code; it precedes the stop result on
-        # the same stream, so the record is terminal by now unless the event was lost.
-        if not record.terminal:
-            await self.table.update(
-                record, status=S.SANDBOX_STATUS_TERMINATED, status_reason="stopped"
+        await self.records.update(record.sandbox_id, lambda r: want_stopped(r, grace_seconds))
+        ended = await self.records.wait_for(
+            record.sandbox_id,
+            lambda r: r is None or r.terminal,
+            grace_seconds + STOP_MARGIN_SECONDS,
+        )
+        if ended is not None and not ended.terminal:
+            raise runner_unavailable(
+                record.runner_id,
+                "the stop is recorded and takes effect when the runner answers",
             )
 
     async def delete(self, record: SandboxRecord) -> None:
-        """Stop if running, remove what the runner keeps, forget the record."""
+        """Forget a sandbox for clients at once; its runner destroys it (now, or when back)."""
+        await self.records.update(record.sandbox_id, want_deleted)
         runner = self.registry.get(record.runner_id)
-        if runner is not None and runner.link is not None:
-            with contextlib.suppress(ApiError):
-                await runner.link.call(
-                    runner_pb2.Command(
-                        delete=runner_pb2.DeleteSandbox(sandbox_id=record.sandbox_id)
-                    ),
-                    timeout=STOP_MARGIN_SECONDS,
-                )
-        elif not record.terminal:
-            raise runner_unavailable(record.runner_id, "cannot stop the sandbox to delete it")
-        await self.table.remove(record)
+        if runner is not None and runner.link is not None:  # answer once it is really gone
+            await self.records.wait_for(
+                record.sandbox_id, lambda r: r is None, record.stop_grace_seconds + 10
+            )
 
     async def write_file(self, record: SandboxRecord, path: str, contents: bytes) -> None:
         """AddFile on the runner, after checking path and size."""
@@ -300,66 +296,32 @@ class Lifecycle:
         return result.file.contents
 
     async def fail_runner_sandboxes(self, runner_id: str, reason: str) -> int:
-        """Mark every live sandbox of a runner FAILED (its runner can no longer be trusted)."""
-        live = self.table.live_on(runner_id)
+        """Give up every live sandbox of a runner (it can no longer be trusted): FAILED."""
+        live = [r for r in self.records.live_on(runner_id) if not r.terminal]
         for record in live:
-            await self.table.update(record, status=S.SANDBOX_STATUS_FAILED, status_reason=reason)
+            await self.records.update(
+                record.sandbox_id, lambda r: give_up(r, reason) if not r.terminal else None
+            )
         return len(live)
 
-    # -- events from runners ------------------------------------------------------------
 
-    async def on_event(self, runner_id: str, event: runner_pb2.SandboxEvent) -> None:
-        """Apply a runner's report about one of its sandboxes."""
-        record = self.table.get(event.sandbox_id)
-        if record is None or record.runner_id != runner_id:
-            return
-        if event.phase == runner_pb2.SANDBOX_PHASE_RUNNING:
-            if record.status == S.SANDBOX_STATUS_CREATING:
-                await self.table.update(record, status=S.SANDBOX_STATUS_RUNNING, started_at=now())
-        elif event.phase == runner_pb2.SANDBOX_PHASE_COMPLETED:
-            await self.table.update(
-                record,
-                status=S.SANDBOX_STATUS_COMPLETED,
-                exit_code=event.exit_code if event.HasField("exit_code") else None,
-                status_reason=event.reason or ("stopped" if record.stop_requested else "exited"),
-            )
-        elif event.phase == runner_pb2.SANDBOX_PHASE_FAILED:
-            await self.table.update(
-                record, status=S.SANDBOX_STATUS_FAILED, status_reason=event.reason or "failed"
-            )
+def want_stopped(record: SandboxRecord, grace_seconds: int) -> SandboxRecord | None:
+    """Desired state: stopped (a new generation), unless already stopping or gone."""
+    if record.desired is not Desired.RUNNING or record.terminal:
+        return None
+    return replace(
+        record,
+        desired=Desired.STOPPED,
+        generation=record.generation + 1,
+        stop_grace_seconds=max(0, grace_seconds),
+    )
 
-    async def on_register(self, runner_id: str, reported: list[runner_pb2.SandboxEvent]) -> None:
-        """Reconcile after a (re)connect: what the runner still runs against our records."""
-        known = {event.sandbox_id for event in reported}
-        runner = self.registry.get(runner_id)
-        for event in reported:
-            record = self.table.get(event.sandbox_id)
-            if record is None or record.runner_id != runner_id:
-                # An orphan (deleted here while its runner was away): remove it there too.
-                if runner is not None and runner.link is not None:
-                    runner.link.send(
-                        runner_pb2.Command(
-                            delete=runner_pb2.DeleteSandbox(sandbox_id=event.sandbox_id)
-                        )
-                    )
-                continue
-            if record.terminal and event.phase == runner_pb2.SANDBOX_PHASE_RUNNING:
-                # Ended here (e.g. stopped while the runner was away): end it there too.
-                if runner is not None and runner.link is not None:
-                    runner.link.send(
-                        runner_pb2.Command(
-                            stop=runner_pb2.StopSandbox(sandbox_id=record.sandbox_id)
-                        )
-                    )
-                continue
-            await self.on_event(runner_id, event)
-        for record in self.table.live_on(runner_id):
-            if record.sandbox_id not in known and record.status != S.SANDBOX_STATUS_CREATING:
-                await self.table.update(
-                    record,
-                    status=S.SANDBOX_STATUS_FAILED,
-                    status_reason="lost: its runner restarted without it",
-                )
+
+def want_deleted(record: SandboxRecord) -> SandboxRecord | None:
+    """Desired state: deleted (a new generation)."""
+    if record.desired is Desired.DELETED:
+        return None
+    return replace(record, desired=Desired.DELETED, generation=record.generation + 1)
 
 
 def _check_path(path: str) -> None:

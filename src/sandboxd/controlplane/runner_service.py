@@ -65,14 +65,16 @@ def wrong_runner(credential_runner: str, claimed: str) -> ApiError:
 class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
     """Accepts runner connections, issues credentials to new runners, tracks heartbeats."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the control plane's parts, wired once in server.py
         self,
         registry: RunnerRegistry,
         identity: IdentityService,
         heartbeat_interval: float,
         lifecycle: Lifecycle,
         sessions: StreamSessions,
+        cluster_id: str = "",
     ) -> None:
+        self._cluster_id = cluster_id
         self._registry = registry
         self._identity = identity
         self._heartbeat_interval = heartbeat_interval
@@ -135,11 +137,21 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                 profile_names=state.profile_names,
                 credential=credential,
                 runner_group_id=state.runner_group_id,
+                cluster_id=self._cluster_id,
             )
         )
         link = state.link
         assert link is not None
-        await self._lifecycle.on_register(state.runner_id, list(register.sandboxes))
+        reconcilers = self._lifecycle.reconcilers
+        if register.cluster_id and register.cluster_id != self._cluster_id:
+            log.warning(
+                "runner %s last registered with cluster %s, not this one (%s): sandboxes it "
+                "holds that this control plane has no record of are reported as orphans",
+                state.runner_id,
+                register.cluster_id,
+                self._cluster_id,
+            )
+        await reconcilers.on_register(state.runner_id, register)
         reader = asyncio.create_task(
             self._read(request_iterator, state.runner_id, connection_id, link.outbox)
         )
@@ -152,6 +164,7 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._registry.disconnect(state.runner_id, connection_id)
+            reconcilers.on_disconnect(state.runner_id)
             log.info("runner %s disconnected", state.runner_id)
 
     async def _read(
@@ -180,7 +193,9 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     if state is not None and state.link is not None:
                         state.link.resolve(message.result)
                 elif kind == "event":
-                    await self._lifecycle.on_event(runner_id, message.event)
+                    # Never fatal for the connection: a report the database could not take
+                    # is picked up again by the reconciler's next snapshot.
+                    await self._lifecycle.reconcilers.on_event(runner_id, message.event)
                 else:
                     log.warning("runner %s sent unexpected %s message", runner_id, kind)
         except grpc.aio.AioRpcError as error:

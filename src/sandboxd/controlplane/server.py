@@ -12,8 +12,11 @@ read either. With ``tls_cert``/``tls_key`` the port speaks TLS only.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -30,14 +33,18 @@ from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.quotas import Quotas
+from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
-from sandboxd.controlplane.sandboxes import SandboxTable
+from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
+from sandboxd.errors import ApiError
 from sandboxd.store import BatchedRunnerWriter, Store
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+COLLECT_INTERVAL_SECONDS = 600.0
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024  # what the official client allows (v1beta2.md §1)
 
 SERVER_OPTIONS = [
@@ -70,6 +77,7 @@ class ControlPlaneSettings:
     insecure_no_auth: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    sandbox_retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -111,8 +119,13 @@ class ControlPlane:
             on_change=lambda runner_id: self.writer.mark(runner_id) if self.writer else None,
         )
         self.discovery = DiscoveryService(self.registry)
-        self.sandboxes = SandboxTable(self.store, self.registry)
-        self.lifecycle = Lifecycle(self.registry, self.sandboxes, Quotas(settings.config.quotas))
+        self.sandboxes = SandboxRecords(self.store.sandboxes, self.registry)
+        self.reconcilers = Reconcilers(self.sandboxes, self.registry)
+        self.lifecycle = Lifecycle(
+            self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
+        )
+        self.cluster_id = ""
+        self._collector: asyncio.Task[None] | None = None
         self.exec_sessions = ExecSessions()
         self.identity = IdentityService(self.store.identity)
         # The first administrator key, in <data_dir>/admin-key (0600).
@@ -141,7 +154,8 @@ class ControlPlane:
     async def start(self) -> None:
         """Restore persisted runners, bind the port and start serving."""
         self.registry.restore(self.store.load_runners())
-        self.sandboxes.restore()
+        await self.sandboxes.load()
+        self.cluster_id = await self.sandboxes.cluster_id()
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)
@@ -164,6 +178,7 @@ class ControlPlane:
                 self.settings.heartbeat_interval,
                 self.lifecycle,
                 self.exec_sessions,
+                cluster_id=self.cluster_id,
             ),
             server,
         )
@@ -180,13 +195,33 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
-        log.info("control plane listening on %s", self.base_url)
+        # Sandboxes of runners that never come back still converge (their starts time out).
+        self.reconcilers.kick_all()
+        self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
+        log.info("control plane listening on %s (cluster %s)", self.base_url, self.cluster_id)
+
+    async def _collect(self) -> None:
+        """Delete sandboxes that ended more than the retention ago, now and then."""
+        retention = timedelta(seconds=self.settings.sandbox_retention_seconds)
+        while True:
+            try:
+                removed = await self.sandboxes.collect(retention)
+                if removed:
+                    log.info("collected %d sandbox record(s) past their retention", removed)
+            except ApiError as error:
+                log.warning("collecting old sandbox records failed: %s", error.message)
+            await asyncio.sleep(COLLECT_INTERVAL_SECONDS)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        await self.reconcilers.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()

@@ -34,7 +34,7 @@ from sandboxd.controlplane.exec_bridge import (
 )
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.limits import check_exec_init
-from sandboxd.controlplane.sandboxes import SandboxRecord
+from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
@@ -143,7 +143,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         quotas = self._lifecycle.quotas
         try:
             init = _check_init(await _first_request(request_iterator))
-            record = self._lifecycle.record(init.sandbox_id)
+            record = await self._lifecycle.record(init.sandbox_id)
             quotas.acquire_exec(record.owner_org)
         except ApiError as error:
             await abort_with(context, error)
@@ -248,10 +248,10 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         """Ask the sandbox's runner for its logs and relay them until complete or closed."""
         try:
             init = _check_log_init(await _first_request(request_iterator))
-            record = self._lifecycle.record(init.sandbox_id)
+            record = await self._lifecycle.record(init.sandbox_id)
         except ApiError as error:
             await abort_with(context, error)
-        await self._wait_created(record)
+        record = await self._wait_created(record)
         try:
             link = self._lifecycle.link_for(record)
         except ApiError as error:
@@ -286,13 +286,14 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                 await asyncio.gather(watcher, return_exceptions=True)
             self._sessions.close(session)
 
-    async def _wait_created(self, record: SandboxRecord) -> None:
+    async def _wait_created(self, record: SandboxRecord) -> SandboxRecord:
         """A sandbox still being created has no log on its runner yet: wait for its start."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOGS_START_WAIT_SECONDS
-        table = self._lifecycle.table
-        while record.status == S.SANDBOX_STATUS_CREATING and loop.time() < deadline:
-            await table.wait_status_change(record, deadline - loop.time())
+        fresh = await self._lifecycle.records.wait_for(
+            record.sandbox_id,
+            lambda r: r is None or r.status != S.SANDBOX_STATUS_CREATING,
+            LOGS_START_WAIT_SECONDS,
+        )
+        return fresh or record
 
     @staticmethod
     async def _next_log_frame(

@@ -45,6 +45,7 @@ import sandboxd
 from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
+from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.exec_relay import ExecCall, dial_exec
 from sandboxd.runner.failures import refuse_command
@@ -349,6 +350,7 @@ class RunnerAgent:
             version=sandboxd.__version__,
             resources=self._ledger.snapshot(),
             sandboxes=sandboxes,
+            cluster_id=load_cluster_id(self._settings.state_dir),
         )
 
     async def _send_event(self, message: runner_pb2.RunnerMessage) -> None:
@@ -410,6 +412,13 @@ class RunnerAgent:
     def _on_session_registered(self, registered: runner_pb2.Registered) -> None:
         if registered.credential:
             self._keep_credential(registered.credential)
+        if registered.cluster_id and registered.cluster_id != load_cluster_id(
+            self._settings.state_dir
+        ):
+            try:
+                save_cluster_id(self._settings.state_dir, registered.cluster_id)
+            except OSError as exc:
+                _log.warning("cannot store the cluster id in %s: %s", self._settings.state_dir, exc)
         self._apply_interval(registered)
         self._connected = True
         profiles = ", ".join(registered.profile_names) or "none bound"

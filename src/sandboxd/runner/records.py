@@ -33,6 +33,7 @@ class RunnerRecord:
     started_at: float = 0.0  # unix seconds; the lifetime counts from here
     service_address: str = ""
     published_ports: dict[int, int] = field(default_factory=dict)
+    generation: int = 0  # of the start command, so reports after a restart carry it
 
     def to_json(self) -> str:
         """Serialise (the reverse of :meth:`from_json`)."""
@@ -45,6 +46,7 @@ class RunnerRecord:
                 "started_at": self.started_at,
                 "service_address": self.service_address,
                 "published_ports": {str(k): v for k, v in self.published_ports.items()},
+                "generation": self.generation,
             }
         )
 
@@ -60,6 +62,7 @@ class RunnerRecord:
             started_at=float(data.get("started_at", 0.0)),
             service_address=str(data.get("service_address", "")),
             published_ports={int(k): int(v) for k, v in data.get("published_ports", {}).items()},
+            generation=int(data.get("generation", 0)),
         )
 
 

@@ -50,12 +50,18 @@ class Sandbox:
     reason: str = ""
     changed_at: float = field(default_factory=time.time)
     stop_reason: str | None = None  # set before the runner itself ends the main process
+    # The highest command generation applied to it (reported, so stale reports are ignored).
+    generation: int = 0
     # Serialises start, stop, delete and lifetime expiry of this sandbox.
     ops: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Makes reporting the end happen once, and makes later reporters wait until it was sent.
     report: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Task[None] | None = None
     timer: asyncio.Task[None] | None = None  # lifetime expiry, later retention expiry
+
+    def applied(self, generation: int) -> None:
+        """A command of ``generation`` reached this sandbox (generations only grow)."""
+        self.generation = max(self.generation, generation)
 
     def set_phase(
         self, phase: runner_pb2.SandboxPhase, *, exit_code: int | None = None, reason: str = ""
@@ -89,7 +95,12 @@ def event_of(sb: Sandbox) -> runner_pb2.SandboxEvent:
     at = timestamp_pb2.Timestamp()
     at.FromNanoseconds(int(sb.changed_at * 1e9))
     event = runner_pb2.SandboxEvent(
-        sandbox_id=sb.sandbox_id, phase=sb.phase, reason=sb.reason, at=at
+        sandbox_id=sb.sandbox_id,
+        phase=sb.phase,
+        reason=sb.reason,
+        at=at,
+        generation=sb.generation,
+        service_address=sb.record.service_address,
     )
     if sb.exit_code is not None:
         event.exit_code = sb.exit_code

@@ -38,6 +38,10 @@ __all__ = ["DEFAULT_RETAIN_EXITED_SECONDS", "LIFETIME_STOP_GRACE_SECONDS", "Sand
 _log = logging.getLogger(__name__)
 
 Send = Callable[[runner_pb2.RunnerMessage], Awaitable[None]]
+LOST_REASON = (
+    "its processes died with their host (or were killed outside sandboxd): no exit status "
+    "was recorded"
+)
 LIFETIME_STOP_GRACE_SECONDS = 10.0
 DEFAULT_RETAIN_EXITED_SECONDS = 3600.0
 
@@ -94,6 +98,7 @@ class SandboxTable:
             self._ledger.reserve(sid, record.reservation, force=True)
             sb = Sandbox(sid, record, phase=runner_pb2.SANDBOX_PHASE_RUNNING)
             sb.changed_at = record.started_at
+            sb.applied(record.generation)
             self._sandboxes[sid] = sb
             self._watch(sb)
         for sid, record in records.items():
@@ -152,10 +157,13 @@ class SandboxTable:
             await self._finish(sb, None, f"lost track of the sandbox: {exc}", failed=True)
             return
         reason = sb.stop_reason
+        lost = False
         if reason is None:
             with contextlib.suppress(BackendError):
-                reason = describe_exit((await self._backend.state(sb.sandbox_id)).reason)
-        await self._finish(sb, code, reason or "")
+                exit_reason = (await self._backend.state(sb.sandbox_id)).reason
+                lost = exit_reason == "lost"
+                reason = LOST_REASON if lost else describe_exit(exit_reason)
+        await self._finish(sb, None if lost else code, reason or "", failed=lost)
 
     async def _expire_lifetime(self, sb: Sandbox, delay: float) -> None:
         await asyncio.sleep(max(delay, 0.0))
@@ -219,14 +227,17 @@ class SandboxTable:
             self._records.remove(sid)
             return
         sb = Sandbox(sid, record)
-        if state.state == "exited":
+        sb.applied(record.generation)
+        if state.state == "exited" and state.reason != "lost":
             reason = describe_exit(state.reason)
             if state.reason == "lifetime":
                 reason = f"max lifetime of {record.max_lifetime_seconds} s reached"
             sb.set_phase(
                 runner_pb2.SANDBOX_PHASE_COMPLETED, exit_code=state.exit_code, reason=reason
             )
-        else:  # created but never started, or its agent died without an exit status
+        elif state.state == "exited":  # no exit status: its processes died with the host
+            sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason=LOST_REASON)
+        else:  # created but never started
             sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason="lost while the runner restarted")
         sb.changed_at = state.finished_at or time.time()
         self._sandboxes[sid] = sb

@@ -55,7 +55,7 @@ from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
 from sandboxd.runner.log_relay import LogsDialer, relay_logs
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
-from sandboxd.runner.sandbox_state import TERMINAL, Sandbox
+from sandboxd.runner.sandbox_state import TERMINAL, Sandbox, event_of
 from sandboxd.runner.sandbox_table import DEFAULT_RETAIN_EXITED_SECONDS, SandboxTable, Send
 from sandboxd.runner.spec_mapping import (
     apply_limits,
@@ -156,17 +156,20 @@ class SandboxSupervisor(SandboxTable):
     async def _answer(self, command: runner_pb2.Command, reply: Send) -> None:
         result = runner_pb2.CommandResult(request_id=command.request_id)
         kind = command.WhichOneof("action")
-        sandbox_id = getattr(command, kind).sandbox_id if kind != "start" and kind else ""
+        sandbox_id = getattr(getattr(command, kind), "sandbox_id", "") if kind else ""
         try:
             if kind == "start":
                 sandbox_id = command.start.spec.sandbox_id
-                await self._start(command.start.spec, result)
+                await self._start(command.start.spec, result, command.start.generation)
             elif kind == "stop":
-                await self._stop(command.stop.sandbox_id, max(command.stop.grace_seconds, 0))
-                result.done.SetInParent()
+                stop = command.stop
+                grace = max(stop.grace_seconds, 0)
+                result.state.CopyFrom(await self._stop(stop.sandbox_id, grace, stop.generation))
             elif kind == "delete":
-                await self._delete(command.delete.sandbox_id)
+                await self._delete(command.delete.sandbox_id, command.delete.generation)
                 result.done.SetInParent()
+            elif kind == "snapshot":
+                result.snapshot.sandboxes.extend(self.snapshot())
             elif kind == "write_file":
                 await self._write_file(command.write_file)
                 result.done.SetInParent()
@@ -186,12 +189,15 @@ class SandboxSupervisor(SandboxTable):
             result.failure.CopyFrom(failure(grpc.StatusCode.INTERNAL, "", message))
         await self._deliver(reply, runner_pb2.RunnerMessage(result=result))
 
-    async def _start(self, spec: runner_pb2.SandboxSpec, result: runner_pb2.CommandResult) -> None:
+    async def _start(
+        self, spec: runner_pb2.SandboxSpec, result: runner_pb2.CommandResult, generation: int
+    ) -> None:
         sid = spec.sandbox_id
         if not sid:
             raise failures.invalid_argument("sandbox_id", "must not be empty")
         existing = self._sandboxes.get(sid)
         if existing is not None:  # a retried start (e.g. its result was lost) is answered again
+            existing.applied(generation)
             async with existing.ops:
                 if existing.phase != runner_pb2.SANDBOX_PHASE_RUNNING:
                     raise CommandFailed(
@@ -205,6 +211,7 @@ class SandboxSupervisor(SandboxTable):
                 result.started.CopyFrom(existing.started())
                 return
         sb = Sandbox(sid, RunnerRecord(sid))
+        sb.applied(generation)
         self._sandboxes[sid] = sb
         # Taken before any await, so a stop or delete that arrives meanwhile waits for us.
         async with sb.ops:
@@ -260,6 +267,7 @@ class SandboxSupervisor(SandboxTable):
             started_at=state.started_at or time.time(),
             service_address=service_address(state.ports, self._public_host),
             published_ports={p.container_port: p.host_port for p in state.ports},
+            generation=sb.generation,
         )
         self._records.save(sb.record)
         sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
@@ -280,12 +288,16 @@ class SandboxSupervisor(SandboxTable):
         except ImageError as exc:
             raise failures.invalid_argument("image", str(exc)) from None
 
-    async def _stop(self, sandbox_id: str, grace: float) -> None:
+    async def _stop(
+        self, sandbox_id: str, grace: float, generation: int
+    ) -> runner_pb2.SandboxEvent:
+        """Stop the main process; the sandbox's state afterwards (its end, exit code)."""
         sb = await self._locked(sandbox_id)
         try:
+            sb.applied(generation)
             if sb.phase in TERMINAL:
                 await self._emit(sb)  # again: the first report may have been lost
-                return
+                return event_of(sb)
             sb.stop_reason = "stopped"
             try:
                 code = await self._backend.stop(sandbox_id, grace)
@@ -294,19 +306,23 @@ class SandboxSupervisor(SandboxTable):
                 self._forget(sb)
                 raise
             await self._finish(sb, code, "stopped")
+            return event_of(sb)
         finally:
             sb.ops.release()
 
-    async def _delete(self, sandbox_id: str) -> None:
+    async def _delete(self, sandbox_id: str, generation: int) -> None:
+        """Stop and destroy; nothing of the sandbox left (already) counts as success."""
         sb = self._sandboxes.get(sandbox_id)
         if sb is None:  # not supervised, but the backend may still hold its remains
-            try:
+            with contextlib.suppress(SandboxNotFound):
                 await self._backend.destroy(sandbox_id)
-            except SandboxNotFound:
-                raise failures.sandbox_not_found(sandbox_id) from None
             self._records.remove(sandbox_id)
             return
-        sb = await self._locked(sandbox_id)
+        sb.applied(generation)
+        try:
+            sb = await self._locked(sandbox_id)
+        except CommandFailed:  # deleted (or its start failed) while we waited: gone
+            return
         try:
             if sb.phase not in TERMINAL:
                 sb.stop_reason = "stopped"

@@ -1,8 +1,10 @@
-"""Persistent state of the control plane (SQLite embedded; any SQLAlchemy URL works).
+"""Persistent state of the control plane: SQLite embedded, PostgreSQL for production.
 
 Why persist runners: discovery must keep listing a runner after its heartbeats stop — and after
 the control plane restarts — so administrators see it as unhealthy instead of having it vanish.
-The live registry stays in memory; this store is written behind it in batches.
+The live registry stays in memory; this store is written behind it in batches. Sandboxes
+(``sandbox_store.py``) and identities (``identity.py``) share the database; the schema is
+checked and migrated by ``schema.py`` before anything is read.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, LargeBinary, String, create_engine, event, select
+from sqlalchemy import JSON, DateTime, LargeBinary, String, create_engine, event, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.store.base import Base as _Base
 from sandboxd.store.base import utc as _utc
 from sandboxd.store.identity import IdentityStore
+from sandboxd.store.sandbox_store import SandboxStore
+from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
 
 
 class RunnerRow(_Base):
@@ -34,16 +38,6 @@ class RunnerRow(_Base):
     version: Mapped[str] = mapped_column(String(64))
     connected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class SandboxRow(_Base):
-    """One sandbox, live or terminal; terminal rows stay readable until deleted."""
-
-    __tablename__ = "sandboxes"
-
-    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    # The whole record as JSON; sandboxd.controlplane.sandboxes owns its shape.
-    document: Mapped[dict[str, object]] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -65,28 +59,43 @@ class Store:
     ``identity`` holds API keys, join tokens and runner credentials in the same database.
     """
 
-    def __init__(self, url: str) -> None:
-        self._engine: Engine = create_engine(url)
-        if url.startswith("sqlite"):
+    def __init__(self, url: str, *, new_file: bool = False) -> None:
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        if sqlite and parsed.database and parsed.database != ":memory:" and not new_file:
+            check_sqlite_file(Path(parsed.database))
+        try:
+            self._engine: Engine = create_engine(url, pool_pre_ping=not sqlite)
+        except ModuleNotFoundError as exc:
+            raise DatabaseProblem(
+                f"the driver for {describe(parsed)} is not installed ({exc.name}); for "
+                "PostgreSQL: pip install 'sandboxd[postgres]'"
+            ) from None
+        if sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self._engine)
+        check_and_migrate(self._engine)
         self.identity = IdentityStore(self._engine)
+        self.sandboxes = SandboxStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
         """A store in a SQLite file only its owner can read (it holds credential digests).
 
         The file is created 0600 before SQLite opens it, and an existing one is narrowed to
-        0600; SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+        0600; SQLite gives its ``-wal`` and ``-shm`` files the database file's mode. Only a
+        file made here may start empty: an existing empty one was truncated and is refused.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
+        new_file = not path.exists()
+        if not new_file:
+            check_sqlite_file(path)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         path.chmod(0o600)
         for suffix in ("-wal", "-shm"):
             sidecar = path.with_name(path.name + suffix)
             if sidecar.exists():
                 sidecar.chmod(0o600)
-        return cls(f"sqlite:///{path}")
+        return cls(f"sqlite:///{path}", new_file=True)
 
     def load_runners(self) -> list[RunnerRecord]:
         """Every runner ever registered, in id order."""
@@ -120,24 +129,6 @@ class Store:
                         last_heartbeat_at=record.last_heartbeat_at,
                     )
                 )
-
-    def load_sandboxes(self) -> list[dict[str, object]]:
-        """Every stored sandbox document, in id order."""
-        with Session(self._engine) as session:
-            rows = session.scalars(select(SandboxRow).order_by(SandboxRow.sandbox_id)).all()
-            return [dict(row.document) for row in rows]
-
-    def save_sandbox(self, sandbox_id: str, document: dict[str, object]) -> None:
-        """Insert or replace one sandbox document."""
-        with Session(self._engine) as session, session.begin():
-            session.merge(SandboxRow(sandbox_id=sandbox_id, document=document))
-
-    def delete_sandbox(self, sandbox_id: str) -> None:
-        """Forget a sandbox."""
-        with Session(self._engine) as session, session.begin():
-            row = session.get(SandboxRow, sandbox_id)
-            if row is not None:
-                session.delete(row)
 
     def close(self) -> None:
         """Release database connections."""

@@ -114,7 +114,7 @@ def test_commands_and_execs_flow_through_the_agent(fake_control_plane, tmp_path:
                 event = (await cp.next_message("event")).message.event
                 assert (event.phase, event.exit_code) == (runner_pb2.SANDBOX_PHASE_COMPLETED, 0)
                 result = (await cp.next_message("result")).message.result
-                assert result.request_id == "8" and result.WhichOneof("result") == "done"
+                assert result.request_id == "8" and result.WhichOneof("result") == "state"
 
             await run_agent(agent, body)
             # Stopping the agent leaves sandboxes to a later recover; the caller closes it.

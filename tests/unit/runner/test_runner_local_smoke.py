@@ -76,7 +76,7 @@ def test_start_exec_files_stop_delete_on_the_local_backend(tmp_path: Path) -> No
                 result = await run(
                     "5", stop=runner_pb2.StopSandbox(sandbox_id=sid, grace_seconds=5)
                 )
-                assert result.WhichOneof("result") == "done"
+                assert result.WhichOneof("result") == "state"
                 kinds = outbox.kinds()
                 assert kinds.index("event:SANDBOX_PHASE_COMPLETED") < kinds.index("result:5")
                 [completed] = [m.event for m in outbox.messages if m.event.phase == 2]

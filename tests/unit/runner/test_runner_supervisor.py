@@ -239,7 +239,11 @@ def test_stop_sends_completed_before_its_result(tmp_path: Path, command: list, c
     async def body(rig: Rig) -> None:
         await rig.run("1", **start(spec(command=command)))
         result = await rig.run("2", **stop(grace=7))
-        assert result.WhichOneof("result") == "done"
+        assert result.WhichOneof("result") == "state"  # the stop answers with the end itself
+        assert (result.state.phase, result.state.exit_code) == (
+            runner_pb2.SANDBOX_PHASE_COMPLETED,
+            code,
+        )
         assert rig.outbox.kinds() == [
             "event:SANDBOX_PHASE_RUNNING",
             "result:1",
@@ -251,7 +255,7 @@ def test_stop_sends_completed_before_its_result(tmp_path: Path, command: list, c
         assert rig.backend.world["sb-1"].stops == [7]
         assert "sb-1" not in rig.ledger
         # Stopping again succeeds and repeats the final state (it may have been lost).
-        assert (await rig.run("3", **stop())).WhichOneof("result") == "done"
+        assert (await rig.run("3", **stop())).state.exit_code == code
         assert rig.outbox.kinds()[-2:] == ["event:SANDBOX_PHASE_COMPLETED", "result:3"]
         assert rig.backend.calls.count(("stop", "sb-1")) == 1
 
@@ -264,7 +268,7 @@ def test_stop_during_start_waits_for_the_start(tmp_path: Path) -> None:
         rig.command("1", **start(spec()))
         await asyncio.sleep(0.05)
         result = await rig.run("2", **stop())
-        assert result.WhichOneof("result") == "done"
+        assert result.WhichOneof("result") == "state"
         kinds = rig.outbox.kinds()
         assert (
             kinds.index("event:SANDBOX_PHASE_RUNNING")
@@ -282,7 +286,6 @@ def test_unknown_sandbox_is_not_found(tmp_path: Path) -> None:
         for i, action in enumerate(
             [
                 stop("ghost"),
-                {"delete": runner_pb2.DeleteSandbox(sandbox_id="ghost")},
                 {"write_file": runner_pb2.WriteFile(sandbox_id="ghost", path="/a")},
                 {"read_file": runner_pb2.ReadFile(sandbox_id="ghost", path="/a")},
             ]
@@ -292,6 +295,10 @@ def test_unknown_sandbox_is_not_found(tmp_path: Path) -> None:
                 5,
                 "CWSANDBOX_SANDBOX_NOT_FOUND",
             )
+        # Deleting what is not there is done: deletes are idempotent (a repeated delete,
+        # or one for a sandbox the runner already removed, must not fail forever).
+        result = await rig.run("9", delete=runner_pb2.DeleteSandbox(sandbox_id="ghost"))
+        assert result.WhichOneof("result") == "done"
 
     run_rig(tmp_path, body)
 

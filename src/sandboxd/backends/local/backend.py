@@ -357,7 +357,9 @@ class LocalBackend(Backend):
         if info is None and rec.is_running():
             return SandboxState(sandbox_id, "running" if rec.started else "created", ports=ports)
         code = rec.exit_code()
-        reason = info["reason"] if info else "killed"
+        # No exit record at all: neither the agent nor its keeper saw the end (the host went
+        # down, or the keeper was killed): "lost", which the runner reports as FAILED.
+        reason = info["reason"] if info else "lost"
         if code == 137 and reason == "exited" and rec.cgroup and rec.cgroup.stats()["oom_kills"]:
             reason = "oom"
         started = info.get("started_at") if info else None

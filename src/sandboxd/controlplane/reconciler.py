@@ -1,0 +1,419 @@
+"""Reconcilers: one per runner, bringing what its sandboxes are to what they should be.
+
+Why level-triggered (Kubernetes controllers, Nomad's allocation reconciler): a reconciler
+never remembers what it meant to do; each pass reads the records of its runner's unsettled
+sandboxes, asks :func:`sandbox_model.decide` for the next step, and sends that step as an
+idempotent, generation-tagged command. It runs on every runner event, (re)registration,
+desired-state change, and a periodic resync (which also asks the runner for a snapshot of
+everything it holds), so a lost message, a crashed control plane or a runner that was away
+only delays convergence. Commands in flight are not sent twice until they time out; a
+runner's answers and reports only ever update observed state.
+
+Positive evidence before destruction (DESIGN.md rule 11): a sandbox a runner reports that no
+record here owns is destroyed only if a tombstone says this control plane deleted it;
+otherwise it is an *orphan*, recorded for administrators and left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from sandboxd._proto import runner_pb2
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_link import RunnerLink
+from sandboxd.controlplane.sandbox_model import (
+    ENDED,
+    Action,
+    Observed,
+    Report,
+    SandboxRecord,
+    decide,
+    give_up,
+    now,
+    observe,
+    report_of,
+)
+from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.errors import ApiError
+from sandboxd.store.sandbox_store import Orphan
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 30.0
+"""A full pass, with a snapshot from the runner, at least this often."""
+RESEND_SECONDS = 30.0
+"""A command without an answer this long is sent again (they are idempotent)."""
+START_COMMAND_SECONDS = 90.0
+STOP_MARGIN_SECONDS = 15.0
+LOST_REASON = "lost: its runner no longer has it"
+
+StartNote = Callable[[str, bool, str], None]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A command sent and not yet answered."""
+
+    action: Action
+    generation: int
+    link: RunnerLink
+    sent: float
+
+
+class RunnerReconciler:
+    """Reconciles the sandboxes of one runner (one asyncio task)."""
+
+    def __init__(
+        self,
+        runner_id: str,
+        records: SandboxRecords,
+        registry: RunnerRegistry,
+        note_start: StartNote,
+    ) -> None:
+        self.runner_id = runner_id
+        self._records = records
+        self._registry = registry
+        self._note_start = note_start
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, InFlight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._snapshot_due = True
+        self._full = True
+        self._dirty: set[str] = set()
+        self._task = asyncio.create_task(self._loop(), name=f"reconcile-{runner_id}")
+
+    def kick(self, sandbox_id: str | None = None, snapshot: bool = False) -> None:
+        """Reconcile soon (coalesced): one sandbox, or all of them when ``sandbox_id`` is None.
+
+        With ``snapshot``, the runner is asked for a snapshot of everything it holds first.
+        """
+        self._snapshot_due = self._snapshot_due or snapshot
+        if sandbox_id is None:
+            self._full = True
+        else:
+            self._dirty.add(sandbox_id)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop reconciling (control-plane shutdown)."""
+        for task in (self._task, *self._tasks):
+            task.cancel()
+        await asyncio.gather(self._task, *self._tasks, return_exceptions=True)
+
+    def _link(self) -> RunnerLink | None:
+        state = self._registry.get(self.runner_id)
+        return state.link if state is not None else None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+            except TimeoutError:
+                self._snapshot_due = self._full = True
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # a pass must never end the loop; the next one retries
+                log.exception("reconciling runner %s failed", self.runner_id)
+
+    async def reconcile(self) -> None:
+        """One pass over the runner's unsettled sandboxes (or only the ones kicked)."""
+        link = self._link()
+        if link is not None and self._snapshot_due:
+            self._snapshot_due = False
+            self._spawn(self._request_snapshot(link))
+        at = now()
+        if self._full:
+            self._full = False
+            self._dirty.clear()
+            records = self._records.live_on(self.runner_id)
+        else:
+            dirty, self._dirty = self._dirty, set()
+            found = (self._records.cached(sid) for sid in dirty)
+            records = [r for r in found if r is not None and r.runner_id == self.runner_id]
+        for record in records:
+            await self._step(record, link, at)
+
+    async def _step(self, record: SandboxRecord, link: RunnerLink | None, at: datetime) -> None:
+        action = decide(record, at)
+        if action is Action.GIVE_UP:
+            seconds = (record.start_deadline - record.created_at).total_seconds()  # type: ignore[operator]
+            why = f"did not start within {seconds:.0f} s"
+            if link is None:
+                why += f": its runner {self.runner_id} was unreachable"
+            updated = await self._records.update(
+                record.sandbox_id,
+                lambda r: give_up(r, why) if decide(r, now()) is Action.GIVE_UP else None,
+            )
+            if updated is None:
+                return
+            record, action = updated, decide(updated, at)
+        if action is Action.NOTHING:
+            self._inflight.pop(record.sandbox_id, None)
+            return
+        if link is None:
+            return
+        sent = self._inflight.get(record.sandbox_id)
+        if (
+            sent is not None
+            and sent.action is action
+            and sent.generation == record.generation
+            and sent.link is link
+            and time.monotonic() - sent.sent < RESEND_SECONDS
+        ):
+            return
+        flight = InFlight(action, record.generation, link, time.monotonic())
+        self._inflight[record.sandbox_id] = flight
+        self._spawn(self._command(record, flight))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _landed(self, sandbox_id: str, flight: InFlight) -> None:
+        if self._inflight.get(sandbox_id) is flight:
+            del self._inflight[sandbox_id]
+        self.kick(sandbox_id)
+
+    async def _observe(self, sandbox_id: str, report: Report) -> None:
+        await self._records.update(sandbox_id, lambda r: observe(r, report))
+
+    async def _command(self, record: SandboxRecord, flight: InFlight) -> None:
+        sid = record.sandbox_id
+        try:
+            if flight.action is Action.START:
+                await self._start(record, flight.link)
+            elif flight.action is Action.STOP:
+                await self._stop(record, flight.link)
+            elif flight.action is Action.DELETE:
+                await self._delete(record, flight.link)
+        except ApiError as error:
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                log.info("sandbox %s: %s, will retry", sid, error.message)
+                if error.reason == "CWSANDBOX_STORE_UNAVAILABLE":
+                    self._snapshot_due = True
+            else:
+                log.warning("sandbox %s: %s failed: %s", sid, flight.action.value, error.message)
+        except Exception:
+            log.exception("sandbox %s: %s failed", sid, flight.action.value)
+        finally:
+            self._landed(sid, flight)
+
+    async def _start(self, record: SandboxRecord, link: RunnerLink) -> None:
+        if record.spec is None:  # an adopted orphan has no spec: only its runner knows it
+            return
+        command = runner_pb2.Command(
+            start=runner_pb2.StartSandbox(
+                spec=runner_pb2.SandboxSpec.FromString(record.spec),
+                generation=record.generation,
+            )
+        )
+        try:
+            result = await link.call(command, timeout=START_COMMAND_SECONDS)
+        except ApiError as error:
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                raise
+            if error.code is grpc.StatusCode.ALREADY_EXISTS:
+                self.kick(record.sandbox_id, snapshot=True)  # exists, not running: learn more
+                return
+            self._note_start(self.runner_id, False, error.message)
+            await self._observe(
+                record.sandbox_id,
+                Report(Observed.FAILED, record.generation, reason=error.message),
+            )
+            return
+        self._note_start(self.runner_id, True, "")
+        report = Report(
+            Observed.RUNNING,
+            record.generation,
+            service_address=result.started.service_address,
+        )
+        await self._observe(record.sandbox_id, report)
+
+    async def _stop(self, record: SandboxRecord, link: RunnerLink) -> None:
+        command = runner_pb2.Command(
+            stop=runner_pb2.StopSandbox(
+                sandbox_id=record.sandbox_id,
+                grace_seconds=record.stop_grace_seconds,
+                generation=record.generation,
+            )
+        )
+        try:
+            result = await link.call(
+                command, timeout=record.stop_grace_seconds + STOP_MARGIN_SECONDS
+            )
+        except ApiError as error:
+            if error.reason != "CWSANDBOX_SANDBOX_NOT_FOUND":
+                raise
+            await self._observe(record.sandbox_id, Report(Observed.GONE, record.generation))
+            return
+        report = report_of(result.state) if result.HasField("state") else None
+        if report is not None:
+            await self._observe(record.sandbox_id, report)
+
+    async def _delete(self, record: SandboxRecord, link: RunnerLink) -> None:
+        command = runner_pb2.Command(
+            delete=runner_pb2.DeleteSandbox(
+                sandbox_id=record.sandbox_id, generation=record.generation
+            )
+        )
+        try:
+            await link.call(command, timeout=STOP_MARGIN_SECONDS + 10)
+        except ApiError as error:
+            if error.reason != "CWSANDBOX_SANDBOX_NOT_FOUND":
+                raise
+        current = await self._records.get(record.sandbox_id)
+        if current is not None:
+            await self._records.remove(current)
+
+    # -- what the runner reports ----------------------------------------------------------
+    async def _request_snapshot(self, link: RunnerLink) -> None:
+        try:
+            result = await link.call(runner_pb2.Command(snapshot=runner_pb2.Snapshot()))
+        except ApiError as error:
+            log.info("runner %s: no snapshot (%s)", self.runner_id, error.message)
+            return
+        await self.apply_snapshot(list(result.snapshot.sandboxes), "")
+
+    async def apply_event(self, event: runner_pb2.SandboxEvent) -> None:
+        """A runner's report about one sandbox: update its observed state."""
+        report = report_of(event)
+        try:
+            record = await self._records.get(event.sandbox_id)
+            if report is None or record is None or record.runner_id != self.runner_id:
+                return  # unknown here: the next snapshot classifies it
+            await self._observe(event.sandbox_id, report)
+        except ApiError as error:
+            log.warning("runner %s: report kept for the resync (%s)", self.runner_id, error.message)
+            self._snapshot_due = True
+
+    async def apply_snapshot(
+        self, events: list[runner_pb2.SandboxEvent], runner_cluster_id: str
+    ) -> None:
+        """Everything the runner holds: update, destroy what we deleted, note orphans.
+
+        A sandbox the runner no longer reports although it was running here is gone (its
+        runner lost it, e.g. with the host). One that is not yet reported as started is
+        left to the reconciler, which starts it (again).
+        """
+        reported = {event.sandbox_id: event for event in events}
+        unknown: list[runner_pb2.SandboxEvent] = []
+        try:
+            for sid, event in reported.items():
+                record = await self._records.get(sid)
+                if record is None or record.runner_id != self.runner_id:
+                    unknown.append(event)
+                    continue
+                report = report_of(event)
+                if report is not None:
+                    await self._observe(sid, report)
+            for record in self._records.live_on(self.runner_id):
+                if record.sandbox_id not in reported and record.observed is Observed.RUNNING:
+                    lost = Report(Observed.GONE, record.observed_generation, reason=LOST_REASON)
+                    await self._observe(record.sandbox_id, lost)
+            await self._classify_unknown(unknown, runner_cluster_id)
+        except ApiError as error:
+            log.warning(
+                "runner %s: snapshot kept for the resync (%s)", self.runner_id, error.message
+            )
+            self._snapshot_due = True
+        self.kick()
+
+    async def _classify_unknown(
+        self, unknown: list[runner_pb2.SandboxEvent], runner_cluster_id: str
+    ) -> None:
+        deleted = await self._records.tombstoned([e.sandbox_id for e in unknown])
+        link = self._link()
+        orphans: list[Orphan] = []
+        seen = now()
+        for event in unknown:
+            if event.sandbox_id in deleted:
+                if link is not None:  # deleted here while its runner was away: finish it there
+                    delete = runner_pb2.DeleteSandbox(sandbox_id=event.sandbox_id)
+                    with contextlib.suppress(ApiError):
+                        link.send(runner_pb2.Command(delete=delete))
+                continue
+            report = report_of(event)
+            orphans.append(
+                Orphan(
+                    sandbox_id=event.sandbox_id,
+                    runner_id=self.runner_id,
+                    phase=report.phase.value if report else "unknown",
+                    exit_code=event.exit_code if event.HasField("exit_code") else None,
+                    reason=event.reason,
+                    runner_cluster_id=runner_cluster_id,
+                    first_seen=seen,
+                    last_seen=seen,
+                )
+            )
+        if orphans:
+            log.warning(
+                "runner %s holds %d sandbox(es) this control plane has no record of; they are "
+                "left running and listed by `sandboxd sandboxes orphans`",
+                self.runner_id,
+                len(orphans),
+            )
+        await self._records.note_orphans(self.runner_id, orphans)
+
+
+class Reconcilers:
+    """The reconcilers of every runner, created on first need."""
+
+    def __init__(self, records: SandboxRecords, registry: RunnerRegistry) -> None:
+        self._records = records
+        self._registry = registry
+        self._by_runner: dict[str, RunnerReconciler] = {}
+        records.on_change = lambda record: self.of(record.runner_id).kick(record.sandbox_id)
+
+    def note_start(self, runner_id: str, ok: bool, reason: str) -> None:
+        """Tell placement how a start on ``runner_id`` went (its backoff)."""
+        note = getattr(self._registry, "note_start", None)
+        if note is not None:
+            note(runner_id, ok, reason)
+
+    def of(self, runner_id: str) -> RunnerReconciler:
+        """The reconciler of ``runner_id``."""
+        reconciler = self._by_runner.get(runner_id)
+        if reconciler is None:
+            reconciler = RunnerReconciler(runner_id, self._records, self._registry, self.note_start)
+            self._by_runner[runner_id] = reconciler
+        return reconciler
+
+    def kick(self, runner_id: str, snapshot: bool = False) -> None:
+        """Reconcile every unsettled sandbox of ``runner_id`` soon."""
+        self.of(runner_id).kick(None, snapshot)
+
+    def kick_all(self) -> None:
+        """Reconcile every runner that has unsettled sandboxes (e.g. after start-up)."""
+        for runner_id in {r.runner_id for r in self._records.live()}:
+            self.kick(runner_id)
+
+    async def on_register(self, runner_id: str, register: runner_pb2.Register) -> None:
+        """A runner (re)connected: apply its snapshot, then reconcile."""
+        await self.of(runner_id).apply_snapshot(list(register.sandboxes), register.cluster_id)
+
+    async def on_event(self, runner_id: str, event: runner_pb2.SandboxEvent) -> None:
+        """A runner reported one sandbox."""
+        await self.of(runner_id).apply_event(event)
+
+    def on_disconnect(self, runner_id: str) -> None:
+        """A runner's connection ended: commands in flight on it will be sent again."""
+        self.kick(runner_id)
+
+    async def close(self) -> None:
+        """Stop every reconciler."""
+        await asyncio.gather(*(r.close() for r in self._by_runner.values()))
+        self._by_runner.clear()
+
+
+__all__ = ["ENDED", "Reconcilers", "RunnerReconciler"]

@@ -1,0 +1,286 @@
+"""The control plane's sandbox records: the database is the truth, memory a cache.
+
+Why this order: every change is committed first and only then applied in memory
+("persistence first, memory second"), so a failed write leaves both as they were and the
+caller gets UNAVAILABLE (``CWSANDBOX_STORE_UNAVAILABLE``); a crash after the commit loses
+nothing, because a restarted control plane rebuilds memory from the database. Memory holds
+only sandboxes that may still run (bounded by the runners' capacity) plus those that ended
+in the last few minutes (clients poll them); the rest are read from the database when
+asked, and ``List`` pages from it by index.
+
+All writes to one sandbox go through :meth:`SandboxRecords.update`, which reads the newest
+record and applies a pure change function under a per-sandbox lock, so concurrent callers
+(a client's stop, the runner's report, the reconciler) compose instead of overwriting each
+other. Waiters wake only for the sandbox they wait on. Database calls run on one worker
+thread, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import ParamSpec, TypeVar
+
+import grpc
+from sqlalchemy.exc import SQLAlchemyError
+
+from sandboxd.controlplane.quotas import Usage
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord, now
+from sandboxd.errors import ApiError
+from sandboxd.store.sandbox_store import ListQuery, Orphan, SandboxStore, StaleRecord
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+RECENT_SECONDS = 300.0
+"""How long an ended sandbox stays in memory (clients poll a stopped sandbox's status)."""
+Change = Callable[[SandboxRecord], SandboxRecord | None]
+
+
+def store_unavailable(exc: BaseException) -> ApiError:
+    """The database refused a read or a write: retryable, and nothing was changed."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the control plane's database is unavailable"
+        + (f": {detail[0]}" if detail else "")
+        + "; nothing was changed, try again",
+        reason="CWSANDBOX_STORE_UNAVAILABLE",
+        retry_after_seconds=1.0,
+    )
+
+
+class SandboxRecords:
+    """Sandbox records over a :class:`SandboxStore`, with live ones cached in memory."""
+
+    def __init__(self, store: SandboxStore, registry: RunnerRegistry) -> None:
+        self._store = store
+        self._registry = registry
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-store")
+        self._records: dict[str, SandboxRecord] = {}
+        self._recent: deque[tuple[float, str]] = deque()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.on_change: Callable[[SandboxRecord], None] = lambda _record: None
+
+    # -- database ---------------------------------------------------------------------------
+    async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except SQLAlchemyError as exc:
+            log.warning("database call %s failed: %s", fn.__name__, exc)
+            raise store_unavailable(exc) from exc
+
+    async def load(self) -> int:
+        """At start-up: every sandbox that may still run, with its reservation."""
+        for record in await self._db(self._store.live):
+            self._remember(record)
+        return len(self._records)
+
+    async def cluster_id(self) -> str:
+        """The cluster id kept in the database."""
+        return await self._db(self._store.cluster_id)
+
+    def close(self) -> None:
+        """Finish pending database calls."""
+        self._executor.shutdown(wait=True)
+
+    # -- reading --------------------------------------------------------------------------
+    def cached(self, sandbox_id: str) -> SandboxRecord | None:
+        """The record if memory has it (every live sandbox is in memory)."""
+        return self._records.get(sandbox_id)
+
+    async def get(self, sandbox_id: str) -> SandboxRecord | None:
+        """The record with this id, from memory or the database."""
+        record = self._records.get(sandbox_id)
+        if record is not None:
+            return record
+        return await self._db(self._store.get, sandbox_id)
+
+    def live_on(self, runner_id: str) -> list[SandboxRecord]:
+        """What the reconciler of ``runner_id`` looks after: sandboxes not yet settled there."""
+        return [
+            r
+            for r in self._records.values()
+            if r.runner_id == runner_id and (r.live or r.desired is Desired.DELETED)
+        ]
+
+    def live(self) -> list[SandboxRecord]:
+        """Every sandbox that may still run."""
+        return [r for r in self._records.values() if r.live]
+
+    def usage(self, organization: str) -> Usage:
+        """What ``organization``'s unfinished sandboxes take, for its quotas."""
+        mine = [
+            r
+            for r in self._records.values()
+            if r.owner_org == organization and not r.terminal and r.desired is not Desired.DELETED
+        ]
+        return Usage(
+            running_sandboxes=len(mine),
+            cpu_millicores=sum(r.cpu_limit_millicores for r in mine),
+            memory_bytes=sum(r.memory_limit_bytes for r in mine),
+        )
+
+    async def page(self, query: ListQuery) -> list[SandboxRecord]:
+        """One page of ``List`` from the database (memory may hold newer copies of a row)."""
+        rows = await self._db(self._store.page, query)
+        return [self._records.get(r.sandbox_id, r) for r in rows]
+
+    # -- writing --------------------------------------------------------------------------
+    async def add(self, record: SandboxRecord) -> None:
+        """Record a newly placed sandbox (one database write) and reserve its resources."""
+        await self._db(self._store.insert, record)
+        self._remember(record)
+        self._changed(record)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = asyncio.Lock()
+        return lock
+
+    async def update(self, sandbox_id: str, change: Change) -> SandboxRecord | None:
+        """Apply ``change`` to the newest record and store it; the stored record.
+
+        ``change`` is pure and may return None (nothing to do). None is returned when the
+        sandbox does not exist. Raises UNAVAILABLE when the database refuses the write;
+        memory is then unchanged.
+        """
+        async with self._lock(sandbox_id):
+            for attempt in range(3):
+                current = await self.get(sandbox_id)
+                if current is None:
+                    return None
+                changed = change(current)
+                if changed is None or changed == current:
+                    return current
+                try:
+                    stored = await self._db(self._store.save, changed)
+                except StaleRecord:
+                    # Another writer (another control plane on the same database) came first.
+                    self._records.pop(sandbox_id, None)
+                    if attempt == 2:
+                        raise ApiError(
+                            grpc.StatusCode.ABORTED,
+                            f"sandbox {sandbox_id!r} kept changing; try again",
+                            reason="CWSANDBOX_CONFLICT",
+                        ) from None
+                    continue
+                self._remember(stored)
+                self._changed(stored)
+                return stored
+        return None  # pragma: no cover - the loop returns or raises
+
+    async def remove(self, record: SandboxRecord) -> None:
+        """Forget a deleted sandbox, leaving a tombstone (one transaction)."""
+        await self._db(self._store.remove, record, now())
+        self._records.pop(record.sandbox_id, None)
+        self._registry.release(record.runner_id, record.sandbox_id)
+        self._changed(record, gone=True)
+
+    def _remember(self, record: SandboxRecord) -> None:
+        self._records[record.sandbox_id] = record
+        if record.live:
+            self._registry.reserve(record.runner_id, record.sandbox_id, record.reservation())
+        else:
+            self._registry.release(record.runner_id, record.sandbox_id)
+            if record.desired is not Desired.DELETED:
+                self._recent.append((time.monotonic() + RECENT_SECONDS, record.sandbox_id))
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop ended sandboxes from memory a while after they ended (the database keeps them)."""
+        clock = time.monotonic()
+        while self._recent and self._recent[0][0] <= clock:
+            _, sandbox_id = self._recent.popleft()
+            record = self._records.get(sandbox_id)
+            if record is not None and not record.live and record.desired is not Desired.DELETED:
+                del self._records[sandbox_id]
+                lock = self._locks.get(sandbox_id)
+                if lock is not None and not lock.locked():
+                    del self._locks[sandbox_id]
+
+    # -- waiting --------------------------------------------------------------------------
+    def _changed(self, record: SandboxRecord, gone: bool = False) -> None:
+        for waiter in self._waiters.pop(record.sandbox_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        if not gone:
+            self.on_change(record)
+
+    async def wait_change(self, sandbox_id: str, timeout: float) -> None:
+        """Return when this sandbox's record changes, or after ``timeout`` seconds."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(sandbox_id, []).append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            waiters = self._waiters.get(sandbox_id)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(sandbox_id, None)
+
+    async def wait_for(
+        self, sandbox_id: str, done: Callable[[SandboxRecord | None], bool], timeout: float
+    ) -> SandboxRecord | None:
+        """Wait until ``done(record)`` holds (None: the sandbox is gone) or the timeout ends."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            record = await self.get(sandbox_id)
+            left = deadline - asyncio.get_running_loop().time()
+            if done(record) or left <= 0:
+                return record
+            await self.wait_change(sandbox_id, left)
+
+    # -- orphans and retention -----------------------------------------------------------
+    async def tombstoned(self, sandbox_ids: list[str]) -> set[str]:
+        """Which of these sandboxes this control plane deleted."""
+        return await self._db(self._store.tombstoned, sandbox_ids)
+
+    async def note_orphans(self, runner_id: str, orphans: list[Orphan]) -> None:
+        """Record the sandboxes a runner holds that no record here owns."""
+        await self._db(self._store.note_orphans, runner_id, orphans)
+
+    async def orphans(self) -> list[Orphan]:
+        """Every orphan the runners reported."""
+        return await self._db(self._store.orphans)
+
+    async def adopt(self, orphan_id: str, record: SandboxRecord) -> None:
+        """Make an orphan a sandbox of this control plane."""
+        await self._db(self._store.adopt, orphan_id, record)
+        self._remember(record)
+        self._changed(record)
+
+    async def forget_orphan(self, orphan_id: str, runner_id: str) -> None:
+        """Drop an orphan an administrator deleted, leaving a tombstone."""
+        await self._db(self._store.forget_orphan, orphan_id, runner_id, now())
+
+    async def collect(self, retention: timedelta, at: datetime | None = None) -> int:
+        """Delete sandboxes that ended more than ``retention`` ago; how many."""
+        before = (at or now()) - retention
+        total = 0
+        while True:
+            removed = await self._db(self._store.collect, before)
+            total += removed
+            if removed == 0:
+                return total
+
+
+async def call_quietly(work: Awaitable[object], what: str) -> None:
+    """Await ``work``; a database or runner error is logged, not raised (background work)."""
+    try:
+        await work
+    except ApiError as error:
+        log.warning("%s: %s", what, error.message)
