@@ -116,7 +116,10 @@ class RunnerReconciler:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
+                # races with the event, and close() would then wait forever.
+                async with asyncio.timeout(RESYNC_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 self._snapshot_due = self._full = True
             self._wake.clear()

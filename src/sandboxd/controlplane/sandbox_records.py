@@ -223,7 +223,8 @@ class SandboxRecords:
         self._waiters.setdefault(sandbox_id, []).append(waiter)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for (3.11 cancellation race)
+                    await waiter
         finally:
             waiters = self._waiters.get(sandbox_id)
             if waiters is not None:

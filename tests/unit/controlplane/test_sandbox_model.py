@@ -1,0 +1,170 @@
+"""The state model: every (desired, observed) pair converges, and reports commute.
+
+These are pure functions, so the tests drive them exhaustively: a simulated runner answers
+each action the way a real one does, for every starting pair, and any order (or repetition)
+of the same reports leads to the same record.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from cwsandbox._proto import gateway_pb2 as S
+from sandboxd.controlplane.sandbox_model import (
+    Action,
+    Desired,
+    Observed,
+    Report,
+    SandboxRecord,
+    decide,
+    give_up,
+    now,
+    observe,
+    public_reason,
+    public_status,
+    start_deadline,
+)
+
+
+def record(**fields: object) -> SandboxRecord:
+    created = now()
+    base = SandboxRecord(
+        sandbox_id="sb-1",
+        runner_id="r1",
+        created_at=created,
+        start_deadline=start_deadline(created),
+    )
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+def runner_answers(current: SandboxRecord, action: Action) -> SandboxRecord | None:
+    """What a healthy runner's answer does to the record (None: the record is removed)."""
+    if action is Action.START:
+        changed = observe(current, Report(Observed.RUNNING, current.generation))
+    elif action is Action.STOP:
+        changed = observe(current, Report(Observed.COMPLETED, current.generation, exit_code=143))
+    elif action is Action.DELETE:
+        return None
+    elif action is Action.GIVE_UP:
+        changed = give_up(current, "did not start in time")
+    else:
+        raise AssertionError(action)
+    return changed or current
+
+
+@pytest.mark.parametrize("desired", list(Desired))
+@pytest.mark.parametrize("observed", list(Observed))
+@pytest.mark.parametrize("late", [False, True], ids=["in-time", "past-deadline"])
+def test_every_pair_converges(desired: Desired, observed: Observed, late: bool) -> None:
+    current: SandboxRecord | None = record(desired=desired, observed=observed)
+    assert current is not None
+    if late:
+        current = replace(current, start_deadline=current.created_at - timedelta(seconds=1))
+    for _ in range(5):  # every pair settles within a few steps
+        assert current is not None
+        action = decide(current, now())
+        if action is Action.NOTHING:
+            break
+        current = runner_answers(current, action)
+        if current is None:
+            break
+    else:
+        raise AssertionError(f"{desired}/{observed} did not converge")
+    if desired is Desired.DELETED:
+        assert current is None
+        return
+    assert current is not None
+    if observed in (Observed.COMPLETED, Observed.FAILED, Observed.GONE):
+        assert current.observed is observed  # an end is final
+    elif desired is Desired.STOPPED or (late and observed is Observed.NONE):
+        assert current.observed is Observed.COMPLETED and current.terminal
+    else:
+        assert current.observed is Observed.RUNNING
+        assert public_status(current) == S.SANDBOX_STATUS_RUNNING
+
+
+def test_a_start_past_its_deadline_fails_and_is_stopped() -> None:
+    late = record(start_deadline=now() - timedelta(seconds=1))
+    assert decide(late, now()) is Action.GIVE_UP
+    given_up = give_up(late, "did not start within 120 s")
+    assert (given_up.desired, given_up.generation) == (Desired.STOPPED, 2)
+    assert public_status(given_up) == S.SANDBOX_STATUS_FAILED
+    assert public_reason(given_up) == "did not start within 120 s"
+    assert decide(given_up, now()) is Action.STOP  # if it shows up after all, it is stopped
+    running_late = observe(given_up, Report(Observed.RUNNING, 1))
+    assert running_late is not None
+    assert public_status(running_late) == S.SANDBOX_STATUS_FAILED  # the verdict stands
+    assert decide(running_late, now()) is Action.STOP
+
+
+REPORTS = [
+    Report(Observed.RUNNING, 1),
+    Report(Observed.RUNNING, 1),  # a repeat
+    Report(Observed.COMPLETED, 2, exit_code=143, reason="stopped"),
+    Report(Observed.RUNNING, 2),  # stale: the end already came
+]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(len(REPORTS)))))
+def test_reports_in_any_order_give_the_same_record(order: tuple[int, ...]) -> None:
+    current = record(desired=Desired.STOPPED, generation=2)
+    for index in order:
+        current = observe(current, REPORTS[index]) or current
+    assert (current.observed, current.observed_generation, current.exit_code) == (
+        Observed.COMPLETED,
+        2,
+        143,
+    )
+    assert public_status(current) == S.SANDBOX_STATUS_COMPLETED
+    assert public_reason(current) == "stopped"
+
+
+def test_repeated_reports_change_nothing() -> None:
+    running = observe(record(), Report(Observed.RUNNING, 1))
+    assert running is not None
+    assert observe(running, Report(Observed.RUNNING, 1)) is None
+    ended = observe(running, Report(Observed.FAILED, 1, reason="oom"))
+    assert ended is not None
+    assert observe(ended, Report(Observed.FAILED, 1, reason="again")) is None
+    assert observe(ended, Report(Observed.RUNNING, 5)) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"),
+    [
+        ({}, S.SANDBOX_STATUS_CREATING, ""),
+        ({"observed": Observed.RUNNING}, S.SANDBOX_STATUS_RUNNING, ""),
+        (
+            {"observed": Observed.RUNNING, "desired": Desired.STOPPED},
+            S.SANDBOX_STATUS_TERMINATING,
+            "",
+        ),
+        ({"observed": Observed.COMPLETED, "exit_code": 0}, S.SANDBOX_STATUS_COMPLETED, "exited"),
+        (
+            {"observed": Observed.COMPLETED, "desired": Desired.STOPPED},
+            S.SANDBOX_STATUS_COMPLETED,
+            "stopped",
+        ),
+        ({"observed": Observed.FAILED, "reason": "no image"}, S.SANDBOX_STATUS_FAILED, "no image"),
+        ({"observed": Observed.GONE}, S.SANDBOX_STATUS_FAILED, "lost: its runner no longer has it"),
+        (
+            {"observed": Observed.GONE, "desired": Desired.STOPPED},
+            S.SANDBOX_STATUS_TERMINATED,
+            "stopped before its runner started it",
+        ),
+        ({"verdict": "revoked"}, S.SANDBOX_STATUS_FAILED, "revoked"),
+    ],
+)  # fmt: skip
+def test_public_status(fields: dict[str, object], status: int, reason: str) -> None:
+    current = record(**fields)
+    assert (public_status(current), public_reason(current)) == (status, reason)
+
+
+def test_ended_sandboxes_release_their_capacity() -> None:
+    assert record().live and record(observed=Observed.RUNNING).live
+    for ended in (Observed.COMPLETED, Observed.FAILED, Observed.GONE):
+        assert not record(observed=ended).live
