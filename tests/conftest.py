@@ -12,6 +12,12 @@ import os
 
 import pytest
 
+# Fixtures any test may ask for: a PostgreSQL server and databases on SQLite and PostgreSQL
+# (tests/support/postgres.py).
+from tests.support.postgres import database_url, postgres_server, store_fault
+
+__all__ = ["database_url", "postgres_server", "store_fault"]
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("SANDBOXD_REQUIRE_NO_SKIPS") != "1":
