@@ -60,9 +60,15 @@ def test_control_plane_keeps_its_runners_across_a_restart(
 ) -> None:
     cp = ControlPlaneProcess(tmp_path / "cp", extra_args=["--database-url", database_url])
     cp.start()
-    runner = RunnerProcess(cp, tmp_path / "r", runner_id="kept", group="g", tags=["t"])
+    runner = RunnerProcess(
+        cp,
+        tmp_path / "r",
+        runner_id="kept",
+        group="g",
+        tags=["t"],
+        extra_args=["--backend", "none"],  # registration only; no sandboxes here
+    )
     try:
-        runner.extra_args = ["--backend", "none"]  # registration only; no sandboxes here
         runner.start()
         with cp.discovery() as client:
             client.wait_for("kept", healthy=True)

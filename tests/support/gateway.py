@@ -77,7 +77,10 @@ class Gateway:
         return str(response.sandbox_id)
 
     def get(self, sandbox_id: str, timeout: float = 10.0) -> g.GetSandboxResponse:
-        return self.gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox_id), timeout=timeout)
+        response: g.GetSandboxResponse = self.gateway.Get(
+            g.GetSandboxRequest(sandbox_id=sandbox_id), timeout=timeout
+        )
+        return response
 
     def wait(
         self, sandbox_id: str, done: Callable[[int], bool], timeout: float = 60.0

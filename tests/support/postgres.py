@@ -183,7 +183,7 @@ class PostgresServer:
         rows: list[Any] = []
         with psycopg.connect(self.dsn(database), autocommit=True) as conn:
             for statement in statements:
-                cursor = conn.execute(statement)  # type: ignore[call-overload]
+                cursor = conn.execute(statement)
                 if cursor.description is not None:
                     rows = cursor.fetchall()
         return rows
