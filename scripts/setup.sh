@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl)
+# postgresql: a throwaway server for the store tests (tests/support/postgres.py); the setup
+# only installs it, nothing is started or enabled here.
+APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl
+              postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -12,6 +12,13 @@ import os
 
 import pytest
 
+# Fixtures any test may ask for: a PostgreSQL server and databases on SQLite and PostgreSQL
+# (tests/support/postgres.py), and test networks whose hosts run runners (tests/support/hosts.py).
+from tests.support.hosts import test_network
+from tests.support.postgres import database_url, postgres_server, store_fault
+
+__all__ = ["database_url", "postgres_server", "store_fault", "test_network"]
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("SANDBOXD_REQUIRE_NO_SKIPS") != "1":

@@ -201,6 +201,9 @@ class ControlPlaneProcess:
     ca_file: Path | None = None
     extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)
+    # Where it listens (plaintext): loopback by default; a test network's address for runners
+    # in other network namespaces (tests/support/hosts.py).
+    listen_host: str = "127.0.0.1"
     proc: Proc | None = None
     admin_key: str = ""
     join_token: str = ""
@@ -213,7 +216,7 @@ class ControlPlaneProcess:
     @property
     def host(self) -> str:
         # TLS test certificates name "localhost"; plaintext tests use the address.
-        return "localhost" if self.tls_cert is not None else "127.0.0.1"
+        return "localhost" if self.tls_cert is not None else self.listen_host
 
     @property
     def target(self) -> str:
@@ -222,7 +225,7 @@ class ControlPlaneProcess:
     def start(self) -> ControlPlaneProcess:
         args = [
             *SANDBOXD, "controlplane",
-            "--listen", f"127.0.0.1:{self.port}",
+            "--listen", f"{self.listen_host}:{self.port}",
             "--data-dir", str(self.data_dir),
             "--health-timeout", str(self.health_timeout),
             "--heartbeat-interval", str(self.heartbeat_interval),
@@ -356,9 +359,13 @@ class RunnerProcess:
     join_token: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
+    # A command the runner's argv is appended to, e.g. ``nsenter --net=...`` to run it in
+    # another network namespace (tests/support/hosts.py); it must exec, not fork.
+    wrapper: Sequence[str] = ()
     proc: Proc | None = None
 
     def start(self) -> RunnerProcess:
+        """Start it (again: a restart on the same state directory after stop or kill)."""
         token = self.join_token if self.join_token is not None else self.control_plane.join_token
         token_file = write_secret(self.state_dir.with_name(self.state_dir.name + ".token"), token)
         args = [
@@ -376,12 +383,17 @@ class RunnerProcess:
             args += ["--runner-id", self.runner_id]
         for tag in self.tags:
             args += ["--tag", tag]
-        self.proc = Proc(args, child_env(**self.extra_env)).start()
+        self.proc = Proc([*self.wrapper, *args], child_env(**self.extra_env)).start()
         return self
 
     def stop(self) -> int:
         assert self.proc is not None
         return self.proc.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no goodbye to the control plane, sandboxes left running."""
+        assert self.proc is not None
+        self.proc.kill()
 
 
 @dataclass(frozen=True)

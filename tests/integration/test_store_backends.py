@@ -1,0 +1,95 @@
+"""Today's store on SQLite and on a real PostgreSQL server (``database_url`` fixture).
+
+The same tests run against both: ``Store`` itself in this process, and a real
+``sandboxd controlplane --database-url ...`` whose runner stays listed across a restart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sandboxd.store import RunnerRecord, Store
+from tests.support.processes import ControlPlaneProcess, RunnerProcess
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def runner(runner_id: str, *, seen: datetime = T0, tags: tuple[str, ...] = ()) -> RunnerRecord:
+    return RunnerRecord(
+        runner_id=runner_id,
+        runner_group_id="group-a",
+        tags=tags,
+        capabilities=b"\x08\x01\x12\x00\xff",  # bytes round-trip, not text
+        version="1.2.3",
+        connected_at=T0,
+        last_heartbeat_at=seen,
+    )
+
+
+def test_runners_and_sandboxes_are_saved_and_loaded(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        assert store.load_runners() == []
+        store.save_runners([runner("b", tags=("gpu", "ssd")), runner("a")])
+        later = T0 + timedelta(seconds=90)
+        store.save_runners([runner("a", seen=later, tags=("x",))])  # an update, not a copy
+        store.save_sandbox("sbx-1", {"status": "running", "runner_id": "a", "n": [1, 2]})
+        store.save_sandbox("sbx-2", {"status": "creating"})
+        store.save_sandbox("sbx-1", {"status": "completed", "exit_code": 0})
+        store.delete_sandbox("sbx-2")
+        store.delete_sandbox("never-there")
+    finally:
+        store.close()
+
+    reopened = Store(database_url)  # a new engine: what is there is what was committed
+    try:
+        assert reopened.load_runners() == [
+            runner("a", seen=later, tags=("x",)),
+            runner("b", tags=("gpu", "ssd")),
+        ]
+        loaded = reopened.load_runners()[0]
+        assert loaded.last_heartbeat_at.tzinfo is not None
+        assert reopened.load_sandboxes() == [{"status": "completed", "exit_code": 0}]
+    finally:
+        reopened.close()
+
+
+def test_control_plane_keeps_its_runners_across_a_restart(
+    database_url: str, tmp_path: Path
+) -> None:
+    cp = ControlPlaneProcess(tmp_path / "cp", extra_args=["--database-url", database_url])
+    cp.start()
+    runner = RunnerProcess(
+        cp,
+        tmp_path / "r",
+        runner_id="kept",
+        group="g",
+        tags=["t"],
+        extra_args=["--backend", "none"],  # registration only; no sandboxes here
+    )
+    try:
+        runner.start()
+        with cp.discovery() as client:
+            client.wait_for("kept", healthy=True)
+        runner.stop()
+        cp.stop()
+        # Same database (and data directory, for the admin key file), no runner running.
+        cp = ControlPlaneProcess(
+            tmp_path / "cp", port=cp.port, extra_args=["--database-url", database_url]
+        ).start()
+        with cp.discovery() as client:
+            kept = client.get_runner("kept")
+            assert not kept.healthy
+            assert (kept.runner_group_id, list(kept.tags)) == ("g", ["t"])
+            runner.start()  # its stored credential is still valid against that database
+            client.wait_for("kept", healthy=True)
+    finally:
+        if runner.proc is not None:
+            runner.stop()
+        cp.stop()
+    store = Store(database_url)  # it really used that database, not DATA_DIR's SQLite file
+    try:
+        assert [r.runner_id for r in store.load_runners()] == ["kept"]
+    finally:
+        store.close()
