@@ -31,6 +31,7 @@ from sandboxd.controlplane.sandboxes import (
     new_sandbox_id,
     now,
 )
+from sandboxd.controlplane.start_backoff import blames_runner
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 
@@ -217,10 +218,13 @@ class Lifecycle:
             result = await link.call(runner_pb2.Command(start=runner_pb2.StartSandbox(spec=spec)))
         except ApiError as error:
             log.warning("sandbox %s failed to start: %s", record.sandbox_id, error.message)
+            if blames_runner(error):  # placement backs off runners whose starts keep failing
+                self.registry.note_start(record.runner_id, ok=False, reason=error.message)
             await self.table.update(
                 record, status=S.SANDBOX_STATUS_FAILED, status_reason=error.message
             )
             return
+        self.registry.note_start(record.runner_id, ok=True)
         changes: dict[str, object] = {"service_address": result.started.service_address}
         if record.status == S.SANDBOX_STATUS_CREATING:
             changes.update(status=S.SANDBOX_STATUS_RUNNING, started_at=now())
