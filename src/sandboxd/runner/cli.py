@@ -58,6 +58,22 @@ def _default_backend() -> str:
     return "local" if os.geteuid() == 0 else "none"
 
 
+def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus]]:
+    """The backend to run (``local`` or ``none``) and the ones not run, with why not.
+
+    The reasons reach users in placement rejections ("runner X: no working backend
+    (local: needs root)"), so they say what to change.
+    """
+    if name is None:
+        name = _default_backend()
+        if name == "none":
+            _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
+            return name, [unavailable_backend("local", NEEDS_ROOT)]
+    if name == "none":
+        return name, [unavailable_backend("local", DISABLED)]
+    return name, []
+
+
 async def _unusable(backend: Backend) -> runner_pb2.BackendStatus | None:
     """Why the backend does not work on this host (e.g. no cgroups), or None when it does."""
     found = await backend.fingerprint()
@@ -249,14 +265,7 @@ def runner_command(
 
     backend: Backend | None = None
     images: ImageStore | None = None
-    unavailable: list[runner_pb2.BackendStatus] = []
-    if backend_name is None:
-        backend_name = _default_backend()
-        if backend_name == "none":
-            _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
-            unavailable = [unavailable_backend("local", NEEDS_ROOT)]
-    elif backend_name == "none":
-        unavailable = [unavailable_backend("local", DISABLED)]
+    backend_name, unavailable = choose_backend(backend_name)
     if backend_name == "local":
         from sandboxd.runner.sandboxes import build_local_backend
 
