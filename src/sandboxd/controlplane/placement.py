@@ -24,7 +24,7 @@ A runner whose starts keep failing is backed off for a while (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sandboxd.config import ResolvedProfile
@@ -190,26 +190,32 @@ class _Fits:
             self._fits[id(profile)] = found
         return found[1]
 
-    def _choice(self, runner: RunnerState) -> tuple[tuple[ResolvedProfile, ...], Choice, Choice]:
-        found = self._choices.get(id(runner.profiles))
+    def _choice(
+        self, profiles: tuple[ResolvedProfile, ...]
+    ) -> tuple[tuple[ResolvedProfile, ...], Choice, Choice]:
+        found = self._choices.get(id(profiles))
         if found is None:
             names = self._request.profile_names
             if names:
-                chosen = [p for p in runner.profiles if p.profile_name in names]
+                chosen = [p for p in profiles if p.profile_name in names]
             else:
-                chosen = [p for p in runner.profiles if p.is_default]
+                chosen = [p for p in profiles if p.is_default]
             every = tuple((p, self.of(p)) for p in chosen)
-            found = (runner.profiles, every, tuple(e for e in every if e[1].ok))
-            self._choices[id(runner.profiles)] = found
+            found = (profiles, every, tuple(e for e in every if e[1].ok))
+            self._choices[id(profiles)] = found
         return found
 
     def chosen(self, runner: RunnerState) -> Choice:
         """The bindings the request may use on a runner (named ones, else its default)."""
-        return self._choice(runner)[1]
+        return self._choice(runner.profiles)[1]
 
     def promising(self, runner: RunnerState) -> Choice:
         """Those of :meth:`chosen` that pass every runner-independent check."""
-        return self._choice(runner)[2]
+        return self._choice(runner.profiles)[2]
+
+    def any_promising(self, binding_lists: Iterable[tuple[ResolvedProfile, ...]]) -> bool:
+        """Whether any of these binding lists has a profile that may fit at all."""
+        return any(self._choice(profiles)[2] for profiles in binding_lists)
 
 
 def _check(
@@ -454,8 +460,10 @@ def place(registry: RunnerRegistry, request: SandboxRequest) -> Placement:
     fits = _Fits(request)
     if request.runner_ids:
         chosen = _best_of_named(registry, request, fits)
-    else:
+    elif fits.any_promising(registry.binding_lists()):
         chosen = _least_loaded(registry, request, fits)
+    else:  # every bound profile refuses the request whatever the runner: only explain
+        chosen = None
     if chosen is not None:
         return chosen
     outcome = _explain(registry, request, fits)

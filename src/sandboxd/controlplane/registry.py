@@ -298,6 +298,10 @@ class RunnerRegistry:
         state.link = RunnerLink(state.runner_id)
         state.last_heartbeat_monotonic = self._clock()
         self._apply_config(state, message.runner_group_id or "default")
+        if not state.support.working:
+            _log.warning(
+                "runner %s: %s; no sandbox is placed there", state.runner_id, state.support.problem
+            )
         self._on_change(state.runner_id)
         return state, connection_id
 
@@ -393,6 +397,10 @@ class RunnerRegistry:
     def offers_profile(self, name: str) -> bool:
         """Whether some known runner (healthy or not) has a binding called ``name``."""
         return self._profile_names[name] > 0
+
+    def binding_lists(self) -> Iterable[tuple[ResolvedProfile, ...]]:
+        """The distinct resolved binding lists runners have now (each shared by its runners)."""
+        return self._resolved.values()
 
     def runners_offering(self, name: str) -> int:
         """How many known runners (healthy or not) have a binding called ``name``."""

@@ -246,3 +246,23 @@ def test_no_quantity_is_parsed_per_start(monkeypatch: pytest.MonkeyPatch) -> Non
             continue
         spec = build_spec("sb-x", request, chosen)
         assert spec.limits.max_disk_bytes == (chosen.profile.quantities.max_disk_bytes or 0)
+
+
+def test_a_request_every_profile_refuses_is_explained_without_walking_runners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry, _ = build(random.Random(2), 30)
+
+    def no_walk(*, with_gpus: bool = False) -> None:
+        raise AssertionError("walked the load index although no profile could fit")
+
+    monkeypatch.setattr(registry, "by_load", no_walk)
+    request = g.StartSandboxRequest(
+        command="sleep",
+        profile_names=["locked-down"],
+        network=g.NetworkOptions(egress_mode="internet"),
+    )
+    with pytest.raises(ApiError) as caught:
+        place(registry, parse_start_request(request))
+    assert caught.value.reason == "CWSANDBOX_PROFILE_MISMATCH"
+    assert "network.egress_mode" in {v.field for v in caught.value.violations}
