@@ -148,6 +148,9 @@ SCENARIOS: dict[str, g.StartSandboxRequest] = {
     "matches nothing (GPU type B200)": request(
         resource_limits=g.ResourceRequest(gpu=g.GpuRequest(gpu_count=1, gpu_type="B200"))
     ),
+    "matches nothing (locked-down+internet)": request(
+        profile_names=["locked-down"], network=g.NetworkOptions(egress_mode="internet")
+    ),
 }
 
 
@@ -202,7 +205,7 @@ def main() -> None:
     stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
     baseline = stored.get("placement", {})
     print(f"baseline: {baseline.get('name', 'none recorded')}")
-    print(f"{'request':34} {'p50 ms':>8} {'p99 ms':>8}   {'base p50':>9} {'base p99':>9}")
+    print(f"{'request':40} {'p50 ms':>8} {'p99 ms':>8}   {'base p50':>9} {'base p99':>9}")
     results: dict[str, dict[str, float]] = {}
     for name, message in SCENARIOS.items():
         once = timed(registry, message)
@@ -214,11 +217,12 @@ def main() -> None:
         results[name] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
         old = baseline.get("rows", {}).get(name, {})
         print(
-            f"{name:34} {p50:8.3f} {p99:8.3f}   {old.get('p50_ms', float('nan')):9.3f} "
+            f"{name:40} {p50:8.3f} {p99:8.3f}   {old.get('p50_ms', float('nan')):9.3f} "
             f"{old.get('p99_ms', float('nan')):9.3f}"
         )
-    nothing = SCENARIOS["matches nothing (GPU type B200)"]
-    print(f"rejection of 'matches nothing': {rejection_size(registry, nothing)}")
+    for name, message in SCENARIOS.items():
+        if "nothing" in name:
+            print(f"rejection of '{name}': {rejection_size(registry, message)}")
     fits = [r["p50_ms"] for n, r in results.items() if "nothing" not in n]
     worst = max(fits)
     print(
