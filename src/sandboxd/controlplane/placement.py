@@ -10,9 +10,10 @@ Two passes, because the two outcomes have different costs to meet:
   wins. That is the same runner the old "check everyone, take the minimum" picked.
 * **Rejecting** must tell the user, per runner × profile, which capability or resource
   failed (admin-model.md §2.7), so they can shrink the request, ask for a looser profile or
-  pick another runner. Every candidate is checked completely and each failed check becomes a
-  BadRequest field violation naming the request field at fault; the list is capped (see
-  :mod:`sandboxd.controlplane.rejections`) so the answer stays readable by clients.
+  pick another runner. Candidates are checked completely, in runner id order, and each
+  failed check becomes a BadRequest field violation naming the request field at fault, until
+  the list is full (see :mod:`sandboxd.controlplane.rejections`: the answer must stay
+  readable by clients); the runners after that are only counted.
 
 A runner qualifies only if its backend can run the request: it has a working backend (a
 runner started with ``--backend none`` or without root has none, and says why), and that
