@@ -6,10 +6,15 @@ The same tests run against both: ``Store`` itself in this process, and a real
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from sandboxd.controlplane.sandbox_model import Observed, SandboxRecord
 from sandboxd.store import RunnerRecord, Store
+from sandboxd.store.sandbox_store import ListQuery, StaleRecord
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -34,11 +39,16 @@ def test_runners_and_sandboxes_are_saved_and_loaded(database_url: str) -> None:
         store.save_runners([runner("b", tags=("gpu", "ssd")), runner("a")])
         later = T0 + timedelta(seconds=90)
         store.save_runners([runner("a", seen=later, tags=("x",))])  # an update, not a copy
-        store.save_sandbox("sbx-1", {"status": "running", "runner_id": "a", "n": [1, 2]})
-        store.save_sandbox("sbx-2", {"status": "creating"})
-        store.save_sandbox("sbx-1", {"status": "completed", "exit_code": 0})
-        store.delete_sandbox("sbx-2")
-        store.delete_sandbox("never-there")
+        sandboxes = store.sandboxes
+        first = SandboxRecord("sbx-1", "a", tags=["t1", "t2"], spec=b"\x00\x01")
+        sandboxes.insert(first)
+        sandboxes.insert(SandboxRecord("sbx-2", "a"))
+        running = sandboxes.save(replace(first, observed=Observed.RUNNING, observed_generation=1))
+        with pytest.raises(StaleRecord):  # a write based on an old read is refused
+            sandboxes.save(replace(first, reason="lost update"))
+        sandboxes.save(replace(running, observed=Observed.COMPLETED, exit_code=0))
+        sandboxes.remove(SandboxRecord("sbx-2", "a"), T0)
+        cluster = sandboxes.cluster_id()
     finally:
         store.close()
 
@@ -50,7 +60,19 @@ def test_runners_and_sandboxes_are_saved_and_loaded(database_url: str) -> None:
         ]
         loaded = reopened.load_runners()[0]
         assert loaded.last_heartbeat_at.tzinfo is not None
-        assert reopened.load_sandboxes() == [{"status": "completed", "exit_code": 0}]
+        kept = reopened.sandboxes.get("sbx-1")
+        assert kept is not None and (kept.observed, kept.exit_code, kept.version) == (
+            Observed.COMPLETED,
+            0,
+            3,
+        )
+        assert kept.spec == b"\x00\x01" and kept.created_at.tzinfo is not None
+        assert reopened.sandboxes.get("sbx-2") is None
+        assert reopened.sandboxes.tombstoned(["sbx-2", "sbx-1"]) == {"sbx-2"}
+        assert reopened.sandboxes.live() == []  # it ended: not loaded at start-up
+        assert [r.sandbox_id for r in reopened.sandboxes.page(ListQuery(tags=("t2",)))] == ["sbx-1"]
+        assert reopened.sandboxes.page(ListQuery(tags=("t2", "nope"))) == []
+        assert reopened.sandboxes.cluster_id() == cluster  # the same cluster, for good
     finally:
         reopened.close()
 

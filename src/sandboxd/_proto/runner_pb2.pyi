@@ -24,7 +24,7 @@ SANDBOX_PHASE_COMPLETED: SandboxPhase
 SANDBOX_PHASE_FAILED: SandboxPhase
 
 class Capabilities(_message.Message):
-    __slots__ = ("cpu_millicores", "memory_bytes", "gpu_count", "gpu_types", "architectures", "supports_privileged", "storage_classes", "hostname", "backends", "images")
+    __slots__ = ("cpu_millicores", "memory_bytes", "gpu_count", "gpu_types", "architectures", "supports_privileged", "storage_classes", "hostname", "backends", "images", "backend_statuses")
     CPU_MILLICORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Capabilities(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_STATUSES_FIELD_NUMBER: _ClassVar[int]
     cpu_millicores: int
     memory_bytes: int
     gpu_count: int
@@ -45,7 +46,24 @@ class Capabilities(_message.Message):
     hostname: str
     backends: _containers.RepeatedScalarFieldContainer[str]
     images: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., architectures: _Optional[_Iterable[str]] = ..., supports_privileged: _Optional[bool] = ..., storage_classes: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
+    backend_statuses: _containers.RepeatedCompositeFieldContainer[BackendStatus]
+    def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., architectures: _Optional[_Iterable[str]] = ..., supports_privileged: _Optional[bool] = ..., storage_classes: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[str]] = ..., backend_statuses: _Optional[_Iterable[_Union[BackendStatus, _Mapping]]] = ...) -> None: ...
+
+class BackendStatus(_message.Message):
+    __slots__ = ("name", "available", "reason", "egress_types", "ingress_types", "gpus")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_TYPES_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_TYPES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    available: bool
+    reason: str
+    egress_types: _containers.RepeatedScalarFieldContainer[str]
+    ingress_types: _containers.RepeatedScalarFieldContainer[str]
+    gpus: bool
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., egress_types: _Optional[_Iterable[str]] = ..., ingress_types: _Optional[_Iterable[str]] = ..., gpus: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes")

@@ -179,7 +179,13 @@ class SandboxState:
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What this backend can do on this host, as the runner reports it to the control plane."""
+    """What this backend can do on this host, as the runner reports it to the control plane.
+
+    The control plane places a sandbox only on a runner whose backend is ``available`` and
+    lists the sandbox's egress type (``egress_types``: ``none``, ``internet``,
+    ``allowlist``), ingress type (``ingress_types``: ``public``, ``internal``) and, for GPU
+    requests, ``gpus``; so a backend must list what it really provides here.
+    """
 
     name: str
     available: bool
@@ -187,6 +193,9 @@ class Fingerprint:
     attributes: Mapping[str, str] = field(default_factory=dict)
     cpu_millicores: int = 0
     memory_bytes: int = 0
+    egress_types: tuple[str, ...] = ()
+    ingress_types: tuple[str, ...] = ()
+    gpus: bool = False
 
 
 class ExecSession(ABC):

@@ -9,7 +9,7 @@ one runner (admin-model.md §2.5–2.6). We merge them once, at load time, into 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from sandboxd.config.models import Binding, EgressModeSpec, PlatformConfig, ProfileSpec
+from sandboxd.config.quantities import ProfileQuantities, quantities_of
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 
@@ -28,12 +29,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ResolvedProfile:
-    """A profile as bound to one runner: alias, template and the merged spec."""
+    """A profile as bound to one runner: alias, template and the merged spec.
+
+    ``quantities`` holds the spec's resources as integers, parsed here once so that no
+    Start re-parses a quantity string (see :mod:`sandboxd.config.quantities`).
+    """
 
     profile_name: str
     template: str
     is_default: bool
     spec: ProfileSpec
+    quantities: ProfileQuantities = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantities", quantities_of(self.spec))
 
     @property
     def egress_modes(self) -> tuple[str, ...]:

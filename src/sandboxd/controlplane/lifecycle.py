@@ -90,9 +90,7 @@ def build_spec(
     sandbox_id: str, request: SandboxRequest, placement: Placement
 ) -> runner_pb2.SandboxSpec:
     """The runner's instructions: the request resolved against the chosen profile."""
-    ceilings = placement.profile.spec.resource_ceilings
-    from cwsandbox._quantity import cpu_millicores, memory_bytes
-
+    ceilings = placement.profile.quantities  # parsed once, when the configuration loaded
     return runner_pb2.SandboxSpec(
         sandbox_id=sandbox_id,
         image=placement.image,
@@ -121,14 +119,12 @@ def build_spec(
             gpu_count=placement.gpu_count,
         ),
         limits=runner_pb2.ProfileLimits(
-            max_cpu_millicores=cpu_millicores(ceilings.cpu) if ceilings.cpu else 0,
-            max_memory_bytes=memory_bytes(ceilings.memory) if ceilings.memory else 0,
-            max_gpu_count=ceilings.gpu or 0,
-            max_disk_bytes=memory_bytes(ceilings.disk) if ceilings.disk else 0,
-            max_pids=ceilings.pids or 0,
-            egress_types=sorted(
-                {m.type.value for m in placement.profile.spec.network.egress.modes.values()}
-            ),
+            max_cpu_millicores=ceilings.max_cpu_millicores or 0,
+            max_memory_bytes=ceilings.max_memory_bytes or 0,
+            max_gpu_count=ceilings.max_gpu_count or 0,
+            max_disk_bytes=ceilings.max_disk_bytes or 0,
+            max_pids=ceilings.max_pids or 0,
+            egress_types=ceilings.egress_types,
         ),
     )
 

@@ -43,6 +43,7 @@ from sandboxd.controlplane.sandbox_model import (
     report_of,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.start_backoff import blames_runner
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import Orphan
 
@@ -224,12 +225,13 @@ class RunnerReconciler:
         try:
             result = await link.call(command, timeout=START_COMMAND_SECONDS)
         except ApiError as error:
-            if error.code is grpc.StatusCode.UNAVAILABLE:
-                raise
+            if error.reason == "CWSANDBOX_RUNNER_UNAVAILABLE":
+                raise  # no answer (connection lost, timeout): the start is sent again
             if error.code is grpc.StatusCode.ALREADY_EXISTS:
                 self.kick(record.sandbox_id, snapshot=True)  # exists, not running: learn more
                 return
-            self._note_start(self.runner_id, False, error.message)
+            if blames_runner(error):  # placement backs off runners whose starts keep failing
+                self._note_start(self.runner_id, False, error.message)
             await self._observe(
                 record.sandbox_id,
                 Report(Observed.FAILED, record.generation, reason=error.message),
@@ -380,9 +382,7 @@ class Reconcilers:
 
     def note_start(self, runner_id: str, ok: bool, reason: str) -> None:
         """Tell placement how a start on ``runner_id`` went (its backoff)."""
-        note = getattr(self._registry, "note_start", None)
-        if note is not None:
-            note(runner_id, ok, reason)
+        self._registry.note_start(runner_id, ok, reason)
 
     def of(self, runner_id: str) -> RunnerReconciler:
         """The reconciler of ``runner_id``."""

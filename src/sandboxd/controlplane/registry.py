@@ -1,27 +1,40 @@
 """The live registry of runners: identity, capabilities, bound profiles, capacity and health.
 
-Why in memory with a sorted index: discovery lists must stay fast with thousands of runners
-(benchmark target: p50 < 20 ms for a 100-item page of 10,000). Runners are kept in a dict plus a
-sorted id list, so a page starts with a binary search from the page token's key. Health is
-computed when asked (connected and heard from within ``health_timeout``), so no timer has to
-sweep every runner.
+Why in memory with sorted indexes: discovery lists and placement must stay fast with thousands
+of runners (benchmark targets: p50 < 20 ms for a 100-item discovery page of 10,000; <= 2 ms
+for one placement). Runners are kept in a dict plus a sorted id list, so a page starts with a
+binary search from the page token's key, and in a :class:`LoadIndex` ordered by load, so
+placement starts from the least loaded runner. Everything placement reads per runner is kept
+incrementally: reserved totals (adjusted by :meth:`RunnerRegistry.reserve` and
+:meth:`~RunnerRegistry.release`, never re-summed), what its backend supports, its images,
+its bound profiles (resolved once per binding, shared by every runner with that binding).
+Health is computed when asked (connected and heard from within ``health_timeout``), so no
+timer has to sweep every runner; the same goes for a start backoff's end.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from sandboxd._proto import runner_pb2
 from sandboxd.config import PlatformConfig, ResolvedProfile, resolve_binding
+from sandboxd.config.models import RunnerConfig
+from sandboxd.controlplane.backend_support import BackendSupport, support_of
+from sandboxd.controlplane.load_index import LoadIndex, LoadKey, load_key
 from sandboxd.controlplane.runner_link import RunnerLink
+from sandboxd.controlplane.start_backoff import StartRecord
 from sandboxd.store import RunnerRecord
 
 Clock = Callable[[], float]
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,24 +54,80 @@ class RunnerState:
     connection_id: int | None = None
     last_heartbeat_monotonic: float = field(default=float("-inf"))
     link: RunnerLink | None = None
-    # What placed, not yet terminal sandboxes take from this runner, by sandbox id. The
-    # control plane is the only one placing sandboxes, so this count is exact and changes the
-    # moment a sandbox is placed or ends (discovery shows it at once).
-    reservations: dict[str, runner_pb2.Reservation] = field(default_factory=dict)
+    # What placed, not yet terminal sandboxes take from this runner, by sandbox id, and their
+    # sums. The control plane is the only one placing sandboxes, so this is exact and changes
+    # the moment a sandbox is placed or ends (discovery shows it at once). Changed only
+    # through RunnerRegistry.reserve/release, which keep the sums and the load index right.
+    _reservations: dict[str, runner_pb2.Reservation] = field(default_factory=dict, repr=False)
+    reserved_cpu_millicores: int = 0
+    reserved_memory_bytes: int = 0
+    reserved_gpu_count: int = 0
+    # Derived from ``capabilities`` by the registry whenever they change.
+    support: BackendSupport = field(default_factory=lambda: BackendSupport(backend="unknown"))
+    images: frozenset[str] = frozenset()
+    gpu_types_folded: frozenset[str] = frozenset()
+    # Recent start outcomes, for backing off a runner whose starts keep failing.
+    starts: StartRecord = field(default_factory=StartRecord)
+
+    @property
+    def reservations(self) -> Mapping[str, runner_pb2.Reservation]:
+        """Live reservations by sandbox id (read-only; see :meth:`RunnerRegistry.reserve`)."""
+        return MappingProxyType(self._reservations)
+
+    @property
+    def running_sandboxes(self) -> int:
+        """How many placed sandboxes have not ended yet."""
+        return len(self._reservations)
+
+    @property
+    def free_cpu_millicores(self) -> int:
+        """CPU capacity not reserved by live sandboxes (never negative)."""
+        return max(0, self.capabilities.cpu_millicores - self.reserved_cpu_millicores)
+
+    @property
+    def free_memory_bytes(self) -> int:
+        """Memory capacity not reserved by live sandboxes (never negative)."""
+        return max(0, self.capabilities.memory_bytes - self.reserved_memory_bytes)
+
+    @property
+    def free_gpu_count(self) -> int:
+        """GPUs not reserved by live sandboxes (never negative)."""
+        return max(0, self.capabilities.gpu_count - self.reserved_gpu_count)
 
     @property
     def available(self) -> runner_pb2.Resources:
         """Capacity minus what live sandboxes reserve (never negative)."""
-        caps = self.capabilities
-        cpu = sum(r.cpu_millicores for r in self.reservations.values())
-        memory = sum(r.memory_bytes for r in self.reservations.values())
-        gpus = sum(r.gpu_count for r in self.reservations.values())
         return runner_pb2.Resources(
-            available_cpu_millicores=max(0, caps.cpu_millicores - cpu),
-            available_memory_bytes=max(0, caps.memory_bytes - memory),
-            available_gpu_count=max(0, caps.gpu_count - gpus),
-            running_sandboxes=len(self.reservations),
+            available_cpu_millicores=self.free_cpu_millicores,
+            available_memory_bytes=self.free_memory_bytes,
+            available_gpu_count=self.free_gpu_count,
+            running_sandboxes=len(self._reservations),
         )
+
+    @property
+    def load_key(self) -> LoadKey:
+        """Where this runner sorts for placement (least loaded first)."""
+        return load_key(len(self._reservations), self.free_cpu_millicores, self.runner_id)
+
+    def hold(self, sandbox_id: str, amount: runner_pb2.Reservation) -> None:
+        """Add (or replace) a reservation and adjust the sums (the registry's job)."""
+        self.drop(sandbox_id)
+        kept = runner_pb2.Reservation()
+        kept.CopyFrom(amount)  # a caller changing its message later cannot skew the sums
+        self._reservations[sandbox_id] = kept
+        self.reserved_cpu_millicores += kept.cpu_millicores
+        self.reserved_memory_bytes += kept.memory_bytes
+        self.reserved_gpu_count += kept.gpu_count
+
+    def drop(self, sandbox_id: str) -> bool:
+        """Remove a reservation, adjusting the sums; False when there was none."""
+        gone = self._reservations.pop(sandbox_id, None)
+        if gone is None:
+            return False
+        self.reserved_cpu_millicores -= gone.cpu_millicores
+        self.reserved_memory_bytes -= gone.memory_bytes
+        self.reserved_gpu_count -= gone.gpu_count
+        return True
 
     @property
     def profile_names(self) -> tuple[str, ...]:
@@ -98,7 +167,7 @@ class RunnerState:
 
 
 class RunnerRegistry:
-    """Runners by id, with health, bindings from the configuration and a sorted index."""
+    """Runners by id, with health, bindings from the configuration and sorted indexes."""
 
     def __init__(
         self,
@@ -108,13 +177,19 @@ class RunnerRegistry:
         clock: Clock = time.monotonic,
         on_change: Callable[[str], None] | None = None,
     ) -> None:
-        self._config = config
         self._health_timeout = health_timeout
         self._clock = clock
         self._on_change = on_change or (lambda _runner_id: None)
         self._runners: dict[str, RunnerState] = {}
         self._sorted_ids: list[str] = []
+        self._by_load = LoadIndex()
+        self._gpus_by_load = LoadIndex()  # the same, only runners with GPUs
+        # How many runners offer each profile alias / list each image, for Start's
+        # "does this name exist at all" checks without visiting every runner.
+        self._profile_names: Counter[str] = Counter()
+        self._images: Counter[str] = Counter()
         self._connections = itertools.count(1)
+        self._use_config(config)
 
     @property
     def health_timeout(self) -> float:
@@ -127,30 +202,68 @@ class RunnerRegistry:
     def restore(self, records: list[RunnerRecord]) -> None:
         """Load runners persisted by an earlier run; they stay unhealthy until they redial."""
         for record in records:
+            capabilities = runner_pb2.Capabilities.FromString(record.capabilities)
             state = RunnerState(
                 runner_id=record.runner_id,
                 runner_group_id=record.runner_group_id,
                 tags=record.tags,
-                capabilities=runner_pb2.Capabilities.FromString(record.capabilities),
+                capabilities=capabilities,
                 version=record.version,
                 connected_at=record.connected_at,
                 last_heartbeat_at=record.last_heartbeat_at,
                 resources=runner_pb2.Resources(),
             )
-            self._apply_config(state, state.runner_group_id)
             self._insert(state)
+            self._set_capabilities(state, capabilities)
+            self._apply_config(state, state.runner_group_id)
 
     def reserve(self, runner_id: str, sandbox_id: str, amount: runner_pb2.Reservation) -> None:
-        """Count a placed sandbox against its runner's capacity."""
+        """Count a placed sandbox against its runner's capacity (again: replaces it)."""
         state = self._runners.get(runner_id)
         if state is not None:
-            state.reservations[sandbox_id] = amount
+            state.hold(sandbox_id, amount)
+            self._reindex(state)
 
     def release(self, runner_id: str, sandbox_id: str) -> None:
         """Give back what a sandbox reserved (idempotent)."""
         state = self._runners.get(runner_id)
-        if state is not None:
-            state.reservations.pop(sandbox_id, None)
+        if state is not None and state.drop(sandbox_id):
+            self._reindex(state)
+
+    def note_start(self, runner_id: str, ok: bool, reason: str = "") -> None:
+        """Record how a sandbox start on ``runner_id`` ended, for placement's backoff.
+
+        Call it when a start ends: ``ok=True`` when the runner started the sandbox,
+        ``ok=False`` with the error's message when it failed because of the runner — decide
+        with :func:`~sandboxd.controlplane.start_backoff.blames_runner`, and do not call it
+        for failures that are the request's own (a command that does not exist), which
+        prove nothing about the runner. After three failures in a row the runner is skipped
+        by placement for 5 s, doubling per further failure up to 5 min; a success clears
+        the record. Unknown runners are ignored.
+        """
+        state = self._runners.get(runner_id)
+        if state is None:
+            return
+        was_backed_off = state.starts.backed_off(self._clock())
+        state.starts.note(ok, reason, self._clock())
+        if not was_backed_off and self.backed_off(state):
+            _log.warning(
+                "runner %s: %d sandbox starts failed in a row (last: %s); placement skips it "
+                "for %.0f s",
+                runner_id,
+                state.starts.failures,
+                state.starts.last_failure,
+                state.starts.until - self._clock(),
+            )
+
+    def backed_off(self, state: RunnerState) -> bool:
+        """Whether placement skips this runner now because its starts keep failing."""
+        return state.starts.backed_off(self._clock())
+
+    def backoff_ends_at(self, state: RunnerState) -> datetime:
+        """The wall-clock time a runner's current backoff ends (for explanations)."""
+        remaining = max(0.0, state.starts.until - self._clock())
+        return datetime.now(UTC) + timedelta(seconds=remaining)
 
     def register(self, message: runner_pb2.Register) -> tuple[RunnerState, int]:
         """Record a (re)connected runner; returns its state and the new connection's id.
@@ -174,7 +287,7 @@ class RunnerRegistry:
             )
             self._insert(state)
         state.tags = tuple(message.tags)
-        state.capabilities = message.capabilities
+        self._set_capabilities(state, message.capabilities)
         state.version = message.version
         state.connected_at = now
         state.last_heartbeat_at = now
@@ -185,6 +298,10 @@ class RunnerRegistry:
         state.link = RunnerLink(state.runner_id)
         state.last_heartbeat_monotonic = self._clock()
         self._apply_config(state, message.runner_group_id or "default")
+        if not state.support.working:
+            _log.warning(
+                "runner %s: %s; no sandbox is placed there", state.runner_id, state.support.problem
+            )
         self._on_change(state.runner_id)
         return state, connection_id
 
@@ -212,7 +329,7 @@ class RunnerRegistry:
             capabilities = runner_pb2.Capabilities()
             capabilities.CopyFrom(state.capabilities)
             capabilities.images[:] = list(images)
-            state.capabilities = capabilities
+            self._set_capabilities(state, capabilities)
             self._on_change(runner_id)
         return True
 
@@ -224,6 +341,7 @@ class RunnerRegistry:
             if state.link is not None:
                 state.link.close()
                 state.link = None
+            self._reindex(state)
             self._on_change(runner_id)
 
     def is_current(self, runner_id: str, connection_id: int) -> bool:
@@ -255,20 +373,114 @@ class RunnerRegistry:
             if state is not None:
                 yield state
 
+    def by_load(self, *, with_gpus: bool = False) -> Iterator[RunnerState]:
+        """Connected runners with a working backend and a bound profile, least loaded first.
+
+        Least loaded: fewest sandboxes, then most free CPU, then runner id. ``with_gpus``
+        keeps to runners that have GPUs (a GPU request need not walk the others). Health
+        and start backoff change with time alone, so the caller checks them
+        (:meth:`can_take_sandboxes`). Do not reserve or release while iterating.
+        """
+        for runner_id in self._gpus_by_load if with_gpus else self._by_load:
+            yield self._runners[runner_id]
+
+    def can_take_sandboxes(self, state: RunnerState) -> bool:
+        """Healthy, connected, with a working backend, and not backed off: placeable now."""
+        if state.connection_id is None or state.link is None or not state.support.working:
+            return False
+        now = self._clock()
+        return (
+            now - state.last_heartbeat_monotonic <= self._health_timeout
+            and not state.starts.backed_off(now)
+        )
+
+    def offers_profile(self, name: str) -> bool:
+        """Whether some known runner (healthy or not) has a binding called ``name``."""
+        return self._profile_names[name] > 0
+
+    def binding_lists(self) -> Iterable[tuple[ResolvedProfile, ...]]:
+        """The distinct resolved binding lists runners have now (each shared by its runners)."""
+        return self._resolved.values()
+
+    def runners_offering(self, name: str) -> int:
+        """How many known runners (healthy or not) have a binding called ``name``."""
+        return self._profile_names[name]
+
+    def lists_images(self) -> bool:
+        """Whether any known runner reports its images (older runners did not)."""
+        return bool(self._images)
+
+    def lists_image(self, image: str) -> bool:
+        """Whether some known runner (healthy or not) lists ``image``."""
+        return self._images[image] > 0
+
     def reload(self, config: PlatformConfig) -> None:
         """Apply a new configuration to every known runner."""
-        self._config = config
+        self._use_config(config)
         for state in self._runners.values():
             self._apply_config(state, state.runner_group_id)
+
+    # -- keeping the indexes -----------------------------------------------------------
 
     def _insert(self, state: RunnerState) -> None:
         self._runners[state.runner_id] = state
         bisect.insort(self._sorted_ids, state.runner_id)
 
+    def _set_capabilities(self, state: RunnerState, capabilities: runner_pb2.Capabilities) -> None:
+        """Replace a runner's capabilities and everything derived from them."""
+        images = frozenset(capabilities.images)
+        if images != state.images:
+            _recount(self._images, state.images, images)
+            state.images = images
+        state.capabilities = capabilities
+        state.support = support_of(capabilities)
+        state.gpu_types_folded = frozenset(t.casefold() for t in capabilities.gpu_types)
+        self._reindex(state)
+
+    def _reindex(self, state: RunnerState) -> None:
+        """Put the runner where placement should find it, or take it out of the load index."""
+        if state.connection_id is not None and state.support.working and state.profiles:
+            key = state.load_key
+            self._by_load.put(key)
+            if state.capabilities.gpu_count > 0:
+                self._gpus_by_load.put(key)
+            else:
+                self._gpus_by_load.discard(state.runner_id)
+        else:
+            self._by_load.discard(state.runner_id)
+            self._gpus_by_load.discard(state.runner_id)
+
+    def _use_config(self, config: PlatformConfig) -> None:
+        self._config = config
+        self._entries: dict[str, RunnerConfig] = {r.runner_id: r for r in config.runners}
+        # Each distinct binding list is resolved once and shared by every runner bound by
+        # it (by default_bindings, or by equal entries of their own), so placement resolves
+        # a request against a handful of profiles, not one per runner.
+        self._resolved: dict[tuple[str, ...], tuple[ResolvedProfile, ...]] = {}
+
+    def _resolve(self, entry: RunnerConfig | None) -> tuple[ResolvedProfile, ...]:
+        bindings = entry.bindings if entry is not None else self._config.default_bindings
+        key = tuple(b.model_dump_json() for b in bindings)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = tuple(resolve_binding(self._config, b) for b in bindings)
+            self._resolved[key] = resolved
+        return resolved
+
     def _apply_config(self, state: RunnerState, registered_group: str) -> None:
-        entry = self._config.runner_config(state.runner_id)
+        entry = self._entries.get(state.runner_id)
         state.runner_group_id = (entry.runner_group_id if entry else None) or registered_group
         state.shared = entry.shared if entry else False
-        state.profiles = tuple(
-            resolve_binding(self._config, b) for b in self._config.bindings_for(state.runner_id)
-        )
+        profiles = self._resolve(entry)
+        if profiles is not state.profiles:
+            _recount(self._profile_names, state.profile_names, (p.profile_name for p in profiles))
+            state.profiles = profiles
+        self._reindex(state)
+
+
+def _recount(counter: Counter[str], old: Iterable[str], new: Iterable[str]) -> None:
+    """Move one runner's names from ``old`` to ``new``, dropping names nobody has left."""
+    counter.subtract(old)
+    counter.update(new)
+    for name in [n for n, count in counter.items() if count <= 0]:
+        del counter[name]

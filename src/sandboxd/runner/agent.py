@@ -27,14 +27,16 @@ Why it is shaped this way:
   event is either in the snapshot or sent after the register, never lost in between.
 * **No backend, honest answers.** Without a backend the runner still joins (capacity and
   health are useful on their own) and answers every command with
-  ``CWSANDBOX_BACKEND_UNAVAILABLE``.
+  ``CWSANDBOX_BACKEND_UNAVAILABLE``. Its registration says so too: ``Capabilities`` lists
+  every backend with whether it works and why not (``backend_statuses``, from the backend's
+  own fingerprint), so the control plane never places a sandbox on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -49,7 +51,12 @@ from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.exec_relay import ExecCall, dial_exec
 from sandboxd.runner.failures import refuse_command
-from sandboxd.runner.fingerprint import fingerprint
+from sandboxd.runner.fingerprint import (
+    NOT_CONFIGURED,
+    backend_status,
+    fingerprint,
+    unavailable_backend,
+)
 from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.images import ImageList
 from sandboxd.runner.log_relay import LogsCall, dial_logs
@@ -108,9 +115,12 @@ class RunnerAgent:
     after each successful registration (every redial), e.g. for the CLI to announce it.
 
     With a ``backend`` the agent runs sandboxes: it recovers the backend's survivors when
-    :meth:`run` starts, advertises ``backend.name`` and the ``images`` it can start, and
-    keeps per-sandbox records under ``<state_dir>/sandboxes``. The caller owns the backend
-    and closes it after :meth:`run` ends.
+    :meth:`run` starts, advertises the backend's fingerprint (whether it works, what it
+    supports) and the ``images`` it can start, and keeps per-sandbox records under
+    ``<state_dir>/sandboxes``. The caller owns the backend and closes it after :meth:`run`
+    ends. ``unavailable_backends`` are backends the caller did not start, with the reason
+    (e.g. ``local``: needs root); without a backend the runner advertises those, or that
+    none is configured.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class RunnerAgent:
         on_registered: Callable[[runner_pb2.Registered], None] | None = None,
         backend: Backend | None = None,
         images: ImageStore | None = None,
+        unavailable_backends: Sequence[runner_pb2.BackendStatus] = (),
     ) -> None:
         self._settings = settings
         self._address = settings.address
@@ -151,6 +162,12 @@ class RunnerAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recovered = False
         self._supervisor: SandboxSupervisor | None = None
+        self._unavailable_backends = list(unavailable_backends)
+        # What registrations say about backends; a backend's own entry comes from its
+        # fingerprint, taken when run() starts.
+        self._backend_statuses = list(unavailable_backends) or (
+            [] if backend is not None else [unavailable_backend("local", NOT_CONFIGURED)]
+        )
         if backend is not None:
             from sandboxd.runner.supervisor import SandboxSupervisor
 
@@ -221,6 +238,7 @@ class RunnerAgent:
             )
         try:
             await self._recover()
+            await self._probe_backend()
             await self._run_sessions()
         finally:
             if self._supervisor is not None:
@@ -235,6 +253,27 @@ class RunnerAgent:
             return
         self._recovered = True
         await self._supervisor.recover()
+
+    async def _probe_backend(self) -> None:
+        """Fingerprint the backend, so registrations say whether it works and what it can do."""
+        if self._supervisor is None:
+            return
+        backend = self._supervisor.backend
+        try:
+            status = backend_status(await backend.fingerprint())
+        except Exception as exc:  # a broken probe must not keep the runner from joining
+            _log.exception(
+                "runner %s: fingerprinting backend %s failed", self._runner_id, backend.name
+            )
+            status = unavailable_backend(backend.name, f"fingerprint failed: {exc}")
+        if not status.available:
+            _log.warning(
+                "runner %s: backend %s is unavailable (%s); no sandbox will be placed here",
+                self._runner_id,
+                backend.name,
+                status.reason,
+            )
+        self._backend_statuses = [status, *self._unavailable_backends]
 
     async def _run_sessions(self) -> None:
         settings = self._settings
@@ -333,12 +372,13 @@ class RunnerAgent:
             await channel.close(None)
 
     def _register_message(self) -> runner_pb2.Register:
-        capabilities = self._capabilities
+        capabilities = runner_pb2.Capabilities()
+        capabilities.CopyFrom(self._capabilities)
+        capabilities.ClearField("backend_statuses")
+        capabilities.backend_statuses.extend(self._backend_statuses)
+        capabilities.backends[:] = [s.name for s in self._backend_statuses if s.available]
         sandboxes: list[runner_pb2.SandboxEvent] = []
         if self._supervisor is not None:
-            capabilities = runner_pb2.Capabilities()
-            capabilities.CopyFrom(self._capabilities)
-            capabilities.backends[:] = [self._supervisor.backend.name]
             images = self._image_list.current(fresh=True) if self._image_list else []
             capabilities.images[:] = images
             sandboxes = self._supervisor.snapshot()

@@ -10,8 +10,11 @@ from ``--join-token-file`` or ``$SANDBOXD_JOIN_TOKEN``, and only until the runne
 credential (stored in ``--state-dir``).
 
 ``--backend local`` (the default when running as root) runs sandboxes on this host; without
-root the runner still joins, reports its capacity and answers sandbox commands with
-``CWSANDBOX_BACKEND_UNAVAILABLE``, so a misconfigured host is visible instead of silent.
+root (or with ``--backend none``, or when the local backend's fingerprint finds it cannot
+work) the runner still joins and reports its capacity, and its registration says that no
+backend works and why, so the control plane places nothing there and says so in its
+rejections; a command that reaches it anyway is answered with
+``CWSANDBOX_BACKEND_UNAVAILABLE``. A misconfigured host is visible instead of silent.
 Sandboxes keep running when the runner stops, and the next start re-adopts them.
 """
 
@@ -28,8 +31,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sandboxd._proto import runner_pb2
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.capacity import HostReserve
+from sandboxd.runner.fingerprint import (
+    DISABLED,
+    NEEDS_ROOT,
+    backend_status,
+    unavailable_backend,
+)
 from sandboxd.runner.limit_options import limit_options
 from sandboxd.runner.settings import RunnerSettings, default_state_dir
 
@@ -48,27 +58,53 @@ def _default_backend() -> str:
     return "local" if os.geteuid() == 0 else "none"
 
 
-async def _usable(backend: Backend) -> bool:
-    """Whether the backend works on this host; logs why not (e.g. no cgroups)."""
+def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus]]:
+    """The backend to run (``local`` or ``none``) and the ones not run, with why not.
+
+    The reasons reach users in placement rejections ("runner X: no working backend
+    (local: needs root)"), so they say what to change.
+    """
+    if name is None:
+        name = _default_backend()
+        if name == "none":
+            _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
+            return name, [unavailable_backend("local", NEEDS_ROOT)]
+    if name == "none":
+        return name, [unavailable_backend("local", DISABLED)]
+    return name, []
+
+
+async def _unusable(backend: Backend) -> runner_pb2.BackendStatus | None:
+    """Why the backend does not work on this host (e.g. no cgroups), or None when it does."""
     found = await backend.fingerprint()
-    if not found.available:
-        _log.warning(
-            "backend %s is unavailable (%s); sandbox commands will be refused",
-            backend.name,
-            found.reason,
-        )
-    return found.available
+    if found.available:
+        return None
+    _log.warning(
+        "backend %s is unavailable (%s); no sandbox will be placed on this runner",
+        backend.name,
+        found.reason,
+    )
+    return backend_status(found)
 
 
 async def _run_with_backend(
-    settings: RunnerSettings, backend: Backend | None, images: ImageStore | None
+    settings: RunnerSettings,
+    backend: Backend | None,
+    images: ImageStore | None,
+    unavailable: list[runner_pb2.BackendStatus],
 ) -> None:
-    """Build the agent inside the loop (its backend needs one) and close the backend after."""
+    """Build the agent inside the loop (its backend needs one) and close the backend after.
+
+    A backend that turns out not to work is closed, and reported with its reason instead.
+    """
     try:
-        if backend is not None and not await _usable(backend):
+        if backend is not None and (status := await _unusable(backend)) is not None:
             await backend.close()
             backend = images = None
-        agent = RunnerAgent(settings, backend=backend, images=images)
+            unavailable = [status, *unavailable]
+        agent = RunnerAgent(
+            settings, backend=backend, images=images, unavailable_backends=unavailable
+        )
         await _run_until_signalled(agent)
     finally:
         if backend is not None:
@@ -229,10 +265,7 @@ def runner_command(
 
     backend: Backend | None = None
     images: ImageStore | None = None
-    if backend_name is None:
-        backend_name = _default_backend()
-        if backend_name == "none":
-            _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
+    backend_name, unavailable = choose_backend(backend_name)
     if backend_name == "local":
         from sandboxd.runner.sandboxes import build_local_backend
 
@@ -240,7 +273,7 @@ def runner_command(
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:
-        asyncio.run(_run_with_backend(settings, backend, images))
+        asyncio.run(_run_with_backend(settings, backend, images, unavailable))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

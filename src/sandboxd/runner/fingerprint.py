@@ -15,10 +15,14 @@ import os
 import platform
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandboxd._proto import runner_pb2
 from sandboxd.runner import cgroups
 from sandboxd.runner.gpus import discover_gpus
+
+if TYPE_CHECKING:
+    from sandboxd.backends.base import Fingerprint
 
 # Bit 21 of the capability sets is CAP_SYS_ADMIN (linux/capability.h); without it a runner
 # cannot set up the mounts and namespaces a privileged sandbox needs.
@@ -33,6 +37,12 @@ _ARCH_ALIASES = {
 }
 
 BACKENDS = ("local",)
+
+# Why a runner has no sandbox backend, as the control plane shows it in rejections
+# ("runner X: no working backend (local: needs root)").
+NEEDS_ROOT = "needs root"
+DISABLED = "disabled (--backend none)"
+NOT_CONFIGURED = "not configured on this runner (sandboxd runner --backend local, as root)"
 
 
 def normalize_architecture(machine: str) -> str:
@@ -145,3 +155,20 @@ def fingerprint(
         hostname=hostname if hostname is not None else socket.gethostname(),
         backends=list(BACKENDS),
     )
+
+
+def backend_status(found: Fingerprint) -> runner_pb2.BackendStatus:
+    """A backend's fingerprint as the control plane reads it (``Capabilities``)."""
+    return runner_pb2.BackendStatus(
+        name=found.name,
+        available=found.available,
+        reason="" if found.available else (found.reason or "unavailable"),
+        egress_types=list(found.egress_types),
+        ingress_types=list(found.ingress_types),
+        gpus=found.gpus,
+    )
+
+
+def unavailable_backend(name: str, reason: str) -> runner_pb2.BackendStatus:
+    """A backend this runner does not run, and why (e.g. :data:`NEEDS_ROOT`)."""
+    return runner_pb2.BackendStatus(name=name, available=False, reason=reason)

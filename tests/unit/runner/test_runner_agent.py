@@ -22,6 +22,7 @@ from sandboxd._proto import runner_pb2
 from sandboxd.runner import Reservation, ReservationLedger, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.agent import NoCredentialError
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
+from sandboxd.runner.fingerprint import NOT_CONFIGURED
 from sandboxd.runner.identity import RUNNER_ID_FILE
 from sandboxd.runner.settings import RunnerSettings
 
@@ -84,7 +85,12 @@ def test_register_comes_first_with_the_right_fields(fake_control_plane, tmp_path
                 assert list(register.tags) == ["zone-a", "fast"]
                 assert first.bearer == "good-token"  # in call metadata, read before the body
                 assert register.version == sandboxd.__version__
-                assert register.capabilities == CAPS
+                # The host as given; no backend: none listed as working, and why.
+                expected = runner_pb2.Capabilities()
+                expected.CopyFrom(CAPS)
+                del expected.backends[:]
+                expected.backend_statuses.add(name="local", available=False, reason=NOT_CONFIGURED)
+                assert register.capabilities == expected
                 assert register.resources == runner_pb2.Resources(
                     available_cpu_millicores=3000,
                     available_memory_bytes=7 << 30,

@@ -205,8 +205,15 @@ def test_backend_choice_shows_in_register(fake_control_plane, tmp_path: Path, ba
     register = asyncio.run(main())
     assert list(register.sandboxes) == []
     assert list(register.capabilities.images) == []
+    statuses = list(register.capabilities.backend_statuses)
     if backend == "local":
         assert list(register.capabilities.backends) == ["local"]
+        assert [(s.name, s.available) for s in statuses] == [("local", True)]
+        assert "none" in statuses[0].egress_types
         assert data_dir.is_dir()
     else:
+        assert list(register.capabilities.backends) == []
+        assert [(s.name, s.available, s.reason) for s in statuses] == [
+            ("local", False, "disabled (--backend none)")
+        ]
         assert not data_dir.exists()

@@ -57,7 +57,7 @@ def _userns_problem() -> str | None:
 
 
 def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fingerprint:
-    """Check root, overlayfs and cgroups; list egress/ingress modes and capacity."""
+    """Check root, overlayfs and cgroups; list egress/ingress types and capacity."""
     problems: list[str] = []
     attrs: dict[str, str] = {
         "kernel": platform.release(),
@@ -87,8 +87,9 @@ def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fin
     egress = ["none"]
     if shutil.which("ip") and shutil.which("iptables-restore"):
         egress += ["internet", "allowlist"]
+    ingress = ["public", "internal"]
     attrs["egress_types"] = ",".join(egress)
-    attrs["ingress_modes"] = "public,internal"
+    attrs["ingress_modes"] = ",".join(ingress)
     return Fingerprint(
         name=name,
         available=not problems,
@@ -96,4 +97,7 @@ def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fin
         attributes=attrs,
         cpu_millicores=(os.cpu_count() or 1) * 1000,
         memory_bytes=memory,
+        egress_types=tuple(egress),
+        ingress_types=tuple(ingress),
+        gpus=False,  # no device passthrough yet (runner/spec_mapping.py refuses GPU specs)
     )
