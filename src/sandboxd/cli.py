@@ -23,6 +23,7 @@ from sandboxd import __version__
 from sandboxd.admin_cli import ADMIN_GROUPS
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
+from sandboxd.orphans_cli import sandboxes_group
 from sandboxd.paths import default_data_dir
 from sandboxd.runner.agent import RunnerRejectedError
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
@@ -236,7 +237,7 @@ def config_validate(path: Path) -> None:
 
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
-for _group in ADMIN_GROUPS:
+for _group in (*ADMIN_GROUPS, sandboxes_group):
     main.add_command(_group)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -185,3 +185,69 @@ class RevokeRunnerResponse(_message.Message):
     credential: RunnerCredential
     failed_sandboxes: int
     def __init__(self, credential: _Optional[_Union[RunnerCredential, _Mapping]] = ..., failed_sandboxes: _Optional[int] = ...) -> None: ...
+
+class Orphan(_message.Message):
+    __slots__ = ("sandbox_id", "runner_id", "phase", "exit_code", "reason", "runner_cluster_id", "first_seen", "last_seen")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    runner_id: str
+    phase: str
+    exit_code: int
+    reason: str
+    runner_cluster_id: str
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, sandbox_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., phase: _Optional[str] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., runner_cluster_id: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListOrphansRequest(_message.Message):
+    __slots__ = ("runner_id",)
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    def __init__(self, runner_id: _Optional[str] = ...) -> None: ...
+
+class ListOrphansResponse(_message.Message):
+    __slots__ = ("orphans",)
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    orphans: _containers.RepeatedCompositeFieldContainer[Orphan]
+    def __init__(self, orphans: _Optional[_Iterable[_Union[Orphan, _Mapping]]] = ...) -> None: ...
+
+class AdoptOrphanRequest(_message.Message):
+    __slots__ = ("sandbox_id", "organization")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    organization: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., organization: _Optional[str] = ...) -> None: ...
+
+class AdoptOrphanResponse(_message.Message):
+    __slots__ = ("sandbox_id", "runner_id", "organization")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    runner_id: str
+    organization: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., organization: _Optional[str] = ...) -> None: ...
+
+class DeleteOrphanRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class DeleteOrphanResponse(_message.Message):
+    __slots__ = ("sandbox_id", "runner_id", "confirmed")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    runner_id: str
+    confirmed: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., confirmed: _Optional[bool] = ...) -> None: ...

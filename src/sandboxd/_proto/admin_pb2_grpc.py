@@ -75,6 +75,21 @@ class AdminServiceStub:
                 request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerResponse.FromString,
                 _registered_method=True)
+        self.ListOrphans = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/ListOrphans',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansResponse.FromString,
+                _registered_method=True)
+        self.AdoptOrphan = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/AdoptOrphan',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanResponse.FromString,
+                _registered_method=True)
+        self.DeleteOrphan = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/DeleteOrphan',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -129,6 +144,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrphans(self, request, context):
+        """Sandboxes runners hold that this control plane has no record of.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdoptOrphan(self, request, context):
+        """Make an orphan a sandbox of this control plane, owned by an organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOrphan(self, request, context):
+        """Destroy an orphan on its runner (now, or when its runner next registers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +207,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeRunner,
                     request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerRequest.FromString,
                     response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerResponse.SerializeToString,
+            ),
+            'ListOrphans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrphans,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansResponse.SerializeToString,
+            ),
+            'AdoptOrphan': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptOrphan,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanResponse.SerializeToString,
+            ),
+            'DeleteOrphan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOrphan,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +440,87 @@ class AdminService:
             '/sandboxd.admin.v1.AdminService/RevokeRunner',
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerRequest.SerializeToString,
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.RevokeRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrphans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/ListOrphans',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListOrphansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptOrphan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/AdoptOrphan',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.AdoptOrphanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOrphan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/DeleteOrphan',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
             options,
             channel_credentials,
             insecure,

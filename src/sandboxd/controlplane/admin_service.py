@@ -1,4 +1,4 @@
-"""``sandboxd.admin.v1.AdminService``: API keys, join tokens and runner credentials.
+"""``sandboxd.admin.v1.AdminService``: API keys, join tokens, runner credentials, orphans.
 
 Why no role check here: the interceptor lets only ``admin`` keys reach this service
 (:mod:`sandboxd.controlplane.auth`), in one place for every admin RPC, present and future.
@@ -19,9 +19,11 @@ from sandboxd._proto import admin_pb2, admin_pb2_grpc
 from sandboxd.controlplane.exec_bridge import StreamSessions
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.orphans import Orphans
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.identity.model import ApiKeyInfo, JoinTokenInfo, Role, RunnerCredentialInfo
+from sandboxd.store.sandbox_store import Orphan
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -77,6 +79,20 @@ def credential_message(credential: RunnerCredentialInfo) -> admin_pb2.RunnerCred
     )
 
 
+def orphan_message(orphan: Orphan) -> admin_pb2.Orphan:
+    """The wire form of an orphan."""
+    return admin_pb2.Orphan(
+        sandbox_id=orphan.sandbox_id,
+        runner_id=orphan.runner_id,
+        phase=orphan.phase,
+        exit_code=orphan.exit_code,
+        reason=orphan.reason,
+        runner_cluster_id=orphan.runner_cluster_id,
+        first_seen=_stamp(orphan.first_seen),
+        last_seen=_stamp(orphan.last_seen),
+    )
+
+
 def _role(number: int) -> Role:
     if number == admin_pb2.ROLE_UNSPECIFIED:
         return Role.MEMBER
@@ -100,6 +116,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self._registry = registry
         self._lifecycle = lifecycle
         self._sessions = sessions
+        self._orphans = Orphans(lifecycle.records, registry)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -225,6 +242,45 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             log.warning("runner %s revoked (%d sandboxes failed)", credential.runner_id, failed)
             return admin_pb2.RevokeRunnerResponse(
                 credential=credential_message(credential), failed_sandboxes=failed
+            )
+
+        return await self._run(context, work)
+
+    async def ListOrphans(
+        self, request: admin_pb2.ListOrphansRequest, context: Context
+    ) -> admin_pb2.ListOrphansResponse:
+        """Sandboxes runners hold that no record here owns, by runner then id."""
+
+        async def work() -> admin_pb2.ListOrphansResponse:
+            found = await self._orphans.list(request.runner_id)
+            return admin_pb2.ListOrphansResponse(orphans=[orphan_message(o) for o in found])
+
+        return await self._run(context, work)
+
+    async def AdoptOrphan(
+        self, request: admin_pb2.AdoptOrphanRequest, context: Context
+    ) -> admin_pb2.AdoptOrphanResponse:
+        """Make an orphan an ordinary sandbox of an organization."""
+
+        async def work() -> admin_pb2.AdoptOrphanResponse:
+            record = await self._orphans.adopt(request.sandbox_id, request.organization)
+            return admin_pb2.AdoptOrphanResponse(
+                sandbox_id=record.sandbox_id,
+                runner_id=record.runner_id,
+                organization=record.owner_org,
+            )
+
+        return await self._run(context, work)
+
+    async def DeleteOrphan(
+        self, request: admin_pb2.DeleteOrphanRequest, context: Context
+    ) -> admin_pb2.DeleteOrphanResponse:
+        """Destroy an orphan on its runner, now or when the runner next registers."""
+
+        async def work() -> admin_pb2.DeleteOrphanResponse:
+            orphan, confirmed = await self._orphans.delete(request.sandbox_id)
+            return admin_pb2.DeleteOrphanResponse(
+                sandbox_id=orphan.sandbox_id, runner_id=orphan.runner_id, confirmed=confirmed
             )
 
         return await self._run(context, work)

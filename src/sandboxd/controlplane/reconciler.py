@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,8 @@ RESEND_SECONDS = 30.0
 """A command without an answer this long is sent again (they are idempotent)."""
 START_COMMAND_SECONDS = 90.0
 STOP_MARGIN_SECONDS = 15.0
+RETRY_SECONDS = 2.0
+"""A command that failed without progress is sent again after this long, not at once."""
 LOST_REASON = "lost: its runner no longer has it"
 
 StartNote = Callable[[str, bool, str], None]
@@ -68,6 +70,12 @@ class InFlight:
     generation: int
     link: RunnerLink
     sent: float
+    # Set when the command failed: it is not sent again before this (monotonic) time.
+    retry_at: float | None = None
+
+
+class NoProgress(Exception):
+    """A command was answered but changed nothing here; it is retried after a pause."""
 
 
 class RunnerReconciler:
@@ -167,12 +175,16 @@ class RunnerReconciler:
         if link is None:
             return
         sent = self._inflight.get(record.sandbox_id)
-        if (
+        clock = time.monotonic()
+        if sent is not None and sent.retry_at is not None:
+            if clock < sent.retry_at and sent.generation == record.generation:
+                return  # it failed a moment ago: wait (a kick is scheduled for retry_at)
+        elif (
             sent is not None
             and sent.action is action
             and sent.generation == record.generation
             and sent.link is link
-            and time.monotonic() - sent.sent < RESEND_SECONDS
+            and clock - sent.sent < RESEND_SECONDS
         ):
             return
         flight = InFlight(action, record.generation, link, time.monotonic())
@@ -184,16 +196,27 @@ class RunnerReconciler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _landed(self, sandbox_id: str, flight: InFlight) -> None:
-        if self._inflight.get(sandbox_id) is flight:
+    def _landed(self, sandbox_id: str, flight: InFlight, progressed: bool) -> None:
+        """A command ended: look again now, or after a pause when it achieved nothing.
+
+        Why the pause: a runner that answers at once without progress (a closing link, a
+        sandbox in an unexpected state) would otherwise be sent the command in a hot loop.
+        """
+        if self._inflight.get(sandbox_id) is not flight:
+            return
+        if progressed:
             del self._inflight[sandbox_id]
-        self.kick(sandbox_id)
+            self.kick(sandbox_id)
+            return
+        self._inflight[sandbox_id] = replace(flight, retry_at=time.monotonic() + RETRY_SECONDS)
+        asyncio.get_running_loop().call_later(RETRY_SECONDS, self.kick, sandbox_id)
 
     async def _observe(self, sandbox_id: str, report: Report) -> None:
         await self._records.update(sandbox_id, lambda r: observe(r, report))
 
     async def _command(self, record: SandboxRecord, flight: InFlight) -> None:
         sid = record.sandbox_id
+        progressed = False
         try:
             if flight.action is Action.START:
                 await self._start(record, flight.link)
@@ -201,6 +224,9 @@ class RunnerReconciler:
                 await self._stop(record, flight.link)
             elif flight.action is Action.DELETE:
                 await self._delete(record, flight.link)
+            progressed = True
+        except NoProgress:
+            pass
         except ApiError as error:
             if error.code is grpc.StatusCode.UNAVAILABLE:
                 log.info("sandbox %s: %s, will retry", sid, error.message)
@@ -211,11 +237,11 @@ class RunnerReconciler:
         except Exception:
             log.exception("sandbox %s: %s failed", sid, flight.action.value)
         finally:
-            self._landed(sid, flight)
+            self._landed(sid, flight, progressed)
 
     async def _start(self, record: SandboxRecord, link: RunnerLink) -> None:
-        if record.spec is None:  # an adopted orphan has no spec: only its runner knows it
-            return
+        if record.spec is None:  # decide() never starts an adopted orphan; be sure
+            raise NoProgress
         command = runner_pb2.Command(
             start=runner_pb2.StartSandbox(
                 spec=runner_pb2.SandboxSpec.FromString(record.spec),
@@ -229,7 +255,7 @@ class RunnerReconciler:
                 raise  # no answer (connection lost, timeout): the start is sent again
             if error.code is grpc.StatusCode.ALREADY_EXISTS:
                 self.kick(record.sandbox_id, snapshot=True)  # exists, not running: learn more
-                return
+                raise NoProgress from None
             if blames_runner(error):  # placement backs off runners whose starts keep failing
                 self._note_start(self.runner_id, False, error.message)
             await self._observe(

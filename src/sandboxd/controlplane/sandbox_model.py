@@ -269,6 +269,8 @@ def decide(record: SandboxRecord, at: datetime) -> Action:
         return Action.NOTHING
     if record.start_deadline is not None and at >= record.start_deadline:
         return Action.GIVE_UP
+    if record.spec is None:
+        return Action.NOTHING  # an adopted orphan: only its runner can start it; wait for it
     return Action.START
 
 

@@ -258,15 +258,17 @@ class SandboxRecords:
         """Every orphan the runners reported."""
         return await self._db(self._store.orphans)
 
-    async def adopt(self, orphan_id: str, record: SandboxRecord) -> None:
-        """Make an orphan a sandbox of this control plane."""
-        await self._db(self._store.adopt, orphan_id, record)
+    async def adopt(self, record: SandboxRecord) -> bool:
+        """Make the orphan ``record.sandbox_id`` this sandbox; False if there is no such orphan."""
+        if not await self._db(self._store.adopt, record.sandbox_id, record):
+            return False
         self._remember(record)
         self._changed(record)
+        return True
 
-    async def forget_orphan(self, orphan_id: str, runner_id: str) -> None:
-        """Drop an orphan an administrator deleted, leaving a tombstone."""
-        await self._db(self._store.forget_orphan, orphan_id, runner_id, now())
+    async def forget_orphan(self, orphan_id: str) -> Orphan | None:
+        """Drop an orphan an administrator deleted, leaving a tombstone; the orphan, if any."""
+        return await self._db(self._store.forget_orphan, orphan_id, now())
 
     async def collect(self, retention: timedelta, at: datetime | None = None) -> int:
         """Delete sandboxes that ended more than ``retention`` ago; how many."""

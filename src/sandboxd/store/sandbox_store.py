@@ -393,7 +393,7 @@ class SandboxStore:
                     row.phase = orphan.phase
                     row.exit_code = orphan.exit_code
                     row.reason = orphan.reason
-                    row.runner_cluster_id = orphan.runner_cluster_id
+                    row.runner_cluster_id = orphan.runner_cluster_id or row.runner_cluster_id
                     row.last_seen = orphan.last_seen
 
     def orphans(self) -> list[Orphan]:
@@ -402,34 +402,49 @@ class SandboxStore:
             rows = session.scalars(
                 select(OrphanRow).order_by(OrphanRow.runner_id, OrphanRow.sandbox_id)
             ).all()
-            return [
-                Orphan(
-                    sandbox_id=row.sandbox_id,
-                    runner_id=row.runner_id,
-                    phase=row.phase,
-                    exit_code=row.exit_code,
-                    reason=row.reason,
-                    runner_cluster_id=row.runner_cluster_id,
-                    first_seen=utc(row.first_seen),
-                    last_seen=utc(row.last_seen),
-                )
-                for row in rows
-            ]
+            return [_orphan_of(row) for row in rows]
 
-    def adopt(self, orphan_id: str, record: SandboxRecord) -> None:
-        """Turn an orphan into a sandbox of this control plane, in one transaction."""
+    def adopt(self, orphan_id: str, record: SandboxRecord) -> bool:
+        """Turn an orphan into a sandbox of this control plane, in one transaction.
+
+        False when there is no such orphan (another administrator adopted or deleted it);
+        ValueError when a sandbox of this control plane already has its id.
+        """
         with Session(self._engine) as session, session.begin():
             row = session.get(OrphanRow, orphan_id)
-            if row is not None:
-                session.delete(row)
+            if row is None:
+                return False
+            if session.get(SandboxRow, orphan_id) is not None:
+                raise ValueError(f"a sandbox with id {orphan_id!r} already exists here")
+            session.delete(row)
             session.add(SandboxRow(**_values(record)))
+            return True
 
-    def forget_orphan(self, orphan_id: str, runner_id: str, deleted_at: datetime) -> None:
-        """An administrator deleted an orphan: drop it and leave a tombstone."""
+    def forget_orphan(self, orphan_id: str, deleted_at: datetime) -> Orphan | None:
+        """An administrator deleted an orphan: drop it and leave a tombstone.
+
+        The orphan as it was, or None when there is no such orphan.
+        """
         with Session(self._engine) as session, session.begin():
             row = session.get(OrphanRow, orphan_id)
-            if row is not None:
-                session.delete(row)
+            if row is None:
+                return None
+            found = _orphan_of(row)
+            session.delete(row)
             session.merge(
-                TombstoneRow(sandbox_id=orphan_id, runner_id=runner_id, deleted_at=deleted_at)
+                TombstoneRow(sandbox_id=orphan_id, runner_id=row.runner_id, deleted_at=deleted_at)
             )
+            return found
+
+
+def _orphan_of(row: OrphanRow) -> Orphan:
+    return Orphan(
+        sandbox_id=row.sandbox_id,
+        runner_id=row.runner_id,
+        phase=row.phase,
+        exit_code=row.exit_code,
+        reason=row.reason,
+        runner_cluster_id=row.runner_cluster_id,
+        first_seen=utc(row.first_seen),
+        last_seen=utc(row.last_seen),
+    )

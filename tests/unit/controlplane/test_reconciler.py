@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -296,5 +297,44 @@ def test_a_failed_write_changes_nothing_and_the_report_is_picked_up_again(
             done = await rig.settle("sb-1", lambda r: r.observed is Observed.RUNNING)
             stored = rig.store.sandboxes.get("sb-1")
             assert done is not None and stored is not None and stored.observed is Observed.RUNNING
+
+    asyncio.run(scenario())
+
+
+def test_a_start_answered_without_progress_is_retried_after_a_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner that answers at once without progress is not flooded with the same command."""
+    monkeypatch.setattr("sandboxd.controlplane.reconciler.RETRY_SECONDS", 0.6)
+
+    async def scenario() -> None:
+        async with rig_for(tmp_path) as rig:
+            link = rig.connect()
+            await rig.records.add(record())
+            exists = runner_pb2.Failure(code=grpc.StatusCode.ALREADY_EXISTS.value[0], message="x")
+            first = await rig.command(link)
+            answered = asyncio.get_running_loop().time()
+            rig.answer(link, first, failure=exists)
+            await rig.quiet(link)  # not at once (the runner is asked for a snapshot meanwhile)
+            again = await rig.command(link)
+            assert again.start.spec.sandbox_id == "sb-1"
+            assert asyncio.get_running_loop().time() - answered >= 0.55
+
+    asyncio.run(scenario())
+
+
+def test_an_adopted_orphan_is_never_started_by_the_control_plane(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig_for(tmp_path) as rig:
+            link = rig.connect()
+            await rig.records.add(record(spec=None, start_deadline=None))
+            rig.reconcilers.kick("r1")
+            await rig.quiet(link)  # only its runner knows how; it reports when it runs
+            await rig.reconcilers.on_event("r1", event(RUNNING))
+            running = await rig.settle("sb-1", lambda r: r.observed is Observed.RUNNING)
+            assert running is not None
+            await rig.records.update("sb-1", lambda r: want_stopped(r, 1))
+            command = await rig.command(link)
+            assert command.stop.sandbox_id == "sb-1"  # but it is stopped like any other
 
     asyncio.run(scenario())

@@ -35,6 +35,7 @@ def record(**fields: object) -> SandboxRecord:
     base = SandboxRecord(
         sandbox_id="sb-1",
         runner_id="r1",
+        spec=b"spec",
         created_at=created,
         start_deadline=start_deadline(created),
     )
@@ -85,6 +86,14 @@ def test_every_pair_converges(desired: Desired, observed: Observed, late: bool) 
     else:
         assert current.observed is Observed.RUNNING
         assert public_status(current) == S.SANDBOX_STATUS_RUNNING
+
+
+def test_an_adopted_orphan_is_never_started_here() -> None:
+    """Only its runner knows how to start an adopted orphan (no spec): wait for its report."""
+    adopted = record(spec=None, start_deadline=None)
+    assert decide(adopted, now()) is Action.NOTHING
+    assert decide(replace(adopted, desired=Desired.STOPPED), now()) is Action.STOP
+    assert decide(replace(adopted, desired=Desired.DELETED), now()) is Action.DELETE
 
 
 def test_a_start_past_its_deadline_fails_and_is_stopped() -> None:
