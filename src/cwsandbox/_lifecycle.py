@@ -144,10 +144,16 @@ class Lifecycle:
             raise SandboxNotRunningError("the sandbox has not been started")
         return self.state.sandbox_id
 
+    def _failed(self) -> SandboxFailedError:
+        """FAILED as an error that says why, in the server's words."""
+        sid, why = self.state.sandbox_id, self.state.status_reason
+        message = f"sandbox {sid} failed" + (f": {why}" if why else "")
+        return SandboxFailedError(message, sandbox_id=sid, status_reason=why)
+
     def _raise_for_outcome(self) -> None:
         status, sid = self.state.status, self.state.sandbox_id
         if status is SandboxStatus.FAILED:
-            raise SandboxFailedError(f"sandbox {sid} failed")
+            raise self._failed()
         if status is SandboxStatus.TERMINATED:
             raise SandboxTerminatedError(f"sandbox {sid} was terminated")
 
@@ -179,7 +185,7 @@ class Lifecycle:
             await self._poll(TERMINAL, limit, self.fetch(sid))
         st = self.state
         if st.status is SandboxStatus.FAILED:
-            raise SandboxFailedError(f"sandbox {sid} failed")
+            raise self._failed()
         if raise_on_termination and (st.status is SandboxStatus.TERMINATED or st.stopped_by_client):
             raise SandboxTerminatedError(f"sandbox {sid} was terminated")
 

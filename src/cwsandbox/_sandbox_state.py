@@ -53,6 +53,8 @@ class SandboxState:
     resource_requests: dict[str, str] | None = None
     resource_gpu: dict[str, Any] | None = None
     file_system_snapshot_id: str | None = None
+    #: The server's reason for the status (why it failed, say), from the last Get.
+    status_reason: str | None = None
     #: This handle's ``stop()`` succeeded (so a later completion counts as termination).
     stopped_by_client: bool = False
     #: The sandbox is draining or over; operations are refused without an RPC.
@@ -100,6 +102,7 @@ class SandboxState:
         else:
             status = SandboxStatus.from_proto(raw)
         self.set_status(status)
+        self.status_reason = resp.status_reason or None
         if status is SandboxStatus.COMPLETED and resp.HasField("exit_code"):
             self.returncode = resp.exit_code
         return status

@@ -232,7 +232,25 @@ class SandboxUnavailableError(SandboxNotRunningError):
 
 
 class SandboxFailedError(SandboxError):
-    """The sandbox ended in FAILED (it could not start, or died fatally)."""
+    """The sandbox ended in FAILED (it could not start, or died fatally).
+
+    ``status_reason`` is the server's explanation (also in the message), e.g. "image not
+    found" or "lost: its processes died with their host"; ``None`` when it gave none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox_id: str | None = None,
+        status_reason: str | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: timedelta | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, retry_delay=retry_delay)
+        self.sandbox_id = sandbox_id
+        self.status_reason = status_reason
 
 
 class SandboxTerminatedError(SandboxError):

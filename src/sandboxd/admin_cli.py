@@ -152,15 +152,30 @@ def _runner_id(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return value
 
 
-def parse_ttl(text: str) -> int:
-    """Seconds in ``3600``, ``90m``, ``24h`` or ``7d``; ValueError saying what is allowed."""
+def parse_duration(text: str, least: int, most: int) -> int:
+    """Seconds in ``3600``, ``90m``, ``24h`` or ``7d``, within ``[least, most]``.
+
+    ValueError saying what is allowed otherwise.
+    """
     match = _TTL_PATTERN.match(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a duration: use seconds or a number with s, m, h or d")
     seconds = int(match.group(1)) * _TTL_UNITS[match.group(2) or "s"]
-    if not 1 <= seconds <= MAX_TOKEN_TTL_SECONDS:
-        raise ValueError(f"must be between 1 second and {MAX_TOKEN_TTL_SECONDS // 86400} days")
+    if not least <= seconds <= most:
+        raise ValueError(f"must be between {_span(least)} and {_span(most)}")
     return seconds
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}" if seconds != size else f"1 {unit[:-1]}"
+    return f"{seconds} seconds" if seconds != 1 else "1 second"
+
+
+def parse_ttl(text: str) -> int:
+    """A join token's lifetime: a duration of 1 second to the longest allowed."""
+    return parse_duration(text, 1, MAX_TOKEN_TTL_SECONDS)
 
 
 def _ttl(_ctx: click.Context, _param: click.Parameter, value: str) -> int:

@@ -13,14 +13,16 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from sandboxd import __version__
-from sandboxd.admin_cli import ADMIN_GROUPS
+from sandboxd.admin_cli import ADMIN_GROUPS, parse_duration
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
 from sandboxd.orphans_cli import sandboxes_group
@@ -88,6 +90,25 @@ tls_key_option = click.option(
 )
 
 
+EXIT_DATABASE = 4
+
+
+@contextlib.contextmanager
+def refuse_damaged_database() -> Iterator[None]:
+    """A damaged, foreign or unreachable database: one line and exit status 4, no traceback.
+
+    Why not start anyway: a control plane on the wrong or a blank database would look
+    healthy while it has forgotten every sandbox its runners hold.
+    """
+    from sandboxd.store.schema import DatabaseProblem
+
+    try:
+        yield
+    except DatabaseProblem as exc:
+        click.echo(f"sandboxd: database refused: {exc}", err=True)
+        raise SystemExit(EXIT_DATABASE) from None
+
+
 def warn_if_insecure(insecure: bool, listen: str) -> None:
     """Say loudly that the API is open, every time such a control plane starts."""
     if insecure:
@@ -113,6 +134,24 @@ health_timeout_option = click.option(
     default=10.0,
     show_default=True,
     help="Seconds without a heartbeat before a runner is reported unhealthy.",
+)
+MAX_RETENTION_SECONDS = 3650 * 86400
+
+
+def _retention(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        return parse_duration(value, 60, MAX_RETENTION_SECONDS)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+retention_option = click.option(
+    "--sandbox-retention",
+    default="7d",
+    show_default=True,
+    callback=_retention,
+    help="How long records of ended sandboxes stay readable before they are collected: "
+    "seconds, or a number with s, m, h or d.",
 )
 log_level_option = click.option(
     "--log-level",
@@ -143,7 +182,14 @@ def main() -> None:
     show_default=True,
     help="How often runners are told to send heartbeats, in seconds.",
 )
-@click.option("--database-url", default="", help="SQLAlchemy URL (default: SQLite in DATA_DIR).")
+@click.option(
+    "--database-url",
+    envvar="SANDBOXD_DATABASE_URL",
+    default="",
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (needs the postgres extra) "
+    "[env: SANDBOXD_DATABASE_URL; default: SQLite in DATA_DIR].",
+)
+@retention_option
 @log_level_option
 def controlplane_command(**options: object) -> None:
     """Run the control plane that runners register with and clients talk to."""
@@ -163,9 +209,11 @@ def controlplane_command(**options: object) -> None:
         insecure_no_auth=bool(options["insecure_no_auth"]),
         tls_cert=cert,
         tls_key=key,
+        sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
-    asyncio.run(serve_control_plane(settings))
+    with refuse_damaged_database():
+        asyncio.run(serve_control_plane(settings))
 
 
 @main.command("up")
@@ -184,6 +232,7 @@ def controlplane_command(**options: object) -> None:
 )
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
+@retention_option
 @log_level_option
 def up_command(**options: object) -> None:
     """Start a control plane and one local runner, ready for clients."""
@@ -204,16 +253,18 @@ def up_command(**options: object) -> None:
         insecure_no_auth=bool(options["insecure_no_auth"]),
         tls_cert=cert,
         tls_key=key,
+        sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
     ca_file: Path | None = options["tls_ca"] or cert  # type: ignore[assignment]
     try:
-        asyncio.run(
-            run_all_in_one(
-                settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+        with refuse_damaged_database():
+            asyncio.run(
+                run_all_in_one(
+                    settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+                )
             )
-        )
     except RunnerRejectedError as exc:
         click.echo(f"sandboxd: the local runner was refused: {exc}", err=True)
         raise SystemExit(EXIT_REJECTED) from exc

@@ -13,12 +13,20 @@ record and applies a pure change function under a per-sandbox lock, so concurren
 (a client's stop, the runner's report, the reconciler) compose instead of overwriting each
 other. Waiters wake only for the sandbox they wait on. Database calls run on one worker
 thread, in order.
+
+A database that hangs (a frozen server, a full disk that blocks) must not hang callers: a
+call that takes longer than ``DB_CALL_SECONDS`` answers UNAVAILABLE at once, and if the
+write commits later anyway, memory follows the database then (``landed`` callbacks run on
+completion, not on the caller's return); a sandbox whose Start was answered UNAVAILABLE but
+whose row landed late is given up (FAILED, never started), so a retried Start cannot leave
+a second, unseen sandbox running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -32,16 +40,33 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sandboxd.controlplane.quotas import Usage
 from sandboxd.controlplane.registry import RunnerRegistry
-from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord, now
+from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord, give_up, now
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import ListQuery, Orphan, SandboxStore, StaleRecord
+from sandboxd.store.schema import DatabaseProblem
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
+DB_CALL_SECONDS = 10.0
+"""A database call slower than this answers the caller UNAVAILABLE (the call itself goes on)."""
+LATE_START_REASON = (
+    "its Start was answered UNAVAILABLE (the database was too slow) before the record landed"
+)
 RECENT_SECONDS = 300.0
 """How long an ended sandbox stays in memory (clients poll a stopped sandbox's status)."""
 Change = Callable[[SandboxRecord], SandboxRecord | None]
+
+
+def store_too_slow(what: str) -> ApiError:
+    """A database call outlived ``DB_CALL_SECONDS``: retryable; it may still take effect."""
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the control plane's database did not answer within {DB_CALL_SECONDS:.0f} s ({what}); "
+        "try again (retrying is safe)",
+        reason="CWSANDBOX_STORE_UNAVAILABLE",
+        retry_after_seconds=1.0,
+    )
 
 
 def store_unavailable(exc: BaseException) -> ApiError:
@@ -68,20 +93,58 @@ class SandboxRecords:
         self._recent: deque[tuple[float, str]] = deque()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         self.on_change: Callable[[SandboxRecord], None] = lambda _record: None
 
     # -- database ---------------------------------------------------------------------------
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._call(lambda: fn(*args, **kwargs), fn.__name__)
+
+    async def _call(
+        self,
+        work: Callable[[], T],
+        what: str,
+        landed: Callable[[T, bool], None] | None = None,
+    ) -> T:
+        """Run ``work`` on the database thread; UNAVAILABLE if it fails or is too slow.
+
+        ``landed(result, abandoned)`` runs (on the event loop) when ``work`` succeeds, before
+        the caller resumes, and also when the caller stopped waiting (``abandoned``): memory
+        follows every commit, including a late one.
+        """
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, work)
+        abandoned = False
+
+        def done(finished: asyncio.Future[T]) -> None:
+            if landed is not None and not finished.cancelled() and finished.exception() is None:
+                landed(finished.result(), abandoned)
+
+        future.add_done_callback(done)
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            async with asyncio.timeout(DB_CALL_SECONDS):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            abandoned = True
+            log.warning("database call %s is taking longer than %.0f s", what, DB_CALL_SECONDS)
+            raise store_too_slow(what) from None
         except SQLAlchemyError as exc:
-            log.warning("database call %s failed: %s", fn.__name__, exc)
+            log.warning("database call %s failed: %s", what, exc)
             raise store_unavailable(exc) from exc
+        except DatabaseProblem as exc:  # a damaged row: say which, keep serving the rest
+            log.error("database call %s: %s", what, exc)
+            raise ApiError(
+                grpc.StatusCode.DATA_LOSS, str(exc), reason="CWSANDBOX_DATA_LOSS"
+            ) from None
+        except BaseException:
+            abandoned = True  # cancelled: the caller is gone, the call goes on
+            raise
 
     async def load(self) -> int:
         """At start-up: every sandbox that may still run, with its reservation."""
-        for record in await self._db(self._store.live):
+        loop = asyncio.get_running_loop()
+        # Not through _call: a damaged row must stop start-up as a DatabaseProblem.
+        for record in await loop.run_in_executor(self._executor, self._store.live):
             self._remember(record)
         return len(self._records)
 
@@ -138,9 +201,23 @@ class SandboxRecords:
     # -- writing --------------------------------------------------------------------------
     async def add(self, record: SandboxRecord) -> None:
         """Record a newly placed sandbox (one database write) and reserve its resources."""
-        await self._db(self._store.insert, record)
-        self._remember(record)
-        self._changed(record)
+
+        def landed(_: None, abandoned: bool) -> None:
+            self._remember(record)
+            if not abandoned:
+                self._changed(record)
+            else:  # its caller was told UNAVAILABLE and may have retried: never start it
+                self._background(
+                    self.update(record.sandbox_id, lambda r: give_up(r, LATE_START_REASON)),
+                    f"giving up late sandbox {record.sandbox_id}",
+                )
+
+        await self._call(lambda: self._store.insert(record), "insert", landed)
+
+    def _background(self, work: Awaitable[object], what: str) -> None:
+        task = asyncio.ensure_future(call_quietly(work, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         lock = self._locks.get(sandbox_id)
@@ -164,7 +241,9 @@ class SandboxRecords:
                 if changed is None or changed == current:
                     return current
                 try:
-                    stored = await self._db(self._store.save, changed)
+                    stored = await self._call(
+                        functools.partial(self._store.save, changed), "save", self._stored
+                    )
                 except StaleRecord:
                     # Another writer (another control plane on the same database) came first.
                     self._records.pop(sandbox_id, None)
@@ -175,17 +254,22 @@ class SandboxRecords:
                             reason="CWSANDBOX_CONFLICT",
                         ) from None
                     continue
-                self._remember(stored)
-                self._changed(stored)
                 return stored
         return None  # pragma: no cover - the loop returns or raises
 
+    def _stored(self, stored: SandboxRecord, _abandoned: bool) -> None:
+        self._remember(stored)
+        self._changed(stored)
+
     async def remove(self, record: SandboxRecord) -> None:
         """Forget a deleted sandbox, leaving a tombstone (one transaction)."""
-        await self._db(self._store.remove, record, now())
-        self._records.pop(record.sandbox_id, None)
-        self._registry.release(record.runner_id, record.sandbox_id)
-        self._changed(record, gone=True)
+
+        def landed(_: None, _abandoned: bool) -> None:
+            self._records.pop(record.sandbox_id, None)
+            self._registry.release(record.runner_id, record.sandbox_id)
+            self._changed(record, gone=True)
+
+        await self._call(lambda: self._store.remove(record, now()), "remove", landed)
 
     def _remember(self, record: SandboxRecord) -> None:
         self._records[record.sandbox_id] = record
@@ -260,11 +344,14 @@ class SandboxRecords:
 
     async def adopt(self, record: SandboxRecord) -> bool:
         """Make the orphan ``record.sandbox_id`` this sandbox; False if there is no such orphan."""
-        if not await self._db(self._store.adopt, record.sandbox_id, record):
-            return False
-        self._remember(record)
-        self._changed(record)
-        return True
+
+        def landed(adopted: bool, _abandoned: bool) -> None:
+            if adopted:
+                self._stored(record, False)
+
+        return await self._call(
+            lambda: self._store.adopt(record.sandbox_id, record), "adopt", landed
+        )
 
     async def forget_orphan(self, orphan_id: str) -> Orphan | None:
         """Drop an orphan an administrator deleted, leaving a tombstone; the orphan, if any."""

@@ -20,6 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
+from sqlalchemy.exc import SQLAlchemyError
 
 from cwsandbox._proto import discovery_pb2_grpc, gateway_pb2_grpc, streaming_pb2_grpc
 from sandboxd._proto import admin_pb2_grpc, runner_pb2_grpc
@@ -40,6 +42,7 @@ from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.errors import ApiError
 from sandboxd.store import BatchedRunnerWriter, Store
+from sandboxd.store.schema import DatabaseProblem, describe
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +131,7 @@ class ControlPlane:
         self._collector: asyncio.Task[None] | None = None
         self.exec_sessions = ExecSessions()
         self.identity = IdentityService(self.store.identity)
-        # The first administrator key, in <data_dir>/admin-key (0600).
-        self.admin_key = self.identity.ensure_admin_key(settings.data_dir)
+        self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -151,11 +153,28 @@ class ControlPlane:
         """The URL clients put in ``CWSANDBOX_BASE_URL``."""
         return f"{'https' if self.tls else 'http'}://{self.address}"
 
+    async def _load(self) -> None:
+        """Runners, live sandboxes and the cluster id; DatabaseProblem (one line) if unreadable."""
+        where = describe(self.store.url)
+        try:
+            self.registry.restore(self.store.load_runners())
+            await self.sandboxes.load()
+            self.cluster_id = await self.sandboxes.cluster_id()
+        except DatabaseProblem:
+            raise
+        except ApiError as error:
+            if error.code is grpc.StatusCode.DATA_LOSS:
+                raise DatabaseProblem(error.message) from None
+            raise DatabaseProblem(f"cannot read {where}: {error.message}") from None
+        except (SQLAlchemyError, ValueError, DecodeError) as exc:
+            raise DatabaseProblem(f"cannot read {where}: {exc}; restore it from a backup") from None
+
     async def start(self) -> None:
         """Restore persisted runners, bind the port and start serving."""
-        self.registry.restore(self.store.load_runners())
-        await self.sandboxes.load()
-        self.cluster_id = await self.sandboxes.cluster_id()
+        await self._load()
+        # The first administrator key, in <data_dir>/admin-key (0600); after _load, so that
+        # nothing is written to a database that is then refused.
+        self.admin_key = self.identity.ensure_admin_key(self.settings.data_dir)
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)

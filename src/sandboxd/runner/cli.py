@@ -41,7 +41,11 @@ from sandboxd.runner.fingerprint import (
     unavailable_backend,
 )
 from sandboxd.runner.limit_options import limit_options
-from sandboxd.runner.settings import RunnerSettings, default_state_dir
+from sandboxd.runner.settings import (
+    DEFAULT_KEEPALIVE_SECONDS,
+    RunnerSettings,
+    default_state_dir,
+)
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
@@ -216,6 +220,14 @@ def read_join_token(path: Path | None) -> str:
     help="Seconds between heartbeats unless the control plane asks for another interval.",
 )
 @click.option(
+    "--keepalive-interval",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_KEEPALIVE_SECONDS,
+    show_default=True,
+    help="Seconds between HTTP/2 pings to the control plane, so a silently cut connection "
+    "is noticed and redialed; 0 disables them.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(_LOG_LEVELS, case_sensitive=False),
     default="INFO",
@@ -234,6 +246,7 @@ def runner_command(
     backend_name: str | None,
     data_dir: Path | None,
     heartbeat_interval: float,
+    keepalive_interval: float,
     log_level: str,
     reserve_cpu: int | None,
     reserve_memory: int | None,
@@ -256,6 +269,7 @@ def runner_command(
             tags=tags,
             state_dir=state_dir if state_dir is not None else default_state_dir(),
             heartbeat_interval=heartbeat_interval,
+            keepalive_interval=keepalive_interval or None,
             reserve=HostReserve(cpu_millicores=reserve_cpu, memory_bytes=reserve_memory),
             max_execs_per_sandbox=max_execs_per_sandbox,
             egress_blocked=egress_blocked,

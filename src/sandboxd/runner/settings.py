@@ -55,6 +55,9 @@ def parse_control_plane_url(url: str) -> ControlPlaneAddress:
     return ControlPlaneAddress(target=f"{host}:{port}", secure=parts.scheme == "https")
 
 
+DEFAULT_KEEPALIVE_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class RunnerSettings:
     """Everything the agent needs to join a control plane.
@@ -64,9 +67,11 @@ class RunnerSettings:
     plane. ``heartbeat_interval`` is only a fallback: the control plane's ``Registered`` reply wins
     when it names an interval. Reconnects back off exponentially from
     ``reconnect_backoff_min`` to ``reconnect_backoff_max`` seconds, with jitter so that many
-    runners do not stampede a restarted control plane. ``keepalive_interval`` enables HTTP/2
-    keepalive pings (off by default: the control plane must allow them, or it answers with
-    GOAWAY "too_many_pings").
+    runners do not stampede a restarted control plane. ``keepalive_interval`` is the HTTP/2
+    keepalive ping interval (None: no pings). Why on by default: a connection cut without a
+    FIN or RST (a partition, a dead NAT entry) looks alive to TCP for many minutes; pings make
+    the runner notice within about interval + 10 s and redial. The control plane permits
+    pings down to one per second.
 
     ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
     reports, and its sandboxes together may use, the rest. ``max_execs_per_sandbox`` caps
@@ -86,7 +91,7 @@ class RunnerSettings:
     reconnect_backoff_min: float = 0.2
     reconnect_backoff_max: float = 5.0
     register_timeout: float = 30.0
-    keepalive_interval: float | None = None
+    keepalive_interval: float | None = DEFAULT_KEEPALIVE_SECONDS
     reserve: HostReserve = field(default_factory=HostReserve)
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
     egress_blocked: tuple[str, ...] = ()

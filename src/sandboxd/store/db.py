@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, LargeBinary, String, create_engine, event, make_url, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.store.base import Base as _Base
@@ -65,15 +65,23 @@ class Store:
         if sqlite and parsed.database and parsed.database != ":memory:" and not new_file:
             check_sqlite_file(Path(parsed.database))
         try:
-            self._engine: Engine = create_engine(url, pool_pre_ping=not sqlite)
+            self._engine: Engine = create_engine(
+                url,
+                pool_pre_ping=not sqlite,
+                pool_timeout=POOL_TIMEOUT_SECONDS,
+                connect_args=_connect_args(parsed.get_backend_name()),
+            )
         except ModuleNotFoundError as exc:
             raise DatabaseProblem(
                 f"the driver for {describe(parsed)} is not installed ({exc.name}); for "
                 "PostgreSQL: pip install 'sandboxd[postgres]'"
             ) from None
-        if sqlite:
-            event.listen(self._engine, "connect", _sqlite_pragmas)
         check_and_migrate(self._engine)
+        if sqlite:
+            # Only now: switching to WAL rewrites the file header, which must not happen to
+            # a database that check_and_migrate refuses (another program's, a newer one).
+            self._engine.dispose()
+            event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
 
@@ -130,9 +138,31 @@ class Store:
                     )
                 )
 
+    @property
+    def url(self) -> URL:
+        """Where the database is (for messages: render it with ``schema.describe``)."""
+        return self._engine.url
+
     def close(self) -> None:
         """Release database connections."""
         self._engine.dispose()
+
+
+POOL_TIMEOUT_SECONDS = 10
+POSTGRES_CONNECT_ARGS = {
+    # Why: an unreachable server must fail a call in seconds, not hang the database thread;
+    # TCP keepalives notice a server that vanished without closing the connection.
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def _connect_args(backend: str) -> dict[str, object]:
+    """Driver options: bounded connects and dead-peer detection for PostgreSQL."""
+    return dict(POSTGRES_CONNECT_ARGS) if backend == "postgresql" else {}
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

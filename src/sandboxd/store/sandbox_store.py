@@ -44,6 +44,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord
 from sandboxd.store.base import Base, utc
+from sandboxd.store.schema import DatabaseProblem, describe
 
 
 class StaleRecord(Exception):
@@ -242,7 +243,7 @@ class SandboxStore:
         """The sandbox with this id, if any."""
         with Session(self._engine) as session:
             row = session.get(SandboxRow, sandbox_id)
-            return record_of(row) if row is not None else None
+            return self._checked(row) if row is not None else None
 
     def save(self, record: SandboxRecord) -> SandboxRecord:
         """Write ``record`` over the row it was read from; the stored record (version + 1).
@@ -305,7 +306,18 @@ class SandboxStore:
         """Sandboxes their runners may still hold: what a control plane loads at start-up."""
         with Session(self._engine) as session:
             rows = session.scalars(select(SandboxRow).where(SandboxRow.live == 1)).all()
-            return [record_of(row) for row in rows]
+            return [self._checked(row) for row in rows]
+
+    def _checked(self, row: SandboxRow) -> SandboxRecord:
+        """``record_of(row)``, or DatabaseProblem naming the damaged row."""
+        try:
+            return record_of(row)
+        except (ValueError, TypeError) as exc:
+            raise DatabaseProblem(
+                f"{describe(self._engine.url)}: the row of sandbox {row.sandbox_id!r} in table "
+                f"sandboxes is damaged ({exc}); restore the database from a backup, or delete "
+                "that row (its runner then reports the sandbox as an orphan)"
+            ) from None
 
     def page(self, query: ListQuery) -> list[SandboxRecord]:
         """One page of sandboxes in id (creation) order, filters applied in SQL."""
@@ -335,7 +347,7 @@ class SandboxStore:
             select(SandboxRow).where(*conditions).order_by(SandboxRow.sandbox_id).limit(query.limit)
         )
         with Session(self._engine) as session:
-            return [record_of(row) for row in session.scalars(statement).all()]
+            return [self._checked(row) for row in session.scalars(statement).all()]
 
     def collect(self, before: datetime, batch: int = 500) -> int:
         """Delete up to ``batch`` terminal rows, and tombstones, older than ``before``."""

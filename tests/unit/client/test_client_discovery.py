@@ -277,7 +277,7 @@ def test_default_deadline_is_30_seconds(standin: StandIn) -> None:
     cwsandbox.get_runner("r1")
     remaining = standin.servicer.calls[0].time_remaining
     assert remaining is not None
-    assert 25 < remaining <= 30
+    assert 25 < remaining <= 30.2  # gRPC rounds the timeout it sends up (to ~100 ms)
 
 
 def test_one_deadline_is_shared_by_all_pages(standin: StandIn) -> None:
@@ -290,7 +290,7 @@ def test_one_deadline_is_shared_by_all_pages(standin: StandIn) -> None:
     assert standin.url in str(info.value)
     # Each page got only what was left of the one 1-second budget, not a fresh timeout.
     remaining = [c.time_remaining or 0.0 for c in standin.servicer.calls]
-    assert all(r <= 1.0 for r in remaining)
+    assert all(r <= 1.2 for r in remaining)  # gRPC rounds the timeout it sends up
     assert remaining == sorted(remaining, reverse=True)
     assert remaining[-1] < 0.5
 

@@ -141,6 +141,8 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         self.delete_success = True
         self.file_failure: str | None = None  # "success_false" or a CWSANDBOX_FILE_* reason
         self.get_not_found_after_stop = False
+        #: What Get says beside a FAILED status (the server's reason).
+        self.failed_reason = ""
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         )
         if box.exit_code is not None:
             resp.exit_code = box.exit_code
+        if box.status == S.SANDBOX_STATUS_FAILED:
+            resp.status_reason = self.failed_reason
         return resp
 
     def Stop(self, request: Any, context: grpc.ServicerContext) -> Any:

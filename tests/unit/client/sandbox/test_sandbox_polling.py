@@ -185,8 +185,25 @@ def test_wait_until_complete_reads_exit_code(gateway: Gateway) -> None:
 
 def test_wait_until_complete_failed(gateway: Gateway) -> None:
     gateway.servicer.start_script = [(S.SANDBOX_STATUS_FAILED, None)]
-    with pytest.raises(SandboxFailedError):
+    with pytest.raises(SandboxFailedError) as caught:
         Sandbox.run().wait_until_complete().result()
+    assert caught.value.status_reason is None and str(caught.value).endswith(" failed")
+
+
+@pytest.mark.parametrize("waits", ["wait", "wait_until_complete"])
+def test_a_failure_says_why_in_the_servers_words(gateway: Gateway, waits: str) -> None:
+    why = "lost: its processes died with their host (the runner found no exit record)"
+    gateway.servicer.failed_reason = why
+    gateway.servicer.start_script = [(CREATING, None), (S.SANDBOX_STATUS_FAILED, None)]
+    sb = Sandbox.run()
+    with pytest.raises(SandboxFailedError) as caught:
+        if waits == "wait":
+            sb.wait()
+        else:
+            sb.wait_until_complete().result()
+    assert caught.value.status_reason == why
+    assert caught.value.sandbox_id == sb.sandbox_id
+    assert str(caught.value) == f"sandbox {sb.sandbox_id} failed: {why}"
 
 
 def test_completed_without_exit_code_is_polled_again(gateway: Gateway) -> None:

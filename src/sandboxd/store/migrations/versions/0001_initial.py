@@ -11,7 +11,7 @@ Revises: (none)
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,9 +24,12 @@ depends_on = None
 
 TZ = sa.DateTime(timezone=True)
 
-# v1beta2 SandboxStatus numbers, as the legacy documents stored them.
-_CREATING, _RUNNING, _TERMINATING = 2, 3, 6
-_COMPLETED, _FAILED, _TERMINATED = 4, 5, 7
+# v1beta2 SandboxStatus numbers, as the legacy documents stored them (gateway.proto).
+_CREATING, _RUNNING, _COMPLETED, _FAILED, _TERMINATED = 1, 2, 3, 4, 5
+_PENDING, _PAUSED, _TERMINATING = 6, 7, 9
+# A legacy sandbox that never started has no spec to start it from: it is given up (FAILED)
+# this long after its creation, like any start that never came (sandbox_model).
+_START_SECONDS = 120
 
 
 def _tables() -> set[str]:
@@ -170,9 +173,9 @@ def _legacy_row(document: dict[str, Any]) -> dict[str, Any]:
     terminal = status in (_COMPLETED, _FAILED, _TERMINATED)
     stop = bool(document.get("stop_requested")) or status in (_TERMINATING, _TERMINATED)
     observed = {
-        _RUNNING: "running", _COMPLETED: "completed", _FAILED: "failed", _TERMINATED: "gone",
-        _TERMINATING: "running",
-    }.get(status, "none")  # fmt: skip
+        _RUNNING: "running", _PAUSED: "running", _COMPLETED: "completed", _FAILED: "failed",
+        _TERMINATED: "gone", _TERMINATING: "running",
+    }.get(status, "none")  # CREATING, PENDING  # fmt: skip
     created = _time(document.get("created_at")) or datetime.now(UTC)
     ended = _time(document.get("ended_at"))
     return {
@@ -203,7 +206,9 @@ def _legacy_row(document: dict[str, Any]) -> dict[str, Any]:
         "verdict": "",
         "service_address": str(document.get("service_address", "")),
         "created_at": created,
-        "start_deadline": None,
+        "start_deadline": (
+            created + timedelta(seconds=_START_SECONDS) if observed == "none" else None
+        ),
         "started_at": _time(document.get("started_at")),
         "ended_at": ended,
         "terminal_at": (ended or created) if terminal else None,

@@ -1,0 +1,114 @@
+"""Sandbox records over a real SQLite store when the database fails or hangs.
+
+The store is real; the only injected fault is a gate that holds the database thread inside
+a call (as a frozen PostgreSQL server or a blocked disk would), wrapped around the real
+store method. Persistence first: a caller gets UNAVAILABLE quickly, memory follows the
+database whenever a write commits, and a Start whose row lands after its caller gave up
+is never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sandboxd.config import load_config
+from sandboxd.controlplane import sandbox_records
+from sandboxd.controlplane.lifecycle import want_stopped
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord, now
+from sandboxd.controlplane.sandbox_records import LATE_START_REASON, SandboxRecords
+from sandboxd.errors import ApiError
+from sandboxd.store import Store
+
+
+def gated(method: Callable[..., Any], gate: threading.Event) -> Callable[..., Any]:
+    """``method`` that first waits for ``gate`` (on the database thread)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        assert gate.wait(10), "the test never opened the gate"
+        return method(*args, **kwargs)
+
+    return wrapper
+
+
+def new_record(sandbox_id: str = "sb-1") -> SandboxRecord:
+    return SandboxRecord(sandbox_id, "r1", spec=b"spec", created_at=now())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def short_database_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_records, "DB_CALL_SECONDS", 0.3)
+
+
+def test_a_start_whose_row_lands_late_is_given_up_not_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        gate = threading.Event()
+        monkeypatch.setattr(store.sandboxes, "insert", gated(store.sandboxes.insert, gate))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ApiError) as caught:
+            await records.add(new_record())
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        assert "did not answer within" in caught.value.message
+        assert asyncio.get_running_loop().time() - started < 2
+        assert records.cached("sb-1") is None  # nothing committed yet, nothing in memory
+        gate.set()  # the database comes back and commits the row after all
+        await eventually(lambda: (records.cached("sb-1") or new_record()).verdict != "")
+        late = records.cached("sb-1")
+        assert late is not None and late.desired is Desired.STOPPED
+        assert late.status_reason == LATE_START_REASON
+        stored = store.sandboxes.get("sb-1")
+        assert stored is not None and stored == late  # memory and database agree
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_update_answers_unavailable_and_memory_follows_the_late_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        await records.add(new_record())
+        gate = threading.Event()
+        monkeypatch.setattr(store.sandboxes, "save", gated(store.sandboxes.save, gate))
+
+        def running(record: SandboxRecord) -> SandboxRecord:
+            return replace(record, observed=Observed.RUNNING, observed_generation=1)
+
+        with pytest.raises(ApiError) as caught:
+            await records.update("sb-1", running)
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        # Reads still answer while the write hangs... from memory, which is unchanged.
+        cached = records.cached("sb-1")
+        assert cached is not None and cached.observed is Observed.NONE
+        gate.set()
+        await eventually(lambda: records.cached("sb-1").observed is Observed.RUNNING)  # type: ignore[union-attr]
+        assert store.sandboxes.get("sb-1") == records.cached("sb-1")
+        # And the next change composes with the late one instead of overwriting it.
+        stopped = await records.update("sb-1", lambda r: want_stopped(r, 5))
+        assert stopped is not None and stopped.observed is Observed.RUNNING
+        assert store.sandboxes.get("sb-1") == stopped
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
