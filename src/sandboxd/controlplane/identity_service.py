@@ -22,10 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from sandboxd.controlplane.caller import Caller, JoiningRunner, RunnerCaller
+from sandboxd.controlplane.store_errors import DB_CALL_SECONDS, store_too_slow, store_unavailable
 from sandboxd.errors import (
+    ApiError,
     invalid_argument,
     not_found,
     permission_denied,
@@ -61,9 +65,18 @@ from sandboxd.store.identity import IdentityStore
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 5.0
+STALE_SECONDS = 600.0
+"""While the database is down, a credential looked up within this long still authenticates.
+
+Why: an outage must fail writes, not every call of every client and runner that was working a
+moment ago. The cost: a key revoked in the database by another control plane during the
+outage keeps working here until the database answers again (revocations made here take effect
+at once, whatever the database does).
+"""
 ADMIN_KEY_FILE = "admin-key"
 KEY_HINT = "set CWSANDBOX_API_KEY to a key of this control plane (sandboxd keys create)"
 Info = TypeVar("Info")
+R = TypeVar("R")
 
 
 def utcnow() -> datetime:
@@ -93,8 +106,16 @@ class _Cache(Generic[Info]):
         self._revoked: set[str] = set()
 
     def get(self, public_id: str) -> _Entry[Info] | None:
+        """A fresh entry (looked up within ``seconds``), or None."""
         entry = self._entries.get(public_id)
         if entry is not None and self._clock() - entry.fetched_at > self._seconds:
+            return None
+        return entry
+
+    def stale(self, public_id: str) -> _Entry[Info] | None:
+        """An entry looked up within ``STALE_SECONDS``, for when the database is down."""
+        entry = self._entries.get(public_id)
+        if entry is not None and self._clock() - entry.fetched_at > STALE_SECONDS:
             del self._entries[public_id]
             return None
         return entry
@@ -143,16 +164,42 @@ class IdentityService:
         self._keys: _Cache[ApiKeyInfo] = _Cache(cache_seconds, clock)
         self._runners: _Cache[RunnerCredentialInfo] = _Cache(cache_seconds, clock)
 
+    async def _db(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` on a worker thread; a database failure is UNAVAILABLE, never raw."""
+        try:
+            async with asyncio.timeout(DB_CALL_SECONDS):
+                return await asyncio.shield(asyncio.to_thread(fn, *args))
+        except TimeoutError:
+            raise store_too_slow(fn.__name__) from None
+        except SQLAlchemyError as exc:
+            raise store_unavailable(exc) from None
+
+    async def _lookup(
+        self,
+        cache: _Cache[Info],
+        public_id: str,
+        fetch: Callable[[str], tuple[Info, str] | None],
+    ) -> _Entry[Info] | None:
+        """The cached entry, refreshed from the database; a stale one while it is down."""
+        entry = cache.get(public_id)
+        if entry is not None:
+            return entry
+        try:
+            found = await self._db(fetch, public_id)
+        except ApiError:
+            stale = cache.stale(public_id)
+            if stale is None:
+                raise
+            log.warning("database down: %s authenticated from the cache", public_id)
+            return stale
+        return cache.put(public_id, *found) if found is not None else None
+
     # -- authentication -------------------------------------------------------------------
 
     async def authenticate_key(self, bearer: str | None) -> Caller:
         """The caller an API key stands for; UNAUTHENTICATED saying what is wrong otherwise."""
         parsed = _parse_as(bearer, "API key", SecretKind.API_KEY)
-        entry = self._keys.get(parsed.public_id)
-        if entry is None:
-            found = await asyncio.to_thread(self._store.api_key, parsed.public_id)
-            if found is not None:
-                entry = self._keys.put(parsed.public_id, *found)
+        entry = await self._lookup(self._keys, parsed.public_id, self._store.api_key)
         if entry is None or not matches(parsed, entry.digest):
             raise unauthenticated(f"API key not recognised; {KEY_HINT}")
         key = entry.info
@@ -175,11 +222,9 @@ class IdentityService:
             parsed = _parse_as(bearer, "runner credential", SecretKind.RUNNER_CREDENTIAL)
         if parsed.kind is SecretKind.JOIN_TOKEN:
             return JoiningRunner(await self._usable_token(parsed))
-        entry = self._runners.get(parsed.public_id)
-        if entry is None:
-            found = await asyncio.to_thread(self._store.runner_credential_by_id, parsed.public_id)
-            if found is not None:
-                entry = self._runners.put(parsed.public_id, *found)
+        entry = await self._lookup(
+            self._runners, parsed.public_id, self._store.runner_credential_by_id
+        )
         if entry is None or not matches(parsed, entry.digest):
             raise unauthenticated(
                 "runner credential not recognised by this control plane; if its database was "
@@ -198,7 +243,7 @@ class IdentityService:
         )
 
     async def _usable_token(self, parsed: ParsedSecret) -> JoinTokenInfo:
-        found = await asyncio.to_thread(self._store.join_token, parsed.public_id)
+        found = await self._db(self._store.join_token, parsed.public_id)
         if found is None or not matches(parsed, found[1]):
             raise unauthenticated("join token not recognised by this control plane")
         token = found[0]
@@ -227,9 +272,7 @@ class IdentityService:
             created_at=now,
         )
         try:
-            await asyncio.to_thread(
-                self._store.join_runner, token.token_id, credential, digest(secret), now
-            )
+            await self._db(self._store.join_runner, token.token_id, credential, digest(secret), now)
         except JoinRefused as refused:
             if refused.kind == "token":
                 raise unauthenticated(refused.message) from None
@@ -254,19 +297,19 @@ class IdentityService:
             raise invalid_argument("name", problem)
         secret = mint(SecretKind.API_KEY)
         key = ApiKeyInfo(secret.public_id, organization, role, name, utcnow())
-        await asyncio.to_thread(self._store.add_api_key, key, digest(secret))
+        await self._db(self._store.add_api_key, key, digest(secret))
         return key, secret.text
 
     async def list_keys(self, organization: str, include_revoked: bool) -> list[ApiKeyInfo]:
         """Keys, oldest first."""
         if organization and (problem := organization_problem(organization)):
             raise invalid_argument("organization", problem)
-        return await asyncio.to_thread(self._store.api_keys, organization, include_revoked)
+        return await self._db(self._store.api_keys, organization, include_revoked)
 
     async def revoke_key(self, key_id: str) -> ApiKeyInfo:
         """Revoke a key; calls with it fail from the next one on."""
         _check_public_id("key_id", key_id, "sandboxd keys ls")
-        key = await asyncio.to_thread(self._store.revoke_api_key, key_id, utcnow())
+        key = await self._db(self._store.revoke_api_key, key_id, utcnow())
         if key is None:
             raise not_found("API key", key_id)
         self._keys.revoke(key_id)
@@ -304,17 +347,17 @@ class IdentityService:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
         )
-        await asyncio.to_thread(self._store.add_join_token, token, digest(secret))
+        await self._db(self._store.add_join_token, token, digest(secret))
         return token, secret.text
 
     async def list_join_tokens(self, include_spent: bool) -> list[JoinTokenInfo]:
         """Tokens, oldest first; only usable ones unless ``include_spent``."""
-        return await asyncio.to_thread(self._store.join_tokens, utcnow(), include_spent)
+        return await self._db(self._store.join_tokens, utcnow(), include_spent)
 
     async def revoke_join_token(self, token_id: str) -> JoinTokenInfo:
         """Revoke a token; runners that already joined with it keep their credentials."""
         _check_public_id("token_id", token_id, "sandboxd tokens ls")
-        token = await asyncio.to_thread(self._store.revoke_join_token, token_id, utcnow())
+        token = await self._db(self._store.revoke_join_token, token_id, utcnow())
         if token is None:
             raise not_found("join token", token_id)
         return token
@@ -323,13 +366,13 @@ class IdentityService:
 
     async def list_runner_credentials(self, include_revoked: bool) -> list[RunnerCredentialInfo]:
         """Credentials in runner-id order."""
-        return await asyncio.to_thread(self._store.runner_credentials, include_revoked)
+        return await self._db(self._store.runner_credentials, include_revoked)
 
     async def revoke_runner(self, runner_id: str) -> RunnerCredentialInfo:
         """Revoke a runner's credential; its next call (and every later one) is refused."""
         if not RUNNER_ID_PATTERN.match(runner_id):
             raise invalid_argument("runner_id", RUNNER_ID_RULE)
-        credential = await asyncio.to_thread(self._store.revoke_runner, runner_id, utcnow())
+        credential = await self._db(self._store.revoke_runner, runner_id, utcnow())
         if credential is None:
             raise not_found("runner credential", runner_id, reason="CWSANDBOX_RUNNER_NOT_FOUND")
         self._runners.revoke(credential.credential_id)

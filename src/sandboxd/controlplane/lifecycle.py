@@ -47,6 +47,8 @@ MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024
 STOP_MARGIN_SECONDS = 15.0
 START_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
+RELINK_SECONDS = 10.0
+"""How long an idempotent runner command waits for the runner's next connection."""
 MAX_PATH_LENGTH = MAX_FILE_PATH_CHARS  # limits.py says why it fits the agent's message
 
 
@@ -174,8 +176,12 @@ class Lifecycle:
         if runner is not None and self.registry.is_healthy(runner):
             return reason
         heard = runner.last_heartbeat_at if runner is not None else None
-        since = f" since {heard.strftime('%Y-%m-%dT%H:%M:%SZ')}" if heard else ""
-        away = f"its runner {record.runner_id} is unreachable (last heard from{since or ' never'})"
+        when = (
+            f"last heard from {heard.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+            if heard
+            else "never heard from"
+        )
+        away = f"its runner {record.runner_id} is unreachable ({when})"
         return f"{away}; {reason}" if reason else away
 
     def link_for(self, record: SandboxRecord) -> RunnerLink:
@@ -269,27 +275,47 @@ class Lifecycle:
         _check_path(path)
         if len(contents) > MAX_UNARY_FILE_BYTES:
             raise file_too_large(path, len(contents))
-        link = self.running_link(record)
-        await link.call(
+        await self.call_running(
+            record,
             runner_pb2.Command(
                 write_file=runner_pb2.WriteFile(
                     sandbox_id=record.sandbox_id, path=path, contents=contents
                 )
-            )
+            ),
         )
 
     async def read_file(self, record: SandboxRecord, path: str) -> bytes:
         """RetrieveFile from the runner; files over the unary cap answer FILE_TOO_LARGE."""
         _check_path(path)
-        link = self.running_link(record)
-        result = await link.call(
+        result = await self.call_running(
+            record,
             runner_pb2.Command(
                 read_file=runner_pb2.ReadFile(
                     sandbox_id=record.sandbox_id, path=path, max_bytes=MAX_UNARY_FILE_BYTES
                 )
-            )
+            ),
         )
         return result.file.contents
+
+    async def call_running(
+        self, record: SandboxRecord, command: runner_pb2.Command
+    ) -> runner_pb2.CommandResult:
+        """An idempotent command to a running sandbox's runner, surviving one reconnect.
+
+        If the runner's connection dies under the call (a partition that just healed, a
+        redial), the command is sent once more on its next connection, if one comes within
+        ``RELINK_SECONDS``, instead of failing although the runner is back.
+        """
+        link = self.running_link(record)
+        try:
+            return await link.call(command)
+        except ApiError as error:
+            if error.reason != "CWSANDBOX_RUNNER_UNAVAILABLE" or not link.closed.is_set():
+                raise
+            again = await self.registry.next_link(record.runner_id, link, RELINK_SECONDS)
+            if again is None:
+                raise
+        return await again.call(command)
 
     async def fail_runner_sandboxes(self, runner_id: str, reason: str) -> int:
         """Give up every live sandbox of a runner (it can no longer be trusted): FAILED."""

@@ -14,7 +14,9 @@ timer has to sweep every runner; the same goes for a start backoff's end.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import itertools
 import logging
 import time
@@ -180,6 +182,7 @@ class RunnerRegistry:
         self._health_timeout = health_timeout
         self._clock = clock
         self._on_change = on_change or (lambda _runner_id: None)
+        self._link_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runners: dict[str, RunnerState] = {}
         self._sorted_ids: list[str] = []
         self._by_load = LoadIndex()
@@ -296,6 +299,9 @@ class RunnerRegistry:
         if state.link is not None:
             state.link.close()
         state.link = RunnerLink(state.runner_id)
+        for waiter in self._link_waiters.pop(state.runner_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
         state.last_heartbeat_monotonic = self._clock()
         self._apply_config(state, message.runner_group_id or "default")
         if not state.support.working:
@@ -343,6 +349,38 @@ class RunnerRegistry:
                 state.link = None
             self._reindex(state)
             self._on_change(runner_id)
+
+    async def next_link(
+        self, runner_id: str, after: RunnerLink, timeout: float
+    ) -> RunnerLink | None:
+        """The runner's connection once it is another than ``after``; None after ``timeout``.
+
+        Why: an operation whose open command went out on a connection that died (a healed
+        partition, a redial) can be sent again on the runner's next connection instead of
+        failing although the runner is back a second later.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            state = self._runners.get(runner_id)
+            link = state.link if state is not None else None
+            if link is not None and link is not after and not link.closed.is_set():
+                return link
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._link_waiters.setdefault(runner_id, [])
+            waiters.append(waiter)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._link_waiters.pop(runner_id, None)
 
     def is_current(self, runner_id: str, connection_id: int) -> bool:
         """Whether ``connection_id`` is still the runner's live connection."""

@@ -50,6 +50,8 @@ class RunnerLink:
         self._pending: dict[str, asyncio.Future[runner_pb2.CommandResult]] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        # Set when the connection ends, for waiters that must not outlive it.
+        self.closed = asyncio.Event()
 
     def send(self, command: runner_pb2.Command) -> None:
         """Queue a command that needs no answer (e.g. OpenExec)."""
@@ -89,6 +91,7 @@ class RunnerLink:
     def close(self) -> None:
         """The connection ended: fail everything pending and stop accepting commands."""
         self._closed = True
+        self.closed.set()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(runner_unavailable(self.runner_id, "its connection closed"))

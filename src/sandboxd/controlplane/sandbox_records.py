@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sandboxd.controlplane.quotas import Usage
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord, give_up, now
+from sandboxd.controlplane.store_errors import DB_CALL_SECONDS, store_too_slow, store_unavailable
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import ListQuery, Orphan, SandboxStore, StaleRecord
 from sandboxd.store.schema import DatabaseProblem
@@ -48,38 +49,12 @@ from sandboxd.store.schema import DatabaseProblem
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
-DB_CALL_SECONDS = 10.0
-"""A database call slower than this answers the caller UNAVAILABLE (the call itself goes on)."""
 LATE_START_REASON = (
     "its Start was answered UNAVAILABLE (the database was too slow) before the record landed"
 )
 RECENT_SECONDS = 300.0
 """How long an ended sandbox stays in memory (clients poll a stopped sandbox's status)."""
 Change = Callable[[SandboxRecord], SandboxRecord | None]
-
-
-def store_too_slow(what: str) -> ApiError:
-    """A database call outlived ``DB_CALL_SECONDS``: retryable; it may still take effect."""
-    return ApiError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"the control plane's database did not answer within {DB_CALL_SECONDS:.0f} s ({what}); "
-        "try again (retrying is safe)",
-        reason="CWSANDBOX_STORE_UNAVAILABLE",
-        retry_after_seconds=1.0,
-    )
-
-
-def store_unavailable(exc: BaseException) -> ApiError:
-    """The database refused a read or a write: retryable, and nothing was changed."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return ApiError(
-        grpc.StatusCode.UNAVAILABLE,
-        "the control plane's database is unavailable"
-        + (f": {detail[0]}" if detail else "")
-        + "; nothing was changed, try again",
-        reason="CWSANDBOX_STORE_UNAVAILABLE",
-        retry_after_seconds=1.0,
-    )
 
 
 class SandboxRecords:
@@ -127,7 +102,7 @@ class SandboxRecords:
         except TimeoutError:
             abandoned = True
             log.warning("database call %s is taking longer than %.0f s", what, DB_CALL_SECONDS)
-            raise store_too_slow(what) from None
+            raise store_too_slow(what, DB_CALL_SECONDS) from None
         except SQLAlchemyError as exc:
             log.warning("database call %s failed: %s", what, exc)
             raise store_unavailable(exc) from exc

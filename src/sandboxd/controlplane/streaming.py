@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -34,6 +35,8 @@ from sandboxd.controlplane.exec_bridge import (
 )
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.limits import check_exec_init
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
@@ -55,14 +58,50 @@ async def _first_request(requests: AsyncIterator[T]) -> T:
         raise invalid_argument("init", "the stream ended before init") from None
 
 
-async def _attached(session: ExecSession | LogSession) -> bool:
-    """Wait for the runner to dial back for this session; False if it did not in time."""
+async def _attached_or_closed(
+    session: ExecSession | LogSession, link: RunnerLink, timeout: float
+) -> bool | None:
+    """True once the runner dialed back; None if ``link`` closed first; False on timeout."""
+    if timeout <= 0:
+        return session.attached.is_set()
+    attached = asyncio.ensure_future(session.attached.wait())
+    closed = asyncio.ensure_future(link.closed.wait())
     try:
-        async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
-            await session.attached.wait()
-    except TimeoutError:
-        return False
-    return True
+        await asyncio.wait({attached, closed}, timeout=timeout, return_when=FIRST_COMPLETED)
+    finally:
+        for task in (attached, closed):
+            task.cancel()
+    if session.attached.is_set():
+        return True
+    return None if link.closed.is_set() else False
+
+
+async def open_on_runner(
+    registry: RunnerRegistry,
+    runner_id: str,
+    link: RunnerLink,
+    session: ExecSession | LogSession,
+    command: runner_pb2.Command,
+) -> bool:
+    """Send ``command`` (which asks the runner to dial back) and wait for the dial.
+
+    When the connection it went out on dies before the runner dialed back — the usual case
+    right after a partition heals, when the control plane's sends on the old connection are
+    stuck in TCP backoff until keepalive closes it — the command is sent again on the
+    runner's next connection, within the same ``ATTACH_TIMEOUT_SECONDS``. The runner ignores
+    a stream id it has seen, so the command never runs twice. False if it never attached.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ATTACH_TIMEOUT_SECONDS
+    current: RunnerLink | None = link
+    while current is not None:
+        with contextlib.suppress(ApiError):  # closed already: wait for the next connection
+            current.send(command)
+        outcome = await _attached_or_closed(session, current, deadline - loop.time())
+        if outcome is not None:
+            return outcome
+        current = await registry.next_link(runner_id, current, deadline - loop.time())
+    return False
 
 
 def error_frame(code: str, message: str) -> streaming_pb2.ExecStreamResponse:
@@ -171,20 +210,19 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         session = self._sessions.open(record.runner_id)
         pump: asyncio.Task[None] | None = None
         try:
-            link.send(
-                runner_pb2.Command(
-                    exec=runner_pb2.OpenExec(
-                        stream_id=session.stream_id,
-                        sandbox_id=record.sandbox_id,
-                        command=init.command,
-                        tty=init.tty,
-                        tty_width=init.tty_width,
-                        tty_height=init.tty_height,
-                        env=init.env,
-                    )
+            command = runner_pb2.Command(
+                exec=runner_pb2.OpenExec(
+                    stream_id=session.stream_id,
+                    sandbox_id=record.sandbox_id,
+                    command=init.command,
+                    tty=init.tty,
+                    tty_width=init.tty_width,
+                    tty_height=init.tty_height,
+                    env=init.env,
                 )
             )
-            if not await _attached(session):
+            registry = self._lifecycle.registry
+            if not await open_on_runner(registry, record.runner_id, link, session, command):
                 yield error_frame(
                     "RUNNER_UNAVAILABLE",
                     f"runner {record.runner_id} did not open the exec stream in time",
@@ -260,8 +298,9 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         session = self._sessions.open_logs(record.runner_id)
         watcher: asyncio.Task[None] | None = None
         try:
-            link.send(_open_logs(session.stream_id, init))
-            if not await _attached(session):
+            command = _open_logs(session.stream_id, init)
+            registry = self._lifecycle.registry
+            if not await open_on_runner(registry, record.runner_id, link, session, command):
                 yield log_error(
                     "RUNNER_UNAVAILABLE",
                     f"runner {record.runner_id} did not open the log stream in time",

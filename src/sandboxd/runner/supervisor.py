@@ -53,6 +53,7 @@ from sandboxd.runner.exec_limits import (
 from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
 from sandboxd.runner.log_relay import LogsDialer, relay_logs
+from sandboxd.runner.recent_ids import RecentIds
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
 from sandboxd.runner.sandbox_state import TERMINAL, Sandbox, event_of
@@ -69,6 +70,8 @@ __all__ = ["SandboxSupervisor", "Send"]
 _log = logging.getLogger(__name__)
 
 DELETE_STOP_GRACE_SECONDS = 5.0
+OPENED_STREAMS_REMEMBERED = 4096
+"""Exec and log stream ids remembered, so a resent open runs nothing twice."""
 
 
 class SandboxSupervisor(SandboxTable):
@@ -121,6 +124,7 @@ class SandboxSupervisor(SandboxTable):
         self._egress_blocked = egress_blocked
         raise_nofile_limit()
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
+        self._opened = RecentIds(OPENED_STREAMS_REMEMBERED)
 
     async def close(self) -> None:
         """Stop supervising (runner shutdown); the sandboxes keep running for a later recover."""
@@ -131,8 +135,16 @@ class SandboxSupervisor(SandboxTable):
         await super().close()
 
     def handle(self, command: runner_pb2.Command, reply: Send | None = None) -> None:
-        """Run ``command`` in its own task; its result goes to ``reply`` (default: ``send``)."""
+        """Run ``command`` in its own task; its result goes to ``reply`` (default: ``send``).
+
+        An exec or log stream id seen before is ignored: the control plane sends an open
+        again on the runner's next connection when the one it first used died before the
+        stream attached, and the first may have arrived after all. Running a command twice
+        is never right.
+        """
         kind = command.WhichOneof("action")
+        if kind in ("exec", "logs") and self._opened.seen(getattr(command, kind).stream_id):
+            return
         if kind == "exec":
             self._spawn(self._exec(command.exec), f"exec-{command.exec.stream_id}")
         elif kind == "logs":

@@ -123,3 +123,21 @@ def test_file_paths_longer_than_the_limit_are_refused(tmp_path: Path) -> None:
         assert path not in rig.backend.world["sb-1"].files
 
     run_rig(tmp_path, body)
+
+
+def test_an_exec_opened_twice_runs_once(tmp_path: Path) -> None:
+    """The control plane resends an open on the next connection when the first one died; the
+    first may have arrived after all, so the runner runs a stream id only once."""
+
+    async def body(rig: Rig) -> None:
+        assert not (await rig.run("sb-1", **start(spec("sb-1")))).HasField("failure")
+        open_exec(rig, "twice", "echo", "once")
+        open_exec(rig, "twice", "echo", "once")  # the resend
+        frames = await (await rig.execs.stream("twice")).until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        open_exec(rig, "after", "echo", "next")  # a later exec: its own stream id, runs
+        frames = await (await rig.execs.stream("after")).until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert len(rig.backend.world["sb-1"].execs) == 2  # "twice" ran once, "after" once
+
+    run_rig(tmp_path, body)
