@@ -328,6 +328,12 @@ class RunnerRegistry:
         state = self._runners.get(runner_id)
         if state is None or state.connection_id != connection_id:
             return False
+        if self._clock() - state.last_heartbeat_monotonic > self._health_timeout:
+            # Silent long enough to read unhealthy (a partition): the connection is suspect.
+            # Heartbeats may flow again while our sends on it still sit in TCP backoff, so
+            # the runner is not called healthy on it; it redials, and a fresh connection is.
+            _log.info("runner %s: heard from again after a silence; asking it to redial", runner_id)
+            return False
         state.resources = resources
         state.last_heartbeat_monotonic = self._clock()
         state.last_heartbeat_at = datetime.now(UTC)

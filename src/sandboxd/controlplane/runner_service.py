@@ -182,12 +182,13 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     break
                 if kind == "heartbeat":
                     heartbeat = message.heartbeat
-                    self._registry.heartbeat(
+                    if not self._registry.heartbeat(
                         runner_id,
                         connection_id,
                         heartbeat.resources,
                         images=heartbeat.images if heartbeat.images_listed else None,
-                    )
+                    ):
+                        break  # superseded, or back from a silence: the runner redials
                 elif kind == "result":
                     state = self._registry.get(runner_id)
                     if state is not None and state.link is not None:

@@ -30,13 +30,28 @@ def test_health_follows_heartbeats_and_connection() -> None:
     registry = RunnerRegistry(load_config(None), health_timeout=10, clock=clock)
     state, conn = registry.register(register("r1"))
     assert registry.is_healthy(state)
-    clock.now += 10.5
-    assert not registry.is_healthy(state)
+    clock.now += 9.5
     assert registry.heartbeat("r1", conn, runner_pb2.Resources(running_sandboxes=2))
     assert registry.is_healthy(state) and state.resources.running_sandboxes == 2
+    clock.now += 10.5
+    assert not registry.is_healthy(state)
     registry.disconnect("r1", conn)
     assert not registry.is_healthy(state)
     assert registry.get("r1") is state  # still listed
+
+
+def test_a_connection_back_from_a_silence_is_not_trusted_again() -> None:
+    """After a partition heals, heartbeats can flow on the old connection while the control
+    plane's sends on it are still stuck in TCP backoff: the runner must redial first."""
+    clock = FakeClock()
+    registry = RunnerRegistry(load_config(None), health_timeout=10, clock=clock)
+    state, conn = registry.register(register("r1"))
+    clock.now += 12
+    assert not registry.heartbeat("r1", conn, runner_pb2.Resources())  # the stream is ended
+    assert not registry.is_healthy(state)
+    _, fresh = registry.register(register("r1"))  # the runner redials
+    assert registry.is_healthy(state)
+    assert registry.heartbeat("r1", fresh, runner_pb2.Resources())
 
 
 def test_redial_supersedes_old_connection() -> None:
