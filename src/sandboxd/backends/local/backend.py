@@ -46,6 +46,7 @@ from ..errors import (
 from . import files, log_budget, process
 from .agent import MAX_EXECS
 from .cgroups import CgroupError, CgroupManager
+from .disk import DiskError, DiskTemplates
 from .ingress import PortPublisher
 from .network import NetworkManager
 from .parent_cgroup import ParentLimits
@@ -83,6 +84,7 @@ class LocalBackend(Backend):
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
+        self._disk = DiskTemplates(self.data_dir / "disk")
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -146,6 +148,10 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
+        try:
+            layer = await self._disk.layer(spec.disk_bytes)
+        except DiskError as exc:
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
         for sub in (ROOT, RW, LOWER, "files"):
             (rec.state_dir / sub).mkdir(mode=0o700)
         mounted = list(spec.mounted_files)
@@ -184,7 +190,7 @@ class LocalBackend(Backend):
                 "uid_slot": rec.ids.slot,
                 "uid_first": rec.ids.first,
                 "uid_count": rec.ids.count,
-                "disk_bytes": spec.disk_bytes,
+                "disk": layer,
                 "files": file_map,
                 "hostname": hostname[:63],
                 "cgroup_procs": rec.cgroup.procs_files(),

@@ -139,7 +139,7 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         rootfs.build(
             state_dir=req["state_dir"],
             lower=req["rootfs"],
-            disk_bytes=int(req["disk_bytes"]),
+            disk=req["disk"],
             files=fds.files,
             hostname=req["hostname"],
             userns_fd=fds.userns,

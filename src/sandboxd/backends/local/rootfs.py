@@ -5,14 +5,17 @@ Why this shape:
 * The image rootfs is only ever an overlayfs *lower* layer, so it is never written, and it
   is bound through an **idmapped mount** first: host uid 0 (the image's owner) appears as
   the sandbox's root, whose host uid is unprivileged (see ``userns.py``). The upper layer
-  lives on a tmpfs whose ``size=`` is the sandbox's disk cap; its root directory belongs to
-  the sandbox's root, so the sandbox owns ``/`` without owning anything on the host.
+  lives on the sandbox's own ext4 filesystem, on disk, whose size is the sandbox's disk cap
+  (``disk.py``, ``disk_mount.py``); its root directory belongs to the sandbox's root, so
+  the sandbox owns ``/`` without owning anything on the host.
 * Overlay options name their layers by *relative* paths from the state directory, so
   ``/proc/self/mountinfo`` inside the sandbox shows ``lowerdir=lower,upperdir=rw/upper``
   and no host path.
 * Everything is mounted in a private mount namespace, so the host mount table never sees a
   sandbox mount, and when the last process of the sandbox exits the kernel tears all of it
-  down: destroy cannot leak mounts.
+  down: destroy cannot leak mounts, and the writable layer's loop device and image go with
+  them. ``/sys/devices/virtual/block`` is masked: it would show every loop device's
+  backing file, a host path.
 * After ``pivot_root`` every further step (``/proc``, ``/dev``, ``/sys``, mounted files)
   resolves paths inside the new root, with ``openat2(RESOLVE_IN_ROOT |
   RESOLVE_NO_MAGICLINKS)`` where the path comes from a user or an image, so a hostile image
@@ -32,7 +35,9 @@ import contextlib
 import os
 import socket
 import stat
+from typing import Any
 
+from . import disk_mount
 from .resolve import Root
 from .syscalls import (
     MNT_DETACH,
@@ -79,19 +84,21 @@ PROC_MASKED_FILES = (
 PROC_MASKED_DIRS = ("acpi", "scsi", "asound", "driver", "tty/driver", "dynamic_debug")
 SYS_MASKED_DIRS = (
     "firmware", "kernel/debug", "kernel/tracing", "kernel/security", "kernel/config",
-    "devices/virtual/powercap", "fs/bpf", "fs/pstore", "fs/cgroup",
+    "devices/virtual/powercap", "devices/virtual/block", "fs/bpf", "fs/pstore", "fs/cgroup",
 )  # fmt: skip
 
 # Names inside the state directory (relative, so no host path reaches mountinfo).
 LOWER, RW, ROOT = "lower", "rw", "root"
 
 
-def mount_overlay(state_dir: str, lower: str, disk_bytes: int, userns_fd: int, owner: int) -> None:
-    """Private mounts; idmapped image at ``lower``; tmpfs (size cap) + overlay at ``root``."""
+def mount_overlay(
+    state_dir: str, lower: str, disk: dict[str, Any], userns_fd: int, owner: int
+) -> None:
+    """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.chdir(state_dir)
     bind_idmapped(lower, LOWER, userns_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
-    mount("sandboxd-rw", RW, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0700")
+    disk_mount.mount_layer(disk, RW)
     upper, work = f"{RW}/upper", f"{RW}/work"
     os.mkdir(upper, 0o755)
     os.mkdir(work, 0o700)
@@ -216,7 +223,7 @@ def build(
     *,
     state_dir: str,
     lower: str,
-    disk_bytes: int,
+    disk: dict[str, Any],
     files: list[tuple[str, int]],
     hostname: str,
     userns_fd: int,
@@ -224,9 +231,10 @@ def build(
 ) -> None:
     """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
 
-    ``owner`` is the host uid (and gid) of the sandbox's root: what it must own.
+    ``owner`` is the host uid (and gid) of the sandbox's root: what it must own. ``disk``
+    is the writable layer's template (``disk.Template.layer()``).
     """
-    mount_overlay(state_dir, lower, disk_bytes, userns_fd, owner)
+    mount_overlay(state_dir, lower, disk, userns_fd, owner)
     pivot_into(ROOT)
     mount_proc()
     mount_dev(owner)
