@@ -2,7 +2,8 @@
 
 A sandbox's layer is an unnamed image on a loop device (``backends/local/disk.py``); the
 kernel names its backing file ``<data_dir>/disk/#<inode> (deleted)``, which is how a test
-tells the devices of its own backend from everyone else's.
+tells the devices of its own backend from everyone else's. A backend also keeps a few
+layers ready ahead of need; they hold loop devices too, and are counted apart.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from sandboxd.backends.local.disk import TEMPLATE_VERSION
+from sandboxd.backends.base import Backend
+from sandboxd.backends.local.disk_template import TEMPLATE_VERSION
 
 
 def loop_devices(disk_dir: Path) -> list[str]:
@@ -32,6 +34,19 @@ async def wait_for_loops(disk_dir: Path, count: int, timeout: float = 10.0) -> l
         devices = loop_devices(disk_dir)
         if len(devices) == count or asyncio.get_running_loop().time() > deadline:
             return devices
+        await asyncio.sleep(0.02)
+
+
+async def wait_in_use(backend: Backend, count: int, timeout: float = 10.0) -> int:
+    """Wait until ``count`` of ``backend``'s layers are in sandboxes (not made ahead)."""
+    layers = getattr(backend, "_disk")  # noqa: B009
+    disk_dir = Path(getattr(backend, "data_dir")) / "disk"  # noqa: B009
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await layers.settle()
+        in_use = len(loop_devices(disk_dir)) - layers.ready
+        if in_use == count or asyncio.get_running_loop().time() > deadline:
+            return int(in_use)
         await asyncio.sleep(0.02)
 
 

@@ -22,11 +22,12 @@ import pytest
 from sandboxd.backends.base import MountedFile
 from sandboxd.backends.errors import FileOperationError, SandboxStartError
 from sandboxd.backends.local import LocalBackend
-from sandboxd.backends.local.disk import MIN_INODES, DiskError, DiskTemplates
+from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
+from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
 from tests.support.postgres import small_tmpfs
 
 from .conformance import Harness, run, sh
-from .disk_support import loop_devices, memory_stat, stray_files, wait_for_loops
+from .disk_support import memory_stat, stray_files, wait_for_loops, wait_in_use
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -142,25 +143,25 @@ def test_stop_and_destroy_leave_no_device_file_or_mount(
     where = disk_dir(local_harness)
 
     async def scenario() -> None:
-        before = loop_devices(where)
+        before = await wait_in_use(b, 0)
         spec = local_harness.spec(disk_bytes=128 * MiB)
         await b.create(spec)
         sid = spec.sandbox_id
         try:
             await b.start(sid)
-            assert len(await wait_for_loops(where, len(before) + 1)) == len(before) + 1
+            assert await wait_in_use(b, before + 1) == before + 1
             r = await run(local_harness, sid, sh("head -c 67108864 /dev/zero >/data; sync"))
             assert r.code == 0, r.stderr
             state_dir = b._records[sid].state_dir  # type: ignore[attr-defined]
             await b.stop(sid, 1)
             # stopped: the layer is already gone (the namespace went with the last process)
-            assert await wait_for_loops(where, len(before)) == before
+            assert await wait_in_use(b, before) == before
             assert stray_files(where) == []
             assert str(state_dir) not in Path("/proc/self/mountinfo").read_text()
         finally:
             await b.destroy(sid)
         assert not state_dir.exists()
-        assert loop_devices(where) == before
+        assert await wait_in_use(b, before) == before
 
     go(aio, scenario())
 
@@ -173,11 +174,11 @@ def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
     where = disk_dir(local_harness)
 
     async def scenario() -> None:
-        before = loop_devices(where)
+        before = await wait_in_use(b, 0)
         spec = local_harness.spec(mounted_files=(MountedFile("/etc", b"x"),))
         with pytest.raises(SandboxStartError):
             await b.create(spec)
-        assert await wait_for_loops(where, len(before)) == before
+        assert await wait_in_use(b, before) == before
         assert stray_files(where) == []
         assert not (Path(getattr(b, "data_dir")) / "sandboxes" / spec.sandbox_id).exists()  # noqa: B009
 
@@ -185,14 +186,19 @@ def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
 
 
 def test_a_full_host_disk_refuses_the_create(aio: asyncio.Runner, tmp_path: Path) -> None:
-    async def scenario(templates: DiskTemplates) -> None:
-        with pytest.raises(DiskError, match="disk is full"):
-            await templates.layer(GiB)
-        layer = await templates.layer(8 * MiB)  # a layer that fits is still made
-        assert Path(layer["template"]).is_file()
+    async def scenario(layers: DiskLayers) -> None:
+        try:
+            with pytest.raises(DiskError, match="disk is full"):
+                await layers.take(GiB)
+            fd = await layers.take(8 * MiB)  # a layer that fits is still made
+            assert os.statvfs(f"/proc/self/fd/{fd}").f_blocks * 4096 == 8 * MiB
+            os.close(fd)
+        finally:
+            await layers.close()
+        assert await wait_for_loops(layers.disk_dir, 0) == []
 
     with small_tmpfs(tmp_path / "host", "48m") as mount:
-        go(aio, scenario(DiskTemplates(mount / "disk")))
+        go(aio, scenario(DiskLayers(mount / "disk")))
 
 
 # -- a runner killed with SIGKILL -------------------------------------------------------------
@@ -235,12 +241,15 @@ def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
     runner = start_runner(data_dir, busybox_rootfs, "k", 2)
     assert runner.stdout is not None
     made = [json.loads(runner.stdout.readline()) for _ in range(3)][1:]
-    runner.send_signal(signal.SIGKILL)
-    runner.wait()
     live, ended = made[0]["sid"], made[1]["sid"]
+    ready = DEFAULT_READY  # what the runner keeps made ahead
 
     async def scenario() -> None:
-        assert len(await wait_for_loops(where, 2)) == 2  # the runner's death changed nothing
+        assert len(await wait_for_loops(where, 2 + ready)) == 2 + ready
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        # the layers it made ahead died with it; the sandboxes' layers did not
+        assert len(await wait_for_loops(where, 2)) == 2
         os.kill(made[1]["agent"], signal.SIGKILL)  # one sandbox ends while no runner watches
         assert len(await wait_for_loops(where, 1)) == 1  # and the kernel frees its layer
         backend = LocalBackend(data_dir)
@@ -252,10 +261,11 @@ def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
             assert b"No space left on device" in r.stderr, r
             for sid in (live, ended):
                 await backend.destroy(sid)
-            assert await wait_for_loops(where, 0) == []
+            assert await wait_in_use(backend, 0) == 0
             assert stray_files(where) == []
         finally:
             await backend.close()
+        assert await wait_for_loops(where, 0) == []  # and close() freed the ready ones
 
     go(aio, scenario())
 
@@ -289,9 +299,10 @@ def test_runners_killed_mid_create_leave_no_layer_behind(
             await backend.recover()
             for sid in list(backend._records):
                 await backend.destroy(sid)
-            assert await wait_for_loops(where, 0) == []
+            assert await wait_in_use(backend, 0) == 0
             assert stray_files(where) == []
         finally:
             await backend.close()
+        assert await wait_for_loops(where, 0) == []
 
     go(aio, scenario())

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.backends.local.disk import (
+from sandboxd.backends.local.disk import DiskLayers
+from sandboxd.backends.local.disk_template import (
     BLOCK,
     MIN_INODES,
-    DiskTemplates,
     cap_blocks,
     make_template,
     read_superblock,
 )
+
+from .disk_support import loop_devices
 
 MiB = 1 << 20
 
@@ -69,14 +71,46 @@ def test_templates_are_made_once_and_damaged_ones_again(tmp_path: Path) -> None:
 
 
 def test_concurrent_creates_of_a_new_size_share_one_template(tmp_path: Path) -> None:
-    templates = DiskTemplates(tmp_path / "disk")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices and mounts")
+    layers = DiskLayers(tmp_path / "disk", ready=0)
 
-    async def many() -> list[dict[str, object]]:
-        return await asyncio.gather(*(templates.layer(96 * MiB) for _ in range(8)))
+    async def many() -> list[int]:
+        try:
+            return await asyncio.gather(*(layers.take(96 * MiB) for _ in range(8)))
+        finally:
+            await layers.close()
 
-    layers = asyncio.run(many())
-    assert all(layer == layers[0] for layer in layers)
+    fds = asyncio.run(many())
+    assert len(set(fds)) == 8
+    for fd in fds:
+        assert os.statvfs(f"/proc/self/fd/{fd}").f_blocks * BLOCK == 96 * MiB
+        assert sorted(os.listdir(f"/proc/self/fd/{fd}")) == ["lost+found", "upper", "work"]
+        os.close(fd)
     assert len(os.listdir(tmp_path / "disk")) == 1
+
+
+def test_layers_are_made_ahead_for_recent_sizes_and_freed_on_close(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices and mounts")
+    layers = DiskLayers(tmp_path / "disk", ready=2)
+
+    async def scenario() -> None:
+        try:
+            for size in (16 * MiB, 32 * MiB, 48 * MiB):
+                os.close(await layers.take(size))
+                layers.refill()
+                await layers.settle()
+            assert layers.ready == 4  # two of each of the two sizes asked for last
+            fd = await layers.take(48 * MiB)  # a ready one
+            assert layers.ready == 3
+            os.close(fd)
+        finally:
+            await layers.close()
+        assert layers.ready == 0
+
+    asyncio.run(scenario())
+    assert loop_devices(tmp_path / "disk") == []
 
 
 def test_small_layers_still_get_a_few_thousand_inodes(tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ from ..errors import (
 from . import files, log_budget, process
 from .agent import MAX_EXECS
 from .cgroups import CgroupError, CgroupManager
-from .disk import DiskError, DiskTemplates
+from .disk import DEFAULT_READY, DiskLayers
+from .disk_template import DiskError
 from .ingress import PortPublisher
 from .network import NetworkManager
 from .parent_cgroup import ParentLimits
@@ -74,6 +75,7 @@ class LocalBackend(Backend):
         seccomp: bool = True,
         max_execs: int = MAX_EXECS,
         parent_limits: ParentLimits | None = None,
+        ready_layers: int = DEFAULT_READY,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -84,7 +86,7 @@ class LocalBackend(Backend):
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
-        self._disk = DiskTemplates(self.data_dir / "disk")
+        self._disk = DiskLayers(self.data_dir / "disk", ready_layers)
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -138,6 +140,7 @@ class LocalBackend(Backend):
         self._records[sid] = rec
         try:
             await self._build(rec, spec, cgroups, rootfs)
+            self._disk.refill()  # after the create, so making layers ahead never delays it
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
@@ -149,9 +152,22 @@ class LocalBackend(Backend):
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
         try:
-            layer = await self._disk.layer(spec.disk_bytes)
+            disk_fd = await self._disk.take(spec.disk_bytes)
         except DiskError as exc:
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
+        try:
+            await self._build_with_disk(rec, spec, cgroups, rootfs, disk_fd)
+        finally:
+            os.close(disk_fd)  # the zygote got its own copy with the spawn request
+
+    async def _build_with_disk(
+        self,
+        rec: SandboxRecord,
+        spec: SandboxSpec,
+        cgroups: CgroupManager,
+        rootfs: Path,
+        disk_fd: int,
+    ) -> None:
         for sub in (ROOT, RW, LOWER, "files"):
             (rec.state_dir / sub).mkdir(mode=0o700)
         mounted = list(spec.mounted_files)
@@ -190,7 +206,7 @@ class LocalBackend(Backend):
                 "uid_slot": rec.ids.slot,
                 "uid_first": rec.ids.first,
                 "uid_count": rec.ids.count,
-                "disk": layer,
+                "disk_bytes": spec.disk_bytes,
                 "files": file_map,
                 "hostname": hostname[:63],
                 "cgroup_procs": rec.cgroup.procs_files(),
@@ -203,7 +219,8 @@ class LocalBackend(Backend):
                 "log_limit": self._log_limit,
                 "seccomp": self._seccomp,
                 "max_execs": self._max_execs,
-            }
+            },
+            fds=(disk_fd,),
         )
         if not reply.get("ok"):
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
@@ -442,6 +459,7 @@ class LocalBackend(Backend):
             task.cancel()
         await self._ranges.close()
         await self._budget.close()
+        await self._disk.close()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:

@@ -6,8 +6,9 @@ Why this shape:
   is bound through an **idmapped mount** first: host uid 0 (the image's owner) appears as
   the sandbox's root, whose host uid is unprivileged (see ``userns.py``). The upper layer
   lives on the sandbox's own ext4 filesystem, on disk, whose size is the sandbox's disk cap
-  (``disk.py``, ``disk_mount.py``); its root directory belongs to the sandbox's root, so
-  the sandbox owns ``/`` without owning anything on the host.
+  (``disk.py``), which the runner hands over as a detached mount; its root directory
+  belongs to the sandbox's root, so the sandbox owns ``/`` without owning anything on the
+  host.
 * Overlay options name their layers by *relative* paths from the state directory, so
   ``/proc/self/mountinfo`` inside the sandbox shows ``lowerdir=lower,upperdir=rw/upper``
   and no host path.
@@ -35,9 +36,7 @@ import contextlib
 import os
 import socket
 import stat
-from typing import Any
 
-from . import disk_mount
 from .resolve import Root
 from .syscalls import (
     MNT_DETACH,
@@ -52,6 +51,7 @@ from .syscalls import (
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
+    attach_mount,
     bind_idmapped,
     bind_readonly,
     mount,
@@ -91,17 +91,21 @@ SYS_MASKED_DIRS = (
 LOWER, RW, ROOT = "lower", "rw", "root"
 
 
-def mount_overlay(
-    state_dir: str, lower: str, disk: dict[str, Any], userns_fd: int, owner: int
-) -> None:
-    """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``."""
+def mount_overlay(state_dir: str, lower: str, disk_fd: int, userns_fd: int, owner: int) -> None:
+    """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``.
+
+    ``disk_fd`` is the writable layer, made by the runner as a detached mount with
+    ``upper`` and ``work`` in it (``disk_mount.py``); from here on it lives in this
+    namespace only, and the descriptor is closed.
+    """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.chdir(state_dir)
     bind_idmapped(lower, LOWER, userns_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
-    disk_mount.mount_layer(disk, RW)
+    try:
+        attach_mount(disk_fd, RW)
+    finally:
+        os.close(disk_fd)
     upper, work = f"{RW}/upper", f"{RW}/work"
-    os.mkdir(upper, 0o755)
-    os.mkdir(work, 0o700)
     os.chown(upper, owner, owner)  # the overlay's "/" belongs to the sandbox's root
     opts = f"lowerdir={LOWER},upperdir={upper},workdir={work}"
     mount("sandboxd-root", ROOT, "overlay", MS_NODEV | MS_NOSUID, opts)
@@ -223,7 +227,7 @@ def build(
     *,
     state_dir: str,
     lower: str,
-    disk: dict[str, Any],
+    disk_fd: int,
     files: list[tuple[str, int]],
     hostname: str,
     userns_fd: int,
@@ -231,10 +235,10 @@ def build(
 ) -> None:
     """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
 
-    ``owner`` is the host uid (and gid) of the sandbox's root: what it must own. ``disk``
-    is the writable layer's template (``disk.Template.layer()``).
+    ``owner`` is the host uid (and gid) of the sandbox's root: what it must own.
+    ``disk_fd`` is the writable layer (see :func:`mount_overlay`).
     """
-    mount_overlay(state_dir, lower, disk, userns_fd, owner)
+    mount_overlay(state_dir, lower, disk_fd, userns_fd, owner)
     pivot_into(ROOT)
     mount_proc()
     mount_dev(owner)
