@@ -7,9 +7,10 @@ the cgroup before the user's code runs). With a pre-forked Python zygote, create
 system calls and two forks, and exec is a request to the sandbox's PID 1, which is already
 inside every namespace and cgroup with capabilities dropped: one ``vfork``+``execve``.
 
-This module is the glue: it validates, creates cgroups and networks (``cgroups``,
-``network``), asks the zygote for the process side, and maps agent replies to the typed
-errors of ``sandboxd.backends.errors``. Files and logs live in ``files.py``.
+This module is the glue: it validates, takes a writable layer (``disk``), creates cgroups
+and networks (``cgroups``, ``network``), asks the zygote for the process side, and maps agent
+replies to the typed errors of ``sandboxd.backends.errors``. Files and logs live in
+``files.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ from .userns import IdRangeError, IdRangePool
 
 
 class LocalBackend(Backend):
-    """Runs sandboxes on this host. Needs root, overlayfs and cgroups (v1 or v2)."""
+    """Runs sandboxes on this host. Needs root, overlayfs, ext4, loop devices and cgroups.
+
+    ``ready_layers`` is how many writable layers of each recently used size are kept made
+    ahead (``disk.py``); 0 makes every layer on the create path.
+    """
 
     name = "local"
 

@@ -19,13 +19,16 @@ loop device, mounted only inside the sandbox's mount namespace. So:
   it never depended on the runner.
 
 Why not the recommended XFS project quotas (one shared filesystem, a project id and a hard
-block limit per sandbox directory): the kernels we run on are built without quota support
-for XFS (``CONFIG_XFS_QUOTA`` is off: mounting with ``prjquota`` logs "quota support not
-available in this kernel"), without the quota formats ext4 needs (``CONFIG_QFMT_V2``), and
-without tmpfs quotas; and where quotas exist, only XFS answers ``ENOSPC`` at a project's
-limit: ext4 and btrfs answer ``EDQUOT`` ("Disk quota exceeded"). A filesystem per sandbox
-needs none of that (ext4 and loop devices are in every kernel), and it needs no project ids
-to allocate, record, reclaim after a crash or guard against reuse.
+block limit per sandbox directory): the kernel our runners and CI run on (6.18, tried
+first) is built without quota support for XFS (``CONFIG_XFS_QUOTA`` is off: mounting with
+``prjquota`` logs "quota support not available in this kernel"), without the quota formats
+ext4 needs (``CONFIG_QFMT_V2``: "The kernel was not built with CONFIG_QUOTA and
+CONFIG_QFMT_V2") and without tmpfs quotas; and where quotas exist, only XFS answers
+``ENOSPC`` at a project's limit: ext4 and btrfs answer ``EDQUOT`` ("Disk quota exceeded").
+A filesystem per sandbox needs none of that (ext4 and loop devices are in every kernel), and
+no project ids to allocate, record, reclaim after a crash or keep apart between two runners
+on one host: those share only the kernel's loop devices, each of which it gives to one
+caller at a time.
 
 What it costs. ``mkfs.ext4`` takes several milliseconds, so the runner makes one
 **template** per size, once, calibrated so that ``df`` shows exactly the cap
