@@ -32,12 +32,13 @@ caller at a time.
 
 What it costs. ``mkfs.ext4`` takes several milliseconds, so the runner makes one
 **template** per size, once, calibrated so that ``df`` shows exactly the cap
-(``disk_template.py``); the first create of a new size waits for it (10 to 40 ms). Copying
-a template's data, attaching a loop device and mounting take another 1.5 to 3 ms, so
+(``disk_template.py``); the first create of a new size waits for it (8 to 20 ms). Copying
+a template's data, attaching a loop device and mounting take another 1.5 ms (p99 8 ms), so
 :class:`DiskLayers` keeps a few layers of the sizes last asked for **ready**, as detached
 mounts (``disk_mount.py``), and makes more in a thread while sandboxes run: a create takes
-one and passes it to the agent, which attaches it with one ``move_mount``. A burst larger
-than the ready pool makes the rest on the spot (slower, never wrong). Ready layers cost a
+one (0.013 ms) and passes it to the agent, which attaches it with one ``move_mount``
+(0.009 ms, less than the tmpfs mount it replaces; ``bench/disk.py``). A burst larger than
+the ready pool makes the rest on the spot (slower, never wrong). Ready layers cost a
 loop device and a few hundred KiB of kernel memory each, and no disk beyond their
 metadata; they are closed with the backend, and vanish with the runner if it dies.
 
@@ -160,7 +161,7 @@ class DiskLayers:
     async def _refill(self, cap: int) -> None:
         try:
             template = await self.template(cap)
-            while not self._closed and len(self._ready.get(cap, ())) < self.depth:
+            while not self._closed and cap in self._ready and len(self._ready[cap]) < self.depth:
                 fd = await self._prepare(template)
                 fds = self._ready.get(cap)
                 if self._closed or fds is None:  # closed, or the size was dropped meanwhile

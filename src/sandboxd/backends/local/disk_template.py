@@ -140,6 +140,7 @@ def make_template(disk_dir: Path, cap: int) -> Template:
     leaves nothing half made.
     """
     path = disk_dir / f"{TEMPLATE_VERSION}-{cap}.img"
+    disk_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         return load_template(path, cap)
     except FileNotFoundError:
