@@ -42,6 +42,11 @@ the ready pool makes the rest on the spot (slower, never wrong). Ready layers co
 loop device and a few hundred KiB of kernel memory each, and no disk beyond their
 metadata; they are closed with the backend, and vanish with the runner if it dies.
 
+Ending a sandbox unmounts its layer in the kernel's exit path, which still writes the
+layer's dirty pages to its image before freeing it: at most the sandbox's memory limit of
+wasted writes. (``EXT4_IOC_SHUTDOWN`` before the end could skip them; nothing on the host
+holds the layer to call it on, by design.)
+
 Images are sparse and the caps of all sandboxes may add up to more than the host's disk
 (like memory limits). Online discard gives the host back what a sandbox deletes. A create
 is refused while the data directory's filesystem has less free space than the smaller of
