@@ -10,7 +10,7 @@ steps, and why each is shaped so:
    no name on the host at any moment, so nothing can find, reuse or leak it, and the
    kernel frees its blocks as soon as the last reference goes.
 2. **Only the template's data is copied** (its extents, listed once per template; about
-   100 KiB for a 10 GiB layer) with ``copy_file_range``; the rest stays a hole.
+   180 KiB for a 10 GiB layer) with ``copy_file_range``; the rest stays a hole.
 3. **Loop device with ``LO_FLAGS_AUTOCLEAR``** (one ``LOOP_CONFIGURE``): the device detaches
    itself when its last user goes, which is the filesystem's unmount. ``LO_FLAGS_DIRECT_IO``
    keeps the image's blocks out of the host page cache: what the sandbox writes is cached

@@ -2,8 +2,9 @@
 
 ``mkfs.ext4`` takes several milliseconds and writes the same metadata every time for a given
 size, so the runner runs it once per size and copies the result (``disk.py`` says why the
-layer is a filesystem at all). The template is a sparse file (50 KiB to 1 MiB of data for
-1 MiB to 1 TiB layers) named ``ext4-v1-<blocks>.img`` in ``<data_dir>/disk``; it is never
+layer is a filesystem at all). The template is a sparse file (40 KiB of data for small
+layers, about 180 KiB at 10 GiB, 1 MiB at 100 GiB) named ``ext4-v1-<blocks>.img`` in
+``<data_dir>/disk``; it is never
 changed once made, and it is made as a nameless file linked into place when complete, so a
 crash leaves either a whole template or none.
 
