@@ -3,6 +3,7 @@
 Measures, on the busybox test image (built or taken from the image cache):
 
 * create -> first exec result: ``create`` + ``start`` + ``exec true`` until its exit code;
+* create alone: ``create`` (namespaces, cgroups, the writable layer and the agent's setup);
 * exec round trip: ``exec true`` in a running sandbox until its exit code;
 * 50 concurrent creates: 50 x (create + start + exec true) at once, wall time and p50/p99;
 
@@ -63,12 +64,14 @@ class LocalBench:
         self.backend = backend
         self.rootfs = rootfs
         self.n = 0
+        self.create_only: list[float] = []
 
     async def create_first_exec(self) -> tuple[float, str]:
         self.n += 1
         sid = f"bench-{self.n}"
         t0 = time.perf_counter()
         await self.backend.create(SandboxSpec(sid, self.rootfs, memory_bytes=256 << 20))
+        self.create_only.append(time.perf_counter() - t0)
         await self.backend.start(sid)
         await exec_true(self.backend, sid)
         return time.perf_counter() - t0, sid
@@ -101,10 +104,12 @@ async def main(iterations: int, concurrency: int) -> None:
         print(f"first create (zygote start included): {warm * 1000:.1f} ms", file=sys.stderr)
 
         create_lat = []
+        bench.create_only.clear()
         for _ in range(iterations):
             dt, sid = await bench.create_first_exec()
             create_lat.append(dt)
             await backend.destroy(sid)
+        create_only = list(bench.create_only)
         _, sid = await bench.create_first_exec()
         exec_lat = await timed(lambda: exec_true(backend, sid), iterations * 3)
         await backend.destroy(sid)
@@ -127,6 +132,7 @@ async def main(iterations: int, concurrency: int) -> None:
 
         rows += [
             ("create -> first exec result", fmt(create_lat), fmt(bw_lat) + " (bwrap run true)"),
+            ("create alone", fmt(create_only), ""),
             ("exec true round trip", fmt(exec_lat), fmt(floor) + " (host fork+exec true)"),
             (
                 f"{concurrency} concurrent creates",

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # postgresql: a throwaway server for the store tests (tests/support/postgres.py); the setup
-# only installs it, nothing is started or enabled here.
+# only installs it, nothing is started or enabled here. e2fsprogs: mkfs.ext4 for the sandboxes'
+# writable layers (src/sandboxd/backends/local/disk.py).
 APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl
-              postgresql)
+              postgresql e2fsprogs)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -7,9 +7,10 @@ the cgroup before the user's code runs). With a pre-forked Python zygote, create
 system calls and two forks, and exec is a request to the sandbox's PID 1, which is already
 inside every namespace and cgroup with capabilities dropped: one ``vfork``+``execve``.
 
-This module is the glue: it validates, creates cgroups and networks (``cgroups``,
-``network``), asks the zygote for the process side, and maps agent replies to the typed
-errors of ``sandboxd.backends.errors``. Files and logs live in ``files.py``.
+This module is the glue: it validates, takes a writable layer (``disk``), creates cgroups
+and networks (``cgroups``, ``network``), asks the zygote for the process side, and maps agent
+replies to the typed errors of ``sandboxd.backends.errors``. Files and logs live in
+``files.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from ..errors import (
 from . import files, log_budget, process
 from .agent import MAX_EXECS
 from .cgroups import CgroupError, CgroupManager
+from .disk import DEFAULT_READY, DiskLayers
+from .disk_template import DiskError
 from .ingress import PortPublisher
 from .network import NetworkManager
 from .parent_cgroup import ParentLimits
@@ -58,7 +61,11 @@ from .userns import IdRangeError, IdRangePool
 
 
 class LocalBackend(Backend):
-    """Runs sandboxes on this host. Needs root, overlayfs and cgroups (v1 or v2)."""
+    """Runs sandboxes on this host. Needs root, overlayfs, ext4, loop devices and cgroups.
+
+    ``ready_layers`` is how many writable layers of each recently used size are kept made
+    ahead (``disk.py``); 0 makes every layer on the create path.
+    """
 
     name = "local"
 
@@ -73,6 +80,7 @@ class LocalBackend(Backend):
         seccomp: bool = True,
         max_execs: int = MAX_EXECS,
         parent_limits: ParentLimits | None = None,
+        ready_layers: int = DEFAULT_READY,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -83,6 +91,7 @@ class LocalBackend(Backend):
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
+        self._disk = DiskLayers(self.data_dir / "disk", ready_layers)
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -136,6 +145,7 @@ class LocalBackend(Backend):
         self._records[sid] = rec
         try:
             await self._build(rec, spec, cgroups, rootfs)
+            self._disk.refill()  # after the create, so making layers ahead never delays it
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
@@ -145,6 +155,23 @@ class LocalBackend(Backend):
 
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
+    ) -> None:
+        try:
+            disk_fd = await self._disk.take(spec.disk_bytes)
+        except DiskError as exc:
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
+        try:
+            await self._build_with_disk(rec, spec, cgroups, rootfs, disk_fd)
+        finally:
+            os.close(disk_fd)  # the zygote got its own copy with the spawn request
+
+    async def _build_with_disk(
+        self,
+        rec: SandboxRecord,
+        spec: SandboxSpec,
+        cgroups: CgroupManager,
+        rootfs: Path,
+        disk_fd: int,
     ) -> None:
         for sub in (ROOT, RW, LOWER, "files"):
             (rec.state_dir / sub).mkdir(mode=0o700)
@@ -197,7 +224,8 @@ class LocalBackend(Backend):
                 "log_limit": self._log_limit,
                 "seccomp": self._seccomp,
                 "max_execs": self._max_execs,
-            }
+            },
+            fds=(disk_fd,),
         )
         if not reply.get("ok"):
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
@@ -436,6 +464,7 @@ class LocalBackend(Backend):
             task.cancel()
         await self._ranges.close()
         await self._budget.close()
+        await self._disk.close()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:

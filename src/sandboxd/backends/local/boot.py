@@ -10,8 +10,9 @@ Why in this order:
    the keeper's diagnostics pipe, so no process in the sandbox can ever reach a host
    object through ``/proc/self/fd`` (the way the first review climbed to the host's ``/``).
 2. **Privileged setup as real root**: network, mount, UTS and IPC namespaces, the
-   idmapped overlay, ``/proc``, ``/dev``, ``/sys``, mounted files, hostname. No user code
-   runs yet, and every path from an image or a user is resolved in root.
+   idmapped overlay on the sandbox's own disk, ``/proc``, ``/dev``, ``/sys``, mounted
+   files, hostname. No user code runs yet, and every path from an image or a user is
+   resolved in root.
 3. **Cgroups** are joined by the keeper while we build (a move waits for an RCU grace
    period); then the cgroup namespace is created, rooted at the sandbox's cgroup.
 4. **Identity**: enter the sandbox's user namespace as its root — from here on the process
@@ -50,6 +51,7 @@ class AgentFds:
     ready_w: int
     joined_r: int
     userns: int
+    disk: int  # the writable layer, a detached mount (disk.py); closed once attached
     netns: int | None = None
     files: list[tuple[str, int]] = field(default_factory=list)
 
@@ -64,6 +66,7 @@ class AgentFds:
             self.ready_w,
             self.joined_r,
             self.userns,
+            self.disk,
         }
         if self.netns is not None:
             fds.add(self.netns)
@@ -139,7 +142,7 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         rootfs.build(
             state_dir=req["state_dir"],
             lower=req["rootfs"],
-            disk_bytes=int(req["disk_bytes"]),
+            disk_fd=fds.disk,
             files=fds.files,
             hostname=req["hostname"],
             userns_fd=fds.userns,

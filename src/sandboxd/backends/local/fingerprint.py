@@ -2,7 +2,8 @@
 
 Why a separate probe: the runner calls ``fingerprint()`` before anything else and must get
 a clear "unavailable, because ..." rather than an exception from deep inside a create, e.g.
-when run without root, without overlayfs, or without the cpu/memory/pids controllers.
+when run without root, without overlayfs, ext4, loop devices or ``mkfs.ext4`` (the
+writable layer, ``disk.py``), or without the cpu/memory/pids controllers.
 """
 
 from __future__ import annotations
@@ -56,12 +57,25 @@ def _userns_problem() -> str | None:
     return None
 
 
+def _disk_problems(filesystems: str) -> list[str]:
+    """Why sandboxes cannot get their own ext4 writable layer here (``disk.py``), if so."""
+    problems = []
+    if "ext4" not in filesystems.split():
+        problems.append("ext4 is not available (modprobe ext4)")
+    if not os.path.exists("/dev/loop-control"):
+        problems.append("loop devices are not available (/dev/loop-control; modprobe loop)")
+    if shutil.which("mkfs.ext4") is None:
+        problems.append("mkfs.ext4 is not installed (apt-get install e2fsprogs)")
+    return problems
+
+
 def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fingerprint:
     """Check root, overlayfs and cgroups; list egress/ingress types and capacity."""
     problems: list[str] = []
     attrs: dict[str, str] = {
         "kernel": platform.release(),
         "isolation": "namespaces(user,pid,mount,ipc,uts,net,cgroup)+idmapped overlayfs+cgroups",
+        "writable_layer": "ext4 per sandbox (loop device), sized to the disk limit",
         "seccomp": "yes" if seccomp.supported() else "no",
         "network_pool": str(pool),
     }
@@ -70,8 +84,10 @@ def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fin
     if (problem := _userns_problem()) is not None:
         problems.append(problem)
     with open("/proc/filesystems") as fh:
-        if "overlay" not in fh.read():
-            problems.append("overlayfs is not available (modprobe overlay)")
+        filesystems = fh.read()
+    if "overlay" not in filesystems:
+        problems.append("overlayfs is not available (modprobe overlay)")
+    problems += _disk_problems(filesystems)
     memory = _mem_total()
     try:
         layout = detect()

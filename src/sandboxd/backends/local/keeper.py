@@ -12,7 +12,8 @@ if the keeper is killed, the agent's parent-death signal ends the sandbox with i
 
 It also does the privileged preparation the agent must not do from inside: the user
 namespace and its id mapping, the agent's listening socket in the state directory, sealed
-memfd copies of mounted files, the output pipes, and moving the agent into its cgroups.
+memfd copies of mounted files, the output pipes, and moving the agent into its cgroups; it
+hands the agent the writable layer the runner made (``disk.py``) and keeps no copy.
 
 Standard library only (forked from the zygote).
 """
@@ -70,14 +71,19 @@ def _join_cgroups(pid: int, procs_files: list[str]) -> bytes:
     return b"ok"
 
 
-def run_keeper(req: dict[str, Any], reply: socket.socket, userns_fd: int | None) -> NoReturn:
+def run_keeper(
+    req: dict[str, Any], reply: socket.socket, userns_fd: int | None, disk_fd: int | None
+) -> NoReturn:
     """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
 
     ``userns_fd`` is the sandbox's user namespace when the zygote made it ahead of time;
-    otherwise it is made here.
+    otherwise it is made here. ``disk_fd`` is the writable layer (a detached mount, see
+    ``disk.py``); it goes to the agent and the keeper keeps no copy.
     """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
+        if disk_fd is None:
+            raise RuntimeError("no writable layer came with the request")
         os.setsid()
         syscalls.set_process_name("sandboxd-keeper")
         state_fd = os.open(req["state_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -107,6 +113,7 @@ def run_keeper(req: dict[str, Any], reply: socket.socket, userns_fd: int | None)
             ready_w=ready_w,
             joined_r=joined_r,
             userns=userns_fd,
+            disk=disk_fd,
             netns=netns,
             files=files,
         )

@@ -5,14 +5,18 @@ Why this shape:
 * The image rootfs is only ever an overlayfs *lower* layer, so it is never written, and it
   is bound through an **idmapped mount** first: host uid 0 (the image's owner) appears as
   the sandbox's root, whose host uid is unprivileged (see ``userns.py``). The upper layer
-  lives on a tmpfs whose ``size=`` is the sandbox's disk cap; its root directory belongs to
-  the sandbox's root, so the sandbox owns ``/`` without owning anything on the host.
+  lives on the sandbox's own ext4 filesystem, on disk, whose size is the sandbox's disk cap
+  (``disk.py``), which the runner hands over as a detached mount; its root directory
+  belongs to the sandbox's root, so the sandbox owns ``/`` without owning anything on the
+  host.
 * Overlay options name their layers by *relative* paths from the state directory, so
   ``/proc/self/mountinfo`` inside the sandbox shows ``lowerdir=lower,upperdir=rw/upper``
   and no host path.
 * Everything is mounted in a private mount namespace, so the host mount table never sees a
   sandbox mount, and when the last process of the sandbox exits the kernel tears all of it
-  down: destroy cannot leak mounts.
+  down: destroy cannot leak mounts, and the writable layer's loop device and image go with
+  them. ``/sys/devices/virtual/block`` is masked: it would show every loop device's
+  backing file, a host path.
 * After ``pivot_root`` every further step (``/proc``, ``/dev``, ``/sys``, mounted files)
   resolves paths inside the new root, with ``openat2(RESOLVE_IN_ROOT |
   RESOLVE_NO_MAGICLINKS)`` where the path comes from a user or an image, so a hostile image
@@ -47,6 +51,7 @@ from .syscalls import (
     MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
+    attach_mount,
     bind_idmapped,
     bind_readonly,
     mount,
@@ -79,22 +84,28 @@ PROC_MASKED_FILES = (
 PROC_MASKED_DIRS = ("acpi", "scsi", "asound", "driver", "tty/driver", "dynamic_debug")
 SYS_MASKED_DIRS = (
     "firmware", "kernel/debug", "kernel/tracing", "kernel/security", "kernel/config",
-    "devices/virtual/powercap", "fs/bpf", "fs/pstore", "fs/cgroup",
+    "devices/virtual/powercap", "devices/virtual/block", "fs/bpf", "fs/pstore", "fs/cgroup",
 )  # fmt: skip
 
 # Names inside the state directory (relative, so no host path reaches mountinfo).
 LOWER, RW, ROOT = "lower", "rw", "root"
 
 
-def mount_overlay(state_dir: str, lower: str, disk_bytes: int, userns_fd: int, owner: int) -> None:
-    """Private mounts; idmapped image at ``lower``; tmpfs (size cap) + overlay at ``root``."""
+def mount_overlay(state_dir: str, lower: str, disk_fd: int, userns_fd: int, owner: int) -> None:
+    """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``.
+
+    ``disk_fd`` is the writable layer, made by the runner as a detached mount with
+    ``upper`` and ``work`` in it (``disk_mount.py``); from here on it lives in this
+    namespace only, and the descriptor is closed.
+    """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.chdir(state_dir)
     bind_idmapped(lower, LOWER, userns_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
-    mount("sandboxd-rw", RW, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0700")
+    try:
+        attach_mount(disk_fd, RW)
+    finally:
+        os.close(disk_fd)
     upper, work = f"{RW}/upper", f"{RW}/work"
-    os.mkdir(upper, 0o755)
-    os.mkdir(work, 0o700)
     os.chown(upper, owner, owner)  # the overlay's "/" belongs to the sandbox's root
     opts = f"lowerdir={LOWER},upperdir={upper},workdir={work}"
     mount("sandboxd-root", ROOT, "overlay", MS_NODEV | MS_NOSUID, opts)
@@ -216,7 +227,7 @@ def build(
     *,
     state_dir: str,
     lower: str,
-    disk_bytes: int,
+    disk_fd: int,
     files: list[tuple[str, int]],
     hostname: str,
     userns_fd: int,
@@ -225,8 +236,9 @@ def build(
     """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
 
     ``owner`` is the host uid (and gid) of the sandbox's root: what it must own.
+    ``disk_fd`` is the writable layer (see :func:`mount_overlay`).
     """
-    mount_overlay(state_dir, lower, disk_bytes, userns_fd, owner)
+    mount_overlay(state_dir, lower, disk_fd, userns_fd, owner)
     pivot_into(ROOT)
     mount_proc()
     mount_dev(owner)

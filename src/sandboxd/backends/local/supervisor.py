@@ -184,9 +184,14 @@ class ZygoteClient:
                 fut.set_exception(exc)
         self._pending.clear()
 
-    async def spawn(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        """Ask the zygote to build a sandbox; the reply carries ``ok`` and ``pid`` or ``error``."""
-        return await self._call({**request, "op": "spawn"}, timeout)
+    async def spawn(
+        self, request: dict[str, Any], timeout: float = 30.0, fds: tuple[int, ...] = ()
+    ) -> dict[str, Any]:
+        """Ask the zygote to build a sandbox; the reply carries ``ok`` and ``pid`` or ``error``.
+
+        ``fds`` travel with the request (the writable layer's detached mount).
+        """
+        return await self._call({**request, "op": "spawn"}, timeout, fds)
 
     async def prepare_userns(self, slot: int, first: int, count: int) -> None:
         """Have the zygote make the user namespace of a claimed id range ahead of time."""
@@ -195,13 +200,15 @@ class ZygoteClient:
         if not reply.get("ok"):
             raise ZygoteError(f"preparing a user namespace failed: {reply.get('error')}")
 
-    async def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _call(
+        self, request: dict[str, Any], timeout: float, fds: tuple[int, ...] = ()
+    ) -> dict[str, Any]:
         await self.ensure()
         assert self._sock is not None
         req = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req] = fut
-        protocol.send(self._sock, {**request, "req": req})
+        protocol.send(self._sock, {**request, "req": req}, fds)
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:

@@ -162,6 +162,12 @@ def bind_idmapped(source: str, target: str, userns_fd: int, attrs: int = 0) -> N
         os.close(tree)
 
 
+def attach_mount(mount_fd: int, target: str) -> None:
+    """Attach a detached mount (from ``fsmount``/``open_tree``) at ``target`` (``move_mount``)."""
+    res = _libc.syscall(_SYS_MOVE_MOUNT, mount_fd, b"", -100, _b(target), _MOVE_MOUNT_F_EMPTY_PATH)
+    _check(res, "move_mount", target)
+
+
 def umount2(target: str, flags: int = 0) -> None:
     """``umount2(2)``."""
     _check(_libc.umount2(_b(target), flags), "umount", target)

@@ -81,6 +81,7 @@ class Zygote:
             msg, fds = protocol.recv(conn)
         except (OSError, protocol.ProtocolError):
             msg, fds = None, []
+        disk_fd = fds.pop(0) if fds and msg is not None and msg.get("op") == "spawn" else None
         for fd in fds:
             os.close(fd)
         if msg is None:
@@ -89,7 +90,7 @@ class Zygote:
             return
         op = msg.get("op")
         if op == "spawn":
-            self._spawn(conn, msg)
+            self._spawn(conn, msg, disk_fd)
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
@@ -100,7 +101,11 @@ class Zygote:
                 protocol.send(conn, {"ok": True})
             self.running = False
 
-    def _spawn(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+    def _spawn(self, conn: socket.socket, msg: dict[str, Any], disk_fd: int | None) -> None:
+        """Fork the keeper; it gets the prepared user namespace and the writable layer.
+
+        The zygote keeps neither: a layer it held would outlive its sandbox.
+        """
         userns_fd: int | None = None
         pooled = self.namespaces.pop(msg.get("uid_slot", -1), None)
         if pooled is not None:
@@ -119,12 +124,12 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
-            if userns_fd is not None:
-                keep.add(userns_fd)
+            keep.update(fd for fd in (userns_fd, disk_fd) if fd is not None)
             _close_fds_except(keep)
-            run_keeper(msg, conn, userns_fd)
-        if userns_fd is not None:
-            os.close(userns_fd)
+            run_keeper(msg, conn, userns_fd, disk_fd)
+        for held in (userns_fd, disk_fd):
+            if held is not None:
+                os.close(held)
 
     def _prepare_one(self) -> None:
         conn, msg = self.prepare_queue.popleft()

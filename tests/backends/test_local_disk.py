@@ -1,0 +1,308 @@
+"""The writable layer is on disk and capped: ENOSPC at the cap, memory untouched, nothing left.
+
+Each sandbox writes into its own ext4 filesystem, the size of its disk limit, on a loop
+device over an unnamed image (``src/sandboxd/backends/local/disk.py``). These tests write
+real data through real sandboxes and look at the kernel's own view afterwards: the
+sandbox's ``df``, its cgroup's memory counters, and the host's loop devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxd.backends.base import MountedFile
+from sandboxd.backends.errors import FileOperationError, SandboxStartError
+from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
+from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
+from tests.support.postgres import small_tmpfs
+
+from .conformance import Harness, run, sh
+from .disk_support import memory_stat, stray_files, wait_for_loops, wait_in_use
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def go(aio: asyncio.Runner, coro: object, timeout: float = 120) -> object:
+    return aio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def disk_dir(h: Harness) -> Path:
+    return Path(getattr(h.backend, "data_dir")) / "disk"  # noqa: B009
+
+
+async def df(h: Harness, sid: str, flag: str = "-k") -> tuple[int, int, int]:
+    """``(size, used, available)`` of ``/`` inside, in KiB (``-k``) or inodes (``-i``)."""
+    r = await run(h, sid, sh(f"df {flag} / | tail -1"))
+    assert r.code == 0, r.stderr
+    size, used, avail = (int(x) for x in r.stdout.split()[1:4])
+    return size, used, avail
+
+
+def test_a_write_past_the_cap_fails_with_enospc_and_keeps_what_was_written(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    cap = 64 * MiB
+    b = local_harness.backend
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(disk_bytes=cap) as sid:
+            assert (await df(local_harness, sid))[0] == cap // 1024  # df / shows the cap
+            r = await run(local_harness, sid, sh("head -c 41943040 /dev/urandom >/a; md5sum /a"))
+            assert r.code == 0, r.stderr
+            digest = r.stdout.split()[0]
+            # cap + 1 MiB more; cat writes until the filesystem is full to the last block
+            r = await run(local_harness, sid, sh(f"head -c {cap + MiB} /dev/zero | cat >/b"))
+            assert r.code != 0 and b"No space left on device" in r.stderr, r
+            r = await run(local_harness, sid, sh("md5sum /a; stat -c %s /a /b"))
+            lines = r.stdout.split(b"\n")
+            assert lines[0].split()[0] == digest  # the earlier data is intact
+            written = int(lines[1]) + int(lines[2])
+            # full means full: all but ext4's reserve for its own metadata (2 %), never more
+            assert cap * 0.97 <= written <= cap, written
+            with pytest.raises(FileOperationError) as err:
+                await b.write_file(sid, "/c", b"x" * MiB)
+            assert err.value.errno == 28  # ENOSPC through the files API as well
+            r = await run(local_harness, sid, sh("rm /b && head -c 1048576 /dev/zero >/c"))
+            assert r.code == 0, r.stderr  # what is deleted can be written again
+
+    go(aio, scenario())
+
+
+def test_writes_go_to_disk_not_to_memory(aio: asyncio.Runner, local_harness: Harness) -> None:
+    """Three times the memory limit written to a file: no OOM kill, no shared memory used."""
+    memory = 256 * MiB
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(memory_bytes=memory, disk_bytes=GiB) as sid:
+            cmd = ["dd", "if=/dev/zero", "of=/big", "bs=1M", "count=768"]
+            r = await run(local_harness, sid, cmd)
+            assert r.code == 0, r.stderr
+            r = await run(local_harness, sid, sh("sync; stat -c %s /big"))
+            assert int(r.stdout) == 768 * MiB
+            stats = await local_harness.backend.stats(sid)
+            assert stats.oom_kills == 0
+            assert stats.memory_peak_bytes <= memory
+            rec = local_harness.backend._records[sid]  # type: ignore[attr-defined]
+            # a tmpfs layer would hold the file as shmem, charged and never reclaimed
+            assert memory_stat(rec.cgroup).get("shmem", 0) < 16 * MiB
+            assert (await local_harness.backend.state(sid)).state == "running"
+
+    go(aio, scenario())
+
+
+@pytest.mark.slow
+def test_four_gib_written_with_one_gib_of_memory(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    async def scenario() -> None:
+        async with local_harness.sandbox(memory_bytes=GiB, disk_bytes=10 * GiB) as sid:
+            assert (await df(local_harness, sid))[0] == 10 * GiB // 1024
+            cmd = ["dd", "if=/dev/zero", "of=/big", "bs=4M", "count=1024"]
+            r = await run(local_harness, sid, cmd)
+            assert r.code == 0, r.stderr
+            r = await run(local_harness, sid, sh("sync; stat -c %s /big"))
+            assert int(r.stdout) == 4 * GiB
+            stats = await local_harness.backend.stats(sid)
+            assert stats.oom_kills == 0 and stats.memory_peak_bytes <= GiB
+
+    go(aio, scenario(), timeout=300)
+
+
+def test_inodes_are_capped_too(aio: asyncio.Runner, local_harness: Harness) -> None:
+    """Empty files cost no blocks; the inode count is capped, also with ENOSPC."""
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(disk_bytes=16 * MiB) as sid:
+            inodes, used, _ = await df(local_harness, sid, "-i")
+            assert MIN_INODES <= inodes <= MIN_INODES + 64
+            fill = "i=0; while true 2>/dev/null >/f$i; do i=$((i+1)); done; echo $i; true >/z"
+            r = await run(local_harness, sid, sh(fill))
+            assert b"No space left on device" in r.stderr, r
+            assert int(r.stdout) <= inodes - used
+            _, _, avail_kib = await df(local_harness, sid)
+            assert avail_kib > 8 * 1024  # the blocks were not what ran out
+
+    go(aio, scenario())
+
+
+def test_stop_and_destroy_leave_no_device_file_or_mount(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    b = local_harness.backend
+    where = disk_dir(local_harness)
+
+    async def scenario() -> None:
+        before = await wait_in_use(b, 0)
+        spec = local_harness.spec(disk_bytes=128 * MiB)
+        await b.create(spec)
+        sid = spec.sandbox_id
+        try:
+            await b.start(sid)
+            assert await wait_in_use(b, before + 1) == before + 1
+            r = await run(local_harness, sid, sh("head -c 67108864 /dev/zero >/data; sync"))
+            assert r.code == 0, r.stderr
+            state_dir = b._records[sid].state_dir  # type: ignore[attr-defined]
+            await b.stop(sid, 1)
+            # stopped: the layer is already gone (the namespace went with the last process)
+            assert await wait_in_use(b, before) == before
+            assert stray_files(where) == []
+            assert str(state_dir) not in Path("/proc/self/mountinfo").read_text()
+        finally:
+            await b.destroy(sid)
+        assert not state_dir.exists()
+        assert await wait_in_use(b, before) == before
+
+    go(aio, scenario())
+
+
+def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The agent dies after mounting the layer (a mounted file onto a directory)."""
+    b = local_harness.backend
+    where = disk_dir(local_harness)
+
+    async def scenario() -> None:
+        before = await wait_in_use(b, 0)
+        spec = local_harness.spec(mounted_files=(MountedFile("/etc", b"x"),))
+        with pytest.raises(SandboxStartError):
+            await b.create(spec)
+        assert await wait_in_use(b, before) == before
+        assert stray_files(where) == []
+        assert not (Path(getattr(b, "data_dir")) / "sandboxes" / spec.sandbox_id).exists()  # noqa: B009
+
+    go(aio, scenario())
+
+
+def test_a_full_host_disk_refuses_the_create(aio: asyncio.Runner, tmp_path: Path) -> None:
+    async def scenario(layers: DiskLayers) -> None:
+        try:
+            with pytest.raises(DiskError, match="disk is full"):
+                await layers.take(GiB)
+            fd = await layers.take(8 * MiB)  # a layer that fits is still made
+            assert os.statvfs(f"/proc/self/fd/{fd}").f_blocks * 4096 == 8 * MiB
+            os.close(fd)
+        finally:
+            await layers.close()
+        assert await wait_for_loops(layers.disk_dir, 0) == []
+
+    with small_tmpfs(tmp_path / "host", "48m") as mount:
+        go(aio, scenario(DiskLayers(mount / "disk")))
+
+
+# -- a runner killed with SIGKILL -------------------------------------------------------------
+
+RUNNER = """
+import asyncio, json, sys
+from pathlib import Path
+from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.local import LocalBackend
+
+async def main(data_dir, rootfs, prefix, count):
+    backend = LocalBackend(data_dir)
+    await backend.recover()
+    def spec(sid):
+        return SandboxSpec(sid, Path(rootfs), memory_bytes=128 << 20, disk_bytes=32 << 20)
+    await backend.create(spec(f"{prefix}warm"))  # zygote and template ready: creates are quick
+    await backend.destroy(f"{prefix}warm")
+    print(json.dumps({"ready": True}), flush=True)
+    for i in range(count):
+        sid = f"{prefix}{i}"
+        await backend.create(spec(sid))
+        await backend.start(sid)
+        print(json.dumps({"sid": sid, "agent": backend._records[sid].agent_pid}), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+def start_runner(data_dir: Path, rootfs: Path, prefix: str, count: int) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", RUNNER, str(data_dir), str(rootfs), prefix, str(count)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")
+
+
+def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "runner"
+    where = data_dir / "disk"
+    runner = start_runner(data_dir, busybox_rootfs, "k", 2)
+    assert runner.stdout is not None
+    made = [json.loads(runner.stdout.readline()) for _ in range(3)][1:]
+    live, ended = made[0]["sid"], made[1]["sid"]
+    ready = DEFAULT_READY  # what the runner keeps made ahead
+
+    async def scenario() -> None:
+        assert len(await wait_for_loops(where, 2 + ready)) == 2 + ready
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        # the layers it made ahead died with it; the sandboxes' layers did not
+        assert len(await wait_for_loops(where, 2)) == 2
+        os.kill(made[1]["agent"], signal.SIGKILL)  # one sandbox ends while no runner watches
+        assert len(await wait_for_loops(where, 1)) == 1  # and the kernel frees its layer
+        backend = LocalBackend(data_dir)
+        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        try:
+            assert await backend.recover() == [live]
+            assert (await df(h, live))[0] == 32 * 1024  # re-adopted with its cap
+            r = await run(h, live, ["dd", "if=/dev/zero", "of=/x", "bs=1M", "count=40"])
+            assert b"No space left on device" in r.stderr, r
+            for sid in (live, ended):
+                await backend.destroy(sid)
+            assert await wait_in_use(backend, 0) == 0
+            assert stray_files(where) == []
+        finally:
+            await backend.close()
+        assert await wait_for_loops(where, 0) == []  # and close() freed the ready ones
+
+    go(aio, scenario())
+
+
+def test_runners_killed_mid_create_leave_no_layer_behind(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """SIGKILL at every stage of a create, again and again; then recover and clean up.
+
+    Each runner recovers what the last one left, then creates sandboxes back to back (about
+    10 ms each) until it is killed a few milliseconds in: before, during and after the
+    layer of one of them is copied, attached and mounted.
+    """
+    data_dir = tmp_path / "runner"
+    where = data_dir / "disk"
+    created = 0
+    delays = (0.002, 0.009, 0.021, 0.045)
+    for round_no, delay in enumerate(delays):
+        runner = start_runner(data_dir, busybox_rootfs, f"r{round_no}-", 50)
+        assert runner.stdout is not None
+        assert json.loads(runner.stdout.readline()) == {"ready": True}
+        time.sleep(delay)
+        runner.send_signal(signal.SIGKILL)
+        created += len(runner.stdout.readlines())
+        runner.wait()
+    assert created < len(delays) * 50  # each was killed while creating
+
+    async def scenario() -> None:
+        backend = LocalBackend(data_dir)
+        try:
+            await backend.recover()
+            for sid in list(backend._records):
+                await backend.destroy(sid)
+            assert await wait_in_use(backend, 0) == 0
+            assert stray_files(where) == []
+        finally:
+            await backend.close()
+        assert await wait_for_loops(where, 0) == []
+
+    go(aio, scenario())
