@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,9 +364,9 @@ class HostInventory:
         """Per kind: (what ``other`` has and this has not, what this has and ``other`` not)."""
         out = {}
         for kind in self.__dataclass_fields__:
-            mine, theirs = set(getattr(self, kind)), set(getattr(other, kind))
+            mine, theirs = Counter(getattr(self, kind)), Counter(getattr(other, kind))
             if mine != theirs:
-                out[kind] = (sorted(theirs - mine), sorted(mine - theirs))
+                out[kind] = (sorted((theirs - mine).elements()), sorted((mine - theirs).elements()))
         return out
 
 
@@ -389,8 +390,9 @@ def _files(root: Path, skip: tuple[str, ...]) -> list[str]:
 
 
 def _claims(key: str, group: str) -> list[str]:
-    """Machine-wide claim files (subnets, user-id ranges) that name this backend."""
-    out = []
+    """How many machine-wide claim files (subnets, user-id ranges) name this backend, per
+    directory (which slot a claim takes varies; how many there are must not grow)."""
+    counts: dict[str, int] = {}
     run = Path("/run/sandboxd")
     if run.is_dir():
         for path in run.rglob("*"):
@@ -398,8 +400,9 @@ def _claims(key: str, group: str) -> list[str]:
                 with contextlib.suppress(OSError):
                     text = path.read_text(errors="replace")
                     if key in text or group in text:
-                        out.append(str(path))
-    return sorted(out)
+                        where = str(path.parent)
+                        counts[where] = counts.get(where, 0) + 1
+    return sorted(f"{where}: {count}" for where, count in counts.items())
 
 
 def host_inventory(
