@@ -8,9 +8,11 @@ takes effect when the runner answers). Once the link is back and the runner is r
 healthy, exec and file calls must work at once: the *first* exec after healthy must succeed
 (the issue found "did not open the exec stream in time" right after a partition healed).
 
-Two lengths: shorter than the control plane's HTTP/2 keepalive (5 s ping, 5 s timeout), so
-the same connection resumes, and longer, so the control plane has closed the runner's stream
-and the runner must redial (after a partition, late: its TCP backs off; `tests/support/hosts.py`).
+Three cuts: a partition shorter than the control plane's HTTP/2 keepalive (5 s ping, 5 s
+timeout), so the same connection resumes; a pulled cable (``cut("link")``) of 6 s, restored
+just before that keepalive gives up on the connection, which the runner's heartbeats have
+already revived; and a partition longer than the keepalive (``slow``), after which the
+runner must redial, late (its TCP backs off; ``tests/support/hosts.py``).
 """
 
 from __future__ import annotations

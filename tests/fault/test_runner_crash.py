@@ -13,10 +13,12 @@ that says so, not COMPLETED with the 137 of a kill.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import grpc
+import pytest
 
 from cwsandbox._proto import gateway_pb2 as g
 from tests.support.faults import (
@@ -92,6 +94,25 @@ def test_runner_kill9_stop_while_down_and_restart_readopts(cluster: Cluster) -> 
     assert got.status_reason == "stopped", got
     assert got.exit_code == 0, got  # its main process exits 0 on SIGTERM
     wait_until(f"{stopped} gone from the host", lambda: not sandbox_pids(stopped), 10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug (wording): lifecycle.Lifecycle.reason_of builds 'last heard from' + "
+        "' since <time>', so clients read '(last heard from since 2026-...Z)'"
+    ),
+)
+def test_unreachable_reason_says_when_the_runner_was_last_heard_from(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    sandbox_id = gateway.start(cluster.runner_id)
+    cluster.runner.kill()
+    cluster.wait_health(False, UNHEALTHY_BOUND + 2)
+    reason = gateway.get(sandbox_id).status_reason
+    assert re.fullmatch(
+        r"its runner east is unreachable \(last heard from \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)",
+        reason,
+    ), reason
 
 
 def test_a_stop_waiting_for_a_killed_runner_succeeds_when_it_returns(cluster: Cluster) -> None:
