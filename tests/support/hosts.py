@@ -395,7 +395,7 @@ def _zygote_listening(run_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             # Through the directory's fd: the full path may exceed sun_path's 108 bytes.
             sock.connect(f"/proc/self/fd/{dir_fd}/zygote.sock")
         return True
