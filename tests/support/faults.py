@@ -310,6 +310,7 @@ def sandboxd_admin(
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PREPARED, PREPARED_DEPTH = "<prepared>", 4  # backends/local/prepared_ids.py
 
 
 def backend_key(state_dir: Path) -> str:
@@ -390,19 +391,30 @@ def _files(root: Path, skip: tuple[str, ...]) -> list[str]:
 
 
 def _claims(key: str, group: str) -> list[str]:
-    """How many machine-wide claim files (subnets, user-id ranges) name this backend, per
-    directory (which slot a claim takes varies; how many there are must not grow)."""
-    counts: dict[str, int] = {}
+    """Machine-wide claim files (subnets, user-id ranges) that name this backend.
+
+    A claim made for a sandbox is listed by what it says (owner and sandbox); ranges the
+    zygote prepares ahead (``<prepared>``) only by whether there are more than the pool's
+    depth, since how many are ready at a given moment depends on its background refill.
+    """
+    out: list[str] = []
+    prepared: dict[str, int] = {}
     run = Path("/run/sandboxd")
     if run.is_dir():
         for path in run.rglob("*"):
             if path.is_file():
                 with contextlib.suppress(OSError):
-                    text = path.read_text(errors="replace")
-                    if key in text or group in text:
+                    text = path.read_text(errors="replace").strip()
+                    if key not in text and group not in text:
+                        continue
+                    if text.endswith(PREPARED):
                         where = str(path.parent)
-                        counts[where] = counts.get(where, 0) + 1
-    return sorted(f"{where}: {count}" for where, count in counts.items())
+                        prepared[where] = prepared.get(where, 0) + 1
+                    else:
+                        out.append(f"{path.parent}: {text}")
+    for where, count in prepared.items():
+        out.append(f"{where}: {count if count > PREPARED_DEPTH else 'some'} prepared")
+    return sorted(out)
 
 
 def host_inventory(
