@@ -33,6 +33,7 @@ from tests.support.faults import (
     sandbox_pids,
     wait_until,
 )
+from tests.support.hosts import prepared_claims
 
 STOP_GRACE = 1
 # lifecycle.STOP_MARGIN_SECONDS: how long a Stop waits past its grace for the end.
@@ -164,3 +165,29 @@ def test_sandbox_that_died_with_its_host_is_failed_not_completed(cluster: Cluste
     # Its neighbour, whose processes lived on, was re-adopted and works.
     assert gateway.get(survivor).sandbox_status == g.SANDBOX_STATUS_RUNNING
     assert gateway.exec(survivor, "true").ok
+
+
+PREPARED_RANGES_LEAK = (
+    "product bug: a runner restarted after a SIGKILL adopts the id ranges its predecessor's "
+    "zygote prepared ahead only lazily, on its first create (PreparedIdRanges.take -> "
+    "pool.adopt(PREPARED)); stopped before any create, PreparedIdRanges.close() gives back "
+    "only its own ready ranges, so up to 4 claims '<sandboxd-KEY> <prepared>' stay in "
+    "/run/sandboxd/idmap until reboot, each holding 65,536 host user ids"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=PREPARED_RANGES_LEAK)
+def test_a_restarted_runner_gives_back_what_its_predecessor_prepared(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    sandbox_id = gateway.start(cluster.runner_id)  # its zygote now prepares ranges ahead
+    gateway.delete(sandbox_id)
+    gateway.started.remove(sandbox_id)
+    backend_dir = cluster.runner.state_dir / "backend"
+    wait_until("ranges prepared ahead", lambda: prepared_claims(backend_dir), 10)
+
+    cluster.runner.kill()
+    cluster.runner.start()
+    cluster.wait_health(True, RECOVERY)
+    assert cluster.runner.stop() == 0  # a clean stop (SIGTERM), before any create
+    leaked = [f"{path}: {path.read_text().strip()}" for path in prepared_claims(backend_dir)]
+    assert leaked == [], leaked
