@@ -29,19 +29,7 @@ from sandboxd.store import Store
 from tests.support.processes import SANDBOXD, child_env
 
 START_TIMEOUT = 60.0
-CLI_LETS_IT_ESCAPE = (
-    "product bug: the check finds the problem (sandboxd.store.schema.DatabaseProblem carries "
-    "a good one-line message), but nothing on the way up catches it (cli.py "
-    "controlplane_command -> up.serve_control_plane -> ControlPlane.__init__ -> Store): "
-    "Python prints a ~40-line traceback ending in 'sandboxd.store.schema.DatabaseProblem: "
-    "...', exit status 1"
-)
-ROWS_NOT_CHECKED = (
-    "product bug: rows are not checked at all; SandboxRecords.load() -> SandboxStore.live() "
-    "-> record_of() raises from deep inside start-up (ValueError: 'exploded' is not a valid "
-    "Observed; json.JSONDecodeError for a broken tags column), and the control plane dies "
-    "with a traceback that names neither the database nor the row"
-)
+EXIT_DATABASE = 4  # sandboxd's exit status for a refused database
 
 
 @dataclass(frozen=True)
@@ -129,20 +117,16 @@ def broken_json_row(tmp_path: Path) -> Damaged:
     return Damaged(data_dir, "", str(db))
 
 
-SQLITE_CASES: dict[str, tuple[Callable[[Path], Damaged], str]] = {
-    "zero-length": (zero_length, CLI_LETS_IT_ESCAPE),
-    "garbage": (garbage, CLI_LETS_IT_ESCAPE),
-    "truncated": (truncated, CLI_LETS_IT_ESCAPE),
-    "broken-json-row": (broken_json_row, ROWS_NOT_CHECKED),
+SQLITE_CASES: dict[str, Callable[[Path], Damaged]] = {
+    "zero-length": zero_length,
+    "garbage": garbage,
+    "truncated": truncated,
+    "broken-json-row": broken_json_row,
 }
 
 
 @pytest.mark.parametrize(
-    "prepare",
-    [
-        pytest.param(prepare, id=name, marks=pytest.mark.xfail(strict=True, reason=why))
-        for name, (prepare, why) in SQLITE_CASES.items()
-    ],
+    "prepare", [pytest.param(prepare, id=name) for name, prepare in SQLITE_CASES.items()]
 )
 def test_damaged_sqlite_file_is_refused_in_one_line(
     prepare: Callable[[Path], Damaged], tmp_path: Path
@@ -164,7 +148,6 @@ def on(database_url: str, tmp_path: Path) -> Damaged:
     return Damaged(data_dir, database_url, names, secret=url.password or "")
 
 
-@pytest.mark.xfail(strict=True, reason=ROWS_NOT_CHECKED)
 def test_row_with_broken_values_is_refused_in_one_line(database_url: str, tmp_path: Path) -> None:
     with_a_sandbox(database_url)
     execute(database_url, "UPDATE sandboxes SET observed = 'exploded'")
@@ -172,7 +155,6 @@ def test_row_with_broken_values_is_refused_in_one_line(database_url: str, tmp_pa
     assert_refused(damaged, run_control_plane(damaged))
 
 
-@pytest.mark.xfail(strict=True, reason=CLI_LETS_IT_ESCAPE)
 def test_foreign_database_is_refused_in_one_line(database_url: str, tmp_path: Path) -> None:
     execute(
         database_url,
@@ -195,7 +177,8 @@ def test_foreign_database_is_refused_in_one_line(database_url: str, tmp_path: Pa
 def assert_refused(damaged: Damaged, done: subprocess.CompletedProcess[str]) -> None:
     """Exit status ≠ 0, no traceback, exactly one line on stderr naming the database."""
     report = f"exit {done.returncode}; stderr:\n{done.stderr}"
-    assert done.returncode != 0, report
+    assert done.returncode == EXIT_DATABASE, report
+    assert not (damaged.data_dir / "admin-key").exists(), report  # nothing set up beside it
     assert "CWSANDBOX_BASE_URL=" not in done.stdout, report  # it never served
     assert "Traceback" not in done.stderr, report
     lines = [line for line in done.stderr.splitlines() if line.strip()]

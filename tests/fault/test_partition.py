@@ -45,17 +45,6 @@ SHORT = (4.0, RECOVERY)
 # retransmission reaches the control plane (measured 12 s after a 15 s cut; hosts.py).
 LONG = (15.0, 15.0 + RECOVERY)
 
-FIRST_EXEC_LOST = (
-    "product bug: after a 6 s link cut the runner's heartbeats resume on the old connection "
-    "(healthy) while the control plane's own sends on it are still in TCP backoff; its HTTP/2 "
-    "keepalive (5 s ping, 5 s timeout; server.py) then closes that connection ~7 s after the "
-    "cut and the runner redials within a second, but the OpenExec queued on the old link is "
-    "lost: streaming.py _relay_exec sent it with link.send() and waits ATTACH_TIMEOUT_SECONDS "
-    "(10 s) for an attach that cannot come (RunnerLink.close() fails pending calls, not exec "
-    "sessions), so the first exec after healthy ends with RUNNER_UNAVAILABLE 'did not open "
-    "the exec stream in time' although the runner re-registered 1 s later"
-)
-
 
 class Stopper:
     """A Stop call in a thread (it waits for the end, which needs the runner)."""
@@ -84,13 +73,10 @@ class Stopper:
     "how, cut_seconds, heal_bound",
     [
         pytest.param("drop", *SHORT, id="short"),
-        pytest.param(
-            "link",
-            6.0,
-            RECOVERY,
-            id="link-6s",
-            marks=pytest.mark.xfail(strict=True, reason=FIRST_EXEC_LOST),
-        ),
+        # Heartbeats resume on the old connection while the control plane's sends on it
+        # are still in TCP backoff: the runner is asked to redial before it reads healthy,
+        # and an open lost with the old connection is sent again on the new one.
+        pytest.param("link", 6.0, RECOVERY, id="link-6s"),
         pytest.param("drop", *LONG, id="long", marks=pytest.mark.slow),
     ],
 )

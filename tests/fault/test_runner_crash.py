@@ -18,7 +18,6 @@ import threading
 import time
 
 import grpc
-import pytest
 
 from cwsandbox._proto import gateway_pb2 as g
 from tests.support.faults import (
@@ -97,13 +96,6 @@ def test_runner_kill9_stop_while_down_and_restart_readopts(cluster: Cluster) -> 
     wait_until(f"{stopped} gone from the host", lambda: not sandbox_pids(stopped), 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug (wording): lifecycle.Lifecycle.reason_of builds 'last heard from' + "
-        "' since <time>', so clients read '(last heard from since 2026-...Z)'"
-    ),
-)
 def test_unreachable_reason_says_when_the_runner_was_last_heard_from(cluster: Cluster) -> None:
     gateway = cluster.gateway()
     sandbox_id = gateway.start(cluster.runner_id)
@@ -167,16 +159,6 @@ def test_sandbox_that_died_with_its_host_is_failed_not_completed(cluster: Cluste
     assert gateway.exec(survivor, "true").ok
 
 
-PREPARED_RANGES_LEAK = (
-    "product bug: a runner restarted after a SIGKILL adopts the id ranges its predecessor's "
-    "zygote prepared ahead only lazily, on its first create (PreparedIdRanges.take -> "
-    "pool.adopt(PREPARED)); stopped before any create, PreparedIdRanges.close() gives back "
-    "only its own ready ranges, so up to 4 claims '<sandboxd-KEY> <prepared>' stay in "
-    "/run/sandboxd/idmap until reboot, each holding 65,536 host user ids"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=PREPARED_RANGES_LEAK)
 def test_a_restarted_runner_gives_back_what_its_predecessor_prepared(cluster: Cluster) -> None:
     gateway = cluster.gateway()
     sandbox_id = gateway.start(cluster.runner_id)  # its zygote now prepares ranges ahead

@@ -48,26 +48,8 @@ RESYNC_BOUND = RESYNC_SECONDS + 15
 PROMPT = 3.0  # a call during an outage answers within this
 BUSY_CPU_SHARE = 0.5  # of one core: more during an outage means a retry loop without pause
 FAULTS = ["sqlite-disk-full", "postgresql-down", "postgresql-read-only"]
-RETRIES_WITHOUT_PAUSE = (
-    "product bug: when a snapshot cannot be stored, RunnerReconciler.apply_snapshot "
-    "(reconciler.py) sets _snapshot_due and then kick()s unconditionally, so the next pass asks "
-    "the runner for a snapshot at once, which fails to store again: a loop without pause for "
-    "as long as the outage lasts (measured with a full disk: ~340 snapshot round trips a "
-    "second to the runner, ~1,000 WARNING lines a second, ~80% of a core). It starts at the "
-    "first wake during the outage: the 30 s resync, or a runner (re)registering"
-)
 SPIN_WINDOW = 5.0
 MAX_SNAPSHOT_FAILURES = 10  # logged "snapshot kept for the resync" lines in SPIN_WINDOW
-AUTH_NEEDS_STORE = (
-    "product bug: once the 5 s credential cache (identity_service.CACHE_SECONDS) expires "
-    "during a PostgreSQL outage, AuthInterceptor._resolve (auth.py) lets the store's "
-    'sqlalchemy OperationalError escape: every client call ends UNKNOWN "Unexpected <class '
-    "'sqlalchemy.exc.OperationalError'>: (psycopg.OperationalError) connection failed: "
-    "connection to server at 127.0.0.1, port N failed\" (leaking the driver's message and "
-    "the database address) instead of UNAVAILABLE CWSANDBOX_STORE_UNAVAILABLE, and the "
-    "runner's Exec dial is refused the same way, so an exec waits ATTACH_TIMEOUT_SECONDS (10 s) "
-    "and ends 'runner east did not open the exec stream in time'"
-)
 
 
 class HealthWatch:
@@ -189,16 +171,7 @@ def test_store_outage_refuses_writes_keeps_runners_and_converges_after(
     assert cluster.registrations() == 1
 
 
-@pytest.mark.parametrize(
-    "store_fault",
-    [
-        pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=AUTH_NEEDS_STORE))
-        if kind == "postgresql-down"
-        else kind
-        for kind in FAULTS
-    ],
-    indirect=True,
-)
+@pytest.mark.parametrize("store_fault", FAULTS, indirect=True)
 def test_calls_during_a_long_outage_answer_clearly(
     faulty_cluster: tuple[Cluster, StoreFault],
 ) -> None:
@@ -256,7 +229,6 @@ def assert_no_spin(cluster: Cluster, window: float) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=RETRIES_WITHOUT_PAUSE)
 @pytest.mark.parametrize("store_fault", ["sqlite-disk-full", "postgresql-read-only"], indirect=True)
 def test_a_runner_registering_during_an_outage_does_not_make_the_control_plane_spin(
     faulty_cluster: tuple[Cluster, StoreFault],
@@ -283,7 +255,6 @@ def test_a_runner_registering_during_an_outage_does_not_make_the_control_plane_s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=RETRIES_WITHOUT_PAUSE)
 def test_an_outage_longer_than_the_resync_does_not_make_the_control_plane_spin(
     faulty_cluster: tuple[Cluster, StoreFault],
 ) -> None:
