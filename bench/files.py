@@ -62,7 +62,9 @@ def main() -> None:
         os.environ["CWSANDBOX_API_KEY"] = up.api_key
         from cwsandbox import ResourceOptions, Sandbox
 
-        big = ResourceOptions(limits={"cpu": "2", "memory": "3Gi"})
+        big = ResourceOptions(
+            requests={"cpu": "100m", "memory": "64Mi"}, limits={"cpu": "2", "memory": "3Gi"}
+        )
         sandbox = Sandbox.run(resources=big)
         sandbox.exec(["true"]).result()
         for size_mib in sizes:

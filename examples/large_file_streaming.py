@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 
-from cwsandbox import Sandbox
+from cwsandbox import ResourceOptions, Sandbox
 
 MIB = 1024 * 1024
 
@@ -29,7 +29,11 @@ def main(total_mib):
     for block in blocks(total_mib):
         expected.update(block)
     # The sandbox's page cache counts against its memory limit: give it room for the file.
-    with Sandbox.run(resources={"cpu": "2", "memory": "3Gi"}) as sandbox:
+    # Small requests so that it fits a small host; the limits are what the transfer may use.
+    resources = ResourceOptions(
+        requests={"cpu": "100m", "memory": "64Mi"}, limits={"cpu": "2", "memory": "3Gi"}
+    )
+    with Sandbox.run(resources=resources) as sandbox:
         started = time.monotonic()
         sandbox.write_file_streaming("/root/big.bin", blocks(total_mib)).result()
         wrote = time.monotonic() - started

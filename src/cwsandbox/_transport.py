@@ -81,7 +81,7 @@ class Transport:
             raise TypeError(f"{method} returned {type(response).__name__}")
         return response
 
-    async def _streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
+    async def streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
         """The streaming channel, connected; ``SandboxTimeoutError`` if that takes too long."""
         if self._stream is None:
             self._stream = self._open()
@@ -104,7 +104,7 @@ class Transport:
         ``ready_timeout`` seconds to connect; a server that cannot be reached in that time
         gives ``SandboxTimeoutError``.
         """
-        channel = await self._streaming_channel(ready_timeout)
+        channel = await self.streaming_channel(ready_timeout)
         multi = channel.stream_stream(
             STREAMING + "StreamExec",
             request_serializer=st.ExecStreamRequest.SerializeToString,
@@ -116,7 +116,7 @@ class Transport:
 
     async def open_logs(self, *, timeout: float | None, ready_timeout: float) -> LogsCall:
         """Open a StreamLogs call (deadline ``timeout``, None for follow); caller writes."""
-        channel = await self._streaming_channel(ready_timeout)
+        channel = await self.streaming_channel(ready_timeout)
         multi = channel.stream_stream(
             STREAMING + "StreamLogs",
             request_serializer=st.LogStreamRequest.SerializeToString,

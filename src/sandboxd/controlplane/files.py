@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -160,7 +160,7 @@ class Files:
 
     async def read_stream(
         self, record: SandboxRecord, path: str
-    ) -> AsyncIterator[runner_pb2.OperationUp]:
+    ) -> AsyncGenerator[runner_pb2.OperationUp]:
         """The runner's ``opened`` frame, then the file's ``data`` frames."""
         check_file_path(path)
         operation = await self._open(record, _open_read(record.sandbox_id, path, max_bytes=0))

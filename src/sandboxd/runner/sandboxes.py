@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandboxd.runner.exec_relay import ExecCall, ExecDialer, dial_exec
 from sandboxd.runner.images import image_refs
 from sandboxd.runner.supervisor import SandboxSupervisor, Send
 
@@ -26,12 +25,9 @@ if TYPE_CHECKING:
     from sandboxd.runner.capacity import HostReserve
 
 __all__ = [
-    "ExecCall",
-    "ExecDialer",
     "SandboxSupervisor",
     "Send",
     "build_local_backend",
-    "dial_exec",
     "image_refs",
 ]
 

@@ -28,6 +28,7 @@ from ..base import (
     Backend,
     EgressType,
     ExecSession,
+    FileReader,
     Fingerprint,
     LogChunk,
     MountedFile,
@@ -446,6 +447,30 @@ class LocalBackend(Backend):
         rec = self._get(sandbox_id)
         self._require_running(rec)
         return await files.read_file(rec.agent_socket, path, max_bytes=max_bytes)
+
+    async def write_file_stream(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        make_parents: bool = False,
+        mode: int = 0o644,
+    ) -> int:
+        """Stream through a worker forked by the agent, in constant memory."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        return await files.write_file_stream(
+            rec.agent_socket, path, chunks, make_parents=make_parents, mode=mode
+        )
+
+    async def open_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int | None = None
+    ) -> FileReader:
+        """Open through a worker forked by the agent; the bytes stream through a pipe."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        return await files.open_file(rec.agent_socket, path, max_bytes=max_bytes)
 
     def _require_running(self, rec: SandboxRecord) -> None:
         if not rec.is_running():
