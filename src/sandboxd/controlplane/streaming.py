@@ -1,11 +1,13 @@
 """``GatewayStreamingService``: exec and log streams relayed to the runner that owns the sandbox.
 
 Exec, per v1beta2.md §5: the first client frame is ``init``; a client half-close means stdin
-EOF, not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last. The
-exec is bound to one of the runner's idle operation streams
-(:mod:`sandboxd.controlplane.operations`) and ``ready`` is sent as soon as it is: input the
-client sends from then on waits in that stream's flow control until the process reads it, so
-the runner never has to say "ready" itself.
+EOF, not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last. A
+client that says it sends no input (``sandboxd-no-stdin: 1`` metadata, what our client does
+for a plain ``exec``) gets no ``ready`` and sends nothing after ``init``: the process starts
+with stdin closed, which saves a frame on each hop. The exec is bound to one of the runner's
+idle operation streams (:mod:`sandboxd.controlplane.operations`) and ``ready`` is sent as
+soon as it is: input the client sends from then on waits in that stream's flow control until
+the process reads it, so the runner never has to say "ready" itself.
 
 Logs, per §7: one ``init``; the runner reads the backend's log, cuts frames at line
 boundaries, adds the timestamp prefixes and the resumable ``session_id``/``offset``, and
@@ -44,6 +46,9 @@ CLIENT_DRAIN_SECONDS = 2.0
 # How long a log request on a sandbox that is still being created waits for it to start.
 LOGS_START_WAIT_SECONDS = 60.0
 S = gateway_pb2
+NO_STDIN_HEADER = "sandboxd-no-stdin"
+"""Call metadata (value ``1``) of an exec whose client sends no input: its stdin is closed
+from the start and it needs no ``ready`` (our client sends it; others get the full §5)."""
 _CLOSE = runner_pb2.OperationDown(
     input=streaming_pb2.ExecStreamRequest(close=streaming_pb2.ExecStreamClose())
 )
@@ -144,8 +149,9 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             await abort_with(context, error)
         try:
             # aclosing: a client that goes away closes the relay (and its session) at once.
+            no_stdin = (NO_STDIN_HEADER, "1") in (context.invocation_metadata() or ())
             async with contextlib.aclosing(
-                self._relay_exec(record, init, request_iterator)
+                self._relay_exec(record, init, request_iterator, no_stdin=no_stdin)
             ) as frames:
                 async for frame in frames:
                     yield frame
@@ -157,6 +163,8 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         record: SandboxRecord,
         init: streaming_pb2.ExecStreamInit,
         request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest],
+        *,
+        no_stdin: bool,
     ) -> AsyncGenerator[streaming_pb2.ExecStreamResponse]:
         try:
             link = self._lifecycle.running_link(record)
@@ -171,17 +179,20 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         tty_width=init.tty_width,
                         tty_height=init.tty_height,
                         env=init.env,
+                        stdin_closed=no_stdin,
                     )
                 ),
             )
         except ApiError as error:
             yield error_frame(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
             return
-        pump = asyncio.create_task(self._pump_client(request_iterator, operation))
+        pump: asyncio.Task[None] | None = None
         try:
-            ready = streaming_pb2.StreamingExecReady(session_id=operation.stream_id)
-            ready.ready_at.GetCurrentTime()
-            yield streaming_pb2.ExecStreamResponse(ready=ready)
+            if not no_stdin:
+                pump = asyncio.create_task(self._pump_client(request_iterator, operation))
+                ready = streaming_pb2.StreamingExecReady(session_id=operation.stream_id)
+                ready.ready_at.GetCurrentTime()
+                yield streaming_pb2.ExecStreamResponse(ready=ready)
             while True:
                 frame = await operation.receive()
                 if frame is None:
@@ -196,13 +207,14 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         except ApiError as error:
             yield error_frame(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
             operation.close()
 
     @staticmethod
-    async def _let_client_finish(operation: Operation, pump: asyncio.Task[None]) -> None:
+    async def _let_client_finish(operation: Operation, pump: asyncio.Task[None] | None) -> None:
         """After exit, give the client a moment to half-close before the call ends.
 
         A client streaming stdin (a file upload, say) may still be writing when the process
@@ -210,6 +222,8 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         into an INTERNAL error on the client instead of the exit frame it should read.
         """
         operation.close()  # the runner's side is over; stdin is discarded
+        if pump is None:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pump), CLIENT_DRAIN_SECONDS)
 
