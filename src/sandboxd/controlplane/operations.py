@@ -113,6 +113,8 @@ class Operation:
         self._down.put_now(None)
         self._up.clear()
         self._operations.forget(self)
+        if self._link is not None:
+            self._link.unwatch(self)
 
     def abort(self) -> None:
         """End the operation as lost, with no rebind (its runner is not trusted any more)."""
@@ -126,13 +128,29 @@ class Operation:
     # -- the runner-facing side ---------------------------------------------------------------
     def bind(self, stream: IdleStream, link: RunnerLink) -> None:
         """Hand the operation to ``stream``'s handler, which then runs :meth:`serve`."""
+        if self._link is not None:
+            self._link.unwatch(self)
         self._stream, self._link = stream, link
+        link.watch(self)
         stream.bound.set_result(self)
+
+    def link_closed(self, link: RunnerLink) -> None:
+        """The runner connection the stream travels on closed: the stream is as good as lost.
+
+        Its handler may only learn it when keepalive gives up on the TCP connection (after a
+        partition); the operation moves on now (bound again, if nothing was answered yet).
+        """
+        if link is self._link and self._stream is not None:
+            self.lost(self._stream)
 
     def lost(self, stream: IdleStream) -> None:
         """``stream`` ended before the runner ended its side (or before it was served)."""
         if stream is self._stream and not self.closed:
             self._stream = None
+            # The lost stream's handler may still be waiting for input: end it, and give a
+            # rebind a pipe of its own (nothing but replayable frames was sent down).
+            self._down.put_now(None)
+            self._down = Pipe(PIPE_FRAMES)
             self._up.put_now(_LOST)
 
     async def serve(
@@ -140,11 +158,12 @@ class Operation:
     ) -> AsyncIterator[runner_pb2.OperationDown]:
         """The handler's half: yield the open and the input, relay ``frames`` up."""
         reader = asyncio.create_task(self._relay_up(stream, frames))
+        down = self._down
         try:
             if self.closed or stream is not self._stream:
                 return
             yield self.open_frame
-            while (frame := await self._down.get()) is not None:
+            while (frame := await down.get()) is not None:
                 yield frame
         finally:
             reader.cancel()

@@ -77,6 +77,8 @@ class RunnerLink:
         self.idle_limit = idle_limit
         self._idle: deque[IdleStream] = deque()
         self._takers: deque[asyncio.Future[IdleStream | None]] = deque()
+        # Operations bound to this connection's streams, told when it closes (``watch``).
+        self._bound: set[Any] = set()
 
     # -- idle operation streams --------------------------------------------------------------
     def offer(self) -> IdleStream | None:
@@ -141,6 +143,17 @@ class RunnerLink:
         else:
             self._hand_over(given)
 
+    def watch(self, operation: Any) -> None:
+        """Call ``operation.link_closed(self)`` when this connection closes."""
+        if self._closed:
+            operation.link_closed(self)
+        else:
+            self._bound.add(operation)
+
+    def unwatch(self, operation: Any) -> None:
+        """Stop telling ``operation`` (it is over)."""
+        self._bound.discard(operation)
+
     def send(self, command: runner_pb2.Command) -> None:
         """Queue a command that needs no answer (e.g. a delete of an unknown sandbox)."""
         if self._closed:
@@ -188,6 +201,9 @@ class RunnerLink:
             taker = self._takers.popleft()
             if not taker.done():
                 taker.set_result(None)
+        bound, self._bound = self._bound, set()
+        for operation in bound:
+            operation.link_closed(self)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(runner_unavailable(self.runner_id, "its connection closed"))

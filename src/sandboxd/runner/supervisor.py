@@ -147,7 +147,12 @@ class SandboxSupervisor(SandboxTable):
         A stream id seen before is refused: the control plane binds an operation again on
         the runner's next connection when the stream it first used died before the runner
         answered, and the first may have arrived after all. Running it twice is never right.
+        It runs in a task of the supervisor's, so :meth:`close` ends it (and kills an exec).
         """
+        kind = first.WhichOneof("frame")
+        await self._spawn(self._operate(first, call), f"operation-{kind}")
+
+    async def _operate(self, first: runner_pb2.OperationDown, call: OperateCall) -> None:
         kind = first.WhichOneof("frame")
         if kind == "exec":
             if self._opened.seen(first.exec.stream_id):
