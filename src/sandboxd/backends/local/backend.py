@@ -51,7 +51,8 @@ from .cgroups import CgroupError, CgroupManager
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
 from .ingress import PortPublisher
-from .network import NetworkManager
+from .network import Lease, NetworkManager
+from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
@@ -82,6 +83,7 @@ class LocalBackend(Backend):
         max_execs: int = MAX_EXECS,
         parent_limits: ParentLimits | None = None,
         ready_layers: int = DEFAULT_READY,
+        ready_networks: int = DEFAULT_READY_NETWORKS,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.sandboxes_dir = self.data_dir / "sandboxes"
@@ -89,6 +91,8 @@ class LocalBackend(Backend):
         self._group = f"sandboxd-{key}"
         self._cgroups: CgroupManager | None = None
         self._net = NetworkManager(key, network_pool)
+        self._nets = PreparedNetworks(self._net, ready_networks)
+        self._reaped = False
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
@@ -114,6 +118,9 @@ class LocalBackend(Backend):
                 raise BackendUnavailable(str(exc)) from exc
         await self._zygote.ensure()
         self._ranges.refill()
+        if not self._reaped:  # networks a killed predecessor made ahead
+            self._reaped = True
+            await self._nets.reap()
         return self._cgroups
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
@@ -147,6 +154,7 @@ class LocalBackend(Backend):
         try:
             await self._build(rec, spec, cgroups, rootfs)
             self._disk.refill()  # after the create, so making layers ahead never delays it
+            self._nets.refill()
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
@@ -200,9 +208,14 @@ class LocalBackend(Backend):
             pids_max=spec.pids_max,
         )
         if rec.egress is not EgressType.NONE:
-            rec.lease = self._net.allocate(rec.sandbox_id)
-            rec.save()
-            await self._net.setup(rec.lease, rec.egress, rec.cidrs, spec.network.blocked)
+
+            def claimed(lease: Lease) -> None:
+                rec.lease = lease
+                rec.save()  # before any command: a crash in the middle leaves it recorded
+
+            await self._nets.take(
+                rec.sandbox_id, rec.egress, rec.cidrs, spec.network.blocked, claimed
+            )
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
         reply = await self._zygote.spawn(
@@ -488,6 +501,7 @@ class LocalBackend(Backend):
         for task in list(self._release_tasks):
             task.cancel()
         await self._ranges.close()
+        await self._nets.close()
         await self._budget.close()
         await self._disk.close()
         any_alive = False
