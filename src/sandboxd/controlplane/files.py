@@ -8,11 +8,12 @@ Two ways in, one way to the runner:
   uses, falling back to the public calls where a server lacks it): :class:`FileService`.
 
 Either way the bytes travel to the runner on an ``Operate`` stream bound to one file
-operation (:mod:`sandboxd.controlplane.operations`), in frames of at most 1 MiB, never on
-the runner's control stream, so a large transfer delays no lifecycle command and no other
-operation. Memory stays constant per transfer: the pipes between the client's call and the
-runner's hold a few frames, and a full one stops reading the faster side (HTTP/2 flow
-control then slows it down). A unary call holds its one message, as any unary call does.
+operation (:mod:`sandboxd.controlplane.operations`), never on the runner's control stream,
+and data frames are relayed as they were encoded (:mod:`sandboxd.controlplane.raw_frames`),
+so a large transfer delays no lifecycle command and no other operation. Memory stays
+constant per transfer: the pipes between the client's call and the runner's hold a few
+frames, and a full one stops reading the faster side (HTTP/2 flow control then slows it
+down). A unary call holds its one message, as any unary call does.
 
 Failures are gRPC statuses with the ``CWSANDBOX_FILE_*`` reasons of the public error
 contract; the runner says which (``FileDone.failure``).
@@ -26,11 +27,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cwsandbox._proto import files_pb2, files_pb2_grpc
 from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, check_file_path, file_too_large
 from sandboxd.controlplane.operations import Operation, Operations
+from sandboxd.controlplane.raw_frames import DOWN_DATA, UP_DATA, data_length, encode, payload
 from sandboxd.controlplane.runner_link import failure_error, runner_unavailable
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.errors import ApiError, abort_with, invalid_argument
@@ -55,12 +58,16 @@ def _done(frame: runner_pb2.OperationUp | None, runner_id: str) -> runner_pb2.Fi
     return frame.done
 
 
-async def _write(operation: Operation, chunks: AsyncIterator[bytes]) -> int:
-    """Send ``chunks`` and the end; the size the runner wrote (early refusals end it at once)."""
+async def _write(operation: Operation, frames: AsyncIterator[bytes]) -> int:
+    """Send ``frames`` (encoded data frames) and the end; the size the runner wrote.
+
+    A runner that refuses early (the file cannot be opened) answers at once, and that answer
+    wins over the frames still on their way.
+    """
 
     async def send_all() -> None:
-        async for chunk in chunks:
-            if not await operation.send(runner_pb2.OperationDown(data=chunk)):
+        async for frame in frames:
+            if not await operation.send(frame):
                 return
         await operation.send(_END)
 
@@ -78,24 +85,32 @@ async def _write(operation: Operation, chunks: AsyncIterator[bytes]) -> int:
         await asyncio.gather(sender, answer, return_exceptions=True)
 
 
-async def _read(operation: Operation) -> AsyncIterator[runner_pb2.OperationUp]:
-    """The runner's ``opened`` and ``data`` frames, in order; its failure as ApiError."""
+async def _read(operation: Operation) -> AsyncIterator[bytes | runner_pb2.OperationUp]:
+    """The runner's ``opened`` frame and its data frames (still encoded), in order.
+
+    The runner's failure is raised as ApiError.
+    """
     while True:
         frame = await operation.receive()
         if frame is None:
             raise runner_unavailable(operation.runner_id, "its file stream ended early")
+        if isinstance(frame, bytes):
+            yield frame
+            continue
         kind = frame.WhichOneof("frame")
         if kind == "done":
             _done(frame, operation.runner_id)
             return
-        if kind in ("opened", "data"):
+        if kind == "opened":
             yield frame
+        elif kind == "data":  # (only when not raw: an operation opened without raw_data)
+            yield encode(UP_DATA, frame.data)
 
 
 async def _chunked(data: bytes) -> AsyncIterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(view), CHUNK_BYTES):
-        yield bytes(view[start : start + CHUNK_BYTES])
+        yield encode(DOWN_DATA, view[start : start + CHUNK_BYTES])
 
 
 class Files:
@@ -107,7 +122,7 @@ class Files:
 
     async def _open(self, record: SandboxRecord, frame: runner_pb2.OperationDown) -> Operation:
         link = self._lifecycle.running_link(record)
-        return await self._operations.open(record.runner_id, link, frame)
+        return await self._operations.open(record.runner_id, link, frame, raw_data=True)
 
     async def write_whole(self, record: SandboxRecord, path: str, contents: bytes) -> None:
         """AddFile: write ``contents`` (at most 32 MiB), once more if the runner was lost.
@@ -134,11 +149,11 @@ class Files:
         check_file_path(path)
         for attempt in (1, 2):
             operation = await self._open(record, _open_read(record.sandbox_id, path))
-            parts: list[bytes] = []
+            parts: list[memoryview] = []
             try:
                 async for frame in _read(operation):
-                    if frame.WhichOneof("frame") == "data":
-                        parts.append(frame.data)
+                    if isinstance(frame, bytes):
+                        parts.append(payload(frame))
                 return b"".join(parts)
             except ApiError as error:
                 if attempt == 2 or error.reason != "CWSANDBOX_RUNNER_UNAVAILABLE":
@@ -148,20 +163,20 @@ class Files:
         raise AssertionError("unreachable")
 
     async def write_stream(
-        self, record: SandboxRecord, path: str, chunks: AsyncIterator[bytes]
+        self, record: SandboxRecord, path: str, frames: AsyncIterator[bytes]
     ) -> int:
-        """Stream ``chunks`` into ``path``; the size written."""
+        """Stream encoded data ``frames`` into ``path``; the size written."""
         check_file_path(path)
         operation = await self._open(record, _open_write(record.sandbox_id, path))
         try:
-            return await _write(operation, chunks)
+            return await _write(operation, frames)
         finally:
             operation.close()
 
     async def read_stream(
         self, record: SandboxRecord, path: str
-    ) -> AsyncGenerator[runner_pb2.OperationUp]:
-        """The runner's ``opened`` frame, then the file's ``data`` frames."""
+    ) -> AsyncGenerator[bytes | runner_pb2.OperationUp]:
+        """The runner's ``opened`` frame, then the file's data frames (encoded)."""
         check_file_path(path)
         operation = await self._open(record, _open_read(record.sandbox_id, path, max_bytes=0))
         try:
@@ -193,12 +208,16 @@ class FileService(files_pb2_grpc.FileServiceServicer):
         self._files = files
 
     async def WriteFile(
-        self, request_iterator: AsyncIterator[files_pb2.WriteFileRequest], context: Context
+        self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> files_pb2.WriteFileResponse:
-        """``init``, then data frames until the client half-closes."""
+        """``init``, then data frames until the client half-closes (frames arrive encoded)."""
         try:
-            first = await anext(request_iterator, None)
-            if first is None or first.WhichOneof("frame") != "init":
+            raw = await anext(request_iterator, None)
+            try:
+                first = files_pb2.WriteFileRequest.FromString(raw or b"")
+            except DecodeError as exc:
+                raise invalid_argument("init", f"could not be decoded: {exc}") from None
+            if first.WhichOneof("frame") != "init":
                 raise invalid_argument("init", "the first message of WriteFile must be init")
             record = await self._lifecycle.record(first.init.sandbox_id)
             size = await self._files.write_stream(
@@ -217,8 +236,8 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             frames = self._files.read_stream(record, request.path)
             async with contextlib.aclosing(frames):
                 async for frame in frames:
-                    if frame.WhichOneof("frame") == "data":
-                        yield files_pb2.ReadFileResponse(data=frame.data)
+                    if isinstance(frame, bytes):
+                        yield frame  # type: ignore[misc]  # a data frame, encoded as it came
                     else:
                         info = files_pb2.ReadFileInfo(size=frame.opened.size)
                         yield files_pb2.ReadFileResponse(info=info)
@@ -226,14 +245,18 @@ class FileService(files_pb2_grpc.FileServiceServicer):
             await abort_with(context, error)
 
 
-async def _client_chunks(
-    requests: AsyncIterator[files_pb2.WriteFileRequest],
-) -> AsyncIterator[bytes]:
-    async for request in requests:
-        if request.WhichOneof("frame") != "data":
+async def _client_chunks(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The client's data frames, each checked to be one ``data`` field of at most 4 MiB.
+
+    They go on to the runner as they are (``WriteFileRequest.data`` is field 6, like
+    ``OperationDown.data``); anything else after ``init`` is refused.
+    """
+    async for raw in requests:
+        length = data_length(raw, DOWN_DATA)
+        if length is None:
             raise invalid_argument("data", "after init, WriteFile takes only data frames")
-        if len(request.data) > MAX_CLIENT_FRAME_BYTES:
+        if length > MAX_CLIENT_FRAME_BYTES:
             raise invalid_argument(
                 "data", f"a data frame may carry at most {MAX_CLIENT_FRAME_BYTES} bytes"
             )
-        yield request.data
+        yield raw

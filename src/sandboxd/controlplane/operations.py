@@ -34,9 +34,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.pipe import Pipe
+from sandboxd.controlplane.raw_frames import UP_DATA, data_length
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import IdleStream, RunnerLink, runner_unavailable
 
@@ -57,14 +59,18 @@ class Operation:
     input, and :meth:`close` when done; the runner-facing handler runs :meth:`serve`.
     """
 
-    def __init__(self, operations: Operations, runner_id: str, open_frame: Any) -> None:
+    def __init__(
+        self, operations: Operations, runner_id: str, open_frame: Any, raw_data: bool = False
+    ) -> None:
         self.stream_id = secrets.token_urlsafe(18)
         self.runner_id = runner_id
         self.open_frame: runner_pb2.OperationDown = open_frame
         getattr(open_frame, open_frame.WhichOneof("frame")).stream_id = self.stream_id
         self._operations = operations
         self._up: Pipe[Any] = Pipe(PIPE_FRAMES)
-        self._down: Pipe[runner_pb2.OperationDown | None] = Pipe(PIPE_FRAMES)
+        self._down: Pipe[runner_pb2.OperationDown | bytes | None] = Pipe(PIPE_FRAMES)
+        # Data frames from the runner stay encoded (raw_frames.py): a file read's bytes.
+        self._raw_data = raw_data
         self._stream: IdleStream | None = None
         self._link: RunnerLink | None = None
         self.answered = False
@@ -72,22 +78,29 @@ class Operation:
         self.closed = False
 
     # -- the client-facing side -----------------------------------------------------------------
-    async def receive(self) -> runner_pb2.OperationUp | None:
-        """The runner's next frame; None once it ended its side; ApiError if it was lost."""
+    async def receive(self) -> Any:
+        """The runner's next frame; None once it ended its side; ApiError if it was lost.
+
+        Frames are ``OperationUp`` messages, except data frames of an operation opened with
+        ``raw_data``: those are their checked encoding (``bytes``, see ``raw_frames.py``).
+        """
         while True:
             frame = await self._up.get()
             if frame is not _LOST:
                 if frame is not None:
                     self.answered = True
-                return frame  # type: ignore[no-any-return]
+                return frame
             if self.answered or self.committed or self.closed:
                 raise runner_unavailable(
                     self.runner_id, "its connection was lost during the operation"
                 )
             await self._operations.rebind(self)
 
-    async def send(self, frame: runner_pb2.OperationDown) -> bool:
-        """Input for the runner (waits while it lags); False once the operation is closed."""
+    async def send(self, frame: runner_pb2.OperationDown | bytes) -> bool:
+        """Input for the runner (waits while it lags); False once the operation is closed.
+
+        ``bytes`` are an encoded ``OperationDown`` data frame, checked by the caller.
+        """
         if self.closed:
             return False
         self.committed = True
@@ -154,8 +167,8 @@ class Operation:
             self._up.put_now(_LOST)
 
     async def serve(
-        self, stream: IdleStream, frames: AsyncIterator[runner_pb2.OperationUp]
-    ) -> AsyncIterator[runner_pb2.OperationDown]:
+        self, stream: IdleStream, frames: AsyncIterator[bytes]
+    ) -> AsyncIterator[runner_pb2.OperationDown | bytes]:
         """The handler's half: yield the open and the input, relay ``frames`` up."""
         reader = asyncio.create_task(self._relay_up(stream, frames))
         down = self._down
@@ -170,16 +183,21 @@ class Operation:
             await asyncio.gather(reader, return_exceptions=True)
             self.lost(stream)
 
-    async def _relay_up(
-        self, stream: IdleStream, frames: AsyncIterator[runner_pb2.OperationUp]
-    ) -> None:
+    async def _relay_up(self, stream: IdleStream, frames: AsyncIterator[bytes]) -> None:
         try:
-            async for frame in frames:
+            async for raw in frames:
                 if stream is not self._stream:
                     return
+                frame: Any = raw
+                if not self._raw_data or data_length(raw, UP_DATA) is None:
+                    frame = runner_pb2.OperationUp.FromString(raw)
                 await self._up.put(frame)
         except grpc.aio.AioRpcError:
             self.lost(stream)
+            return
+        except DecodeError:
+            log.warning("runner %s sent an undecodable frame; operation ended", self.runner_id)
+            self.abort()
             return
         if stream is self._stream and not self.closed:
             self._stream = None  # ended cleanly: no longer "lost" when the call ends
@@ -196,12 +214,14 @@ class Operations:
     def __len__(self) -> int:
         return sum(len(ops) for ops in self._live.values())
 
-    async def open(self, runner_id: str, link: RunnerLink, open_frame: Any) -> Operation:
+    async def open(
+        self, runner_id: str, link: RunnerLink, open_frame: Any, *, raw_data: bool = False
+    ) -> Operation:
         """Bind a new operation to an idle stream of ``runner_id`` (``link`` or the next one).
 
         Raises ApiError (CWSANDBOX_RUNNER_UNAVAILABLE) when none is offered in time.
         """
-        operation = Operation(self, runner_id, open_frame)
+        operation = Operation(self, runner_id, open_frame, raw_data)
         self._live.setdefault(runner_id, set()).add(operation)
         try:
             await self._bind(operation, link)

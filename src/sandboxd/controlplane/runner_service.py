@@ -219,11 +219,11 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                 return state.link if state is not None else None
         return None
 
-    async def Operate(
+    async def Operate(  # frames stay encoded (raw_frames.py)
         self,
-        request_iterator: AsyncIterator[runner_pb2.OperationUp],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[runner_pb2.OperationDown]:
+    ) -> AsyncIterator[runner_pb2.OperationDown | bytes]:
         """A runner's idle operation stream: wait to be bound, then carry that operation.
 
         Refused unread: a join token (the interceptor admits only credentials here), a

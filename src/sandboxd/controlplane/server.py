@@ -25,11 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cwsandbox._proto import (
     discovery_pb2_grpc,
-    files_pb2_grpc,
     gateway_pb2_grpc,
     streaming_pb2_grpc,
 )
-from sandboxd._proto import admin_pb2_grpc, runner_pb2_grpc
+from sandboxd._proto import admin_pb2_grpc
 from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
@@ -41,6 +40,7 @@ from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
+from sandboxd.controlplane.raw_frames import add_services
 from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
@@ -197,19 +197,15 @@ class ControlPlane:
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
         )
-        files_pb2_grpc.add_FileServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            FileService(self.lifecycle, self.files), server
+        runners = RunnerService(
+            self.registry,
+            self.identity,
+            self.settings.heartbeat_interval,
+            self.lifecycle,
+            cluster_id=self.cluster_id,
         )
-        runner_pb2_grpc.add_RunnerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RunnerService(
-                self.registry,
-                self.identity,
-                self.settings.heartbeat_interval,
-                self.lifecycle,
-                cluster_id=self.cluster_id,
-            ),
-            server,
-        )
+        # File bytes pass through both as they were encoded (raw_frames.py).
+        add_services(runners, FileService(self.lifecycle, self.files), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(self.identity, self.registry, self.lifecycle, self.operations), server
         )

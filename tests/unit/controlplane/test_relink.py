@@ -45,9 +45,9 @@ class Handler:
         self.up: asyncio.Queue[runner_pb2.OperationUp | None] = asyncio.Queue()
         self.task = asyncio.ensure_future(self._run())
 
-    async def _frames(self) -> AsyncIterator[runner_pb2.OperationUp]:
+    async def _frames(self) -> AsyncIterator[bytes]:
         while (frame := await self.up.get()) is not None:
-            yield frame
+            yield frame.SerializeToString()  # the control plane reads them encoded
 
     async def _run(self) -> None:
         operation = await self.stream.bound
