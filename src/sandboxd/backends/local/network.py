@@ -245,7 +245,7 @@ class NetworkManager:
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
     ) -> tuple[list[str], list[str]]:
         """The shared chain's lines and ``lease``'s own chain's lines, as of now."""
-        hosts = policy.host_addresses()
+        hosts = policy.host_addresses(exclude=self.pool)
         shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
         chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
         return shared, chain
