@@ -32,6 +32,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -39,6 +40,7 @@ from ..base import EgressType
 from . import egress as policy
 
 NETNS_DIR = "/run/netns"
+_NICE: tuple[str, ...] = ("nice", "-n", "19") if shutil.which("nice") else ()
 IPAM_DIR = "/run/sandboxd/ipam"
 
 
@@ -220,18 +222,22 @@ class NetworkManager:
             await self.teardown(lease, egress, cidrs)
             raise
 
-    async def prepare(self, lease: Lease) -> None:
-        """Namespace, veth, addresses and routes, without rules (the caller rolls back)."""
+    async def prepare(self, lease: Lease, *, nice: bool = False) -> None:
+        """Namespace, veth, addresses and routes, without rules (the caller rolls back).
+
+        ``nice``: made ahead of need, its commands yield the CPU to the work of creates.
+        """
+        pre = _NICE if nice else ()
         with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
             if fh.read().strip() != "1":
                 _write("/proc/sys/net/ipv4/ip_forward", "1")
-        await run("ip", "netns", "add", lease.netns)
+        await run(*pre, "ip", "netns", "add", lease.netns)
         host = (
             f"link add {lease.host_if} type veth peer name eth0 netns {lease.netns}\n"
             f"addr add {lease.host_ip}/30 dev {lease.host_if}\n"
             f"link set {lease.host_if} up\n"
         )
-        await run("ip", "-batch", "-", stdin=host.encode())
+        await run(*pre, "ip", "-batch", "-", stdin=host.encode())
         with contextlib.suppress(OSError):
             _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
         inside = (
@@ -239,7 +245,7 @@ class NetworkManager:
             "link set eth0 up\nlink set lo up\n"
             f"route add default via {lease.host_ip}\n"
         )
-        await run("ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
+        await run(*pre, "ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
 
     def _policy(
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
@@ -276,7 +282,12 @@ class NetworkManager:
         return tuple(chain)
 
     async def _add_rules(
-        self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
+        self,
+        lease: Lease,
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...],
+        pre: tuple[str, ...] = (),
     ) -> tuple[str, ...]:
         """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
         shared, chain = self._policy(lease, egress, cidrs, blocked)
@@ -286,22 +297,28 @@ class NetworkManager:
         self._active.add(lease.tag)
         try:
             rules = self._rules(lease, True, chain if skip else [*shared, *chain])
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
         except NetworkError:
             if not skip:
                 raise
             # The chain went away under us (another backend removed it between our
             # sandboxes, or the ruleset was flushed): write it again.
             rules = self._rules(lease, True, [*shared, *chain])
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
         self._shared_written = tuple(shared)
         return tuple(chain)
 
     async def install_rules(
-        self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
+        self,
+        lease: Lease,
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...],
+        *,
+        nice: bool = False,
     ) -> tuple[str, ...]:
         """The host rules of a prepared lease (see :meth:`setup`); the chain written."""
-        return await self._add_rules(lease, egress, cidrs, blocked)
+        return await self._add_rules(lease, egress, cidrs, blocked, _NICE if nice else ())
 
     async def teardown(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
         """Remove rules, veth and namespace; tolerant of parts that never existed.

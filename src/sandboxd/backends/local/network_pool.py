@@ -6,7 +6,9 @@ more on a busy one, all on the create path. None of it depends on the sandbox, s
 networks are kept ready (:class:`PreparedNetworks`), each with the host rules of the policy
 the last create asked for (egress type, allowlist, blocked destinations). A create takes one
 and only checks its rules: unchanged (the usual case) costs no command at all; otherwise one
-``iptables-restore`` rewrites the chain. The pool refills in the background after a create.
+``iptables-restore`` rewrites the chain. The pool refills in the background after a create,
+its commands at the lowest CPU priority, so on a small host they do not slow the creates and
+execs they run beside.
 
 A prepared network is a full network with nobody in it: a namespace without processes, with
 the same rules it would get at create time. Taken ones are never given back: teardown is the
@@ -103,8 +105,8 @@ class PreparedNetworks:
             lease = self._net.allocate(f"p-{secrets.token_hex(8)}")  # a random tag
             self._net.assign(lease, f"{PREPARED}{lease.tag}")
             try:
-                await self._net.prepare(lease)
-                chain = await self._net.install_rules(lease, egress, cidrs, blocked)
+                await self._net.prepare(lease, nice=True)
+                chain = await self._net.install_rules(lease, egress, cidrs, blocked, nice=True)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await self._net.teardown(lease, egress, cidrs)
