@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import Backend
+from sandboxd.backends.conformance import Harness
 from sandboxd.images import ImageStore, build_busybox_image, build_python_image
-
-from .conformance import Harness
 
 
 def _require_root() -> None:

@@ -14,9 +14,8 @@ import os
 import socket
 from pathlib import Path
 
+from sandboxd.backends.conformance import Harness, collect, run, sh
 from sandboxd.backends.local import LocalBackend, log_budget, protocol
-
-from .conformance import Harness, collect, run, sh
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileNotFound, FileOperationError, FilePermissionDenied
-
-from .conformance import Harness, run, sh
 
 CLIMB = "/.." * 16
 # Every way back to a host object that a leaked descriptor or a magic link used to offer.

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import MountedFile
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileOperationError, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
 from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
 from tests.support.postgres import small_tmpfs
 
-from .conformance import Harness, run, sh
 from .disk_support import memory_stat, stray_files, wait_for_loops, wait_in_use
 
 MiB = 1 << 20

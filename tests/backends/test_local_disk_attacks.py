@@ -13,7 +13,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from .conformance import Harness, run, sh
+from sandboxd.backends.conformance import Harness, run, sh
+
 from .disk_support import loop_devices
 
 MiB = 1 << 20

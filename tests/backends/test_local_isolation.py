@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileNotFound, FileOperationError
-
-from .conformance import Harness, run, sh
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.conformance import Result, run
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.parent_cgroup import ParentLimits
-
-from .conformance import Result, run
 
 MiB = 1 << 20
 LIMITS = ParentLimits(cpu_millicores=500, memory_bytes=192 * MiB)

@@ -5,7 +5,9 @@ limits, lifetimes, status reporting) and a backend only turns a fully resolved
 ``SandboxSpec`` into an isolated process tree and back. The lifecycle is
 ``create → start → (exec | files | logs | stats)* → stop → destroy``; ``wait`` may be called
 at any time after ``start``; ``recover`` re-attaches to sandboxes that outlived a runner
-restart. Every backend passes the same conformance checks (``tests/backends/conformance.py``).
+restart. Every backend passes the same conformance checks (``sandboxd.backends.conformance``,
+shipped in the package so that out-of-tree backends can run them too). The runner builds its
+backend by name from the catalog (``sandboxd.backends``) with :meth:`Backend.from_config`.
 
 Values are small frozen dataclasses so they can be logged, compared and passed across
 threads safely. Errors are the typed tree in ``errors.py``.
@@ -232,10 +234,29 @@ class ExecSession(ABC):
         """Release everything; kills the process if it still runs."""
 
 
+@dataclass(frozen=True)
+class BackendConfig:
+    """What a runner tells any backend it builds, whichever backend it is.
+
+    ``data_dir`` is the backend's own directory (it lays it out as it likes); the CPU and
+    memory bounds are the runner's allocatable capacity, which all sandboxes together must
+    stay within (None: not bounded beyond the host).
+    """
+
+    data_dir: Path
+    cpu_millicores: int | None = None
+    memory_bytes: int | None = None
+
+
 class Backend(ABC):
     """One way of running sandboxes. Methods raise the errors of ``errors.py``."""
 
     name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: BackendConfig) -> Backend:
+        """The backend as a runner runs it; cheap: nothing starts before the event loop."""
 
     @abstractmethod
     async def fingerprint(self) -> Fingerprint:

@@ -54,12 +54,12 @@ if TYPE_CHECKING:
 EXIT_REJECTED = 3
 EXIT_USAGE = 2
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_BACKENDS = ("local", "none")
+NO_BACKEND = "none"
 _log = logging.getLogger(__name__)
 
 
 def _default_backend() -> str:
-    return "local" if os.geteuid() == 0 else "none"
+    return "local" if os.geteuid() == 0 else NO_BACKEND
 
 
 def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus]]:
@@ -70,10 +70,10 @@ def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus
     """
     if name is None:
         name = _default_backend()
-        if name == "none":
+        if name == NO_BACKEND:
             _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
             return name, [unavailable_backend("local", NEEDS_ROOT)]
-    if name == "none":
+    if name == NO_BACKEND:
         return name, [unavailable_backend("local", DISABLED)]
     return name, []
 
@@ -130,6 +130,15 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+def _check_backend_name(value: str | None) -> str | None:
+    from sandboxd.backends import available_backend_names
+
+    known = [*available_backend_names(), NO_BACKEND]
+    if value is not None and value not in known:
+        raise click.BadParameter(f"{value!r} is not a backend; known: {', '.join(known)}")
+    return value
 
 
 def _refuse_argv_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -202,9 +211,11 @@ def read_join_token(path: Path | None) -> str:
 @click.option(
     "--backend",
     "backend_name",
-    type=click.Choice(_BACKENDS),
+    metavar="NAME",
     default=None,
-    help="Sandbox backend [default: local when running as root, else none].",
+    callback=lambda _ctx, _param, value: _check_backend_name(value),
+    help="Sandbox backend: a name from the catalog (`sandboxd backends ls`) or none "
+    "[default: local when running as root, else none].",
 )
 @click.option(
     "--data-dir",
@@ -280,10 +291,12 @@ def runner_command(
     backend: Backend | None = None
     images: ImageStore | None = None
     backend_name, unavailable = choose_backend(backend_name)
-    if backend_name == "local":
-        from sandboxd.runner.sandboxes import build_local_backend
+    if backend_name != NO_BACKEND:
+        from sandboxd.runner.sandboxes import build_backend_and_images
 
-        backend, images = build_local_backend(data_dir or settings.state_dir, settings.reserve)
+        backend, images = build_backend_and_images(
+            backend_name, data_dir or settings.state_dir, settings.reserve
+        )
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:

@@ -1,7 +1,7 @@
 """A small in-memory stand-in for a sandbox ``Backend``, for the supervisor's unit tests.
 
 It is *not* a backend: real backends have their own conformance suite
-(``tests/backends/conformance.py``) and the lead writes the end-to-end tests with real
+(``sandboxd.backends.conformance``) and the lead writes the end-to-end tests with real
 sandboxes. This stand-in only behaves enough like one (lifecycle, exit codes, typed errors,
 exec sessions that stream) to pin down what the runner's supervisor does with the answers.
 
@@ -25,6 +25,7 @@ from typing import Any
 
 from sandboxd.backends.base import (
     Backend,
+    BackendConfig,
     ExecSession,
     Fingerprint,
     LogChunk,
@@ -150,6 +151,11 @@ class StandinBackend(Backend):
     """In-memory backend; ``world`` may be shared by two instances to model a restart."""
 
     name = "standin"
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> StandinBackend:
+        """A fresh in-memory world (nothing is kept in ``config.data_dir``)."""
+        return cls()
 
     def __init__(self, world: dict[str, StandinSandbox] | None = None) -> None:
         self.world: dict[str, StandinSandbox] = world if world is not None else {}

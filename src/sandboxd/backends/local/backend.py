@@ -26,6 +26,7 @@ from pathlib import Path
 from ..base import (
     DEFAULT_PATH,
     Backend,
+    BackendConfig,
     EgressType,
     ExecSession,
     Fingerprint,
@@ -68,6 +69,12 @@ class LocalBackend(Backend):
     """
 
     name = "local"
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> LocalBackend:
+        """State under ``<data_dir>/backend``; all sandboxes within the runner's capacity."""
+        limits = ParentLimits(config.cpu_millicores, config.memory_bytes)
+        return cls(Path(config.data_dir) / "backend", parent_limits=limits)
 
     def __init__(
         self,
