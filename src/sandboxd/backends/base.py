@@ -30,7 +30,7 @@ from typing import ClassVar, Literal, NamedTuple
 from .errors import InvalidSpec
 
 Stream = Literal["stdout", "stderr"]
-SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 IMAGE_REF_RE = re.compile(r"[!-~]{1,255}")  # what a backend accepts; each checks its own rules
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
