@@ -26,7 +26,6 @@ from sandboxd.backends.conformance import (
     destroy_leftovers,
     run_checks,
 )
-from sandboxd.images import ImageError, ImageStore
 from sandboxd.paths import default_data_dir
 
 EXIT_FAILED = 1
@@ -50,13 +49,13 @@ def backends_ls(as_json: bool) -> None:
             click.echo(f"{name}\t{origin}")
 
 
-def _rootfs(store: ImageStore, ref: str, option: str) -> Path:
-    try:
-        return store.resolve(ref)
-    except ImageError as exc:
+def _require_image(refs: list[str], ref: str, option: str) -> None:
+    if ref not in refs:
         raise click.BadParameter(
-            f"{exc} (build it with `sandboxd images build {ref}`)", param_hint=option
-        ) from None
+            f"image {ref!r} is not available to this backend "
+            f"(for the local backend: `sandboxd images build {ref}`)",
+            param_hint=option,
+        )
 
 
 def _selected(names: tuple[str, ...]) -> list[object]:
@@ -100,18 +99,24 @@ def backends_check(  # noqa: PLR0917 - one per option, as click passes them
     if name not in available_backend_names():
         known = ", ".join(available_backend_names())
         raise click.BadParameter(f"{name!r} is not a backend; known: {known}", param_hint="NAME")
-    store = ImageStore(images_dir)
-    rootfs = _rootfs(store, image, "--image")
-    python_rootfs = _rootfs(store, python_image, "--python-image") if python_image else None
     checks = _selected(only)
     scratch = Path(tempfile.mkdtemp(prefix=f"sandboxd-check-{name}-"))
     try:
+        # The scratch data directory sees the image store of --images-dir (where a backend
+        # keeping its images in the data directory, like the local one, looks for them).
+        (scratch / "images").symlink_to((images_dir / "images").absolute())
+        backend = build_backend(name, BackendConfig(scratch))
+        refs = backend.image_refs()
+        _require_image(refs, image, "--image")
+        if python_image:
+            _require_image(refs, python_image, "--python-image")
         results = asyncio.run(
             _run(
                 name,
                 scratch,
-                rootfs=rootfs,
-                python_rootfs=python_rootfs,
+                backend,
+                image=image,
+                python_image=python_image,
                 checks=checks,
                 timeout=timeout,
             )
@@ -134,17 +139,17 @@ def _why(result: CheckResult) -> str:
 async def _run(
     name: str,
     scratch: Path,
+    backend: Backend,
     *,
-    rootfs: Path,
-    python_rootfs: Path | None,
+    image: str,
+    python_image: str | None,
     checks: list[object],
     timeout: float,
 ) -> list[CheckResult]:
     def reopen() -> Backend:
         return build_backend(name, BackendConfig(scratch))
 
-    backend = reopen()
-    harness = Harness(backend, rootfs, python_rootfs, reopen, prefix="check-")
+    harness = Harness(backend, image, python_image, reopen, prefix="check-")
     try:
         return await run_checks(harness, checks, timeout=timeout)  # type: ignore[arg-type]
     finally:

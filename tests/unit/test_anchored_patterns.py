@@ -8,8 +8,6 @@ break into logs and paths. Every such pattern now ends in ``\\Z``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
@@ -36,4 +34,4 @@ def test_trailing_whitespace_is_refused_everywhere(suffix: str) -> None:
         with pytest.raises(ImageError):
             parse_name(ref)
     with pytest.raises(InvalidSpec, match="sandbox_id"):
-        SandboxSpec("sb-1" + suffix, rootfs=Path("/"))
+        SandboxSpec("sb-1" + suffix, image="busybox")

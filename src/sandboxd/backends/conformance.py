@@ -1,8 +1,8 @@
 """The conformance checks every backend must pass (DESIGN.md rule 4), shipped in the package.
 
-Each ``check_*`` is an async function taking a :class:`Harness`: the backend under test, an
-image rootfs with busybox (``/bin/sh``, ``cat``, ``sleep``...), optionally one with
-python:3.11, and a way to open a second backend instance on the same state (a runner
+Each ``check_*`` is an async function taking a :class:`Harness`: the backend under test, the
+reference of an image it has with busybox (``/bin/sh``, ``cat``, ``sleep``...), optionally
+one of python:3.11, and a way to open a second backend instance on the same state (a runner
 restart). Why in the package and not only in the test tree: an out-of-tree backend (a VM or
 a remote one) proves it can stand in for the local backend by passing the same checks, with
 :func:`run_checks` from its own tests or with ``sandboxd backends check NAME``. The project's
@@ -17,7 +17,6 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from sandboxd.backends.base import Backend, ExecSession, MountedFile, SandboxSpec, Stream
@@ -26,6 +25,7 @@ from sandboxd.backends.errors import (
     FileIsDirectory,
     FileNotFound,
     FilePermissionDenied,
+    ImageUnavailable,
     ParentNotFound,
     SandboxExists,
     SandboxNotFound,
@@ -40,8 +40,8 @@ class Harness:
     """What the checks need: the backend, images to run, and how to reopen its state."""
 
     backend: Backend
-    rootfs: Path
-    python_rootfs: Path | None
+    image: str
+    python_image: str | None
     reopen: Callable[[], Backend]
     prefix: str = "t-"
     # Ids of every spec made, so a caller can destroy what a failing check left behind.
@@ -51,7 +51,7 @@ class Harness:
         """A spec with a fresh id on the busybox image; ``kw`` overrides any field."""
         sid = kw.pop("sandbox_id", None) or f"{self.prefix}{next(_counter)}"
         self.created.append(sid)  # whatever a failed check leaves behind can be destroyed
-        base = SandboxSpec(sandbox_id=sid, rootfs=self.rootfs, memory_bytes=256 << 20)
+        base = SandboxSpec(sandbox_id=sid, image=self.image, memory_bytes=256 << 20)
         return replace(base, **kw)
 
     @contextlib.asynccontextmanager
@@ -319,6 +319,18 @@ async def check_ids_and_lookup_errors(h: Harness) -> None:
         raise AssertionError("unknown id must raise SandboxNotFound")
 
 
+async def check_images_by_reference(h: Harness) -> None:
+    assert h.image in h.backend.image_refs(), "the harness's image must be listed"
+    spec = h.spec(image="no-such-image:never")
+    try:
+        await h.backend.create(spec)
+    except ImageUnavailable as exc:
+        assert exc.image == "no-such-image:never"
+    else:
+        await h.backend.destroy(spec.sandbox_id)
+        raise AssertionError("an image the backend does not have must raise ImageUnavailable")
+
+
 async def check_stats_and_hostname(h: Harness) -> None:
     async with h.sandbox(hostname="box-one") as sid:
         assert (await run(h, sid, ["hostname"])).stdout == b"box-one\n"
@@ -333,16 +345,16 @@ async def check_recover_after_restart(h: Harness) -> None:
         other = h.reopen()
         try:
             assert sid in await other.recover()
-            r = await run(Harness(other, h.rootfs, None, h.reopen), sid, ["cat", "/tmp/state"])
+            r = await run(Harness(other, h.image, None, h.reopen), sid, ["cat", "/tmp/state"])
             assert r.stdout == b"kept"
         finally:
             await other.close()
 
 
 async def check_python_image(h: Harness) -> None:
-    if h.python_rootfs is None:
+    if h.python_image is None:
         return
-    async with h.sandbox(rootfs=h.python_rootfs) as sid:
+    async with h.sandbox(image=h.python_image) as sid:
         script = "import sys, venv, ssl; print(sys.version_info[:2])"
         r = await run(h, sid, ["python", "-c", script])
         assert r.code == 0 and r.stdout == b"(3, 11)\n", r.stderr
@@ -375,6 +387,7 @@ CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_stop_exit_codes,
     check_lifetime_is_enforced,
     check_ids_and_lookup_errors,
+    check_images_by_reference,
     check_stats_and_hostname,
     check_recover_after_restart,
     check_python_image,

@@ -131,6 +131,15 @@ class ImageStore:
                 continue
         return found
 
+    def refs(self) -> list[str]:
+        """References a sandbox may name: ``name:tag``, plus the bare ``name`` for ``latest``."""
+        found: set[str] = set()
+        for info in self.list_images():
+            found.add(info.ref)
+            if info.tag == "latest":
+                found.add(info.name)
+        return sorted(found)
+
     def publish(
         self,
         ref: str,

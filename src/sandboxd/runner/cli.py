@@ -49,7 +49,6 @@ from sandboxd.runner.settings import (
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
-    from sandboxd.images import ImageStore
 
 EXIT_REJECTED = 3
 EXIT_USAGE = 2
@@ -94,7 +93,6 @@ async def _unusable(backend: Backend) -> runner_pb2.BackendStatus | None:
 async def _run_with_backend(
     settings: RunnerSettings,
     backend: Backend | None,
-    images: ImageStore | None,
     unavailable: list[runner_pb2.BackendStatus],
 ) -> None:
     """Build the agent inside the loop (its backend needs one) and close the backend after.
@@ -104,11 +102,9 @@ async def _run_with_backend(
     try:
         if backend is not None and (status := await _unusable(backend)) is not None:
             await backend.close()
-            backend = images = None
+            backend = None
             unavailable = [status, *unavailable]
-        agent = RunnerAgent(
-            settings, backend=backend, images=images, unavailable_backends=unavailable
-        )
+        agent = RunnerAgent(settings, backend=backend, unavailable_backends=unavailable)
         await _run_until_signalled(agent)
     finally:
         if backend is not None:
@@ -289,18 +285,17 @@ def runner_command(
         raise click.BadParameter(str(exc)) from exc
 
     backend: Backend | None = None
-    images: ImageStore | None = None
     backend_name, unavailable = choose_backend(backend_name)
     if backend_name != NO_BACKEND:
-        from sandboxd.runner.sandboxes import build_backend_and_images
+        from sandboxd.runner.sandboxes import build_runner_backend
 
-        backend, images = build_backend_and_images(
+        backend = build_runner_backend(
             backend_name, data_dir or settings.state_dir, settings.reserve
         )
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:
-        asyncio.run(_run_with_backend(settings, backend, images, unavailable))
+        asyncio.run(_run_with_backend(settings, backend, unavailable))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

@@ -41,11 +41,13 @@ from sandboxd.backends.errors import (
     FileOperationError,
     FilePermissionDenied,
     FileTooLarge,
+    ImageUnavailable,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
     SandboxStartError,
 )
+from sandboxd.images import ImageNotFound, ImageStore
 
 
 class StandinExec(ExecSession):
@@ -157,8 +159,13 @@ class StandinBackend(Backend):
         """A fresh in-memory world (nothing is kept in ``config.data_dir``)."""
         return cls()
 
-    def __init__(self, world: dict[str, StandinSandbox] | None = None) -> None:
+    def __init__(
+        self, world: dict[str, StandinSandbox] | None = None, images: ImageStore | None = None
+    ) -> None:
         self.world: dict[str, StandinSandbox] = world if world is not None else {}
+        # With a store, images resolve the way the local backend resolves them; without
+        # one, any image is accepted (tests about other things need not publish any).
+        self.images = images
         self.calls: list[tuple[str, str]] = []
         self.fail_start: set[str] = set()
         self.start_delay = 0.0
@@ -182,8 +189,16 @@ class StandinBackend(Backend):
     async def fingerprint(self) -> Fingerprint:
         return Fingerprint(name=self.name, available=True)
 
+    def image_refs(self) -> list[str]:
+        return self.images.refs() if self.images is not None else []
+
     async def create(self, spec: SandboxSpec) -> None:
         self.calls.append(("create", spec.sandbox_id))
+        if self.images is not None:
+            try:
+                self.images.resolve(spec.image)
+            except ImageNotFound as exc:
+                raise ImageUnavailable(spec.image, str(exc)) from None
         if spec.sandbox_id in self.world:
             raise SandboxExists(spec.sandbox_id)
         self.world[spec.sandbox_id] = StandinSandbox(spec)

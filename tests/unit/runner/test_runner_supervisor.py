@@ -35,7 +35,7 @@ def test_start_answers_started_after_a_running_event(tmp_path: Path) -> None:
         assert event.sandbox_id == "sb-1" and not event.HasField("exit_code")
         assert rig.ledger.reservation("sb-1") == Reservation(1000, 1 << 30, 0)
         backend_spec = rig.backend.world["sb-1"].spec
-        assert backend_spec.rootfs.is_dir()
+        assert backend_spec.image == "busybox:latest"  # a reference, resolved by the backend
         assert backend_spec.network.egress is EgressType.NONE
         assert backend_spec.network.ingress is None
         assert (tmp_path / "records" / "sb-1.json").is_file()  # survives a runner restart
