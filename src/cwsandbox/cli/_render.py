@@ -95,6 +95,15 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "supported_architectures": list(profile.supported_architectures),
         "service_exposure_modes": [m.name for m in profile.service_exposure_modes],
         "egress_modes": [m.name for m in profile.egress_modes],
+        "warm_pool": (
+            {
+                "size": profile.warm_pool.size,
+                "ready": profile.warm_pool.ready,
+                "claims": profile.warm_pool.claims,
+            }
+            if profile.warm_pool
+            else None
+        ),
     }
 
 
@@ -199,5 +208,9 @@ def profile_detail(p: Profile) -> Table:
             ("Architectures", _join(p.supported_architectures)),
             ("Ingress", _join(m.name for m in p.ingress_modes)),
             ("Egress", _join(m.name for m in p.egress_modes)),
+            (
+                "Warm pool",
+                _text(f"{p.warm_pool.ready}/{p.warm_pool.size} ready" if p.warm_pool else "none"),
+            ),
         ]
     )

@@ -88,6 +88,7 @@ def test_field_order_matches_official_client() -> None:
         "supported_architectures",
         "service_exposure_modes",
         "egress_modes",
+        "warm_pool",
     ]
     assert _runner().resources is None
 
