@@ -104,10 +104,11 @@ class WarmSlots:
         if rec is None:
             raise SandboxStartError(f"no warm sandbox {slot!r}")
         hostname = (spec.hostname or sid)[:63]
+        naming: asyncio.Future[None] | None = None
         try:
             if not rec.is_running():
                 raise SandboxStartError(f"warm sandbox {slot!r} is no longer running")
-            await _set_hostname(rec, hostname)
+            naming = _set_hostname(rec, hostname)  # in a thread, while the records move
             rec.sandbox_id = sid
             if rec.ids is not None:
                 b._ids.relabel(rec.ids, sid)
@@ -115,7 +116,11 @@ class WarmSlots:
             b.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.rename(rec.state_dir, target)
             rec.state_dir = target
+            await naming
         except BaseException as exc:
+            if naming is not None:
+                with contextlib.suppress(BaseException):
+                    await naming
             rec.kill_agent()
             await b._cleanup(rec)
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
@@ -184,7 +189,7 @@ class WarmSlots:
         await self._backend._cleanup(rec)
 
 
-async def _set_hostname(rec: SandboxRecord, hostname: str) -> None:
+def _set_hostname(rec: SandboxRecord, hostname: str) -> asyncio.Future[None]:
     """``sethostname`` in the sandbox's UTS namespace, from a thread that then exits.
 
     ``setns`` changes only the calling thread, and a thread of the default executor would
@@ -222,4 +227,4 @@ async def _set_hostname(rec: SandboxRecord, hostname: str) -> None:
         loop.call_soon_threadsafe(finish, error)
 
     threading.Thread(target=run, name="sandboxd-sethostname", daemon=True).start()
-    await done
+    return done
