@@ -122,6 +122,7 @@ def test_starts_that_do_not_match_go_cold(tmp_path: Path) -> None:
             spec("sb-pids", profile_name="pooled", pids_max=64),
         ]  # fmt: skip
         for i, s in enumerate(others):
+            s.reservation.CopyFrom(runner_pb2.Reservation(cpu_millicores=10, memory_bytes=1 << 20))
             result = await rig.run(str(i), **start(s))
             assert result.WhichOneof("result") == "started", result
             assert ("create", s.sandbox_id) in backend.calls
