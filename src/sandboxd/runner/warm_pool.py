@@ -17,8 +17,9 @@ How it stays out of the way:
   pop), and a failed claim (the slot died, say) destroys what it made and the Start goes
   cold, so a pool can only make a Start faster.
 * **Refills run in the background**, one build at a time on the whole runner (a build
-  costs about what a cold create does, and Starts must keep the CPU), after the Start that
-  emptied the slot has answered. A pool whose builds fail (its image was removed, say)
+  costs about what a cold create does, and Starts must keep the CPU), starting 50 ms after
+  the claim that emptied the slot, when its Start has answered and its first exec has
+  usually run. A pool whose builds fail (its image was removed, say)
   backs off from 1 s to 60 s and reports why in its state.
 * **Pool sandboxes are nobody's**: they are not in the runner's sandbox table or ledger,
   so neither snapshots, heartbeat capacity nor the control plane count them; discovery
@@ -46,6 +47,7 @@ __all__ = ["WarmPools", "match_key"]
 _log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_BUILDS = 1
+REFILL_DELAY_SECONDS = 0.05
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 _KEY_ID = "warm"
@@ -159,10 +161,13 @@ class WarmPools:
         if found is None:
             return False
         slot, _key = pool.ready.pop(found)
-        self._kick()  # refill once this Start has answered (the filler yields first)
+        # Refill a little later, so the build does not compete with this Start and the
+        # client's first exec for the CPU.
+        asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self._kick)
         try:
             await self._backend.claim(slot, spec)
-        except SandboxExists:
+        except SandboxExists:  # the id is taken (a cold create would fail too): keep the slot
+            pool.ready.append((slot, key))
             raise
         except BackendError as exc:
             _log.info("warm sandbox %s of %s unusable (%s): going cold", slot, profile_name, exc)
@@ -206,9 +211,11 @@ class WarmPools:
         task.add_done_callback(self._tasks.discard)
 
     def _kick(self) -> None:
+        if self._closed:
+            return
         self._wake.set()
         if self._filler is None or self._filler.done():
-            if self._closed or not self._pools:
+            if not self._pools:
                 return
             self._filler = asyncio.create_task(self._fill(), name="warm-pool-filler")
 
@@ -228,7 +235,6 @@ class WarmPools:
     async def _fill(self) -> None:
         while not self._closed:
             self._wake.clear()
-            await asyncio.sleep(0)  # let the Start that woke us finish first
             pool = self._wanted(time.monotonic())
             if pool is None:
                 retry = self._next_retry()
