@@ -188,12 +188,9 @@ class WarmPools:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in self._pools.values():
-            for slot, _key in pool.ready:
-                with contextlib.suppress(BackendError, OSError):
-                    await self._backend.discard(slot)
-            pool.ready.clear()
+        slots = [slot for pool in self._pools.values() for slot, _key in pool.ready]
         self._pools.clear()
+        await asyncio.gather(*(self._backend.discard(s) for s in slots), return_exceptions=True)
 
     # -- refilling ---------------------------------------------------------------------------
     def _drain(self, pool: _Pool, keep: int) -> None:

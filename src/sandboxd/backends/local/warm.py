@@ -151,10 +151,16 @@ class WarmSlots:
             await self._destroy(rec)
 
     async def discard_all(self) -> None:
-        """Destroy every slot of this process (runner shutdown)."""
-        for slot in list(self._slots):
-            with contextlib.suppress(Exception):
-                await self.discard(slot)
+        """Destroy every slot of this process (runner shutdown), all at once.
+
+        Every slot is killed first and then waited for together, so a shutdown on a busy
+        host takes one slot's teardown, not the sum of them.
+        """
+        records = list(self._slots.values())
+        self._slots.clear()
+        for rec in records:
+            rec.kill_agent()
+        await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
 
     async def discard_prepared(self) -> int:
         """Destroy slots a previous runner process left in ``warm/``; how many there were."""
