@@ -274,3 +274,26 @@ def test_the_template_is_what_a_start_with_nothing_of_its_own_resolves_to() -> N
     assert not template.sandbox_id and not template.command and not template.environment
     assert template.max_lifetime_seconds == 0
     assert warm_pool_specs([resolve_binding(config, b) for b in config.default_bindings[:0]]) == []
+
+
+def test_discovery_shows_the_size_configured_and_what_the_runner_reported() -> None:
+    from types import SimpleNamespace
+
+    from sandboxd.controlplane.warm_pools import pool_message
+
+    config = parse_config(CONFIG.replace("SIZE", "2"), "platform.yaml")
+    pooled, bigger = [resolve_binding(config, b) for b in config.default_bindings]
+    state = SimpleNamespace(warm_pools=())
+    assert pool_message(state, pooled) == pool_message(state, pooled)  # type: ignore[arg-type]
+    fresh = pool_message(state, pooled)  # type: ignore[arg-type]
+    assert fresh is not None and (fresh.size, fresh.ready, fresh.claims) == (2, 0, 0)
+    state.warm_pools = (
+        runner_pb2.WarmPoolState(profile_name="pooled", size=2, ready=5, claims=7),
+        runner_pb2.WarmPoolState(profile_name="bigger", size=5, ready=1, error="no image"),
+    )
+    reported = pool_message(state, pooled)  # type: ignore[arg-type]
+    assert reported is not None and (reported.size, reported.ready, reported.claims) == (2, 2, 7)
+    other = pool_message(state, bigger)  # type: ignore[arg-type]
+    assert other is not None and (other.size, other.ready, other.error) == (5, 1, "no image")
+    unpooled = parse_config(CONFIG.replace("SIZE", "0"), "platform.yaml")
+    assert pool_message(state, resolve_binding(unpooled, unpooled.default_bindings[0])) is None  # type: ignore[arg-type]
