@@ -50,6 +50,7 @@ class WarmPool:
     size: int
     ready: int
     claims: int = 0  # sandboxes started from the pool since the runner started
+    error: str = ""  # why the runner's last build for the pool failed ("" if it did not)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +90,7 @@ class Profile:
                 size=msg.sandboxd_warm_pool.size,
                 ready=msg.sandboxd_warm_pool.ready,
                 claims=msg.sandboxd_warm_pool.claims,
+                error=msg.sandboxd_warm_pool.error,
             )
             if msg.HasField("sandboxd_warm_pool")
             else None,

@@ -100,6 +100,7 @@ def profile_json(profile: Profile) -> dict[str, Any]:
                 "size": profile.warm_pool.size,
                 "ready": profile.warm_pool.ready,
                 "claims": profile.warm_pool.claims,
+                "error": profile.warm_pool.error,
             }
             if profile.warm_pool
             else None
@@ -198,6 +199,14 @@ def runner_detail(r: Runner) -> Table:
     return _detail(rows)
 
 
+def _warm_pool(p: Profile) -> str:
+    pool = p.warm_pool
+    if pool is None:
+        return "none"
+    text = f"{pool.ready}/{pool.size} ready, {pool.claims} claimed"
+    return f"{text} (last build failed: {pool.error})" if pool.error else text
+
+
 def profile_detail(p: Profile) -> Table:
     """Every field of one profile as a two-column key/value listing."""
     return _detail(
@@ -210,7 +219,7 @@ def profile_detail(p: Profile) -> Table:
             ("Egress", _join(m.name for m in p.egress_modes)),
             (
                 "Warm pool",
-                _text(f"{p.warm_pool.ready}/{p.warm_pool.size} ready" if p.warm_pool else "none"),
+                _text(_warm_pool(p)),
             ),
         ]
     )

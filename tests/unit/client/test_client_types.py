@@ -149,7 +149,7 @@ def test_profile_warm_pool_is_a_sandboxd_extension() -> None:
     assert Profile.from_proto(PROFILES[3]).warm_pool is None  # other servers never send it
     message = pb.ProfileSummary(profile_name="default", runner_id="r1")
     message.sandboxd_warm_pool.CopyFrom(pb.SandboxdWarmPool(size=4, ready=3, claims=12))
-    assert Profile.from_proto(message).warm_pool == WarmPool(size=4, ready=3, claims=12)
+    assert Profile.from_proto(message).warm_pool == WarmPool(size=4, ready=3, claims=12, error="")
     # a client without the extension (the official one) skips field 1001 unharmed
     plain = pb.ProfileSummary.FromString(message.SerializeToString())
     assert plain.profile_name == "default"
