@@ -13,6 +13,7 @@ sandbox behind (processes, cgroups, loop devices, id claims, state directories).
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import pytest
 from cwsandbox import ResourceOptions, Sandbox, SandboxStatus, WarmPool, list_profiles
 from cwsandbox.exceptions import CWSandboxError
 from tests.backends.disk_support import loop_devices
-from tests.e2e.conftest import GUIDE_RUNNER_ID, Platform
+from tests.e2e.conftest import GUIDE_RUNNER_ID, Platform, run_python
 from tests.support.faults import sandbox_pids
 from tests.support.processes import SANDBOXD, Proc, child_env, free_port, printed
 
@@ -200,6 +201,21 @@ def test_claimed_sandboxes_are_their_own_and_never_share_files(pooled: Platform)
         assert sandbox.get_status() == SandboxStatus.RUNNING
         sandbox.stop(graceful_shutdown_seconds=0).result()
     assert eventually(pool, lambda p: p.claims >= claims + 3).claims == claims + 3
+
+
+OFFICIAL_SCRIPT = """
+import json, cwsandbox
+profiles = cwsandbox.list_profiles()
+print(json.dumps(sorted([p.profile_name, p.runner_id] for p in profiles)))
+"""
+
+
+@pytest.mark.official
+def test_the_official_client_reads_profiles_with_a_pool(pooled: Platform, official: Path) -> None:
+    """The extension field is skipped by clients that do not know it (0.26.2 here)."""
+    eventually(pool, full, timeout=60)
+    listed = json.loads(run_python(official, OFFICIAL_SCRIPT, pooled.env()))
+    assert listed == [["cold", pooled.runner_id], ["pooled", pooled.runner_id]]
 
 
 def _slots(data_dir: Path) -> set[str]:
