@@ -17,13 +17,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sandboxd.backends.base import IngressMode, MountedFile, NetworkSpec
+from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
 from sandboxd.backends.errors import InvalidSpec, SandboxExists, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.warm import SLOT_PREFIX
 
 from .conformance import Harness, run, sh
 from .disk_support import loop_devices, wait_in_use
+from .nethost import NetHost, test_host
+
+__all__ = ["test_host"]  # the module-scoped test host fixture (nethost.py)
 
 
 def go(aio: asyncio.Runner, coro: object, timeout: float = 120) -> object:
@@ -149,6 +152,32 @@ def test_claims_are_isolated_from_each_other(
         finally:
             for sid in ids:
                 await b.destroy(sid)
+
+    go(aio, scenario())
+
+
+def test_a_claimed_sandbox_has_the_egress_it_was_built_with(
+    aio: asyncio.Runner, local_backend: LocalBackend, busybox_rootfs: Path, test_host: NetHost
+) -> None:
+    """Network namespace and rules are made ahead; after the claim they are the sandbox's."""
+    h = harness(local_backend, busybox_rootfs)
+    b = local_backend
+
+    async def scenario() -> None:
+        allow = NetworkSpec(egress=EgressType.ALLOWLIST, cidrs=(f"{test_host.ip_a}/32",))
+        template = h.spec(network=allow)
+        slot = await b.prepare(template)
+        sid = "warm-t-net"
+        await b.claim(slot, replace(template, sandbox_id=sid))
+        try:
+            reached = await run(h, sid, sh(f"nc -w 3 {test_host.ip_a} 8080 </dev/null"))
+            assert reached.code == 0 and reached.stdout.startswith(
+                f"hello {test_host.ip_a}".encode()
+            )
+            refused = await run(h, sid, sh(f"nc -w 3 {test_host.ip_b} 8080 </dev/null"))
+            assert refused.code != 0 and refused.stdout == b""
+        finally:
+            await b.destroy(sid)
 
     go(aio, scenario())
 
