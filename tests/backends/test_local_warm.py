@@ -316,3 +316,28 @@ def test_close_destroys_unclaimed_slots(
         assert loop_devices(tmp_path / "runner" / "disk") == []
 
     go(aio, scenario())
+
+
+def test_a_slot_killed_before_its_first_record_leaves_nothing(
+    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """What ``_build`` makes before ``record.json`` (id claim, cgroup) is found by its name."""
+
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "runner")
+        try:
+            cgroups = await backend._ready()
+            slot = f"{SLOT_PREFIX}0123456789ab"
+            (tmp_path / "runner" / "warm" / slot).mkdir(parents=True)
+            ids = backend._ids.allocate(slot)
+            cgroup = cgroups.create(slot)
+            assert id_claims(backend) and slot_cgroups(group_dirs(backend))
+            assert await backend.discard_prepared() == 1
+            assert id_claims(backend) == [] and slot_cgroups(group_dirs(backend)) == []
+            assert list((tmp_path / "runner" / "warm").iterdir()) == []
+            assert not any(Path(d).exists() for d in cgroup.unique_dirs)
+            assert ids not in backend._ids.adopt(slot)
+        finally:
+            await backend.close()
+
+    go(aio, scenario())

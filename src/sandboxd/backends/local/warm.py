@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..base import DEFAULT_PATH, SandboxSpec
-from ..errors import InvalidSpec, SandboxExists, SandboxStartError
+from ..errors import BackendError, InvalidSpec, SandboxExists, SandboxStartError
 from . import process, syscalls
 from .state import SandboxRecord
 
@@ -163,29 +163,48 @@ class WarmSlots:
         await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
 
     async def discard_prepared(self) -> int:
-        """Destroy slots a previous runner process left in ``warm/``; how many there were."""
+        """Destroy slots a previous runner process left in ``warm/``; how many there were.
+
+        All are killed first, then waited for together (see :meth:`discard_all`).
+        """
         if not self.dir.is_dir():
             return 0
         b = self._backend
-        found = 0
-        for state_dir in sorted(self.dir.iterdir()):
-            if state_dir.name in self._slots:
-                continue
-            found += 1
+        left = [d for d in sorted(self.dir.iterdir()) if d.name not in self._slots]
+        records = []
+        for state_dir in left:
             try:
                 rec = SandboxRecord.load(state_dir)
             except (OSError, ValueError, KeyError, TypeError):
-                # killed before its first record: nothing of it was made but the directory,
-                # or its agent died with the zygote's request (the cgroup is then empty)
-                shutil.rmtree(state_dir, ignore_errors=True)
+                await self._forget_unrecorded(state_dir)
                 continue
             if rec.lease is not None:
                 b._net.claim(rec.lease)
             if rec.ids is not None:
                 b._ids.claim(rec.ids)
             rec.attach()
-            await self._destroy(rec)
-        return found
+            rec.kill_agent()
+            records.append(rec)
+        await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
+        return len(left)
+
+    async def _forget_unrecorded(self, state_dir: Path) -> None:
+        """A slot killed before its first record: its user-id claim and empty cgroup, if any.
+
+        ``_build`` claims the ids (labelled with the slot) and makes the cgroup before it
+        writes ``record.json``; no process of the slot can exist yet (the zygote is asked
+        after the record), so removing both is safe.
+        """
+        b = self._backend
+        slot = state_dir.name
+        for ids in b._ids.adopt(slot):
+            b._ids.release(ids)
+        with contextlib.suppress(BackendError, OSError):
+            cgroups = await b._ready()
+            for group in set(cgroups._group_dirs().values()):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(group, slot))
+        shutil.rmtree(state_dir, ignore_errors=True)
 
     async def _destroy(self, rec: SandboxRecord) -> None:
         rec.kill_agent()
