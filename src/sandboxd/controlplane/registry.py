@@ -70,6 +70,8 @@ class RunnerState:
     gpu_types_folded: frozenset[str] = frozenset()
     # Recent start outcomes, for backing off a runner whose starts keep failing.
     starts: StartRecord = field(default_factory=StartRecord)
+    # Its warm pools as its last heartbeat reported them (controlplane/warm_pools.py).
+    warm_pools: tuple[runner_pb2.WarmPoolState, ...] = ()
 
     @property
     def reservations(self) -> Mapping[str, runner_pb2.Reservation]:
@@ -295,6 +297,7 @@ class RunnerRegistry:
         state.connected_at = now
         state.last_heartbeat_at = now
         state.resources = message.resources
+        state.warm_pools = ()
         state.connection_id = connection_id
         if state.link is not None:
             state.link.close()
@@ -310,6 +313,12 @@ class RunnerRegistry:
             )
         self._on_change(state.runner_id)
         return state, connection_id
+
+    def set_warm_pools(self, runner_id: str, pools: Sequence[runner_pb2.WarmPoolState]) -> None:
+        """Keep the warm pools a runner's heartbeat reported (shown by discovery only)."""
+        state = self._runners.get(runner_id)
+        if state is not None:
+            state.warm_pools = tuple(pools)
 
     def heartbeat(
         self,

@@ -68,7 +68,6 @@ from sandboxd.runner.stream import ControlStream, bearer, open_channel
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
-    from sandboxd.images import ImageStore
     from sandboxd.runner.supervisor import SandboxSupervisor
 
 __all__ = [
@@ -133,7 +132,6 @@ class RunnerAgent:
         *,
         on_registered: Callable[[runner_pb2.Registered], None] | None = None,
         backend: Backend | None = None,
-        images: ImageStore | None = None,
         unavailable_backends: Sequence[runner_pb2.BackendStatus] = (),
     ) -> None:
         self._settings = settings
@@ -156,9 +154,8 @@ class RunnerAgent:
         # Created per session (an Event binds to the loop that first waits on it).
         self._interval_changed: asyncio.Event | None = None
         self._connected = False
-        self._images = images
         # Heartbeats carry the image list, so images built while connected become placeable.
-        self._image_list = ImageList(images) if images and backend is not None else None
+        self._image_list = ImageList(backend.image_refs) if backend is not None else None
         self._stream: ControlStream | None = None
         self._channel: grpc.aio.Channel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,7 +173,6 @@ class RunnerAgent:
             self._supervisor = SandboxSupervisor(
                 backend,
                 self._ledger,
-                images,
                 self._send_event,
                 records_dir=settings.state_dir / "sandboxes",
                 public_host=self._capabilities.hostname or None,
@@ -466,6 +462,8 @@ class RunnerAgent:
             except OSError as exc:
                 _log.warning("cannot store the cluster id in %s: %s", self._settings.state_dir, exc)
         self._apply_interval(registered)
+        if self._supervisor is not None:
+            self._supervisor.configure_warm_pools(registered.warm_pools)
         self._connected = True
         profiles = ", ".join(registered.profile_names) or "none bound"
         _log.info(
@@ -528,6 +526,8 @@ class RunnerAgent:
             sent_at = timestamp_pb2.Timestamp()
             sent_at.GetCurrentTime()
             heartbeat = runner_pb2.Heartbeat(resources=self._ledger.snapshot(), sent_at=sent_at)
+            if self._supervisor is not None:
+                heartbeat.warm_pools.extend(self._supervisor.warm_pool_states())
             if self._image_list is not None:
                 heartbeat.images[:] = await self._image_list.refreshed()
                 heartbeat.images_listed = True

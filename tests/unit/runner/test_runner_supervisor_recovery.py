@@ -43,7 +43,7 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
 
         first_out = Outbox()
         first = SandboxSupervisor(
-            StandinBackend(world), ReservationLedger(CAPACITY), images, first_out.send,
+            StandinBackend(world, images), ReservationLedger(CAPACITY), first_out.send,
             records_dir=records,
         )  # fmt: skip
         first.handle(
@@ -59,7 +59,7 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
         out = Outbox()
         ledger = ReservationLedger(CAPACITY)
         second = SandboxSupervisor(
-            StandinBackend(world), ledger, images, out.send, records_dir=records
+            StandinBackend(world, images), ledger, out.send, records_dir=records
         )
         try:
             assert await second.recover() == ["keeps", "plain"]
@@ -81,7 +81,7 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
     async def main() -> None:
         world: dict = {}
         backend = StandinBackend(world)
-        await backend.create(SandboxSpec("half", rootfs=tmp_path))  # a runner died mid-start
+        await backend.create(SandboxSpec("half", image="busybox"))  # a runner died mid-start
         records = tmp_path / "records"
         records.mkdir()
         (records / "half.json").write_text('{"sandbox_id": "half", "reservation": [0, 0, 0]}')
@@ -90,7 +90,7 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
 
         out = Outbox()
         sup = SandboxSupervisor(
-            backend, ReservationLedger(CAPACITY), image_store(tmp_path), out.send,
+            backend, ReservationLedger(CAPACITY), out.send,
             records_dir=records,
         )  # fmt: skip
         try:
