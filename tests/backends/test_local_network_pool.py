@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local.network import NETNS_DIR, NetworkManager
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
-
-from .conformance import Harness, run
 
 INTERNET = NetworkSpec(egress=EgressType.INTERNET)
 

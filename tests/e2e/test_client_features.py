@@ -227,7 +227,9 @@ def test_one_gib_round_trip_in_constant_memory(client_env: Platform) -> None:
     assert report["expected_sha256"] == report["remote_sha256"] == report["received_sha256"]
     sizes = {k: v for k, v in report.items() if "sha" not in k}
     assert report["peak_rss_mib"] < 200, sizes  # the file itself never sits in memory
-    assert (peak - before) / 1024 < 96, (before, peak, sizes)  # nor on the server
+    # Nor on the server: a few frames per hop, plus what the allocator keeps of the 1 MiB
+    # buffers its threads used (glibc arenas), which does not grow with the file.
+    assert (peak - before) / 1024 < 192, (before, peak, sizes)
 
 
 # --- remote functions, lifetimes, logs --------------------------------------------------------
