@@ -106,7 +106,9 @@ class ExecChannel:
         height: int | None = None,
     ) -> ExecChannel:
         """Open the call and send ``init``; without ``interactive`` also half-close."""
-        call = await transport.open_exec(timeout=deadline, ready_timeout=connect_timeout)
+        call = await transport.open_exec(
+            timeout=deadline, ready_timeout=connect_timeout, stdin=interactive
+        )
         channel = cls(call)
         init = st.ExecStreamInit(sandbox_id=sandbox_id, command=argv)
         if tty:

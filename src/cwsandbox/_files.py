@@ -1,10 +1,12 @@
 """Reading and writing sandbox files: unary calls, their large-file fallbacks, and streams.
 
 ``read_file``/``write_file`` use the unary RetrieveFile/AddFile (protocol §6) while the
-payload fits one message, and fall back to streaming over StreamExec (``_file_stream``)
-when it does not: a write larger than 32 MiB (or than the cap the server reported in
-``max_size_bytes``) streams at once; a read or write the server refuses with
-``CWSANDBOX_FILE_TOO_LARGE`` (or, for reads, any RESOURCE_EXHAUSTED) is retried as a stream.
+payload fits one message, and fall back to streaming when it does not (over sandboxd's
+``FileService`` where the server has it, ``_file_service``; otherwise over StreamExec
+scripts, ``_file_stream``; the streaming calls choose the same way): a write larger than
+32 MiB (or than the cap the server reported in ``max_size_bytes``) streams at once; a read
+or write the server refuses with ``CWSANDBOX_FILE_TOO_LARGE`` (or, for reads, any
+RESOURCE_EXHAUSTED) is retried as a stream.
 ``read_file`` still returns the whole file in memory, so a read the server says is larger
 than 256 MiB is refused, pointing to ``read_file_streaming``. Writes have no such cap: the
 caller already holds the bytes, and streaming them costs constant extra memory.
@@ -21,7 +23,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from cwsandbox import _loop
-from cwsandbox._file_stream import stream_read, stream_write
+from cwsandbox._file_service import Unsupported, service_read, service_write
+from cwsandbox._file_stream import Sink
+from cwsandbox._file_stream import stream_read as exec_read
+from cwsandbox._file_stream import stream_write as exec_write
 from cwsandbox._lifecycle import Lifecycle
 from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._streams import StreamReader
@@ -130,6 +135,24 @@ async def _chunks(source: object) -> AsyncIterator[bytes]:
             yield _as_bytes(item)
 
 
+async def stream_read(life: Lifecycle, path: str, timeout: float | None, sink: Sink) -> int:
+    """Stream ``path`` into ``sink``: over ``FileService``, or exec scripts without it."""
+    try:
+        return await service_read(life, path, timeout, sink)
+    except Unsupported:
+        return await exec_read(life, path, timeout, sink)
+
+
+async def stream_write(
+    life: Lifecycle, path: str, chunks: AsyncIterator[bytes], timeout: float | None
+) -> int:
+    """Stream ``chunks`` into ``path``: over ``FileService``, or exec scripts without it."""
+    try:
+        return await service_write(life, path, chunks, timeout)
+    except Unsupported:
+        return await exec_write(life, path, chunks, timeout)
+
+
 # --- whole files -----------------------------------------------------------------------------
 
 
@@ -160,7 +183,7 @@ def _learn_cap(life: Lifecycle, err: SandboxFileError) -> None:
 def _note_fallback(life: Lifecycle, what: str) -> None:
     if not life.streamed_files:
         life.streamed_files = True
-        _log.info("%s is too large for one message; streaming it over exec instead", what)
+        _log.info("%s is too large for one message; streaming it instead", what)
 
 
 async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:

@@ -31,6 +31,7 @@ GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
 STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+NO_STDIN = ("sandboxd-no-stdin", "1")
 ExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
 LogsCall = grpc.aio.StreamStreamCall[st.LogStreamRequest, st.LogStreamResponse]
 
@@ -81,7 +82,7 @@ class Transport:
             raise TypeError(f"{method} returned {type(response).__name__}")
         return response
 
-    async def _streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
+    async def streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
         """The streaming channel, connected; ``SandboxTimeoutError`` if that takes too long."""
         if self._stream is None:
             self._stream = self._open()
@@ -97,26 +98,31 @@ class Transport:
             self._stream_ready = True
         return self._stream
 
-    async def open_exec(self, *, timeout: float | None, ready_timeout: float) -> ExecCall:
+    async def open_exec(
+        self, *, timeout: float | None, ready_timeout: float, stdin: bool = True
+    ) -> ExecCall:
         """Open a StreamExec call with deadline ``timeout`` (None: no deadline, for terminals).
 
-        Requests are written by the caller. The streaming channel is first given
-        ``ready_timeout`` seconds to connect; a server that cannot be reached in that time
-        gives ``SandboxTimeoutError``.
+        Requests are written by the caller; ``stdin=False`` promises none after ``init``.
+        The streaming channel is first given ``ready_timeout`` seconds to connect; a server
+        that cannot be reached in that time gives ``SandboxTimeoutError``.
         """
-        channel = await self._streaming_channel(ready_timeout)
+        channel = await self.streaming_channel(ready_timeout)
         multi = channel.stream_stream(
             STREAMING + "StreamExec",
             request_serializer=st.ExecStreamRequest.SerializeToString,
             response_deserializer=st.ExecStreamResponse.FromString,
         )
+        # Without stdin, sandboxd needs no frame after init and sends no ``ready`` (servers
+        # that do not know the header ignore it and follow §5 in full).
+        metadata = self.metadata if stdin else (*self.metadata, NO_STDIN)
         # No request iterator: requests are written with call.write() (grpc-stubs lag here).
-        call: ExecCall = multi(timeout=timeout, metadata=self.metadata)  # type: ignore[call-arg]
+        call: ExecCall = multi(timeout=timeout, metadata=metadata)  # type: ignore[call-arg]
         return call
 
     async def open_logs(self, *, timeout: float | None, ready_timeout: float) -> LogsCall:
         """Open a StreamLogs call (deadline ``timeout``, None for follow); caller writes."""
-        channel = await self._streaming_channel(ready_timeout)
+        channel = await self.streaming_channel(ready_timeout)
         multi = channel.stream_stream(
             STREAMING + "StreamLogs",
             request_serializer=st.LogStreamRequest.SerializeToString,

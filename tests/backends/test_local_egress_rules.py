@@ -65,6 +65,16 @@ def test_host_addresses_are_every_local_route_including_anyip(tmp_path: Path) ->
         IPv4Network("203.0.113.0/24"),
     )
     assert host_addresses(str(tmp_path / "missing")) == ()
+    # The sandbox pool's routes (host ends of sandbox veths) are left out when asked.
+    assert host_addresses(str(tmp_path / "fib_trie"), exclude=IPv4Network("192.0.2.0/24")) == (
+        IPv4Network("127.0.0.0/8"),
+        IPv4Network("127.0.0.1/32"),
+        IPv4Network("203.0.113.0/24"),
+    )
+    # An address that changed is seen on the next call (the cache is keyed by what was read).
+    (tmp_path / "fib_trie").write_text(FIB_TRIE.replace("|-- 192.0.2.2", "|-- 192.0.2.7"))
+    found = host_addresses(str(tmp_path / "fib_trie"))
+    assert IPv4Network("192.0.2.7/32") in found and IPv4Network("192.0.2.2/32") not in found
 
 
 def test_nameservers() -> None:

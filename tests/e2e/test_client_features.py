@@ -194,21 +194,42 @@ def test_file_errors(sandbox: Sandbox, path: str, reason: str, how: str) -> None
         assert (info.value.reason, info.value.filepath) == (reason, path)
 
 
-@pytest.mark.slow
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def test_one_gib_round_trip_in_constant_memory(client_env: Platform) -> None:
-    done = subprocess.run(
+    """1 GiB in and out through FileService: neither the client nor the server holds it.
+
+    The server (control plane and runner, one ``sandboxd up`` process) is sampled while the
+    bytes flow; both directions are bounded by a few frames per hop whatever the size.
+    """
+    server = client_env.proc.popen.pid
+    before = _rss_kib(server)
+    peak = before
+    example = subprocess.Popen(
         [OUR_PYTHON, str(ROOT / "examples" / "large_file_streaming.py"), "1024"],
         env=client_env.env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    while example.poll() is None:
+        peak = max(peak, _rss_kib(server))
+        time.sleep(0.05)
+    stdout, stderr = example.communicate(timeout=900)
+    assert example.returncode == 0, stderr
+    report = json.loads(stdout)
     assert report["received"] == report["bytes"] == 1024 * MIB
     assert report["expected_sha256"] == report["remote_sha256"] == report["received_sha256"]
-    assert report["peak_rss_mib"] < 200, report  # the file itself never sits in memory
+    sizes = {k: v for k, v in report.items() if "sha" not in k}
+    assert report["peak_rss_mib"] < 200, sizes  # the file itself never sits in memory
+    # Nor on the server: a few frames per hop, plus what the allocator keeps of the 1 MiB
+    # buffers its threads used (glibc arenas), which does not grow with the file.
+    assert (peak - before) / 1024 < 192, (before, peak, sizes)
 
 
 # --- remote functions, lifetimes, logs --------------------------------------------------------

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from cwsandbox._proto import gateway_pb2, streaming_pb2
 from sandboxd._proto import admin_pb2, runner_pb2
 from sandboxd.cli import main
-from tests.support.fake_runner import FakeRunner, exec_ready, status_of
+from tests.support.fake_runner import FakeRunner, exec_exit, status_of
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, RunnerProcess, child_env
 
 NO_BACKEND = ["--backend", "none"]
@@ -185,7 +185,7 @@ def test_a_revoked_runner_is_dropped_and_cannot_register_again(
         readmitted.stop()
 
 
-def test_exec_streams_attach_only_with_the_owning_runners_credential(
+def test_operation_streams_bind_only_to_the_owning_runners_connection(
     cp: ControlPlaneProcess,
 ) -> None:
     async def scenario() -> None:
@@ -226,6 +226,8 @@ def test_exec_streams_attach_only_with_the_owning_runners_credential(
                     ).sandbox_status != gateway_pb2.SANDBOX_STATUS_RUNNING:
                         await asyncio.sleep(0.01)
 
+                # The intruder offers idle streams on its own connection before the exec.
+                decoy = intruder.idle()
                 stream = channel.stream_stream(
                     "/coreweave.sandbox.v1beta2.GatewayStreamingService/StreamExec",
                     request_serializer=streaming_pb2.ExecStreamRequest.SerializeToString,
@@ -234,35 +236,38 @@ def test_exec_streams_attach_only_with_the_owning_runners_credential(
                 client = stream(metadata=metadata, timeout=30)
                 init = streaming_pb2.ExecStreamInit(sandbox_id=started.sandbox_id, command=["id"])
                 await client.write(streaming_pb2.ExecStreamRequest(init=init))
-                open_exec = await owner.command()
-                stream_id = open_exec.exec.stream_id
-                assert open_exec.exec.sandbox_id == started.sandbox_id
 
-                # Another runner, with its own valid credential, naming the owner: refused.
-                claim = await intruder.dial_exec(stream_id, runner_id="owner")
-                assert await status_of(claim) is grpc.StatusCode.PERMISSION_DENIED
-                # ...naming itself: the session is not its to join.
-                mine = await intruder.dial_exec(stream_id)
-                assert await status_of(mine) is grpc.StatusCode.NOT_FOUND
-                logs = await intruder.dial_logs(stream_id)
-                assert await status_of(logs) is grpc.StatusCode.NOT_FOUND
+                # Another runner, with its own valid credential, naming the owner's
+                # connection: refused unread (an idle stream joins only its own runner's pool).
+                assert owner.registered is not None
+                claim = intruder.idle(connection=owner.registered.connection_id)
+                assert await status_of(claim) is grpc.StatusCode.FAILED_PRECONDITION
+                # A connection id that is no number, or an old one: refused too.
+                for stale in ("x", 0, "-1"):
+                    call = owner.idle(connection=stale)
+                    assert await status_of(call) is grpc.StatusCode.FAILED_PRECONDITION
                 # The owner with a join token instead of its credential: refused unread.
-                token = await owner.dial_exec(stream_id, secret=cp.join_token)
+                token = owner.idle(secret=cp.join_token)
                 assert await status_of(token) is grpc.StatusCode.UNAUTHENTICATED
 
-                # The owner with its own credential joins, and the client sees its frames.
-                upstream = await owner.dial_exec(stream_id)
-                await upstream.write(exec_ready())
-                exit_frame = streaming_pb2.ExecStreamResponse(
-                    exit=streaming_pb2.ExecStreamExit(exit_code=0)
-                )
-                await upstream.write(runner_pb2.ExecUpstream(response=exit_frame))
+                # The owner's own idle stream gets the exec, with no round trip.
+                upstream = owner.idle()
+                async with asyncio.timeout(10):
+                    opened = await upstream.read()
+                assert opened.exec.sandbox_id == started.sandbox_id
+                assert opened.exec.command == ["id"] and opened.exec.stream_id
+                await upstream.write(exec_exit(0))
                 first = await client.read()
                 second = await client.read()
-                assert first.WhichOneof("response") == "ready"
+                assert first.WhichOneof("response") == "ready"  # sent by the control plane
                 assert second.exit.exit_code == 0
                 await client.done_writing()
                 upstream.cancel()
+                # The intruder's decoy never saw any of it.
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await decoy.read()
+                decoy.cancel()
 
     asyncio.run(scenario())
 

@@ -1,7 +1,7 @@
 """A runner impersonated over the real runner protocol, for attacks and protocol checks.
 
 It speaks ``RunnerService`` exactly as a runner would (metadata secret, ``register`` first,
-heartbeats, command results, per-exec streams) but decides itself what to claim and answer,
+heartbeats, command results, operation streams) but decides itself what to claim and answer,
 which is what a stolen join token or a compromised host could do. Everything it talks to is a
 real control plane process.
 """
@@ -115,26 +115,17 @@ class FakeRunner:
         )
         await self._call.write(runner_pb2.RunnerMessage(event=event))
 
-    async def dial_exec(
-        self, stream_id: str, *, runner_id: str | None = None, secret: str | None = None
-    ) -> Any:
-        """Open ``RunnerService.Exec`` with a hello naming ``runner_id`` (default: ours)."""
-        call = self.stub.Exec(metadata=bearer(secret if secret is not None else self.secret))
-        hello = runner_pb2.ExecUpstream.Hello(
-            stream_id=stream_id, runner_id=runner_id or self.runner_id
+    def idle(self, *, connection: str | int | None = None, secret: str | None = None) -> Any:
+        """Open an idle ``RunnerService.Operate`` call, naming ``connection`` (default: ours)."""
+        assert self.registered is not None or connection is not None
+        if connection is None:
+            assert self.registered is not None
+            connection = self.registered.connection_id
+        metadata = (
+            *bearer(secret if secret is not None else self.secret),
+            ("sandboxd-connection", str(connection)),
         )
-        with contextlib.suppress(grpc.aio.AioRpcError):  # refused before reading: see status_of
-            await call.write(runner_pb2.ExecUpstream(hello=hello))
-        return call
-
-    async def dial_logs(self, stream_id: str, *, runner_id: str | None = None) -> Any:
-        call = self.stub.Logs(metadata=bearer(self.secret))
-        hello = runner_pb2.ExecUpstream.Hello(
-            stream_id=stream_id, runner_id=runner_id or self.runner_id
-        )
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.write(runner_pb2.LogsUpstream(hello=hello))
-        return call
+        return self.stub.Operate(metadata=metadata)
 
     async def close(self) -> None:
         if self._beats is not None:
@@ -157,7 +148,6 @@ async def status_of(call: Any) -> grpc.StatusCode:
     return await call.code()  # type: ignore[no-any-return]
 
 
-def exec_ready() -> runner_pb2.ExecUpstream:
-    return runner_pb2.ExecUpstream(
-        response=streaming_pb2.ExecStreamResponse(ready=streaming_pb2.StreamingExecReady())
-    )
+def exec_exit(code: int = 0) -> runner_pb2.OperationUp:
+    exit_frame = streaming_pb2.ExecStreamExit(exit_code=code)
+    return runner_pb2.OperationUp(exec=streaming_pb2.ExecStreamResponse(exit=exit_frame))

@@ -311,6 +311,7 @@ def sandboxd_admin(
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREPARED, PREPARED_DEPTH = "<prepared>", 4  # backends/local/prepared_ids.py
+PREPARED_NET = " prepared:"  # a network made ahead (backends/local/network_pool.py)
 
 
 def backend_key(state_dir: Path) -> str:
@@ -407,7 +408,7 @@ def _claims(key: str, group: str) -> list[str]:
                     text = path.read_text(errors="replace").strip()
                     if key not in text and group not in text:
                         continue
-                    if text.endswith(PREPARED):
+                    if text.endswith(PREPARED) or PREPARED_NET in text:
                         where = str(path.parent)
                         prepared[where] = prepared.get(where, 0) + 1
                     else:
@@ -415,6 +416,19 @@ def _claims(key: str, group: str) -> list[str]:
     for where, count in prepared.items():
         out.append(f"{where}: {count if count > PREPARED_DEPTH else 'some'} prepared")
     return sorted(out)
+
+
+def _prepared_network_tags(key: str) -> set[str]:
+    """Tags of the networks the backend keyed ``key`` holds ready (no sandbox's yet)."""
+    tags: set[str] = set()
+    ipam = Path("/run/sandboxd/ipam")
+    if ipam.is_dir():
+        for path in ipam.rglob("*"):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").strip() if path.is_file() else ""
+                if text.startswith(key + PREPARED_NET):
+                    tags.add(text.split(PREPARED_NET, 1)[1])
+    return tags
 
 
 def host_inventory(
@@ -425,7 +439,10 @@ def host_inventory(
     Processes are named by what they are, not their PIDs (a restarted helper is no leak):
     every descendant of the runner and every process in the backend's cgroup group. Named
     network namespaces are looked for by the tags of ``sandbox_ids`` (other runners on this
-    machine have theirs; links and rules are the host namespace's, which is this test's). Files
+    machine have theirs; links and rules are the host namespace's, which is this test's).
+    Networks the backend made ahead of need are left out (how many are ready at a given
+    moment depends on its background refill), and with them the shared egress chain their
+    rules keep alive; networks of sandboxes are all counted. Files
     are the runner's state directory without the image store and the logs of the runner
     itself (both only grow with work, not with leaks).
     """
@@ -449,16 +466,24 @@ def host_inventory(
     ]
     netns = sorted(name for name in _listdir("/run/netns") if name in netns_names)
     links = host.run("ip", "-o", "link", "show").stdout.splitlines()
-    link_names = sorted(line.split(":")[1].strip().split("@")[0] for line in links)
+    ready = _prepared_network_tags(key)
+    ready_marks = tuple(
+        mark for tag in ready for mark in (f"sandboxd:{tag}", f"SBX-{tag}", f"sbx{tag}")
+    ) + (("SANDBOXD-NONPUBLIC",) if ready else ())
+    ready_links = {f"sbx{tag}" for tag in ready}
+    names = (line.split(":")[1].strip().split("@")[0] for line in links)
+    link_names = sorted(name for name in names if name not in ready_links)
     rules = [
         line
         for line in host.run("iptables-save").stdout.splitlines()
-        if line.startswith(("-A", ":")) and not line.startswith("# ")
+        if line.startswith(("-A", ":"))
+        and not line.startswith("# ")
+        and not any(mark in line for mark in ready_marks)
     ]
     nat = [
         line
         for line in host.run("iptables-save", "-t", "nat").stdout.splitlines()
-        if line.startswith(("-A", ":"))
+        if line.startswith(("-A", ":")) and not any(mark in line for mark in ready_marks)
     ]
     return HostInventory(
         processes=tuple(processes),

@@ -148,7 +148,7 @@ class RunnerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools")
+    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools", "connection_id", "idle_operations")
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,8 @@ class Registered(_message.Message):
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     WARM_POOLS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDLE_OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     connected_at: _timestamp_pb2.Timestamp
     heartbeat_interval_ms: int
     profile_names: _containers.RepeatedScalarFieldContainer[str]
@@ -163,7 +165,9 @@ class Registered(_message.Message):
     runner_group_id: str
     cluster_id: str
     warm_pools: _containers.RepeatedCompositeFieldContainer[WarmPool]
-    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPool, _Mapping]]] = ...) -> None: ...
+    connection_id: int
+    idle_operations: int
+    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPool, _Mapping]]] = ..., connection_id: _Optional[int] = ..., idle_operations: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "command")
@@ -305,7 +309,7 @@ class SandboxList(_message.Message):
     def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
 
 class OpenExec(_message.Message):
-    __slots__ = ("stream_id", "sandbox_id", "command", "tty", "tty_width", "tty_height", "env")
+    __slots__ = ("stream_id", "sandbox_id", "command", "tty", "tty_width", "tty_height", "env", "stdin_closed")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +324,7 @@ class OpenExec(_message.Message):
     TTY_WIDTH_FIELD_NUMBER: _ClassVar[int]
     TTY_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    STDIN_CLOSED_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sandbox_id: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -327,7 +332,8 @@ class OpenExec(_message.Message):
     tty_width: int
     tty_height: int
     env: _containers.ScalarMap[str, str]
-    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., tty_width: _Optional[int] = ..., tty_height: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    stdin_closed: bool
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., tty_width: _Optional[int] = ..., tty_height: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin_closed: _Optional[bool] = ...) -> None: ...
 
 class OpenLogs(_message.Message):
     __slots__ = ("stream_id", "sandbox_id", "follow", "tail_lines", "since_time", "timestamps", "resume_session_id", "resume_offset")
@@ -349,47 +355,91 @@ class OpenLogs(_message.Message):
     resume_offset: int
     def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail_lines: _Optional[int] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timestamps: _Optional[bool] = ..., resume_session_id: _Optional[str] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
-class WriteFile(_message.Message):
-    __slots__ = ("sandbox_id", "path", "contents")
+class OpenFileWrite(_message.Message):
+    __slots__ = ("stream_id", "sandbox_id", "path")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
-    CONTENTS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
     sandbox_id: str
     path: str
-    contents: bytes
-    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., contents: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
-class ReadFile(_message.Message):
-    __slots__ = ("sandbox_id", "path", "max_bytes")
+class OpenFileRead(_message.Message):
+    __slots__ = ("stream_id", "sandbox_id", "path", "max_bytes")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
     sandbox_id: str
     path: str
     max_bytes: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class DataEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FileOpened(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class FileDone(_message.Message):
+    __slots__ = ("size", "failure")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    failure: Failure
+    def __init__(self, size: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class OperationDown(_message.Message):
+    __slots__ = ("exec", "logs", "write_file", "read_file", "input", "data", "end")
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FILE_FIELD_NUMBER: _ClassVar[int]
+    READ_FILE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    exec: OpenExec
+    logs: OpenLogs
+    write_file: OpenFileWrite
+    read_file: OpenFileRead
+    input: _streaming_pb2.ExecStreamRequest
+    data: bytes
+    end: DataEnd
+    def __init__(self, exec: _Optional[_Union[OpenExec, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ..., write_file: _Optional[_Union[OpenFileWrite, _Mapping]] = ..., read_file: _Optional[_Union[OpenFileRead, _Mapping]] = ..., input: _Optional[_Union[_streaming_pb2.ExecStreamRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[DataEnd, _Mapping]] = ...) -> None: ...
+
+class OperationUp(_message.Message):
+    __slots__ = ("exec", "logs", "opened", "data", "done")
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    exec: _streaming_pb2.ExecStreamResponse
+    logs: _streaming_pb2.LogStreamResponse
+    opened: FileOpened
+    data: bytes
+    done: FileDone
+    def __init__(self, exec: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ..., logs: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ..., opened: _Optional[_Union[FileOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileDone, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "exec", "write_file", "read_file", "logs", "snapshot")
+    __slots__ = ("request_id", "start", "stop", "delete", "snapshot")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
-    EXEC_FIELD_NUMBER: _ClassVar[int]
-    WRITE_FILE_FIELD_NUMBER: _ClassVar[int]
-    READ_FILE_FIELD_NUMBER: _ClassVar[int]
-    LOGS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
     delete: DeleteSandbox
-    exec: OpenExec
-    write_file: WriteFile
-    read_file: ReadFile
-    logs: OpenLogs
     snapshot: Snapshot
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., exec: _Optional[_Union[OpenExec, _Mapping]] = ..., write_file: _Optional[_Union[WriteFile, _Mapping]] = ..., read_file: _Optional[_Union[ReadFile, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")
@@ -425,33 +475,25 @@ class SandboxStarted(_message.Message):
     published_ports: _containers.ScalarMap[int, int]
     def __init__(self, service_address: _Optional[str] = ..., published_ports: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
-class FileContents(_message.Message):
-    __slots__ = ("contents",)
-    CONTENTS_FIELD_NUMBER: _ClassVar[int]
-    contents: bytes
-    def __init__(self, contents: _Optional[bytes] = ...) -> None: ...
-
 class Done(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("request_id", "failure", "started", "done", "file", "state", "snapshot")
+    __slots__ = ("request_id", "failure", "started", "done", "state", "snapshot")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
-    FILE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     failure: Failure
     started: SandboxStarted
     done: Done
-    file: FileContents
     state: SandboxEvent
     snapshot: SandboxList
-    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., file: _Optional[_Union[FileContents, _Mapping]] = ..., state: _Optional[_Union[SandboxEvent, _Mapping]] = ..., snapshot: _Optional[_Union[SandboxList, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., state: _Optional[_Union[SandboxEvent, _Mapping]] = ..., snapshot: _Optional[_Union[SandboxList, _Mapping]] = ...) -> None: ...
 
 class SandboxEvent(_message.Message):
     __slots__ = ("sandbox_id", "phase", "exit_code", "reason", "at", "generation", "service_address")
@@ -470,30 +512,3 @@ class SandboxEvent(_message.Message):
     generation: int
     service_address: str
     def __init__(self, sandbox_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., service_address: _Optional[str] = ...) -> None: ...
-
-class ExecUpstream(_message.Message):
-    __slots__ = ("hello", "response")
-    class Hello(_message.Message):
-        __slots__ = ("stream_id", "runner_id")
-        STREAM_ID_FIELD_NUMBER: _ClassVar[int]
-        RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
-        stream_id: str
-        runner_id: str
-        def __init__(self, stream_id: _Optional[str] = ..., runner_id: _Optional[str] = ...) -> None: ...
-    HELLO_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_FIELD_NUMBER: _ClassVar[int]
-    hello: ExecUpstream.Hello
-    response: _streaming_pb2.ExecStreamResponse
-    def __init__(self, hello: _Optional[_Union[ExecUpstream.Hello, _Mapping]] = ..., response: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ...) -> None: ...
-
-class LogsUpstream(_message.Message):
-    __slots__ = ("hello", "response")
-    HELLO_FIELD_NUMBER: _ClassVar[int]
-    RESPONSE_FIELD_NUMBER: _ClassVar[int]
-    hello: ExecUpstream.Hello
-    response: _streaming_pb2.LogStreamResponse
-    def __init__(self, hello: _Optional[_Union[ExecUpstream.Hello, _Mapping]] = ..., response: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ...) -> None: ...
-
-class LogsControl(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...

@@ -4,7 +4,6 @@
 import grpc
 import warnings
 
-from cwsandbox._proto import streaming_pb2 as coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2
 from sandboxd._proto import runner_pb2 as sandboxd_dot_runner_dot_v1_dot_runner__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -41,15 +40,10 @@ class RunnerServiceStub:
                 request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
                 response_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ControlMessage.FromString,
                 _registered_method=True)
-        self.Exec = channel.stream_stream(
-                '/sandboxd.runner.v1.RunnerService/Exec',
-                request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
-                response_deserializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
-                _registered_method=True)
-        self.Logs = channel.stream_stream(
-                '/sandboxd.runner.v1.RunnerService/Logs',
-                request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.SerializeToString,
-                response_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.FromString,
+        self.Operate = channel.stream_stream(
+                '/sandboxd.runner.v1.RunnerService/Operate',
+                request_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationUp.SerializeToString,
+                response_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationDown.FromString,
                 _registered_method=True)
 
 
@@ -63,16 +57,13 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Exec(self, request_iterator, context):
-        """One exec's byte stream, dialled by the runner after an OpenExec command, so a large or
-        slow exec never blocks the control stream or another exec (each is its own HTTP/2 stream).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Logs(self, request_iterator, context):
-        """One log stream, dialled by the runner after an OpenLogs command, for the same reason.
+    def Operate(self, request_iterator, context):
+        """One operation's stream (an exec, a log stream, a file write or read), opened by the
+        runner ahead of need with `sandboxd-connection` metadata and kept idle until the control
+        plane binds an operation to it by sending its first `OperationDown`. The runner opens
+        another idle one as soon as one is bound, and runs an operation's `stream_id` only once
+        (the control plane binds it again on the runner's next connection when the first one
+        died before the operation started answering).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,15 +77,10 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.FromString,
                     response_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ControlMessage.SerializeToString,
             ),
-            'Exec': grpc.stream_stream_rpc_method_handler(
-                    servicer.Exec,
-                    request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.FromString,
-                    response_serializer=coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.SerializeToString,
-            ),
-            'Logs': grpc.stream_stream_rpc_method_handler(
-                    servicer.Logs,
-                    request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.FromString,
-                    response_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.SerializeToString,
+            'Operate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Operate,
+                    request_deserializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationUp.FromString,
+                    response_serializer=sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,7 +121,7 @@ class RunnerService:
             _registered_method=True)
 
     @staticmethod
-    def Exec(request_iterator,
+    def Operate(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -148,36 +134,9 @@ class RunnerService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/sandboxd.runner.v1.RunnerService/Exec',
-            sandboxd_dot_runner_dot_v1_dot_runner__pb2.ExecUpstream.SerializeToString,
-            coreweave_dot_sandbox_dot_v1beta2_dot_streaming__pb2.ExecStreamRequest.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Logs(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/sandboxd.runner.v1.RunnerService/Logs',
-            sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsUpstream.SerializeToString,
-            sandboxd_dot_runner_dot_v1_dot_runner__pb2.LogsControl.FromString,
+            '/sandboxd.runner.v1.RunnerService/Operate',
+            sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationUp.SerializeToString,
+            sandboxd_dot_runner_dot_v1_dot_runner__pb2.OperationDown.FromString,
             options,
             channel_credentials,
             insecure,

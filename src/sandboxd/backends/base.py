@@ -159,6 +159,42 @@ class LogChunk(NamedTuple):
     data: bytes
 
 
+class FileReader(ABC):
+    """A file opened for reading inside a sandbox: its size, then its bytes in order.
+
+    Iterate it for the chunks; :meth:`aclose` releases it whether or not it was read to
+    the end (always call it, e.g. with ``contextlib.aclosing``).
+    """
+
+    size: int
+    """The size when opened; -1 when it is not a regular file."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        """The file's bytes in order."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the file (idempotent)."""
+
+
+class BufferedFileReader(FileReader):
+    """A :class:`FileReader` over bytes already read (backends that cannot stream)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.size = len(data)
+        self._data: bytes | None = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        data, self._data = self._data, None
+        if data:
+            yield data
+
+    async def aclose(self) -> None:
+        """Drop the bytes."""
+        self._data = None
+
+
 @dataclass(frozen=True)
 class PublishedPort:
     """An exposed container port and where the host publishes it."""
@@ -348,6 +384,33 @@ class Backend(ABC):
     @abstractmethod
     async def read_file(self, sandbox_id: str, path: str, *, max_bytes: int | None = None) -> bytes:
         """Read a file as the sandbox's own user sees its filesystem."""
+
+    async def write_file_stream(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        make_parents: bool = False,
+        mode: int = 0o644,
+    ) -> int:
+        """Write a file from ``chunks`` in order; the size written.
+
+        Backends that can should stream in constant memory; this default gathers the
+        bytes and calls :meth:`write_file`.
+        """
+        data = b"".join([chunk async for chunk in chunks])
+        await self.write_file(sandbox_id, path, data, make_parents=make_parents, mode=mode)
+        return len(data)
+
+    async def open_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int | None = None
+    ) -> FileReader:
+        """Open a file for a streamed read (errors as :meth:`read_file` raises them).
+
+        Backends that can should stream in constant memory; this default reads it whole.
+        """
+        return BufferedFileReader(await self.read_file(sandbox_id, path, max_bytes=max_bytes))
 
     @abstractmethod
     def logs(

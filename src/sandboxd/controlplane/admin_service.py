@@ -16,9 +16,9 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from sandboxd._proto import admin_pb2, admin_pb2_grpc
-from sandboxd.controlplane.exec_bridge import StreamSessions
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.orphans import Orphans
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.errors import ApiError, abort_with, invalid_argument
@@ -110,12 +110,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         identity: IdentityService,
         registry: RunnerRegistry,
         lifecycle: Lifecycle,
-        sessions: StreamSessions,
+        operations: Operations,
     ) -> None:
         self._identity = identity
         self._registry = registry
         self._lifecycle = lifecycle
-        self._sessions = sessions
+        self._operations = operations
         self._orphans = Orphans(lifecycle.records, registry)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
@@ -235,7 +235,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             runner = self._registry.get(credential.runner_id)
             if runner is not None and runner.link is not None:
                 runner.link.close()  # ends its Connect stream; its redial is refused
-            self._sessions.close_runner(credential.runner_id)
+            self._operations.close_runner(credential.runner_id)
             failed = await self._lifecycle.fail_runner_sandboxes(
                 credential.runner_id, "its runner's credential was revoked"
             )

@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.caller import current_caller
+from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import (
     decode_token,
@@ -84,9 +85,10 @@ def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, files: Files) -> None:
         self._lifecycle = lifecycle
         self._records = lifecycle.records
+        self._files = files
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -219,7 +221,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         async def work() -> gateway_pb2.AddFileSandboxResponse:
             record = await self._record(request.sandbox_id)
-            await self._lifecycle.write_file(record, request.filepath, request.file_contents)
+            await self._files.write_whole(record, request.filepath, request.file_contents)
             return gateway_pb2.AddFileSandboxResponse(success=True)
 
         return await self._run(context, work)
@@ -231,7 +233,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         async def work() -> gateway_pb2.RetrieveFileSandboxResponse:
             record = await self._record(request.sandbox_id)
-            contents = await self._lifecycle.read_file(record, request.filepath)
+            contents = await self._files.read_whole(record, request.filepath)
             return gateway_pb2.RetrieveFileSandboxResponse(file_contents=contents, success=True)
 
         return await self._run(context, work)

@@ -1,11 +1,12 @@
-"""What client calls do to sandboxes: record desired state, and reach runners for files.
+"""What client calls do to sandboxes: record desired state.
 
 Why no call drives a runner's lifecycle itself: Start, Stop and Delete only write what the
 sandbox should be (``sandbox_model``), in one database write each, and the sandbox's runner
 reconciler (``reconciler.py``) makes it so, now or when the runner comes back. So a client
 call never leaves half-done work behind when the runner, the network or the control plane
 fails in the middle; it only decides how long to wait for the outcome before answering.
-File operations go to the runner directly (they change nothing the control plane keeps).
+Execs, logs and files go to the runner directly on operation streams (``operations.py``):
+they change nothing the control plane keeps.
 
 Tenancy lives here too: :meth:`Lifecycle.record` is the one lookup every public RPC that names
 a sandbox goes through, and it answers another organization's sandbox exactly as it answers a
@@ -43,12 +44,9 @@ from sandboxd.errors import ApiError, invalid_argument
 
 log = logging.getLogger(__name__)
 S = gateway_pb2
-MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024
 STOP_MARGIN_SECONDS = 15.0
 START_WAIT_SECONDS = 60.0
 MAX_ID_LENGTH = 128
-RELINK_SECONDS = 10.0
-"""How long an idempotent runner command waits for the runner's next connection."""
 MAX_PATH_LENGTH = MAX_FILE_PATH_CHARS  # limits.py says why it fits the agent's message
 
 
@@ -73,18 +71,14 @@ def sandbox_not_running(record: SandboxRecord) -> ApiError:
     )
 
 
-def file_too_large(path: str, size: int) -> ApiError:
+def file_too_large(path: str, size: int, cap: int) -> ApiError:
     """Over the unary cap: the client switches to streaming (v1beta2.md §6)."""
     return ApiError(
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"file {path!r} is {size} bytes, more than the {MAX_UNARY_FILE_BYTES} bytes a unary "
-        "call carries; use streaming",
+        f"file {path!r} is {size} bytes, more than the {cap} bytes a unary call carries; "
+        "use streaming",
         reason="CWSANDBOX_FILE_TOO_LARGE",
-        metadata={
-            "filepath": path,
-            "size_bytes": str(size),
-            "max_size_bytes": str(MAX_UNARY_FILE_BYTES),
-        },
+        metadata={"filepath": path, "size_bytes": str(size), "max_size_bytes": str(cap)},
     )
 
 
@@ -270,53 +264,6 @@ class Lifecycle:
                 record.sandbox_id, lambda r: r is None, record.stop_grace_seconds + 10
             )
 
-    async def write_file(self, record: SandboxRecord, path: str, contents: bytes) -> None:
-        """AddFile on the runner, after checking path and size."""
-        _check_path(path)
-        if len(contents) > MAX_UNARY_FILE_BYTES:
-            raise file_too_large(path, len(contents))
-        await self.call_running(
-            record,
-            runner_pb2.Command(
-                write_file=runner_pb2.WriteFile(
-                    sandbox_id=record.sandbox_id, path=path, contents=contents
-                )
-            ),
-        )
-
-    async def read_file(self, record: SandboxRecord, path: str) -> bytes:
-        """RetrieveFile from the runner; files over the unary cap answer FILE_TOO_LARGE."""
-        _check_path(path)
-        result = await self.call_running(
-            record,
-            runner_pb2.Command(
-                read_file=runner_pb2.ReadFile(
-                    sandbox_id=record.sandbox_id, path=path, max_bytes=MAX_UNARY_FILE_BYTES
-                )
-            ),
-        )
-        return result.file.contents
-
-    async def call_running(
-        self, record: SandboxRecord, command: runner_pb2.Command
-    ) -> runner_pb2.CommandResult:
-        """An idempotent command to a running sandbox's runner, surviving one reconnect.
-
-        If the runner's connection dies under the call (a partition that just healed, a
-        redial), the command is sent once more on its next connection, if one comes within
-        ``RELINK_SECONDS``, instead of failing although the runner is back.
-        """
-        link = self.running_link(record)
-        try:
-            return await link.call(command)
-        except ApiError as error:
-            if error.reason != "CWSANDBOX_RUNNER_UNAVAILABLE" or not link.closed.is_set():
-                raise
-            again = await self.registry.next_link(record.runner_id, link, RELINK_SECONDS)
-            if again is None:
-                raise
-        return await again.call(command)
-
     async def fail_runner_sandboxes(self, runner_id: str, reason: str) -> int:
         """Give up every live sandbox of a runner (it can no longer be trusted): FAILED."""
         live = [r for r in self.records.live_on(runner_id) if not r.terminal]
@@ -346,7 +293,8 @@ def want_deleted(record: SandboxRecord) -> SandboxRecord | None:
     return replace(record, desired=Desired.DELETED, generation=record.generation + 1)
 
 
-def _check_path(path: str) -> None:
+def check_file_path(path: str) -> None:
+    """A path of the file API: absolute, without NUL, at most PATH_MAX characters."""
     if not path.startswith("/"):
         raise invalid_argument("filepath", f"must be an absolute path (got {path!r})")
     if "\x00" in path:

@@ -1,15 +1,22 @@
-"""Commands to one connected runner, and their answers, over its Connect stream.
+"""One connected runner: commands and answers on its Connect stream, and its idle streams.
 
-Why futures keyed by request id: many operations (start, stop, file reads of several
+Why futures keyed by request id: many lifecycle commands (starts, stops of several
 sandboxes) run at once on the same runner; each awaits only its own answer, and a runner that
 drops fails every pending command at once with CWSANDBOX_RUNNER_UNAVAILABLE instead of
 leaving callers hanging.
+
+Why idle streams live here: an ``Operate`` call the runner opened ahead of need travels on
+the same HTTP/2 connection as this link's Connect stream, so it is good exactly as long as
+this link is; closing the link ends them all (their handlers see :data:`None` bound), and an
+operation waiting for one moves on to the runner's next connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
+from typing import Any
 
 import grpc
 
@@ -17,6 +24,9 @@ from sandboxd._proto import runner_pb2
 from sandboxd.errors import ApiError
 
 COMMAND_TIMEOUT_SECONDS = 60.0
+IDLE_OPERATIONS = 4
+"""Idle ``Operate`` streams a runner keeps open: enough for a burst to bind without waiting
+while replacements are dialled; more are refused (each holds a handler here)."""
 
 
 def runner_unavailable(runner_id: str, why: str) -> ApiError:
@@ -41,10 +51,22 @@ def failure_error(failure: runner_pb2.Failure) -> ApiError:
     )
 
 
+class IdleStream:
+    """A runner's ``Operate`` call waiting for work: its handler awaits :attr:`bound`.
+
+    The result is the operation to carry, or ``None`` when the link closed first.
+    """
+
+    __slots__ = ("bound",)
+
+    def __init__(self) -> None:
+        self.bound: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
 class RunnerLink:
     """The control plane's handle on one live runner connection."""
 
-    def __init__(self, runner_id: str) -> None:
+    def __init__(self, runner_id: str, idle_limit: int = IDLE_OPERATIONS) -> None:
         self.runner_id = runner_id
         self.outbox: asyncio.Queue[runner_pb2.ControlMessage | None] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[runner_pb2.CommandResult]] = {}
@@ -52,9 +74,88 @@ class RunnerLink:
         self._closed = False
         # Set when the connection ends, for waiters that must not outlive it.
         self.closed = asyncio.Event()
+        self.idle_limit = idle_limit
+        self._idle: deque[IdleStream] = deque()
+        self._takers: deque[asyncio.Future[IdleStream | None]] = deque()
+        # Operations bound to this connection's streams, told when it closes (``watch``).
+        self._bound: set[Any] = set()
+
+    # -- idle operation streams --------------------------------------------------------------
+    def offer(self) -> IdleStream | None:
+        """Take in a new idle stream; None when closed or already holding ``idle_limit``."""
+        if self._closed or len(self._idle) >= self.idle_limit:
+            return None
+        stream = IdleStream()
+        self._hand_over(stream)
+        return stream
+
+    def _hand_over(self, stream: IdleStream) -> None:
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                taker.set_result(stream)
+                return
+        self._idle.append(stream)
+
+    def withdraw(self, stream: IdleStream) -> None:
+        """Forget an idle stream whose call ended (the runner cancelled it)."""
+        if stream in self._idle:
+            self._idle.remove(stream)
+
+    @property
+    def idle(self) -> int:
+        """How many idle streams are waiting."""
+        return len(self._idle)
+
+    async def take(self, timeout: float) -> IdleStream | None:
+        """An idle stream, waiting up to ``timeout`` for one; None if closed or none came.
+
+        A taker cancelled just after a stream was handed to it gives it back, so no stream
+        is left waiting for an operation that nobody will bind.
+        """
+        if self._idle:
+            return self._idle.popleft()
+        if self._closed or timeout <= 0:
+            return None
+        taker: asyncio.Future[IdleStream | None] = asyncio.get_running_loop().create_future()
+        self._takers.append(taker)
+        try:
+            async with asyncio.timeout(timeout):
+                return await taker
+        except TimeoutError:
+            self._give_back(taker)
+            return None
+        except asyncio.CancelledError:
+            self._give_back(taker)
+            raise
+        finally:
+            if taker in self._takers:
+                self._takers.remove(taker)
+
+    def _give_back(self, taker: asyncio.Future[IdleStream | None]) -> None:
+        """A stream handed to a taker that stopped waiting goes back to the pool."""
+        if not taker.done() or taker.cancelled() or taker.result() is None:
+            return
+        given = taker.result()
+        assert given is not None
+        if self._closed:
+            given.bound.set_result(None)
+        else:
+            self._hand_over(given)
+
+    def watch(self, operation: Any) -> None:
+        """Call ``operation.link_closed(self)`` when this connection closes."""
+        if self._closed:
+            operation.link_closed(self)
+        else:
+            self._bound.add(operation)
+
+    def unwatch(self, operation: Any) -> None:
+        """Stop telling ``operation`` (it is over)."""
+        self._bound.discard(operation)
 
     def send(self, command: runner_pb2.Command) -> None:
-        """Queue a command that needs no answer (e.g. OpenExec)."""
+        """Queue a command that needs no answer (e.g. a delete of an unknown sandbox)."""
         if self._closed:
             raise runner_unavailable(self.runner_id, "its connection closed")
         if not command.request_id:
@@ -89,9 +190,20 @@ class RunnerLink:
             future.set_result(result)
 
     def close(self) -> None:
-        """The connection ended: fail everything pending and stop accepting commands."""
+        """The connection ended: fail everything pending, end idle streams, stop accepting."""
         self._closed = True
         self.closed.set()
+        while self._idle:
+            stream = self._idle.popleft()
+            if not stream.bound.done():
+                stream.bound.set_result(None)
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                taker.set_result(None)
+        bound, self._bound = self._bound, set()
+        for operation in bound:
+            operation.link_closed(self)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(runner_unavailable(self.runner_id, "its connection closed"))

@@ -6,14 +6,16 @@ keeps reading the runner's heartbeats. The handler writes from an outbox queue; 
 consumes the runner's messages. When the stream ends, for any reason, the runner is marked
 disconnected, and discovery reports it unhealthy at once.
 
-Byte streams (``Exec``, ``Logs``) are separate calls that the runner dials with a ``hello``
-naming a session opened by :mod:`sandboxd.controlplane.streaming`; both are joined to that
-session the same way (:meth:`RunnerService._accept`, :meth:`RunnerService._bridge`).
+Bytes (exec, logs, files) travel on ``Operate`` calls, which the runner opens ahead of need
+on the same HTTP/2 connection as its ``Connect`` stream, naming that connection in the
+``sandboxd-connection`` metadata; each waits idle in the connection's link until an operation
+is bound to it (:mod:`sandboxd.controlplane.operations`).
 
 Who the runner is was settled by the interceptor from the call's metadata before any message
 was read (:mod:`sandboxd.controlplane.auth`): its own credential, or on ``Connect`` a join
 token. Here the messages must agree with it: a credential registers only its own runner id,
-and a ``hello`` attaches only to a session opened for that runner. A join token buys a new
+and an ``Operate`` call joins only the pool of that runner's current connection, so only
+operations on its own sandboxes are ever bound to it. A join token buys a new
 credential for a runner id nobody holds yet (:meth:`IdentityService.join`), so a second
 machine holding a valid join token cannot take over a registered runner or its sandboxes.
 """
@@ -29,13 +31,13 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller, current_runner
-from sandboxd.controlplane.exec_bridge import BridgeSession, Kind, StreamSessions
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.operations import Operation
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.warm_pools import warm_pool_specs
 from sandboxd.errors import (
     ApiError,
@@ -48,7 +50,7 @@ from sandboxd.identity.model import RUNNER_ID_PATTERN, RUNNER_ID_RULE
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]
-Upstream = runner_pb2.ExecUpstream | runner_pb2.LogsUpstream
+CONNECTION_HEADER = "sandboxd-connection"
 
 REGISTER_TIMEOUT_SECONDS = 10.0
 DEFAULT_GROUP = "default"
@@ -66,13 +68,12 @@ def wrong_runner(credential_runner: str, claimed: str) -> ApiError:
 class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
     """Accepts runner connections, issues credentials to new runners, tracks heartbeats."""
 
-    def __init__(  # noqa: PLR0917 - the control plane's parts, wired once in server.py
+    def __init__(
         self,
         registry: RunnerRegistry,
         identity: IdentityService,
         heartbeat_interval: float,
         lifecycle: Lifecycle,
-        sessions: StreamSessions,
         cluster_id: str = "",
     ) -> None:
         self._cluster_id = cluster_id
@@ -80,7 +81,6 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         self._identity = identity
         self._heartbeat_interval = heartbeat_interval
         self._lifecycle = lifecycle
-        self._sessions = sessions
 
     @staticmethod
     def _check_register(message: runner_pb2.RunnerMessage) -> runner_pb2.Register:
@@ -129,6 +129,8 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
 
         reconcilers = self._lifecycle.reconcilers
         state, connection_id = self._registry.register(register)
+        link = state.link
+        assert link is not None
         log.info("runner %s connected (group %s)", state.runner_id, state.runner_group_id)
         reader: asyncio.Task[None] | None = None
         try:
@@ -146,10 +148,10 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     runner_group_id=state.runner_group_id,
                     cluster_id=self._cluster_id,
                     warm_pools=warm_pool_specs(state.profiles),
+                    connection_id=connection_id,
+                    idle_operations=link.idle_limit,
                 )
             )
-            link = state.link
-            assert link is not None
             if register.cluster_id and register.cluster_id != self._cluster_id:
                 log.warning(
                     "runner %s last registered with cluster %s, not this one (%s): sandboxes "
@@ -212,81 +214,61 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         finally:
             outbox.put_nowait(None)
 
-    async def _accept(
+    def _current_link(
+        self, runner_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> RunnerLink | None:
+        """The link of the connection an ``Operate`` call names, if it is still the current one."""
+        for key, value in context.invocation_metadata() or ():
+            if key == CONNECTION_HEADER:
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                if not text.isdigit() or not self._registry.is_current(runner_id, int(text)):
+                    return None
+                state = self._registry.get(runner_id)
+                return state.link if state is not None else None
+        return None
+
+    async def Operate(  # frames stay encoded (raw_frames.py)
         self,
-        request_iterator: AsyncIterator[Upstream],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext[Any, Any],
-        kind: Kind,
-    ) -> BridgeSession[Any, Any]:
-        """Read the ``hello`` of a runner's per-operation stream and join it to its session."""
-        try:
-            async with asyncio.timeout(REGISTER_TIMEOUT_SECONDS):
-                first = await anext(request_iterator)
-        except (StopAsyncIteration, TimeoutError):
-            await abort_with(context, invalid_argument("hello", "no hello frame was received"))
-        if first.WhichOneof("frame") != "hello":
-            await abort_with(context, invalid_argument("hello", "the first frame must be hello"))
-        hello = first.hello
+    ) -> AsyncIterator[runner_pb2.OperationDown | bytes]:
+        """A runner's idle operation stream: wait to be bound, then carry that operation.
+
+        Refused unread: a join token (the interceptor admits only credentials here), a
+        connection that is not the runner's current one (FAILED_PRECONDITION: it redials on
+        its new channel), and more idle streams than the link holds (RESOURCE_EXHAUSTED).
+        """
         who = current_runner()
         if not isinstance(who, RunnerCaller):  # the interceptor admits only credentials here
-            await abort_with(context, unauthenticated("byte streams need a runner credential"))
-        if hello.runner_id != who.runner_id:
-            await abort_with(context, wrong_runner(who.runner_id, hello.runner_id))
-        # Sessions remember the runner their sandbox is on: another runner cannot attach.
-        session = self._sessions.attach(hello.stream_id, who.runner_id, kind)
-        if session is None:
+            await abort_with(context, unauthenticated("operation streams need a runner credential"))
+        link = self._current_link(who.runner_id, context)
+        if link is None:
             await abort_with(
                 context,
                 ApiError(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"no {kind} stream is waiting for {hello.stream_id!r}",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"runner {who.runner_id!r}: the call does not name its current connection "
+                    f"in {CONNECTION_HEADER!r}",
                 ),
             )
-        return session
-
-    async def _bridge(
-        self, request_iterator: AsyncIterator[Upstream], session: BridgeSession[Any, Any]
-    ) -> AsyncIterator[Any]:
-        """Relay the runner's frames up and the session's downstream frames down."""
-        pump = asyncio.create_task(self._relay_up(request_iterator, session))
+        stream = link.offer()
+        if stream is None:
+            await abort_with(
+                context,
+                ApiError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"runner {who.runner_id!r} already holds {link.idle_limit} idle operation "
+                    "streams on this connection",
+                ),
+            )
         try:
-            while (message := await session.downstream.get()) is not None:
-                yield message
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-
-    async def Exec(
-        self,
-        request_iterator: AsyncIterator[runner_pb2.ExecUpstream],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[streaming_pb2.ExecStreamRequest]:
-        """A runner's half of one exec: relay its frames up, the client's frames down."""
-        session = await self._accept(request_iterator, context, "exec")
-        async for message in self._bridge(request_iterator, session):
-            yield message
-
-    async def Logs(
-        self,
-        request_iterator: AsyncIterator[runner_pb2.LogsUpstream],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[runner_pb2.LogsControl]:
-        """A runner's half of one log stream: relay its frames up until the session closes.
-
-        Nothing goes down; closing the session (client left, or follow closed) ends this call,
-        which is how the runner learns to stop reading.
-        """
-        session = await self._accept(request_iterator, context, "logs")
-        async for message in self._bridge(request_iterator, session):
-            yield message
-
-    @staticmethod
-    async def _relay_up(
-        request_iterator: AsyncIterator[Upstream], session: BridgeSession[Any, Any]
-    ) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            async for frame in request_iterator:
-                if frame.WhichOneof("frame") == "response":
-                    await session.upstream.put(frame.response)
-        await session.upstream.put(None)
+            operation: Operation | None = await stream.bound
+        except asyncio.CancelledError:
+            link.withdraw(stream)  # the runner ended the call
+            if stream.bound.done() and not stream.bound.cancelled() and stream.bound.result():
+                stream.bound.result().lost(stream)
+            raise
+        if operation is None:
+            return  # the connection ended first
+        async for frame in operation.serve(stream, request_iterator):
+            yield frame

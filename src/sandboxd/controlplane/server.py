@@ -23,18 +23,24 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy.exc import SQLAlchemyError
 
-from cwsandbox._proto import discovery_pb2_grpc, gateway_pb2_grpc, streaming_pb2_grpc
-from sandboxd._proto import admin_pb2_grpc, runner_pb2_grpc
+from cwsandbox._proto import (
+    discovery_pb2_grpc,
+    gateway_pb2_grpc,
+    streaming_pb2_grpc,
+)
+from sandboxd._proto import admin_pb2_grpc
 from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
-from sandboxd.controlplane.exec_bridge import ExecSessions
+from sandboxd.controlplane.files import Files, FileService
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
+from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
+from sandboxd.controlplane.raw_frames import add_services
 from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
@@ -129,7 +135,8 @@ class ControlPlane:
         )
         self.cluster_id = ""
         self._collector: asyncio.Task[None] | None = None
-        self.exec_sessions = ExecSessions()
+        self.operations = Operations(self.registry)
+        self.files = Files(self.lifecycle, self.operations)
         self.identity = IdentityService(self.store.identity)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
@@ -185,24 +192,22 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle), server
+            GatewayService(self.lifecycle, self.files), server
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            StreamingService(self.lifecycle, self.exec_sessions), server
+            StreamingService(self.lifecycle, self.operations), server
         )
-        runner_pb2_grpc.add_RunnerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RunnerService(
-                self.registry,
-                self.identity,
-                self.settings.heartbeat_interval,
-                self.lifecycle,
-                self.exec_sessions,
-                cluster_id=self.cluster_id,
-            ),
-            server,
+        runners = RunnerService(
+            self.registry,
+            self.identity,
+            self.settings.heartbeat_interval,
+            self.lifecycle,
+            cluster_id=self.cluster_id,
         )
+        # File bytes pass through both as they were encoded (raw_frames.py).
+        add_services(runners, FileService(self.lifecycle, self.files), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminService(self.identity, self.registry, self.lifecycle, self.exec_sessions), server
+            AdminService(self.identity, self.registry, self.lifecycle, self.operations), server
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:

@@ -1,7 +1,13 @@
-"""``GatewayStreamingService``: exec and log streams proxied to the runner that owns the sandbox.
+"""``GatewayStreamingService``: exec and log streams relayed to the runner that owns the sandbox.
 
 Exec, per v1beta2.md §5: the first client frame is ``init``; a client half-close means stdin
-EOF, not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last.
+EOF, not cancellation; ``ready`` comes first, output frames as produced, ``exit`` last. A
+client that says it sends no input (``sandboxd-no-stdin: 1`` metadata, what our client does
+for a plain ``exec``) gets no ``ready`` and sends nothing after ``init``: the process starts
+with stdin closed, which saves a frame on each hop. The exec is bound to one of the runner's
+idle operation streams (:mod:`sandboxd.controlplane.operations`) and ``ready`` is sent as
+soon as it is: input the client sends from then on waits in that stream's flow control until
+the process reads it, so the runner never has to say "ready" itself.
 
 Logs, per §7: one ``init``; the runner reads the backend's log, cuts frames at line
 boundaries, adds the timestamp prefixes and the resumable ``session_id``/``offset``, and
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -27,16 +32,9 @@ import grpc
 
 from cwsandbox._proto import gateway_pb2, streaming_pb2, streaming_pb2_grpc
 from sandboxd._proto import runner_pb2
-from sandboxd.controlplane.exec_bridge import (
-    ATTACH_TIMEOUT_SECONDS,
-    ExecSession,
-    LogSession,
-    StreamSessions,
-)
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.limits import check_exec_init
-from sandboxd.controlplane.registry import RunnerRegistry
-from sandboxd.controlplane.runner_link import RunnerLink
+from sandboxd.controlplane.operations import Operation, Operations
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
@@ -48,6 +46,12 @@ CLIENT_DRAIN_SECONDS = 2.0
 # How long a log request on a sandbox that is still being created waits for it to start.
 LOGS_START_WAIT_SECONDS = 60.0
 S = gateway_pb2
+NO_STDIN_HEADER = "sandboxd-no-stdin"
+"""Call metadata (value ``1``) of an exec whose client sends no input: its stdin is closed
+from the start and it needs no ``ready`` (our client sends it; others get the full §5)."""
+_CLOSE = runner_pb2.OperationDown(
+    input=streaming_pb2.ExecStreamRequest(close=streaming_pb2.ExecStreamClose())
+)
 
 
 async def _first_request(requests: AsyncIterator[T]) -> T:
@@ -58,50 +62,8 @@ async def _first_request(requests: AsyncIterator[T]) -> T:
         raise invalid_argument("init", "the stream ended before init") from None
 
 
-async def _attached_or_closed(
-    session: ExecSession | LogSession, link: RunnerLink, timeout: float
-) -> bool | None:
-    """True once the runner dialed back; None if ``link`` closed first; False on timeout."""
-    if timeout <= 0:
-        return session.attached.is_set()
-    attached = asyncio.ensure_future(session.attached.wait())
-    closed = asyncio.ensure_future(link.closed.wait())
-    try:
-        await asyncio.wait({attached, closed}, timeout=timeout, return_when=FIRST_COMPLETED)
-    finally:
-        for task in (attached, closed):
-            task.cancel()
-    if session.attached.is_set():
-        return True
-    return None if link.closed.is_set() else False
-
-
-async def open_on_runner(
-    registry: RunnerRegistry,
-    runner_id: str,
-    link: RunnerLink,
-    session: ExecSession | LogSession,
-    command: runner_pb2.Command,
-) -> bool:
-    """Send ``command`` (which asks the runner to dial back) and wait for the dial.
-
-    When the connection it went out on dies before the runner dialed back — the usual case
-    right after a partition heals, when the control plane's sends on the old connection are
-    stuck in TCP backoff until keepalive closes it — the command is sent again on the
-    runner's next connection, within the same ``ATTACH_TIMEOUT_SECONDS``. The runner ignores
-    a stream id it has seen, so the command never runs twice. False if it never attached.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ATTACH_TIMEOUT_SECONDS
-    current: RunnerLink | None = link
-    while current is not None:
-        with contextlib.suppress(ApiError):  # closed already: wait for the next connection
-            current.send(command)
-        outcome = await _attached_or_closed(session, current, deadline - loop.time())
-        if outcome is not None:
-            return outcome
-        current = await registry.next_link(runner_id, current, deadline - loop.time())
-    return False
+def _stdin_closed(open_frame: runner_pb2.OperationDown) -> None:
+    open_frame.exec.stdin_closed = True
 
 
 def error_frame(code: str, message: str) -> streaming_pb2.ExecStreamResponse:
@@ -147,9 +109,8 @@ def _check_log_init(first: streaming_pb2.LogStreamRequest) -> streaming_pb2.LogS
     return init
 
 
-def _open_logs(stream_id: str, init: streaming_pb2.LogStreamInit) -> runner_pb2.Command:
+def _open_logs(init: streaming_pb2.LogStreamInit) -> runner_pb2.OperationDown:
     command = runner_pb2.OpenLogs(
-        stream_id=stream_id,
         sandbox_id=init.sandbox_id,
         follow=init.follow,
         tail_lines=init.tail_lines,
@@ -159,15 +120,15 @@ def _open_logs(stream_id: str, init: streaming_pb2.LogStreamInit) -> runner_pb2.
     )
     if init.HasField("since_time"):
         command.since_time.CopyFrom(init.since_time)
-    return runner_pb2.Command(logs=command)
+    return runner_pb2.OperationDown(logs=command)
 
 
 class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
-    """StreamExec and StreamLogs over :class:`StreamSessions` joined with runner streams."""
+    """StreamExec and StreamLogs, each relayed over one operation on the sandbox's runner."""
 
-    def __init__(self, lifecycle: Lifecycle, sessions: StreamSessions) -> None:
+    def __init__(self, lifecycle: Lifecycle, operations: Operations) -> None:
         self._lifecycle = lifecycle
-        self._sessions = sessions
+        self._operations = operations
 
     async def StreamExec(
         self,
@@ -188,8 +149,9 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             await abort_with(context, error)
         try:
             # aclosing: a client that goes away closes the relay (and its session) at once.
+            no_stdin = (NO_STDIN_HEADER, "1") in (context.invocation_metadata() or ())
             async with contextlib.aclosing(
-                self._relay_exec(record, init, request_iterator)
+                self._relay_exec(record, init, request_iterator, no_stdin=no_stdin)
             ) as frames:
                 async for frame in frames:
                     yield frame
@@ -201,44 +163,46 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         record: SandboxRecord,
         init: streaming_pb2.ExecStreamInit,
         request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest],
+        *,
+        no_stdin: bool,
     ) -> AsyncGenerator[streaming_pb2.ExecStreamResponse]:
         try:
             link = self._lifecycle.running_link(record)
+            operation = await self._operations.open(
+                record.runner_id,
+                link,
+                runner_pb2.OperationDown(
+                    exec=runner_pb2.OpenExec(
+                        sandbox_id=record.sandbox_id,
+                        command=init.command,
+                        tty=init.tty,
+                        tty_width=init.tty_width,
+                        tty_height=init.tty_height,
+                        env=init.env,
+                        stdin_closed=no_stdin,
+                    )
+                ),
+            )
         except ApiError as error:
-            yield error_frame(error.reason.removeprefix("CWSANDBOX_"), error.message)
+            yield error_frame(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
             return
-        session = self._sessions.open(record.runner_id)
         pump: asyncio.Task[None] | None = None
         try:
-            command = runner_pb2.Command(
-                exec=runner_pb2.OpenExec(
-                    stream_id=session.stream_id,
-                    sandbox_id=record.sandbox_id,
-                    command=init.command,
-                    tty=init.tty,
-                    tty_width=init.tty_width,
-                    tty_height=init.tty_height,
-                    env=init.env,
-                )
-            )
-            registry = self._lifecycle.registry
-            if not await open_on_runner(registry, record.runner_id, link, session, command):
-                yield error_frame(
-                    "RUNNER_UNAVAILABLE",
-                    f"runner {record.runner_id} did not open the exec stream in time",
-                )
-                return
-            pump = asyncio.create_task(self._pump_client(request_iterator, session))
+            if not no_stdin:
+                pump = asyncio.create_task(self._pump_client(request_iterator, operation))
+                ready = streaming_pb2.StreamingExecReady(session_id=operation.stream_id)
+                ready.ready_at.GetCurrentTime()
+                yield streaming_pb2.ExecStreamResponse(ready=ready)
             while True:
-                frame = await session.upstream.get()
+                frame = await operation.receive()
                 if frame is None:
                     yield error_frame(
                         "RUNNER_UNAVAILABLE", "the runner's exec stream ended without an exit"
                     )
                     return
-                yield frame
-                if frame.WhichOneof("response") in ("exit", "error"):
-                    await self._let_client_finish(session, pump)
+                yield frame.exec
+                if frame.exec.WhichOneof("response") in ("exit", "error"):
+                    await self._let_client_finish(operation, pump)
                     return
         except ApiError as error:
             yield error_frame(error.reason.removeprefix("CWSANDBOX_") or "ERROR", error.message)
@@ -247,36 +211,44 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
-            self._sessions.close(session)
+            operation.close()
 
-    async def _let_client_finish(self, session: ExecSession, pump: asyncio.Task[None]) -> None:
+    @staticmethod
+    async def _let_client_finish(operation: Operation, pump: asyncio.Task[None] | None) -> None:
         """After exit, give the client a moment to half-close before the call ends.
 
         A client streaming stdin (a file upload, say) may still be writing when the process
         exits early (e.g. permission denied); ending the call at once turns its next write
         into an INTERNAL error on the client instead of the exit frame it should read.
         """
-        self._sessions.close(session)  # the runner's side is over; stdin is discarded
+        operation.close()  # the runner's side is over; stdin is discarded
+        if pump is None:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pump), CLIENT_DRAIN_SECONDS)
 
     @staticmethod
     async def _pump_client(
-        request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest], session: ExecSession
+        request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest], operation: Operation
     ) -> None:
+        """The client's stdin, resize and close frames to the runner, in order.
+
+        The end of stdin (``close``, or a half-close, which is stdin EOF per §5.1) is sent
+        so that a rebind carries it in the open instead (``OpenExec.stdin_closed``).
+        """
         closed = False
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for request in request_iterator:
                 kind = request.WhichOneof("request")
-                if kind in ("stdin", "resize") and not closed:
-                    await session.downstream.put(request)
-                elif kind == "close" and not closed:
+                if closed or kind not in ("stdin", "resize", "close"):
+                    continue
+                if kind == "close":
                     closed = True
-                    await session.downstream.put(request)
-        if not closed:  # half-close is stdin EOF (v1beta2.md §5.1)
-            await session.downstream.put(
-                streaming_pb2.ExecStreamRequest(close=streaming_pb2.ExecStreamClose())
-            )
+                    operation.send_replayable(_CLOSE, _stdin_closed)
+                elif not await operation.send(runner_pb2.OperationDown(input=request)):
+                    return
+        if not closed:
+            operation.send_replayable(_CLOSE, _stdin_closed)
 
     async def StreamLogs(
         self,
@@ -295,20 +267,13 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         except ApiError as error:
             yield log_error("RUNNER_UNAVAILABLE", error.message)
             return
-        session = self._sessions.open_logs(record.runner_id)
         watcher: asyncio.Task[None] | None = None
+        operation: Operation | None = None
         try:
-            command = _open_logs(session.stream_id, init)
-            registry = self._lifecycle.registry
-            if not await open_on_runner(registry, record.runner_id, link, session, command):
-                yield log_error(
-                    "RUNNER_UNAVAILABLE",
-                    f"runner {record.runner_id} did not open the log stream in time",
-                )
-                return
+            operation = await self._operations.open(record.runner_id, link, _open_logs(init))
             watcher = asyncio.create_task(self._watch_log_client(request_iterator, init.follow))
             while True:
-                frame = await self._next_log_frame(session, watcher)
+                frame = await self._next_log_frame(operation, watcher)
                 if frame is None:
                     yield log_error(
                         "RUNNER_UNAVAILABLE", "the runner's log stream ended before it completed"
@@ -323,7 +288,8 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-            self._sessions.close(session)
+            if operation is not None:
+                operation.close()
 
     async def _wait_created(self, record: SandboxRecord) -> SandboxRecord:
         """A sandbox still being created has no log on its runner yet: wait for its start."""
@@ -336,24 +302,26 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
 
     @staticmethod
     async def _next_log_frame(
-        session: LogSession, watcher: asyncio.Task[None]
+        operation: Operation, watcher: asyncio.Task[None]
     ) -> streaming_pb2.LogStreamResponse | None:
         """The runner's next frame (None: its stream ended), or ``complete`` if the client left.
 
         Once the client has ended a follow, what the runner has not sent yet is not wanted,
-        so the client's end is checked first: a chatty sandbox keeps the queue full.
+        so the client's end is checked first: a chatty sandbox keeps the pipe full.
         """
         complete = streaming_pb2.LogStreamResponse(complete=streaming_pb2.LogStreamComplete())
         if watcher.done():
             return complete
-        getter = asyncio.ensure_future(session.upstream.get())
+        getter = asyncio.ensure_future(operation.receive())
         try:
             await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
                 getter.cancel()
+                await asyncio.gather(getter, return_exceptions=True)
         if getter.done() and not getter.cancelled():
-            return getter.result()
+            frame = getter.result()  # raises ApiError when the runner was lost
+            return None if frame is None else frame.logs
         return complete
 
     @staticmethod

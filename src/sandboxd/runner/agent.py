@@ -22,9 +22,11 @@ Why it is shaped this way:
   its own task. Writers (heartbeats, results, events) share the stream through
   :class:`~sandboxd.runner.stream.ControlStream`, which serialises them.
 * **Sandboxes outlive connections.** The supervisor lives as long as the agent; each session
-  lends it the current stream (events) and channel (exec streams). ``Register`` carries its
-  snapshot, taken just before the register message claims the stream's write lock, so an
-  event is either in the snapshot or sent after the register, never lost in between.
+  lends it the current stream (events), and the session's
+  :class:`~sandboxd.runner.operations.OperationPool` keeps idle ``Operate`` calls open on its
+  channel for execs, logs and files. ``Register`` carries its snapshot, taken just before
+  the register message claims the stream's write lock, so an event is either in the
+  snapshot or sent after the register, never lost in between.
 * **No backend, honest answers.** Without a backend the runner still joins (capacity and
   health are useful on their own) and answers every command with
   ``CWSANDBOX_BACKEND_UNAVAILABLE``. Its registration says so too: ``Capabilities`` lists
@@ -49,8 +51,8 @@ from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
-from sandboxd.runner.exec_relay import ExecCall, dial_exec
-from sandboxd.runner.failures import refuse_command
+from sandboxd.runner.exec_relay import OperateCall
+from sandboxd.runner.failures import refuse_command, refuse_operation
 from sandboxd.runner.fingerprint import (
     NOT_CONFIGURED,
     backend_status,
@@ -59,7 +61,7 @@ from sandboxd.runner.fingerprint import (
 )
 from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.images import ImageList
-from sandboxd.runner.log_relay import LogsCall, dial_logs
+from sandboxd.runner.operations import DEFAULT_IDLE_OPERATIONS, OperationPool
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import ControlStream, bearer, open_channel
@@ -172,10 +174,8 @@ class RunnerAgent:
                 backend,
                 self._ledger,
                 self._send_event,
-                self._dial_exec,
                 records_dir=settings.state_dir / "sandboxes",
                 public_host=self._capabilities.hostname or None,
-                logs_dialer=self._dial_logs,
                 control_plane=settings.control_plane,
                 max_execs_per_sandbox=settings.max_execs_per_sandbox,
                 egress_blocked=settings.egress_blocked,
@@ -359,7 +359,19 @@ class RunnerAgent:
             async with asyncio.timeout(self._settings.register_timeout):
                 registered = await self._await_registered(stream)
             self._on_session_registered(registered)
-            await self._pump(stream)
+            pool = OperationPool(
+                channel,
+                self._own_credential(),
+                registered.connection_id,
+                self._operate,
+                registered.idle_operations or DEFAULT_IDLE_OPERATIONS,
+            )
+            operations = asyncio.create_task(pool.serve(), name="runner-operations")
+            try:
+                await self._pump(stream)
+            finally:
+                operations.cancel()
+                await asyncio.gather(operations, return_exceptions=True)
         finally:
             if self._stream is stream:
                 self._stream, self._channel = None, None
@@ -396,24 +408,18 @@ class RunnerAgent:
             raise ConnectionError("not connected to the control plane")
         await stream.send(message)
 
-    def _live_channel(self) -> grpc.aio.Channel:
-        """The current session's channel: exec and log streams go where their command came."""
-        if self._channel is None:
-            raise ConnectionError("not connected to the control plane")
-        return self._channel
+    async def _operate(self, first: runner_pb2.OperationDown, call: OperateCall) -> None:
+        """An operation the control plane bound to one of this session's idle streams."""
+        if self._supervisor is not None:
+            await self._supervisor.operate(first, call)
+        else:
+            why = "this runner has no sandbox backend (run it with --backend local, as root)"
+            await refuse_operation(first, call, why)
 
     def _own_credential(self) -> str:
         if self._credential is None:
             raise ConnectionError("not registered with the control plane yet")
         return self._credential
-
-    async def _dial_exec(self, stream_id: str) -> ExecCall:
-        credential = self._own_credential()
-        return await dial_exec(self._live_channel(), stream_id, self._runner_id, credential)
-
-    async def _dial_logs(self, stream_id: str) -> LogsCall:
-        credential = self._own_credential()
-        return await dial_logs(self._live_channel(), stream_id, self._runner_id, credential)
 
     async def _await_registered(self, stream: ControlStream) -> runner_pb2.Registered:
         message = await stream.receive()
@@ -550,10 +556,7 @@ class RunnerAgent:
                 self._supervisor.handle(message.command, reply=stream.send)
             else:
                 why = "this runner has no sandbox backend (run it with --backend local, as root)"
-                refusal = refuse_command(
-                    message.command, stream.send, self._dial_exec, why, logs_dialer=self._dial_logs
-                )
-                self._spawn(refusal)
+                self._spawn(refuse_command(message.command, stream.send, why))
         else:
             _log.warning("runner %s ignoring unknown control message %r", self._runner_id, kind)
 

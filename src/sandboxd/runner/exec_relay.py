@@ -1,17 +1,19 @@
-"""One exec's bytes between a backend process and the control plane's ``RunnerService.Exec``.
+"""One exec's bytes between a backend process and the control plane, on an ``Operate`` call.
 
-Why a call per exec: runners only dial out, so for each ``OpenExec`` the runner dials
-``Exec`` on the channel it already has and greets with ``hello``; each exec is then its own
-HTTP/2 stream, and a slow reader of one exec never stalls another exec or the control
-stream (rule 2 of DESIGN.md). Every send is awaited, so HTTP/2 flow control slows the
-process down (its pipe fills) instead of the runner dropping or hoarding output.
+Why a call per exec: each exec is its own HTTP/2 stream, so a slow reader of one exec never
+stalls another exec or the control stream (rule 2 of DESIGN.md). The runner opens these
+calls ahead of need (:mod:`sandboxd.runner.operations`), so the control plane binds an exec
+with one write and no dial-back round trip. Every send is awaited, so HTTP/2 flow control
+slows the process down (its pipe fills) instead of the runner dropping or hoarding output.
 
-Frame order follows v1beta2.md §5.2: ``ready`` as soon as the process runs, ``output`` as
-it is produced, ``exit`` last, after all output. Problems found after the stream exists
-(sandbox gone or stopped, bad argv) become one in-band ``error`` frame, which clients turn
-into a typed exception. Stdin ends on ``close`` (the control plane turns a client's
-half-close into one). If the call ends, fails or is cancelled before ``exit``, the process is
-killed: nobody is left to read its output.
+Frame order follows v1beta2.md §5.2, minus ``ready``, which the control plane sends itself
+as soon as the exec is bound (stdin sent before the process runs waits in flow control):
+``output`` as it is produced, ``exit`` last, after all output. Problems found after the
+stream exists (sandbox gone or stopped, bad argv) become one in-band ``error`` frame, which
+clients turn into a typed exception. Stdin ends on ``close`` (the control plane turns a
+client's half-close into one) or at once when the open says ``stdin_closed``. If the call
+ends, fails or is cancelled before ``exit``, the process is killed: nobody is left to read
+its output.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend, ExecSession
 from sandboxd.backends.errors import (
     BackendError,
@@ -36,13 +37,11 @@ from sandboxd.backends.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runner.stream import bearer
 
 __all__ = [
     "CALL_ERRORS",
-    "ExecCall",
-    "ExecDialer",
-    "dial_exec",
+    "OperateCall",
+    "end_call",
     "error_frame",
     "refuse_exec",
     "relay_exec",
@@ -50,13 +49,12 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-ExecCall = grpc.aio.StreamStreamCall[runner_pb2.ExecUpstream, streaming_pb2.ExecStreamRequest]
-# Opens RunnerService.Exec for a stream id and sends the hello frame.
-ExecDialer = Callable[[str], Awaitable[ExecCall]]
+# One bound ``RunnerService.Operate`` call: the runner writes OperationUp, reads OperationDown.
+OperateCall = grpc.aio.StreamStreamCall[runner_pb2.OperationUp, runner_pb2.OperationDown]
 
 # What a write or read on a call that failed, finished or was cancelled may raise.
 CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
-# After ``exit`` the control plane ends the call; give it this long before cancelling.
+# After the last frame the control plane ends the call; give it this long before cancelling.
 END_OF_CALL_TIMEOUT = 10.0
 MAX_FRAME_BYTES = 1 << 20
 _STREAM_TYPES = {
@@ -71,61 +69,30 @@ def _now() -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def error_frame(code: str, message: str) -> runner_pb2.ExecUpstream:
+def _up(response: streaming_pb2.ExecStreamResponse) -> runner_pb2.OperationUp:
+    return runner_pb2.OperationUp(exec=response)
+
+
+def error_frame(code: str, message: str) -> runner_pb2.OperationUp:
     """A terminal in-band error (``code`` like ``SANDBOX_NOT_RUNNING``)."""
     error = streaming_pb2.ExecStreamError(code=code, message=message)
-    return runner_pb2.ExecUpstream(response=streaming_pb2.ExecStreamResponse(error=error))
+    return _up(streaming_pb2.ExecStreamResponse(error=error))
 
 
-async def dial_exec(
-    channel: grpc.aio.Channel, stream_id: str, runner_id: str, credential: str
-) -> ExecCall:
-    """Open ``Exec`` on ``channel`` with the runner's credential and greet.
-
-    This is the :data:`ExecDialer` the agent provides.
-    """
-    stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call = cast(ExecCall, stub.Exec(metadata=bearer(credential)))
-    await greet(call, runner_pb2.ExecUpstream(hello=hello(stream_id, runner_id)))
-    return call
-
-
-def hello(stream_id: str, runner_id: str) -> runner_pb2.ExecUpstream.Hello:
-    """The first frame of every per-stream RPC a runner dials (Exec, Logs)."""
-    return runner_pb2.ExecUpstream.Hello(stream_id=stream_id, runner_id=runner_id)
-
-
-async def greet(call: Any, first_frame: Any) -> None:
-    """Send the hello frame on a freshly dialled call; cancel the call if that fails."""
-    try:
-        await call.write(first_frame)
-    except BaseException:
-        call.cancel()
-        raise
-
-
-async def _end_call(call: ExecCall) -> None:
+async def end_call(call: Any) -> None:
     """Half-close, then let the control plane end the call so our last frames arrive."""
     with contextlib.suppress(TimeoutError, *CALL_ERRORS):
         await call.done_writing()
         async with asyncio.timeout(END_OF_CALL_TIMEOUT):
-            while isinstance(await call.read(), streaming_pb2.ExecStreamRequest):
+            while isinstance(await call.read(), runner_pb2.OperationDown):
                 pass  # anything else is grpc.aio.EOF (which the type stubs do not export)
 
 
-async def refuse_exec(dialer: ExecDialer, stream_id: str, code: str, message: str) -> None:
-    """Dial the exec stream only to report why no process was started."""
-    try:
-        call = await dialer(stream_id)
-    except Exception as exc:  # the control plane gives up on the attach by itself
-        _log.info("cannot open exec stream %s to refuse it: %s", stream_id, exc)
-        return
-    try:
-        with contextlib.suppress(*CALL_ERRORS):
-            await call.write(error_frame(code, message))
-        await _end_call(call)
-    finally:
-        call.cancel()
+async def refuse_exec(call: OperateCall, code: str, message: str) -> None:
+    """Report on the exec's call why no process was started."""
+    with contextlib.suppress(*CALL_ERRORS):
+        await call.write(error_frame(code, message))
+    await end_call(call)
 
 
 def _error_code(exc: BackendError) -> str:
@@ -140,13 +107,8 @@ def _error_code(exc: BackendError) -> str:
     return "EXEC_FAILED"
 
 
-async def relay_exec(backend: Backend, command: runner_pb2.OpenExec, dialer: ExecDialer) -> None:
-    """Start ``command`` in its sandbox and relay it over a fresh Exec call until it exits."""
-    try:
-        call = await dialer(command.stream_id)
-    except Exception as exc:
-        _log.warning("exec %s: cannot open the exec stream: %s", command.stream_id, exc)
-        return
+async def relay_exec(backend: Backend, command: runner_pb2.OpenExec, call: OperateCall) -> None:
+    """Start ``command`` in its sandbox and relay it over its bound call until it exits."""
     try:
         tty_size = None
         if command.tty and command.tty_width and command.tty_height:
@@ -160,12 +122,12 @@ async def relay_exec(backend: Backend, command: runner_pb2.OpenExec, dialer: Exe
                 tty_size=tty_size,
             )
         except BackendError as exc:
-            with contextlib.suppress(*CALL_ERRORS):
-                await call.write(error_frame(_error_code(exc), str(exc)))
-            await _end_call(call)
+            await refuse_exec(call, _error_code(exc), str(exc))
             return
         try:
-            await _relay(call, session, command.stream_id)
+            if command.stdin_closed:
+                await session.close_stdin()
+            await _relay(call, session, command.stream_id, stdin_open=not command.stdin_closed)
         finally:
             await session.close()  # kills the process if it still runs
     except CALL_ERRORS as exc:
@@ -174,13 +136,11 @@ async def relay_exec(backend: Backend, command: runner_pb2.OpenExec, dialer: Exe
         call.cancel()
 
 
-async def _relay(call: ExecCall, session: ExecSession, stream_id: str) -> None:
-    ready = streaming_pb2.StreamingExecReady(ready_at=_now(), session_id=stream_id)
-    await call.write(
-        runner_pb2.ExecUpstream(response=streaming_pb2.ExecStreamResponse(ready=ready))
-    )
+async def _relay(call: OperateCall, session: ExecSession, stream_id: str, stdin_open: bool) -> None:
     output = asyncio.create_task(_pump_output(call, session), name=f"exec-out-{stream_id}")
-    inputs = asyncio.create_task(_pump_input(call, session), name=f"exec-in-{stream_id}")
+    inputs = asyncio.create_task(
+        _pump_input(call, session, stdin_open), name=f"exec-in-{stream_id}"
+    )
     try:
         await asyncio.wait({output, inputs}, return_when=asyncio.FIRST_COMPLETED)
         if not output.done():
@@ -193,9 +153,7 @@ async def _relay(call: ExecCall, session: ExecSession, stream_id: str) -> None:
         exit_frame = streaming_pb2.ExecStreamExit(
             exit_code=await session.wait(), completed_at=_now()
         )
-        await call.write(
-            runner_pb2.ExecUpstream(response=streaming_pb2.ExecStreamResponse(exit=exit_frame))
-        )
+        await call.write(_up(streaming_pb2.ExecStreamResponse(exit=exit_frame)))
         with contextlib.suppress(TimeoutError, *CALL_ERRORS):
             await call.done_writing()
             # The control plane ends the call once it has the exit frame.
@@ -207,28 +165,29 @@ async def _relay(call: ExecCall, session: ExecSession, stream_id: str) -> None:
         await asyncio.gather(output, inputs, return_exceptions=True)
 
 
-async def _pump_output(call: ExecCall, session: ExecSession) -> None:
+async def _pump_output(call: OperateCall, session: ExecSession) -> None:
     async for chunk in session:
         stream_type = _STREAM_TYPES[chunk.stream]
         for start in range(0, len(chunk.data), MAX_FRAME_BYTES):
             data = chunk.data[start : start + MAX_FRAME_BYTES]
             frame = streaming_pb2.ExecStreamOutput(stream_type=stream_type, data=data)
-            await call.write(
-                runner_pb2.ExecUpstream(response=streaming_pb2.ExecStreamResponse(output=frame))
-            )
+            await call.write(_up(streaming_pb2.ExecStreamResponse(output=frame)))
 
 
-async def _pump_input(call: ExecCall, session: ExecSession) -> None:
+async def _pump_input(call: OperateCall, session: ExecSession, stdin_open: bool) -> None:
     """Control-plane frames to the process, until the call ends.
 
     The client's half-close reaches us as a ``close`` frame (the control plane translates
     it), so the end of *this* call means the whole exec is over on the control plane's side.
+    Anything but ``input`` after the open is a control-plane bug and is ignored.
     """
-    stdin_open = True
     while True:
-        request = await call.read()
-        if not isinstance(request, streaming_pb2.ExecStreamRequest):  # grpc.aio.EOF
+        frame = await call.read()
+        if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
             return
+        if frame.WhichOneof("frame") != "input":
+            continue
+        request = frame.input
         kind = request.WhichOneof("request")
         if kind == "stdin" and stdin_open:
             await session.write_stdin(request.stdin.data)

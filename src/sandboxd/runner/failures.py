@@ -31,8 +31,8 @@ from sandboxd.backends.errors import (
     SandboxNotRunning,
     SandboxStartError,
 )
-from sandboxd.runner.exec_relay import ExecDialer, refuse_exec
-from sandboxd.runner.log_relay import LogsDialer, refuse_logs
+from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec
+from sandboxd.runner.log_relay import refuse_logs
 
 __all__ = [
     "CommandFailed",
@@ -41,6 +41,7 @@ __all__ = [
     "from_backend_error",
     "invalid_argument",
     "refuse_command",
+    "refuse_operation",
     "sandbox_not_found",
     "sandbox_not_running",
 ]
@@ -169,28 +170,29 @@ def from_backend_error(
 async def refuse_command(
     command: runner_pb2.Command,
     reply: Callable[[runner_pb2.RunnerMessage], Awaitable[None]],
-    dialer: ExecDialer,
     why: str,
-    *,
-    logs_dialer: LogsDialer | None = None,
 ) -> None:
-    """Answer a command that this runner cannot run at all (no backend) with BACKEND_UNAVAILABLE.
-
-    An exec or a log stream still gets its stream dialled, so the client sees the reason
-    in-band at once instead of the control plane waiting for an attach that never comes.
-    """
+    """Answer a command that this runner cannot run at all (no backend) with BACKEND_UNAVAILABLE."""
     try:
-        kind = command.WhichOneof("action")
-        if kind == "exec":
-            await refuse_exec(dialer, command.exec.stream_id, "BACKEND_UNAVAILABLE", why)
-            return
-        if kind == "logs":
-            if logs_dialer is not None:
-                await refuse_logs(logs_dialer, command.logs.stream_id, "BACKEND_UNAVAILABLE", why)
-            return
         result = runner_pb2.CommandResult(
             request_id=command.request_id, failure=backend_unavailable(why)
         )
         await reply(runner_pb2.RunnerMessage(result=result))
     except Exception as exc:  # the connection is gone; the control plane fails the call
         _log.info("could not refuse command %s: %s", command.request_id, exc)
+
+
+async def refuse_operation(first: runner_pb2.OperationDown, call: OperateCall, why: str) -> None:
+    """Answer an operation this runner cannot run at all (no backend), in-band, at once."""
+    kind = first.WhichOneof("frame")
+    if kind == "exec":
+        await refuse_exec(call, "BACKEND_UNAVAILABLE", why)
+    elif kind == "logs":
+        await refuse_logs(call, "BACKEND_UNAVAILABLE", why)
+    else:
+        done = runner_pb2.FileDone(failure=backend_unavailable(why))
+        try:
+            await call.write(runner_pb2.OperationUp(done=done))
+        except CALL_ERRORS as exc:
+            _log.info("could not refuse a file operation: %s", exc)
+        await end_call(call)

@@ -1,9 +1,9 @@
-"""One log stream between a backend's log and the control plane's ``RunnerService.Logs``.
+"""One log stream between a backend's log and the control plane, on an ``Operate`` call.
 
-Why a call per stream, as for exec: runners only dial out, so for each ``OpenLogs`` the runner
-dials ``Logs`` on the channel it already has and greets with ``hello``; a long follow is then
-its own HTTP/2 stream and never blocks the control stream or another operation (rule 2 of
-DESIGN.md). Every write is awaited, so a slow client slows the reading of the log down
+Why a call per stream, as for exec: a long follow is its own HTTP/2 stream and never blocks
+the control stream or another operation (rule 2 of DESIGN.md); the runner opened the call
+ahead of need (:mod:`sandboxd.runner.operations`) and the control plane bound it with
+``OpenLogs``. Every write is awaited, so a slow client slows the reading of the log down
 instead of the runner hoarding it.
 
 The runner does the real work of §7 (:mod:`sandboxd.runner.log_stream`: tail, since, line
@@ -19,17 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import cast
-
-import grpc
-import grpc.aio
 
 from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, BackendUnavailable, SandboxNotFound
-from sandboxd.runner.exec_relay import CALL_ERRORS, END_OF_CALL_TIMEOUT, greet, hello
+from sandboxd.runner.exec_relay import CALL_ERRORS, END_OF_CALL_TIMEOUT, OperateCall, end_call
 from sandboxd.runner.log_stream import (
     InvalidResumeOffset,
     LogCursor,
@@ -37,15 +32,10 @@ from sandboxd.runner.log_stream import (
     session_frames,
     tail_start,
 )
-from sandboxd.runner.stream import bearer
 
-__all__ = ["LogsCall", "LogsDialer", "dial_logs", "refuse_logs", "relay_logs"]
+__all__ = ["refuse_logs", "relay_logs"]
 
 _log = logging.getLogger(__name__)
-
-LogsCall = grpc.aio.StreamStreamCall[runner_pb2.LogsUpstream, runner_pb2.LogsControl]
-# Opens RunnerService.Logs for a stream id and sends the hello frame.
-LogsDialer = Callable[[str], Awaitable[LogsCall]]
 
 Response = streaming_pb2.LogStreamResponse
 
@@ -58,49 +48,19 @@ class _Refused(Exception):
         self.code = code
 
 
-async def dial_logs(
-    channel: grpc.aio.Channel, stream_id: str, runner_id: str, credential: str
-) -> LogsCall:
-    """Open ``Logs`` on ``channel`` with the runner's credential and greet.
-
-    This is the :data:`LogsDialer` the agent provides.
-    """
-    stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call = cast(LogsCall, stub.Logs(metadata=bearer(credential)))
-    await greet(call, runner_pb2.LogsUpstream(hello=hello(stream_id, runner_id)))
-    return call
-
-
-async def _write(call: LogsCall, response: Response) -> None:
-    await call.write(runner_pb2.LogsUpstream(response=response))
-
-
-async def _finish(call: LogsCall) -> None:
-    """Half-close, then let the control plane end the call so our last frames arrive."""
-    with contextlib.suppress(TimeoutError, *CALL_ERRORS):
-        await call.done_writing()
-        async with asyncio.timeout(END_OF_CALL_TIMEOUT):
-            while isinstance(await call.read(), runner_pb2.LogsControl):
-                pass  # anything else is grpc.aio.EOF
+async def _write(call: OperateCall, response: Response) -> None:
+    await call.write(runner_pb2.OperationUp(logs=response))
 
 
 def _error(code: str, message: str) -> Response:
     return Response(error=streaming_pb2.LogStreamError(code=code, message=message))
 
 
-async def refuse_logs(dialer: LogsDialer, stream_id: str, code: str, message: str) -> None:
-    """Dial the log stream only to report why no logs can be served."""
-    try:
-        call = await dialer(stream_id)
-    except Exception as exc:  # the control plane gives up on the attach by itself
-        _log.info("cannot open log stream %s to refuse it: %s", stream_id, exc)
-        return
-    try:
-        with contextlib.suppress(*CALL_ERRORS):
-            await _write(call, _error(code, message))
-        await _finish(call)
-    finally:
-        call.cancel()
+async def refuse_logs(call: OperateCall, code: str, message: str) -> None:
+    """Report on the log stream's call why no logs can be served."""
+    with contextlib.suppress(*CALL_ERRORS):
+        await _write(call, _error(code, message))
+    await end_call(call)
 
 
 # Chunk times are microseconds in a float; a client that passes back a line's own time as
@@ -145,7 +105,7 @@ def _backend_refusal(exc: BackendError, sandbox_id: str) -> _Refused:
     return _Refused("LOGS_FAILED", f"reading the logs failed: {exc}")
 
 
-async def _serve(backend: Backend, command: runner_pb2.OpenLogs, call: LogsCall) -> None:
+async def _serve(backend: Backend, command: runner_pb2.OpenLogs, call: OperateCall) -> None:
     """Write the session's data frames, then ``complete`` (or one ``error``)."""
     sid = command.sandbox_id
     try:
@@ -180,20 +140,15 @@ async def _serve(backend: Backend, command: runner_pb2.OpenLogs, call: LogsCall)
     await _write(call, final)
 
 
-async def _until_call_ends(call: LogsCall) -> None:
-    """Return when the control plane ends the call (nothing is ever sent down)."""
+async def _until_call_ends(call: OperateCall) -> None:
+    """Return when the control plane ends the call (nothing is sent down after the open)."""
     with contextlib.suppress(*CALL_ERRORS):
-        while isinstance(await call.read(), runner_pb2.LogsControl):
+        while isinstance(await call.read(), runner_pb2.OperationDown):
             pass
 
 
-async def relay_logs(backend: Backend, command: runner_pb2.OpenLogs, dialer: LogsDialer) -> None:
-    """Serve one ``OpenLogs`` over a fresh Logs call until complete or the call ends."""
-    try:
-        call = await dialer(command.stream_id)
-    except Exception as exc:
-        _log.warning("logs %s: cannot open the log stream: %s", command.stream_id, exc)
-        return
+async def relay_logs(backend: Backend, command: runner_pb2.OpenLogs, call: OperateCall) -> None:
+    """Serve one ``OpenLogs`` over its bound call until complete or the call ends."""
     writer = asyncio.create_task(_serve(backend, command, call), name="logs-writer")
     ender = asyncio.create_task(_until_call_ends(call), name="logs-end")
     try:

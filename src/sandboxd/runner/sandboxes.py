@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandboxd.runner.exec_relay import ExecCall, ExecDialer, dial_exec
 from sandboxd.runner.supervisor import SandboxSupervisor, Send
 
 if TYPE_CHECKING:
@@ -25,13 +24,10 @@ if TYPE_CHECKING:
     from sandboxd.runner.capacity import HostReserve
 
 __all__ = [
-    "ExecCall",
-    "ExecDialer",
     "SandboxSupervisor",
     "Send",
     "build_local_backend",
     "build_runner_backend",
-    "dial_exec",
 ]
 
 

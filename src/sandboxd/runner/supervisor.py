@@ -1,4 +1,4 @@
-"""Commands from the control plane, run against a backend: start, stop, delete, files, exec, logs.
+"""The control plane's work, run against a backend: lifecycle commands and operations.
 
 Why it is shaped this way:
 
@@ -14,9 +14,11 @@ Why it is shaped this way:
   connection, so each result is sent on the connection that carried its command (``reply``);
   a connection that is gone by then simply loses it, as the control plane has already
   failed that call.
-* **Logs need no lock and no running sandbox.** A log stream reads what the backend keeps
-  (also after the main process ended, until the sandbox is destroyed), so it goes straight
-  to ``log_relay`` in its own task, like an exec.
+* **Operations (exec, logs, files) arrive on streams of their own** (``operations.py``),
+  bound by the control plane with their first frame, never on the control stream; each runs
+  in its stream's task and takes no lifecycle lock. A log stream reads what the backend
+  keeps (also after the main process ended, until the sandbox is destroyed), so it needs no
+  running sandbox.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,9 @@ from sandboxd.runner.exec_limits import (
     raise_nofile_limit,
     runner_exec_budget,
 )
-from sandboxd.runner.exec_relay import ExecDialer, refuse_exec, relay_exec
+from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
-from sandboxd.runner.log_relay import LogsDialer, relay_logs
+from sandboxd.runner.log_relay import refuse_logs, relay_logs
 from sandboxd.runner.recent_ids import RecentIds
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
@@ -71,16 +73,20 @@ _log = logging.getLogger(__name__)
 
 DELETE_STOP_GRACE_SECONDS = 5.0
 OPENED_STREAMS_REMEMBERED = 4096
-"""Exec and log stream ids remembered, so a resent open runs nothing twice."""
+"""Operation stream ids remembered, so an open bound again runs nothing twice."""
+_RUN_ONCE = "it was bound again after its first stream was lost, and may have run already"
+
+
+class _WriteCut(Exception):
+    """The control plane's side of a file write ended before its ``end`` frame."""
 
 
 class SandboxSupervisor(SandboxTable):
     """Runs the control plane's commands against one backend; see the module docstring.
 
     ``send`` delivers events (and results when no ``reply`` is given) on the current
-    connection; ``exec_dialer`` opens ``RunnerService.Exec`` for a stream id, hello sent, and
-    ``logs_dialer`` likewise ``RunnerService.Logs`` (None: log requests go unanswered, and the
-    control plane reports the runner unavailable for them).
+    connection; :meth:`operate` runs an operation bound to one of the runner's ``Operate``
+    calls (the agent's pool hands them over).
     ``records_dir`` keeps the runner's per-sandbox policy across restarts (None: memory).
     ``public_host`` names this host in ``service_address`` for ports published on every
     interface (default: the hostname). Sandboxes that ended are destroyed after
@@ -97,12 +103,10 @@ class SandboxSupervisor(SandboxTable):
         backend: Backend,
         ledger: ReservationLedger,
         send: Send,
-        exec_dialer: ExecDialer,
         *,
         records_dir: Path | None = None,
         public_host: str | None = None,
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
-        logs_dialer: LogsDialer | None = None,
         control_plane: str | None = None,
         max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
         egress_blocked: tuple[str, ...] = (),
@@ -114,8 +118,6 @@ class SandboxSupervisor(SandboxTable):
             records_dir=records_dir,
             retain_exited_seconds=retain_exited_seconds,
         )
-        self._dial = exec_dialer
-        self._dial_logs = logs_dialer
         self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
@@ -151,24 +153,46 @@ class SandboxSupervisor(SandboxTable):
         return self._warm.states()
 
     def handle(self, command: runner_pb2.Command, reply: Send | None = None) -> None:
-        """Run ``command`` in its own task; its result goes to ``reply`` (default: ``send``).
-
-        An exec or log stream id seen before is ignored: the control plane sends an open
-        again on the runner's next connection when the one it first used died before the
-        stream attached, and the first may have arrived after all. Running a command twice
-        is never right.
-        """
+        """Run ``command`` in its own task; its result goes to ``reply`` (default: ``send``)."""
         kind = command.WhichOneof("action")
-        if kind in ("exec", "logs") and self._opened.seen(getattr(command, kind).stream_id):
-            return
+        self._spawn(self._answer(command, reply or self._send), f"command-{kind}")
+
+    async def operate(self, first: runner_pb2.OperationDown, call: OperateCall) -> None:
+        """Run the operation bound to ``call`` by its ``first`` frame, until it is over.
+
+        A stream id seen before is refused: the control plane binds an operation again on
+        the runner's next connection when the stream it first used died before the runner
+        answered, and the first may have arrived after all. Running it twice is never right.
+        It runs in a task of the supervisor's, so :meth:`close` ends it (and kills an exec).
+        """
+        kind = first.WhichOneof("frame")
+        await self._spawn(self._operate(first, call), f"operation-{kind}")
+
+    async def _operate(self, first: runner_pb2.OperationDown, call: OperateCall) -> None:
+        kind = first.WhichOneof("frame")
         if kind == "exec":
-            self._spawn(self._exec(command.exec), f"exec-{command.exec.stream_id}")
+            if self._opened.seen(first.exec.stream_id):
+                await refuse_exec(call, "RUNNER_UNAVAILABLE", f"exec not run: {_RUN_ONCE}")
+            else:
+                await self._exec(first.exec, call)
         elif kind == "logs":
-            if self._dial_logs is not None:
-                task = relay_logs(self._backend, command.logs, self._dial_logs)
-                self._spawn(task, f"logs-{command.logs.stream_id}")
+            if self._opened.seen(first.logs.stream_id):
+                await refuse_logs(call, "RUNNER_UNAVAILABLE", f"logs not served: {_RUN_ONCE}")
+            else:
+                await relay_logs(self._backend, first.logs, call)
+        elif kind in ("write_file", "read_file"):
+            op = getattr(first, kind)
+            if self._opened.seen(op.stream_id):
+                message = f"file operation not run: {_RUN_ONCE}"
+                fail = failure(grpc.StatusCode.UNAVAILABLE, "CWSANDBOX_RUNNER_UNAVAILABLE", message)
+                await self._file_done(call, runner_pb2.FileDone(failure=fail))
+            elif kind == "write_file":
+                await self._write_file(first.write_file, call)
+            else:
+                await self._read_file(first.read_file, call)
         else:
-            self._spawn(self._answer(command, reply or self._send), f"command-{kind}")
+            _log.warning("operation stream bound with %r first; ended", kind)
+            call.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
@@ -198,11 +222,6 @@ class SandboxSupervisor(SandboxTable):
                 result.done.SetInParent()
             elif kind == "snapshot":
                 result.snapshot.sandboxes.extend(self.snapshot())
-            elif kind == "write_file":
-                await self._write_file(command.write_file)
-                result.done.SetInParent()
-            elif kind == "read_file":
-                result.file.contents = await self._read_file(command.read_file)
             else:
                 raise CommandFailed(
                     failure(grpc.StatusCode.UNIMPLEMENTED, "", f"unknown command {kind!r}")
@@ -354,57 +373,95 @@ class SandboxSupervisor(SandboxTable):
         finally:
             sb.ops.release()
 
-    async def _write_file(self, command: runner_pb2.WriteFile) -> None:
-        self._require(command.sandbox_id, running=True)
-        _check_path(command.path)
-        try:
-            await self._backend.write_file(
-                command.sandbox_id, command.path, command.contents, make_parents=True
-            )
-        except BackendError as exc:
-            raise CommandFailed(
-                from_backend_error(exc, command.sandbox_id, path=command.path)
-            ) from None
+    @staticmethod
+    async def _file_done(call: OperateCall, done: runner_pb2.FileDone) -> None:
+        with contextlib.suppress(*CALL_ERRORS):
+            await call.write(runner_pb2.OperationUp(done=done))
+        await end_call(call)
 
-    async def _read_file(self, command: runner_pb2.ReadFile) -> bytes:
-        self._require(command.sandbox_id, running=True)
-        _check_path(command.path)
-        if command.max_bytes < 0:
-            raise failures.invalid_argument("max_bytes", "must not be negative")
+    async def _write_file(self, command: runner_pb2.OpenFileWrite, call: OperateCall) -> None:
+        """Write the ``data`` frames into the file in constant memory; answer one ``done``."""
+        sid, path = command.sandbox_id, command.path
         try:
-            return await self._backend.read_file(
-                command.sandbox_id, command.path, max_bytes=command.max_bytes or None
+            self._require(sid, running=True)
+            _check_path(path)
+            size = await self._backend.write_file_stream(
+                sid, path, _data_frames(call), make_parents=True
             )
+            done = runner_pb2.FileDone(size=size)
+        except CommandFailed as exc:
+            done = runner_pb2.FileDone(failure=exc.failure)
         except BackendError as exc:
-            raise CommandFailed(
-                from_backend_error(exc, command.sandbox_id, path=command.path)
-            ) from None
+            done = runner_pb2.FileDone(failure=from_backend_error(exc, sid, path=path))
+        except (_WriteCut, *CALL_ERRORS) as exc:
+            _log.info("write of %s in %s: the stream ended early (%s)", path, sid, exc)
+            return
+        await self._file_done(call, done)
 
-    async def _exec(self, command: runner_pb2.OpenExec) -> None:
+    async def _read_file(self, command: runner_pb2.OpenFileRead, call: OperateCall) -> None:
+        """``opened``, the file's bytes as ``data`` frames, then ``done`` (or its failure)."""
+        sid, path = command.sandbox_id, command.path
+        sent = 0
+        try:
+            self._require(sid, running=True)
+            _check_path(path)
+            if command.max_bytes < 0:
+                raise failures.invalid_argument("max_bytes", "must not be negative")
+            reader = await self._backend.open_file(sid, path, max_bytes=command.max_bytes or None)
+            async with contextlib.aclosing(reader):
+                opened = runner_pb2.FileOpened(size=reader.size)
+                await call.write(runner_pb2.OperationUp(opened=opened))
+                async for chunk in reader:
+                    await call.write(runner_pb2.OperationUp(data=chunk))
+                    sent += len(chunk)
+            done = runner_pb2.FileDone(size=sent)
+        except CommandFailed as exc:
+            done = runner_pb2.FileDone(size=sent, failure=exc.failure)
+        except BackendError as exc:
+            done = runner_pb2.FileDone(size=sent, failure=from_backend_error(exc, sid, path=path))
+        except CALL_ERRORS as exc:
+            _log.info("read of %s in %s: the stream ended early (%s)", path, sid, exc)
+            return
+        await self._file_done(call, done)
+
+    async def _exec(self, command: runner_pb2.OpenExec, call: OperateCall) -> None:
         try:
             self._require(command.sandbox_id, running=True)
         except CommandFailed as exc:
             code = exc.failure.reason.removeprefix("CWSANDBOX_")
-            await refuse_exec(self._dial, command.stream_id, code, exc.failure.message)
+            await refuse_exec(call, code, exc.failure.message)
             return
         if not command.command:
-            await refuse_exec(
-                self._dial, command.stream_id, "INVALID_ARGUMENT", "command must not be empty"
-            )
+            await refuse_exec(call, "INVALID_ARGUMENT", "command must not be empty")
             return
         try:
             check_runner_exec(command)  # so a control plane bug cannot overrun the agent
         except LimitExceeded as exc:
-            await refuse_exec(self._dial, command.stream_id, "INVALID_ARGUMENT", str(exc))
+            await refuse_exec(call, "INVALID_ARGUMENT", str(exc))
             return
         refusal = self._exec_slots.acquire(command.sandbox_id)
         if refusal is not None:
-            await refuse_exec(self._dial, command.stream_id, *refusal)
+            await refuse_exec(call, *refusal)
             return
         try:
-            await relay_exec(self._backend, command, self._dial)
+            await relay_exec(self._backend, command, call)
         finally:
             self._exec_slots.release(command.sandbox_id)
+
+
+async def _data_frames(call: OperateCall) -> AsyncIterator[bytes]:
+    """A file write's bytes, frame by frame, until its ``end``; :class:`_WriteCut` if none."""
+    while True:
+        frame = await call.read()
+        if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
+            raise _WriteCut("the stream ended before the end of the data")
+        kind = frame.WhichOneof("frame")
+        if kind == "data":
+            yield frame.data
+        elif kind == "end":
+            return
+        else:
+            raise _WriteCut(f"a {kind!r} frame in the middle of the data")
 
 
 def _check_path(path: str) -> None:

@@ -1,33 +1,27 @@
-"""Operations sent on a runner connection that dies are sent again on the next one.
+"""Operations bound to a runner connection that dies are bound again on the next one.
 
-The scenario is the one after a partition heals: the control plane's sends on the old
+The scenario is the one after a partition heals: the control plane's writes on the old
 connection are stuck until keepalive closes it, and the runner redials a second later. Real
-registry, links, sessions and lifecycle; the runner is played by the test (what it reads
-from the link's outbox, what it answers).
+registry, links and operations; the runner's ``Operate`` handlers are played by the test
+(what it offers, what it reads, what it answers).
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
+from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
-from sandboxd.controlplane import exec_bridge
-from sandboxd.controlplane.exec_bridge import StreamSessions
-from sandboxd.controlplane.lifecycle import Lifecycle
-from sandboxd.controlplane.quotas import Quotas
-from sandboxd.controlplane.reconciler import Reconcilers
+from sandboxd.controlplane import operations as ops_module
+from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.registry import RunnerRegistry
-from sandboxd.controlplane.runner_link import RunnerLink
-from sandboxd.controlplane.sandbox_model import Observed, SandboxRecord
-from sandboxd.controlplane.sandbox_records import SandboxRecords
-from sandboxd.controlplane.streaming import open_on_runner
+from sandboxd.controlplane.runner_link import IdleStream, RunnerLink
 from sandboxd.errors import ApiError
 from sandboxd.runner.recent_ids import RecentIds
-from sandboxd.store import Store
 
 
 def connect(registry: RunnerRegistry, runner_id: str = "r1") -> tuple[RunnerLink, int]:
@@ -40,126 +34,153 @@ def connect(registry: RunnerRegistry, runner_id: str = "r1") -> tuple[RunnerLink
     return state.link, connection
 
 
-async def next_command(link: RunnerLink) -> runner_pb2.Command:
-    async with asyncio.timeout(5):
-        message = await link.outbox.get()
-    assert message is not None, "the link closed"
-    return message.command
+class Handler:
+    """One ``Operate`` handler: what the control plane sent down, and answers to send up."""
+
+    def __init__(self, link: RunnerLink) -> None:
+        stream = link.offer()
+        assert stream is not None
+        self.stream: IdleStream = stream
+        self.down: list[runner_pb2.OperationDown] = []
+        self.up: asyncio.Queue[runner_pb2.OperationUp | None] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _frames(self) -> AsyncIterator[bytes]:
+        while (frame := await self.up.get()) is not None:
+            yield frame.SerializeToString()  # the control plane reads them encoded
+
+    async def _run(self) -> None:
+        operation = await self.stream.bound
+        if operation is None:
+            return
+        async for frame in operation.serve(self.stream, self._frames()):
+            self.down.append(frame)
+
+    async def opened(self) -> runner_pb2.OperationDown:
+        async with asyncio.timeout(5):
+            while not self.down:
+                await asyncio.sleep(0.01)
+        return self.down[0]
 
 
-def test_an_open_lost_with_its_connection_is_sent_on_the_next_one() -> None:
+def _exit(code: int) -> runner_pb2.OperationUp:
+    exit_frame = streaming_pb2.ExecStreamExit(exit_code=code)
+    return runner_pb2.OperationUp(exec=streaming_pb2.ExecStreamResponse(exit=exit_frame))
+
+
+def _open_exec() -> runner_pb2.OperationDown:
+    return runner_pb2.OperationDown(exec=runner_pb2.OpenExec(sandbox_id="sb-1", command=["true"]))
+
+
+def test_binding_costs_no_round_trip_and_the_open_carries_the_stream_id() -> None:
     async def scenario() -> None:
         registry = RunnerRegistry(load_config(None))
-        sessions = StreamSessions()
-        old, connection = connect(registry)
-        session = sessions.open("r1")
-        command = runner_pb2.Command(
-            exec=runner_pb2.OpenExec(stream_id=session.stream_id, sandbox_id="sb-1")
-        )
-        opening = asyncio.ensure_future(open_on_runner(registry, "r1", old, session, command))
-        first = await next_command(old)  # queued on the old connection, never delivered
-        assert first.exec.stream_id == session.stream_id
-        registry.disconnect("r1", connection)  # keepalive closes it
-        await asyncio.sleep(0.05)
-        assert not opening.done()  # waiting for the runner's next connection, not failing
-        new, _ = connect(registry)  # the runner redials
-        again = await next_command(new)
-        assert again.exec.stream_id == session.stream_id  # the same stream: the runner dedupes
-        assert sessions.attach(session.stream_id, "r1") is session
-        async with asyncio.timeout(2):
-            assert await opening is True
+        operations = Operations(registry)
+        link, _ = connect(registry)
+        handler = Handler(link)
+        operation = await operations.open("r1", link, _open_exec())
+        first = await handler.opened()
+        assert first.exec.stream_id == operation.stream_id
+        handler.up.put_nowait(_exit(3))
+        frame = await operation.receive()
+        assert frame is not None and frame.exec.exit.exit_code == 3
+        operation.close()
+        assert len(operations) == 0
 
     asyncio.run(scenario())
 
 
-def test_an_open_gives_up_when_the_runner_does_not_return(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exec_bridge, "ATTACH_TIMEOUT_SECONDS", 0.3)
-    monkeypatch.setattr("sandboxd.controlplane.streaming.ATTACH_TIMEOUT_SECONDS", 0.3)
+def test_an_operation_lost_with_its_connection_is_bound_on_the_next_one() -> None:
+    async def scenario() -> None:
+        registry = RunnerRegistry(load_config(None))
+        operations = Operations(registry)
+        old, connection = connect(registry)
+        stale = Handler(old)
+        operation = await operations.open("r1", old, _open_exec())
+        assert (await stale.opened()).exec.stream_id == operation.stream_id
+        receiving = asyncio.ensure_future(operation.receive())
+        registry.disconnect("r1", connection)  # keepalive closes it; the handler hangs on
+        await asyncio.sleep(0.05)
+        assert not receiving.done()  # waiting for the runner's next connection, not failing
+        new, _ = connect(registry)  # the runner redials and offers a stream
+        fresh = Handler(new)
+        again = await fresh.opened()
+        assert again.exec.stream_id == operation.stream_id  # the same id: the runner dedupes
+        fresh.up.put_nowait(_exit(0))
+        async with asyncio.timeout(2):
+            frame = await receiving
+        assert frame is not None and frame.exec.WhichOneof("response") == "exit"
+        operation.close()
+        stale.task.cancel()
+        fresh.up.put_nowait(None)
+        await asyncio.gather(stale.task, fresh.task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_an_operation_gives_up_when_the_runner_does_not_return(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ops_module, "BIND_TIMEOUT_SECONDS", 0.3)
 
     async def scenario() -> None:
         registry = RunnerRegistry(load_config(None))
-        sessions = StreamSessions()
+        operations = Operations(registry)
         link, connection = connect(registry)
-        session = sessions.open("r1")
-        command = runner_pb2.Command(exec=runner_pb2.OpenExec(stream_id=session.stream_id))
-        opening = asyncio.ensure_future(open_on_runner(registry, "r1", link, session, command))
-        await next_command(link)
+        handler = Handler(link)
+        operation = await operations.open("r1", link, _open_exec())
+        await handler.opened()
         registry.disconnect("r1", connection)
         started = asyncio.get_running_loop().time()
-        assert await opening is False
-        assert asyncio.get_running_loop().time() - started < 1.0  # within the attach budget
-
-    asyncio.run(scenario())
-
-
-def test_a_file_read_lost_with_its_connection_is_read_on_the_next_one(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        store = Store.sqlite(tmp_path / "cp.db")
-        registry = RunnerRegistry(load_config(None))
-        records = SandboxRecords(store.sandboxes, registry)
-        lifecycle = Lifecycle(
-            registry, records, Quotas(load_config(None).quotas), Reconcilers(records, registry)
-        )
-        old, connection = connect(registry)
-        record = SandboxRecord(
-            "sb-1", "r1", spec=b"x", observed=Observed.RUNNING, observed_generation=1
-        )
-        await records.add(record)
-        reading = asyncio.ensure_future(lifecycle.read_file(record, "/etc/motd"))
-        first = await next_command(old)
-        while first.WhichOneof("action") != "read_file":  # (a reconciler may ask too)
-            first = await next_command(old)
-        registry.disconnect("r1", connection)  # the answer will never come on it
-        new, _ = connect(registry)
-        again = await next_command(new)
-        while again.WhichOneof("action") != "read_file":
-            again = await next_command(new)
-        assert again.read_file.path == "/etc/motd"
-        new.resolve(
-            runner_pb2.CommandResult(
-                request_id=again.request_id, file=runner_pb2.FileContents(contents=b"hello")
-            )
-        )
-        async with asyncio.timeout(2):
-            assert await reading == b"hello"
-        await lifecycle.reconcilers.close()
-        records.close()
-        store.close()
-
-    asyncio.run(scenario())
-
-
-def test_a_file_read_fails_at_once_when_the_runner_answers_an_error(tmp_path: Path) -> None:
-    """Only a lost connection is retried; a runner's own refusal is the answer."""
-
-    async def scenario() -> None:
-        store = Store.sqlite(tmp_path / "cp.db")
-        registry = RunnerRegistry(load_config(None))
-        records = SandboxRecords(store.sandboxes, registry)
-        lifecycle = Lifecycle(
-            registry, records, Quotas(load_config(None).quotas), Reconcilers(records, registry)
-        )
-        link, _ = connect(registry)
-        record = SandboxRecord(
-            "sb-1", "r1", spec=b"x", observed=Observed.RUNNING, observed_generation=1
-        )
-        await records.add(record)
-        reading = asyncio.ensure_future(lifecycle.read_file(record, "/nope"))
-        command = await next_command(link)
-        while command.WhichOneof("action") != "read_file":
-            command = await next_command(link)
-        link.resolve(
-            runner_pb2.CommandResult(
-                request_id=command.request_id,
-                failure=runner_pb2.Failure(code=5, reason="CWSANDBOX_FILE_NOT_FOUND", message="no"),
-            )
-        )
         with pytest.raises(ApiError) as caught:
-            await reading
-        assert caught.value.reason == "CWSANDBOX_FILE_NOT_FOUND"
-        await lifecycle.reconcilers.close()
-        records.close()
-        store.close()
+            await operation.receive()
+        assert caught.value.reason == "CWSANDBOX_RUNNER_UNAVAILABLE"
+        assert asyncio.get_running_loop().time() - started < 1.0  # within the bind budget
+        operation.close()
+        handler.task.cancel()
+        await asyncio.gather(handler.task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_an_operation_that_was_answered_is_not_bound_again() -> None:
+    """Output already reached the client: running it again would repeat it."""
+
+    async def scenario() -> None:
+        registry = RunnerRegistry(load_config(None))
+        operations = Operations(registry)
+        link, connection = connect(registry)
+        handler = Handler(link)
+        operation = await operations.open("r1", link, _open_exec())
+        await handler.opened()
+        output = streaming_pb2.ExecStreamOutput(data=b"hi")
+        handler.up.put_nowait(
+            runner_pb2.OperationUp(exec=streaming_pb2.ExecStreamResponse(output=output))
+        )
+        assert await operation.receive() is not None
+        registry.disconnect("r1", connection)
+        connect(registry)  # back at once: still not replayed
+        with pytest.raises(ApiError) as caught:
+            async with asyncio.timeout(2):
+                await operation.receive()
+        assert caught.value.reason == "CWSANDBOX_RUNNER_UNAVAILABLE"
+        operation.close()
+        handler.task.cancel()
+        await asyncio.gather(handler.task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_link_holds_at_most_its_idle_limit_and_closing_ends_them() -> None:
+    async def scenario() -> None:
+        link = RunnerLink("r1", idle_limit=2)
+        first, second = link.offer(), link.offer()
+        assert first is not None and second is not None
+        assert link.offer() is None  # RESOURCE_EXHAUSTED for the runner
+        link.close()
+        assert first.bound.result() is None and second.bound.result() is None
+        assert link.offer() is None
+        assert await link.take(0.1) is None
 
     asyncio.run(scenario())
 

@@ -21,7 +21,6 @@ from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane import caller
 from sandboxd.controlplane.caller import RunnerCaller
-from sandboxd.controlplane.exec_bridge import StreamSessions
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.reconciler import Reconcilers
@@ -47,7 +46,7 @@ def service(tmp_path: Path) -> tuple[RunnerService, RunnerRegistry, Reconcilers]
     reconcilers = Reconcilers(records, registry)
     lifecycle = Lifecycle(registry, records, Quotas(load_config(None).quotas), reconcilers)
     identity: Any = None  # a credentialed runner never reaches the identity service
-    runner_service = RunnerService(registry, identity, 0.5, lifecycle, StreamSessions())
+    runner_service = RunnerService(registry, identity, 0.5, lifecycle)
     return runner_service, registry, reconcilers
 
 

@@ -53,7 +53,7 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
     ended: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
     server: grpc.aio.Server | None = None
     port: int = 0
-    # Serves RunnerService.Exec when set (an ExecStandin).
+    # Serves RunnerService.Operate when set (an ExecStandin).
     exec_standin: Any = None
     _pushed: asyncio.Queue[runner_pb2.ControlMessage | None] | None = None
 
@@ -144,11 +144,11 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
         message = runner_pb2.ControlMessage(command=runner_pb2.Command(**command))  # type: ignore[arg-type]
         self._pushed.put_nowait(message)
 
-    async def Exec(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        """Exec streams go to ``exec_standin`` (tests/unit/runner/exec_standin.py) if set."""
+    async def Operate(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        """Operation streams go to ``exec_standin`` (tests/unit/runner/exec_standin.py) if set."""
         if self.exec_standin is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no exec in this test")
-        async for message in self.exec_standin.Exec(request_iterator, context):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no operations in this test")
+        async for message in self.exec_standin.Operate(request_iterator, context):
             yield message
 
 

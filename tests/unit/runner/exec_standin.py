@@ -1,10 +1,12 @@
-"""Test helpers for the supervisor: a real ``RunnerService.Exec`` server and an outbox.
+"""Test helpers for the supervisor: a real ``RunnerService.Operate`` server and an outbox.
 
-:class:`ExecStandin` is an in-process grpc.aio server on 127.0.0.1 that accepts the runner's
-exec streams the way the control plane does: it reads ``hello``, records every response
-frame, lets the test push ``ExecStreamRequest`` frames down, and (like the control plane)
-ends the call once it has seen ``exit`` or ``error``. Log streams likewise: frames are
-recorded, and the call ends after ``complete``/``error`` or when the test ends it. The real
+:class:`ExecStandin` is an in-process grpc.aio server on 127.0.0.1 that binds operations to
+the runner's ``Operate`` calls the way the control plane does: the test names the operation
+(:meth:`ExecStandin.bind`, the first ``OperationDown``), the next idle call receives it, every
+frame the runner sends back is recorded, the test can push input down, and (like the control
+plane) the call ends once ``exit``/``error`` (exec), ``complete``/``error`` (logs) or
+``done`` (files) arrived. Without an agent (a supervisor alone), ``bind`` also plays the
+runner's pool: it opens the call and hands it to :meth:`SandboxSupervisor.operate`. The real
 control plane's side is tested with the control plane; this only pins the runner's half of
 the wire.
 
@@ -26,9 +28,9 @@ import grpc.aio
 from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.images import ImageStore
-from sandboxd.runner.exec_relay import ExecCall, dial_exec
-from sandboxd.runner.log_relay import LogsCall, dial_logs
+from sandboxd.runner.exec_relay import OperateCall
 from sandboxd.runner.resources import Reservation, ReservationLedger
+from sandboxd.runner.stream import bearer
 from sandboxd.runner.supervisor import SandboxSupervisor
 from tests.unit.runner.backend_standin import StandinBackend
 
@@ -41,81 +43,81 @@ def bearer_of(context: Any) -> str:
     return ""
 
 
-Response = streaming_pb2.ExecStreamResponse
 Request = streaming_pb2.ExecStreamRequest
+_LAST = {
+    "exec": ("exit", "error"),
+    "logs": ("complete", "error"),
+}
+
+
+def _payload(kind: str, frame: runner_pb2.OperationUp) -> Any:
+    """What a test looks at: the exec/log response, or the file frame itself."""
+    return getattr(frame, kind) if kind in ("exec", "logs") else frame
+
+
+def _is_last(kind: str, frame: runner_pb2.OperationUp) -> bool:
+    if kind in _LAST:
+        return getattr(frame, kind).WhichOneof("response") in _LAST[kind]
+    return frame.WhichOneof("frame") == "done"
 
 
 @dataclass
 class ExecStream:
-    """One exec stream as the stand-in control plane sees it."""
+    """One bound operation as the stand-in control plane sees it."""
 
-    hello: runner_pb2.ExecUpstream.Hello
+    open: runner_pb2.OperationDown
     bearer: str
-    frames: asyncio.Queue[Response | None] = field(default_factory=asyncio.Queue)
-    downstream: asyncio.Queue[Request | None] = field(default_factory=asyncio.Queue)
+    frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    downstream: asyncio.Queue[runner_pb2.OperationDown | None] = field(
+        default_factory=asyncio.Queue
+    )
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def next(self, timeout: float = 5.0) -> Response | None:
+    @property
+    def kind(self) -> str:
+        """``exec``, ``logs``, ``write_file`` or ``read_file``."""
+        return str(self.open.WhichOneof("frame"))
+
+    async def next(self, timeout: float = 5.0) -> Any:
         """The next frame from the runner (None: the runner's side ended)."""
         async with asyncio.timeout(timeout):
             return await self.frames.get()
 
-    async def until_end(self, timeout: float = 5.0) -> list[Response]:
+    async def until_end(self, timeout: float = 5.0) -> list[Any]:
         """Every frame up to the end of the runner's side."""
-        got: list[Response] = []
+        got: list[Any] = []
         while (frame := await self.next(timeout)) is not None:
             got.append(frame)
         return got
 
     def push(self, **request: Any) -> None:
-        """Send one frame to the runner, e.g. ``push(stdin=ExecStreamData(data=b"x"))``."""
-        self.downstream.put_nowait(Request(**request))
+        """Send one exec input frame, e.g. ``push(stdin=ExecStreamData(data=b"x"))``."""
+        self.downstream.put_nowait(runner_pb2.OperationDown(input=Request(**request)))
+
+    def send(self, **frame: Any) -> None:
+        """Send one raw frame, e.g. ``send(data=b"...")`` or ``send(end=DataEnd())``."""
+        self.downstream.put_nowait(runner_pb2.OperationDown(**frame))
 
     def end_call(self) -> None:
         """End the call from the control plane's side (as when the client goes away)."""
         self.downstream.put_nowait(None)
 
 
-@dataclass
-class LogStream:
-    """One log stream as the stand-in control plane sees it."""
-
-    hello: runner_pb2.ExecUpstream.Hello
-    bearer: str
-    frames: asyncio.Queue[streaming_pb2.LogStreamResponse | None] = field(
-        default_factory=asyncio.Queue
-    )
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def next(self, timeout: float = 5.0) -> streaming_pb2.LogStreamResponse | None:
-        """The next frame from the runner (None: the runner's side ended)."""
-        async with asyncio.timeout(timeout):
-            return await self.frames.get()
-
-    async def until_end(self, timeout: float = 5.0) -> list[streaming_pb2.LogStreamResponse]:
-        """Every frame up to the end of the runner's side."""
-        got: list[streaming_pb2.LogStreamResponse] = []
-        while (frame := await self.next(timeout)) is not None:
-            got.append(frame)
-        return got
-
-    def end_call(self) -> None:
-        """End the call from the control plane's side (a follow the client closed)."""
-        self.stop.set()
+# Log streams are operations like any other.
+LogStream = ExecStream
 
 
 class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
-    """Serves ``Exec`` and ``Logs``; streams are announced by stream id."""
+    """Serves ``Operate``; bound operations are announced by stream id."""
 
     def __init__(self) -> None:
         self.streams: dict[str, ExecStream] = {}
-        self.log_streams: dict[str, LogStream] = {}
         self._arrived: asyncio.Queue[ExecStream] = asyncio.Queue()
-        self._logs_arrived: asyncio.Queue[LogStream] = asyncio.Queue()
+        self._pending: asyncio.Queue[runner_pb2.OperationDown] = asyncio.Queue()
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
         self.port = 0
+        self._runs: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> ExecStandin:
         self.server = grpc.aio.server()
@@ -126,80 +128,63 @@ class ExecStandin(runner_pb2_grpc.RunnerServiceServicer):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for task in list(self._runs):
+            task.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
         if self.channel is not None:
             await self.channel.close(None)
         if self.server is not None:
             await self.server.stop(None)
 
-    async def dial(self, stream_id: str) -> ExecCall:
-        """The runner's exec dialer, over a real channel to this server."""
+    def bind(
+        self,
+        first: runner_pb2.OperationDown,
+        run: Callable[[runner_pb2.OperationDown, OperateCall], Any] | None = None,
+    ) -> None:
+        """Bind ``first`` to the next idle call; with ``run``, open that call too (the pool)."""
+        self._pending.put_nowait(first)
+        if run is not None:
+            task = asyncio.ensure_future(self._play_pool(run))
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+
+    async def _play_pool(self, run: Callable[[runner_pb2.OperationDown, OperateCall], Any]) -> None:
         assert self.channel is not None
-        return await dial_exec(self.channel, stream_id, "runner-1", "token-1")
-
-    async def dial_logs(self, stream_id: str) -> LogsCall:
-        """The runner's logs dialer, over a real channel to this server."""
-        assert self.channel is not None
-        return await dial_logs(self.channel, stream_id, "runner-1", "token-1")
-
-    async def log_stream(self, stream_id: str, timeout: float = 5.0) -> LogStream:
-        """Wait until the runner has dialled the log stream ``stream_id``."""
-        async with asyncio.timeout(timeout):
-            while stream_id not in self.log_streams:
-                await self._logs_arrived.get()
-        return self.log_streams[stream_id]
-
-    async def Logs(
-        self, request_iterator: AsyncIterator[runner_pb2.LogsUpstream], context: Any
-    ) -> AsyncIterator[runner_pb2.LogsControl]:
-        first = await anext(request_iterator)
-        stream = LogStream(first.hello, bearer_of(context))
-        self.log_streams[first.hello.stream_id] = stream
-        self._logs_arrived.put_nowait(stream)
-
-        async def relay_up() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-                async for frame in request_iterator:
-                    stream.frames.put_nowait(frame.response)
-                    if frame.response.WhichOneof("response") in ("complete", "error"):
-                        stream.stop.set()  # as the control plane does
-            stream.frames.put_nowait(None)
-
-        pump = asyncio.create_task(relay_up())
-        try:
-            await stream.stop.wait()
-        finally:
-            stream.ended.set()
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        return
-        yield  # an (empty) response stream
+        stub = runner_pb2_grpc.RunnerServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        call = stub.Operate(metadata=bearer("token-1"))
+        first = await call.read()
+        if isinstance(first, runner_pb2.OperationDown):
+            await run(first, call)
 
     async def stream(self, stream_id: str, timeout: float = 5.0) -> ExecStream:
-        """Wait until the runner has dialled ``stream_id``."""
+        """Wait until the operation ``stream_id`` is bound."""
         async with asyncio.timeout(timeout):
             while stream_id not in self.streams:
                 await self._arrived.get()
         return self.streams[stream_id]
 
-    async def Exec(
-        self, request_iterator: AsyncIterator[runner_pb2.ExecUpstream], context: Any
-    ) -> AsyncIterator[Request]:
-        first = await anext(request_iterator)
-        stream = ExecStream(first.hello, bearer_of(context))
-        self.streams[first.hello.stream_id] = stream
+    log_stream = stream
+
+    async def Operate(
+        self, request_iterator: AsyncIterator[runner_pb2.OperationUp], context: Any
+    ) -> AsyncIterator[runner_pb2.OperationDown]:
+        first = await self._pending.get()
+        kind = str(first.WhichOneof("frame"))
+        stream = ExecStream(first, bearer_of(context))
+        self.streams[getattr(first, kind).stream_id] = stream
         self._arrived.put_nowait(stream)
 
         async def relay_up() -> None:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                 async for frame in request_iterator:
-                    stream.frames.put_nowait(frame.response)
-                    if frame.response.WhichOneof("response") in ("exit", "error"):
+                    stream.frames.put_nowait(_payload(kind, frame))
+                    if _is_last(kind, frame):
                         stream.downstream.put_nowait(None)  # as the control plane does
             stream.frames.put_nowait(None)
 
         pump = asyncio.create_task(relay_up())
         try:
+            yield first
             while (request := await stream.downstream.get()) is not None:
                 yield request
         finally:
@@ -275,6 +260,44 @@ class Rig:
     def command(self, request_id: str, **action: Any) -> None:
         self.supervisor.handle(runner_pb2.Command(request_id=request_id, **action))
 
+    def operate(self, **first: Any) -> None:
+        """Bind an operation (``exec=OpenExec(...)``, ``logs=...``, ``write_file=...``)."""
+        self.execs.bind(runner_pb2.OperationDown(**first), self.supervisor.operate)
+
+    async def write_file(
+        self, path: str, data: bytes, sandbox_id: str = "sb-1"
+    ) -> runner_pb2.FileDone:
+        """A file write over its own operation, as the control plane sends one."""
+        stream_id = f"w{len(self.execs.streams)}"
+        self.operate(
+            write_file=runner_pb2.OpenFileWrite(
+                stream_id=stream_id, sandbox_id=sandbox_id, path=path
+            )
+        )
+        stream = await self.execs.stream(stream_id)
+        if data:
+            stream.send(data=data)
+        stream.send(end=runner_pb2.DataEnd())
+        frames = await stream.until_end()
+        assert frames and frames[-1].WhichOneof("frame") == "done", frames
+        return frames[-1].done  # type: ignore[no-any-return]
+
+    async def read_file(
+        self, path: str, sandbox_id: str = "sb-1", max_bytes: int = 0
+    ) -> tuple[int | None, bytes, runner_pb2.FileDone]:
+        """A file read: the size ``opened`` said (None if none came), the bytes, ``done``."""
+        stream_id = f"r{len(self.execs.streams)}"
+        self.operate(
+            read_file=runner_pb2.OpenFileRead(
+                stream_id=stream_id, sandbox_id=sandbox_id, path=path, max_bytes=max_bytes
+            )
+        )
+        frames = await (await self.execs.stream(stream_id)).until_end()
+        size = next((f.opened.size for f in frames if f.WhichOneof("frame") == "opened"), None)
+        data = b"".join(f.data for f in frames if f.WhichOneof("frame") == "data")
+        assert frames and frames[-1].WhichOneof("frame") == "done", frames
+        return size, data, frames[-1].done
+
     async def run(self, request_id: str, **action: Any) -> runner_pb2.CommandResult:
         self.command(request_id, **action)
         return await self.outbox.result(request_id)
@@ -318,10 +341,8 @@ def run_rig(
                 the_backend,
                 ledger,
                 outbox.send,
-                execs.dial,
                 records_dir=tmp_path / "records" if records else None,
                 public_host="runner.example",
-                logs_dialer=execs.dial_logs,
                 **options,
             )
             try:

@@ -1,6 +1,6 @@
 """The runner's own limits: exec slots per sandbox and per runner, sizes checked again.
 
-The supervisor runs over the stand-in backend and the stand-in control plane's exec server
+The supervisor runs over the stand-in backend and the stand-in control plane's Operate server
 (``exec_standin.py``), so what is pinned is the runner's decision: which exec is refused,
 with which in-band code, and that nothing reached the backend. The end-to-end flood with
 real sandboxes is ``tests/e2e/test_exec_flood_e2e.py``.
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.limits import MAX_ARG_BYTES, MAX_ENV_VALUE_BYTES, MAX_FILE_PATH_CHARS
 from sandboxd.runner.exec_limits import (
     EXEC_LIMIT_CODE,
@@ -25,7 +24,7 @@ from sandboxd.runner.exec_limits import (
     runner_exec_budget,
 )
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
-from tests.unit.runner.test_runner_exec_relay import kinds, open_exec
+from tests.unit.runner.test_runner_exec_relay import kinds, open_exec, running
 
 
 def test_slots_count_per_sandbox_and_in_total() -> None:
@@ -75,7 +74,8 @@ def test_one_exec_over_the_cap_is_refused_others_run(tmp_path: Path) -> None:
             assert not (await rig.run(sid, **start(spec(sid)))).HasField("failure")
         for n in range(2):
             open_exec(rig, f"hold{n}", "sleep")
-            await (await rig.execs.stream(f"hold{n}")).next()  # ready: it runs
+            await rig.execs.stream(f"hold{n}")
+            await running(rig, n + 1)
         open_exec(rig, "over", "echo", "x")
         frames = await (await rig.execs.stream("over")).until_end()
         assert kinds(frames) == ["error"] and frames[0].error.code == EXEC_LIMIT_CODE
@@ -83,14 +83,14 @@ def test_one_exec_over_the_cap_is_refused_others_run(tmp_path: Path) -> None:
         assert len(rig.backend.world["sb-1"].execs) == 2  # the refused one never started
         open_exec(rig, "other", "echo", "fine", sandbox_id="sb-2")
         frames = await (await rig.execs.stream("other")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
+        assert kinds(frames) == ["output", "exit"]
         rig.execs.streams["hold0"].end_call()  # one ends: its slot is free again
         async with asyncio.timeout(5):
             while rig.supervisor._exec_slots.running("sb-1") >= 2:
                 await asyncio.sleep(0.01)
         open_exec(rig, "again", "echo", "y")
         frames = await (await rig.execs.stream("again")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
+        assert kinds(frames) == ["output", "exit"]
 
     run_rig(tmp_path, body, max_execs_per_sandbox=2)
 
@@ -116,28 +116,29 @@ def test_file_paths_longer_than_the_limit_are_refused(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         assert not (await rig.run("ok", **start(spec()))).HasField("failure")
         path = "/" + "p" * MAX_FILE_PATH_CHARS
-        write = runner_pb2.WriteFile(sandbox_id="sb-1", path=path, contents=b"x")
-        result = await rig.run("w", write_file=write)
-        assert result.failure.reason == "CWSANDBOX_INVALID_ARGUMENT"
-        assert result.failure.metadata["field"] == "path"
+        done = await rig.write_file(path, b"x")
+        assert done.failure.reason == "CWSANDBOX_INVALID_ARGUMENT"
+        assert done.failure.metadata["field"] == "path"
         assert path not in rig.backend.world["sb-1"].files
 
     run_rig(tmp_path, body)
 
 
 def test_an_exec_opened_twice_runs_once(tmp_path: Path) -> None:
-    """The control plane resends an open on the next connection when the first one died; the
-    first may have arrived after all, so the runner runs a stream id only once."""
+    """The control plane binds an open again on the next connection when the first stream
+    died unanswered; the first may have arrived after all, so a stream id runs only once."""
 
     async def body(rig: Rig) -> None:
         assert not (await rig.run("sb-1", **start(spec("sb-1")))).HasField("failure")
         open_exec(rig, "twice", "echo", "once")
-        open_exec(rig, "twice", "echo", "once")  # the resend
+        assert kinds(await (await rig.execs.stream("twice")).until_end()) == ["output", "exit"]
+        del rig.execs.streams["twice"]
+        open_exec(rig, "twice", "echo", "once")  # bound again
         frames = await (await rig.execs.stream("twice")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
+        assert kinds(frames) == ["error"]
         open_exec(rig, "after", "echo", "next")  # a later exec: its own stream id, runs
         frames = await (await rig.execs.stream("after")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
+        assert kinds(frames) == ["output", "exit"]
         assert len(rig.backend.world["sb-1"].execs) == 2  # "twice" ran once, "after" once
 
     run_rig(tmp_path, body)

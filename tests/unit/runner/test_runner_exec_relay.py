@@ -1,9 +1,10 @@
-"""Exec relay: the runner dials ``RunnerService.Exec`` and carries one process's frames.
+"""Exec relay: the runner carries one process's frames on the ``Operate`` call it is bound to.
 
 The server side is the in-process stand-in in ``exec_standin.py`` (a real grpc.aio server on
 127.0.0.1); the process side is the stand-in backend's scripted ``StandinExec``. What is
-pinned here is the runner's half of v1beta2.md §5: hello first, ``ready`` first, output as
-produced, ``exit`` last, in-band ``error`` frames, stdin/resize/close, and kill on cancel.
+pinned here is the runner's half of v1beta2.md §5: no ``ready`` (the control plane sends it
+when it binds), output as produced, ``exit`` last, in-band ``error`` frames,
+stdin/resize/close (or stdin closed from the open), and kill on cancel.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ STDERR = streaming_pb2.ExecStreamOutput.STREAM_TYPE_STDERR
 
 def open_exec(rig: Rig, stream_id: str, *argv: str, sandbox_id: str = "sb-1", **kw: object) -> None:
     command = runner_pb2.OpenExec(stream_id=stream_id, sandbox_id=sandbox_id, command=argv, **kw)
-    rig.supervisor.handle(runner_pb2.Command(exec=command))
+    rig.operate(exec=command)
 
 
 def kinds(frames: list[streaming_pb2.ExecStreamResponse]) -> list[str]:
     return [str(f.WhichOneof("response")) for f in frames]
+
+
+async def running(rig: Rig, count: int = 1) -> None:
+    """Wait until ``count`` processes were started in sb-1."""
+    async with asyncio.timeout(5):
+        while len(rig.backend.world["sb-1"].execs) < count:
+            await asyncio.sleep(0.01)
 
 
 async def started(rig: Rig) -> None:
@@ -34,18 +42,16 @@ async def started(rig: Rig) -> None:
     assert not result.HasField("failure")
 
 
-def test_hello_ready_output_exit_in_order(tmp_path: Path) -> None:
+def test_output_then_exit_in_order(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         await started(rig)
         open_exec(rig, "e1", "echo", "hi")
         stream = await rig.execs.stream("e1")
-        assert (stream.hello.stream_id, stream.hello.runner_id) == ("e1", "runner-1")
         assert stream.bearer == "token-1"  # the runner's credential, in call metadata
         frames = await stream.until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
-        assert frames[0].ready.session_id == "e1" and frames[0].ready.HasField("ready_at")
-        assert (frames[1].output.stream_type, frames[1].output.data) == (STDOUT, b"hi\n")
-        assert frames[2].exit.exit_code == 0
+        assert kinds(frames) == ["output", "exit"]
+        assert (frames[0].output.stream_type, frames[0].output.data) == (STDOUT, b"hi\n")
+        assert frames[1].exit.exit_code == 0
         await asyncio.wait_for(stream.ended.wait(), 5)
         # Execs never produce command results or events on the control stream.
         assert rig.outbox.kinds() == ["event:SANDBOX_PHASE_RUNNING", "result:start"]
@@ -58,9 +64,9 @@ def test_stderr_and_exit_code(tmp_path: Path) -> None:
         await started(rig)
         open_exec(rig, "e1", "fail", "7")
         frames = await (await rig.execs.stream("e1")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
-        assert (frames[1].output.stream_type, frames[1].output.data) == (STDERR, b"boom\n")
-        assert frames[2].exit.exit_code == 7
+        assert kinds(frames) == ["output", "exit"]
+        assert (frames[0].output.stream_type, frames[0].output.data) == (STDERR, b"boom\n")
+        assert frames[1].exit.exit_code == 7
 
     run_rig(tmp_path, body)
 
@@ -70,8 +76,8 @@ def test_missing_program_is_stderr_and_127(tmp_path: Path) -> None:
         await started(rig)
         open_exec(rig, "e1", "/no/such/program")
         frames = await (await rig.execs.stream("e1")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
-        assert frames[1].output.stream_type == STDERR and frames[2].exit.exit_code == 127
+        assert kinds(frames) == ["output", "exit"]
+        assert frames[0].output.stream_type == STDERR and frames[1].exit.exit_code == 127
 
     run_rig(tmp_path, body)
 
@@ -81,7 +87,6 @@ def test_stdin_then_close_is_eof(tmp_path: Path) -> None:
         await started(rig)
         open_exec(rig, "e1", "cat")
         stream = await rig.execs.stream("e1")
-        assert kinds([await stream.next()]) == ["ready"]
         stream.push(stdin=streaming_pb2.ExecStreamData(data=b"abc"))
         first = await stream.next()
         assert first.output.data == b"abc"  # streamed as produced, before stdin ends
@@ -95,12 +100,38 @@ def test_stdin_then_close_is_eof(tmp_path: Path) -> None:
     run_rig(tmp_path, body)
 
 
+def test_stdin_closed_in_the_open_is_eof_at_once(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "cat", stdin_closed=True)
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["exit"] and frames[0].exit.exit_code == 0
+
+    run_rig(tmp_path, body)
+
+
+def test_an_operation_bound_again_is_not_run_twice(tmp_path: Path) -> None:
+    """The control plane binds an exec again when its first stream died unanswered."""
+
+    async def body(rig: Rig) -> None:
+        await started(rig)
+        open_exec(rig, "e1", "echo", "once")
+        assert kinds(await (await rig.execs.stream("e1")).until_end()) == ["output", "exit"]
+        del rig.execs.streams["e1"]
+        open_exec(rig, "e1", "echo", "once")
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "RUNNER_UNAVAILABLE"
+        assert len(rig.backend.world["sb-1"].execs) == 1
+
+    run_rig(tmp_path, body)
+
+
 def test_tty_size_and_resize_reach_the_session(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         await started(rig)
         open_exec(rig, "e1", "cat", tty=True, tty_width=80, tty_height=24)
         stream = await rig.execs.stream("e1")
-        await stream.next()
+        await running(rig)
         stream.push(resize=streaming_pb2.ExecStreamResize(width=120, height=40))
         stream.push(close=streaming_pb2.ExecStreamClose())
         await stream.until_end()
@@ -115,8 +146,8 @@ def test_lots_of_output_arrives_whole_and_before_exit(tmp_path: Path) -> None:
         await started(rig)
         open_exec(rig, "e1", "flood", "500")
         frames = await (await rig.execs.stream("e1")).until_end()
-        assert kinds(frames)[0] == "ready" and kinds(frames)[-1] == "exit"
-        data = b"".join(f.output.data for f in frames[1:-1])
+        assert kinds(frames)[-1] == "exit"
+        data = b"".join(f.output.data for f in frames[:-1])
         assert len(data) == 500 * 1024
 
     run_rig(tmp_path, body)
@@ -144,7 +175,7 @@ def test_control_plane_ending_the_call_kills_the_process(tmp_path: Path) -> None
         await started(rig)
         open_exec(rig, "e1", "sleep")
         stream = await rig.execs.stream("e1")
-        await stream.next()  # ready
+        await running(rig)
         session = rig.backend.world["sb-1"].execs[0]
         stream.end_call()
         async with asyncio.timeout(5):
@@ -159,15 +190,15 @@ def test_a_slow_exec_does_not_block_another(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         await started(rig)
         open_exec(rig, "slow", "sleep")
-        slow = await rig.execs.stream("slow")
-        await slow.next()
+        await rig.execs.stream("slow")
+        await running(rig)
         began = time.monotonic()
         open_exec(rig, "fast", "echo", "quick")
         frames = await (await rig.execs.stream("fast")).until_end()
-        assert kinds(frames) == ["ready", "output", "exit"]
+        assert kinds(frames) == ["output", "exit"]
         assert time.monotonic() - began < 2
         # The control stream stays free too.
-        await rig.run("r", read_file=runner_pb2.ReadFile(sandbox_id="sb-1", path="/none"))
+        await rig.run("r", stop=runner_pb2.StopSandbox(sandbox_id="sb-9"))
         assert rig.backend.world["sb-1"].execs[0].killed_with is None
 
     run_rig(tmp_path, body)
@@ -177,7 +208,8 @@ def test_shutdown_kills_running_execs(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         await started(rig)
         open_exec(rig, "e1", "sleep")
-        await (await rig.execs.stream("e1")).next()
+        await rig.execs.stream("e1")
+        await running(rig)
         await rig.supervisor.close()
         assert rig.backend.world["sb-1"].execs[0].closed
 

@@ -21,7 +21,7 @@ from sandboxd.images import ImageError, ImageStore, build_busybox_image
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.supervisor import SandboxSupervisor
-from tests.unit.runner.exec_standin import CAPACITY, ExecStandin, Outbox, spec, start
+from tests.unit.runner.exec_standin import CAPACITY, ExecStandin, Outbox, Rig, spec, start
 
 
 def _busybox(store: ImageStore) -> None:
@@ -46,9 +46,10 @@ def test_start_exec_files_stop_delete_on_the_local_backend(tmp_path: Path) -> No
         outbox = Outbox()
         async with ExecStandin() as execs:
             sup = SandboxSupervisor(
-                backend, ReservationLedger(CAPACITY), outbox.send, execs.dial,
+                backend, ReservationLedger(CAPACITY), outbox.send,
                 records_dir=tmp_path / "records",
             )  # fmt: skip
+            rig = Rig(sup, None, ReservationLedger(CAPACITY), outbox, execs)  # type: ignore[arg-type]
             sid = f"smoke-{os.getpid()}"
             try:
 
@@ -59,20 +60,18 @@ def test_start_exec_files_stop_delete_on_the_local_backend(tmp_path: Path) -> No
                 result = await run("1", **start(spec(sid, memory_bytes=256 << 20)))
                 assert not result.HasField("failure"), result.failure
 
-                sup.handle(runner_pb2.Command(exec=runner_pb2.OpenExec(
-                    stream_id="e1", sandbox_id=sid, command=["echo", "hi"])))  # fmt: skip
+                rig.operate(exec=runner_pb2.OpenExec(
+                    stream_id="e1", sandbox_id=sid, command=["echo", "hi"]))  # fmt: skip
                 frames = await (await execs.stream("e1", timeout=30)).until_end(timeout=30)
-                assert [f.WhichOneof("response") for f in frames] == ["ready", "output", "exit"]
-                assert frames[1].output.data == b"hi\n" and frames[2].exit.exit_code == 0
+                assert [f.WhichOneof("response") for f in frames] == ["output", "exit"]
+                assert frames[0].output.data == b"hi\n" and frames[1].exit.exit_code == 0
 
-                write = runner_pb2.WriteFile(sandbox_id=sid, path="/tmp/d/f", contents=b"data")
-                assert (await run("2", write_file=write)).WhichOneof("result") == "done"
-                read = runner_pb2.ReadFile(sandbox_id=sid, path="/tmp/d/f")
-                assert (await run("3", read_file=read)).file.contents == b"data"
-                missing = runner_pb2.ReadFile(sandbox_id=sid, path="/nope")
-                assert (await run("4", read_file=missing)).failure.reason == (
-                    "CWSANDBOX_FILE_NOT_FOUND"
-                )
+                big = os.urandom(3 << 20)  # streamed in frames, through a pipe, both ways
+                assert (await rig.write_file("/tmp/d/f", big, sandbox_id=sid)).size == len(big)
+                size, data, done = await rig.read_file("/tmp/d/f", sandbox_id=sid)
+                assert (size, data, done.size) == (len(big), big, len(big))
+                _, _, done = await rig.read_file("/nope", sandbox_id=sid)
+                assert done.failure.reason == "CWSANDBOX_FILE_NOT_FOUND"
 
                 result = await run(
                     "5", stop=runner_pb2.StopSandbox(sandbox_id=sid, grace_seconds=5)

@@ -1,8 +1,8 @@
-"""Log relay: an ``OpenLogs`` command makes the runner dial ``RunnerService.Logs`` and serve.
+"""Log relay: an ``OpenLogs`` bound to an ``Operate`` call makes the runner serve the log there.
 
 The server side is the in-process stand-in of ``exec_standin.py`` (a real grpc.aio server on
-127.0.0.1); the log is the stand-in backend's. Pinned here: hello first, data frames with a
-session id and offsets, ``complete`` last; follow until the sandbox ends; logs after stop;
+127.0.0.1); the log is the stand-in backend's. Pinned here: data frames with a session id
+and offsets, ``complete`` last; follow until the sandbox ends; logs after stop;
 in-band errors; and that ending the call stops the reading.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 from cwsandbox._proto import streaming_pb2
 from sandboxd._proto import runner_pb2
-from sandboxd.runner.failures import refuse_command
+from sandboxd.runner.failures import refuse_operation
 from tests.unit.runner.exec_standin import ExecStandin, Rig, run_rig, spec, start, stop
 
 
 def open_logs(rig: Rig, stream_id: str, sandbox_id: str = "sb-1", **fields: object) -> None:
     command = runner_pb2.OpenLogs(stream_id=stream_id, sandbox_id=sandbox_id, **fields)  # type: ignore[arg-type]
-    rig.supervisor.handle(runner_pb2.Command(logs=command))
+    rig.operate(logs=command)
 
 
 def kinds(frames: list[streaming_pb2.LogStreamResponse]) -> list[str]:
@@ -42,7 +42,7 @@ def test_existing_logs_then_complete(tmp_path: Path) -> None:
         rig.backend.log("sb-1", b"oops\n", stream="stderr")
         open_logs(rig, "l1")
         stream = await rig.execs.log_stream("l1")
-        assert (stream.hello.stream_id, stream.bearer) == ("l1", "token-1")
+        assert (stream.open.logs.stream_id, stream.bearer) == ("l1", "token-1")
         frames = await stream.until_end()
         assert kinds(frames)[-1] == "complete" and set(kinds(frames)[:-1]) == {"data"}
         assert data(frames) == b"one\ntwo\noops\n"
@@ -129,17 +129,13 @@ def test_errors_are_in_band(tmp_path: Path) -> None:
 def test_a_runner_without_backend_refuses_logs_in_band() -> None:
     async def main() -> None:
         async with ExecStandin() as execs:
-            sent: list[runner_pb2.RunnerMessage] = []
 
-            async def reply(message: runner_pb2.RunnerMessage) -> None:
-                sent.append(message)
+            async def refuse(first: runner_pb2.OperationDown, call: object) -> None:
+                await refuse_operation(first, call, "no backend")  # type: ignore[arg-type]
 
-            command = runner_pb2.Command(logs=runner_pb2.OpenLogs(stream_id="l1", sandbox_id="x"))
-            await refuse_command(
-                command, reply, execs.dial, "no backend", logs_dialer=execs.dial_logs
-            )
+            first = runner_pb2.OperationDown(logs=runner_pb2.OpenLogs(stream_id="l1"))
+            execs.bind(first, refuse)
             frames = await (await execs.log_stream("l1")).until_end()
             assert kinds(frames) == ["error"] and frames[0].error.code == "BACKEND_UNAVAILABLE"
-            assert sent == []
 
     asyncio.run(main())

@@ -283,18 +283,13 @@ def test_stop_during_start_waits_for_the_start(tmp_path: Path) -> None:
 
 def test_unknown_sandbox_is_not_found(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
-        for i, action in enumerate(
-            [
-                stop("ghost"),
-                {"write_file": runner_pb2.WriteFile(sandbox_id="ghost", path="/a")},
-                {"read_file": runner_pb2.ReadFile(sandbox_id="ghost", path="/a")},
-            ]
-        ):
-            result = await rig.run(str(i), **action)
-            assert (result.failure.code, result.failure.reason) == (
-                5,
-                "CWSANDBOX_SANDBOX_NOT_FOUND",
-            )
+        result = await rig.run("0", **stop("ghost"))
+        not_found = (5, "CWSANDBOX_SANDBOX_NOT_FOUND")
+        assert (result.failure.code, result.failure.reason) == not_found
+        done = await rig.write_file("/a", b"x", sandbox_id="ghost")
+        assert (done.failure.code, done.failure.reason) == not_found
+        _, _, done = await rig.read_file("/a", sandbox_id="ghost")
+        assert (done.failure.code, done.failure.reason) == not_found
         # Deleting what is not there is done: deletes are idempotent (a repeated delete,
         # or one for a sandbox the runner already removed, must not fail forever).
         result = await rig.run("9", delete=runner_pb2.DeleteSandbox(sandbox_id="ghost"))
@@ -346,9 +341,9 @@ def test_a_slow_command_does_not_block_others(tmp_path: Path) -> None:
         await rig.run("1", **start(spec("fast")))
         rig.backend.start_delay = 3.0
         rig.command("2", **start(spec("slow")))
-        read = runner_pb2.ReadFile(sandbox_id="fast", path="/missing")
         began = time.monotonic()
-        await rig.run("3", read_file=read)
+        await rig.run("3", **stop("fast"))
+        await rig.read_file("/missing", sandbox_id="fast")
         assert time.monotonic() - began < 2.0  # not behind the 3 s start
         assert rig.outbox.kinds()[-1] == "result:3"
         await rig.outbox.result("2")

@@ -41,12 +41,9 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
         images = image_store(tmp_path)
         records = tmp_path / "records"
 
-        async def never(_stream_id: str):  # type: ignore[no-untyped-def]
-            raise ConnectionError("no exec in this test")
-
         first_out = Outbox()
         first = SandboxSupervisor(
-            StandinBackend(world, images), ReservationLedger(CAPACITY), first_out.send, never,
+            StandinBackend(world, images), ReservationLedger(CAPACITY), first_out.send,
             records_dir=records,
         )  # fmt: skip
         first.handle(
@@ -62,7 +59,7 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
         out = Outbox()
         ledger = ReservationLedger(CAPACITY)
         second = SandboxSupervisor(
-            StandinBackend(world, images), ledger, out.send, never, records_dir=records
+            StandinBackend(world, images), ledger, out.send, records_dir=records
         )
         try:
             assert await second.recover() == ["keeps", "plain"]
@@ -91,12 +88,9 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
         (records / "gone.json").write_text('{"sandbox_id": "gone", "reservation": [0, 0, 0]}')
         (records / "junk.json").write_text("{not json")
 
-        async def never(_stream_id: str):  # type: ignore[no-untyped-def]
-            raise ConnectionError
-
         out = Outbox()
         sup = SandboxSupervisor(
-            backend, ReservationLedger(CAPACITY), out.send, never,
+            backend, ReservationLedger(CAPACITY), out.send,
             records_dir=records,
         )  # fmt: skip
         try:

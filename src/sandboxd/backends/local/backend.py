@@ -31,6 +31,7 @@ from ..base import (
     BackendConfig,
     EgressType,
     ExecSession,
+    FileReader,
     Fingerprint,
     LogChunk,
     MountedFile,
@@ -54,7 +55,8 @@ from .cgroups import CgroupError, CgroupManager
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
 from .ingress import PortPublisher
-from .network import NetworkManager
+from .network import Lease, NetworkManager
+from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
@@ -97,6 +99,7 @@ class LocalBackend(Backend):
         max_execs: int = MAX_EXECS,
         parent_limits: ParentLimits | None = None,
         ready_layers: int = DEFAULT_READY,
+        ready_networks: int = DEFAULT_READY_NETWORKS,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.images = images
@@ -105,6 +108,8 @@ class LocalBackend(Backend):
         self._group = f"sandboxd-{key}"
         self._cgroups: CgroupManager | None = None
         self._net = NetworkManager(key, network_pool)
+        self._nets = PreparedNetworks(self._net, ready_networks)
+        self._reaped = False
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
@@ -131,6 +136,9 @@ class LocalBackend(Backend):
                 raise BackendUnavailable(str(exc)) from exc
         await self._zygote.ensure()
         self._ranges.refill()
+        if not self._reaped:  # networks a killed predecessor made ahead
+            self._reaped = True
+            await self._nets.reap()
         return self._cgroups
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
@@ -162,6 +170,7 @@ class LocalBackend(Backend):
         try:
             await self._build(rec, spec, cgroups, rootfs)
             self._disk.refill()  # after the create, so making layers ahead never delays it
+            self._nets.refill()
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
@@ -231,9 +240,14 @@ class LocalBackend(Backend):
             pids_max=spec.pids_max,
         )
         if rec.egress is not EgressType.NONE:
-            rec.lease = self._net.allocate(rec.sandbox_id)
-            rec.save()
-            await self._net.setup(rec.lease, rec.egress, rec.cidrs, spec.network.blocked)
+
+            def claimed(lease: Lease) -> None:
+                rec.lease = lease
+                rec.save()  # before any command: a crash in the middle leaves it recorded
+
+            await self._nets.take(
+                rec.sandbox_id, rec.egress, rec.cidrs, spec.network.blocked, claimed
+            )
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
         reply = await self._zygote.spawn(
@@ -498,6 +512,30 @@ class LocalBackend(Backend):
         self._require_running(rec)
         return await files.read_file(rec.agent_socket, path, max_bytes=max_bytes)
 
+    async def write_file_stream(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        make_parents: bool = False,
+        mode: int = 0o644,
+    ) -> int:
+        """Stream through a worker forked by the agent, in constant memory."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        return await files.write_file_stream(
+            rec.agent_socket, path, chunks, make_parents=make_parents, mode=mode
+        )
+
+    async def open_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int | None = None
+    ) -> FileReader:
+        """Open through a worker forked by the agent; the bytes stream through a pipe."""
+        rec = self._get(sandbox_id)
+        self._require_running(rec)
+        return await files.open_file(rec.agent_socket, path, max_bytes=max_bytes)
+
     def _require_running(self, rec: SandboxRecord) -> None:
         if not rec.is_running():
             raise SandboxNotRunning(f"sandbox {rec.sandbox_id!r} is not running")
@@ -515,6 +553,7 @@ class LocalBackend(Backend):
             task.cancel()
         await self._warm.discard_all()  # ready but never claimed: nobody's sandboxes
         await self._ranges.close()
+        await self._nets.close()
         await self._budget.close()
         await self._disk.close()
         any_alive = False

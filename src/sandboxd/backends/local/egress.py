@@ -35,6 +35,8 @@ needed; turning it on needs the equivalent ``ip6tables`` list first.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
@@ -61,28 +63,48 @@ def _covered(net: IPv4Network) -> bool:
     return any(net.subnet_of(fixed) for fixed in NON_PUBLIC_NETS)
 
 
-def host_addresses(fib_trie: str = "/proc/net/fib_trie") -> tuple[IPv4Network, ...]:
+def host_addresses(
+    fib_trie: str = "/proc/net/fib_trie", exclude: IPv4Network | None = None
+) -> tuple[IPv4Network, ...]:
     """Every IPv4 destination the kernel delivers locally (``LOCAL`` routes), right now.
 
     Read from the routing trie rather than the interface list so that "AnyIP" local
     prefixes (``ip route add local 203.0.113.0/24 dev lo``) count too. Empty when the file
-    cannot be read (not Linux).
+    cannot be read (not Linux). Routes inside ``exclude`` (the sandbox pool: the host ends
+    of sandbox veths, which the sandbox chain drops whole) are left out.
+
+    Why it is built like this: it runs on every create, and a host with many sandboxes has
+    a trie of tens of thousands of lines. One regex pass finds the routes; the networks are
+    made only when the set changed since the last call (sandboxes coming and going change
+    only routes inside ``exclude``).
     """
-    found: set[IPv4Network] = set()
-    last: str | None = None
     try:
         with open(fib_trie) as fh:
-            for line in fh:
-                text = line.strip()
-                if text.startswith("|-- "):
-                    last = text[4:]
-                elif text.startswith("/") and last is not None:
-                    fields = text.split()
-                    if fields[-1] == "LOCAL":
-                        found.add(IPv4Network(f"{last}{fields[0]}", strict=False))
-    except (OSError, ValueError):
+            text = fh.read()
+    except OSError:
         return ()
-    return tuple(sorted(found))
+    found = set(_LOCAL_ROUTE.findall(text))
+    if exclude is not None:
+        base, mask = int(exclude.network_address), int(exclude.netmask)
+        found = {
+            (address, prefix)
+            for address, prefix in found
+            if int.from_bytes(socket.inet_aton(address), "big") & mask != base
+        }
+    key = frozenset(found)
+    last = _LAST.get(fib_trie)
+    if last is not None and last[0] == key:
+        return last[1]
+    try:
+        networks = tuple(sorted({IPv4Network(f"{a}/{p}", strict=False) for a, p in found}))
+    except ValueError:
+        return ()
+    _LAST[fib_trie] = (key, networks)
+    return networks
+
+
+_LOCAL_ROUTE = re.compile(r"\|-- ([0-9.]+)\n(?:[ \t]+/[^\n]*\n)*?[ \t]+/([0-9]+) [^\n]*LOCAL\n")
+_LAST: dict[str, tuple[frozenset[tuple[str, str]], tuple[IPv4Network, ...]]] = {}
 
 
 def nameservers(resolv_conf: bytes | None) -> tuple[IPv4Address, ...]:

@@ -19,6 +19,9 @@ Filtering on the host rather than inside the namespace keeps every rule out of t
 sandbox's reach and lets teardown be one transaction. IPv4 forwarding must be on
 (``net.ipv4.ip_forward=1``); the backend turns it on, as Docker does. The shared chain is
 removed with the last sandbox of this backend when no other backend on the host uses it.
+
+Creates rarely run any of this: ``network_pool.py`` keeps networks made ahead (with the
+rules of the last policy asked for) and only checks their rules at create time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -36,6 +40,7 @@ from ..base import EgressType
 from . import egress as policy
 
 NETNS_DIR = "/run/netns"
+_NICE: tuple[str, ...] = ("nice", "-n", "19") if shutil.which("nice") else ()
 IPAM_DIR = "/run/sandboxd/ipam"
 
 
@@ -149,9 +154,30 @@ class NetworkManager:
                 continue
             os.write(fd, f"{self.key} {sandbox_id}\n".encode())
             os.close(fd)
-            base = self.pool.network_address + index * 4
-            return Lease(tag, index, str(base + 1), str(base + 2))
+            return self.lease_at(index, tag)
         raise NetworkError(f"network pool {self.pool} exhausted")
+
+    def lease_at(self, index: int, tag: str) -> Lease:
+        """The lease of the ``index``-th /30 of the pool, named ``tag``."""
+        base = self.pool.network_address + index * 4
+        return Lease(tag, index, str(base + 1), str(base + 2))
+
+    def assign(self, lease: Lease, sandbox_id: str) -> None:
+        """Record in a lease's claim who holds it now (a prepared lease, taken)."""
+        with open(self._claim_file(lease.index), "w") as fh:
+            fh.write(f"{self.key} {sandbox_id}\n")
+
+    def claims(self) -> dict[int, str]:
+        """Claims of this backend in the host-wide pool: index -> holder (a sandbox id)."""
+        found: dict[int, str] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.ipam):
+                with contextlib.suppress(OSError, ValueError):
+                    with open(self._claim_file(int(name))) as fh:
+                        key, _, holder = fh.read().strip().partition(" ")
+                    if key == self.key:
+                        found[int(name)] = holder
+        return found
 
     def release(self, lease: Lease) -> None:
         """Return a lease's subnet to the pool."""
@@ -190,51 +216,109 @@ class NetworkManager:
         ranges (its control plane); see ``egress.py``.
         """
         try:
-            with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
-                if fh.read().strip() != "1":
-                    _write("/proc/sys/net/ipv4/ip_forward", "1")
-            await run("ip", "netns", "add", lease.netns)
-            host = (
-                f"link add {lease.host_if} type veth peer name eth0 netns {lease.netns}\n"
-                f"addr add {lease.host_ip}/30 dev {lease.host_if}\n"
-                f"link set {lease.host_if} up\n"
-            )
-            await run("ip", "-batch", "-", stdin=host.encode())
-            with contextlib.suppress(OSError):
-                _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
-            inside = (
-                f"addr add {lease.sandbox_ip}/30 dev eth0\n"
-                "link set eth0 up\nlink set lo up\n"
-                f"route add default via {lease.host_ip}\n"
-            )
-            await run("ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
+            await self.prepare(lease)
             await self._add_rules(lease, egress, cidrs, blocked)
         except BaseException:
             await self.teardown(lease, egress, cidrs)
             raise
 
-    async def _add_rules(
+    async def prepare(self, lease: Lease, *, nice: bool = False) -> None:
+        """Namespace, veth, addresses and routes, without rules (the caller rolls back).
+
+        ``nice``: made ahead of need, its commands yield the CPU to the work of creates.
+        """
+        pre = _NICE if nice else ()
+        with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
+            if fh.read().strip() != "1":
+                _write("/proc/sys/net/ipv4/ip_forward", "1")
+        await run(*pre, "ip", "netns", "add", lease.netns)
+        host = (
+            f"link add {lease.host_if} type veth peer name eth0 netns {lease.netns}\n"
+            f"addr add {lease.host_ip}/30 dev {lease.host_if}\n"
+            f"link set {lease.host_if} up\n"
+        )
+        await run(*pre, "ip", "-batch", "-", stdin=host.encode())
+        with contextlib.suppress(OSError):
+            _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
+        inside = (
+            f"addr add {lease.sandbox_ip}/30 dev eth0\n"
+            "link set eth0 up\nlink set lo up\n"
+            f"route add default via {lease.host_ip}\n"
+        )
+        await run(*pre, "ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
+
+    def _policy(
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
-    ) -> None:
-        """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
-        hosts = policy.host_addresses()
+    ) -> tuple[list[str], list[str]]:
+        """The shared chain's lines and ``lease``'s own chain's lines, as of now."""
+        hosts = policy.host_addresses(exclude=self.pool)
         shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
         chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
+        return shared, chain
+
+    async def refresh_rules(
+        self,
+        lease: Lease,
+        written: tuple[str, ...],
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...],
+    ) -> tuple[str, ...]:
+        """Bring a prepared lease's rules (its chain was ``written``) up to this policy.
+
+        Nothing is run when both its chain and the shared chain are as they should be now
+        (the usual case: the same profile again, on the same host); otherwise one
+        transaction rewrites what changed (declaring a chain in ``iptables-restore``
+        replaces its rules). The hooks stay. Returns the chain as it now is.
+        """
+        shared, chain = self._policy(lease, egress, cidrs, blocked)
+        stale_shared = tuple(shared) != self._shared_written
+        if tuple(chain) == written and not stale_shared:
+            return written
+        body = [*shared, *chain] if stale_shared else chain
+        rules = "\n".join(["*filter", *body, "COMMIT", ""])
+        await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+        self._shared_written = tuple(shared)
+        return tuple(chain)
+
+    async def _add_rules(
+        self,
+        lease: Lease,
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...],
+        pre: tuple[str, ...] = (),
+    ) -> tuple[str, ...]:
+        """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
+        shared, chain = self._policy(lease, egress, cidrs, blocked)
         skip = tuple(shared) == self._shared_written and bool(self._active)
         # Counted from now on, so that a concurrent teardown of our last other sandbox does
         # not remove the shared chain while this transaction is on its way.
         self._active.add(lease.tag)
         try:
             rules = self._rules(lease, True, chain if skip else [*shared, *chain])
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
         except NetworkError:
             if not skip:
                 raise
             # The chain went away under us (another backend removed it between our
             # sandboxes, or the ruleset was flushed): write it again.
             rules = self._rules(lease, True, [*shared, *chain])
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
         self._shared_written = tuple(shared)
+        return tuple(chain)
+
+    async def install_rules(
+        self,
+        lease: Lease,
+        egress: EgressType,
+        cidrs: tuple[str, ...],
+        blocked: tuple[str, ...],
+        *,
+        nice: bool = False,
+    ) -> tuple[str, ...]:
+        """The host rules of a prepared lease (see :meth:`setup`); the chain written."""
+        return await self._add_rules(lease, egress, cidrs, blocked, _NICE if nice else ())
 
     async def teardown(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
         """Remove rules, veth and namespace; tolerant of parts that never existed.
