@@ -25,6 +25,7 @@ from cwsandbox._proto import gateway_pb2, streaming_pb2
 from sandboxd._proto import admin_pb2, runner_pb2
 from sandboxd.cli import main
 from tests.support.fake_runner import FakeRunner, exec_exit, status_of
+from tests.support.faults import wait_until
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, RunnerProcess, child_env
 
 NO_BACKEND = ["--backend", "none"]
@@ -283,7 +284,11 @@ def test_state_and_secrets_are_private(cp: ControlPlaneProcess, tmp_path: Path) 
         assert mode(cp.data_dir / "controlplane.db") == 0o600
         assert mode(cp.data_dir / "admin-key") == 0o600
         assert not (cp.data_dir / "join-token").exists()  # no shared token any more
-        assert mode(tmp_path / "gamma" / "runner-credential") == 0o600
+        # The runner writes its credential when it reads the answer to its registration,
+        # which can be just after the control plane lists it healthy.
+        credential = tmp_path / "gamma" / "runner-credential"
+        wait_until("the runner saved its credential", credential.exists, timeout=20)
+        assert mode(credential) == 0o600
         # Nothing secret on any command line (ps shows them to every local user).
         for process in (cp.proc, gamma.proc):
             assert process is not None
