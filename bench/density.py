@@ -1,0 +1,165 @@
+"""Idle sandboxes per host: how many `sandboxd up` holds with its embedded defaults, and at what cost.
+
+Run: ``.venv/bin/python bench/density.py [--count 1000] [--profile P] [--record NAME]`` (root;
+about 3 minutes for 1,000 on 2 cores). It starts ``sandboxd up`` with **no configuration**
+(the embedded defaults: profiles, requests, overcommit), then, with our ``cwsandbox`` client
+over real gRPC:
+
+* creates ``--count`` sandboxes with ``Sandbox.run()`` and no options (4 at a time), and
+  times it (total, and each create's p50/p99);
+* runs ``exec(["true"])`` in every one of them while all exist (p50/p99, two rounds);
+* measures host memory per idle sandbox (``tests/support/density.py``): the PSS of each
+  sandbox's processes, by kind, and the growth of the kernel's slab, page tables and kernel
+  stacks; plus what the platform's own processes grew by;
+* stops them all and times that.
+
+Each row is printed beside the last recorded baseline (``bench/baselines.json``, key
+``density``) and the issue's targets: 1,000 idle sandboxes on 2 cores / 24 GiB, exec p99
+≤ 100 ms while they all exist, ≤ 5 MiB of host memory each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+from tests.support import density
+from tests.support.processes import all_in_one
+
+BASELINES = ROOT / "baselines.json"
+TARGETS = {"idle sandboxes held": 1000, "exec p99 ms": 100.0, "memory per sandbox MiB": 5.0}
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def create_all(count: int, profile: str | None, workers: int = 4) -> tuple[list[Any], list[float], list[str]]:
+    from cwsandbox import Sandbox
+
+    boxes: list[Any] = []
+    took: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one(_i: int) -> None:
+        start = time.perf_counter()
+        try:
+            box = Sandbox.run(profile_names=[profile] if profile else None)
+        except Exception as exc:  # reported, never hidden: a refused create is the finding
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return
+        with lock:
+            boxes.append(box)
+            took.append(time.perf_counter() - start)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(count)))
+    return boxes, took, errors
+
+
+def exec_round(boxes: list[Any]) -> list[float]:
+    samples = []
+    for box in boxes:
+        start = time.perf_counter()
+        box.exec(["true"]).result()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:  # noqa: PLR0915 - one straight measurement script
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--profile", default=None, help="profile name (default: the default)")
+    parser.add_argument("--up-arg", action="append", default=[], help="extra `sandboxd up` arg")
+    parser.add_argument("--record", metavar="NAME", help="save this run as the baseline NAME")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("the density benchmark needs root (real namespaces and cgroups)")
+
+    with (
+        tempfile.TemporaryDirectory(prefix="sandboxd-density-") as data,
+        all_in_one(Path(data), *args.up_arg) as up,
+    ):
+        os.environ["CWSANDBOX_BASE_URL"] = up.base_url
+        os.environ["CWSANDBOX_API_KEY"] = up.api_key
+        backend_dir = Path(data) / "backend"
+        # Warm up: the zygote starts, the disk template of the default size is made.
+        warm, _took, errs = create_all(1, args.profile, workers=1)
+        if errs:
+            sys.exit(f"the first sandbox failed: {errs[0]}")
+        warm[0].stop(graceful_shutdown_seconds=0).result()
+        platform = [up.proc.popen.pid, density.zygote_pid(backend_dir) or 0]
+        platform_before = density.platform_pss_kib(platform)
+        before = density.meminfo()
+
+        start = time.perf_counter()
+        boxes, create_lat, errors = create_all(args.count, args.profile)
+        create_wall = time.perf_counter() - start
+        rounds = [exec_round(boxes) for _ in range(2)]
+        after = density.meminfo()
+        cost = density.process_cost(backend_dir)
+        platform_after = density.platform_pss_kib(platform)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda b: b.stop(graceful_shutdown_seconds=0).result(), boxes))
+        stop_wall = time.perf_counter() - start
+
+    held = len(boxes)
+    growth = density.kernel_growth(before, after, held)
+    kernel = density.counted_kernel_mib(growth)
+    per_sandbox = cost.per_sandbox_mib() + kernel
+    execs = rounds[0] + rounds[1]
+    rows: dict[str, float] = {
+        "idle sandboxes held": held,
+        "create all, s": round(create_wall, 1),
+        "create p50 ms": round(pct(create_lat, 0.5), 1),
+        "create p99 ms": round(pct(create_lat, 0.99), 1),
+        "exec p50 ms": round(pct(execs, 0.5), 2),
+        "exec p99 ms": round(pct(execs, 0.99), 2),
+        "memory per sandbox MiB": round(per_sandbox, 2),
+        "  processes (PSS) MiB": round(cost.per_sandbox_mib(), 2),
+        "  kernel (slab+pt+stacks) MiB": round(kernel, 2),
+        "platform growth per sandbox MiB": round(
+            (platform_after - platform_before) / 1024 / max(held, 1), 3
+        ),
+        "stop all, s": round(stop_wall, 1),
+    }
+    stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    baseline = stored.get("density", {})
+    print(f"\nsandboxd density ({os.cpu_count()} CPUs, {after['MemTotal'] >> 10} MiB, "
+          f"embedded defaults, profile {args.profile or 'default'}, {args.count} asked)")  # fmt: skip
+    print(f"baseline: {baseline.get('name', 'none recorded')}")
+    print(f"{'measure':<34} {'this run':>10} {'baseline':>10} {'target':>8}")
+    for name, value in rows.items():
+        base = baseline.get("rows", {}).get(name, "-")
+        target = TARGETS.get(name, "")
+        print(f"{name:<34} {value:>10} {base!s:>10} {target!s:>8}")
+    print("processes by kind:")
+    for line in cost.lines():
+        print("  " + line)
+    print("kernel growth per sandbox, KiB: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in growth.items())  # fmt: skip
+          + " (Percpu not in the sum)")
+    if errors:
+        print(f"{len(errors)} creates failed; first: {errors[0]}")
+    if args.record:
+        stored["density"] = {"name": args.record, "rows": rows}
+        BASELINES.write_text(json.dumps(stored, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
