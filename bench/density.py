@@ -1,4 +1,4 @@
-"""Idle sandboxes per host: how many `sandboxd up` holds with its embedded defaults, and at what cost.
+"""Idle sandboxes per host: how many ``sandboxd up`` holds with its defaults, at what cost.
 
 Run: ``.venv/bin/python bench/density.py [--count 1000] [--profile P] [--record NAME]`` (root;
 about 3 minutes for 1,000 on 2 cores). It starts ``sandboxd up`` with **no configuration**
@@ -45,7 +45,9 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def create_all(count: int, profile: str | None, workers: int = 4) -> tuple[list[Any], list[float], list[str]]:
+def create_all(
+    count: int, profile: str | None, workers: int = 4
+) -> tuple[list[Any], list[float], list[str]]:
     from cwsandbox import Sandbox
 
     boxes: list[Any] = []
@@ -79,7 +81,7 @@ def exec_round(boxes: list[Any]) -> list[float]:
     return samples
 
 
-def main() -> None:  # noqa: PLR0915 - one straight measurement script
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--profile", default=None, help="profile name (default: the default)")
@@ -140,8 +142,11 @@ def main() -> None:  # noqa: PLR0915 - one straight measurement script
     }
     stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
     baseline = stored.get("density", {})
-    print(f"\nsandboxd density ({os.cpu_count()} CPUs, {after['MemTotal'] >> 10} MiB, "
-          f"embedded defaults, profile {args.profile or 'default'}, {args.count} asked)")  # fmt: skip
+    profile = args.profile or "default"
+    print(
+        f"\nsandboxd density ({os.cpu_count()} CPUs, {after['MemTotal'] >> 10} MiB, "
+        f"embedded defaults, profile {profile}, {args.count} asked)"
+    )
     print(f"baseline: {baseline.get('name', 'none recorded')}")
     print(f"{'measure':<34} {'this run':>10} {'baseline':>10} {'target':>8}")
     for name, value in rows.items():
@@ -151,9 +156,8 @@ def main() -> None:  # noqa: PLR0915 - one straight measurement script
     print("processes by kind:")
     for line in cost.lines():
         print("  " + line)
-    print("kernel growth per sandbox, KiB: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in growth.items())  # fmt: skip
-          + " (Percpu not in the sum)")
+    kernel_text = ", ".join(f"{k} {v:.0f}" for k, v in growth.items())
+    print(f"kernel growth per sandbox, KiB: {kernel_text} (Percpu not in the sum)")
     if errors:
         print(f"{len(errors)} creates failed; first: {errors[0]}")
     if args.record:

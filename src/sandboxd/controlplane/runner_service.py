@@ -138,6 +138,8 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                 credential=credential,
                 runner_group_id=state.runner_group_id,
                 cluster_id=self._cluster_id,
+                cpu_overcommit_ratio=state.overcommit.cpu,
+                memory_overcommit_ratio=state.overcommit.memory,
             )
         )
         link = state.link

@@ -96,7 +96,8 @@ class Zygote:
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
-            reply = {"ok": True, "pid": os.getpid(), "native_keeper": self.native_keeper is not None}
+            native = self.native_keeper is not None
+            reply = {"ok": True, "pid": os.getpid(), "native_keeper": native}
             with contextlib.suppress(OSError):
                 protocol.send(conn, reply)
         elif op == "shutdown":
