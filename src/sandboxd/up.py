@@ -99,7 +99,13 @@ async def _wait_until_registered(control_plane: ControlPlane, agent: RunnerAgent
     async with asyncio.timeout(READY_TIMEOUT_SECONDS):
         while True:
             state = control_plane.registry.get(agent.runner_id)
-            if state is not None and control_plane.registry.is_healthy(state):
+            # Healthy here, and the runner has its credential (stored before it is kept):
+            # a script that reads the ready line and stops `up` finds the runner's files.
+            if (
+                state is not None
+                and control_plane.registry.is_healthy(state)
+                and agent.has_credential
+            ):
                 return
             await asyncio.sleep(0.02)
 

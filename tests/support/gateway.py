@@ -61,6 +61,22 @@ class Gateway:
         timeout: float = 60.0,
     ) -> str:
         """Start a sandbox on ``runner_id``; returns its id once it is RUNNING."""
+        sandbox_id = self.create(
+            runner_id, profile=profile, argv=argv, image=image, timeout=timeout
+        )
+        self.wait(sandbox_id, lambda s: s == g.SANDBOX_STATUS_RUNNING, timeout)
+        return sandbox_id
+
+    def create(
+        self,
+        runner_id: str,
+        *,
+        profile: str = "locked-down",
+        argv: list[str] | None = None,
+        image: str = "python:3.11",
+        timeout: float = 60.0,
+    ) -> str:
+        """Start a sandbox on ``runner_id``; returns its id as soon as Start answers."""
         command, *args = argv or IDLE
         response = self.gateway.Start(
             g.StartSandboxRequest(
@@ -73,8 +89,39 @@ class Gateway:
             timeout=timeout,
         )
         self.started.append(response.sandbox_id)
-        self.wait(response.sandbox_id, lambda s: s == g.SANDBOX_STATUS_RUNNING, timeout)
         return str(response.sandbox_id)
+
+    def stop(self, sandbox_id: str, grace_seconds: int = 1, timeout: float = 60.0) -> None:
+        self.gateway.Stop(
+            g.StopSandboxRequest(sandbox_id=sandbox_id, graceful_shutdown_seconds=grace_seconds),
+            timeout=timeout,
+        )
+
+    def list_all(self, **fields: object) -> list[g.SandboxInfo]:
+        """Every sandbox List returns (all pages) with these request fields."""
+        found: list[g.SandboxInfo] = []
+        token = ""
+        while True:
+            page = self.gateway.List(
+                g.ListSandboxesRequest(page_token=token, **fields),  # type: ignore[arg-type]
+                timeout=10,
+            )
+            found.extend(page.sandboxes)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def write_file(self, sandbox_id: str, path: str, data: bytes, timeout: float = 10.0) -> None:
+        self.gateway.AddFile(
+            g.AddFileSandboxRequest(sandbox_id=sandbox_id, filepath=path, file_contents=data),
+            timeout=timeout,
+        )
+
+    def read_file(self, sandbox_id: str, path: str, timeout: float = 10.0) -> bytes:
+        response = self.gateway.RetrieveFile(
+            g.RetrieveFileSandboxRequest(sandbox_id=sandbox_id, filepath=path), timeout=timeout
+        )
+        return bytes(response.file_contents)
 
     def get(self, sandbox_id: str, timeout: float = 10.0) -> g.GetSandboxResponse:
         response: g.GetSandboxResponse = self.gateway.Get(

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -365,27 +366,55 @@ def reap_runner_state(state_dir: Path) -> list[str]:
 
     Runs the local backend's own recovery on the runner's data directory, then destroys what
     it found alive and shuts its zygote down, which frees their processes, cgroups, id ranges
-    and subnets. Returns the ids destroyed (none when the test cleaned up after itself).
-    Call it only once the runner process has exited.
+    and subnets. Last, it gives back user-id ranges still claimed as prepared ahead for this
+    backend: a runner restarted after a SIGKILL leaves its predecessor's behind when it stops
+    before creating a sandbox (``tests/fault/test_runner_crash.py`` has the test of that).
+    Returns the ids destroyed (none when the test cleaned up after itself). Call it only
+    once the runner process has exited.
     """
     backend_dir = state_dir / "backend"
     sandboxes = backend_dir / "sandboxes"
     left = any(sandboxes.iterdir()) if sandboxes.is_dir() else False
-    if not left and not _zygote_listening(backend_dir / "run"):
-        return []  # nothing to do (a clean stop); do not start a zygote just to stop it
-    from sandboxd.backends.local import LocalBackend
+    try:
+        if not left and not _zygote_listening(backend_dir / "run"):
+            return []  # nothing to do (a clean stop); do not start a zygote just to stop it
+        from sandboxd.backends.local import LocalBackend
 
-    async def reap() -> list[str]:
-        backend = LocalBackend(backend_dir)
-        try:
-            alive = await backend.recover()
-            for sandbox_id in alive:
-                await backend.destroy(sandbox_id)
-            return alive
-        finally:
-            await backend.close()
+        async def reap() -> list[str]:
+            backend = LocalBackend(backend_dir)
+            try:
+                alive = await backend.recover()
+                for sandbox_id in alive:
+                    await backend.destroy(sandbox_id)
+                return alive
+            finally:
+                await backend.close()
 
-    return asyncio.run(reap())
+        return asyncio.run(reap())
+    finally:
+        release_prepared_claims(backend_dir)
+
+
+def prepared_claims(backend_dir: Path) -> list[Path]:
+    """Claim files of user-id ranges prepared ahead by the local backend in ``backend_dir``."""
+    from sandboxd.backends.local.prepared_ids import PREPARED
+    from sandboxd.backends.local.userns import IDMAP_DIR
+
+    key = hashlib.sha1(str(backend_dir.absolute()).encode()).hexdigest()[:8]
+    mine = f"sandboxd-{key} {PREPARED}"
+    found = []
+    for path in Path(IDMAP_DIR).glob("*") if Path(IDMAP_DIR).is_dir() else []:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == mine:
+                found.append(path)
+    return found
+
+
+def release_prepared_claims(backend_dir: Path) -> None:
+    """Remove :func:`prepared_claims` (only once nothing of that backend runs any more)."""
+    for path in prepared_claims(backend_dir):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _zygote_listening(run_dir: Path) -> bool:
@@ -395,7 +424,7 @@ def _zygote_listening(run_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             # Through the directory's fd: the full path may exceed sun_path's 108 bytes.
             sock.connect(f"/proc/self/fd/{dir_fd}/zygote.sock")
         return True

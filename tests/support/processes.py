@@ -200,6 +200,8 @@ class ControlPlaneProcess:
     tls_key: Path | None = None
     ca_file: Path | None = None
     extra_args: Sequence[str] = ()
+    # ``--database-url`` (empty: SQLite in the data directory).
+    database_url: str = ""
     port: int = field(default_factory=free_port)
     # Where it listens (plaintext): loopback by default; a test network's address for runners
     # in other network namespaces (tests/support/hosts.py).
@@ -233,6 +235,8 @@ class ControlPlaneProcess:
         ]  # fmt: skip
         if self.config is not None:
             args += ["--config", str(self.config)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         if self.tls_cert is not None and self.tls_key is not None:
             args += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         self.proc = Proc(args, child_env()).start()
@@ -245,6 +249,16 @@ class ControlPlaneProcess:
     def stop(self) -> int:
         assert self.proc is not None
         return self.proc.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no goodbye to runners or clients, nothing flushed."""
+        assert self.proc is not None
+        self.proc.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.popen.pid
 
     def admin(self, method: str, request: Message, response_type: type[Message]) -> Any:
         """Call the admin API with the administrator key."""

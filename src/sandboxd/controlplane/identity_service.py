@@ -279,6 +279,9 @@ class IdentityService:
             raise permission_denied(
                 refused.message, "CWSANDBOX_RUNNER_ID_TAKEN", runner_id=runner_id
             ) from None
+        # Known from now on without the database: the runner's first exec dial (its first
+        # use of the credential) may come during an outage.
+        self._runners.put(credential.credential_id, credential, digest(secret))
         group = token.runner_group_id or requested_group
         log.info("runner %s joined with token %s (group %s)", runner_id, token.token_id, group)
         return credential, secret.text
@@ -298,6 +301,7 @@ class IdentityService:
         secret = mint(SecretKind.API_KEY)
         key = ApiKeyInfo(secret.public_id, organization, role, name, utcnow())
         await self._db(self._store.add_api_key, key, digest(secret))
+        self._keys.put(key.key_id, key, digest(secret))
         return key, secret.text
 
     async def list_keys(self, organization: str, include_revoked: bool) -> list[ApiKeyInfo]:

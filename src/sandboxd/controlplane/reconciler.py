@@ -57,6 +57,8 @@ START_COMMAND_SECONDS = 90.0
 STOP_MARGIN_SECONDS = 15.0
 RETRY_SECONDS = 2.0
 """A command that failed without progress is sent again after this long, not at once."""
+SNAPSHOT_RETRY_SECONDS = (1.0, 30.0)
+"""A snapshot that could not be stored is asked for again after 1 s, doubling up to 30 s."""
 LOST_REASON = "lost: its runner no longer has it"
 
 StartNote = Callable[[str, bool, str], None]
@@ -96,6 +98,10 @@ class RunnerReconciler:
         self._inflight: dict[str, InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot_due = True
+        # While the database refuses what snapshots bring, they are not asked for before this
+        # (monotonic) time: an outage must not become a loop of round trips and log lines.
+        self._snapshot_not_before = 0.0
+        self._snapshot_delay = SNAPSHOT_RETRY_SECONDS[0]
         self._full = True
         self._dirty: set[str] = set()
         self._task = asyncio.create_task(self._loop(), name=f"reconcile-{runner_id}")
@@ -141,8 +147,10 @@ class RunnerReconciler:
         """One pass over the runner's unsettled sandboxes (or only the ones kicked)."""
         link = self._link()
         if link is not None and self._snapshot_due:
-            self._snapshot_due = False
-            self._spawn(self._request_snapshot(link))
+            wait = self._snapshot_not_before - time.monotonic()
+            if wait <= 0:
+                self._snapshot_due = False
+                self._spawn(self._request_snapshot(link))
         at = now()
         if self._full:
             self._full = False
@@ -230,8 +238,8 @@ class RunnerReconciler:
         except ApiError as error:
             if error.code is grpc.StatusCode.UNAVAILABLE:
                 log.info("sandbox %s: %s, will retry", sid, error.message)
-                if error.reason == "CWSANDBOX_STORE_UNAVAILABLE":
-                    self._snapshot_due = True
+                if error.reason == "CWSANDBOX_STORE_UNAVAILABLE" and not self._snapshot_due:
+                    self._snapshot_later()
             else:
                 log.warning("sandbox %s: %s failed: %s", sid, flight.action.value, error.message)
         except Exception:
@@ -326,7 +334,8 @@ class RunnerReconciler:
             await self._observe(event.sandbox_id, report)
         except ApiError as error:
             log.warning("runner %s: report kept for the resync (%s)", self.runner_id, error.message)
-            self._snapshot_due = True
+            if not self._snapshot_due:
+                self._snapshot_later()
 
     async def apply_snapshot(
         self, events: list[runner_pb2.SandboxEvent], runner_cluster_id: str
@@ -357,8 +366,18 @@ class RunnerReconciler:
             log.warning(
                 "runner %s: snapshot kept for the resync (%s)", self.runner_id, error.message
             )
-            self._snapshot_due = True
+            self._snapshot_later()
+            return
+        self._snapshot_delay = SNAPSHOT_RETRY_SECONDS[0]
         self.kick()
+
+    def _snapshot_later(self) -> None:
+        """Ask for a snapshot again after a pause that doubles while the store refuses."""
+        delay = self._snapshot_delay
+        self._snapshot_delay = min(delay * 2, SNAPSHOT_RETRY_SECONDS[1])
+        self._snapshot_due = True
+        self._snapshot_not_before = time.monotonic() + delay
+        asyncio.get_running_loop().call_later(delay, self.kick)
 
     async def _classify_unknown(
         self, unknown: list[runner_pb2.SandboxEvent], runner_cluster_id: str

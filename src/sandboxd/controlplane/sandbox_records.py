@@ -241,6 +241,9 @@ class SandboxRecords:
 
         def landed(_: None, _abandoned: bool) -> None:
             self._records.pop(record.sandbox_id, None)
+            lock = self._locks.get(record.sandbox_id)
+            if lock is not None and not lock.locked():
+                del self._locks[record.sandbox_id]
             self._registry.release(record.runner_id, record.sandbox_id)
             self._changed(record, gone=True)
 

@@ -52,17 +52,17 @@ def test_the_runner_raises_its_soft_descriptor_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip("the hard limit leaves nothing to raise")
+    # The child lowers its own soft limit first (no preexec_fn: forking a process that runs
+    # gRPC threads and then running Python in the child can abort it).
     script = (
         "import resource\n"
+        "_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "from sandboxd.runner.exec_limits import raise_nofile_limit\n"
         "print(*raise_nofile_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script],
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.split()
     before, after, limit = (int(x) for x in out)
     expected = hard if hard != resource.RLIM_INFINITY else 1 << 20

@@ -36,11 +36,15 @@ class PreparedIdRanges:
         self._adopted = False
         self._task: asyncio.Task[None] | None = None
 
-    def take(self, sandbox_id: str) -> IdRange:
-        """A range for ``sandbox_id``: a prepared one if any, else a freshly claimed one."""
+    def _adopt(self) -> None:
+        """Take over the ranges a predecessor (killed before it gave them back) prepared."""
         if not self._adopted:
             self._adopted = True
             self.ready.extend(self.pool.adopt(PREPARED))
+
+    def take(self, sandbox_id: str) -> IdRange:
+        """A range for ``sandbox_id``: a prepared one if any, else a freshly claimed one."""
+        self._adopt()
         ids = self.ready.popleft() if self.ready else self.pool.allocate(sandbox_id)
         self.pool.relabel(ids, sandbox_id)
         self.refill()
@@ -67,10 +71,11 @@ class PreparedIdRanges:
             self.ready.append(ids)
 
     async def close(self) -> None:
-        """Stop refilling and give back every range not handed out."""
+        """Stop refilling and give back every range not handed out, a predecessor's too."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self._adopt()  # a runner stopped before its first create gives those back as well
         while self.ready:
             self.pool.release(self.ready.popleft())
