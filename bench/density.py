@@ -21,6 +21,7 @@ Each row is printed beside the last recorded baseline (``bench/baselines.json``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -34,9 +35,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 from tests.support import density
+from tests.support.hosts import reap_runner_state
 from tests.support.processes import all_in_one
 
 BASELINES = ROOT / "baselines.json"
+RESULTS = ROOT / "results"
+EXEC_TIMEOUT = 30.0  # far above any target: a hung exec is reported, not waited for
 TARGETS = {"idle sandboxes held": 1000, "exec p99 ms": 100.0, "memory per sandbox MiB": 5.0}
 
 
@@ -72,13 +76,27 @@ def create_all(
     return boxes, took, errors
 
 
-def exec_round(boxes: list[Any]) -> list[float]:
+def exec_round(boxes: list[Any], errors: list[str]) -> list[float]:
+    """``exec(["true"])`` in each sandbox in turn; failures are counted, never hidden."""
     samples = []
     for box in boxes:
         start = time.perf_counter()
-        box.exec(["true"]).result()
+        try:
+            box.exec(["true"], timeout_seconds=EXEC_TIMEOUT).result()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            continue
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def stop_all(boxes: list[Any]) -> None:
+    def stop(box: Any) -> None:
+        with contextlib.suppress(Exception):  # reported by the leftover check below
+            box.stop(graceful_shutdown_seconds=0).result()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(stop, boxes))
 
 
 def main() -> None:
@@ -91,6 +109,7 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("the density benchmark needs root (real namespaces and cgroups)")
 
+    exec_errors: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-density-") as data,
         all_in_one(Path(data), *args.up_arg) as up,
@@ -98,27 +117,40 @@ def main() -> None:
         os.environ["CWSANDBOX_BASE_URL"] = up.base_url
         os.environ["CWSANDBOX_API_KEY"] = up.api_key
         backend_dir = Path(data) / "backend"
-        # Warm up: the zygote starts, the disk template of the default size is made.
-        warm, _took, errs = create_all(1, args.profile, workers=1)
-        if errs:
-            sys.exit(f"the first sandbox failed: {errs[0]}")
-        warm[0].stop(graceful_shutdown_seconds=0).result()
-        platform = [up.proc.popen.pid, density.zygote_pid(backend_dir) or 0]
-        platform_before = density.platform_pss_kib(platform)
-        before = density.meminfo()
+        boxes: list[Any] = []
+        try:
+            # Warm up: the zygote starts, the disk template of the default size is made.
+            warm, _took, errs = create_all(1, args.profile, workers=1)
+            if errs:
+                sys.exit(f"the first sandbox failed: {errs[0]}")
+            stop_all(warm)
+            platform = [up.proc.popen.pid, density.zygote_pid(backend_dir) or 0]
+            platform_before = density.platform_pss_kib(platform)
+            fds_before = density.open_fds(up.proc.popen.pid)
+            before = density.meminfo()
 
-        start = time.perf_counter()
-        boxes, create_lat, errors = create_all(args.count, args.profile)
-        create_wall = time.perf_counter() - start
-        rounds = [exec_round(boxes) for _ in range(2)]
-        after = density.meminfo()
-        cost = density.process_cost(backend_dir)
-        platform_after = density.platform_pss_kib(platform)
+            start = time.perf_counter()
+            boxes, create_lat, errors = create_all(args.count, args.profile)
+            create_wall = time.perf_counter() - start
+            rounds = [exec_round(boxes, exec_errors) for _ in range(2)]
+            after = density.meminfo()
+            cost = density.process_cost(backend_dir)
+            platform_after = density.platform_pss_kib(platform)
+            fds_after = density.open_fds(up.proc.popen.pid)
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda b: b.stop(graceful_shutdown_seconds=0).result(), boxes))
-        stop_wall = time.perf_counter() - start
+            start = time.perf_counter()
+            stop_all(boxes)
+            stop_wall = time.perf_counter() - start
+            boxes = []
+        finally:
+            stop_all(boxes)
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "density-platform.log").write_text(up.proc.output + "\n")
+            up.proc.stop(timeout=60)
+            # Whatever a failed run left (sandboxes outlive their runner by design).
+            left = reap_runner_state(Path(data))
+            if left:
+                print(f"reaped {len(left)} sandboxes left behind", file=sys.stderr)
 
     held = len(boxes)
     growth = density.kernel_growth(before, after, held)
@@ -139,6 +171,7 @@ def main() -> None:
             (platform_after - platform_before) / 1024 / max(held, 1), 3
         ),
         "stop all, s": round(stop_wall, 1),
+        "runner+control plane fds per sandbox": round((fds_after - fds_before) / max(held, 1), 2),
     }
     stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
     baseline = stored.get("density", {})
@@ -160,6 +193,9 @@ def main() -> None:
     print(f"kernel growth per sandbox, KiB: {kernel_text} (Percpu not in the sum)")
     if errors:
         print(f"{len(errors)} creates failed; first: {errors[0]}")
+    if exec_errors:
+        print(f"{len(exec_errors)} execs failed; first: {exec_errors[0]}")
+    print(f"the platform's log: {RESULTS / 'density-platform.log'}")
     if args.record:
         stored["density"] = {"name": args.record, "rows": rows}
         BASELINES.write_text(json.dumps(stored, indent=2) + "\n")

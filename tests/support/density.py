@@ -122,6 +122,14 @@ def platform_pss_kib(pids: list[int]) -> int:
     return sum(pss_kib(pid) for pid in pids)
 
 
+def open_fds(pid: int) -> int:
+    """How many descriptors a process holds (0 when it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def zygote_pid(backend_dir: Path) -> int | None:
     """The pid of the zygote serving ``backend_dir`` (the keepers' parent)."""
     needle = f"sandboxd-zygote {backend_dir / 'run'}"
