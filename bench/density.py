@@ -63,6 +63,7 @@ def create_all(
         start = time.perf_counter()
         try:
             box = Sandbox.run(profile_names=[profile] if profile else None)
+            box.wait()  # run() returns once the Start is accepted; this one is running
         except Exception as exc:  # reported, never hidden: a refused create is the finding
             with lock:
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -132,6 +133,7 @@ def main() -> None:
             start = time.perf_counter()
             boxes, create_lat, errors = create_all(args.count, args.profile)
             create_wall = time.perf_counter() - start
+            held = len(boxes)
             rounds = [exec_round(boxes, exec_errors) for _ in range(2)]
             after = density.meminfo()
             cost = density.process_cost(backend_dir)
@@ -152,7 +154,6 @@ def main() -> None:
             if left:
                 print(f"reaped {len(left)} sandboxes left behind", file=sys.stderr)
 
-    held = len(boxes)
     growth = density.kernel_growth(before, after, held)
     kernel = density.counted_kernel_mib(growth)
     per_sandbox = cost.per_sandbox_mib() + kernel
@@ -167,6 +168,9 @@ def main() -> None:
         "memory per sandbox MiB": round(per_sandbox, 2),
         "  processes (PSS) MiB": round(cost.per_sandbox_mib(), 2),
         "  kernel (slab+pt+stacks) MiB": round(kernel, 2),
+        "MemAvailable drop per sandbox MiB": round(
+            (before["MemAvailable"] - after["MemAvailable"]) / 1024 / max(held, 1), 2
+        ),
         "platform growth per sandbox MiB": round(
             (platform_after - platform_before) / 1024 / max(held, 1), 3
         ),

@@ -77,7 +77,7 @@ def create_all(count: int) -> list[Sandbox]:
     lock = threading.Lock()
 
     def one(_index: int) -> None:
-        box = Sandbox.run()
+        box = Sandbox.run().wait()  # run() returns once the Start is accepted
         with lock:
             boxes.append(box)
 
