@@ -69,8 +69,9 @@ async def main(iterations: int, background: int) -> None:
     if os.geteuid() != 0:
         sys.exit("the egress benchmark needs root")
     data = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    rootfs = build_busybox_image(ImageStore(data), progress=lambda _l: None).rootfs
-    backend = LocalBackend(data / "backend")
+    images = ImageStore(data)
+    build_busybox_image(images, progress=lambda _l: None)
+    backend = LocalBackend(data / "backend", images=images)
     timer = Timed(backend._net)
     network = NetworkSpec(egress=EgressType.INTERNET)
     n = 0
@@ -80,7 +81,8 @@ async def main(iterations: int, background: int) -> None:
         n += 1
         sid = f"bench-{n}"
         t0 = time.perf_counter()
-        await backend.create(SandboxSpec(sid, rootfs, memory_bytes=64 << 20, network=network))
+        spec = SandboxSpec(sid, "busybox:latest", memory_bytes=64 << 20, network=network)
+        await backend.create(spec)
         await backend.start(sid)
         return time.perf_counter() - t0, sid
 

@@ -60,9 +60,8 @@ async def exec_true(backend: LocalBackend, sid: str) -> None:
 
 
 class LocalBench:
-    def __init__(self, backend: LocalBackend, rootfs: Path) -> None:
+    def __init__(self, backend: LocalBackend) -> None:
         self.backend = backend
-        self.rootfs = rootfs
         self.n = 0
         self.create_only: list[float] = []
 
@@ -70,7 +69,7 @@ class LocalBench:
         self.n += 1
         sid = f"bench-{self.n}"
         t0 = time.perf_counter()
-        await self.backend.create(SandboxSpec(sid, self.rootfs, memory_bytes=256 << 20))
+        await self.backend.create(SandboxSpec(sid, "busybox:latest", memory_bytes=256 << 20))
         self.create_only.append(time.perf_counter() - t0)
         await self.backend.start(sid)
         await exec_true(self.backend, sid)
@@ -94,9 +93,10 @@ async def main(iterations: int, concurrency: int) -> None:
     if os.geteuid() != 0:
         sys.exit("the local backend benchmark needs root")
     data = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    rootfs = build_busybox_image(ImageStore(data), progress=lambda _l: None).rootfs
-    backend = LocalBackend(data / "backend")
-    bench = LocalBench(backend, rootfs)
+    images = ImageStore(data)
+    rootfs = build_busybox_image(images, progress=lambda _l: None).rootfs  # for the bwrap floor
+    backend = LocalBackend(data / "backend", images=images)
+    bench = LocalBench(backend)
     rows: list[tuple[str, str, str]] = []
     try:
         warm, sid = await bench.create_first_exec()  # starts the zygote (one-off)

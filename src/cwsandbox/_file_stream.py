@@ -44,6 +44,9 @@ WRITE_SCRIPT = (
 _SIZE = re.compile(r"^cwsandbox-size:(\d+)$", re.MULTILINE)
 #: How much of a script's stderr is kept for the error message.
 _STDERR_KEEP = 16 * 1024
+# The writer exits as soon as it reads end-of-input, which can reach us before the task that
+# sent that end-of-input has itself returned; it is given this long to report its count.
+_PUMP_SETTLE_SECONDS = 10.0
 _CONNECT_TIMEOUT = 300.0
 
 #: Receives each chunk; returns False when nobody wants more (the read then stops).
@@ -167,6 +170,8 @@ async def stream_write(
                 stderr = (stderr + event.data.decode("utf-8", "replace"))[-_STDERR_KEEP:]
             else:
                 out += event.data
+        if event.code == 0 and not pump.done():
+            await asyncio.wait({pump}, timeout=_PUMP_SETTLE_SECONDS)
     except grpc.RpcError as err:
         raise _translate(err, "write", path, sid, timeout) from None
     finally:

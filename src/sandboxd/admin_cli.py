@@ -44,7 +44,7 @@ TIMEOUT_SECONDS = 30.0
 ResponseT = TypeVar("ResponseT", bound=Message)
 ROLE_NAMES = {admin_pb2.ROLE_ADMIN: "admin", admin_pb2.ROLE_MEMBER: "member"}
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_TTL_PATTERN = re.compile(r"^(\d+)([smhd]?)$")
+_TTL_PATTERN = re.compile(r"^(\d+)([smhd]?)\Z")
 
 
 class AdminError(click.ClickException):

@@ -23,6 +23,7 @@ import click
 
 from sandboxd import __version__
 from sandboxd.admin_cli import ADMIN_GROUPS, parse_duration
+from sandboxd.backends_cli import backends_group
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
 from sandboxd.orphans_cli import sandboxes_group
@@ -288,6 +289,7 @@ def config_validate(path: Path) -> None:
 
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
+main.add_command(backends_group, "backends")
 for _group in (*ADMIN_GROUPS, sandboxes_group):
     main.add_command(_group)
 

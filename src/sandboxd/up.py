@@ -143,7 +143,7 @@ async def run_all_in_one(
     """
     stop = _stop_event()
     await asyncio.to_thread(ensure_default_image, settings.data_dir)
-    backend, images = build_local_backend(settings.data_dir)
+    backend = build_local_backend(settings.data_dir)
     control_plane = ControlPlane(settings)
     await control_plane.start()
     state_dir = settings.data_dir / "runner"
@@ -159,7 +159,6 @@ async def run_all_in_one(
             heartbeat_interval=settings.heartbeat_interval,
         ),
         backend=backend,
-        images=images,
     )
     agent_task = asyncio.create_task(agent.run(), name="local-runner")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import Backend
+from sandboxd.backends.conformance import Harness
 from sandboxd.images import ImageStore, build_busybox_image, build_python_image
 
-from .conformance import Harness
+from .image_refs import BUSYBOX, PYTHON
 
 
 def _require_root() -> None:
@@ -60,12 +61,12 @@ def python_rootfs(image_store: ImageStore) -> Path:
 
 @pytest.fixture(scope="session")
 def local_backend(
-    aio: asyncio.Runner, tmp_path_factory: pytest.TempPathFactory
+    aio: asyncio.Runner, tmp_path_factory: pytest.TempPathFactory, image_store: ImageStore
 ) -> Iterator[Backend]:
     _require_root()
     from sandboxd.backends.local import LocalBackend
 
-    backend = LocalBackend(tmp_path_factory.mktemp("local-backend"))
+    backend = LocalBackend(tmp_path_factory.mktemp("local-backend"), images=image_store)
     fp = aio.run(backend.fingerprint())
     if not fp.available:
         pytest.skip(f"local backend unavailable: {fp.reason}")
@@ -82,21 +83,25 @@ async def _shutdown(backend: Backend) -> None:
 _ids = itertools.count(1)
 
 
-def new_local_backend(data_dir: Path) -> Backend:
+def new_local_backend(data_dir: Path, images: ImageStore) -> Backend:
     from sandboxd.backends.local import LocalBackend
 
-    return LocalBackend(data_dir)
+    return LocalBackend(data_dir, images=images)
 
 
 @pytest.fixture
 def local_harness(
-    aio: asyncio.Runner, local_backend: Backend, busybox_rootfs: Path, python_rootfs: Path
+    aio: asyncio.Runner,
+    local_backend: Backend,
+    image_store: ImageStore,
+    busybox_rootfs: Path,
+    python_rootfs: Path,
 ) -> Harness:
     data_dir = Path(getattr(local_backend, "data_dir"))  # noqa: B009
-    return Harness(
+    return Harness(  # the rootfs fixtures made sure both images are in the store
         backend=local_backend,
-        rootfs=busybox_rootfs,
-        python_rootfs=python_rootfs,
-        reopen=lambda: new_local_backend(data_dir),
+        image=BUSYBOX,
+        python_image=PYTHON,
+        reopen=lambda: new_local_backend(data_dir, image_store),
         prefix=f"t{os.getpid()}-",
     )

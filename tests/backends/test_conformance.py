@@ -8,8 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from sandboxd.backends import backend_names
-
-from .conformance import CHECKS, Harness
+from sandboxd.backends.conformance import CHECKS, Harness
 
 # backend name -> harness fixture; a new backend adds its fixture in conftest.py
 HARNESSES = {"local": "local_harness"}

@@ -14,9 +14,11 @@ import os
 import socket
 from pathlib import Path
 
+from sandboxd.backends.conformance import Harness, collect, run, sh
 from sandboxd.backends.local import LocalBackend, log_budget, protocol
+from sandboxd.images import ImageStore
 
-from .conformance import Harness, collect, run, sh
+from .image_refs import BUSYBOX
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:
@@ -105,11 +107,11 @@ def test_large_arguments_run_or_fail_cleanly(aio: asyncio.Runner, local_harness:
 
 
 def test_concurrent_execs_are_capped_per_sandbox(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        backend = LocalBackend(tmp_path / "capped", max_execs=4)
-        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        backend = LocalBackend(tmp_path / "capped", images=image_store, max_execs=4)
+        h = Harness(backend, BUSYBOX, None, lambda: backend)
         try:
             async with h.sandbox() as sid:
                 held = [await backend.exec(sid, ["sleep", "30"]) for _ in range(4)]
@@ -150,13 +152,13 @@ def test_many_idle_connections_do_not_block_others(
 
 
 def test_log_budget_evicts_oldest_ended_logs_first(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     chunk = 120_000
 
     async def scenario() -> None:
-        backend = LocalBackend(tmp_path / "budget", log_budget_bytes=300_000)
-        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        backend = LocalBackend(tmp_path / "budget", images=image_store, log_budget_bytes=300_000)
+        h = Harness(backend, BUSYBOX, None, lambda: backend)
         try:
             ids = []
             for n in range(3):
@@ -215,11 +217,11 @@ def test_killing_the_keeper_ends_its_sandbox_and_frees_everything(
 
 
 def test_a_killed_zygote_leaves_running_sandboxes_alone(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        backend = LocalBackend(tmp_path / "zygote-kill")
-        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        backend = LocalBackend(tmp_path / "zygote-kill", images=image_store)
+        h = Harness(backend, BUSYBOX, None, lambda: backend)
         try:
             async with h.sandbox(command=("sleep", "1000")) as first:
                 zygote = backend._zygote._proc.pid  # type: ignore[union-attr]

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileNotFound, FileOperationError, FilePermissionDenied
+from sandboxd.images import ImageStore
 
-from .conformance import Harness, run, sh
+from .image_refs import PYTHON, publish
 
 CLIMB = "/.." * 16
 # Every way back to a host object that a leaked descriptor or a magic link used to offer.
@@ -214,7 +216,7 @@ def test_proc_exe_overwrite_cannot_reach_a_host_file(
     )
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs) as sid:
+        async with local_harness.sandbox(image=PYTHON) as sid:
             hunter = asyncio.ensure_future(run(local_harness, sid, ["python3", "-c", script]))
             while not hunter.done():
                 await run(local_harness, sid, ["sh", "-c", "true"])
@@ -230,13 +232,13 @@ def test_proc_exe_overwrite_cannot_reach_a_host_file(
 
 
 def test_sandbox_processes_hold_no_host_descriptor(
-    aio: asyncio.Runner, local_harness: Harness, tmp_path: Path
+    aio: asyncio.Runner, local_harness: Harness, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     """From the host: PID 1, a file worker and user processes hold only sandbox objects."""
     host_devices = {os.stat("/").st_dev, os.stat(tmp_path).st_dev}
     data_dir = Path(getattr(local_harness.backend, "data_dir"))  # noqa: B009
     host_devices.add(os.stat(data_dir).st_dev)
-    host_devices.add(os.stat(local_harness.rootfs).st_dev)
+    host_devices.add(os.stat(busybox_rootfs).st_dev)
 
     def check(pid: int) -> None:
         for name in os.listdir(f"/proc/{pid}/fd"):
@@ -336,7 +338,9 @@ def test_main_log_and_exit_record_are_written_outside_the_sandbox(
     go(aio, scenario())
 
 
-def test_mountinfo_shows_no_host_path(aio: asyncio.Runner, local_harness: Harness) -> None:
+def test_mountinfo_shows_no_host_path(
+    aio: asyncio.Runner, local_harness: Harness, busybox_rootfs: Path
+) -> None:
     data_dir = str(getattr(local_harness.backend, "data_dir"))  # noqa: B009
 
     async def scenario() -> None:
@@ -344,7 +348,7 @@ def test_mountinfo_shows_no_host_path(aio: asyncio.Runner, local_harness: Harnes
             r = await run(local_harness, sid, ["cat", "/proc/self/mountinfo"])
             text = r.stdout.decode()
             assert "overlay" in text
-            for host_path in (data_dir, str(local_harness.rootfs), "/var/cache", "/tmp/"):
+            for host_path in (data_dir, str(busybox_rootfs), "/var/cache", "/tmp/"):
                 assert host_path not in text, (host_path, text)
 
     go(aio, scenario())
@@ -404,7 +408,7 @@ def test_only_unix_inet_and_route_netlink_sockets(
     )
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs) as sid:
+        async with local_harness.sandbox(image=PYTHON) as sid:
             r = await run(local_harness, sid, ["python3", "-c", script])
             assert r.stdout.decode().split() == [
                 "EAFNOSUPPORT", "EAFNOSUPPORT", "EAFNOSUPPORT", "EAFNOSUPPORT",
@@ -459,7 +463,7 @@ def test_a_fork_bomb_loses_only_its_own_processes(
     async def attack() -> None:
         for memory, pids in ((192 << 20, 4096), (1 << 30, 512)):  # memory-bound, then PID-bound
             async with local_harness.sandbox(
-                rootfs=python_rootfs, memory_bytes=memory, pids_max=pids
+                image=PYTHON, memory_bytes=memory, pids_max=pids
             ) as sid:
                 await run(local_harness, sid, ["python3", "-c", bomb])
                 for _ in range(3):  # the sandbox keeps answering, PID 1 included
@@ -477,7 +481,7 @@ def test_a_memory_hog_loses_only_itself(
     hog = "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n"
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs, memory_bytes=128 << 20) as sid:
+        async with local_harness.sandbox(image=PYTHON, memory_bytes=128 << 20) as sid:
             r = await run(local_harness, sid, ["python3", "-c", hog])
             assert r.code == 137
             assert (await run(local_harness, sid, ["echo", "alive"])).stdout == b"alive\n"
@@ -486,7 +490,12 @@ def test_a_memory_hog_loses_only_itself(
 
 
 def test_a_hostile_image_cannot_redirect_mounted_files(
-    aio: asyncio.Runner, local_harness: Harness, host_secret: tuple[Path, Path], tmp_path: Path
+    aio: asyncio.Runner,
+    local_harness: Harness,
+    host_secret: tuple[Path, Path],
+    image_store: ImageStore,
+    busybox_rootfs: Path,
+    tmp_path: Path,
 ) -> None:
     """An image whose directories lead through magic links: mounted files land inside or
     the create fails with a clear error; nothing appears on the host."""
@@ -498,15 +507,16 @@ def test_a_hostile_image_cannot_redirect_mounted_files(
 
     _secret, target = host_secret
     rootfs = tmp_path / "hostile-rootfs"
-    subprocess.run(["cp", "-a", str(local_harness.rootfs), str(rootfs)], check=True)
+    subprocess.run(["cp", "-a", str(busybox_rootfs), str(rootfs)], check=True)
     os.symlink("/proc/self/fd/3/../../../../../../..", rootfs / "escape")
     os.symlink("/proc/1/root", rootfs / "pid1root")
     (rootfs / "etc" / "hostname").unlink()
     os.symlink("/proc/self/fd/4", rootfs / "etc" / "hostname")
+    hostile = publish(image_store, rootfs, "hostile")
 
     async def attack() -> None:
         for path in (f"/escape{target}/planted", "/pid1root/etc/planted"):
-            spec = local_harness.spec(rootfs=rootfs, mounted_files=(MountedFile(path, b"x"),))
+            spec = local_harness.spec(image=hostile, mounted_files=(MountedFile(path, b"x"),))
             with pytest.raises(SandboxStartError) as info:
                 await local_harness.backend.create(spec)
             if path.startswith("/pid1root"):  # /proc/1/root exists: the link is refused
@@ -515,7 +525,7 @@ def test_a_hostile_image_cannot_redirect_mounted_files(
                 await local_harness.backend.destroy(spec.sandbox_id)
         # a file placed over the image's magic-link symlink is refused, not followed
         spec = local_harness.spec(
-            rootfs=rootfs, mounted_files=(MountedFile("/etc/hostname", b"mine"),)
+            image=hostile, mounted_files=(MountedFile("/etc/hostname", b"mine"),)
         )
         with pytest.raises(SandboxStartError):
             await local_harness.backend.create(spec)

@@ -20,14 +20,16 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import MountedFile
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileOperationError, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
 from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
+from sandboxd.images import ImageStore
 from tests.support.postgres import small_tmpfs
 
-from .conformance import Harness, run, sh
 from .disk_support import memory_stat, stray_files, wait_for_loops, wait_in_use
+from .image_refs import BUSYBOX
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -208,12 +210,13 @@ import asyncio, json, sys
 from pathlib import Path
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.backends.local import LocalBackend
+from sandboxd.images import ImageStore
 
-async def main(data_dir, rootfs, prefix, count):
-    backend = LocalBackend(data_dir)
+async def main(data_dir, images_dir, prefix, count):
+    backend = LocalBackend(data_dir, images=ImageStore(images_dir))
     await backend.recover()
     def spec(sid):
-        return SandboxSpec(sid, Path(rootfs), memory_bytes=128 << 20, disk_bytes=32 << 20)
+        return SandboxSpec(sid, "busybox:latest", memory_bytes=128 << 20, disk_bytes=32 << 20)
     await backend.create(spec(f"{prefix}warm"))  # zygote and template ready: creates are quick
     await backend.destroy(f"{prefix}warm")
     print(json.dumps({"ready": True}), flush=True)
@@ -228,17 +231,19 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
 
 
-def start_runner(data_dir: Path, rootfs: Path, prefix: str, count: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", RUNNER, str(data_dir), str(rootfs), prefix, str(count)]
+def start_runner(
+    data_dir: Path, images: ImageStore, prefix: str, count: int
+) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", RUNNER, str(data_dir), str(images.data_dir), prefix, str(count)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")
 
 
 def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "runner"
     where = data_dir / "disk"
-    runner = start_runner(data_dir, busybox_rootfs, "k", 2)
+    runner = start_runner(data_dir, image_store, "k", 2)
     assert runner.stdout is not None
     made = [json.loads(runner.stdout.readline()) for _ in range(3)][1:]
     live, ended = made[0]["sid"], made[1]["sid"]
@@ -252,8 +257,8 @@ def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
         assert len(await wait_for_loops(where, 2)) == 2
         os.kill(made[1]["agent"], signal.SIGKILL)  # one sandbox ends while no runner watches
         assert len(await wait_for_loops(where, 1)) == 1  # and the kernel frees its layer
-        backend = LocalBackend(data_dir)
-        h = Harness(backend, busybox_rootfs, None, lambda: backend)
+        backend = LocalBackend(data_dir, images=image_store)
+        h = Harness(backend, BUSYBOX, None, lambda: backend)
         try:
             assert await backend.recover() == [live]
             assert (await df(h, live))[0] == 32 * 1024  # re-adopted with its cap
@@ -271,7 +276,7 @@ def test_a_killed_runner_leaves_live_layers_working_and_ended_ones_freed(
 
 
 def test_runners_killed_mid_create_leave_no_layer_behind(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     """SIGKILL at every stage of a create, again and again; then recover and clean up.
 
@@ -284,7 +289,7 @@ def test_runners_killed_mid_create_leave_no_layer_behind(
     created = 0
     delays = (0.002, 0.009, 0.021, 0.045)
     for round_no, delay in enumerate(delays):
-        runner = start_runner(data_dir, busybox_rootfs, f"r{round_no}-", 50)
+        runner = start_runner(data_dir, image_store, f"r{round_no}-", 50)
         assert runner.stdout is not None
         assert json.loads(runner.stdout.readline()) == {"ready": True}
         time.sleep(delay)
@@ -294,7 +299,7 @@ def test_runners_killed_mid_create_leave_no_layer_behind(
     assert created < len(delays) * 50  # each was killed while creating
 
     async def scenario() -> None:
-        backend = LocalBackend(data_dir)
+        backend = LocalBackend(data_dir, images=image_store)
         try:
             await backend.recover()
             for sid in list(backend._records):

@@ -13,8 +13,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from .conformance import Harness, run, sh
+from sandboxd.backends.conformance import Harness, run, sh
+
 from .disk_support import loop_devices
+from .image_refs import PYTHON
 
 MiB = 1 << 20
 
@@ -108,7 +110,7 @@ def test_the_sandbox_cannot_change_what_caps_its_layer(
     aio: asyncio.Runner, local_harness: Harness, python_rootfs: Path
 ) -> None:
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs, disk_bytes=32 * MiB) as sid:
+        async with local_harness.sandbox(image=PYTHON, disk_bytes=32 * MiB) as sid:
             r = await run(local_harness, sid, ["python3", "-c", ATTRIBUTES])
             assert r.code == 0, r.stderr
             results = json.loads(r.stdout)
@@ -128,7 +130,7 @@ def test_there_is_no_way_around_a_full_layer(
     cap = 48 * MiB
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs, disk_bytes=cap) as sid:
+        async with local_harness.sandbox(image=PYTHON, disk_bytes=cap) as sid:
             r = await run(local_harness, sid, ["python3", "-c", AROUND_A_FULL_LAYER])
             assert r.code == 0, r.stderr
             out = json.loads(r.stdout)

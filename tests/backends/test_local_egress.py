@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterator
 
 from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.local.egress import NON_PUBLIC, SHARED_CHAIN
 
-from .conformance import Harness, run, sh
 from .nethost import NetHost, test_host
 
 __all__ = ["test_host"]

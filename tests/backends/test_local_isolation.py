@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileNotFound, FileOperationError
+from sandboxd.images import ImageStore
 
-from .conformance import Harness, run, sh
+from .image_refs import BUSYBOX, PYTHON, publish
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:
@@ -72,9 +74,9 @@ def test_cannot_read_or_write_host_files(
 
 
 def test_cannot_change_the_image_or_another_sandbox(
-    aio: asyncio.Runner, local_harness: Harness
+    aio: asyncio.Runner, local_harness: Harness, busybox_rootfs: Path
 ) -> None:
-    image_passwd = local_harness.rootfs / "etc" / "passwd"
+    image_passwd = busybox_rootfs / "etc" / "passwd"
     before = image_passwd.read_bytes()
 
     async def attack() -> None:
@@ -92,7 +94,7 @@ def test_cannot_change_the_image_or_another_sandbox(
 
     go(aio, attack())
     assert image_passwd.read_bytes() == before
-    assert os.path.lexists(local_harness.rootfs / "bin" / "ls")
+    assert os.path.lexists(busybox_rootfs / "bin" / "ls")
 
 
 @pytest.fixture
@@ -247,9 +249,7 @@ def test_cannot_gain_capabilities(aio: asyncio.Runner, local_harness: Harness) -
     go(aio, attack())
 
 
-def test_python_raw_socket_and_keyring_denied(
-    aio: asyncio.Runner, local_harness: Harness, python_rootfs: Path
-) -> None:
+def test_python_raw_socket_and_keyring_denied(aio: asyncio.Runner, local_harness: Harness) -> None:
     script = (
         "import socket, ctypes, errno\n"
         "try:\n socket.socket(socket.AF_INET, socket.SOCK_RAW, 1); print('raw ok')\n"
@@ -260,7 +260,7 @@ def test_python_raw_socket_and_keyring_denied(
     )
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=python_rootfs) as sid:
+        async with local_harness.sandbox(image=PYTHON) as sid:
             r = await run(local_harness, sid, ["python3", "-c", script])
             assert r.stdout == b"raw denied\nkeyctl -1 True\n", r.stderr
 
@@ -268,15 +268,20 @@ def test_python_raw_socket_and_keyring_denied(
 
 
 def test_device_nodes_in_an_image_are_inert(
-    aio: asyncio.Runner, local_harness: Harness, tmp_path: Path
+    aio: asyncio.Runner,
+    local_harness: Harness,
+    image_store: ImageStore,
+    busybox_rootfs: Path,
+    tmp_path: Path,
 ) -> None:
     """An imported image could carry a device node (say, of the host's disk): nodev."""
     rootfs = tmp_path / "evil-rootfs"
-    os.system(f"cp -a {local_harness.rootfs} {rootfs}")
+    os.system(f"cp -a {busybox_rootfs} {rootfs}")
     os.mknod(rootfs / "evil", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # harmless /dev/null
+    evil = publish(image_store, rootfs, "evil")
 
     async def attack() -> None:
-        async with local_harness.sandbox(rootfs=rootfs) as sid:
+        async with local_harness.sandbox(image=evil) as sid:
             r = await run(local_harness, sid, sh("echo x > /evil"))
             assert r.code != 0 and b"Permission denied" in r.stderr
 
@@ -286,9 +291,20 @@ def test_device_nodes_in_an_image_are_inert(
 def test_spec_is_validated() -> None:
     from sandboxd.backends.errors import InvalidSpec
 
-    for bad in ({"sandbox_id": "../x"}, {"workdir": "rel"}, {"memory_bytes": 0}, {"command": ()}):
-        with pytest.raises(InvalidSpec):
-            SandboxSpec(**{"sandbox_id": "ok", "rootfs": Path("/"), **bad})  # type: ignore[arg-type]
+    bad_values = (
+        {"sandbox_id": "../x"},
+        {"workdir": "rel"},
+        {"memory_bytes": 0},
+        {"command": ()},
+        {"image": ""},
+        {"image": "has space"},
+        {"image": "/host/path\n"},
+        {"image": "x" * 256},
+    )
+    for bad in bad_values:
+        with pytest.raises(InvalidSpec) as info:
+            SandboxSpec(**{"sandbox_id": "ok", "image": "busybox", **bad})  # type: ignore[arg-type]
+        assert info.value.field == next(iter(bad))
 
 
 RUNNER = """
@@ -296,10 +312,11 @@ import asyncio, sys
 from pathlib import Path
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.backends.local import LocalBackend
+from sandboxd.images import ImageStore
 
 async def main() -> None:
-    backend = LocalBackend(sys.argv[1])
-    await backend.create(SandboxSpec("survivor", Path(sys.argv[2])))
+    backend = LocalBackend(sys.argv[1], images=ImageStore(sys.argv[2]))
+    await backend.create(SandboxSpec("survivor", "busybox:latest"))
     await backend.start("survivor")
     await backend.write_file("survivor", "/tmp/mark", b"before restart")
     await backend.close()  # the runner process exits; the sandbox must not
@@ -309,7 +326,7 @@ asyncio.run(main())
 
 
 def test_sandbox_survives_a_runner_process_restart(
-    aio: asyncio.Runner, busybox_rootfs: Path, tmp_path: Path
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     import subprocess
     import sys
@@ -319,14 +336,15 @@ def test_sandbox_survives_a_runner_process_restart(
     from sandboxd.backends.local import LocalBackend
 
     data = tmp_path / "runner-data"
-    subprocess.run([sys.executable, "-c", RUNNER, str(data), str(busybox_rootfs)], check=True)
+    images = str(image_store.data_dir)
+    subprocess.run([sys.executable, "-c", RUNNER, str(data), images], check=True)
 
     async def scenario() -> None:
-        backend = LocalBackend(data)
+        backend = LocalBackend(data, images=image_store)
         try:
             assert await backend.recover() == ["survivor"]
             assert await backend.read_file("survivor", "/tmp/mark") == b"before restart"
-            h = Harness(backend, busybox_rootfs, None, lambda: backend)
+            h = Harness(backend, BUSYBOX, None, lambda: backend)
             assert (await run(h, "survivor", ["echo", "still here"])).stdout == b"still here\n"
             assert (await backend.state("survivor")).state == "running"
             await backend.destroy("survivor")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from sandboxd.backends.base import MountedFile
+from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.controlplane import limits as L
-
-from .conformance import Harness, run, sh
 
 CTRL = "\x01"
 

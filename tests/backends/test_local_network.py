@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
+from sandboxd.backends.conformance import Harness, run, sh
 
-from .conformance import Harness, run, sh
 from .nethost import NetHost, test_host
 
 __all__ = ["test_host"]  # a module-scoped fixture shared with test_local_egress.py

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.conformance import Result, run
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.parent_cgroup import ParentLimits
+from sandboxd.images import ImageStore
 
-from .conformance import Result, run
+from .image_refs import PYTHON
 
 MiB = 1 << 20
 LIMITS = ParentLimits(cpu_millicores=500, memory_bytes=192 * MiB)
@@ -28,13 +30,13 @@ HOG = "import time; b = b'x' * (100 << 20); print('held', flush=True); time.slee
 
 @pytest.fixture
 def bounded(
-    aio: asyncio.Runner, tmp_path: Path, python_rootfs: Path
-) -> Iterator[tuple[LocalBackend, Path]]:
-    backend = LocalBackend(tmp_path / "backend", parent_limits=LIMITS)
+    aio: asyncio.Runner, tmp_path: Path, image_store: ImageStore, python_rootfs: Path
+) -> Iterator[tuple[LocalBackend, str]]:
+    backend = LocalBackend(tmp_path / "backend", images=image_store, parent_limits=LIMITS)
     if not aio.run(backend.fingerprint()).available:
         pytest.skip("local backend unavailable")
     try:
-        yield backend, python_rootfs
+        yield backend, PYTHON  # python_rootfs made sure the store has it
     finally:
         aio.run(_destroy_all(backend))
 
@@ -76,19 +78,19 @@ def first_int(path: Path, key: str | None = None) -> int:
     raise AssertionError(f"{key} not in {path}")
 
 
-def spec(sid: str, rootfs: Path, **kw: object) -> SandboxSpec:
-    return SandboxSpec(f"parent-{os.getpid()}-{sid}", rootfs, **kw)  # type: ignore[arg-type]
+def spec(sid: str, image: str, **kw: object) -> SandboxSpec:
+    return SandboxSpec(f"parent-{os.getpid()}-{sid}", image, **kw)  # type: ignore[arg-type]
 
 
 def test_sandboxes_together_cannot_exceed_the_parent(
-    aio: asyncio.Runner, bounded: tuple[LocalBackend, Path]
+    aio: asyncio.Runner, bounded: tuple[LocalBackend, str]
 ) -> None:
-    backend, rootfs = bounded
+    backend, image = bounded
 
     async def scenario() -> None:
         sids = []
         for name in ("a", "b", "c"):
-            s = spec(name, rootfs, memory_bytes=128 * MiB)
+            s = spec(name, image, memory_bytes=128 * MiB)
             await backend.create(s)
             await backend.start(s.sandbox_id)
             sids.append(s.sandbox_id)
@@ -116,15 +118,15 @@ def test_sandboxes_together_cannot_exceed_the_parent(
 
 
 def test_cpu_quota_holds_for_all_sandboxes_together(
-    aio: asyncio.Runner, bounded: tuple[LocalBackend, Path]
+    aio: asyncio.Runner, bounded: tuple[LocalBackend, str]
 ) -> None:
-    backend, rootfs = bounded
+    backend, image = bounded
     spin = "import time; end = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
 
     async def scenario() -> None:
         sids = []
         for name in ("x", "y"):
-            s = spec(name, rootfs, cpu_millicores=1000)  # each alone may use a whole CPU
+            s = spec(name, image, cpu_millicores=1000)  # each alone may use a whole CPU
             await backend.create(s)
             await backend.start(s.sandbox_id)
             sids.append(s.sandbox_id)
@@ -138,28 +140,28 @@ def test_cpu_quota_holds_for_all_sandboxes_together(
 
 
 def test_limits_are_rewritten_when_the_group_is_recreated_or_reconfigured(
-    aio: asyncio.Runner, bounded: tuple[LocalBackend, Path], tmp_path: Path
+    aio: asyncio.Runner, bounded: tuple[LocalBackend, str], tmp_path: Path
 ) -> None:
-    backend, rootfs = bounded
+    backend, image = bounded
 
     async def scenario() -> None:
-        first = spec("first", rootfs)
+        first = spec("first", image)
         await backend.create(first)
         files = group_files(backend)
         await backend.destroy(first.sandbox_id)
         assert not files["limit"].parent.exists()  # the empty group went away
-        second = spec("second", rootfs, cpu_millicores=500)  # all of the parent's quota
+        second = spec("second", image, cpu_millicores=500)  # all of the parent's quota
         await backend.create(second)
         assert first_int(files["limit"]) == 192 * MiB  # made again, bounded again
         # A restarted runner with another budget: the running sandbox stays bounded all along,
         # and the new budget applies from the new process's first create.
         await backend.close()
         smaller_cpu = ParentLimits(cpu_millicores=300, memory_bytes=256 * MiB)
-        restarted = LocalBackend(backend.data_dir, parent_limits=smaller_cpu)
+        restarted = LocalBackend(backend.data_dir, images=backend.images, parent_limits=smaller_cpu)
         try:
             assert await restarted.recover() == [second.sandbox_id]
             assert first_int(files["limit"]) == 192 * MiB
-            third = spec("third", rootfs)
+            third = spec("third", image)
             await restarted.create(third)  # works although v1 refuses the smaller quota...
             assert first_int(files["limit"]) == 256 * MiB  # ...and the memory limit applies
             quota = files["quota"].read_text().split()[0]

@@ -379,9 +379,10 @@ def reap_runner_state(state_dir: Path) -> list[str]:
         if not left and not _zygote_listening(backend_dir / "run"):
             return []  # nothing to do (a clean stop); do not start a zygote just to stop it
         from sandboxd.backends.local import LocalBackend
+        from sandboxd.images import ImageStore
 
         async def reap() -> list[str]:
-            backend = LocalBackend(backend_dir)
+            backend = LocalBackend(backend_dir, images=ImageStore(state_dir))  # only destroys
             try:
                 alive = await backend.recover()
                 for sandbox_id in alive:

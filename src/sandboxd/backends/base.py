@@ -5,10 +5,15 @@ limits, lifetimes, status reporting) and a backend only turns a fully resolved
 ``SandboxSpec`` into an isolated process tree and back. The lifecycle is
 ``create → start → (exec | files | logs | stats)* → stop → destroy``; ``wait`` may be called
 at any time after ``start``; ``recover`` re-attaches to sandboxes that outlived a runner
-restart. Every backend passes the same conformance checks (``tests/backends/conformance.py``).
+restart. Every backend passes the same conformance checks (``sandboxd.backends.conformance``,
+shipped in the package so that out-of-tree backends can run them too). The runner builds its
+backend by name from the catalog (``sandboxd.backends``) with :meth:`Backend.from_config`.
 
-Values are small frozen dataclasses so they can be logged, compared and passed across
-threads safely. Errors are the typed tree in ``errors.py``.
+A spec names its image by reference; images and preparing a root file system from one sit
+behind the backend (the local backend resolves references in its image store; a VM backend
+would have disk images), so the runner never handles a host path. Values are small frozen
+dataclasses so they can be logged, compared and passed across threads safely. Errors are
+the typed tree in ``errors.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import ClassVar, Literal, NamedTuple
 from .errors import InvalidSpec
 
 Stream = Literal["stdout", "stderr"]
-SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+IMAGE_REF_RE = re.compile(r"[!-~]{1,255}")  # what a backend accepts; each checks its own rules
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -90,7 +96,7 @@ class SandboxSpec:
     """Everything a backend needs to run one sandbox; resolved and checked by the runner."""
 
     sandbox_id: str
-    rootfs: Path
+    image: str  # a reference the backend resolves (``name:tag``, or ``name`` for latest)
     command: tuple[str, ...] = ("/bin/sh", "-c", 'trap "exit 0" TERM INT; sleep infinity & wait')
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str = "/"
@@ -106,6 +112,8 @@ class SandboxSpec:
     def __post_init__(self) -> None:
         if not SANDBOX_ID_RE.match(self.sandbox_id):
             raise InvalidSpec("sandbox_id", "1-63 of [A-Za-z0-9_.-], starting alphanumeric")
+        if not IMAGE_REF_RE.fullmatch(self.image):
+            raise InvalidSpec("image", "must name an image: 1-255 printable characters, no spaces")
         if not self.command:
             raise InvalidSpec("command", "must not be empty")
         if not self.workdir.startswith("/"):
@@ -232,18 +240,48 @@ class ExecSession(ABC):
         """Release everything; kills the process if it still runs."""
 
 
+@dataclass(frozen=True)
+class BackendConfig:
+    """What a runner tells any backend it builds, whichever backend it is.
+
+    ``data_dir`` is the backend's own directory (it lays it out as it likes); the CPU and
+    memory bounds are the runner's allocatable capacity, which all sandboxes together must
+    stay within (None: not bounded beyond the host).
+    """
+
+    data_dir: Path
+    cpu_millicores: int | None = None
+    memory_bytes: int | None = None
+
+
 class Backend(ABC):
     """One way of running sandboxes. Methods raise the errors of ``errors.py``."""
 
     name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: BackendConfig) -> Backend:
+        """The backend as a runner runs it; cheap: nothing starts before the event loop."""
 
     @abstractmethod
     async def fingerprint(self) -> Fingerprint:
         """Report availability, attributes and capacity; never raises for "unavailable"."""
 
     @abstractmethod
+    def image_refs(self) -> list[str]:
+        """Images a sandbox may name now (``name:tag``, plus ``name`` for a ``latest`` tag).
+
+        The runner advertises them for placement. It may walk the disk: the runner calls it
+        off the event loop and caches the answer for a few seconds.
+        """
+
+    @abstractmethod
     async def create(self, spec: SandboxSpec) -> None:
-        """Build the isolated environment; the main process is not started yet."""
+        """Build the isolated environment; the main process is not started yet.
+
+        ``ImageUnavailable`` when ``spec.image`` is not one of :meth:`image_refs`.
+        """
 
     @abstractmethod
     async def start(self, sandbox_id: str) -> None:

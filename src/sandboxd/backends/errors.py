@@ -6,6 +6,7 @@ in one place)::
     BackendError
     ├── BackendUnavailable        the backend cannot run here (not root, no cgroups, ...)
     ├── InvalidSpec               a SandboxSpec field is unusable; ``.field`` names it
+    ├── ImageUnavailable          the spec's image is not one this backend has; ``.image``
     ├── SandboxExists             create() with an id that is already in use
     ├── SandboxNotFound           no sandbox with that id
     ├── SandboxNotRunning         exec/file op on a sandbox whose main process has ended
@@ -35,6 +36,14 @@ class InvalidSpec(BackendError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class ImageUnavailable(BackendError):
+    """The spec names an image this backend does not have; the message says how to get it."""
+
+    def __init__(self, image: str, message: str) -> None:
+        super().__init__(message)
+        self.image = image
 
 
 class SandboxExists(BackendError):

@@ -126,45 +126,50 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         except ApiError as error:
             await abort_with(context, error)
 
+        reconcilers = self._lifecycle.reconcilers
         state, connection_id = self._registry.register(register)
         log.info("runner %s connected (group %s)", state.runner_id, state.runner_group_id)
-        connected_at = timestamp_pb2.Timestamp()
-        connected_at.FromDatetime(state.connected_at)
-        yield runner_pb2.ControlMessage(
-            registered=runner_pb2.Registered(
-                connected_at=connected_at,
-                heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
-                profile_names=state.profile_names,
-                credential=credential,
-                runner_group_id=state.runner_group_id,
-                cluster_id=self._cluster_id,
-                cpu_overcommit_ratio=state.overcommit.cpu,
-                memory_overcommit_ratio=state.overcommit.memory,
-            )
-        )
-        link = state.link
-        assert link is not None
-        reconcilers = self._lifecycle.reconcilers
-        if register.cluster_id and register.cluster_id != self._cluster_id:
-            log.warning(
-                "runner %s last registered with cluster %s, not this one (%s): sandboxes it "
-                "holds that this control plane has no record of are reported as orphans",
-                state.runner_id,
-                register.cluster_id,
-                self._cluster_id,
-            )
-        await reconcilers.on_register(state.runner_id, register)
-        reader = asyncio.create_task(
-            self._read(request_iterator, state.runner_id, connection_id, link.outbox)
-        )
+        reader: asyncio.Task[None] | None = None
         try:
+            # Everything after register sits inside the try: a runner that leaves during the
+            # greeting or while its snapshot is still being applied (a slow store) must read
+            # as disconnected at once, not only after the health timeout.
+            connected_at = timestamp_pb2.Timestamp()
+            connected_at.FromDatetime(state.connected_at)
+            yield runner_pb2.ControlMessage(
+                registered=runner_pb2.Registered(
+                    connected_at=connected_at,
+                    heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
+                    profile_names=state.profile_names,
+                    credential=credential,
+                    runner_group_id=state.runner_group_id,
+                    cluster_id=self._cluster_id,
+                    cpu_overcommit_ratio=state.overcommit.cpu,
+                    memory_overcommit_ratio=state.overcommit.memory,
+                )
+            )
+            link = state.link
+            assert link is not None
+            if register.cluster_id and register.cluster_id != self._cluster_id:
+                log.warning(
+                    "runner %s last registered with cluster %s, not this one (%s): sandboxes "
+                    "it holds that this control plane has no record of are reported as orphans",
+                    state.runner_id,
+                    register.cluster_id,
+                    self._cluster_id,
+                )
+            await reconcilers.on_register(state.runner_id, register)
+            reader = asyncio.create_task(
+                self._read(request_iterator, state.runner_id, connection_id, link.outbox)
+            )
             # Commands queued by the lifecycle for this runner; None ends the stream.
             while (message := await link.outbox.get()) is not None:
                 yield message
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             self._registry.disconnect(state.runner_id, connection_id)
             reconcilers.on_disconnect(state.runner_id)
             log.info("runner %s disconnected", state.runner_id)

@@ -38,8 +38,8 @@ DESCRIPTIONS = {
     SecretKind.RUNNER_CREDENTIAL: "runner credential",
 }
 
-PUBLIC_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
-_SECRET_PATTERN = re.compile(r"^(sbxk|sbxj|sbxr)_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+PUBLIC_ID_PATTERN = re.compile(r"^[0-9a-f]{16}\Z")
+_SECRET_PATTERN = re.compile(r"^(sbxk|sbxj|sbxr)_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 # Longest string worth parsing; anything longer is refused before any regex runs.
 MAX_SECRET_CHARS = 128
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 # of sandboxes recorded before sandboxes had owners.
 ADMIN_ORG = "admin"
 
-ORG_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+ORG_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?\Z")
 MAX_KEY_NAME_CHARS = 100
 MAX_TOKEN_USES = 10_000
 MAX_TOKEN_TTL_SECONDS = 366 * 24 * 3600
@@ -112,5 +112,5 @@ class JoinRefused(Exception):
         self.message = message
 
 
-RUNNER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+RUNNER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
 RUNNER_ID_RULE = "must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE = "/var/cache/sandboxd"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*\Z")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class ImageError(Exception):
@@ -130,6 +130,15 @@ class ImageStore:
             except ImageError:
                 continue
         return found
+
+    def refs(self) -> list[str]:
+        """References a sandbox may name: ``name:tag``, plus the bare ``name`` for ``latest``."""
+        found: set[str] = set()
+        for info in self.list_images():
+            found.add(info.ref)
+            if info.tag == "latest":
+                found.add(info.name)
+        return sorted(found)
 
     def publish(
         self,

@@ -66,7 +66,6 @@ from sandboxd.runner.stream import ControlStream, bearer, open_channel
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
-    from sandboxd.images import ImageStore
     from sandboxd.runner.supervisor import SandboxSupervisor
 
 __all__ = [
@@ -131,7 +130,6 @@ class RunnerAgent:
         *,
         on_registered: Callable[[runner_pb2.Registered], None] | None = None,
         backend: Backend | None = None,
-        images: ImageStore | None = None,
         unavailable_backends: Sequence[runner_pb2.BackendStatus] = (),
     ) -> None:
         self._settings = settings
@@ -154,9 +152,8 @@ class RunnerAgent:
         # Created per session (an Event binds to the loop that first waits on it).
         self._interval_changed: asyncio.Event | None = None
         self._connected = False
-        self._images = images
         # Heartbeats carry the image list, so images built while connected become placeable.
-        self._image_list = ImageList(images) if images and backend is not None else None
+        self._image_list = ImageList(backend.image_refs) if backend is not None else None
         self._stream: ControlStream | None = None
         self._channel: grpc.aio.Channel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,7 +171,6 @@ class RunnerAgent:
             self._supervisor = SandboxSupervisor(
                 backend,
                 self._ledger,
-                images,
                 self._send_event,
                 self._dial_exec,
                 records_dir=settings.state_dir / "sandboxes",

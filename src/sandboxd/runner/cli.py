@@ -49,17 +49,16 @@ from sandboxd.runner.settings import (
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
-    from sandboxd.images import ImageStore
 
 EXIT_REJECTED = 3
 EXIT_USAGE = 2
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_BACKENDS = ("local", "none")
+NO_BACKEND = "none"
 _log = logging.getLogger(__name__)
 
 
 def _default_backend() -> str:
-    return "local" if os.geteuid() == 0 else "none"
+    return "local" if os.geteuid() == 0 else NO_BACKEND
 
 
 def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus]]:
@@ -70,10 +69,10 @@ def choose_backend(name: str | None) -> tuple[str, list[runner_pb2.BackendStatus
     """
     if name is None:
         name = _default_backend()
-        if name == "none":
+        if name == NO_BACKEND:
             _log.warning("not running as root: no sandbox backend (sandbox commands are refused)")
             return name, [unavailable_backend("local", NEEDS_ROOT)]
-    if name == "none":
+    if name == NO_BACKEND:
         return name, [unavailable_backend("local", DISABLED)]
     return name, []
 
@@ -94,7 +93,6 @@ async def _unusable(backend: Backend) -> runner_pb2.BackendStatus | None:
 async def _run_with_backend(
     settings: RunnerSettings,
     backend: Backend | None,
-    images: ImageStore | None,
     unavailable: list[runner_pb2.BackendStatus],
 ) -> None:
     """Build the agent inside the loop (its backend needs one) and close the backend after.
@@ -104,11 +102,9 @@ async def _run_with_backend(
     try:
         if backend is not None and (status := await _unusable(backend)) is not None:
             await backend.close()
-            backend = images = None
+            backend = None
             unavailable = [status, *unavailable]
-        agent = RunnerAgent(
-            settings, backend=backend, images=images, unavailable_backends=unavailable
-        )
+        agent = RunnerAgent(settings, backend=backend, unavailable_backends=unavailable)
         await _run_until_signalled(agent)
     finally:
         if backend is not None:
@@ -130,6 +126,15 @@ async def _run_until_signalled(agent: RunnerAgent) -> None:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+def _check_backend_name(value: str | None) -> str | None:
+    from sandboxd.backends import available_backend_names
+
+    known = [*available_backend_names(), NO_BACKEND]
+    if value is not None and value not in known:
+        raise click.BadParameter(f"{value!r} is not a backend; known: {', '.join(known)}")
+    return value
 
 
 def _refuse_argv_token(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -202,9 +207,11 @@ def read_join_token(path: Path | None) -> str:
 @click.option(
     "--backend",
     "backend_name",
-    type=click.Choice(_BACKENDS),
+    metavar="NAME",
     default=None,
-    help="Sandbox backend [default: local when running as root, else none].",
+    callback=lambda _ctx, _param, value: _check_backend_name(value),
+    help="Sandbox backend: a name from the catalog (`sandboxd backends ls`) or none "
+    "[default: local when running as root, else none].",
 )
 @click.option(
     "--data-dir",
@@ -278,16 +285,17 @@ def runner_command(
         raise click.BadParameter(str(exc)) from exc
 
     backend: Backend | None = None
-    images: ImageStore | None = None
     backend_name, unavailable = choose_backend(backend_name)
-    if backend_name == "local":
-        from sandboxd.runner.sandboxes import build_local_backend
+    if backend_name != NO_BACKEND:
+        from sandboxd.runner.sandboxes import build_runner_backend
 
-        backend, images = build_local_backend(data_dir or settings.state_dir, settings.reserve)
+        backend = build_runner_backend(
+            backend_name, data_dir or settings.state_dir, settings.reserve
+        )
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:
-        asyncio.run(_run_with_backend(settings, backend, images, unavailable))
+        asyncio.run(_run_with_backend(settings, backend, unavailable))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 CLUSTER_ID_FILE = "cluster-id"
-_VALID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_VALID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 
 
 def load_cluster_id(state_dir: Path) -> str:

@@ -23,6 +23,7 @@ from sandboxd.backends.errors import (
     FileOperationError,
     FilePermissionDenied,
     FileTooLarge,
+    ImageUnavailable,
     InvalidSpec,
     ParentNotFound,
     SandboxExists,
@@ -154,6 +155,8 @@ def from_backend_error(
         return sandbox_not_running(sandbox_id).failure
     if isinstance(exc, InvalidSpec):
         return invalid_argument(exc.field, str(exc).removeprefix(f"{exc.field}: ")).failure
+    if isinstance(exc, ImageUnavailable):
+        return failure(grpc.StatusCode.FAILED_PRECONDITION, "", str(exc), image=exc.image)
     if isinstance(exc, BackendUnavailable):
         return backend_unavailable(str(exc))
     if isinstance(exc, SandboxExists):

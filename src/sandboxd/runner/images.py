@@ -13,43 +13,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sandboxd.images import ImageStore
-
-__all__ = ["RELIST_SECONDS", "ImageList", "image_refs"]
+__all__ = ["RELIST_SECONDS", "ImageList"]
 
 _log = logging.getLogger(__name__)
 RELIST_SECONDS = 5.0
 
 
-def image_refs(images: ImageStore) -> list[str]:
-    """Image names the runner can start now, for ``Capabilities.images``.
-
-    Written as clients write them: ``name:tag``, plus the bare ``name`` for ``latest``.
-    """
-    refs: set[str] = set()
-    for info in images.list_images():
-        refs.add(info.ref)
-        if info.tag == "latest":
-            refs.add(info.name)
-    return sorted(refs)
-
-
 class ImageList:
-    """:func:`image_refs` of one store, re-listed at most every ``interval`` seconds.
+    """A backend's ``image_refs`` (``list_refs``), re-taken at most every ``interval`` seconds.
 
     ``interval`` defaults to :data:`RELIST_SECONDS` as it is when the list is created.
     """
 
     def __init__(
         self,
-        store: ImageStore,
+        list_refs: Callable[[], list[str]],
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._list_refs = list_refs
         self._interval = RELIST_SECONDS if interval is None else interval
         self._clock = clock
         self._listed_at: float | None = None
@@ -62,9 +45,9 @@ class ImageList:
         # A listing that fails (the disk, a half-written image) keeps the previous list: a
         # transient error must not make every image unplaceable.
         try:
-            self._refs = image_refs(self._store)
+            self._refs = list(self._list_refs())
         except OSError as exc:
-            _log.warning("cannot list images in %s: %s", self._store.images_dir, exc)
+            _log.warning("cannot list images: %s", exc)
         self._listed_at = self._clock()
 
     def current(self, *, fresh: bool = False) -> list[str]:
@@ -76,7 +59,7 @@ class ImageList:
     async def refreshed(self) -> list[str]:
         """Like :meth:`current`, but lists in a thread, off the event loop.
 
-        An imported image's rootfs is a real tree that the store's listing walks; heartbeats,
+        An imported image's rootfs is a real tree that the local store's listing walks; heartbeats,
         execs and log streams must not wait for the disk meanwhile.
         """
         if self._stale():

@@ -6,9 +6,10 @@ Module map (each says why in its docstring): ``supervisor`` (commands), ``sandbo
 frames), ``log_relay`` and ``log_stream`` (a log stream), ``images`` (what images to
 advertise), ``failures`` (errors → public reasons) and ``records`` (what survives a restart).
 
-:func:`build_local_backend` is what ``sandboxd runner --backend local`` and ``sandboxd up``
-use, so both lay out a data directory the same way: the backend's state under
-``<data_dir>/backend`` and images under ``<data_dir>/images``.
+:func:`build_runner_backend` is what ``sandboxd runner --backend NAME`` and ``sandboxd up``
+use, so both lay out a data directory the same way: the backend's state where its
+``from_config`` puts it (``<data_dir>/backend`` for the local backend) and images under
+``<data_dir>/images``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandboxd.runner.exec_relay import ExecCall, ExecDialer, dial_exec
-from sandboxd.runner.images import image_refs
 from sandboxd.runner.supervisor import SandboxSupervisor, Send
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
-    from sandboxd.images import ImageStore
     from sandboxd.runner.capacity import HostReserve
 
 __all__ = [
@@ -31,25 +30,31 @@ __all__ = [
     "SandboxSupervisor",
     "Send",
     "build_local_backend",
+    "build_runner_backend",
     "dial_exec",
-    "image_refs",
 ]
 
 
-def build_local_backend(
-    data_dir: str | Path, reserve: HostReserve | None = None
-) -> tuple[Backend, ImageStore]:
-    """The local backend and its image store, both keeping state under ``data_dir``.
+def build_local_backend(data_dir: str | Path, reserve: HostReserve | None = None) -> Backend:
+    """The local backend: :func:`build_runner_backend` for ``local``."""
+    return build_runner_backend("local", data_dir, reserve)
 
-    Nothing is started here (the backend checks root and cgroups on first use and reports
-    why in its fingerprint), so this is cheap and safe to call before the event loop runs.
-    All sandboxes together are bounded by the runner's allocatable capacity with ``reserve``
-    kept for the host (``capacity.py``): the same numbers the runner reports.
+
+def build_runner_backend(
+    name: str, data_dir: str | Path, reserve: HostReserve | None = None
+) -> Backend:
+    """Backend ``name`` from the catalog, keeping its state and images under ``data_dir``.
+
+    Nothing is started here (a backend checks what it needs on first use and reports why in
+    its fingerprint), so this is cheap and safe to call before the event loop runs. All
+    sandboxes together are bounded by the runner's allocatable capacity with ``reserve``
+    kept for the host (``capacity.py``): the same numbers the runner reports. ``KeyError``
+    names the known backends when ``name`` is not one.
     """
-    from sandboxd.backends.local import LocalBackend
-    from sandboxd.images import ImageStore
+    from sandboxd.backends import build_backend
+    from sandboxd.backends.base import BackendConfig
     from sandboxd.runner.capacity import HostReserve, parent_limits
 
     root = Path(data_dir).absolute()
     limits = parent_limits(reserve or HostReserve())
-    return LocalBackend(root / "backend", parent_limits=limits), ImageStore(root)
+    return build_backend(name, BackendConfig(root, limits.cpu_millicores, limits.memory_bytes))

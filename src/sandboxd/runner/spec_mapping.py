@@ -16,7 +16,6 @@ rather than started without it (nothing is simulated, rule 5).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -175,7 +174,6 @@ def _network(policy: runner_pb2.NetworkPolicy, blocked: tuple[str, ...]) -> Netw
 
 def to_backend_spec(
     spec: runner_pb2.SandboxSpec,
-    rootfs: Path,
     limits: Ceilings,
     *,
     blocked: tuple[str, ...] = (),
@@ -200,7 +198,7 @@ def to_backend_spec(
         raise invalid_argument("max_lifetime_seconds", "must not be negative")
     kwargs: dict[str, Any] = {
         "sandbox_id": spec.sandbox_id,
-        "rootfs": rootfs,
+        "image": spec.image,
         "env": dict(spec.environment),
         "workdir": spec.working_dir or "/",
         "cpu_millicores": limits.cpu_millicores or None,

@@ -41,7 +41,6 @@ from sandboxd.controlplane.limits import (
     check_runner_exec,
     check_runner_spec,
 )
-from sandboxd.images import ImageError, ImageNotFound, ImageStore
 from sandboxd.runner import failures
 from sandboxd.runner.egress import ControlPlaneAddresses
 from sandboxd.runner.exec_limits import (
@@ -96,7 +95,6 @@ class SandboxSupervisor(SandboxTable):
         self,
         backend: Backend,
         ledger: ReservationLedger,
-        images: ImageStore | None,
         send: Send,
         exec_dialer: ExecDialer,
         *,
@@ -115,7 +113,6 @@ class SandboxSupervisor(SandboxTable):
             records_dir=records_dir,
             retain_exited_seconds=retain_exited_seconds,
         )
-        self._images = images
         self._dial = exec_dialer
         self._dial_logs = logs_dialer
         self._public_host = public_host or socket.gethostname()
@@ -246,7 +243,7 @@ class SandboxSupervisor(SandboxTable):
         reservation = reservation_of(spec)
         blocked = await self._control_plane.cidrs() if self._control_plane else ()
         blocked = (*blocked, *self._egress_blocked)
-        backend_spec = to_backend_spec(spec, self._rootfs(spec.image), limits, blocked=blocked)
+        backend_spec = to_backend_spec(spec, limits, blocked=blocked)
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)
         except InsufficientCapacityError as exc:
@@ -283,22 +280,6 @@ class SandboxSupervisor(SandboxTable):
         )
         self._records.save(sb.record)
         sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
-
-    def _rootfs(self, image: str) -> Path:
-        if not image:
-            raise failures.invalid_argument("image", "must name an image")
-        if self._images is None:
-            raise CommandFailed(
-                failure(grpc.StatusCode.FAILED_PRECONDITION, "", "this runner has no image store")
-            )
-        try:
-            return self._images.resolve(image)
-        except ImageNotFound as exc:
-            raise CommandFailed(
-                failure(grpc.StatusCode.FAILED_PRECONDITION, "", str(exc), image=image)
-            ) from None
-        except ImageError as exc:
-            raise failures.invalid_argument("image", str(exc)) from None
 
     async def _stop(
         self, sandbox_id: str, grace: float, generation: int

@@ -1,7 +1,7 @@
 """A small in-memory stand-in for a sandbox ``Backend``, for the supervisor's unit tests.
 
 It is *not* a backend: real backends have their own conformance suite
-(``tests/backends/conformance.py``) and the lead writes the end-to-end tests with real
+(``sandboxd.backends.conformance``) and the lead writes the end-to-end tests with real
 sandboxes. This stand-in only behaves enough like one (lifecycle, exit codes, typed errors,
 exec sessions that stream) to pin down what the runner's supervisor does with the answers.
 
@@ -25,6 +25,7 @@ from typing import Any
 
 from sandboxd.backends.base import (
     Backend,
+    BackendConfig,
     ExecSession,
     Fingerprint,
     LogChunk,
@@ -40,11 +41,13 @@ from sandboxd.backends.errors import (
     FileOperationError,
     FilePermissionDenied,
     FileTooLarge,
+    ImageUnavailable,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
     SandboxStartError,
 )
+from sandboxd.images import ImageNotFound, ImageStore
 
 
 class StandinExec(ExecSession):
@@ -151,8 +154,18 @@ class StandinBackend(Backend):
 
     name = "standin"
 
-    def __init__(self, world: dict[str, StandinSandbox] | None = None) -> None:
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> StandinBackend:
+        """A fresh in-memory world (nothing is kept in ``config.data_dir``)."""
+        return cls()
+
+    def __init__(
+        self, world: dict[str, StandinSandbox] | None = None, images: ImageStore | None = None
+    ) -> None:
         self.world: dict[str, StandinSandbox] = world if world is not None else {}
+        # With a store, images resolve the way the local backend resolves them; without
+        # one, any image is accepted (tests about other things need not publish any).
+        self.images = images
         self.calls: list[tuple[str, str]] = []
         self.fail_start: set[str] = set()
         self.start_delay = 0.0
@@ -176,8 +189,16 @@ class StandinBackend(Backend):
     async def fingerprint(self) -> Fingerprint:
         return Fingerprint(name=self.name, available=True)
 
+    def image_refs(self) -> list[str]:
+        return self.images.refs() if self.images is not None else []
+
     async def create(self, spec: SandboxSpec) -> None:
         self.calls.append(("create", spec.sandbox_id))
+        if self.images is not None:
+            try:
+                self.images.resolve(spec.image)
+            except ImageNotFound as exc:
+                raise ImageUnavailable(spec.image, str(exc)) from None
         if spec.sandbox_id in self.world:
             raise SandboxExists(spec.sandbox_id)
         self.world[spec.sandbox_id] = StandinSandbox(spec)

@@ -313,11 +313,10 @@ def run_rig(
         async with ExecStandin() as execs:
             outbox = Outbox()
             ledger = ReservationLedger(CAPACITY)
-            the_backend = backend or StandinBackend()
+            the_backend = backend or StandinBackend(images=image_store(tmp_path))
             supervisor = SandboxSupervisor(
                 the_backend,
                 ledger,
-                image_store(tmp_path),
                 outbox.send,
                 execs.dial,
                 records_dir=tmp_path / "records" if records else None,

@@ -145,10 +145,14 @@ def test_settings_interval_is_used_when_control_plane_names_none(fake_control_pl
 
             async def body(_task: asyncio.Task[None]) -> None:
                 await cp.next_message("register")
-                first = await cp.next_message("heartbeat")
-                second = await cp.next_message("heartbeat")
-                assert 0.1 <= second.at - first.at <= 0.35
+                beats = [await cp.next_message("heartbeat") for _ in range(6)]
                 assert agent.heartbeat_interval == pytest.approx(0.15)
+                gaps = [b.at - a.at for a, b in itertools.pairwise(beats)]
+                # One gap may be short after a late beat (the schedule keeps its rate, seen
+                # in CI under load); on average they follow the runner's own 0.15 s setting,
+                # neither the control plane's 0 (a spin) nor a default.
+                assert all(gap <= 1.0 for gap in gaps), gaps
+                assert sum(gaps) / len(gaps) == pytest.approx(0.15, abs=0.07), gaps
 
             await with_agent(agent, body)
 

@@ -51,14 +51,14 @@ def test_register_advertises_backend_images_and_recovered_sandboxes(
     fake_control_plane, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        backend = StandinBackend()
-        await backend.create(SandboxSpec("survivor", rootfs=tmp_path))
+        backend = StandinBackend(images=image_store(tmp_path))
+        await backend.create(SandboxSpec("survivor", image="busybox"))
         await backend.start("survivor")
         record = RunnerRecord("survivor", Reservation(cpu_millicores=500), started_at=1.0)
         (tmp_path / "state" / "sandboxes").mkdir(parents=True)
         (tmp_path / "state" / "sandboxes" / "survivor.json").write_text(record.to_json())
         async with fake_control_plane() as cp:
-            agent = make_agent(cp.url, tmp_path, backend=backend, images=image_store(tmp_path))
+            agent = make_agent(cp.url, tmp_path, backend=backend)
 
             async def body() -> None:
                 register = (await cp.next_message("register")).message.register
@@ -81,8 +81,8 @@ def test_register_advertises_backend_images_and_recovered_sandboxes(
 def test_commands_and_execs_flow_through_the_agent(fake_control_plane, tmp_path: Path) -> None:
     async def main() -> None:
         async with ExecStandin() as execs, fake_control_plane(exec_standin=execs) as cp:
-            backend = StandinBackend()
-            agent = make_agent(cp.url, tmp_path, backend=backend, images=image_store(tmp_path))
+            backend = StandinBackend(images=image_store(tmp_path))
+            agent = make_agent(cp.url, tmp_path, backend=backend)
 
             async def body() -> None:
                 await cp.next_message("register")

@@ -48,7 +48,7 @@ def test_reported_capacity_is_the_parent_cgroups_bound(tmp_path: Path) -> None:
 def test_the_runners_backend_gets_the_capacity_it_reports(tmp_path: Path) -> None:
     """What ``sandboxd runner``/``up`` build: the backend's parent bound = the reported size."""
     reserve = HostReserve(cpu_millicores=300, memory_bytes=GiB // 2)
-    backend, _images = build_local_backend(tmp_path, reserve)
+    backend = build_local_backend(tmp_path, reserve)
     reported = allocatable_capabilities(fingerprint(nvidia_smi=str(tmp_path / "none")), reserve)
     assert backend._parent_limits == ParentLimits(  # type: ignore[attr-defined]
         cpu_millicores=reported.cpu_millicores, memory_bytes=reported.memory_bytes

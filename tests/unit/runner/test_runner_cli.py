@@ -172,7 +172,7 @@ def test_help_lists_the_options():
 def test_help_lists_the_backend_options():
     result = CliRunner().invoke(runner_command, ["--help"])
     assert result.exit_code == 0
-    assert "--backend [local|none]" in result.output
+    assert "--backend NAME" in result.output and "sandboxd backends ls" in result.output
     assert "--data-dir" in result.output
 
 

@@ -32,7 +32,7 @@ class Clock:
 def test_image_list_is_cached_between_relists(tmp_path: Path) -> None:
     store = image_store(tmp_path)
     clock = Clock()
-    images = ImageList(store, interval=5.0, clock=clock)
+    images = ImageList(store.refs, interval=5.0, clock=clock)
     assert images.current() == ["busybox", "busybox:latest"]
     store.publish("python:3.11", tmp_path / "rootfs", source="test", link=True)
     clock.now += 4.9
@@ -52,7 +52,7 @@ def test_heartbeats_carry_images_built_while_connected(
     async def main() -> None:
         store = image_store(tmp_path)
         async with fake_control_plane() as cp:
-            agent = make_agent(cp.url, tmp_path, backend=StandinBackend(), images=store)
+            agent = make_agent(cp.url, tmp_path, backend=StandinBackend(images=store))
 
             async def body() -> None:
                 register = (await cp.next_message("register")).message.register
@@ -69,7 +69,7 @@ def test_heartbeats_carry_images_built_while_connected(
     asyncio.run(main())
 
 
-def test_a_runner_without_image_store_does_not_list(fake_control_plane, tmp_path: Path) -> None:
+def test_a_runner_without_a_backend_does_not_list(fake_control_plane, tmp_path: Path) -> None:
     async def main() -> None:
         async with fake_control_plane() as cp:
             agent = make_agent(cp.url, tmp_path)

@@ -37,7 +37,8 @@ def test_start_exec_files_stop_delete_on_the_local_backend(tmp_path: Path) -> No
         pytest.skip("the local backend needs root")
 
     async def main() -> None:
-        backend, images = build_local_backend(tmp_path / "data")
+        backend = build_local_backend(tmp_path / "data")
+        images = ImageStore(tmp_path / "data")  # where the local backend looks (from_config)
         found = await backend.fingerprint()
         if not found.available:
             pytest.skip(f"local backend unavailable: {found.reason}")
@@ -45,7 +46,7 @@ def test_start_exec_files_stop_delete_on_the_local_backend(tmp_path: Path) -> No
         outbox = Outbox()
         async with ExecStandin() as execs:
             sup = SandboxSupervisor(
-                backend, ReservationLedger(CAPACITY), images, outbox.send, execs.dial,
+                backend, ReservationLedger(CAPACITY), outbox.send, execs.dial,
                 records_dir=tmp_path / "records",
             )  # fmt: skip
             sid = f"smoke-{os.getpid()}"

@@ -46,7 +46,7 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
 
         first_out = Outbox()
         first = SandboxSupervisor(
-            StandinBackend(world), ReservationLedger(CAPACITY), images, first_out.send, never,
+            StandinBackend(world, images), ReservationLedger(CAPACITY), first_out.send, never,
             records_dir=records,
         )  # fmt: skip
         first.handle(
@@ -62,7 +62,7 @@ def test_recovery_adopts_survivors_with_their_policy(tmp_path: Path) -> None:
         out = Outbox()
         ledger = ReservationLedger(CAPACITY)
         second = SandboxSupervisor(
-            StandinBackend(world), ledger, images, out.send, never, records_dir=records
+            StandinBackend(world, images), ledger, out.send, never, records_dir=records
         )
         try:
             assert await second.recover() == ["keeps", "plain"]
@@ -84,7 +84,7 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
     async def main() -> None:
         world: dict = {}
         backend = StandinBackend(world)
-        await backend.create(SandboxSpec("half", rootfs=tmp_path))  # a runner died mid-start
+        await backend.create(SandboxSpec("half", image="busybox"))  # a runner died mid-start
         records = tmp_path / "records"
         records.mkdir()
         (records / "half.json").write_text('{"sandbox_id": "half", "reservation": [0, 0, 0]}')
@@ -96,7 +96,7 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
 
         out = Outbox()
         sup = SandboxSupervisor(
-            backend, ReservationLedger(CAPACITY), image_store(tmp_path), out.send, never,
+            backend, ReservationLedger(CAPACITY), out.send, never,
             records_dir=records,
         )  # fmt: skip
         try:

@@ -24,9 +24,12 @@ import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from sandboxd.images.store import ImageError, ImageNotFound, ImageStore
+
 from ..base import (
     DEFAULT_PATH,
     Backend,
+    BackendConfig,
     EgressType,
     ExecSession,
     Fingerprint,
@@ -39,6 +42,7 @@ from ..base import (
 from ..errors import (
     BackendError,
     BackendUnavailable,
+    ImageUnavailable,
     InvalidSpec,
     SandboxExists,
     SandboxNotFound,
@@ -75,10 +79,21 @@ class LocalBackend(Backend):
 
     name = "local"
 
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> LocalBackend:
+        """State in ``<data_dir>/backend``, images in the store in ``<data_dir>/images``.
+
+        All sandboxes together stay within the runner's capacity (the parent cgroup).
+        """
+        limits = ParentLimits(config.cpu_millicores, config.memory_bytes)
+        root = Path(config.data_dir)
+        return cls(root / "backend", images=ImageStore(root), parent_limits=limits)
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         *,
+        images: ImageStore,
         network_pool: str = "10.213.0.0/16",
         log_limit_bytes: int = 64 << 20,
         log_budget_bytes: int = 2 << 30,
@@ -90,6 +105,7 @@ class LocalBackend(Backend):
         native_keeper: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.images = images
         self.sandboxes_dir = self.data_dir / "sandboxes"
         key = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:8]
         self._group = f"sandboxd-{key}"
@@ -149,9 +165,7 @@ class LocalBackend(Backend):
         state_dir = self.sandboxes_dir / sid
         if sid in self._records or state_dir.exists():
             raise SandboxExists(f"sandbox {sid!r} already exists")
-        rootfs = Path(spec.rootfs).absolute()
-        if not rootfs.is_dir():
-            raise InvalidSpec("rootfs", f"not a directory: {rootfs}")
+        rootfs = self._rootfs(spec.image)
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         state_dir.mkdir(mode=0o700)
         net = spec.network
@@ -166,6 +180,22 @@ class LocalBackend(Backend):
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
                 raise
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
+
+    def _rootfs(self, image: str) -> Path:
+        """The image's root file system, shared read-only by every sandbox of that image."""
+        try:
+            rootfs = self.images.resolve(image).absolute()
+        except ImageNotFound as exc:
+            raise ImageUnavailable(image, str(exc)) from None
+        except ImageError as exc:
+            raise InvalidSpec("image", str(exc)) from None
+        if not rootfs.is_dir():
+            raise ImageUnavailable(image, f"image {image!r} has no root file system at {rootfs}")
+        return rootfs
+
+    def image_refs(self) -> list[str]:
+        """The image store's references."""
+        return self.images.refs()
 
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path

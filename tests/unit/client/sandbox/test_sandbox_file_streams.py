@@ -6,6 +6,7 @@ the client runs in a real sandbox (client-side unit tests only; e2e runs the rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -15,6 +16,7 @@ import grpc
 import pytest
 
 from cwsandbox import Sandbox, SandboxFileError, SandboxNotFoundError
+from cwsandbox._exec_stream import ExecChannel
 from tests.unit.client.sandbox.exec_emulation import FileSystem, emulate
 from tests.unit.client.sandbox.gateway_standin import Gateway, failure
 
@@ -186,3 +188,27 @@ def test_write_file_streaming_bad_sources(gateway: Gateway, fs: FileSystem) -> N
 
     with pytest.raises(OSError, match="disk went away"):
         sb.write_file_streaming("/tmp/x", failing()).result()
+
+
+def test_write_succeeds_when_the_exit_outruns_the_sending_task(
+    gateway: Gateway, fs: FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer may exit before the task that half-closed its input has returned.
+
+    Seen in CI under load as "wrote 41943040 of -1 bytes": the whole file arrived, but the
+    count of bytes sent was read before the sending task finished. Here that task is held up
+    after the half-close so the exit always arrives first.
+    """
+    original = ExecChannel.close_stdin
+
+    async def slow_close(self: ExecChannel) -> None:
+        await original(self)
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(ExecChannel, "close_stdin", slow_close)
+    sb = Sandbox.run()
+    sb.wait()
+    sb._life.file_op_cap = 1000
+    data = os.urandom(200_000)
+    sb.write_file("/tmp/raced", data).result()
+    assert gateway.servicer.boxes[sb.sandbox_id or ""].files["/tmp/raced"] == data

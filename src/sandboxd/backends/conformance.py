@@ -1,9 +1,12 @@
-"""The conformance suite every backend must pass (DESIGN.md rule 4).
+"""The conformance checks every backend must pass (DESIGN.md rule 4), shipped in the package.
 
-Each ``check_*`` is an async function taking a ``Harness``: the backend under test, an image
-with busybox (``/bin/sh``, ``cat``, ``sleep``...) and one with python:3.11, and a way to
-open a second backend instance on the same state (a runner restart). ``test_conformance.py``
-parametrizes every check over every backend harness; a new backend adds a harness fixture.
+Each ``check_*`` is an async function taking a :class:`Harness`: the backend under test, the
+reference of an image it has with busybox (``/bin/sh``, ``cat``, ``sleep``...), optionally
+one of python:3.11, and a way to open a second backend instance on the same state (a runner
+restart). Why in the package and not only in the test tree: an out-of-tree backend (a VM or
+a remote one) proves it can stand in for the local backend by passing the same checks, with
+:func:`run_checks` from its own tests or with ``sandboxd backends check NAME``. The project's
+own tests (``tests/backends/test_conformance.py``) run every check on every built-in backend.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from sandboxd.backends.base import Backend, ExecSession, MountedFile, SandboxSpec, Stream
 from sandboxd.backends.errors import (
+    BackendError,
     FileIsDirectory,
     FileNotFound,
     FilePermissionDenied,
+    ImageUnavailable,
     ParentNotFound,
     SandboxExists,
     SandboxNotFound,
@@ -33,20 +37,26 @@ _counter = itertools.count(1)
 
 @dataclass
 class Harness:
+    """What the checks need: the backend, images to run, and how to reopen its state."""
+
     backend: Backend
-    rootfs: Path
-    python_rootfs: Path | None
+    image: str
+    python_image: str | None
     reopen: Callable[[], Backend]
     prefix: str = "t-"
+    # Ids of every spec made, so a caller can destroy what a failing check left behind.
     created: list[str] = field(default_factory=list)
 
     def spec(self, **kw: Any) -> SandboxSpec:
+        """A spec with a fresh id on the busybox image; ``kw`` overrides any field."""
         sid = kw.pop("sandbox_id", None) or f"{self.prefix}{next(_counter)}"
-        base = SandboxSpec(sandbox_id=sid, rootfs=self.rootfs, memory_bytes=256 << 20)
+        self.created.append(sid)  # whatever a failed check leaves behind can be destroyed
+        base = SandboxSpec(sandbox_id=sid, image=self.image, memory_bytes=256 << 20)
         return replace(base, **kw)
 
     @contextlib.asynccontextmanager
     async def sandbox(self, start: bool = True, **kw: Any) -> AsyncIterator[str]:
+        """Create (and start) a sandbox for the block's duration; destroyed after."""
         spec = self.spec(**kw)
         await self.backend.create(spec)
         try:
@@ -59,6 +69,8 @@ class Harness:
 
 @dataclass
 class Result:
+    """An exec's exit code and output, whole and as the chunks it arrived in."""
+
     code: int
     stdout: bytes
     stderr: bytes
@@ -66,6 +78,8 @@ class Result:
 
 
 async def collect(session: ExecSession, stdin: bytes | None = None) -> Result:
+    """Feed ``stdin`` (then end of input), gather all output and the exit code."""
+
     async def feed() -> None:
         if stdin is not None:
             await session.write_stdin(stdin)
@@ -84,10 +98,12 @@ async def collect(session: ExecSession, stdin: bytes | None = None) -> Result:
 async def run(
     h: Harness, sid: str, argv: list[str], stdin: bytes | None = None, **kw: Any
 ) -> Result:
+    """Exec ``argv`` in sandbox ``sid`` and collect its result."""
     return await collect(await h.backend.exec(sid, argv, **kw), stdin)
 
 
 def sh(script: str) -> list[str]:
+    """The argv that runs ``script`` with the sandbox's ``/bin/sh``."""
     return ["/bin/sh", "-c", script]
 
 
@@ -303,6 +319,18 @@ async def check_ids_and_lookup_errors(h: Harness) -> None:
         raise AssertionError("unknown id must raise SandboxNotFound")
 
 
+async def check_images_by_reference(h: Harness) -> None:
+    assert h.image in h.backend.image_refs(), "the harness's image must be listed"
+    spec = h.spec(image="no-such-image:never")
+    try:
+        await h.backend.create(spec)
+    except ImageUnavailable as exc:
+        assert exc.image == "no-such-image:never"
+    else:
+        await h.backend.destroy(spec.sandbox_id)
+        raise AssertionError("an image the backend does not have must raise ImageUnavailable")
+
+
 async def check_stats_and_hostname(h: Harness) -> None:
     async with h.sandbox(hostname="box-one") as sid:
         assert (await run(h, sid, ["hostname"])).stdout == b"box-one\n"
@@ -317,16 +345,16 @@ async def check_recover_after_restart(h: Harness) -> None:
         other = h.reopen()
         try:
             assert sid in await other.recover()
-            r = await run(Harness(other, h.rootfs, None, h.reopen), sid, ["cat", "/tmp/state"])
+            r = await run(Harness(other, h.image, None, h.reopen), sid, ["cat", "/tmp/state"])
             assert r.stdout == b"kept"
         finally:
             await other.close()
 
 
 async def check_python_image(h: Harness) -> None:
-    if h.python_rootfs is None:
+    if h.python_image is None:
         return
-    async with h.sandbox(rootfs=h.python_rootfs) as sid:
+    async with h.sandbox(image=h.python_image) as sid:
         script = "import sys, venv, ssl; print(sys.version_info[:2])"
         r = await run(h, sid, ["python", "-c", script])
         assert r.code == 0 and r.stdout == b"(3, 11)\n", r.stderr
@@ -359,7 +387,69 @@ CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_stop_exit_codes,
     check_lifetime_is_enforced,
     check_ids_and_lookup_errors,
+    check_images_by_reference,
     check_stats_and_hostname,
     check_recover_after_restart,
     check_python_image,
+]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome: ``error`` is empty when it passed."""
+
+    name: str
+    seconds: float
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """Whether the check passed."""
+        return not self.error
+
+
+async def run_checks(
+    harness: Harness,
+    checks: list[Callable[[Harness], Awaitable[None]]] | None = None,
+    *,
+    timeout: float = 120.0,
+) -> list[CheckResult]:
+    """Run ``checks`` (all of :data:`CHECKS` by default) one after another; never raises.
+
+    Each check gets ``timeout`` seconds; a failure is recorded with its message and the
+    next check runs, so one report shows everything a new backend still lacks.
+    """
+    results: list[CheckResult] = []
+    for check in checks if checks is not None else CHECKS:
+        name = check.__name__.removeprefix("check_")
+        started = time.monotonic()
+        error = ""
+        try:
+            await asyncio.wait_for(check(harness), timeout)
+        except TimeoutError:
+            error = f"did not finish within {timeout:g}s"
+        except Exception as exc:  # a check failing in any way is a result, not a crash
+            error = f"{type(exc).__name__}: {exc}".strip()
+        results.append(CheckResult(name, time.monotonic() - started, error))
+    return results
+
+
+async def destroy_leftovers(harness: Harness) -> None:
+    """Destroy every sandbox a check made and did not destroy (e.g. one that failed)."""
+    for sid in harness.created:
+        with contextlib.suppress(BackendError):
+            await harness.backend.destroy(sid)
+    harness.created.clear()
+
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "Harness",
+    "Result",
+    "collect",
+    "destroy_leftovers",
+    "run",
+    "run_checks",
+    "sh",
 ]
