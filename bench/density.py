@@ -9,11 +9,15 @@ over real gRPC:
   times it (total, and each create's p50/p99);
 * runs ``exec(["true"])`` in every one of them while all exist (p50/p99, two rounds);
 * measures host memory per idle sandbox (``tests/support/density.py``): the PSS of each
-  sandbox's processes, by kind, and the growth of the kernel's slab, page tables and kernel
-  stacks; plus what the platform's own processes grew by;
+  sandbox's processes, by kind (mean, and p50/p99 over the sandboxes), and the growth of
+  the kernel's slab, page tables and kernel stacks (and of ``MemAvailable``, as a
+  cross-check); plus what the platform's own processes grew by;
+* the floors beside them: ``nsenter -a -t <PID 1> true`` into 200 of the sandboxes (what
+  entering a sandbox costs without the platform), and 100 ``sleep`` processes
+  in namespaces of their own made by ``unshare`` (the least an isolated idle process costs);
 * stops them all and times that.
 
-Each row is printed beside the last recorded baseline (``bench/baselines.json``, key
+Each row is printed beside its floor, the last recorded baseline (``bench/baselines.json``, key
 ``density``) and the issue's targets: 1,000 idle sandboxes on 2 cores / 24 GiB, exec p99
 ≤ 100 ms while they all exist, ≤ 5 MiB of host memory each.
 """
@@ -40,6 +44,8 @@ from tests.support.processes import all_in_one
 
 BASELINES = ROOT / "baselines.json"
 RESULTS = ROOT / "results"
+FLOOR_EXECS = 200  # nsenter into this many sandboxes (the exec floor)
+FLOOR_SLEEPERS = 100  # namespaced sleep processes (the memory floor)
 EXEC_TIMEOUT = 30.0  # far above any target: a hung exec is reported, not waited for
 TARGETS = {"idle sandboxes held": 1000, "exec p99 ms": 100.0, "memory per sandbox MiB": 5.0}
 
@@ -139,6 +145,7 @@ def main() -> None:
             cost = density.process_cost(backend_dir)
             platform_after = density.platform_pss_kib(platform)
             fds_after = density.open_fds(up.proc.popen.pid)
+            floor_exec = [density.nsenter_seconds(pid) for pid in cost.agents[:FLOOR_EXECS]]
 
             start = time.perf_counter()
             stop_all(boxes)
@@ -157,6 +164,8 @@ def main() -> None:
     growth = density.kernel_growth(before, after, held)
     kernel = density.counted_kernel_mib(growth)
     per_sandbox = cost.per_sandbox_mib() + kernel
+    each_mib = [kib / 1024 / 1000 for kib in cost.each_kib]  # pct() reports x 1000
+    floor_process, floor_kernel = density.namespaced_sleepers_cost(FLOOR_SLEEPERS)
     execs = rounds[0] + rounds[1]
     rows: dict[str, float] = {
         "idle sandboxes held": held,
@@ -167,6 +176,8 @@ def main() -> None:
         "exec p99 ms": round(pct(execs, 0.99), 2),
         "memory per sandbox MiB": round(per_sandbox, 2),
         "  processes (PSS) MiB": round(cost.per_sandbox_mib(), 2),
+        "  processes p50 MiB": round(pct(each_mib, 0.5), 2),
+        "  processes p99 MiB": round(pct(each_mib, 0.99), 2),
         "  kernel (slab+pt+stacks) MiB": round(kernel, 2),
         "MemAvailable drop per sandbox MiB": round(
             (before["MemAvailable"] - after["MemAvailable"]) / 1024 / max(held, 1), 2
@@ -185,11 +196,23 @@ def main() -> None:
         f"embedded defaults, profile {profile}, {args.count} asked)"
     )
     print(f"baseline: {baseline.get('name', 'none recorded')}")
-    print(f"{'measure':<34} {'this run':>10} {'baseline':>10} {'target':>8}")
+    floors = {
+        "exec p50 ms": round(pct(floor_exec, 0.5), 2),
+        "exec p99 ms": round(pct(floor_exec, 0.99), 2),
+        "memory per sandbox MiB": round(floor_process + floor_kernel, 2),
+        "  processes (PSS) MiB": round(floor_process, 2),
+        "  kernel (slab+pt+stacks) MiB": round(floor_kernel, 2),
+    }
+    print(
+        f"floor: exec = `nsenter -a -t <PID 1> true` into {len(floor_exec)} of the sandboxes; "
+        f"memory = {FLOOR_SLEEPERS} `unshare` (user, pid, mount, uts, ipc, net, cgroup) + sleep"
+    )
+    print(f"{'measure':<36} {'this run':>10} {'floor':>8} {'baseline':>10} {'target':>8}")
     for name, value in rows.items():
         base = baseline.get("rows", {}).get(name, "-")
         target = TARGETS.get(name, "")
-        print(f"{name:<34} {value:>10} {base!s:>10} {target!s:>8}")
+        floor = floors.get(name, "")
+        print(f"{name:<36} {value:>10} {floor!s:>8} {base!s:>10} {target!s:>8}")
     print("processes by kind:")
     for line in cost.lines():
         print("  " + line)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +76,8 @@ class ProcessCost:
 
     sandboxes: int = 0
     by_name: dict[str, list[int]] = field(default_factory=dict)
+    each_kib: list[int] = field(default_factory=list)  # one sum per sandbox
+    agents: list[int] = field(default_factory=list)  # PID 1 of each sandbox
 
     @property
     def total_kib(self) -> int:
@@ -102,8 +106,15 @@ def process_cost(backend_dir: Path) -> ProcessCost:
         if not pids or process_name(pids[0]) == "?":
             continue  # ended: its keeper is gone
         cost.sandboxes += 1
+        total = 0
         for pid in pids:
-            cost.by_name.setdefault(process_name(pid), []).append(pss_kib(pid))
+            kib = pss_kib(pid)
+            total += kib
+            name = process_name(pid)
+            cost.by_name.setdefault(name, []).append(kib)
+            if name == "sandboxd-init":
+                cost.agents.append(pid)
+        cost.each_kib.append(total)
     return cost
 
 
@@ -128,6 +139,51 @@ def open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+def namespaced_sleepers_cost(count: int) -> tuple[float, float]:
+    """The floor: ``(process MiB, kernel MiB)`` per idle ``sleep`` in namespaces of its own.
+
+    ``unshare`` with new user (root mapped), PID, mount, UTS, IPC, network and cgroup
+    namespaces around ``sleep``: the least an isolated idle process can cost, without a
+    cgroup, a writable layer, a veth pair or an agent.
+    """
+    argv = ["unshare", "--user", "--map-root-user", "--pid", "--kill-child", "--mount",
+            "--uts", "--ipc", "--net", "--cgroup", "sleep", "infinity"]  # fmt: skip
+    before = meminfo()
+    procs = [subprocess.Popen(argv) for _ in range(count)]
+    try:
+        deadline = time.monotonic() + 30
+        sleepers: list[int] = []
+        while time.monotonic() < deadline:  # each unshare forks its sleep: wait for all
+            sleepers = [c for p in procs for c in _children(p.pid)]
+            if len(sleepers) == count:
+                break
+            time.sleep(0.05)
+        after = meminfo()
+        kib = sum(pss_kib(p.pid) for p in procs) + sum(pss_kib(pid) for pid in sleepers)
+        growth = kernel_growth(before, after, count)
+        return kib / 1024 / count, counted_kernel_mib(growth)
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def nsenter_seconds(agent_pid: int) -> float:
+    """The floor of an exec: ``nsenter`` into every namespace of a sandbox to run ``true``."""
+    start = time.perf_counter()
+    subprocess.run(["nsenter", "-t", str(agent_pid), "-a", "true"], check=True)
+    return time.perf_counter() - start
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 def zygote_pid(backend_dir: Path) -> int | None:
