@@ -167,5 +167,4 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         os._exit(1)
     os.write(fds.ready_w, b"ok")
     os.close(fds.ready_w)
-    syscalls.trim_heap()  # what set-up freed stops counting against the sandbox
     agent.serve_forever()

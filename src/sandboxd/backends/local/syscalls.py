@@ -10,7 +10,6 @@ into the image's root.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import functools
@@ -186,16 +185,6 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """``prctl(2)``."""
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
-
-
-def trim_heap() -> None:
-    """``malloc_trim(0)``: give the kernel back the free pages of the C heap (best effort).
-
-    For a long-lived fork of the zygote (the agent): pages its set-up dirtied and freed
-    again would otherwise stay private to it for its whole life.
-    """
-    with contextlib.suppress(AttributeError):  # not glibc
-        _libc.malloc_trim(0)
 
 
 def set_process_name(name: str) -> None:
