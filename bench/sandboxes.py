@@ -7,6 +7,11 @@ client over real gRPC on loopback:
 * create → first exec result: ``Sandbox.run()`` until ``exec(["true"]).result()`` returns;
 * exec round trip of ``true`` in a running sandbox;
 * N concurrent creates, each until its first exec result (wall time, p50, p99);
+* warm pool: create → first exec result on a profile that keeps a warm pool
+  (``warm_pool: {size: 4}``, egress none, resources from the profile), beside the same
+  profile without a pool (cold); the run adds both profiles to the embedded configuration.
+  Between creates the bench pauses (untimed) so the pool can refill, and it reports how
+  many creates the pool served (discovery's ``claims``). Target: p50 ≤ 6 ms.
 
 Each row is printed beside the baseline named in ``bench/baselines.json`` (key
 ``sandboxes``; ``--record NAME`` replaces it with this run). It then runs
@@ -52,14 +57,74 @@ RESOURCES = {
 }
 
 
-def create_and_exec(image: str, profiles: list[str] | None = None) -> tuple[float, object]:
+WARM_TARGET_P50_MS = 6.0
+WARM_POOL_SIZE = 4
+WARM_PAUSE_SECONDS = 0.2  # untimed, between warm-pool creates, so the pool refills
+_POOL_PROFILE = """
+display_name: {name}
+description: bench profile{what}
+spec:
+  container_image: python:3.11
+  resource_defaults: {{cpu_request: 10m, memory_request: 16Mi, cpu_limit: "1",
+                      memory_limit: 256Mi}}
+  resource_ceilings: {{cpu: "2", memory: 1Gi, disk: 1Gi, pids: 1024}}
+  warm_pool: {{size: {size}}}
+  network: {{egress: {{default: none, modes: {{none: {{type: none}}}}}}}}
+"""
+
+
+def bench_config(path: Path) -> Path:
+    """The embedded configuration plus ``bench-warm`` (with a pool) and ``bench-cold``."""
+    from importlib import resources
+
+    import yaml
+
+    from sandboxd.config.loader import DEFAULT_CONFIG_NAME
+
+    text = resources.files("sandboxd.config").joinpath(DEFAULT_CONFIG_NAME).read_text()
+    config = yaml.safe_load(text)
+    for name, size, what in (("bench-warm", WARM_POOL_SIZE, " with a warm pool"),
+                             ("bench-cold", 0, ", no pool")):  # fmt: skip
+        config["profiles"].append(
+            yaml.safe_load(_POOL_PROFILE.format(name=name, size=size, what=what))
+        )
+        config["default_bindings"].append({"profile": name})
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def create_and_exec(
+    image: str, profiles: list[str] | None = None, *, resources: bool = True
+) -> tuple[float, object]:
     from cwsandbox import ResourceOptions, Sandbox
 
     start = time.perf_counter()
-    resources = ResourceOptions(**RESOURCES)
-    sandbox = Sandbox.run(container_image=image, resources=resources, profile_names=profiles)
+    options = ResourceOptions(**RESOURCES) if resources else None
+    sandbox = Sandbox.run(container_image=image, resources=options, profile_names=profiles)
     sandbox.exec(["true"]).result()
     return time.perf_counter() - start, sandbox
+
+
+def pool_claims() -> int:
+    """Creates the bench-warm pool served so far, as discovery reports it."""
+    from cwsandbox import list_profiles
+
+    return sum(
+        p.warm_pool.claims
+        for p in list_profiles()
+        if p.profile_name == "bench-warm" and p.warm_pool
+    )
+
+
+def profile_creates(image: str, profile: str, iterations: int) -> list[float]:
+    """Create → first exec on ``profile`` (its own defaults), pausing between creates."""
+    samples = []
+    for _ in range(iterations):
+        time.sleep(WARM_PAUSE_SECONDS)
+        took, sandbox = create_and_exec(image, [profile], resources=False)
+        samples.append(took)
+        sandbox.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+    return samples
 
 
 def main() -> None:
@@ -80,9 +145,16 @@ def main() -> None:
         sys.exit("the sandbox benchmark needs root (real namespaces and cgroups)")
     profiles = [args.profile] if args.profile else None
 
+    with tempfile.TemporaryDirectory(prefix="sandboxd-bench-config-") as config_dir:
+        config = bench_config(Path(config_dir) / "platform.yaml")
+        run(args, profiles, ["--config", str(config), *args.up_arg])
+
+
+def run(args: argparse.Namespace, profiles: list[str] | None, up_args: list[str]) -> None:
+    """Every measurement against one ``sandboxd up``, then the table."""
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as data,
-        all_in_one(Path(data), *args.up_arg) as up,
+        all_in_one(Path(data), *up_args) as up,
     ):
         os.environ["CWSANDBOX_BASE_URL"] = up.base_url
         os.environ["CWSANDBOX_API_KEY"] = up.api_key
@@ -112,11 +184,19 @@ def main() -> None:
         for _, box in results:
             box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
 
+        claims_before = pool_claims()
+        cold_lat = profile_creates(args.image, "bench-cold", args.iterations)
+        warm_lat = profile_creates(args.image, "bench-warm", args.iterations)
+        time.sleep(2.5)  # one heartbeat, so discovery has the pool's latest count
+        served = pool_claims() - claims_before
+
     conc = [t for t, _ in results]
     rows = {
         "create -> first exec result": (create_lat, None),
         "exec true round trip": (exec_lat, None),
         f"{args.concurrency} concurrent creates": (conc, wall),
+        "same shape, cold (no pool)": (cold_lat, None),
+        "warm pool": (warm_lat, None),
     }
     stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
     baseline = stored.get("sandboxes", {})
@@ -136,6 +216,11 @@ def main() -> None:
             else "-"
         )
         print(f"{name:<30} {ours:<40} {theirs}")
+    print(
+        f"warm pool: {served} of {len(warm_lat)} creates claimed a ready sandbox "
+        f"(pool size {WARM_POOL_SIZE}, {WARM_PAUSE_SECONDS * 1000:.0f} ms untimed pause between "
+        f"creates); target p50 <= {WARM_TARGET_P50_MS:.0f} ms, cold on the same profile beside it"
+    )
     print("targets (backend alone): create -> first exec p50 <= 25 ms, exec true p50 <= 3 ms")
     if args.record:
         recorded: dict[str, dict[str, float]] = {}

@@ -28,7 +28,14 @@ from cwsandbox._session import Session
 from cwsandbox._status import SandboxStatus
 from cwsandbox._streams import StreamReader, StreamWriter
 from cwsandbox._terminal import TerminalResult, TerminalSession
-from cwsandbox._types import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode
+from cwsandbox._types import (
+    EgressMode,
+    Profile,
+    Runner,
+    RunnerResources,
+    ServiceExposureMode,
+    WarmPool,
+)
 from cwsandbox.exceptions import (
     AsyncFunctionError,
     CWSandboxAuthenticationError,
@@ -122,6 +129,7 @@ __all__ = [
     "TerminalResult",
     "TerminalSession",
     "Waitable",
+    "WarmPool",
     "__version__",
     "format_bytes",
     "format_cpu",

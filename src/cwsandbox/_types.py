@@ -39,6 +39,21 @@ class EgressMode:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WarmPool:
+    """A profile's warm pool on one runner (a sandboxd extension of discovery).
+
+    ``size`` sandboxes of the profile's defaults are kept ready; ``ready`` of them are now.
+    A sandbox that asks for nothing beyond the profile's defaults (its own command,
+    environment, tags and lifetime are fine) starts from one in a few milliseconds.
+    """
+
+    size: int
+    ready: int
+    claims: int = 0  # sandboxes started from the pool since the runner started
+    error: str = ""  # why the runner's last build for the pool failed ("" if it did not)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Profile:
     """A profile on one runner: the guardrails a sandbox placed on it runs under.
 
@@ -52,6 +67,7 @@ class Profile:
     supported_architectures: tuple[str, ...]
     service_exposure_modes: tuple[ServiceExposureMode, ...]
     egress_modes: tuple[EgressMode, ...]
+    warm_pool: WarmPool | None = None  # sandboxd servers only; None: no pool
 
     @property
     def ingress_modes(self) -> tuple[ServiceExposureMode, ...]:
@@ -70,6 +86,14 @@ class Profile:
                 ServiceExposureMode(name=m.name) for m in msg.service_exposure_modes
             ),
             egress_modes=tuple(EgressMode(name=m.name) for m in msg.egress_modes),
+            warm_pool=WarmPool(
+                size=msg.sandboxd_warm_pool.size,
+                ready=msg.sandboxd_warm_pool.ready,
+                claims=msg.sandboxd_warm_pool.claims,
+                error=msg.sandboxd_warm_pool.error,
+            )
+            if msg.HasField("sandboxd_warm_pool")
+            else None,
         )
 
 

@@ -99,20 +99,34 @@ class EgressMode(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ProfileSummary(_message.Message):
-    __slots__ = ("profile_name", "runner_id", "supported_gpu_types", "supported_architectures", "service_exposure_modes", "egress_modes")
+    __slots__ = ("profile_name", "runner_id", "supported_gpu_types", "supported_architectures", "service_exposure_modes", "egress_modes", "sandboxd_warm_pool")
     PROFILE_NAME_FIELD_NUMBER: _ClassVar[int]
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_GPU_TYPES_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_ARCHITECTURES_FIELD_NUMBER: _ClassVar[int]
     SERVICE_EXPOSURE_MODES_FIELD_NUMBER: _ClassVar[int]
     EGRESS_MODES_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXD_WARM_POOL_FIELD_NUMBER: _ClassVar[int]
     profile_name: str
     runner_id: str
     supported_gpu_types: _containers.RepeatedScalarFieldContainer[str]
     supported_architectures: _containers.RepeatedScalarFieldContainer[str]
     service_exposure_modes: _containers.RepeatedCompositeFieldContainer[ServiceExposureMode]
     egress_modes: _containers.RepeatedCompositeFieldContainer[EgressMode]
-    def __init__(self, profile_name: _Optional[str] = ..., runner_id: _Optional[str] = ..., supported_gpu_types: _Optional[_Iterable[str]] = ..., supported_architectures: _Optional[_Iterable[str]] = ..., service_exposure_modes: _Optional[_Iterable[_Union[ServiceExposureMode, _Mapping]]] = ..., egress_modes: _Optional[_Iterable[_Union[EgressMode, _Mapping]]] = ...) -> None: ...
+    sandboxd_warm_pool: SandboxdWarmPool
+    def __init__(self, profile_name: _Optional[str] = ..., runner_id: _Optional[str] = ..., supported_gpu_types: _Optional[_Iterable[str]] = ..., supported_architectures: _Optional[_Iterable[str]] = ..., service_exposure_modes: _Optional[_Iterable[_Union[ServiceExposureMode, _Mapping]]] = ..., egress_modes: _Optional[_Iterable[_Union[EgressMode, _Mapping]]] = ..., sandboxd_warm_pool: _Optional[_Union[SandboxdWarmPool, _Mapping]] = ...) -> None: ...
+
+class SandboxdWarmPool(_message.Message):
+    __slots__ = ("size", "ready", "error", "claims")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    ready: int
+    error: str
+    claims: int
+    def __init__(self, size: _Optional[int] = ..., ready: _Optional[int] = ..., error: _Optional[str] = ..., claims: _Optional[int] = ...) -> None: ...
 
 class ListAvailableRunnersRequest(_message.Message):
     __slots__ = ("runner_group_id", "profile_name", "gpu_type", "architecture", "exclude_shared", "healthy_only", "page_size", "page_token", "view")

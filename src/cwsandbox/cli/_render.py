@@ -111,6 +111,16 @@ def profile_json(profile: Profile) -> dict[str, Any]:
         "supported_architectures": list(profile.supported_architectures),
         "service_exposure_modes": [m.name for m in profile.service_exposure_modes],
         "egress_modes": [m.name for m in profile.egress_modes],
+        "warm_pool": (
+            {
+                "size": profile.warm_pool.size,
+                "ready": profile.warm_pool.ready,
+                "claims": profile.warm_pool.claims,
+                "error": profile.warm_pool.error,
+            }
+            if profile.warm_pool
+            else None
+        ),
     }
 
 
@@ -212,6 +222,14 @@ def runner_detail(r: Runner) -> Table:
     return _detail(rows)
 
 
+def _warm_pool(p: Profile) -> str:
+    pool = p.warm_pool
+    if pool is None:
+        return "none"
+    text = f"{pool.ready}/{pool.size} ready, {pool.claims} claimed"
+    return f"{text} (last build failed: {pool.error})" if pool.error else text
+
+
 def profile_detail(p: Profile) -> Table:
     """Every field of one profile as a two-column key/value listing."""
     return _detail(
@@ -222,5 +240,9 @@ def profile_detail(p: Profile) -> Table:
             ("Architectures", _join(p.supported_architectures)),
             ("Ingress", _join(m.name for m in p.ingress_modes)),
             ("Egress", _join(m.name for m in p.egress_modes)),
+            (
+                "Warm pool",
+                _text(_warm_pool(p)),
+            ),
         ]
     )

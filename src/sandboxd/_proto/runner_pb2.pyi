@@ -98,16 +98,42 @@ class Register(_message.Message):
     def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., version: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("resources", "sent_at", "images", "images_listed")
+    __slots__ = ("resources", "sent_at", "images", "images_listed", "warm_pools")
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_LISTED_FIELD_NUMBER: _ClassVar[int]
+    WARM_POOLS_FIELD_NUMBER: _ClassVar[int]
     resources: Resources
     sent_at: _timestamp_pb2.Timestamp
     images: _containers.RepeatedScalarFieldContainer[str]
     images_listed: bool
-    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., images_listed: _Optional[bool] = ...) -> None: ...
+    warm_pools: _containers.RepeatedCompositeFieldContainer[WarmPoolState]
+    def __init__(self, resources: _Optional[_Union[Resources, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., images_listed: _Optional[bool] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPoolState, _Mapping]]] = ...) -> None: ...
+
+class WarmPool(_message.Message):
+    __slots__ = ("profile_name", "size", "spec")
+    PROFILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    profile_name: str
+    size: int
+    spec: SandboxSpec
+    def __init__(self, profile_name: _Optional[str] = ..., size: _Optional[int] = ..., spec: _Optional[_Union[SandboxSpec, _Mapping]] = ...) -> None: ...
+
+class WarmPoolState(_message.Message):
+    __slots__ = ("profile_name", "size", "ready", "claims", "error")
+    PROFILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    profile_name: str
+    size: int
+    ready: int
+    claims: int
+    error: str
+    def __init__(self, profile_name: _Optional[str] = ..., size: _Optional[int] = ..., ready: _Optional[int] = ..., claims: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunnerMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "result", "event")
@@ -122,13 +148,14 @@ class RunnerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "cpu_overcommit_ratio", "memory_overcommit_ratio")
+    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools", "cpu_overcommit_ratio", "memory_overcommit_ratio")
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    WARM_POOLS_FIELD_NUMBER: _ClassVar[int]
     CPU_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
     MEMORY_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
     connected_at: _timestamp_pb2.Timestamp
@@ -137,9 +164,10 @@ class Registered(_message.Message):
     credential: str
     runner_group_id: str
     cluster_id: str
+    warm_pools: _containers.RepeatedCompositeFieldContainer[WarmPool]
     cpu_overcommit_ratio: float
     memory_overcommit_ratio: float
-    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., cpu_overcommit_ratio: _Optional[float] = ..., memory_overcommit_ratio: _Optional[float] = ...) -> None: ...
+    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPool, _Mapping]]] = ..., cpu_overcommit_ratio: _Optional[float] = ..., memory_overcommit_ratio: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "command")

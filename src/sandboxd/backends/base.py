@@ -11,9 +11,18 @@ backend by name from the catalog (``sandboxd.backends``) with :meth:`Backend.fro
 
 A spec names its image by reference; images and preparing a root file system from one sit
 behind the backend (the local backend resolves references in its image store; a VM backend
-would have disk images), so the runner never handles a host path. Values are small frozen
-dataclasses so they can be logged, compared and passed across threads safely. Errors are
-the typed tree in ``errors.py``.
+would have disk images), so the runner never handles a host path.
+
+Warm pools are optional: a backend that can build a sandbox ahead of time, before it knows
+the sandbox's id, sets ``supports_warm_pools`` and implements ``prepare`` (build one for a
+template spec; an opaque slot name back), ``claim`` (that slot becomes sandbox
+``spec.sandbox_id`` and its main process starts with ``spec``'s start-time settings: the
+create and start of a cold sandbox in one step), ``discard`` (a slot nobody will claim) and
+``discard_prepared`` (slots a previous runner process left behind). The defaults say "no
+warm pools", so other backends need nothing.
+
+Values are small frozen dataclasses so they can be logged, compared and passed across
+threads safely. Errors are the typed tree in ``errors.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
-from .errors import InvalidSpec
+from .errors import BackendUnavailable, InvalidSpec
 
 Stream = Literal["stdout", "stderr"]
 SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -349,3 +358,33 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release runner-side resources; running sandboxes keep running."""
+
+    # -- warm pools (optional; see the module docstring) -----------------------------------------
+    supports_warm_pools: ClassVar[bool] = False
+
+    async def prepare(self, spec: SandboxSpec) -> str:
+        """Build a sandbox for ``spec`` ahead of time (not started, id not yet known); its slot.
+
+        ``spec.sandbox_id`` is ignored; the slot name is the backend's own and never a
+        sandbox id. Only ``claim`` or ``discard`` use it.
+        """
+        raise BackendUnavailable(f"the {self.name} backend keeps no warm sandboxes")
+
+    async def claim(self, slot: str, spec: SandboxSpec) -> None:
+        """Make prepared ``slot`` sandbox ``spec.sandbox_id`` and start its main process.
+
+        ``spec`` must match the one ``slot`` was prepared with in everything but what only
+        matters at start: id, hostname, command, environment, working directory, lifetime.
+        Afterwards the sandbox is an ordinary one (``state``, ``stop``, ``destroy``,
+        ``recover`` know it by its id). Raises ``SandboxStartError`` when the slot can no
+        longer be used (it is discarded then); the caller creates the sandbox cold instead.
+        """
+        raise BackendUnavailable(f"the {self.name} backend keeps no warm sandboxes")
+
+    async def discard(self, slot: str) -> None:
+        """Destroy a prepared slot nobody will claim (no error if it is already gone)."""
+        return None
+
+    async def discard_prepared(self) -> int:
+        """Destroy every slot a previous runner process prepared; how many there were."""
+        return 0

@@ -156,6 +156,39 @@ class ResourceCeilings(_Strict):
     _mem = field_validator("memory", "disk")(_check_memory)
 
 
+MAX_WARM_POOL_SIZE = 64
+"""The most sandboxes one profile's warm pool may keep ready on one runner.
+
+Each ready sandbox holds a user-id range, a cgroup, a writable layer and (with egress) a
+network namespace while nobody uses it; beyond a few dozen the pool costs more than the
+burst it absorbs, and a typo (``size: 1000``) must not make every runner start a thousand.
+"""
+
+
+class WarmPoolConfig(_Strict):
+    """``warm_pool: {size: N}``: keep N sandboxes of the profile's defaults ready on each runner.
+
+    A Start whose resolved spec matches them (same image, resources, network, disk; no
+    exposed ports or mounted files) claims one instead of creating it; see
+    ``sandboxd.runner.warm_pool``.
+    """
+
+    size: int = 0
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_in_range(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"must be a whole number from 0 to {MAX_WARM_POOL_SIZE} (got {value!r})"
+            )
+        if not 0 <= value <= MAX_WARM_POOL_SIZE:
+            raise ValueError(
+                f"must be from 0 to {MAX_WARM_POOL_SIZE} sandboxes per runner (got {value})"
+            )
+        return value
+
+
 class ProfileSpec(_Strict):
     """What a sandbox on this profile runs with and may ask for."""
 
@@ -167,6 +200,7 @@ class ProfileSpec(_Strict):
     network: NetworkConfig = NetworkConfig()
     tags: tuple[str, ...] = ()
     max_lifetime_seconds: int | None = Field(default=None, ge=1)
+    warm_pool: WarmPoolConfig = WarmPoolConfig()
 
 
 class Profile(_Strict):

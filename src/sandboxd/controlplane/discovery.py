@@ -24,6 +24,7 @@ from sandboxd.controlplane.pagination import (
     take_page,
 )
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
+from sandboxd.controlplane.warm_pools import pool_message
 from sandboxd.errors import ApiError, abort_with, invalid_argument, profile_not_found
 from sandboxd.errors import runner_not_found as runner_not_found_error
 
@@ -102,8 +103,8 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
     def profile_message(
         state: RunnerState, profile: ResolvedProfile
     ) -> discovery_pb2.ProfileSummary:
-        """The wire form of one runner×binding."""
-        return discovery_pb2.ProfileSummary(
+        """The wire form of one runner×binding (with its warm pool, a sandboxd extension)."""
+        message = discovery_pb2.ProfileSummary(
             profile_name=profile.profile_name,
             runner_id=state.runner_id,
             supported_gpu_types=state.gpu_types_for(profile),
@@ -113,6 +114,10 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             ],
             egress_modes=[discovery_pb2.EgressMode(name=n) for n in profile.egress_modes],
         )
+        pool = pool_message(state, profile)
+        if pool is not None:
+            message.sandboxd_warm_pool.CopyFrom(pool)
+        return message
 
     # -- runners ------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class RunnerState:
     starts: StartRecord = field(default_factory=StartRecord)
     # How far requests may add up beyond the allocatable CPU and memory (config/overcommit.py).
     overcommit: Overcommit = field(default_factory=Overcommit)
+    # Its warm pools as its last heartbeat reported them (controlplane/warm_pools.py).
+    warm_pools: tuple[runner_pb2.WarmPoolState, ...] = ()
 
     @property
     def reservations(self) -> Mapping[str, runner_pb2.Reservation]:
@@ -308,6 +310,7 @@ class RunnerRegistry:
         state.connected_at = now
         state.last_heartbeat_at = now
         state.resources = message.resources
+        state.warm_pools = ()
         state.connection_id = connection_id
         if state.link is not None:
             state.link.close()
@@ -323,6 +326,12 @@ class RunnerRegistry:
             )
         self._on_change(state.runner_id)
         return state, connection_id
+
+    def set_warm_pools(self, runner_id: str, pools: Sequence[runner_pb2.WarmPoolState]) -> None:
+        """Keep the warm pools a runner's heartbeat reported (shown by discovery only)."""
+        state = self._runners.get(runner_id)
+        if state is not None:
+            state.warm_pools = tuple(pools)
 
     def heartbeat(
         self,

@@ -36,6 +36,7 @@ from sandboxd.controlplane.exec_bridge import BridgeSession, Kind, StreamSession
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.warm_pools import warm_pool_specs
 from sandboxd.errors import (
     ApiError,
     abort_with,
@@ -146,6 +147,7 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     cluster_id=self._cluster_id,
                     cpu_overcommit_ratio=state.overcommit.cpu,
                     memory_overcommit_ratio=state.overcommit.memory,
+                    warm_pools=warm_pool_specs(state.profiles),
                 )
             )
             link = state.link
@@ -196,6 +198,7 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                         images=heartbeat.images if heartbeat.images_listed else None,
                     ):
                         break  # superseded, or back from a silence: the runner redials
+                    self._registry.set_warm_pools(runner_id, heartbeat.warm_pools)
                 elif kind == "result":
                     state = self._registry.get(runner_id)
                     if state is not None and state.link is not None:

@@ -457,6 +457,8 @@ class RunnerAgent:
                 _log.warning("cannot store the cluster id in %s: %s", self._settings.state_dir, exc)
         self._apply_interval(registered)
         self._apply_overcommit(registered)
+        if self._supervisor is not None:
+            self._supervisor.configure_warm_pools(registered.warm_pools)
         self._connected = True
         profiles = ", ".join(registered.profile_names) or "none bound"
         _log.info(
@@ -525,6 +527,8 @@ class RunnerAgent:
             sent_at = timestamp_pb2.Timestamp()
             sent_at.GetCurrentTime()
             heartbeat = runner_pb2.Heartbeat(resources=self._ledger.snapshot(), sent_at=sent_at)
+            if self._supervisor is not None:
+                heartbeat.warm_pools.extend(self._supervisor.warm_pool_states())
             if self._image_list is not None:
                 heartbeat.images[:] = await self._image_list.refreshed()
                 heartbeat.images_listed = True

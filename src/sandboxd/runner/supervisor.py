@@ -26,14 +26,14 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from sandboxd._proto import runner_pb2
-from sandboxd.backends.base import Backend
+from sandboxd.backends.base import Backend, SandboxSpec
 from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.controlplane.limits import (
     MAX_FILE_PATH_CHARS,
@@ -63,6 +63,7 @@ from sandboxd.runner.spec_mapping import (
     service_address,
     to_backend_spec,
 )
+from sandboxd.runner.warm_pool import WarmPools
 
 __all__ = ["SandboxSupervisor", "Send"]
 
@@ -122,14 +123,32 @@ class SandboxSupervisor(SandboxTable):
         raise_nofile_limit()
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
         self._opened = RecentIds(OPENED_STREAMS_REMEMBERED)
+        self._warm = WarmPools(backend, self._backend_spec)
+
+    async def recover(self) -> list[str]:
+        """Destroy the warm sandboxes a previous runner left, then re-adopt its sandboxes."""
+        await self._warm.discard_leftovers()
+        return await super().recover()
 
     async def close(self) -> None:
-        """Stop supervising (runner shutdown); the sandboxes keep running for a later recover."""
+        """Stop supervising (runner shutdown); the sandboxes keep running for a later recover.
+
+        Warm sandboxes are nobody's: they are destroyed.
+        """
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._warm.close()
         await super().close()
+
+    def configure_warm_pools(self, pools: Sequence[runner_pb2.WarmPool]) -> None:
+        """Keep the warm pools the control plane asked for (``Registered.warm_pools``)."""
+        self._warm.configure(pools)
+
+    def warm_pool_states(self) -> list[runner_pb2.WarmPoolState]:
+        """Each warm pool's size and readiness, for heartbeats."""
+        return self._warm.states()
 
     def handle(self, command: runner_pb2.Command, reply: Send | None = None) -> None:
         """Run ``command`` in its own task; its result goes to ``reply`` (default: ``send``).
@@ -239,11 +258,8 @@ class SandboxSupervisor(SandboxTable):
             check_runner_spec(spec)  # the control plane checked these sizes too (limits.py)
         except LimitExceeded as exc:
             raise failures.invalid_argument(exc.field, exc.problem) from None
-        limits = apply_limits(spec)
         reservation = reservation_of(spec)
-        blocked = await self._control_plane.cidrs() if self._control_plane else ()
-        blocked = (*blocked, *self._egress_blocked)
-        backend_spec = to_backend_spec(spec, limits, blocked=blocked)
+        backend_spec = await self._backend_spec(spec)
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)
         except InsufficientCapacityError as exc:
@@ -259,9 +275,12 @@ class SandboxSupervisor(SandboxTable):
             ) from None
         created = False
         try:
-            await self._backend.create(backend_spec)
-            created = True
-            await self._backend.start(sb.sandbox_id)
+            if await self._warm.claim(spec.profile_name, backend_spec):
+                created = True  # and started, from the profile's warm pool
+            else:
+                await self._backend.create(backend_spec)
+                created = True
+                await self._backend.start(sb.sandbox_id)
             state = await self._backend.state(sb.sandbox_id)
         except BaseException:
             self._ledger.release(sb.sandbox_id)
@@ -280,6 +299,13 @@ class SandboxSupervisor(SandboxTable):
         )
         self._records.save(sb.record)
         sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
+
+    async def _backend_spec(self, spec: runner_pb2.SandboxSpec) -> SandboxSpec:
+        """The backend's spec: the profile's limits re-checked, the image, blocked CIDRs."""
+        limits = apply_limits(spec)
+        blocked = await self._control_plane.cidrs() if self._control_plane else ()
+        blocked = (*blocked, *self._egress_blocked)
+        return to_backend_spec(spec, limits, blocked=blocked)
 
     async def _stop(
         self, sandbox_id: str, grace: float, generation: int

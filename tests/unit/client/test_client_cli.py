@@ -92,6 +92,7 @@ def test_profiles(standin: StandIn) -> None:
             "supported_architectures": ["amd64"],
             "service_exposure_modes": ["public", "private"],
             "egress_modes": ["none"],
+            "warm_pool": None,
         }
     ]
     filtered = json.loads(

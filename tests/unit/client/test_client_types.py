@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cwsandbox import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode
+from cwsandbox import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode, WarmPool
 from cwsandbox._proto import discovery_pb2 as pb
 from tests.unit.client.client_standin import PROFILES, RUNNERS
 
@@ -88,6 +88,7 @@ def test_field_order_matches_official_client() -> None:
         "supported_architectures",
         "service_exposure_modes",
         "egress_modes",
+        "warm_pool",
     ]
     assert _runner().resources is None
 
@@ -142,3 +143,13 @@ def test_profile_from_proto_and_ingress_alias() -> None:
     assert profile.ingress_modes is profile.service_exposure_modes
     assert profile.egress_modes == (EgressMode(name="none"),)
     assert hash(profile) == hash(Profile.from_proto(PROFILES[3]))
+
+
+def test_profile_warm_pool_is_a_sandboxd_extension() -> None:
+    assert Profile.from_proto(PROFILES[3]).warm_pool is None  # other servers never send it
+    message = pb.ProfileSummary(profile_name="default", runner_id="r1")
+    message.sandboxd_warm_pool.CopyFrom(pb.SandboxdWarmPool(size=4, ready=3, claims=12))
+    assert Profile.from_proto(message).warm_pool == WarmPool(size=4, ready=3, claims=12, error="")
+    # a client without the extension (the official one) skips field 1001 unharmed
+    plain = pb.ProfileSummary.FromString(message.SerializeToString())
+    assert plain.profile_name == "default"

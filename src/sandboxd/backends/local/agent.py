@@ -214,7 +214,7 @@ class Agent:
             elif op in ("read_file", "write_file"):
                 self._file_op(conn, msg, fds)
             elif op == "start":
-                self._start(conn)
+                self._start(conn, msg)
             elif op == "stop":
                 grace = msg.get("grace", 10.0)
                 if not isinstance(grace, int | float):
@@ -289,10 +289,39 @@ class Agent:
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         return code, f"sandboxd: exec {what}: {exc.strerror}\n".encode()
 
-    def _start(self, conn: socket.socket) -> None:
+    def _start_settings(self, msg: dict[str, Any]) -> None:
+        """Apply what a warm sandbox learns only when it is claimed (``warm.py``).
+
+        Command, environment, working directory and lifetime may come with ``start``; a
+        sandbox created cold got them in its spawn request already and sends none.
+        """
+        if "command" in msg:
+            argv = _str_list(msg["command"], "command")
+            if not argv or _has_nul(argv):
+                raise BadRequest("command must be non-empty strings without NUL")
+            self.cfg["command"] = argv
+        if "env" in msg:
+            env = _str_map(msg["env"], "env")
+            if _has_nul(list(env)) or _has_nul(list(env.values())) or any("=" in k for k in env):
+                raise BadRequest("env keys and values must not contain NUL (or '=' in keys)")
+            self.env = dict(env)
+        if "workdir" in msg:
+            workdir = msg["workdir"]
+            if not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir:
+                raise BadRequest("workdir must be an absolute path")
+            self.cfg["workdir"] = workdir
+        if "max_lifetime" in msg:
+            lifetime = msg["max_lifetime"]
+            if lifetime is not None and (not isinstance(lifetime, int | float) or lifetime <= 0):
+                raise BadRequest("max_lifetime must be a positive number or null")
+            self.cfg["max_lifetime"] = lifetime
+
+    def _start(self, conn: socket.socket, msg: dict[str, Any] | None = None) -> None:
         if self.main_pid is not None or self.finished or self.main_out is None:
             self._reply(conn, {"error": {"kind": "state", "message": "already started"}})
             return
+        if msg:
+            self._start_settings(msg)
         out_w, err_w = self.main_out
         self.main_out = None
         argv, cwd = list(self.cfg["command"]), self.cfg["workdir"]

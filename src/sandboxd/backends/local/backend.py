@@ -64,6 +64,7 @@ from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
 from .userns import IdRangeError, IdRangePool
+from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class LocalBackend(Backend):
                 "more per idle sandbox",
                 NATIVE_KEEPER,
             )
+        self._warm = WarmSlots(self)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def _ready(self) -> CgroupManager:
@@ -471,6 +473,25 @@ class LocalBackend(Backend):
             alive.append(rec.sandbox_id)
         return alive
 
+    # -- warm pools (warm.py) ------------------------------------------------------------------
+    supports_warm_pools = True
+
+    async def prepare(self, spec: SandboxSpec) -> str:
+        """Build a sandbox ahead of time under a slot name (``warm.py``)."""
+        return await self._warm.prepare(spec)
+
+    async def claim(self, slot: str, spec: SandboxSpec) -> None:
+        """The slot becomes sandbox ``spec.sandbox_id``, started (``warm.py``)."""
+        await self._warm.claim(slot, spec)
+
+    async def discard(self, slot: str) -> None:
+        """Destroy a slot nobody will claim."""
+        await self._warm.discard(slot)
+
+    async def discard_prepared(self) -> int:
+        """Destroy the slots a previous runner process left behind."""
+        return await self._warm.discard_prepared()
+
     # -- files and logs (files.py) --------------------------------------------------------------
     async def write_file(
         self,
@@ -507,6 +528,7 @@ class LocalBackend(Backend):
         """Stop port relays and drop connections; shut the zygote down if nothing runs."""
         for task in list(self._release_tasks):
             task.cancel()
+        await self._warm.discard_all()  # ready but never claimed: nobody's sandboxes
         await self._ranges.close()
         await self._budget.close()
         await self._disk.close()

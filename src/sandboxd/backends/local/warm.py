@@ -1,0 +1,253 @@
+"""Warm sandboxes of the local backend: built ahead of time, named only when claimed.
+
+Why a slot name and a rename: a warm sandbox is built before anyone knows its sandbox id,
+yet once claimed it must be indistinguishable from one created cold under that id: its
+state directory ``sandboxes/<id>/`` and ``record.json`` (what ``recover`` finds after a
+runner restart), its hostname, environment, command and lifetime. So a slot is built like
+any sandbox (``LocalBackend._build``: user namespace, cgroup, fresh writable layer, network,
+keeper and agent) under ``<data_dir>/warm/<slot>/``, with a slot name that can never be a
+sandbox id (``_warm-…``; ids start with a letter or digit). Its main process is not
+started. A claim then:
+
+1. sets the hostname in the sandbox's UTS namespace, from a thread of its own that joins
+   the namespace and exits (the agent has no capabilities left to do it itself);
+2. rewrites ``record.json`` with the sandbox id, then renames the directory into
+   ``sandboxes/<id>/`` (atomic; the keeper writes through a directory descriptor and the
+   agent's socket is found by path, so both follow the rename);
+3. starts the main process with the claimant's command, environment (``HOSTNAME``
+   included), working directory and lifetime, which the agent takes with ``start``.
+
+Nothing ran in a slot before its claim but its agent, and each slot has its own writable
+layer, which dies with it: a file written in one claimed sandbox is never seen by another.
+The cgroup, user-id range and network namespace keep the slot's name on the host (cgroup v2
+cannot rename a group); the records name them, so stats, stop, destroy and recover work
+as for any sandbox.
+
+A runner that dies leaves its slots running; the next one destroys them
+(``discard_prepared``) before it creates anything. A crash between steps 2 and 3 leaves an
+unstarted sandbox under its id, as a crash during a cold create does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..base import DEFAULT_PATH, SandboxSpec
+from ..errors import BackendError, InvalidSpec, SandboxExists, SandboxStartError
+from . import process, syscalls
+from .state import SandboxRecord
+
+if TYPE_CHECKING:
+    from .backend import LocalBackend
+
+WARM_DIR = "warm"
+SLOT_PREFIX = "_warm-"
+DISCARD_WAIT_SECONDS = 10.0
+
+
+class WarmSlots:
+    """The prepared sandboxes of one ``LocalBackend`` (see the module docstring)."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+        self.dir = backend.data_dir / WARM_DIR
+        self._slots: dict[str, SandboxRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    async def prepare(self, spec: SandboxSpec) -> str:
+        """Build a sandbox for ``spec`` without starting it; its slot name."""
+        b = self._backend
+        if spec.mounted_files:
+            raise InvalidSpec("mounted_files", "a warm sandbox cannot have mounted files")
+        if spec.network.exposed_ports:
+            raise InvalidSpec("network.exposed_ports", "a warm sandbox cannot expose ports")
+        rootfs = b._rootfs(spec.image)
+        cgroups = await b._ready()
+        slot = SLOT_PREFIX + secrets.token_hex(6)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_dir = self.dir / slot
+        state_dir.mkdir(mode=0o700)
+        net = spec.network
+        rec = SandboxRecord(slot, state_dir, net.egress, net.cidrs, net.ingress, net.exposed_ports)
+        try:
+            await b._build(rec, spec, cgroups, rootfs)
+        except BaseException as exc:
+            rec.kill_agent()
+            await b._cleanup(rec)
+            if isinstance(exc, SandboxStartError | asyncio.CancelledError):
+                raise
+            raise SandboxStartError(f"preparing a warm sandbox failed: {exc}") from exc
+        self._slots[slot] = rec
+        b._disk.refill()  # after the build, like a create
+        return slot
+
+    async def claim(self, slot: str, spec: SandboxSpec) -> None:
+        """Slot ``slot`` becomes sandbox ``spec.sandbox_id``, started with ``spec``'s settings."""
+        b = self._backend
+        sid = spec.sandbox_id
+        target = b.sandboxes_dir / sid
+        if sid in b._records or target.exists():
+            raise SandboxExists(f"sandbox {sid!r} already exists")
+        rec = self._slots.pop(slot, None)
+        if rec is None:
+            raise SandboxStartError(f"no warm sandbox {slot!r}")
+        hostname = (spec.hostname or sid)[:63]
+        naming: asyncio.Future[None] | None = None
+        try:
+            if not rec.is_running():
+                raise SandboxStartError(f"warm sandbox {slot!r} is no longer running")
+            naming = _set_hostname(rec, hostname)  # in a thread, while the records move
+            rec.sandbox_id = sid
+            if rec.ids is not None:
+                b._ids.relabel(rec.ids, sid)
+            rec.save()  # names the sandbox before the directory moves (see the docstring)
+            b.sandboxes_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.rename(rec.state_dir, target)
+            rec.state_dir = target
+            await naming
+        except BaseException as exc:
+            if naming is not None:
+                with contextlib.suppress(BaseException):
+                    await naming
+            rec.kill_agent()
+            await b._cleanup(rec)
+            if isinstance(exc, SandboxStartError | asyncio.CancelledError):
+                raise
+            raise SandboxStartError(f"claiming warm sandbox {slot!r} failed: {exc}") from exc
+        b._records[sid] = rec
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
+        request = {
+            "op": "start",
+            "command": list(spec.command),
+            "env": env,
+            "workdir": spec.workdir,
+            "max_lifetime": spec.max_lifetime_seconds,
+        }
+        try:
+            reply = await process.request(rec.agent_socket, request)
+        except OSError as exc:
+            raise SandboxStartError(f"sandbox {sid!r} is not running: {exc}") from None
+        if "error" in reply:
+            raise SandboxStartError(f"sandbox {sid!r}: {reply['error']['message']}")
+        rec.started = True
+        rec.save()
+
+    async def discard(self, slot: str) -> None:
+        """Destroy one slot (nothing if it is unknown)."""
+        rec = self._slots.pop(slot, None)
+        if rec is not None:
+            await self._destroy(rec)
+
+    async def discard_all(self) -> None:
+        """Destroy every slot of this process (runner shutdown), all at once.
+
+        Every slot is killed first and then waited for together, so a shutdown on a busy
+        host takes one slot's teardown, not the sum of them.
+        """
+        records = list(self._slots.values())
+        self._slots.clear()
+        for rec in records:
+            rec.kill_agent()
+        await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
+
+    async def discard_prepared(self) -> int:
+        """Destroy slots a previous runner process left in ``warm/``; how many there were.
+
+        All are killed first, then waited for together (see :meth:`discard_all`).
+        """
+        if not self.dir.is_dir():
+            return 0
+        b = self._backend
+        left = [d for d in sorted(self.dir.iterdir()) if d.name not in self._slots]
+        records = []
+        for state_dir in left:
+            try:
+                rec = SandboxRecord.load(state_dir)
+            except (OSError, ValueError, KeyError, TypeError):
+                await self._forget_unrecorded(state_dir)
+                continue
+            if rec.lease is not None:
+                b._net.claim(rec.lease)
+            if rec.ids is not None:
+                b._ids.claim(rec.ids)
+            rec.attach()
+            rec.kill_agent()
+            records.append(rec)
+        await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
+        return len(left)
+
+    async def _forget_unrecorded(self, state_dir: Path) -> None:
+        """A slot killed before its first record: its user-id claim and empty cgroup, if any.
+
+        ``_build`` claims the ids (labelled with the slot) and makes the cgroup before it
+        writes ``record.json``; no process of the slot can exist yet (the zygote is asked
+        after the record), so removing both is safe.
+        """
+        b = self._backend
+        slot = state_dir.name
+        for ids in b._ids.adopt(slot):
+            b._ids.release(ids)
+        with contextlib.suppress(BackendError, OSError):
+            cgroups = await b._ready()
+            for group in set(cgroups._group_dirs().values()):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(group, slot))
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+    async def _destroy(self, rec: SandboxRecord) -> None:
+        rec.kill_agent()
+        if rec.pidfd is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(rec.exited_future()), DISCARD_WAIT_SECONDS)
+        await self._backend._cleanup(rec)
+
+
+def _set_hostname(rec: SandboxRecord, hostname: str) -> asyncio.Future[None]:
+    """``sethostname`` in the sandbox's UTS namespace, from a thread that then exits.
+
+    ``setns`` changes only the calling thread, and a thread of the default executor would
+    be reused later, so a thread of its own does it and goes back before it ends anyway.
+    The namespace is reached through the agent's pidfd (no pid reuse race).
+    """
+    target = rec.agent_pidfd
+    if target is None:
+        raise SandboxStartError(f"warm sandbox {rec.sandbox_id!r} has no agent")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish(exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                syscalls.setns(target, syscalls.CLONE_NEWUTS)
+                try:
+                    socket.sethostname(hostname)
+                finally:
+                    syscalls.setns(own, syscalls.CLONE_NEWUTS)
+            finally:
+                os.close(own)
+        except BaseException as exc:  # handed to the event loop
+            error = exc
+        loop.call_soon_threadsafe(finish, error)
+
+    threading.Thread(target=run, name="sandboxd-sethostname", daemon=True).start()
+    return done

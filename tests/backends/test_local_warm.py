@@ -1,0 +1,346 @@
+"""Warm sandboxes of the local backend: prepared under a slot name, claimed under an id.
+
+A claimed sandbox must be indistinguishable from one created cold under its id (its own
+hostname, environment, command, lifetime, state directory and records, a fresh writable
+layer), claims must never see each other's files, and slots a killed runner left behind
+must be destroyed by the next one without leaving processes, cgroups, mounts, loop devices,
+id-range claims or state directories (``src/sandboxd/backends/local/warm.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
+from sandboxd.backends.conformance import Harness, run, sh
+from sandboxd.backends.errors import InvalidSpec, SandboxExists, SandboxStartError
+from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local.warm import SLOT_PREFIX
+from sandboxd.images import ImageStore
+
+from .disk_support import loop_devices, wait_in_use
+from .image_refs import BUSYBOX
+from .nethost import NetHost, test_host
+
+__all__ = ["test_host"]  # the module-scoped test host fixture (nethost.py)
+
+
+def go(aio: asyncio.Runner, coro: object, timeout: float = 120) -> object:
+    return aio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def harness(backend: LocalBackend) -> Harness:
+    return Harness(backend, BUSYBOX, None, lambda: backend, prefix="warm-t-")
+
+
+def group_dirs(backend: LocalBackend) -> list[str]:
+    """The cgroup directories under which ``backend`` makes its sandboxes' cgroups."""
+    assert backend._cgroups is not None
+    return sorted(set(backend._cgroups._group_dirs().values()))
+
+
+def slot_cgroups(groups: list[str]) -> list[str]:
+    """Cgroup directories in ``groups`` named like a slot."""
+    return sorted(str(p) for g in groups for p in Path(g).glob(f"{SLOT_PREFIX}*"))
+
+
+def id_claims(backend: LocalBackend) -> list[str]:
+    """User-id range claim files that name a slot of ``backend``."""
+    claims = Path("/run/sandboxd")
+    if not claims.is_dir():
+        return []
+    out = []
+    for path in claims.rglob("*"):
+        if path.is_file():
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            if backend._group in text and SLOT_PREFIX in text:
+                out.append(text.strip())
+    return out
+
+
+def test_a_claimed_sandbox_is_its_own(
+    aio: asyncio.Runner, local_backend: LocalBackend, busybox_rootfs: Path
+) -> None:
+    h = harness(local_backend)
+    b = local_backend
+
+    async def scenario() -> None:
+        template = h.spec()
+        slot = await b.prepare(template)
+        assert slot.startswith(SLOT_PREFIX)
+        assert (b.data_dir / "warm" / slot).is_dir()
+        sid = "warm-t-claimed"
+        spec = replace(
+            template,
+            sandbox_id=sid,
+            env={"WHO": "claimant"},
+            command=("/bin/sh", "-c", "echo main-started; exec sleep 1000"),
+            workdir="/tmp",
+            max_lifetime_seconds=600,
+        )
+        await b.claim(slot, spec)
+        try:
+            r = await run(
+                h, sid, sh("hostname; echo $WHO $HOSTNAME; pwd; cat /proc/sys/kernel/hostname")
+            )
+            assert r.code == 0, r
+            assert r.stdout.decode().split() == [sid, "claimant", sid, "/tmp", sid]
+            state = await b.state(sid)
+            assert state.state == "running"
+            record = json.loads((b.sandboxes_dir / sid / "record.json").read_text())
+            assert record["sandbox_id"] == sid and record["started"] is True
+            assert not (b.data_dir / "warm" / slot).exists()
+            main = await run(h, sid, sh("cat /proc/*/cmdline | tr '\\0' ' '"))
+            assert b"sleep 1000" in main.stdout  # the claimant's command is the main process
+            logs = b"".join([c.data async for c in b.logs(sid)])
+            assert b"main-started" in logs
+            with_other_host = replace(spec, sandbox_id="warm-t-other", hostname="chosen")
+            slot2 = await b.prepare(template)
+            await b.claim(slot2, with_other_host)
+            try:
+                r = await run(h, "warm-t-other", ["hostname"])
+                assert r.stdout.decode().strip() == "chosen"
+            finally:
+                await b.destroy("warm-t-other")
+            # a claim under an id that exists is refused, and the slot stays usable
+            slot3 = await b.prepare(template)
+            try:
+                await b.claim(slot3, spec)
+                raise AssertionError("claimed under an existing id")
+            except SandboxExists:
+                pass
+            await b.discard(slot3)
+            # the agent recorded the claimant's start; stop ends it like any sandbox
+            assert await b.stop(sid, 1) in (0, 143)
+        finally:
+            await b.destroy(sid)
+        assert not (b.sandboxes_dir / sid).exists()
+
+    go(aio, scenario())
+
+
+def test_claims_are_isolated_from_each_other(
+    aio: asyncio.Runner, local_backend: LocalBackend, busybox_rootfs: Path
+) -> None:
+    h = harness(local_backend)
+    b = local_backend
+
+    async def scenario() -> None:
+        template = h.spec()
+        slots = [await b.prepare(template) for _ in range(3)]
+        ids = [f"warm-t-iso-{i}" for i in range(3)]
+        try:
+            for i, (slot, sid) in enumerate(zip(slots, ids, strict=True)):
+                await b.claim(slot, replace(template, sandbox_id=sid, env={"N": str(i)}))
+                seen = await run(
+                    h, sid, sh("ls -A /tmp /root; cat /tmp/secret* 2>/dev/null; echo $N")
+                )
+                assert seen.stdout.decode().split() == ["/root:", "/tmp:", str(i)], seen
+                wrote = await run(
+                    h, sid, sh(f"echo from-{i} > /tmp/secret{i}; echo x > /root/r{i}")
+                )
+                assert wrote.code == 0
+                if i == 1:  # one ends before the next is claimed: still nothing carries over
+                    await b.stop(ids[0], 1)
+        finally:
+            for sid in ids:
+                await b.destroy(sid)
+
+    go(aio, scenario())
+
+
+def test_a_claimed_sandbox_has_the_egress_it_was_built_with(
+    aio: asyncio.Runner, local_backend: LocalBackend, busybox_rootfs: Path, test_host: NetHost
+) -> None:
+    """Network namespace and rules are made ahead; after the claim they are the sandbox's."""
+    h = harness(local_backend)
+    b = local_backend
+
+    async def scenario() -> None:
+        allow = NetworkSpec(egress=EgressType.ALLOWLIST, cidrs=(f"{test_host.ip_a}/32",))
+        template = h.spec(network=allow)
+        slot = await b.prepare(template)
+        sid = "warm-t-net"
+        await b.claim(slot, replace(template, sandbox_id=sid))
+        try:
+            reached = await run(h, sid, sh(f"nc -w 3 {test_host.ip_a} 8080 </dev/null"))
+            assert reached.code == 0 and reached.stdout.startswith(
+                f"hello {test_host.ip_a}".encode()
+            )
+            refused = await run(h, sid, sh(f"nc -w 3 {test_host.ip_b} 8080 </dev/null"))
+            assert refused.code != 0 and refused.stdout == b""
+        finally:
+            await b.destroy(sid)
+
+    go(aio, scenario())
+
+
+def test_a_dead_or_unsuitable_slot_is_refused_cleanly(
+    aio: asyncio.Runner, local_backend: LocalBackend, busybox_rootfs: Path
+) -> None:
+    h = harness(local_backend)
+    b = local_backend
+
+    async def scenario() -> None:
+        template = h.spec()
+        ports = NetworkSpec(ingress=IngressMode.INTERNAL, exposed_ports=(8080,))
+        for bad, field in (
+            (replace(template, mounted_files=(MountedFile("/etc/x", b"x"),)), "mounted_files"),
+            (replace(template, network=ports), "network.exposed_ports"),
+        ):
+            try:
+                await b.prepare(bad)
+                raise AssertionError("prepared a slot that cannot be warm")
+            except InvalidSpec as exc:
+                assert exc.field == field
+        slot = await b.prepare(template)
+        b._warm._slots[slot].kill_agent()  # it dies while nobody claims it
+        await asyncio.sleep(0.2)
+        try:
+            await b.claim(slot, replace(template, sandbox_id="warm-t-dead"))
+            raise AssertionError("claimed a dead slot")
+        except SandboxStartError:
+            pass
+        assert not (b.sandboxes_dir / "warm-t-dead").exists()
+        assert not (b.data_dir / "warm" / slot).exists()
+        assert "warm-t-dead" not in b._records
+
+    go(aio, scenario())
+
+
+def test_a_claimed_sandbox_is_recovered_under_its_id(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        first = LocalBackend(tmp_path / "runner", images=image_store)
+        h = harness(first)
+        template = h.spec()
+        slot = await first.prepare(template)
+        await first.claim(slot, replace(template, sandbox_id="warm-t-kept"))
+        first._records.clear()  # the runner goes away without touching its sandboxes
+        first._warm._slots.clear()
+        second = LocalBackend(tmp_path / "runner", images=image_store)
+        try:
+            assert await second.recover() == ["warm-t-kept"]
+            r = await run(harness(second), "warm-t-kept", ["hostname"])
+            assert r.stdout.decode().strip() == "warm-t-kept"
+            await second.destroy("warm-t-kept")
+        finally:
+            await second.close()
+
+    go(aio, scenario())
+
+
+# -- a runner killed with SIGKILL while it holds warm slots -------------------------------------
+
+RUNNER = """
+import asyncio, json, sys
+from pathlib import Path
+from sandboxd.backends.base import NetworkSpec, EgressType, SandboxSpec
+from sandboxd.backends.local import LocalBackend
+from sandboxd.images import ImageStore
+
+async def main(data_dir, images_dir, count):
+    backend = LocalBackend(data_dir, images=ImageStore(images_dir))
+    spec = SandboxSpec("t", "busybox:latest", memory_bytes=128 << 20, disk_bytes=32 << 20,
+                       network=NetworkSpec(egress=EgressType.INTERNET))
+    slots = [await backend.prepare(spec) for _ in range(count)]
+    groups = sorted(set(backend._cgroups._group_dirs().values()))
+    print(json.dumps({"slots": slots, "groups": groups}), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_slots_of_a_killed_runner_are_destroyed_by_the_next(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "runner"
+    argv = [sys.executable, "-c", RUNNER, str(data_dir), str(image_store.data_dir), "3"]
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert runner.stdout is not None
+    made = json.loads(runner.stdout.readline())
+    slots, groups = made["slots"], made["groups"]
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+
+    async def scenario() -> None:
+        backend = LocalBackend(data_dir, images=image_store)
+        try:
+            # the slots outlived their runner: processes, cgroups, layers, networks
+            assert sorted(p.name for p in (data_dir / "warm").iterdir()) == sorted(slots)
+            assert {Path(d).name for d in slot_cgroups(groups)} == set(slots)
+            leases = [
+                json.loads((data_dir / "warm" / s / "record.json").read_text())["lease"]
+                for s in slots
+            ]
+            netns = [f"/run/netns/sandboxd-{lease['tag']}" for lease in leases]
+            assert all(Path(ns).exists() for ns in netns)
+            assert await backend.discard_prepared() == 3
+            assert list((data_dir / "warm").iterdir()) == []
+            assert slot_cgroups(groups) == []
+            assert id_claims(backend) == []
+            assert not any(Path(ns).exists() for ns in netns)
+            assert await wait_in_use(backend, 0) == 0  # no layer (loop device) left in use
+        finally:
+            await backend.close()
+        assert loop_devices(data_dir / "disk") == []
+        assert (
+            not (data_dir / "sandboxes").exists() or list((data_dir / "sandboxes").iterdir()) == []
+        )
+
+    go(aio, scenario())
+
+
+def test_close_destroys_unclaimed_slots(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "runner", images=image_store)
+        h = harness(backend)
+        for _ in range(2):
+            await backend.prepare(h.spec())
+        groups = group_dirs(backend)
+        assert len({Path(d).name for d in slot_cgroups(groups)}) == 2
+        await backend.close()
+        assert list((tmp_path / "runner" / "warm").iterdir()) == []
+        assert slot_cgroups(groups) == []
+        assert id_claims(backend) == []
+        assert loop_devices(tmp_path / "runner" / "disk") == []
+
+    go(aio, scenario())
+
+
+def test_a_slot_killed_before_its_first_record_leaves_nothing(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """What ``_build`` makes before ``record.json`` (id claim, cgroup) is found by its name."""
+
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "runner", images=image_store)
+        try:
+            cgroups = await backend._ready()
+            slot = f"{SLOT_PREFIX}0123456789ab"
+            (tmp_path / "runner" / "warm" / slot).mkdir(parents=True)
+            ids = backend._ids.allocate(slot)
+            cgroup = cgroups.create(slot)
+            assert id_claims(backend) and slot_cgroups(group_dirs(backend))
+            assert await backend.discard_prepared() == 1
+            assert id_claims(backend) == [] and slot_cgroups(group_dirs(backend)) == []
+            assert list((tmp_path / "runner" / "warm").iterdir()) == []
+            assert not any(Path(d).exists() for d in cgroup.unique_dirs)
+            assert ids not in backend._ids.adopt(slot)
+        finally:
+            await backend.close()
+
+    go(aio, scenario())
