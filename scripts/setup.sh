@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # postgresql: a throwaway server for the store tests (tests/support/postgres.py); the setup
 # only installs it, nothing is started or enabled here. e2fsprogs: mkfs.ext4 for the sandboxes'
-# writable layers (src/sandboxd/backends/local/disk.py).
+# writable layers (src/sandboxd/backends/local/disk.py). gcc, libc6-dev: the native keeper
+# (src/sandboxd/backends/local/native/keeper.c, built below).
 APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl
-              postgresql e2fsprogs)
+              postgresql e2fsprogs gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -28,4 +29,20 @@ if ! .venv/bin/python -c 'import sandboxd, pytest' 2>/dev/null \
   echo "setup: installing Python packages into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   touch .venv/.installed
+fi
+
+# The native keeper each idle sandbox runs on the host side (keeper.py says why); rebuilt
+# when its source is newer. Static, so it maps no shared library and costs ~0.1 MiB a copy.
+native=src/sandboxd/backends/local/native
+if [[ ! -x $native/sandboxd-keeper || $native/keeper.c -nt $native/sandboxd-keeper ]]; then
+  echo "setup: building $native/sandboxd-keeper" >&2
+  flags=(-O2 -Wall -Wextra -Werror -fstack-protector-strong -D_FORTIFY_SOURCE=2)
+  for link in -static-pie -static ""; do
+    # shellcheck disable=SC2086 # an empty $link adds nothing
+    if gcc "${flags[@]}" $link -o "$native/sandboxd-keeper.tmp" "$native/keeper.c" 2>/dev/null; then
+      break
+    fi
+  done
+  [[ -x $native/sandboxd-keeper.tmp ]] || gcc "${flags[@]}" -o "$native/sandboxd-keeper.tmp" "$native/keeper.c"
+  mv -f "$native/sandboxd-keeper.tmp" "$native/sandboxd-keeper"  # a running copy is never overwritten
 fi

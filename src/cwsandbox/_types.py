@@ -99,12 +99,25 @@ class Profile:
 
 @dataclass(frozen=True, kw_only=True)
 class RunnerResources:
-    """Live, unreserved capacity of a runner at the time of the call (FULL view only)."""
+    """Live, unreserved capacity of a runner at the time of the call (FULL view only).
+
+    ``available_*`` is what placement will still accept. sandboxd also says how it is made
+    (other servers leave these at their defaults): ``allocatable_*`` (the runner's capacity
+    for sandboxes), ``requested_*`` (the requests of its sandboxes, summed) and the
+    overcommit ratios requests may reach: available = allocatable × ratio − requested.
+    """
 
     available_cpu_millicores: int
     available_memory_bytes: int
     available_gpu_count: int
     running_sandboxes: int
+    allocatable_cpu_millicores: int = 0
+    allocatable_memory_bytes: int = 0
+    requested_cpu_millicores: int = 0
+    requested_memory_bytes: int = 0
+    requested_gpu_count: int = 0
+    cpu_overcommit_ratio: float = 1.0
+    memory_overcommit_ratio: float = 1.0
 
     @classmethod
     def from_proto(cls, msg: discovery_pb2.RunnerResourceSummary) -> RunnerResources:
@@ -114,6 +127,13 @@ class RunnerResources:
             available_memory_bytes=msg.available_memory_bytes,
             available_gpu_count=msg.available_gpu_count,
             running_sandboxes=msg.running_sandboxes,
+            allocatable_cpu_millicores=msg.allocatable_cpu_millicores,
+            allocatable_memory_bytes=msg.allocatable_memory_bytes,
+            requested_cpu_millicores=msg.requested_cpu_millicores,
+            requested_memory_bytes=msg.requested_memory_bytes,
+            requested_gpu_count=msg.requested_gpu_count,
+            cpu_overcommit_ratio=msg.cpu_overcommit_ratio or 1.0,  # 0: not sent
+            memory_overcommit_ratio=msg.memory_overcommit_ratio or 1.0,
         )
 
 

@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import cwsandbox
 from cwsandbox import format_bytes, format_cpu
 from tests.e2e.conftest import OUR_PYTHON, ROOT, Platform, run_python
 
@@ -55,16 +56,21 @@ def test_runner_resources(quiet_platform: Platform) -> None:
     lines = out.splitlines()
     assert lines[0] == f"{quiet_platform.runner_id}  healthy=True"
     max_cpu, max_mem = re.fullmatch(r"  max: (.+ vCPU), (.+B)", lines[1]).groups()  # type: ignore[union-attr]
-    # Nothing runs yet, so everything the runner has is available.
-    assert lines[2] == f"  available: {max_cpu}, {max_mem}"
+    # Nothing runs yet, so everything the runner has is available: its allocatable amounts
+    # times the embedded overcommit ratios (CPU 16, memory 1).
+    runner = cwsandbox.get_runner(quiet_platform.runner_id, base_url=quiet_platform.base_url)
+    assert runner.resources is not None
+    assert max_cpu == format_cpu(runner.max_cpu_millicores)
+    cpu = format_cpu(int(runner.max_cpu_millicores * runner.resources.cpu_overcommit_ratio))
+    assert runner.resources.cpu_overcommit_ratio == 16.0
+    assert runner.resources.memory_overcommit_ratio == 1.0
+    assert lines[2] == f"  available: {cpu}, {max_mem}"
     assert lines[3] == "  running sandboxes: 0"
     assert len(lines) == 4
 
 
 def test_filter_runners_by_capacity(quiet_platform: Platform) -> None:
     out = example("filter_runners_by_capacity.py", quiet_platform)
-    import cwsandbox
-
     runner = cwsandbox.get_runner(quiet_platform.runner_id, base_url=quiet_platform.base_url)
     assert runner.resources is not None
     fits = (

@@ -15,9 +15,16 @@ from tests.e2e.conftest import OUR_PYTHON, Platform, run_python
 SCRIPT = r"""
 import dataclasses, json, cwsandbox
 
+# The fields of RunnerResources both clients have (ours adds sandboxd's capacity extension:
+# allocatable, requested, overcommit ratios; the official client skips those wire fields).
+PUBLIC_RESOURCES = ("available_cpu_millicores", "available_memory_bytes",
+                    "available_gpu_count", "running_sandboxes")
+
 def runner(r):
     d = dataclasses.asdict(r)
     d["connected_at"] = r.connected_at.isoformat()
+    if d["resources"] is not None:
+        d["resources"] = {k: d["resources"][k] for k in PUBLIC_RESOURCES}
     return d
 
 def profile(p):

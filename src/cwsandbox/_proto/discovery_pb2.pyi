@@ -61,16 +61,30 @@ class RunnerCapabilitySummary(_message.Message):
     def __init__(self, max_cpu_millicores: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ..., max_gpu_count: _Optional[int] = ..., supported_gpu_types: _Optional[_Iterable[str]] = ..., supported_architectures: _Optional[_Iterable[str]] = ..., supports_privileged: _Optional[bool] = ..., available_storage_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunnerResourceSummary(_message.Message):
-    __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes")
+    __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes", "allocatable_cpu_millicores", "allocatable_memory_bytes", "requested_cpu_millicores", "requested_memory_bytes", "requested_gpu_count", "cpu_overcommit_ratio", "memory_overcommit_ratio")
     AVAILABLE_CPU_MILLICORES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATABLE_CPU_MILLICORES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATABLE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_CPU_MILLICORES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CPU_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
     available_cpu_millicores: int
     available_memory_bytes: int
     available_gpu_count: int
     running_sandboxes: int
-    def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ...) -> None: ...
+    allocatable_cpu_millicores: int
+    allocatable_memory_bytes: int
+    requested_cpu_millicores: int
+    requested_memory_bytes: int
+    requested_gpu_count: int
+    cpu_overcommit_ratio: float
+    memory_overcommit_ratio: float
+    def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ..., allocatable_cpu_millicores: _Optional[int] = ..., allocatable_memory_bytes: _Optional[int] = ..., requested_cpu_millicores: _Optional[int] = ..., requested_memory_bytes: _Optional[int] = ..., requested_gpu_count: _Optional[int] = ..., cpu_overcommit_ratio: _Optional[float] = ..., memory_overcommit_ratio: _Optional[float] = ...) -> None: ...
 
 class ServiceExposureMode(_message.Message):
     __slots__ = ("name",)

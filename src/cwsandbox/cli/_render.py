@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cwsandbox._format import format_bytes, format_cpu
-from cwsandbox._types import Profile, Runner
+from cwsandbox._types import Profile, Runner, RunnerResources
 
 __all__ = [
     "console",
@@ -82,8 +82,24 @@ def runner_json(runner: Runner) -> dict[str, Any]:
             "available_memory_bytes": res.available_memory_bytes,
             "available_gpu_count": res.available_gpu_count,
             "running_sandboxes": res.running_sandboxes,
+            "allocatable_cpu_millicores": res.allocatable_cpu_millicores,
+            "allocatable_memory_bytes": res.allocatable_memory_bytes,
+            "requested_cpu_millicores": res.requested_cpu_millicores,
+            "requested_memory_bytes": res.requested_memory_bytes,
+            "requested_gpu_count": res.requested_gpu_count,
+            "cpu_overcommit_ratio": res.cpu_overcommit_ratio,
+            "memory_overcommit_ratio": res.memory_overcommit_ratio,
         },
     }
+
+
+def _ratio(value: float) -> str:
+    return f"{value:g}x"
+
+
+def overcommit_text(res: RunnerResources) -> str:
+    """``cpu 16x, mem 1x``: how far requests may go beyond the allocatable capacity."""
+    return f"cpu {_ratio(res.cpu_overcommit_ratio)}, mem {_ratio(res.memory_overcommit_ratio)}"
 
 
 def profile_json(profile: Profile) -> dict[str, Any]:
@@ -114,8 +130,9 @@ def runners_table(runners: Sequence[Runner], *, resources: bool) -> Table:
     for name in ("RUNNER", "GROUP", "HEALTHY", "CPU", "MEMORY", "GPUS", "GPU TYPES", "ARCH"):
         table.add_column(name, justify="right" if name in ("CPU", "MEMORY", "GPUS") else "left")
     if resources:
-        for name in ("FREE CPU", "FREE MEMORY", "FREE GPUS", "SANDBOXES"):
+        for name in ("FREE CPU", "FREE MEMORY", "FREE GPUS", "SANDBOXES", "REQ CPU", "REQ MEMORY"):
             table.add_column(name, justify="right")
+        table.add_column("OVERCOMMIT")
     table.add_column("PROFILES")
     for r in runners:
         row = [
@@ -131,13 +148,16 @@ def runners_table(runners: Sequence[Runner], *, resources: bool) -> Table:
         if resources:
             res = r.resources
             row += (
-                ["-"] * 4
+                ["-"] * 7
                 if res is None
                 else [
                     format_cpu(res.available_cpu_millicores),
                     format_bytes(res.available_memory_bytes),
                     str(res.available_gpu_count),
                     str(res.running_sandboxes),
+                    format_cpu(res.requested_cpu_millicores),
+                    format_bytes(res.requested_memory_bytes),
+                    overcommit_text(res),
                 ]
             )
         row.append(_join(r.profile_names))
@@ -195,6 +215,9 @@ def runner_detail(r: Runner) -> Table:
             ("Free memory", format_bytes(res.available_memory_bytes)),
             ("Free GPUs", str(res.available_gpu_count)),
             ("Sandboxes", str(res.running_sandboxes)),
+            ("Requested CPU", format_cpu(res.requested_cpu_millicores)),
+            ("Requested memory", format_bytes(res.requested_memory_bytes)),
+            ("Overcommit", overcommit_text(res)),
         ]
     return _detail(rows)
 

@@ -148,7 +148,7 @@ class RunnerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools", "connection_id", "idle_operations")
+    __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools", "connection_id", "idle_operations", "cpu_overcommit_ratio", "memory_overcommit_ratio")
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,8 @@ class Registered(_message.Message):
     WARM_POOLS_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     IDLE_OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CPU_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OVERCOMMIT_RATIO_FIELD_NUMBER: _ClassVar[int]
     connected_at: _timestamp_pb2.Timestamp
     heartbeat_interval_ms: int
     profile_names: _containers.RepeatedScalarFieldContainer[str]
@@ -167,7 +169,9 @@ class Registered(_message.Message):
     warm_pools: _containers.RepeatedCompositeFieldContainer[WarmPool]
     connection_id: int
     idle_operations: int
-    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPool, _Mapping]]] = ..., connection_id: _Optional[int] = ..., idle_operations: _Optional[int] = ...) -> None: ...
+    cpu_overcommit_ratio: float
+    memory_overcommit_ratio: float
+    def __init__(self, connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_ms: _Optional[int] = ..., profile_names: _Optional[_Iterable[str]] = ..., credential: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., warm_pools: _Optional[_Iterable[_Union[WarmPool, _Mapping]]] = ..., connection_id: _Optional[int] = ..., idle_operations: _Optional[int] = ..., cpu_overcommit_ratio: _Optional[float] = ..., memory_overcommit_ratio: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("registered", "command")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
+from sandboxd.config.overcommit import Overcommit, OvercommitOverride
 from sandboxd.config.quotas import QuotaConfig
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
@@ -232,6 +233,7 @@ class RunnerConfig(_Strict):
     runner_group_id: str | None = None
     shared: bool = False
     bindings: tuple[Binding, ...] = Field(min_length=1)
+    overcommit: OvercommitOverride | None = None
 
     @model_validator(mode="after")
     def _one_default(self) -> Self:
@@ -261,6 +263,7 @@ class PlatformConfig(_Strict):
     runners: tuple[RunnerConfig, ...] = ()
     default_bindings: tuple[Binding, ...] = ()
     quotas: QuotaConfig = QuotaConfig()
+    overcommit: Overcommit = Overcommit()  # every runner's, unless its entry says otherwise
 
     @field_validator("default_bindings")
     @classmethod
@@ -304,6 +307,13 @@ class PlatformConfig(_Strict):
             if runner.runner_id == runner_id:
                 return runner.bindings
         return self.default_bindings
+
+    def overcommit_for(self, runner_id: str) -> Overcommit:
+        """A runner's overcommit ratios: its entry's, field by field over the top-level ones."""
+        entry = self.runner_config(runner_id)
+        if entry is None or entry.overcommit is None:
+            return self.overcommit
+        return entry.overcommit.over(self.overcommit)
 
     def runner_config(self, runner_id: str) -> RunnerConfig | None:
         """The administrator's entry for this runner, if there is one."""

@@ -88,6 +88,13 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
                     available_memory_bytes=live.available_memory_bytes,
                     available_gpu_count=live.available_gpu_count,
                     running_sandboxes=live.running_sandboxes,
+                    allocatable_cpu_millicores=caps.cpu_millicores,
+                    allocatable_memory_bytes=caps.memory_bytes,
+                    requested_cpu_millicores=state.reserved_cpu_millicores,
+                    requested_memory_bytes=state.reserved_memory_bytes,
+                    requested_gpu_count=state.reserved_gpu_count,
+                    cpu_overcommit_ratio=state.overcommit.cpu,
+                    memory_overcommit_ratio=state.overcommit.memory,
                 )
             )
         return message

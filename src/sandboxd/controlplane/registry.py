@@ -29,6 +29,7 @@ from types import MappingProxyType
 from sandboxd._proto import runner_pb2
 from sandboxd.config import PlatformConfig, ResolvedProfile, resolve_binding
 from sandboxd.config.models import RunnerConfig
+from sandboxd.config.overcommit import Overcommit
 from sandboxd.controlplane.backend_support import BackendSupport, support_of
 from sandboxd.controlplane.load_index import LoadIndex, LoadKey, load_key
 from sandboxd.controlplane.runner_link import RunnerLink
@@ -70,6 +71,8 @@ class RunnerState:
     gpu_types_folded: frozenset[str] = frozenset()
     # Recent start outcomes, for backing off a runner whose starts keep failing.
     starts: StartRecord = field(default_factory=StartRecord)
+    # How far requests may add up beyond the allocatable CPU and memory (config/overcommit.py).
+    overcommit: Overcommit = field(default_factory=Overcommit)
     # Its warm pools as its last heartbeat reported them (controlplane/warm_pools.py).
     warm_pools: tuple[runner_pb2.WarmPoolState, ...] = ()
 
@@ -84,14 +87,24 @@ class RunnerState:
         return len(self._reservations)
 
     @property
+    def requestable_cpu_millicores(self) -> int:
+        """What CPU requests may add up to: allocatable CPU times the overcommit ratio."""
+        return self.overcommit.cpu_millicores(self.capabilities.cpu_millicores)
+
+    @property
+    def requestable_memory_bytes(self) -> int:
+        """What memory requests may add up to: allocatable memory times the ratio."""
+        return self.overcommit.memory_bytes(self.capabilities.memory_bytes)
+
+    @property
     def free_cpu_millicores(self) -> int:
-        """CPU capacity not reserved by live sandboxes (never negative)."""
-        return max(0, self.capabilities.cpu_millicores - self.reserved_cpu_millicores)
+        """Requestable CPU not reserved by live sandboxes (never negative)."""
+        return max(0, self.requestable_cpu_millicores - self.reserved_cpu_millicores)
 
     @property
     def free_memory_bytes(self) -> int:
-        """Memory capacity not reserved by live sandboxes (never negative)."""
-        return max(0, self.capabilities.memory_bytes - self.reserved_memory_bytes)
+        """Requestable memory not reserved by live sandboxes (never negative)."""
+        return max(0, self.requestable_memory_bytes - self.reserved_memory_bytes)
 
     @property
     def free_gpu_count(self) -> int:
@@ -524,6 +537,7 @@ class RunnerRegistry:
         entry = self._entries.get(state.runner_id)
         state.runner_group_id = (entry.runner_group_id if entry else None) or registered_group
         state.shared = entry.shared if entry else False
+        state.overcommit = self._config.overcommit_for(state.runner_id)
         profiles = self._resolve(entry)
         if profiles is not state.profiles:
             _recount(self._profile_names, state.profile_names, (p.profile_name for p in profiles))

@@ -147,6 +147,8 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     credential=credential,
                     runner_group_id=state.runner_group_id,
                     cluster_id=self._cluster_id,
+                    cpu_overcommit_ratio=state.overcommit.cpu,
+                    memory_overcommit_ratio=state.overcommit.memory,
                     warm_pools=warm_pool_specs(state.profiles),
                     connection_id=connection_id,
                     idle_operations=link.idle_limit,

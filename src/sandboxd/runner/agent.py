@@ -462,6 +462,7 @@ class RunnerAgent:
             except OSError as exc:
                 _log.warning("cannot store the cluster id in %s: %s", self._settings.state_dir, exc)
         self._apply_interval(registered)
+        self._apply_overcommit(registered)
         if self._supervisor is not None:
             self._supervisor.configure_warm_pools(registered.warm_pools)
         self._connected = True
@@ -475,6 +476,12 @@ class RunnerAgent:
         )
         if self._on_registered is not None:
             self._on_registered(registered)
+
+    def _apply_overcommit(self, registered: runner_pb2.Registered) -> None:
+        """Admit requests up to what the control plane's configuration allows this runner."""
+        self._ledger.set_overcommit(
+            registered.cpu_overcommit_ratio, registered.memory_overcommit_ratio
+        )
 
     def _apply_interval(self, registered: runner_pb2.Registered) -> None:
         if registered.heartbeat_interval_ms > 0:
@@ -550,6 +557,7 @@ class RunnerAgent:
         if kind == "registered":
             # A repeated Registered lets the control plane change the heartbeat interval.
             self._apply_interval(message.registered)
+            self._apply_overcommit(message.registered)
             _log.debug("heartbeat interval now %.1fs", self._heartbeat_interval)
         elif kind == "command":
             if self._supervisor is not None:

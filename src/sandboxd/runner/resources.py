@@ -7,6 +7,12 @@ idempotent because cleanup paths (stop, crash, recovery after restart) can overl
 
 The ledger refuses a reservation that does not fit, naming the resource, so the runner's own
 admission check (the second of the "checked twice" guardrails) can explain itself.
+
+Overcommit: the control plane tells the runner, when it registers, how far its requests may
+add up beyond its allocatable CPU and memory (``config/overcommit.py``); the ledger then
+hands out that much (:meth:`ReservationLedger.set_overcommit`), so both checks agree. The
+sums are kept as reservations come and go, so a check costs the same with 1,000 sandboxes
+as with one.
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ class ReservationLedger:
     """
 
     def __init__(self, capacity: Reservation) -> None:
+        self._allocatable = capacity
         self._capacity = capacity
         self._reservations: dict[str, Reservation] = {}
+        self._total = Reservation()
         self._lock = threading.Lock()
 
     @classmethod
@@ -73,8 +81,29 @@ class ReservationLedger:
 
     @property
     def capacity(self) -> Reservation:
-        """The total the ledger hands out from."""
+        """The total the ledger hands out from (allocatable times the overcommit ratios)."""
         return self._capacity
+
+    @property
+    def allocatable(self) -> Reservation:
+        """The runner's allocatable capacity, before overcommit."""
+        return self._allocatable
+
+    def set_overcommit(self, cpu: float, memory: float) -> None:
+        """Let CPU and memory requests add up to ``cpu``/``memory`` times the allocatable.
+
+        Ratios below 1 (or 0, from a control plane that does not send them) count as 1.
+        Existing reservations are kept even if they no longer fit; ``snapshot`` then
+        reports 0 free until enough of them end.
+        """
+        cpu, memory = max(cpu, 1.0), max(memory, 1.0)
+        with self._lock:
+            base = self._allocatable
+            self._capacity = Reservation(
+                cpu_millicores=int(base.cpu_millicores * cpu),
+                memory_bytes=int(base.memory_bytes * memory),
+                gpu_count=base.gpu_count,
+            )
 
     def reserved(self) -> Reservation:
         """The sum of all current reservations."""
@@ -112,11 +141,20 @@ class ReservationLedger:
             if not force:
                 self._check_fits_locked(amount)
             self._reservations[sandbox_id] = amount
+            self._total = self._total + amount
 
     def release(self, sandbox_id: str) -> bool:
         """Drop ``sandbox_id``'s reservation; returns whether there was one (idempotent)."""
         with self._lock:
-            return self._reservations.pop(sandbox_id, None) is not None
+            gone = self._reservations.pop(sandbox_id, None)
+            if gone is None:
+                return False
+            self._total = Reservation(
+                cpu_millicores=self._total.cpu_millicores - gone.cpu_millicores,
+                memory_bytes=self._total.memory_bytes - gone.memory_bytes,
+                gpu_count=self._total.gpu_count - gone.gpu_count,
+            )
+            return True
 
     def snapshot(self) -> runner_pb2.Resources:
         """Live resources for a heartbeat: capacity minus reservations, never negative."""
@@ -138,10 +176,7 @@ class ReservationLedger:
                 raise InsufficientCapacityError(name, requested, available)
 
     def _total_locked(self) -> Reservation:
-        total = Reservation()
-        for amount in self._reservations.values():
-            total = total + amount
-        return total
+        return self._total
 
     def _free_locked(self) -> Reservation:
         total = self._total_locked()

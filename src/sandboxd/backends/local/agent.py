@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import selectors
 import signal
@@ -326,7 +325,7 @@ class Agent:
         out_w, err_w = self.main_out
         self.main_out = None
         argv, cwd = list(self.cfg["command"]), self.cfg["workdir"]
-        self._status({"event": "started", "at": time.time()})
+        self._status(f"started {time.time():.6f}")
         try:
             stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -366,13 +365,17 @@ class Agent:
             os.kill(self.main_pid, signal.SIGTERM)
         self.stop_deadline = time.monotonic() + max(0.0, grace)
 
-    def _status(self, event: dict[str, Any]) -> None:
-        """One line to the keeper (atomic: well under PIPE_BUF)."""
+    def _status(self, line: str) -> None:
+        """One status line to the keeper (atomic: well under PIPE_BUF).
+
+        Plain text, ``started <time>`` or ``exit <code> <reason>``, not JSON: the native
+        keeper (``native/keeper.c``) accepts exactly these two forms and nothing else.
+        """
         with contextlib.suppress(OSError):
-            os.write(self.status_w, json.dumps(event).encode() + b"\n")
+            os.write(self.status_w, line.encode() + b"\n")
 
     def _record_exit(self, code: int, reason: str) -> None:
-        self._status({"event": "exit", "code": code, "reason": reason, "at": time.time()})
+        self._status(f"exit {code} {reason}")
         self.finished = True
 
     # -- exec ---------------------------------------------------------------------------------

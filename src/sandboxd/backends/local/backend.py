@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -55,6 +56,7 @@ from .cgroups import CgroupError, CgroupManager
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
 from .ingress import PortPublisher
+from .keeper import NATIVE_KEEPER
 from .network import Lease, NetworkManager
 from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .parent_cgroup import ParentLimits
@@ -66,12 +68,16 @@ from .syscalls import process_start_time
 from .userns import IdRangeError, IdRangePool
 from .warm import WarmSlots
 
+log = logging.getLogger(__name__)
+
 
 class LocalBackend(Backend):
     """Runs sandboxes on this host. Needs root, overlayfs, ext4, loop devices and cgroups.
 
     ``ready_layers`` is how many writable layers of each recently used size are kept made
-    ahead (``disk.py``); 0 makes every layer on the create path.
+    ahead (``disk.py``); 0 makes every layer on the create path. ``native_keeper=False``
+    keeps each sandbox's keeper in Python after set-up (``keeper.py`` says why the native
+    one is the default; tests use this to check both behave alike).
     """
 
     name = "local"
@@ -100,6 +106,7 @@ class LocalBackend(Backend):
         parent_limits: ParentLimits | None = None,
         ready_layers: int = DEFAULT_READY,
         ready_networks: int = DEFAULT_READY_NETWORKS,
+        native_keeper: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.images = images
@@ -123,6 +130,13 @@ class LocalBackend(Backend):
         self._lifetime_grace = lifetime_grace_seconds
         self._seccomp = seccomp
         self._parent_limits = parent_limits  # None: this host's allocatable capacity
+        self._native_keeper = native_keeper
+        if native_keeper and not NATIVE_KEEPER.exists():
+            log.warning(
+                "%s is not built (run scripts/setup.sh): keepers stay in Python, about 2 MiB "
+                "more per idle sandbox",
+                NATIVE_KEEPER,
+            )
         self._warm = WarmSlots(self)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -270,6 +284,7 @@ class LocalBackend(Backend):
                 "log_limit": self._log_limit,
                 "seccomp": self._seccomp,
                 "max_execs": self._max_execs,
+                "native_keeper": self._native_keeper,
             },
             fds=(disk_fd,),
         )

@@ -89,8 +89,9 @@ def _write_sysctl(path: str, value: str) -> None:
 
 
 def _wait_byte(fd: int, timeout: float) -> bytes:
-    ok, _, _ = select.select([fd], [], [], timeout)
-    return os.read(fd, 4096) if ok else b"timed out"
+    poller = select.poll()  # not select(): it refuses descriptors from 1,024 up
+    poller.register(fd, select.POLLIN)
+    return os.read(fd, 4096) if poller.poll(timeout * 1000) else b"timed out"
 
 
 def _shed_host_descriptors(fds: AgentFds) -> None:

@@ -22,6 +22,11 @@ removed with the last sandbox of this backend when no other backend on the host 
 
 Creates rarely run any of this: ``network_pool.py`` keeps networks made ahead (with the
 rules of the last policy asked for) and only checks their rules at create time.
+
+A backend writes its rules one transaction at a time, and the removals that queued meanwhile
+go together in one (:class:`RuleWriter`): with a thousand sandboxes on a host, parallel
+``iptables-restore`` processes each fetching and searching the whole ruleset only queue on
+the kernel's lock, time out and retry.
 """
 
 from __future__ import annotations
@@ -106,6 +111,94 @@ def _write(path: str, value: str) -> None:
         fh.write(value)
 
 
+class RuleWriter:
+    """Runs one backend's ``iptables-restore`` transactions one at a time; batches removals.
+
+    Why: a transaction makes iptables fetch and search the rules of the chains it touches,
+    and the xtables lock lets one writer in at a time. With hundreds of sandboxes one removal
+    costs ~0.3 s (measured with ~18,000 rules), so a burst of stops run as parallel
+    processes queued on the lock, timed out after ``-w 5``, fell back to one command per
+    rule and so made the queue longer still: at ~860 sandboxes a runner had 168 of them
+    waiting and the host a load average of 130, and creates failed. Here a backend has one
+    transaction in flight; removals that arrive meanwhile are merged into the next one
+    (one fetch for all of them), and if that fails each is retried on its own, as before.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._removals: list[tuple[str, asyncio.Future[None]]] = []
+
+    async def apply(self, rules: str, pre: tuple[str, ...] = ()) -> None:
+        """One transaction, after the ones before it; ``NetworkError`` if it fails.
+
+        ``pre`` runs it under another command, e.g. ``nice`` for networks made ahead.
+        """
+        async with self._lock:
+            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+
+    async def apply_quietly(self, rules: str) -> None:
+        """One transaction whose failure is expected at times (and ignored)."""
+        async with self._lock:
+            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), check=False)
+
+    async def remove(self, rules: str) -> None:
+        """Remove rules (a transaction of deletions), merged with any removals queued with it.
+
+        Never fails: what cannot be removed in one transaction is removed rule by rule, and
+        what is gone already is skipped.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._removals.append((rules, done))
+        async with self._lock:
+            batch, self._removals = self._removals, []
+            try:
+                if batch:
+                    await self._remove_batch([queued for queued, _waiter in batch])
+            finally:  # even when cancelled: no caller waits for a batch nobody runs
+                for _queued, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        await done
+
+    async def _remove_batch(self, transactions: list[str]) -> None:
+        try:
+            await run("iptables-restore", "--noflush", "-w", "5", stdin=merge(transactions))
+            return
+        except NetworkError:
+            if len(transactions) == 1:
+                await _remove_one_by_one(transactions[0])
+                return
+        for rules in transactions:  # one of them failed: each on its own
+            try:
+                await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            except NetworkError:
+                await _remove_one_by_one(rules)
+
+
+def merge(transactions: Sequence[str]) -> bytes:
+    """``iptables-restore`` transactions as one: each table's lines in order, one COMMIT."""
+    tables: dict[str, list[str]] = {}
+    table = "filter"
+    for rules in transactions:
+        for line in rules.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+                tables.setdefault(table, [])
+            elif line and line != "COMMIT":
+                tables.setdefault(table, []).append(line)
+    out = [part for name, lines in tables.items() for part in (f"*{name}", *lines, "COMMIT")]
+    return ("\n".join(out) + "\n").encode()
+
+
+async def _remove_one_by_one(rules: str) -> None:
+    table = "filter"
+    for line in rules.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-"):
+            await run("iptables", "-w", "5", "-t", table, *line.split(), check=False)
+
+
 class NetworkManager:
     """Allocates /30s from ``pool`` and sets up / tears down sandbox networks."""
 
@@ -123,6 +216,7 @@ class NetworkManager:
         # while its content is unchanged and one of our own rules still jumps to it (the
         # kernel refuses to delete a referenced chain, so then it certainly still exists).
         self._shared_written: tuple[str, ...] | None = None
+        self.rules = RuleWriter()
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -296,15 +390,15 @@ class NetworkManager:
         # not remove the shared chain while this transaction is on its way.
         self._active.add(lease.tag)
         try:
-            rules = self._rules(lease, True, chain if skip else [*shared, *chain])
-            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await self.rules.apply(
+                self._rules(lease, True, chain if skip else [*shared, *chain]), pre
+            )
         except NetworkError:
             if not skip:
                 raise
             # The chain went away under us (another backend removed it between our
             # sandboxes, or the ruleset was flushed): write it again.
-            rules = self._rules(lease, True, [*shared, *chain])
-            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await self.rules.apply(self._rules(lease, True, [*shared, *chain]), pre)
         self._shared_written = tuple(shared)
         return tuple(chain)
 
@@ -326,11 +420,7 @@ class NetworkManager:
         ``egress`` and ``cidrs`` are not needed (the chain is flushed whole); the signature
         matches ``setup`` for the callers.
         """
-        rules = self._rules(lease, False)
-        try:
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
-        except NetworkError:
-            await self._teardown_rules_one_by_one(rules)
+        await self.rules.remove(self._rules(lease, False))
         await run("ip", "link", "del", lease.host_if, check=False)
         await run("ip", "netns", "del", lease.netns, check=False)
         self.release(lease)
@@ -339,8 +429,7 @@ class NetworkManager:
             self._shared_written = None
             await self.remove_shared_chain()
 
-    @staticmethod
-    async def remove_shared_chain() -> None:
+    async def remove_shared_chain(self) -> None:
         """Delete the shared chain unless some sandbox (of any backend) still jumps to it.
 
         One transaction: while a rule references the chain the kernel refuses ``-X`` and the
@@ -349,15 +438,7 @@ class NetworkManager:
         transaction, before or after this one.
         """
         rules = f"*filter\n-F {policy.SHARED_CHAIN}\n-X {policy.SHARED_CHAIN}\nCOMMIT\n"
-        await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), check=False)
-
-    async def _teardown_rules_one_by_one(self, rules: str) -> None:
-        table = "filter"
-        for line in rules.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith("-"):
-                await run("iptables", "-w", "5", "-t", table, *line.split(), check=False)
+        await self.rules.apply_quietly(rules)
 
     @staticmethod
     def resolv_conf() -> bytes | None:

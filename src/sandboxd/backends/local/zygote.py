@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from . import protocol, seccomp, syscalls, userns
-from .keeper import run_keeper
+from .keeper import load_native_keeper, run_keeper
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -45,6 +45,8 @@ class Zygote:
     """Accepts runner connections; forks one child per spawn request; reaps everything."""
 
     def __init__(self, run_dir: str) -> None:
+        # Loaded once: every keeper execs this sealed copy after its set-up (keeper.py).
+        self.native_keeper = load_native_keeper()
         self.run_dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.listener = protocol.listen(protocol.socket_path(self.run_dir_fd, "zygote.sock"))
         self.sel = selectors.DefaultSelector()
@@ -94,8 +96,10 @@ class Zygote:
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
+            native = self.native_keeper is not None
+            reply = {"ok": True, "pid": os.getpid(), "native_keeper": native}
             with contextlib.suppress(OSError):
-                protocol.send(conn, {"ok": True, "pid": os.getpid()})
+                protocol.send(conn, reply)
         elif op == "shutdown":
             with contextlib.suppress(OSError):
                 protocol.send(conn, {"ok": True})
@@ -124,9 +128,9 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
-            keep.update(fd for fd in (userns_fd, disk_fd) if fd is not None)
+            keep.update(fd for fd in (userns_fd, disk_fd, self.native_keeper) if fd is not None)
             _close_fds_except(keep)
-            run_keeper(msg, conn, userns_fd, disk_fd)
+            run_keeper(msg, conn, userns_fd, disk_fd, self.native_keeper)
         for held in (userns_fd, disk_fd):
             if held is not None:
                 os.close(held)
