@@ -14,8 +14,12 @@ import pytest
 
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
+from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.network import NETNS_DIR, NetworkManager
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
+from sandboxd.images import ImageStore
+
+from .image_refs import BUSYBOX
 
 INTERNET = NetworkSpec(egress=EgressType.INTERNET)
 
@@ -31,13 +35,22 @@ async def _ready(pool: PreparedNetworks, count: int) -> None:
 
 
 def test_a_create_takes_a_ready_network_and_the_pool_refills(
-    aio: asyncio.Runner, local_harness: Harness
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
-    backend = local_harness.backend
+    # A backend of its own: the session's shared one may have learnt the policy already
+    # (from an earlier test on this worker), and this test starts from an empty pool.
+    backend = LocalBackend(tmp_path / "backend", images=image_store)
+    local_harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix=f"np{os.getpid()}-")
     pool: PreparedNetworks = backend._nets  # type: ignore[attr-defined]
     net: NetworkManager = backend._net  # type: ignore[attr-defined]
 
     async def scenario() -> None:
+        try:
+            await body()
+        finally:
+            await backend.close()
+
+    async def body() -> None:
         async with local_harness.sandbox(network=INTERNET) as first:
             assert backend._records[first].lease.tag == net.tag_for(first)  # type: ignore[attr-defined]
         await _ready(pool, 1)  # the first create taught it the policy
