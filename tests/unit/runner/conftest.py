@@ -9,6 +9,7 @@ the agent's wire behaviour (register first, heartbeats, redials, rejection) is t
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,14 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
     async def stop(self) -> None:
         if self.server is not None:
             server, self.server = self.server, None
-            await server.stop(None)
+            stopping = asyncio.ensure_future(server.stop(None))
+            done, _ = await asyncio.wait({stopping}, timeout=20)
+            if not done:  # fail showing where every task is, not at the 300 s limit
+                stacks = io.StringIO()
+                for task in asyncio.all_tasks():
+                    task.print_stack(file=stacks)
+                raise AssertionError(f"the fake control plane did not stop:\n{stacks.getvalue()}")
+            await stopping
 
     async def __aenter__(self) -> FakeControlPlane:
         await self.start()

@@ -7,6 +7,7 @@ runners are written by the lead. These tests pin the agent's side of the wire pr
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import stat
@@ -64,7 +65,25 @@ async def with_agent(
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await stops_within(task, STOP_SECONDS)
+
+
+STOP_SECONDS = 20.0
+
+
+async def stops_within(task: asyncio.Task[None], seconds: float) -> None:
+    """Await a cancelled agent; if it does not end in time, fail showing where every task is.
+
+    Seen once in CI under heavy load: an agent that never ended after its cancellation, and
+    the test hung until the 300 s limit with no hint of the await it was stuck in.
+    """
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        stacks = io.StringIO()
+        for other in asyncio.all_tasks():
+            other.print_stack(file=stacks)
+        raise AssertionError(f"the agent did not stop within {seconds:g}s:\n{stacks.getvalue()}")
+    await task
 
 
 def test_register_comes_first_with_the_right_fields(fake_control_plane, tmp_path):
