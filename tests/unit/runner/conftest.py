@@ -23,6 +23,14 @@ from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from tests.unit.runner.exec_standin import bearer_of
 
 
+def task_stacks() -> str:
+    """Where every task of the running loop waits: for a failure that would be a hang."""
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=stacks)
+    return stacks.getvalue()
+
+
 @dataclass
 class Received:
     """One message as the fake control plane saw it."""
@@ -74,10 +82,7 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
             stopping = asyncio.ensure_future(server.stop(None))
             done, _ = await asyncio.wait({stopping}, timeout=20)
             if not done:  # fail showing where every task is, not at the 300 s limit
-                stacks = io.StringIO()
-                for task in asyncio.all_tasks():
-                    task.print_stack(file=stacks)
-                raise AssertionError(f"the fake control plane did not stop:\n{stacks.getvalue()}")
+                raise AssertionError(f"the fake control plane did not stop:\n{task_stacks()}")
             await stopping
 
     async def __aenter__(self) -> FakeControlPlane:

@@ -7,7 +7,6 @@ runners are written by the lead. These tests pin the agent's side of the wire pr
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import logging
 import stat
@@ -26,6 +25,7 @@ from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_c
 from sandboxd.runner.fingerprint import NOT_CONFIGURED
 from sandboxd.runner.identity import RUNNER_ID_FILE
 from sandboxd.runner.settings import RunnerSettings
+from tests.unit.runner.conftest import task_stacks
 
 CAPS = runner_pb2.Capabilities(
     cpu_millicores=4000,
@@ -79,10 +79,7 @@ async def stops_within(task: asyncio.Task[None], seconds: float) -> None:
     """
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
-        stacks = io.StringIO()
-        for other in asyncio.all_tasks():
-            other.print_stack(file=stacks)
-        raise AssertionError(f"the agent did not stop within {seconds:g}s:\n{stacks.getvalue()}")
+        raise AssertionError(f"the agent did not stop within {seconds:g}s:\n{task_stacks()}")
     await task
 
 
