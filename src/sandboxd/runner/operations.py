@@ -89,6 +89,13 @@ class OperationPool:
                 call.cancel()
                 raise
             except grpc.aio.AioRpcError as exc:
+                call.cancel()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # grpc answers a cancellation that lands in read() with CANCELLED and
+                    # consumes it: without this the slot would sleep and redial forever and
+                    # the session that cancelled it would never end (seen in CI).
+                    raise asyncio.CancelledError from None
                 if exc.code() in _FINAL:
                     _log.info("idle operation stream refused (%s): %s", exc.code(), exc.details())
                     return
