@@ -93,6 +93,10 @@ def test_a_group_named_by_the_token_sticks_and_otherwise_the_runner_chooses(
         try:
             with cp.discovery() as client:
                 runner, _ = client.wait_for(runner_id, healthy=True)
+            # Listed healthy can come just before the runner saved its credential; the next
+            # start of this state directory (no token) needs it.
+            credential = tmp_path / state / "runner-credential"
+            wait_until("the runner saved its credential", credential.exists, timeout=20)
             return runner.runner_group_id
         finally:
             process.stop()
