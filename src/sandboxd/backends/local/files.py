@@ -104,39 +104,12 @@ async def write_file(
 
 
 async def read_file(socket_path: str, path: str, *, max_bytes: int | None) -> bytes:
-    """Read ``path`` inside the sandbox through a worker and a pipe."""
-    _check_path(path)
-    sock = await _connect(socket_path)
-    read_end, write_end = _pipe(os.O_CLOEXEC)
+    """Read ``path`` inside the sandbox whole: :func:`open_file`, every chunk collected."""
+    reader = await open_file(socket_path, path, max_bytes=max_bytes)
     try:
-        msg = {"op": "read_file", "path": path, "max_bytes": max_bytes}
-        try:
-            protocol.send(sock, msg, [write_end])
-        finally:
-            os.close(write_end)
-        reply, _ = await process.recv(sock)
-        if reply is None:
-            raise FileOperationError(path, "the sandbox ended during the read", errno.EIO)
-        raise_for(reply, path)
-        os.set_blocking(read_end, False)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                chunk = os.read(read_end, 1 << 20)
-            except BlockingIOError:
-                await process.wait_readable(read_end)
-                continue
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if max_bytes is not None and total > max_bytes:
-                raise FileTooLarge(path, total, max_bytes)
-        return b"".join(chunks)
+        return b"".join([chunk async for chunk in reader])
     finally:
-        os.close(read_end)
-        sock.close()
+        await reader.aclose()
 
 
 async def write_file_stream(
