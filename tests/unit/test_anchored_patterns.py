@@ -8,13 +8,15 @@ break into logs and paths. Every such pattern now ends in ``\\Z``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.backends.errors import InvalidSpec
 from sandboxd.identity import keyformat
 from sandboxd.identity.model import RUNNER_ID_PATTERN, organization_problem
-from sandboxd.images.store import ImageError, parse_name
+from sandboxd.images.store import ImageError, ImageStore, parse_name
 
 
 @pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\t"])
@@ -35,3 +37,11 @@ def test_trailing_whitespace_is_refused_everywhere(suffix: str) -> None:
             parse_name(ref)
     with pytest.raises(InvalidSpec, match="sandbox_id"):
         SandboxSpec("sb-1" + suffix, image="busybox")
+
+
+@pytest.mark.parametrize("ref", ["../../etc", "/etc:latest", "a/../../b:1", "python:../x", ".."])
+def test_an_image_reference_cannot_name_a_host_path(ref: str, tmp_path: Path) -> None:
+    """Specs name images by reference; the store resolves them only inside its own tree."""
+    store = ImageStore(tmp_path)
+    with pytest.raises(ImageError):
+        store.resolve(ref)
