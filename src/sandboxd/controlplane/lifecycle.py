@@ -201,7 +201,11 @@ class Lifecycle:
         placement = place(self.registry, request)
         # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(
-            owner, self.records.usage(owner), placement.cpu_limit, placement.memory_limit
+            owner,
+            self.records.usage(owner),
+            placement.cpu_limit,
+            placement.memory_limit,
+            request.written,
         )
         sandbox_id = new_sandbox_id()
         spec = build_spec(sandbox_id, request, placement)

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from cwsandbox._quantity import format_cpu, format_memory
 from sandboxd.config import ResolvedProfile
 from sandboxd.config.models import EgressModeSpec, EgressType
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
@@ -105,13 +106,15 @@ def _fit_profile(request: SandboxRequest, profile: ResolvedProfile) -> _ProfileF
     head: list[Problem] = []
     if q.max_cpu_millicores is not None and cpu_limit > q.max_cpu_millicores:
         ceiling = spec.resource_ceilings.cpu
-        head.append(("resource_limits.cpu", f"{cpu_limit}m CPU exceeds the ceiling of {ceiling}"))
+        shown = request.written.show_cpu(cpu_limit)
+        head.append(("resource_limits.cpu", f"{shown} CPU exceeds the ceiling of {ceiling}"))
     if q.max_memory_bytes is not None and memory_limit > q.max_memory_bytes:
         ceiling = spec.resource_ceilings.memory
         head.append(
             (
                 "resource_limits.memory",
-                f"{memory_limit} bytes of memory exceed the ceiling of {ceiling}",
+                f"{request.written.show_memory(memory_limit)} of memory exceeds the ceiling "
+                f"of {ceiling}",
             )
         )
     if request.gpu_count and q.max_gpu_count is not None and request.gpu_count > q.max_gpu_count:
@@ -270,15 +273,21 @@ def _check(
         )
     if not problems:  # live capacity only matters for an otherwise acceptable profile
         free_cpu, free_memory = runner.free_cpu_millicores, runner.free_memory_bytes
+        shown = request.written
         if fit.cpu_request > free_cpu:
             problems.append(
-                ("resource_requests.cpu", f"{fit.cpu_request}m CPU requested, {free_cpu}m free")
+                (
+                    "resource_requests.cpu",
+                    f"{shown.show_cpu(fit.cpu_request)} CPU requested, "
+                    f"{format_cpu(max(free_cpu, 0))} free",
+                )
             )
         if fit.memory_request > free_memory:
             problems.append(
                 (
                     "resource_requests.memory",
-                    f"{fit.memory_request} bytes requested, {free_memory} free",
+                    f"{shown.show_memory(fit.memory_request)} of memory requested, "
+                    f"{format_memory(max(free_memory, 0))} free",
                 )
             )
         if request.gpu_count > runner.free_gpu_count:

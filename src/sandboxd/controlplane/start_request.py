@@ -7,6 +7,7 @@ and the scheduler then works on plain, already-parsed numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import grpc
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
+from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
@@ -41,6 +43,8 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # The quantities as sent, for messages in the user's units (written_quantities.py).
+    written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
 
     @property
     def names_profile(self) -> bool:
@@ -80,6 +84,13 @@ def _resources(
     if gpu is not None and gpu.gpu_count < 0:
         raise invalid_argument(f"{prefix}.gpu.gpu_count", "must not be negative")
     return cpu, memory, gpu
+
+
+def _written(*parts: gateway_pb2.ResourceRequest) -> WrittenQuantities:
+    """The CPU and memory strings of already-validated resource messages, by value."""
+    cpu = {cpu_millicores(p.cpu): p.cpu.strip() for p in parts if p.cpu}
+    memory = {memory_bytes(p.memory): p.memory.strip() for p in parts if p.memory}
+    return WrittenQuantities(cpu=cpu, memory=memory)
 
 
 def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
@@ -145,10 +156,19 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
     cpu_request, memory_request, gpu_request = _resources(
         request.resource_requests, "resource_requests"
     )
+    written = _written(limits, request.resource_requests)
     if cpu_limit and cpu_request and cpu_request > cpu_limit:
-        raise invalid_argument("resource_requests.cpu", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.cpu",
+            f"must not be more than resource_limits ({written.show_cpu(cpu_request)} > "
+            f"{written.show_cpu(cpu_limit)})",
+        )
     if memory_limit and memory_request and memory_request > memory_limit:
-        raise invalid_argument("resource_requests.memory", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.memory",
+            f"must not be more than resource_limits ({written.show_memory(memory_request)} > "
+            f"{written.show_memory(memory_limit)})",
+        )
     gpu = gpu_limit or gpu_request
     gpu_type = gpu.gpu_type if gpu is not None and gpu.WhichOneof("spec") == "gpu_type" else ""
 
@@ -188,4 +208,5 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
+        written=written,
     )
