@@ -78,6 +78,11 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
                 available_storage_classes=caps.storage_classes,
             ),
         )
+        if state.cordoned:  # an administrator's cordon or drain (runner_lifecycle.py)
+            message.cordoned = True
+            if state.drain_deadline is not None:
+                message.draining = True
+                message.drain_deadline.FromDatetime(state.drain_deadline)
         if view == discovery_pb2.RUNNER_VIEW_FULL:
             live = state.available
             message.resources.CopyFrom(

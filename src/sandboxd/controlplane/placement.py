@@ -377,6 +377,9 @@ def _unusable(registry: RunnerRegistry, runner: RunnerState) -> tuple[str, str] 
         return "unhealthy", "unhealthy"
     if not runner.support.working:
         return runner.support.problem, "no working backend"
+    if runner.cordoned:
+        what = "draining" if runner.drain_deadline is not None else "cordoned"
+        return f"{what} by an administrator (no new sandboxes)", what
     if registry.backed_off(runner):
         starts = runner.starts
         until = registry.backoff_ends_at(runner).isoformat(timespec="seconds")

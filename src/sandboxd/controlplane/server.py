@@ -43,6 +43,7 @@ from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.raw_frames import add_services
 from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
@@ -138,9 +139,22 @@ class ControlPlane:
         self.operations = Operations(self.registry)
         self.files = Files(self.lifecycle, self.operations)
         self.identity = IdentityService(self.store.identity)
+        self.runner_lifecycle = RunnerLifecycle(
+            self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row
+        )
+        self.drainer = Drainer(self.registry, self.runner_lifecycle)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+
+    async def _persist_runner(self, runner_id: str) -> None:
+        """Write a runner's row now (an administrator's change is stored before the answer)."""
+        if self.writer is not None:
+            self.writer.mark(runner_id)
+            await self.writer.flush()
+
+    async def _delete_runner_row(self, runner_id: str) -> bool:
+        return await asyncio.to_thread(self.store.delete_runner, runner_id)
 
     @property
     def address(self) -> str:
@@ -207,7 +221,14 @@ class ControlPlane:
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminService(self.identity, self.registry, self.lifecycle, self.operations), server
+            AdminService(
+                self.identity,
+                self.registry,
+                self.lifecycle,
+                self.operations,
+                self.runner_lifecycle,
+            ),
+            server,
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
@@ -222,6 +243,7 @@ class ControlPlane:
         # Sandboxes of runners that never come back still converge (their starts time out).
         self.reconcilers.kick_all()
         self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
+        self.drainer.start()  # drains persisted by an earlier run go on
         log.info("control plane listening on %s (cluster %s)", self.base_url, self.cluster_id)
 
     async def _collect(self) -> None:
@@ -245,6 +267,7 @@ class ControlPlane:
             self._collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
+        await self.drainer.stop()
         await self.reconcilers.close()
         if self.writer is not None:
             await self.writer.stop()
