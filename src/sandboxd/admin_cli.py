@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -519,4 +520,54 @@ def runners_remove(ctx: click.Context, runner_id: str, fail_sandboxes: bool) -> 
     )
 
 
+@click.command("apply")
+@_connection_options
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def config_apply(ctx: click.Context, path: Path) -> None:
+    """Apply a configuration file to the running control plane, without a restart.
+
+    Validated exactly as at start-up; all of it takes effect for the next Start, or (with
+    every problem and its line printed) none of it. Running sandboxes keep their limits.
+    """
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError(f"cannot read {path}: {exc}") from None
+    request = admin_pb2.ApplyConfigRequest(text=text, source=str(path))
+    response = _call(ctx, "ApplyConfig", request, admin_pb2.ApplyConfigResponse)
+    click.echo(
+        f"{path}: applied as revision {response.revision.revision} ({response.profiles} "
+        f"profiles, {response.runner_entries} runners, {response.default_bindings} default "
+        f"bindings; {response.runners_told} connected runner(s) told)"
+    )
+
+
+@click.command("show")
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Revision, source and time as JSON too.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the configuration the control plane uses now (its YAML)."""
+    revision = _call(ctx, "GetConfig", admin_pb2.GetConfigRequest(), admin_pb2.ConfigRevision)
+    applied = _when(revision.applied_at, revision.HasField("applied_at"))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "revision": revision.revision,
+                    "source": revision.source,
+                    "applied_at": applied,
+                    "text": revision.text,
+                },
+                indent=2,
+            )
+        )
+        return
+    when = f", applied {applied}" if applied else ""
+    click.echo(f"# revision {revision.revision} from {revision.source}{when}")
+    click.echo(revision.text, nl=not revision.text.endswith("\n"))
+
+
 ADMIN_GROUPS = (keys_group, tokens_group, runners_group)
+CONFIG_COMMANDS = (config_apply, config_show)

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from sandboxd import __version__
-from sandboxd.admin_cli import ADMIN_GROUPS, parse_duration
+from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
 from sandboxd.backends_cli import backends_group
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
@@ -211,6 +211,7 @@ def controlplane_command(**options: object) -> None:
         tls_cert=cert,
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
+        config_path=options["config_path"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     with refuse_damaged_database():
@@ -255,6 +256,7 @@ def up_command(**options: object) -> None:
         tls_cert=cert,
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
+        config_path=options["config_path"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
@@ -273,7 +275,7 @@ def up_command(**options: object) -> None:
 
 @main.group("config")
 def config_group() -> None:
-    """Check administrator configuration files."""
+    """Administrator configuration: validate a file, apply it live, show the one in use."""
 
 
 @config_group.command("validate")
@@ -287,6 +289,8 @@ def config_validate(path: Path) -> None:
     )
 
 
+for _command in CONFIG_COMMANDS:
+    config_group.add_command(_command)
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
 main.add_command(backends_group, "backends")

@@ -311,3 +311,41 @@ class RemoveRunnerResponse(_message.Message):
     runner_id: str
     failed_sandboxes: int
     def __init__(self, runner_id: _Optional[str] = ..., failed_sandboxes: _Optional[int] = ...) -> None: ...
+
+class ConfigRevision(_message.Message):
+    __slots__ = ("revision", "text", "source", "applied_at")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    text: str
+    source: str
+    applied_at: _timestamp_pb2.Timestamp
+    def __init__(self, revision: _Optional[int] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ApplyConfigRequest(_message.Message):
+    __slots__ = ("text", "source")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    source: str
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ApplyConfigResponse(_message.Message):
+    __slots__ = ("revision", "profiles", "runner_entries", "default_bindings", "runners_told")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    RUNNERS_TOLD_FIELD_NUMBER: _ClassVar[int]
+    revision: ConfigRevision
+    profiles: int
+    runner_entries: int
+    default_bindings: int
+    runners_told: int
+    def __init__(self, revision: _Optional[_Union[ConfigRevision, _Mapping]] = ..., profiles: _Optional[int] = ..., runner_entries: _Optional[int] = ..., default_bindings: _Optional[int] = ..., runners_told: _Optional[int] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

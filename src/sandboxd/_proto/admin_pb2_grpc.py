@@ -115,6 +115,16 @@ class AdminServiceStub:
                 request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.FromString,
                 _registered_method=True)
+        self.ApplyConfig = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/ApplyConfig',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/GetConfig',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -224,6 +234,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyConfig(self, request, context):
+        """Change profiles, bindings, quotas and overcommit without a restart (live_config.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """The configuration in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +330,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveRunner,
                     request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.FromString,
                     response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.SerializeToString,
+            ),
+            'ApplyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyConfig,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +774,60 @@ class AdminService:
             '/sandboxd.admin.v1.AdminService/RemoveRunner',
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.SerializeToString,
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/ApplyConfig',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/GetConfig',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 from sandboxd._proto import admin_pb2, admin_pb2_grpc
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.live_config import LiveConfig, LiveRevision
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.orphans import Orphans
 from sandboxd.controlplane.registry import RunnerRegistry
@@ -106,6 +107,16 @@ def lifecycle_message(state: RunnerLifecycleState) -> admin_pb2.RunnerLifecycle:
     )
 
 
+def revision_message(live: LiveRevision) -> admin_pb2.ConfigRevision:
+    """The wire form of the configuration in use."""
+    return admin_pb2.ConfigRevision(
+        revision=live.revision,
+        text=live.text,
+        source=live.source,
+        applied_at=_stamp(live.applied_at),
+    )
+
+
 def _role(number: int) -> Role:
     if number == admin_pb2.ROLE_UNSPECIFIED:
         return Role.MEMBER
@@ -124,13 +135,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         registry: RunnerRegistry,
         lifecycle: Lifecycle,
         operations: Operations,
+        *,
         runners: RunnerLifecycle,
+        config: LiveConfig | None,
     ) -> None:
         self._identity = identity
         self._registry = registry
         self._lifecycle = lifecycle
         self._operations = operations
         self._runners = runners
+        self._config = config
         self._orphans = Orphans(lifecycle.records, registry)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
@@ -353,5 +367,40 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.RemoveRunnerResponse(
                 runner_id=request.runner_id, failed_sandboxes=failed
             )
+
+        return await self._run(context, work)
+
+    def _live(self) -> LiveConfig:
+        if self._config is None:  # pragma: no cover - set before the server starts
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the control plane is still starting")
+        return self._config
+
+    async def ApplyConfig(
+        self, request: admin_pb2.ApplyConfigRequest, context: Context
+    ) -> admin_pb2.ApplyConfigResponse:
+        """Validate and apply a whole configuration (profiles, bindings, quotas, overcommit)."""
+
+        async def work() -> admin_pb2.ApplyConfigResponse:
+            live = self._live()
+            revision, config = await live.apply(request.text, request.source)
+            return admin_pb2.ApplyConfigResponse(
+                revision=revision_message(revision),
+                profiles=len(config.profiles),
+                runner_entries=len(config.runners),
+                default_bindings=len(config.default_bindings),
+                runners_told=sum(
+                    1 for r in self._registry.iter_from() if self._registry.is_healthy(r)
+                ),
+            )
+
+        return await self._run(context, work)
+
+    async def GetConfig(
+        self, request: admin_pb2.GetConfigRequest, context: Context
+    ) -> admin_pb2.ConfigRevision:
+        """The configuration in use, with its revision and where it came from."""
+
+        async def work() -> admin_pb2.ConfigRevision:
+            return revision_message(self._live().current)
 
         return await self._run(context, work)

@@ -96,9 +96,16 @@ class Quotas:
     """The configured quotas, and the live count of open execs per organization."""
 
     def __init__(self, config: QuotaConfig) -> None:
+        self._execs: Counter[str] = Counter()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: QuotaConfig) -> None:
+        """Use new limits from now on (``sandboxd config apply``); open execs stay counted.
+
+        Sandboxes already running are not touched: a lower limit only refuses new work.
+        """
         self._default = _merge(config.default, None)
         self._orgs = {org: _merge(config.default, own) for org, own in config.organizations.items()}
-        self._execs: Counter[str] = Counter()
 
     def for_org(self, organization: str) -> OrgQuota:
         """The limits that apply to ``organization``."""

@@ -37,6 +37,7 @@ from sandboxd.controlplane.files import Files, FileService
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.live_config import LiveConfig, startup_config
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
@@ -88,6 +89,9 @@ class ControlPlaneSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     sandbox_retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    # The file ``config`` was loaded from (``--config``); None: the embedded default, which
+    # the configuration applied last (``sandboxd config apply``) replaces (live_config.py).
+    config_path: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -143,6 +147,7 @@ class ControlPlane:
             self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row
         )
         self.drainer = Drainer(self.registry, self.runner_lifecycle)
+        self.live_config: LiveConfig | None = None  # set by start(), from the store
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -178,6 +183,20 @@ class ControlPlane:
         """Runners, live sandboxes and the cluster id; DatabaseProblem (one line) if unreadable."""
         where = describe(self.store.url)
         try:
+            config, live = await asyncio.to_thread(
+                startup_config, self.store.config, self.settings.config_path, self.settings.config
+            )
+            if config is not self.settings.config:
+                self.registry.reload(config)
+                self.lifecycle.quotas.reconfigure(config.quotas)
+                log.info("using the configuration applied last (revision %d)", live.revision)
+            self.live_config = LiveConfig(
+                self.registry,
+                self.lifecycle.quotas,
+                self.store.config,
+                self.settings.heartbeat_interval,
+                live,
+            )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
             self.cluster_id = await self.sandboxes.cluster_id()
@@ -187,7 +206,7 @@ class ControlPlane:
             if error.code is grpc.StatusCode.DATA_LOSS:
                 raise DatabaseProblem(error.message) from None
             raise DatabaseProblem(f"cannot read {where}: {error.message}") from None
-        except (SQLAlchemyError, ValueError, DecodeError) as exc:
+        except (SQLAlchemyError, ValueError, DecodeError, OSError) as exc:
             raise DatabaseProblem(f"cannot read {where}: {exc}; restore it from a backup") from None
 
     async def start(self) -> None:
@@ -226,7 +245,8 @@ class ControlPlane:
                 self.registry,
                 self.lifecycle,
                 self.operations,
-                self.runner_lifecycle,
+                runners=self.runner_lifecycle,
+                config=self.live_config,
             ),
             server,
         )

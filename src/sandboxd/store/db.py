@@ -32,6 +32,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.store.base import Base as _Base
 from sandboxd.store.base import utc as _utc
+from sandboxd.store.config_store import ConfigStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
@@ -73,7 +74,8 @@ class RunnerRecord:
 class Store:
     """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
 
-    ``identity`` holds API keys, join tokens and runner credentials in the same database.
+    ``identity`` holds API keys, join tokens and runner credentials in the same database;
+    ``config`` the configuration revisions applied with ``sandboxd config apply``.
     """
 
     def __init__(self, url: str, *, new_file: bool = False) -> None:
@@ -101,6 +103,7 @@ class Store:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
+        self.config = ConfigStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
