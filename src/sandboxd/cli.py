@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -154,6 +155,26 @@ retention_option = click.option(
     help="How long records of ended sandboxes stay readable before they are collected: "
     "seconds, or a number with s, m, h or d.",
 )
+
+
+def metrics_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--metrics-listen``: where Prometheus scrapes ``/metrics`` ("off" or "": nowhere)."""
+    return click.option(
+        "--metrics-listen",
+        default=default,
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port, "
+        "printed as SANDBOXD_METRICS_URL); 'off' to serve none.",
+    )
+
+
+def metrics_listen(options: dict[str, object]) -> str | None:
+    """The ``--metrics-listen`` value, None when metrics are off."""
+    value = str(options.get("metrics_listen") or "").strip()
+    return None if value in ("", "off") else value
+
+
 log_level_option = click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -191,6 +212,7 @@ def main() -> None:
     "[env: SANDBOXD_DATABASE_URL; default: SQLite in DATA_DIR].",
 )
 @retention_option
+@metrics_option("off")
 @log_level_option
 def controlplane_command(**options: object) -> None:
     """Run the control plane that runners register with and clients talk to."""
@@ -212,6 +234,7 @@ def controlplane_command(**options: object) -> None:
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
         config_path=options["config_path"],  # type: ignore[arg-type]
+        metrics_listen=metrics_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     with refuse_damaged_database():
@@ -235,6 +258,7 @@ def controlplane_command(**options: object) -> None:
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
 @retention_option
+@metrics_option("127.0.0.1:0")
 @log_level_option
 def up_command(**options: object) -> None:
     """Start a control plane and one local runner, ready for clients."""
@@ -257,6 +281,7 @@ def up_command(**options: object) -> None:
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
         config_path=options["config_path"],  # type: ignore[arg-type]
+        metrics_listen=metrics_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]

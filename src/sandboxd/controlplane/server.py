@@ -18,9 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from cwsandbox._proto import (
@@ -39,6 +41,12 @@ from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, startup_config
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
+from sandboxd.controlplane.metrics import (
+    ControlPlaneMetrics,
+    MetricsInterceptor,
+    PlatformCollector,
+    timed_store,
+)
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.raw_frames import add_services
@@ -49,6 +57,7 @@ from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.errors import ApiError
+from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
@@ -92,6 +101,8 @@ class ControlPlaneSettings:
     # The file ``config`` was loaded from (``--config``); None: the embedded default, which
     # the configuration applied last (``sandboxd config apply``) replaces (live_config.py).
     config_path: Path | None = None
+    # ``host:port`` for Prometheus metrics (``/metrics``); None: not served (metrics.py).
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -133,7 +144,11 @@ class ControlPlane:
             on_change=lambda runner_id: self.writer.mark(runner_id) if self.writer else None,
         )
         self.discovery = DiscoveryService(self.registry)
-        self.sandboxes = SandboxRecords(self.store.sandboxes, self.registry)
+        self.metrics = ControlPlaneMetrics() if settings.metrics_listen else None
+        store = self.store.sandboxes
+        if self.metrics is not None:
+            store = timed_store(store, self.metrics)
+        self.sandboxes = SandboxRecords(store, self.registry)
         self.reconcilers = Reconcilers(self.sandboxes, self.registry)
         self.lifecycle = Lifecycle(
             self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
@@ -142,6 +157,16 @@ class ControlPlane:
         self._collector: asyncio.Task[None] | None = None
         self.operations = Operations(self.registry)
         self.files = Files(self.lifecycle, self.operations)
+        self.metrics_port = 0
+        self._metrics_server: MetricsServer | None = None
+        # More registries to serve beside /metrics (``sandboxd up`` adds its runner's).
+        self.metrics_routes: dict[str, CollectorRegistry] = {}
+        if self.metrics is not None:
+            self.metrics.registry.register(
+                PlatformCollector(self.registry, self.sandboxes, self.operations, self.reconcilers)
+            )
+            kick, observe = self.sandboxes.on_change, self.metrics.observe_record
+            self.sandboxes.on_change = lambda record: (observe(record), kick(record))[-1]
         self.identity = IdentityService(self.store.identity)
         self.runner_lifecycle = RunnerLifecycle(
             self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row
@@ -218,9 +243,10 @@ class ControlPlane:
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)
-        server = grpc.aio.server(
-            interceptors=[auth, MalformedRequestInterceptor()], options=SERVER_OPTIONS
-        )
+        interceptors: list[Any] = [auth, MalformedRequestInterceptor()]
+        if self.metrics is not None:  # outermost: refused calls are counted too
+            interceptors.insert(0, MetricsInterceptor(self.metrics))
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.discovery, server
         )
@@ -260,6 +286,11 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        if self.metrics is not None and self.settings.metrics_listen:
+            routes = {"/metrics": self.metrics.registry, **self.metrics_routes}
+            self._metrics_server = serve_metrics(self.settings.metrics_listen, routes)
+            self.metrics_port = self._metrics_server.port
+            log.info("metrics on http://%s/metrics", self.metrics_address)
         # Sandboxes of runners that never come back still converge (their starts time out).
         self.reconcilers.kick_all()
         self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
@@ -278,8 +309,18 @@ class ControlPlane:
                 log.warning("collecting old sandbox records failed: %s", error.message)
             await asyncio.sleep(COLLECT_INTERVAL_SECONDS)
 
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of ``/metrics`` (with the real port when 0 was asked for)."""
+        host = (self.settings.metrics_listen or "").rsplit(":", 1)[0] or "127.0.0.1"
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+        return f"{host}:{self.metrics_port}"
+
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
