@@ -14,8 +14,6 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import asyncio
 import contextlib
-import logging
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,21 +25,13 @@ from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
 from sandboxd.backends_cli import backends_group
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
+from sandboxd.log_format import setup_logging
 from sandboxd.orphans_cli import sandboxes_group
 from sandboxd.paths import default_data_dir
 from sandboxd.runner.agent import RunnerRejectedError
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-
-
-def setup_logging(level: str) -> None:
-    """One line per event on stderr, so stdout stays for machine-readable lines."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def load_config_or_exit(path: Path | None) -> PlatformConfig:
@@ -181,6 +171,13 @@ log_level_option = click.option(
     default="WARNING",
     show_default=True,
 )
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with the organization, runner and sandbox.",
+)
 
 
 @click.group()
@@ -214,12 +211,13 @@ def main() -> None:
 @retention_option
 @metrics_option("off")
 @log_level_option
+@log_format_option
 def controlplane_command(**options: object) -> None:
     """Run the control plane that runners register with and clients talk to."""
     from sandboxd.controlplane.server import ControlPlaneSettings
     from sandboxd.up import serve_control_plane
 
-    setup_logging(str(options["log_level"]))
+    setup_logging(str(options["log_level"]), str(options["log_format"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
     cert, key = tls_pair(options)
     settings = ControlPlaneSettings(
@@ -260,12 +258,13 @@ def controlplane_command(**options: object) -> None:
 @retention_option
 @metrics_option("127.0.0.1:0")
 @log_level_option
+@log_format_option
 def up_command(**options: object) -> None:
     """Start a control plane and one local runner, ready for clients."""
     from sandboxd.controlplane.server import ControlPlaneSettings
     from sandboxd.up import run_all_in_one
 
-    setup_logging(str(options["log_level"]))
+    setup_logging(str(options["log_level"]), str(options["log_format"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
     data_dir: Path = options["data_dir"]  # type: ignore[assignment]
     cert, key = tls_pair(options)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cwsandbox._proto import (
     discovery_pb2_grpc,
+    events_pb2_grpc,
     gateway_pb2_grpc,
     streaming_pb2_grpc,
 )
@@ -35,6 +37,8 @@ from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
+from sandboxd.controlplane.event_service import EventService
+from sandboxd.controlplane.events import EventLog, EventsInterceptor
 from sandboxd.controlplane.files import Files, FileService
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
@@ -54,6 +58,7 @@ from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
+from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.errors import ApiError
@@ -165,8 +170,10 @@ class ControlPlane:
             self.metrics.registry.register(
                 PlatformCollector(self.registry, self.sandboxes, self.operations, self.reconcilers)
             )
-            kick, observe = self.sandboxes.on_change, self.metrics.observe_record
-            self.sandboxes.on_change = lambda record: (observe(record), kick(record))[-1]
+            self._also_on_change(self.metrics.observe_record)
+        # The activity trail (events.py): every record change, and calls on sandboxes.
+        self.events = EventLog(self.store.events, self.sandboxes)
+        self._also_on_change(self.events.observe_record)
         self.identity = IdentityService(self.store.identity)
         self.runner_lifecycle = RunnerLifecycle(
             self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row
@@ -176,6 +183,16 @@ class ControlPlane:
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+
+    def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
+        """Call ``observe`` on every record change, before what already ran (the reconciler)."""
+        then = self.sandboxes.on_change
+
+        def both(record: SandboxRecord) -> None:
+            observe(record)
+            then(record)
+
+        self.sandboxes.on_change = both
 
     async def _persist_runner(self, runner_id: str) -> None:
         """Write a runner's row now (an administrator's change is stored before the answer)."""
@@ -243,7 +260,11 @@ class ControlPlane:
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)
-        interceptors: list[Any] = [auth, MalformedRequestInterceptor()]
+        interceptors: list[Any] = [
+            auth,
+            MalformedRequestInterceptor(),
+            EventsInterceptor(self.events, self.sandboxes),  # inside auth: knows the caller
+        ]
         if self.metrics is not None:  # outermost: refused calls are counted too
             interceptors.insert(0, MetricsInterceptor(self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
@@ -265,6 +286,9 @@ class ControlPlane:
         )
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            EventService(self.events, self.sandboxes), server
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(
                 self.identity,
@@ -295,6 +319,7 @@ class ControlPlane:
         self.reconcilers.kick_all()
         self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
         self.drainer.start()  # drains persisted by an earlier run go on
+        self.events.start()
         log.info("control plane listening on %s (cluster %s)", self.base_url, self.cluster_id)
 
     async def _collect(self) -> None:
@@ -303,6 +328,7 @@ class ControlPlane:
         while True:
             try:
                 removed = await self.sandboxes.collect(retention)
+                await self.events.collect(datetime.now(UTC) - retention)
                 if removed:
                     log.info("collected %d sandbox record(s) past their retention", removed)
             except ApiError as error:
@@ -329,6 +355,7 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
         await self.drainer.stop()
+        await self.events.stop()
         await self.reconcilers.close()
         if self.writer is not None:
             await self.writer.stop()

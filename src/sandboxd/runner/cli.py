@@ -33,6 +33,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from sandboxd._proto import runner_pb2
+from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.capacity import HostReserve
@@ -253,6 +254,13 @@ def read_join_token(path: Path | None) -> str:
     show_default=True,
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, each with this runner's id.",
+)
+@click.option(
     "--metrics-listen",
     default=None,
     metavar="HOST:PORT",
@@ -279,13 +287,10 @@ def runner_command(
     max_execs_per_sandbox: int,
     egress_blocked: tuple[str, ...],
     metrics_listen: str | None,
+    log_format: str,
 ) -> None:
     """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_level, log_format, runner_id or "")
     try:
         settings = RunnerSettings(
             control_plane=control_plane,
