@@ -46,6 +46,8 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
+from sandboxd.controlplane.v1.resources_db import V1Resources
+from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
@@ -138,6 +140,7 @@ class ControlPlane:
         self.operations = Operations(self.registry)
         self.files = Files(self.lifecycle, self.operations)
         self.identity = IdentityService(self.store.identity)
+        self.v1_resources = V1Resources(self.store.v1)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -197,6 +200,15 @@ class ControlPlane:
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
         )
+        # coreweave.sandbox.v1 (the official 0.27+ clients) on the same port and plumbing.
+        add_v1_services(
+            server,
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            files=self.files,
+            operations=self.operations,
+            resources=self.v1_resources,
+        )
         runners = RunnerService(
             self.registry,
             self.identity,
@@ -249,6 +261,7 @@ class ControlPlane:
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()
+        self.v1_resources.close()
         self.store.close()
 
     async def wait(self) -> None:

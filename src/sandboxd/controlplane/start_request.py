@@ -41,6 +41,12 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
+    # profile's first mode of this egress type (an allowlist mode only if its CIDRs cover
+    # ``egress_cidrs``, which then become the sandbox's allowlist) and of this ingress type.
+    egress_type: str = ""
+    egress_cidrs: tuple[str, ...] = ()
+    ingress_type: str = ""
 
     @property
     def names_profile(self) -> bool:
