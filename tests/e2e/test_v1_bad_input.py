@@ -135,6 +135,13 @@ INVALID: dict[str, tuple[Mutation, str]] = {
         "spec.network.egress[0].cidr.cidr",
     ),
     "rule without destination": (_add_egress(), "spec.network.egress[0]"),
+    "deny with rules": (
+        lambda r: (
+            setattr(r.sandbox.spec.network, "deny_egress", True),
+            r.sandbox.spec.network.egress.append(v.EgressRule(any=True)),
+        ),
+        "spec.network.deny_egress",
+    ),
     "ingress rule": (
         lambda r: r.sandbox.spec.network.ingress.append(v.IngressRule(any=True)),
         "spec.network.ingress[0]",

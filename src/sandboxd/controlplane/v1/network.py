@@ -4,11 +4,12 @@ What our runners enforce (protocol/v1.md §0.2 item 11 and the egress modes of t
 egress is none, internet, or an allowlist of CIDRs; exposed TCP ports are published public
 or internal. So:
 
-* no network options: the profile's default egress mode;
-* ``deny_egress`` with no rules: a ``none`` mode; ``deny_egress=false`` or an ``any`` rule:
-  an ``internet`` mode;
+* no egress rules: the profile's default egress mode, or with ``deny_egress`` a ``none``
+  mode (rules are grants over default-deny, so ``deny_egress`` with rules is a contradiction);
+* an ``any`` rule: an ``internet`` mode;
 * ``cidr`` rules (without ``except`` or ``ports``): an ``allowlist`` mode whose CIDRs cover
   them, narrowed to exactly the requested CIDRs;
+* ``deny_ingress`` denies CUSTOM ingress, which is never offered here: it always holds;
 * every rule we cannot enforce (``https_hostname``, ``tenant``, ``selector``, ``except``,
   port ranges, ingress rules) is refused with INVALID_ARGUMENT naming the rule, never
   silently widened to more access than asked;
@@ -82,7 +83,11 @@ def _egress(network: sandbox_pb2.NetworkOptions) -> tuple[str, tuple[str, ...]]:
                 f"{field}.{kind}", f"{kind} egress rules cannot be enforced by this server"
             )
     denied = network.HasField("deny_egress") and network.deny_egress
-    if (network.HasField("deny_egress") and not network.deny_egress) or anywhere:
+    if denied and len(rules):
+        raise invalid_argument(
+            "spec.network.deny_egress", "denies all egress, so it cannot go with egress rules"
+        )
+    if anywhere:
         return EgressType.INTERNET.value, ()
     if cidrs:
         return EgressType.ALLOWLIST.value, tuple(dict.fromkeys(cidrs))
@@ -98,8 +103,6 @@ def _ingress(spec: sandbox_pb2.SandboxSpec) -> tuple[str, tuple[int, ...]]:
             f"spec.network.ingress[{index}]",
             "ingress rules cannot be enforced here; expose ports with services",
         )
-    if network.HasField("deny_ingress") and network.deny_ingress and len(spec.services):
-        raise invalid_argument("spec.network.deny_ingress", "contradicts the services exposed")
     if len(spec.services) > MAX_EXPOSED_PORTS:
         raise invalid_argument("spec.services", f"at most {MAX_EXPOSED_PORTS} services")
     ports: list[int] = []
