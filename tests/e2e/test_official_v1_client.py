@@ -63,6 +63,17 @@ CORE = {
         out["listed_after_stop"] = len(Sandbox.list(tags=[tag]).result())
         out["missing"] = error_of(lambda: Sandbox.from_id("sb-0123456789a00000000").result())
     """,
+    "exit_and_auth": """
+        sb = Sandbox.run("sh", "-c", "echo bye; exit 3")
+        sb.wait_until_complete(timeout=60).result()
+        out["ended"] = [str(sb.status), sb.returncode]
+        out["stamped"] = [line.split(" ", 1) for line in sb.stream_logs(timestamps=True)]
+        import os
+        os.environ["CWSANDBOX_API_KEY"] = "sbxk_0000000000000000_not-a-real-key"
+        out["bad_key_runners"] = error_of(lambda: cwsandbox.list_runners())
+        out["bad_key_run"] = error_of(lambda: Sandbox.run().wait())
+        out["bad_key_get"] = error_of(lambda: Sandbox.from_id(sb.sandbox_id).result())
+    """,
     "files": """
         sb = Sandbox.run()
         sb.write_file("/tmp/small.txt", b"small file\\n").result()
@@ -208,6 +219,12 @@ def check_core(name: str, result: dict[str, object]) -> None:
         assert result["still_readable"] in ("completed", "terminated")
         assert result["listed_after_stop"] == 0
         assert result["missing"] == ["SandboxNotFoundError", "CWSANDBOX_SANDBOX_NOT_FOUND"]
+    elif name == "exit_and_auth":
+        assert result["ended"] == ["completed", 3]
+        [[stamp, line]] = result["stamped"]  # type: ignore[misc]
+        assert line == "bye\n" and stamp.endswith("Z") and stamp[:2] == "20"
+        for call in ("bad_key_runners", "bad_key_run", "bad_key_get"):
+            assert result[call][0] == "CWSandboxAuthenticationError", call  # type: ignore[index]
     elif name == "files":
         assert result["small"] == result["cat"] == "small file\n"
         assert result["empty"] == ""

@@ -197,3 +197,12 @@ def test_the_official_client_lists_runners_under_its_organization(orgs: Orgs) ->
     )
     got = json.loads(run_python(python, script, orgs.platform.env(CWSANDBOX_API_KEY=orgs.key_a)))
     assert got == ["v1-a", orgs.platform.runner_id]
+
+
+def test_every_v1_rpc_needs_an_api_key(orgs: Orgs) -> None:
+    with keyed_channel(orgs.platform.target, None) as anonymous:
+        for service in (SANDBOXES, DISCOVERY):
+            for method in service.methods:
+                request = getattr(v if service is SANDBOXES else d, method.input_type.name)()
+                error = attempt(anonymous, method, request)
+                assert answer(error, "")[0] is grpc.StatusCode.UNAUTHENTICATED, method.name
