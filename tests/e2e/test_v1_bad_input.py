@@ -308,6 +308,7 @@ def test_undecodable_bytes_are_invalid_argument(channel: grpc.Channel) -> None:
 
 def test_create_is_idempotent_on_request_id(channel: grpc.Channel) -> None:
     request = create_request(tags=[uuid.uuid4().hex])
+    request.sandbox.spec.containers[0].files.append(v.FileMount(path="/a", content=b"1"))
     request.request_id = str(uuid.uuid4())
     first = rpc(channel, "CreateSandbox", request)
     again = rpc(channel, "CreateSandbox", request)
@@ -321,14 +322,18 @@ def test_create_is_idempotent_on_request_id(channel: grpc.Channel) -> None:
     assert len(ids) == 1
     listed = rpc(channel, "ListSandboxes", v.ListSandboxesRequest(tags=racing.sandbox.spec.tags))
     assert [s.sandbox_id for s in listed.sandboxes] == list(ids)
-    # The same id for a different sandbox is a conflict, and changes nothing.
-    different = create_request(tags=["something-else"])
-    different.request_id = request.request_id
-    error = attempt(channel, SANDBOXES.methods_by_name["CreateSandbox"], different)
-    assert isinstance(error, grpc.RpcError)
-    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    reason, _, fields = details(error)
-    assert (reason, fields) == ("CWSANDBOX_REQUEST_ID_CONFLICT", ["request_id"])
+    # The same id for a different sandbox is a conflict, and changes nothing; file bytes
+    # count too, though the echoed spec leaves them out.
+    other_tags = create_request(tags=["something-else"])
+    other_bytes = create_request(tags=request.sandbox.spec.tags)
+    other_bytes.sandbox.spec.containers[0].files.append(v.FileMount(path="/a", content=b"2"))
+    for different in (other_tags, other_bytes):
+        different.request_id = request.request_id
+        error = attempt(channel, SANDBOXES.methods_by_name["CreateSandbox"], different)
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        reason, _, fields = details(error)
+        assert (reason, fields) == ("CWSANDBOX_REQUEST_ID_CONFLICT", ["request_id"])
     for sandbox_id in (first.sandbox_id, *ids):
         request_stop = v.DeleteSandboxRequest(sandbox_id=sandbox_id, grace_period_seconds=0)
         assert rpc(channel, "DeleteSandbox", request_stop).sandbox.sandbox_id == sandbox_id

@@ -36,6 +36,9 @@ class V1ResourceRow(Base):
     owner_org: Mapped[str] = mapped_column(String(128))
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     spec: Mapped[bytes] = mapped_column(LargeBinary)
+    # SHA-256 of the whole create request (file bytes included), to tell a replay from a
+    # different request that reuses the id.
+    request_digest: Mapped[str] = mapped_column(String(64), default="")
     display_name: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -50,6 +53,7 @@ class V1Resource:
     owner_org: str
     request_id: str
     spec: bytes
+    request_digest: str
     display_name: str
     created_at: datetime
 
@@ -64,6 +68,7 @@ def _resource(row: V1ResourceRow) -> V1Resource:
         owner_org=row.owner_org,
         request_id=row.request_id or "",
         spec=row.spec,
+        request_digest=row.request_digest,
         display_name=row.display_name,
         created_at=utc(row.created_at),
     )
@@ -82,6 +87,7 @@ class V1ResourceStore:
             owner_org=resource.owner_org,
             request_id=resource.request_id or None,
             spec=resource.spec,
+            request_digest=resource.request_digest,
             display_name=resource.display_name,
             created_at=resource.created_at,
         )

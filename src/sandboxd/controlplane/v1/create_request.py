@@ -15,6 +15,7 @@ contexts, probes, runtime classes, object storage are not offered).
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
 
@@ -70,6 +71,8 @@ class CreatePlan:
     spec: sandbox_pb2.SandboxSpec
     display_name: str
     request_id: str
+    digest: str
+    """SHA-256 of the whole request but its id: equal for a replay, and only for one."""
 
 
 def _present(message: Message, name: str) -> bool:
@@ -297,4 +300,5 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
         spec=echoed_spec(spec),
         display_name=sandbox.display_name,
         request_id=request.request_id,
+        digest=hashlib.sha256(sandbox.SerializeToString(deterministic=True)).hexdigest(),
     )

@@ -133,6 +133,7 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
             owner_org=owner,
             request_id=plan.request_id,
             spec=plan.spec.SerializeToString(),
+            request_digest=plan.digest,
             display_name=plan.display_name,
             created_at=now(),
         )
@@ -150,8 +151,7 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         return sandbox_message(record, resource, self._lifecycle.reason_of(record))
 
     async def _replay(self, existing: V1Resource, plan: CreatePlan) -> sandbox_pb2.Sandbox:
-        same = V.SandboxSpec.FromString(existing.spec) == plan.spec
-        if not same or existing.display_name != plan.display_name:
+        if existing.request_digest != plan.digest:
             raise request_id_conflict(plan.request_id)
         record = await self._lifecycle.record(existing.sandbox_id)
         return sandbox_message(record, existing, self._lifecycle.reason_of(record))

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("owner_org", sa.String(128), nullable=False),
         sa.Column("request_id", sa.String(128), nullable=True),
         sa.Column("spec", sa.LargeBinary, nullable=False),
+        sa.Column("request_digest", sa.String(64), nullable=False),
         sa.Column("display_name", sa.String(255), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
