@@ -366,3 +366,41 @@ def test_grace_zero_stops_at_once_and_the_record_stays_readable(channel: grpc.Ch
     assert got.status.HasField("end_time") and got.spec.containers[0].command == "/bin/sh"
     # Stopping a stopped sandbox succeeds (the client then polls and sees it ended).
     assert rpc(channel, "DeleteSandbox", stop).sandbox.status.state == ended
+
+
+def test_list_pages_and_filters_by_v1_state(channel: grpc.Channel) -> None:
+    tag = uuid.uuid4().hex
+    ids = [rpc(channel, "CreateSandbox", create_request(tags=[tag])).sandbox_id for _ in range(3)]
+    for sandbox_id in ids:
+        wait_state(channel, sandbox_id, [v.STATE_RUNNING])
+    pages, token = [], ""
+    while True:
+        page = rpc(
+            channel,
+            "ListSandboxes",
+            v.ListSandboxesRequest(tags=[tag], page_size=1, page_token=token),
+        )
+        pages.append([s.sandbox_id for s in page.sandboxes])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [p for p in pages if p] == [[i] for i in ids]  # oldest first, one per page
+    first = rpc(channel, "ListSandboxes", v.ListSandboxesRequest(tags=[tag], page_size=1))
+    mismatch = v.ListSandboxesRequest(tags=["other"], page_token=first.next_page_token)
+    error = attempt(channel, SANDBOXES.methods_by_name["ListSandboxes"], mismatch)
+    assert isinstance(error, grpc.RpcError) and details(error)[2] == ["page_token"]
+    stop = v.DeleteSandboxRequest(sandbox_id=ids[0], grace_period_seconds=0)
+    rpc(channel, "DeleteSandbox", stop)
+    wait_state(channel, ids[0], [v.STATE_COMPLETED, v.STATE_TERMINATED])
+
+    def listed(**fields: Any) -> list[str]:
+        got = rpc(channel, "ListSandboxes", v.ListSandboxesRequest(tags=[tag], **fields))
+        return [s.sandbox_id for s in got.sandboxes]
+
+    assert listed() == ids[1:]  # running ones only, by default
+    assert listed(show_terminated=True) == ids
+    assert listed(state=v.STATE_COMPLETED) == [ids[0]]  # a terminal state widens by itself
+    assert listed(state=v.STATE_RUNNING) == ids[1:]
+    assert listed(state=v.STATE_PREPARING) == []
+    for sandbox_id in ids[1:]:
+        rpc(channel, "DeleteSandbox", v.DeleteSandboxRequest(sandbox_id=sandbox_id))
