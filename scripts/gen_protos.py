@@ -24,6 +24,9 @@ PROTO_ROOT = ROOT / "proto"
 # proto directory -> (python package directory, importable package name)
 TARGETS: dict[str, tuple[Path, str]] = {
     "coreweave/sandbox/v1beta2": (ROOT / "src/cwsandbox/_proto", "cwsandbox._proto"),
+    # The v1 protocol the official 0.27+ clients speak; server side only, and a package of
+    # its own because its module names (sandbox_pb2, discovery_pb2) collide with v1beta2's.
+    "coreweave/sandbox/v1": (ROOT / "src/sandboxd/_proto_v1", "sandboxd._proto_v1"),
     "sandboxd/runner/v1": (ROOT / "src/sandboxd/_proto", "sandboxd._proto"),
     "sandboxd/admin/v1": (ROOT / "src/sandboxd/_proto", "sandboxd._proto"),
     # Our own file service: the client calls it, so it ships with the client.

@@ -61,6 +61,8 @@ from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
+from sandboxd.controlplane.v1.resources_db import V1Resources
+from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.store import BatchedRunnerWriter, Store
@@ -180,6 +182,7 @@ class ControlPlane:
         )
         self.drainer = Drainer(self.registry, self.runner_lifecycle)
         self.live_config: LiveConfig | None = None  # set by start(), from the store
+        self.v1_resources = V1Resources(self.store.v1)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -277,6 +280,15 @@ class ControlPlane:
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
         )
+        # coreweave.sandbox.v1 (the official 0.27+ clients) on the same port and plumbing.
+        add_v1_services(
+            server,
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            files=self.files,
+            operations=self.operations,
+            resources=self.v1_resources,
+        )
         runners = RunnerService(
             self.registry,
             self.identity,
@@ -360,6 +372,7 @@ class ControlPlane:
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()
+        self.v1_resources.close()
         self.store.close()
 
     async def wait(self) -> None:

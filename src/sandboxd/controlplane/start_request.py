@@ -45,6 +45,12 @@ class SandboxRequest:
     max_lifetime_seconds: int | None
     # The quantities as sent, for messages in the user's units (written_quantities.py).
     written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
+    # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
+    # profile's first mode of this egress type (an allowlist mode only if its CIDRs cover
+    # ``egress_cidrs``, which then become the sandbox's allowlist) and of this ingress type.
+    egress_type: str = ""
+    egress_cidrs: tuple[str, ...] = ()
+    ingress_type: str = ""
 
     @property
     def names_profile(self) -> bool:

@@ -37,6 +37,7 @@ from sandboxd.store.event_store import EventStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.v1_resources import V1ResourceStore
 
 
 class RunnerRow(_Base):
@@ -107,6 +108,7 @@ class Store:
         self.sandboxes = SandboxStore(self._engine)
         self.config = ConfigStore(self._engine)
         self.events = EventStore(self._engine)
+        self.v1 = V1ResourceStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
