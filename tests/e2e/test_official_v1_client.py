@@ -294,3 +294,31 @@ def test_what_is_not_offered_says_so(platform: Platform, latest: Path) -> None:
     assert result["snapshot_volume"] == ["SandboxError", "CWSANDBOX_NOT_IMPLEMENTED"]
     assert result["get_snapshot"][1] == "CWSANDBOX_NOT_IMPLEMENTED"  # type: ignore[index]
     assert result["bucket"][1] == "CWSANDBOX_NOT_IMPLEMENTED"  # type: ignore[index]
+
+
+def test_v1_execs_and_files_are_in_the_activity_trail(
+    platform: Platform, latest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trail records what a v1 client did exactly as it records a v1beta2 client."""
+    result = run_scenario(
+        latest,
+        """
+        sb = Sandbox.run()
+        sb.wait()
+        sb.exec(["sh", "-c", "exit 5"]).result()
+        sb.write_file("/tmp/v1.txt", b"from v1\\n").result()
+        out["id"] = sb.sandbox_id
+        sb.stop().result()
+        """,
+        platform,
+    )
+    from cwsandbox._events import iter_events
+
+    monkeypatch.setenv("CWSANDBOX_BASE_URL", platform.base_url)
+    monkeypatch.setenv("CWSANDBOX_API_KEY", platform.api_key)
+    events = list(iter_events(str(result["id"])))
+    execs = [e.data for e in events if e.kind == "exec"]
+    assert [(d["argv"], d["exit_code"]) for d in execs] == [(["sh", "-c", "exit 5"], 5)]
+    written = [e.data for e in events if e.kind == "file_written"]
+    assert [(d["path"], d["size"]) for d in written] == [("/tmp/v1.txt", 8)]
+    assert {"placed", "running", "delete_requested"} <= {e.kind for e in events}

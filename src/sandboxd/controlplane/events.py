@@ -6,10 +6,10 @@ write to would be worthless as evidence. So the control plane writes it from
 * every change of a sandbox's record (:meth:`EventLog.observe_record`, chained onto the
   records' ``on_change`` like the metrics): placed, running, paused, resumed, stopping, ended
   (status, exit code, reason: an OOM kill says so), deleted;
-* every public call on a sandbox (:class:`EventsInterceptor`, inside the authentication
-  interceptor so it knows who asked): each exec (argv, environment names, TTY, exit code,
-  duration, the caller's key id), each file written or read through the API (path, size,
-  SHA-256), each stop, delete, pause and resume request.
+* every public call on a sandbox, v1beta2 or v1 (:class:`EventsInterceptor`, inside the
+  authentication interceptor so it knows who asked): each exec (argv, environment names,
+  TTY, exit code, duration, the caller's key id), each file written or read through the API
+  (path, size, SHA-256), each stop, delete, pause and resume request.
 
 Events are queued and written in batches off the event loop (:data:`FLUSH_SECONDS`), read
 back in order (``seq``), followed live, and kept for the retention of ended sandboxes, also
@@ -55,6 +55,7 @@ TERMINAL = frozenset({3, 4, 5})
 PAUSED = 7
 GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
 FILES = "/sandboxd.files.v1.FileService/"
+V1_SANDBOXES = "/coreweave.sandbox.v1.SandboxService/"
 M = TypeVar("M", bound=Message)
 STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
 
@@ -229,14 +230,16 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method or ""
         if handler is None:
             return handler
-        if method == STREAMING + "StreamExec" and handler.stream_stream:
-            return handler._replace(stream_stream=self._exec(handler.stream_stream))  # type: ignore[attr-defined,no-any-return]
+        if method in _EXEC_ONEOFS and handler.stream_stream:
+            wrapped = self._exec(handler.stream_stream, *_EXEC_ONEOFS[method])
+            return handler._replace(stream_stream=wrapped)  # type: ignore[attr-defined,no-any-return]
         if method == FILES + "WriteFile" and handler.stream_unary:
             return handler._replace(stream_unary=self._stream_write(handler.stream_unary))  # type: ignore[attr-defined,no-any-return]
         if method == FILES + "ReadFile" and handler.unary_stream:
             return handler._replace(unary_stream=self._stream_read(handler.unary_stream))  # type: ignore[attr-defined,no-any-return]
-        name = method.removeprefix(GATEWAY)
-        if method.startswith(GATEWAY) and name in {**_UNARY, **_REQUESTS} and handler.unary_unary:
+        name = method.removeprefix(GATEWAY).removeprefix(V1_SANDBOXES)
+        known = method.startswith((GATEWAY, V1_SANDBOXES)) and name in {**_UNARY, **_REQUESTS}
+        if known and handler.unary_unary:
             return handler._replace(unary_unary=self._unary(name, handler.unary_unary))  # type: ignore[attr-defined,no-any-return]
         return handler
 
@@ -247,7 +250,8 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return None
         return record
 
-    def _exec(self, behaviour: Any) -> Any:
+    def _exec(self, behaviour: Any, request_oneof: str, response_oneof: str) -> Any:
+        """StreamExec of either protocol (their oneofs are named differently)."""
         events = self
 
         async def run(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -256,7 +260,7 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def watched() -> AsyncIterator[Any]:
                 async for request in requests:
-                    if request.WhichOneof("request") == "init" and not seen:
+                    if request.WhichOneof(request_oneof) == "init" and not seen:
                         seen["init"] = request.init
                         bind_sandbox(request.init.sandbox_id)
                     yield request
@@ -264,7 +268,7 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             exit_code: int | None = None
             try:
                 async for response in behaviour(watched(), context):
-                    if response.WhichOneof("response") == "exit":
+                    if response.WhichOneof(response_oneof) == "exit":
                         exit_code = response.exit.exit_code
                     yield response
             finally:
@@ -411,11 +415,30 @@ def _unary_exec(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
     return "exec", data
 
 
-# Calls recorded when they end, with their outcome ...
+def _v1_file_written(request: Any, _response: Any) -> tuple[str, dict[str, Any]]:
+    content = request.content
+    return "file_written", {"path": request.path, "size": len(content), "sha256": _digest(content)}
+
+
+def _v1_file_read(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
+    data: dict[str, Any] = {"path": request.path}
+    if response is not None:
+        data.update(size=len(response.content), sha256=_digest(response.content))
+    return "file_read", data
+
+
+# StreamExec of each protocol: (request oneof, response oneof).
+_EXEC_ONEOFS = {
+    STREAMING + "StreamExec": ("request", "response"),
+    V1_SANDBOXES + "StreamExec": ("message", "message"),
+}
+# Calls recorded when they end, with their outcome (v1beta2 and v1 names) ...
 _UNARY: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
     "AddFile": _file_written,
     "RetrieveFile": _file_read,
     "Exec": _unary_exec,
+    "WriteFile": _v1_file_written,
+    "ReadFile": _v1_file_read,
 }
 # ... and requests recorded when they are made (what they cause follows as its own events).
 _REQUESTS: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {
@@ -423,4 +446,5 @@ _REQUESTS: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {
     "Delete": lambda _r: ("delete_requested", {}),
     "Pause": lambda _r: ("pause_requested", {}),
     "Resume": lambda _r: ("resume_requested", {}),
+    "DeleteSandbox": lambda r: ("delete_requested", {"grace_seconds": r.grace_period_seconds}),
 }
