@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# chromium: the web console's browser tests (tests/e2e/console/, driven by Playwright).
 # postgresql: a throwaway server for the store tests (tests/support/postgres.py); the setup
 # only installs it, nothing is started or enabled here. e2fsprogs: mkfs.ext4 for the sandboxes'
 # writable layers (src/sandboxd/backends/local/disk.py). gcc, libc6-dev: the native keeper
 # (src/sandboxd/backends/local/native/keeper.c, built below).
 APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl
-              postgresql e2fsprogs gcc libc6-dev)
+              postgresql e2fsprogs gcc libc6-dev chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -45,4 +46,16 @@ if [[ ! -x $native/sandboxd-keeper || $native/keeper.c -nt $native/sandboxd-keep
   done
   [[ -x $native/sandboxd-keeper.tmp ]] || gcc "${flags[@]}" -o "$native/sandboxd-keeper.tmp" "$native/keeper.c"
   mv -f "$native/sandboxd-keeper.tmp" "$native/sandboxd-keeper"  # a running copy is never overwritten
+fi
+
+# The web console's front end (web/), built into the Python package (src/sandboxd/console/
+# static, not committed) when it is missing or its source or lock file is newer. Reproducible
+# from web/package-lock.json; needs Node.js >= 20.19 with npm (the npm registry at build time).
+console=src/sandboxd/console/static
+if [[ ! -f $console/index.html ]] \
+   || [[ -n "$(find web/src web/index.html web/package.json web/package-lock.json web/vite.config.ts \
+               web/tsconfig.json -newer "$console/index.html" 2>/dev/null | head -n 1)" ]]; then
+  command -v npm >/dev/null || { echo "setup: the web console needs Node.js >= 20.19 and npm" >&2; exit 1; }
+  echo "setup: building the web console (web/)" >&2
+  (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
 fi

@@ -159,6 +159,24 @@ def metrics_option(default: str) -> Callable[[Callable[..., Any]], Callable[...,
     )
 
 
+def console_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--console-listen``: where the web console is served ("off" or "": nowhere)."""
+    return click.option(
+        "--console-listen",
+        default=default,
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Serve the web console on http://HOST:PORT/ (port 0: any free port, printed as "
+        "SANDBOXD_CONSOLE_URL); 'off' to serve none.",
+    )
+
+
+def console_listen(options: dict[str, object]) -> str | None:
+    """The ``--console-listen`` value, None when the console is off."""
+    value = str(options.get("console_listen") or "").strip()
+    return None if value in ("", "off") else value
+
+
 def metrics_listen(options: dict[str, object]) -> str | None:
     """The ``--metrics-listen`` value, None when metrics are off."""
     value = str(options.get("metrics_listen") or "").strip()
@@ -210,6 +228,7 @@ def main() -> None:
 )
 @retention_option
 @metrics_option("off")
+@console_option("off")
 @log_level_option
 @log_format_option
 def controlplane_command(**options: object) -> None:
@@ -233,6 +252,7 @@ def controlplane_command(**options: object) -> None:
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
+        console_listen=console_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     with refuse_damaged_database():
@@ -257,6 +277,7 @@ def controlplane_command(**options: object) -> None:
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
 @retention_option
 @metrics_option("127.0.0.1:0")
+@console_option("127.0.0.1:0")
 @log_level_option
 @log_format_option
 def up_command(**options: object) -> None:
@@ -281,6 +302,7 @@ def up_command(**options: object) -> None:
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
+        console_listen=console_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]

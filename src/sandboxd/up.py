@@ -22,6 +22,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from sandboxd.console.stats import local_runner_stats
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
 from sandboxd.images import ImageNotFound, ImageStore, build_image
 from sandboxd.runner.agent import RunnerAgent
@@ -81,6 +82,8 @@ def announce(
         print(f"SANDBOXD_METRICS_URL={base}/metrics", flush=True)
         if "/metrics/runner" in control_plane.metrics_routes:
             print(f"SANDBOXD_RUNNER_METRICS_URL={base}/metrics/runner", flush=True)
+    if control_plane.console is not None:
+        print(f"SANDBOXD_CONSOLE_URL={control_plane.console.url}", flush=True)
     print(f"CWSANDBOX_BASE_URL={control_plane.base_url}", flush=True)
 
 
@@ -173,6 +176,8 @@ async def run_all_in_one(
         backend=backend,
     )
     runner_metrics.register(RunnerCollector(agent, asyncio.get_running_loop()))
+    if control_plane.console is not None:  # the console's graphs read the local runner
+        control_plane.console.set_stats(local_runner_stats(agent))
     agent_task = asyncio.create_task(agent.run(), name="local-runner")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:

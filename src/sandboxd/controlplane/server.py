@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -68,6 +68,9 @@ from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
+if TYPE_CHECKING:
+    from sandboxd.console.server import ConsoleServer
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
@@ -110,6 +113,8 @@ class ControlPlaneSettings:
     config_path: Path | None = None
     # ``host:port`` for Prometheus metrics (``/metrics``); None: not served (metrics.py).
     metrics_listen: str | None = None
+    # ``host:port`` for the web console (sandboxd.console); None: not served.
+    console_listen: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -186,6 +191,7 @@ class ControlPlane:
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self.console: ConsoleServer | None = None  # set by start() with console_listen
 
     def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
         """Call ``observe`` on every record change, before what already ran (the reconciler)."""
@@ -327,6 +333,12 @@ class ControlPlane:
             self._metrics_server = serve_metrics(self.settings.metrics_listen, routes)
             self.metrics_port = self._metrics_server.port
             log.info("metrics on http://%s/metrics", self.metrics_address)
+        if self.settings.console_listen:
+            from sandboxd.console.server import ConsoleServer, ConsoleTarget
+
+            target = ConsoleTarget(self.address, self.settings.tls_cert)
+            self.console = ConsoleServer(self.settings.console_listen, target, self.identity)
+            await self.console.start()
         # Sandboxes of runners that never come back still converge (their starts time out).
         self.reconcilers.kick_all()
         self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
@@ -356,6 +368,9 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None

@@ -1,0 +1,49 @@
+// The console's JSON API. The session is an HttpOnly cookie the server set at sign-in: no
+// script (ours or an injected one) can read it, and no key is kept in the browser.
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export type Json = Record<string, any>;
+
+let onSignedOut: () => void = () => {};
+
+export function whenSignedOut(callback: () => void) {
+  onSignedOut = callback;
+}
+
+async function call(method: string, path: string, body?: Json): Promise<Json> {
+  const init: RequestInit = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    (init.headers as Record<string, string>)["content-type"] = "application/json";
+  }
+  const response = await fetch(path, init);
+  let data: Json = {};
+  try {
+    data = await response.json();
+  } catch {
+    data = { error: `HTTP ${response.status}` };
+  }
+  if (!response.ok) {
+    if (response.status === 401 && path !== "/api/session") onSignedOut();
+    throw new ApiError(response.status, String(data.error ?? `HTTP ${response.status}`));
+  }
+  return data;
+}
+
+export const api = {
+  get: (path: string) => call("GET", path),
+  post: (path: string, body: Json = {}) => call("POST", path, body),
+};
+
+export function socketUrl(path: string): string {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}${path}`;
+}
