@@ -12,7 +12,13 @@ let who: Json | null = null;
 // What the page shown now must stop (timers, sockets, terminal) before another is shown.
 let leave: (() => void)[] = [];
 
-export type PageContext = { who: Json; onLeave: (stop: () => void) => void; root: HTMLElement };
+export type PageContext = {
+  who: Json;
+  onLeave: (stop: () => void) => void;
+  root: HTMLElement;
+  // False once another navigation has replaced this page (it must then draw nothing).
+  live: () => boolean;
+};
 
 function clearPage() {
   for (const stop of leave) stop();
@@ -86,21 +92,33 @@ function signInForm() {
   return form;
 }
 
+// Each navigation has a number; one that was overtaken while it waited draws nothing.
+let navigation = 0;
+
 async function route() {
+  const mine = ++navigation;
   clearPage();
   if (!who) {
+    let found: Json | null = null;
     try {
-      who = await api.get("/api/session");
+      found = await api.get("/api/session");
     } catch {
-      who = null;
+      found = null;
     }
+    if (mine !== navigation) return;
+    who = found;
   }
   renderBar();
   if (!who) {
     page.append(signInForm());
     return;
   }
-  const context: PageContext = { who, onLeave: (stop) => leave.push(stop), root: page };
+  const context: PageContext = {
+    who,
+    onLeave: (stop) => leave.push(stop),
+    root: page,
+    live: () => mine === navigation,
+  };
   const path = location.hash.replace(/^#/, "") || "/runners";
   const sandbox = path.match(/^\/sandboxes\/([^/]+)$/);
   try {

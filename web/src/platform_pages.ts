@@ -66,6 +66,7 @@ export async function runnersPage(ctx: PageContext) {
 
 export async function profilesPage(ctx: PageContext) {
   const { profiles } = await api.get("/api/profiles");
+  if (!ctx.live()) return;
   const rows = profiles.map((p: Json) => [
     el("code", {}, p.profile_name),
     el("code", {}, p.runner_id),

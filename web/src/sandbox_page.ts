@@ -11,6 +11,9 @@ const MAX_LOG_CHARS = 200_000;
 
 export async function sandboxPage(ctx: PageContext, sandboxId: string) {
   const path = `/api/sandboxes/${encodeURIComponent(sandboxId)}`;
+  // Read first: a sandbox the caller may not see shows only the API's "not found".
+  let current: Json = await api.get(path);
+  if (!ctx.live()) return;
   const summary = el("div", { "data-testid": "sandbox-summary" });
   const problem = el("p", { class: "error", "data-testid": "sandbox-error" });
   const stop = button("Stop", async () => {
@@ -49,9 +52,50 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
     events,
   );
 
-  let current: Json = await api.get(path);
+  // The terminal: xterm.js over a WebSocket bridged to StreamExec with a TTY.
+  let terminalOpen = false;
+  function openTerminal() {
+    if (terminalOpen || status(current.sandbox_status) !== "running") return;
+    terminalOpen = true;
+    terminalBox.replaceChildren();
+    const terminal = new Terminal({ convertEol: false, cursorBlink: true, fontSize: 13, rows: 18 });
+    const fit = new FitAddon();
+    terminal.loadAddon(fit);
+    terminal.open(terminalBox);
+    fit.fit();
+    const socket = new WebSocket(
+      socketUrl(`${path}/terminal?cols=${terminal.cols}&rows=${terminal.rows}`),
+    );
+    socket.binaryType = "arraybuffer";
+    const encoder = new TextEncoder();
+    socket.onmessage = (message) => {
+      if (typeof message.data === "string") {
+        const control = JSON.parse(message.data);
+        if (control.type === "exit") terminal.write(`\r\n[exited with ${control.code}]\r\n`);
+        if (control.type === "error") terminal.write(`\r\n[${control.message}]\r\n`);
+        return;
+      }
+      terminal.write(new Uint8Array(message.data));
+    };
+    terminal.onData((data) => {
+      if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data));
+    });
+    terminal.onResize(({ cols, rows }) => {
+      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "resize", cols, rows }));
+    });
+    const onWindowResize = () => fit.fit();
+    window.addEventListener("resize", onWindowResize);
+    ctx.onLeave(() => {
+      window.removeEventListener("resize", onWindowResize);
+      socket.close();
+      terminal.dispose();
+    });
+  }
+  terminalBox.append(el("p", { class: "note" }, "The terminal opens when the sandbox runs."));
+
   async function refresh() {
     current = await api.get(path);
+    openTerminal();
     summary.replaceChildren(
       table(
         ["Status", "Runner", "Profile", "Started", "Reason", "Exit code"],
@@ -126,41 +170,4 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
   };
   ctx.onLeave(() => logSocket.close());
 
-  // The terminal: xterm.js over a WebSocket bridged to StreamExec with a TTY.
-  if (status(current.sandbox_status) === "running") {
-    const terminal = new Terminal({ convertEol: false, cursorBlink: true, fontSize: 13, rows: 18 });
-    const fit = new FitAddon();
-    terminal.loadAddon(fit);
-    terminal.open(terminalBox);
-    fit.fit();
-    const socket = new WebSocket(
-      socketUrl(`${path}/terminal?cols=${terminal.cols}&rows=${terminal.rows}`),
-    );
-    socket.binaryType = "arraybuffer";
-    const encoder = new TextEncoder();
-    socket.onmessage = (message) => {
-      if (typeof message.data === "string") {
-        const control = JSON.parse(message.data);
-        if (control.type === "exit") terminal.write(`\r\n[exited with ${control.code}]\r\n`);
-        if (control.type === "error") terminal.write(`\r\n[${control.message}]\r\n`);
-        return;
-      }
-      terminal.write(new Uint8Array(message.data));
-    };
-    terminal.onData((data) => {
-      if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data));
-    });
-    terminal.onResize(({ cols, rows }) => {
-      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "resize", cols, rows }));
-    });
-    const onWindowResize = () => fit.fit();
-    window.addEventListener("resize", onWindowResize);
-    ctx.onLeave(() => {
-      window.removeEventListener("resize", onWindowResize);
-      socket.close();
-      terminal.dispose();
-    });
-  } else {
-    terminalBox.append(el("p", { class: "note" }, "The terminal opens on a running sandbox."));
-  }
 }

@@ -1,0 +1,149 @@
+"""The web console in headless Chromium (Debian's, driven by Playwright): what a user does.
+
+Sign in, see the runner, start a sandbox from the page, watch its logs arrive live, type in
+its terminal and see the output, read its graphs, stop it; a member of another organization
+finds nothing. Sandbox-controlled HTML in the logs stays text. Screenshots of each page are
+saved under ``bench/results/console/`` (printed) as test artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxd._proto import admin_pb2
+from tests.e2e.conftest import Platform
+from tests.support.console import Console
+from tests.support.processes import admin_call
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "console"
+TIMEOUT_MS = 120_000
+
+if CHROMIUM is None:  # scripts/setup.sh installs it; CI fails on a skip
+    pytest.skip("needs Debian's chromium (scripts/setup.sh installs it)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=TIMEOUT_MS)  # a loaded CI machine: margins, not sleeps
+XSS = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        yield browser
+        browser.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"console screenshot: {path}")
+
+
+def sign_in(page: Page, console: Console, api_key: str) -> None:
+    page.goto(console.url)
+    page.get_by_test_id("api-key").fill(api_key)
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("who")).to_be_visible()
+
+
+def member_key(platform: Platform, organization: str) -> str:
+    response = admin_call(
+        platform.target,
+        platform.api_key,
+        "CreateApiKey",
+        admin_pb2.CreateApiKeyRequest(organization=organization, role=admin_pb2.ROLE_MEMBER),
+        admin_pb2.CreateApiKeyResponse,
+    )
+    return str(response.secret)
+
+
+def test_a_user_runs_a_sandbox_from_the_console(browser: Browser, platform: Platform) -> None:
+    console = Console.of(platform.proc)
+    key_a = member_key(platform, "browser-a")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(console.url)
+    expect(page.get_by_test_id("api-key")).to_be_visible()
+    shot(page, "sign-in")
+    page.get_by_test_id("api-key").fill("sbxk_0000000000000000_wrong")
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("sign-in-error")).to_contain_text("API key")
+
+    # The administrator sees the runner, live capacity and the admin actions.
+    sign_in(page, console, platform.api_key)
+    runners = page.get_by_test_id("runners")
+    expect(runners).to_contain_text(platform.runner_id)
+    expect(runners).to_contain_text("healthy")
+    expect(page.get_by_test_id("cordon")).to_be_visible()
+    shot(page, "runners")
+    page.goto(console.url + "#/profiles")
+    expect(page.get_by_test_id("profiles")).to_contain_text(platform.runner_id)
+    shot(page, "profiles")
+    page.get_by_test_id("sign-out").click()
+    expect(page.get_by_test_id("api-key")).to_be_visible()
+    assert page.evaluate("document.cookie") == ""  # the session cookie is HttpOnly
+
+    # A member starts a sandbox whose logs carry HTML; it must stay text.
+    sign_in(page, console, key_a)
+    expect(page.get_by_test_id("cordon")).to_have_count(0)  # no admin actions for a member
+    page.goto(console.url + "#/sandboxes")
+    script = f"echo '{XSS}'; i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.5; done"
+    page.get_by_test_id("start-command").fill(script)
+    page.get_by_test_id("start-tags").fill("browser-test")
+    page.get_by_test_id("start").click()
+    page.wait_for_url("**/#/sandboxes/sb-*")
+    sandbox_id = page.url.rsplit("/", 1)[1]
+    logs = page.get_by_test_id("logs")
+    expect(logs).to_contain_text("line-3")  # arrives live, after the page opened
+    expect(logs).to_contain_text(XSS)  # shown as the characters it is
+    assert logs.locator("img, script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+    # The terminal: type a command, see its output.
+    expect(page.locator(".xterm-rows")).to_contain_text("#")  # the shell's prompt
+    page.locator(".xterm").click()
+    page.keyboard.type("echo console-$((6*7))\n")
+    expect(page.locator(".xterm-rows")).to_contain_text("console-42")
+    graph = page.get_by_test_id("graph-memory")
+    expect(graph).to_have_attribute("data-samples", "2")
+    expect(page.get_by_test_id("sandbox-status")).to_have_text("running")
+    expect(page.get_by_test_id("events")).to_contain_text("placed")
+    shot(page, "sandbox")
+
+    # The sandbox list, filtered by tag, shows it.
+    page.goto(console.url + "#/sandboxes?tag=browser-test")
+    expect(page.get_by_test_id("sandboxes")).to_contain_text(sandbox_id)
+    shot(page, "sandboxes")
+
+    # A member of another organization: the page and its API say "not found".
+    other = browser.new_context()
+    other.set_default_timeout(TIMEOUT_MS)
+    stranger = other.new_page()
+    sign_in(stranger, console, member_key(platform, "browser-b"))
+    stranger.goto(console.url + f"#/sandboxes/{sandbox_id}")
+    expect(stranger.locator("main")).to_contain_text("not found")
+    expect(stranger.get_by_test_id("logs")).to_have_count(0)
+    reply = stranger.request.get(console.url + f"api/sandboxes/{sandbox_id}")
+    assert reply.status == 404
+    stranger.goto(console.url + "#/sandboxes")
+    expect(stranger.get_by_test_id("sandboxes")).not_to_contain_text(sandbox_id)
+    other.close()
+
+    # Stop it from its page.
+    page.goto(console.url + f"#/sandboxes/{sandbox_id}")
+    page.get_by_test_id("stop").click()
+    ended = re.compile("completed|failed|terminated")
+    expect(page.get_by_test_id("sandbox-status")).to_have_text(ended)
+    context.close()
