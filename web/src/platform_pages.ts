@@ -44,8 +44,13 @@ export async function runnersPage(ctx: PageContext) {
         el("code", {}, r.runner_id),
         el("span", { class: r.healthy ? "ok" : "bad" }, r.healthy ? "healthy" : "unhealthy"),
         el("span", { "data-testid": "runner-state" }, state(r)),
-        `${res.available_cpu_millicores ?? 0}m of ${cap.max_cpu_millicores ?? 0}m`,
-        `${bytes(Number(res.available_memory_bytes ?? 0))} of ${bytes(Number(cap.max_memory_bytes ?? 0))}`,
+        `${res.available_cpu_millicores ?? 0}m (requested ${res.requested_cpu_millicores ?? 0}m` +
+          ` of ${res.allocatable_cpu_millicores ?? cap.max_cpu_millicores ?? 0}m` +
+          ` ×${res.cpu_overcommit_ratio ?? 1})`,
+        `${bytes(Number(res.available_memory_bytes ?? 0))} (requested ` +
+          `${bytes(Number(res.requested_memory_bytes ?? 0))} of ` +
+          `${bytes(Number(res.allocatable_memory_bytes ?? cap.max_memory_bytes ?? 0))}` +
+          ` ×${res.memory_overcommit_ratio ?? 1})`,
         String(res.running_sandboxes ?? 0),
         (r.profile_names ?? []).join(", "),
         actions,
