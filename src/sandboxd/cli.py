@@ -159,6 +159,15 @@ def metrics_option(default: str) -> Callable[[Callable[..., Any]], Callable[...,
     )
 
 
+tls_ca_option = click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA that signed --tls-cert, trusted by the web console (and, for up, the local "
+    "runner and the printed CWSANDBOX_CA_FILE); default: --tls-cert itself (self-signed).",
+)
+
+
 def console_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--console-listen``: where the web console is served ("off" or "": nowhere)."""
     return click.option(
@@ -211,6 +220,7 @@ def main() -> None:
 @insecure_option
 @tls_cert_option
 @tls_key_option
+@tls_ca_option
 @health_timeout_option
 @click.option(
     "--heartbeat-interval",
@@ -253,6 +263,7 @@ def controlplane_command(**options: object) -> None:
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
         console_listen=console_listen(options),
+        tls_ca=options["tls_ca"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     with refuse_damaged_database():
@@ -266,13 +277,7 @@ def controlplane_command(**options: object) -> None:
 @insecure_option
 @tls_cert_option
 @tls_key_option
-@click.option(
-    "--tls-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="PEM CA that signed --tls-cert, for the local runner and the printed "
-    "CWSANDBOX_CA_FILE (default: --tls-cert itself, for a self-signed certificate).",
-)
+@tls_ca_option
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
 @retention_option
@@ -303,6 +308,7 @@ def up_command(**options: object) -> None:
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
         console_listen=console_listen(options),
+        tls_ca=options["tls_ca"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]

@@ -115,6 +115,9 @@ class ControlPlaneSettings:
     metrics_listen: str | None = None
     # ``host:port`` for the web console (sandboxd.console); None: not served.
     console_listen: str | None = None
+    # The CA that signed ``tls_cert``, which the console trusts on loopback (None: the
+    # certificate itself, as for a self-signed one).
+    tls_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -336,7 +339,9 @@ class ControlPlane:
         if self.settings.console_listen:
             from sandboxd.console.server import ConsoleServer, ConsoleTarget
 
-            target = ConsoleTarget(self.address, self.settings.tls_cert)
+            # Over TLS by name: local certificates name "localhost", not the address.
+            address = f"localhost:{self.port}" if self.tls else self.address
+            target = ConsoleTarget(address, self.settings.tls_ca or self.settings.tls_cert)
             self.console = ConsoleServer(self.settings.console_listen, target, self.identity)
             await self.console.start()
         # Sandboxes of runners that never come back still converge (their starts time out).
