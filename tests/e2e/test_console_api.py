@@ -271,3 +271,19 @@ async def _bytes(socket: websockets.ClientConnection) -> bytes:
     message = await asyncio.wait_for(socket.recv(), 30)
     assert isinstance(message, bytes), message
     return message
+
+
+def test_a_revoked_key_ends_its_console_session(console: Console, platform: Platform) -> None:
+    with console.signed_in(create_key(platform, "console-revoked")) as member:
+        key_id = member.get("api/session").json()["key_id"]
+        assert member.get("api/sandboxes").status_code == 200
+        admin_call(
+            platform.target,
+            platform.api_key,
+            "RevokeApiKey",
+            admin_pb2.RevokeApiKeyRequest(key_id=key_id),
+            admin_pb2.RevokeApiKeyResponse,
+        )
+        refused = member.get("api/sandboxes")
+        assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+        assert member.get("api/session").status_code == 401  # the session ended with it
