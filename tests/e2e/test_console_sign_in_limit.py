@@ -1,4 +1,4 @@
-"""Guessing API keys at the console's sign-in is slowed: 10 attempts a minute per address.
+"""Guessing API keys at the console's sign-in is slowed: 10 failures a minute per address.
 
 A platform of its own (``quiet_platform``): the limit it reaches must not lock out the other
 console tests.

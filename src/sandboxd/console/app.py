@@ -127,7 +127,7 @@ def build_app(
 
     async def login(request: Request) -> Response:
         client = request.client.host if request.client else "unknown"
-        wait = ctx.limiter.allow(client)
+        wait = ctx.limiter.wait(client)
         if wait:
             return JSONResponse(
                 {"error": f"too many sign-in attempts; try again in {wait:.0f}s"},
@@ -138,8 +138,10 @@ def build_app(
             key = text_field(await json_body(request), "api_key", required=True)
             caller = await ctx.identity.authenticate_key(key)
         except PlatformError as error:
+            ctx.limiter.failed(client)
             return _error(error.http_status, error.message)
         except ApiError as error:
+            ctx.limiter.failed(client)
             return _error(401, error.message, "UNAUTHENTICATED")
         session = ctx.sessions.create(key, caller.key_id, caller.organization, caller.role.value)
         response = JSONResponse(_who(session))

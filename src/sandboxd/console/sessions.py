@@ -108,10 +108,12 @@ class SessionStore:
 
 
 class LoginLimiter:
-    """At most ``attempts`` sign-ins per client address per ``window`` seconds.
+    """At most ``attempts`` failed sign-ins per client address per ``window`` seconds.
 
-    Why count every attempt, not only failures: a guesser that also owns one valid key must
-    not reset its budget with it.
+    Why only failures count, and a success resets nothing: people who sign in often are not
+    slowed, while a guesser that also owns one valid key cannot use it to earn more guesses.
+    Once the budget is spent every attempt is refused, a valid key included, until the
+    oldest failure leaves the window.
     """
 
     def __init__(
@@ -123,18 +125,25 @@ class LoginLimiter:
         self._attempts = attempts
         self._window = window
         self._clock = clock
-        self._seen: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}
 
-    def allow(self, client: str) -> float:
-        """0.0 if this attempt may go ahead (and counts), else seconds until one may."""
+    def wait(self, client: str) -> float:
+        """0.0 if ``client`` may try to sign in now, else seconds until it may."""
         now = self._clock()
-        times = self._seen.setdefault(client, deque())
+        times = self._failures.get(client)
+        if times is None:
+            return 0.0
         while times and now - times[0] >= self._window:
             times.popleft()
+        if not times:
+            del self._failures[client]
+            return 0.0
         if len(times) >= self._attempts:
             return self._window - (now - times[0])
-        times.append(now)
-        if len(self._seen) > MAX_SESSIONS:  # forget idle addresses; memory stays bounded
-            for address in [a for a, t in self._seen.items() if not t]:
-                del self._seen[address]
         return 0.0
+
+    def failed(self, client: str) -> None:
+        """Count a failed sign-in of ``client``."""
+        if len(self._failures) >= MAX_SESSIONS and client not in self._failures:
+            self.wait(next(iter(self._failures)))  # forget an old address; memory stays bounded
+        self._failures.setdefault(client, deque()).append(self._clock())
