@@ -34,6 +34,7 @@ from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.files import Files, FileService
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
@@ -47,6 +48,8 @@ from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.errors import ApiError
+from sandboxd.snapshots.content import ContentStore
+from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
@@ -138,6 +141,12 @@ class ControlPlane:
         self.operations = Operations(self.registry)
         self.files = Files(self.lifecycle, self.operations)
         self.identity = IdentityService(self.store.identity)
+        self.snapshots = Snapshots(
+            self.store.snapshots,
+            ContentStore(settings.data_dir),
+            self.lifecycle,
+            self.operations,
+        )
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -166,6 +175,7 @@ class ControlPlane:
         try:
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            await self.snapshots.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise
@@ -192,7 +202,8 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files), server
+            GatewayService(self.lifecycle, self.files, FssGateway(self.snapshots, self.lifecycle)),
+            server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
@@ -246,6 +257,7 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
         await self.reconcilers.close()
+        await self.snapshots.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()

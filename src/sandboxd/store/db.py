@@ -24,6 +24,7 @@ from sandboxd.store.base import utc as _utc
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.snapshot_store import SnapshotStore
 
 
 class RunnerRow(_Base):
@@ -84,6 +85,7 @@ class Store:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
+        self.snapshots = SnapshotStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
