@@ -4,8 +4,7 @@ The client's own calls (v1beta2.md §10): ``Sandbox.run(file_system_snapshot=...
 ``snapshot()``, ``stop(snapshot_on_stop=True)``, ``get_snapshot``, ``list_snapshots``,
 ``delete_snapshot`` and the bucket configuration, against a real ``sandboxd up``: write,
 snapshot, stop, start a new sandbox from the snapshot, read the file back, delete, list.
-Our own client sends the same Start (``file_system_snapshot``) and Stop
-(``snapshot_on_stop``), checked by the second test.
+Our own client has the same API and runs the same script.
 """
 
 from __future__ import annotations
@@ -70,6 +69,17 @@ def test_official_client_snapshots(platform: Platform, official: Path) -> None:
     assert result["bucket"][0].lower().endswith("managed")
     assert result["bucket"][1] == "sandboxd-managed"
     assert result["bad_bucket"] == "SandboxError"  # INVALID_ARGUMENT: nothing stored
+    assert result["deleted"] == "SnapshotNotFoundError"
+
+
+def test_our_client_runs_the_same_script(platform: Platform) -> None:
+    """Our client has the same snapshot API (client-features.md) and gets the same answers."""
+    result = json.loads(run_python(OUR_PYTHON, OFFICIAL_SCRIPT, platform.env()))
+    assert result["read"] == "kept\ndeep\nafter\n"
+    assert result["get"][2:] == [True, True]
+    assert result["listed"] is True
+    assert result["bucket"] == ["cw_managed", "sandboxd-managed"]
+    assert result["bad_bucket"] == "SandboxError"
     assert result["deleted"] == "SnapshotNotFoundError"
 
 
