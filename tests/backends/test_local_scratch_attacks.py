@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import ScratchSpec
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import SandboxStartError
+from sandboxd.runner.scratch_transfers import ScratchTransfers
 
 MiB = 1 << 20
 PLANT = (
@@ -174,3 +176,45 @@ def test_the_file_system_is_thawed_after_each_archive(
             assert _names(first) == ["a"] and _names(second) == ["a", "b"]
 
     go(aio, scenario())
+
+
+class RecordingCall:
+    """Stands in for the control plane's end of an ``Operate`` call (a mock, unavoidable
+    here: the runner's side is tested against a real sandbox, without a control plane).
+    It keeps the frames the runner writes and ends the call when asked to read."""
+
+    def __init__(self) -> None:
+        self.frames: list[runner_pb2.OperationUp] = []
+
+    async def write(self, frame: runner_pb2.OperationUp) -> None:
+        self.frames.append(frame)
+
+    async def done_writing(self) -> None:
+        return None
+
+    async def read(self) -> object:
+        return None  # the end of the call
+
+
+def test_the_runner_cuts_an_archive_at_the_control_planes_cap(
+    aio: asyncio.Runner, local_harness: Harness, tmp_path: Path
+) -> None:
+    scratch = ScratchSpec(mount_path="/data", size_bytes=32 * MiB)
+    transfers = ScratchTransfers(local_harness.backend, tmp_path / "staging")
+    call = RecordingCall()
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(scratch=scratch) as sid:
+            r = await run(local_harness, sid, sh("head -c 6000000 /dev/urandom > /data/a"))
+            assert r.code == 0, r.stderr
+            command = runner_pb2.OpenScratchArchive(sandbox_id=sid, max_bytes=2 * MiB)
+            await transfers.send_archive(command, call)  # type: ignore[arg-type]
+            r = await run(local_harness, sid, sh("echo thawed > /data/b && cat /data/b"))
+            assert r.stdout == b"thawed\n", r  # cut short, the file system is thawed again
+
+    go(aio, scenario())
+    kinds = [f.WhichOneof("frame") for f in call.frames]
+    assert kinds[0] == "opened" and kinds[-1] == "done"
+    sent = sum(len(f.data) for f in call.frames if f.WhichOneof("frame") == "data")
+    assert sent <= 2 * MiB
+    assert call.frames[-1].done.failure.reason == "CWSANDBOX_FSS_SIZE_EXCEEDED"
