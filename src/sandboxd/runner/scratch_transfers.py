@@ -39,6 +39,8 @@ __all__ = ["RESTORE_WAIT_SECONDS", "ScratchTransfers"]
 _log = logging.getLogger(__name__)
 RESTORE_WAIT_SECONDS = 120.0
 """How long a create waits for its snapshot's archive to arrive and be checked."""
+STAGED_KEEP_SECONDS = 600.0
+"""A staged archive no create took (its Start never came) is removed after this long."""
 
 
 def restore_failed(sandbox_id: str, why: str) -> CommandFailed:
@@ -107,6 +109,10 @@ class ScratchTransfers:
     def discard(self, sandbox_id: str) -> None:
         """Forget a create's staged archive (the create is over)."""
         self._arrived.pop(sandbox_id, None)
+        self.discard_files(sandbox_id)
+
+    def discard_files(self, sandbox_id: str) -> None:
+        """Remove a staged (or half-staged) archive; a create waiting for one keeps waiting."""
         for suffix in (".tar", ".part"):
             with contextlib.suppress(OSError, CommandFailed):
                 self._path(sandbox_id, suffix).unlink()
@@ -135,9 +141,10 @@ class ScratchTransfers:
                 raise restore_failed(sid, "the archive does not match its snapshot's digest")
             part.replace(self._path(sid, ".tar"))
         except CommandFailed as exc:
-            self.discard(sid)
+            self.discard_files(sid)
             return runner_pb2.FileDone(failure=exc.failure)
         self._arrived.setdefault(sid, asyncio.Event()).set()
+        asyncio.get_running_loop().call_later(STAGED_KEEP_SECONDS, self.discard_files, sid)
         return runner_pb2.FileDone(size=size)
 
     async def send_archive(self, command: runner_pb2.OpenScratchArchive, call: OperateCall) -> None:

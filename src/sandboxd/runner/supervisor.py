@@ -191,7 +191,7 @@ class SandboxSupervisor(SandboxTable):
                 done = await self._scratch.stage(first.scratch_restore, _data_frames(call))
             except (_WriteCut, *CALL_ERRORS) as exc:
                 _log.info("restore archive for %s cut (%s)", first.scratch_restore.sandbox_id, exc)
-                self._scratch.discard(first.scratch_restore.sandbox_id)
+                self._scratch.discard_files(first.scratch_restore.sandbox_id)
                 return
             await self._file_done(call, done)
         elif kind in ("write_file", "read_file"):

@@ -288,22 +288,13 @@ class Snapshots:
 
     async def _push(self, sandbox: SandboxRecord, snapshot: SnapshotRecord) -> None:
         target = self._content.path(snapshot.bucket, snapshot.owner_org, snapshot.snapshot_id)
-        open_frame = runner_pb2.OperationDown(
-            scratch_restore=runner_pb2.OpenScratchRestore(
-                sandbox_id=sandbox.sandbox_id,
-                snapshot_id=snapshot.snapshot_id,
-                size_bytes=snapshot.size_bytes,
-                sha256=snapshot.sha256,
-            )
-        )
         for attempt in range(1, _RESTORE_TRIES + 1):
             try:
                 link = self._lifecycle.link_for(sandbox)
+                open_frame = _restore_frame(sandbox, snapshot)  # a fresh one: binding marks it
                 operation = await self._operations.open(
-                    sandbox.runner_id, link, runner_pb2.OperationDown.FromString(
-                        open_frame.SerializeToString()
-                    ), raw_data=True
-                )  # fmt: skip
+                    sandbox.runner_id, link, open_frame, raw_data=True
+                )
                 try:
                     async for chunk in self._content.read(target):
                         if not await operation.send(encode(DOWN_DATA, chunk)):
@@ -335,6 +326,17 @@ class Snapshots:
         config = check_bucket(self._content.data_dir, bucket_name, region)
         await self._db(self._store.set_bucket_config, current_caller().organization, config)
         return config
+
+
+def _restore_frame(sandbox: SandboxRecord, snapshot: SnapshotRecord) -> runner_pb2.OperationDown:
+    return runner_pb2.OperationDown(
+        scratch_restore=runner_pb2.OpenScratchRestore(
+            sandbox_id=sandbox.sandbox_id,
+            snapshot_id=snapshot.snapshot_id,
+            size_bytes=snapshot.size_bytes,
+            sha256=snapshot.sha256,
+        )
+    )
 
 
 def _done(frame: Any, runner_id: str) -> runner_pb2.FileDone:

@@ -121,6 +121,30 @@ def test_the_runner_stages_a_restore_only_when_size_and_digest_match(tmp_path: P
     asyncio.run(scenario())
 
 
+def test_a_create_waiting_for_its_archive_gets_the_one_sent_again(tmp_path: Path) -> None:
+    """The control plane sends a restore again after a cut stream; the waiting create takes it."""
+    backend = LocalBackend.from_config(BackendConfig(tmp_path / "backend"))
+    transfers = ScratchTransfers(backend, tmp_path / "staging")
+    good = b"x" * 5000
+    digest = hashlib.sha256(good).hexdigest()
+    spec = runner_pb2.SandboxSpec(sandbox_id="sb-1")
+    spec.scratch.mount_path, spec.scratch.size_bytes = "/data", 1 << 24
+    spec.scratch.restore_snapshot_id = "fss-1"
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(transfers.scratch_spec(spec))
+        await asyncio.sleep(0)
+        cut = await transfers.stage(_restore(len(good), digest), frames(good[:100]))
+        assert cut.failure.reason == "CWSANDBOX_FSS_RESTORE_FAILED"
+        assert not waiting.done()
+        await transfers.stage(_restore(len(good), digest), frames(good))
+        scratch = await asyncio.wait_for(waiting, 10)
+        assert scratch is not None and scratch.restore_archive is not None
+        assert scratch.restore_archive.read_bytes() == good
+
+    asyncio.run(scenario())
+
+
 def test_the_runner_rechecks_the_profile_disk_ceiling(tmp_path: Path) -> None:
     backend = LocalBackend.from_config(BackendConfig(tmp_path / "backend"))
     transfers = ScratchTransfers(backend, tmp_path / "staging")
