@@ -41,6 +41,7 @@ from sandboxd.controlplane.sandbox_model import (
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd.snapshots.scratch_request import scratch_volume
 
 log = logging.getLogger(__name__)
 S = gateway_pb2
@@ -87,7 +88,7 @@ def build_spec(
 ) -> runner_pb2.SandboxSpec:
     """The runner's instructions: the request resolved against the chosen profile."""
     ceilings = placement.profile.quantities  # parsed once, when the configuration loaded
-    return runner_pb2.SandboxSpec(
+    spec = runner_pb2.SandboxSpec(
         sandbox_id=sandbox_id,
         image=placement.image,
         command=request.command,
@@ -123,6 +124,9 @@ def build_spec(
             egress_types=ceilings.egress_types,
         ),
     )
+    if request.scratch is not None:
+        spec.scratch.CopyFrom(scratch_volume(request.scratch, ceilings.max_disk_bytes))
+    return spec
 
 
 class Lifecycle:

@@ -40,6 +40,7 @@ from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.event_service import EventService
 from sandboxd.controlplane.events import EventLog, EventsInterceptor
 from sandboxd.controlplane.files import Files, FileService
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
@@ -65,6 +66,8 @@ from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.metrics_http import MetricsServer, serve_metrics
+from sandboxd.snapshots.content import ContentStore
+from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
@@ -183,6 +186,12 @@ class ControlPlane:
         self.drainer = Drainer(self.registry, self.runner_lifecycle)
         self.live_config: LiveConfig | None = None  # set by start(), from the store
         self.v1_resources = V1Resources(self.store.v1)
+        self.snapshots = Snapshots(
+            self.store.snapshots,
+            ContentStore(settings.data_dir),
+            self.lifecycle,
+            self.operations,
+        )
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -244,6 +253,7 @@ class ControlPlane:
             )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            await self.snapshots.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise
@@ -275,7 +285,8 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files), server
+            GatewayService(self.lifecycle, self.files, FssGateway(self.snapshots, self.lifecycle)),
+            server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
@@ -369,6 +380,7 @@ class ControlPlane:
         await self.drainer.stop()
         await self.events.stop()
         await self.reconcilers.close()
+        await self.snapshots.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()

@@ -37,6 +37,7 @@ from sandboxd.store.event_store import EventStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.snapshot_store import SnapshotStore
 from sandboxd.store.v1_resources import V1ResourceStore
 
 
@@ -109,6 +110,7 @@ class Store:
         self.config = ConfigStore(self._engine)
         self.events = EventStore(self._engine)
         self.v1 = V1ResourceStore(self._engine)
+        self.snapshots = SnapshotStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
