@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from cwsandbox._events import iter_events
 from cwsandbox._proto import gateway_pb2 as g
 from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2_grpc
 from cwsandbox._proto import streaming_pb2 as st
@@ -113,7 +114,10 @@ def member_keys(platform: Platform) -> Iterator[tuple[str, str]]:
 
 
 def test_write_snapshot_stop_restore_read_list_delete(
-    platform: Platform, data_dir: Path, member_keys: tuple[str, str]
+    platform: Platform,
+    data_dir: Path,
+    member_keys: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key_a, key_b = member_keys
     gw = stub(platform, key_a)
@@ -139,6 +143,11 @@ def test_write_snapshot_stop_restore_read_list_delete(
         g.CreateFileSystemSnapshotRequest(sandbox_id=first, idempotency_key="k-1"), timeout=60
     )
     assert again.file_system_snapshot_id == manual  # the same key, the same snapshot
+    with monkeypatch.context() as env:  # the sandbox's activity trail records the snapshot
+        env.setenv("CWSANDBOX_BASE_URL", platform.base_url)
+        env.setenv("CWSANDBOX_API_KEY", key_a)
+        snapshots = [e.data for e in iter_events(first) if e.kind == "snapshot"]
+    assert [d["snapshot_id"] for d in snapshots] == [manual, manual]
     got = gw.GetFileSystemSnapshot(
         g.GetFileSystemSnapshotRequest(file_system_snapshot_id=manual), timeout=30
     )
