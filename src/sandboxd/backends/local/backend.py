@@ -216,6 +216,7 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
+        rec.image_rootfs = str(rootfs)  # saved with the record: images in use stay
         try:
             disk_fd = await self._disk.take(spec.disk_bytes)
         except DiskError as exc:
