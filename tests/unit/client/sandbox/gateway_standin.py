@@ -61,6 +61,8 @@ class Recorded:
     metadata: dict[str, str]
     time_remaining: float | None
     at: float
+    #: The client's end of the connection (``ipv4:127.0.0.1:PORT``): one per channel.
+    peer: str = ""
 
 
 @dataclass
@@ -152,7 +154,9 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         copy.CopyFrom(request)
         with self.lock:
             self.calls.append(
-                Recorded(method, copy, md, context.time_remaining(), time.monotonic())
+                Recorded(
+                    method, copy, md, context.time_remaining(), time.monotonic(), context.peer()
+                )
             )
             pending = self.failures.get(method)
             scripted = pending.pop(0) if pending else None
