@@ -24,7 +24,6 @@ loses) nothing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 
@@ -67,11 +66,16 @@ class CgroupPrimer:
 
     def _write(self) -> None:
         try:
-            # Read each time: the runner may have been moved (cgroup v2 puts it in a leaf).
-            procs = self._own_procs()
-            if procs is not None:
-                with contextlib.suppress(OSError), open(procs, "w") as fh:
-                    fh.write(str(os.getpid()))
+            # Found once (after the backend's cgroups are set up: on cgroup v2 the runner
+            # moves into a leaf then), and again after a write that failed.
+            if self._procs is None:
+                self._procs = self._own_procs()
+            if self._procs is not None:
+                try:
+                    with open(self._procs, "w") as fh:
+                        fh.write(str(os.getpid()))
+                except OSError:
+                    self._procs = None
         finally:
             with self._lock:
                 self._busy = False
