@@ -235,10 +235,6 @@ class SandboxRecords:
                     stored = await self._call(
                         functools.partial(self._store.save, changed), "save", self._stored
                     )
-                except ApiError:
-                    if shown_first:
-                        self._unsaved.add(sandbox_id)
-                    raise
                 except StaleRecord:
                     self._unsaved.discard(sandbox_id)
                     # Another writer (another control plane on the same database) came first.
@@ -250,6 +246,10 @@ class SandboxRecords:
                             reason="CWSANDBOX_CONFLICT",
                         ) from None
                     continue
+                except BaseException:  # refused, too slow, or the caller cancelled
+                    if shown_first:
+                        self._unsaved.add(sandbox_id)  # until a write of it lands
+                    raise
                 return stored
         return None  # pragma: no cover - the loop returns or raises
 
