@@ -39,6 +39,8 @@ from sandboxd.controlplane.sandbox_model import (
     start_deadline,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_refs import references
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 
@@ -122,6 +124,7 @@ def build_spec(
             max_pids=ceilings.max_pids or 0,
             egress_types=ceilings.egress_types,
         ),
+        secret_references=references(request.secrets),
     )
 
 
@@ -134,8 +137,10 @@ class Lifecycle:
         records: SandboxRecords,
         quotas: Quotas,
         reconcilers: Reconcilers,
+        secrets: Secrets | None = None,
     ) -> None:
         self.registry = registry
+        self.secrets = secrets
         self.records = records
         self.quotas = quotas
         self.reconcilers = reconcilers
@@ -198,6 +203,10 @@ class Lifecycle:
         carry the published ``service_address``, so Start then waits for the runner's answer.
         """
         owner = current_caller().organization
+        if request.secrets:  # missing ones are refused before anything is reserved
+            if self.secrets is None:
+                raise invalid_argument("secret_stores", "this control plane has no secret stores")
+            await self.secrets.check(owner, request.secrets)
         placement = place(self.registry, request)
         # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(

@@ -15,6 +15,7 @@ import grpc
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
+from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
 from sandboxd.errors import ApiError, invalid_argument
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
@@ -41,6 +42,8 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # Secrets to inject as environment variables (references; resolved at each start).
+    secrets: tuple[SecretUse, ...] = ()
 
     @property
     def names_profile(self) -> bool:
@@ -92,7 +95,6 @@ def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
         if request.HasField(field):
             raise not_implemented(field, what)
     for field, what in [
-        ("secret_stores", "secret stores"),
         ("runner_cluster_secrets", "runner cluster secrets"),
         ("volumes", "volumes"),
     ]:
@@ -188,4 +190,5 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
+        secrets=parse_secret_stores(request, environment),
     )

@@ -24,6 +24,7 @@ from sandboxd.store.base import utc as _utc
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.secret_store import SecretStores
 
 
 class RunnerRow(_Base):
@@ -56,7 +57,8 @@ class RunnerRecord:
 class Store:
     """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
 
-    ``identity`` holds API keys, join tokens and runner credentials in the same database.
+    ``identity`` holds API keys, join tokens and runner credentials in the same database;
+    ``secrets`` the secret stores and their (encrypted) values.
     """
 
     def __init__(self, url: str, *, new_file: bool = False) -> None:
@@ -84,6 +86,7 @@ class Store:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
+        self.secrets = SecretStores(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
