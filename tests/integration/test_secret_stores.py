@@ -11,6 +11,7 @@ that is unsafe, missing or wrong stopping the control plane in one line.
 from __future__ import annotations
 
 import functools
+import json
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -308,3 +309,42 @@ def test_an_unsafe_missing_or_wrong_key_stops_the_control_plane(plane: Plane) ->
     assert [
         e.name for e in SecretsApi(cp.channel(cp.create_key("acme", "admin"))).values("main")
     ] == ["token"]
+
+
+def _cli(
+    cp: ControlPlaneProcess, key: str, *args: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    env = child_env(CWSANDBOX_BASE_URL=cp.url, CWSANDBOX_API_KEY=key)
+    return subprocess.run(
+        [*SANDBOXD, "secrets", *args], input=stdin, env=env, capture_output=True, timeout=60
+    )
+
+
+def test_the_cli_manages_stores_and_values_without_ever_printing_one(plane: Plane) -> None:
+    cp = plane.control_plane
+    admin = cp.create_key("acme", "admin")
+    value = marker()
+    runs = [
+        _cli(cp, admin, "create-store", "ops"),
+        _cli(cp, admin, "put", "ops", "API_TOKEN", stdin=value + b"\n"),
+        _cli(cp, admin, "put", "ops", "db", "--field", "password", stdin=value),
+        _cli(cp, admin, "ls", "ops", "--json"),
+        _cli(cp, admin, "stores"),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert value not in run.stdout + run.stderr
+    listed = json.loads(runs[3].stdout)
+    assert [(e["name"], e["field"], e["size_bytes"]) for e in listed] == [
+        ("API_TOKEN", "", len(value)),  # the trailing newline of `echo` is not kept
+        ("db", "password", len(value)),
+    ]
+    assert b"ops" in runs[4].stdout
+    member = _cli(cp, cp.create_key("acme", "member"), "put", "ops", "X", stdin=b"v")
+    assert member.returncode == 1 and b"role admin" in member.stderr
+    bad = _cli(cp, admin, "put", "ops", "../x", stdin=b"v")
+    assert bad.returncode == 2 and b"NAME" in bad.stderr
+    assert _cli(cp, admin, "rm", "ops", "API_TOKEN").returncode == 0
+    assert _cli(cp, admin, "delete-store", "ops").returncode == 0
+    gone = _cli(cp, admin, "ls", "ops")
+    assert gone.returncode == 1 and b"secret store 'ops' not found" in gone.stderr
