@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +133,16 @@ def encodings(value: bytes) -> list[bytes]:
     ]
 
 
-def files_containing(root: Path, values: Iterable[bytes]) -> list[str]:
-    """Files under ``root`` that hold any of ``values`` in any of its :func:`encodings`."""
+def files_containing(
+    root: Path, values: Iterable[bytes], skip: Callable[[Path], bool] = lambda _p: False
+) -> list[str]:
+    """Files under ``root`` that hold any of ``values`` in any of its :func:`encodings`.
+
+    ``skip``: files not to read (e.g. multi-GiB sparse disk images).
+    """
     needles = [form for value in values for form in encodings(value)]
     hits: list[str] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not skip(p)):
         try:
             data = path.read_bytes()
         except OSError:
