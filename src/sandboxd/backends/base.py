@@ -214,6 +214,8 @@ class SandboxStats:
     memory_peak_bytes: int
     pids: int
     oom_kills: int = 0
+    # Bytes used on the sandbox's writable layer (its root file system); 0 when unknown.
+    disk_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,24 +20,15 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
-from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle
-from sandboxd.controlplane.pagination import (
-    decode_token,
-    encode_token,
-    filter_fingerprint,
-    page_size_of,
-    take_page,
-)
-from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
+from sandboxd.controlplane.sandbox_model import SandboxRecord
+from sandboxd.controlplane.sandbox_queries import SandboxFilter, list_page, settled_record
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
-from sandboxd.store.sandbox_store import ListQuery
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
-GET_LONG_POLL_SECONDS = 0.5
 Context = grpc.aio.ServicerContext[Any, Any]
 S = gateway_pb2
 
@@ -127,12 +118,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """The current record; terminal ones carry the exit code."""
 
         async def work() -> gateway_pb2.GetSandboxResponse:
-            record = await self._record(request.sandbox_id)
-            if record.status in (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING):
-                # Short long-poll: a starting sandbox usually turns RUNNING within
-                # milliseconds, so the client's first poll sees it instead of sleeping 200 ms.
-                await self._records.wait_change(record.sandbox_id, GET_LONG_POLL_SECONDS)
-                record = await self._record(request.sandbox_id)
+            record = await settled_record(self._lifecycle, request.sandbox_id)
             response = gateway_pb2.GetSandboxResponse(
                 **_common(record, gateway_pb2.GetSandboxResponse),
                 status_reason=self._lifecycle.reason_of(record),
@@ -153,36 +139,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 raise invalid_argument("status", f"unknown SandboxStatus value {request.status}")
             if len(request.volume_ids):
                 raise not_implemented("volume_ids", "volumes")
-            size = page_size_of(request.page_size)
-            filters = (
-                tuple(sorted(request.tags)),
-                request.status,
-                tuple(sorted({*request.profile_ids, *request.profile_names})),
-                tuple(sorted(request.runner_ids)),
-                request.include_stopped,
-            )
-            fingerprint = filter_fingerprint(filters)
-            after = decode_token(request.page_token, fingerprint)
-            caller = current_caller()
-            # A terminal status filter widens to stopped sandboxes by itself (§4.6).
-            with_stopped = request.include_stopped or request.status in TERMINAL_STATUSES
-            query = ListQuery(
-                owner="" if caller.is_admin else caller.organization,
-                after=after,
-                limit=size + 1,
-                statuses=(request.status,) if request.status else (),
-                exclude_statuses=() if with_stopped else tuple(TERMINAL_STATUSES),
+            wanted = SandboxFilter(
                 tags=tuple(request.tags),
-                profiles=filters[2],
-                runners=filters[3],
+                status=request.status,
+                profiles=tuple({*request.profile_ids, *request.profile_names}),
+                runners=tuple(request.runner_ids),
+                include_stopped=request.include_stopped,
             )
-            matches = await self._records.page(query)
-            page, last = take_page(iter(matches), size, key=lambda r: r.sandbox_id)
+            page, next_token = await list_page(
+                self._records, wanted, request.page_size, request.page_token
+            )
             return gateway_pb2.ListSandboxesResponse(
                 sandboxes=[
                     gateway_pb2.SandboxInfo(**_common(r, gateway_pb2.SandboxInfo)) for r in page
                 ],
-                next_page_token=encode_token(last, fingerprint) if last else "",
+                next_page_token=next_token,
             )
 
         return await self._run(context, work)

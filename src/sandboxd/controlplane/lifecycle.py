@@ -210,7 +210,11 @@ class Lifecycle:
         placement = place(self.registry, request)
         # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(
-            owner, self.records.usage(owner), placement.cpu_limit, placement.memory_limit
+            owner,
+            self.records.usage(owner),
+            placement.cpu_limit,
+            placement.memory_limit,
+            request.written,
         )
         sandbox_id = new_sandbox_id()
         spec = build_spec(sandbox_id, request, placement)
@@ -302,11 +306,14 @@ def want_deleted(record: SandboxRecord) -> SandboxRecord | None:
     return replace(record, desired=Desired.DELETED, generation=record.generation + 1)
 
 
-def check_file_path(path: str) -> None:
-    """A path of the file API: absolute, without NUL, at most PATH_MAX characters."""
+def check_file_path(path: str, field: str = "filepath") -> None:
+    """A path of the file API: absolute, without NUL, at most PATH_MAX characters.
+
+    ``field`` is the request field that carries it (v1beta2 ``filepath``, v1 ``path``).
+    """
     if not path.startswith("/"):
-        raise invalid_argument("filepath", f"must be an absolute path (got {path!r})")
+        raise invalid_argument(field, f"must be an absolute path (got {path!r})")
     if "\x00" in path:
-        raise invalid_argument("filepath", "must not contain NUL characters")
+        raise invalid_argument(field, "must not contain NUL characters")
     if len(path) > MAX_PATH_LENGTH:
-        raise invalid_argument("filepath", f"must be at most {MAX_PATH_LENGTH} characters")
+        raise invalid_argument(field, f"must be at most {MAX_PATH_LENGTH} characters")

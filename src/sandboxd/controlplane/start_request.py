@@ -7,6 +7,7 @@ and the scheduler then works on plain, already-parsed numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
 from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
+from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
@@ -44,6 +46,14 @@ class SandboxRequest:
     max_lifetime_seconds: int | None
     # Secrets to inject as environment variables (references; resolved at each start).
     secrets: tuple[SecretUse, ...] = ()
+    # The quantities as sent, for messages in the user's units (written_quantities.py).
+    written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
+    # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
+    # profile's first mode of this egress type (an allowlist mode only if its CIDRs cover
+    # ``egress_cidrs``, which then become the sandbox's allowlist) and of this ingress type.
+    egress_type: str = ""
+    egress_cidrs: tuple[str, ...] = ()
+    ingress_type: str = ""
 
     @property
     def names_profile(self) -> bool:
@@ -83,6 +93,13 @@ def _resources(
     if gpu is not None and gpu.gpu_count < 0:
         raise invalid_argument(f"{prefix}.gpu.gpu_count", "must not be negative")
     return cpu, memory, gpu
+
+
+def _written(*parts: gateway_pb2.ResourceRequest) -> WrittenQuantities:
+    """The CPU and memory strings of already-validated resource messages, by value."""
+    cpu = {cpu_millicores(p.cpu): p.cpu.strip() for p in parts if p.cpu}
+    memory = {memory_bytes(p.memory): p.memory.strip() for p in parts if p.memory}
+    return WrittenQuantities(cpu=cpu, memory=memory)
 
 
 def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
@@ -147,10 +164,19 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
     cpu_request, memory_request, gpu_request = _resources(
         request.resource_requests, "resource_requests"
     )
+    written = _written(limits, request.resource_requests)
     if cpu_limit and cpu_request and cpu_request > cpu_limit:
-        raise invalid_argument("resource_requests.cpu", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.cpu",
+            f"must not be more than resource_limits ({written.show_cpu(cpu_request)} > "
+            f"{written.show_cpu(cpu_limit)})",
+        )
     if memory_limit and memory_request and memory_request > memory_limit:
-        raise invalid_argument("resource_requests.memory", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.memory",
+            f"must not be more than resource_limits ({written.show_memory(memory_request)} > "
+            f"{written.show_memory(memory_limit)})",
+        )
     gpu = gpu_limit or gpu_request
     gpu_type = gpu.gpu_type if gpu is not None and gpu.WhichOneof("spec") == "gpu_type" else ""
 
@@ -191,4 +217,5 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
         secrets=parse_secret_stores(request, environment),
+        written=written,
     )

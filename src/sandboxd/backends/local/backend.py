@@ -427,7 +427,7 @@ class LocalBackend(Backend):
         self._records.pop(rec.sandbox_id, None)
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
-        """Usage from the sandbox's cgroups."""
+        """Usage from the sandbox's cgroups, and its root file system's used bytes."""
         rec = self._get(sandbox_id)
         raw = rec.cgroup.stats() if rec.cgroup else {}
         return SandboxStats(
@@ -436,6 +436,7 @@ class LocalBackend(Backend):
             memory_peak_bytes=raw.get("memory_peak_bytes", 0),
             pids=raw.get("pids", 0),
             oom_kills=raw.get("oom_kills", 0),
+            disk_bytes=_root_used_bytes(rec.agent_pid) if rec.is_running() else 0,
         )
 
     async def state(self, sandbox_id: str) -> SandboxState:
@@ -589,3 +590,18 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
+
+
+def _root_used_bytes(agent_pid: int | None) -> int:
+    """Used bytes of the file system at the sandbox's root (its writable layer's).
+
+    ``statvfs`` of ``/proc/PID/root`` itself: the kernel's link to the sandbox's root, never
+    a path the sandbox controls (nothing under it is resolved). 0 when the agent is gone.
+    """
+    if agent_pid is None:
+        return 0
+    try:
+        fs = os.statvfs(f"/proc/{agent_pid}/root")
+    except OSError:
+        return 0
+    return (fs.f_blocks - fs.f_bfree) * fs.f_frsize

@@ -3,8 +3,8 @@
 Values are stored encrypted (AES-GCM, with a key kept in the control plane's data directory,
 never in the database); see ``sandboxd.store.secret_store``.
 
-Revision ID: 0002_secrets
-Revises: 0001
+Revision ID: 0006_secrets
+Revises: 0005_v1_protocol
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_secrets"
-down_revision = "0001"
+revision = "0006_secrets"
+down_revision = "0005_v1_protocol"
 branch_labels = None
 depends_on = None
 
