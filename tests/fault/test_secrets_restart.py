@@ -27,6 +27,9 @@ from tests.support.secret_api import SecretsApi, encodings, marker
 
 # Long enough that the frozen runner still counts as healthy for placement.
 HEALTH_TIMEOUT = 60.0
+# A restarted runner is back within seconds (faults.RECOVERY); on a machine shared by many
+# test runs it was seen to take much longer, so this waits for it with a wide margin.
+RECOVERY_UNDER_LOAD = 180.0
 IDLE = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; sleep infinity & wait']
 
 
@@ -80,6 +83,13 @@ def _frozen_then_restarted(cluster: Cluster) -> Iterator[None]:
     finally:
         cluster.runner.kill()  # SIGKILL ends a stopped process too
         cluster.runner.start()
+    try:  # back before its sandboxes are looked at, or say what the runner printed
+        cluster.wait_health(True, RECOVERY_UNDER_LOAD)
+    except AssertionError as error:
+        assert cluster.runner.proc is not None
+        raise AssertionError(
+            f"{error}; the runner printed:\n{cluster.runner.proc.output}"
+        ) from None
 
 
 def test_a_start_sent_again_after_a_runner_restart_resolves_its_secrets_again(
