@@ -30,6 +30,7 @@ from sandboxd.orphans_cli import sandboxes_group
 from sandboxd.paths import default_data_dir
 from sandboxd.runner.agent import RunnerRejectedError
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
+from sandboxd.secrets_cli import secrets_group
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -318,6 +319,7 @@ for _command in CONFIG_COMMANDS:
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
 main.add_command(backends_group, "backends")
+main.add_command(secrets_group, "secrets")
 for _group in (*ADMIN_GROUPS, sandboxes_group):
     main.add_command(_group)
 

@@ -232,7 +232,7 @@ class Reservation(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch")
+    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch", "secret_references", "secret_environment")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,8 @@ class SandboxSpec(_message.Message):
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SCRATCH_FIELD_NUMBER: _ClassVar[int]
+    SECRET_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -276,7 +278,29 @@ class SandboxSpec(_message.Message):
     reservation: Reservation
     limits: ProfileLimits
     scratch: ScratchVolume
-    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ...) -> None: ...
+    secret_references: _containers.RepeatedCompositeFieldContainer[SecretReference]
+    secret_environment: _containers.RepeatedCompositeFieldContainer[SecretEnv]
+    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ..., secret_references: _Optional[_Iterable[_Union[SecretReference, _Mapping]]] = ..., secret_environment: _Optional[_Iterable[_Union[SecretEnv, _Mapping]]] = ...) -> None: ...
+
+class SecretReference(_message.Message):
+    __slots__ = ("store_name", "name", "field", "env_var")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ENV_VAR_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    field: str
+    env_var: str
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., field: _Optional[str] = ..., env_var: _Optional[str] = ...) -> None: ...
+
+class SecretEnv(_message.Message):
+    __slots__ = ("env_var", "value")
+    ENV_VAR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    env_var: str
+    value: bytes
+    def __init__(self, env_var: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class StartSandbox(_message.Message):
     __slots__ = ("spec", "generation")

@@ -39,6 +39,8 @@ from sandboxd.controlplane.sandbox_model import (
     start_deadline,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_refs import references
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import scratch_volume
@@ -123,6 +125,7 @@ def build_spec(
             max_pids=ceilings.max_pids or 0,
             egress_types=ceilings.egress_types,
         ),
+        secret_references=references(request.secrets),
     )
     if request.scratch is not None:
         spec.scratch.CopyFrom(scratch_volume(request.scratch, ceilings.max_disk_bytes))
@@ -138,8 +141,10 @@ class Lifecycle:
         records: SandboxRecords,
         quotas: Quotas,
         reconcilers: Reconcilers,
+        secrets: Secrets | None = None,
     ) -> None:
         self.registry = registry
+        self.secrets = secrets
         self.records = records
         self.quotas = quotas
         self.reconcilers = reconcilers
@@ -202,6 +207,10 @@ class Lifecycle:
         carry the published ``service_address``, so Start then waits for the runner's answer.
         """
         owner = current_caller().organization
+        if request.secrets:  # missing ones are refused before anything is reserved
+            if self.secrets is None:
+                raise invalid_argument("secret_stores", "this control plane has no secret stores")
+            await self.secrets.check(owner, request.secrets)
         placement = place(self.registry, request)
         # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(

@@ -43,6 +43,7 @@ from sandboxd.controlplane.sandbox_model import (
     report_of,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_backoff import blames_runner
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import Orphan
@@ -89,11 +90,13 @@ class RunnerReconciler:
         records: SandboxRecords,
         registry: RunnerRegistry,
         note_start: StartNote,
+        secrets: Secrets | None = None,
     ) -> None:
         self.runner_id = runner_id
         self._records = records
         self._registry = registry
         self._note_start = note_start
+        self._secrets = secrets
         self._wake = asyncio.Event()
         self._inflight: dict[str, InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -258,11 +261,17 @@ class RunnerReconciler:
     async def _start(self, record: SandboxRecord, link: RunnerLink) -> None:
         if record.spec is None:  # decide() never starts an adopted orphan; be sure
             raise NoProgress
+        spec = runner_pb2.SandboxSpec.FromString(record.spec)
+        try:
+            await self._add_secrets(record, spec)
+        except ApiError as error:
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                raise  # the database is away: the start is sent again
+            failed = Report(Observed.FAILED, record.generation, reason=error.message)
+            await self._observe(record.sandbox_id, failed)
+            return
         command = runner_pb2.Command(
-            start=runner_pb2.StartSandbox(
-                spec=runner_pb2.SandboxSpec.FromString(record.spec),
-                generation=record.generation,
-            )
+            start=runner_pb2.StartSandbox(spec=spec, generation=record.generation)
         )
         try:
             result = await link.call(command, timeout=START_COMMAND_SECONDS)
@@ -286,6 +295,21 @@ class RunnerReconciler:
             service_address=result.started.service_address,
         )
         await self._observe(record.sandbox_id, report)
+
+    async def _add_secrets(self, record: SandboxRecord, spec: runner_pb2.SandboxSpec) -> None:
+        """Resolve the spec's secret references into this one command (never the record).
+
+        Read again for every start sent, so a start after a runner came back uses the
+        values as they are now, and a value deleted meanwhile fails the start by name.
+        """
+        if not spec.secret_references:
+            return
+        if self._secrets is None:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION, "this control plane has no secret stores"
+            )
+        values = await self._secrets.resolve(record.owner_org, spec.secret_references)
+        spec.secret_environment.extend(values)
 
     async def _stop(self, record: SandboxRecord, link: RunnerLink) -> None:
         command = runner_pb2.Command(
@@ -427,9 +451,12 @@ class RunnerReconciler:
 class Reconcilers:
     """The reconcilers of every runner, created on first need."""
 
-    def __init__(self, records: SandboxRecords, registry: RunnerRegistry) -> None:
+    def __init__(
+        self, records: SandboxRecords, registry: RunnerRegistry, secrets: Secrets | None = None
+    ) -> None:
         self._records = records
         self._registry = registry
+        self._secrets = secrets
         self._by_runner: dict[str, RunnerReconciler] = {}
         records.on_change = lambda record: self.of(record.runner_id).kick(record.sandbox_id)
 
@@ -445,7 +472,9 @@ class Reconcilers:
         """The reconciler of ``runner_id``."""
         reconciler = self._by_runner.get(runner_id)
         if reconciler is None:
-            reconciler = RunnerReconciler(runner_id, self._records, self._registry, self.note_start)
+            reconciler = RunnerReconciler(
+                runner_id, self._records, self._registry, self.note_start, self._secrets
+            )
             self._by_runner[runner_id] = reconciler
         return reconciler
 

@@ -6,8 +6,9 @@ use. Every call passes the authentication interceptor first (:mod:`sandboxd.cont
 API keys for clients and administrators, runner credentials or a join token for runners.
 
 Why the data directory is 0700 and its secrets 0600: it holds the database (credential
-digests, every sandbox's record) and the first administrator key; other local users must not
-read either. With ``tls_cert``/``tls_key`` the port speaks TLS only.
+digests, every sandbox's record), the first administrator key and the key that encrypts
+secret values (``secrets.key``); other local users must not read any of them. With
+``tls_cert``/``tls_key`` the port speaks TLS only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cwsandbox._proto import (
     discovery_pb2_grpc,
     events_pb2_grpc,
     gateway_pb2_grpc,
+    secrets_pb2_grpc,
     streaming_pb2_grpc,
 )
 from sandboxd._proto import admin_pb2_grpc
@@ -61,11 +63,14 @@ from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_store_service import SecretStoreService
+from sandboxd.controlplane.secrets import open_secrets
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.metrics_http import MetricsServer, serve_metrics
+from sandboxd.secrets.cipher import KeyProblem
 from sandboxd.snapshots.content import ContentStore
 from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
@@ -159,9 +164,22 @@ class ControlPlane:
         if self.metrics is not None:
             store = timed_store(store, self.metrics)
         self.sandboxes = SandboxRecords(store, self.registry)
-        self.reconcilers = Reconcilers(self.sandboxes, self.registry)
+        try:  # the key in the data directory (secrets.key, 0600), checked against the rows
+            self.secrets = open_secrets(self.store.secrets, settings.data_dir)
+        except KeyProblem as problem:
+            self.store.close()
+            raise DatabaseProblem(f"secret stores: {problem}") from None
+        except SQLAlchemyError as exc:
+            self.store.close()
+            where = describe(self.store.url)
+            raise DatabaseProblem(f"cannot read {where}: {exc}") from None
+        self.reconcilers = Reconcilers(self.sandboxes, self.registry, self.secrets)
         self.lifecycle = Lifecycle(
-            self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
+            self.registry,
+            self.sandboxes,
+            Quotas(settings.config.quotas),
+            self.reconcilers,
+            self.secrets,
         )
         self.cluster_id = ""
         self._collector: asyncio.Task[None] | None = None
@@ -320,8 +338,12 @@ class ControlPlane:
                 self.operations,
                 runners=self.runner_lifecycle,
                 config=self.live_config,
+                secrets=self.secrets,
             ),
             server,
+        )
+        secrets_pb2_grpc.add_SecretStoreServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SecretStoreService(self.secrets), server
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
