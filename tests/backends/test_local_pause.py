@@ -1,0 +1,140 @@
+"""Pausing on the local backend: real sandboxes frozen with the cgroup freezer and thawed.
+
+Each test checks what a user would notice: a busy process stops using CPU (the cgroup's
+own CPU counter stands still), nothing can run in a paused sandbox and asking fails at
+once instead of hanging, the process continues from where it was (its counter, its files),
+a paused sandbox stops and is destroyed, and a restarted runner finds it still paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from sandboxd.backends.conformance import Harness, run
+from sandboxd.backends.errors import SandboxNotRunning, SandboxPaused
+from sandboxd.backends.local import freezer
+
+COUNTER = ("/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done")
+
+
+async def _count(h: Harness, sid: str) -> int:
+    data = await h.backend.read_file(sid, "/tmp/n")
+    return int(data.split()[0]) if data.strip() else 0
+
+
+async def _until_counting(h: Harness, sid: str, above: int = 0) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            value = await _count(h, sid)
+        except Exception:  # the file is not there yet
+            value = 0
+        if value > above:
+            return value
+        assert time.monotonic() < deadline, f"the counter did not pass {above}"
+        await asyncio.sleep(0.05)
+
+
+async def _cpu_seconds(h: Harness, sid: str) -> float:
+    return (await h.backend.stats(sid)).cpu_seconds
+
+
+def test_pause_freezes_processes_and_resume_continues_them(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    h = local_harness
+
+    async def scenario() -> None:
+        async with h.sandbox(command=COUNTER) as sid:
+            await h.backend.write_file(sid, "/tmp/kept", b"written before the pause")
+            await _until_counting(h, sid, above=10)
+            await h.backend.pause(sid)
+            await h.backend.pause(sid)  # idempotent
+            assert (await h.backend.state(sid)).paused
+            before = await _cpu_seconds(h, sid)
+            await asyncio.sleep(1.0)
+            after = await _cpu_seconds(h, sid)
+            assert after - before < 0.005, f"a paused sandbox used {after - before:.3f} s of CPU"
+            for attempt in (
+                h.backend.exec(sid, ["true"]),
+                h.backend.read_file(sid, "/tmp/kept"),
+                h.backend.write_file(sid, "/tmp/other", b"x"),
+            ):
+                with pytest.raises(SandboxPaused, match="is paused"):
+                    await asyncio.wait_for(attempt, 5)  # refused at once, never a hang
+            await h.backend.resume(sid)
+            await h.backend.resume(sid)  # idempotent
+            assert not (await h.backend.state(sid)).paused
+            counted = await _count(h, sid)
+            assert await _until_counting(h, sid, above=counted) > counted
+            assert await h.backend.read_file(sid, "/tmp/kept") == b"written before the pause"
+            r = await run(h, sid, ["echo", "alive"])
+            assert r.stdout == b"alive\n"
+
+    aio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_a_paused_sandbox_stops_and_is_destroyed(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    h = local_harness
+
+    async def scenario() -> None:
+        spec = h.spec()  # the default command: exits 0 on SIGTERM
+        await h.backend.create(spec)
+        sid = spec.sandbox_id
+        try:
+            await h.backend.start(sid)
+            await h.backend.pause(sid)
+            began = time.monotonic()
+            code = await asyncio.wait_for(h.backend.stop(sid, 10), 30)
+            assert code == 0, "the paused process did not get its SIGTERM"
+            assert time.monotonic() - began < 8, "the stop waited for its grace period"
+            with pytest.raises(SandboxNotRunning):
+                await h.backend.pause(sid)
+        finally:
+            await h.backend.destroy(sid)
+        async with h.sandbox(command=COUNTER) as other:
+            await h.backend.pause(other)
+        # destroy() above killed a paused sandbox: its cgroup is gone, nothing is left
+        assert other not in await h.backend.recover()
+
+    aio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_a_restarted_runner_finds_a_paused_sandbox_paused(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    h = local_harness
+
+    async def scenario() -> None:
+        async with h.sandbox(command=COUNTER) as sid:
+            await _until_counting(h, sid)
+            await h.backend.pause(sid)
+            other = h.reopen()
+            try:
+                assert sid in await asyncio.wait_for(other.recover(), 30)
+                assert (await other.state(sid)).paused
+                with pytest.raises(SandboxPaused):
+                    await asyncio.wait_for(other.exec(sid, ["true"]), 5)
+                await other.resume(sid)
+                reopened = Harness(other, h.image, None, h.reopen)
+                counted = await _count(reopened, sid)
+                assert await _until_counting(reopened, sid, above=counted) > counted
+            finally:
+                await other.close()
+
+    aio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_freezer_reports_unsupported_without_a_freezer_hierarchy() -> None:
+    from sandboxd.backends.local.cgroups import SandboxCgroup
+
+    old = SandboxCgroup(1, {"cpu": "/nonexistent/cpu", "memory": "/nonexistent/memory"})
+    assert not freezer.supported(old) and not freezer.is_frozen(old)
+    freezer.thaw(old)  # nothing to thaw: no error
+    with pytest.raises(freezer.FreezeError, match="no freezer"):
+        freezer.freeze(old)
