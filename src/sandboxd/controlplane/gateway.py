@@ -23,6 +23,7 @@ from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.pagination import (
     decode_token,
     encode_token,
@@ -30,8 +31,10 @@ from sandboxd.controlplane.pagination import (
     page_size_of,
     take_page,
 )
+from sandboxd.controlplane.pausing import Pausing, wait_seconds
 from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
+from sandboxd.controlplane.unary_exec import UnaryExec, parse_exec_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.store.sandbox_store import ListQuery
 
@@ -85,10 +88,12 @@ def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
-    def __init__(self, lifecycle: Lifecycle, files: Files) -> None:
+    def __init__(self, lifecycle: Lifecycle, files: Files, operations: Operations) -> None:
         self._lifecycle = lifecycle
         self._records = lifecycle.records
         self._files = files
+        self._pausing = Pausing(lifecycle)
+        self._exec = UnaryExec(lifecycle, operations)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -238,10 +243,41 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         return await self._run(context, work)
 
+    async def Exec(
+        self, request: gateway_pb2.ExecSandboxRequest, context: Context
+    ) -> gateway_pb2.ExecSandboxResponse:
+        """Run a command to its end; its output (capped), exit code (``unary_exec.py``)."""
+
+        async def work() -> gateway_pb2.ExecSandboxResponse:
+            return await self._exec.run(parse_exec_request(request))
+
+        return await self._run(context, work)
+
+    async def Pause(
+        self, request: gateway_pb2.PauseSandboxRequest, context: Context
+    ) -> gateway_pb2.PauseSandboxResponse:
+        """Freeze every process of the sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.PauseSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.pause(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.PauseSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def Resume(
+        self, request: gateway_pb2.ResumeSandboxRequest, context: Context
+    ) -> gateway_pb2.ResumeSandboxResponse:
+        """Thaw a paused sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.ResumeSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.resume(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.ResumeSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
     # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
-    Exec = _unimplemented("unary_exec", "use GatewayStreamingService/StreamExec")
-    Pause = _unimplemented("pause")
-    Resume = _unimplemented("resume")
     Raw = _unimplemented("raw_actions")
     CreateFileSystemSnapshot = _unimplemented("file_system_snapshots")
     GetFileSystemSnapshot = _unimplemented("file_system_snapshots")

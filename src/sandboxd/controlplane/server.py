@@ -225,7 +225,7 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files), server
+            GatewayService(self.lifecycle, self.files, self.operations), server
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
