@@ -232,3 +232,27 @@ assert not hasattr(Sandbox, "pause") and not hasattr(Sandbox, "resume")
     assert "exec SandboxExecutionError" in out and "is paused" in out, out
     assert "waited True" in out, out
     assert "completed" in lines["stopped"].lower(), out
+
+
+def test_the_lifetime_keeps_counting_while_paused(gateway: Gateway, platform: Platform) -> None:
+    """A paused sandbox holds memory and capacity: its lifetime ends on time, paused or not."""
+    gw = gateway
+    started = gw.gateway.Start(
+        g.StartSandboxRequest(
+            command=IDLE[0],
+            args=IDLE[1:],
+            profile_names=["locked-down"],
+            max_lifetime_seconds=4,
+        ),
+        timeout=60,
+    )
+    sid = started.sandbox_id
+    gw.started.append(sid)
+    gw.wait(sid, lambda s: s == g.SANDBOX_STATUS_RUNNING, 60)
+    began = time.monotonic()
+    assert pause(gw, sid).success
+    got = gw.wait(sid, lambda s: s == g.SANDBOX_STATUS_COMPLETED, 60)
+    assert time.monotonic() - began < 4 + 10 + 5, "the lifetime waited for a resume"
+    assert "max lifetime of 4 s reached" in got.status_reason, got
+    assert got.exit_code == 0, got  # thawed first: its main process got SIGTERM
+    wait_until(f"{sid} gone from the host", lambda: not sandbox_pids(sid), 20)

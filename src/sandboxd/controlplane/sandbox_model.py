@@ -296,7 +296,12 @@ def decide(record: SandboxRecord, at: datetime) -> Action:
     if record.observed is Observed.RUNNING:
         return Action.PAUSE if record.desired is Desired.PAUSED else Action.NOTHING
     if record.observed is Observed.PAUSED:
-        return Action.RESUME if record.desired is Desired.RUNNING else Action.NOTHING
+        if record.desired is Desired.RUNNING:
+            return Action.RESUME
+        # Paused, but not by this wish (a runner that died mid-pause reports what it found
+        # with the generation before): pausing again is harmless and confirms this one.
+        behind = record.observed_generation < record.generation
+        return Action.PAUSE if behind else Action.NOTHING
     if record.start_deadline is not None and at >= record.start_deadline:
         return Action.GIVE_UP
     if record.spec is None:

@@ -234,6 +234,15 @@ def test_a_runner_that_finds_a_different_truth_is_believed() -> None:
     assert decide(thawed, now()) is Action.PAUSE  # and the wish is made true again
 
 
+def test_a_pause_reported_for_an_older_generation_is_confirmed() -> None:
+    """A runner killed mid-pause reports the freezer's PAUSED with the generation before."""
+    asked = record(desired=Desired.PAUSED, generation=3)
+    found = replace(asked, observed=Observed.PAUSED, observed_generation=2)
+    assert decide(found, now()) is Action.PAUSE
+    confirmed = observe(found, Report(Observed.PAUSED, 3))
+    assert confirmed is not None and decide(confirmed, now()) is Action.NOTHING
+
+
 def test_a_refused_pause_is_given_up_with_its_reason() -> None:
     from sandboxd.controlplane.sandbox_model import pause_refused
 
