@@ -201,3 +201,57 @@ def test_cgroup_v2_freeze_on_a_real_unified_hierarchy() -> None:
             except OSError:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+
+
+FORK_STORM = (
+    "/bin/sh",
+    "-c",
+    "while :; do (i=0; while [ $i -lt 200 ]; do i=$((i+1)); done) & done",
+)
+
+
+def test_attack_nothing_inside_can_escape_stall_or_undo_a_pause(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """A fork storm is frozen whole (no child forked mid-freeze escapes, the freeze does not
+    stall), and the sandbox has no cgroup file system to freeze or thaw itself with."""
+    h = local_harness
+
+    async def scenario() -> None:
+        async with h.sandbox() as calm:
+            probe = await run(
+                h,
+                calm,
+                [
+                    "/bin/sh",
+                    "-c",
+                    "ls /sys/fs/cgroup; echo THAWED > /sys/fs/cgroup/freezer/freezer.state;"
+                    " echo 0 > /sys/fs/cgroup/cgroup.freeze; mount -t cgroup -o freezer x /mnt",
+                ],
+            )
+            assert probe.stdout.strip() == b"", probe  # masked: an empty, read-only directory
+            assert probe.code != 0 and probe.stderr.count(b"\n") >= 3, probe
+        spec = h.spec(command=FORK_STORM, pids_max=256)
+        await h.backend.create(spec)
+        sid = spec.sandbox_id
+        try:
+            await h.backend.start(sid)
+            deadline = time.monotonic() + 30
+            while (await h.backend.stats(sid)).pids < 20:  # the storm is going
+                assert time.monotonic() < deadline, "the fork storm did not start"
+                await asyncio.sleep(0.02)
+            began = time.monotonic()
+            await h.backend.pause(sid)
+            assert time.monotonic() - began < 10
+            pids = (await h.backend.stats(sid)).pids
+            before = await _cpu_seconds(h, sid)
+            await asyncio.sleep(1.0)  # a window in which an escaped child would use CPU
+            assert await _cpu_seconds(h, sid) - before < 0.005, "part of the storm kept running"
+            assert (await h.backend.stats(sid)).pids == pids, "processes forked while paused"
+            await h.backend.resume(sid)
+            assert not (await h.backend.state(sid)).paused
+            await asyncio.wait_for(h.backend.stop(sid, 1), 30)  # nothing was left stuck
+        finally:
+            await h.backend.destroy(sid)
+
+    aio.run(asyncio.wait_for(scenario(), 120))
