@@ -18,6 +18,7 @@ from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
 
@@ -45,6 +46,13 @@ class SandboxRequest:
     max_lifetime_seconds: int | None
     # The quantities as sent, for messages in the user's units (written_quantities.py).
     written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
+    # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
+    # profile's first mode of this egress type (an allowlist mode only if its CIDRs cover
+    # ``egress_cidrs``, which then become the sandbox's allowlist) and of this ingress type.
+    egress_type: str = ""
+    egress_cidrs: tuple[str, ...] = ()
+    ingress_type: str = ""
+    scratch: ScratchRequest | None = None  # a scratch file system (sandboxd.snapshots)
 
     @property
     def names_profile(self) -> bool:
@@ -96,7 +104,6 @@ def _written(*parts: gateway_pb2.ResourceRequest) -> WrittenQuantities:
 def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
     unsupported = [
         ("s3_mount", "S3 mounts"),
-        ("file_system", "file-system snapshots"),
         ("object_storage_access", "object storage access"),
     ]
     for field, what in unsupported:
@@ -209,4 +216,15 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
         written=written,
+        scratch=_file_system(request),
     )
+
+
+def _file_system(request: gateway_pb2.StartSandboxRequest) -> ScratchRequest | None:
+    if not request.HasField("file_system"):
+        return None
+    fs = request.file_system
+    source = ""
+    if fs.HasField("file_system_snapshot"):
+        source = fs.file_system_snapshot.file_system_snapshot_id
+    return parse_scratch(fs.mount_path, fs.size, source, prefix="file_system")

@@ -33,9 +33,12 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from sandboxd.store.base import Base as _Base
 from sandboxd.store.base import utc as _utc
 from sandboxd.store.config_store import ConfigStore
+from sandboxd.store.event_store import EventStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.snapshot_store import SnapshotStore
+from sandboxd.store.v1_resources import V1ResourceStore
 
 
 class RunnerRow(_Base):
@@ -75,7 +78,8 @@ class Store:
     """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
 
     ``identity`` holds API keys, join tokens and runner credentials in the same database;
-    ``config`` the configuration revisions applied with ``sandboxd config apply``.
+    ``config`` the configuration revisions applied with ``sandboxd config apply``;
+    ``events`` each sandbox's activity trail.
     """
 
     def __init__(self, url: str, *, new_file: bool = False) -> None:
@@ -104,6 +108,9 @@ class Store:
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
         self.config = ConfigStore(self._engine)
+        self.events = EventStore(self._engine)
+        self.v1 = V1ResourceStore(self._engine)
+        self.snapshots = SnapshotStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
