@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.errors import SandboxNotRunning, SandboxPaused
 from sandboxd.backends.local import freezer
+from sandboxd.backends.local.cgroups import detect
+from tests.backends.test_local_units import CGROUP_V1, MOUNTINFO_V1
 
 COUNTER = ("/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done")
 
@@ -255,3 +258,17 @@ def test_attack_nothing_inside_can_escape_stall_or_undo_a_pause(
             await h.backend.destroy(sid)
 
     aio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_the_v1_freezer_is_used_where_mounted_and_never_required(tmp_path: Path) -> None:
+    """Hosts without a (usable) freezer hierarchy keep a working backend, without pause."""
+    freezer_root = tmp_path / "freezer"
+    (tmp_path / "cg").write_text(CGROUP_V1 + "6:freezer:/\n")
+    mounted = MOUNTINFO_V1 + f"40 31 0:37 / {freezer_root} rw,relatime - cgroup cgroup rw,freezer\n"
+    (tmp_path / "mi").write_text(mounted)
+    assert "freezer" not in detect(str(tmp_path / "cg"), str(tmp_path / "mi")).bases  # absent
+    freezer_root.mkdir()
+    layout = detect(str(tmp_path / "cg"), str(tmp_path / "mi"))
+    assert layout.version == 1 and layout.bases["freezer"] == str(freezer_root)
+    (tmp_path / "mi").write_text(MOUNTINFO_V1)
+    assert "freezer" not in detect(str(tmp_path / "cg"), str(tmp_path / "mi")).bases

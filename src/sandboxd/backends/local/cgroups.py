@@ -87,7 +87,9 @@ def detect(
     if len(v1) == len(V1_CONTROLLERS):
         for root, point, fstype, opts in mounts:  # optional: without it, no pause (freezer.py)
             if fstype == "cgroup" and FREEZER in opts and FREEZER in own:
-                v1[FREEZER] = _join(point, root, own[FREEZER])
+                path = _join(point, root, own[FREEZER])
+                if os.access(path, os.W_OK):  # a read-only freezer must not break the backend
+                    v1[FREEZER] = path
                 break
         return Layout(1, v1)
     for root, point, fstype, _opts in mounts:
