@@ -18,10 +18,12 @@ class SandboxPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SANDBOX_PHASE_RUNNING: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_COMPLETED: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_FAILED: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_PAUSED: _ClassVar[SandboxPhase]
 SANDBOX_PHASE_UNSPECIFIED: SandboxPhase
 SANDBOX_PHASE_RUNNING: SandboxPhase
 SANDBOX_PHASE_COMPLETED: SandboxPhase
 SANDBOX_PHASE_FAILED: SandboxPhase
+SANDBOX_PHASE_PAUSED: SandboxPhase
 
 class Capabilities(_message.Message):
     __slots__ = ("cpu_millicores", "memory_bytes", "gpu_count", "gpu_types", "architectures", "supports_privileged", "storage_classes", "hostname", "backends", "images", "backend_statuses")
@@ -328,6 +330,22 @@ class DeleteSandbox(_message.Message):
     generation: int
     def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
+class PauseSandbox(_message.Message):
+    __slots__ = ("sandbox_id", "generation")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ResumeSandbox(_message.Message):
+    __slots__ = ("sandbox_id", "generation")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
 class Snapshot(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -500,18 +518,22 @@ class OperationUp(_message.Message):
     def __init__(self, exec: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ..., logs: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ..., opened: _Optional[_Union[FileOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileDone, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "snapshot")
+    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
     delete: DeleteSandbox
     snapshot: Snapshot
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+    pause: PauseSandbox
+    resume: ResumeSandbox
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")

@@ -74,6 +74,16 @@ def sandbox_not_running(record: SandboxRecord) -> ApiError:
     )
 
 
+def sandbox_paused(record: SandboxRecord) -> ApiError:
+    """Exec, files or logs on a paused sandbox: refused at once (they would only wait)."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"sandbox {record.sandbox_id!r} is paused: resume it first",
+        reason="CWSANDBOX_SANDBOX_PAUSED",
+        metadata={"sandbox_id": record.sandbox_id, "status": "paused"},
+    )
+
+
 def file_too_large(path: str, size: int, cap: int) -> ApiError:
     """Over the unary cap: the client switches to streaming (v1beta2.md §6)."""
     return ApiError(
@@ -196,7 +206,9 @@ class Lifecycle:
 
     def running_link(self, record: SandboxRecord) -> RunnerLink:
         """Like :meth:`link_for`, for operations that need a RUNNING sandbox."""
-        if record.status not in (S.SANDBOX_STATUS_RUNNING, S.SANDBOX_STATUS_PAUSED):
+        if record.paused:
+            raise sandbox_paused(record)
+        if record.status != S.SANDBOX_STATUS_RUNNING:
             raise sandbox_not_running(record)
         return self.link_for(record)
 
@@ -292,8 +304,11 @@ class Lifecycle:
 
 
 def want_stopped(record: SandboxRecord, grace_seconds: int) -> SandboxRecord | None:
-    """Desired state: stopped (a new generation), unless already stopping or gone."""
-    if record.desired is not Desired.RUNNING or record.terminal:
+    """Desired state: stopped (a new generation), unless already stopping or gone.
+
+    A paused sandbox stops too: its runner thaws it first, so it gets its SIGTERM.
+    """
+    if record.stop_requested or record.terminal:
         return None
     return replace(
         record,

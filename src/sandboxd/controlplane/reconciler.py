@@ -32,6 +32,7 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.sandbox_model import (
     ENDED,
+    STARTED,
     Action,
     Observed,
     Report,
@@ -40,6 +41,7 @@ from sandboxd.controlplane.sandbox_model import (
     give_up,
     now,
     observe,
+    pause_refused,
     report_of,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
@@ -55,6 +57,8 @@ RESYNC_SECONDS = 30.0
 RESEND_SECONDS = 30.0
 """A command without an answer this long is sent again (they are idempotent)."""
 START_COMMAND_SECONDS = 90.0
+PAUSE_COMMAND_SECONDS = 30.0
+"""Freezing waits for tasks in uninterruptible sleep, up to 10 s on the runner."""
 STOP_MARGIN_SECONDS = 15.0
 RETRY_SECONDS = 2.0
 """A command that failed without progress is sent again after this long, not at once."""
@@ -243,6 +247,8 @@ class RunnerReconciler:
                 await self._stop(record, flight.link)
             elif flight.action is Action.DELETE:
                 await self._delete(record, flight.link)
+            elif flight.action in (Action.PAUSE, Action.RESUME):
+                await self._set_paused(record, flight.link, flight.action is Action.PAUSE)
             progressed = True
         except NoProgress:
             pass
@@ -332,6 +338,33 @@ class RunnerReconciler:
         if report is not None:
             await self._observe(record.sandbox_id, report)
 
+    async def _set_paused(self, record: SandboxRecord, link: RunnerLink, paused: bool) -> None:
+        """Freeze or thaw on the runner; a pause the runner cannot do is given up (pausing.py)."""
+        sid, generation = record.sandbox_id, record.generation
+        command = (
+            runner_pb2.Command(pause=runner_pb2.PauseSandbox(sandbox_id=sid, generation=generation))
+            if paused
+            else runner_pb2.Command(
+                resume=runner_pb2.ResumeSandbox(sandbox_id=sid, generation=generation)
+            )
+        )
+        try:
+            result = await link.call(command, timeout=PAUSE_COMMAND_SECONDS)
+        except ApiError as error:
+            if error.reason == "CWSANDBOX_SANDBOX_NOT_FOUND":
+                await self._observe(record.sandbox_id, Report(Observed.GONE, record.generation))
+                return
+            if not paused or error.code is grpc.StatusCode.UNAVAILABLE:
+                raise
+            why, generation = error.message, record.generation
+            await self._records.update(
+                record.sandbox_id, lambda r: pause_refused(r, generation, why)
+            )
+            return
+        report = report_of(result.state) if result.HasField("state") else None
+        if report is not None:
+            await self._observe(record.sandbox_id, report)
+
     async def _delete(self, record: SandboxRecord, link: RunnerLink) -> None:
         command = runner_pb2.Command(
             delete=runner_pb2.DeleteSandbox(
@@ -390,7 +423,7 @@ class RunnerReconciler:
                 if report is not None:
                     await self._observe(sid, report)
             for record in self._records.live_on(self.runner_id):
-                if record.sandbox_id not in reported and record.observed is Observed.RUNNING:
+                if record.sandbox_id not in reported and record.observed in STARTED:
                     lost = Report(Observed.GONE, record.observed_generation, reason=LOST_REASON)
                     await self._observe(record.sandbox_id, lost)
             await self._classify_unknown(unknown, runner_cluster_id)

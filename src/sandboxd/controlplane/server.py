@@ -303,7 +303,12 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files, FssGateway(self.snapshots, self.lifecycle)),
+            GatewayService(
+                self.lifecycle,
+                self.files,
+                self.operations,
+                FssGateway(self.snapshots, self.lifecycle),
+            ),
             server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]

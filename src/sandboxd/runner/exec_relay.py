@@ -36,6 +36,7 @@ from sandboxd.backends.errors import (
     InvalidSpec,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
 )
 
 __all__ = [
@@ -96,6 +97,8 @@ async def refuse_exec(call: OperateCall, code: str, message: str) -> None:
 
 
 def _error_code(exc: BackendError) -> str:
+    if isinstance(exc, SandboxPaused):
+        return "SANDBOX_PAUSED"
     if isinstance(exc, SandboxNotRunning):
         return "SANDBOX_NOT_RUNNING"
     if isinstance(exc, SandboxNotFound):

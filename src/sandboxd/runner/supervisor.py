@@ -30,6 +30,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from sandboxd.runner.log_relay import refuse_logs, relay_logs
 from sandboxd.runner.recent_ids import RecentIds
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
-from sandboxd.runner.sandbox_state import TERMINAL, Sandbox, event_of
+from sandboxd.runner.sandbox_state import LIVE, TERMINAL, Sandbox, event_of
 from sandboxd.runner.sandbox_table import DEFAULT_RETAIN_EXITED_SECONDS, SandboxTable, Send
 from sandboxd.runner.scratch_transfers import ScratchTransfers
 from sandboxd.runner.spec_mapping import (
@@ -234,6 +235,10 @@ class SandboxSupervisor(SandboxTable):
             elif kind == "delete":
                 await self._delete(command.delete.sandbox_id, command.delete.generation)
                 result.done.SetInParent()
+            elif kind in ("pause", "resume"):
+                op = command.pause if kind == "pause" else command.resume
+                event = await self._set_paused(op.sandbox_id, kind == "pause", op.generation)
+                result.state.CopyFrom(event)
             elif kind == "snapshot":
                 result.snapshot.sandboxes.extend(self.snapshot())
             else:
@@ -260,7 +265,7 @@ class SandboxSupervisor(SandboxTable):
         if existing is not None:  # a retried start (e.g. its result was lost) is answered again
             existing.applied(generation)
             async with existing.ops:
-                if existing.phase != runner_pb2.SANDBOX_PHASE_RUNNING:
+                if existing.phase not in LIVE:
                     raise CommandFailed(
                         failure(
                             grpc.StatusCode.ALREADY_EXISTS,
@@ -375,6 +380,35 @@ class SandboxSupervisor(SandboxTable):
                 self._forget(sb)
                 raise
             await self._finish(sb, code, "stopped")
+            return event_of(sb)
+        finally:
+            sb.ops.release()
+
+    async def _set_paused(
+        self, sandbox_id: str, paused: bool, generation: int
+    ) -> runner_pb2.SandboxEvent:
+        """Freeze or thaw the sandbox (idempotent); its state afterwards.
+
+        The generation is applied together with the new phase, after the backend did it, so
+        no report ever pairs this command's generation with the phase before it; a command
+        older than what the sandbox already applied (a late pause after a resume) is stale
+        and changes nothing. The generation is saved, so a restarted runner reports it.
+        """
+        sb = await self._locked(sandbox_id)
+        try:
+            if sb.phase in TERMINAL or generation < sb.generation:
+                return event_of(sb)
+            if paused:
+                await self._backend.pause(sandbox_id)
+            else:
+                await self._backend.resume(sandbox_id)
+            sb.applied(generation)
+            sb.set_phase(
+                runner_pb2.SANDBOX_PHASE_PAUSED if paused else runner_pb2.SANDBOX_PHASE_RUNNING
+            )
+            sb.record = replace(sb.record, generation=sb.generation)
+            self._records.save(sb.record)
+            await self._emit(sb)
             return event_of(sb)
         finally:
             sb.ops.release()
