@@ -233,6 +233,14 @@ def controlplane_command(**options: object) -> None:
 )
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
+@click.option(
+    "--runner-link",
+    type=click.Choice(["in-process", "grpc"]),
+    default="in-process",
+    show_default=True,
+    help="How the local runner reaches the control plane: handed over in memory, or over "
+    "the listening port as a remote runner would (slower; for comparing and testing).",
+)
 @retention_option
 @log_level_option
 def up_command(**options: object) -> None:
@@ -263,7 +271,10 @@ def up_command(**options: object) -> None:
         with refuse_damaged_database():
             asyncio.run(
                 run_all_in_one(
-                    settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+                    settings,
+                    runner_id=str(runner_id) if runner_id else None,
+                    ca_file=ca_file,
+                    runner_link=str(options["runner_link"]),
                 )
             )
     except RunnerRejectedError as exc:

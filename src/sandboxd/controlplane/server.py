@@ -37,6 +37,7 @@ from sandboxd.controlplane.files import Files, FileService
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
@@ -141,6 +142,8 @@ class ControlPlane:
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        # In-process links for a runner of this process (``sandboxd up``), set by start().
+        self.local_runners: LocalRunners | None = None
 
     @property
     def address(self) -> str:
@@ -204,6 +207,7 @@ class ControlPlane:
             self.lifecycle,
             cluster_id=self.cluster_id,
         )
+        self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -238,6 +242,8 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
+        if self.local_runners is not None:
+            self.local_runners.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
