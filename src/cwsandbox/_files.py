@@ -1,7 +1,9 @@
 """Reading and writing sandbox files: unary calls, their large-file fallbacks, and streams.
 
-``read_file``/``write_file`` use the unary RetrieveFile/AddFile (protocol §6) while the
-payload fits one message, and fall back to streaming when it does not (over sandboxd's
+``read_file``/``write_file`` use sandboxd's ``FileService`` where the server has it (reads
+always, writes above 1 MiB: its frames are relayed as they arrive instead of being held
+whole at each hop), and otherwise the unary RetrieveFile/AddFile (protocol §6) while the
+payload fits one message, falling back to streaming when it does not (over sandboxd's
 ``FileService`` where the server has it, ``_file_service``; otherwise over StreamExec
 scripts, ``_file_stream``; the streaming calls choose the same way): a write larger than
 32 MiB (or than the cap the server reported in ``max_size_bytes``) streams at once; a read
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from cwsandbox import _loop
-from cwsandbox._file_service import Unsupported, service_read, service_write
+from cwsandbox._file_service import Unsupported, service_read, service_write, supported
 from cwsandbox._file_stream import Sink
 from cwsandbox._file_stream import stream_read as exec_read
 from cwsandbox._file_stream import stream_write as exec_write
@@ -46,6 +48,8 @@ __all__ = [
 
 _log = logging.getLogger("cwsandbox")
 
+#: ``write_file`` streams larger payloads over ``FileService`` (when the server has it).
+PIPELINE_ABOVE_BYTES = 1024 * 1024
 #: The unary cap unless the server reported another (``max_size_bytes``).
 UNARY_LIMIT_BYTES = 32 * 1024 * 1024
 #: ``read_file`` holds the whole file; beyond this it refuses (use ``read_file_streaming``).
@@ -174,6 +178,28 @@ async def _retrieve(life: Lifecycle, sid: str, path: str, timeout: float) -> byt
     return resp.file_contents
 
 
+async def _service_read_whole(life: Lifecycle, path: str, timeout: float) -> bytes:
+    """``path`` whole over ``FileService``, refused past what ``read_file`` holds in memory."""
+    parts: list[bytes] = []
+
+    def check_size(size: int) -> None:
+        if size > READ_FALLBACK_LIMIT_BYTES:
+            raise SandboxFileError(
+                f"file '{path}' is {size} bytes, more than read_file holds in memory "
+                f"({READ_FALLBACK_LIMIT_BYTES} bytes); use read_file_streaming",
+                filepath=path,
+                reason=_TOO_LARGE,
+                metadata={"filepath": path, "size_bytes": str(size)},
+            )
+
+    async def keep(chunk: bytes) -> bool:
+        parts.append(chunk)
+        return True
+
+    await service_read(life, path, timeout, keep, on_size=check_size)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _learn_cap(life: Lifecycle, err: SandboxFileError) -> None:
     cap = err.metadata.get("max_size_bytes", "")
     if cap.isdigit() and int(cap) > 0:
@@ -187,8 +213,17 @@ def _note_fallback(life: Lifecycle, what: str) -> None:
 
 
 async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
-    """Wait for RUNNING, then RetrieveFile ``path``, streaming it if it is too large."""
+    """Wait for RUNNING, then read ``path`` whole (``FileService``, else RetrieveFile).
+
+    Without ``FileService`` a file too large for RetrieveFile streams over exec scripts.
+    Why ``FileService`` first: its 1 MiB frames flow through the control plane and the
+    runner as they arrive, while a unary answer is held whole at each hop before the next
+    one sees a byte; for a few MiB and more that doubles the throughput (README,
+    "Performance"), and a small file costs the same single call.
+    """
     sid = await life.ensure_running()
+    if await supported(life):
+        return await _service_read_whole(life, path, timeout)
     try:
         return await _retrieve(life, sid, path, timeout)
     except SandboxFileError as err:
@@ -218,8 +253,16 @@ async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
 
 
 async def write_file(life: Lifecycle, path: str, data: bytes, timeout: float) -> None:
-    """Wait for RUNNING, then AddFile ``data`` at ``path`` (streamed if it is too large)."""
+    """Wait for RUNNING, then AddFile ``data`` at ``path`` (streamed if it is too large).
+
+    More than :data:`PIPELINE_ABOVE_BYTES` go over ``FileService`` where the server has it:
+    its frames flow through the control plane and the runner as they arrive, while one
+    large AddFile message is received whole at each hop before the next one sees a byte.
+    """
     sid = await life.ensure_running()
+    if len(data) > PIPELINE_ABOVE_BYTES and await supported(life):
+        await service_write(life, path, _chunks(data), timeout)
+        return
     if len(data) <= life.file_op_cap:
         request = gw.AddFileSandboxRequest(
             sandbox_id=sid, filepath=path, file_contents=data, max_timeout_seconds=int(timeout)

@@ -4,7 +4,8 @@
 (:mod:`sandboxd.controlplane.local_link`) and over its listening port with ``--runner-link
 grpc``, as a remote runner would. Real platform, real sandboxes, our client over real gRPC;
 each test runs on both. What a user notices on either: exec output, stdin and exit codes; a
-command killed at its timeout; files arriving whole (unary and streamed, checked by digest);
+command killed at its timeout; files arriving whole (unary and streamed, checked by digest),
+and ``read_file`` refusing a file larger than it holds before reading it;
 another organization's sandbox answering exactly like a missing one; a reader that stalls
 holding the server to a few frames; and a platform killed with SIGKILL that re-adopts its
 sandbox when it comes back.
@@ -21,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cwsandbox import Sandbox, SandboxCommandTimeoutError
+from cwsandbox import Sandbox, SandboxCommandTimeoutError, SandboxFileError
 from cwsandbox._proto import files_pb2 as fp
 from sandboxd._proto import admin_pb2
 from tests.support.faults import wait_until
@@ -104,6 +105,20 @@ def test_files_arrive_whole_unary_and_streamed(sandbox: Sandbox) -> None:
     assert back.hexdigest() == digest.hexdigest()
     with pytest.raises(Exception, match="/tmp/nope"):  # the client's not-found error
         sandbox.read_file("/tmp/nope").result()
+
+
+def test_read_file_refuses_what_it_cannot_hold_before_reading_it(
+    linked: Up, sandbox: Sandbox
+) -> None:
+    """``read_file`` learns the size first (FileService's ``info``) and refuses past 256 MiB."""
+    sandbox.exec(["truncate", "-s", "300M", "/tmp/sparse"]).result()
+    server = linked.proc.popen.pid
+    before = _rss_kib(server)
+    with pytest.raises(SandboxFileError) as refused:
+        sandbox.read_file("/tmp/sparse").result()
+    assert refused.value.reason == "CWSANDBOX_FILE_TOO_LARGE"
+    assert "read_file_streaming" in str(refused.value)
+    assert (_rss_kib(server) - before) / 1024 < 64  # refused, not read into memory
 
 
 def test_another_organizations_sandbox_is_like_a_missing_one(linked: Up, sandbox: Sandbox) -> None:
