@@ -389,7 +389,7 @@ class Backend(ABC):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,

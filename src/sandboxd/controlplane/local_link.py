@@ -24,10 +24,12 @@ write after the end raises :class:`asyncio.InvalidStateError` (OK end) or the er
 it waits, as a gRPC handler does when its client cancels. Closing the link (the control plane
 stops) ends every call with UNAVAILABLE, and new calls are refused the same way.
 
-**Memory.** Each direction of a call is a :class:`~sandboxd.controlplane.pipe.Pipe` of a few
-frames; a full pipe makes the writer wait, as HTTP/2 flow control would, so a transfer holds a
-few frames whatever its size. File bytes are not serialised between the two sides: data
-frames go over as the messages (or encoded client frames) they already are.
+**Memory and copies.** Each direction of a call is a :class:`~sandboxd.controlplane.pipe.Pipe`
+of a few frames; a full pipe makes the writer wait, as HTTP/2 flow control would, so a
+transfer holds a few frames whatever its size. Messages are handed over, not serialised; file
+data frames cross as the encodings the client sent and the client receives
+(:data:`LocalCall.encoded_data`), so a file byte is copied once on its way through the
+server instead of four times.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.caller import Identity, bind
 from sandboxd.controlplane.pipe import Pipe
 from sandboxd.errors import ApiError, status_trailers
@@ -108,6 +109,9 @@ class LocalCall:
     :meth:`write`, :meth:`done_writing`, :meth:`cancel`. The handler runs in a task of its
     own, with the caller's identity bound to it.
     """
+
+    encoded_data = True
+    """Data frames may cross encoded, as ``bytes`` (:mod:`sandboxd.runner.file_frames`)."""
 
     def __init__(
         self,
@@ -213,13 +217,16 @@ class LocalCall:
 
 
 def _as_message(item: Any) -> Any:
-    """A frame for the runner: encoded client data parsed, messages copied.
+    """A frame for the runner: encoded data frames as they are, messages copied.
 
-    A copy, because the control plane may still change a frame it sent (an operation's
-    open is amended and sent again when it is bound a second time).
+    Encoded frames are a client's ``data`` frames, checked by the control plane
+    (``raw_frames.py``); the runner reads their bytes in place
+    (:mod:`sandboxd.runner.file_frames`). Messages are copied because the control plane may
+    still change one it sent (an operation's open is amended and sent again when it is
+    bound a second time).
     """
     if isinstance(item, bytes):
-        return runner_pb2.OperationDown.FromString(item)
+        return item
     copied = type(item)()
     copied.CopyFrom(item)
     return copied

@@ -218,7 +218,8 @@ def test_operate_calls_are_checked_like_connect(tmp_path: Path, link: str) -> No
             assert credential is not None
             state = setup.control_plane.registry.get(RUNNER)
             assert state is not None and state.link is not None
-            idle_before = state.link.idle
+            link = state.link
+            await until("the runner's idle pool is full", lambda: link.idle == link.idle_limit)
             channel = setup.channel()
             try:
                 stub = runner_stub(channel)
@@ -237,7 +238,7 @@ def test_operate_calls_are_checked_like_connect(tmp_path: Path, link: str) -> No
                     assert await read_status(call) is code, name
             finally:
                 await channel.close(None)
-            assert state.link.idle == idle_before  # nothing joined the runner's pool
+            assert link.idle == link.idle_limit  # nothing joined (nor left) the runner's pool
 
     scenario(tmp_path, link, body)
 
