@@ -8,8 +8,9 @@ answered by its in-band refusal, which still crosses the link both ways. What mu
 either link: joining with a token and rejoining with the stored credential, the identity
 checks on every call (forged, wrong-runner and revoked credentials; join tokens on
 ``Operate``; a connection id that is not the runner's current one), operations bound to the
-runner's idle streams, and the ends: a runner that stops reads disconnected at once, and a
-stopped control plane ends the runner's session instead of leaving it hanging.
+runner's idle streams, and the ends: a runner that stops reads disconnected at once, a
+connection the control plane ends is redialled and serves again, and a stopped control
+plane ends the runner's session instead of leaving it hanging.
 """
 
 from __future__ import annotations
@@ -310,5 +311,46 @@ def test_a_stopped_control_plane_ends_the_runners_session(tmp_path: Path, link: 
             await setup.stop()
             await until("the runner noticed", lambda: not agent.connected, 15)
             assert not task.done()  # it keeps redialling, as it would a remote control plane
+
+    scenario(tmp_path, link, body)
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_connection_the_control_plane_ends_is_redialled_and_serves_again(
+    tmp_path: Path, link: str
+) -> None:
+    """The control plane ending the stream (a clean end) is a redial, then work goes on."""
+
+    async def body(setup: Setup) -> None:
+        agent = setup.agent(join_token=await setup.token())
+        async with running(agent):
+            await until("the runner registered", lambda: setup.healthy() and agent.has_credential)
+            registry = setup.control_plane.registry
+            first = registry.get(RUNNER)
+            assert first is not None and first.link is not None
+            old = first.link
+            old.close()  # what a superseded or revoked connection gets
+            await until(
+                "the runner is back on a new connection",
+                lambda: (
+                    (state := registry.get(RUNNER)) is not None
+                    and state.link is not None
+                    and state.link is not old
+                    and setup.healthy()
+                ),
+            )
+            state = registry.get(RUNNER)
+            assert state is not None and state.link is not None
+            new = state.link
+            await until("idle operation streams on the new connection", lambda: new.idle)
+            exec_open = runner_pb2.OperationDown(
+                exec=runner_pb2.OpenExec(sandbox_id="sb-x", command=["true"])
+            )
+            operation = await setup.control_plane.operations.open(RUNNER, new, exec_open)
+            try:
+                frame = await operation.receive()
+                assert frame.exec.error.code == "BACKEND_UNAVAILABLE"
+            finally:
+                operation.close()
 
     scenario(tmp_path, link, body)
