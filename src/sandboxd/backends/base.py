@@ -396,6 +396,9 @@ class Backend(ABC):
     ) -> int:
         """Write a file from ``chunks`` in order; the size written.
 
+        Chunks are bytes-like: ``bytes``, or ``memoryview`` s into the frames they arrived in
+        (the in-process runner link passes them without a copy).
+
         Backends that can should stream in constant memory; this default gathers the
         bytes and calls :meth:`write_file`.
         """
