@@ -276,11 +276,20 @@ def _by_reason(
     sandbox_id: str | None,
     filepath: str | None,
     snapshot_id: str | None,
-) -> exc.SandboxError | None:
+) -> exc.CWSandboxError | None:
     reason = failure.trusted_reason
     if reason is None:
         return None
     kw = failure.kwargs()
+    # A Start naming a profile or runner nobody has: the missing thing is the profile or
+    # runner, not the sandbox (a SandboxNotFoundError here sent users looking for an id).
+    if reason == _PROFILE_NOT_FOUND and "profile_name" in failure.metadata:
+        runner = failure.metadata.get("runner_id")
+        return exc.ProfileNotFoundError(
+            text, profile_name=failure.metadata["profile_name"], runner_id=runner, **kw
+        )
+    if reason == _RUNNER_NOT_FOUND and "runner_id" in failure.metadata:
+        return exc.RunnerNotFoundError(text, runner_id=failure.metadata["runner_id"], **kw)
     if reason in _FILE_REASONS:
         path = filepath if filepath is not None else failure.metadata.get("filepath")
         return exc.SandboxFileError(text, filepath=path, **kw)

@@ -63,3 +63,32 @@ def cpu_millicores(value: str | int | float) -> int:
 def memory_bytes(value: str | int | float) -> int:
     """Memory quantity → bytes ("4Gi" → 4294967296, "1G" → 10**9), rounded up."""
     return int(parse_quantity(value).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def format_cpu(millicores: int) -> str:
+    """Millicores as a quantity a person would write: 2000 → "2", 1500 → "1500m"."""
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def format_memory(nbytes: int) -> str:
+    """Bytes as a quantity a person would write: exact where it can be ("500Gi", "500G").
+
+    Of the exact forms (the value divided by a binary or decimal unit without remainder),
+    the shortest wins, binary on a tie, so 500Gi stays "500Gi" and 500G stays "500G"; a
+    value no unit divides (a live "free" figure, say) is shown rounded, in the largest
+    binary unit that keeps it at or above 1 ("11.72Gi").
+    """
+    if nbytes == 0:
+        return "0"
+    exact = [str(nbytes)]
+    for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"):
+        unit = _BINARY.get(suffix) or int(_DECIMAL[suffix])
+        if nbytes % unit == 0:
+            exact.append(f"{nbytes // unit}{suffix}")
+    best = min(exact, key=len)  # min keeps the first of equal lengths: binary before decimal
+    if len(best) <= 6:
+        return best
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        if nbytes >= _BINARY[suffix]:
+            return f"{nbytes / _BINARY[suffix]:.2f}".rstrip("0").rstrip(".") + suffix
+    return best

@@ -63,8 +63,13 @@ class Transport:
         operation: str,
         sandbox_id: str | None = None,
         filepath: str | None = None,
+        snapshot_call: bool = False,
+        file_system_snapshot_id: str | None = None,
     ) -> ResponseT:
-        """Call ``GatewayService/<method>``; every gRPC error becomes a cwsandbox error."""
+        """Call ``GatewayService/<method>``; every gRPC error becomes a cwsandbox error.
+
+        ``snapshot_call`` marks the snapshot RPCs, whose NOT_FOUND is a missing snapshot.
+        """
         if self._unary is None:
             self._unary = self._open()
         rpc = self._unary.unary_unary(
@@ -76,7 +81,12 @@ class Transport:
             response = await rpc(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise sandbox_error(
-                err, operation=operation, sandbox_id=sandbox_id, filepath=filepath
+                err,
+                operation=operation,
+                sandbox_id=sandbox_id,
+                filepath=filepath,
+                file_system_snapshot_id=file_system_snapshot_id,
+                snapshot_call=snapshot_call,
             ) from None
         if not isinstance(response, response_type):  # pragma: no cover - deserializer guarantees
             raise TypeError(f"{method} returned {type(response).__name__}")

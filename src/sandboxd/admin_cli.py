@@ -17,7 +17,10 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -28,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cwsandbox._channel import open_channel, unary_call
 from cwsandbox._config import API_KEY_ENV, BASE_URL_ENV, CA_FILE_ENV, resolve_endpoint
 from sandboxd._proto import admin_pb2
+from sandboxd.controlplane.runner_lifecycle import MAX_DRAIN_SECONDS, MAX_GRACE_SECONDS
 from sandboxd.identity.keyformat import PUBLIC_ID_PATTERN
 from sandboxd.identity.model import (
     MAX_TOKEN_TTL_SECONDS,
@@ -44,6 +48,7 @@ TIMEOUT_SECONDS = 30.0
 ResponseT = TypeVar("ResponseT", bound=Message)
 ROLE_NAMES = {admin_pb2.ROLE_ADMIN: "admin", admin_pb2.ROLE_MEMBER: "member"}
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DRAIN_POLL_SECONDS = 1.0
 _TTL_PATTERN = re.compile(r"^(\d+)([smhd]?)\Z")
 
 
@@ -371,7 +376,7 @@ def tokens_revoke(ctx: click.Context, token_id: str) -> None:
 
 @click.group("runners")
 def runners_group() -> None:
-    """Runner credentials: list them, revoke a runner."""
+    """Runners: credentials, revocation, cordon, drain, uncordon, remove."""
 
 
 @runners_group.command("ls")
@@ -401,4 +406,168 @@ def runners_revoke(ctx: click.Context, runner_id: str) -> None:
     )
 
 
+def _lifecycle_line(state: admin_pb2.RunnerLifecycle) -> str:
+    if state.draining:
+        deadline = state.drain_deadline.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+        where = f"draining (sandboxes still running at {deadline} are stopped)"
+    else:
+        where = "cordoned" if state.cordoned else "schedulable"
+    health = "healthy" if state.healthy else "not connected"
+    return f"runner {state.runner_id}: {where}, {health}, {state.live_sandboxes} sandbox(es)"
+
+
+def _lifecycle_call(ctx: click.Context, method: str, request: Message) -> admin_pb2.RunnerLifecycle:
+    return _call(ctx, method, request, admin_pb2.RunnerLifecycle)
+
+
+@runners_group.command("cordon")
+@_connection_options
+@click.argument("runner_id", callback=_runner_id)
+@click.pass_context
+def runners_cordon(ctx: click.Context, runner_id: str) -> None:
+    """Place no new sandboxes on a runner; those it has keep running."""
+    state = _lifecycle_call(ctx, "CordonRunner", admin_pb2.CordonRunnerRequest(runner_id=runner_id))
+    click.echo(_lifecycle_line(state))
+
+
+@runners_group.command("uncordon")
+@_connection_options
+@click.argument("runner_id", callback=_runner_id)
+@click.pass_context
+def runners_uncordon(ctx: click.Context, runner_id: str) -> None:
+    """Let placement pick a runner again (ends a drain; nothing more is stopped)."""
+    request = admin_pb2.UncordonRunnerRequest(runner_id=runner_id)
+    click.echo(_lifecycle_line(_lifecycle_call(ctx, "UncordonRunner", request)))
+
+
+@runners_group.command("status")
+@_connection_options
+@click.argument("runner_id", callback=_runner_id)
+@click.pass_context
+def runners_status(ctx: click.Context, runner_id: str) -> None:
+    """Whether a runner is cordoned or draining, and how many sandboxes it holds."""
+    request = admin_pb2.GetRunnerLifecycleRequest(runner_id=runner_id)
+    click.echo(_lifecycle_line(_lifecycle_call(ctx, "GetRunnerLifecycle", request)))
+
+
+def _duration(least: int, most: int) -> Callable[[click.Context, click.Parameter, str], int]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+        try:
+            return parse_duration(value, least, most)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return check
+
+
+@runners_group.command("drain")
+@_connection_options
+@click.argument("runner_id", callback=_runner_id)
+@click.option(
+    "--deadline",
+    default="0",
+    callback=_duration(0, MAX_DRAIN_SECONDS),
+    help="How long its sandboxes may run on before they are stopped: 0 (now), 90s, 30m, 2h.",
+)
+@click.option(
+    "--grace",
+    default="10",
+    callback=_duration(0, MAX_GRACE_SECONDS),
+    help="Seconds each stop waits between SIGTERM and SIGKILL (default 10).",
+)
+@click.option("--no-wait", is_flag=True, help="Start the drain and return at once.")
+@click.pass_context
+def runners_drain(
+    ctx: click.Context, runner_id: str, deadline: int, grace: int, no_wait: bool
+) -> None:
+    """Cordon a runner and stop its sandboxes that still run at the deadline.
+
+    Waits, printing progress, until the runner holds no sandbox (Ctrl-C stops waiting, not
+    the drain: the control plane carries it on, across its own restarts too).
+    """
+    request = admin_pb2.DrainRunnerRequest(
+        runner_id=runner_id, deadline_seconds=deadline, grace_seconds=grace
+    )
+    state = _lifecycle_call(ctx, "DrainRunner", request)
+    click.echo(_lifecycle_line(state))
+    shown = state.live_sandboxes
+    get = admin_pb2.GetRunnerLifecycleRequest(runner_id=runner_id)
+    while not no_wait and state.live_sandboxes > 0:
+        time.sleep(DRAIN_POLL_SECONDS)
+        state = _lifecycle_call(ctx, "GetRunnerLifecycle", get)
+        if state.live_sandboxes != shown:
+            shown = state.live_sandboxes
+            click.echo(f"runner {runner_id}: {shown} sandbox(es) left")
+    if not no_wait:
+        click.echo(f"runner {runner_id} drained (it stays cordoned until uncordoned)")
+
+
+@runners_group.command("remove")
+@_connection_options
+@click.argument("runner_id", callback=_runner_id)
+@click.option(
+    "--fail-sandboxes",
+    is_flag=True,
+    help="Mark its sandboxes that did not end FAILED (otherwise such a runner is not removed).",
+)
+@click.pass_context
+def runners_remove(ctx: click.Context, runner_id: str, fail_sandboxes: bool) -> None:
+    """Forget a runner that is gone: it leaves discovery and placement."""
+    request = admin_pb2.RemoveRunnerRequest(runner_id=runner_id, fail_sandboxes=fail_sandboxes)
+    response = _call(ctx, "RemoveRunner", request, admin_pb2.RemoveRunnerResponse)
+    click.echo(
+        f"removed runner {runner_id} ({response.failed_sandboxes} sandbox(es) marked failed)"
+    )
+
+
+@click.command("apply")
+@_connection_options
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def config_apply(ctx: click.Context, path: Path) -> None:
+    """Apply a configuration file to the running control plane, without a restart.
+
+    Validated exactly as at start-up; all of it takes effect for the next Start, or (with
+    every problem and its line printed) none of it. Running sandboxes keep their limits.
+    """
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError(f"cannot read {path}: {exc}") from None
+    request = admin_pb2.ApplyConfigRequest(text=text, source=str(path))
+    response = _call(ctx, "ApplyConfig", request, admin_pb2.ApplyConfigResponse)
+    click.echo(
+        f"{path}: applied as revision {response.revision.revision} ({response.profiles} "
+        f"profiles, {response.runner_entries} runners, {response.default_bindings} default "
+        f"bindings; {response.runners_told} connected runner(s) told)"
+    )
+
+
+@click.command("show")
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Revision, source and time as JSON too.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the configuration the control plane uses now (its YAML)."""
+    revision = _call(ctx, "GetConfig", admin_pb2.GetConfigRequest(), admin_pb2.ConfigRevision)
+    applied = _when(revision.applied_at, revision.HasField("applied_at"))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "revision": revision.revision,
+                    "source": revision.source,
+                    "applied_at": applied,
+                    "text": revision.text,
+                },
+                indent=2,
+            )
+        )
+        return
+    when = f", applied {applied}" if applied else ""
+    click.echo(f"# revision {revision.revision} from {revision.source}{when}")
+    click.echo(revision.text, nl=not revision.text.endswith("\n"))
+
+
 ADMIN_GROUPS = (keys_group, tokens_group, runners_group)
+CONFIG_COMMANDS = (config_apply, config_show)

@@ -14,33 +14,24 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import asyncio
 import contextlib
-import logging
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from sandboxd import __version__
-from sandboxd.admin_cli import ADMIN_GROUPS, parse_duration
+from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
 from sandboxd.backends_cli import backends_group
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
+from sandboxd.log_format import setup_logging
 from sandboxd.orphans_cli import sandboxes_group
 from sandboxd.paths import default_data_dir
 from sandboxd.runner.agent import RunnerRejectedError
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-
-
-def setup_logging(level: str) -> None:
-    """One line per event on stderr, so stdout stays for machine-readable lines."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def load_config_or_exit(path: Path | None) -> PlatformConfig:
@@ -154,11 +145,38 @@ retention_option = click.option(
     help="How long records of ended sandboxes stay readable before they are collected: "
     "seconds, or a number with s, m, h or d.",
 )
+
+
+def metrics_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--metrics-listen``: where Prometheus scrapes ``/metrics`` ("off" or "": nowhere)."""
+    return click.option(
+        "--metrics-listen",
+        default=default,
+        show_default=True,
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (port 0: any free port, "
+        "printed as SANDBOXD_METRICS_URL); 'off' to serve none.",
+    )
+
+
+def metrics_listen(options: dict[str, object]) -> str | None:
+    """The ``--metrics-listen`` value, None when metrics are off."""
+    value = str(options.get("metrics_listen") or "").strip()
+    return None if value in ("", "off") else value
+
+
 log_level_option = click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="WARNING",
     show_default=True,
+)
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with the organization, runner and sandbox.",
 )
 
 
@@ -191,13 +209,15 @@ def main() -> None:
     "[env: SANDBOXD_DATABASE_URL; default: SQLite in DATA_DIR].",
 )
 @retention_option
+@metrics_option("off")
 @log_level_option
+@log_format_option
 def controlplane_command(**options: object) -> None:
     """Run the control plane that runners register with and clients talk to."""
     from sandboxd.controlplane.server import ControlPlaneSettings
     from sandboxd.up import serve_control_plane
 
-    setup_logging(str(options["log_level"]))
+    setup_logging(str(options["log_level"]), str(options["log_format"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
     cert, key = tls_pair(options)
     settings = ControlPlaneSettings(
@@ -211,6 +231,8 @@ def controlplane_command(**options: object) -> None:
         tls_cert=cert,
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
+        config_path=options["config_path"],  # type: ignore[arg-type]
+        metrics_listen=metrics_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     with refuse_damaged_database():
@@ -242,13 +264,15 @@ def controlplane_command(**options: object) -> None:
     "the listening port as a remote runner would (slower; for comparing and testing).",
 )
 @retention_option
+@metrics_option("127.0.0.1:0")
 @log_level_option
+@log_format_option
 def up_command(**options: object) -> None:
     """Start a control plane and one local runner, ready for clients."""
     from sandboxd.controlplane.server import ControlPlaneSettings
     from sandboxd.up import run_all_in_one
 
-    setup_logging(str(options["log_level"]))
+    setup_logging(str(options["log_level"]), str(options["log_format"]))
     config = load_config_or_exit(options["config_path"])  # type: ignore[arg-type]
     data_dir: Path = options["data_dir"]  # type: ignore[assignment]
     cert, key = tls_pair(options)
@@ -263,6 +287,8 @@ def up_command(**options: object) -> None:
         tls_cert=cert,
         tls_key=key,
         sandbox_retention_seconds=float(options["sandbox_retention"]),  # type: ignore[arg-type]
+        config_path=options["config_path"],  # type: ignore[arg-type]
+        metrics_listen=metrics_listen(options),
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
@@ -284,7 +310,7 @@ def up_command(**options: object) -> None:
 
 @main.group("config")
 def config_group() -> None:
-    """Check administrator configuration files."""
+    """Administrator configuration: validate a file, apply it live, show the one in use."""
 
 
 @config_group.command("validate")
@@ -298,6 +324,8 @@ def config_validate(path: Path) -> None:
     )
 
 
+for _command in CONFIG_COMMANDS:
+    config_group.add_command(_command)
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
 main.add_command(backends_group, "backends")

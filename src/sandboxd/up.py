@@ -24,11 +24,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
 from sandboxd.images import ImageNotFound, ImageStore, build_image
 from sandboxd.runner.agent import RunnerAgent
 from sandboxd.runner.credentials import load_credential
 from sandboxd.runner.identity import resolve_runner_id
+from sandboxd.runner.metrics import RunnerCollector
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import RunnerChannel
@@ -84,13 +87,20 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-def announce(base_url: str, *, api_key: str = "", ca_file: Path | None = None) -> None:
+def announce(
+    control_plane: ControlPlane, *, api_key: str = "", ca_file: Path | None = None
+) -> None:
     """Print the machine-readable lines on stdout, the ready line ``CWSANDBOX_BASE_URL`` last."""
     if api_key:
         print(f"CWSANDBOX_API_KEY={api_key}", flush=True)
     if ca_file is not None:
         print(f"CWSANDBOX_CA_FILE={ca_file.resolve()}", flush=True)
-    print(f"CWSANDBOX_BASE_URL={base_url}", flush=True)
+    if control_plane.metrics_port:
+        base = f"http://{control_plane.metrics_address}"
+        print(f"SANDBOXD_METRICS_URL={base}/metrics", flush=True)
+        if "/metrics/runner" in control_plane.metrics_routes:
+            print(f"SANDBOXD_RUNNER_METRICS_URL={base}/metrics/runner", flush=True)
+    print(f"CWSANDBOX_BASE_URL={control_plane.base_url}", flush=True)
 
 
 async def serve_control_plane(settings: ControlPlaneSettings) -> None:
@@ -107,7 +117,7 @@ async def serve_control_plane(settings: ControlPlaneSettings) -> None:
         file=sys.stderr,
         flush=True,
     )
-    announce(control_plane.base_url)
+    announce(control_plane)
     try:
         await stop.wait()
     finally:
@@ -169,6 +179,8 @@ async def run_all_in_one(
     await asyncio.to_thread(ensure_default_image, settings.data_dir)
     backend = build_local_backend(settings.data_dir)
     control_plane = ControlPlane(settings)
+    runner_metrics = CollectorRegistry()  # the local runner's, per sandbox: its own path
+    control_plane.metrics_routes["/metrics/runner"] = runner_metrics
     await control_plane.start()
     state_dir = settings.data_dir / "runner"
     runner_id = resolve_runner_id(runner_id, state_dir)
@@ -185,6 +197,7 @@ async def run_all_in_one(
         backend=backend,
         link=_link(control_plane, runner_link),
     )
+    runner_metrics.register(RunnerCollector(agent, asyncio.get_running_loop()))
     agent_task = asyncio.create_task(agent.run(), name="local-runner")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
@@ -194,7 +207,7 @@ async def run_all_in_one(
         )
         if ready in done:
             ready.result()
-            announce(control_plane.base_url, api_key=control_plane.admin_key, ca_file=tls_ca)
+            announce(control_plane, api_key=control_plane.admin_key, ca_file=tls_ca)
             await asyncio.wait({agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         else:
             ready.cancel()

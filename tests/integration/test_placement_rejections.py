@@ -113,3 +113,37 @@ def test_rejections_reserve_nothing(cluster: Cluster) -> None:
         after = {r.runner_id: r.resources for r in client.all_runners(view=2)}
     assert before == after
     assert all(r.running_sandboxes == 0 for r in after.values())
+
+
+def test_rejections_show_quantities_in_the_units_the_client_wrote(cluster: Cluster) -> None:
+    """A user who asked for 64Ti reads "64Ti", not 70368744177664 bytes, in the refusal."""
+    _, violations = details(start(cluster, resource_limits=g.ResourceRequest(memory="64Ti")))
+    memory = [text for field, text in violations if field == "resource_requests.memory"]
+    assert memory, violations
+    assert all("64Ti of memory requested, " in text for text in memory), memory
+    assert not any("bytes" in text or "70368744177664" in text for text in memory), memory
+
+    error = start(
+        cluster,
+        resource_limits=g.ResourceRequest(cpu="16"),
+        runner_ids=["bravo"],
+        profile_names=["default-large"],
+    )
+    assert details(error)[1] == [
+        (
+            "resource_limits.cpu",
+            "runner bravo, profile default-large: 16 CPU exceeds the ceiling of 8",
+        )
+    ]
+
+
+def test_a_request_above_its_limit_names_both_quantities_as_written(cluster: Cluster) -> None:
+    error = start(
+        cluster,
+        resource_limits=g.ResourceRequest(cpu="500m", memory="1G"),
+        resource_requests=g.ResourceRequest(memory="2Gi"),
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(error)[1] == [
+        ("resource_requests.memory", "must not be more than resource_limits (2Gi > 1G)")
+    ]

@@ -21,7 +21,7 @@ RUNNER_VIEW_BASIC: RunnerView
 RUNNER_VIEW_FULL: RunnerView
 
 class AvailableRunner(_message.Message):
-    __slots__ = ("runner_id", "runner_group_id", "tags", "healthy", "capabilities", "resources", "profile_names", "connected_at", "is_shared")
+    __slots__ = ("runner_id", "runner_group_id", "tags", "healthy", "capabilities", "resources", "profile_names", "connected_at", "is_shared", "cordoned", "draining", "drain_deadline")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,9 @@ class AvailableRunner(_message.Message):
     PROFILE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     IS_SHARED_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     runner_group_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -40,7 +43,10 @@ class AvailableRunner(_message.Message):
     profile_names: _containers.RepeatedScalarFieldContainer[str]
     connected_at: _timestamp_pb2.Timestamp
     is_shared: bool
-    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., healthy: _Optional[bool] = ..., capabilities: _Optional[_Union[RunnerCapabilitySummary, _Mapping]] = ..., resources: _Optional[_Union[RunnerResourceSummary, _Mapping]] = ..., profile_names: _Optional[_Iterable[str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_shared: _Optional[bool] = ...) -> None: ...
+    cordoned: bool
+    draining: bool
+    drain_deadline: _timestamp_pb2.Timestamp
+    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., healthy: _Optional[bool] = ..., capabilities: _Optional[_Union[RunnerCapabilitySummary, _Mapping]] = ..., resources: _Optional[_Union[RunnerResourceSummary, _Mapping]] = ..., profile_names: _Optional[_Iterable[str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_shared: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RunnerCapabilitySummary(_message.Message):
     __slots__ = ("max_cpu_millicores", "max_memory_bytes", "max_gpu_count", "supported_gpu_types", "supported_architectures", "supports_privileged", "available_storage_classes")

@@ -110,9 +110,9 @@ def cli(
 
 def _register_commands() -> None:
     # One module per command family; each exposes ``COMMANDS``.
-    from cwsandbox.cli import _cp, _discovery, _exec, _logs, _sandboxes
+    from cwsandbox.cli import _cp, _discovery, _events, _exec, _logs, _sandboxes
 
-    for module in (_discovery, _sandboxes, _exec, _logs, _cp):
+    for module in (_discovery, _sandboxes, _exec, _logs, _events, _cp):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -251,3 +251,101 @@ class DeleteOrphanResponse(_message.Message):
     runner_id: str
     confirmed: bool
     def __init__(self, sandbox_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., confirmed: _Optional[bool] = ...) -> None: ...
+
+class RunnerLifecycle(_message.Message):
+    __slots__ = ("runner_id", "cordoned", "draining", "drain_deadline", "live_sandboxes", "healthy")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    cordoned: bool
+    draining: bool
+    drain_deadline: _timestamp_pb2.Timestamp
+    live_sandboxes: int
+    healthy: bool
+    def __init__(self, runner_id: _Optional[str] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_sandboxes: _Optional[int] = ..., healthy: _Optional[bool] = ...) -> None: ...
+
+class CordonRunnerRequest(_message.Message):
+    __slots__ = ("runner_id",)
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    def __init__(self, runner_id: _Optional[str] = ...) -> None: ...
+
+class UncordonRunnerRequest(_message.Message):
+    __slots__ = ("runner_id",)
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    def __init__(self, runner_id: _Optional[str] = ...) -> None: ...
+
+class DrainRunnerRequest(_message.Message):
+    __slots__ = ("runner_id", "deadline_seconds", "grace_seconds")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    deadline_seconds: int
+    grace_seconds: int
+    def __init__(self, runner_id: _Optional[str] = ..., deadline_seconds: _Optional[int] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class GetRunnerLifecycleRequest(_message.Message):
+    __slots__ = ("runner_id",)
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    def __init__(self, runner_id: _Optional[str] = ...) -> None: ...
+
+class RemoveRunnerRequest(_message.Message):
+    __slots__ = ("runner_id", "fail_sandboxes")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    FAIL_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    fail_sandboxes: bool
+    def __init__(self, runner_id: _Optional[str] = ..., fail_sandboxes: _Optional[bool] = ...) -> None: ...
+
+class RemoveRunnerResponse(_message.Message):
+    __slots__ = ("runner_id", "failed_sandboxes")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILED_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    failed_sandboxes: int
+    def __init__(self, runner_id: _Optional[str] = ..., failed_sandboxes: _Optional[int] = ...) -> None: ...
+
+class ConfigRevision(_message.Message):
+    __slots__ = ("revision", "text", "source", "applied_at")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    text: str
+    source: str
+    applied_at: _timestamp_pb2.Timestamp
+    def __init__(self, revision: _Optional[int] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ApplyConfigRequest(_message.Message):
+    __slots__ = ("text", "source")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    source: str
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ApplyConfigResponse(_message.Message):
+    __slots__ = ("revision", "profiles", "runner_entries", "default_bindings", "runners_told")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    RUNNERS_TOLD_FIELD_NUMBER: _ClassVar[int]
+    revision: ConfigRevision
+    profiles: int
+    runner_entries: int
+    default_bindings: int
+    runners_told: int
+    def __init__(self, revision: _Optional[_Union[ConfigRevision, _Mapping]] = ..., profiles: _Optional[int] = ..., runner_entries: _Optional[int] = ..., default_bindings: _Optional[int] = ..., runners_told: _Optional[int] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

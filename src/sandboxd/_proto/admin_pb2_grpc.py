@@ -90,6 +90,41 @@ class AdminServiceStub:
                 request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
                 _registered_method=True)
+        self.CordonRunner = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/CordonRunner',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.CordonRunnerRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+                _registered_method=True)
+        self.UncordonRunner = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/UncordonRunner',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.UncordonRunnerRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+                _registered_method=True)
+        self.DrainRunner = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/DrainRunner',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DrainRunnerRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+                _registered_method=True)
+        self.GetRunnerLifecycle = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/GetRunnerLifecycle',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetRunnerLifecycleRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+                _registered_method=True)
+        self.RemoveRunner = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/RemoveRunner',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.FromString,
+                _registered_method=True)
+        self.ApplyConfig = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/ApplyConfig',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/GetConfig',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -165,6 +200,54 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonRunner(self, request, context):
+        """Place no new sandbox on a runner (kept across restarts of the control plane).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonRunner(self, request, context):
+        """Let placement pick the runner again; ends a drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainRunner(self, request, context):
+        """Cordon a runner and stop its sandboxes that are still running at the deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunnerLifecycle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRunner(self, request, context):
+        """Forget a runner that is gone (disconnected): it leaves discovery and placement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyConfig(self, request, context):
+        """Change profiles, bindings, quotas and overcommit without a restart (live_config.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """The configuration in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +305,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteOrphan,
                     request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.FromString,
                     response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.SerializeToString,
+            ),
+            'CordonRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonRunner,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.CordonRunnerRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.SerializeToString,
+            ),
+            'UncordonRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonRunner,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.UncordonRunnerRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.SerializeToString,
+            ),
+            'DrainRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainRunner,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DrainRunnerRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.SerializeToString,
+            ),
+            'GetRunnerLifecycle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunnerLifecycle,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetRunnerLifecycleRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.SerializeToString,
+            ),
+            'RemoveRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRunner,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.SerializeToString,
+            ),
+            'ApplyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyConfig,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +639,195 @@ class AdminService:
             '/sandboxd.admin.v1.AdminService/DeleteOrphan',
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/CordonRunner',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.CordonRunnerRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/UncordonRunner',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.UncordonRunnerRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/DrainRunner',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.DrainRunnerRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunnerLifecycle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/GetRunnerLifecycle',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetRunnerLifecycleRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RunnerLifecycle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/RemoveRunner',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.RemoveRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/ApplyConfig',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ApplyConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/GetConfig',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ConfigRevision.FromString,
             options,
             channel_credentials,
             insecure,

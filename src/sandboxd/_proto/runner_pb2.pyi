@@ -232,7 +232,7 @@ class Reservation(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits")
+    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,7 @@ class SandboxSpec(_message.Message):
     PROFILE_NAME_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -274,7 +275,8 @@ class SandboxSpec(_message.Message):
     profile_name: str
     reservation: Reservation
     limits: ProfileLimits
-    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ...) -> None: ...
+    scratch: ScratchVolume
+    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ...) -> None: ...
 
 class StartSandbox(_message.Message):
     __slots__ = ("spec", "generation")
@@ -385,6 +387,44 @@ class DataEnd(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ScratchVolume(_message.Message):
+    __slots__ = ("name", "mount_path", "size_bytes", "restore_snapshot_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mount_path: str
+    size_bytes: int
+    restore_snapshot_id: str
+    def __init__(self, name: _Optional[str] = ..., mount_path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., restore_snapshot_id: _Optional[str] = ...) -> None: ...
+
+class OpenScratchArchive(_message.Message):
+    __slots__ = ("stream_id", "sandbox_id", "name", "max_bytes")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    sandbox_id: str
+    name: str
+    max_bytes: int
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class OpenScratchRestore(_message.Message):
+    __slots__ = ("stream_id", "sandbox_id", "snapshot_id", "size_bytes", "sha256")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    sandbox_id: str
+    snapshot_id: str
+    size_bytes: int
+    sha256: str
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class FileOpened(_message.Message):
     __slots__ = ("size",)
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -400,7 +440,7 @@ class FileDone(_message.Message):
     def __init__(self, size: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
 
 class OperationDown(_message.Message):
-    __slots__ = ("exec", "logs", "write_file", "read_file", "input", "data", "end")
+    __slots__ = ("exec", "logs", "write_file", "read_file", "input", "data", "end", "scratch_archive", "scratch_restore")
     EXEC_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     WRITE_FILE_FIELD_NUMBER: _ClassVar[int]
@@ -408,6 +448,8 @@ class OperationDown(_message.Message):
     INPUT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_RESTORE_FIELD_NUMBER: _ClassVar[int]
     exec: OpenExec
     logs: OpenLogs
     write_file: OpenFileWrite
@@ -415,7 +457,9 @@ class OperationDown(_message.Message):
     input: _streaming_pb2.ExecStreamRequest
     data: bytes
     end: DataEnd
-    def __init__(self, exec: _Optional[_Union[OpenExec, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ..., write_file: _Optional[_Union[OpenFileWrite, _Mapping]] = ..., read_file: _Optional[_Union[OpenFileRead, _Mapping]] = ..., input: _Optional[_Union[_streaming_pb2.ExecStreamRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[DataEnd, _Mapping]] = ...) -> None: ...
+    scratch_archive: OpenScratchArchive
+    scratch_restore: OpenScratchRestore
+    def __init__(self, exec: _Optional[_Union[OpenExec, _Mapping]] = ..., logs: _Optional[_Union[OpenLogs, _Mapping]] = ..., write_file: _Optional[_Union[OpenFileWrite, _Mapping]] = ..., read_file: _Optional[_Union[OpenFileRead, _Mapping]] = ..., input: _Optional[_Union[_streaming_pb2.ExecStreamRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[DataEnd, _Mapping]] = ..., scratch_archive: _Optional[_Union[OpenScratchArchive, _Mapping]] = ..., scratch_restore: _Optional[_Union[OpenScratchRestore, _Mapping]] = ...) -> None: ...
 
 class OperationUp(_message.Message):
     __slots__ = ("exec", "logs", "opened", "data", "done")

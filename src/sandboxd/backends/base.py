@@ -100,6 +100,54 @@ class MountedFile:
     data: bytes
 
 
+FORBIDDEN_MOUNT_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_mount_path(path: str, field_name: str) -> str:
+    """``path`` as a mount point inside a sandbox, or ``InvalidSpec`` naming ``field_name``.
+
+    Why so strict: the path is the client's, and the mount hides whatever the image has
+    there; it must be absolute, normal (no ``..``, ``.`` or empty components), not ``/`` and
+    not in the kernel's trees (``/proc``, ``/sys``, ``/dev``), whose masks it could undo.
+    """
+    if not path.startswith("/") or "\x00" in path or len(path) > 4096:
+        raise InvalidSpec(field_name, f"must be an absolute path (got {path[:80]!r})")
+    parts = path.split("/")[1:]
+    if path.endswith("/") and len(parts) > 1:
+        parts = parts[:-1]
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidSpec(field_name, f"must be a normal path, no '..', '.' or '//' ({path!r})")
+    normal = "/" + "/".join(parts)
+    if normal == "/" or any(
+        normal == root or normal.startswith(root + "/") for root in FORBIDDEN_MOUNT_ROOTS
+    ):
+        raise InvalidSpec(field_name, f"cannot mount over {normal!r}")
+    return normal
+
+
+@dataclass(frozen=True)
+class ScratchSpec:
+    """A scratch file system: its own file system of ``size_bytes`` at ``mount_path``.
+
+    Why a file system of its own and not a directory: the cap is hard (``ENOSPC`` at the
+    size, as the writable layer has, ``disk.py``) and its content can be archived and
+    restored on its own (snapshots). ``name`` is the volume's name (v1 scratch volumes; v1beta2
+    has one, ``workspace``). ``restore_archive`` is a host file the *runner* staged (a tar
+    archive from a snapshot, never a path a sandbox or a client chose); when set, the file
+    system is filled from it before the main process starts.
+    """
+
+    mount_path: str
+    size_bytes: int
+    name: str = "workspace"
+    restore_archive: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_mount_path(self.mount_path, "scratch.mount_path")
+        if self.size_bytes <= 0:
+            raise InvalidSpec("scratch.size_bytes", "must be positive")
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything a backend needs to run one sandbox; resolved and checked by the runner."""
@@ -117,6 +165,7 @@ class SandboxSpec:
     mounted_files: tuple[MountedFile, ...] = ()
     max_lifetime_seconds: float | None = None
     hostname: str | None = None
+    scratch: ScratchSpec | None = None
 
     def __post_init__(self) -> None:
         if not SANDBOX_ID_RE.match(self.sandbox_id):
@@ -214,6 +263,8 @@ class SandboxStats:
     memory_peak_bytes: int
     pids: int
     oom_kills: int = 0
+    # Bytes used on the sandbox's writable layer (its root file system); 0 when unknown.
+    disk_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -424,6 +475,20 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release runner-side resources; running sandboxes keep running."""
+
+    # -- scratch file systems (optional; see ScratchSpec) -----------------------------------------
+    supports_scratch: ClassVar[bool] = False
+
+    async def open_scratch_archive(self, sandbox_id: str) -> FileReader:
+        """The sandbox's scratch file system as a tar archive, streamed in constant memory.
+
+        Consistent: taken while nothing writes (a frozen file system, or a sandbox whose
+        processes ended). Entries are directories, regular files and symlinks (as text,
+        never followed); owners are the sandbox's own ids. ``SandboxNotFound`` without a
+        sandbox, ``BackendUnavailable`` when it has no scratch file system (or the backend
+        has none at all: the default).
+        """
+        raise BackendUnavailable(f"the {self.name} backend has no scratch file systems")
 
     # -- warm pools (optional; see the module docstring) -----------------------------------------
     supports_warm_pools: ClassVar[bool] = False

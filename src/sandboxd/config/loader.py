@@ -77,7 +77,44 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def _format_validation(source: str, exc: ValidationError, prefix: str = "") -> str:
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc``, or of its deepest ancestor in the text.
+
+    Why: "quotas.organizations.team-a.memory" is exact but a person editing a long file looks
+    for a line; a missing field is reported at the mapping that should hold it.
+    """
+    node = root
+    if node is None:
+        return None
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if 0 <= part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+def _where(source: str, path: str, line: int | None) -> str:
+    return f"{source}: {path}" + (f" (line {line})" if line is not None else "")
+
+
+def _loc_of(prefix: str, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """``prefix`` ("runners[0].bindings[1].overrides") as a location tuple, then ``loc``."""
+    parts: list[int | str] = []
+    for piece in prefix.split(".") if prefix else []:
+        name, *indexes = piece.replace("]", "").split("[")
+        parts.append(name)
+        parts.extend(int(i) for i in indexes)
+    return (*parts, *loc)
+
+
+def _format_validation(
+    source: str, exc: ValidationError, prefix: str = "", root: yaml.Node | None = None
+) -> str:
     lines = []
     errors = exc.errors()
     for error in errors:
@@ -93,7 +130,7 @@ def _format_validation(source: str, exc: ValidationError, prefix: str = "") -> s
         where = _format_location(loc)
         if prefix:
             where = prefix if where == "(top level)" else f"{prefix}.{where}"
-        lines.append(f"{source}: {where}: {message}")
+        lines.append(f"{_where(source, where, _line_of(root, _loc_of(prefix, loc)))}: {message}")
     return "\n".join(lines)
 
 
@@ -111,20 +148,23 @@ def resolve_binding(config: PlatformConfig, binding: Binding) -> ResolvedProfile
 def parse_config(text: str, source: str) -> PlatformConfig:
     """Parse YAML text into a validated configuration, or raise :class:`ConfigError`."""
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{at}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level): expected a mapping with 'profiles'")
     try:
         config = PlatformConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(source, exc)) from exc
-    _check_overrides(config, source)
+        raise ConfigError(_format_validation(source, exc, root=root)) from exc
+    _check_overrides(config, source, root)
     return config
 
 
-def _check_overrides(config: PlatformConfig, source: str) -> None:
+def _check_overrides(config: PlatformConfig, source: str, root: yaml.Node | None) -> None:
     groups = [("default_bindings", config.default_bindings)] + [
         (f"runners[{i}].bindings", runner.bindings) for i, runner in enumerate(config.runners)
     ]
@@ -134,7 +174,7 @@ def _check_overrides(config: PlatformConfig, source: str) -> None:
                 resolve_binding(config, binding)
             except ValidationError as exc:
                 raise ConfigError(
-                    _format_validation(source, exc, prefix=f"{where}[{j}].overrides")
+                    _format_validation(source, exc, prefix=f"{where}[{j}].overrides", root=root)
                 ) from exc
 
 

@@ -1,4 +1,4 @@
-"""``sandboxd.admin.v1.AdminService``: API keys, join tokens, runner credentials, orphans.
+"""``sandboxd.admin.v1.AdminService``: keys, join tokens, runner credentials, orphans, runners.
 
 Why no role check here: the interceptor lets only ``admin`` keys reach this service
 (:mod:`sandboxd.controlplane.auth`), in one place for every admin RPC, present and future.
@@ -18,9 +18,11 @@ from google.protobuf import timestamp_pb2
 from sandboxd._proto import admin_pb2, admin_pb2_grpc
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.live_config import LiveConfig, LiveRevision
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.orphans import Orphans
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_lifecycle import RunnerLifecycle, RunnerLifecycleState
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.identity.model import ApiKeyInfo, JoinTokenInfo, Role, RunnerCredentialInfo
 from sandboxd.store.sandbox_store import Orphan
@@ -93,6 +95,28 @@ def orphan_message(orphan: Orphan) -> admin_pb2.Orphan:
     )
 
 
+def lifecycle_message(state: RunnerLifecycleState) -> admin_pb2.RunnerLifecycle:
+    """The wire form of a runner's cordon and drain state."""
+    return admin_pb2.RunnerLifecycle(
+        runner_id=state.runner_id,
+        cordoned=state.cordoned,
+        draining=state.draining,
+        drain_deadline=_stamp(state.drain_deadline),
+        live_sandboxes=state.live_sandboxes,
+        healthy=state.healthy,
+    )
+
+
+def revision_message(live: LiveRevision) -> admin_pb2.ConfigRevision:
+    """The wire form of the configuration in use."""
+    return admin_pb2.ConfigRevision(
+        revision=live.revision,
+        text=live.text,
+        source=live.source,
+        applied_at=_stamp(live.applied_at),
+    )
+
+
 def _role(number: int) -> Role:
     if number == admin_pb2.ROLE_UNSPECIFIED:
         return Role.MEMBER
@@ -111,11 +135,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         registry: RunnerRegistry,
         lifecycle: Lifecycle,
         operations: Operations,
+        *,
+        runners: RunnerLifecycle,
+        config: LiveConfig | None,
     ) -> None:
         self._identity = identity
         self._registry = registry
         self._lifecycle = lifecycle
         self._operations = operations
+        self._runners = runners
+        self._config = config
         self._orphans = Orphans(lifecycle.records, registry)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
@@ -282,5 +311,96 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.DeleteOrphanResponse(
                 sandbox_id=orphan.sandbox_id, runner_id=orphan.runner_id, confirmed=confirmed
             )
+
+        return await self._run(context, work)
+
+    async def CordonRunner(
+        self, request: admin_pb2.CordonRunnerRequest, context: Context
+    ) -> admin_pb2.RunnerLifecycle:
+        """No new sandboxes on the runner (its own keep running)."""
+
+        async def work() -> admin_pb2.RunnerLifecycle:
+            return lifecycle_message(await self._runners.cordon(request.runner_id))
+
+        return await self._run(context, work)
+
+    async def UncordonRunner(
+        self, request: admin_pb2.UncordonRunnerRequest, context: Context
+    ) -> admin_pb2.RunnerLifecycle:
+        """Placement may pick the runner again; a drain ends."""
+
+        async def work() -> admin_pb2.RunnerLifecycle:
+            return lifecycle_message(await self._runners.uncordon(request.runner_id))
+
+        return await self._run(context, work)
+
+    async def DrainRunner(
+        self, request: admin_pb2.DrainRunnerRequest, context: Context
+    ) -> admin_pb2.RunnerLifecycle:
+        """Cordon the runner; its sandboxes still running at the deadline are stopped."""
+
+        async def work() -> admin_pb2.RunnerLifecycle:
+            state = await self._runners.drain(
+                request.runner_id, request.deadline_seconds, request.grace_seconds
+            )
+            return lifecycle_message(state)
+
+        return await self._run(context, work)
+
+    async def GetRunnerLifecycle(
+        self, request: admin_pb2.GetRunnerLifecycleRequest, context: Context
+    ) -> admin_pb2.RunnerLifecycle:
+        """Where a runner stands: cordoned, draining, how many sandboxes it still holds."""
+
+        async def work() -> admin_pb2.RunnerLifecycle:
+            return lifecycle_message(self._runners.state(request.runner_id))
+
+        return await self._run(context, work)
+
+    async def RemoveRunner(
+        self, request: admin_pb2.RemoveRunnerRequest, context: Context
+    ) -> admin_pb2.RemoveRunnerResponse:
+        """Forget a disconnected runner (refused while it has sandboxes, unless told)."""
+
+        async def work() -> admin_pb2.RemoveRunnerResponse:
+            failed = await self._runners.remove(request.runner_id, request.fail_sandboxes)
+            return admin_pb2.RemoveRunnerResponse(
+                runner_id=request.runner_id, failed_sandboxes=failed
+            )
+
+        return await self._run(context, work)
+
+    def _live(self) -> LiveConfig:
+        if self._config is None:  # pragma: no cover - set before the server starts
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the control plane is still starting")
+        return self._config
+
+    async def ApplyConfig(
+        self, request: admin_pb2.ApplyConfigRequest, context: Context
+    ) -> admin_pb2.ApplyConfigResponse:
+        """Validate and apply a whole configuration (profiles, bindings, quotas, overcommit)."""
+
+        async def work() -> admin_pb2.ApplyConfigResponse:
+            live = self._live()
+            revision, config = await live.apply(request.text, request.source)
+            return admin_pb2.ApplyConfigResponse(
+                revision=revision_message(revision),
+                profiles=len(config.profiles),
+                runner_entries=len(config.runners),
+                default_bindings=len(config.default_bindings),
+                runners_told=sum(
+                    1 for r in self._registry.iter_from() if self._registry.is_healthy(r)
+                ),
+            )
+
+        return await self._run(context, work)
+
+    async def GetConfig(
+        self, request: admin_pb2.GetConfigRequest, context: Context
+    ) -> admin_pb2.ConfigRevision:
+        """The configuration in use, with its revision and where it came from."""
+
+        async def work() -> admin_pb2.ConfigRevision:
+            return revision_message(self._live().current)
 
         return await self._run(context, work)

@@ -64,6 +64,11 @@ def bind(identity: Identity) -> None:
     _current.set(identity)
 
 
+def bound_identity() -> Identity | None:
+    """Whoever the call being served is bound to, if any (for log lines; never for access)."""
+    return _current.get()
+
+
 def current_caller() -> Caller:
     """The API-key identity of the current public call; UNAUTHENTICATED if there is none."""
     identity = _current.get()

@@ -46,6 +46,25 @@ def _view(requested: int, default: int) -> int:
     return requested
 
 
+def runner_matches(
+    registry: RunnerRegistry,
+    state: RunnerState,
+    *,
+    runner_group_id: str,
+    gpu_type: str,
+    architecture: str,
+    healthy_only: bool,
+) -> bool:
+    """The runner filters both protocols share (an empty filter matches every runner)."""
+    caps = state.capabilities
+    return (
+        (not runner_group_id or state.runner_group_id == runner_group_id)
+        and (not gpu_type or _same(gpu_type, caps.gpu_types))
+        and (not architecture or _same(architecture, caps.architectures))
+        and not (healthy_only and not registry.is_healthy(state))
+    )
+
+
 class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
     """Answers discovery queries from the live :class:`RunnerRegistry`."""
 
@@ -78,6 +97,11 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
                 available_storage_classes=caps.storage_classes,
             ),
         )
+        if state.cordoned:  # an administrator's cordon or drain (runner_lifecycle.py)
+            message.cordoned = True
+            if state.drain_deadline is not None:
+                message.draining = True
+                message.drain_deadline.FromDatetime(state.drain_deadline)
         if view == discovery_pb2.RUNNER_VIEW_FULL:
             live = state.available
             message.resources.CopyFrom(
@@ -138,14 +162,17 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
         after = decode_token(request.page_token, filter_fingerprint(filters))
 
         def keep(state: RunnerState) -> bool:
-            caps = state.capabilities
             return (
-                (not request.runner_group_id or state.runner_group_id == request.runner_group_id)
+                runner_matches(
+                    self._registry,
+                    state,
+                    runner_group_id=request.runner_group_id,
+                    gpu_type=request.gpu_type,
+                    architecture=request.architecture,
+                    healthy_only=request.healthy_only,
+                )
                 and (not request.profile_name or request.profile_name in state.profile_names)
-                and (not request.gpu_type or _same(request.gpu_type, caps.gpu_types))
-                and (not request.architecture or _same(request.architecture, caps.architectures))
                 and not (request.exclude_shared and state.shared)
-                and not (request.healthy_only and not self._registry.is_healthy(state))
             )
 
         matches = (s for s in self._registry.iter_from(after) if keep(s))

@@ -20,24 +20,16 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
-from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.files import Files
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.lifecycle import Lifecycle
-from sandboxd.controlplane.pagination import (
-    decode_token,
-    encode_token,
-    filter_fingerprint,
-    page_size_of,
-    take_page,
-)
-from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
+from sandboxd.controlplane.sandbox_model import SandboxRecord
+from sandboxd.controlplane.sandbox_queries import SandboxFilter, list_page, settled_record
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
-from sandboxd.store.sandbox_store import ListQuery
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
-GET_LONG_POLL_SECONDS = 0.5
 Context = grpc.aio.ServicerContext[Any, Any]
 S = gateway_pb2
 
@@ -85,10 +77,11 @@ def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
-    def __init__(self, lifecycle: Lifecycle, files: Files) -> None:
+    def __init__(self, lifecycle: Lifecycle, files: Files, fss: FssGateway | None = None) -> None:
         self._lifecycle = lifecycle
         self._records = lifecycle.records
         self._files = files
+        self._fss = fss  # file-system snapshots (fss_gateway.py); None: UNIMPLEMENTED
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -111,7 +104,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Validate, place, record and start the sandbox on its runner."""
 
         async def work() -> gateway_pb2.StartSandboxResponse:
-            record = await self._lifecycle.start(parse_start_request(request))
+            parsed = parse_start_request(request)
+            if parsed.scratch is not None and self._fss is None:
+                raise not_implemented("file_system", "file-system snapshots")
+            source = await self._fss.restore_source(parsed) if self._fss else None
+            record = await self._lifecycle.start(parsed)
+            if self._fss is not None:
+                self._fss.started(record, source)
             response = gateway_pb2.StartSandboxResponse(
                 **_common(record, gateway_pb2.StartSandboxResponse)
             )
@@ -127,12 +126,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """The current record; terminal ones carry the exit code."""
 
         async def work() -> gateway_pb2.GetSandboxResponse:
-            record = await self._record(request.sandbox_id)
-            if record.status in (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING):
-                # Short long-poll: a starting sandbox usually turns RUNNING within
-                # milliseconds, so the client's first poll sees it instead of sleeping 200 ms.
-                await self._records.wait_change(record.sandbox_id, GET_LONG_POLL_SECONDS)
-                record = await self._record(request.sandbox_id)
+            record = await settled_record(self._lifecycle, request.sandbox_id)
             response = gateway_pb2.GetSandboxResponse(
                 **_common(record, gateway_pb2.GetSandboxResponse),
                 status_reason=self._lifecycle.reason_of(record),
@@ -153,36 +147,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 raise invalid_argument("status", f"unknown SandboxStatus value {request.status}")
             if len(request.volume_ids):
                 raise not_implemented("volume_ids", "volumes")
-            size = page_size_of(request.page_size)
-            filters = (
-                tuple(sorted(request.tags)),
-                request.status,
-                tuple(sorted({*request.profile_ids, *request.profile_names})),
-                tuple(sorted(request.runner_ids)),
-                request.include_stopped,
-            )
-            fingerprint = filter_fingerprint(filters)
-            after = decode_token(request.page_token, fingerprint)
-            caller = current_caller()
-            # A terminal status filter widens to stopped sandboxes by itself (§4.6).
-            with_stopped = request.include_stopped or request.status in TERMINAL_STATUSES
-            query = ListQuery(
-                owner="" if caller.is_admin else caller.organization,
-                after=after,
-                limit=size + 1,
-                statuses=(request.status,) if request.status else (),
-                exclude_statuses=() if with_stopped else tuple(TERMINAL_STATUSES),
+            wanted = SandboxFilter(
                 tags=tuple(request.tags),
-                profiles=filters[2],
-                runners=filters[3],
+                status=request.status,
+                profiles=tuple({*request.profile_ids, *request.profile_names}),
+                runners=tuple(request.runner_ids),
+                include_stopped=request.include_stopped,
             )
-            matches = await self._records.page(query)
-            page, last = take_page(iter(matches), size, key=lambda r: r.sandbox_id)
+            page, next_token = await list_page(
+                self._records, wanted, request.page_size, request.page_token
+            )
             return gateway_pb2.ListSandboxesResponse(
                 sandboxes=[
                     gateway_pb2.SandboxInfo(**_common(r, gateway_pb2.SandboxInfo)) for r in page
                 ],
-                next_page_token=encode_token(last, fingerprint) if last else "",
+                next_page_token=next_token,
             )
 
         return await self._run(context, work)
@@ -193,10 +172,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Stop the main process (grace period, then kill); success once it is stopped."""
 
         async def work() -> gateway_pb2.StopSandboxResponse:
-            if request.file_system_snapshot_on_stop:
-                raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
             if request.graceful_shutdown_seconds < 0:
                 raise invalid_argument("graceful_shutdown_seconds", "must not be negative")
+            if request.file_system_snapshot_on_stop:
+                if self._fss is None:
+                    raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
+                grace = request.graceful_shutdown_seconds or 10
+                return await self._fss.stop_with_snapshot(request, grace)
             record = await self._record(request.sandbox_id)
             await self._lifecycle.stop(record, request.graceful_shutdown_seconds or 10)
             return gateway_pb2.StopSandboxResponse(success=True)
@@ -238,17 +220,53 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         return await self._run(context, work)
 
+    # File-system snapshots: fss_gateway.py does the work.
+    def _snapshots(self) -> FssGateway:
+        if self._fss is None:
+            raise not_implemented("file_system_snapshots", "file-system snapshots")
+        return self._fss
+
+    async def CreateFileSystemSnapshot(
+        self, request: gateway_pb2.CreateFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.CreateFileSystemSnapshotResponse:
+        """Snapshot a sandbox's scratch file system."""
+        return await self._run(context, lambda: self._snapshots().create(request))
+
+    async def GetFileSystemSnapshot(
+        self, request: gateway_pb2.GetFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshot:
+        """One snapshot."""
+        return await self._run(context, lambda: self._snapshots().get(request))
+
+    async def ListFileSystemSnapshots(
+        self, request: gateway_pb2.ListFileSystemSnapshotsRequest, context: Context
+    ) -> gateway_pb2.ListFileSystemSnapshotsResponse:
+        """The organization's snapshots, paged."""
+        return await self._run(context, lambda: self._snapshots().list(request))
+
+    async def DeleteFileSystemSnapshot(
+        self, request: gateway_pb2.DeleteFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.DeleteFileSystemSnapshotResponse:
+        """Remove a snapshot."""
+        return await self._run(context, lambda: self._snapshots().delete(request))
+
+    async def GetFileSystemSnapshotBucketConfig(
+        self, request: gateway_pb2.GetFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshotBucketConfig:
+        """Where the organization's snapshots go."""
+        return await self._run(context, lambda: self._snapshots().get_bucket())
+
+    async def SetFileSystemSnapshotBucketConfig(
+        self, request: gateway_pb2.SetFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshotBucketConfig:
+        """Set where the organization's snapshots go (local buckets only)."""
+        return await self._run(context, lambda: self._snapshots().set_bucket(request))
+
     # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
     Exec = _unimplemented("unary_exec", "use GatewayStreamingService/StreamExec")
     Pause = _unimplemented("pause")
     Resume = _unimplemented("resume")
     Raw = _unimplemented("raw_actions")
-    CreateFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    GetFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    ListFileSystemSnapshots = _unimplemented("file_system_snapshots")
-    DeleteFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    GetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
-    SetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
     GetObjectStorageWIFConfig = _unimplemented("object_storage")
     SetObjectStorageWIFConfig = _unimplemented("object_storage")
     DeleteObjectStorageWIFConfig = _unimplemented("object_storage")

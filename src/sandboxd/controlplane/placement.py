@@ -27,9 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
+from cwsandbox._quantity import format_cpu, format_memory
 from sandboxd.config import ResolvedProfile
-from sandboxd.config.models import EgressModeSpec, EgressType
+from sandboxd.config.models import EgressConfig, EgressModeSpec, EgressType
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
 from sandboxd.controlplane.rejections import Problem, Rejections
 from sandboxd.controlplane.start_request import SandboxRequest
@@ -37,6 +39,7 @@ from sandboxd.errors import ApiError, invalid_argument, profile_not_found
 from sandboxd.errors import runner_not_found as runner_not_found_error
 
 DEFAULT_IMAGE = "python:3.11"
+IPNetwork = IPv4Network | IPv6Network
 _log = logging.getLogger(__name__)
 
 
@@ -105,13 +108,15 @@ def _fit_profile(request: SandboxRequest, profile: ResolvedProfile) -> _ProfileF
     head: list[Problem] = []
     if q.max_cpu_millicores is not None and cpu_limit > q.max_cpu_millicores:
         ceiling = spec.resource_ceilings.cpu
-        head.append(("resource_limits.cpu", f"{cpu_limit}m CPU exceeds the ceiling of {ceiling}"))
+        shown = request.written.show_cpu(cpu_limit)
+        head.append(("resource_limits.cpu", f"{shown} CPU exceeds the ceiling of {ceiling}"))
     if q.max_memory_bytes is not None and memory_limit > q.max_memory_bytes:
         ceiling = spec.resource_ceilings.memory
         head.append(
             (
                 "resource_limits.memory",
-                f"{memory_limit} bytes of memory exceed the ceiling of {ceiling}",
+                f"{request.written.show_memory(memory_limit)} of memory exceeds the ceiling "
+                f"of {ceiling}",
             )
         )
     if request.gpu_count and q.max_gpu_count is not None and request.gpu_count > q.max_gpu_count:
@@ -123,19 +128,29 @@ def _fit_profile(request: SandboxRequest, profile: ResolvedProfile) -> _ProfileF
         )
 
     tail: list[Problem] = []
-    egress_name = request.egress_mode or spec.network.egress.default
-    egress = spec.network.egress.modes.get(egress_name)
-    if egress is None:
-        tail.append(
-            (
-                "network.egress_mode",
-                f"egress mode {egress_name!r} not offered (offers: {list(profile.egress_modes)})",
+    if request.egress_type:
+        egress_name, egress = _egress_of_type(request, spec.network.egress)
+        if egress is None:
+            tail.append(("spec.network.egress", _unoffered(request.egress_type, profile)))
+    else:
+        egress_name = request.egress_mode or spec.network.egress.default
+        egress = spec.network.egress.modes.get(egress_name)
+        if egress is None:
+            tail.append(
+                (
+                    "network.egress_mode",
+                    f"egress mode {egress_name!r} not offered "
+                    f"(offers: {list(profile.egress_modes)})",
+                )
             )
-        )
     ingress_name, ingress_type = "", ""
     if request.exposed_ports or request.ingress_mode:
         ingress = spec.network.ingress
         ingress_name = request.ingress_mode or (ingress.default if ingress else "")
+        if request.ingress_type and ingress:
+            ingress_name = next(
+                (n for n, m in ingress.modes.items() if m.type.value == request.ingress_type), ""
+            )
         mode = ingress.modes.get(ingress_name) if ingress else None
         if mode is None:
             tail.append(
@@ -164,6 +179,44 @@ def _fit_profile(request: SandboxRequest, profile: ResolvedProfile) -> _ProfileF
         lifetime=lifetime,
         head=tuple(head),
         tail=tuple(tail),
+    )
+
+
+def _egress_of_type(
+    request: SandboxRequest, egress: EgressConfig
+) -> tuple[str, EgressModeSpec | None]:
+    """The profile's egress mode of the requested type (default mode first), if any.
+
+    An allowlist mode qualifies only if every requested CIDR lies inside one of its own, so
+    a request can narrow a profile's allowlist but never widen it.
+    """
+    wanted = [ip_network(c, strict=False) for c in request.egress_cidrs]
+    names = [egress.default, *(n for n in egress.modes if n != egress.default)]
+    for name in names:
+        mode = egress.modes[name]
+        if mode.type.value != request.egress_type:
+            continue
+        if mode.type is EgressType.ALLOWLIST:
+            allowed = [ip_network(c, strict=False) for c in mode.cidrs]
+            if not all(_inside(w, allowed) for w in wanted):
+                continue
+        return name, mode
+    return request.egress_type, None
+
+
+def _inside(network: IPNetwork, allowed: list[IPNetwork]) -> bool:
+    return any(
+        network.version == a.version and network.subnet_of(a)  # type: ignore[arg-type]
+        for a in allowed
+    )
+
+
+def _unoffered(egress_type: str, profile: ResolvedProfile) -> str:
+    what = "an allowlist covering the requested CIDRs" if egress_type == "allowlist" else "it"
+    kinds = sorted({m.type.value for m in profile.spec.network.egress.modes.values()})
+    return (
+        f"{egress_type} egress is not offered by profile {profile.profile_name!r} "
+        f"(or not {what}; it offers: {kinds})"
     )
 
 
@@ -270,15 +323,21 @@ def _check(
         )
     if not problems:  # live capacity only matters for an otherwise acceptable profile
         free_cpu, free_memory = runner.free_cpu_millicores, runner.free_memory_bytes
+        shown = request.written
         if fit.cpu_request > free_cpu:
             problems.append(
-                ("resource_requests.cpu", f"{fit.cpu_request}m CPU requested, {free_cpu}m free")
+                (
+                    "resource_requests.cpu",
+                    f"{shown.show_cpu(fit.cpu_request)} CPU requested, "
+                    f"{format_cpu(max(free_cpu, 0))} free",
+                )
             )
         if fit.memory_request > free_memory:
             problems.append(
                 (
                     "resource_requests.memory",
-                    f"{fit.memory_request} bytes requested, {free_memory} free",
+                    f"{shown.show_memory(fit.memory_request)} of memory requested, "
+                    f"{format_memory(max(free_memory, 0))} free",
                 )
             )
         if request.gpu_count > runner.free_gpu_count:
@@ -303,7 +362,7 @@ def _check(
         gpu_type=request.gpu_type or (gpu_types[0] if request.gpu_count and gpu_types else ""),
         egress_mode=fit.egress_name,
         egress_type=fit.egress.type,
-        egress_cidrs=fit.egress.cidrs,
+        egress_cidrs=request.egress_cidrs or fit.egress.cidrs,
         ingress_mode=fit.ingress_name,
         ingress_type=fit.ingress_type,
         disk_bytes=q.disk_bytes,
@@ -368,6 +427,9 @@ def _unusable(registry: RunnerRegistry, runner: RunnerState) -> tuple[str, str] 
         return "unhealthy", "unhealthy"
     if not runner.support.working:
         return runner.support.problem, "no working backend"
+    if runner.cordoned:
+        what = "draining" if runner.drain_deadline is not None else "cordoned"
+        return f"{what} by an administrator (no new sandboxes)", what
     if registry.backed_off(runner):
         starts = runner.starts
         until = registry.backoff_ends_at(runner).isoformat(timespec="seconds")

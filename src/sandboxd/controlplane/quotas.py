@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from cwsandbox._quantity import format_cpu, format_memory
 from sandboxd.config.quotas import QuotaConfig, QuotaLimits
+from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError
 
 RUNNING_SANDBOXES = "running_sandboxes"
@@ -44,16 +46,28 @@ class Usage:
     memory_bytes: int = 0
 
 
-UNITS = {CPU: " millicores", MEMORY: " bytes"}
+def quota_exceeded(
+    quota: str,
+    organization: str,
+    limit: int,
+    used: int,
+    wanted: int,
+    *,
+    written: WrittenQuantities | None = None,
+) -> ApiError:
+    """RESOURCE_EXHAUSTED naming the quota, the limit, the use and what the call needed.
 
-
-def quota_exceeded(quota: str, organization: str, limit: int, used: int, wanted: int) -> ApiError:
-    """RESOURCE_EXHAUSTED naming the quota, the limit, the use and what the call needed."""
-    unit = UNITS.get(quota, "")
+    CPU and memory are shown as quantities ("1500m", "1Gi"), what the request needed in the
+    units it was written in; the metadata keeps plain integers (millicores, bytes) for code.
+    """
+    shown = written or WrittenQuantities()
+    show = {CPU: shown.show_cpu, MEMORY: shown.show_memory}.get(quota, str)
+    plain = {CPU: format_cpu, MEMORY: format_memory}.get(quota, str)
+    what = {CPU: " of CPU", MEMORY: " of memory"}.get(quota, "")
     return ApiError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"organization {organization!r} is at its {quota} quota: {used} of {limit}{unit} in "
-        f"use, this request needs {wanted}{unit} more",
+        f"organization {organization!r} is at its {quota} quota: {plain(used)} of "
+        f"{plain(limit)}{what} in use, this request needs {show(wanted)} more",
         reason=f"CWSANDBOX_{quota.upper()}_QUOTA_EXCEEDED",
         metadata={
             "quota": quota,
@@ -82,18 +96,33 @@ class Quotas:
     """The configured quotas, and the live count of open execs per organization."""
 
     def __init__(self, config: QuotaConfig) -> None:
+        self._execs: Counter[str] = Counter()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: QuotaConfig) -> None:
+        """Use new limits from now on (``sandboxd config apply``); open execs stay counted.
+
+        Sandboxes already running are not touched: a lower limit only refuses new work.
+        """
         self._default = _merge(config.default, None)
         self._orgs = {org: _merge(config.default, own) for org, own in config.organizations.items()}
-        self._execs: Counter[str] = Counter()
 
     def for_org(self, organization: str) -> OrgQuota:
         """The limits that apply to ``organization``."""
         return self._orgs.get(organization, self._default)
 
     def check_start(
-        self, organization: str, usage: Usage, cpu_millicores: int, memory_bytes: int
+        self,
+        organization: str,
+        usage: Usage,
+        cpu_millicores: int,
+        memory_bytes: int,
+        written: WrittenQuantities | None = None,
     ) -> None:
-        """Refuse a new sandbox that would take the organization over a quota."""
+        """Refuse a new sandbox that would take the organization over a quota.
+
+        ``written`` is the request's quantities as sent, so the refusal shows them that way.
+        """
         quota = self.for_org(organization)
         checks: Iterable[tuple[str, int | None, int, int]] = (
             (RUNNING_SANDBOXES, quota.running_sandboxes, usage.running_sandboxes, 1),
@@ -102,7 +131,7 @@ class Quotas:
         )
         for name, limit, used, wanted in checks:
             if limit is not None and used + wanted > limit:
-                raise quota_exceeded(name, organization, limit, used, wanted)
+                raise quota_exceeded(name, organization, limit, used, wanted, written=written)
 
     def acquire_exec(self, organization: str) -> None:
         """Take one of the organization's concurrent execs; pair with :meth:`release_exec`."""

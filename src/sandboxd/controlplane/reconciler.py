@@ -106,6 +106,11 @@ class RunnerReconciler:
         self._dirty: set[str] = set()
         self._task = asyncio.create_task(self._loop(), name=f"reconcile-{runner_id}")
 
+    @property
+    def pending(self) -> int:
+        """Sandboxes marked for this reconciler's next pass."""
+        return len(self._dirty)
+
     def kick(self, sandbox_id: str | None = None, snapshot: bool = False) -> None:
         """Reconcile soon (coalesced): one sandbox, or all of them when ``sandbox_id`` is None.
 
@@ -424,6 +429,10 @@ class Reconcilers:
         self._registry = registry
         self._by_runner: dict[str, RunnerReconciler] = {}
         records.on_change = lambda record: self.of(record.runner_id).kick(record.sandbox_id)
+
+    def queue_depth(self) -> int:
+        """Sandboxes waiting for their runner's reconciler, over all runners (for metrics)."""
+        return sum(reconciler.pending for reconciler in self._by_runner.values())
 
     def note_start(self, runner_id: str, ok: bool, reason: str) -> None:
         """Tell placement how a start on ``runner_id`` went (its backoff)."""

@@ -75,6 +75,11 @@ class RunnerState:
     overcommit: Overcommit = field(default_factory=Overcommit)
     # Its warm pools as its last heartbeat reported them (controlplane/warm_pools.py).
     warm_pools: tuple[runner_pb2.WarmPoolState, ...] = ()
+    # Set by an administrator (controlplane/runner_lifecycle.py), persisted with the runner:
+    # cordoned runners get no new sandboxes; a drain deadline also stops theirs at that time.
+    cordoned: bool = False
+    drain_deadline: datetime | None = None
+    drain_grace_seconds: int = 0
 
     @property
     def reservations(self) -> Mapping[str, runner_pb2.Reservation]:
@@ -180,6 +185,9 @@ class RunnerState:
             version=self.version,
             connected_at=self.connected_at,
             last_heartbeat_at=self.last_heartbeat_at,
+            cordoned=self.cordoned,
+            drain_deadline=self.drain_deadline,
+            drain_grace_seconds=self.drain_grace_seconds,
         )
 
 
@@ -230,6 +238,9 @@ class RunnerRegistry:
                 connected_at=record.connected_at,
                 last_heartbeat_at=record.last_heartbeat_at,
                 resources=runner_pb2.Resources(),
+                cordoned=record.cordoned,
+                drain_deadline=record.drain_deadline,
+                drain_grace_seconds=record.drain_grace_seconds,
             )
             self._insert(state)
             self._set_capabilities(state, capabilities)
@@ -451,14 +462,52 @@ class RunnerRegistry:
             yield self._runners[runner_id]
 
     def can_take_sandboxes(self, state: RunnerState) -> bool:
-        """Healthy, connected, with a working backend, and not backed off: placeable now."""
+        """Healthy, connected, with a working backend, not cordoned, not backed off."""
         if state.connection_id is None or state.link is None or not state.support.working:
+            return False
+        if state.cordoned:
             return False
         now = self._clock()
         return (
             now - state.last_heartbeat_monotonic <= self._health_timeout
             and not state.starts.backed_off(now)
         )
+
+    def set_cordon(
+        self,
+        runner_id: str,
+        cordoned: bool,
+        drain_deadline: datetime | None = None,
+        drain_grace_seconds: int = 0,
+    ) -> RunnerState | None:
+        """Cordon (with a drain deadline, or none) or uncordon a runner; None if unknown.
+
+        Persisted through the store writer like every runner change (``on_change``).
+        """
+        state = self._runners.get(runner_id)
+        if state is None:
+            return None
+        state.cordoned = cordoned
+        state.drain_deadline = drain_deadline if cordoned else None
+        state.drain_grace_seconds = drain_grace_seconds if drain_deadline is not None else 0
+        self._reindex(state)
+        self._on_change(runner_id)
+        return state
+
+    def forget(self, runner_id: str) -> RunnerState | None:
+        """Drop a disconnected runner from every index (the caller deletes its row)."""
+        state = self._runners.get(runner_id)
+        if state is None or state.connection_id is not None:
+            return None
+        del self._runners[runner_id]
+        index = bisect.bisect_left(self._sorted_ids, runner_id)
+        if index < len(self._sorted_ids) and self._sorted_ids[index] == runner_id:
+            del self._sorted_ids[index]
+        self._by_load.discard(runner_id)
+        self._gpus_by_load.discard(runner_id)
+        _recount(self._profile_names, state.profile_names, ())
+        _recount(self._images, state.images, ())
+        return state
 
     def offers_profile(self, name: str) -> bool:
         """Whether some known runner (healthy or not) has a binding called ``name``."""
@@ -505,7 +554,8 @@ class RunnerRegistry:
 
     def _reindex(self, state: RunnerState) -> None:
         """Put the runner where placement should find it, or take it out of the load index."""
-        if state.connection_id is not None and state.support.working and state.profiles:
+        placeable = state.connection_id is not None and state.support.working
+        if placeable and state.profiles and not state.cordoned:
             key = state.load_key
             self._by_load.put(key)
             if state.capabilities.gpu_count > 0:

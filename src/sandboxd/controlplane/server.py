@@ -15,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from cwsandbox._proto import (
     discovery_pb2_grpc,
+    events_pb2_grpc,
     gateway_pb2_grpc,
     streaming_pb2_grpc,
 )
@@ -33,21 +37,38 @@ from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.discovery import DiscoveryService
+from sandboxd.controlplane.event_service import EventService
+from sandboxd.controlplane.events import EventLog, EventsInterceptor
 from sandboxd.controlplane.files import Files, FileService
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.live_config import LiveConfig, startup_config
 from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
+from sandboxd.controlplane.metrics import (
+    ControlPlaneMetrics,
+    MetricsInterceptor,
+    PlatformCollector,
+    timed_store,
+)
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.raw_frames import add_services
 from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
+from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.streaming import StreamingService
+from sandboxd.controlplane.v1.resources_db import V1Resources
+from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
+from sandboxd.metrics_http import MetricsServer, serve_metrics
+from sandboxd.snapshots.content import ContentStore
+from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
@@ -88,6 +109,11 @@ class ControlPlaneSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     sandbox_retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    # The file ``config`` was loaded from (``--config``); None: the embedded default, which
+    # the configuration applied last (``sandboxd config apply``) replaces (live_config.py).
+    config_path: Path | None = None
+    # ``host:port`` for Prometheus metrics (``/metrics``); None: not served (metrics.py).
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -129,7 +155,11 @@ class ControlPlane:
             on_change=lambda runner_id: self.writer.mark(runner_id) if self.writer else None,
         )
         self.discovery = DiscoveryService(self.registry)
-        self.sandboxes = SandboxRecords(self.store.sandboxes, self.registry)
+        self.metrics = ControlPlaneMetrics() if settings.metrics_listen else None
+        store = self.store.sandboxes
+        if self.metrics is not None:
+            store = timed_store(store, self.metrics)
+        self.sandboxes = SandboxRecords(store, self.registry)
         self.reconcilers = Reconcilers(self.sandboxes, self.registry)
         self.lifecycle = Lifecycle(
             self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
@@ -138,12 +168,55 @@ class ControlPlane:
         self._collector: asyncio.Task[None] | None = None
         self.operations = Operations(self.registry)
         self.files = Files(self.lifecycle, self.operations)
+        self.metrics_port = 0
+        self._metrics_server: MetricsServer | None = None
+        # More registries to serve beside /metrics (``sandboxd up`` adds its runner's).
+        self.metrics_routes: dict[str, CollectorRegistry] = {}
+        if self.metrics is not None:
+            self.metrics.registry.register(
+                PlatformCollector(self.registry, self.sandboxes, self.operations, self.reconcilers)
+            )
+            self._also_on_change(self.metrics.observe_record)
+        # The activity trail (events.py): every record change, and calls on sandboxes.
+        self.events = EventLog(self.store.events, self.sandboxes)
+        self._also_on_change(self.events.observe_record)
         self.identity = IdentityService(self.store.identity)
+        self.runner_lifecycle = RunnerLifecycle(
+            self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row
+        )
+        self.drainer = Drainer(self.registry, self.runner_lifecycle)
+        self.live_config: LiveConfig | None = None  # set by start(), from the store
+        self.v1_resources = V1Resources(self.store.v1)
+        self.snapshots = Snapshots(
+            self.store.snapshots,
+            ContentStore(settings.data_dir),
+            self.lifecycle,
+            self.operations,
+        )
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
         # In-process links for a runner of this process (``sandboxd up``), set by start().
         self.local_runners: LocalRunners | None = None
+
+    def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
+        """Call ``observe`` on every record change, before what already ran (the reconciler)."""
+        then = self.sandboxes.on_change
+
+        def both(record: SandboxRecord) -> None:
+            observe(record)
+            then(record)
+
+        self.sandboxes.on_change = both
+
+    async def _persist_runner(self, runner_id: str) -> None:
+        """Write a runner's row now (an administrator's change is stored before the answer)."""
+        if self.writer is not None:
+            self.writer.mark(runner_id)
+            await self.writer.flush()
+
+    async def _delete_runner_row(self, runner_id: str) -> bool:
+        return await asyncio.to_thread(self.store.delete_runner, runner_id)
 
     @property
     def address(self) -> str:
@@ -167,8 +240,23 @@ class ControlPlane:
         """Runners, live sandboxes and the cluster id; DatabaseProblem (one line) if unreadable."""
         where = describe(self.store.url)
         try:
+            config, live = await asyncio.to_thread(
+                startup_config, self.store.config, self.settings.config_path, self.settings.config
+            )
+            if config is not self.settings.config:
+                self.registry.reload(config)
+                self.lifecycle.quotas.reconfigure(config.quotas)
+                log.info("using the configuration applied last (revision %d)", live.revision)
+            self.live_config = LiveConfig(
+                self.registry,
+                self.lifecycle.quotas,
+                self.store.config,
+                self.settings.heartbeat_interval,
+                live,
+            )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            await self.snapshots.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise
@@ -176,7 +264,7 @@ class ControlPlane:
             if error.code is grpc.StatusCode.DATA_LOSS:
                 raise DatabaseProblem(error.message) from None
             raise DatabaseProblem(f"cannot read {where}: {error.message}") from None
-        except (SQLAlchemyError, ValueError, DecodeError) as exc:
+        except (SQLAlchemyError, ValueError, DecodeError, OSError) as exc:
             raise DatabaseProblem(f"cannot read {where}: {exc}; restore it from a backup") from None
 
     async def start(self) -> None:
@@ -188,17 +276,32 @@ class ControlPlane:
         self.writer = BatchedRunnerWriter(self.store, self.registry.record)
         self.writer.start()
         auth = AuthInterceptor(self.identity, insecure_no_auth=self.settings.insecure_no_auth)
-        server = grpc.aio.server(
-            interceptors=[auth, MalformedRequestInterceptor()], options=SERVER_OPTIONS
-        )
+        interceptors: list[Any] = [
+            auth,
+            MalformedRequestInterceptor(),
+            EventsInterceptor(self.events, self.sandboxes),  # inside auth: knows the caller
+        ]
+        if self.metrics is not None:  # outermost: refused calls are counted too
+            interceptors.insert(0, MetricsInterceptor(self.metrics))
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files), server
+            GatewayService(self.lifecycle, self.files, FssGateway(self.snapshots, self.lifecycle)),
+            server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
+        )
+        # coreweave.sandbox.v1 (the official 0.27+ clients) on the same port and plumbing.
+        add_v1_services(
+            server,
+            registry=self.registry,
+            lifecycle=self.lifecycle,
+            files=self.files,
+            operations=self.operations,
+            resources=self.v1_resources,
         )
         runners = RunnerService(
             self.registry,
@@ -210,8 +313,19 @@ class ControlPlane:
         self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            EventService(self.events, self.sandboxes), server
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminService(self.identity, self.registry, self.lifecycle, self.operations), server
+            AdminService(
+                self.identity,
+                self.registry,
+                self.lifecycle,
+                self.operations,
+                runners=self.runner_lifecycle,
+                config=self.live_config,
+            ),
+            server,
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
@@ -223,9 +337,16 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        if self.metrics is not None and self.settings.metrics_listen:
+            routes = {"/metrics": self.metrics.registry, **self.metrics_routes}
+            self._metrics_server = serve_metrics(self.settings.metrics_listen, routes)
+            self.metrics_port = self._metrics_server.port
+            log.info("metrics on http://%s/metrics", self.metrics_address)
         # Sandboxes of runners that never come back still converge (their starts time out).
         self.reconcilers.kick_all()
         self._collector = asyncio.create_task(self._collect(), name="collect-sandboxes")
+        self.drainer.start()  # drains persisted by an earlier run go on
+        self.events.start()
         log.info("control plane listening on %s (cluster %s)", self.base_url, self.cluster_id)
 
     async def _collect(self) -> None:
@@ -234,16 +355,27 @@ class ControlPlane:
         while True:
             try:
                 removed = await self.sandboxes.collect(retention)
+                await self.events.collect(datetime.now(UTC) - retention)
                 if removed:
                     log.info("collected %d sandbox record(s) past their retention", removed)
             except ApiError as error:
                 log.warning("collecting old sandbox records failed: %s", error.message)
             await asyncio.sleep(COLLECT_INTERVAL_SECONDS)
 
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of ``/metrics`` (with the real port when 0 was asked for)."""
+        host = (self.settings.metrics_listen or "").rsplit(":", 1)[0] or "127.0.0.1"
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+        return f"{host}:{self.metrics_port}"
+
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
         if self.local_runners is not None:
             self.local_runners.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -251,10 +383,14 @@ class ControlPlane:
             self._collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
+        await self.drainer.stop()
+        await self.events.stop()
         await self.reconcilers.close()
+        await self.snapshots.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()
+        self.v1_resources.close()
         self.store.close()
 
     async def wait(self) -> None:

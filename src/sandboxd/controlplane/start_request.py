@@ -7,6 +7,7 @@ and the scheduler then works on plain, already-parsed numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ import grpc
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
+from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
 
@@ -41,6 +44,15 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # The quantities as sent, for messages in the user's units (written_quantities.py).
+    written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
+    # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
+    # profile's first mode of this egress type (an allowlist mode only if its CIDRs cover
+    # ``egress_cidrs``, which then become the sandbox's allowlist) and of this ingress type.
+    egress_type: str = ""
+    egress_cidrs: tuple[str, ...] = ()
+    ingress_type: str = ""
+    scratch: ScratchRequest | None = None  # a scratch file system (sandboxd.snapshots)
 
     @property
     def names_profile(self) -> bool:
@@ -82,10 +94,16 @@ def _resources(
     return cpu, memory, gpu
 
 
+def _written(*parts: gateway_pb2.ResourceRequest) -> WrittenQuantities:
+    """The CPU and memory strings of already-validated resource messages, by value."""
+    cpu = {cpu_millicores(p.cpu): p.cpu.strip() for p in parts if p.cpu}
+    memory = {memory_bytes(p.memory): p.memory.strip() for p in parts if p.memory}
+    return WrittenQuantities(cpu=cpu, memory=memory)
+
+
 def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
     unsupported = [
         ("s3_mount", "S3 mounts"),
-        ("file_system", "file-system snapshots"),
         ("object_storage_access", "object storage access"),
     ]
     for field, what in unsupported:
@@ -145,10 +163,19 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
     cpu_request, memory_request, gpu_request = _resources(
         request.resource_requests, "resource_requests"
     )
+    written = _written(limits, request.resource_requests)
     if cpu_limit and cpu_request and cpu_request > cpu_limit:
-        raise invalid_argument("resource_requests.cpu", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.cpu",
+            f"must not be more than resource_limits ({written.show_cpu(cpu_request)} > "
+            f"{written.show_cpu(cpu_limit)})",
+        )
     if memory_limit and memory_request and memory_request > memory_limit:
-        raise invalid_argument("resource_requests.memory", "must not be more than resource_limits")
+        raise invalid_argument(
+            "resource_requests.memory",
+            f"must not be more than resource_limits ({written.show_memory(memory_request)} > "
+            f"{written.show_memory(memory_limit)})",
+        )
     gpu = gpu_limit or gpu_request
     gpu_type = gpu.gpu_type if gpu is not None and gpu.WhichOneof("spec") == "gpu_type" else ""
 
@@ -188,4 +215,16 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
+        written=written,
+        scratch=_file_system(request),
     )
+
+
+def _file_system(request: gateway_pb2.StartSandboxRequest) -> ScratchRequest | None:
+    if not request.HasField("file_system"):
+        return None
+    fs = request.file_system
+    source = ""
+    if fs.HasField("file_system_snapshot"):
+        source = fs.file_system_snapshot.file_system_snapshot_id
+    return parse_scratch(fs.mount_path, fs.size, source, prefix="file_system")

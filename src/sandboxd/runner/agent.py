@@ -568,9 +568,13 @@ class RunnerAgent:
         """
         kind = message.WhichOneof("message")
         if kind == "registered":
-            # A repeated Registered lets the control plane change the heartbeat interval.
+            # A repeated Registered carries the control plane's new settings: the heartbeat
+            # interval, and after `sandboxd config apply` overcommit ratios and warm pools
+            # (always the whole list: a pool left out is no longer wanted).
             self._apply_interval(message.registered)
             self._apply_overcommit(message.registered)
+            if self._supervisor is not None:
+                self._supervisor.configure_warm_pools(message.registered.warm_pools)
             _log.debug("heartbeat interval now %.1fs", self._heartbeat_interval)
         elif kind == "command":
             if self._supervisor is not None:

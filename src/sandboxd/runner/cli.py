@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from prometheus_client import CollectorRegistry
 
 from sandboxd._proto import runner_pb2
+from sandboxd.log_format import setup_logging
+from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.capacity import HostReserve
 from sandboxd.runner.fingerprint import (
@@ -41,6 +44,7 @@ from sandboxd.runner.fingerprint import (
     unavailable_backend,
 )
 from sandboxd.runner.limit_options import limit_options
+from sandboxd.runner.metrics import RunnerCollector
 from sandboxd.runner.settings import (
     DEFAULT_KEEPALIVE_SECONDS,
     RunnerSettings,
@@ -94,19 +98,28 @@ async def _run_with_backend(
     settings: RunnerSettings,
     backend: Backend | None,
     unavailable: list[runner_pb2.BackendStatus],
+    metrics_listen: str | None = None,
 ) -> None:
     """Build the agent inside the loop (its backend needs one) and close the backend after.
 
     A backend that turns out not to work is closed, and reported with its reason instead.
     """
+    metrics: MetricsServer | None = None
     try:
         if backend is not None and (status := await _unusable(backend)) is not None:
             await backend.close()
             backend = None
             unavailable = [status, *unavailable]
         agent = RunnerAgent(settings, backend=backend, unavailable_backends=unavailable)
+        if metrics_listen:
+            registry = CollectorRegistry()
+            registry.register(RunnerCollector(agent, asyncio.get_running_loop()))
+            metrics = serve_metrics(metrics_listen, {"/metrics": registry})
+            _log.info("runner metrics on http://%s/metrics", metrics_listen)
         await _run_until_signalled(agent)
     finally:
+        if metrics is not None:
+            metrics.close()
         if backend is not None:
             await backend.close()
 
@@ -240,6 +253,20 @@ def read_join_token(path: Path | None) -> str:
     default="INFO",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, each with this runner's id.",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics (each sandbox's CPU, memory, PIDs, disk) on "
+    "http://HOST:PORT/metrics; off unless given.",
+)
 @limit_options
 def runner_command(
     *,
@@ -259,13 +286,11 @@ def runner_command(
     reserve_memory: int | None,
     max_execs_per_sandbox: int,
     egress_blocked: tuple[str, ...],
+    metrics_listen: str | None,
+    log_format: str,
 ) -> None:
     """Run this host as a sandboxd runner until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(log_level, log_format, runner_id or "")
     try:
         settings = RunnerSettings(
             control_plane=control_plane,
@@ -295,7 +320,7 @@ def runner_command(
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     try:
-        asyncio.run(_run_with_backend(settings, backend, unavailable))
+        asyncio.run(_run_with_backend(settings, backend, unavailable, metrics_listen))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
@@ -60,6 +61,7 @@ from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
 from sandboxd.runner.sandbox_state import TERMINAL, Sandbox, event_of
 from sandboxd.runner.sandbox_table import DEFAULT_RETAIN_EXITED_SECONDS, SandboxTable, Send
+from sandboxd.runner.scratch_transfers import ScratchTransfers
 from sandboxd.runner.spec_mapping import (
     apply_limits,
     reservation_of,
@@ -123,6 +125,8 @@ class SandboxSupervisor(SandboxTable):
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
         self._opened = RecentIds(OPENED_STREAMS_REMEMBERED)
         self._warm = WarmPools(backend, self._backend_spec)
+        restores = records_dir.parent / "scratch-restores" if records_dir else None
+        self._scratch = ScratchTransfers(backend, restores)
 
     async def recover(self) -> list[str]:
         """Destroy the warm sandboxes a previous runner left, then re-adopt its sandboxes."""
@@ -177,6 +181,16 @@ class SandboxSupervisor(SandboxTable):
                 await refuse_logs(call, "RUNNER_UNAVAILABLE", f"logs not served: {_RUN_ONCE}")
             else:
                 await relay_logs(self._backend, first.logs, call)
+        elif kind == "scratch_archive":
+            await self._scratch.send_archive(first.scratch_archive, call)
+        elif kind == "scratch_restore":
+            try:
+                done = await self._scratch.stage(first.scratch_restore, data_frames(call))
+            except (WriteCut, *CALL_ERRORS) as exc:
+                _log.info("restore archive for %s cut (%s)", first.scratch_restore.sandbox_id, exc)
+                self._scratch.discard_files(first.scratch_restore.sandbox_id)
+                return
+            await self._file_done(call, done)
         elif kind in ("write_file", "read_file"):
             op = getattr(first, kind)
             if self._opened.seen(op.stream_id):
@@ -276,6 +290,21 @@ class SandboxSupervisor(SandboxTable):
             raise failures.invalid_argument(exc.field, exc.problem) from None
         reservation = reservation_of(spec)
         backend_spec = await self._backend_spec(spec)
+        if spec.HasField("scratch"):
+            try:
+                scratch = await self._scratch.scratch_spec(spec)
+            except BaseException:
+                self._scratch.discard(sb.sandbox_id)
+                raise
+            backend_spec = dataclasses.replace(backend_spec, scratch=scratch)
+            if backend_spec.scratch is not None and not self._backend.supports_scratch:
+                raise CommandFailed(
+                    failure(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "CWSANDBOX_FSS_NOT_SUPPORTED",
+                        "this runner's backend has no scratch file systems",
+                    )
+                )
         try:
             self._ledger.reserve(sb.sandbox_id, reservation)
         except InsufficientCapacityError as exc:
@@ -299,11 +328,13 @@ class SandboxSupervisor(SandboxTable):
                 await self._backend.start(sb.sandbox_id)
             state = await self._backend.state(sb.sandbox_id)
         except BaseException:
+            self._scratch.discard(sb.sandbox_id)
             self._ledger.release(sb.sandbox_id)
             if created:
                 with contextlib.suppress(BackendError):
                     await self._backend.destroy(sb.sandbox_id)
             raise
+        self._scratch.discard(sb.sandbox_id)  # the staged restore archive, if any, is used
         sb.record = RunnerRecord(
             sb.sandbox_id,
             reservation=reservation,

@@ -15,15 +15,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, LargeBinary, String, create_engine, event, make_url, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    make_url,
+    select,
+)
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.store.base import Base as _Base
 from sandboxd.store.base import utc as _utc
+from sandboxd.store.config_store import ConfigStore
+from sandboxd.store.event_store import EventStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.snapshot_store import SnapshotStore
+from sandboxd.store.v1_resources import V1ResourceStore
 
 
 class RunnerRow(_Base):
@@ -38,6 +53,9 @@ class RunnerRow(_Base):
     version: Mapped[str] = mapped_column(String(64))
     connected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False)
+    drain_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    drain_grace_seconds: Mapped[int] = mapped_column(Integer, default=0)
 
 
 @dataclass(frozen=True)
@@ -51,12 +69,17 @@ class RunnerRecord:
     version: str
     connected_at: datetime
     last_heartbeat_at: datetime
+    cordoned: bool = False
+    drain_deadline: datetime | None = None
+    drain_grace_seconds: int = 0
 
 
 class Store:
     """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
 
-    ``identity`` holds API keys, join tokens and runner credentials in the same database.
+    ``identity`` holds API keys, join tokens and runner credentials in the same database;
+    ``config`` the configuration revisions applied with ``sandboxd config apply``;
+    ``events`` each sandbox's activity trail.
     """
 
     def __init__(self, url: str, *, new_file: bool = False) -> None:
@@ -84,6 +107,10 @@ class Store:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
+        self.config = ConfigStore(self._engine)
+        self.events = EventStore(self._engine)
+        self.v1 = V1ResourceStore(self._engine)
+        self.snapshots = SnapshotStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:
@@ -118,6 +145,11 @@ class Store:
                     version=row.version,
                     connected_at=_utc(row.connected_at),
                     last_heartbeat_at=_utc(row.last_heartbeat_at),
+                    cordoned=bool(row.cordoned),
+                    drain_deadline=(
+                        _utc(row.drain_deadline) if row.drain_deadline is not None else None
+                    ),
+                    drain_grace_seconds=row.drain_grace_seconds or 0,
                 )
                 for row in rows
             ]
@@ -135,8 +167,20 @@ class Store:
                         version=record.version,
                         connected_at=record.connected_at,
                         last_heartbeat_at=record.last_heartbeat_at,
+                        cordoned=record.cordoned,
+                        drain_deadline=record.drain_deadline,
+                        drain_grace_seconds=record.drain_grace_seconds,
                     )
                 )
+
+    def delete_runner(self, runner_id: str) -> bool:
+        """Forget a runner's row; False if there was none."""
+        with Session(self._engine) as session, session.begin():
+            row = session.get(RunnerRow, runner_id)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
 
     @property
     def url(self) -> URL:

@@ -7,6 +7,7 @@ import pytest
 
 from sandboxd.config import ConfigError, parse_config
 from sandboxd.controlplane.quotas import Quotas, Usage
+from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError
 
 BASE = """
@@ -94,3 +95,22 @@ def test_bad_quota_configuration_names_the_path(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(BASE + text, "platform.yaml")
     assert f"platform.yaml: {where}" in str(caught.value)
+
+
+def test_refusals_show_quantities_not_raw_bytes_and_millicores() -> None:
+    """The request's share in the units it was written in, the quota and use as quantities."""
+    book = quotas(QUOTAS)
+    written = WrittenQuantities(cpu={600: "0.6"}, memory={200 << 20: "200Mi"})
+    memory = refusal(
+        lambda: book.check_start("team-a", Usage(1, 0, 900 << 20), 100, 200 << 20, written=written)
+    )
+    assert memory.message == (
+        "organization 'team-a' is at its memory quota: 900Mi of 1Gi of memory in use, "
+        "this request needs 200Mi more"
+    )
+    assert (memory.metadata["limit"], memory.metadata["requested"]) == (
+        str(1 << 30),
+        str(200 << 20),
+    )  # metadata stays in plain integers for programs
+    cpu = refusal(lambda: book.check_start("team-a", Usage(1, 1000, 0), 600, 1, written=written))
+    assert cpu.message.endswith("1 of 1500m of CPU in use, this request needs 0.6 more")

@@ -247,7 +247,8 @@ def test_warm_pool_sizes_are_checked_with_the_field_named() -> None:
             parse_config(CONFIG.replace("SIZE", size), "platform.yaml")
             raise AssertionError(f"size {size} accepted")
         except ConfigError as exc:
-            assert str(exc) == f"platform.yaml: profiles[0].spec.warm_pool.size: {problem}"
+            # The line of the value, for the person editing the file (CONFIG starts with \n).
+            assert str(exc) == f"platform.yaml: profiles[0].spec.warm_pool.size (line 9): {problem}"
     try:
         parse_config(
             CONFIG.replace("SIZE", "1").replace("{size: 5}", "{size: 500}"), "platform.yaml"

@@ -23,6 +23,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from sandboxd.images.store import ImageError, ImageNotFound, ImageStore
 
@@ -62,6 +63,7 @@ from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
+from .scratch import ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
@@ -121,6 +123,9 @@ class LocalBackend(Backend):
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
         self._disk = DiskLayers(self.data_dir / "disk", ready_layers)
+        # Scratch file systems come in any size: made on the create path, none ahead.
+        self._scratch_layers = DiskLayers(self.data_dir / "scratch-disk", ready=0)
+        self._scratch: dict[str, ScratchFs] = {}
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -211,6 +216,7 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
+        rec.image_rootfs = str(rootfs)  # saved with the record: images in use stay
         try:
             disk_fd = await self._disk.take(spec.disk_bytes)
         except DiskError as exc:
@@ -264,7 +270,43 @@ class LocalBackend(Backend):
             )
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
-        reply = await self._zygote.spawn(
+        handed: tuple[int, ...] = (disk_fd,)
+        if spec.scratch is not None:
+            scratch_fd, kept = await make_scratch(
+                self._scratch_layers, spec.scratch, rec.ids.first, rec.ids.count
+            )
+            self._scratch[rec.sandbox_id] = kept
+            handed = (disk_fd, scratch_fd)
+        try:
+            reply = await self._spawn(rec, spec, rootfs, file_map, env, hostname, handed)
+        finally:
+            for fd in handed[1:]:
+                os.close(fd)  # the zygote got its own copy
+        if not reply.get("ok"):
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
+        rec.agent_pid = int(reply["pid"])
+        rec.agent_start_time = process_start_time(rec.agent_pid)
+        rec.keeper_pid = int(reply["keeper_pid"])
+        rec.keeper_start_time = process_start_time(rec.keeper_pid)
+        rec.attach()
+        rec.save()
+        self._release_on_exit(rec)
+        if rec.ingress is not None and rec.exposed_ports:
+            await self._publish(rec)
+
+    async def _spawn(  # noqa: PLR0917 (one call site, the create path)
+        self,
+        rec: SandboxRecord,
+        spec: SandboxSpec,
+        rootfs: Path,
+        file_map: list[list[str]],
+        env: dict[str, str],
+        hostname: str,
+        fds: tuple[int, ...],
+    ) -> dict[str, Any]:
+        assert rec.ids is not None and rec.cgroup is not None
+        scratch = {"mount_path": spec.scratch.mount_path} if spec.scratch else None
+        return await self._zygote.spawn(
             {
                 "state_dir": str(rec.state_dir),
                 "rootfs": str(rootfs),
@@ -285,20 +327,10 @@ class LocalBackend(Backend):
                 "seccomp": self._seccomp,
                 "max_execs": self._max_execs,
                 "native_keeper": self._native_keeper,
+                "scratch": scratch,
             },
-            fds=(disk_fd,),
+            fds=fds,
         )
-        if not reply.get("ok"):
-            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
-        rec.agent_pid = int(reply["pid"])
-        rec.agent_start_time = process_start_time(rec.agent_pid)
-        rec.keeper_pid = int(reply["keeper_pid"])
-        rec.keeper_start_time = process_start_time(rec.keeper_pid)
-        rec.attach()
-        rec.save()
-        self._release_on_exit(rec)
-        if rec.ingress is not None and rec.exposed_ports:
-            await self._publish(rec)
 
     def _release_on_exit(self, rec: SandboxRecord) -> None:
         """Once PID 1 is gone, give back the kernel resources; keep logs and exit code.
@@ -420,6 +452,10 @@ class LocalBackend(Backend):
         await self._cleanup(rec)
 
     async def _cleanup(self, rec: SandboxRecord) -> None:
+        scratch = self._scratch.pop(rec.sandbox_id, None)
+        if scratch is not None:
+            async with scratch.lock:  # an archive being written finishes first
+                scratch.close()
         await self._release(rec)
         self._release_locks.pop(rec.sandbox_id, None)
         rec.close_fds()
@@ -427,7 +463,7 @@ class LocalBackend(Backend):
         self._records.pop(rec.sandbox_id, None)
 
     async def stats(self, sandbox_id: str) -> SandboxStats:
-        """Usage from the sandbox's cgroups."""
+        """Usage from the sandbox's cgroups, and its root file system's used bytes."""
         rec = self._get(sandbox_id)
         raw = rec.cgroup.stats() if rec.cgroup else {}
         return SandboxStats(
@@ -436,6 +472,7 @@ class LocalBackend(Backend):
             memory_peak_bytes=raw.get("memory_peak_bytes", 0),
             pids=raw.get("pids", 0),
             oom_kills=raw.get("oom_kills", 0),
+            disk_bytes=_root_used_bytes(rec.agent_pid) if rec.is_running() else 0,
         )
 
     async def state(self, sandbox_id: str) -> SandboxState:
@@ -486,6 +523,25 @@ class LocalBackend(Backend):
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
         return alive
+
+    # -- scratch file systems (scratch.py) -------------------------------------------------------
+    supports_scratch = True
+
+    async def open_scratch_archive(self, sandbox_id: str) -> FileReader:
+        """A tar stream of the scratch file system: frozen while the sandbox runs (scratch.py)."""
+        rec = self._get(sandbox_id)
+        scratch = self._scratch.get(sandbox_id)
+        if scratch is None:
+            raise BackendUnavailable(
+                f"sandbox {sandbox_id!r} has no scratch file system on this runner "
+                "(none was asked for, or the runner restarted since it was made)"
+            )
+        await scratch.lock.acquire()
+        try:
+            return _Locked(ScratchArchiveReader(scratch, freeze=rec.is_running()), scratch.lock)
+        except BaseException:
+            scratch.lock.release()
+            raise
 
     # -- warm pools (warm.py) ------------------------------------------------------------------
     supports_warm_pools = True
@@ -589,3 +645,39 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
+
+
+def _root_used_bytes(agent_pid: int | None) -> int:
+    """Used bytes of the file system at the sandbox's root (its writable layer's).
+
+    ``statvfs`` of ``/proc/PID/root`` itself: the kernel's link to the sandbox's root, never
+    a path the sandbox controls (nothing under it is resolved). 0 when the agent is gone.
+    """
+    if agent_pid is None:
+        return 0
+    try:
+        fs = os.statvfs(f"/proc/{agent_pid}/root")
+    except OSError:
+        return 0
+    return (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+
+
+class _Locked(FileReader):
+    """A reader that holds ``lock`` until it is closed (one archive per file system)."""
+
+    def __init__(self, reader: FileReader, lock: asyncio.Lock) -> None:
+        self.size = reader.size
+        self._reader = reader
+        self._lock: asyncio.Lock | None = lock
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._reader.__aiter__()
+
+    async def aclose(self) -> None:
+        """Close the reader, then let the next archive (or destroy) go."""
+        try:
+            await self._reader.aclose()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None

@@ -10,7 +10,9 @@ import pytest
 
 from cwsandbox import (
     NetworkOptions,
+    ProfileNotFoundError,
     ResourceOptions,
+    RunnerNotFoundError,
     Sandbox,
     SandboxDefaults,
     SandboxNotFoundError,
@@ -243,11 +245,31 @@ def test_start_errors_are_mapped(gateway: Gateway) -> None:
         "Start",
         failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "no capacity"),
         failure(grpc.StatusCode.NOT_FOUND, "profile gpu not found"),
+        failure(
+            grpc.StatusCode.NOT_FOUND,
+            "profile 'gpu' not found",
+            "CWSANDBOX_PROFILE_NOT_FOUND",
+            profile_name="gpu",
+        ),
+        failure(
+            grpc.StatusCode.NOT_FOUND,
+            "runner 'r9' not found",
+            "CWSANDBOX_RUNNER_NOT_FOUND",
+            runner_id="r9",
+        ),
     )
     with pytest.raises(SandboxResourceExhaustedError):
         Sandbox.run()
+    # A bare NOT_FOUND says nothing more: the sandbox is what is missing.
     with pytest.raises(SandboxNotFoundError, match="profile gpu not found"):
         Sandbox.run()
+    # With the server's reason, the missing thing is named: the profile, the runner.
+    with pytest.raises(ProfileNotFoundError, match="profile 'gpu' not found") as profile:
+        Sandbox.run(profile_names=["gpu"])
+    assert profile.value.profile_name == "gpu"
+    with pytest.raises(RunnerNotFoundError, match="runner 'r9' not found") as runner:
+        Sandbox.run(runner_ids=["r9"])
+    assert runner.value.runner_id == "r9"
 
 
 def test_api_key_read_once_per_sandbox(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,101 @@
+"""Each sandbox's activity trail in the control plane's database, outside the sandbox.
+
+Why here and append-only: the trail is what an owner reads to learn what happened to a
+sandbox (lifecycle, execs, files), written only by the control plane from what it saw
+itself, never by anything inside the sandbox. It outlives the sandbox record: rows are
+collected by age alone (the retention of ended sandboxes), not when the sandbox is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, delete, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from sandboxd.store.base import Base, utc
+
+
+class SandboxEventRow(Base):
+    """One event of one sandbox; ``seq`` orders all events of the control plane."""
+
+    __tablename__ = "sandbox_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner_org: Mapped[str] = mapped_column(String(63))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(80))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """An event as written and read; ``seq`` is 0 until stored."""
+
+    sandbox_id: str
+    owner_org: str
+    at: datetime
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    seq: int = 0
+
+
+class EventStore:
+    """Synchronous access to the trail; call it from a worker thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def append(self, events: Sequence[SandboxEvent]) -> list[SandboxEvent]:
+        """Store ``events`` in one transaction; returns them with their ``seq``."""
+        with Session(self._engine) as session, session.begin():
+            rows = [
+                SandboxEventRow(
+                    sandbox_id=e.sandbox_id,
+                    owner_org=e.owner_org,
+                    at=e.at,
+                    kind=e.kind,
+                    actor=e.actor,
+                    data=e.data,
+                )
+                for e in events
+            ]
+            session.add_all(rows)
+            session.flush()
+            return [_event(row) for row in rows]
+
+    def page(self, sandbox_id: str, after_seq: int, limit: int) -> list[SandboxEvent]:
+        """Up to ``limit`` events of a sandbox after ``after_seq``, oldest first."""
+        with Session(self._engine) as session:
+            rows = session.scalars(
+                select(SandboxEventRow)
+                .where(SandboxEventRow.sandbox_id == sandbox_id, SandboxEventRow.seq > after_seq)
+                .order_by(SandboxEventRow.seq)
+                .limit(limit)
+            ).all()
+            return [_event(row) for row in rows]
+
+    def collect(self, before: datetime) -> int:
+        """Delete events older than ``before``; returns how many."""
+        with Session(self._engine) as session, session.begin():
+            done = session.execute(delete(SandboxEventRow).where(SandboxEventRow.at < before))
+            return int(getattr(done, "rowcount", 0) or 0)
+
+
+def _event(row: SandboxEventRow) -> SandboxEvent:
+    return SandboxEvent(
+        sandbox_id=row.sandbox_id,
+        owner_org=row.owner_org,
+        at=utc(row.at),
+        kind=row.kind,
+        actor=row.actor,
+        data=dict(row.data),
+        seq=row.seq,
+    )
