@@ -85,16 +85,9 @@ async def supported(life: Lifecycle) -> bool:
 
 
 async def service_read(
-    life: Lifecycle,
-    path: str,
-    timeout: float | None,
-    sink: Callable[[bytes], Awaitable[bool]],
-    on_size: Callable[[int], None] | None = None,
+    life: Lifecycle, path: str, timeout: float | None, sink: Callable[[bytes], Awaitable[bool]]
 ) -> int:
-    """Stream ``path`` into ``sink``; the byte count. :class:`Unsupported` without the service.
-
-    ``on_size`` is told the file's size before any byte (it may raise to refuse the read).
-    """
+    """Stream ``path`` into ``sink``; the byte count. :class:`Unsupported` without the service."""
     if _known.get(_target(life)) is False:
         raise Unsupported
     sid = await life.ensure_running()
@@ -113,8 +106,6 @@ async def service_read(
         async for response in call:
             if response.WhichOneof("frame") == "info":
                 size = response.info.size
-                if on_size is not None:
-                    on_size(size)
                 continue
             received += len(response.data)
             if not await sink(response.data):

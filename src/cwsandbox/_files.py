@@ -1,9 +1,9 @@
 """Reading and writing sandbox files: unary calls, their large-file fallbacks, and streams.
 
-``read_file``/``write_file`` use sandboxd's ``FileService`` where the server has it (reads
-always, writes above 1 MiB: its frames are relayed as they arrive instead of being held
-whole at each hop), and otherwise the unary RetrieveFile/AddFile (protocol §6) while the
-payload fits one message, falling back to streaming when it does not (over sandboxd's
+``write_file`` sends more than 1 MiB over sandboxd's ``FileService`` where the server has
+it (its frames are relayed as they arrive instead of being held whole at each hop);
+otherwise ``read_file``/``write_file`` use the unary RetrieveFile/AddFile (protocol §6)
+while the payload fits one message, and fall back to streaming when it does not (over sandboxd's
 ``FileService`` where the server has it, ``_file_service``; otherwise over StreamExec
 scripts, ``_file_stream``; the streaming calls choose the same way): a write larger than
 32 MiB (or than the cap the server reported in ``max_size_bytes``) streams at once; a read
@@ -178,28 +178,6 @@ async def _retrieve(life: Lifecycle, sid: str, path: str, timeout: float) -> byt
     return resp.file_contents
 
 
-async def _service_read_whole(life: Lifecycle, path: str, timeout: float) -> bytes:
-    """``path`` whole over ``FileService``, refused past what ``read_file`` holds in memory."""
-    parts: list[bytes] = []
-
-    def check_size(size: int) -> None:
-        if size > READ_FALLBACK_LIMIT_BYTES:
-            raise SandboxFileError(
-                f"file '{path}' is {size} bytes, more than read_file holds in memory "
-                f"({READ_FALLBACK_LIMIT_BYTES} bytes); use read_file_streaming",
-                filepath=path,
-                reason=_TOO_LARGE,
-                metadata={"filepath": path, "size_bytes": str(size)},
-            )
-
-    async def keep(chunk: bytes) -> bool:
-        parts.append(chunk)
-        return True
-
-    await service_read(life, path, timeout, keep, on_size=check_size)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def _learn_cap(life: Lifecycle, err: SandboxFileError) -> None:
     cap = err.metadata.get("max_size_bytes", "")
     if cap.isdigit() and int(cap) > 0:
@@ -213,17 +191,12 @@ def _note_fallback(life: Lifecycle, what: str) -> None:
 
 
 async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
-    """Wait for RUNNING, then read ``path`` whole (``FileService``, else RetrieveFile).
+    """Wait for RUNNING, then RetrieveFile ``path``, streaming it if it is too large.
 
-    Without ``FileService`` a file too large for RetrieveFile streams over exec scripts.
-    Why ``FileService`` first: its 1 MiB frames flow through the control plane and the
-    runner as they arrive, while a unary answer is held whole at each hop before the next
-    one sees a byte; for a few MiB and more that doubles the throughput (README,
-    "Performance"), and a small file costs the same single call.
+    Unary first (unlike large writes): the server's activity trail records a digest of what
+    a unary call read, which a stream cannot give without hashing every byte it relays.
     """
     sid = await life.ensure_running()
-    if await supported(life):
-        return await _service_read_whole(life, path, timeout)
     try:
         return await _retrieve(life, sid, path, timeout)
     except SandboxFileError as err:
