@@ -110,7 +110,7 @@ def test_files_arrive_whole_unary_and_streamed(sandbox: Sandbox) -> None:
 def test_read_file_refuses_what_it_cannot_hold_before_reading_it(
     linked: Up, sandbox: Sandbox
 ) -> None:
-    """``read_file`` learns the size first (FileService's ``info``) and refuses past 256 MiB."""
+    """``read_file`` learns the size from the server's answer and refuses past 256 MiB."""
     sandbox.exec(["truncate", "-s", "300M", "/tmp/sparse"]).result()
     server = linked.proc.popen.pid
     before = _rss_kib(server)
