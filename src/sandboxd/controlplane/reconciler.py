@@ -225,7 +225,10 @@ class RunnerReconciler:
         asyncio.get_running_loop().call_later(RETRY_SECONDS, self.kick, sandbox_id)
 
     async def _observe(self, sandbox_id: str, report: Report) -> None:
-        await self._records.update(sandbox_id, lambda r: observe(r, report))
+        if report.phase is Observed.RUNNING:  # shown while stored: a create's hot path
+            await self._records.observe_running(sandbox_id, lambda r: observe(r, report))
+        else:
+            await self._records.update(sandbox_id, lambda r: observe(r, report))
 
     async def _command(self, record: SandboxRecord, flight: InFlight) -> None:
         sid = record.sandbox_id
