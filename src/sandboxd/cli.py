@@ -256,6 +256,14 @@ def controlplane_command(**options: object) -> None:
 )
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
+@click.option(
+    "--runner-link",
+    type=click.Choice(["in-process", "grpc"]),
+    default="in-process",
+    show_default=True,
+    help="How the local runner reaches the control plane: handed over in memory, or over "
+    "the listening port as a remote runner would (slower; for comparing and testing).",
+)
 @retention_option
 @metrics_option("127.0.0.1:0")
 @log_level_option
@@ -290,7 +298,10 @@ def up_command(**options: object) -> None:
         with refuse_damaged_database():
             asyncio.run(
                 run_all_in_one(
-                    settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+                    settings,
+                    runner_id=str(runner_id) if runner_id else None,
+                    ca_file=ca_file,
+                    runner_link=str(options["runner_link"]),
                 )
             )
     except RunnerRejectedError as exc:

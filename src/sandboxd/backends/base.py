@@ -448,12 +448,15 @@ class Backend(ABC):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,
     ) -> int:
         """Write a file from ``chunks`` in order; the size written.
+
+        Chunks are bytes-like: ``bytes``, or ``memoryview`` s into the frames they arrived in
+        (the in-process runner link passes them without a copy).
 
         Backends that can should stream in constant memory; this default gathers the
         bytes and calls :meth:`write_file`.

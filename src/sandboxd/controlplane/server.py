@@ -47,6 +47,7 @@ from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, startup_config
+from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.metrics import (
     ControlPlaneMetrics,
@@ -213,6 +214,8 @@ class ControlPlane:
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        # In-process links for a runner of this process (``sandboxd up``), set by start().
+        self.local_runners: LocalRunners | None = None
 
     def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
         """Call ``observe`` on every record change, before what already ran (the reconciler)."""
@@ -330,6 +333,7 @@ class ControlPlane:
             self.lifecycle,
             cluster_id=self.cluster_id,
         )
+        self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
         events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -394,6 +398,8 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
+        if self.local_runners is not None:
+            self.local_runners.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None

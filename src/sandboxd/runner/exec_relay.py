@@ -85,7 +85,7 @@ async def end_call(call: Any) -> None:
     with contextlib.suppress(TimeoutError, *CALL_ERRORS):
         await call.done_writing()
         async with asyncio.timeout(END_OF_CALL_TIMEOUT):
-            while isinstance(await call.read(), runner_pb2.OperationDown):
+            while isinstance(await call.read(), runner_pb2.OperationDown | bytes):
                 pass  # anything else is grpc.aio.EOF (which the type stubs do not export)
 
 
@@ -186,6 +186,8 @@ async def _pump_input(call: OperateCall, session: ExecSession, stdin_open: bool)
     """
     while True:
         frame = await call.read()
+        if isinstance(frame, bytes):  # an encoded data frame: never for an exec
+            continue
         if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
             return
         if frame.WhichOneof("frame") != "input":

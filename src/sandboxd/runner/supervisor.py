@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from sandboxd.runner.exec_limits import (
 )
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
+from sandboxd.runner.file_frames import WriteCut, data_frames, send_data
 from sandboxd.runner.log_relay import refuse_logs, relay_logs
 from sandboxd.runner.recent_ids import RecentIds
 from sandboxd.runner.records import RunnerRecord
@@ -78,10 +79,6 @@ DELETE_STOP_GRACE_SECONDS = 5.0
 OPENED_STREAMS_REMEMBERED = 4096
 """Operation stream ids remembered, so an open bound again runs nothing twice."""
 _RUN_ONCE = "it was bound again after its first stream was lost, and may have run already"
-
-
-class _WriteCut(Exception):
-    """The control plane's side of a file write ended before its ``end`` frame."""
 
 
 class SandboxSupervisor(SandboxTable):
@@ -189,8 +186,8 @@ class SandboxSupervisor(SandboxTable):
             await self._scratch.send_archive(first.scratch_archive, call)
         elif kind == "scratch_restore":
             try:
-                done = await self._scratch.stage(first.scratch_restore, _data_frames(call))
-            except (_WriteCut, *CALL_ERRORS) as exc:
+                done = await self._scratch.stage(first.scratch_restore, data_frames(call))
+            except (WriteCut, *CALL_ERRORS) as exc:
                 _log.info("restore archive for %s cut (%s)", first.scratch_restore.sandbox_id, exc)
                 self._scratch.discard_files(first.scratch_restore.sandbox_id)
                 return
@@ -451,14 +448,14 @@ class SandboxSupervisor(SandboxTable):
             self._require(sid, running=True)
             _check_path(path)
             size = await self._backend.write_file_stream(
-                sid, path, _data_frames(call), make_parents=True
+                sid, path, data_frames(call), make_parents=True
             )
             done = runner_pb2.FileDone(size=size)
         except CommandFailed as exc:
             done = runner_pb2.FileDone(failure=exc.failure)
         except BackendError as exc:
             done = runner_pb2.FileDone(failure=from_backend_error(exc, sid, path=path))
-        except (_WriteCut, *CALL_ERRORS) as exc:
+        except (WriteCut, *CALL_ERRORS) as exc:
             _log.info("write of %s in %s: the stream ended early (%s)", path, sid, exc)
             return
         await self._file_done(call, done)
@@ -477,7 +474,7 @@ class SandboxSupervisor(SandboxTable):
                 opened = runner_pb2.FileOpened(size=reader.size)
                 await call.write(runner_pb2.OperationUp(opened=opened))
                 async for chunk in reader:
-                    await call.write(runner_pb2.OperationUp(data=chunk))
+                    await send_data(call, chunk)
                     sent += len(chunk)
             done = runner_pb2.FileDone(size=sent)
         except CommandFailed as exc:
@@ -512,21 +509,6 @@ class SandboxSupervisor(SandboxTable):
             await relay_exec(self._backend, command, call)
         finally:
             self._exec_slots.release(command.sandbox_id)
-
-
-async def _data_frames(call: OperateCall) -> AsyncIterator[bytes]:
-    """A file write's bytes, frame by frame, until its ``end``; :class:`_WriteCut` if none."""
-    while True:
-        frame = await call.read()
-        if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
-            raise _WriteCut("the stream ended before the end of the data")
-        kind = frame.WhichOneof("frame")
-        if kind == "data":
-            yield frame.data
-        elif kind == "end":
-            return
-        else:
-            raise _WriteCut(f"a {kind!r} frame in the middle of the data")
 
 
 def _check_path(path: str) -> None:
