@@ -4,13 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# chromium: the web console's browser tests (tests/e2e/console/, driven by Playwright).
+# chromium: the web console's browser tests (tests/e2e/test_console_browser.py, Playwright).
 # postgresql: a throwaway server for the store tests (tests/support/postgres.py); the setup
 # only installs it, nothing is started or enabled here. e2fsprogs: mkfs.ext4 for the sandboxes'
 # writable layers (src/sandboxd/backends/local/disk.py). gcc, libc6-dev: the native keeper
-# (src/sandboxd/backends/local/native/keeper.c, built below).
+# (src/sandboxd/backends/local/native/keeper.c, built below). skopeo, umoci: `sandboxd images
+# pull` and OCI imports; docker-registry, apache2-utils (htpasswd): the registry the image
+# tests run on loopback (nothing is started or enabled here).
 APT_PACKAGES=(python3 python3-venv bubblewrap mmdebstrap iproute2 iptables uidmap linux-libc-dev openssl
-              postgresql e2fsprogs gcc libc6-dev chromium)
+              postgresql e2fsprogs gcc libc6-dev skopeo umoci docker-registry apache2-utils
+              chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -25,6 +25,12 @@ from cwsandbox._resources import ResourceOptions
 from cwsandbox._results import ProcessResult
 from cwsandbox._sandbox import Sandbox
 from cwsandbox._session import Session
+from cwsandbox._snapshots import (
+    FileSystemSnapshot,
+    FileSystemSnapshotBucketConfig,
+    FileSystemSnapshotStatus,
+    FileSystemSnapshotTrigger,
+)
 from cwsandbox._status import SandboxStatus
 from cwsandbox._streams import StreamReader, StreamWriter
 from cwsandbox._terminal import TerminalResult, TerminalSession
@@ -80,7 +86,11 @@ __all__ = [
     "CWSandboxError",
     "DiscoveryError",
     "EgressMode",
+    "FileSystemSnapshot",
+    "FileSystemSnapshotBucketConfig",
     "FileSystemSnapshotOptions",
+    "FileSystemSnapshotStatus",
+    "FileSystemSnapshotTrigger",
     "FunctionError",
     "NetworkOptions",
     "OperationRef",

@@ -27,6 +27,7 @@ from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import ResourceOptions
 from cwsandbox._sandbox_io import SandboxIOMixin
 from cwsandbox._sandbox_state import SandboxInfoMixin, SandboxState
+from cwsandbox._snapshots import SandboxSnapshotMixin, create_snapshot
 from cwsandbox._spec import StartOptions, build_start_request
 from cwsandbox._status import SandboxStatus
 from cwsandbox._transport import Transport
@@ -48,7 +49,7 @@ def _seconds(value: float | None, default: float, what: str) -> float:
     return float(value)
 
 
-class Sandbox(SandboxIOMixin, SandboxInfoMixin, SandboxCatalogMixin):
+class Sandbox(SandboxIOMixin, SandboxInfoMixin, SandboxCatalogMixin, SandboxSnapshotMixin):
     """One sandbox. ``Sandbox.run(...)`` starts it; ``with`` stops it again on exit.
 
     ``Sandbox(...)`` alone only describes it: the Start RPC is sent by ``start()``, by
@@ -158,6 +159,15 @@ class Sandbox(SandboxIOMixin, SandboxInfoMixin, SandboxCatalogMixin):
 
     def _submit(self, coro: Any) -> OperationRef[Any]:
         return OperationRef(_loop.submit(coro))
+
+    def _snapshot_call(
+        self, wait_for_ready: bool, idempotency_key: str | None
+    ) -> OperationRef[str]:
+        async def go() -> str:
+            sid = await self._life.ensure_running()
+            return await create_snapshot(self._life.transport, sid, wait_for_ready, idempotency_key)
+
+        return self._submit(go())
 
     # --- creating and starting ----------------------------------------------------------
 

@@ -70,9 +70,13 @@ def test_import_directory_and_tarball(tmp_path: Path) -> None:
     assert src.exists()  # importing never consumes the source
 
 
-def test_oci_archive_needs_skopeo_and_umoci(tmp_path: Path) -> None:
-    if shutil.which("skopeo") and shutil.which("umoci"):
-        pytest.skip("skopeo and umoci are installed here")
+def test_oci_archive_needs_skopeo_and_umoci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host without the tools (a PATH that has neither), the import says what to install."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert shutil.which("skopeo") is None and shutil.which("umoci") is None
     archive = tmp_path / "image.oci.tar"
     with tarfile.open(archive, "w") as tar:
         for name, data in (

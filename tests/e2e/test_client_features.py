@@ -346,6 +346,12 @@ def test_cli_lifecycle(platform: Platform, tmp_path: Path) -> None:
     assert cli(platform, "cp", str(tmp_path / "up.bin"), f"{sid}:/root/").returncode == 0
     assert cli(platform, "cp", f"{sid}:/root/up.bin", str(tmp_path / "down.bin")).returncode == 0
     assert (tmp_path / "down.bin").read_bytes() == payload
+    # With --progress, a bar on stderr that reaches the size; the bytes are the same.
+    shown = cli(platform, "cp", "--progress", str(tmp_path / "up.bin"), f"{sid}:/root/bar.bin")
+    assert shown.returncode == 0 and b"5.0/5.0 MiB" in shown.stderr, shown.stderr[-300:]
+    back = cli(platform, "cp", "--progress", f"{sid}:/root/bar.bin", str(tmp_path / "bar.bin"))
+    assert back.returncode == 0 and b"5.0/5.0 MiB" in back.stderr, back.stderr[-300:]
+    assert (tmp_path / "bar.bin").read_bytes() == payload
 
     refused = cli(platform, "rm", sid)
     assert refused.returncode == 1 and b"stop it first" in refused.stderr

@@ -15,9 +15,20 @@ import posixpath
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from cwsandbox._sandbox import Sandbox
 from cwsandbox.cli._app import CliError
@@ -49,7 +60,56 @@ def parse_location(text: str) -> Location:
     return Location(path, match.group("id"))
 
 
-def _upload(sandbox: Sandbox, local: str, remote: str) -> None:
+class _Meter:
+    """Counts bytes as they pass and shows a progress bar (with a total when known)."""
+
+    def __init__(self, enabled: bool, what: str, total: int | None) -> None:
+        self._progress: Progress | None = None
+        self.done = 0
+        self.enabled = enabled
+        if enabled:
+            console = Console(stderr=True, force_terminal=True)
+            self._progress = Progress(
+                TextColumn(what),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task = self._progress.add_task(what, total=total)
+            self._progress.start()
+
+    def add(self, count: int) -> None:
+        """Count ``count`` more bytes."""
+        self.done += count
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done)
+
+    def close(self) -> None:
+        """Stop the bar, showing the final size (also when the total was not known)."""
+        if self._progress is not None:
+            if self._progress.tasks[0].total is None:
+                self._progress.update(self._task, total=self.done)
+            self._progress.stop()
+            self._progress = None
+
+
+class _CountingReader:
+    """A binary file whose reads feed a :class:`_Meter`."""
+
+    def __init__(self, source: BinaryIO, meter: _Meter) -> None:
+        self._source = source
+        self._meter = meter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._meter.add(len(data))
+        return data
+
+
+def _upload(sandbox: Sandbox, local: str, remote: str, show: bool = False) -> None:
     if local == "-":
         sandbox.write_file_streaming(remote, sys.stdin.buffer).result()
         return
@@ -57,19 +117,30 @@ def _upload(sandbox: Sandbox, local: str, remote: str) -> None:
         raise CliError(f"{local!r} is a directory; cp copies single files")
     if remote.endswith("/"):
         remote += os.path.basename(local)
+    total = os.path.getsize(local)
+    meter = _Meter(show, f"{os.path.basename(local)} →", total)
     try:
-        with open(local, "rb") as source:
-            sandbox.write_file_streaming(remote, source).result()
-    except SandboxFileError as err:
-        if err.reason != "CWSANDBOX_FILE_IS_DIRECTORY":
-            raise
-        with open(local, "rb") as source:  # the target is a directory: copy into it
-            target = posixpath.join(remote, os.path.basename(local))
-            sandbox.write_file_streaming(target, source).result()
+        try:
+            _send(sandbox, local, remote, meter)
+        except SandboxFileError as err:
+            if err.reason != "CWSANDBOX_FILE_IS_DIRECTORY":
+                raise
+            meter.done = 0  # the target is a directory: copy into it
+            _send(sandbox, local, posixpath.join(remote, os.path.basename(local)), meter)
+    finally:
+        meter.close()
 
 
-def _download(sandbox: Sandbox, remote: str, local: str) -> None:
+def _send(sandbox: Sandbox, local: str, remote: str, meter: _Meter) -> None:
+    with open(local, "rb") as raw:
+        source: Any = _CountingReader(raw, meter) if meter.enabled else raw
+        sandbox.write_file_streaming(remote, source).result()
+
+
+def _download(sandbox: Sandbox, remote: str, local: str, show: bool = False) -> None:
     reader = sandbox.read_file_streaming(remote)
+    if show and local != "-":
+        reader = _metered(reader, _Meter(True, f"→ {posixpath.basename(remote)}", None))
     if local == "-":
         with contextlib.closing(reader):
             for chunk in reader:
@@ -91,21 +162,44 @@ def _download(sandbox: Sandbox, remote: str, local: str) -> None:
         raise
 
 
+def _metered(chunks: Iterator[bytes], meter: _Meter) -> Any:
+    """``chunks``, counted into ``meter``, which closes when they run out (or are closed)."""
+
+    def counted() -> Iterator[bytes]:
+        try:
+            for chunk in chunks:
+                meter.add(len(chunk))
+                yield chunk
+        finally:
+            meter.close()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    return counted()
+
+
 @click.command("cp")
 @click.argument("source", metavar="SRC")
 @click.argument("target", metavar="DST")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
+)
 @click.pass_context
-def cp_command(ctx: click.Context, source: str, target: str) -> None:
+def cp_command(ctx: click.Context, source: str, target: str, progress: bool | None) -> None:
     """Copy a file between here and a sandbox: `cp ID:/path local` or `cp local ID:/path`."""
     src, dst = parse_location(source), parse_location(target)
     if (src.sandbox_id is None) == (dst.sandbox_id is None):
         raise click.UsageError("exactly one of SRC and DST must be a sandbox path (ID:/path)")
+    show = sys.stderr.isatty() if progress is None else progress
     try:
         if dst.sandbox_id is not None:
-            _upload(attach(ctx, dst.sandbox_id), src.path, dst.path)
+            _upload(attach(ctx, dst.sandbox_id), src.path, dst.path, show)
         else:
             assert src.sandbox_id is not None
-            _download(attach(ctx, src.sandbox_id), src.path, dst.path)
+            _download(attach(ctx, src.sandbox_id), src.path, dst.path, show)
     except OSError as err:  # the local side: name the file and the reason, nothing more
         raise CliError(f"{err.filename or 'local file'}: {err.strerror or err}") from None
 

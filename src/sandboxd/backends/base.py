@@ -21,6 +21,11 @@ create and start of a cold sandbox in one step), ``discard`` (a slot nobody will
 ``discard_prepared`` (slots a previous runner process left behind). The defaults say "no
 warm pools", so other backends need nothing.
 
+Pausing is optional too: a backend that can freeze a sandbox's processes where they are
+(no CPU; memory, files and descriptors kept) and thaw them sets ``supports_pause`` and
+implements ``pause`` and ``resume``, reports ``SandboxState.paused``, and thaws a paused
+sandbox before ``stop`` or ``destroy``. The defaults raise ``PauseUnsupported``.
+
 Values are small frozen dataclasses so they can be logged, compared and passed across
 threads safely. Errors are the typed tree in ``errors.py``.
 """
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
-from .errors import BackendUnavailable, InvalidSpec
+from .errors import BackendUnavailable, InvalidSpec, PauseUnsupported
 
 Stream = Literal["stdout", "stderr"]
 SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -100,6 +105,54 @@ class MountedFile:
     data: bytes
 
 
+FORBIDDEN_MOUNT_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_mount_path(path: str, field_name: str) -> str:
+    """``path`` as a mount point inside a sandbox, or ``InvalidSpec`` naming ``field_name``.
+
+    Why so strict: the path is the client's, and the mount hides whatever the image has
+    there; it must be absolute, normal (no ``..``, ``.`` or empty components), not ``/`` and
+    not in the kernel's trees (``/proc``, ``/sys``, ``/dev``), whose masks it could undo.
+    """
+    if not path.startswith("/") or "\x00" in path or len(path) > 4096:
+        raise InvalidSpec(field_name, f"must be an absolute path (got {path[:80]!r})")
+    parts = path.split("/")[1:]
+    if path.endswith("/") and len(parts) > 1:
+        parts = parts[:-1]
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidSpec(field_name, f"must be a normal path, no '..', '.' or '//' ({path!r})")
+    normal = "/" + "/".join(parts)
+    if normal == "/" or any(
+        normal == root or normal.startswith(root + "/") for root in FORBIDDEN_MOUNT_ROOTS
+    ):
+        raise InvalidSpec(field_name, f"cannot mount over {normal!r}")
+    return normal
+
+
+@dataclass(frozen=True)
+class ScratchSpec:
+    """A scratch file system: its own file system of ``size_bytes`` at ``mount_path``.
+
+    Why a file system of its own and not a directory: the cap is hard (``ENOSPC`` at the
+    size, as the writable layer has, ``disk.py``) and its content can be archived and
+    restored on its own (snapshots). ``name`` is the volume's name (v1 scratch volumes; v1beta2
+    has one, ``workspace``). ``restore_archive`` is a host file the *runner* staged (a tar
+    archive from a snapshot, never a path a sandbox or a client chose); when set, the file
+    system is filled from it before the main process starts.
+    """
+
+    mount_path: str
+    size_bytes: int
+    name: str = "workspace"
+    restore_archive: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_mount_path(self.mount_path, "scratch.mount_path")
+        if self.size_bytes <= 0:
+            raise InvalidSpec("scratch.size_bytes", "must be positive")
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything a backend needs to run one sandbox; resolved and checked by the runner."""
@@ -117,6 +170,7 @@ class SandboxSpec:
     mounted_files: tuple[MountedFile, ...] = ()
     max_lifetime_seconds: float | None = None
     hostname: str | None = None
+    scratch: ScratchSpec | None = None
 
     def __post_init__(self) -> None:
         if not SANDBOX_ID_RE.match(self.sandbox_id):
@@ -230,6 +284,9 @@ class SandboxState:
     started_at: float | None = None
     finished_at: float | None = None
     ports: tuple[PublishedPort, ...] = ()
+    # A running sandbox whose processes are frozen (``Backend.pause``); it stays so across
+    # a runner restart, so a recovering runner reads it from here.
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -391,12 +448,15 @@ class Backend(ABC):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,
     ) -> int:
         """Write a file from ``chunks`` in order; the size written.
+
+        Chunks are bytes-like: ``bytes``, or ``memoryview`` s into the frames they arrived in
+        (the in-process runner link passes them without a copy).
 
         Backends that can should stream in constant memory; this default gathers the
         bytes and calls :meth:`write_file`.
@@ -423,6 +483,35 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release runner-side resources; running sandboxes keep running."""
+
+    # -- pause (optional; see the module docstring) ----------------------------------------------
+    supports_pause: ClassVar[bool] = False
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of a running sandbox (idempotent).
+
+        Raises ``SandboxNotRunning`` when its main process has ended, ``PauseUnsupported``
+        when it cannot be paused.
+        """
+        raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox: its processes continue where they were (idempotent)."""
+        raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
+
+    # -- scratch file systems (optional; see ScratchSpec) -----------------------------------------
+    supports_scratch: ClassVar[bool] = False
+
+    async def open_scratch_archive(self, sandbox_id: str) -> FileReader:
+        """The sandbox's scratch file system as a tar archive, streamed in constant memory.
+
+        Consistent: taken while nothing writes (a frozen file system, or a sandbox whose
+        processes ended). Entries are directories, regular files and symlinks (as text,
+        never followed); owners are the sandbox's own ids. ``SandboxNotFound`` without a
+        sandbox, ``BackendUnavailable`` when it has no scratch file system (or the backend
+        has none at all: the default).
+        """
+        raise BackendUnavailable(f"the {self.name} backend has no scratch file systems")
 
     # -- warm pools (optional; see the module docstring) -----------------------------------------
     supports_warm_pools: ClassVar[bool] = False

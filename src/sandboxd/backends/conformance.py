@@ -14,14 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from sandboxd.backends.base import Backend, ExecSession, MountedFile, SandboxSpec, Stream
+from sandboxd.backends.base import (
+    Backend,
+    ExecSession,
+    MountedFile,
+    SandboxSpec,
+    ScratchSpec,
+    Stream,
+)
 from sandboxd.backends.errors import (
     BackendError,
+    BackendUnavailable,
     FileIsDirectory,
     FileNotFound,
     FilePermissionDenied,
@@ -46,6 +56,10 @@ class Harness:
     prefix: str = "t-"
     # Ids of every spec made, so a caller can destroy what a failing check left behind.
     created: list[str] = field(default_factory=list)
+
+    def created_archive(self) -> Path:
+        """A fresh file for an archive a check writes (in a temporary directory of its own)."""
+        return Path(tempfile.mkdtemp(prefix="sandboxd-conformance-")) / "scratch.tar"
 
     def spec(self, **kw: Any) -> SandboxSpec:
         """A spec with a fresh id on the busybox image; ``kw`` overrides any field."""
@@ -369,6 +383,67 @@ async def check_python_image(h: Harness) -> None:
         assert r.code != 0
 
 
+async def check_pause_if_supported(h: Harness) -> None:
+    """A backend with ``supports_pause`` freezes, refuses work at once, thaws, and stops."""
+    if not h.backend.supports_pause:
+        return
+    async with h.sandbox() as sid:
+        await h.backend.write_file(sid, "/tmp/kept", b"kept")
+        await h.backend.pause(sid)
+        await h.backend.pause(sid)
+        assert (await h.backend.state(sid)).paused
+        try:
+            await asyncio.wait_for(h.backend.exec(sid, ["true"]), 5)
+        except SandboxNotRunning:
+            pass
+        else:
+            raise AssertionError("exec into a paused sandbox was not refused")
+        await h.backend.resume(sid)
+        await h.backend.resume(sid)
+        assert not (await h.backend.state(sid)).paused
+        assert (await run(h, sid, ["cat", "/tmp/kept"])).stdout == b"kept"
+        await h.backend.pause(sid)
+        assert await asyncio.wait_for(h.backend.stop(sid, 10), 30) == 0  # thawed, got SIGTERM
+
+
+async def check_scratch_snapshot_and_restore(h: Harness) -> None:
+    """A scratch file system: capped, archived (running and after the end), restored elsewhere.
+
+    Only for backends that declare ``supports_scratch``; the others must refuse the archive
+    with ``BackendUnavailable``.
+    """
+    if not h.backend.supports_scratch:
+        async with h.sandbox() as sid:
+            try:
+                await h.backend.open_scratch_archive(sid)
+            except BackendUnavailable:
+                return
+            raise AssertionError("a backend without scratch file systems opened an archive")
+    scratch = ScratchSpec(mount_path="/work/data", size_bytes=32 << 20)
+    archive = h.created_archive()
+    async with h.sandbox(scratch=scratch) as sid:
+        script = "df -k /work/data | tail -1; mkdir -p /work/data/d && "
+        r = await run(h, sid, sh(script + "echo kept > /work/data/d/f && ln -s d/f /work/data/l"))
+        assert r.code == 0, r.stderr
+        assert int(r.stdout.split()[1]) == (32 << 20) // 1024, r.stdout  # df shows the size
+        r = await run(h, sid, sh("head -c 40000000 /dev/zero | cat > /work/data/big"))
+        assert r.code != 0 and b"No space left on device" in r.stderr, r
+        await run(h, sid, sh("rm /work/data/big"))
+        reader = await h.backend.open_scratch_archive(sid)
+        async with contextlib.aclosing(reader):
+            with archive.open("wb") as out:
+                async for chunk in reader:
+                    out.write(chunk)
+        await h.backend.stop(sid, 1)
+        reader = await h.backend.open_scratch_archive(sid)  # after the end, too
+        async with contextlib.aclosing(reader):
+            assert b"kept" in b"".join([chunk async for chunk in reader])
+    restored = ScratchSpec(mount_path="/restored", size_bytes=16 << 20, restore_archive=archive)
+    async with h.sandbox(scratch=restored) as sid:
+        r = await run(h, sid, sh("cat /restored/d/f; readlink /restored/l"))
+        assert r.code == 0 and r.stdout == b"kept\nd/f\n", r
+
+
 CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_exec_output_and_exit_code,
     check_exec_stdin_roundtrip,
@@ -390,7 +465,9 @@ CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_images_by_reference,
     check_stats_and_hostname,
     check_recover_after_restart,
+    check_pause_if_supported,
     check_python_image,
+    check_scratch_snapshot_and_restore,
 ]
 
 

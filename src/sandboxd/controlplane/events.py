@@ -9,7 +9,7 @@ write to would be worthless as evidence. So the control plane writes it from
 * every public call on a sandbox, v1beta2 or v1 (:class:`EventsInterceptor`, inside the
   authentication interceptor so it knows who asked): each exec (argv, environment names,
   TTY, exit code, duration, the caller's key id), each file written or read through the API
-  (path, size, SHA-256), each stop, delete, pause and resume request.
+  (path, size, SHA-256), each snapshot, and each stop, delete, pause and resume request.
 
 Events are queued and written in batches off the event loop (:data:`FLUSH_SECONDS`), read
 back in order (``seq``), followed live, and kept for the retention of ended sandboxes, also
@@ -439,6 +439,10 @@ _UNARY: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
     "Exec": _unary_exec,
     "WriteFile": _v1_file_written,
     "ReadFile": _v1_file_read,
+    "CreateFileSystemSnapshot": lambda _r, resp: (
+        "snapshot",
+        {"snapshot_id": resp.file_system_snapshot_id} if resp is not None else {},
+    ),
 }
 # ... and requests recorded when they are made (what they cause follows as its own events).
 _REQUESTS: dict[str, Callable[[Any], tuple[str, dict[str, Any]]]] = {

@@ -21,10 +21,14 @@ from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.files import Files
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.operations import Operations
+from sandboxd.controlplane.pausing import Pausing, wait_seconds
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_queries import SandboxFilter, list_page, settled_record
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
+from sandboxd.controlplane.unary_exec import UnaryExec, parse_exec_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 R = TypeVar("R")
@@ -76,10 +80,19 @@ def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
-    def __init__(self, lifecycle: Lifecycle, files: Files) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        files: Files,
+        operations: Operations,
+        fss: FssGateway | None = None,
+    ) -> None:
         self._lifecycle = lifecycle
         self._records = lifecycle.records
         self._files = files
+        self._fss = fss  # file-system snapshots (fss_gateway.py); None: UNIMPLEMENTED
+        self._pausing = Pausing(lifecycle)
+        self._exec = UnaryExec(lifecycle, operations)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -102,7 +115,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Validate, place, record and start the sandbox on its runner."""
 
         async def work() -> gateway_pb2.StartSandboxResponse:
-            record = await self._lifecycle.start(parse_start_request(request))
+            parsed = parse_start_request(request)
+            if parsed.scratch is not None and self._fss is None:
+                raise not_implemented("file_system", "file-system snapshots")
+            source = await self._fss.restore_source(parsed) if self._fss else None
+            record = await self._lifecycle.start(parsed)
+            if self._fss is not None:
+                self._fss.started(record, source)
             response = gateway_pb2.StartSandboxResponse(
                 **_common(record, gateway_pb2.StartSandboxResponse)
             )
@@ -164,10 +183,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """Stop the main process (grace period, then kill); success once it is stopped."""
 
         async def work() -> gateway_pb2.StopSandboxResponse:
-            if request.file_system_snapshot_on_stop:
-                raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
             if request.graceful_shutdown_seconds < 0:
                 raise invalid_argument("graceful_shutdown_seconds", "must not be negative")
+            if request.file_system_snapshot_on_stop:
+                if self._fss is None:
+                    raise not_implemented("file_system_snapshot_on_stop", "file-system snapshots")
+                grace = request.graceful_shutdown_seconds or 10
+                return await self._fss.stop_with_snapshot(request, grace)
             record = await self._record(request.sandbox_id)
             await self._lifecycle.stop(record, request.graceful_shutdown_seconds or 10)
             return gateway_pb2.StopSandboxResponse(success=True)
@@ -209,17 +231,84 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         return await self._run(context, work)
 
+    async def Exec(
+        self, request: gateway_pb2.ExecSandboxRequest, context: Context
+    ) -> gateway_pb2.ExecSandboxResponse:
+        """Run a command to its end; its output (capped), exit code (``unary_exec.py``)."""
+
+        async def work() -> gateway_pb2.ExecSandboxResponse:
+            return await self._exec.run(parse_exec_request(request))
+
+        return await self._run(context, work)
+
+    async def Pause(
+        self, request: gateway_pb2.PauseSandboxRequest, context: Context
+    ) -> gateway_pb2.PauseSandboxResponse:
+        """Freeze every process of the sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.PauseSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.pause(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.PauseSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def Resume(
+        self, request: gateway_pb2.ResumeSandboxRequest, context: Context
+    ) -> gateway_pb2.ResumeSandboxResponse:
+        """Thaw a paused sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.ResumeSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.resume(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.ResumeSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    # File-system snapshots: fss_gateway.py does the work.
+    def _snapshots(self) -> FssGateway:
+        if self._fss is None:
+            raise not_implemented("file_system_snapshots", "file-system snapshots")
+        return self._fss
+
+    async def CreateFileSystemSnapshot(
+        self, request: gateway_pb2.CreateFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.CreateFileSystemSnapshotResponse:
+        """Snapshot a sandbox's scratch file system."""
+        return await self._run(context, lambda: self._snapshots().create(request))
+
+    async def GetFileSystemSnapshot(
+        self, request: gateway_pb2.GetFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshot:
+        """One snapshot."""
+        return await self._run(context, lambda: self._snapshots().get(request))
+
+    async def ListFileSystemSnapshots(
+        self, request: gateway_pb2.ListFileSystemSnapshotsRequest, context: Context
+    ) -> gateway_pb2.ListFileSystemSnapshotsResponse:
+        """The organization's snapshots, paged."""
+        return await self._run(context, lambda: self._snapshots().list(request))
+
+    async def DeleteFileSystemSnapshot(
+        self, request: gateway_pb2.DeleteFileSystemSnapshotRequest, context: Context
+    ) -> gateway_pb2.DeleteFileSystemSnapshotResponse:
+        """Remove a snapshot."""
+        return await self._run(context, lambda: self._snapshots().delete(request))
+
+    async def GetFileSystemSnapshotBucketConfig(
+        self, request: gateway_pb2.GetFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshotBucketConfig:
+        """Where the organization's snapshots go."""
+        return await self._run(context, lambda: self._snapshots().get_bucket())
+
+    async def SetFileSystemSnapshotBucketConfig(
+        self, request: gateway_pb2.SetFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> gateway_pb2.FileSystemSnapshotBucketConfig:
+        """Set where the organization's snapshots go (local buckets only)."""
+        return await self._run(context, lambda: self._snapshots().set_bucket(request))
+
     # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
-    Exec = _unimplemented("unary_exec", "use GatewayStreamingService/StreamExec")
-    Pause = _unimplemented("pause")
-    Resume = _unimplemented("resume")
     Raw = _unimplemented("raw_actions")
-    CreateFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    GetFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    ListFileSystemSnapshots = _unimplemented("file_system_snapshots")
-    DeleteFileSystemSnapshot = _unimplemented("file_system_snapshots")
-    GetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
-    SetFileSystemSnapshotBucketConfig = _unimplemented("file_system_snapshots")
     GetObjectStorageWIFConfig = _unimplemented("object_storage")
     SetObjectStorageWIFConfig = _unimplemented("object_storage")
     DeleteObjectStorageWIFConfig = _unimplemented("object_storage")

@@ -6,8 +6,9 @@ use. Every call passes the authentication interceptor first (:mod:`sandboxd.cont
 API keys for clients and administrators, runner credentials or a join token for runners.
 
 Why the data directory is 0700 and its secrets 0600: it holds the database (credential
-digests, every sandbox's record) and the first administrator key; other local users must not
-read either. With ``tls_cert``/``tls_key`` the port speaks TLS only.
+digests, every sandbox's record), the first administrator key and the key that encrypts
+secret values (``secrets.key``); other local users must not read any of them. With
+``tls_cert``/``tls_key`` the port speaks TLS only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cwsandbox._proto import (
     discovery_pb2_grpc,
     events_pb2_grpc,
     gateway_pb2_grpc,
+    secrets_pb2_grpc,
     streaming_pb2_grpc,
 )
 from sandboxd._proto import admin_pb2_grpc
@@ -40,10 +42,12 @@ from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.event_service import EventService
 from sandboxd.controlplane.events import EventLog, EventsInterceptor
 from sandboxd.controlplane.files import Files, FileService
+from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, startup_config
+from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.metrics import (
     ControlPlaneMetrics,
@@ -60,11 +64,16 @@ from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_store_service import SecretStoreService
+from sandboxd.controlplane.secrets import open_secrets
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.metrics_http import MetricsServer, serve_metrics
+from sandboxd.secrets.cipher import KeyProblem
+from sandboxd.snapshots.content import ContentStore
+from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
 
@@ -164,9 +173,22 @@ class ControlPlane:
         if self.metrics is not None:
             store = timed_store(store, self.metrics)
         self.sandboxes = SandboxRecords(store, self.registry)
-        self.reconcilers = Reconcilers(self.sandboxes, self.registry)
+        try:  # the key in the data directory (secrets.key, 0600), checked against the rows
+            self.secrets = open_secrets(self.store.secrets, settings.data_dir)
+        except KeyProblem as problem:
+            self.store.close()
+            raise DatabaseProblem(f"secret stores: {problem}") from None
+        except SQLAlchemyError as exc:
+            self.store.close()
+            where = describe(self.store.url)
+            raise DatabaseProblem(f"cannot read {where}: {exc}") from None
+        self.reconcilers = Reconcilers(self.sandboxes, self.registry, self.secrets)
         self.lifecycle = Lifecycle(
-            self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
+            self.registry,
+            self.sandboxes,
+            Quotas(settings.config.quotas),
+            self.reconcilers,
+            self.secrets,
         )
         self.cluster_id = ""
         self._collector: asyncio.Task[None] | None = None
@@ -191,10 +213,18 @@ class ControlPlane:
         self.drainer = Drainer(self.registry, self.runner_lifecycle)
         self.live_config: LiveConfig | None = None  # set by start(), from the store
         self.v1_resources = V1Resources(self.store.v1)
+        self.snapshots = Snapshots(
+            self.store.snapshots,
+            ContentStore(settings.data_dir),
+            self.lifecycle,
+            self.operations,
+        )
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.console: ConsoleServer | None = None  # set by start() with console_listen
+        # In-process links for a runner of this process (``sandboxd up``), set by start().
+        self.local_runners: LocalRunners | None = None
 
     def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
         """Call ``observe`` on every record change, before what already ran (the reconciler)."""
@@ -253,6 +283,7 @@ class ControlPlane:
             )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            await self.snapshots.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise
@@ -284,7 +315,13 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files), server
+            GatewayService(
+                self.lifecycle,
+                self.files,
+                self.operations,
+                FssGateway(self.snapshots, self.lifecycle),
+            ),
+            server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
             StreamingService(self.lifecycle, self.operations), server
@@ -305,6 +342,7 @@ class ControlPlane:
             self.lifecycle,
             cluster_id=self.cluster_id,
         )
+        self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
         events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -318,8 +356,12 @@ class ControlPlane:
                 self.operations,
                 runners=self.runner_lifecycle,
                 config=self.live_config,
+                secrets=self.secrets,
             ),
             server,
+        )
+        secrets_pb2_grpc.add_SecretStoreServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SecretStoreService(self.secrets), server
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
@@ -376,6 +418,8 @@ class ControlPlane:
         if self.console is not None:
             await self.console.stop()
             self.console = None
+        if self.local_runners is not None:
+            self.local_runners.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None
@@ -389,6 +433,7 @@ class ControlPlane:
         await self.drainer.stop()
         await self.events.stop()
         await self.reconcilers.close()
+        await self.snapshots.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()

@@ -16,8 +16,10 @@ import grpc
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
+from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
 
@@ -43,6 +45,8 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # Secrets to inject as environment variables (references; resolved at each start).
+    secrets: tuple[SecretUse, ...] = ()
     # The quantities as sent, for messages in the user's units (written_quantities.py).
     written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
     # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
@@ -51,6 +55,7 @@ class SandboxRequest:
     egress_type: str = ""
     egress_cidrs: tuple[str, ...] = ()
     ingress_type: str = ""
+    scratch: ScratchRequest | None = None  # a scratch file system (sandboxd.snapshots)
 
     @property
     def names_profile(self) -> bool:
@@ -102,14 +107,12 @@ def _written(*parts: gateway_pb2.ResourceRequest) -> WrittenQuantities:
 def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
     unsupported = [
         ("s3_mount", "S3 mounts"),
-        ("file_system", "file-system snapshots"),
         ("object_storage_access", "object storage access"),
     ]
     for field, what in unsupported:
         if request.HasField(field):
             raise not_implemented(field, what)
     for field, what in [
-        ("secret_stores", "secret stores"),
         ("runner_cluster_secrets", "runner cluster secrets"),
         ("volumes", "volumes"),
     ]:
@@ -214,5 +217,17 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
+        secrets=parse_secret_stores(request, environment),
         written=written,
+        scratch=_file_system(request),
     )
+
+
+def _file_system(request: gateway_pb2.StartSandboxRequest) -> ScratchRequest | None:
+    if not request.HasField("file_system"):
+        return None
+    fs = request.file_system
+    source = ""
+    if fs.HasField("file_system_snapshot"):
+        source = fs.file_system_snapshot.file_system_snapshot_id
+    return parse_scratch(fs.mount_path, fs.size, source, prefix="file_system")

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE = "/var/cache/sandboxd"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*\Z")
+# A repository, optionally behind a registry host with a port ("127.0.0.1:5000/team/app").
+_NAME_RE = re.compile(
+    r"^(?:[a-z0-9][a-z0-9.-]*:[0-9]{1,5}/)?[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*\Z"
+)
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from sandboxd.images.store import ImageError, ImageNotFound, ImageStore
 
@@ -45,13 +46,16 @@ from ..errors import (
     BackendUnavailable,
     ImageUnavailable,
     InvalidSpec,
+    PauseUnsupported,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
     SandboxStartError,
 )
-from . import files, log_budget, process
+from . import files, freezer, log_budget, process
 from .agent import MAX_EXECS
+from .cgroup_primer import CgroupPrimer
 from .cgroups import CgroupError, CgroupManager
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
@@ -62,6 +66,7 @@ from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
+from .scratch import ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
@@ -114,6 +119,8 @@ class LocalBackend(Backend):
         key = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:8]
         self._group = f"sandboxd-{key}"
         self._cgroups: CgroupManager | None = None
+        self._primer = CgroupPrimer()
+        self._building = 0  # sandboxes being built now (creates and warm slots)
         self._net = NetworkManager(key, network_pool)
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._reaped = False
@@ -121,6 +128,9 @@ class LocalBackend(Backend):
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
         self._disk = DiskLayers(self.data_dir / "disk", ready_layers)
+        # Scratch file systems come in any size: made on the create path, none ahead.
+        self._scratch_layers = DiskLayers(self.data_dir / "scratch-disk", ready=0)
+        self._scratch: dict[str, ScratchFs] = {}
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -211,13 +221,16 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
+        rec.image_rootfs = str(rootfs)  # saved with the record: images in use stay
         try:
             disk_fd = await self._disk.take(spec.disk_bytes)
         except DiskError as exc:
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
+        self._building += 1
         try:
             await self._build_with_disk(rec, spec, cgroups, rootfs, disk_fd)
         finally:
+            self._building -= 1
             os.close(disk_fd)  # the zygote got its own copy with the spawn request
 
     async def _build_with_disk(
@@ -253,6 +266,12 @@ class LocalBackend(Backend):
             memory_bytes=spec.memory_bytes,
             pids_max=spec.pids_max,
         )
+        # Now that the cgroups exist (a priming write holds the cgroup mutex while it waits,
+        # so before their mkdir it would delay them): the keeper's move into them, a few ms
+        # from now, then waits less (cgroup_primer.py). Not when other builds run: their
+        # moves keep the lock's fast path open already, and a writer more only contends.
+        if self._building == 1:
+            self._primer.prime()
         if rec.egress is not EgressType.NONE:
 
             def claimed(lease: Lease) -> None:
@@ -264,7 +283,43 @@ class LocalBackend(Backend):
             )
         hostname = spec.hostname or rec.sandbox_id
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": hostname, **spec.env}
-        reply = await self._zygote.spawn(
+        handed: tuple[int, ...] = (disk_fd,)
+        if spec.scratch is not None:
+            scratch_fd, kept = await make_scratch(
+                self._scratch_layers, spec.scratch, rec.ids.first, rec.ids.count
+            )
+            self._scratch[rec.sandbox_id] = kept
+            handed = (disk_fd, scratch_fd)
+        try:
+            reply = await self._spawn(rec, spec, rootfs, file_map, env, hostname, handed)
+        finally:
+            for fd in handed[1:]:
+                os.close(fd)  # the zygote got its own copy
+        if not reply.get("ok"):
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
+        rec.agent_pid = int(reply["pid"])
+        rec.agent_start_time = process_start_time(rec.agent_pid)
+        rec.keeper_pid = int(reply["keeper_pid"])
+        rec.keeper_start_time = process_start_time(rec.keeper_pid)
+        rec.attach()
+        rec.save()
+        self._release_on_exit(rec)
+        if rec.ingress is not None and rec.exposed_ports:
+            await self._publish(rec)
+
+    async def _spawn(  # noqa: PLR0917 (one call site, the create path)
+        self,
+        rec: SandboxRecord,
+        spec: SandboxSpec,
+        rootfs: Path,
+        file_map: list[list[str]],
+        env: dict[str, str],
+        hostname: str,
+        fds: tuple[int, ...],
+    ) -> dict[str, Any]:
+        assert rec.ids is not None and rec.cgroup is not None
+        scratch = {"mount_path": spec.scratch.mount_path} if spec.scratch else None
+        return await self._zygote.spawn(
             {
                 "state_dir": str(rec.state_dir),
                 "rootfs": str(rootfs),
@@ -285,20 +340,10 @@ class LocalBackend(Backend):
                 "seccomp": self._seccomp,
                 "max_execs": self._max_execs,
                 "native_keeper": self._native_keeper,
+                "scratch": scratch,
             },
-            fds=(disk_fd,),
+            fds=fds,
         )
-        if not reply.get("ok"):
-            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
-        rec.agent_pid = int(reply["pid"])
-        rec.agent_start_time = process_start_time(rec.agent_pid)
-        rec.keeper_pid = int(reply["keeper_pid"])
-        rec.keeper_start_time = process_start_time(rec.keeper_pid)
-        rec.attach()
-        rec.save()
-        self._release_on_exit(rec)
-        if rec.ingress is not None and rec.exposed_ports:
-            await self._publish(rec)
 
     def _release_on_exit(self, rec: SandboxRecord) -> None:
         """Once PID 1 is gone, give back the kernel resources; keep logs and exit code.
@@ -370,8 +415,7 @@ class LocalBackend(Backend):
         rec = self._get(sandbox_id)
         if not argv:
             raise InvalidSpec("argv", "must not be empty")
-        if not rec.is_running():
-            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        self._require_running(rec)
         try:
             return await process.open_exec(
                 rec.agent_socket,
@@ -397,6 +441,7 @@ class LocalBackend(Backend):
     async def stop(self, sandbox_id: str, grace_seconds: float = 10.0) -> int:
         """Agent sends SIGTERM, SIGKILLs all after the grace; we SIGKILL PID 1 as a backstop."""
         rec = self._get(sandbox_id)
+        await self._thaw(rec)  # a paused agent could not answer, nor its processes end
         if rec.is_running():
             try:
                 await process.request(rec.agent_socket, {"op": "stop", "grace": grace_seconds})
@@ -413,6 +458,7 @@ class LocalBackend(Backend):
     async def destroy(self, sandbox_id: str) -> None:
         """Kill PID 1 (the kernel kills the rest), then remove cgroups, network and state."""
         rec = self._get(sandbox_id)
+        await self._thaw(rec)
         if rec.pidfd is not None:
             rec.kill_agent()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -420,6 +466,10 @@ class LocalBackend(Backend):
         await self._cleanup(rec)
 
     async def _cleanup(self, rec: SandboxRecord) -> None:
+        scratch = self._scratch.pop(rec.sandbox_id, None)
+        if scratch is not None:
+            async with scratch.lock:  # an archive being written finishes first
+                scratch.close()
         await self._release(rec)
         self._release_locks.pop(rec.sandbox_id, None)
         rec.close_fds()
@@ -445,7 +495,10 @@ class LocalBackend(Backend):
         info = rec.exit_info()
         ports = tuple(rec.ports)
         if info is None and rec.is_running():
-            return SandboxState(sandbox_id, "running" if rec.started else "created", ports=ports)
+            paused = rec.cgroup is not None and freezer.is_frozen(rec.cgroup)
+            if not rec.started:
+                return SandboxState(sandbox_id, "created", ports=ports, paused=paused)
+            return SandboxState(sandbox_id, "running", ports=ports, paused=paused)
         code = rec.exit_code()
         # No exit record at all: neither the agent nor its keeper saw the end (the host went
         # down, or the keeper was killed): "lost", which the runner reports as FAILED.
@@ -478,8 +531,10 @@ class LocalBackend(Backend):
                 await self._release(rec)  # it ended while nobody watched: free what it held
                 continue
             rec.attach()
+            paused = rec.cgroup is not None and freezer.is_frozen(rec.cgroup)
             try:
-                await process.request(rec.agent_socket, {"op": "ping"})
+                if not paused:  # a frozen agent cannot answer; its keeper says it lives
+                    await process.request(rec.agent_socket, {"op": "ping"})
             except OSError:
                 continue
             self._release_on_exit(rec)
@@ -487,6 +542,55 @@ class LocalBackend(Backend):
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
         return alive
+
+    # -- pause (freezer.py) --------------------------------------------------------------------
+    supports_pause = True
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox in its cgroup (idempotent)."""
+        rec = self._get(sandbox_id)
+        if rec.cgroup is None or not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        if not freezer.supported(rec.cgroup):
+            raise PauseUnsupported(
+                f"sandbox {sandbox_id!r} has no cgroup freezer (created before pausing "
+                "existed, or the host's cgroup v1 has no freezer hierarchy mounted)"
+            )
+        try:
+            await asyncio.to_thread(freezer.freeze, rec.cgroup)
+        except freezer.FreezeError as exc:
+            raise BackendError(f"sandbox {sandbox_id!r} could not be paused: {exc}") from None
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw the sandbox's processes (idempotent)."""
+        rec = self._get(sandbox_id)
+        if rec.cgroup is None or not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        await self._thaw(rec)
+
+    @staticmethod
+    async def _thaw(rec: SandboxRecord) -> None:
+        if rec.cgroup is not None and freezer.is_frozen(rec.cgroup):
+            await asyncio.to_thread(freezer.thaw, rec.cgroup)
+
+    # -- scratch file systems (scratch.py) -------------------------------------------------------
+    supports_scratch = True
+
+    async def open_scratch_archive(self, sandbox_id: str) -> FileReader:
+        """A tar stream of the scratch file system: frozen while the sandbox runs (scratch.py)."""
+        rec = self._get(sandbox_id)
+        scratch = self._scratch.get(sandbox_id)
+        if scratch is None:
+            raise BackendUnavailable(
+                f"sandbox {sandbox_id!r} has no scratch file system on this runner "
+                "(none was asked for, or the runner restarted since it was made)"
+            )
+        await scratch.lock.acquire()
+        try:
+            return _Locked(ScratchArchiveReader(scratch, freeze=rec.is_running()), scratch.lock)
+        except BaseException:
+            scratch.lock.release()
+            raise
 
     # -- warm pools (warm.py) ------------------------------------------------------------------
     supports_warm_pools = True
@@ -532,7 +636,7 @@ class LocalBackend(Backend):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,
@@ -555,6 +659,9 @@ class LocalBackend(Backend):
     def _require_running(self, rec: SandboxRecord) -> None:
         if not rec.is_running():
             raise SandboxNotRunning(f"sandbox {rec.sandbox_id!r} is not running")
+        if rec.cgroup is not None and freezer.is_frozen(rec.cgroup):
+            # Its agent is frozen too: a request would wait for the resume, not fail.
+            raise SandboxPaused(f"sandbox {rec.sandbox_id!r} is paused")
 
     def logs(
         self, sandbox_id: str, *, follow: bool = False, since: float | None = None
@@ -605,3 +712,24 @@ def _root_used_bytes(agent_pid: int | None) -> int:
     except OSError:
         return 0
     return (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+
+
+class _Locked(FileReader):
+    """A reader that holds ``lock`` until it is closed (one archive per file system)."""
+
+    def __init__(self, reader: FileReader, lock: asyncio.Lock) -> None:
+        self.size = reader.size
+        self._reader = reader
+        self._lock: asyncio.Lock | None = lock
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._reader.__aiter__()
+
+    async def aclose(self) -> None:
+        """Close the reader, then let the next archive (or destroy) go."""
+        try:
+            await self._reader.aclose()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None

@@ -54,6 +54,7 @@ class AgentFds:
     disk: int  # the writable layer, a detached mount (disk.py); closed once attached
     netns: int | None = None
     files: list[tuple[str, int]] = field(default_factory=list)
+    scratch: int | None = None  # a scratch file system (scratch.py); closed once attached
 
     def keep(self) -> set[int]:
         """Every descriptor on the list."""
@@ -70,6 +71,8 @@ class AgentFds:
         }
         if self.netns is not None:
             fds.add(self.netns)
+        if self.scratch is not None:
+            fds.add(self.scratch)
         fds.update(fd for _path, fd in self.files)
         return fds
 
@@ -132,6 +135,12 @@ def _lock_down(req: dict[str, Any], fds: AgentFds) -> None:
         seccomp.install()
 
 
+def _scratch(req: dict[str, Any], fds: AgentFds) -> tuple[str, int] | None:
+    if fds.scratch is None:
+        return None
+    return str(req["scratch"]["mount_path"]), fds.scratch
+
+
 def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
     """PID 1 of the new PID namespace: shed, build, join, become, lock down, then serve."""
     try:
@@ -145,11 +154,13 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
             lower=req["rootfs"],
             disk_fd=fds.disk,
             files=fds.files,
+            scratch=_scratch(req, fds),
             hostname=req["hostname"],
             userns_fd=fds.userns,
             owner=owner,
         )
         fds.files = []
+        fds.scratch = None
         null = os.open("/dev/null", os.O_RDWR)  # the sandbox's own, now that it exists
         if null != 0:
             os.dup2(null, 0)

@@ -125,6 +125,8 @@ def run_keeper(
     userns_fd: int | None,
     disk_fd: int | None,
     native_fd: int | None = None,
+    *,
+    scratch_fd: int | None = None,
 ) -> NoReturn:
     """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
 
@@ -132,7 +134,8 @@ def run_keeper(
     otherwise it is made here. ``disk_fd`` is the writable layer (a detached mount, see
     ``disk.py``); it goes to the agent and the keeper keeps no copy. ``native_fd`` is the
     zygote's sealed copy of ``sandboxd-keeper``, exec'd once set-up is done (unless the
-    request says ``native_keeper: false``).
+    request says ``native_keeper: false``). ``scratch_fd`` is the scratch file system
+    (``scratch.py``), if the request has one; it goes to the agent like the layer.
     """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
@@ -168,6 +171,7 @@ def run_keeper(
             joined_r=joined_r,
             userns=userns_fd,
             disk=disk_fd,
+            scratch=scratch_fd,
             netns=netns,
             files=files,
         )

@@ -52,6 +52,7 @@ from .syscalls import (
     MS_REC,
     MS_REMOUNT,
     attach_mount,
+    attach_mount_at,
     bind_idmapped,
     bind_readonly,
     mount,
@@ -223,6 +224,39 @@ def place_files(root: Root, files: list[tuple[str, int]], owner: int) -> None:
                 os.close(memfd)
 
 
+def mount_scratch(root: Root, mount_path: str, scratch_fd: int, owner: int) -> None:
+    """Attach the scratch file system (a detached mount, ``scratch.py``) at ``mount_path``.
+
+    The path is the client's (checked to be normal, and not ``/``, ``/proc``, ``/sys`` or
+    ``/dev``) and the directories on it the image's, so the mount point is made and opened
+    in root without magic links, and the mount goes onto that descriptor: a symlink in the
+    image cannot move it elsewhere. Directories made on the way belong to the sandbox's root.
+    """
+    parts = [p for p in mount_path.split("/") if p]
+    prefix = ""
+    for part in parts:
+        parent, prefix = prefix or "/", f"{prefix}/{part}"
+        try:
+            os.close(root.open_dir(prefix))
+            continue
+        except FileNotFoundError:
+            pass
+        parent_fd = root.open_dir(parent)
+        try:
+            os.mkdir(part, 0o755, dir_fd=parent_fd)
+            os.chown(part, owner, owner, dir_fd=parent_fd, follow_symlinks=False)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(parent_fd)
+    target = root.open_dir(mount_path)
+    try:
+        attach_mount_at(scratch_fd, target)
+    finally:
+        os.close(target)
+        os.close(scratch_fd)
+
+
 def build(
     *,
     state_dir: str,
@@ -232,6 +266,7 @@ def build(
     hostname: str,
     userns_fd: int,
     owner: int,
+    scratch: tuple[str, int] | None = None,
 ) -> None:
     """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
 
@@ -245,5 +280,7 @@ def build(
     mount_sys()
     harden_proc()
     with Root("/") as root:
+        if scratch is not None:
+            mount_scratch(root, scratch[0], scratch[1], owner)
         place_files(root, files, owner)
     socket.sethostname(hostname)

@@ -57,6 +57,8 @@ class SandboxRecord:
     ids: IdRange | None = None
     ports: list[PublishedPort] = field(default_factory=list)
     started: bool = False
+    # The image root file system it was built on (``sandboxd images rm`` refuses while used).
+    image_rootfs: str = ""
     # runtime only: pidfd follows the keeper (the sandbox's lifetime), agent_pidfd PID 1
     pidfd: int | None = None
     agent_pidfd: int | None = None
@@ -159,6 +161,7 @@ class SandboxRecord:
             "ids": [self.ids.slot, self.ids.first, self.ids.count] if self.ids else None,
             "ports": [vars(p) for p in self.ports],
             "started": self.started,
+            "image_rootfs": self.image_rootfs,
         }
         tmp = self.state_dir / "record.json.tmp"
         tmp.write_text(json.dumps(data))
@@ -188,6 +191,7 @@ class SandboxRecord:
             ids=IdRange(*ids) if ids else None,
             ports=[PublishedPort(**p) for p in data["ports"]],
             started=data["started"],
+            image_rootfs=data.get("image_rootfs", ""),
         )
 
     def close_fds(self) -> None:
@@ -239,3 +243,26 @@ def _pidfd(pid: int | None, start_time: int | None) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def sandboxes_using(sandboxes_dirs: list[Path], rootfs: Path) -> list[str]:
+    """Ids of live sandboxes (their keeper still runs) built on the image at ``rootfs``.
+
+    Why from the records on disk: ``sandboxd images rm`` runs as its own process, beside a
+    runner that may hold hundreds of sandboxes; the records name each one's image, and the
+    keeper's pid and start time say whether it still lives. Deleting an image under a live
+    overlay would break the sandbox's view of its files.
+    """
+    wanted = str(rootfs.absolute())
+    found: list[str] = []
+    for directory in sandboxes_dirs:
+        if not directory.is_dir():
+            continue
+        for state_dir in sorted(directory.iterdir()):
+            try:
+                rec = SandboxRecord.load(state_dir)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if rec.image_rootfs == wanted and rec.agent_alive():
+                found.append(rec.sandbox_id)
+    return found

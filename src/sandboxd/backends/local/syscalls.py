@@ -127,6 +127,7 @@ _OPEN_TREE_CLONE = 1
 _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
@@ -166,6 +167,13 @@ def attach_mount(mount_fd: int, target: str) -> None:
     """Attach a detached mount (from ``fsmount``/``open_tree``) at ``target`` (``move_mount``)."""
     res = _libc.syscall(_SYS_MOVE_MOUNT, mount_fd, b"", -100, _b(target), _MOVE_MOUNT_F_EMPTY_PATH)
     _check(res, "move_mount", target)
+
+
+def attach_mount_at(mount_fd: int, target_fd: int) -> None:
+    """Attach a detached mount onto the directory ``target_fd`` refers to (``move_mount``)."""
+    flags = _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH
+    res = _libc.syscall(_SYS_MOVE_MOUNT, mount_fd, b"", target_fd, b"", flags)
+    _check(res, "move_mount", f"fd {target_fd}")
 
 
 def umount2(target: str, flags: int = 0) -> None:

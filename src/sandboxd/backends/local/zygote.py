@@ -84,6 +84,9 @@ class Zygote:
         except (OSError, protocol.ProtocolError):
             msg, fds = None, []
         disk_fd = fds.pop(0) if fds and msg is not None and msg.get("op") == "spawn" else None
+        # A scratch file system (scratch.py) comes second, when the request names one.
+        wants_scratch = msg is not None and bool(msg.get("scratch"))
+        scratch_fd = fds.pop(0) if fds and disk_fd is not None and wants_scratch else None
         for fd in fds:
             os.close(fd)
         if msg is None:
@@ -92,7 +95,7 @@ class Zygote:
             return
         op = msg.get("op")
         if op == "spawn":
-            self._spawn(conn, msg, disk_fd)
+            self._spawn(conn, msg, disk_fd, scratch_fd)
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
@@ -105,7 +108,13 @@ class Zygote:
                 protocol.send(conn, {"ok": True})
             self.running = False
 
-    def _spawn(self, conn: socket.socket, msg: dict[str, Any], disk_fd: int | None) -> None:
+    def _spawn(
+        self,
+        conn: socket.socket,
+        msg: dict[str, Any],
+        disk_fd: int | None,
+        scratch_fd: int | None = None,
+    ) -> None:
         """Fork the keeper; it gets the prepared user namespace and the writable layer.
 
         The zygote keeps neither: a layer it held would outlive its sandbox.
@@ -128,10 +137,11 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
-            keep.update(fd for fd in (userns_fd, disk_fd, self.native_keeper) if fd is not None)
+            held_fds = (userns_fd, disk_fd, scratch_fd, self.native_keeper)
+            keep.update(fd for fd in held_fds if fd is not None)
             _close_fds_except(keep)
-            run_keeper(msg, conn, userns_fd, disk_fd, self.native_keeper)
-        for held in (userns_fd, disk_fd):
+            run_keeper(msg, conn, userns_fd, disk_fd, self.native_keeper, scratch_fd=scratch_fd)
+        for held in (userns_fd, disk_fd, scratch_fd):
             if held is not None:
                 os.close(held)
 
