@@ -1,7 +1,9 @@
 """Reading and writing sandbox files: unary calls, their large-file fallbacks, and streams.
 
-``read_file``/``write_file`` use the unary RetrieveFile/AddFile (protocol §6) while the
-payload fits one message, and fall back to streaming when it does not (over sandboxd's
+``write_file`` sends more than 1 MiB over sandboxd's ``FileService`` where the server has
+it (its frames are relayed as they arrive instead of being held whole at each hop);
+otherwise ``read_file``/``write_file`` use the unary RetrieveFile/AddFile (protocol §6)
+while the payload fits one message, and fall back to streaming when it does not (over sandboxd's
 ``FileService`` where the server has it, ``_file_service``; otherwise over StreamExec
 scripts, ``_file_stream``; the streaming calls choose the same way): a write larger than
 32 MiB (or than the cap the server reported in ``max_size_bytes``) streams at once; a read
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from cwsandbox import _loop
-from cwsandbox._file_service import Unsupported, service_read, service_write
+from cwsandbox._file_service import Unsupported, service_read, service_write, supported
 from cwsandbox._file_stream import Sink
 from cwsandbox._file_stream import stream_read as exec_read
 from cwsandbox._file_stream import stream_write as exec_write
@@ -46,6 +48,8 @@ __all__ = [
 
 _log = logging.getLogger("cwsandbox")
 
+#: ``write_file`` streams larger payloads over ``FileService`` (when the server has it).
+PIPELINE_ABOVE_BYTES = 1024 * 1024
 #: The unary cap unless the server reported another (``max_size_bytes``).
 UNARY_LIMIT_BYTES = 32 * 1024 * 1024
 #: ``read_file`` holds the whole file; beyond this it refuses (use ``read_file_streaming``).
@@ -187,7 +191,11 @@ def _note_fallback(life: Lifecycle, what: str) -> None:
 
 
 async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
-    """Wait for RUNNING, then RetrieveFile ``path``, streaming it if it is too large."""
+    """Wait for RUNNING, then RetrieveFile ``path``, streaming it if it is too large.
+
+    Unary first (unlike large writes): the server's activity trail records a digest of what
+    a unary call read, which a stream cannot give without hashing every byte it relays.
+    """
     sid = await life.ensure_running()
     try:
         return await _retrieve(life, sid, path, timeout)
@@ -218,8 +226,16 @@ async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
 
 
 async def write_file(life: Lifecycle, path: str, data: bytes, timeout: float) -> None:
-    """Wait for RUNNING, then AddFile ``data`` at ``path`` (streamed if it is too large)."""
+    """Wait for RUNNING, then AddFile ``data`` at ``path`` (streamed if it is too large).
+
+    More than :data:`PIPELINE_ABOVE_BYTES` go over ``FileService`` where the server has it:
+    its frames flow through the control plane and the runner as they arrive, while one
+    large AddFile message is received whole at each hop before the next one sees a byte.
+    """
     sid = await life.ensure_running()
+    if len(data) > PIPELINE_ABOVE_BYTES and await supported(life):
+        await service_write(life, path, _chunks(data), timeout)
+        return
     if len(data) <= life.file_op_cap:
         request = gw.AddFileSandboxRequest(
             sandbox_id=sid, filepath=path, file_contents=data, max_timeout_seconds=int(timeout)

@@ -4,7 +4,10 @@ Two nested loops:
 
 * the **status loop** calls Get, stops when the status is in the wanted set, and otherwise
   sleeps 0.2 s, then 1.5× longer each round, capped at 2 s; an optional overall timeout
-  ends it with ``SandboxTimeoutError``;
+  ends it with ``SandboxTimeoutError``. A Get the server held for 0.25 s or more (sandboxd
+  holds one for a starting sandbox until it runs, up to 0.5 s) is followed by the next one
+  at once: the server has waited already, and a sleep after it would only see the sandbox
+  running late (by up to the 2 s cap, in a burst of creates that each take seconds);
 * the **retry loop** around each Get retries transient failures (UNAVAILABLE,
   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, and the runner/backend-unavailable reasons, which
   the error mapping turns into the three exception types below) for up to
@@ -30,10 +33,20 @@ from cwsandbox.exceptions import (
     SandboxUnavailableError,
 )
 
-__all__ = ["RETRYABLE", "PollSettings", "backoff_delays", "get_with_retry", "poll"]
+__all__ = [
+    "HELD_GET_SECONDS",
+    "RETRYABLE",
+    "PollSettings",
+    "backoff_delays",
+    "get_with_retry",
+    "poll",
+]
 
 RETRYABLE = (SandboxUnavailableError, SandboxRequestTimeoutError, SandboxResourceExhaustedError)
 MAX_RETRY_DELAY = 10.0
+#: A Get that took at least this long was held by the server (a long poll): the status loop
+#: asks again without sleeping. An ordinary answer takes milliseconds.
+HELD_GET_SECONDS = 0.25
 
 #: One Get with a per-call deadline (seconds); raises cwsandbox errors.
 Fetch = Callable[[float], Awaitable[gw.GetSandboxResponse]]
@@ -109,12 +122,18 @@ async def poll(
             raise SandboxTimeoutError(
                 f"timed out after {timeout:g}s waiting for {what} (last status: {last})"
             )
+        asked = time.monotonic()
         response = await get_with_retry(fetch, settings, deadline, what)
         if on_response is not None:
             on_response(response)
         if response.sandbox_status in done:
             return response
         last = SandboxStatus.from_proto(response.sandbox_status).value
+        if time.monotonic() - asked >= HELD_GET_SECONDS:
+            # The server held the Get (sandboxd does while a sandbox starts, answering the
+            # moment it runs): it already waited as long as we would. Sleeping on top of
+            # that would only notice the change late; ask again at once (one Get in flight).
+            continue
         delay = next(delays)
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - time.monotonic()))

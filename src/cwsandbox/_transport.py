@@ -2,12 +2,14 @@
 
 Each ``Sandbox`` owns one ``Transport``: a channel for unary calls and a second one for
 streams (as the official client does, so a long exec never queues behind unary traffic on
-the same HTTP/2 connection's flow-control window). Credentials are read once, when the
-transport is made. Class-level calls (``Sandbox.list``, ``from_id``, ``delete``) use a
-short-lived transport per call, so they read the environment each time.
+the same HTTP/2 connection's flow-control window). The channels themselves are shared by
+every transport to the same control plane in the process (``_shared_channels.py`` says why
+and how that stays safe across forks, loops and changed credentials). Credentials are read
+once, when the transport is made. Class-level calls (``Sandbox.list``, ``from_id``,
+``delete``) use a short-lived transport per call, so they read the environment each time.
 
-Channels are opened lazily on the background loop and can be closed and reopened: closing
-after ``stop()`` releases sockets, and a later ``get_status()`` simply reconnects.
+A transport takes its share of the channels on first use and gives it back on ``close()``
+(after ``stop()``); a later ``get_status()`` simply takes it again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from cwsandbox._channel import CHANNEL_OPTIONS
-from cwsandbox._config import Endpoint, auth_metadata, tls_credentials
+from cwsandbox import _shared_channels
+from cwsandbox._config import Endpoint, auth_metadata
 from cwsandbox._error_mapping import sandbox_error
 from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox.exceptions import SandboxTimeoutError
@@ -37,21 +39,17 @@ LogsCall = grpc.aio.StreamStreamCall[st.LogStreamRequest, st.LogStreamResponse]
 
 
 class Transport:
-    """The two channels of one sandbox handle, plus its fixed call metadata."""
+    """The channels of one sandbox handle (shared with other handles), and its metadata."""
 
     def __init__(self, endpoint: Endpoint, metadata: tuple[tuple[str, str], ...] | None = None):
         self.endpoint = endpoint
         self.metadata = auth_metadata() if metadata is None else metadata
-        self._unary: grpc.aio.Channel | None = None
-        self._stream: grpc.aio.Channel | None = None
-        self._stream_ready = False
+        self._shared: _shared_channels.SharedChannels | None = None
 
-    def _open(self) -> grpc.aio.Channel:
-        if self.endpoint.secure:
-            return grpc.aio.secure_channel(
-                self.endpoint.target, tls_credentials(), options=CHANNEL_OPTIONS
-            )
-        return grpc.aio.insecure_channel(self.endpoint.target, options=CHANNEL_OPTIONS)
+    def _channels(self) -> _shared_channels.SharedChannels:
+        if self._shared is None:
+            self._shared = _shared_channels.acquire(self.endpoint)
+        return self._shared
 
     async def unary(
         self,
@@ -70,12 +68,14 @@ class Transport:
 
         ``snapshot_call`` marks the snapshot RPCs, whose NOT_FOUND is a missing snapshot.
         """
-        if self._unary is None:
-            self._unary = self._open()
-        rpc = self._unary.unary_unary(
-            GATEWAY + method,
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_type.FromString,
+        rpc = (
+            self._channels()
+            .unary()
+            .unary_unary(
+                GATEWAY + method,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
         )
         try:
             response = await rpc(request, timeout=timeout, metadata=self.metadata)
@@ -94,19 +94,16 @@ class Transport:
 
     async def streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
         """The streaming channel, connected; ``SandboxTimeoutError`` if that takes too long."""
-        if self._stream is None:
-            self._stream = self._open()
-            self._stream_ready = False
-        if not self._stream_ready:
+        channel = self._channels().stream()
+        if channel.get_state(try_to_connect=False) is not grpc.ChannelConnectivity.READY:
             try:
-                await asyncio.wait_for(self._stream.channel_ready(), ready_timeout)
+                await asyncio.wait_for(channel.channel_ready(), ready_timeout)
             except TimeoutError:
                 raise SandboxTimeoutError(
                     f"could not connect a streaming channel to {self.endpoint.base_url} "
                     f"within {ready_timeout:g}s"
                 ) from None
-            self._stream_ready = True
-        return self._stream
+        return channel
 
     async def open_exec(
         self, *, timeout: float | None, ready_timeout: float, stdin: bool = True
@@ -142,9 +139,11 @@ class Transport:
         return call
 
     async def close(self) -> None:
-        """Close both channels (calls in flight are cancelled); they reopen on next use."""
-        channels = [c for c in (self._unary, self._stream) if c is not None]
-        self._unary = self._stream = None
-        self._stream_ready = False
-        for channel in channels:
-            await channel.close(None)
+        """Give back this handle's share of the channels; the next call takes it again.
+
+        The channels stay open for other handles (``_shared_channels`` closes idle ones
+        beyond its bound), so a call still in flight on them is not cancelled.
+        """
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.release()

@@ -61,9 +61,16 @@ class AdminError(click.ClickException):
 
 
 def _call(
-    ctx: click.Context, method: str, request: Message, response_type: type[ResponseT]
+    ctx: click.Context,
+    method: str,
+    request: Message,
+    response_type: type[ResponseT],
+    service: str = SERVICE,
 ) -> ResponseT:
-    """Call ``AdminService/<method>`` with the admin key; gRPC errors become one line."""
+    """Call ``<service><method>`` (AdminService by default) with the key in the environment.
+
+    gRPC errors become one line.
+    """
     options: dict[str, Any] = ctx.meta.get(_META, {})
     if not os.environ.get(API_KEY_ENV, "").strip():
         raise AdminError(
@@ -76,7 +83,7 @@ def _call(
         endpoint = resolve_endpoint(options.get("base_url"))
         with open_channel(endpoint) as channel:
             return unary_call(
-                channel, SERVICE + method, request, response_type, timeout=TIMEOUT_SECONDS
+                channel, service + method, request, response_type, timeout=TIMEOUT_SECONDS
             )
     except ValueError as exc:
         raise AdminError(str(exc)) from None

@@ -30,6 +30,7 @@ from sandboxd.orphans_cli import sandboxes_group
 from sandboxd.paths import default_data_dir
 from sandboxd.runner.agent import RunnerRejectedError
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
+from sandboxd.secrets_cli import secrets_group
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -255,6 +256,14 @@ def controlplane_command(**options: object) -> None:
 )
 @health_timeout_option
 @click.option("--runner-id", default=None, help="Id of the local runner (default: persisted).")
+@click.option(
+    "--runner-link",
+    type=click.Choice(["in-process", "grpc"]),
+    default="in-process",
+    show_default=True,
+    help="How the local runner reaches the control plane: handed over in memory, or over "
+    "the listening port as a remote runner would (slower; for comparing and testing).",
+)
 @retention_option
 @metrics_option("127.0.0.1:0")
 @log_level_option
@@ -289,7 +298,10 @@ def up_command(**options: object) -> None:
         with refuse_damaged_database():
             asyncio.run(
                 run_all_in_one(
-                    settings, runner_id=str(runner_id) if runner_id else None, ca_file=ca_file
+                    settings,
+                    runner_id=str(runner_id) if runner_id else None,
+                    ca_file=ca_file,
+                    runner_link=str(options["runner_link"]),
                 )
             )
     except RunnerRejectedError as exc:
@@ -318,6 +330,7 @@ for _command in CONFIG_COMMANDS:
 main.add_command(runner_command, "runner")
 main.add_command(images_group, "images")
 main.add_command(backends_group, "backends")
+main.add_command(secrets_group, "secrets")
 for _group in (*ADMIN_GROUPS, sandboxes_group):
     main.add_command(_group)
 

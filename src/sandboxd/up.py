@@ -1,11 +1,14 @@
 """Process lifecycles: the control plane alone, or the all-in-one ``sandboxd up``.
 
 Why the runner runs in the same event loop for ``up``: a single command on a laptop should
-give a working platform with one process to stop. The runner still dials the control plane
-over gRPC exactly as a remote runner does, so ``up`` exercises the real protocol — including
-joining: on first start ``up`` mints a single-use join token pinned to its runner's id, the
-runner trades it for its own credential (kept in ``<data_dir>/runner``), and later starts
-present that credential.
+give a working platform with one process to stop. The runner speaks the same runner protocol
+as a remote runner, to the same handlers, but by default over the control plane's in-process
+link (:mod:`sandboxd.controlplane.local_link`: the messages handed over in memory, no HTTP/2
+and no serialisation of file bytes, the fast path of issue 9); ``--runner-link grpc`` makes
+it dial the control plane's port as a remote runner does. Either way ``up`` exercises the
+real protocol and its identity checks — including joining: on first start ``up`` mints a
+single-use join token pinned to its runner's id, the runner trades it for its own credential
+(kept in ``<data_dir>/runner``), and later starts present that credential.
 
 ``up`` prints ``CWSANDBOX_API_KEY=<the first administrator key>`` (and, with TLS,
 ``CWSANDBOX_CA_FILE=``) before the ready line ``CWSANDBOX_BASE_URL=...``, so a script that
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -30,11 +34,26 @@ from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.metrics import RunnerCollector
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
+from sandboxd.runner.stream import RunnerChannel
 
+IN_PROCESS = "in-process"
+"""The local runner's calls are handed to the control plane in memory (local_link.py)."""
+GRPC = "grpc"
+"""The local runner dials the control plane's port, as a remote runner does."""
+RUNNER_LINKS = (IN_PROCESS, GRPC)
 READY_TIMEOUT_SECONDS = 60.0
 DEFAULT_IMAGE = "python:3.11"
 # Long enough for a slow first registration, short enough to be useless if it leaks.
 LOCAL_JOIN_TOKEN_TTL_SECONDS = 600
+
+
+def _link(control_plane: ControlPlane, runner_link: str) -> Callable[[], RunnerChannel] | None:
+    """The local runner's link factory: the control plane's in-process one, or None (gRPC)."""
+    if runner_link == GRPC:
+        return None
+    if runner_link != IN_PROCESS or control_plane.local_runners is None:
+        raise ValueError(f"runner link must be {IN_PROCESS!r} or {GRPC!r}, not {runner_link!r}")
+    return control_plane.local_runners.channel
 
 
 def _progress(line: str) -> None:
@@ -145,11 +164,16 @@ async def local_join_token(control_plane: ControlPlane, state_dir: Path, runner_
 
 
 async def run_all_in_one(
-    settings: ControlPlaneSettings, runner_id: str | None = None, ca_file: Path | None = None
+    settings: ControlPlaneSettings,
+    runner_id: str | None = None,
+    ca_file: Path | None = None,
+    runner_link: str = IN_PROCESS,
 ) -> None:
     """Run a control plane and one local runner until SIGINT/SIGTERM.
 
     ``ca_file`` is what the local runner trusts when the control plane serves TLS.
+    ``runner_link`` is how the runner reaches the control plane: :data:`IN_PROCESS`, or
+    :data:`GRPC` (over the listening port, as a remote runner does).
     """
     stop = _stop_event()
     await asyncio.to_thread(ensure_default_image, settings.data_dir)
@@ -171,6 +195,7 @@ async def run_all_in_one(
             heartbeat_interval=settings.heartbeat_interval,
         ),
         backend=backend,
+        link=_link(control_plane, runner_link),
     )
     runner_metrics.register(RunnerCollector(agent, asyncio.get_running_loop()))
     agent_task = asyncio.create_task(agent.run(), name="local-runner")

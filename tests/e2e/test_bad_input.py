@@ -191,7 +191,7 @@ def test_list_and_stop_arguments(gateway: gateway_pb2_grpc.GatewayServiceStub) -
 
 
 def test_unsupported_rpcs_say_so(gateway: gateway_pb2_grpc.GatewayServiceStub) -> None:
-    error = fails(gateway.Pause, g.PauseSandboxRequest(sandbox_id="sb-x"))
+    error = fails(gateway.Raw, g.RawSandboxRequest(sandbox_id="sb-x"))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert reason_of(error)[0] == "CWSANDBOX_NOT_IMPLEMENTED"
 

@@ -23,8 +23,9 @@ import pytest
 
 from cwsandbox import Sandbox, SandboxNotFoundError
 from cwsandbox._events import iter_events
+from cwsandbox._proto import gateway_pb2 as g
+from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2_grpc
 from cwsandbox._proto import streaming_pb2 as st
-from cwsandbox._proto import streaming_pb2_grpc
 from sandboxd._proto import admin_pb2
 from tests.e2e.conftest import Platform
 from tests.support.faults import wait_until
@@ -171,3 +172,22 @@ def test_another_organization_sees_no_trail(
         # ...and its attempts wrote nothing into team-a's trail.
         kinds = [e.kind for e in iter_events(sandbox.sandbox_id)]
         assert kinds.count("exec") == 1 and "file_read" not in kinds, kinds
+
+
+def test_pause_and_resume_are_in_the_trail(team_a: str, quiet_platform: Platform) -> None:
+    with Sandbox.run(profile_names=["locked-down"]) as sandbox:
+        sandbox.wait()
+        with keyed_channel(quiet_platform.target, os.environ["CWSANDBOX_API_KEY"]) as channel:
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+            request = {"sandbox_id": sandbox.sandbox_id}
+            gateway.Pause(g.PauseSandboxRequest(**request), timeout=60)
+            gateway.Resume(g.ResumeSandboxRequest(**request), timeout=60)
+
+        def kinds() -> list[str]:
+            return [e.kind for e in iter_events(sandbox.sandbox_id)]
+
+        wait_until("the resume recorded", lambda: "resumed" in kinds(), 30)
+        found = [
+            k for k in kinds() if k in ("pause_requested", "paused", "resume_requested", "resumed")
+        ]
+        assert found == ["pause_requested", "paused", "resume_requested", "resumed"], found

@@ -127,6 +127,8 @@ def request_for(method: MethodDescriptor, sandbox_id: str) -> Any:
         fields["filepath"] = "/tmp/probe"
     if "file_contents" in known:
         fields["file_contents"] = b"probe"
+    if name == "ExecSandboxRequest":
+        fields["command"] = ["id"]
     return cls(**fields)
 
 
@@ -185,6 +187,7 @@ def test_every_rpc_naming_a_sandbox_answers_another_orgs_sandbox_like_a_missing_
                 if code is grpc.StatusCode.NOT_FOUND:
                     assert answer(theirs, orgs.sandbox_a)[2] == "CWSANDBOX_SANDBOX_NOT_FOUND"
     wanted = {"Get", "Stop", "Delete", "AddFile", "RetrieveFile", "StreamExec", "StreamLogs"}
+    wanted |= {"Exec", "Pause", "Resume"}
     assert wanted <= set(checked), checked
     # Stop and Delete by the other organization changed nothing; the owner still works in it.
     with orgs.channel(orgs.key_a) as a:

@@ -16,7 +16,7 @@ CASES = {
     "bad default egress": (
         "profiles:\n  - display_name: a\n    spec:\n      network:\n        egress:\n"
         "          default: internet\n          modes: {none: {type: none}}\n",
-        "profiles[0].spec.network.egress: default egress mode 'internet'",
+        "profiles[0].spec.network.egress (line 6): default egress mode 'internet'",
     ),
     "allowlist without cidrs": (
         "profiles:\n  - display_name: a\n    spec:\n      network:\n        egress:\n"
@@ -32,7 +32,7 @@ CASES = {
         "profiles:\n  - display_name: a\nrunners:\n  - runner_id: r\n    bindings:\n"
         "      - {profile: a, is_default: true}\n"
         "      - {profile: a, profile_name: b, is_default: true}\n",
-        "runners[0]: exactly one binding must have is_default: true (found 2",
+        "runners[0] (line 4): exactly one binding must have is_default: true (found 2",
     ),
     "no default": (
         "profiles:\n  - display_name: a\nrunners:\n  - runner_id: r\n    bindings:\n"
@@ -42,15 +42,15 @@ CASES = {
     "unknown profile": (
         "profiles:\n  - display_name: a\nrunners:\n  - runner_id: r\n    bindings:\n"
         "      - {profile: ghost, is_default: true}\n",
-        "runners[0].bindings[0].profile: unknown profile 'ghost'",
+        "runners[0].bindings[0].profile (line 6): unknown profile 'ghost'",
     ),
     "bad override": (
         "profiles:\n  - display_name: a\nrunners:\n  - runner_id: r\n    bindings:\n"
         "      - {profile: a, is_default: true, overrides: {resource_ceilings: {memory: lots}}}\n",
-        "runners[0].bindings[0].overrides.resource_ceilings.memory: not a quantity: 'lots'",
+        "runners[0].bindings[0].overrides.resource_ceilings.memory (line 6): not a quantity",
     ),
     "not yaml": ("profiles: [unclosed\n", "not valid YAML"),
-    "no profiles": ("runners: []\n", "profiles: Field required"),
+    "no profiles": ("runners: []\n", "profiles (line 1): Field required"),
 }
 
 

@@ -252,6 +252,64 @@ class DeleteOrphanResponse(_message.Message):
     confirmed: bool
     def __init__(self, sandbox_id: _Optional[str] = ..., runner_id: _Optional[str] = ..., confirmed: _Optional[bool] = ...) -> None: ...
 
+class SecretEntry(_message.Message):
+    __slots__ = ("store_name", "name", "field", "size_bytes", "updated_at")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    field: str
+    size_bytes: int
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., field: _Optional[str] = ..., size_bytes: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PutSecretRequest(_message.Message):
+    __slots__ = ("store_name", "name", "field", "value")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    field: str
+    value: bytes
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., field: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class PutSecretResponse(_message.Message):
+    __slots__ = ("secret",)
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    secret: SecretEntry
+    def __init__(self, secret: _Optional[_Union[SecretEntry, _Mapping]] = ...) -> None: ...
+
+class DeleteSecretRequest(_message.Message):
+    __slots__ = ("store_name", "name", "field")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    field: str
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
+
+class DeleteSecretResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ("store_name",)
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    def __init__(self, store_name: _Optional[str] = ...) -> None: ...
+
+class ListSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretEntry]
+    def __init__(self, secrets: _Optional[_Iterable[_Union[SecretEntry, _Mapping]]] = ...) -> None: ...
+
 class RunnerLifecycle(_message.Message):
     __slots__ = ("runner_id", "cordoned", "draining", "drain_deadline", "live_sandboxes", "healthy")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]

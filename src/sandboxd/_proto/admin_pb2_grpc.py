@@ -90,6 +90,21 @@ class AdminServiceStub:
                 request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
                 _registered_method=True)
+        self.PutSecret = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/PutSecret',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretResponse.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/DeleteSecret',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/sandboxd.admin.v1.AdminService/ListSecrets',
+                request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
         self.CordonRunner = channel.unary_unary(
                 '/sandboxd.admin.v1.AdminService/CordonRunner',
                 request_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.CordonRunnerRequest.SerializeToString,
@@ -200,6 +215,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSecret(self, request, context):
+        """Set (create or replace) one secret value in a store of the caller's organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Remove one secret value (NOT_FOUND when there is none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """The secrets of one store: names, fields and sizes, never values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CordonRunner(self, request, context):
         """Place no new sandbox on a runner (kept across restarts of the control plane).
         """
@@ -305,6 +341,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteOrphan,
                     request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.FromString,
                     response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.SerializeToString,
+            ),
+            'PutSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSecret,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsRequest.FromString,
+                    response_serializer=sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsResponse.SerializeToString,
             ),
             'CordonRunner': grpc.unary_unary_rpc_method_handler(
                     servicer.CordonRunner,
@@ -639,6 +690,87 @@ class AdminService:
             '/sandboxd.admin.v1.AdminService/DeleteOrphan',
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanRequest.SerializeToString,
             sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteOrphanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/PutSecret',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.PutSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/DeleteSecret',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.DeleteSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandboxd.admin.v1.AdminService/ListSecrets',
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
+            sandboxd_dot_admin_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,

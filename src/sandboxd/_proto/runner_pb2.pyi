@@ -18,10 +18,12 @@ class SandboxPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SANDBOX_PHASE_RUNNING: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_COMPLETED: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_FAILED: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_PAUSED: _ClassVar[SandboxPhase]
 SANDBOX_PHASE_UNSPECIFIED: SandboxPhase
 SANDBOX_PHASE_RUNNING: SandboxPhase
 SANDBOX_PHASE_COMPLETED: SandboxPhase
 SANDBOX_PHASE_FAILED: SandboxPhase
+SANDBOX_PHASE_PAUSED: SandboxPhase
 
 class Capabilities(_message.Message):
     __slots__ = ("cpu_millicores", "memory_bytes", "gpu_count", "gpu_types", "architectures", "supports_privileged", "storage_classes", "hostname", "backends", "images", "backend_statuses")
@@ -232,7 +234,7 @@ class Reservation(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch")
+    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch", "secret_references", "secret_environment")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +260,8 @@ class SandboxSpec(_message.Message):
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SCRATCH_FIELD_NUMBER: _ClassVar[int]
+    SECRET_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -276,7 +280,29 @@ class SandboxSpec(_message.Message):
     reservation: Reservation
     limits: ProfileLimits
     scratch: ScratchVolume
-    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ...) -> None: ...
+    secret_references: _containers.RepeatedCompositeFieldContainer[SecretReference]
+    secret_environment: _containers.RepeatedCompositeFieldContainer[SecretEnv]
+    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ..., secret_references: _Optional[_Iterable[_Union[SecretReference, _Mapping]]] = ..., secret_environment: _Optional[_Iterable[_Union[SecretEnv, _Mapping]]] = ...) -> None: ...
+
+class SecretReference(_message.Message):
+    __slots__ = ("store_name", "name", "field", "env_var")
+    STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ENV_VAR_FIELD_NUMBER: _ClassVar[int]
+    store_name: str
+    name: str
+    field: str
+    env_var: str
+    def __init__(self, store_name: _Optional[str] = ..., name: _Optional[str] = ..., field: _Optional[str] = ..., env_var: _Optional[str] = ...) -> None: ...
+
+class SecretEnv(_message.Message):
+    __slots__ = ("env_var", "value")
+    ENV_VAR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    env_var: str
+    value: bytes
+    def __init__(self, env_var: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class StartSandbox(_message.Message):
     __slots__ = ("spec", "generation")
@@ -297,6 +323,22 @@ class StopSandbox(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class DeleteSandbox(_message.Message):
+    __slots__ = ("sandbox_id", "generation")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class PauseSandbox(_message.Message):
+    __slots__ = ("sandbox_id", "generation")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    generation: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ResumeSandbox(_message.Message):
     __slots__ = ("sandbox_id", "generation")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -476,18 +518,22 @@ class OperationUp(_message.Message):
     def __init__(self, exec: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ..., logs: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ..., opened: _Optional[_Union[FileOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileDone, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "snapshot")
+    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
     delete: DeleteSandbox
     snapshot: Snapshot
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+    pause: PauseSandbox
+    resume: ResumeSandbox
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")

@@ -21,6 +21,11 @@ create and start of a cold sandbox in one step), ``discard`` (a slot nobody will
 ``discard_prepared`` (slots a previous runner process left behind). The defaults say "no
 warm pools", so other backends need nothing.
 
+Pausing is optional too: a backend that can freeze a sandbox's processes where they are
+(no CPU; memory, files and descriptors kept) and thaw them sets ``supports_pause`` and
+implements ``pause`` and ``resume``, reports ``SandboxState.paused``, and thaws a paused
+sandbox before ``stop`` or ``destroy``. The defaults raise ``PauseUnsupported``.
+
 Values are small frozen dataclasses so they can be logged, compared and passed across
 threads safely. Errors are the typed tree in ``errors.py``.
 """
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
-from .errors import BackendUnavailable, InvalidSpec
+from .errors import BackendUnavailable, InvalidSpec, PauseUnsupported
 
 Stream = Literal["stdout", "stderr"]
 SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -279,6 +284,9 @@ class SandboxState:
     started_at: float | None = None
     finished_at: float | None = None
     ports: tuple[PublishedPort, ...] = ()
+    # A running sandbox whose processes are frozen (``Backend.pause``); it stays so across
+    # a runner restart, so a recovering runner reads it from here.
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -440,12 +448,15 @@ class Backend(ABC):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,
     ) -> int:
         """Write a file from ``chunks`` in order; the size written.
+
+        Chunks are bytes-like: ``bytes``, or ``memoryview`` s into the frames they arrived in
+        (the in-process runner link passes them without a copy).
 
         Backends that can should stream in constant memory; this default gathers the
         bytes and calls :meth:`write_file`.
@@ -472,6 +483,21 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release runner-side resources; running sandboxes keep running."""
+
+    # -- pause (optional; see the module docstring) ----------------------------------------------
+    supports_pause: ClassVar[bool] = False
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of a running sandbox (idempotent).
+
+        Raises ``SandboxNotRunning`` when its main process has ended, ``PauseUnsupported``
+        when it cannot be paused.
+        """
+        raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox: its processes continue where they were (idempotent)."""
+        raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
 
     # -- scratch file systems (optional; see ScratchSpec) -----------------------------------------
     supports_scratch: ClassVar[bool] = False

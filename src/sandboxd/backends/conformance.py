@@ -383,6 +383,29 @@ async def check_python_image(h: Harness) -> None:
         assert r.code != 0
 
 
+async def check_pause_if_supported(h: Harness) -> None:
+    """A backend with ``supports_pause`` freezes, refuses work at once, thaws, and stops."""
+    if not h.backend.supports_pause:
+        return
+    async with h.sandbox() as sid:
+        await h.backend.write_file(sid, "/tmp/kept", b"kept")
+        await h.backend.pause(sid)
+        await h.backend.pause(sid)
+        assert (await h.backend.state(sid)).paused
+        try:
+            await asyncio.wait_for(h.backend.exec(sid, ["true"]), 5)
+        except SandboxNotRunning:
+            pass
+        else:
+            raise AssertionError("exec into a paused sandbox was not refused")
+        await h.backend.resume(sid)
+        await h.backend.resume(sid)
+        assert not (await h.backend.state(sid)).paused
+        assert (await run(h, sid, ["cat", "/tmp/kept"])).stdout == b"kept"
+        await h.backend.pause(sid)
+        assert await asyncio.wait_for(h.backend.stop(sid, 10), 30) == 0  # thawed, got SIGTERM
+
+
 async def check_scratch_snapshot_and_restore(h: Harness) -> None:
     """A scratch file system: capped, archived (running and after the end), restored elsewhere.
 
@@ -442,6 +465,7 @@ CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_images_by_reference,
     check_stats_and_hostname,
     check_recover_after_restart,
+    check_pause_if_supported,
     check_python_image,
     check_scratch_snapshot_and_restore,
 ]

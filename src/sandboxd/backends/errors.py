@@ -58,6 +58,14 @@ class SandboxNotRunning(BackendError):
     """The sandbox's main process has ended (or it was stopped)."""
 
 
+class SandboxPaused(SandboxNotRunning):
+    """The sandbox is paused (its processes frozen): nothing can run in it until resumed."""
+
+
+class PauseUnsupported(BackendError):
+    """The backend, or the sandbox, cannot be paused; the message says why."""
+
+
 class SandboxStartError(BackendError):
     """Creating or starting the sandbox failed."""
 

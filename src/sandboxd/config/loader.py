@@ -8,6 +8,7 @@ one runner (admin-model.md §2.5–2.6). We merge them once, at load time, into 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -98,6 +99,10 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return node.start_mark.line + 1
 
 
+# "runners[0].bindings[1].profile: unknown profile 'x'" from a model-level validator.
+_NAMED_PATH = re.compile(r"^([a-z_]+(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): (.*)\Z", re.S)
+
+
 def _where(source: str, path: str, line: int | None) -> str:
     return f"{source}: {path}" + (f" (line {line})" if line is not None else "")
 
@@ -127,6 +132,9 @@ def _format_validation(
         ):
             continue
         message = str(error["msg"]).removeprefix("Value error, ")
+        named = _NAMED_PATH.match(message) if not loc else None
+        if named is not None:  # a whole-file check names the path in its message
+            loc, message = _loc_of(named.group(1), ()), named.group(2)
         where = _format_location(loc)
         if prefix:
             where = prefix if where == "(top level)" else f"{prefix}.{where}"

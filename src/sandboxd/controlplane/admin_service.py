@@ -23,6 +23,8 @@ from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.orphans import Orphans
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_lifecycle import RunnerLifecycle, RunnerLifecycleState
+from sandboxd.controlplane.secret_admin import SecretAdmin
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.identity.model import ApiKeyInfo, JoinTokenInfo, Role, RunnerCredentialInfo
 from sandboxd.store.sandbox_store import Orphan
@@ -126,7 +128,7 @@ def _role(number: int) -> Role:
     return role
 
 
-class AdminService(admin_pb2_grpc.AdminServiceServicer):
+class AdminService(SecretAdmin, admin_pb2_grpc.AdminServiceServicer):
     """Administration over the :class:`IdentityService`, the registry and the lifecycle."""
 
     def __init__(
@@ -138,8 +140,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         *,
         runners: RunnerLifecycle,
         config: LiveConfig | None,
+        secrets: Secrets | None = None,
     ) -> None:
         self._identity = identity
+        self._secrets = secrets
         self._registry = registry
         self._lifecycle = lifecycle
         self._operations = operations

@@ -73,6 +73,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return caller
 
+    async def identify(self, method: str, metadata: Iterable[tuple[str, Any]]) -> Identity:
+        """The identity of a call to ``method`` with ``metadata``; raises ApiError if refused.
+
+        What the interceptor does before binding, for calls that do not come through the
+        gRPC server (the in-process runner link, :mod:`sandboxd.controlplane.local_link`).
+        """
+        return await self._resolve(method, bearer_token(metadata))
+
     async def intercept_service(  # type: ignore[override]  # grpc-stubs forget None
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:

@@ -23,9 +23,12 @@ from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.operations import Operations
+from sandboxd.controlplane.pausing import Pausing, wait_seconds
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_queries import SandboxFilter, list_page, settled_record
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
+from sandboxd.controlplane.unary_exec import UnaryExec, parse_exec_request
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 R = TypeVar("R")
@@ -77,11 +80,19 @@ def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """Sandbox RPCs over the :class:`Lifecycle` that drives runners."""
 
-    def __init__(self, lifecycle: Lifecycle, files: Files, fss: FssGateway | None = None) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        files: Files,
+        operations: Operations,
+        fss: FssGateway | None = None,
+    ) -> None:
         self._lifecycle = lifecycle
         self._records = lifecycle.records
         self._files = files
         self._fss = fss  # file-system snapshots (fss_gateway.py); None: UNIMPLEMENTED
+        self._pausing = Pausing(lifecycle)
+        self._exec = UnaryExec(lifecycle, operations)
 
     async def _run(self, context: Context, work: Callable[[], Awaitable[R]]) -> R:
         try:
@@ -220,6 +231,40 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         return await self._run(context, work)
 
+    async def Exec(
+        self, request: gateway_pb2.ExecSandboxRequest, context: Context
+    ) -> gateway_pb2.ExecSandboxResponse:
+        """Run a command to its end; its output (capped), exit code (``unary_exec.py``)."""
+
+        async def work() -> gateway_pb2.ExecSandboxResponse:
+            return await self._exec.run(parse_exec_request(request))
+
+        return await self._run(context, work)
+
+    async def Pause(
+        self, request: gateway_pb2.PauseSandboxRequest, context: Context
+    ) -> gateway_pb2.PauseSandboxResponse:
+        """Freeze every process of the sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.PauseSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.pause(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.PauseSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
+    async def Resume(
+        self, request: gateway_pb2.ResumeSandboxRequest, context: Context
+    ) -> gateway_pb2.ResumeSandboxResponse:
+        """Thaw a paused sandbox; success once its runner did (``pausing.py``)."""
+
+        async def work() -> gateway_pb2.ResumeSandboxResponse:
+            wait = wait_seconds(request.max_timeout_seconds)
+            await self._pausing.resume(await self._record(request.sandbox_id), wait)
+            return gateway_pb2.ResumeSandboxResponse(success=True)
+
+        return await self._run(context, work)
+
     # File-system snapshots: fss_gateway.py does the work.
     def _snapshots(self) -> FssGateway:
         if self._fss is None:
@@ -263,9 +308,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         return await self._run(context, lambda: self._snapshots().set_bucket(request))
 
     # Features this server does not offer: a clear UNIMPLEMENTED with a reason.
-    Exec = _unimplemented("unary_exec", "use GatewayStreamingService/StreamExec")
-    Pause = _unimplemented("pause")
-    Resume = _unimplemented("resume")
     Raw = _unimplemented("raw_actions")
     GetObjectStorageWIFConfig = _unimplemented("object_storage")
     SetObjectStorageWIFConfig = _unimplemented("object_storage")

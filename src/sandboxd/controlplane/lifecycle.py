@@ -39,6 +39,8 @@ from sandboxd.controlplane.sandbox_model import (
     start_deadline,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_refs import references
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import scratch_volume
@@ -69,6 +71,16 @@ def sandbox_not_running(record: SandboxRecord) -> ApiError:
         f"sandbox {record.sandbox_id!r} is {status}, not running",
         reason="CWSANDBOX_SANDBOX_NOT_RUNNING",
         metadata={"sandbox_id": record.sandbox_id, "status": status},
+    )
+
+
+def sandbox_paused(record: SandboxRecord) -> ApiError:
+    """Exec, files or logs on a paused sandbox: refused at once (they would only wait)."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"sandbox {record.sandbox_id!r} is paused: resume it first",
+        reason="CWSANDBOX_SANDBOX_PAUSED",
+        metadata={"sandbox_id": record.sandbox_id, "status": "paused"},
     )
 
 
@@ -123,6 +135,7 @@ def build_spec(
             max_pids=ceilings.max_pids or 0,
             egress_types=ceilings.egress_types,
         ),
+        secret_references=references(request.secrets),
     )
     if request.scratch is not None:
         spec.scratch.CopyFrom(scratch_volume(request.scratch, ceilings.max_disk_bytes))
@@ -138,8 +151,10 @@ class Lifecycle:
         records: SandboxRecords,
         quotas: Quotas,
         reconcilers: Reconcilers,
+        secrets: Secrets | None = None,
     ) -> None:
         self.registry = registry
+        self.secrets = secrets
         self.records = records
         self.quotas = quotas
         self.reconcilers = reconcilers
@@ -191,7 +206,9 @@ class Lifecycle:
 
     def running_link(self, record: SandboxRecord) -> RunnerLink:
         """Like :meth:`link_for`, for operations that need a RUNNING sandbox."""
-        if record.status not in (S.SANDBOX_STATUS_RUNNING, S.SANDBOX_STATUS_PAUSED):
+        if record.paused:
+            raise sandbox_paused(record)
+        if record.status != S.SANDBOX_STATUS_RUNNING:
             raise sandbox_not_running(record)
         return self.link_for(record)
 
@@ -202,6 +219,10 @@ class Lifecycle:
         carry the published ``service_address``, so Start then waits for the runner's answer.
         """
         owner = current_caller().organization
+        if request.secrets:  # missing ones are refused before anything is reserved
+            if self.secrets is None:
+                raise invalid_argument("secret_stores", "this control plane has no secret stores")
+            await self.secrets.check(owner, request.secrets)
         placement = place(self.registry, request)
         # No await from this check to records.add below: concurrent Starts cannot both fit.
         self.quotas.check_start(
@@ -283,8 +304,11 @@ class Lifecycle:
 
 
 def want_stopped(record: SandboxRecord, grace_seconds: int) -> SandboxRecord | None:
-    """Desired state: stopped (a new generation), unless already stopping or gone."""
-    if record.desired is not Desired.RUNNING or record.terminal:
+    """Desired state: stopped (a new generation), unless already stopping or gone.
+
+    A paused sandbox stops too: its runner thaws it first, so it gets its SIGTERM.
+    """
+    if record.stop_requested or record.terminal:
         return None
     return replace(
         record,

@@ -19,6 +19,7 @@ process (tests) never mix their numbers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import OrderedDict
@@ -361,7 +362,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _streaming(self, method: str, behaviour: Any) -> Any:
         async def run(request: Any, context: Any) -> Any:
-            started, failed = time.perf_counter(), True
+            started, failed, gone = time.perf_counter(), True, False
             try:
                 outcome = behaviour(request, context)
                 if hasattr(outcome, "__aiter__"):
@@ -370,10 +371,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 else:  # a handler that writes with context.write() and returns
                     await outcome
                 failed = False
+            except (GeneratorExit, asyncio.CancelledError):
+                gone = True  # the client went away (or ended its call) before the end
+                raise
             finally:
-                self._done(method, context, started, failed)
+                if gone:
+                    self._count(method, grpc.StatusCode.CANCELLED, started)
+                else:
+                    self._done(method, context, started, failed)
 
         return run
+
+    def _count(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.observe_rpc(method, code, time.perf_counter() - started, ())
 
 
 def _code(context: Any, failed: bool) -> grpc.StatusCode:

@@ -167,9 +167,13 @@ class Operation:
             self._up.put_now(_LOST)
 
     async def serve(
-        self, stream: IdleStream, frames: AsyncIterator[bytes]
+        self, stream: IdleStream, frames: AsyncIterator[Any]
     ) -> AsyncIterator[runner_pb2.OperationDown | bytes]:
-        """The handler's half: yield the open and the input, relay ``frames`` up."""
+        """The handler's half: yield the open and the input, relay ``frames`` up.
+
+        ``frames`` are encoded ``OperationUp`` frames from a gRPC call, or the messages
+        themselves from the in-process link (:mod:`sandboxd.controlplane.local_link`).
+        """
         reader = asyncio.create_task(self._relay_up(stream, frames))
         down = self._down
         try:
@@ -183,13 +187,15 @@ class Operation:
             await asyncio.gather(reader, return_exceptions=True)
             self.lost(stream)
 
-    async def _relay_up(self, stream: IdleStream, frames: AsyncIterator[bytes]) -> None:
+    async def _relay_up(self, stream: IdleStream, frames: AsyncIterator[Any]) -> None:
         try:
             async for raw in frames:
                 if stream is not self._stream:
                     return
-                frame: Any = raw
-                if not self._raw_data or data_length(raw, UP_DATA) is None:
+                frame: Any = raw  # a message already on the in-process link
+                if isinstance(raw, bytes) and (
+                    not self._raw_data or data_length(raw, UP_DATA) is None
+                ):
                     frame = runner_pb2.OperationUp.FromString(raw)
                 await self._up.put(frame)
         except grpc.aio.AioRpcError:

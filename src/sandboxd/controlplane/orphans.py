@@ -17,7 +17,7 @@ import grpc
 from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.reconciler import STOP_MARGIN_SECONDS
 from sandboxd.controlplane.registry import RunnerRegistry
-from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord
+from sandboxd.controlplane.sandbox_model import ENDED, Desired, Observed, SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError, invalid_argument, not_found
 from sandboxd.identity.model import organization_problem
@@ -48,13 +48,14 @@ def adopted_record(orphan: Orphan, organization: str) -> SandboxRecord:
         observed = Observed(orphan.phase)
     except ValueError:
         observed = Observed.NONE
-    ended = orphan.last_seen if observed not in (Observed.NONE, Observed.RUNNING) else None
+    ended = orphan.last_seen if observed in ENDED else None
     return SandboxRecord(
         sandbox_id=orphan.sandbox_id,
         runner_id=orphan.runner_id,
         owner_org=organization,
         spec=None,
-        desired=Desired.RUNNING,
+        # A paused orphan stays paused until its new owner resumes it.
+        desired=Desired.PAUSED if observed is Observed.PAUSED else Desired.RUNNING,
         observed=observed,
         exit_code=orphan.exit_code,
         reason=orphan.reason,

@@ -32,6 +32,7 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.sandbox_model import (
     ENDED,
+    STARTED,
     Action,
     Observed,
     Report,
@@ -40,9 +41,11 @@ from sandboxd.controlplane.sandbox_model import (
     give_up,
     now,
     observe,
+    pause_refused,
     report_of,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_backoff import blames_runner
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import Orphan
@@ -54,6 +57,8 @@ RESYNC_SECONDS = 30.0
 RESEND_SECONDS = 30.0
 """A command without an answer this long is sent again (they are idempotent)."""
 START_COMMAND_SECONDS = 90.0
+PAUSE_COMMAND_SECONDS = 30.0
+"""Freezing waits for tasks in uninterruptible sleep, up to 10 s on the runner."""
 STOP_MARGIN_SECONDS = 15.0
 RETRY_SECONDS = 2.0
 """A command that failed without progress is sent again after this long, not at once."""
@@ -89,11 +94,13 @@ class RunnerReconciler:
         records: SandboxRecords,
         registry: RunnerRegistry,
         note_start: StartNote,
+        secrets: Secrets | None = None,
     ) -> None:
         self.runner_id = runner_id
         self._records = records
         self._registry = registry
         self._note_start = note_start
+        self._secrets = secrets
         self._wake = asyncio.Event()
         self._inflight: dict[str, InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -225,7 +232,10 @@ class RunnerReconciler:
         asyncio.get_running_loop().call_later(RETRY_SECONDS, self.kick, sandbox_id)
 
     async def _observe(self, sandbox_id: str, report: Report) -> None:
-        await self._records.update(sandbox_id, lambda r: observe(r, report))
+        if report.phase is Observed.RUNNING:  # shown while stored: a create's hot path
+            await self._records.observe_running(sandbox_id, lambda r: observe(r, report))
+        else:
+            await self._records.update(sandbox_id, lambda r: observe(r, report))
 
     async def _command(self, record: SandboxRecord, flight: InFlight) -> None:
         sid = record.sandbox_id
@@ -237,6 +247,8 @@ class RunnerReconciler:
                 await self._stop(record, flight.link)
             elif flight.action is Action.DELETE:
                 await self._delete(record, flight.link)
+            elif flight.action in (Action.PAUSE, Action.RESUME):
+                await self._set_paused(record, flight.link, flight.action is Action.PAUSE)
             progressed = True
         except NoProgress:
             pass
@@ -255,11 +267,17 @@ class RunnerReconciler:
     async def _start(self, record: SandboxRecord, link: RunnerLink) -> None:
         if record.spec is None:  # decide() never starts an adopted orphan; be sure
             raise NoProgress
+        spec = runner_pb2.SandboxSpec.FromString(record.spec)
+        try:
+            await self._add_secrets(record, spec)
+        except ApiError as error:
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                raise  # the database is away: the start is sent again
+            failed = Report(Observed.FAILED, record.generation, reason=error.message)
+            await self._observe(record.sandbox_id, failed)
+            return
         command = runner_pb2.Command(
-            start=runner_pb2.StartSandbox(
-                spec=runner_pb2.SandboxSpec.FromString(record.spec),
-                generation=record.generation,
-            )
+            start=runner_pb2.StartSandbox(spec=spec, generation=record.generation)
         )
         try:
             result = await link.call(command, timeout=START_COMMAND_SECONDS)
@@ -284,6 +302,21 @@ class RunnerReconciler:
         )
         await self._observe(record.sandbox_id, report)
 
+    async def _add_secrets(self, record: SandboxRecord, spec: runner_pb2.SandboxSpec) -> None:
+        """Resolve the spec's secret references into this one command (never the record).
+
+        Read again for every start sent, so a start after a runner came back uses the
+        values as they are now, and a value deleted meanwhile fails the start by name.
+        """
+        if not spec.secret_references:
+            return
+        if self._secrets is None:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION, "this control plane has no secret stores"
+            )
+        values = await self._secrets.resolve(record.owner_org, spec.secret_references)
+        spec.secret_environment.extend(values)
+
     async def _stop(self, record: SandboxRecord, link: RunnerLink) -> None:
         command = runner_pb2.Command(
             stop=runner_pb2.StopSandbox(
@@ -300,6 +333,33 @@ class RunnerReconciler:
             if error.reason != "CWSANDBOX_SANDBOX_NOT_FOUND":
                 raise
             await self._observe(record.sandbox_id, Report(Observed.GONE, record.generation))
+            return
+        report = report_of(result.state) if result.HasField("state") else None
+        if report is not None:
+            await self._observe(record.sandbox_id, report)
+
+    async def _set_paused(self, record: SandboxRecord, link: RunnerLink, paused: bool) -> None:
+        """Freeze or thaw on the runner; a pause the runner cannot do is given up (pausing.py)."""
+        sid, generation = record.sandbox_id, record.generation
+        command = (
+            runner_pb2.Command(pause=runner_pb2.PauseSandbox(sandbox_id=sid, generation=generation))
+            if paused
+            else runner_pb2.Command(
+                resume=runner_pb2.ResumeSandbox(sandbox_id=sid, generation=generation)
+            )
+        )
+        try:
+            result = await link.call(command, timeout=PAUSE_COMMAND_SECONDS)
+        except ApiError as error:
+            if error.reason == "CWSANDBOX_SANDBOX_NOT_FOUND":
+                await self._observe(record.sandbox_id, Report(Observed.GONE, record.generation))
+                return
+            if not paused or error.code is grpc.StatusCode.UNAVAILABLE:
+                raise
+            why, generation = error.message, record.generation
+            await self._records.update(
+                record.sandbox_id, lambda r: pause_refused(r, generation, why)
+            )
             return
         report = report_of(result.state) if result.HasField("state") else None
         if report is not None:
@@ -363,7 +423,7 @@ class RunnerReconciler:
                 if report is not None:
                     await self._observe(sid, report)
             for record in self._records.live_on(self.runner_id):
-                if record.sandbox_id not in reported and record.observed is Observed.RUNNING:
+                if record.sandbox_id not in reported and record.observed in STARTED:
                     lost = Report(Observed.GONE, record.observed_generation, reason=LOST_REASON)
                     await self._observe(record.sandbox_id, lost)
             await self._classify_unknown(unknown, runner_cluster_id)
@@ -424,9 +484,12 @@ class RunnerReconciler:
 class Reconcilers:
     """The reconcilers of every runner, created on first need."""
 
-    def __init__(self, records: SandboxRecords, registry: RunnerRegistry) -> None:
+    def __init__(
+        self, records: SandboxRecords, registry: RunnerRegistry, secrets: Secrets | None = None
+    ) -> None:
         self._records = records
         self._registry = registry
+        self._secrets = secrets
         self._by_runner: dict[str, RunnerReconciler] = {}
         records.on_change = lambda record: self.of(record.runner_id).kick(record.sandbox_id)
 
@@ -442,7 +505,9 @@ class Reconcilers:
         """The reconciler of ``runner_id``."""
         reconciler = self._by_runner.get(runner_id)
         if reconciler is None:
-            reconciler = RunnerReconciler(runner_id, self._records, self._registry, self.note_start)
+            reconciler = RunnerReconciler(
+                runner_id, self._records, self._registry, self.note_start, self._secrets
+            )
             self._by_runner[runner_id] = reconciler
         return reconciler
 

@@ -41,6 +41,7 @@ class Desired(enum.StrEnum):
     """What a client asked the sandbox to be."""
 
     RUNNING = "running"
+    PAUSED = "paused"  # running, with its processes frozen (pausing.py)
     STOPPED = "stopped"
     DELETED = "deleted"
 
@@ -50,13 +51,16 @@ class Observed(enum.StrEnum):
 
     NONE = "none"  # not reported yet (the start is on its way, or its runner is away)
     RUNNING = "running"
+    PAUSED = "paused"  # running, every process frozen; ranks like RUNNING
     COMPLETED = "completed"  # its main process ended (exit_code set)
     FAILED = "failed"  # the runner failed to start or keep it
     GONE = "gone"  # its runner no longer has it and never reported its end
 
 
 ENDED = frozenset({Observed.COMPLETED, Observed.FAILED, Observed.GONE})
-_RANK = {Observed.NONE: 0, Observed.RUNNING: 1}  # every ended phase ranks 2
+_RANK = {Observed.NONE: 0, Observed.RUNNING: 1, Observed.PAUSED: 1}  # ended ones rank 2
+STARTED = frozenset({Observed.RUNNING, Observed.PAUSED})
+"""Started and not ended: its runner holds it, running or paused."""
 
 
 def rank(phase: Observed) -> int:
@@ -139,7 +143,15 @@ class SandboxRecord:
     @property
     def stop_requested(self) -> bool:
         """A client (or the control plane) asked it to stop."""
-        return self.desired is not Desired.RUNNING
+        return self.desired in (Desired.STOPPED, Desired.DELETED)
+
+    @property
+    def paused(self) -> bool:
+        """Paused, or being paused or resumed: nothing can run in it now."""
+        return not self.terminal and (
+            self.observed is Observed.PAUSED
+            or (self.desired is Desired.PAUSED and self.observed is Observed.RUNNING)
+        )
 
     def reservation(self) -> runner_pb2.Reservation:
         """What it takes from its runner's capacity."""
@@ -160,10 +172,12 @@ def public_status(record: SandboxRecord) -> int:
         return S.SANDBOX_STATUS_FAILED
     if record.observed is Observed.GONE:
         return S.SANDBOX_STATUS_TERMINATED if record.stop_requested else S.SANDBOX_STATUS_FAILED
-    if record.desired is not Desired.RUNNING:
+    if record.stop_requested:
         return S.SANDBOX_STATUS_TERMINATING
     if record.observed is Observed.RUNNING:
         return S.SANDBOX_STATUS_RUNNING
+    if record.observed is Observed.PAUSED:
+        return S.SANDBOX_STATUS_PAUSED
     return S.SANDBOX_STATUS_CREATING
 
 
@@ -179,7 +193,7 @@ def public_reason(record: SandboxRecord) -> str:
         return record.reason or "lost: its runner no longer has it"
     if record.observed is Observed.FAILED:
         return record.reason or "failed"
-    return record.reason if record.desired is Desired.RUNNING else ""
+    return "" if record.stop_requested else record.reason
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,7 @@ class Report:
 
 _PHASES = {
     runner_pb2.SANDBOX_PHASE_RUNNING: Observed.RUNNING,
+    runner_pb2.SANDBOX_PHASE_PAUSED: Observed.PAUSED,
     runner_pb2.SANDBOX_PHASE_COMPLETED: Observed.COMPLETED,
     runner_pb2.SANDBOX_PHASE_FAILED: Observed.FAILED,
 }
@@ -222,21 +237,32 @@ def observe(record: SandboxRecord, report: Report) -> SandboxRecord | None:
 
     Phases only move forward, and within a phase only a newer generation is news, so a
     repeated or reordered report (a RUNNING that arrives after the COMPLETED) is ignored.
+    Running and paused rank alike: a pause or resume is news by its newer generation, and a
+    runner that finds the truth differs at the same generation (a restarted runner reads
+    the freezer) is believed, since it applies a generation together with its phase.
     """
     old, new = rank(record.observed), rank(report.phase)
+    flipped = new == old == 1 and report.phase is not record.observed
+    if flipped and report.generation >= record.observed_generation:
+        return replace(
+            record,
+            observed=report.phase,
+            observed_generation=report.generation,
+            started_at=record.started_at or report.at or now(),
+        )
     if new < old or (new == old and report.generation <= record.observed_generation):
         if report.service_address and report.service_address != record.service_address:
             return replace(record, service_address=report.service_address)
         return None
     changed = replace(
         record,
-        observed=report.phase if new > old else record.observed,
+        observed=report.phase if new > old or new == 1 else record.observed,
         observed_generation=max(record.observed_generation, report.generation),
     )
     if report.service_address is not None:
         changed.service_address = report.service_address
     when = report.at or now()
-    if report.phase is Observed.RUNNING and record.started_at is None:
+    if report.phase in STARTED and record.started_at is None:
         changed.started_at = when
     if report.phase in ENDED and new > old:
         changed.exit_code = report.exit_code
@@ -254,6 +280,8 @@ class Action(enum.StrEnum):
     START = "start"
     STOP = "stop"
     DELETE = "delete"
+    PAUSE = "pause"
+    RESUME = "resume"
     GIVE_UP = "give_up"  # a start that never came: stop wanting it, and say why
 
 
@@ -266,7 +294,14 @@ def decide(record: SandboxRecord, at: datetime) -> Action:
     if record.desired is Desired.STOPPED:
         return Action.STOP
     if record.observed is Observed.RUNNING:
-        return Action.NOTHING
+        return Action.PAUSE if record.desired is Desired.PAUSED else Action.NOTHING
+    if record.observed is Observed.PAUSED:
+        if record.desired is Desired.RUNNING:
+            return Action.RESUME
+        # Paused, but not by this wish (a runner that died mid-pause reports what it found
+        # with the generation before): pausing again is harmless and confirms this one.
+        behind = record.observed_generation < record.generation
+        return Action.PAUSE if behind else Action.NOTHING
     if record.start_deadline is not None and at >= record.start_deadline:
         return Action.GIVE_UP
     if record.spec is None:
@@ -282,6 +317,22 @@ def give_up(record: SandboxRecord, why: str) -> SandboxRecord:
         generation=record.generation + 1,
         verdict=why,
         ended_at=record.ended_at or now(),
+    )
+
+
+def pause_refused(record: SandboxRecord, generation: int, why: str) -> SandboxRecord | None:
+    """A pause its runner cannot do (no freezer, say): want it running again, and say why.
+
+    Only the pause of ``generation`` is given up: a client may have resumed or stopped it
+    meanwhile, and then there is nothing to undo.
+    """
+    if record.desired is not Desired.PAUSED or record.generation != generation:
+        return None
+    return replace(
+        record,
+        desired=Desired.RUNNING,
+        generation=record.generation + 1,
+        reason=f"pause refused by its runner: {why}",
     )
 
 

@@ -3,7 +3,9 @@
 Why this order: every change is committed first and only then applied in memory
 ("persistence first, memory second"), so a failed write leaves both as they were and the
 caller gets UNAVAILABLE (``CWSANDBOX_STORE_UNAVAILABLE``); a crash after the commit loses
-nothing, because a restarted control plane rebuilds memory from the database. Memory holds
+nothing, because a restarted control plane rebuilds memory from the database. One change is
+shown while it is written: a runner's report that a sandbox runs (:meth:`observe_running`
+says why that is safe), so a create waits for one database write, not two. Memory holds
 only sandboxes that may still run (bounded by the runners' capacity) plus those that ended
 in the last few minutes (clients poll them); the rest are read from the database when
 asked, and ``List`` pages from it by index.
@@ -69,6 +71,8 @@ class SandboxRecords:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        #: Sandboxes whose RUNNING is shown but could not be stored yet (observe_running).
+        self._unsaved: set[str] = set()
         self.on_change: Callable[[SandboxRecord], None] = lambda _record: None
 
     # -- database ---------------------------------------------------------------------------
@@ -200,12 +204,20 @@ class SandboxRecords:
             lock = self._locks[sandbox_id] = asyncio.Lock()
         return lock
 
-    async def update(self, sandbox_id: str, change: Change) -> SandboxRecord | None:
+    async def update(
+        self, sandbox_id: str, change: Change, *, shown_first: bool = False
+    ) -> SandboxRecord | None:
         """Apply ``change`` to the newest record and store it; the stored record.
 
         ``change`` is pure and may return None (nothing to do). None is returned when the
         sandbox does not exist. Raises UNAVAILABLE when the database refuses the write;
         memory is then unchanged.
+
+        ``shown_first`` (only for a runner's report that a sandbox runs, see
+        :meth:`observe_running`) shows the change in memory while it is being written. A
+        write that fails leaves it shown (the runner said so) and marked unsaved; the next
+        report (the command or snapshot that brought it is retried) stores it then, and so
+        does any other write of the sandbox, which carries everything memory shows.
         """
         async with self._lock(sandbox_id):
             for attempt in range(3):
@@ -214,12 +226,17 @@ class SandboxRecords:
                     return None
                 changed = change(current)
                 if changed is None or changed == current:
-                    return current
+                    if not (shown_first and sandbox_id in self._unsaved):
+                        return current
+                    changed = current  # shown but not yet stored: store it now
+                if shown_first:
+                    self._show(changed)
                 try:
                     stored = await self._call(
                         functools.partial(self._store.save, changed), "save", self._stored
                     )
                 except StaleRecord:
+                    self._unsaved.discard(sandbox_id)
                     # Another writer (another control plane on the same database) came first.
                     self._records.pop(sandbox_id, None)
                     if attempt == 2:
@@ -229,10 +246,33 @@ class SandboxRecords:
                             reason="CWSANDBOX_CONFLICT",
                         ) from None
                     continue
+                except BaseException:  # refused, too slow, or the caller cancelled
+                    if shown_first:
+                        self._unsaved.add(sandbox_id)  # until a write of it lands
+                    raise
                 return stored
         return None  # pragma: no cover - the loop returns or raises
 
+    async def observe_running(self, sandbox_id: str, change: Change) -> SandboxRecord | None:
+        """A runner's report that a sandbox runs: shown at once, stored right after.
+
+        Why this one write may trail memory, against the rule above: it is the second
+        database write of every create (the first, Start's insert, must land before the
+        client gets an id), and a client waits on it before its first exec. What it records
+        is not ours to decide but the runner's to report, and the runner reports it again:
+        a control plane killed before the write landed reloads the sandbox as not yet
+        reported, sends its start again (the runner answers a start of a sandbox it runs
+        with "started"), and takes the runner's snapshot when it registers; either stores
+        RUNNING. Nothing is lost or destroyed. A write the database refuses leaves RUNNING
+        shown (it is true) and is made again with the next report. The price: a client that
+        saw RUNNING may see the sandbox as starting again for the moment between a killed
+        control plane's restart and its runner's return
+        (``tests/fault/test_running_not_yet_stored.py``).
+        """
+        return await self.update(sandbox_id, change, shown_first=True)
+
     def _stored(self, stored: SandboxRecord, _abandoned: bool) -> None:
+        self._unsaved.discard(stored.sandbox_id)
         self._remember(stored)
         self._changed(stored)
 
@@ -241,6 +281,7 @@ class SandboxRecords:
 
         def landed(_: None, _abandoned: bool) -> None:
             self._records.pop(record.sandbox_id, None)
+            self._unsaved.discard(record.sandbox_id)
             lock = self._locks.get(record.sandbox_id)
             if lock is not None and not lock.locked():
                 del self._locks[record.sandbox_id]
@@ -271,11 +312,23 @@ class SandboxRecords:
                 if lock is not None and not lock.locked():
                     del self._locks[sandbox_id]
 
+    def _show(self, record: SandboxRecord) -> None:
+        """Put ``record`` in memory and wake its waiters, before storing it.
+
+        The reconciler is not kicked: it acts on what is stored (a failed write is retried
+        by the command or the snapshot that brought it, after their pause).
+        """
+        self._remember(record)
+        self._wake(record.sandbox_id)
+
     # -- waiting --------------------------------------------------------------------------
-    def _changed(self, record: SandboxRecord, gone: bool = False) -> None:
-        for waiter in self._waiters.pop(record.sandbox_id, []):
+    def _wake(self, sandbox_id: str) -> None:
+        for waiter in self._waiters.pop(sandbox_id, []):
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _changed(self, record: SandboxRecord, gone: bool = False) -> None:
+        self._wake(record.sandbox_id)
         if not gone:
             self.on_change(record)
 

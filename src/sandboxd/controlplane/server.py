@@ -6,8 +6,9 @@ use. Every call passes the authentication interceptor first (:mod:`sandboxd.cont
 API keys for clients and administrators, runner credentials or a join token for runners.
 
 Why the data directory is 0700 and its secrets 0600: it holds the database (credential
-digests, every sandbox's record) and the first administrator key; other local users must not
-read either. With ``tls_cert``/``tls_key`` the port speaks TLS only.
+digests, every sandbox's record), the first administrator key and the key that encrypts
+secret values (``secrets.key``); other local users must not read any of them. With
+``tls_cert``/``tls_key`` the port speaks TLS only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cwsandbox._proto import (
     discovery_pb2_grpc,
     events_pb2_grpc,
     gateway_pb2_grpc,
+    secrets_pb2_grpc,
     streaming_pb2_grpc,
 )
 from sandboxd._proto import admin_pb2_grpc
@@ -45,6 +47,7 @@ from sandboxd.controlplane.gateway import GatewayService
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, startup_config
+from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
 from sandboxd.controlplane.metrics import (
     ControlPlaneMetrics,
@@ -61,11 +64,14 @@ from sandboxd.controlplane.runner_lifecycle import Drainer, RunnerLifecycle
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.secret_store_service import SecretStoreService
+from sandboxd.controlplane.secrets import open_secrets
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
 from sandboxd.errors import ApiError
 from sandboxd.metrics_http import MetricsServer, serve_metrics
+from sandboxd.secrets.cipher import KeyProblem
 from sandboxd.snapshots.content import ContentStore
 from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
@@ -159,9 +165,22 @@ class ControlPlane:
         if self.metrics is not None:
             store = timed_store(store, self.metrics)
         self.sandboxes = SandboxRecords(store, self.registry)
-        self.reconcilers = Reconcilers(self.sandboxes, self.registry)
+        try:  # the key in the data directory (secrets.key, 0600), checked against the rows
+            self.secrets = open_secrets(self.store.secrets, settings.data_dir)
+        except KeyProblem as problem:
+            self.store.close()
+            raise DatabaseProblem(f"secret stores: {problem}") from None
+        except SQLAlchemyError as exc:
+            self.store.close()
+            where = describe(self.store.url)
+            raise DatabaseProblem(f"cannot read {where}: {exc}") from None
+        self.reconcilers = Reconcilers(self.sandboxes, self.registry, self.secrets)
         self.lifecycle = Lifecycle(
-            self.registry, self.sandboxes, Quotas(settings.config.quotas), self.reconcilers
+            self.registry,
+            self.sandboxes,
+            Quotas(settings.config.quotas),
+            self.reconcilers,
+            self.secrets,
         )
         self.cluster_id = ""
         self._collector: asyncio.Task[None] | None = None
@@ -195,6 +214,8 @@ class ControlPlane:
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        # In-process links for a runner of this process (``sandboxd up``), set by start().
+        self.local_runners: LocalRunners | None = None
 
     def _also_on_change(self, observe: Callable[[SandboxRecord], None]) -> None:
         """Call ``observe`` on every record change, before what already ran (the reconciler)."""
@@ -285,7 +306,12 @@ class ControlPlane:
             self.discovery, server
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            GatewayService(self.lifecycle, self.files, FssGateway(self.snapshots, self.lifecycle)),
+            GatewayService(
+                self.lifecycle,
+                self.files,
+                self.operations,
+                FssGateway(self.snapshots, self.lifecycle),
+            ),
             server,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -308,6 +334,7 @@ class ControlPlane:
             self.lifecycle,
             cluster_id=self.cluster_id,
         )
+        self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
         add_services(runners, FileService(self.lifecycle, self.files), server)
         events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -321,8 +348,12 @@ class ControlPlane:
                 self.operations,
                 runners=self.runner_lifecycle,
                 config=self.live_config,
+                secrets=self.secrets,
             ),
             server,
+        )
+        secrets_pb2_grpc.add_SecretStoreServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SecretStoreService(self.secrets), server
         )
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
@@ -368,6 +399,8 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, flush runner records and close the store."""
+        if self.local_runners is not None:
+            self.local_runners.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None

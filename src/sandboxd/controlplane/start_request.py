@@ -16,6 +16,7 @@ import grpc
 from cwsandbox._proto import gateway_pb2
 from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
+from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
@@ -44,6 +45,8 @@ class SandboxRequest:
     exposed_ports: tuple[int, ...]
     mounted_files: tuple[tuple[str, bytes], ...]
     max_lifetime_seconds: int | None
+    # Secrets to inject as environment variables (references; resolved at each start).
+    secrets: tuple[SecretUse, ...] = ()
     # The quantities as sent, for messages in the user's units (written_quantities.py).
     written: WrittenQuantities = dataclasses.field(default_factory=WrittenQuantities)
     # Network wishes by kind rather than by a profile's mode name (the v1 protocol): the
@@ -110,7 +113,6 @@ def _check_unsupported(request: gateway_pb2.StartSandboxRequest) -> None:
         if request.HasField(field):
             raise not_implemented(field, what)
     for field, what in [
-        ("secret_stores", "secret stores"),
         ("runner_cluster_secrets", "runner cluster secrets"),
         ("volumes", "volumes"),
     ]:
@@ -215,6 +217,7 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
+        secrets=parse_secret_stores(request, environment),
         written=written,
         scratch=_file_system(request),
     )

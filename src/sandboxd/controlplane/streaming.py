@@ -32,7 +32,7 @@ import grpc
 
 from cwsandbox._proto import gateway_pb2, streaming_pb2, streaming_pb2_grpc
 from sandboxd._proto import runner_pb2
-from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_paused
 from sandboxd.controlplane.limits import check_exec_init
 from sandboxd.controlplane.operations import Operation, Operations
 from sandboxd.controlplane.sandbox_model import SandboxRecord
@@ -262,6 +262,9 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         except ApiError as error:
             await abort_with(context, error)
         record = await self._wait_created(record)
+        if record.paused:  # refused like exec and files (pausing.py)
+            yield log_error("SANDBOX_PAUSED", sandbox_paused(record).message)
+            return
         try:
             link = self._lifecycle.link_for(record)
         except ApiError as error:

@@ -64,7 +64,7 @@ from sandboxd.runner.images import ImageList
 from sandboxd.runner.operations import DEFAULT_IDLE_OPERATIONS, OperationPool
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
-from sandboxd.runner.stream import ControlStream, bearer, open_channel
+from sandboxd.runner.stream import ControlStream, RunnerChannel, bearer, open_channel
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend
@@ -122,6 +122,11 @@ class RunnerAgent:
     ends. ``unavailable_backends`` are backends the caller did not start, with the reason
     (e.g. ``local``: needs root); without a backend the runner advertises those, or that
     none is configured.
+
+    ``link`` opens the runner's connection for each session instead of a gRPC channel: the
+    in-process link of a control plane in this same process
+    (:meth:`~sandboxd.controlplane.local_link.LocalRunners.channel`, used by ``sandboxd up``).
+    Everything else, credentials and redials included, is the same on either.
     """
 
     def __init__(
@@ -133,8 +138,10 @@ class RunnerAgent:
         on_registered: Callable[[runner_pb2.Registered], None] | None = None,
         backend: Backend | None = None,
         unavailable_backends: Sequence[runner_pb2.BackendStatus] = (),
+        link: Callable[[], RunnerChannel] | None = None,
     ) -> None:
         self._settings = settings
+        self._link = link
         self._address = settings.address
         self._capabilities = (
             capabilities
@@ -157,7 +164,7 @@ class RunnerAgent:
         # Heartbeats carry the image list, so images built while connected become placeable.
         self._image_list = ImageList(backend.image_refs) if backend is not None else None
         self._stream: ControlStream | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: RunnerChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._recovered = False
         self._supervisor: SandboxSupervisor | None = None
@@ -341,11 +348,7 @@ class RunnerAgent:
         Returns normally when the control plane ends the stream cleanly; raises on errors.
         Always cancels the call and closes the channel, including on cancellation.
         """
-        channel = open_channel(
-            self._address,
-            keepalive_interval=self._settings.keepalive_interval,
-            ca_file=self._settings.ca_file,
-        )
+        channel = self._open_channel()
         stream: ControlStream | None = None
         try:
             stream = ControlStream(channel, bearer(self._credential or self._settings.join_token))
@@ -378,6 +381,16 @@ class RunnerAgent:
             if stream is not None:
                 stream.cancel()
             await channel.close(None)
+
+    def _open_channel(self) -> RunnerChannel:
+        """A new channel for one session: the in-process link when given, else gRPC."""
+        if self._link is not None:
+            return self._link()
+        return open_channel(
+            self._address,
+            keepalive_interval=self._settings.keepalive_interval,
+            ca_file=self._settings.ca_file,
+        )
 
     def _register_message(self) -> runner_pb2.Register:
         capabilities = runner_pb2.Capabilities()

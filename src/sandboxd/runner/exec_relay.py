@@ -36,6 +36,7 @@ from sandboxd.backends.errors import (
     InvalidSpec,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
 )
 
 __all__ = [
@@ -84,7 +85,7 @@ async def end_call(call: Any) -> None:
     with contextlib.suppress(TimeoutError, *CALL_ERRORS):
         await call.done_writing()
         async with asyncio.timeout(END_OF_CALL_TIMEOUT):
-            while isinstance(await call.read(), runner_pb2.OperationDown):
+            while isinstance(await call.read(), runner_pb2.OperationDown | bytes):
                 pass  # anything else is grpc.aio.EOF (which the type stubs do not export)
 
 
@@ -96,6 +97,8 @@ async def refuse_exec(call: OperateCall, code: str, message: str) -> None:
 
 
 def _error_code(exc: BackendError) -> str:
+    if isinstance(exc, SandboxPaused):
+        return "SANDBOX_PAUSED"
     if isinstance(exc, SandboxNotRunning):
         return "SANDBOX_NOT_RUNNING"
     if isinstance(exc, SandboxNotFound):
@@ -183,6 +186,8 @@ async def _pump_input(call: OperateCall, session: ExecSession, stdin_open: bool)
     """
     while True:
         frame = await call.read()
+        if isinstance(frame, bytes):  # an encoded data frame: never for an exec
+            continue
         if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
             return
         if frame.WhichOneof("frame") != "input":

@@ -26,9 +26,11 @@ from sandboxd.backends.errors import (
     ImageUnavailable,
     InvalidSpec,
     ParentNotFound,
+    PauseUnsupported,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
     SandboxStartError,
 )
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec
@@ -113,6 +115,22 @@ def sandbox_not_running(sandbox_id: str) -> CommandFailed:
     )
 
 
+SANDBOX_PAUSED = "CWSANDBOX_SANDBOX_PAUSED"
+"""The reason of every refusal because a sandbox is paused (exec, files, logs)."""
+
+
+def sandbox_paused(sandbox_id: str) -> CommandFailed:
+    """The sandbox is paused: nothing runs in it, and asking would wait for the resume."""
+    return CommandFailed(
+        failure(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            SANDBOX_PAUSED,
+            f"sandbox {sandbox_id!r} is paused: resume it first",
+            sandbox_id=sandbox_id,
+        )
+    )
+
+
 def backend_unavailable(message: str) -> runner_pb2.Failure:
     """No usable backend on this runner (retryable for clients: they may be placed elsewhere)."""
     return failure(grpc.StatusCode.UNAVAILABLE, "CWSANDBOX_BACKEND_UNAVAILABLE", message)
@@ -152,8 +170,12 @@ def from_backend_error(
         return _file_failure(exc, path if path is not None else exc.path)
     if isinstance(exc, SandboxNotFound):
         return sandbox_not_found(sandbox_id).failure
+    if isinstance(exc, SandboxPaused):
+        return sandbox_paused(sandbox_id).failure
     if isinstance(exc, SandboxNotRunning):
         return sandbox_not_running(sandbox_id).failure
+    if isinstance(exc, PauseUnsupported):
+        return failure(grpc.StatusCode.FAILED_PRECONDITION, "", str(exc), sandbox_id=sandbox_id)
     if isinstance(exc, InvalidSpec):
         return invalid_argument(exc.field, str(exc).removeprefix(f"{exc.field}: ")).failure
     if isinstance(exc, ImageUnavailable):

@@ -26,9 +26,9 @@ from typing import cast
 import grpc
 import grpc.aio
 
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd._proto import runner_pb2
 from sandboxd.runner.exec_relay import OperateCall
-from sandboxd.runner.stream import bearer
+from sandboxd.runner.stream import RunnerChannel, bearer, runner_stub
 
 __all__ = ["CONNECTION_HEADER", "DEFAULT_IDLE_OPERATIONS", "OperationPool", "Runner"]
 
@@ -55,13 +55,13 @@ class OperationPool:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: RunnerChannel,
         credential: str,
         connection_id: int,
         run: Runner,
         size: int = DEFAULT_IDLE_OPERATIONS,
     ) -> None:
-        self._stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._stub = runner_stub(channel)
         self._metadata = (*bearer(credential), (CONNECTION_HEADER, str(connection_id)))
         self._run = run
         self._size = max(1, size)

@@ -17,10 +17,12 @@ from google.protobuf import timestamp_pb2
 from sandboxd._proto import runner_pb2
 from sandboxd.runner.records import RunnerRecord
 
-__all__ = ["STARTING", "TERMINAL", "Sandbox", "describe_exit", "event_of"]
+__all__ = ["LIVE", "STARTING", "TERMINAL", "Sandbox", "describe_exit", "event_of"]
 
 STARTING = runner_pb2.SANDBOX_PHASE_UNSPECIFIED
 TERMINAL = frozenset({runner_pb2.SANDBOX_PHASE_COMPLETED, runner_pb2.SANDBOX_PHASE_FAILED})
+LIVE = frozenset({runner_pb2.SANDBOX_PHASE_RUNNING, runner_pb2.SANDBOX_PHASE_PAUSED})
+"""Started and not ended: running, or paused (its processes frozen)."""
 
 # SandboxState.reason from the backend -> the reason reported to the control plane. An
 # ordinary exit reports "" so the control plane can say "exited" or "stopped" itself.

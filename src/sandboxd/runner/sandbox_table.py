@@ -96,7 +96,7 @@ class SandboxTable:
                 record = RunnerRecord(sid, started_at=state.started_at or time.time())
             self._ledger.release(sid)
             self._ledger.reserve(sid, record.reservation, force=True)
-            sb = Sandbox(sid, record, phase=runner_pb2.SANDBOX_PHASE_RUNNING)
+            sb = Sandbox(sid, record, phase=await self._live_phase(sid))
             sb.changed_at = record.started_at
             sb.applied(record.generation)
             self._sandboxes[sid] = sb
@@ -105,6 +105,13 @@ class SandboxTable:
             await self._recover_ended(sid, record)
         _log.info("recovered %d running sandbox(es)", len(alive))
         return alive
+
+    async def _live_phase(self, sandbox_id: str) -> runner_pb2.SandboxPhase:
+        """RUNNING, or PAUSED for a sandbox that was paused when the last runner stopped."""
+        with contextlib.suppress(BackendError):
+            if (await self._backend.state(sandbox_id)).paused:
+                return runner_pb2.SANDBOX_PHASE_PAUSED
+        return runner_pb2.SANDBOX_PHASE_RUNNING
 
     async def close(self) -> None:
         """Stop watching (runner shutdown); the sandboxes keep running for a later recover."""
@@ -126,6 +133,8 @@ class SandboxTable:
         sb = self._sandboxes.get(sandbox_id)
         if sb is None or (running and sb.phase == STARTING):
             raise failures.sandbox_not_found(sandbox_id)
+        if running and sb.phase == runner_pb2.SANDBOX_PHASE_PAUSED:
+            raise failures.sandbox_paused(sandbox_id)
         if running and sb.phase != runner_pb2.SANDBOX_PHASE_RUNNING:
             raise failures.sandbox_not_running(sandbox_id)
         return sb

@@ -118,7 +118,7 @@ class ScratchTransfers:
                 self._path(sandbox_id, suffix).unlink()
 
     async def stage(
-        self, command: runner_pb2.OpenScratchRestore, frames: AsyncIterator[bytes]
+        self, command: runner_pb2.OpenScratchRestore, frames: AsyncIterator[bytes | memoryview]
     ) -> runner_pb2.FileDone:
         """Write the archive's frames to the staging file, check them, offer them to the create."""
         sid = command.sandbox_id
@@ -180,7 +180,7 @@ class ScratchTransfers:
         await end_call(call)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

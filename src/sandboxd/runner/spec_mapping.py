@@ -38,6 +38,7 @@ __all__ = [
     "Ceilings",
     "apply_limits",
     "reservation_of",
+    "secret_environment",
     "service_address",
     "to_backend_spec",
 ]
@@ -172,6 +173,28 @@ def _network(policy: runner_pb2.NetworkPolicy, blocked: tuple[str, ...]) -> Netw
     )
 
 
+def secret_environment(spec: runner_pb2.SandboxSpec) -> dict[str, str]:
+    """The resolved secrets of a start command as variables (errors never quote a value).
+
+    Why they only pass through here: the runner keeps no copy (its records and the
+    backend's state hold no environment), so they live in the sandbox's processes only.
+    """
+    env: dict[str, str] = {}
+    for index, secret in enumerate(spec.secret_environment):
+        try:
+            text = secret.value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_argument(
+                f"secret_environment[{index}]", f"the value of {secret.env_var!r} is not UTF-8"
+            ) from None
+        if "\x00" in text:
+            raise invalid_argument(
+                f"secret_environment[{index}]", f"the value of {secret.env_var!r} contains NUL"
+            )
+        env[secret.env_var] = text
+    return env
+
+
 def to_backend_spec(
     spec: runner_pb2.SandboxSpec,
     limits: Ceilings,
@@ -199,7 +222,7 @@ def to_backend_spec(
     kwargs: dict[str, Any] = {
         "sandbox_id": spec.sandbox_id,
         "image": spec.image,
-        "env": dict(spec.environment),
+        "env": {**spec.environment, **secret_environment(spec)},
         "workdir": spec.working_dir or "/",
         "cpu_millicores": limits.cpu_millicores or None,
         "memory_bytes": limits.memory_bytes or None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -58,13 +58,29 @@ def open_channel(
     return grpc.aio.insecure_channel(address.target, options=options)
 
 
+RunnerChannel = Any
+"""A ``grpc.aio.Channel`` to a remote control plane, or an in-process link to the control plane
+of this process (:class:`~sandboxd.controlplane.local_link.LocalRunnerLink`): both give
+``Connect`` and ``Operate`` calls and ``close()``."""
+
+
+def runner_stub(channel: RunnerChannel) -> Any:
+    """What ``Connect`` and ``Operate`` calls are made on.
+
+    The generated stub of a gRPC channel, or the in-process link itself (it offers the same
+    two methods).
+    """
+    if isinstance(channel, grpc.aio.Channel):
+        return runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
+    return channel
+
+
 class ControlStream:
     """One open ``Connect`` call: serialised :meth:`send`, and :meth:`receive` for one reader."""
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata = ()) -> None:
-        # The generated stub is untyped; the cast below restores the call's real type.
-        stub = runner_pb2_grpc.RunnerServiceStub(channel)  # type: ignore[no-untyped-call]
-        self._call = cast(ConnectCall, stub.Connect(metadata=metadata))
+    def __init__(self, channel: RunnerChannel, metadata: Metadata = ()) -> None:
+        # The stub is untyped; the cast below restores the call's real type.
+        self._call = cast(ConnectCall, runner_stub(channel).Connect(metadata=metadata))
         self._write_lock = asyncio.Lock()
 
     async def send(self, message: runner_pb2.RunnerMessage) -> None:

@@ -29,7 +29,8 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,12 @@ from sandboxd.runner.exec_limits import (
 )
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec, relay_exec
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
+from sandboxd.runner.file_frames import WriteCut, data_frames, send_data
 from sandboxd.runner.log_relay import refuse_logs, relay_logs
 from sandboxd.runner.recent_ids import RecentIds
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import InsufficientCapacityError, ReservationLedger
-from sandboxd.runner.sandbox_state import TERMINAL, Sandbox, event_of
+from sandboxd.runner.sandbox_state import LIVE, TERMINAL, Sandbox, event_of
 from sandboxd.runner.sandbox_table import DEFAULT_RETAIN_EXITED_SECONDS, SandboxTable, Send
 from sandboxd.runner.scratch_transfers import ScratchTransfers
 from sandboxd.runner.spec_mapping import (
@@ -77,10 +79,6 @@ DELETE_STOP_GRACE_SECONDS = 5.0
 OPENED_STREAMS_REMEMBERED = 4096
 """Operation stream ids remembered, so an open bound again runs nothing twice."""
 _RUN_ONCE = "it was bound again after its first stream was lost, and may have run already"
-
-
-class _WriteCut(Exception):
-    """The control plane's side of a file write ended before its ``end`` frame."""
 
 
 class SandboxSupervisor(SandboxTable):
@@ -188,8 +186,8 @@ class SandboxSupervisor(SandboxTable):
             await self._scratch.send_archive(first.scratch_archive, call)
         elif kind == "scratch_restore":
             try:
-                done = await self._scratch.stage(first.scratch_restore, _data_frames(call))
-            except (_WriteCut, *CALL_ERRORS) as exc:
+                done = await self._scratch.stage(first.scratch_restore, data_frames(call))
+            except (WriteCut, *CALL_ERRORS) as exc:
                 _log.info("restore archive for %s cut (%s)", first.scratch_restore.sandbox_id, exc)
                 self._scratch.discard_files(first.scratch_restore.sandbox_id)
                 return
@@ -234,6 +232,10 @@ class SandboxSupervisor(SandboxTable):
             elif kind == "delete":
                 await self._delete(command.delete.sandbox_id, command.delete.generation)
                 result.done.SetInParent()
+            elif kind in ("pause", "resume"):
+                op = command.pause if kind == "pause" else command.resume
+                event = await self._set_paused(op.sandbox_id, kind == "pause", op.generation)
+                result.state.CopyFrom(event)
             elif kind == "snapshot":
                 result.snapshot.sandboxes.extend(self.snapshot())
             else:
@@ -260,7 +262,7 @@ class SandboxSupervisor(SandboxTable):
         if existing is not None:  # a retried start (e.g. its result was lost) is answered again
             existing.applied(generation)
             async with existing.ops:
-                if existing.phase != runner_pb2.SANDBOX_PHASE_RUNNING:
+                if existing.phase not in LIVE:
                     raise CommandFailed(
                         failure(
                             grpc.StatusCode.ALREADY_EXISTS,
@@ -379,6 +381,35 @@ class SandboxSupervisor(SandboxTable):
         finally:
             sb.ops.release()
 
+    async def _set_paused(
+        self, sandbox_id: str, paused: bool, generation: int
+    ) -> runner_pb2.SandboxEvent:
+        """Freeze or thaw the sandbox (idempotent); its state afterwards.
+
+        The generation is applied together with the new phase, after the backend did it, so
+        no report ever pairs this command's generation with the phase before it; a command
+        older than what the sandbox already applied (a late pause after a resume) is stale
+        and changes nothing. The generation is saved, so a restarted runner reports it.
+        """
+        sb = await self._locked(sandbox_id)
+        try:
+            if sb.phase in TERMINAL or generation < sb.generation:
+                return event_of(sb)
+            if paused:
+                await self._backend.pause(sandbox_id)
+            else:
+                await self._backend.resume(sandbox_id)
+            sb.applied(generation)
+            sb.set_phase(
+                runner_pb2.SANDBOX_PHASE_PAUSED if paused else runner_pb2.SANDBOX_PHASE_RUNNING
+            )
+            sb.record = replace(sb.record, generation=sb.generation)
+            self._records.save(sb.record)
+            await self._emit(sb)
+            return event_of(sb)
+        finally:
+            sb.ops.release()
+
     async def _delete(self, sandbox_id: str, generation: int) -> None:
         """Stop and destroy; nothing of the sandbox left (already) counts as success."""
         sb = self._sandboxes.get(sandbox_id)
@@ -417,14 +448,14 @@ class SandboxSupervisor(SandboxTable):
             self._require(sid, running=True)
             _check_path(path)
             size = await self._backend.write_file_stream(
-                sid, path, _data_frames(call), make_parents=True
+                sid, path, data_frames(call), make_parents=True
             )
             done = runner_pb2.FileDone(size=size)
         except CommandFailed as exc:
             done = runner_pb2.FileDone(failure=exc.failure)
         except BackendError as exc:
             done = runner_pb2.FileDone(failure=from_backend_error(exc, sid, path=path))
-        except (_WriteCut, *CALL_ERRORS) as exc:
+        except (WriteCut, *CALL_ERRORS) as exc:
             _log.info("write of %s in %s: the stream ended early (%s)", path, sid, exc)
             return
         await self._file_done(call, done)
@@ -443,7 +474,7 @@ class SandboxSupervisor(SandboxTable):
                 opened = runner_pb2.FileOpened(size=reader.size)
                 await call.write(runner_pb2.OperationUp(opened=opened))
                 async for chunk in reader:
-                    await call.write(runner_pb2.OperationUp(data=chunk))
+                    await send_data(call, chunk)
                     sent += len(chunk)
             done = runner_pb2.FileDone(size=sent)
         except CommandFailed as exc:
@@ -478,21 +509,6 @@ class SandboxSupervisor(SandboxTable):
             await relay_exec(self._backend, command, call)
         finally:
             self._exec_slots.release(command.sandbox_id)
-
-
-async def _data_frames(call: OperateCall) -> AsyncIterator[bytes]:
-    """A file write's bytes, frame by frame, until its ``end``; :class:`_WriteCut` if none."""
-    while True:
-        frame = await call.read()
-        if not isinstance(frame, runner_pb2.OperationDown):  # grpc.aio.EOF
-            raise _WriteCut("the stream ended before the end of the data")
-        kind = frame.WhichOneof("frame")
-        if kind == "data":
-            yield frame.data
-        elif kind == "end":
-            return
-        else:
-            raise _WriteCut(f"a {kind!r} frame in the middle of the data")
 
 
 def _check_path(path: str) -> None:

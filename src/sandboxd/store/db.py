@@ -37,6 +37,7 @@ from sandboxd.store.event_store import EventStore
 from sandboxd.store.identity import IdentityStore
 from sandboxd.store.sandbox_store import SandboxStore
 from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqlite_file, describe
+from sandboxd.store.secret_store import SecretStores
 from sandboxd.store.snapshot_store import SnapshotStore
 from sandboxd.store.v1_resources import V1ResourceStore
 
@@ -78,6 +79,7 @@ class Store:
     """Synchronous store; call it from a worker thread (see :class:`BatchedRunnerWriter`).
 
     ``identity`` holds API keys, join tokens and runner credentials in the same database;
+    ``secrets`` the secret stores and their (encrypted) values;
     ``config`` the configuration revisions applied with ``sandboxd config apply``;
     ``events`` each sandbox's activity trail.
     """
@@ -107,6 +109,7 @@ class Store:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         self.identity = IdentityStore(self._engine)
         self.sandboxes = SandboxStore(self._engine)
+        self.secrets = SecretStores(self._engine)
         self.config = ConfigStore(self._engine)
         self.events = EventStore(self._engine)
         self.v1 = V1ResourceStore(self._engine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -129,6 +129,19 @@ RUNNING = runner_pb2.SANDBOX_PHASE_RUNNING
 COMPLETED = runner_pb2.SANDBOX_PHASE_COMPLETED
 
 
+async def in_database(
+    store: Store, sandbox_id: str, check: Callable[[SandboxRecord], bool]
+) -> SandboxRecord:
+    """The stored record once ``check`` holds for it (a RUNNING report is stored after it is
+    shown: ``SandboxRecords.observe_running``); fails after 5 s."""
+    async with asyncio.timeout(5):
+        while True:
+            stored = store.sandboxes.get(sandbox_id)
+            if stored is not None and check(stored):
+                return stored
+            await asyncio.sleep(0.01)
+
+
 def test_start_is_sent_once_and_its_answer_observed(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with rig_for(tmp_path) as rig:
@@ -143,8 +156,9 @@ def test_start_is_sent_once_and_its_answer_observed(tmp_path: Path) -> None:
             rig.answer(link, command, started=started)
             done = await rig.settle("sb-1", lambda r: r.observed is Observed.RUNNING)
             assert done is not None and done.service_address == "127.0.0.1:4000"
-            stored = rig.store.sandboxes.get("sb-1")
-            assert stored is not None and stored.observed is Observed.RUNNING  # in the database
+            # Shown first (observe_running), stored right after: in the database too.
+            stored = await in_database(rig.store, "sb-1", lambda r: r.observed is Observed.RUNNING)
+            assert stored.service_address == "127.0.0.1:4000"
 
     asyncio.run(scenario())
 
@@ -295,8 +309,8 @@ def test_a_failed_write_changes_nothing_and_the_report_is_picked_up_again(
             start = await rig.command(link)
             rig.answer(link, start, started=runner_pb2.SandboxStarted())
             done = await rig.settle("sb-1", lambda r: r.observed is Observed.RUNNING)
-            stored = rig.store.sandboxes.get("sb-1")
-            assert done is not None and stored is not None and stored.observed is Observed.RUNNING
+            assert done is not None
+            await in_database(rig.store, "sb-1", lambda r: r.observed is Observed.RUNNING)
 
     asyncio.run(scenario())
 

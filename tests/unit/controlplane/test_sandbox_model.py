@@ -52,6 +52,10 @@ def runner_answers(current: SandboxRecord, action: Action) -> SandboxRecord | No
         return None
     elif action is Action.GIVE_UP:
         changed = give_up(current, "did not start in time")
+    elif action is Action.PAUSE:
+        changed = observe(current, Report(Observed.PAUSED, current.generation))
+    elif action is Action.RESUME:
+        changed = observe(current, Report(Observed.RUNNING, current.generation))
     else:
         raise AssertionError(action)
     return changed or current
@@ -83,6 +87,9 @@ def test_every_pair_converges(desired: Desired, observed: Observed, late: bool) 
         assert current.observed is observed  # an end is final
     elif desired is Desired.STOPPED or (late and observed is Observed.NONE):
         assert current.observed is Observed.COMPLETED and current.terminal
+    elif desired is Desired.PAUSED:
+        assert current.observed is Observed.PAUSED
+        assert public_status(current) == S.SANDBOX_STATUS_PAUSED
     else:
         assert current.observed is Observed.RUNNING
         assert public_status(current) == S.SANDBOX_STATUS_RUNNING
@@ -177,3 +184,72 @@ def test_ended_sandboxes_release_their_capacity() -> None:
     assert record().live and record(observed=Observed.RUNNING).live
     for ended in (Observed.COMPLETED, Observed.FAILED, Observed.GONE):
         assert not record(observed=ended).live
+
+
+PAUSE_REPORTS = [
+    Report(Observed.RUNNING, 1),  # started
+    Report(Observed.PAUSED, 2),  # paused
+    Report(Observed.PAUSED, 2),  # a repeat
+    Report(Observed.RUNNING, 3),  # resumed
+    Report(Observed.RUNNING, 1),  # stale
+]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(len(PAUSE_REPORTS)))))
+def test_pause_and_resume_reports_in_any_order_give_the_same_record(
+    order: tuple[int, ...],
+) -> None:
+    current = record(generation=3)
+    for index in order:
+        current = observe(current, PAUSE_REPORTS[index]) or current
+    assert (current.observed, current.observed_generation) == (Observed.RUNNING, 3)
+    assert public_status(current) == S.SANDBOX_STATUS_RUNNING
+    assert current.started_at is not None
+
+
+def test_paused_reads_paused_and_refuses_work_while_it_changes() -> None:
+    running = record(observed=Observed.RUNNING, observed_generation=1)
+    assert not running.paused and decide(running, now()) is Action.NOTHING
+    pausing = replace(running, desired=Desired.PAUSED, generation=2)
+    assert public_status(pausing) == S.SANDBOX_STATUS_RUNNING  # until its runner says so
+    assert pausing.paused and decide(pausing, now()) is Action.PAUSE
+    paused = observe(pausing, Report(Observed.PAUSED, 2))
+    assert paused is not None and public_status(paused) == S.SANDBOX_STATUS_PAUSED
+    assert paused.paused and paused.live and not paused.stop_requested
+    resuming = replace(paused, desired=Desired.RUNNING, generation=3)
+    assert resuming.paused and decide(resuming, now()) is Action.RESUME
+    assert public_status(resuming) == S.SANDBOX_STATUS_PAUSED
+    stopping = replace(paused, desired=Desired.STOPPED, generation=3)
+    assert public_status(stopping) == S.SANDBOX_STATUS_TERMINATING
+    assert decide(stopping, now()) is Action.STOP
+    ended = observe(stopping, Report(Observed.COMPLETED, 3, exit_code=0))
+    assert ended is not None and ended.terminal and not ended.paused
+
+
+def test_a_runner_that_finds_a_different_truth_is_believed() -> None:
+    """Same generation, other phase: a restarted runner read the freezer (or lost it)."""
+    paused = record(observed=Observed.PAUSED, observed_generation=2, desired=Desired.PAUSED)
+    thawed = observe(paused, Report(Observed.RUNNING, 2))
+    assert thawed is not None and thawed.observed is Observed.RUNNING
+    assert decide(thawed, now()) is Action.PAUSE  # and the wish is made true again
+
+
+def test_a_pause_reported_for_an_older_generation_is_confirmed() -> None:
+    """A runner killed mid-pause reports the freezer's PAUSED with the generation before."""
+    asked = record(desired=Desired.PAUSED, generation=3)
+    found = replace(asked, observed=Observed.PAUSED, observed_generation=2)
+    assert decide(found, now()) is Action.PAUSE
+    confirmed = observe(found, Report(Observed.PAUSED, 3))
+    assert confirmed is not None and decide(confirmed, now()) is Action.NOTHING
+
+
+def test_a_refused_pause_is_given_up_with_its_reason() -> None:
+    from sandboxd.controlplane.sandbox_model import pause_refused
+
+    pausing = record(observed=Observed.RUNNING, desired=Desired.PAUSED, generation=2)
+    refused = pause_refused(pausing, 2, "no freezer")
+    assert refused is not None
+    assert (refused.desired, refused.generation) == (Desired.RUNNING, 3)
+    assert public_reason(refused) == "pause refused by its runner: no freezer"
+    assert decide(refused, now()) is Action.NOTHING
+    assert pause_refused(replace(pausing, generation=3), 2, "late") is None  # moved on

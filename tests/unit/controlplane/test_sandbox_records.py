@@ -10,6 +10,7 @@ is never started.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -108,6 +109,116 @@ def test_a_slow_update_answers_unavailable_and_memory_follows_the_late_commit(
         stopped = await records.update("sb-1", lambda r: want_stopped(r, 5))
         assert stopped is not None and stopped.observed is Observed.RUNNING
         assert store.sandboxes.get("sb-1") == stopped
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def running(record: SandboxRecord) -> SandboxRecord:
+    return replace(record, observed=Observed.RUNNING, observed_generation=1)
+
+
+def test_running_is_shown_while_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create's client waits for one write (Start's), not for the RUNNING report's too."""
+
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        kicked: list[str] = []
+        records.on_change = lambda record: kicked.append(record.sandbox_id)
+        await records.add(new_record())
+        kicked.clear()
+        gate = threading.Event()
+        monkeypatch.setattr(store.sandboxes, "save", gated(store.sandboxes.save, gate))
+        waiter = asyncio.ensure_future(records.wait_change("sb-1", 5))
+        writing = asyncio.ensure_future(records.observe_running("sb-1", running))
+        await asyncio.wait_for(waiter, 2)  # woken while the write still hangs
+        shown = records.cached("sb-1")
+        assert shown is not None and shown.observed is Observed.RUNNING
+        stored = store.sandboxes.get("sb-1")
+        assert stored is not None and stored.observed is Observed.NONE
+        assert kicked == []  # the reconciler acts on what is stored, not on what is shown
+        gate.set()
+        result = await writing
+        assert result is not None and result.observed is Observed.RUNNING
+        assert store.sandboxes.get("sb-1") == records.cached("sb-1") == result
+        assert kicked == ["sb-1"]
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_running_that_the_database_refuses_stays_shown_and_is_stored_with_the_next_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program holds the database past SQLite's busy timeout (5 s): the write fails.
+
+    The caller hears UNAVAILABLE (its command or snapshot is retried); RUNNING stays shown,
+    since the runner said so and a sandbox must not look as if it stopped running, and the
+    next report, which changes nothing in memory, stores it.
+    """
+    monkeypatch.setattr(sandbox_records, "DB_CALL_SECONDS", 10.0)  # let SQLite give up first
+
+    async def scenario() -> None:
+        db = tmp_path / "cp.db"
+        store = Store.sqlite(db)
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        await records.add(new_record())
+        locker = sqlite3.connect(db, timeout=0)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(ApiError) as caught:
+                await records.observe_running("sb-1", running)
+        finally:
+            locker.rollback()
+            locker.close()
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        assert caught.value.reason == "CWSANDBOX_STORE_UNAVAILABLE"
+        cached = records.cached("sb-1")
+        assert cached is not None and cached.observed is Observed.RUNNING
+        stored = store.sandboxes.get("sb-1")
+        assert stored is not None and stored.observed is Observed.NONE
+        again = await records.observe_running("sb-1", running)  # the report, once more
+        assert again is not None and again.observed is Observed.RUNNING
+        assert store.sandboxes.get("sb-1") == again == records.cached("sb-1")
+        # And a later change composes with it (versions agree: no conflict).
+        stopped = await records.update("sb-1", lambda r: want_stopped(r, 5))
+        assert stopped is not None and stopped.observed is Observed.RUNNING
+        assert store.sandboxes.get("sb-1") == stopped
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_running_whose_write_hangs_stays_shown_and_memory_follows_the_late_commit(
+    tmp_path: Path,
+) -> None:
+    """Past the call's deadline the caller hears UNAVAILABLE; RUNNING stays shown, and when
+    the write commits after all, memory is the stored record (as for every late write)."""
+
+    async def scenario() -> None:
+        db = tmp_path / "cp.db"
+        store = Store.sqlite(db)
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        await records.add(new_record())
+        locker = sqlite3.connect(db, timeout=0)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(ApiError) as caught:
+                await records.observe_running("sb-1", running)
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+            cached = records.cached("sb-1")
+            assert cached is not None and cached.observed is Observed.RUNNING
+        finally:
+            locker.rollback()
+            locker.close()
+        await eventually(lambda: records.cached("sb-1").version == 2)  # type: ignore[union-attr]
+        assert store.sandboxes.get("sb-1") == records.cached("sb-1")
         records.close()
         store.close()
 

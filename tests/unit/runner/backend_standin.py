@@ -45,6 +45,7 @@ from sandboxd.backends.errors import (
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
     SandboxStartError,
 )
 from sandboxd.images import ImageNotFound, ImageStore
@@ -142,6 +143,7 @@ class StandinSandbox:
     stops: list[float] = field(default_factory=list)
     log: list[LogChunk] = field(default_factory=list)
     logged: asyncio.Event = field(default_factory=asyncio.Event)
+    paused: bool = False
 
     @property
     def traps_term(self) -> bool:
@@ -225,6 +227,8 @@ class StandinBackend(Backend):
         sb = self._get(sandbox_id)
         if sb.state != "running":
             raise SandboxNotRunning(sandbox_id)
+        if sb.paused:
+            raise SandboxPaused(f"sandbox {sandbox_id!r} is paused")
         session = StandinExec(list(argv), tty)
         sb.execs.append(session)
         return session
@@ -239,6 +243,7 @@ class StandinBackend(Backend):
         self.calls.append(("stop", sandbox_id))
         sb = self._get(sandbox_id)
         sb.stops.append(grace_seconds)
+        sb.paused = False  # thawed first, as every pausing backend does
         if sb.state == "running":
             self.exit_main(sandbox_id, 0 if sb.traps_term else 143, "stopped")
         return await self.wait(sandbox_id)
@@ -264,7 +269,24 @@ class StandinBackend(Backend):
             sb.started_at,
             sb.finished_at,
             self.ports if sb.state == "running" else (),
+            paused=sb.paused,
         )
+
+    supports_pause = True
+
+    async def pause(self, sandbox_id: str) -> None:
+        self.calls.append(("pause", sandbox_id))
+        sb = self._get(sandbox_id)
+        if sb.state != "running":
+            raise SandboxNotRunning(sandbox_id)
+        sb.paused = True
+
+    async def resume(self, sandbox_id: str) -> None:
+        self.calls.append(("resume", sandbox_id))
+        sb = self._get(sandbox_id)
+        if sb.state != "running":
+            raise SandboxNotRunning(sandbox_id)
+        sb.paused = False
 
     async def recover(self) -> list[str]:
         return sorted(sid for sid, sb in self.world.items() if sb.state == "running")

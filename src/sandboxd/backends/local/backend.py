@@ -46,13 +46,16 @@ from ..errors import (
     BackendUnavailable,
     ImageUnavailable,
     InvalidSpec,
+    PauseUnsupported,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxPaused,
     SandboxStartError,
 )
-from . import files, log_budget, process
+from . import files, freezer, log_budget, process
 from .agent import MAX_EXECS
+from .cgroup_primer import CgroupPrimer
 from .cgroups import CgroupError, CgroupManager
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
@@ -116,6 +119,8 @@ class LocalBackend(Backend):
         key = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:8]
         self._group = f"sandboxd-{key}"
         self._cgroups: CgroupManager | None = None
+        self._primer = CgroupPrimer()
+        self._building = 0  # sandboxes being built now (creates and warm slots)
         self._net = NetworkManager(key, network_pool)
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._reaped = False
@@ -221,9 +226,11 @@ class LocalBackend(Backend):
             disk_fd = await self._disk.take(spec.disk_bytes)
         except DiskError as exc:
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
+        self._building += 1
         try:
             await self._build_with_disk(rec, spec, cgroups, rootfs, disk_fd)
         finally:
+            self._building -= 1
             os.close(disk_fd)  # the zygote got its own copy with the spawn request
 
     async def _build_with_disk(
@@ -259,6 +266,12 @@ class LocalBackend(Backend):
             memory_bytes=spec.memory_bytes,
             pids_max=spec.pids_max,
         )
+        # Now that the cgroups exist (a priming write holds the cgroup mutex while it waits,
+        # so before their mkdir it would delay them): the keeper's move into them, a few ms
+        # from now, then waits less (cgroup_primer.py). Not when other builds run: their
+        # moves keep the lock's fast path open already, and a writer more only contends.
+        if self._building == 1:
+            self._primer.prime()
         if rec.egress is not EgressType.NONE:
 
             def claimed(lease: Lease) -> None:
@@ -402,8 +415,7 @@ class LocalBackend(Backend):
         rec = self._get(sandbox_id)
         if not argv:
             raise InvalidSpec("argv", "must not be empty")
-        if not rec.is_running():
-            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        self._require_running(rec)
         try:
             return await process.open_exec(
                 rec.agent_socket,
@@ -429,6 +441,7 @@ class LocalBackend(Backend):
     async def stop(self, sandbox_id: str, grace_seconds: float = 10.0) -> int:
         """Agent sends SIGTERM, SIGKILLs all after the grace; we SIGKILL PID 1 as a backstop."""
         rec = self._get(sandbox_id)
+        await self._thaw(rec)  # a paused agent could not answer, nor its processes end
         if rec.is_running():
             try:
                 await process.request(rec.agent_socket, {"op": "stop", "grace": grace_seconds})
@@ -445,6 +458,7 @@ class LocalBackend(Backend):
     async def destroy(self, sandbox_id: str) -> None:
         """Kill PID 1 (the kernel kills the rest), then remove cgroups, network and state."""
         rec = self._get(sandbox_id)
+        await self._thaw(rec)
         if rec.pidfd is not None:
             rec.kill_agent()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -481,7 +495,10 @@ class LocalBackend(Backend):
         info = rec.exit_info()
         ports = tuple(rec.ports)
         if info is None and rec.is_running():
-            return SandboxState(sandbox_id, "running" if rec.started else "created", ports=ports)
+            paused = rec.cgroup is not None and freezer.is_frozen(rec.cgroup)
+            if not rec.started:
+                return SandboxState(sandbox_id, "created", ports=ports, paused=paused)
+            return SandboxState(sandbox_id, "running", ports=ports, paused=paused)
         code = rec.exit_code()
         # No exit record at all: neither the agent nor its keeper saw the end (the host went
         # down, or the keeper was killed): "lost", which the runner reports as FAILED.
@@ -514,8 +531,10 @@ class LocalBackend(Backend):
                 await self._release(rec)  # it ended while nobody watched: free what it held
                 continue
             rec.attach()
+            paused = rec.cgroup is not None and freezer.is_frozen(rec.cgroup)
             try:
-                await process.request(rec.agent_socket, {"op": "ping"})
+                if not paused:  # a frozen agent cannot answer; its keeper says it lives
+                    await process.request(rec.agent_socket, {"op": "ping"})
             except OSError:
                 continue
             self._release_on_exit(rec)
@@ -523,6 +542,36 @@ class LocalBackend(Backend):
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
         return alive
+
+    # -- pause (freezer.py) --------------------------------------------------------------------
+    supports_pause = True
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox in its cgroup (idempotent)."""
+        rec = self._get(sandbox_id)
+        if rec.cgroup is None or not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        if not freezer.supported(rec.cgroup):
+            raise PauseUnsupported(
+                f"sandbox {sandbox_id!r} has no cgroup freezer (created before pausing "
+                "existed, or the host's cgroup v1 has no freezer hierarchy mounted)"
+            )
+        try:
+            await asyncio.to_thread(freezer.freeze, rec.cgroup)
+        except freezer.FreezeError as exc:
+            raise BackendError(f"sandbox {sandbox_id!r} could not be paused: {exc}") from None
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw the sandbox's processes (idempotent)."""
+        rec = self._get(sandbox_id)
+        if rec.cgroup is None or not rec.is_running():
+            raise SandboxNotRunning(f"sandbox {sandbox_id!r} is not running")
+        await self._thaw(rec)
+
+    @staticmethod
+    async def _thaw(rec: SandboxRecord) -> None:
+        if rec.cgroup is not None and freezer.is_frozen(rec.cgroup):
+            await asyncio.to_thread(freezer.thaw, rec.cgroup)
 
     # -- scratch file systems (scratch.py) -------------------------------------------------------
     supports_scratch = True
@@ -587,7 +636,7 @@ class LocalBackend(Backend):
         self,
         sandbox_id: str,
         path: str,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
         *,
         make_parents: bool = False,
         mode: int = 0o644,
@@ -610,6 +659,9 @@ class LocalBackend(Backend):
     def _require_running(self, rec: SandboxRecord) -> None:
         if not rec.is_running():
             raise SandboxNotRunning(f"sandbox {rec.sandbox_id!r} is not running")
+        if rec.cgroup is not None and freezer.is_frozen(rec.cgroup):
+            # Its agent is frozen too: a request would wait for the resume, not fail.
+            raise SandboxPaused(f"sandbox {rec.sandbox_id!r} is paused")
 
     def logs(
         self, sandbox_id: str, *, follow: bool = False, since: float | None = None

@@ -25,6 +25,8 @@ from .parent_cgroup import ParentLimits
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 V2_CONTROLLERS = ("cpu", "memory", "pids")
+FREEZER = "freezer"
+"""The v1 hierarchy that pauses sandboxes (``freezer.py``); used where mounted, not required."""
 CFS_PERIOD_US = 100_000
 
 
@@ -83,6 +85,12 @@ def detect(
             if name in opts and name in own and name not in v1:
                 v1[name] = _join(point, root, own[name])
     if len(v1) == len(V1_CONTROLLERS):
+        for root, point, fstype, opts in mounts:  # optional: without it, no pause (freezer.py)
+            if fstype == "cgroup" and FREEZER in opts and FREEZER in own:
+                path = _join(point, root, own[FREEZER])
+                if os.access(path, os.W_OK):  # a read-only freezer must not break the backend
+                    v1[FREEZER] = path
+                break
         return Layout(1, v1)
     for root, point, fstype, _opts in mounts:
         if fstype == "cgroup2" and unified_path is not None:
@@ -225,7 +233,7 @@ class SandboxCgroup:
         return sorted(found)
 
     def kill_all(self) -> None:
-        """SIGKILL whatever is left (v2: ``cgroup.kill``)."""
+        """SIGKILL whatever is left (v2: ``cgroup.kill``), paused (frozen) processes too."""
         if self.version == 2:
             kill = os.path.join(self.dirs["unified"], "cgroup.kill")
             if os.path.exists(kill):
@@ -235,6 +243,10 @@ class SandboxCgroup:
         for pid in self.pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        freezer = self.dirs.get(FREEZER)
+        if freezer:  # a frozen v1 task dies of its SIGKILL only once thawed
+            with contextlib.suppress(OSError):
+                _write(os.path.join(freezer, "freezer.state"), "THAWED")
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill leftovers and remove the directories, waiting for dying tasks to leave.

@@ -115,7 +115,7 @@ async def read_file(socket_path: str, path: str, *, max_bytes: int | None) -> by
 async def write_file_stream(
     socket_path: str,
     path: str,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[bytes | memoryview],
     *,
     make_parents: bool,
     mode: int,

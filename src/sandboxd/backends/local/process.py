@@ -67,7 +67,7 @@ async def recv(sock: socket.socket) -> tuple[protocol.Message | None, list[int]]
             return None, []
 
 
-async def write_all(fd: int, data: bytes) -> None:
+async def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of ``data`` to a non-blocking fd."""
     view = memoryview(data)
     while view:

@@ -61,6 +61,8 @@ class Recorded:
     metadata: dict[str, str]
     time_remaining: float | None
     at: float
+    #: The client's end of the connection (``ipv4:127.0.0.1:PORT``): one per channel.
+    peer: str = ""
 
 
 @dataclass
@@ -76,6 +78,13 @@ class Box:
     files: dict[str, bytes] = field(default_factory=dict)
     #: What the status becomes after Stop (and the exit code that goes with it).
     after_stop: tuple[int, int | None] = (S.SANDBOX_STATUS_COMPLETED, 0)
+    #: Set when ``status`` is changed with :meth:`set_status` (wakes a held Get).
+    changed: threading.Event = field(default_factory=threading.Event)
+
+    def set_status(self, status: int) -> None:
+        """Change the status now, as a runner's report would (a held Get answers at once)."""
+        self.status = status
+        self.changed.set()
 
 
 def canned_exec(init: st.ExecStreamInit, requests: Iterator[Any]) -> Iterator[Any]:
@@ -143,6 +152,9 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         self.get_not_found_after_stop = False
         #: What Get says beside a FAILED status (the server's reason).
         self.failed_reason = ""
+        #: Hold a Get of a starting sandbox this long, or until its status changes (as
+        #: sandboxd does); 0: answer at once, as the protocol's servers do.
+        self.hold_get_seconds = 0.0
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -152,7 +164,9 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         copy.CopyFrom(request)
         with self.lock:
             self.calls.append(
-                Recorded(method, copy, md, context.time_remaining(), time.monotonic())
+                Recorded(
+                    method, copy, md, context.time_remaining(), time.monotonic(), context.peer()
+                )
             )
             pending = self.failures.get(method)
             scripted = pending.pop(0) if pending else None
@@ -209,6 +223,11 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         box = self._box(request.sandbox_id, context)
         if box.script:
             box.status, box.exit_code = box.script.pop(0)
+        starting = (S.SANDBOX_STATUS_PENDING, S.SANDBOX_STATUS_CREATING)
+        if self.hold_get_seconds and box.status in starting:
+            box.changed.clear()  # held as sandboxd holds it: until the status changes
+            if box.status in starting:
+                box.changed.wait(self.hold_get_seconds)
         resp = gw.GetSandboxResponse(
             sandbox_id=box.sandbox_id,
             sandbox_status=box.status,

@@ -6,6 +6,7 @@ Runs against the in-process stand-in gateway (client-side unit tests only).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import grpc
@@ -62,6 +63,32 @@ def test_wait_polls_with_backoff_until_running(gateway: Gateway) -> None:
     get = gateway.servicer.recorded("Get")[0]
     assert get.time_remaining is not None and 14 < get.time_remaining <= 15.2  # 15 s per Get
     assert get.request.max_timeout_seconds == 0
+
+
+def test_a_held_get_is_followed_at_once_so_running_is_seen_when_it_happens(
+    gateway: Gateway,
+) -> None:
+    """sandboxd holds a Get of a starting sandbox (up to 0.5 s) until it runs.
+
+    Sleeping the backoff after such a Get would see a sandbox that starts at 2.05 s only at
+    2.45 s (the fourth sleep); asking again at once sees it when it happens.
+    """
+    gateway.servicer.hold_get_seconds = 0.5
+    gateway.servicer.start_script = []  # PENDING until the timer below says RUNNING
+    sb = Sandbox.run()
+    box = gateway.servicer.boxes[sb.sandbox_id]  # type: ignore[index]
+    flip = threading.Timer(2.05, box.set_status, args=(RUNNING,))
+    flip_started = time.monotonic()
+    flip.start()
+    try:
+        assert sb.wait() is sb
+        seen_late_by = time.monotonic() - (flip_started + 2.05)
+    finally:
+        flip.cancel()
+    assert sb.status is SandboxStatus.RUNNING
+    assert seen_late_by < 0.2, f"RUNNING seen {seen_late_by:.2f} s after it happened"
+    gets = len(gateway.servicer.recorded("Get"))
+    assert 4 <= gets <= 7, f"{gets} Gets: one held Get after another, never a flood"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,135 @@
+"""Sandbox handles share their gRPC channels (``_shared_channels.py``).
+
+Runs against the in-process stand-in gateway (client-side unit tests only), which records
+the client's end of the connection of every call: one peer means one channel.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cwsandbox import Sandbox, _loop, _shared_channels
+from cwsandbox._config import resolve_endpoint
+from cwsandbox._proto import gateway_pb2_grpc as gw_grpc
+from cwsandbox._proto import streaming_pb2_grpc as st_grpc
+from tests.unit.client.sandbox.gateway_standin import Gateway, StandInGateway, start_gateway
+
+
+def peers(gateway: Gateway, method: str) -> set[str]:
+    return {call.peer for call in gateway.servicer.recorded(method)}
+
+
+def test_handles_one_after_another_use_one_connection(gateway: Gateway) -> None:
+    for _ in range(3):
+        sandbox = Sandbox.run()
+        sandbox.exec(["true"]).result()
+        sandbox.stop(graceful_shutdown_seconds=0).result()
+    unary = peers(gateway, "Start") | peers(gateway, "Get") | peers(gateway, "Stop")
+    streams = peers(gateway, "StreamExec")
+    assert len(gateway.servicer.recorded("Start")) == 3
+    assert len(unary) == 1, "each handle opened a unary channel of its own"
+    assert len(streams) == 1, "each handle opened a streaming channel of its own"
+    assert unary != streams, "execs must not share the unary calls' connection"
+
+
+def test_concurrent_handles_share_too(gateway: Gateway) -> None:
+    sandboxes = [Sandbox.run() for _ in range(5)]
+    for sandbox in sandboxes:
+        sandbox.exec(["true"]).result()
+    for sandbox in sandboxes:
+        sandbox.stop(graceful_shutdown_seconds=0).result()
+    assert len(peers(gateway, "Start")) == 1
+    assert len(peers(gateway, "StreamExec")) == 1
+
+
+def test_each_control_plane_gets_its_own_channels(gateway: Gateway) -> None:
+    server, other = start_gateway()
+    try:
+        Sandbox.run().stop(graceful_shutdown_seconds=0).result()
+        Sandbox(base_url=other.url).start().result()
+        assert len(gateway.servicer.recorded("Start")) == 1
+        assert len(other.servicer.recorded("Start")) == 1
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_restarted_server_is_reached_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared channel broke with its server; the next handle must not fail fast on it."""
+    first_server, first = start_gateway()
+    port = int(first.url.rsplit(":", 1)[1])
+    monkeypatch.setenv("CWSANDBOX_BASE_URL", first.url)
+    monkeypatch.delenv("CWSANDBOX_API_KEY", raising=False)
+    Sandbox.run().stop(graceful_shutdown_seconds=0).result()
+    first_server.stop(grace=None).wait()
+    with pytest.raises(Exception):  # noqa: B017 - any error: the server is down
+        Sandbox.run(request_timeout_seconds=2)
+    servicer = StandInGateway()
+    second_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    gw_grpc.add_GatewayServiceServicer_to_server(servicer, second_server)
+    st_grpc.add_GatewayStreamingServiceServicer_to_server(servicer, second_server)
+    if second_server.add_insecure_port(f"127.0.0.1:{port}") != port:
+        pytest.skip("the port was taken by another process meanwhile")
+    second_server.start()
+    try:
+        sandbox = Sandbox.run()
+        sandbox.exec(["true"]).result()
+        sandbox.stop(graceful_shutdown_seconds=0).result()
+        assert len(servicer.requests("Start")) == 1
+    finally:
+        second_server.stop(grace=None)
+
+
+def test_a_changed_ca_file_gets_another_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS trust is part of a channel: a new CA (file or contents) must not reuse the old one."""
+    endpoint = resolve_endpoint("https://control-plane.invalid:8443")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"first CA")
+    monkeypatch.setenv("CWSANDBOX_CA_FILE", str(ca))
+
+    async def acquire() -> _shared_channels.SharedChannels:
+        return _shared_channels.acquire(endpoint)
+
+    def take() -> _shared_channels.SharedChannels:
+        return _loop.submit(acquire()).result(timeout=10)
+
+    first, again = take(), take()
+    ca.write_bytes(b"second CA")
+    changed = take()
+    other = tmp_path / "other.pem"
+    other.write_bytes(b"second CA")
+    monkeypatch.setenv("CWSANDBOX_CA_FILE", str(other))
+    moved = take()
+    assert first is again
+    assert changed is not first
+    assert moved is not changed and moved is not first
+    for entry in (first, again, changed, moved):
+        _loop.loop().call_soon_threadsafe(entry.release)
+
+
+def test_a_forked_child_never_uses_its_parents_channels(gateway: Gateway) -> None:
+    sandbox = Sandbox.run()
+    sandbox.exec(["true"]).result()
+    loop = _loop.loop()
+    assert _shared_channels.pool_size(loop) >= 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pool is not its own
+        os.close(read)
+        os.write(write, str(_shared_channels.pool_size(loop)).encode())
+        os._exit(0)
+    os.close(write)
+    seen_in_child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert seen_in_child == "0"
+    # And the parent's connection is still the one it had (the child closed nothing).
+    sandbox.exec(["true"]).result()
+    sandbox.stop(graceful_shutdown_seconds=0).result()
+    assert len(peers(gateway, "StreamExec")) == 1
