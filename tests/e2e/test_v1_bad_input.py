@@ -160,13 +160,17 @@ INVALID: dict[str, tuple[Mutation, str]] = {
         "spec.services[0].visibility",
     ),
     "no sandbox": (lambda r: r.ClearField("sandbox"), "sandbox"),
+    "unmounted scratch volume": (
+        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", scratch={})),
+        "spec.volumes[0]",
+    ),
     "long request id": (lambda r: setattr(r, "request_id", "x" * 200), "request_id"),
 }
 
 UNOFFERED: dict[str, tuple[Mutation, str]] = {
-    "volumes": (
-        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", scratch={})),
-        "spec.volumes",
+    "registered volumes": (
+        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
+        "spec.volumes[0].volume_id",
     ),
     "secrets": (
         lambda r: _container(r).secret_stores.append(v.SecretStoreReference(store_name="s")),

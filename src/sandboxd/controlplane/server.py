@@ -333,6 +333,7 @@ class ControlPlane:
             lifecycle=self.lifecycle,
             files=self.files,
             operations=self.operations,
+            snapshots=self.snapshots,
             resources=self.v1_resources,
         )
         runners = RunnerService(

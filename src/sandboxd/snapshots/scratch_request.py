@@ -28,12 +28,25 @@ class ScratchRequest:
     size_bytes: int | None = None
     name: str = "workspace"
     restore_snapshot_id: str = ""
+    size_field: str = "file_system.size"
+    """The request's name for the size, for an error found at placement (the disk ceiling)."""
 
 
 def parse_scratch(
-    mount_path: str, size: str, restore_snapshot_id: str, *, prefix: str, name: str = "workspace"
+    mount_path: str,
+    size: str,
+    restore_snapshot_id: str,
+    *,
+    prefix: str,
+    name: str = "workspace",
+    size_field: str = "",
 ) -> ScratchRequest:
-    """Check the fields; INVALID_ARGUMENT names the bad one (``prefix`` + its name)."""
+    """Check the fields; INVALID_ARGUMENT names the bad one (``prefix`` + its name).
+
+    ``size_field`` names the size where it is not beside the mount path (v1: the volume's
+    ``scratch.size``, while the mount path is the container's).
+    """
+    size_field = size_field or f"{prefix}.size"
     try:
         normal = check_mount_path(mount_path, f"{prefix}.mount_path")
     except InvalidSpec as exc:
@@ -43,23 +56,21 @@ def parse_scratch(
         try:
             size_bytes = memory_bytes(size)
         except QuantityError as exc:
-            raise invalid_argument(f"{prefix}.size", str(exc)) from None
+            raise invalid_argument(size_field, str(exc)) from None
         if size_bytes < MIN_SCRATCH_BYTES:
             least = f"must be at least {MIN_SCRATCH_BYTES >> 20}Mi"
-            raise invalid_argument(f"{prefix}.size", least)
-    return ScratchRequest(normal, size_bytes, name, restore_snapshot_id.strip())
+            raise invalid_argument(size_field, least)
+    return ScratchRequest(normal, size_bytes, name, restore_snapshot_id.strip(), size_field)
 
 
-def scratch_volume(
-    request: ScratchRequest, max_disk_bytes: int | None, *, prefix: str = "file_system"
-) -> runner_pb2.ScratchVolume:
+def scratch_volume(request: ScratchRequest, max_disk_bytes: int | None) -> runner_pb2.ScratchVolume:
     """The runner's scratch volume, its size within the profile's disk ceiling."""
     size = request.size_bytes
     if size is None:
         size = min(DEFAULT_SCRATCH_BYTES, max_disk_bytes or DEFAULT_SCRATCH_BYTES)
     elif max_disk_bytes and size > max_disk_bytes:
         raise invalid_argument(
-            f"{prefix}.size",
+            request.size_field,
             f"{size} bytes is more than the profile's disk ceiling ({max_disk_bytes} bytes)",
         )
     return runner_pb2.ScratchVolume(

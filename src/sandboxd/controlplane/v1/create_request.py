@@ -9,8 +9,9 @@ The v1 resource model on ours: one container per sandbox (its command, args, ima
 files and resources); tags, lifetime, network and services from the spec; ``mode`` and
 ``runner_ids`` choose the runners, each placing with its default profile. What we do not
 offer yet answers UNIMPLEMENTED with reason ``CWSANDBOX_NOT_IMPLEMENTED`` naming the field
-(volumes and snapshots come with the scratch-fs work; secrets, pull credentials, security
-contexts, probes, runtime classes, object storage are not offered).
+(registered volumes, secrets, pull credentials, security contexts, probes, runtime classes,
+object storage are not offered). One scratch volume with its mount becomes the request's
+scratch file system (:mod:`.scratch_volumes`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from sandboxd.controlplane.start_request import (
     not_implemented,
 )
 from sandboxd.controlplane.v1.network import network_wish
+from sandboxd.controlplane.v1.scratch_volumes import scratch_request
 from sandboxd.errors import invalid_argument
 
 V = sandbox_pb2
@@ -164,7 +166,6 @@ def _container(spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.Container:
     _unoffered(
         container,
         [
-            ("volume_mounts", "volumes"),
             ("secret_stores", "secret stores"),
             ("image_pull_credentials", "image pull credentials"),
             ("security_context", "security contexts"),
@@ -180,7 +181,6 @@ def _check_spec_fields(spec: sandbox_pb2.SandboxSpec) -> None:
     _unoffered(
         spec,
         [
-            ("volumes", "volumes"),
             ("network_ids", "networks"),
             ("object_storage_access", "object storage access"),
             ("instance_type", "instance types"),
@@ -271,6 +271,7 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
     except LimitExceeded as exc:
         raise exc.api_error() from None
     requests, limits = _resources(container)
+    scratch = scratch_request(spec, C)
     wish = network_wish(spec)
     gpu_count = max(requests.gpu_count, limits.gpu_count)
     sandbox_request = SandboxRequest(
@@ -294,6 +295,7 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
         egress_type=wish.egress_type,
         egress_cidrs=wish.egress_cidrs,
         ingress_type=wish.ingress_type,
+        scratch=scratch,
     )
     return CreatePlan(
         request=sandbox_request,

@@ -34,6 +34,7 @@ from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.controlplane.v1.create_request import CreatePlan, parse_create
 from sandboxd.controlplane.v1.resource import sandbox_message
 from sandboxd.controlplane.v1.resources_db import V1Resources
+from sandboxd.controlplane.v1.snapshots import V1Snapshots
 from sandboxd.controlplane.v1.states import status_of_state
 from sandboxd.controlplane.v1.streams import V1Streams, check_container
 from sandboxd.controlplane.v1.unimplemented import unimplemented
@@ -46,7 +47,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
 MAX_GRACE_SECONDS = 3600
 PRUNE_EVERY_CREATES = 100
-SNAPSHOTS = "file-system snapshots (they come with the scratch file-system work)"
 
 
 def request_id_conflict(request_id: str) -> ApiError:
@@ -82,9 +82,15 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
     """Sandbox RPCs of the v1 protocol over the shared :class:`Lifecycle`."""
 
     def __init__(
-        self, lifecycle: Lifecycle, files: Files, resources: V1Resources, streams: V1Streams
+        self,
+        lifecycle: Lifecycle,
+        files: Files,
+        resources: V1Resources,
+        streams: V1Streams,
+        snapshots: V1Snapshots,
     ) -> None:
         self._lifecycle = lifecycle
+        self._snapshots = snapshots
         self._files = files
         self._resources = resources
         self._streams = streams
@@ -127,7 +133,9 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         return await self._run(context, work)
 
     async def _create(self, plan: CreatePlan, owner: str) -> sandbox_pb2.Sandbox:
+        source = await self._snapshots.restore_source(plan.request)
         record = await self._lifecycle.start(plan.request)
+        self._snapshots.started(record, source)
         resource = V1Resource(
             sandbox_id=record.sandbox_id,
             owner_org=owner,
@@ -221,14 +229,17 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
                 raise invalid_argument(
                     "grace_period_seconds", f"must be between 0 and {MAX_GRACE_SECONDS}"
                 )
-            if len(request.snapshot_volumes):
-                raise not_implemented("snapshot_volumes", SNAPSHOTS)
             try:
                 record = await self._lifecycle.record(request.sandbox_id)
             except ApiError as error:
                 if request.allow_missing and error.code is grpc.StatusCode.NOT_FOUND:
                     return V.DeleteSandboxResponse()  # "already gone" (§4.5)
                 raise
+            if len(request.snapshot_volumes):
+                ids = await self._snapshots.delete_with_snapshots(request, record)
+                return V.DeleteSandboxResponse(
+                    sandbox=await self._message(record), file_system_snapshot_ids=ids
+                )
             if not record.terminal:
                 await self._lifecycle.records.update(
                     record.sandbox_id, lambda r: want_stopped(r, grace)
@@ -295,7 +306,29 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
     CreateSandboxFromFile = unimplemented("compose_files", "creating sandboxes from files")
     GetSandboxBuildLogs = unimplemented("builds", "image builds")
     PurgeSandboxes = unimplemented("purge", "purging sandboxes")
-    CreateFileSystemSnapshot = unimplemented("file_system_snapshots", SNAPSHOTS)
-    GetFileSystemSnapshot = unimplemented("file_system_snapshots", SNAPSHOTS)
-    ListFileSystemSnapshots = unimplemented("file_system_snapshots", SNAPSHOTS)
-    DeleteFileSystemSnapshot = unimplemented("file_system_snapshots", SNAPSHOTS)
+
+    # -- file-system snapshots (snapshots.py does the work) ---------------------------------
+
+    async def CreateFileSystemSnapshot(
+        self, request: sandbox_pb2.CreateFileSystemSnapshotRequest, context: Context
+    ) -> sandbox_pb2.FileSystemSnapshot:
+        """Start a snapshot of the scratch volume; the CREATING record (the client polls)."""
+        return await self._run(context, lambda: self._snapshots.create(request))
+
+    async def GetFileSystemSnapshot(
+        self, request: sandbox_pb2.GetFileSystemSnapshotRequest, context: Context
+    ) -> sandbox_pb2.FileSystemSnapshot:
+        """One snapshot of the caller's organization."""
+        return await self._run(context, lambda: self._snapshots.get(request))
+
+    async def ListFileSystemSnapshots(
+        self, request: sandbox_pb2.ListFileSystemSnapshotsRequest, context: Context
+    ) -> sandbox_pb2.ListFileSystemSnapshotsResponse:
+        """The organization's snapshots, paged."""
+        return await self._run(context, lambda: self._snapshots.list(request))
+
+    async def DeleteFileSystemSnapshot(
+        self, request: sandbox_pb2.DeleteFileSystemSnapshotRequest, context: Context
+    ) -> sandbox_pb2.FileSystemSnapshot:
+        """Remove a snapshot and its content."""
+        return await self._run(context, lambda: self._snapshots.delete(request))

@@ -2,8 +2,8 @@
 
 Why one function: ``server.py`` adds the v1 protocol beside v1beta2 with one call, and the
 generated v1 code stays imported only inside this package. Settings and volumes are
-registered with handlers that answer UNIMPLEMENTED with ``CWSANDBOX_NOT_IMPLEMENTED``
-(snapshot bucket settings and volumes come with the scratch-fs and snapshot work).
+served but for the snapshot bucket configuration with handlers that answer UNIMPLEMENTED
+with ``CWSANDBOX_NOT_IMPLEMENTED``; snapshots go through :class:`V1Snapshots`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import grpc
 from sandboxd._proto_v1 import (
     discovery_pb2_grpc,
     sandbox_pb2_grpc,
+    settings_pb2,
     settings_pb2_grpc,
     volume_pb2_grpc,
 )
@@ -23,19 +24,44 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.discovery import V1DiscoveryService
 from sandboxd.controlplane.v1.resources_db import V1Resources
-from sandboxd.controlplane.v1.sandboxes import SNAPSHOTS, V1SandboxService
+from sandboxd.controlplane.v1.sandboxes import V1SandboxService
+from sandboxd.controlplane.v1.snapshots import V1Snapshots
 from sandboxd.controlplane.v1.streams import V1Streams
-from sandboxd.controlplane.v1.unimplemented import unimplemented
+from sandboxd.controlplane.v1.unimplemented import Context, unimplemented
+from sandboxd.errors import ApiError, abort_with
+from sandboxd.snapshots.service import Snapshots
 
 VOLUMES = "registered volumes"
 SETTINGS = "platform settings"
 
 
 class V1SettingsService(settings_pb2_grpc.SettingsServiceServicer):
-    """``SettingsService``: nothing offered yet (never called by clients but for buckets)."""
+    """``SettingsService``: the snapshot bucket, the same one the v1beta2 RPCs configure.
 
-    GetFileSystemSnapshotBucketConfig = unimplemented("file_system_snapshots", SNAPSHOTS)
-    UpdateFileSystemSnapshotBucketConfig = unimplemented("file_system_snapshots", SNAPSHOTS)
+    The rest is not offered (the client calls only the bucket RPCs).
+    """
+
+    def __init__(self, snapshots: V1Snapshots) -> None:
+        self._snapshots = snapshots
+
+    async def GetFileSystemSnapshotBucketConfig(
+        self, request: settings_pb2.GetFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> settings_pb2.FileSystemSnapshotBucketConfig:
+        """Where the organization's snapshots go."""
+        try:
+            return await self._snapshots.get_bucket()
+        except ApiError as error:
+            await abort_with(context, error)
+
+    async def UpdateFileSystemSnapshotBucketConfig(
+        self, request: settings_pb2.UpdateFileSystemSnapshotBucketConfigRequest, context: Context
+    ) -> settings_pb2.FileSystemSnapshotBucketConfig:
+        """Set where the organization's snapshots go (an empty name: managed again)."""
+        try:
+            return await self._snapshots.update_bucket(request)
+        except ApiError as error:
+            await abort_with(context, error)
+
     GetBuildStorageConfig = unimplemented("build_storage", SETTINGS)
     UpdateBuildStorageConfig = unimplemented("build_storage", SETTINGS)
     GetObjectStorageWifConfig = unimplemented("object_storage", SETTINGS)
@@ -67,17 +93,19 @@ def add_v1_services(
     files: Files,
     operations: Operations,
     resources: V1Resources,
+    snapshots: Snapshots,
 ) -> None:
     """Serve ``coreweave.sandbox.v1`` on ``server`` over the shared plumbing."""
     streams = V1Streams(StreamingService(lifecycle, operations))
+    fss = V1Snapshots(snapshots, lifecycle)
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
         V1DiscoveryService(registry), server
     )
     sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        V1SandboxService(lifecycle, files, resources, streams), server
+        V1SandboxService(lifecycle, files, resources, streams, fss), server
     )
     settings_pb2_grpc.add_SettingsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        V1SettingsService(), server
+        V1SettingsService(fss), server
     )
     volume_pb2_grpc.add_VolumeServiceServicer_to_server(  # type: ignore[no-untyped-call]
         V1VolumeService(), server
