@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ __all__ = ["EventLog", "EventsInterceptor"]
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.1
+ENDED_REMEMBERED = 65_536
+"""Ended sandboxes whose state is remembered for their delete event (oldest forgotten)."""
 MAX_PENDING = 100_000
 """Events held while the database is away; past this the oldest are dropped, with a warning."""
 CONTROL_PLANE = "control-plane"
@@ -74,6 +77,8 @@ class EventLog:
         self._records = records
         self._pending: list[SandboxEvent] = []
         self._seen: dict[str, _Seen] = {}
+        # Ended sandboxes still to be deleted, oldest first; bounded, so memory is too.
+        self._ended: OrderedDict[str, _Seen] = OrderedDict()
         self._written = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +104,7 @@ class EventLog:
     def observe_record(self, record: SandboxRecord) -> None:
         """Turn a record change into lifecycle events (each transition once)."""
         sandbox_id, status, desired = record.sandbox_id, record.status, record.desired
-        before = self._seen.get(sandbox_id)
+        before = self._seen.get(sandbox_id) or self._ended.get(sandbox_id)
         if before is None and record.version == 1:
             self.note(
                 record,
@@ -132,10 +137,16 @@ class EventLog:
                 )
             elif desired is Desired.DELETED:
                 self.note(record, "deleted", CONTROL_PLANE)
-        if status in TERMINAL and desired is Desired.DELETED:
-            self._seen.pop(sandbox_id, None)
-        else:
+        if status not in TERMINAL:
             self._seen[sandbox_id] = _Seen(status, desired)
+            return
+        self._seen.pop(sandbox_id, None)
+        if desired is Desired.DELETED:
+            self._ended.pop(sandbox_id, None)
+            return
+        self._ended[sandbox_id] = _Seen(status, desired)  # its delete may still come
+        if len(self._ended) > ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
 
     def start(self) -> None:
         """Start the background writer."""
