@@ -234,7 +234,9 @@ def test_attack_nothing_inside_can_escape_stall_or_undo_a_pause(
             )
             assert probe.stdout.strip() == b"", probe  # masked: an empty, read-only directory
             assert probe.code != 0 and probe.stderr.count(b"\n") >= 3, probe
-        spec = h.spec(command=FORK_STORM, pids_max=256)
+        # Room for the storm: at the PID limit the shell cannot fork and exits, ending the
+        # sandbox before the pause (a slow, loaded host lets children pile up).
+        spec = h.spec(command=FORK_STORM, pids_max=4096)
         await h.backend.create(spec)
         sid = spec.sandbox_id
         try:

@@ -395,8 +395,9 @@ def _claims(key: str, group: str) -> list[str]:
     """Machine-wide claim files (subnets, user-id ranges) that name this backend.
 
     A claim made for a sandbox is listed by what it says (owner and sandbox); ranges the
-    zygote prepares ahead (``<prepared>``) only by whether there are more than the pool's
-    depth, since how many are ready at a given moment depends on its background refill.
+    zygote prepares ahead (``<prepared>``) only when there are more than the pool's depth (a
+    leak), since how many are ready at a given moment, none included, depends on its
+    background refill (on a loaded host the pool can be empty for seconds).
     """
     out: list[str] = []
     prepared: dict[str, int] = {}
@@ -414,7 +415,8 @@ def _claims(key: str, group: str) -> list[str]:
                     else:
                         out.append(f"{path.parent}: {text}")
     for where, count in prepared.items():
-        out.append(f"{where}: {count if count > PREPARED_DEPTH else 'some'} prepared")
+        if count > PREPARED_DEPTH:
+            out.append(f"{where}: {count} prepared")
     return sorted(out)
 
 
