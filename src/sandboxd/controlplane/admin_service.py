@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from sandboxd._proto import admin_pb2, admin_pb2_grpc
 from sandboxd.controlplane.identity_service import IdentityService
@@ -25,6 +23,7 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_lifecycle import RunnerLifecycle, RunnerLifecycleState
 from sandboxd.controlplane.secret_admin import SecretAdmin
 from sandboxd.controlplane.secrets import Secrets
+from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.identity.model import ApiKeyInfo, JoinTokenInfo, Role, RunnerCredentialInfo
 from sandboxd.store.sandbox_store import Orphan
@@ -35,14 +34,6 @@ R = TypeVar("R")
 
 ROLES = {admin_pb2.ROLE_ADMIN: Role.ADMIN, admin_pb2.ROLE_MEMBER: Role.MEMBER}
 ROLE_NUMBERS = {role: number for number, role in ROLES.items()}
-
-
-def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def key_message(key: ApiKeyInfo) -> admin_pb2.ApiKey:

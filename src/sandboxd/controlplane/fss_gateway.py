@@ -17,13 +17,12 @@ import asyncio
 import logging
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from cwsandbox._proto import gateway_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import SandboxRequest
+from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import invalid_argument
 from sandboxd.snapshots.model import (
     MANAGED_BUCKET,
@@ -47,14 +46,6 @@ _TRIGGER = {
     SnapshotTrigger.MANUAL: G.FILE_SYSTEM_SNAPSHOT_TRIGGER_MANUAL,
 }
 _LIST_FINGERPRINT = "fss"
-
-
-def _stamp(value: Any) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def snapshot_message(record: SnapshotRecord) -> gateway_pb2.FileSystemSnapshot:

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.files import Files
@@ -29,20 +28,13 @@ from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_queries import SandboxFilter, list_page, settled_record
 from sandboxd.controlplane.start_request import not_implemented, parse_start_request
 from sandboxd.controlplane.unary_exec import UnaryExec, parse_exec_request
+from sandboxd.controlplane.wire_time import timestamp_or_none as _timestamp
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 S = gateway_pb2
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _ports(record: SandboxRecord) -> list[gateway_pb2.Port]:

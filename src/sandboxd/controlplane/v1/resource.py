@@ -8,9 +8,6 @@ v1beta2 has no v1 spec: it is echoed as the one container it is (image, command,
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from sandboxd._proto import runner_pb2
@@ -18,18 +15,11 @@ from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.v1.network import effective_egress
 from sandboxd.controlplane.v1.states import v1_state
+from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.store.v1_resources import V1Resource
 
 V = sandbox_pb2
 MAIN_CONTAINER = "main"
-
-
-def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _runner_spec(record: SandboxRecord) -> runner_pb2.SandboxSpec:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from sandboxd._proto_v1 import sandbox_pb2, settings_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, want_stopped
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import SandboxRequest
+from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.model import (
     MANAGED_BUCKET,
@@ -51,14 +50,6 @@ _TRIGGER = {
     SnapshotTrigger.STOP: V.SNAPSHOT_TRIGGER_ON_DELETE,
 }
 _LIST_FINGERPRINT = "v1fss"
-
-
-def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def snapshot_message(record: SnapshotRecord) -> sandbox_pb2.FileSystemSnapshot:
