@@ -176,7 +176,12 @@ def test_rule_set_is_small_shared_and_torn_down(
         try:
             rules = _iptables().splitlines()
             own = [line for line in rules if line.startswith(f"-A {lease.chain} ")]
-            assert own == [
+            # First, the log of new connections for the activity trail (connection_trail.py).
+            assert own[0].startswith(f"-A {lease.chain} -m conntrack --ctstate NEW -m limit")
+            assert f'-j NFLOG --nflog-prefix "sbx:{lease.tag}:fwd"' in own[0]
+            hooks = [line for line in rules if f"sandboxd:{lease.tag}" in line]
+            assert any(" INPUT " in hook and "-j NFLOG" in hook for hook in hooks), hooks
+            assert own[1:] == [
                 f"-A {lease.chain} -d 10.213.0.0/16 -j DROP",
                 f"-A {lease.chain} -j {SHARED_CHAIN}",
                 f"-A {lease.chain} -j ACCEPT",

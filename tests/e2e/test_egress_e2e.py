@@ -15,26 +15,10 @@ import pytest
 
 from cwsandbox import NetworkOptions, Sandbox, SandboxDefaults
 from tests.backends.nethost import NetHost, test_host
+from tests.support.egress_profiles import egress_config
 from tests.support.processes import Up, all_in_one
 
 __all__ = ["test_host"]
-
-CONFIG = """\
-profiles:
-  - display_name: egress-test
-    spec:
-      container_image: python:3.11
-      resource_defaults:
-        {{cpu_request: 50m, memory_request: 64Mi, cpu_limit: "1", memory_limit: 256Mi}}
-      network:
-        egress:
-          default: internet
-          modes:
-            internet: {{type: internet}}
-            lan: {{type: allowlist, cidrs: ["{private}/32"]}}
-default_bindings:
-  - {{profile: egress-test, is_default: true}}
-"""
 
 PROBE = """
 import socket, sys
@@ -51,7 +35,7 @@ for ip in sys.argv[1:]:
 def up(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("egress-up")
     config = data / "platform.yaml"
-    config.write_text(CONFIG.format(private=test_host.private_a))
+    config.write_text(egress_config("egress-test", [test_host.private_a]))
     with all_in_one(Path(data), "--config", str(config)) as platform:
         yield platform
 

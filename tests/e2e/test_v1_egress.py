@@ -17,29 +17,12 @@ import pytest
 
 from tests.backends.nethost import NetHost, test_host
 from tests.e2e.conftest import run_python
+from tests.support.egress_profiles import egress_config
 from tests.support.official import OFFICIAL_V1_VERSION, official_python
 from tests.support.processes import Up, all_in_one, child_env
 
 __all__ = ["test_host"]
 pytestmark = pytest.mark.official
-
-CONFIG = """\
-profiles:
-  - display_name: egress-v1
-    spec:
-      container_image: python:3.11
-      resource_defaults:
-        {{cpu_request: 50m, memory_request: 64Mi, cpu_limit: "1", memory_limit: 256Mi}}
-      network:
-        egress:
-          default: internet
-          modes:
-            internet: {{type: internet}}
-            none: {{type: none}}
-            lan: {{type: allowlist, cidrs: ["{private_a}/32", "{private_b}/32"]}}
-default_bindings:
-  - {{profile: egress-v1, is_default: true}}
-"""
 
 SCRIPT = r"""
 import json, sys, cwsandbox
@@ -78,7 +61,9 @@ print(json.dumps(out))
 def up(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("egress-v1-up")
     config = data / "platform.yaml"
-    config.write_text(CONFIG.format(private_a=test_host.private_a, private_b=test_host.private_b))
+    config.write_text(
+        egress_config("egress-v1", [test_host.private_a, test_host.private_b], none_mode=True)
+    )
     with all_in_one(Path(data), "--config", str(config)) as platform:
         yield platform
 

@@ -1,4 +1,4 @@
-"""``cwsandbox events``: a sandbox's activity trail (lifecycle, execs, files), in order."""
+"""``cwsandbox events``: a sandbox's activity trail (lifecycle, execs, files, connections)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ def describe(event: SandboxEvent) -> str:
 @json_option
 @click.pass_context
 def events_command(ctx: click.Context, sandbox_id: str, *, follow: bool, as_json: bool) -> None:
-    """Print what happened to a sandbox: lifecycle, execs (argv, exit code, who), files.
+    """Print what happened to a sandbox: lifecycle, execs, files, outbound connections.
 
-    Written by the control plane, never by the sandbox, and kept after it is deleted for the
-    platform's retention period. ``--json`` prints one JSON object per line.
+    Written by the control plane and the sandbox's runner, never by the sandbox, and kept
+    after it is deleted for the platform's retention period. ``--json`` prints one JSON
+    object per line.
     """
     opts = settings(ctx)
     events = iter_events(

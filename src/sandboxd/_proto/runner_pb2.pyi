@@ -138,16 +138,44 @@ class WarmPoolState(_message.Message):
     def __init__(self, profile_name: _Optional[str] = ..., size: _Optional[int] = ..., ready: _Optional[int] = ..., claims: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunnerMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "result", "event")
+    __slots__ = ("register", "heartbeat", "result", "event", "connections")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     result: CommandResult
     event: SandboxEvent
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ...) -> None: ...
+    connections: ConnectionLog
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., event: _Optional[_Union[SandboxEvent, _Mapping]] = ..., connections: _Optional[_Union[ConnectionLog, _Mapping]] = ...) -> None: ...
+
+class ConnectionAttempt(_message.Message):
+    __slots__ = ("sandbox_id", "at", "protocol", "destination", "port", "decision", "rule", "count")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    at: _timestamp_pb2.Timestamp
+    protocol: str
+    destination: str
+    port: int
+    decision: str
+    rule: str
+    count: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., protocol: _Optional[str] = ..., destination: _Optional[str] = ..., port: _Optional[int] = ..., decision: _Optional[str] = ..., rule: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ConnectionLog(_message.Message):
+    __slots__ = ("attempts",)
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    attempts: _containers.RepeatedCompositeFieldContainer[ConnectionAttempt]
+    def __init__(self, attempts: _Optional[_Iterable[_Union[ConnectionAttempt, _Mapping]]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("connected_at", "heartbeat_interval_ms", "profile_names", "credential", "runner_group_id", "cluster_id", "warm_pools", "connection_id", "idle_operations", "cpu_overcommit_ratio", "memory_overcommit_ratio")

@@ -272,6 +272,28 @@ class SandboxStats:
     disk_bytes: int = 0
 
 
+ConnectionDecision = Literal["allowed", "dropped", "rejected"]
+"""What the host's firewall did with an outbound connection attempt."""
+
+
+@dataclass(frozen=True)
+class ConnectionAttempt:
+    """An outbound connection a sandbox attempted, as the host's firewall saw and decided it.
+
+    Repeats of one attempt (same sandbox, protocol, destination, port and decision) seen
+    within a short window arrive folded, ``count`` saying how many; ``at`` is the first.
+    """
+
+    sandbox_id: str
+    at: float
+    protocol: str
+    destination: str
+    port: int
+    decision: ConnectionDecision
+    rule: str
+    count: int = 1
+
+
 @dataclass(frozen=True)
 class SandboxState:
     """What the backend knows about a sandbox: ``state``, exit code and why it ended."""
@@ -498,6 +520,17 @@ class Backend(ABC):
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox: its processes continue where they were (idempotent)."""
         raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
+
+    # -- connection trail (optional) --------------------------------------------------------------
+    async def connection_attempts(self) -> AsyncIterator[list[ConnectionAttempt]]:
+        """Batches of outbound connection attempts by this backend's sandboxes, as they happen.
+
+        Never written by anything inside a sandbox: a backend reports what its host's
+        firewall saw. Iterated once, by the runner, for as long as it runs. A backend that
+        cannot see attempts (the default) ends the iteration at once.
+        """
+        return
+        yield
 
     # -- scratch file systems (optional; see ScratchSpec) -----------------------------------------
     supports_scratch: ClassVar[bool] = False

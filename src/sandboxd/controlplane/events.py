@@ -9,7 +9,10 @@ write to would be worthless as evidence. So the control plane writes it from
 * every public call on a sandbox, v1beta2 or v1 (:class:`EventsInterceptor`, inside the
   authentication interceptor so it knows who asked): each exec (argv, environment names,
   TTY, exit code, duration, the caller's key id), each file written or read through the API
-  (path, size, SHA-256), each snapshot, and each stop, delete, pause and resume request.
+  (path, size, SHA-256), each snapshot, and each stop, delete, pause and resume request;
+
+and appends what a runner reports from its host firewall (``connection_events.py``: each
+outbound connection attempt, checked to be one of that runner's sandboxes).
 
 Events are queued and written in batches off the event loop (:data:`FLUSH_SECONDS`), read
 back in order (``seq``), followed live, and kept for the retention of ended sandboxes, also
@@ -93,9 +96,13 @@ class EventLog:
         caller's organization on the line), but the trail, not the log, is the record.
         """
         log.info("sandbox %s: %s by %s", record.sandbox_id, kind, actor)
-        self._pending.append(
+        self.append(
             SandboxEvent(record.sandbox_id, record.owner_org, datetime.now(UTC), kind, actor, data)
         )
+
+    def append(self, event: SandboxEvent) -> None:
+        """Queue a ready-made event (never blocks, never raises); see :meth:`note`."""
+        self._pending.append(event)
         if len(self._pending) > MAX_PENDING:
             del self._pending[: len(self._pending) - MAX_PENDING]
             log.warning("event trail: the database is behind; oldest pending events dropped")

@@ -146,6 +146,13 @@ class ControlPlaneMetrics:
             ["reason", "field"],
             registry=r,
         )
+        self.connection_attempts = Counter(
+            "sandboxd_connection_attempts",
+            "Outbound connection attempts of sandboxes that runners reported, by the host "
+            "firewall's decision.",
+            ["decision"],
+            registry=r,
+        )
         self.store_seconds = Histogram(
             "sandboxd_store_call_seconds",
             "Sandbox store calls (database transactions), by operation.",

@@ -33,6 +33,7 @@ from google.protobuf import timestamp_pb2
 
 from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller, current_runner
+from sandboxd.controlplane.connection_events import ConnectionEvents
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.operations import Operation
@@ -75,8 +76,11 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         heartbeat_interval: float,
         lifecycle: Lifecycle,
         cluster_id: str = "",
+        *,
+        connections: ConnectionEvents | None = None,
     ) -> None:
         self._cluster_id = cluster_id
+        self._connections = connections  # runners' reports of outbound connection attempts
         self._registry = registry
         self._identity = identity
         self._heartbeat_interval = heartbeat_interval
@@ -209,6 +213,9 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
                     # Never fatal for the connection: a report the database could not take
                     # is picked up again by the reconciler's next snapshot.
                     await self._lifecycle.reconcilers.on_event(runner_id, message.event)
+                elif kind == "connections":
+                    if self._connections is not None:
+                        self._connections.report(runner_id, message.connections)
                 else:
                     log.warning("runner %s sent unexpected %s message", runner_id, kind)
         except grpc.aio.AioRpcError as error:

@@ -38,6 +38,7 @@ from sandboxd._proto import admin_pb2_grpc
 from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
+from sandboxd.controlplane.connection_events import ConnectionEvents
 from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.event_service import EventService
 from sandboxd.controlplane.events import EventLog, EventsInterceptor
@@ -342,6 +343,7 @@ class ControlPlane:
             self.settings.heartbeat_interval,
             self.lifecycle,
             cluster_id=self.cluster_id,
+            connections=ConnectionEvents(self.events, self.sandboxes, self.metrics),
         )
         self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).

@@ -50,6 +50,7 @@ from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
+from sandboxd.runner.connection_reports import forward_connection_attempts
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.exec_relay import OperateCall
 from sandboxd.runner.failures import refuse_command, refuse_operation
@@ -241,6 +242,9 @@ class RunnerAgent:
             )
         try:
             await self._recover()
+            if self._supervisor is not None:
+                backend = self._supervisor.backend
+                self._spawn(forward_connection_attempts(backend, self._send_event))
             await self._probe_backend()
             await self._run_sessions()
         finally:

@@ -31,6 +31,7 @@ from ..base import (
     DEFAULT_PATH,
     Backend,
     BackendConfig,
+    ConnectionAttempt,
     EgressType,
     ExecSession,
     FileReader,
@@ -57,6 +58,7 @@ from . import files, freezer, log_budget, process
 from .agent import MAX_EXECS
 from .cgroup_primer import CgroupPrimer
 from .cgroups import CgroupError, CgroupManager
+from .connection_trail import ConnectionTrail
 from .disk import DEFAULT_READY, DiskLayers
 from .disk_template import DiskError
 from .ingress import PortPublisher
@@ -123,6 +125,7 @@ class LocalBackend(Backend):
         self._building = 0  # sandboxes being built now (creates and warm slots)
         self._net = NetworkManager(key, network_pool)
         self._nets = PreparedNetworks(self._net, ready_networks)
+        self._trail = ConnectionTrail(self._net, self._leases_by_tag)
         self._reaped = False
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
@@ -153,6 +156,7 @@ class LocalBackend(Backend):
     async def _ready(self) -> CgroupManager:
         if os.geteuid() != 0:
             raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
+        self._trail.open()  # before any lease is made: new leases log to its group
         if self._cgroups is None:
             try:
                 self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
@@ -164,6 +168,21 @@ class LocalBackend(Backend):
             self._reaped = True
             await self._nets.reap()
         return self._cgroups
+
+    def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
+        return {
+            rec.lease.tag: (rec.sandbox_id, rec.lease)
+            for rec in list(self._records.values())
+            if rec.lease is not None
+        }
+
+    async def connection_attempts(self) -> AsyncIterator[list[ConnectionAttempt]]:
+        """Outbound connection attempts from the host firewall's log (connection_trail.py)."""
+        if os.geteuid() != 0:
+            return
+        self._trail.open()
+        async for batch in self._trail.batches():
+            yield batch
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
         try:
@@ -675,6 +694,7 @@ class LocalBackend(Backend):
         for task in list(self._release_tasks):
             task.cancel()
         await self._warm.discard_all()  # ready but never claimed: nobody's sandboxes
+        self._trail.close()
         await self._ranges.close()
         await self._nets.close()
         await self._budget.close()

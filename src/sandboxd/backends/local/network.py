@@ -61,6 +61,8 @@ class Lease:
     index: int
     host_ip: str
     sandbox_ip: str
+    # The NFLOG group its rules log connection attempts to (0: none; see connection_trail).
+    log_group: int = 0
 
     @property
     def netns(self) -> str:
@@ -81,6 +83,22 @@ class Lease:
     def chain(self) -> str:
         """Per-sandbox filter chain."""
         return f"SBX-{self.tag}"
+
+    def log_rule(self, hook: str) -> str:
+        """The rule spec that logs new connections into ``log_group`` ("" when none).
+
+        Only a connection's first packet (conntrack ``NEW``) is logged, at most 20 a second
+        after a burst of 40 per sandbox and hook: a sandbox that floods cannot flood the
+        runner. The prefix names the lease and the hook (``fwd`` for the sandbox's chain,
+        ``host`` for its ``INPUT`` hook); the sandbox cannot forge it.
+        """
+        if not self.log_group:
+            return ""
+        return (
+            "-m conntrack --ctstate NEW -m limit --limit 20/second --limit-burst 40 "
+            f"-j NFLOG --nflog-group {self.log_group} --nflog-prefix sbx:{self.tag}:{hook} "
+            "--nflog-size 64"
+        )
 
     def to_json(self) -> str:
         """Serialize for the state directory."""
@@ -217,6 +235,12 @@ class NetworkManager:
         # kernel refuses to delete a referenced chain, so then it certainly still exists).
         self._shared_written: tuple[str, ...] | None = None
         self.rules = RuleWriter()
+        # Set when this process reads connection attempts (connection_trail.py): new leases
+        # log to it. The group is fixed per key, so a restarted runner reads its old rules.
+        self.log_group = 0
+        # Per lease tag: the lines of the shared chain and of its own chain as last written.
+        self.written: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._shared_seen: tuple[str, ...] = ()
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -254,7 +278,7 @@ class NetworkManager:
     def lease_at(self, index: int, tag: str) -> Lease:
         """The lease of the ``index``-th /30 of the pool, named ``tag``."""
         base = self.pool.network_address + index * 4
-        return Lease(tag, index, str(base + 1), str(base + 2))
+        return Lease(tag, index, str(base + 1), str(base + 2), self.log_group)
 
     def assign(self, lease: Lease, sandbox_id: str) -> None:
         """Record in a lease's claim who holds it now (a prepared lease, taken)."""
@@ -282,8 +306,12 @@ class NetworkManager:
         """The transaction that adds (``body``: chain lines) or removes a sandbox's rules."""
         ins, app = ("-I", "-A") if add else ("-D", "-D")
         comment = f"-m comment --comment sandboxd:{lease.tag}"
+        logged = [f"{ins} INPUT -i {lease.host_if} {comment} {lease.log_rule('host')}"]
+        if not lease.log_group:
+            logged = []
         hooks = [
             f"{ins} INPUT -i {lease.host_if} {comment} -j DROP",
+            *logged,
             f"{ins} FORWARD -i {lease.host_if} {comment} -j {lease.chain}",
             f"{ins} FORWARD -o {lease.host_if} -m conntrack --ctstate RELATED,ESTABLISHED "
             f"{comment} -j ACCEPT",
@@ -348,6 +376,12 @@ class NetworkManager:
         hosts = policy.host_addresses(exclude=self.pool)
         shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
         chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
+        if lease.log_group:  # first: every attempt is seen, whatever then decides it
+            chain.insert(1, f"-A {lease.chain} {lease.log_rule('fwd')}")
+        known = tuple(shared)
+        if self._shared_seen != known:
+            self._shared_seen = known  # one copy for every lease while it is unchanged
+        self.written[lease.tag] = (self._shared_seen, tuple(chain))
         return shared, chain
 
     async def refresh_rules(
@@ -425,6 +459,7 @@ class NetworkManager:
         await run("ip", "netns", "del", lease.netns, check=False)
         self.release(lease)
         self._active.discard(lease.tag)
+        self.written.pop(lease.tag, None)
         if not self._active:
             self._shared_written = None
             await self.remove_shared_chain()
@@ -439,6 +474,20 @@ class NetworkManager:
         """
         rules = f"*filter\n-F {policy.SHARED_CHAIN}\n-X {policy.SHARED_CHAIN}\nCOMMIT\n"
         await self.rules.apply_quietly(rules)
+
+    async def installed(self, lease: Lease) -> dict[str, list[str]]:
+        """The lines of ``lease``'s chain and of the shared chain, as this process wrote them.
+
+        A lease this process did not write (re-adopted after a restart) is read back from
+        the kernel (``iptables -S``), once; then remembered like the others.
+        """
+        known = self.written.get(lease.tag)
+        if known is None:
+            own = await run("iptables", "-w", "5", "-S", lease.chain, check=False)
+            shared = await run("iptables", "-w", "5", "-S", policy.SHARED_CHAIN, check=False)
+            known = (tuple(shared.splitlines()), tuple(own.splitlines()))
+            self.written[lease.tag] = known
+        return {policy.SHARED_CHAIN: list(known[0]), lease.chain: list(known[1])}
 
     @staticmethod
     def resolv_conf() -> bytes | None:
