@@ -169,9 +169,24 @@ tls_ca_option = click.option(
 )
 
 
+def _public_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from sandboxd.console.security import public_url_problem
+
+    if not value:
+        return None
+    problem = public_url_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
 def console_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--console-listen``: where the web console is served ("off" or "": nowhere)."""
-    return click.option(
+    """The console's two options: where it is served, and where browsers reach it.
+
+    ``--console-listen`` ("off": nowhere) and ``--console-public-url`` (the address browsers
+    use through a TLS-terminating proxy).
+    """
+    listen = click.option(
         "--console-listen",
         default=default,
         show_default=True,
@@ -179,6 +194,20 @@ def console_option(default: str) -> Callable[[Callable[..., Any]], Callable[...,
         help="Serve the web console on http://HOST:PORT/ (port 0: any free port, printed as "
         "SANDBOXD_CONSOLE_URL); 'off' to serve none.",
     )
+    public = click.option(
+        "--console-public-url",
+        default=None,
+        metavar="URL",
+        callback=_public_url,
+        help="The console's address as browsers reach it through a TLS-terminating proxy "
+        "(e.g. https://sandboxes.example.com): that origin and host are accepted too, and the "
+        "session cookie is Secure when it is https.",
+    )
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        return listen(public(command))
+
+    return apply
 
 
 def console_listen(options: dict[str, object]) -> str | None:
@@ -264,6 +293,7 @@ def controlplane_command(**options: object) -> None:
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
         console_listen=console_listen(options),
+        console_public_url=options["console_public_url"],  # type: ignore[arg-type]
         tls_ca=options["tls_ca"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
@@ -317,6 +347,7 @@ def up_command(**options: object) -> None:
         config_path=options["config_path"],  # type: ignore[arg-type]
         metrics_listen=metrics_listen(options),
         console_listen=console_listen(options),
+        console_public_url=options["console_public_url"],  # type: ignore[arg-type]
         tls_ca=options["tls_ca"],  # type: ignore[arg-type]
     )
     warn_if_insecure(settings.insecure_no_auth, settings.listen)

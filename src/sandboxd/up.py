@@ -26,7 +26,6 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sandboxd.console.stats import local_runner_stats
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
 from sandboxd.images import ImageNotFound, ImageStore, build_image
 from sandboxd.runner.agent import RunnerAgent
@@ -201,8 +200,6 @@ async def run_all_in_one(
         link=_link(control_plane, runner_link),
     )
     runner_metrics.register(RunnerCollector(agent, asyncio.get_running_loop()))
-    if control_plane.console is not None:  # the console's graphs read the local runner
-        control_plane.console.set_stats(local_runner_stats(agent))
     agent_task = asyncio.create_task(agent.run(), name="local-runner")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:

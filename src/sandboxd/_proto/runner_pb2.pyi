@@ -546,7 +546,7 @@ class OperationUp(_message.Message):
     def __init__(self, exec: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ..., logs: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ..., opened: _Optional[_Union[FileOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileDone, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume")
+    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume", "usage")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -554,6 +554,7 @@ class Command(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
@@ -561,7 +562,30 @@ class Command(_message.Message):
     snapshot: Snapshot
     pause: PauseSandbox
     resume: ResumeSandbox
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ...) -> None: ...
+    usage: ReadUsage
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ..., usage: _Optional[_Union[ReadUsage, _Mapping]] = ...) -> None: ...
+
+class ReadUsage(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class SandboxUsage(_message.Message):
+    __slots__ = ("cpu_seconds", "memory_bytes", "memory_peak_bytes", "pids", "oom_kills", "disk_bytes")
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_seconds: float
+    memory_bytes: int
+    memory_peak_bytes: int
+    pids: int
+    oom_kills: int
+    disk_bytes: int
+    def __init__(self, cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "reason", "message", "metadata")
@@ -602,20 +626,22 @@ class Done(_message.Message):
     def __init__(self) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("request_id", "failure", "started", "done", "state", "snapshot")
+    __slots__ = ("request_id", "failure", "started", "done", "state", "snapshot", "usage")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     failure: Failure
     started: SandboxStarted
     done: Done
     state: SandboxEvent
     snapshot: SandboxList
-    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., state: _Optional[_Union[SandboxEvent, _Mapping]] = ..., snapshot: _Optional[_Union[SandboxList, _Mapping]] = ...) -> None: ...
+    usage: SandboxUsage
+    def __init__(self, request_id: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., started: _Optional[_Union[SandboxStarted, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., state: _Optional[_Union[SandboxEvent, _Mapping]] = ..., snapshot: _Optional[_Union[SandboxList, _Mapping]] = ..., usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
 
 class SandboxEvent(_message.Message):
     __slots__ = ("sandbox_id", "phase", "exit_code", "reason", "at", "generation", "service_address")

@@ -8,6 +8,9 @@ Why each check:
 * **Origin on every state-changing request and every WebSocket**: the session cookie is
   SameSite=Strict already; a request whose Origin is not the console's own is refused before
   it is read, so a cross-site form, fetch or WebSocket cannot act with a visitor's session.
+  Behind a TLS-terminating proxy the browser's origin is the proxy's (``https://name``), not
+  what the console sees (``http``, maybe another Host): ``--console-public-url`` names it, and
+  then exactly that origin (and its host) is accepted too, and the cookie is ``Secure``.
 * **Content-Security-Policy**: scripts only from the console's own files; sandbox-controlled
   text (logs, terminal output, names) is rendered as text, and even a mistake that let it in
   as HTML could not run a script.
@@ -47,12 +50,17 @@ SECURITY_HEADERS = [
 class OriginPolicy:
     """The hosts the console answers to, from the address it listens on."""
 
-    def __init__(self, listen_host: str) -> None:
+    def __init__(self, listen_host: str, public_url: str | None = None) -> None:
         host = listen_host.strip()
         self.any_host = host in WILDCARD_HOSTS
         names = {host.lower()}
         if host in LOOPBACK_HOSTS:
             names |= LOOPBACK_HOSTS
+        self.public_origin = ""
+        if public_url:
+            scheme, _, rest = public_url.rstrip("/").partition("://")
+            self.public_origin = f"{scheme}://{rest}".lower()
+            names.add(_host_name(rest.lower()))
         self.hosts = frozenset(names)
 
     def host_allowed(self, host_header: str) -> bool:
@@ -61,15 +69,32 @@ class OriginPolicy:
             return False
         if self.any_host:
             return True
-        name = host_header.lower()
-        bracketed = name.startswith("[")
-        name = name.split("]", 1)[0] + "]" if bracketed else name.rsplit(":", 1)[0]
-        return name in self.hosts
+        return _host_name(host_header.lower()) in self.hosts
 
-    @staticmethod
-    def same_origin(origin: str, host_header: str, scheme: str) -> bool:
-        """Whether ``Origin`` is exactly this console's own origin."""
-        return bool(origin) and origin.lower() == f"{scheme}://{host_header}".lower()
+    def same_origin(self, origin: str, host_header: str, scheme: str) -> bool:
+        """Whether ``Origin`` is exactly this console's own origin (or its public one)."""
+        if not origin:
+            return False
+        origin = origin.lower()
+        return origin == f"{scheme}://{host_header}".lower() or origin == self.public_origin
+
+
+def public_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the console's public URL (None when it can)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return "must start with https:// (or http://)"
+    host = rest.rstrip("/")
+    if not host or any(c in host for c in "/?#@ ") or host.startswith(":"):
+        return "must be scheme://host[:port] with no path, query or user"
+    return None
+
+
+def _host_name(host: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` without the port."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _header(scope: Scope, name: bytes) -> str:

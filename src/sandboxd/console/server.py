@@ -72,8 +72,11 @@ class ConsoleServer:
         target: ConsoleTarget,
         identity: IdentityService,
         stats: StatsSource | None = None,
+        *,
         static_dir: Path = STATIC_DIR,
+        public_url: str | None = None,
     ) -> None:
+        """``public_url``: the address browsers use through a TLS-terminating proxy, if any."""
         self._host, self._port = split_listen(listen)
         self.platform = Platform(target.address, target.credentials())
         self.context = ConsoleContext(
@@ -82,8 +85,10 @@ class ConsoleServer:
             sessions=SessionStore(),
             limiter=LoginLimiter(),
             stats=stats,
+            secure_cookie=bool(public_url and public_url.startswith("https://")),
         )
-        self._policy = OriginPolicy(self._host)
+        self._policy = OriginPolicy(self._host, public_url)
+        self.public_url = public_url
         self._static_dir = static_dir
         self._server: _QuietSignalsServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -96,10 +101,6 @@ class ConsoleServer:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}/"
-
-    def set_stats(self, stats: StatsSource | None) -> None:
-        """Where resource numbers come from (``sandboxd up`` sets its runner's)."""
-        self.context.stats = stats
 
     async def start(self) -> None:
         """Bind the port and serve; OSError naming the address if it cannot be bound."""
@@ -133,7 +134,10 @@ class ConsoleServer:
                     self._task.result()
                     raise OSError("the console stopped while starting")
                 await asyncio.sleep(0.01)
-        log.info("web console on %s", self.url)
+        if self.public_url:
+            log.info("web console on %s (browsers: %s)", self.url, self.public_url)
+        else:
+            log.info("web console on %s", self.url)
 
     async def stop(self) -> None:
         """Stop serving (open sockets are closed) and close the gRPC channel."""

@@ -1,10 +1,10 @@
-"""Resource numbers for the console's graphs: the owning runner's backend stats.
+"""Resource numbers for the console's graphs: asked of the sandbox's own runner, live.
 
-Why a pluggable source: the public API carries no live usage, but a runner's backend reads
-its sandboxes' cgroups (``SandboxBackend.stats``). The all-in-one ``sandboxd up`` runs its
-runner in the control plane's process and hands the console a source that reads that
-backend; a control plane whose runners are elsewhere has none, and the console says the
-numbers are not reachable rather than showing zeros.
+Why through the runner: the public API carries no live usage, but a runner's backend reads
+its sandboxes' cgroups (``Backend.stats``). The control plane asks the owning runner over
+its control stream (runner command ``usage``), whether the runner is in this process
+(``sandboxd up``) or on another host; a runner that is away, or too old to know the command,
+gives no numbers, and the console says they are not reachable rather than showing zeros.
 
 A source is only ever asked about a sandbox the caller has just been allowed to read through
 the gRPC API (the console asks ``Get`` first), so it needs no identity rules of its own.
@@ -12,28 +12,49 @@ the gRPC API (the console asks ``Get`` first), so it needs no identity rules of 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxStats
+from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.errors import ApiError
 
-if TYPE_CHECKING:
-    from sandboxd.runner.agent import RunnerAgent
+__all__ = ["StatsSource", "runner_stats"]
+
+log = logging.getLogger(__name__)
+
+USAGE_SECONDS = 5.0
+"""How long a graph's read waits for the runner (the page polls every 2 s)."""
 
 # (runner id, sandbox id) → its stats, or None when that runner's numbers are not reachable.
 StatsSource = Callable[[str, str], Awaitable[SandboxStats | None]]
 
 
-def local_runner_stats(agent: RunnerAgent) -> StatsSource:
-    """Stats of sandboxes on ``agent`` (a runner in this process); None for other runners."""
+def runner_stats(registry: RunnerRegistry) -> StatsSource:
+    """Stats read by each sandbox's runner, over the runner's current connection."""
 
     async def read(runner_id: str, sandbox_id: str) -> SandboxStats | None:
-        supervisor = agent.supervisor
-        if runner_id != agent.runner_id or supervisor is None:
+        state = registry.get(runner_id) if runner_id else None
+        link = state.link if state is not None else None
+        if link is None:
             return None
+        command = runner_pb2.Command(usage=runner_pb2.ReadUsage(sandbox_id=sandbox_id))
         try:
-            return await supervisor.backend.stats(sandbox_id)
-        except Exception:  # it ended or is not started yet: nothing to read
+            result = await link.call(command, timeout=USAGE_SECONDS)
+        except ApiError as error:  # ended, not started yet, away, or an older runner
+            log.debug("no usage of %s from runner %s: %s", sandbox_id, runner_id, error)
             return None
+        if result.WhichOneof("result") != "usage":
+            return None
+        usage = result.usage
+        return SandboxStats(
+            cpu_seconds=usage.cpu_seconds,
+            memory_bytes=usage.memory_bytes,
+            memory_peak_bytes=usage.memory_peak_bytes,
+            pids=usage.pids,
+            oom_kills=usage.oom_kills,
+            disk_bytes=usage.disk_bytes,
+        )
 
     return read

@@ -125,6 +125,8 @@ class ControlPlaneSettings:
     metrics_listen: str | None = None
     # ``host:port`` for the web console (sandboxd.console); None: not served.
     console_listen: str | None = None
+    # The console's address as browsers see it behind a TLS-terminating proxy (None: direct).
+    console_public_url: str | None = None
     # The CA that signed ``tls_cert``, which the console trusts on loopback (None: the
     # certificate itself, as for a self-signed one).
     tls_ca: Path | None = None
@@ -383,11 +385,18 @@ class ControlPlane:
             log.info("metrics on http://%s/metrics", self.metrics_address)
         if self.settings.console_listen:
             from sandboxd.console.server import ConsoleServer, ConsoleTarget
+            from sandboxd.console.stats import runner_stats
 
             # Over TLS by name: local certificates name "localhost", not the address.
             address = f"localhost:{self.port}" if self.tls else self.address
             target = ConsoleTarget(address, self.settings.tls_ca or self.settings.tls_cert)
-            self.console = ConsoleServer(self.settings.console_listen, target, self.identity)
+            self.console = ConsoleServer(
+                self.settings.console_listen,
+                target,
+                self.identity,
+                stats=runner_stats(self.registry),  # each sandbox's graphs, from its runner
+                public_url=self.settings.console_public_url,
+            )
             await self.console.start()
         # Sandboxes of runners that never come back still converge (their starts time out).
         self.reconcilers.kick_all()

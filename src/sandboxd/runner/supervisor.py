@@ -238,6 +238,8 @@ class SandboxSupervisor(SandboxTable):
                 result.state.CopyFrom(event)
             elif kind == "snapshot":
                 result.snapshot.sandboxes.extend(self.snapshot())
+            elif kind == "usage":
+                result.usage.CopyFrom(await self._usage(command.usage.sandbox_id))
             else:
                 raise CommandFailed(
                     failure(grpc.StatusCode.UNIMPLEMENTED, "", f"unknown command {kind!r}")
@@ -251,6 +253,22 @@ class SandboxSupervisor(SandboxTable):
             message = f"{kind} failed on the runner: {type(exc).__name__}: {exc}"
             result.failure.CopyFrom(failure(grpc.StatusCode.INTERNAL, "", message))
         await self._deliver(reply, runner_pb2.RunnerMessage(result=result))
+
+    async def _usage(self, sandbox_id: str) -> runner_pb2.SandboxUsage:
+        """A live sandbox's cgroup numbers; NOT_FOUND for one this runner does not run."""
+        sb = self._sandboxes.get(sandbox_id)
+        if sb is None or sb.phase not in LIVE:
+            why = f"sandbox {sandbox_id!r} is not running here"
+            raise CommandFailed(failure(grpc.StatusCode.NOT_FOUND, "", why))
+        stats = await self._backend.stats(sandbox_id)
+        return runner_pb2.SandboxUsage(
+            cpu_seconds=stats.cpu_seconds,
+            memory_bytes=stats.memory_bytes,
+            memory_peak_bytes=stats.memory_peak_bytes,
+            pids=stats.pids,
+            oom_kills=stats.oom_kills,
+            disk_bytes=stats.disk_bytes,
+        )
 
     async def _start(
         self, spec: runner_pb2.SandboxSpec, result: runner_pb2.CommandResult, generation: int
