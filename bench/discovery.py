@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cwsandbox._proto import discovery_pb2 as d
-from cwsandbox._proto import discovery_pb2_grpc
+from sandboxd_protocol.v1beta2 import discovery_pb2 as d
+from sandboxd_protocol.v1beta2 import discovery_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))

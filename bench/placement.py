@@ -32,13 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from cwsandbox._proto import gateway_pb2 as g
-from sandboxd._proto import runner_pb2
 from sandboxd.config import parse_config
 from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError, status_trailers
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
 BASELINES = ROOT / "baselines.json"
 TARGET_P50_MS = 2.0

@@ -14,7 +14,7 @@ import os
 
 import grpc
 
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
 
 
 def register_message(index: int, groups: int) -> runner_pb2.RunnerMessage:

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cwsandbox._proto import gateway_pb2 as gw
-from cwsandbox._proto import secrets_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import secrets_pb2
 
 __all__ = ["FileSystemSnapshotOptions", "Secret", "secret_stores", "snapshot_mount"]
 

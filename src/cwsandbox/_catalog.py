@@ -17,11 +17,11 @@ from cwsandbox._config import BASE_URL_ENV, Endpoint, resolve_endpoint
 from cwsandbox._defaults import SandboxDefaults, string_tuple
 from cwsandbox._operation import OperationRef
 from cwsandbox._pagination import Deadline, collect_pages_async
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._sandbox_state import SandboxState
 from cwsandbox._status import SandboxStatus
 from cwsandbox._transport import Transport
 from cwsandbox.exceptions import SandboxError, SandboxNotFoundError, SandboxTimeoutError
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = [
     "SandboxCatalogMixin",

@@ -24,9 +24,9 @@ from cwsandbox._channel import open_channel, unary_call
 from cwsandbox._config import Endpoint, resolve_endpoint
 from cwsandbox._error_mapping import discovery_error
 from cwsandbox._pagination import Deadline, collect_pages
-from cwsandbox._proto import discovery_pb2 as pb
 from cwsandbox._types import Profile, Runner
 from cwsandbox.exceptions import DiscoveryError
+from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
 
 __all__ = ["get_profile", "get_runner", "list_profiles", "list_runners"]
 

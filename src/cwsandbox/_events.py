@@ -19,7 +19,7 @@ import grpc
 from cwsandbox._channel import open_channel
 from cwsandbox._config import auth_metadata, resolve_endpoint
 from cwsandbox._error_mapping import sandbox_error
-from cwsandbox._proto import events_pb2
+from sandboxd_protocol.sandboxd_v1 import events_pb2
 
 __all__ = ["SandboxEvent", "iter_events"]
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
-from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox._transport import ExecCall, Transport
 from cwsandbox.exceptions import (
     SandboxExecutionError,
@@ -29,6 +28,7 @@ from cwsandbox.exceptions import (
     SandboxStreamTruncatedError,
     SandboxTimeoutError,
 )
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
 __all__ = [
     "DEADLINE_SLACK_SECONDS",

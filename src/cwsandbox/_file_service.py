@@ -25,8 +25,8 @@ import grpc
 import grpc.aio
 
 from cwsandbox._lifecycle import Lifecycle
-from cwsandbox._proto import files_pb2 as fp
 from cwsandbox.exceptions import SandboxFileError, SandboxRequestTimeoutError
+from sandboxd_protocol.sandboxd_v1 import files_pb2 as fp
 
 __all__ = ["Unsupported", "service_read", "service_write", "supported"]
 

@@ -30,9 +30,9 @@ from cwsandbox._file_stream import Sink
 from cwsandbox._file_stream import stream_read as exec_read
 from cwsandbox._file_stream import stream_write as exec_write
 from cwsandbox._lifecycle import Lifecycle
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._streams import StreamReader
 from cwsandbox.exceptions import SandboxFileError, SandboxResourceExhaustedError
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = [
     "CHUNK_BYTES",

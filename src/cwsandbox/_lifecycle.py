@@ -12,7 +12,6 @@ import time
 import uuid
 
 from cwsandbox._polling import Fetch, PollSettings, get_with_retry, poll
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._sandbox_state import SandboxState
 from cwsandbox._status import STARTUP_DONE, TERMINAL, SandboxStatus
 from cwsandbox._transport import Transport
@@ -25,6 +24,7 @@ from cwsandbox.exceptions import (
     SandboxTerminalStateUnavailableError,
     SandboxTerminatedError,
 )
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["Lifecycle"]
 

@@ -28,10 +28,10 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stub
 
 from cwsandbox._error_mapping import sandbox_error
 from cwsandbox._lifecycle import Lifecycle
-from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox._streams import StreamReader
 from cwsandbox._transport import LogsCall
 from cwsandbox.exceptions import SandboxError, SandboxFailedError, SandboxTerminatedError
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
 __all__ = ["LINE_LIMIT", "LogRequest", "run_logs"]
 

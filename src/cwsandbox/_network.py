@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from cwsandbox._proto import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["NetworkOptions"]
 

@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._status import SandboxStatus
 from cwsandbox.exceptions import (
     SandboxRequestTimeoutError,
@@ -32,6 +31,7 @@ from cwsandbox.exceptions import (
     SandboxTimeoutError,
     SandboxUnavailableError,
 )
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = [
     "HELD_GET_SECONDS",

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cwsandbox._proto import gateway_pb2 as gw
-from cwsandbox._quantity import QuantityError, parse_quantity
+from sandboxd_protocol.quantities import QuantityError, parse_quantity
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["ResourceOptions", "resource_messages"]
 

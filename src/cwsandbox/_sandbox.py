@@ -23,7 +23,6 @@ from cwsandbox._lifecycle import Lifecycle
 from cwsandbox._network import NetworkOptions
 from cwsandbox._operation import OperationRef
 from cwsandbox._polling import PollSettings
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import ResourceOptions
 from cwsandbox._sandbox_io import SandboxIOMixin
 from cwsandbox._sandbox_state import SandboxInfoMixin, SandboxState
@@ -32,6 +31,7 @@ from cwsandbox._spec import StartOptions, build_start_request
 from cwsandbox._status import SandboxStatus
 from cwsandbox._transport import Transport
 from cwsandbox.exceptions import CWSandboxError
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 if TYPE_CHECKING:
     from cwsandbox._session import Session

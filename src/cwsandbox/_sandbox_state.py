@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._status import SandboxStatus
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["SandboxInfoMixin", "SandboxState"]
 

@@ -24,9 +24,9 @@ from cwsandbox._catalog import endpoint_for
 from cwsandbox._config import Endpoint
 from cwsandbox._operation import OperationRef
 from cwsandbox._pagination import Deadline, collect_pages_async
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._transport import Transport
 from cwsandbox.exceptions import SandboxSnapshotError, SandboxTimeoutError, SnapshotNotFoundError
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = [
     "FileSystemSnapshot",

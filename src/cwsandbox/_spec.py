@@ -14,8 +14,8 @@ from typing import Any
 from cwsandbox._attachments import FileSystemSnapshotOptions, Secret, secret_stores, snapshot_mount
 from cwsandbox._defaults import SandboxDefaults, string_tuple
 from cwsandbox._network import NetworkOptions
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import ResourceOptions, resource_messages
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["StartOptions", "build_start_request"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
-from cwsandbox._proto import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 
 __all__ = ["STARTUP_DONE", "TERMINAL", "SandboxStatus"]
 

@@ -24,8 +24,8 @@ from google.protobuf.message import Message
 from cwsandbox import _shared_channels
 from cwsandbox._config import Endpoint, auth_metadata
 from cwsandbox._error_mapping import sandbox_error
-from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox.exceptions import SandboxTimeoutError
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
 __all__ = ["GATEWAY", "STREAMING", "ExecCall", "LogsCall", "Transport"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cwsandbox._format import format_bytes, format_cpu
-from cwsandbox._proto import discovery_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2
 
 __all__ = [
     "EgressMode",

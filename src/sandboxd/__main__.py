@@ -1,5 +1,5 @@
 """``python -m sandboxd`` runs the ``sandboxd`` command."""
 
-from sandboxd.cli import main
+from sandboxd.launcher import main
 
 main()

@@ -28,9 +28,14 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cwsandbox._channel import open_channel, unary_call
-from cwsandbox._config import API_KEY_ENV, BASE_URL_ENV, CA_FILE_ENV, resolve_endpoint
-from sandboxd._proto import admin_pb2
+from cwsandbox.connection import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    CA_FILE_ENV,
+    open_channel,
+    resolve_endpoint,
+    unary_call,
+)
 from sandboxd.controlplane.runner_lifecycle import MAX_DRAIN_SECONDS, MAX_GRACE_SECONDS
 from sandboxd.identity.keyformat import PUBLIC_ID_PATTERN
 from sandboxd.identity.model import (
@@ -41,6 +46,7 @@ from sandboxd.identity.model import (
     key_name_problem,
     organization_problem,
 )
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 
 SERVICE = "/sandboxd.admin.v1.AdminService/"
 _META = "sandboxd.admin.connection"

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from sandboxd._proto import admin_pb2
 from sandboxd.admin_cli import _call, _connection_options, _org, _print, _runner_id, _when
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 
 MAX_SANDBOX_ID = 64
 

@@ -12,8 +12,6 @@ import sys
 
 import click
 
-from cwsandbox._proto import secrets_pb2
-from sandboxd._proto import admin_pb2
 from sandboxd.admin_cli import (
     AdminError,
     _call,
@@ -27,6 +25,8 @@ from sandboxd.secrets.rules import (
     secret_name_problem,
     store_name_problem,
 )
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import secrets_pb2
 
 __all__ = ["secrets_group"]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import ScratchSpec
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import SandboxStartError
 from sandboxd.runner.scratch_transfers import ScratchTransfers
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 MiB = 1 << 20
 PLANT = (

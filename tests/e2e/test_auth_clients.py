@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.e2e.conftest import OUR_PYTHON, run_python
 from tests.support.processes import ControlPlaneProcess, child_env
 

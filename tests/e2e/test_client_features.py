@@ -34,7 +34,7 @@ from cwsandbox import (
     SandboxTerminatedError,
     Session,
 )
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.e2e.conftest import OUR_PYTHON, ROOT, Platform
 from tests.support.processes import keyed_channel
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import websockets
 
-from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2, gateway_pb2_grpc
 from tests.e2e.conftest import Platform
 from tests.support.console import Console, cookie_header, start_sandbox
 from tests.support.faults import wait_until

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.e2e.conftest import Platform
 from tests.support.console import Console
 from tests.support.processes import admin_call

@@ -23,10 +23,10 @@ import pytest
 
 from cwsandbox import Sandbox, SandboxNotFoundError
 from cwsandbox._events import iter_events
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2_grpc
-from cwsandbox._proto import streaming_pb2 as st
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc, streaming_pb2_grpc
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.e2e.conftest import Platform
 from tests.support.faults import wait_until
 from tests.support.processes import admin_call, keyed_channel

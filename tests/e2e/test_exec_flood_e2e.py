@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from sandboxd.images import ImageStore, build_python_image
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
 CAP = 8

@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from cwsandbox import Sandbox
-from cwsandbox._proto import files_pb2 as fp
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import files_pb2 as fp
 from tests.e2e.conftest import Platform
 from tests.support.processes import admin_call, keyed_channel
 

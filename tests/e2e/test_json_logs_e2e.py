@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from cwsandbox import Sandbox
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.e2e.conftest import Platform, start_platform
 from tests.support.faults import wait_until
 from tests.support.processes import admin_call

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from sandboxd.controlplane import limits as L
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from tests.e2e.test_bad_input import bystander, channel, fails, gateway, reason_of
 from tests.support.limit_cases import (
     ENV_OVER,

@@ -4,7 +4,7 @@ Why compare descriptors and not just call RPCs: a field the scenarios never use 
 be misnumbered or mistyped. The same summary (every message, nested message and enum:
 field numbers, names, types, repetition, message/enum type, oneof, presence; every service
 method with its types and streaming) is printed by the client's embedded descriptors in its
-own virtualenv and by ``sandboxd._proto_v1`` in ours, and they must be equal.
+own virtualenv and by ``sandboxd_protocol.v1`` in ours, and they must be equal.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def summary(python: str, package: str) -> dict[str, object]:
 
 def test_every_message_enum_and_rpc_matches_the_official_client() -> None:
     theirs = summary(str(official_python(OFFICIAL_V1_VERSION)), "cwsandbox._proto")
-    ours = summary(sys.executable, "sandboxd._proto_v1")
+    ours = summary(sys.executable, "sandboxd_protocol.v1")
     assert len(theirs) > 150  # 114 messages, 26 enums, 7 services (v1.md Appendix A)
     different = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
     assert different == []

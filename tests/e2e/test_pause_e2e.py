@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import streaming_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.e2e.conftest import Platform, run_python
 from tests.support.faults import error_reason, rpc_error, sandbox_pids, wait_until
 from tests.support.gateway import IDLE, Gateway

@@ -18,9 +18,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from tests.e2e.conftest import Platform, start_platform
 from tests.support.processes import admin_call, keyed_channel
 

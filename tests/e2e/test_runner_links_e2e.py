@@ -23,8 +23,8 @@ import grpc
 import pytest
 
 from cwsandbox import Sandbox, SandboxCommandTimeoutError, SandboxFileError
-from cwsandbox._proto import files_pb2 as fp
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import files_pb2 as fp
 from tests.support.faults import wait_until
 from tests.support.processes import Up, admin_call, all_in_one, keyed_channel
 

@@ -15,7 +15,7 @@ import grpc.aio
 import pytest
 
 from cwsandbox import Sandbox
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.e2e.conftest import Platform
 from tests.support.fake_runner import FakeRunner
 from tests.support.processes import admin_call

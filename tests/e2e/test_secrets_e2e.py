@@ -24,10 +24,10 @@ import grpc
 import pytest
 
 from cwsandbox import Sandbox, Secret
-from cwsandbox._proto import discovery_pb2 as d
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import secrets_pb2 as sp
-from sandboxd._proto import admin_pb2, runner_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2, runner_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2 as d
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 from tests.e2e.conftest import run_python
 from tests.support.processes import Up, admin_call, all_in_one, child_env, keyed_channel
 from tests.support.secret_api import (

@@ -86,7 +86,7 @@ def test_our_client_runs_the_same_script(platform: Platform) -> None:
 OUR_SCRIPT = r"""
 import json, grpc
 from cwsandbox import Sandbox, FileSystemSnapshotOptions
-from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
+from sandboxd_protocol.v1beta2 import gateway_pb2, gateway_pb2_grpc
 import os
 
 out = {}

@@ -23,9 +23,9 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
 from cwsandbox import Sandbox, SandboxNotFoundError
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import streaming_pb2 as st
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.e2e.conftest import Platform, run_python
 from tests.support.processes import admin_call, keyed_channel
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.e2e.conftest import Platform
 from tests.e2e.test_bad_input import reason_of
 from tests.support.faults import rpc_error

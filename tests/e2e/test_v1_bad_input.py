@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sandboxd._proto_v1 import discovery_pb2 as d
-from sandboxd._proto_v1 import sandbox_pb2 as v
+from sandboxd_protocol.v1 import discovery_pb2 as d
+from sandboxd_protocol.v1 import sandbox_pb2 as v
 from tests.e2e.conftest import Platform
 from tests.support.processes import keyed_channel
 from tests.support.v1_calls import (

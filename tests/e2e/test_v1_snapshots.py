@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sandboxd._proto import admin_pb2
-from sandboxd._proto_v1 import sandbox_pb2 as v
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1 import sandbox_pb2 as v
 from tests.e2e.conftest import Platform, run_python
 from tests.support.official import OFFICIAL_V1_VERSION, official_python
 from tests.support.processes import admin_call, keyed_channel
@@ -411,7 +411,7 @@ def test_snapshot_on_delete_over_raw_grpc(admin: grpc.Channel) -> None:
 
 
 def test_bucket_settings_over_raw_grpc(quiet_platform: Platform) -> None:
-    from sandboxd._proto_v1 import settings_pb2 as s
+    from sandboxd_protocol.v1 import settings_pb2 as s
 
     settings = s.DESCRIPTOR.services_by_name["SettingsService"]
     key = create_key(quiet_platform, "fss-settings")

@@ -20,9 +20,9 @@ import grpc
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
 
-from sandboxd._proto import admin_pb2
-from sandboxd._proto_v1 import discovery_pb2 as d
-from sandboxd._proto_v1 import sandbox_pb2 as v
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1 import discovery_pb2 as d
+from sandboxd_protocol.v1 import sandbox_pb2 as v
 from tests.e2e.conftest import Platform, run_python
 from tests.support.official import OFFICIAL_V1_VERSION, official_python
 from tests.support.processes import admin_call, keyed_channel

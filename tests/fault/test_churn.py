@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import (
     Cluster,
     HostInventory,

@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2 as g
 from sandboxd.runner.cluster_id import load_cluster_id
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import (
     RECOVERY,
     Cluster,

@@ -19,7 +19,7 @@ import time
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import (
     HEALTH_TIMEOUT,
     RECOVERY,

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import (
     RECOVERY,
     Cluster,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import RECOVERY, Cluster, sandbox_init, sandboxd_admin, wait_until
 
 REPORT_BOUND = 30.0  # the resumed runner creates the sandbox and reports it within this

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import secrets_pb2 as sp
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 from tests.support.faults import Cluster, prepare_image, wait_until
 from tests.support.hosts import HostNetwork
 from tests.support.secret_api import SecretsApi, encodings, marker

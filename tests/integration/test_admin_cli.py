@@ -11,8 +11,8 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
-from sandboxd._proto import admin_pb2
 from sandboxd.cli import main
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, child_env
 
 

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from cwsandbox._proto import gateway_pb2 as S
 from sandboxd.controlplane.sandbox_model import (
     Action,
     Desired,
@@ -34,6 +33,7 @@ from sandboxd.store import Store
 from sandboxd.store.base import Base
 from sandboxd.store.sandbox_store import ListQuery
 from sandboxd.store.schema import DatabaseProblem, head_revision
+from sandboxd_protocol.v1beta2 import gateway_pb2 as S
 from tests.support.postgres import PostgresServer
 from tests.support.processes import SANDBOXD, child_env, free_port
 

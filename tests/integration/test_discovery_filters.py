@@ -6,7 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import discovery_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2
 from tests.integration.conftest import Cluster
 
 FULL = discovery_pb2.RUNNER_VIEW_FULL

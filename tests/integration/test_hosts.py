@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
 from sandboxd.images import ImageStore, build_python_image
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.gateway import Gateway
 from tests.support.hosts import Cut, Host, HostNetwork
 from tests.support.processes import ControlPlaneProcess, DiscoveryClient, RunnerProcess

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.support.processes import ControlPlaneProcess, RunnerProcess, admin_call
 
 

@@ -22,7 +22,12 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
+from sandboxd_protocol.v1beta2 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    streaming_pb2,
+    streaming_pb2_grpc,
+)
 from tests.support.processes import SANDBOXD, Proc, child_env, free_port, keyed_channel, printed
 
 pytestmark = pytest.mark.e2e

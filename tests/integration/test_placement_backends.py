@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc
-from sandboxd._proto import runner_pb2
 from sandboxd.up import ensure_default_image
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc
 from tests.integration.test_placement_rejections import details
 from tests.support.fake_runner import FakeRunner
 from tests.support.processes import ControlPlaneProcess, RunnerProcess

@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc
 from tests.integration.conftest import Cluster
 
 

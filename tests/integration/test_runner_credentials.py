@@ -21,9 +21,9 @@ import grpc.aio
 import pytest
 from click.testing import CliRunner
 
-from cwsandbox._proto import gateway_pb2, streaming_pb2
-from sandboxd._proto import admin_pb2, runner_pb2
 from sandboxd.cli import main
+from sandboxd_protocol.sandboxd_v1 import admin_pb2, runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2, streaming_pb2
 from tests.support.fake_runner import FakeRunner, exec_exit, status_of
 from tests.support.faults import wait_until
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, RunnerProcess, child_env

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from cwsandbox._proto import secrets_pb2 as sp
 from sandboxd.secrets.rules import (
     MAX_SECRETS_PER_STORE,
     MAX_STORES_PER_ORGANIZATION,
     MAX_VALUE_BYTES,
 )
+from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 from tests.support.postgres import PostgresServer
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, child_env, free_port
 from tests.support.secret_api import SecretsApi, error_of, files_containing, marker, status_of

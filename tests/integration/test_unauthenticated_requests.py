@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2
-from sandboxd._proto import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2
 from tests.support.processes import ControlPlaneProcess, keyed_channel
 
 MIB = 1024 * 1024

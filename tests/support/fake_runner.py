@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 BIG = runner_pb2.Capabilities(
     cpu_millicores=512_000,

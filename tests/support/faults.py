@@ -30,8 +30,8 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import streaming_pb2
 from sandboxd.images import ImageStore, build_python_image
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.support.gateway import Gateway
 from tests.support.hosts import Host, HostNetwork
 from tests.support.processes import (

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc, streaming_pb2, streaming_pb2_grpc
 from tests.support.processes import ControlPlaneProcess
 
 # The command a long-lived test sandbox runs: it exits 0 on SIGTERM, so stops are quick.

@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from cwsandbox._proto import discovery_pb2, discovery_pb2_grpc
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2, discovery_pb2_grpc
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]
 ADMIN = "/sandboxd.admin.v1.AdminService/"

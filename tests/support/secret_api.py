@@ -12,8 +12,8 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import secrets_pb2 as sp
-from sandboxd._proto import admin_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
+from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 
 STORE_SERVICE = "/coreweave.sandbox.v1beta2.SecretStoreService/"
 ADMIN_SERVICE = "/sandboxd.admin.v1.AdminService/"

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from sandboxd._proto_v1 import discovery_pb2, sandbox_pb2
+from sandboxd_protocol.v1 import discovery_pb2, sandbox_pb2
 
 SANDBOXES = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"]
 DISCOVERY = discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"]

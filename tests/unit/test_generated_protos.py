@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cwsandbox._proto import discovery_pb2, gateway_pb2, streaming_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2, gateway_pb2, streaming_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ The full field-by-field comparison with the official 1.22.0 wheel's descriptors 
 
 from __future__ import annotations
 
-from sandboxd._proto_v1 import discovery_pb2, sandbox_pb2
+from sandboxd_protocol.v1 import discovery_pb2, sandbox_pb2
 
 
 def test_state_numbers_differ_from_v1beta2_where_the_spec_says() -> None:

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.config.overcommit import Overcommit, OvercommitOverride
 from sandboxd.config.quotas import QuotaConfig
+from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME_PATTERN)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cwsandbox._quantity import cpu_millicores, memory_bytes
 from sandboxd.config.models import ProfileSpec
+from sandboxd_protocol.quantities import cpu_millicores, memory_bytes
 
 # What a sandbox gets when neither the request nor the profile says (admin-model.md §2.3).
 DEFAULT_CPU_MILLICORES = 1000

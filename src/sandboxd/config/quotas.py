@@ -22,7 +22,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
+from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 
 _ORG_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 OrgName = Annotated[str, Field(pattern=_ORG_PATTERN)]

@@ -17,17 +17,15 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cwsandbox._proto import (
+from sandboxd_protocol.sandboxd_v1 import admin_pb2, admin_pb2_grpc, events_pb2, events_pb2_grpc
+from sandboxd_protocol.v1beta2 import (
     discovery_pb2,
     discovery_pb2_grpc,
-    events_pb2,
-    events_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     streaming_pb2,
     streaming_pb2_grpc,
 )
-from sandboxd._proto import admin_pb2, admin_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 30.0
 PAGE_SIZE = 100

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxStats
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["StatsSource", "runner_stats"]
 

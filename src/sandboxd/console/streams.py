@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cwsandbox._proto import streaming_pb2
 from sandboxd.console.platform import Platform
 from sandboxd.console.sessions import Session
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 MAX_STDIN_FRAME_BYTES = 64 * 1024
 MAX_TTY_SIDE = 1000

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sandboxd._proto import admin_pb2, admin_pb2_grpc
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, LiveRevision
@@ -27,6 +26,7 @@ from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.identity.model import ApiKeyInfo, JoinTokenInfo, Role, RunnerCredentialInfo
 from sandboxd.store.sandbox_store import Orphan
+from sandboxd_protocol.sandboxd_v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]

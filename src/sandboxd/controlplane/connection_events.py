@@ -14,11 +14,11 @@ import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.events import EventLog
 from sandboxd.controlplane.metrics import ControlPlaneMetrics
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.store.event_store import SandboxEvent
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["ConnectionEvents"]
 

@@ -14,7 +14,6 @@ from typing import TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import discovery_pb2, discovery_pb2_grpc
 from sandboxd.config import ResolvedProfile
 from sandboxd.controlplane.pagination import (
     decode_token,
@@ -27,6 +26,7 @@ from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
 from sandboxd.controlplane.warm_pools import pool_message
 from sandboxd.errors import ApiError, abort_with, invalid_argument, profile_not_found
 from sandboxd.errors import runner_not_found as runner_not_found_error
+from sandboxd_protocol.v1beta2 import discovery_pb2, discovery_pb2_grpc
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[object, object]

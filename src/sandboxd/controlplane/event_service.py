@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import events_pb2, events_pb2_grpc
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.events import EventLog
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.store.event_store import SandboxEvent
+from sandboxd_protocol.sandboxd_v1 import events_pb2, events_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PAGE = 500

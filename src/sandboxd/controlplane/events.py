@@ -37,13 +37,13 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from cwsandbox._proto import files_pb2
 from sandboxd.controlplane.caller import Caller, current_caller
 from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError
 from sandboxd.log_format import bind_sandbox
 from sandboxd.store.event_store import EventStore, SandboxEvent
+from sandboxd_protocol.sandboxd_v1 import files_pb2
 
 __all__ = ["EventLog", "EventsInterceptor"]
 

@@ -29,14 +29,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from cwsandbox._proto import files_pb2, files_pb2_grpc
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, check_file_path, file_too_large
 from sandboxd.controlplane.operations import Operation, Operations
 from sandboxd.controlplane.raw_frames import DOWN_DATA, UP_DATA, data_length, encode, payload
 from sandboxd.controlplane.runner_link import failure_error, runner_unavailable
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.errors import ApiError, abort_with, invalid_argument
+from sandboxd_protocol.sandboxd_v1 import files_pb2, files_pb2_grpc, runner_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_UNARY_FILE_BYTES = 32 * 1024 * 1024

@@ -17,7 +17,6 @@ import asyncio
 import logging
 from typing import Any
 
-from cwsandbox._proto import gateway_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
@@ -32,6 +31,7 @@ from sandboxd.snapshots.model import (
     SnapshotTrigger,
 )
 from sandboxd.snapshots.service import DEFAULT_WAIT_SECONDS, Snapshots
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 log = logging.getLogger(__name__)
 G = gateway_pb2

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2, gateway_pb2_grpc
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.lifecycle import Lifecycle
@@ -30,6 +29,7 @@ from sandboxd.controlplane.start_request import not_implemented, parse_start_req
 from sandboxd.controlplane.unary_exec import UnaryExec, parse_exec_request
 from sandboxd.controlplane.wire_time import timestamp_or_none as _timestamp
 from sandboxd.errors import ApiError, abort_with, invalid_argument
+from sandboxd_protocol.v1beta2 import gateway_pb2, gateway_pb2_grpc
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)

@@ -20,8 +20,6 @@ from dataclasses import replace
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.controlplane.placement import Placement, place
@@ -44,6 +42,8 @@ from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import scratch_volume
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 log = logging.getLogger(__name__)
 S = gateway_pb2

@@ -47,9 +47,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cwsandbox._proto import gateway_pb2, streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2, streaming_pb2
 
 __all__ = [
     "AGENT_MESSAGE_BYTES",

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import ConfigError, PlatformConfig, parse_config
 from sandboxd.config.loader import DEFAULT_CONFIG_NAME
 from sandboxd.controlplane.quotas import Quotas
@@ -41,6 +40,7 @@ from sandboxd.controlplane.warm_pools import warm_pool_specs
 from sandboxd.errors import invalid_argument
 from sandboxd.store.config_store import AppliedConfig, ConfigStore
 from sandboxd.store.schema import DatabaseProblem
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.pipe import Pipe
 from sandboxd.controlplane.raw_frames import UP_DATA, data_length
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import IdleStream, RunnerLink, runner_unavailable
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import logging
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.reconciler import STOP_MARGIN_SECONDS
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import ENDED, Desired, Observed, SandboxRecord
@@ -22,6 +21,7 @@ from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError, invalid_argument, not_found
 from sandboxd.identity.model import organization_problem
 from sandboxd.store.sandbox_store import Orphan
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ from dataclasses import replace
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_not_found
 from sandboxd.controlplane.runner_link import runner_unavailable
 from sandboxd.controlplane.sandbox_model import STARTED, Desired, Observed, SandboxRecord
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 S = gateway_pb2
 DEFAULT_WAIT_SECONDS = 30.0

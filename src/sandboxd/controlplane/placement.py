@@ -29,7 +29,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from cwsandbox._quantity import format_cpu, format_memory
 from sandboxd.config import ResolvedProfile
 from sandboxd.config.models import EgressConfig, EgressModeSpec, EgressType
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
@@ -37,6 +36,7 @@ from sandboxd.controlplane.rejections import Problem, Rejections
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument, profile_not_found
 from sandboxd.errors import runner_not_found as runner_not_found_error
+from sandboxd_protocol.quantities import format_cpu, format_memory
 
 DEFAULT_IMAGE = "python:3.11"
 IPNetwork = IPv4Network | IPv6Network

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from cwsandbox._quantity import format_cpu, format_memory
 from sandboxd.config.quotas import QuotaConfig, QuotaLimits
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError
+from sandboxd_protocol.quantities import format_cpu, format_memory
 
 RUNNING_SANDBOXES = "running_sandboxes"
 CPU = "cpu"

@@ -20,8 +20,7 @@ from typing import Any
 
 import grpc
 
-from cwsandbox._proto import files_pb2
-from sandboxd._proto import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import files_pb2, runner_pb2
 
 DOWN_DATA = 0x32
 """Tag byte of field 6, length-delimited: ``WriteFileRequest.data``, ``OperationDown.data``."""

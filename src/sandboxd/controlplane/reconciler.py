@@ -27,7 +27,6 @@ from typing import Any
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.sandbox_model import (
@@ -49,6 +48,7 @@ from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_backoff import blames_runner
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import Orphan
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 log = logging.getLogger(__name__)
 

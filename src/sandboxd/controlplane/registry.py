@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import PlatformConfig, ResolvedProfile, resolve_binding
 from sandboxd.config.models import RunnerConfig
 from sandboxd.config.overcommit import Overcommit
@@ -35,6 +34,7 @@ from sandboxd.controlplane.load_index import LoadIndex, LoadKey, load_key
 from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.start_backoff import StartRecord
 from sandboxd.store import RunnerRecord
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 Clock = Callable[[], float]
 _log = logging.getLogger(__name__)

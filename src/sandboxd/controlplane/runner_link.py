@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 COMMAND_TIMEOUT_SECONDS = 60.0
 IDLE_OPERATIONS = 4

@@ -31,7 +31,6 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller, current_runner
 from sandboxd.controlplane.connection_events import ConnectionEvents
 from sandboxd.controlplane.identity_service import IdentityService
@@ -48,6 +47,7 @@ from sandboxd.errors import (
     unauthenticated,
 )
 from sandboxd.identity.model import RUNNER_ID_PATTERN, RUNNER_ID_RULE
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from cwsandbox._proto import gateway_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.identity.model import ADMIN_ORG
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 S = gateway_pb2
 TERMINAL_STATUSES = frozenset(

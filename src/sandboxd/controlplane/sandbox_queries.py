@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cwsandbox._proto import gateway_pb2
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import (
@@ -23,6 +22,7 @@ from sandboxd.controlplane.pagination import (
 from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.store.sandbox_store import ListQuery
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 GET_LONG_POLL_SECONDS = 0.5
 S = gateway_pb2

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto import admin_pb2
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.secrets import Secrets
 from sandboxd.errors import ApiError
 from sandboxd.store.secret_store import SecretEntryInfo, SecretKey
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 
 __all__ = ["SecretAdmin", "entry_message"]
 

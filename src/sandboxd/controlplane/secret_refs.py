@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cwsandbox._proto import gateway_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.errors import invalid_argument
 from sandboxd.secrets.rules import (
     MAX_SECRETS_PER_START,
@@ -24,6 +22,8 @@ from sandboxd.secrets.rules import (
     store_name_problem,
 )
 from sandboxd.store.secret_store import SecretKey
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 __all__ = ["SecretUse", "parse_secret_stores", "references"]
 

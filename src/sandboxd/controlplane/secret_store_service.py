@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import secrets_pb2, secrets_pb2_grpc
 from sandboxd.controlplane.caller import Caller, current_caller
 from sandboxd.controlplane.pagination import (
     decode_token,
@@ -35,6 +34,7 @@ from sandboxd.controlplane.secrets import Secrets
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument, permission_denied
 from sandboxd.store.secret_store import SecretStoreInfo
+from sandboxd_protocol.v1beta2 import secrets_pb2, secrets_pb2_grpc
 
 __all__ = ["SecretStoreService", "require_admin", "store_message"]
 

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.sandbox_model import now
 from sandboxd.controlplane.secret_refs import SecretUse
 from sandboxd.controlplane.store_errors import DB_CALL_SECONDS, store_too_slow, store_unavailable
@@ -42,6 +41,7 @@ from sandboxd.store.secret_store import (
     StoreFull,
     StoreNameTaken,
 )
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["Secrets", "open_secrets", "secret_store_not_found"]
 

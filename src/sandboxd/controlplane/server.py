@@ -27,14 +27,6 @@ from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
-from cwsandbox._proto import (
-    discovery_pb2_grpc,
-    events_pb2_grpc,
-    gateway_pb2_grpc,
-    secrets_pb2_grpc,
-    streaming_pb2_grpc,
-)
-from sandboxd._proto import admin_pb2_grpc
 from sandboxd.config import PlatformConfig
 from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
@@ -77,6 +69,13 @@ from sandboxd.snapshots.content import ContentStore
 from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
+from sandboxd_protocol.sandboxd_v1 import admin_pb2_grpc, events_pb2_grpc
+from sandboxd_protocol.v1beta2 import (
+    discovery_pb2_grpc,
+    gateway_pb2_grpc,
+    secrets_pb2_grpc,
+    streaming_pb2_grpc,
+)
 
 if TYPE_CHECKING:
     from sandboxd.console.server import ConsoleServer

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2
-from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.controlplane.limits import check_start_request
 from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
+from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 MAX_LIFETIME_SECONDS = 30 * 24 * 3600  # the platform's hard cap (admin-model.md §4)
 

@@ -30,14 +30,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2, streaming_pb2, streaming_pb2_grpc
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_paused
 from sandboxd.controlplane.limits import check_exec_init
 from sandboxd.controlplane.operations import Operation, Operations
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2, streaming_pb2, streaming_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")

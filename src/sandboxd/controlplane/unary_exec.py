@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cwsandbox._proto import gateway_pb2, streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.limits import FieldNames, LimitExceeded, check_exec
 from sandboxd.controlplane.operations import Operation, Operations
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.errors import ApiError, invalid_argument
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2, streaming_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 300
 MAX_TIMEOUT_SECONDS = 3600

@@ -16,13 +16,13 @@ import logging
 from collections.abc import Iterable
 from typing import cast
 
-from cwsandbox._proto import discovery_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.config import ResolvedProfile
 from sandboxd.controlplane.lifecycle import build_spec
 from sandboxd.controlplane.placement import Placement, _fit_profile
 from sandboxd.controlplane.registry import RunnerState
 from sandboxd.controlplane.start_request import SandboxRequest
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2
 
 __all__ = ["DEFAULTS_REQUEST", "pool_message", "warm_pool_specs"]
 

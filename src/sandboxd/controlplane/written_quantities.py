@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cwsandbox._quantity import format_cpu, format_memory
+from sandboxd_protocol.quantities import format_cpu, format_memory
 
 __all__ = ["WrittenQuantities"]
 

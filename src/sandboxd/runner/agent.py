@@ -46,7 +46,6 @@ import grpc.aio
 from google.protobuf import timestamp_pb2
 
 import sandboxd
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
@@ -66,6 +65,7 @@ from sandboxd.runner.operations import DEFAULT_IDLE_OPERATIONS, OperationPool
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import ControlStream, RunnerChannel, bearer, open_channel
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend

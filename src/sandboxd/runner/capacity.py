@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.local.parent_cgroup import ParentLimits, allocatable
 from sandboxd.runner.fingerprint import host_cpu_millicores, host_memory_bytes
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["HostReserve", "allocatable_capabilities", "parent_limits"]
 

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 import click
 from prometheus_client import CollectorRegistry
 
-from sandboxd._proto import runner_pb2
 from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
@@ -50,6 +49,7 @@ from sandboxd.runner.settings import (
     RunnerSettings,
     default_state_dir,
 )
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Backend

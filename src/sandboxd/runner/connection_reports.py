@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend, ConnectionAttempt
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["forward_connection_attempts", "to_message"]
 

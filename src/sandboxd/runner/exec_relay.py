@@ -27,8 +27,6 @@ import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend, ExecSession
 from sandboxd.backends.errors import (
     BackendError,
@@ -38,6 +36,8 @@ from sandboxd.backends.errors import (
     SandboxNotRunning,
     SandboxPaused,
 )
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 __all__ = [
     "CALL_ERRORS",

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.errors import (
     BackendError,
     BackendUnavailable,
@@ -35,6 +34,7 @@ from sandboxd.backends.errors import (
 )
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec
 from sandboxd.runner.log_relay import refuse_logs
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = [
     "CommandFailed",

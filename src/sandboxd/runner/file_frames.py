@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.raw_frames import DOWN_DATA, UP_DATA, data_length, encode, payload
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["WriteCut", "data_frames", "send_data"]
 

@@ -17,9 +17,9 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner import cgroups
 from sandboxd.runner.gpus import discover_gpus
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 if TYPE_CHECKING:
     from sandboxd.backends.base import Fingerprint

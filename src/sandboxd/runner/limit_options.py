@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
 from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
+from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import logging
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, BackendUnavailable, SandboxNotFound
 from sandboxd.runner.exec_relay import CALL_ERRORS, END_OF_CALL_TIMEOUT, OperateCall, end_call
@@ -32,6 +30,8 @@ from sandboxd.runner.log_stream import (
     session_frames,
     tail_start,
 )
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 __all__ = ["refuse_logs", "relay_logs"]
 

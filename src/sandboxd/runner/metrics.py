@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxStats
 from sandboxd.runner.agent import RunnerAgent
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["RunnerCollector"]
 

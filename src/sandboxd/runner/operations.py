@@ -26,9 +26,9 @@ from typing import cast
 import grpc
 import grpc.aio
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.exec_relay import OperateCall
 from sandboxd.runner.stream import RunnerChannel, bearer, runner_stub
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["CONNECTION_HEADER", "DEFAULT_IDLE_OPERATIONS", "OperationPool", "Runner"]
 

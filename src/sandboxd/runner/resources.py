@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from sandboxd._proto import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.records import RunnerRecord
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["LIVE", "STARTING", "TERMINAL", "Sandbox", "describe_exit", "event_of"]
 

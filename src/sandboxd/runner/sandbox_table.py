@@ -25,13 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend
 from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.runner import failures
 from sandboxd.runner.records import RecordStore, RunnerRecord
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.sandbox_state import STARTING, TERMINAL, Sandbox, describe_exit, event_of
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["DEFAULT_RETAIN_EXITED_SECONDS", "LIFETIME_STOP_GRACE_SECONDS", "SandboxTable", "Send"]
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SANDBOX_ID_RE, Backend, ScratchSpec
 from sandboxd.backends.errors import BackendError, InvalidSpec
 from sandboxd.runner import failures
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call
 from sandboxd.runner.failures import CommandFailed, failure, from_backend_error
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["RESTORE_WAIT_SECONDS", "ScratchTransfers"]
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import (
     EgressType,
     IngressMode,
@@ -32,6 +31,7 @@ from sandboxd.backends.base import (
 from sandboxd.backends.errors import InvalidSpec
 from sandboxd.runner.failures import CommandFailed, failure, invalid_argument
 from sandboxd.runner.resources import Reservation
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = [
     "LIFETIME_BACKSTOP_SECONDS",

@@ -15,8 +15,8 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.runner.settings import ControlPlaneAddress
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
 
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 ConnectCall = grpc.aio.StreamStreamCall[runner_pb2.RunnerMessage, runner_pb2.ControlMessage]

@@ -36,7 +36,6 @@ from typing import Any
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend, SandboxSpec
 from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.controlplane.limits import (
@@ -70,6 +69,7 @@ from sandboxd.runner.spec_mapping import (
     to_backend_spec,
 )
 from sandboxd.runner.warm_pool import WarmPools
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["SandboxSupervisor", "Send"]
 

@@ -38,9 +38,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Backend, SandboxSpec
 from sandboxd.backends.errors import BackendError, SandboxExists
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["WarmPools", "match_key"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cwsandbox._quantity import QuantityError, memory_bytes
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import check_mount_path
 from sandboxd.backends.errors import InvalidSpec
 from sandboxd.errors import invalid_argument
+from sandboxd_protocol.quantities import QuantityError, memory_bytes
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 DEFAULT_SCRATCH_BYTES = 1 << 30
 """The size of a scratch file system whose request names none (the profile's ceiling if less)."""

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.operations import Operation, Operations
@@ -43,6 +42,7 @@ from sandboxd.snapshots.model import (
     new_snapshot_id,
 )
 from sandboxd.store.snapshot_store import SnapshotStore
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["DEFAULT_WAIT_SECONDS", "Snapshots", "fss_error", "max_archive_bytes"]
 

@@ -24,8 +24,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from cwsandbox._proto import discovery_pb2 as pb
-from cwsandbox._proto import discovery_pb2_grpc as pb_grpc
+from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
+from sandboxd_protocol.v1beta2 import discovery_pb2_grpc as pb_grpc
 
 GiB = 1024**3
 

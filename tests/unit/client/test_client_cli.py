@@ -9,9 +9,9 @@ import sys
 import pytest
 from click.testing import CliRunner, Result
 
-from cwsandbox._proto import discovery_pb2 as pb
 from cwsandbox.cli import _discovery as cli_discovery
 from cwsandbox.cli import cli
+from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
 from tests.unit.client.client_standin import StandIn
 
 

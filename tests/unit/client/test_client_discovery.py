@@ -22,7 +22,7 @@ from cwsandbox import (
     RunnerNotFoundError,
     _config,
 )
-from cwsandbox._proto import discovery_pb2 as pb
+from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
 from tests.unit.client.client_standin import StandIn, error_info, status_with_details
 
 GiB = 1024**3

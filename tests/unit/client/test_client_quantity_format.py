@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cwsandbox._quantity import format_cpu, format_memory, memory_bytes
+from sandboxd_protocol.quantities import format_cpu, format_memory, memory_bytes
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cwsandbox import EgressMode, Profile, Runner, RunnerResources, ServiceExposureMode, WarmPool
-from cwsandbox._proto import discovery_pb2 as pb
+from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
 from tests.unit.client.client_standin import PROFILES, RUNNERS
 
 

@@ -12,13 +12,13 @@ from typing import Any, cast
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.connection_events import MAX_PER_REPORT, MAX_RULE, ConnectionEvents
 from sandboxd.controlplane.events import EventLog
 from sandboxd.controlplane.metrics import ControlPlaneMetrics
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.store.event_store import SandboxEvent
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 
 class Records:

@@ -11,13 +11,13 @@ import json
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.local import protocol
 from sandboxd.controlplane import limits as L
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.support.limit_cases import (
     ENV_AT_PAYLOAD,
     ENV_OVER,

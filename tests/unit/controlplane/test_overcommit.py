@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cwsandbox._proto import discovery_pb2
-from cwsandbox._proto import gateway_pb2 as g
 from cwsandbox._types import RunnerResources
 from cwsandbox.cli._render import overcommit_text
-from sandboxd._proto import runner_pb2
 from sandboxd.config import ConfigError, load_config, parse_config
 from sandboxd.controlplane.discovery import DiscoveryService
 from sandboxd.controlplane.placement import place
@@ -16,6 +13,9 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError
 from sandboxd.runner.resources import InsufficientCapacityError, Reservation, ReservationLedger
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
 GIB = 1024**3
 MIB = 1024**2

@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from sandboxd._proto import runner_pb2
 from sandboxd.config import parse_config
 from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
 CONFIG = """
 profiles:

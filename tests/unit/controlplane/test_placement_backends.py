@@ -9,9 +9,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cwsandbox._proto import discovery_pb2
-from cwsandbox._proto import gateway_pb2 as g
-from sandboxd._proto import runner_pb2
 from sandboxd.config import parse_config
 from sandboxd.controlplane.backend_support import support_of
 from sandboxd.controlplane.discovery import DiscoveryService
@@ -21,6 +18,9 @@ from sandboxd.controlplane.rejections import MAX_LISTED_VIOLATIONS
 from sandboxd.controlplane.start_backoff import backoff_seconds, blames_runner
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError, status_trailers
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import discovery_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
 GIB = 1024**3
 CONFIG = """

@@ -12,9 +12,7 @@ import random
 
 import pytest
 
-import cwsandbox._quantity
-from cwsandbox._proto import gateway_pb2 as g
-from sandboxd._proto import runner_pb2
+import sandboxd_protocol.quantities
 from sandboxd.config import parse_config
 from sandboxd.controlplane import placement
 from sandboxd.controlplane.lifecycle import build_spec
@@ -22,6 +20,8 @@ from sandboxd.controlplane.placement import Placement, place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.start_request import SandboxRequest, parse_start_request
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
 GIB = 1024**3
 CONFIG = """
@@ -238,7 +238,7 @@ def test_no_quantity_is_parsed_per_start(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(value: object) -> None:
         raise AssertionError(f"quantity {value!r} parsed during placement")
 
-    monkeypatch.setattr(cwsandbox._quantity, "parse_quantity", refuse)
+    monkeypatch.setattr(sandboxd_protocol.quantities, "parse_quantity", refuse)
     for request in requests:
         try:
             chosen = place(registry, request)

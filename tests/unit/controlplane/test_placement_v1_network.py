@@ -11,12 +11,12 @@ import dataclasses
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import parse_config
 from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 CONFIG = """
 profiles:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cwsandbox._proto import files_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.raw_frames import DOWN_DATA, UP_DATA, data_length, encode, payload
+from sandboxd_protocol.sandboxd_v1 import files_pb2, runner_pb2
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 1 << 20, (4 << 20) + 1])

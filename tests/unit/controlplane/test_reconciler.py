@@ -20,7 +20,6 @@ import grpc
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane.lifecycle import want_deleted, want_stopped
 from sandboxd.controlplane.reconciler import Reconcilers
@@ -36,6 +35,7 @@ from sandboxd.controlplane.sandbox_model import (
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError
 from sandboxd.store import Store
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 SPEC = runner_pb2.SandboxSpec(sandbox_id="sb-1", image="python:3.11", command=["sleep", "1"])
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 
 class FakeClock:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import parse_config
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 CONFIG = """
 profiles:

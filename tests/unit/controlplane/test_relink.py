@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane import operations as ops_module
 from sandboxd.controlplane.operations import Operations
@@ -22,6 +20,8 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_link import IdleStream, RunnerLink
 from sandboxd.errors import ApiError
 from sandboxd.runner.recent_ids import RecentIds
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 
 def connect(registry: RunnerRegistry, runner_id: str = "r1") -> tuple[RunnerLink, int]:

@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane import caller
 from sandboxd.controlplane.caller import RunnerCaller
@@ -28,6 +27,7 @@ from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.runner_service import RunnerService
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.store import Store
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 
 async def runner_messages(stay: asyncio.Event) -> AsyncIterator[runner_pb2.RunnerMessage]:

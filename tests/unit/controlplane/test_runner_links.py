@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane.runner_service import CONNECTION_HEADER
 from sandboxd.controlplane.server import ControlPlane, ControlPlaneSettings
@@ -32,6 +31,7 @@ from sandboxd.runner import RunnerAgent, RunnerRejectedError
 from sandboxd.runner.credentials import load_credential, save_credential
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import bearer, open_channel, runner_stub
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 LINKS = ["grpc", "in-process"]
 RUNNER = "links-r1"

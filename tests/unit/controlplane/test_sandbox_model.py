@@ -13,7 +13,6 @@ from datetime import timedelta
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as S
 from sandboxd.controlplane.sandbox_model import (
     Action,
     Desired,
@@ -28,6 +27,7 @@ from sandboxd.controlplane.sandbox_model import (
     public_status,
     start_deadline,
 )
+from sandboxd_protocol.v1beta2 import gateway_pb2 as S
 
 
 def record(**fields: object) -> SandboxRecord:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as g
-from cwsandbox._proto import secrets_pb2 as sp
 from sandboxd.controlplane.secret_refs import references
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError
 from sandboxd.secrets.rules import MAX_SECRETS_PER_START, value_problem
 from sandboxd.store.secret_store import SecretKey
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 
 
 def request(*stores: sp.SecretStoreReference, **env: str) -> g.StartSandboxRequest:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cwsandbox._proto import gateway_pb2 as b
-from sandboxd._proto_v1 import sandbox_pb2 as v
 from sandboxd.controlplane.v1.create_request import parse_create
 from sandboxd.controlplane.v1.network import network_wish
 from sandboxd.controlplane.v1.states import status_of_state, v1_state
 from sandboxd.errors import ApiError
+from sandboxd_protocol.v1 import sandbox_pb2 as v
+from sandboxd_protocol.v1beta2 import gateway_pb2 as b
 
 
 def request(**spec: object) -> v.CreateSandboxRequest:

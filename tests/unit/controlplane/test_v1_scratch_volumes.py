@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxd._proto_v1 import sandbox_pb2 as v
 from sandboxd.controlplane.v1.create_request import parse_create
 from sandboxd.controlplane.v1.snapshots import snapshot_message
 from sandboxd.errors import ApiError
 from sandboxd.snapshots.model import SnapshotRecord, SnapshotStatus, SnapshotTrigger
 from sandboxd.snapshots.scratch_request import scratch_volume
+from sandboxd_protocol.v1 import sandbox_pb2 as v
 
 
 def create(volumes: list[v.SandboxVolume], mounts: list[v.VolumeMount]) -> v.CreateSandboxRequest:

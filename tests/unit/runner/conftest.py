@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
 from tests.unit.runner.exec_standin import bearer_of
 
 

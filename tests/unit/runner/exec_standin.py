@@ -25,13 +25,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2, runner_pb2_grpc
 from sandboxd.images import ImageStore
 from sandboxd.runner.exec_relay import OperateCall
 from sandboxd.runner.resources import Reservation, ReservationLedger
 from sandboxd.runner.stream import bearer
 from sandboxd.runner.supervisor import SandboxSupervisor
+from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.backend_standin import StandinBackend
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.controlplane.raw_frames import DOWN_DATA, UP_DATA, data_length, encode, payload
 from sandboxd.runner.file_frames import WriteCut, data_frames, send_data
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 EOF_: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 

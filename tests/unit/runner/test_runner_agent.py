@@ -18,13 +18,13 @@ import grpc
 import pytest
 
 import sandboxd
-from sandboxd._proto import runner_pb2
 from sandboxd.runner import Reservation, ReservationLedger, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.agent import NoCredentialError
 from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
 from sandboxd.runner.fingerprint import NOT_CONFIGURED
 from sandboxd.runner.identity import RUNNER_ID_FILE
 from sandboxd.runner.settings import RunnerSettings
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.conftest import task_stacks
 
 CAPS = runner_pb2.Capabilities(

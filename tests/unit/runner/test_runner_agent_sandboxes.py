@@ -11,13 +11,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.runner import RunnerAgent
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import Reservation
 from sandboxd.runner.settings import RunnerSettings
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.backend_standin import StandinBackend
 from tests.unit.runner.exec_standin import ExecStandin, image_store, spec
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import Fingerprint
 from sandboxd.backends.local.fingerprint import probe
 from sandboxd.runner import RunnerAgent, cli
@@ -27,6 +26,7 @@ from sandboxd.runner.fingerprint import (
     unavailable_backend,
 )
 from sandboxd.runner.settings import RunnerSettings
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.backend_standin import StandinBackend
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.local.parent_cgroup import ParentLimits
 from sandboxd.runner.capacity import HostReserve, allocatable_capabilities, parent_limits
 from sandboxd.runner.cli import runner_command
 from sandboxd.runner.fingerprint import fingerprint, host_cpu_millicores, host_memory_bytes
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.test_runner_fingerprint import build_host
 
 GiB = 1 << 30

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.cli import EXIT_REJECTED, runner_command
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 LAUNCH = "from sandboxd.runner.cli import runner_command; runner_command()"
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.cli import runner_command
 from sandboxd.runner.egress import ControlPlaneAddresses
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
 
 

@@ -13,8 +13,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
 
 STDOUT = streaming_pb2.ExecStreamOutput.STREAM_TYPE_STDOUT

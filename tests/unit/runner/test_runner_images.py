@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.config import load_config
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.runner.images import ImageList
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.backend_standin import StandinBackend
 from tests.unit.runner.exec_standin import image_store
 from tests.unit.runner.test_runner_agent_sandboxes import make_agent, run_agent

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.errors import BackendError
 from sandboxd.images import ImageError, ImageStore, build_busybox_image
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.supervisor import SandboxSupervisor
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.exec_standin import CAPACITY, ExecStandin, Outbox, Rig, spec, start
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto import runner_pb2
 from sandboxd.runner.failures import refuse_operation
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.exec_standin import ExecStandin, Rig, run_rig, spec, start, stop
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.runner import InsufficientCapacityError, Reservation, ReservationLedger
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 CAPACITY = Reservation(cpu_millicores=4000, memory_bytes=8 << 30, gpu_count=2)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import EgressType, IngressMode, PublishedPort
 from sandboxd.runner.resources import Reservation
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start, stop
 
 RUNNING = runner_pb2.SANDBOX_PHASE_RUNNING

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd._proto import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start, stop
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.runner.resources import Reservation, ReservationLedger
 from sandboxd.runner.supervisor import SandboxSupervisor
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.backend_standin import StandinBackend
 from tests.unit.runner.exec_standin import CAPACITY, Outbox, Rig, image_store, run_rig, spec, start
 

@@ -15,12 +15,12 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.backends.errors import SandboxStartError
 from sandboxd.config.loader import ConfigError, parse_config, resolve_binding
 from sandboxd.controlplane.warm_pools import warm_pool_specs
 from sandboxd.runner import warm_pool
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from tests.unit.runner.backend_standin import StandinBackend, StandinSandbox
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
 

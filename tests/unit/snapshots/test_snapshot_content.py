@@ -16,7 +16,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from sandboxd._proto import runner_pb2
 from sandboxd.backends.base import BackendConfig
 from sandboxd.backends.local import LocalBackend
 from sandboxd.errors import ApiError
@@ -24,6 +23,7 @@ from sandboxd.runner.failures import CommandFailed
 from sandboxd.runner.scratch_transfers import ScratchTransfers
 from sandboxd.snapshots.content import ArchiveTooLarge, ContentStore, check_bucket
 from sandboxd.snapshots.model import MANAGED_BUCKET
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 
 async def frames(*chunks: bytes) -> AsyncIterator[bytes]:

@@ -7,5 +7,5 @@ translate v1 messages onto the protocol-neutral plumbing the v1beta2 gateway use
 :class:`~sandboxd.controlplane.files.Files`, the streaming relay) and back, and keep only
 what v1 adds: each sandbox's echoed spec and create request id
 (:mod:`sandboxd.store.v1_resources`). The generated v1 code is imported only from these
-modules (``sandboxd._proto_v1``).
+modules (``sandboxd_protocol.v1``).
 """

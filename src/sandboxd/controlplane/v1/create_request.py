@@ -26,8 +26,6 @@ from google.protobuf.internal.containers import (
 )
 from google.protobuf.message import Message
 
-from cwsandbox._quantity import QuantityError, cpu_millicores, memory_bytes
-from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.controlplane.limits import (
     MAX_ANNOTATION_BYTES,
     MAX_ANNOTATIONS,
@@ -50,6 +48,8 @@ from sandboxd.controlplane.start_request import (
 from sandboxd.controlplane.v1.network import network_wish
 from sandboxd.controlplane.v1.scratch_volumes import scratch_request
 from sandboxd.errors import invalid_argument
+from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
+from sandboxd_protocol.v1 import sandbox_pb2
 
 V = sandbox_pb2
 C = "spec.containers[0]"

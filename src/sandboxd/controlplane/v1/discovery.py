@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sandboxd._proto_v1 import discovery_pb2, discovery_pb2_grpc, sandbox_pb2
 from sandboxd.config.models import IngressType
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.discovery import runner_matches
@@ -30,6 +29,7 @@ from sandboxd.controlplane.pagination import (
 )
 from sandboxd.controlplane.registry import RunnerRegistry, RunnerState
 from sandboxd.errors import ApiError, abort_with, invalid_argument, runner_not_found
+from sandboxd_protocol.v1 import discovery_pb2, discovery_pb2_grpc, sandbox_pb2
 
 D = discovery_pb2
 V = sandbox_pb2

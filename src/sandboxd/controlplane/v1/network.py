@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_network
 
-from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.config.models import EgressType, IngressType
 from sandboxd.controlplane.limits import MAX_EXPOSED_PORTS
 from sandboxd.errors import invalid_argument
+from sandboxd_protocol.v1 import sandbox_pb2
 
 V = sandbox_pb2
 MAX_EGRESS_RULES = 64

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from sandboxd._proto import runner_pb2
-from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.v1.network import effective_egress
 from sandboxd.controlplane.v1.states import v1_state
 from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.store.v1_resources import V1Resource
+from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.v1 import sandbox_pb2
 
 V = sandbox_pb2
 MAIN_CONTAINER = "main"

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sandboxd._proto_v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle, check_file_path, want_stopped
@@ -40,6 +39,7 @@ from sandboxd.controlplane.v1.streams import V1Streams, check_container
 from sandboxd.controlplane.v1.unimplemented import unimplemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.store.v1_resources import RequestIdTaken, V1Resource
+from sandboxd_protocol.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 R = TypeVar("R")
 V = sandbox_pb2

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 
-from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import invalid_argument
 from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
+from sandboxd_protocol.v1 import sandbox_pb2
 
 V = sandbox_pb2
 VOLUME_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

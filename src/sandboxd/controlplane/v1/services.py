@@ -10,13 +10,6 @@ from __future__ import annotations
 
 import grpc
 
-from sandboxd._proto_v1 import (
-    discovery_pb2_grpc,
-    sandbox_pb2_grpc,
-    settings_pb2,
-    settings_pb2_grpc,
-    volume_pb2_grpc,
-)
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.operations import Operations
@@ -30,6 +23,13 @@ from sandboxd.controlplane.v1.streams import V1Streams
 from sandboxd.controlplane.v1.unimplemented import Context, unimplemented
 from sandboxd.errors import ApiError, abort_with
 from sandboxd.snapshots.service import Snapshots
+from sandboxd_protocol.v1 import (
+    discovery_pb2_grpc,
+    sandbox_pb2_grpc,
+    settings_pb2,
+    settings_pb2_grpc,
+    volume_pb2_grpc,
+)
 
 VOLUMES = "registered volumes"
 SETTINGS = "platform settings"

@@ -20,7 +20,6 @@ import logging
 
 import grpc
 
-from sandboxd._proto_v1 import sandbox_pb2, settings_pb2
 from sandboxd.controlplane.lifecycle import Lifecycle, want_stopped
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
@@ -35,6 +34,7 @@ from sandboxd.snapshots.model import (
     SnapshotTrigger,
 )
 from sandboxd.snapshots.service import DEFAULT_WAIT_SECONDS, Snapshots, fss_error, scratch_of
+from sandboxd_protocol.v1 import sandbox_pb2, settings_pb2
 
 log = logging.getLogger(__name__)
 V = sandbox_pb2

@@ -7,8 +7,8 @@ PREPARING 9). Every state that crosses the v1 API goes through here, both ways.
 
 from __future__ import annotations
 
-from cwsandbox._proto import gateway_pb2
-from sandboxd._proto_v1 import sandbox_pb2
+from sandboxd_protocol.v1 import sandbox_pb2
+from sandboxd_protocol.v1beta2 import gateway_pb2
 
 B = gateway_pb2
 V = sandbox_pb2

@@ -20,10 +20,10 @@ from typing import Any
 
 import grpc
 
-from cwsandbox._proto import streaming_pb2
-from sandboxd._proto_v1 import sandbox_pb2
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.errors import ApiError, abort_with, invalid_argument
+from sandboxd_protocol.v1 import sandbox_pb2
+from sandboxd_protocol.v1beta2 import streaming_pb2
 
 B = streaming_pb2
 V = sandbox_pb2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cwsandbox._file_stream import READ_SCRIPT, WRITE_SCRIPT
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.gateway_standin import (
     READY,
     StandInGateway,

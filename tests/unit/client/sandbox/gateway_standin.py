@@ -22,11 +22,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from cwsandbox._proto import discovery_pb2_grpc as disc_grpc
-from cwsandbox._proto import gateway_pb2 as gw
-from cwsandbox._proto import gateway_pb2_grpc as gw_grpc
-from cwsandbox._proto import streaming_pb2 as st
-from cwsandbox._proto import streaming_pb2_grpc as st_grpc
+from sandboxd_protocol.v1beta2 import discovery_pb2_grpc as disc_grpc
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc as gw_grpc
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2_grpc as st_grpc
 from tests.unit.client.client_standin import (
     StandInDiscovery,
     abort,

@@ -17,12 +17,12 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from cwsandbox._proto import gateway_pb2 as gw
-from cwsandbox._proto import streaming_pb2 as st
 from cwsandbox.cli import cli
 from cwsandbox.cli._cp import Location, parse_location
 from cwsandbox.cli._logs import parse_since
 from cwsandbox.cli._render_sandboxes import age
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.exec_emulation import emulate
 from tests.unit.client.sandbox.gateway_standin import READY, Gateway, exit_frame, out
 

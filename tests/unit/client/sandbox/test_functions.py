@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cwsandbox import AsyncFunctionError, FunctionError, RemoteFunction, SandboxDefaults, Session
-from cwsandbox._proto import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from tests.unit.client.sandbox.exec_emulation import FileSystem, emulate
 from tests.unit.client.sandbox.gateway_standin import Gateway
 

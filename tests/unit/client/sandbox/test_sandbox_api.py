@@ -28,8 +28,8 @@ from cwsandbox import (
     Session,
 )
 from cwsandbox._operation import done_ref
-from cwsandbox._proto import gateway_pb2 as gw
 from cwsandbox._resources import resource_messages
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from tests.support.official import official_python
 from tests.unit.client.sandbox.gateway_standin import Gateway
 

@@ -29,8 +29,8 @@ from cwsandbox import (
     SandboxStreamTruncatedError,
     SandboxTimeoutError,
 )
-from cwsandbox._proto import gateway_pb2 as gw
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.gateway_standin import Gateway, exit_frame, failure, out
 
 READY = st.ExecStreamResponse(ready=st.StreamingExecReady(session_id="s"))

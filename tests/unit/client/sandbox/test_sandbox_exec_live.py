@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cwsandbox import Sandbox, SandboxCommandTimeoutError
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.gateway_standin import READY, Gateway, exit_frame, out
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import cwsandbox._logs
 from cwsandbox import Sandbox, SandboxError, SandboxNotFoundError, SandboxNotRunningError
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.gateway_standin import Gateway, failure
 
 

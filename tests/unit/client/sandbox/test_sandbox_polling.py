@@ -23,7 +23,7 @@ from cwsandbox import (
     SandboxUnavailableError,
 )
 from cwsandbox._polling import backoff_delays
-from cwsandbox._proto import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from tests.unit.client.client_standin import error_info, retry_info, status_with_details
 from tests.unit.client.sandbox.gateway_standin import Gateway, failure
 

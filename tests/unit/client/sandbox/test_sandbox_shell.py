@@ -21,7 +21,7 @@ from cwsandbox import (
     TerminalResult,
     TerminalSession,
 )
-from cwsandbox._proto import streaming_pb2 as st
+from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from tests.unit.client.sandbox.gateway_standin import READY, Gateway, exit_frame, out
 
 

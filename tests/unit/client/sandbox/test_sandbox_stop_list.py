@@ -19,7 +19,7 @@ from cwsandbox import (
     SandboxTerminalStateUnavailableError,
     SandboxTerminatedError,
 )
-from cwsandbox._proto import gateway_pb2 as gw
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from tests.unit.client.sandbox.gateway_standin import Gateway, failure
 
 S = gw.SandboxStatus

@@ -15,8 +15,8 @@ import pytest
 
 from cwsandbox import Sandbox, _loop, _shared_channels
 from cwsandbox._config import resolve_endpoint
-from cwsandbox._proto import gateway_pb2_grpc as gw_grpc
-from cwsandbox._proto import streaming_pb2_grpc as st_grpc
+from sandboxd_protocol.v1beta2 import gateway_pb2_grpc as gw_grpc
+from sandboxd_protocol.v1beta2 import streaming_pb2_grpc as st_grpc
 from tests.unit.client.sandbox.gateway_standin import Gateway, StandInGateway, start_gateway
 
 
