@@ -29,6 +29,7 @@ from sandboxd_protocol.v1beta2 import discovery_pb2 as d
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
 from tests.e2e.conftest import run_python
+from tests.support.official import OFFICIAL_V1_VERSION, official_python
 from tests.support.processes import Up, admin_call, all_in_one, child_env, keyed_channel
 from tests.support.secret_api import (
     SecretsApi,
@@ -189,6 +190,40 @@ def test_the_official_client_injects_secrets(world: World, official: Path) -> No
     lines = _env_lines(out["env"])
     assert f"API_TOKEN={world.token.decode()}" in lines
     assert f"DBPW={world.password.decode()}" in lines
+
+
+V1_SCRIPT = r"""
+import json
+from cwsandbox import Sandbox, Secret
+sb = Sandbox.run(secrets=[Secret(store="main", name="API_TOKEN"),
+                          Secret(store="main", name="db", field="password", env_var="DBPW")])
+sb.wait()
+out = {"id": sb.sandbox_id, "env": sb.exec(["env"]).result().stdout}
+try:
+    Sandbox.run(secrets=[Secret(store="vault", name="API_TOKEN")]).wait()
+except Exception as error:  # globex's store: refused like a missing one
+    out["refused"] = f"{type(error).__name__}: {error}"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.official
+def test_the_official_v1_client_injects_secrets_and_is_refused_foreign_ones(world: World) -> None:
+    """1.22.0 sends them as ``spec.containers[0].secret_stores`` (coreweave.sandbox.v1)."""
+    out = json.loads(
+        run_python(
+            official_python(OFFICIAL_V1_VERSION),
+            V1_SCRIPT,
+            child_env(CWSANDBOX_BASE_URL=world.up.base_url, CWSANDBOX_API_KEY=world.acme_member),
+        )
+    )
+    world.sandboxes.append(out["id"])
+    lines = _env_lines(out["env"])
+    assert f"API_TOKEN={world.token.decode()}" in lines
+    assert f"DBPW={world.password.decode()}" in lines
+    assert not any(world.theirs.decode() in line for line in lines)
+    assert "spec.containers[0].secret_stores[0].store_name" in out["refused"], out["refused"]
+    assert world.theirs.decode() not in out["refused"]
 
 
 def _start_refusal(

@@ -165,16 +165,22 @@ INVALID: dict[str, tuple[Mutation, str]] = {
         "spec.volumes[0]",
     ),
     "long request id": (lambda r: setattr(r, "request_id", "x" * 200), "request_id"),
+    "secret store naming no secret": (
+        lambda r: _container(r).secret_stores.append(v.SecretStoreReference(store_name="s")),
+        "spec.containers[0].secret_stores[0].secrets",
+    ),
+    "secret store with a bad name": (
+        lambda r: _container(r).secret_stores.append(
+            v.SecretStoreReference(store_name="../s", secrets=[v.SecretMapping(path="A")])
+        ),
+        "spec.containers[0].secret_stores[0].store_name",
+    ),
 }
 
 UNOFFERED: dict[str, tuple[Mutation, str]] = {
     "registered volumes": (
         lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
         "spec.volumes[0].volume_id",
-    ),
-    "secrets": (
-        lambda r: _container(r).secret_stores.append(v.SecretStoreReference(store_name="s")),
-        "spec.containers[0].secret_stores",
     ),
     "working dir": (_set("container.working_dir", "/work"), "spec.containers[0].working_dir"),
     "runtime class": (_set("runtime_class", "gvisor"), "spec.runtime_class"),

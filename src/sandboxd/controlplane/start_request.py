@@ -217,7 +217,7 @@ def parse_start_request(request: gateway_pb2.StartSandboxRequest) -> SandboxRequ
         exposed_ports=_ports(request),
         mounted_files=_mounted_files(request),
         max_lifetime_seconds=request.max_lifetime_seconds or None,
-        secrets=parse_secret_stores(request, environment),
+        secrets=parse_secret_stores(request.secret_stores, environment),
         written=written,
         scratch=_file_system(request),
     )

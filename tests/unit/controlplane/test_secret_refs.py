@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sandboxd.controlplane.secret_refs import references
@@ -88,3 +90,33 @@ def test_value_problems_never_quote_the_value() -> None:
         assert problem is not None and "sekrit" not in problem
     assert value_problem(b"") is None
     assert value_problem("pässwörd".encode()) is None
+
+
+def v1_create(*stores: tuple[str, tuple[str, str, str]], **env: str) -> Any:
+    from sandboxd_protocol.v1 import sandbox_pb2 as v1
+
+    container = v1.Container(image="python:3.11", command="/bin/true", environment_variables=env)
+    for store, (path, field, env_var) in stores:
+        mapping = v1.SecretMapping(path=path, field=field, env_var=env_var)
+        container.secret_stores.append(v1.SecretStoreReference(store_name=store, secrets=[mapping]))
+    spec = v1.SandboxSpec(containers=[container])
+    return v1.CreateSandboxRequest(sandbox=v1.Sandbox(spec=spec))
+
+
+def test_v1_container_secret_stores_are_the_same_references_named_in_v1_terms() -> None:
+    from sandboxd.controlplane.v1.create_request import parse_create
+
+    plan = parse_create(v1_create(("main", ("db", "password", "DB_PASSWORD"))))
+    (use,) = plan.request.secrets
+    assert (use.key, use.env_var) == (SecretKey("main", "db", "password"), "DB_PASSWORD")
+    assert use.field_path == "spec.containers[0].secret_stores[0].secrets[0]"
+    at = "spec.containers[0].secret_stores"
+    for request, field in (
+        (v1_create(("Bad Store", ("a", "", "A"))), f"{at}[0].store_name"),
+        (v1_create(("main", ("../x", "", "A"))), f"{at}[0].secrets[0].path"),
+        (v1_create(("main", ("a", "", "HOME")), HOME="x"), f"{at}[0].secrets[0].env_var"),
+        (v1_create(("main", ("a", "", "T")), ("b", ("c", "", "T"))), f"{at}[1].secrets[0].env_var"),
+    ):
+        with pytest.raises(ApiError) as caught:
+            parse_create(request)
+        assert caught.value.metadata["field"] == field, caught.value.message

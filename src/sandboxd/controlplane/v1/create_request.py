@@ -6,11 +6,13 @@ the v1beta2 Start does (``start_request.py``), and the scheduler then sees the s
 request whichever protocol asked.
 
 The v1 resource model on ours: one container per sandbox (its command, args, image, env,
-files and resources); tags, lifetime, network and services from the spec; ``mode`` and
-``runner_ids`` choose the runners, each placing with its default profile. What we do not
+secrets, files and resources); tags, lifetime, network and services from the spec; ``mode``
+and ``runner_ids`` choose the runners, each placing with its default profile. The
+container's ``secret_stores`` are the v1beta2 ``secret_stores`` (same references, same
+stores, injected the same way: :mod:`sandboxd.controlplane.secret_refs`). What we do not
 offer yet answers UNIMPLEMENTED with reason ``CWSANDBOX_NOT_IMPLEMENTED`` naming the field
-(registered volumes, secrets, pull credentials, security contexts, probes, runtime classes,
-object storage are not offered). One scratch volume with its mount becomes the request's
+(registered volumes, pull credentials, security contexts, probes, runtime classes, object
+storage are not offered). One scratch volume with its mount becomes the request's
 scratch file system (:mod:`.scratch_volumes`).
 """
 
@@ -40,6 +42,7 @@ from sandboxd.controlplane.limits import (
     _check_map_total,
     check_start,
 )
+from sandboxd.controlplane.secret_refs import parse_secret_stores
 from sandboxd.controlplane.start_request import (
     MAX_LIFETIME_SECONDS,
     SandboxRequest,
@@ -166,7 +169,6 @@ def _container(spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.Container:
     _unoffered(
         container,
         [
-            ("secret_stores", "secret stores"),
             ("image_pull_credentials", "image pull credentials"),
             ("security_context", "security contexts"),
             ("startup_probe", "startup probes"),
@@ -296,6 +298,7 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
         egress_cidrs=wish.egress_cidrs,
         ingress_type=wish.ingress_type,
         scratch=scratch,
+        secrets=parse_secret_stores(container.secret_stores, environment, f"{C}.secret_stores"),
     )
     return CreatePlan(
         request=sandbox_request,
