@@ -20,6 +20,7 @@ from typing import Any
 from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
+from sandboxd.controlplane.snapshot_stops import remember_grace
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import invalid_argument
@@ -164,6 +165,7 @@ class FssGateway:
     ) -> gateway_pb2.StopSandboxResponse:
         """Snapshot, then stop; with ``wait_for_ready`` both before answering."""
         sandbox = await self._lifecycle.record(request.sandbox_id)
+        await remember_grace(self._lifecycle.records, sandbox.sandbox_id, grace_seconds)
         record = await self.snapshots.create(sandbox, SnapshotTrigger.STOP, request.idempotency_key)
         timeout = float(request.max_timeout_seconds or DEFAULT_WAIT_SECONDS)
         if request.HasField("wait_for_ready") and not request.wait_for_ready:

@@ -59,6 +59,7 @@ from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.secret_store_service import SecretStoreService
 from sandboxd.controlplane.secrets import open_secrets
+from sandboxd.controlplane.snapshot_stops import stop_after_lost_snapshots
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
@@ -285,7 +286,9 @@ class ControlPlane:
             )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
-            await self.snapshots.fail_unfinished()
+            # A stop that waited for one of them happens now (snapshot_stops.py).
+            failed = await self.snapshots.fail_unfinished()
+            await stop_after_lost_snapshots(self.sandboxes, failed)
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise

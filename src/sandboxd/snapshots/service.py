@@ -112,7 +112,7 @@ class Snapshots:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def fail_unfinished(self) -> int:
+    async def fail_unfinished(self) -> list[SnapshotRecord]:
         """At start-up: snapshots left CREATING by a previous control plane are FAILED."""
         return await self._db(
             self._store.fail_unfinished, "the control plane restarted while it was created"

@@ -169,16 +169,27 @@ class SnapshotStore:
                 .values(status=status.value, updated_at=now())
             )
 
-    def fail_unfinished(self, reason: str) -> int:
-        """Mark every CREATING snapshot FAILED (nobody is creating it after a restart)."""
+    def fail_unfinished(self, reason: str) -> list[SnapshotRecord]:
+        """Mark every CREATING snapshot FAILED (nobody is creating it after a restart).
+
+        Returns them as they are now, so the caller can finish what each was taken for (a
+        snapshot on stop: the stop).
+        """
         at = now()
         with Session(self._engine) as session, session.begin():
-            result = session.execute(
-                update(SnapshotRow)
-                .where(SnapshotRow.status == SnapshotStatus.CREATING.value)
-                .values(status=SnapshotStatus.FAILED.value, status_reason=reason, updated_at=at)
+            rows = list(
+                session.scalars(
+                    select(SnapshotRow)
+                    .where(SnapshotRow.status == SnapshotStatus.CREATING.value)
+                    .with_for_update()
+                )
             )
-            return int(getattr(result, "rowcount", 0) or 0)
+            for row in rows:
+                row.status, row.status_reason, row.updated_at = (
+                    SnapshotStatus.FAILED.value, reason, at,
+                )  # fmt: skip
+            session.flush()
+            return [_record(row) for row in rows]
 
     def remove(self, snapshot_id: str) -> None:
         """Forget the snapshot (its content is gone)."""

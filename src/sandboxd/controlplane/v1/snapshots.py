@@ -23,6 +23,7 @@ import grpc
 from sandboxd.controlplane.lifecycle import Lifecycle, want_stopped
 from sandboxd.controlplane.pagination import decode_token, encode_token, page_size_of, take_page
 from sandboxd.controlplane.sandbox_model import SandboxRecord
+from sandboxd.controlplane.snapshot_stops import remember_grace
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.controlplane.wire_time import timestamp_or_none as _stamp
 from sandboxd.errors import ApiError, invalid_argument
@@ -192,6 +193,8 @@ class V1Snapshots:
                     f"the sandbox has no scratch volume {wanted[:80]!r} (its scratch volume "
                     f"is {name!r})",
                 )
+        grace = request.grace_period_seconds
+        await remember_grace(self._lifecycle.records, sandbox.sandbox_id, grace)
         record = await self.snapshots.create(sandbox, SnapshotTrigger.STOP, request_id)
         task = asyncio.ensure_future(
             self._snapshot_then_stop(sandbox, record, request.grace_period_seconds)
