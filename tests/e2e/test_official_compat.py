@@ -1,9 +1,11 @@
-"""Compatibility suite: every public method of the official client 0.26.2 that needs no object
-storage or secret store, driven against a real ``sandboxd up``; the same scripts run with our
-client too, since its API is the official one.
+"""Compatibility matrix: our client, the official 0.26.2 (v1beta2) and 1.22.0 (v1) clients.
 
-Each scenario is a small script printing JSON; it runs once under the official client (its own
-virtualenv) and once under ours, and both must report what a user expects.
+Every public method the three share that needs no object storage or secret store, driven
+against a real ``sandboxd up``. Each scenario is a small script printing JSON; it runs once
+under each client (the official ones in their own virtualenvs and processes), and each must
+report what a user expects. Where the protocols differ the scenario says so: v1 has no
+profiles (``PROFILE`` is empty there), lists stopped sandboxes with ``show_terminated``, and
+a deleted v1 sandbox stays readable, ended (v1.md §0.2).
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import OUR_PYTHON, Platform, run_python
+from tests.support.official import OFFICIAL_V1_VERSION, official_python
 
+CLIENTS = ("official", "official_v1", "ours")
 PRELUDE = """
 import hashlib, json, time, uuid, cwsandbox
 from cwsandbox import Sandbox, SandboxDefaults, Session
+V1 = CLIENT == "official_v1"
+PROFILE = {} if V1 else {"profile_names": ["locked-down"]}
+DEFAULTS = {} if V1 else {"profile_names": ("locked-down",)}
+STOPPED = {"show_terminated": True} if V1 else {"include_stopped": True}
 out = {}
 def error_name(call):
     try:
@@ -30,7 +38,7 @@ def error_name(call):
 
 SCENARIOS = {
     "files": """
-        sb = Sandbox.run(profile_names=["locked-down"])
+        sb = Sandbox.run(**PROFILE)
         sb.write_file("/tmp/small.txt", b"small file\\n").result()
         out["small"] = sb.read_file("/tmp/small.txt").result().decode()
         out["cat"] = sb.exec(["cat", "/tmp/small.txt"]).result().stdout
@@ -50,7 +58,7 @@ SCENARIOS = {
     """,
     "sessions": """
         tag = uuid.uuid4().hex
-        with Session(SandboxDefaults(tags=(tag,), profile_names=("locked-down",))) as session:
+        with Session(SandboxDefaults(tags=(tag,), **DEFAULTS)) as session:
             a = session.sandbox()
             b = session.sandbox()
             out["a"] = a.exec(["echo", "a"]).result().stdout
@@ -59,11 +67,11 @@ SCENARIOS = {
         time.sleep(0.5)
         out["after_close"] = len(Sandbox.list(tags=[tag]).result())
         out["statuses"] = sorted(
-            str(s.status) for s in Sandbox.list(tags=[tag], include_stopped=True).result()
+            str(s.status) for s in Sandbox.list(tags=[tag], **STOPPED).result()
         )
     """,
     "functions": """
-        with Session(SandboxDefaults(profile_names=("locked-down",))) as session:
+        with Session(SandboxDefaults(**DEFAULTS)) as session:
             @session.function()
             def add(a, b):
                 return a + b
@@ -78,7 +86,7 @@ SCENARIOS = {
     """,
     "mounted_files": """
         sb = Sandbox.run(
-            profile_names=["locked-down"],
+            **PROFILE,
             mounted_files=[{"mount_path": "/etc/app/config.txt", "file_content": b"configured"}],
         )
         out["read"] = sb.exec(["cat", "/etc/app/config.txt"]).result().stdout
@@ -87,7 +95,7 @@ SCENARIOS = {
     """,
     "lifetime": """
         start = time.monotonic()
-        sb = Sandbox.run("sleep", "300", profile_names=["locked-down"], max_lifetime_seconds=2)
+        sb = Sandbox.run("sleep", "300", **PROFILE, max_lifetime_seconds=2)
         sb.wait()
         error = error_name(lambda: sb.wait_until_complete(timeout=60).result())
         out["ended_within"] = time.monotonic() - start < 30
@@ -95,29 +103,30 @@ SCENARIOS = {
         out["error"] = error
     """,
     "main_exit": """
-        sb = Sandbox.run("sh", "-c", "echo done; exit 7", profile_names=["locked-down"])
+        sb = Sandbox.run("sh", "-c", "echo done; exit 7", **PROFILE)
         sb.wait_until_complete(timeout=60).result()
         out["status"] = str(sb.status)
         out["returncode"] = sb.returncode
     """,
     "delete_and_errors": """
-        sb = Sandbox.run(profile_names=["locked-down"])
+        sb = Sandbox.run(**PROFILE)
         sb.wait()
         sid = sb.sandbox_id
         Sandbox.delete(sid).result()
         out["from_id"] = error_name(lambda: Sandbox.from_id(sid).result())
         out["delete_again"] = error_name(lambda: Sandbox.delete(sid).result())
         out["missing_ok"] = error_name(lambda: Sandbox.delete(sid, missing_ok=True).result())
-        out["bad_profile"] = error_name(lambda: Sandbox.run(profile_names=["ghost"]).wait())
+        if PROFILE:  # v1 has no profiles
+            out["bad_profile"] = error_name(lambda: Sandbox.run(profile_names=["ghost"]).wait())
         out["bad_image"] = error_name(
-            lambda: Sandbox.run(container_image="nosuch:1", profile_names=["locked-down"]).wait()
+            lambda: Sandbox.run(container_image="nosuch:1", **PROFILE).wait()
         )
-        other = Sandbox.run(profile_names=["locked-down"])
+        other = Sandbox.run(**PROFILE)
         other.stop().result()
         out["exec_after_stop"] = error_name(lambda: other.exec(["true"]).result())
     """,
     "exec_details": """
-        sb = Sandbox.run(profile_names=["locked-down"], environment_variables={"GREETING": "hi"})
+        sb = Sandbox.run(**PROFILE, environment_variables={"GREETING": "hi"})
         out["env"] = sb.exec(["sh", "-c", "echo $GREETING"]).result().stdout
         out["cwd"] = sb.exec(["pwd"], cwd="/tmp").result().stdout
         out["signal"] = sb.exec(["sh", "-c", "kill -TERM $$"]).result().returncode
@@ -127,7 +136,7 @@ SCENARIOS = {
         sb.stop().result()
     """,
     "shell": """
-        sb = Sandbox.run(profile_names=["locked-down"])
+        sb = Sandbox.run(**PROFILE)
         term = sb.shell(["/bin/sh"], width=100, height=30)
         term.stdin.write(b"stty size; tty; exit 4\\n").result()
         seen = b""
@@ -141,7 +150,7 @@ SCENARIOS = {
     "logs": """
         sb = Sandbox.run(
             "sh", "-c", "echo first; echo second; echo oops >&2; sleep 300",
-            profile_names=["locked-down"],
+            **PROFILE,
         )
         sb.wait()
         time.sleep(1)
@@ -186,23 +195,39 @@ EXPECTED = {
 }
 
 
+# v1 semantics where they differ (v1.md §0.2): Delete stops, and the ended sandbox stays
+# readable, so from_id finds it and a second delete is not an error.
+EXPECTED_V1 = {
+    "delete_and_errors": {
+        "from_id": None,
+        "delete_again": None,
+        "missing_ok": None,
+        "exec_after_stop": "SandboxNotRunningError",
+    },
+}
+
+
 def run_scenario(
-    python: Path | str, name: str, platform: Platform, workdir: Path
+    python: Path | str, name: str, platform: Platform, workdir: Path, client: str
 ) -> dict[str, object]:
     # A file, not `python -c`: remote functions ship their source, found through inspect.
     script = workdir / f"{name}.py"
-    script.write_text(PRELUDE + textwrap.dedent(SCENARIOS[name]) + "\nprint(json.dumps(out))\n")
+    body = textwrap.dedent(SCENARIOS[name])
+    script.write_text(f"CLIENT = {client!r}\n" + PRELUDE + body + "\nprint(json.dumps(out))\n")
     return json.loads(run_python(python, script, platform.env()).splitlines()[-1])
 
 
-@pytest.mark.parametrize("client", ["official", "ours"])
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario(
-    platform: Platform, official: Path, client: str, name: str, tmp_path: Path
-) -> None:
-    python = official if client == "official" else OUR_PYTHON
-    result = run_scenario(python, name, platform, tmp_path)
-    for key, value in EXPECTED[name].items():
+def test_scenario(platform: Platform, client: str, name: str, tmp_path: Path) -> None:
+    python = {
+        "official": official_python,
+        "official_v1": lambda: official_python(OFFICIAL_V1_VERSION),
+        "ours": lambda: OUR_PYTHON,
+    }[client]()
+    result = run_scenario(python, name, platform, tmp_path, client)
+    expected = EXPECTED_V1.get(name, EXPECTED[name]) if client == "official_v1" else EXPECTED[name]
+    for key, value in expected.items():
         assert result[key] == value, (key, result)
     check_extra(name, result, client)
 
@@ -222,6 +247,10 @@ def check_extra(name: str, result: dict[str, object], client: str) -> None:
         assert str(result["status"]).lower().endswith("completed")
     elif name == "delete_and_errors":
         # Ours names what is missing (the profile); 0.26.2 calls it a missing sandbox.
+        if client == "official_v1":  # no profiles; the v1 client reports its own class
+            assert "bad_profile" not in result
+            assert result["bad_image"] == "SandboxValidationError", result
+            return
         expected = ("ProfileNotFoundError",) if client == "ours" else ("SandboxNotFoundError",)
         assert result["bad_profile"] in expected, result
         assert result["bad_image"] == "SandboxError"
