@@ -165,13 +165,13 @@ INVALID: dict[str, tuple[Mutation, str]] = {
         "spec.volumes[0]",
     ),
     "long request id": (lambda r: setattr(r, "request_id", "x" * 200), "request_id"),
+    "unmounted registered volume": (
+        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
+        "spec.volumes[0]",
+    ),
 }
 
 UNOFFERED: dict[str, tuple[Mutation, str]] = {
-    "registered volumes": (
-        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
-        "spec.volumes[0].volume_id",
-    ),
     "secrets": (
         lambda r: _container(r).secret_stores.append(v.SecretStoreReference(store_name="s")),
         "spec.containers[0].secret_stores",

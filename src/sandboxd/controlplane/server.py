@@ -76,6 +76,7 @@ from sandboxd.snapshots.content import ContentStore
 from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
+from sandboxd.volumes.service import Volumes
 
 if TYPE_CHECKING:
     from sandboxd.console.server import ConsoleServer
@@ -219,6 +220,7 @@ class ControlPlane:
             self.lifecycle,
             self.operations,
         )
+        self.volumes = Volumes(self.store.volumes, self.registry, self.sandboxes)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -335,6 +337,7 @@ class ControlPlane:
             operations=self.operations,
             snapshots=self.snapshots,
             resources=self.v1_resources,
+            volumes=self.volumes,
         )
         runners = RunnerService(
             self.registry,
@@ -435,6 +438,7 @@ class ControlPlane:
         await self.events.stop()
         await self.reconcilers.close()
         await self.snapshots.close()
+        await self.volumes.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()
