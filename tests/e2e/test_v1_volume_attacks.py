@@ -111,7 +111,9 @@ def test_malformed_volumes_name_their_field(orgs: tuple[Org, Org], field: str) -
     )
 
 
-def test_unknown_runner_and_foreign_mask_paths_are_refused(orgs: tuple[Org, Org]) -> None:
+def test_unknown_runners_foreign_mask_paths_and_other_pins_are_refused(
+    orgs: tuple[Org, Org],
+) -> None:
     a = orgs[0]
     code, message, reason, meta, _ = refused(a, "CreateVolume", volume("x", runner_id="nope"))
     assert (code, reason) == (
@@ -123,6 +125,11 @@ def test_unknown_runner_and_foreign_mask_paths_are_refused(orgs: tuple[Org, Org]
     mask.update_mask.paths.extend(["spec.description", "spec.pvc.claim_name"])
     code, _m, _r, _meta, fields = refused(a, "UpdateVolume", mask)
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["update_mask.paths[1]"])
+    pinned = mounting()
+    pinned.sandbox.spec.runner_ids.append("another-runner")
+    code, _m, reason, meta, _f = refused(a, "CreateSandbox", pinned)
+    conflict = (grpc.StatusCode.FAILED_PRECONDITION, "CWSANDBOX_VOLUME_PLACEMENT_CONFLICT")
+    assert (code, reason) == conflict and meta == {"volume_id": "vx7"}
 
 
 ATTACKS = {
