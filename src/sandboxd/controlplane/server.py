@@ -286,6 +286,7 @@ class ControlPlane:
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
             await self.snapshots.fail_unfinished()
+            await self.volumes.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise

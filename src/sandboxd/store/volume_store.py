@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, String, delete, select
+from sqlalchemy import Boolean, DateTime, Index, String, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -125,6 +125,16 @@ class VolumeStore:
             row.updated_at = now()
             session.flush()
             return _record(row)
+
+    def fail_validating(self, reason: str) -> int:
+        """Every volume left VALIDATING (its check died with a control plane): ERROR."""
+        with Session(self._engine) as session, session.begin():
+            gone = session.execute(
+                update(VolumeRow)
+                .where(VolumeRow.state == VolumeState.VALIDATING.value)
+                .values(state=VolumeState.ERROR.value, state_reason=reason, updated_at=now())
+            )
+            return int(getattr(gone, "rowcount", 0))
 
     def remove(self, owner_org: str, volume_id: str) -> bool:
         """Forget the volume; whether there was one."""

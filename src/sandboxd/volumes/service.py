@@ -83,6 +83,11 @@ class Volumes:
         except SQLAlchemyError as exc:
             raise store_unavailable(exc) from exc
 
+    async def fail_unfinished(self) -> int:
+        """At start-up: checks a previous control plane left running never answer; ERROR."""
+        why = "the control plane restarted while the volume was checked; validate it again"
+        return await self._db(self._store.fail_validating, why)
+
     async def close(self) -> None:
         """Cancel checks in flight (shutdown); their volumes stay VALIDATING until checked."""
         for task in list(self._tasks):
@@ -122,25 +127,16 @@ class Volumes:
         With a request id used before: the volume made then (the same request), or
         ``CWSANDBOX_REQUEST_ID_CONFLICT`` (another one).
         """
-        if wanted.request_id:
-            earlier = await self._db(self._store.by_request, wanted.owner_org, wanted.request_id)
-            if earlier is not None:
-                if earlier.request_digest != wanted.request_digest:
-                    error = invalid_argument(
-                        "request_id", f"{wanted.request_id!r} was already used for another volume"
-                    )
-                    raise ApiError(
-                        error.code,
-                        error.message,
-                        reason="CWSANDBOX_REQUEST_ID_CONFLICT",
-                        metadata=error.metadata,
-                        violations=error.violations,
-                    )
-                return earlier
+        earlier = await self._replayed(wanted)
+        if earlier is not None:
+            return earlier
         self._check_runner(wanted.runner_id, wanted.volume_id)
         try:
             await self._db(self._store.add, wanted)
         except VolumeExists:
+            earlier = await self._replayed(wanted)  # a racing create of the same request
+            if earlier is not None:
+                return earlier
             raise volume_error(
                 grpc.StatusCode.ALREADY_EXISTS,
                 "ALREADY_EXISTS",
@@ -151,6 +147,18 @@ class Volumes:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return wanted
+
+    async def _replayed(self, wanted: VolumeRecord) -> VolumeRecord | None:
+        """The volume an earlier create with the same request id made (None: none)."""
+        if not wanted.request_id:
+            return None
+        earlier = await self._db(self._store.by_request, wanted.owner_org, wanted.request_id)
+        if earlier is None or earlier.request_digest == wanted.request_digest:
+            return earlier
+        error = invalid_argument(
+            "request_id", f"{wanted.request_id!r} was already used for another volume"
+        )
+        raise dataclasses.replace(error, reason="CWSANDBOX_REQUEST_ID_CONFLICT")
 
     def _check_runner(self, runner_id: str, volume_id: str) -> None:
         runner = self._registry.get(runner_id)
