@@ -80,7 +80,7 @@ class Zygote:
 
     def _on_message(self, conn: socket.socket) -> None:
         try:
-            msg, fds = protocol.recv(conn)
+            msg, fds = protocol.recv(conn, protocol.MAX_SPAWN_FDS)
         except (OSError, protocol.ProtocolError):
             msg, fds = None, []
         disk_fd = fds.pop(0) if fds and msg is not None and msg.get("op") == "spawn" else None
