@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.support.official import OFFICIAL_VERSION, official_python
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port, printed
+from tests.support.processes import SANDBOXD, Proc, admin_call, child_env, free_port, printed
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["OFFICIAL_VERSION", "Platform", "run_python"]
@@ -43,6 +44,17 @@ class Platform:
         """A child environment for clients: base URL and the admin key (override with extra)."""
         values = {"CWSANDBOX_BASE_URL": self.base_url, "CWSANDBOX_API_KEY": self.api_key}
         return child_env(**{**values, **extra})
+
+    def member_key(self, organization: str) -> str:
+        """A new member key of ``organization`` (made with the administrator key)."""
+        response = admin_call(
+            self.target,
+            self.api_key,
+            "CreateApiKey",
+            admin_pb2.CreateApiKeyRequest(organization=organization, role=admin_pb2.ROLE_MEMBER),
+            admin_pb2.CreateApiKeyResponse,
+        )
+        return str(response.secret)
 
 
 @pytest.fixture(scope="session")

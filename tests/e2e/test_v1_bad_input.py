@@ -175,13 +175,13 @@ INVALID: dict[str, tuple[Mutation, str]] = {
         ),
         "spec.containers[0].secret_stores[0].store_name",
     ),
+    "unmounted registered volume": (
+        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
+        "spec.volumes[0]",
+    ),
 }
 
 UNOFFERED: dict[str, tuple[Mutation, str]] = {
-    "registered volumes": (
-        lambda r: r.sandbox.spec.volumes.append(v.SandboxVolume(name="w", volume_id="vol-1")),
-        "spec.volumes[0].volume_id",
-    ),
     "working dir": (_set("container.working_dir", "/work"), "spec.containers[0].working_dir"),
     "runtime class": (_set("runtime_class", "gvisor"), "spec.runtime_class"),
 }

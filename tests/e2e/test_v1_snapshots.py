@@ -221,9 +221,6 @@ def test_malformed_scratch_volumes_name_their_field(case: str, admin: grpc.Chann
 
 def test_what_scratch_volumes_do_not_offer_is_named(admin: grpc.Channel) -> None:
     cases = {
-        "spec.volumes[0].volume_id": scratch_create(
-            [v.SandboxVolume(name="r", volume_id="vol-1")], [mount("r")]
-        ),
         "spec.volumes[0].scratch.medium": scratch_create(
             [v.SandboxVolume(name="w", scratch=v.ScratchVolume(medium=v.STORAGE_MEDIUM_MEMORY))],
             [mount("w")],

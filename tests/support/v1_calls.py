@@ -12,14 +12,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from sandboxd_protocol.v1 import discovery_pb2, sandbox_pb2
+from sandboxd_protocol.v1 import discovery_pb2, sandbox_pb2, volume_pb2
 
 SANDBOXES = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"]
 DISCOVERY = discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"]
+VOLUMES = volume_pb2.DESCRIPTOR.services_by_name["VolumeService"]
 MISSING = "sb-0123456789a00000000"  # shaped like a real id; never issued
 SLEEP = ["/bin/sh", "-c", 'trap "exit 0" TERM; sleep infinity & wait']
 
@@ -30,10 +32,7 @@ def path_of(method: MethodDescriptor) -> str:
 
 def call(channel: grpc.Channel, method: MethodDescriptor, request: Message) -> Any:
     """Call any kind of method with one request; the decoded response (a list if streamed)."""
-    output = getattr(
-        sandbox_pb2 if method.output_type.file.name.endswith("sandbox.proto") else discovery_pb2,
-        method.output_type.name,
-    )
+    output = message_factory.GetMessageClass(method.output_type)
     kinds = (method.client_streaming, method.server_streaming)
     factory = {
         (False, False): channel.unary_unary,
@@ -61,8 +60,8 @@ def attempt(channel: grpc.Channel, method: MethodDescriptor, request: Message) -
 
 
 def rpc(channel: grpc.Channel, name: str, request: Message) -> Any:
-    """Call a SandboxService or DiscoveryService method by name."""
-    service = SANDBOXES if name in SANDBOXES.methods_by_name else DISCOVERY
+    """Call a SandboxService, DiscoveryService or VolumeService method by name."""
+    service = next(s for s in (SANDBOXES, DISCOVERY, VOLUMES) if name in s.methods_by_name)
     return call(channel, service.methods_by_name[name], request)
 
 

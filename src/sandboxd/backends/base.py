@@ -153,6 +153,70 @@ class ScratchSpec:
             raise InvalidSpec("scratch.size_bytes", "must be positive")
 
 
+VOLUME_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
+"""An organization or a volume's claim name: one path component that can never be ``..``."""
+MAX_SUB_PATH_CHARS = 1024
+MAX_VOLUMES = 8
+"""Persistent volumes per sandbox: each is a descriptor on the way to the agent."""
+
+
+def check_sub_path(sub_path: str, field_name: str) -> str:
+    """``sub_path`` as a relative path inside a volume ("" for its root), else ``InvalidSpec``.
+
+    Why so strict: it names a directory inside a volume the sandboxes themselves write, so it
+    must stay inside by its very shape (no ``..``, no absolute path, nothing empty); symlinks
+    on it are refused where it is resolved (``RESOLVE_NO_SYMLINKS``), since a sandbox made
+    them.
+    """
+    if "\x00" in sub_path or len(sub_path) > MAX_SUB_PATH_CHARS:
+        raise InvalidSpec(field_name, "must be a relative path of at most 1024 characters")
+    if sub_path in ("", "."):
+        return ""
+    parts = sub_path.rstrip("/").split("/")
+    if sub_path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidSpec(
+            field_name, f"must be a relative path inside the volume, no '..' ({sub_path[:80]!r})"
+        )
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """A persistent volume's directory: ``claim_name`` of ``organization``, at ``sub_path``.
+
+    Where it lives is the backend's business (the local backend: a directory under its data
+    directory); the names are checked here so that no backend ever joins a ``..`` or a ``/``.
+    """
+
+    organization: str
+    claim_name: str
+    sub_path: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("organization", "claim_name"):
+            if not VOLUME_NAME_RE.fullmatch(getattr(self, name)):
+                raise InvalidSpec(f"volume.{name}", "must be a lower-case name such as 'data'")
+        object.__setattr__(self, "sub_path", check_sub_path(self.sub_path, "volume.sub_path"))
+
+
+@dataclass(frozen=True)
+class VolumeBinding:
+    """A persistent volume bound at ``mount_path`` in the sandbox (read-only if asked).
+
+    Files the sandbox writes there belong to its root as it sees them, and to the next
+    sandbox's root the same way: the local backend binds the directory through an idmapped
+    mount of the sandbox's user namespace, as it does the image.
+    """
+
+    source: VolumeSource
+    mount_path: str
+    read_only: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        check_mount_path(self.mount_path, "volumes.mount_path")
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything a backend needs to run one sandbox; resolved and checked by the runner."""
@@ -171,6 +235,7 @@ class SandboxSpec:
     max_lifetime_seconds: float | None = None
     hostname: str | None = None
     scratch: ScratchSpec | None = None
+    volumes: tuple[VolumeBinding, ...] = ()
 
     def __post_init__(self) -> None:
         if not SANDBOX_ID_RE.match(self.sandbox_id):
@@ -196,6 +261,21 @@ class SandboxSpec:
         for mf in self.mounted_files:
             if not mf.path.startswith("/") or ".." in mf.path.split("/"):
                 raise InvalidSpec("mounted_files", f"bad path {mf.path!r}")
+        _check_mount_points(self)
+
+
+def _check_mount_points(spec: SandboxSpec) -> None:
+    """Volume and scratch mount points are distinct and none lies inside another."""
+    if len(spec.volumes) > MAX_VOLUMES:
+        raise InvalidSpec("volumes", f"at most {MAX_VOLUMES} persistent volumes per sandbox")
+    points = [v.mount_path for v in spec.volumes]
+    if spec.scratch is not None:
+        points.append(spec.scratch.mount_path)
+    normal = [check_mount_path(p, "volumes.mount_path") for p in points]
+    for i, one in enumerate(normal):
+        for other in normal[i + 1 :]:
+            if one == other or one.startswith(other + "/") or other.startswith(one + "/"):
+                raise InvalidSpec("volumes.mount_path", f"{one!r} and {other!r} overlap")
 
 
 class OutputChunk(NamedTuple):
@@ -330,6 +410,7 @@ class Fingerprint:
     egress_types: tuple[str, ...] = ()
     ingress_types: tuple[str, ...] = ()
     gpus: bool = False
+    volumes: bool = False  # persistent volumes (``Backend.prepare_volume``)
 
 
 class ExecSession(ABC):
@@ -545,6 +626,17 @@ class Backend(ABC):
         has none at all: the default).
         """
         raise BackendUnavailable(f"the {self.name} backend has no scratch file systems")
+
+    # -- persistent volumes (optional; see VolumeBinding) -----------------------------------------
+    supports_volumes: ClassVar[bool] = False
+
+    async def prepare_volume(self, source: VolumeSource, *, create: bool) -> None:
+        """Make sure the volume's directory exists (``create``: make it when missing).
+
+        ``BackendUnavailable`` with the reason when it does not (or cannot) exist: the
+        default, for a backend without volumes.
+        """
+        raise BackendUnavailable(f"the {self.name} backend has no persistent volumes")
 
     # -- warm pools (optional; see the module docstring) -----------------------------------------
     supports_warm_pools: ClassVar[bool] = False

@@ -11,6 +11,7 @@ in one place)::
     ├── SandboxNotFound           no sandbox with that id
     ├── SandboxNotRunning         exec/file op on a sandbox whose main process has ended
     ├── SandboxStartError         create() or start() failed; nothing is left behind
+    ├── VolumeNotFound            a persistent volume's directory is missing on this runner
     └── FileOperationError        a file helper failed; ``.path``, ``.errno``
         ├── FileNotFound
         ├── FileIsDirectory
@@ -28,6 +29,10 @@ class BackendError(Exception):
 
 class BackendUnavailable(BackendError):
     """The backend cannot work on this host; the message says why."""
+
+
+class VolumeNotFound(BackendError):
+    """A persistent volume's directory does not exist on this runner."""
 
 
 class InvalidSpec(BackendError, ValueError):

@@ -31,6 +31,7 @@ class BackendSupport:
     egress_types: frozenset[str] | None = None
     ingress_types: frozenset[str] | None = None
     gpus: bool = True
+    volumes: bool = False  # persistent volumes (never assumed of a runner that did not say)
 
     @property
     def working(self) -> bool:
@@ -66,4 +67,5 @@ def support_of(capabilities: runner_pb2.Capabilities) -> BackendSupport:
         egress_types=frozenset(t for s in working for t in s.egress_types),
         ingress_types=frozenset(t for s in working for t in s.ingress_types),
         gpus=any(s.gpus for s in working),
+        volumes=any(s.volumes for s in working),
     )

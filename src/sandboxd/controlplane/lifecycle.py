@@ -139,6 +139,19 @@ def build_spec(
     )
     if request.scratch is not None:
         spec.scratch.CopyFrom(scratch_volume(request.scratch, ceilings.max_disk_bytes))
+    for volume in request.volumes:
+        source = runner_pb2.VolumeSource(
+            organization=volume.organization,
+            claim_name=volume.claim_name,
+            sub_path=volume.sub_path,
+        )
+        spec.volumes.add(
+            name=volume.name,
+            volume_id=volume.volume_id,
+            source=source,
+            mount_path=volume.mount_path,
+            read_only=volume.read_only,
+        )
     return spec
 
 

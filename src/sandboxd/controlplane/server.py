@@ -70,6 +70,7 @@ from sandboxd.snapshots.content import ContentStore
 from sandboxd.snapshots.service import Snapshots
 from sandboxd.store import BatchedRunnerWriter, Store
 from sandboxd.store.schema import DatabaseProblem, describe
+from sandboxd.volumes.service import Volumes
 from sandboxd_protocol.sandboxd_v1 import admin_pb2_grpc, events_pb2_grpc
 from sandboxd_protocol.v1beta2 import (
     discovery_pb2_grpc,
@@ -222,6 +223,7 @@ class ControlPlane:
             self.lifecycle,
             self.operations,
         )
+        self.volumes = Volumes(self.store.volumes, self.registry, self.sandboxes)
         self.admin_key = ""  # set by start(), once the database has been read whole
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -289,6 +291,7 @@ class ControlPlane:
             # A stop that waited for one of them happens now (snapshot_stops.py).
             failed = await self.snapshots.fail_unfinished()
             await stop_after_lost_snapshots(self.sandboxes, failed)
+            await self.volumes.fail_unfinished()
             self.cluster_id = await self.sandboxes.cluster_id()
         except DatabaseProblem:
             raise
@@ -340,6 +343,7 @@ class ControlPlane:
             operations=self.operations,
             snapshots=self.snapshots,
             resources=self.v1_resources,
+            volumes=self.volumes,
         )
         runners = RunnerService(
             self.registry,
@@ -448,6 +452,7 @@ class ControlPlane:
         await self.events.stop()
         await self.reconcilers.close()
         await self.snapshots.close()
+        await self.volumes.close()
         if self.writer is not None:
             await self.writer.stop()
         self.sandboxes.close()

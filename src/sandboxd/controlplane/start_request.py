@@ -18,6 +18,7 @@ from sandboxd.controlplane.secret_refs import SecretUse, parse_secret_stores
 from sandboxd.controlplane.written_quantities import WrittenQuantities
 from sandboxd.errors import ApiError, invalid_argument
 from sandboxd.snapshots.scratch_request import ScratchRequest, parse_scratch
+from sandboxd.volumes.model import VolumeMountPlan
 from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 from sandboxd_protocol.v1beta2 import gateway_pb2
 
@@ -56,6 +57,7 @@ class SandboxRequest:
     egress_cidrs: tuple[str, ...] = ()
     ingress_type: str = ""
     scratch: ScratchRequest | None = None  # a scratch file system (sandboxd.snapshots)
+    volumes: tuple[VolumeMountPlan, ...] = ()  # persistent volumes, resolved (sandboxd.volumes)
 
     @property
     def names_profile(self) -> bool:

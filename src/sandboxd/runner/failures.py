@@ -31,6 +31,7 @@ from sandboxd.backends.errors import (
     SandboxNotRunning,
     SandboxPaused,
     SandboxStartError,
+    VolumeNotFound,
 )
 from sandboxd.runner.exec_relay import CALL_ERRORS, OperateCall, end_call, refuse_exec
 from sandboxd.runner.log_relay import refuse_logs
@@ -184,6 +185,10 @@ def from_backend_error(
         return backend_unavailable(str(exc))
     if isinstance(exc, SandboxExists):
         return failure(grpc.StatusCode.ALREADY_EXISTS, "", str(exc), sandbox_id=sandbox_id)
+    if isinstance(exc, VolumeNotFound):
+        return failure(
+            grpc.StatusCode.FAILED_PRECONDITION, "CWSANDBOX_VOLUME_BACKEND_NOT_FOUND", str(exc)
+        )
     if isinstance(exc, SandboxStartError):
         return failure(grpc.StatusCode.FAILED_PRECONDITION, "", str(exc), sandbox_id=sandbox_id)
     return failure(grpc.StatusCode.INTERNAL, "", str(exc) or type(exc).__name__)

@@ -166,6 +166,7 @@ def backend_status(found: Fingerprint) -> runner_pb2.BackendStatus:
         egress_types=list(found.egress_types),
         ingress_types=list(found.ingress_types),
         gpus=found.gpus,
+        volumes=found.volumes,
     )
 
 

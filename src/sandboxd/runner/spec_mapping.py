@@ -27,6 +27,8 @@ from sandboxd.backends.base import (
     NetworkSpec,
     PublishedPort,
     SandboxSpec,
+    VolumeBinding,
+    VolumeSource,
 )
 from sandboxd.backends.errors import InvalidSpec
 from sandboxd.runner.failures import CommandFailed, failure, invalid_argument
@@ -235,9 +237,25 @@ def to_backend_spec(
     if limits.disk_bytes:
         kwargs["disk_bytes"] = limits.disk_bytes
     try:
-        return SandboxSpec(network=_network(spec.network, blocked), **kwargs)
+        volumes = tuple(volume_binding(v) for v in spec.volumes)
+        return SandboxSpec(network=_network(spec.network, blocked), volumes=volumes, **kwargs)
     except InvalidSpec as exc:
         raise invalid_argument(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+
+
+def volume_source(source: runner_pb2.VolumeSource) -> VolumeSource:
+    """The backend's volume source (``InvalidSpec`` naming the bad name)."""
+    return VolumeSource(source.organization, source.claim_name, source.sub_path)
+
+
+def volume_binding(volume: runner_pb2.VolumeBinding) -> VolumeBinding:
+    """The backend's persistent volume at its mount path."""
+    return VolumeBinding(
+        source=volume_source(volume.source),
+        mount_path=volume.mount_path,
+        read_only=volume.read_only,
+        name=volume.name,
+    )
 
 
 def service_address(ports: tuple[PublishedPort, ...], public_host: str) -> str:

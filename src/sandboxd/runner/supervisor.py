@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 
 from sandboxd.backends.base import Backend, SandboxSpec
-from sandboxd.backends.errors import BackendError, SandboxNotFound
+from sandboxd.backends.errors import BackendError, InvalidSpec, SandboxNotFound
 from sandboxd.controlplane.limits import (
     MAX_FILE_PATH_CHARS,
     LimitExceeded,
@@ -67,6 +67,7 @@ from sandboxd.runner.spec_mapping import (
     reservation_of,
     service_address,
     to_backend_spec,
+    volume_source,
 )
 from sandboxd.runner.warm_pool import WarmPools
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -79,6 +80,11 @@ DELETE_STOP_GRACE_SECONDS = 5.0
 OPENED_STREAMS_REMEMBERED = 4096
 """Operation stream ids remembered, so an open bound again runs nothing twice."""
 _RUN_ONCE = "it was bound again after its first stream was lost, and may have run already"
+_NO_VOLUMES = failure(
+    grpc.StatusCode.FAILED_PRECONDITION,
+    "CWSANDBOX_VOLUME_RUNNER_INELIGIBLE",
+    "this runner's backend has no persistent volumes",
+)
 
 
 class SandboxSupervisor(SandboxTable):
@@ -240,6 +246,9 @@ class SandboxSupervisor(SandboxTable):
                 result.snapshot.sandboxes.extend(self.snapshot())
             elif kind == "usage":
                 result.usage.CopyFrom(await self._usage(command.usage.sandbox_id))
+            elif kind == "prepare_volume":
+                await self._prepare_volume(command.prepare_volume)
+                result.done.SetInParent()
             else:
                 raise CommandFailed(
                     failure(grpc.StatusCode.UNIMPLEMENTED, "", f"unknown command {kind!r}")
@@ -313,6 +322,8 @@ class SandboxSupervisor(SandboxTable):
             raise failures.invalid_argument(exc.field, exc.problem) from None
         reservation = reservation_of(spec)
         backend_spec = await self._backend_spec(spec)
+        if backend_spec.volumes and not self._backend.supports_volumes:
+            raise CommandFailed(_NO_VOLUMES)
         if spec.HasField("scratch"):
             try:
                 scratch = await self._scratch.scratch_spec(spec)
@@ -369,6 +380,18 @@ class SandboxSupervisor(SandboxTable):
         )
         self._records.save(sb.record)
         sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
+
+    async def _prepare_volume(self, prepare: runner_pb2.PrepareVolume) -> None:
+        """Make or find a persistent volume's directory (``Backend.prepare_volume``)."""
+        if not self._backend.supports_volumes:
+            raise CommandFailed(_NO_VOLUMES)
+        try:
+            source = volume_source(prepare.source)
+        except InvalidSpec as exc:
+            raise failures.invalid_argument(
+                exc.field, str(exc).removeprefix(f"{exc.field}: ")
+            ) from None
+        await self._backend.prepare_volume(source, create=prepare.create)
 
     async def _backend_spec(self, spec: runner_pb2.SandboxSpec) -> SandboxSpec:
         """The backend's spec: the profile's limits re-checked, the image, blocked CIDRs."""

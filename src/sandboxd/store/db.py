@@ -40,6 +40,7 @@ from sandboxd.store.schema import DatabaseProblem, check_and_migrate, check_sqli
 from sandboxd.store.secret_store import SecretStores
 from sandboxd.store.snapshot_store import SnapshotStore
 from sandboxd.store.v1_resources import V1ResourceStore
+from sandboxd.store.volume_store import VolumeStore
 
 
 class RunnerRow(_Base):
@@ -114,6 +115,7 @@ class Store:
         self.events = EventStore(self._engine)
         self.v1 = V1ResourceStore(self._engine)
         self.snapshots = SnapshotStore(self._engine)
+        self.volumes = VolumeStore(self._engine)
 
     @classmethod
     def sqlite(cls, path: Path) -> Store:

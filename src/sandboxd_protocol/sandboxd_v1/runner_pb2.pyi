@@ -52,20 +52,22 @@ class Capabilities(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., architectures: _Optional[_Iterable[str]] = ..., supports_privileged: _Optional[bool] = ..., storage_classes: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[str]] = ..., backend_statuses: _Optional[_Iterable[_Union[BackendStatus, _Mapping]]] = ...) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("name", "available", "reason", "egress_types", "ingress_types", "gpus")
+    __slots__ = ("name", "available", "reason", "egress_types", "ingress_types", "gpus", "volumes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EGRESS_TYPES_FIELD_NUMBER: _ClassVar[int]
     INGRESS_TYPES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     available: bool
     reason: str
     egress_types: _containers.RepeatedScalarFieldContainer[str]
     ingress_types: _containers.RepeatedScalarFieldContainer[str]
     gpus: bool
-    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., egress_types: _Optional[_Iterable[str]] = ..., ingress_types: _Optional[_Iterable[str]] = ..., gpus: _Optional[bool] = ...) -> None: ...
+    volumes: bool
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., egress_types: _Optional[_Iterable[str]] = ..., ingress_types: _Optional[_Iterable[str]] = ..., gpus: _Optional[bool] = ..., volumes: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes")
@@ -262,7 +264,7 @@ class Reservation(_message.Message):
     def __init__(self, cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class SandboxSpec(_message.Message):
-    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch", "secret_references", "secret_environment")
+    __slots__ = ("sandbox_id", "image", "command", "environment", "working_dir", "cpu_millicores", "memory_bytes", "gpu_count", "gpu_type", "disk_bytes", "pids_max", "network", "mounted_files", "max_lifetime_seconds", "profile_name", "reservation", "limits", "scratch", "secret_references", "secret_environment", "volumes")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +292,7 @@ class SandboxSpec(_message.Message):
     SCRATCH_FIELD_NUMBER: _ClassVar[int]
     SECRET_REFERENCES_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -310,7 +313,40 @@ class SandboxSpec(_message.Message):
     scratch: ScratchVolume
     secret_references: _containers.RepeatedCompositeFieldContainer[SecretReference]
     secret_environment: _containers.RepeatedCompositeFieldContainer[SecretEnv]
-    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ..., secret_references: _Optional[_Iterable[_Union[SecretReference, _Mapping]]] = ..., secret_environment: _Optional[_Iterable[_Union[SecretEnv, _Mapping]]] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeBinding]
+    def __init__(self, sandbox_id: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., cpu_millicores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., disk_bytes: _Optional[int] = ..., pids_max: _Optional[int] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., mounted_files: _Optional[_Iterable[_Union[MountedFile, _Mapping]]] = ..., max_lifetime_seconds: _Optional[int] = ..., profile_name: _Optional[str] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., limits: _Optional[_Union[ProfileLimits, _Mapping]] = ..., scratch: _Optional[_Union[ScratchVolume, _Mapping]] = ..., secret_references: _Optional[_Iterable[_Union[SecretReference, _Mapping]]] = ..., secret_environment: _Optional[_Iterable[_Union[SecretEnv, _Mapping]]] = ..., volumes: _Optional[_Iterable[_Union[VolumeBinding, _Mapping]]] = ...) -> None: ...
+
+class VolumeSource(_message.Message):
+    __slots__ = ("organization", "claim_name", "sub_path")
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUB_PATH_FIELD_NUMBER: _ClassVar[int]
+    organization: str
+    claim_name: str
+    sub_path: str
+    def __init__(self, organization: _Optional[str] = ..., claim_name: _Optional[str] = ..., sub_path: _Optional[str] = ...) -> None: ...
+
+class VolumeBinding(_message.Message):
+    __slots__ = ("name", "volume_id", "source", "mount_path", "read_only")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_PATH_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    volume_id: str
+    source: VolumeSource
+    mount_path: str
+    read_only: bool
+    def __init__(self, name: _Optional[str] = ..., volume_id: _Optional[str] = ..., source: _Optional[_Union[VolumeSource, _Mapping]] = ..., mount_path: _Optional[str] = ..., read_only: _Optional[bool] = ...) -> None: ...
+
+class PrepareVolume(_message.Message):
+    __slots__ = ("source", "create")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    source: VolumeSource
+    create: bool
+    def __init__(self, source: _Optional[_Union[VolumeSource, _Mapping]] = ..., create: _Optional[bool] = ...) -> None: ...
 
 class SecretReference(_message.Message):
     __slots__ = ("store_name", "name", "field", "env_var")
@@ -546,7 +582,7 @@ class OperationUp(_message.Message):
     def __init__(self, exec: _Optional[_Union[_streaming_pb2.ExecStreamResponse, _Mapping]] = ..., logs: _Optional[_Union[_streaming_pb2.LogStreamResponse, _Mapping]] = ..., opened: _Optional[_Union[FileOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[FileDone, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume", "usage")
+    __slots__ = ("request_id", "start", "stop", "delete", "snapshot", "pause", "resume", "usage", "prepare_volume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -555,6 +591,7 @@ class Command(_message.Message):
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_VOLUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     start: StartSandbox
     stop: StopSandbox
@@ -563,7 +600,8 @@ class Command(_message.Message):
     pause: PauseSandbox
     resume: ResumeSandbox
     usage: ReadUsage
-    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ..., usage: _Optional[_Union[ReadUsage, _Mapping]] = ...) -> None: ...
+    prepare_volume: PrepareVolume
+    def __init__(self, request_id: _Optional[str] = ..., start: _Optional[_Union[StartSandbox, _Mapping]] = ..., stop: _Optional[_Union[StopSandbox, _Mapping]] = ..., delete: _Optional[_Union[DeleteSandbox, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pause: _Optional[_Union[PauseSandbox, _Mapping]] = ..., resume: _Optional[_Union[ResumeSandbox, _Mapping]] = ..., usage: _Optional[_Union[ReadUsage, _Mapping]] = ..., prepare_volume: _Optional[_Union[PrepareVolume, _Mapping]] = ...) -> None: ...
 
 class ReadUsage(_message.Message):
     __slots__ = ("sandbox_id",)

@@ -41,6 +41,7 @@ from ..base import (
     SandboxSpec,
     SandboxState,
     SandboxStats,
+    VolumeSource,
 )
 from ..errors import (
     BackendError,
@@ -73,6 +74,7 @@ from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
 from .userns import IdRangeError, IdRangePool
+from .volumes import VolumeDirs
 from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ class LocalBackend(Backend):
         # Scratch file systems come in any size: made on the create path, none ahead.
         self._scratch_layers = DiskLayers(self.data_dir / "scratch-disk", ready=0)
         self._scratch: dict[str, ScratchFs] = {}
+        self._volumes = VolumeDirs(self.data_dir / "volumes")
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
@@ -310,6 +313,13 @@ class LocalBackend(Backend):
             self._scratch[rec.sandbox_id] = kept
             handed = (disk_fd, scratch_fd)
         try:
+            for volume in spec.volumes:  # detached binds, resolved without symlinks (volumes.py)
+                handed = (*handed, await asyncio.to_thread(self._volumes.open_tree, volume.source))
+        except BaseException:
+            for fd in handed[1:]:
+                os.close(fd)
+            raise
+        try:
             reply = await self._spawn(rec, spec, rootfs, file_map, env, hostname, handed)
         finally:
             for fd in handed[1:]:
@@ -360,6 +370,9 @@ class LocalBackend(Backend):
                 "max_execs": self._max_execs,
                 "native_keeper": self._native_keeper,
                 "scratch": scratch,
+                "volumes": [
+                    {"mount_path": v.mount_path, "read_only": v.read_only} for v in spec.volumes
+                ],
             },
             fds=fds,
         )
@@ -591,6 +604,13 @@ class LocalBackend(Backend):
     async def _thaw(rec: SandboxRecord) -> None:
         if rec.cgroup is not None and freezer.is_frozen(rec.cgroup):
             await asyncio.to_thread(freezer.thaw, rec.cgroup)
+
+    # -- persistent volumes (volumes.py) ----------------------------------------------------------
+    supports_volumes = True
+
+    async def prepare_volume(self, source: VolumeSource, *, create: bool) -> None:
+        """Make or find ``<data_dir>/volumes/<organization>/<claim>[/<sub_path>]``."""
+        await asyncio.to_thread(self._volumes.prepare, source, create=create)
 
     # -- scratch file systems (scratch.py) -------------------------------------------------------
     supports_scratch = True

@@ -55,6 +55,7 @@ class AgentFds:
     netns: int | None = None
     files: list[tuple[str, int]] = field(default_factory=list)
     scratch: int | None = None  # a scratch file system (scratch.py); closed once attached
+    volumes: list[int] = field(default_factory=list)  # detached binds (volumes.py), in order
 
     def keep(self) -> set[int]:
         """Every descriptor on the list."""
@@ -73,6 +74,7 @@ class AgentFds:
             fds.add(self.netns)
         if self.scratch is not None:
             fds.add(self.scratch)
+        fds.update(self.volumes)
         fds.update(fd for _path, fd in self.files)
         return fds
 
@@ -141,6 +143,14 @@ def _scratch(req: dict[str, Any], fds: AgentFds) -> tuple[str, int] | None:
     return str(req["scratch"]["mount_path"]), fds.scratch
 
 
+def _volumes(req: dict[str, Any], fds: AgentFds) -> tuple[tuple[str, int, bool], ...]:
+    wanted = req.get("volumes") or []
+    return tuple(
+        (str(v["mount_path"]), fd, bool(v["read_only"]))
+        for v, fd in zip(wanted, fds.volumes, strict=True)
+    )
+
+
 def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
     """PID 1 of the new PID namespace: shed, build, join, become, lock down, then serve."""
     try:
@@ -155,12 +165,14 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
             disk_fd=fds.disk,
             files=fds.files,
             scratch=_scratch(req, fds),
+            volumes=_volumes(req, fds),
             hostname=req["hostname"],
             userns_fd=fds.userns,
             owner=owner,
         )
         fds.files = []
         fds.scratch = None
+        fds.volumes = []
         null = os.open("/dev/null", os.O_RDWR)  # the sandbox's own, now that it exists
         if null != 0:
             os.dup2(null, 0)

@@ -116,4 +116,5 @@ def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fin
         egress_types=tuple(egress),
         ingress_types=tuple(ingress),
         gpus=False,  # no device passthrough yet (runner/spec_mapping.py refuses GPU specs)
+        volumes=True,  # directories under the data directory (volumes.py)
     )

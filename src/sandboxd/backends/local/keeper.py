@@ -127,6 +127,7 @@ def run_keeper(
     native_fd: int | None = None,
     *,
     scratch_fd: int | None = None,
+    volume_fds: tuple[int, ...] = (),
 ) -> NoReturn:
     """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
 
@@ -135,7 +136,8 @@ def run_keeper(
     ``disk.py``); it goes to the agent and the keeper keeps no copy. ``native_fd`` is the
     zygote's sealed copy of ``sandboxd-keeper``, exec'd once set-up is done (unless the
     request says ``native_keeper: false``). ``scratch_fd`` is the scratch file system
-    (``scratch.py``), if the request has one; it goes to the agent like the layer.
+    (``scratch.py``), if the request has one; it goes to the agent like the layer, and so
+    do ``volume_fds``, the detached binds of its persistent volumes (``volumes.py``).
     """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
@@ -172,6 +174,7 @@ def run_keeper(
             userns=userns_fd,
             disk=disk_fd,
             scratch=scratch_fd,
+            volumes=list(volume_fds),
             netns=netns,
             files=files,
         )

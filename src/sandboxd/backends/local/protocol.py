@@ -17,6 +17,7 @@ from typing import Any
 
 MAX_MESSAGE = 4 << 20  # an exec request as JSON; the kernel sends at most ~4 MiB as one message
 MAX_FDS = 4
+MAX_SPAWN_FDS = 12  # a spawn: writable layer, scratch file system, up to 8 volumes (base.py)
 _SO_SNDBUFFORCE = 32  # root may exceed wmem_max; a SEQPACKET message must fit the send buffer
 _SMALL = 200_000  # below the default send buffer: no socket option needed
 
@@ -53,8 +54,10 @@ def send(sock: socket.socket, msg: Message, fds: list[int] | tuple[int, ...] = (
         sock.send(data)
 
 
-def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
+def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[Message | None, list[int]]:
     """Receive one message; ``(None, [])`` on EOF. Received fds are close-on-exec.
+
+    More than ``max_fds`` descriptors is a refused message (the zygote's spawns carry more).
 
     The size is peeked first so a buffer of exactly that size is used; a message over
     ``MAX_MESSAGE``, or one that is not a JSON object, is consumed (its descriptors closed)
@@ -64,11 +67,11 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
     probe = bytearray(1)
     size = sock.recv_into(probe, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     if size > MAX_MESSAGE:
-        _data, fds, _flags, _addr = socket.recv_fds(sock, 1, MAX_FDS, socket.MSG_TRUNC)
+        _data, fds, _flags, _addr = socket.recv_fds(sock, 1, max_fds, socket.MSG_TRUNC)
         for fd in fds:
             os.close(fd)
         raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE}")
-    data, fds, flags, _addr = socket.recv_fds(sock, max(size, 1), MAX_FDS)
+    data, fds, flags, _addr = socket.recv_fds(sock, max(size, 1), max_fds)
     for fd in fds:
         os.set_inheritable(fd, False)
     if not data:
@@ -77,7 +80,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
         return None, []
     try:
         if flags & socket.MSG_CTRUNC:
-            raise ProtocolError(f"more than {MAX_FDS} descriptors attached")
+            raise ProtocolError(f"more than {max_fds} descriptors attached")
         msg = json.loads(data)
         if not isinstance(msg, dict):
             raise ProtocolError("a message must be a JSON object")

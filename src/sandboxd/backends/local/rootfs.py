@@ -57,6 +57,7 @@ from .syscalls import (
     bind_readonly,
     mount,
     pivot_root,
+    set_mount_attrs,
     umount2,
 )
 
@@ -224,13 +225,13 @@ def place_files(root: Root, files: list[tuple[str, int]], owner: int) -> None:
                 os.close(memfd)
 
 
-def mount_scratch(root: Root, mount_path: str, scratch_fd: int, owner: int) -> None:
-    """Attach the scratch file system (a detached mount, ``scratch.py``) at ``mount_path``.
+def _mount_point(root: Root, mount_path: str, owner: int) -> int:
+    """An ``O_PATH`` descriptor of ``mount_path`` in root, its missing directories made.
 
     The path is the client's (checked to be normal, and not ``/``, ``/proc``, ``/sys`` or
-    ``/dev``) and the directories on it the image's, so the mount point is made and opened
-    in root without magic links, and the mount goes onto that descriptor: a symlink in the
-    image cannot move it elsewhere. Directories made on the way belong to the sandbox's root.
+    ``/dev``) and the directories on it the image's, so every step is resolved in root
+    without magic links, and the mount goes onto the descriptor: a symlink in the image
+    cannot move it elsewhere. Directories made on the way belong to the sandbox's root.
     """
     parts = [p for p in mount_path.split("/") if p]
     prefix = ""
@@ -249,12 +250,40 @@ def mount_scratch(root: Root, mount_path: str, scratch_fd: int, owner: int) -> N
             pass
         finally:
             os.close(parent_fd)
-    target = root.open_dir(mount_path)
+    return root.open_dir(mount_path)
+
+
+def mount_scratch(root: Root, mount_path: str, scratch_fd: int, owner: int) -> None:
+    """Attach the scratch file system (a detached mount, ``scratch.py``) at ``mount_path``."""
     try:
-        attach_mount_at(scratch_fd, target)
+        target = _mount_point(root, mount_path, owner)
+        try:
+            attach_mount_at(scratch_fd, target)
+        finally:
+            os.close(target)
     finally:
-        os.close(target)
         os.close(scratch_fd)
+
+
+def mount_volume(root: Root, volume: tuple[str, int, bool], userns_fd: int, owner: int) -> None:
+    """Attach a persistent volume (a detached bind, ``volumes.py``) at its mount path.
+
+    Its ids are shifted through the sandbox's user namespace (on-disk 0 is the sandbox's
+    root, as for the image), it is ``nosuid`` and ``nodev``, and read-only when asked: the
+    attributes are set on the detached mount before it is attached, so the sandbox never
+    sees it writable, and it cannot remount it (no capabilities, seccomp).
+    """
+    mount_path, tree_fd, read_only = volume
+    try:
+        attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if read_only else 0)
+        set_mount_attrs(tree_fd, attrs, userns_fd)
+        target = _mount_point(root, mount_path, owner)
+        try:
+            attach_mount_at(tree_fd, target)
+        finally:
+            os.close(target)
+    finally:
+        os.close(tree_fd)
 
 
 def build(
@@ -267,6 +296,7 @@ def build(
     userns_fd: int,
     owner: int,
     scratch: tuple[str, int] | None = None,
+    volumes: tuple[tuple[str, int, bool], ...] = (),
 ) -> None:
     """The whole filesystem setup, in order; raises ``OSError`` naming the failed step.
 
@@ -282,5 +312,10 @@ def build(
     with Root("/") as root:
         if scratch is not None:
             mount_scratch(root, scratch[0], scratch[1], owner)
+        for volume in volumes:  # on failure the agent exits, and its descriptors with it
+            try:
+                mount_volume(root, volume, userns_fd, owner)
+            except OSError as exc:
+                raise OSError(exc.errno, f"mounting the volume at {volume[0]}: {exc}") from None
         place_files(root, files, owner)
     socket.sethostname(hostname)

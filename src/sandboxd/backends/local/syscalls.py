@@ -163,6 +163,26 @@ def bind_idmapped(source: str, target: str, userns_fd: int, attrs: int = 0) -> N
         os.close(tree)
 
 
+def clone_tree(dir_fd: int) -> int:
+    """A detached bind mount of the directory ``dir_fd`` refers to (``open_tree`` clone).
+
+    Not recursive: nothing mounted below the directory comes along. The descriptor is what
+    travels to the agent, so no path is resolved again between the check and the mount.
+    """
+    flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH
+    return _check(_libc.syscall(_SYS_OPEN_TREE, dir_fd, b"", flags), "open_tree", f"fd {dir_fd}")
+
+
+def set_mount_attrs(tree_fd: int, attrs: int, userns_fd: int | None = None) -> None:
+    """``mount_setattr`` on a detached mount: ``attrs``, and ids shifted by ``userns_fd``."""
+    if userns_fd is not None:
+        attrs |= MOUNT_ATTR_IDMAP
+    attr = struct.pack("QQQQ", attrs, 0, 0, userns_fd if userns_fd is not None else 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    res = _libc.syscall(_SYS_MOUNT_SETATTR, tree_fd, b"", _AT_EMPTY_PATH, buf, len(attr))
+    _check(res, "mount_setattr", f"fd {tree_fd}")
+
+
 def attach_mount(mount_fd: int, target: str) -> None:
     """Attach a detached mount (from ``fsmount``/``open_tree``) at ``target`` (``move_mount``)."""
     res = _libc.syscall(_SYS_MOVE_MOUNT, mount_fd, b"", -100, _b(target), _MOVE_MOUNT_F_EMPTY_PATH)

@@ -80,13 +80,16 @@ class Zygote:
 
     def _on_message(self, conn: socket.socket) -> None:
         try:
-            msg, fds = protocol.recv(conn)
+            msg, fds = protocol.recv(conn, protocol.MAX_SPAWN_FDS)
         except (OSError, protocol.ProtocolError):
             msg, fds = None, []
         disk_fd = fds.pop(0) if fds and msg is not None and msg.get("op") == "spawn" else None
         # A scratch file system (scratch.py) comes second, when the request names one.
         wants_scratch = msg is not None and bool(msg.get("scratch"))
         scratch_fd = fds.pop(0) if fds and disk_fd is not None and wants_scratch else None
+        # Then one detached bind per persistent volume (volumes.py), in the request's order.
+        wanted = len(msg.get("volumes") or []) if msg is not None and disk_fd is not None else 0
+        volume_fds, fds = tuple(fds[:wanted]), fds[wanted:]  # too few: the agent refuses
         for fd in fds:
             os.close(fd)
         if msg is None:
@@ -95,7 +98,7 @@ class Zygote:
             return
         op = msg.get("op")
         if op == "spawn":
-            self._spawn(conn, msg, disk_fd, scratch_fd)
+            self._spawn(conn, msg, disk_fd, scratch_fd, volume_fds)
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
@@ -114,6 +117,7 @@ class Zygote:
         msg: dict[str, Any],
         disk_fd: int | None,
         scratch_fd: int | None = None,
+        volume_fds: tuple[int, ...] = (),
     ) -> None:
         """Fork the keeper; it gets the prepared user namespace and the writable layer.
 
@@ -137,11 +141,19 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
-            held_fds = (userns_fd, disk_fd, scratch_fd, self.native_keeper)
+            held_fds = (userns_fd, disk_fd, scratch_fd, self.native_keeper, *volume_fds)
             keep.update(fd for fd in held_fds if fd is not None)
             _close_fds_except(keep)
-            run_keeper(msg, conn, userns_fd, disk_fd, self.native_keeper, scratch_fd=scratch_fd)
-        for held in (userns_fd, disk_fd, scratch_fd):
+            run_keeper(
+                msg,
+                conn,
+                userns_fd,
+                disk_fd,
+                self.native_keeper,
+                scratch_fd=scratch_fd,
+                volume_fds=volume_fds,
+            )
+        for held in (userns_fd, disk_fd, scratch_fd, *volume_fds):
             if held is not None:
                 os.close(held)
 

@@ -11,9 +11,10 @@ and ``runner_ids`` choose the runners, each placing with its default profile. Th
 container's ``secret_stores`` are the v1beta2 ``secret_stores`` (same references, same
 stores, injected the same way: :mod:`sandboxd.controlplane.secret_refs`). What we do not
 offer yet answers UNIMPLEMENTED with reason ``CWSANDBOX_NOT_IMPLEMENTED`` naming the field
-(registered volumes, pull credentials, security contexts, probes, runtime classes, object
-storage are not offered). One scratch volume with its mount becomes the request's
-scratch file system (:mod:`.scratch_volumes`).
+(pull credentials, security contexts, probes, runtime classes, object storage are not
+offered). One scratch volume with its mount becomes the request's scratch file system
+(:mod:`.scratch_volumes`); registered volumes with their mounts become mount wishes
+(:mod:`.volume_mounts`), resolved against the organization's volumes before placement.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from sandboxd.controlplane.start_request import (
 )
 from sandboxd.controlplane.v1.network import network_wish
 from sandboxd.controlplane.v1.scratch_volumes import scratch_request
+from sandboxd.controlplane.v1.volume_mounts import volume_mounts
 from sandboxd.errors import invalid_argument
+from sandboxd.volumes.model import MountWish
 from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 from sandboxd_protocol.v1 import sandbox_pb2
 
@@ -78,6 +81,7 @@ class CreatePlan:
     request_id: str
     digest: str
     """SHA-256 of the whole request but its id: equal for a replay, and only for one."""
+    volumes: tuple[MountWish, ...] = ()
 
 
 def _present(message: Message, name: str) -> bool:
@@ -274,6 +278,7 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
         raise exc.api_error() from None
     requests, limits = _resources(container)
     scratch = scratch_request(spec, C)
+    volumes = volume_mounts(spec, C)
     wish = network_wish(spec)
     gpu_count = max(requests.gpu_count, limits.gpu_count)
     sandbox_request = SandboxRequest(
@@ -306,4 +311,5 @@ def parse_create(request: sandbox_pb2.CreateSandboxRequest) -> CreatePlan:
         display_name=sandbox.display_name,
         request_id=request.request_id,
         digest=hashlib.sha256(sandbox.SerializeToString(deterministic=True)).hexdigest(),
+        volumes=volumes,
     )

@@ -111,6 +111,8 @@ def sandbox_message(
         status.exit_code = record.exit_code
         container_status.exit_code = record.exit_code
     status.container_statuses.append(container_status)
+    if not record.terminal:  # registered volumes it has mounted (protocol/v1.md §12)
+        status.attached_volume_ids.extend(v.volume_id for v in spec.volumes if v.volume_id)
     return V.Sandbox(
         sandbox_id=record.sandbox_id,
         spec=spec,

@@ -39,6 +39,7 @@ from sandboxd.controlplane.v1.streams import V1Streams, check_container
 from sandboxd.controlplane.v1.unimplemented import unimplemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd.store.v1_resources import RequestIdTaken, V1Resource
+from sandboxd.volumes.service import Volumes
 from sandboxd_protocol.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 R = TypeVar("R")
@@ -55,6 +56,14 @@ def request_id_conflict(request_id: str) -> ApiError:
         "request_id", f"{request_id!r} was already used to create a different sandbox"
     )
     return dataclasses.replace(error, reason="CWSANDBOX_REQUEST_ID_CONFLICT")
+
+
+def _mounts_any(resource: V1Resource | None, request: sandbox_pb2.ListSandboxesRequest) -> bool:
+    """Whether the sandbox's spec mounts one of the request's ``volume_ids``."""
+    if resource is None:
+        return False
+    wanted = set(request.volume_ids)
+    return any(v.volume_id in wanted for v in V.SandboxSpec.FromString(resource.spec).volumes)
 
 
 class _KeyedLocks:
@@ -88,8 +97,11 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
         resources: V1Resources,
         streams: V1Streams,
         snapshots: V1Snapshots,
+        *,
+        volumes: Volumes,
     ) -> None:
         self._lifecycle = lifecycle
+        self._volumes = volumes
         self._snapshots = snapshots
         self._files = files
         self._resources = resources
@@ -134,7 +146,15 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
 
     async def _create(self, plan: CreatePlan, owner: str) -> sandbox_pb2.Sandbox:
         source = await self._snapshots.restore_source(plan.request)
-        record = await self._lifecycle.start(plan.request)
+        if plan.volumes:  # resolved, pinned to their runner and recorded under one lock
+            async with self._volumes.mounting():
+                mounts, runner_id = await self._volumes.mounts_for(
+                    plan.volumes, plan.request.runner_ids
+                )
+                request = dataclasses.replace(plan.request, volumes=mounts, runner_ids=(runner_id,))
+                record = await self._lifecycle.start(request)
+        else:
+            record = await self._lifecycle.start(plan.request)
         self._snapshots.started(record, source)
         resource = V1Resource(
             sandbox_id=record.sandbox_id,
@@ -191,8 +211,6 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
                 )
             if request.sort_direction == V.SORT_DIRECTION_DESCENDING:
                 raise not_implemented("sort_direction", "newest-first listing")
-            if len(request.volume_ids):
-                raise not_implemented("volume_ids", "volumes")
             status = status_of_state(request.state) if request.state else 0
             if status is None:  # PREPARING: no sandbox here is ever in it
                 return V.ListSandboxesResponse()
@@ -206,6 +224,8 @@ class V1SandboxService(sandbox_pb2_grpc.SandboxServiceServicer):
                 self._lifecycle.records, wanted, request.page_size, request.page_token
             )
             resources = await self._resources.get_many([r.sandbox_id for r in page])
+            if len(request.volume_ids):  # narrows each page, as the snapshot list's filter
+                page = [r for r in page if _mounts_any(resources.get(r.sandbox_id), request)]
             reason = self._lifecycle.reason_of
             return V.ListSandboxesResponse(
                 sandboxes=[

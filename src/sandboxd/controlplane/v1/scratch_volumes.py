@@ -7,10 +7,11 @@ before anything is placed, and every mismatch is refused with INVALID_ARGUMENT n
 v1 field (``spec.volumes[1].name``, ``spec.containers[0].volume_mounts[0].mount_path``).
 
 What the runner offers: one scratch file system per sandbox (the backend mounts one), so a
-second scratch volume is INVALID_ARGUMENT naming ``spec.volumes[1]``; registered volumes
-(``volume_id``), memory-backed scratch, read-only and ``sub_path`` mounts answer
-UNIMPLEMENTED naming their field. Volume names become file names on the runner and in
-snapshot records, so they are DNS labels: no ``/``, no ``..``, nothing a path could climb.
+second scratch volume is INVALID_ARGUMENT naming ``spec.volumes[1]``; memory-backed scratch,
+read-only and ``sub_path`` scratch mounts answer UNIMPLEMENTED naming their field.
+Registered volumes (``volume_id``) and their mounts are :mod:`.volume_mounts`' part.
+Volume names become file names on the runner and in snapshot records, so they are DNS
+labels: no ``/``, no ``..``, nothing a path could climb.
 """
 
 from __future__ import annotations
@@ -57,16 +58,15 @@ def scratch_request(spec: sandbox_pb2.SandboxSpec, prefix: str) -> ScratchReques
     Raises :class:`ApiError` naming the first bad field.
     """
     scratch: tuple[int, sandbox_pb2.SandboxVolume] | None = None
-    names: set[str] = set()
+    names: dict[str, str | None] = {}
     for index, volume in enumerate(spec.volumes):
         field = f"spec.volumes[{index}]"
         check_volume_name(volume.name, f"{field}.name")
         if volume.name in names:
             raise invalid_argument(f"{field}.name", f"{volume.name!r} is named twice")
-        names.add(volume.name)
-        source = volume.WhichOneof("source")
+        source = names[volume.name] = volume.WhichOneof("source")
         if source == "volume_id":
-            raise not_implemented(f"{field}.volume_id", "registered volumes")
+            continue
         if source != "scratch":
             raise invalid_argument(field, "must be a scratch volume")
         _scratch_entry(volume, field)
@@ -77,14 +77,18 @@ def scratch_request(spec: sandbox_pb2.SandboxSpec, prefix: str) -> ScratchReques
         scratch = (index, volume)
     container = spec.containers[0]
     mounted: tuple[int, sandbox_pb2.VolumeMount] | None = None
+    seen: set[str] = set()
     for index, mount in enumerate(container.volume_mounts):
         field = f"{prefix}.volume_mounts[{index}]"
         if mount.volume not in names:
             raise invalid_argument(
                 f"{field}.volume", f"names no volume of the spec: {mount.volume!r}"
             )
-        if mounted is not None:
+        if mount.volume in seen:
             raise invalid_argument(f"{field}.volume", f"{mount.volume!r} is mounted twice")
+        seen.add(mount.volume)
+        if names[mount.volume] != "scratch":
+            continue
         if mount.read_only:
             raise not_implemented(f"{field}.read_only", "read-only scratch mounts")
         if mount.sub_path:
