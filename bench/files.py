@@ -8,8 +8,8 @@ loopback, each transfer ``--repeat`` times (p50 and p99 of the throughput, MB/s)
   ``read_file_streaming`` (constant memory), with how much the client's and the server's
   resident memory grew over all of them;
 * ``write_file``/``read_file`` of a 16 MiB file, the "unary" row (whole files in memory;
-  our client writes more than 1 MiB over ``FileService`` where the server has it, and
-  reads with ``RetrieveFile``, as the official client does both);
+  our client writes more than 1 MiB, and reads, over ``FileService`` where the server has
+  it; the official client uses ``AddFile``/``RetrieveFile`` for both);
 * log-follow latency: time from a line written by the main process to the same line
   arriving through ``stream_logs(follow=True)``, p50/p99;
 

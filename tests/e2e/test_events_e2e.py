@@ -110,7 +110,8 @@ def test_the_trail_shows_what_happened_in_order_and_outlives_the_sandbox(
     }
     assert written[1]["path"] == "/tmp/large.bin" and written[1]["size"] == len(large)
     read = next(d for k, _, d in events if k == "file_read")
-    assert read["sha256"] == hashlib.sha256(small).hexdigest()
+    # Our client reads over FileService (streamed: path and size, not hashed).
+    assert read == {"path": "/tmp/small.txt", "streamed": True, "size": len(small)}
     ended = next(d for k, _, d in events if k == "ended")
     assert ended["status"] in ("completed", "terminated")
 
@@ -120,6 +121,37 @@ def test_the_trail_shows_what_happened_in_order_and_outlives_the_sandbox(
     assert '"sh", "-c", "exit 4"' in shown.stdout and me in shown.stdout
     lines = cli("events", sandbox_id, "--json").stdout.splitlines()
     assert [json.loads(line)["kind"] for line in lines] == kinds
+
+
+def test_a_large_files_digest_is_computed_aside_and_keeps_its_place(
+    team_a: str, quiet_platform: Platform
+) -> None:
+    """A 6 MiB unary RetrieveFile (what official clients send) is hashed off the event loop;
+    the exec after it stays after it in the trail."""
+    large = os.urandom(6 << 20)
+    with Sandbox.run(profile_names=["locked-down"]) as sandbox:
+        sandbox.write_file_streaming("/tmp/large.bin", iter([large])).result()
+        sandbox_id = sandbox.sandbox_id
+        key, big = os.environ["CWSANDBOX_API_KEY"], [("grpc.max_receive_message_length", 64 << 20)]
+        with keyed_channel(quiet_platform.target, key, options=big) as channel:
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+            got = gateway.RetrieveFile(
+                g.RetrieveFileSandboxRequest(sandbox_id=sandbox_id, filepath="/tmp/large.bin"),
+                timeout=60,
+            )
+        assert got.file_contents == large
+        sandbox.exec(["true"]).result()
+
+    def trail() -> list[tuple[str, dict[str, object]]]:
+        return [(e.kind, e.data) for e in iter_events(sandbox_id)]
+
+    wait_until("the exec recorded", lambda: "exec" in [k for k, _ in trail()], 30)
+    events = trail()
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("file_read") < kinds.index("exec"), kinds
+    read = next(d for k, d in events if k == "file_read")
+    assert read["size"] == len(large)
+    assert read["sha256"] == hashlib.sha256(large).hexdigest()
 
 
 def test_follow_prints_an_exec_as_it_happens(team_a: str) -> None:

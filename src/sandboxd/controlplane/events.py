@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
 ENDED_REMEMBERED = 65_536
 """Ended sandboxes whose state is remembered for their delete event (oldest forgotten)."""
+INLINE_HASH_BYTES = 64 << 10
+"""File content up to this size is hashed at once; larger, in a worker thread."""
 MAX_PENDING = 100_000
 """Events held while the database is away; past this the oldest are dropped, with a warning."""
 CONTROL_PLANE = "control-plane"
@@ -79,6 +81,8 @@ class EventLog:
         self._store = store
         self._records = records
         self._pending: list[SandboxEvent] = []
+        # Events whose file digest is still being computed (by id()): flushed after it.
+        self._hashing: dict[int, asyncio.Future[None]] = {}
         self._seen: dict[str, _Seen] = {}
         # Ended sandboxes still to be deleted, oldest first; bounded, so memory is too.
         self._ended: OrderedDict[str, _Seen] = OrderedDict()
@@ -89,16 +93,48 @@ class EventLog:
 
     # -- writing ------------------------------------------------------------------------
 
-    def note(self, record: SandboxRecord, kind: str, actor: str, **data: Any) -> None:
+    def note(
+        self,
+        record: SandboxRecord,
+        kind: str,
+        actor: str,
+        hash_of: bytes | None = None,
+        **data: Any,
+    ) -> None:
         """Queue an event of ``record``'s sandbox (never blocks, never raises).
 
         It is also logged at INFO (with ``--log-format json``, with the sandbox and the
         caller's organization on the line), but the trail, not the log, is the record.
         """
         log.info("sandbox %s: %s by %s", record.sandbox_id, kind, actor)
-        self.append(
-            SandboxEvent(record.sandbox_id, record.owner_org, datetime.now(UTC), kind, actor, data)
+        event = SandboxEvent(
+            record.sandbox_id, record.owner_org, datetime.now(UTC), kind, actor, data
         )
+        self.append(event)
+        if hash_of is not None:
+            self._hash_later(event, hash_of)
+
+    def _hash_later(self, event: SandboxEvent, content: bytes) -> None:
+        """Add ``sha256`` of ``content`` to ``event``, off the event loop for large content.
+
+        Why: hashing 16 MiB takes ~25 ms, which on the loop would stall every other call and
+        delay the file's own answer. The event keeps its place: :meth:`flush` writes events
+        only up to the first one still being hashed, so the trail stays in order.
+        """
+        if len(content) <= INLINE_HASH_BYTES:
+            event.data["sha256"] = hashlib.sha256(content).hexdigest()
+            return
+
+        async def digest() -> None:
+            try:  # hashlib releases the GIL for large buffers: another core does the work
+                event.data["sha256"] = await asyncio.to_thread(
+                    lambda: hashlib.sha256(content).hexdigest()
+                )
+            finally:
+                self._hashing.pop(id(event), None)
+                self._wake.set()
+
+        self._hashing[id(event)] = asyncio.ensure_future(digest())
 
     def append(self, event: SandboxEvent) -> None:
         """Queue a ready-made event (never blocks, never raises); see :meth:`note`."""
@@ -161,6 +197,8 @@ class EventLog:
 
     async def stop(self) -> None:
         """Write what is pending and stop."""
+        if self._hashing:
+            await asyncio.gather(*self._hashing.values(), return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,7 +209,12 @@ class EventLog:
     async def flush(self) -> None:
         """Write every pending event now (in order), then wake followers."""
         async with self._lock:
-            batch, self._pending = self._pending, []
+            ready = len(self._pending)
+            for index, event in enumerate(self._pending):
+                if id(event) in self._hashing:
+                    ready = index  # it and everything after it wait for its digest
+                    break
+            batch, self._pending = self._pending[:ready], self._pending[ready:]
             if not batch:
                 return
             try:
@@ -386,11 +429,11 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 caller = _caller()
                 record = events._record(getattr(request, "sandbox_id", ""), caller)
                 if record is not None:
-                    kind, data = _UNARY[name](request, response)
+                    kind, data, content = _UNARY[name](request, response)
                     data.update(outcome=outcome)
                     if name == "Exec":
                         data["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                    events._events.note(record, kind, _actor(caller), **data)
+                    events._events.note(record, kind, _actor(caller), hash_of=content, **data)
 
         return run
 
@@ -405,44 +448,39 @@ def _parsed(kind: type[M], frame: Any) -> M:
         return kind()
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# What a finished call records: its kind, its details, and file content to add the SHA-256
+# of (``EventLog.note(hash_of=...)``; None when there is none).
+Recorded = tuple[str, dict[str, Any], bytes | None]
 
 
-def _file_written(request: Any, _response: Any) -> tuple[str, dict[str, Any]]:
+def _file_written(request: Any, _response: Any) -> Recorded:
     content = request.file_contents
-    return "file_written", {
-        "path": request.filepath,
-        "size": len(content),
-        "sha256": _digest(content),
-    }
+    return "file_written", {"path": request.filepath, "size": len(content)}, content
 
 
-def _file_read(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
-    content = response.file_contents if response is not None else b""
-    data: dict[str, Any] = {"path": request.filepath}
-    if response is not None:
-        data.update(size=len(content), sha256=_digest(content))
-    return "file_read", data
+def _file_read(request: Any, response: Any) -> Recorded:
+    if response is None:
+        return "file_read", {"path": request.filepath}, None
+    content = response.file_contents
+    return "file_read", {"path": request.filepath, "size": len(content)}, content
 
 
-def _unary_exec(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
+def _unary_exec(request: Any, response: Any) -> Recorded:
     data: dict[str, Any] = {"argv": [*request.command, *request.args]}
     if response is not None and response.HasField("result"):
         data["exit_code"] = response.result.exit_code
-    return "exec", data
+    return "exec", data, None
 
 
-def _v1_file_written(request: Any, _response: Any) -> tuple[str, dict[str, Any]]:
+def _v1_file_written(request: Any, _response: Any) -> Recorded:
     content = request.content
-    return "file_written", {"path": request.path, "size": len(content), "sha256": _digest(content)}
+    return "file_written", {"path": request.path, "size": len(content)}, content
 
 
-def _v1_file_read(request: Any, response: Any) -> tuple[str, dict[str, Any]]:
-    data: dict[str, Any] = {"path": request.path}
-    if response is not None:
-        data.update(size=len(response.content), sha256=_digest(response.content))
-    return "file_read", data
+def _v1_file_read(request: Any, response: Any) -> Recorded:
+    if response is None:
+        return "file_read", {"path": request.path}, None
+    return "file_read", {"path": request.path, "size": len(response.content)}, response.content
 
 
 # StreamExec of each protocol: (request oneof, response oneof).
@@ -451,7 +489,7 @@ _EXEC_ONEOFS = {
     V1_SANDBOXES + "StreamExec": ("message", "message"),
 }
 # Calls recorded when they end, with their outcome (v1beta2 and v1 names) ...
-_UNARY: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
+_UNARY: dict[str, Callable[[Any, Any], Recorded]] = {
     "AddFile": _file_written,
     "RetrieveFile": _file_read,
     "Exec": _unary_exec,
@@ -460,6 +498,7 @@ _UNARY: dict[str, Callable[[Any, Any], tuple[str, dict[str, Any]]]] = {
     "CreateFileSystemSnapshot": lambda _r, resp: (
         "snapshot",
         {"snapshot_id": resp.file_system_snapshot_id} if resp is not None else {},
+        None,
     ),
 }
 # ... and requests recorded when they are made (what they cause follows as its own events).
