@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,9 @@ def floors(n: int) -> dict[str, str]:
         bwrap = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"]
         create.append(f"bwrap {fmt(floor_samples(bwrap, n))}")
     out["create -> first exec result"] = "; ".join(create)
-    holder = subprocess.Popen([*UNSHARE, "sleep", "600"])
+    # Its own process group: unshare --fork leaves ``sleep`` as a child that killing unshare
+    # alone would orphan (holding our stdout open, so a pipe reading it never ends).
+    holder = subprocess.Popen([*UNSHARE, "sleep", "600"], start_new_session=True)
     try:
         time.sleep(0.2)  # let unshare fork its child into the new namespaces
         children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text().split()
@@ -90,7 +93,7 @@ def floors(n: int) -> dict[str, str]:
         enter = ["nsenter", "-t", target, "-m", "-u", "-i", "-n", "-p", "true"]
         out["exec true round trip"] = f"nsenter {fmt(floor_samples(enter, n * 4))}"
     finally:
-        holder.kill()
+        os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     return out
 
