@@ -38,6 +38,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from sandboxd.controlplane.caller import Caller, current_caller
+from sandboxd.controlplane.event_journal import EventJournal
 from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError
@@ -77,10 +78,17 @@ class _Seen:
 class EventLog:
     """Queues events, writes them in batches, and serves them in order."""
 
-    def __init__(self, store: EventStore, records: SandboxRecords) -> None:
+    def __init__(
+        self, store: EventStore, records: SandboxRecords, journal: EventJournal | None = None
+    ) -> None:
+        """``journal``: where events wait, safe from a kill, until stored (None: memory)."""
         self._store = store
         self._records = records
+        self._journal = journal
         self._pending: list[SandboxEvent] = []
+        # Each pending event's journal number (by id()), in trail order.
+        self._numbers: dict[int, int] = {}
+        self._next_number = 1
         # Events whose file digest is still being computed (by id()): flushed after it.
         self._hashing: dict[int, asyncio.Future[None]] = {}
         self._seen: dict[str, _Seen] = {}
@@ -110,9 +118,9 @@ class EventLog:
         event = SandboxEvent(
             record.sandbox_id, record.owner_org, datetime.now(UTC), kind, actor, data
         )
-        self.append(event)
         if hash_of is not None:
-            self._hash_later(event, hash_of)
+            self._hash_later(event, hash_of)  # before append: journaled once complete
+        self.append(event)
 
     def _hash_later(self, event: SandboxEvent, content: bytes) -> None:
         """Add ``sha256`` of ``content`` to ``event``, off the event loop for large content.
@@ -132,17 +140,56 @@ class EventLog:
                 )
             finally:
                 self._hashing.pop(id(event), None)
+                number = self._numbers.get(id(event))
+                if self._journal is not None and number is not None:
+                    self._journal.write(number, event)
                 self._wake.set()
 
         self._hashing[id(event)] = asyncio.ensure_future(digest())
 
     def append(self, event: SandboxEvent) -> None:
-        """Queue a ready-made event (never blocks, never raises); see :meth:`note`."""
+        """Queue a ready-made event (never blocks, never raises); see :meth:`note`.
+
+        It is journaled at once (when complete: a digest being computed journals it when
+        done), so a kill before the next database write loses nothing.
+        """
+        number, self._next_number = self._next_number, self._next_number + 1
+        self._numbers[id(event)] = number
         self._pending.append(event)
+        if self._journal is not None and id(event) not in self._hashing:
+            self._journal.write(number, event)
         if len(self._pending) > MAX_PENDING:
-            del self._pending[: len(self._pending) - MAX_PENDING]
+            dropped = self._pending[: len(self._pending) - MAX_PENDING]
+            del self._pending[: len(dropped)]
+            for old in dropped:
+                self._numbers.pop(id(old), None)
             log.warning("event trail: the database is behind; oldest pending events dropped")
         self._wake.set()
+
+    async def recover(self) -> int:
+        """At start-up: store what the journal holds beyond the database; how many events.
+
+        Also opens the journal for this run, numbering on from the highest number seen.
+        """
+        if self._journal is None:
+            return 0
+        position = await asyncio.to_thread(self._store.journal_position)
+        entries = await asyncio.to_thread(self._journal.read)
+        missing = [(number, event) for number, event in entries if number > position]
+        highest = max([position, *(number for number, _ in entries)])
+        if missing:
+            events = [event for _, event in missing]
+            await asyncio.to_thread(self._store.append, events, missing[-1][0])
+            log.info("event trail: %d events from the journal stored after a restart", len(events))
+        self._journal.open()
+        self._journal.stored_through(highest, everything=True)
+        self._next_number = highest + 1
+        for event in self._pending:  # noted while the records loaded: number them on
+            self._numbers[id(event)] = self._next_number
+            if id(event) not in self._hashing:
+                self._journal.write(self._next_number, event)
+            self._next_number += 1
+        return len(missing)
 
     def observe_record(self, record: SandboxRecord) -> None:
         """Turn a record change into lifecycle events (each transition once)."""
@@ -205,6 +252,8 @@ class EventLog:
                 await self._task
         with contextlib.suppress(Exception):
             await self.flush()
+        if self._journal is not None:
+            self._journal.close()  # what the flush could not store stays for the next start
 
     async def flush(self) -> None:
         """Write every pending event now (in order), then wake followers."""
@@ -217,11 +266,16 @@ class EventLog:
             batch, self._pending = self._pending[:ready], self._pending[ready:]
             if not batch:
                 return
+            through = self._numbers.get(id(batch[-1]))
             try:
-                await asyncio.to_thread(self._store.append, batch)
+                await asyncio.to_thread(self._store.append, batch, through)
             except Exception:
                 self._pending[:0] = batch  # kept, in order, for the next flush
                 raise
+            for event in batch:
+                self._numbers.pop(id(event), None)
+            if self._journal is not None and through is not None:
+                self._journal.stored_through(through, everything=not self._pending)
         written, self._written = self._written, asyncio.Event()
         written.set()
 

@@ -32,6 +32,7 @@ from sandboxd.controlplane.admin_service import AdminService
 from sandboxd.controlplane.auth import AuthInterceptor
 from sandboxd.controlplane.connection_events import ConnectionEvents
 from sandboxd.controlplane.discovery import DiscoveryService
+from sandboxd.controlplane.event_journal import EventJournal
 from sandboxd.controlplane.event_service import EventService
 from sandboxd.controlplane.events import EventLog, EventsInterceptor
 from sandboxd.controlplane.files import Files, FileService
@@ -137,6 +138,10 @@ class ControlPlaneSettings:
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
 
 
+EVENT_JOURNAL = "events.journal"
+"""Trail events not yet in the database, in the data directory (``event_journal.py``)."""
+
+
 def prepare_data_dir(data_dir: Path) -> None:
     """Create the data directory, or narrow an existing one, to its owner only (0700)."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -208,7 +213,10 @@ class ControlPlane:
             )
             self._also_on_change(self.metrics.observe_record)
         # The activity trail (events.py): every record change, and calls on sandboxes.
-        self.events = EventLog(self.store.events, self.sandboxes)
+        # Events wait in a local journal until stored, so a SIGKILL loses none of them.
+        self.events = EventLog(
+            self.store.events, self.sandboxes, EventJournal(settings.data_dir / EVENT_JOURNAL)
+        )
         self._also_on_change(self.events.observe_record)
         self.identity = IdentityService(self.store.identity)
         self.runner_lifecycle = RunnerLifecycle(
@@ -288,6 +296,7 @@ class ControlPlane:
             )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            await self.events.recover()  # what a killed predecessor had not stored yet
             # A stop that waited for one of them happens now (snapshot_stops.py).
             failed = await self.snapshots.fail_unfinished()
             await stop_after_lost_snapshots(self.sandboxes, failed)

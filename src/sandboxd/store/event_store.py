@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, delete, select
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -32,6 +32,19 @@ class SandboxEventRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(80))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventJournalRow(Base):
+    """How far the control plane's local event journal is stored (one row, ``id`` 1).
+
+    Written in the same transaction as the events it covers, so after a kill the journal's
+    lines above it are exactly the events still to store (``controlplane/event_journal.py``).
+    """
+
+    __tablename__ = "event_journal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stored_through: Mapped[int] = mapped_column(BigInteger)
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,21 @@ class EventStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def append(self, events: Sequence[SandboxEvent]) -> list[SandboxEvent]:
-        """Store ``events`` in one transaction; returns them with their ``seq``."""
+    def append(
+        self, events: Sequence[SandboxEvent], journal_through: int | None = None
+    ) -> list[SandboxEvent]:
+        """Store ``events`` in one transaction; returns them with their ``seq``.
+
+        ``journal_through``: the journal number of the last of them, kept in the same
+        transaction (:meth:`journal_position`).
+        """
         with Session(self._engine) as session, session.begin():
+            if journal_through is not None:
+                position = session.get(EventJournalRow, 1)
+                if position is None:
+                    session.add(EventJournalRow(id=1, stored_through=journal_through))
+                else:
+                    position.stored_through = max(position.stored_through, journal_through)
             rows = [
                 SandboxEventRow(
                     sandbox_id=e.sandbox_id,
@@ -70,6 +95,12 @@ class EventStore:
             session.add_all(rows)
             session.flush()
             return [_event(row) for row in rows]
+
+    def journal_position(self) -> int:
+        """The highest journal number stored (0: none yet)."""
+        with Session(self._engine) as session:
+            position = session.get(EventJournalRow, 1)
+            return 0 if position is None else int(position.stored_through)
 
     def page(self, sandbox_id: str, after_seq: int, limit: int) -> list[SandboxEvent]:
         """Up to ``limit`` events of a sandbox after ``after_seq``, oldest first."""
