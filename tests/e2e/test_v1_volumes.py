@@ -1,4 +1,4 @@
-"""v1 persistent volumes with the official 1.22.0 client (protocol/v1.md §12).
+"""v1 persistent volumes with the official 1.22.0 and 1.14.4 clients (protocol/v1.md §12).
 
 A real ``sandboxd up``; the client in its own virtualenv, as a member of its own
 organization: ``Volume.create`` from a ``PvcVolumeSource`` (the claim is a directory on the
@@ -63,9 +63,18 @@ print(json.dumps(out, default=str))
 """
 
 
-def test_official_client_volume_lifecycle_and_data_across_sandboxes(platform: Platform) -> None:
-    python = official_python(OFFICIAL_V1_VERSION)
-    env = platform.env(CWSANDBOX_API_KEY=platform.member_key("vol-life"), RUNNER=platform.runner_id)
+# 1.11.0 is the first release whose Volume API calls VolumeService (v1.md §14); 0.27.0 has
+# no Volume API at all.
+VOLUME_CLIENTS = (OFFICIAL_V1_VERSION, "1.14.4")
+
+
+@pytest.mark.parametrize("version", VOLUME_CLIENTS)
+def test_official_client_volume_lifecycle_and_data_across_sandboxes(
+    platform: Platform, version: str
+) -> None:
+    python = official_python(version)
+    org = f"vol-life-{version.replace('.', '-')}"
+    env = platform.env(CWSANDBOX_API_KEY=platform.member_key(org), RUNNER=platform.runner_id)
     result = json.loads(run_python(python, OFFICIAL, env).strip().splitlines()[-1])
     assert result["created"] == ["validating", "shared", "team"]
     assert result["replayed"] is not None  # the same id again (a new request id): refused
