@@ -380,27 +380,36 @@ class EventsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         bind_sandbox(request.init.sandbox_id)
                     yield request
 
-            exit_code: int | None = None
-            try:
-                async for response in behaviour(watched(), context):
-                    if response.WhichOneof(response_oneof) == "exit":
-                        exit_code = response.exit.exit_code
-                    yield response
-            finally:
+            noted = False
+
+            def note(exit_code: int | None) -> None:
+                nonlocal noted
                 init = seen.get("init")
                 caller = _caller()
                 record = events._record(init.sandbox_id, caller) if init is not None else None
-                if record is not None and init is not None:
-                    events._events.note(
-                        record,
-                        "exec",
-                        _actor(caller),
-                        argv=list(init.command),
-                        env_names=sorted(init.env),
-                        tty=init.tty,
-                        exit_code=exit_code,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    )
+                if noted or record is None or init is None:
+                    return
+                noted = True
+                events._events.note(
+                    record,
+                    "exec",
+                    _actor(caller),
+                    argv=list(init.command),
+                    env_names=sorted(init.env),
+                    tty=init.tty,
+                    exit_code=exit_code,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+
+            try:
+                async for response in behaviour(watched(), context):
+                    if response.WhichOneof(response_oneof) == "exit":
+                        # Before the client sees the exit: an answered exec is in the
+                        # trail (journaled), even if this process dies a moment later.
+                        note(response.exit.exit_code)
+                    yield response
+            finally:
+                note(None)  # it ended without an exit (an error, the client went away)
 
         return run
 
