@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from cwsandbox import _loop
@@ -220,18 +220,16 @@ async def read_file(life: Lifecycle, path: str, timeout: float) -> bytes:
     except SandboxResourceExhaustedError:
         pass
     _note_fallback(life, f"file '{path}'")
-    parts: list[bytes] = []
-
-    async def keep(chunk: bytes) -> bool:
-        parts.append(chunk)
-        return True
-
-    await stream_read(life, path, timeout, keep)
-    return b"".join(parts)
+    return await _read_whole(life, path, timeout, stream_read)
 
 
-async def _read_whole(life: Lifecycle, path: str, timeout: float) -> bytes:
-    """``path`` over ``FileService``, refused past :data:`READ_FALLBACK_LIMIT_BYTES`."""
+async def _read_whole(
+    life: Lifecycle,
+    path: str,
+    timeout: float,
+    read: Callable[[Lifecycle, str, float | None, Sink], Awaitable[int]] = service_read,
+) -> bytes:
+    """``path`` collected through ``read``, refused past :data:`READ_FALLBACK_LIMIT_BYTES`."""
     parts: list[bytes] = []
     held = 0
 
@@ -249,7 +247,7 @@ async def _read_whole(life: Lifecycle, path: str, timeout: float) -> bytes:
         parts.append(chunk)
         return True
 
-    await service_read(life, path, timeout, keep)
+    await read(life, path, timeout, keep)
     return b"".join(parts)
 
 

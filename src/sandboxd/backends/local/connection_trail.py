@@ -20,6 +20,7 @@ directory reads the rules its predecessor wrote. When the group cannot be bound 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import zlib
@@ -117,10 +118,7 @@ class ConnectionTrail:
         key: FoldKey = (sandbox_id, packet.protocol, str(packet.destination), packet.port, decision)
         entry = self._pending.get(key)
         if entry is not None:
-            self._pending[key] = ConnectionAttempt(
-                entry.sandbox_id, entry.at, entry.protocol, entry.destination, entry.port,
-                entry.decision, entry.rule, entry.count + 1,
-            )  # fmt: skip
+            self._pending[key] = dataclasses.replace(entry, count=entry.count + 1)
         elif len(self._pending) >= MAX_PENDING:
             self._lost += 1
         else:
