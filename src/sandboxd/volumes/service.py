@@ -183,7 +183,10 @@ class Volumes:
         await self._db(
             self._store.update, record.owner_org, volume_id, state=VolumeState.VALIDATING
         )
-        return await self._check(record, create=False)
+        # A volume whose first check never finished (its control plane died during the
+        # create) may not have its directory yet: finish the create. Once checked, a
+        # missing directory is an error to report, never an empty one to make.
+        return await self._check(record, create=record.validated_at is None)
 
     async def _check(self, record: VolumeRecord, *, create: bool) -> VolumeRecord:
         """Ask the runner; READY, or ERROR with its reason (also when it cannot be asked)."""
