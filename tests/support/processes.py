@@ -401,13 +401,37 @@ class RunnerProcess:
         return self
 
     def stop(self) -> int:
+        """SIGTERM (SIGKILL after 10 s), once a runner that is joining has stored its credential."""
         assert self.proc is not None
+        self._let_join_finish()
         return self.proc.stop()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: no goodbye to the control plane, sandboxes left running."""
+        """SIGKILL, as a crash: no goodbye to the control plane, sandboxes left running.
+
+        Like :meth:`stop`, it first lets a joining runner store its credential.
+        """
         assert self.proc is not None
+        self._let_join_finish()
         self.proc.kill()
+
+    def _let_join_finish(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until a live runner has written its credential file.
+
+        Why: discovery calls a runner healthy as soon as the control plane has sent it a
+        credential, a moment before the runner writes that credential to its state directory.
+        A runner stopped in between restarts with only the shared join token, which the
+        control plane rightly refuses for an id that already holds a credential; tests that
+        restart a runner mean one that finished joining. A runner that exits (refused) or
+        never joins within ``timeout`` is stopped anyway.
+        """
+        assert self.proc is not None
+        credential = self.state_dir / "runner-credential"
+        deadline = time.monotonic() + timeout
+        while not credential.exists() and self.proc.popen.poll() is None:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
 
 @dataclass(frozen=True)
