@@ -42,6 +42,7 @@ from cwsandbox.exceptions import (
     SandboxCommandTimeoutError,
     SandboxExecutionError,
     SandboxNotRunningError,
+    SandboxTimeoutError,
 )
 
 __all__ = [
@@ -196,24 +197,43 @@ async def run_exec(
     stdout: StreamReader[str],
     stderr: StreamReader[str],
     stdin: StreamWriter | None,
+    starting: Lifecycle | None = None,
 ) -> ProcessResult:
-    """Drive one StreamExec call to its end and return the command's result."""
+    """Drive one StreamExec call to its end and return the command's result.
+
+    ``starting``: the sandbox may still be starting and the server waits for it (see
+    ``Lifecycle.exec_target``); the wait is bounded by the handle's request timeout, like
+    the Get it replaces, and ``timeout`` counts from the moment the sandbox runs. If it
+    does not run, :class:`_NotStarted` is raised with the output readers left open, for
+    the caller to fall back to the Get.
+    """
     argv = with_cwd(command, cwd)
     out, err = _Decoder(stdout), _Decoder(stderr)
     pump: asyncio.Task[None] | None = None
     channel: ExecChannel | None = None
     failure: BaseException | None = None
+    handed_back = False
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(timeout):
-            channel = await ExecChannel.open(
+        if starting is not None:
+            channel = await _open_when_running(
                 transport,
                 sandbox_id,
                 argv,
-                deadline=timeout + DEADLINE_SLACK_SECONDS,
-                connect_timeout=connect_timeout,
+                starting,
+                timeout=timeout,
                 interactive=stdin is not None,
             )
+        async with asyncio.timeout(timeout):
+            if channel is None:
+                channel = await ExecChannel.open(
+                    transport,
+                    sandbox_id,
+                    argv,
+                    deadline=timeout + DEADLINE_SLACK_SECONDS,
+                    connect_timeout=connect_timeout,
+                    interactive=stdin is not None,
+                )
             ready_by = None
             if stdin is not None:
                 pump = asyncio.create_task(pump_stdin(channel, stdin))
@@ -236,6 +256,9 @@ async def run_exec(
     except asyncio.CancelledError:
         failure = SandboxExecutionError(f"exec of {shlex.join(command)!r} was cancelled")
         raise
+    except _NotStarted:
+        handed_back = True  # nothing ran and nothing was read: the caller sends it again
+        raise
     except BaseException as other:
         failure = other
         raise
@@ -244,16 +267,64 @@ async def run_exec(
             pump.cancel()
         if channel is not None:
             channel.cancel()
-        if stdin is not None:
-            stdin._fail(SandboxNotRunningError("the command has ended; its stdin is closed"))
-        stdout._end(failure)
-        stderr._end(failure)
+        if not handed_back:
+            if stdin is not None:
+                stdin._fail(SandboxNotRunningError("the command has ended; its stdin is closed"))
+            stdout._end(failure)
+            stderr._end(failure)
     if check and result.returncode != 0:
         raise SandboxExecutionError(
             f"Command {shlex.join(command)} failed with exit code {result.returncode}",
             exec_result=result,
         )
     return result
+
+
+class _NotStarted(Exception):
+    """A waiting exec found the sandbox not running (or could not tell): ask Get instead."""
+
+
+async def _open_when_running(
+    transport: Transport,
+    sandbox_id: str,
+    argv: list[str],
+    life: Lifecycle,
+    *,
+    timeout: float,
+    interactive: bool,
+) -> ExecChannel:
+    """Send the exec to a sandbox still starting; return it once the server saw it run.
+
+    The server holds the command until the sandbox runs or ends and then says, in the
+    answer's headers, what Get would say. That is applied to the handle; a sandbox that
+    does not run raises :class:`_NotStarted` (the caller's Get then reports why, as
+    without the extension). The wait is bounded by the request timeout, like that Get's.
+    """
+    wait = life.request_timeout
+    channel = await ExecChannel.open(
+        transport,
+        sandbox_id,
+        argv,
+        deadline=wait + timeout + DEADLINE_SLACK_SECONDS,
+        connect_timeout=wait,
+        interactive=interactive,
+        wait_running=True,
+    )
+    try:
+        async with asyncio.timeout(wait):
+            seen = await channel.sandbox_seen()
+    except TimeoutError:
+        channel.cancel()
+        raise SandboxTimeoutError(
+            f"timed out after {wait:g}s waiting for sandbox {sandbox_id} to run"
+        ) from None
+    except BaseException:
+        channel.cancel()
+        raise
+    if seen is None or not life.saw_running(seen):
+        channel.cancel()
+        raise _NotStarted
+    return channel
 
 
 def spawn(
@@ -271,15 +342,7 @@ def spawn(
     err: StreamReader[str] = StreamReader()
     writer = StreamWriter() if stdin else None
 
-    async def go() -> ProcessResult:
-        try:
-            sid = await life.ensure_running()
-        except BaseException as exc:
-            for reader in (out, err):
-                reader._end(exc if isinstance(exc, Exception) else None)
-            if writer is not None:
-                writer._fail(exc)
-            raise
+    async def run(sid: str, starting: Lifecycle | None) -> ProcessResult:
         return await run_exec(
             life.transport,
             sid,
@@ -291,6 +354,31 @@ def spawn(
             stdout=out,
             stderr=err,
             stdin=writer,
+            starting=starting,
         )
+
+    def fail_readers(exc: BaseException) -> None:
+        for reader in (out, err):
+            reader._end(exc if isinstance(exc, Exception) else None)
+        if writer is not None:
+            writer._fail(exc)
+
+    async def go() -> ProcessResult:
+        try:
+            sid, waits = await life.exec_target()
+        except BaseException as exc:
+            fail_readers(exc)
+            raise
+        if waits:
+            try:
+                return await run(sid, life)
+            except _NotStarted:
+                pass  # the sandbox did not run (yet): the Get below says what it is
+        try:
+            sid = await life.ensure_running()
+        except BaseException as exc:
+            fail_readers(exc)
+            raise
+        return await run(sid, None)
 
     return Process(_loop.submit(go()), argv, out, err, writer)

@@ -19,15 +19,17 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
-from cwsandbox._transport import ExecCall, Transport
+from cwsandbox._transport import SANDBOX_HEADER, ExecCall, Transport
 from cwsandbox.exceptions import (
     SandboxExecutionError,
     SandboxStreamBackpressureError,
     SandboxStreamTruncatedError,
     SandboxTimeoutError,
 )
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
 __all__ = [
@@ -104,10 +106,18 @@ class ExecChannel:
         tty: bool = False,
         width: int | None = None,
         height: int | None = None,
+        wait_running: bool = False,
     ) -> ExecChannel:
-        """Open the call and send ``init``; without ``interactive`` also half-close."""
+        """Open the call and send ``init``; without ``interactive`` also half-close.
+
+        ``wait_running``: the sandbox may still be starting and the server waits for it
+        (only where Start offered that); :meth:`sandbox_seen` then says what it became.
+        """
         call = await transport.open_exec(
-            timeout=deadline, ready_timeout=connect_timeout, stdin=interactive
+            timeout=deadline,
+            ready_timeout=connect_timeout,
+            stdin=interactive,
+            wait_running=wait_running,
         )
         channel = cls(call)
         init = st.ExecStreamInit(sandbox_id=sandbox_id, command=argv)
@@ -125,6 +135,21 @@ class ExecChannel:
             call.cancel()
             raise
         return channel
+
+    async def sandbox_seen(self) -> gw.GetSandboxResponse | None:
+        """The sandbox as the server saw it once it waited (``wait_running``), else None.
+
+        None also when the call ended before any header (a trailers-only error answer) or
+        the header cannot be read: the caller then asks Get, as without the extension.
+        """
+        metadata = await self._call.initial_metadata()
+        for key, value in metadata or ():
+            if key == SANDBOX_HEADER and isinstance(value, bytes):
+                try:
+                    return gw.GetSandboxResponse.FromString(value)
+                except DecodeError:
+                    return None
+        return None
 
     async def next(self, ready_by: float | None = None) -> Output | Exit:
         """The next output or the exit; ``ready`` frames are absorbed into ``self.ready``.

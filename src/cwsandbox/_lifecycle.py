@@ -14,7 +14,7 @@ import uuid
 from cwsandbox._polling import Fetch, PollSettings, get_with_retry, poll
 from cwsandbox._sandbox_state import SandboxState
 from cwsandbox._status import STARTUP_DONE, TERMINAL, SandboxStatus
-from cwsandbox._transport import Transport
+from cwsandbox._transport import EXEC_WAITS_FEATURE, Transport
 from cwsandbox.exceptions import (
     CWSandboxError,
     SandboxError,
@@ -61,6 +61,8 @@ class Lifecycle:
         self.file_op_cap = 32 * 1024 * 1024
         #: Whether a file already fell back to streaming (logged once per handle).
         self.streamed_files = False
+        #: The server that answered our Start waits, in an exec, for the sandbox to run.
+        self.server_waits_for_start = False
 
     # --- start ---------------------------------------------------------------------------
 
@@ -79,16 +81,11 @@ class Lifecycle:
 
     async def _start(self) -> None:
         assert self.request is not None
-        resp = await self.transport.unary(
-            "Start",
-            self.request,
-            gw.StartSandboxResponse,
-            timeout=self.request_timeout,
-            operation="start",
-        )
+        resp, features = await self.transport.start(self.request, timeout=self.request_timeout)
         if not resp.sandbox_id:
             raise SandboxError("start failed: the server returned no sandbox id")
         self.state.apply_start(resp)
+        self.server_waits_for_start = EXEC_WAITS_FEATURE in features
 
     # --- Get and polling -------------------------------------------------------------------
 
@@ -176,6 +173,27 @@ class Lifecycle:
             if st.status not in _USABLE:
                 raise SandboxNotRunningError(f"sandbox {sid} is {st.status}, not running")
         return sid
+
+    async def exec_target(self) -> tuple[str, bool]:
+        """Before an exec: the sandbox id, and whether the exec itself may wait for RUNNING.
+
+        Why: right after our Start the sandbox is still being created; where the server
+        offered it, the exec goes out at once and the server starts the command the moment
+        the sandbox runs, instead of a Get waiting for RUNNING and only then the exec (a
+        round trip and a call set-up fewer on every create). Anything else (a handle from
+        ``from_id``, a server without the extension, a known status) takes
+        :meth:`ensure_running`.
+        """
+        sid = await self.ensure_started()
+        st = self.state
+        if self.server_waits_for_start and st.status is SandboxStatus.PENDING and not st.stopping:
+            return sid, True
+        return await self.ensure_running(), False
+
+    def saw_running(self, resp: gw.GetSandboxResponse) -> bool:
+        """Take what the server said of the sandbox ahead of a waiting exec; True if usable."""
+        self.state.apply_get(resp, polling=True)
+        return self.state.status in _USABLE
 
     async def wait_complete(self, timeout: float | None, raise_on_termination: bool) -> None:
         """Poll until the sandbox has ended; FAILED raises, TERMINATED/our stop optionally."""

@@ -25,6 +25,7 @@ from cwsandbox import _shared_channels
 from cwsandbox._config import Endpoint, auth_metadata
 from cwsandbox._error_mapping import sandbox_error
 from cwsandbox.exceptions import SandboxTimeoutError
+from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
 __all__ = ["GATEWAY", "STREAMING", "ExecCall", "LogsCall", "Transport"]
@@ -34,6 +35,13 @@ STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 NO_STDIN = ("sandboxd-no-stdin", "1")
+#: sandboxd extensions in call metadata (``sandboxd.controlplane.call_headers`` says why):
+#: Start's answer lists them; an exec with ``EXEC_WAIT`` may be sent before RUNNING, and its
+#: answer's initial metadata carries the sandbox as Get would answer it.
+FEATURES_HEADER = "sandboxd-features"
+EXEC_WAITS_FEATURE = "exec-waits-running"
+EXEC_WAIT = ("sandboxd-exec-wait-running", "1")
+SANDBOX_HEADER = "sandboxd-sandbox-bin"
 ExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
 LogsCall = grpc.aio.StreamStreamCall[st.LogStreamRequest, st.LogStreamResponse]
 
@@ -92,6 +100,31 @@ class Transport:
             raise TypeError(f"{method} returned {type(response).__name__}")
         return response
 
+    async def start(
+        self, request: gw.StartSandboxRequest, *, timeout: float
+    ) -> tuple[gw.StartSandboxResponse, frozenset[str]]:
+        """Call Start; its answer and the extensions the server offered (``FEATURES_HEADER``)."""
+        rpc = (
+            self._channels()
+            .unary()
+            .unary_unary(
+                GATEWAY + "Start",
+                request_serializer=gw.StartSandboxRequest.SerializeToString,
+                response_deserializer=gw.StartSandboxResponse.FromString,
+            )
+        )
+        call = rpc(request, timeout=timeout, metadata=self.metadata)
+        try:
+            response = await call
+            trailers = await call.trailing_metadata()
+        except grpc.RpcError as err:
+            raise sandbox_error(err, operation="start") from None
+        features: set[str] = set()
+        for key, value in trailers or ():
+            if key == FEATURES_HEADER and isinstance(value, str):
+                features.update(part.strip() for part in value.split(","))
+        return response, frozenset(features)
+
     async def streaming_channel(self, ready_timeout: float) -> grpc.aio.Channel:
         """The streaming channel, connected; ``SandboxTimeoutError`` if that takes too long."""
         channel = self._channels().stream()
@@ -106,11 +139,17 @@ class Transport:
         return channel
 
     async def open_exec(
-        self, *, timeout: float | None, ready_timeout: float, stdin: bool = True
+        self,
+        *,
+        timeout: float | None,
+        ready_timeout: float,
+        stdin: bool = True,
+        wait_running: bool = False,
     ) -> ExecCall:
         """Open a StreamExec call with deadline ``timeout`` (None: no deadline, for terminals).
 
-        Requests are written by the caller; ``stdin=False`` promises none after ``init``.
+        Requests are written by the caller; ``stdin=False`` promises none after ``init``;
+        ``wait_running`` asks a server that offered it to wait for a starting sandbox.
         The streaming channel is first given ``ready_timeout`` seconds to connect; a server
         that cannot be reached in that time gives ``SandboxTimeoutError``.
         """
@@ -123,6 +162,8 @@ class Transport:
         # Without stdin, sandboxd needs no frame after init and sends no ``ready`` (servers
         # that do not know the header ignore it and follow §5 in full).
         metadata = self.metadata if stdin else (*self.metadata, NO_STDIN)
+        if wait_running:
+            metadata = (*metadata, EXEC_WAIT)
         # No request iterator: requests are written with call.write() (grpc-stubs lag here).
         call: ExecCall = multi(timeout=timeout, metadata=metadata)  # type: ignore[call-arg]
         return call

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sandboxd.controlplane.call_headers import START_FEATURES
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.fss_gateway import FssGateway
 from sandboxd.controlplane.lifecycle import Lifecycle
@@ -57,6 +58,16 @@ def _common(record: SandboxRecord, message: type[Any]) -> dict[str, Any]:
     }
     known = message.DESCRIPTOR.fields_by_name
     return {key: value for key, value in fields.items() if key in known}
+
+
+def get_response(record: SandboxRecord, status_reason: str) -> gateway_pb2.GetSandboxResponse:
+    """What Get answers for ``record`` (also sent ahead of an exec that waited for it)."""
+    response = gateway_pb2.GetSandboxResponse(
+        **_common(record, gateway_pb2.GetSandboxResponse), status_reason=status_reason
+    )
+    if record.exit_code is not None:
+        response.exit_code = record.exit_code
+    return response
 
 
 def _unimplemented(feature: str, hint: str = "") -> Callable[..., Awaitable[Any]]:
@@ -119,6 +130,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             )
             response.requested_resource_limits.CopyFrom(request.resource_limits)
             response.requested_resource_requests.CopyFrom(request.resource_requests)
+            context.set_trailing_metadata(START_FEATURES)
             return response
 
         return await self._run(context, work)
@@ -130,13 +142,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
         async def work() -> gateway_pb2.GetSandboxResponse:
             record = await settled_record(self._lifecycle, request.sandbox_id)
-            response = gateway_pb2.GetSandboxResponse(
-                **_common(record, gateway_pb2.GetSandboxResponse),
-                status_reason=self._lifecycle.reason_of(record),
-            )
-            if record.exit_code is not None:
-                response.exit_code = record.exit_code
-            return response
+            return get_response(record, self._lifecycle.reason_of(record))
 
         return await self._run(context, work)
 

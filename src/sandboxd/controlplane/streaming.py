@@ -30,10 +30,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_paused
+from sandboxd.controlplane.call_headers import SANDBOX_HEADER, WAIT_RUNNING_HEADER
+from sandboxd.controlplane.gateway import get_response
+from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_not_found, sandbox_paused
 from sandboxd.controlplane.limits import check_exec_init
 from sandboxd.controlplane.operations import Operation, Operations
-from sandboxd.controlplane.sandbox_model import SandboxRecord
+from sandboxd.controlplane.sandbox_model import START_TIMEOUT_SECONDS, SandboxRecord, now
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -45,10 +47,13 @@ MAX_TTY_DIMENSION = 10_000
 CLIENT_DRAIN_SECONDS = 2.0
 # How long a log request on a sandbox that is still being created waits for it to start.
 LOGS_START_WAIT_SECONDS = 60.0
+# Past its start deadline the reconciler fails a start; an exec waiting on it sees that.
+START_DEADLINE_SLACK_SECONDS = 5.0
 S = gateway_pb2
 NO_STDIN_HEADER = "sandboxd-no-stdin"
 """Call metadata (value ``1``) of an exec whose client sends no input: its stdin is closed
 from the start and it needs no ``ready`` (our client sends it; others get the full §5)."""
+_STARTING = (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING)
 _CLOSE = runner_pb2.OperationDown(
     input=streaming_pb2.ExecStreamRequest(close=streaming_pb2.ExecStreamClose())
 )
@@ -141,6 +146,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         as long as the call lasts; over the quota, the call ends RESOURCE_EXHAUSTED.
         """
         quotas = self._lifecycle.quotas
+        metadata = context.invocation_metadata() or ()
         try:
             init = _check_init(await _first_request(request_iterator))
             record = await self._lifecycle.record(init.sandbox_id)
@@ -148,15 +154,42 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         except ApiError as error:
             await abort_with(context, error)
         try:
+            announce = None
+            if (WAIT_RUNNING_HEADER, "1") in metadata:
+                record = await self._await_start(record, context)
+                announce = context
             # aclosing: a client that goes away closes the relay (and its session) at once.
-            no_stdin = (NO_STDIN_HEADER, "1") in (context.invocation_metadata() or ())
+            no_stdin = (NO_STDIN_HEADER, "1") in metadata
             async with contextlib.aclosing(
-                self._relay_exec(record, init, request_iterator, no_stdin=no_stdin)
+                self._relay_exec(
+                    record, init, request_iterator, no_stdin=no_stdin, announce=announce
+                )
             ) as frames:
                 async for frame in frames:
                     yield frame
         finally:
             quotas.release_exec(record.owner_org)
+
+    async def _await_start(self, record: SandboxRecord, context: Context) -> SandboxRecord:
+        """Wait while ``record`` is being created; the record once it runs or has ended.
+
+        Bounded by the sandbox's start deadline (past it the reconciler fails the start), and
+        by the client, whose cancellation ends the call. A sandbox deleted meanwhile is
+        answered like an unknown one (NOT_FOUND).
+        """
+        if record.status in _STARTING:
+            left = START_TIMEOUT_SECONDS
+            if record.start_deadline is not None:
+                left = (record.start_deadline - now()).total_seconds()
+            fresh = await self._lifecycle.records.wait_for(
+                record.sandbox_id,
+                lambda r: r is None or r.status not in _STARTING,
+                max(left, 0.0) + START_DEADLINE_SLACK_SECONDS,
+            )
+            if fresh is None:
+                await abort_with(context, sandbox_not_found(record.sandbox_id))
+            record = fresh
+        return record
 
     async def _relay_exec(
         self,
@@ -165,7 +198,14 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         request_iterator: AsyncIterator[streaming_pb2.ExecStreamRequest],
         *,
         no_stdin: bool,
+        announce: Context | None = None,
     ) -> AsyncGenerator[streaming_pb2.ExecStreamResponse]:
+        """The exec's frames; ``announce``: first send the sandbox's state as a header.
+
+        The header (``SANDBOX_HEADER``, for an exec that waited for its sandbox) goes out
+        once the command is on its way to the runner, so that the write overlaps the run.
+        A refused exec has no header: the client then asks Get what became of the sandbox.
+        """
         try:
             link = self._lifecycle.running_link(record)
             operation = await self._operations.open(
@@ -188,6 +228,11 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             return
         pump: asyncio.Task[None] | None = None
         try:
+            if announce is not None:
+                answer = get_response(record, self._lifecycle.reason_of(record))
+                await announce.send_initial_metadata(
+                    ((SANDBOX_HEADER, answer.SerializeToString()),)
+                )
             if not no_stdin:
                 pump = asyncio.create_task(self._pump_client(request_iterator, operation))
                 ready = streaming_pb2.StreamingExecReady(session_id=operation.stream_id)
