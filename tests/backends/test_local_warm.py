@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -87,7 +89,12 @@ def test_a_claimed_sandbox_is_its_own(
             workdir="/tmp",
             max_lifetime_seconds=600,
         )
+        own_uts, own_name = os.readlink("/proc/thread-self/ns/uts"), socket.gethostname()
         await b.claim(slot, spec)
+        # The claim named the sandbox from this very thread (the event loop's): it is back
+        # in the host's UTS namespace, and the host's name is untouched.
+        assert os.readlink("/proc/thread-self/ns/uts") == own_uts
+        assert socket.gethostname() == own_name
         try:
             r = await run(
                 h, sid, sh("hostname; echo $WHO $HOSTNAME; pwd; cat /proc/sys/kernel/hostname")

@@ -422,16 +422,31 @@ class LocalBackend(Backend):
         rec.save()
 
     async def start(self, sandbox_id: str) -> None:
-        """Ask the agent to start the main process."""
+        """Ask the agent to start the main process.
+
+        The record says "started" as soon as the request is out, written while the agent
+        works on it rather than after its answer (a record write costs up to a millisecond
+        here). A runner killed before the answer finds either the main process running or
+        the agent's record of its failed start (an exit with reason ``start_failed``), so
+        recovery reads the truth either way; a failed start is destroyed by the caller.
+        """
         rec = self._get(sandbox_id)
         try:
-            reply = await process.request(rec.agent_socket, {"op": "start"})
+            starting = process.send_request(rec.agent_socket, {"op": "start"})
+        except OSError as exc:
+            raise SandboxStartError(f"sandbox {sandbox_id!r} is not running: {exc}") from None
+        rec.started = True
+        try:
+            rec.save()
+        except BaseException:
+            starting.close()
+            raise
+        try:
+            reply = await process.reply_to(starting)
         except OSError as exc:
             raise SandboxStartError(f"sandbox {sandbox_id!r} is not running: {exc}") from None
         if "error" in reply:
             raise SandboxStartError(f"sandbox {sandbox_id!r}: {reply['error']['message']}")
-        rec.started = True
-        rec.save()
 
     async def exec(
         self,

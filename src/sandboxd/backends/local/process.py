@@ -90,9 +90,27 @@ async def request(
     path: str, msg: protocol.Message, fds: list[int] | None = None
 ) -> protocol.Message:
     """One request/one reply on a fresh connection; EOF becomes a ``ConnectionError``."""
+    return await reply_to(send_request(path, msg, fds))
+
+
+def send_request(path: str, msg: protocol.Message, fds: list[int] | None = None) -> socket.socket:
+    """Connect and send ``msg`` at once (no await); :func:`reply_to` reads the answer.
+
+    Why split: the peer starts working the moment the request is sent, and a caller with
+    work of its own to do meanwhile (a warm claim's records) does it before it waits.
+    """
     sock = connect(path)
     try:
         protocol.send(sock, msg, fds or [])
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def reply_to(sock: socket.socket) -> protocol.Message:
+    """The one reply on ``sock`` (which it closes); EOF becomes a ``ConnectionError``."""
+    try:
         reply, extra = await recv(sock)
     finally:
         sock.close()
