@@ -293,12 +293,13 @@ async def _open_when_running(
     timeout: float,
     interactive: bool,
 ) -> ExecChannel:
-    """Send the exec to a sandbox still starting; return it once the server saw it run.
+    """Send the exec to a sandbox still starting; return it once the command is on its way.
 
-    The server holds the command until the sandbox runs or ends and then says, in the
-    answer's headers, what Get would say. That is applied to the handle; a sandbox that
-    does not run raises :class:`_NotStarted` (the caller's Get then reports why, as
-    without the extension). The wait is bounded by the request timeout, like that Get's.
+    The server holds the command until the sandbox runs, then hands it over and says so in
+    the answer's headers, with what Get would say of the sandbox (applied to the handle).
+    An answer without that header (the sandbox failed or went away; nothing ran) raises
+    :class:`_NotStarted`, and the caller's Get then reports why, as without the extension.
+    The wait is bounded by the request timeout, like that Get's.
     """
     wait = life.request_timeout
     channel = await ExecChannel.open(
@@ -321,9 +322,10 @@ async def _open_when_running(
     except BaseException:
         channel.cancel()
         raise
-    if seen is None or not life.saw_running(seen):
+    if seen is None:
         channel.cancel()
         raise _NotStarted
+    life.saw_running(seen)
     return channel
 
 

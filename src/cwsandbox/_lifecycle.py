@@ -190,10 +190,9 @@ class Lifecycle:
             return sid, True
         return await self.ensure_running(), False
 
-    def saw_running(self, resp: gw.GetSandboxResponse) -> bool:
-        """Take what the server said of the sandbox ahead of a waiting exec; True if usable."""
+    def saw_running(self, resp: gw.GetSandboxResponse) -> None:
+        """Take what the server said of the sandbox ahead of an exec it handed to it."""
         self.state.apply_get(resp, polling=True)
-        return self.state.status in _USABLE
 
     async def wait_complete(self, timeout: float | None, raise_on_termination: bool) -> None:
         """Poll until the sandbox has ended; FAILED raises, TERMINATED/our stop optionally."""

@@ -49,6 +49,8 @@ CLIENT_DRAIN_SECONDS = 2.0
 LOGS_START_WAIT_SECONDS = 60.0
 # Past its start deadline the reconciler fails a start; an exec waiting on it sees that.
 START_DEADLINE_SLACK_SECONDS = 5.0
+# How long an exec the runner has run waits for its sandbox's RUNNING report (see _started).
+ANNOUNCE_WAIT_SECONDS = 2.0
 S = gateway_pb2
 NO_STDIN_HEADER = "sandboxd-no-stdin"
 """Call metadata (value ``1``) of an exec whose client sends no input: its stdin is closed
@@ -154,15 +156,24 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         except ApiError as error:
             await abort_with(context, error)
         try:
-            announce = None
-            if (WAIT_RUNNING_HEADER, "1") in metadata:
-                record = await self._await_start(record, context)
-                announce = context
-            # aclosing: a client that goes away closes the relay (and its session) at once.
             no_stdin = (NO_STDIN_HEADER, "1") in metadata
+            announce: Context | None = None
+            runner_waits = False
+            if (WAIT_RUNNING_HEADER, "1") in metadata:
+                announce = context
+                if no_stdin and record.status in _STARTING:
+                    runner_waits = True  # sent now; the runner holds it until the start is done
+                else:  # ``ready`` must not go out before the sandbox runs: wait here
+                    record = await self._await_start(record, context)
+            # aclosing: a client that goes away closes the relay (and its session) at once.
             async with contextlib.aclosing(
                 self._relay_exec(
-                    record, init, request_iterator, no_stdin=no_stdin, announce=announce
+                    record,
+                    init,
+                    request_iterator,
+                    no_stdin=no_stdin,
+                    announce=announce,
+                    runner_waits=runner_waits,
                 )
             ) as frames:
                 async for frame in frames:
@@ -191,6 +202,31 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             record = fresh
         return record
 
+    async def _started(self, record: SandboxRecord) -> SandboxRecord:
+        """The record of a sandbox its runner has run a command in, once it says RUNNING.
+
+        The runner reports RUNNING before it runs the exec, on another stream, so this
+        rarely waits; if the report is late or the record gone, the last record known.
+        """
+        fresh = await self._lifecycle.records.wait_for(
+            record.sandbox_id,
+            lambda r: r is None or r.status not in _STARTING,
+            ANNOUNCE_WAIT_SECONDS,
+        )
+        return fresh or record
+
+    async def _announce(self, context: Context, record: SandboxRecord) -> None:
+        """Send ``SANDBOX_HEADER``: the sandbox as Get answers it, in the exec's headers.
+
+        Only ever for a command handed to a running sandbox, so a record still marked as
+        starting (a late report) is shown RUNNING: the client must not think otherwise and
+        send the command a second time.
+        """
+        answer = get_response(record, self._lifecycle.reason_of(record))
+        if answer.sandbox_status in _STARTING:
+            answer.sandbox_status = S.SANDBOX_STATUS_RUNNING
+        await context.send_initial_metadata(((SANDBOX_HEADER, answer.SerializeToString()),))
+
     async def _relay_exec(
         self,
         record: SandboxRecord,
@@ -199,15 +235,22 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         *,
         no_stdin: bool,
         announce: Context | None = None,
+        runner_waits: bool = False,
     ) -> AsyncGenerator[streaming_pb2.ExecStreamResponse]:
         """The exec's frames; ``announce``: first send the sandbox's state as a header.
 
-        The header (``SANDBOX_HEADER``, for an exec that waited for its sandbox) goes out
-        once the command is on its way to the runner, so that the write overlaps the run.
-        A refused exec has no header: the client then asks Get what became of the sandbox.
+        The header (``SANDBOX_HEADER``) tells the client that its command was handed to a
+        running sandbox, and what Get would say of it: once the command is on its way to
+        the runner (the write overlaps the run), or with ``runner_waits`` (the runner waits
+        for the sandbox's start, ``OpenExec.wait_start``) with the runner's first frame, the
+        proof that it ran. A refused exec has no header: nothing ran, and the client asks
+        Get what became of the sandbox before it tries again.
         """
         try:
-            link = self._lifecycle.running_link(record)
+            if runner_waits:
+                link = self._lifecycle.link_for(record)
+            else:
+                link = self._lifecycle.running_link(record)
             operation = await self._operations.open(
                 record.runner_id,
                 link,
@@ -220,6 +263,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         tty_height=init.tty_height,
                         env=init.env,
                         stdin_closed=no_stdin,
+                        wait_start=runner_waits,
                     )
                 ),
             )
@@ -228,11 +272,9 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             return
         pump: asyncio.Task[None] | None = None
         try:
-            if announce is not None:
-                answer = get_response(record, self._lifecycle.reason_of(record))
-                await announce.send_initial_metadata(
-                    ((SANDBOX_HEADER, answer.SerializeToString()),)
-                )
+            if announce is not None and not runner_waits:
+                await self._announce(announce, record)
+                announce = None
             if not no_stdin:
                 pump = asyncio.create_task(self._pump_client(request_iterator, operation))
                 ready = streaming_pb2.StreamingExecReady(session_id=operation.stream_id)
@@ -245,6 +287,10 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         "RUNNER_UNAVAILABLE", "the runner's exec stream ended without an exit"
                     )
                     return
+                if announce is not None:
+                    if frame.exec.WhichOneof("response") != "error":
+                        await self._announce(announce, await self._started(record))
+                    announce = None
                 yield frame.exec
                 if frame.exec.WhichOneof("response") in ("exit", "error"):
                     await self._let_client_finish(operation, pump)

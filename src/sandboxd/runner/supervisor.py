@@ -69,6 +69,7 @@ from sandboxd.runner.spec_mapping import (
     to_backend_spec,
     volume_source,
 )
+from sandboxd.runner.start_arrivals import StartArrivals
 from sandboxd.runner.warm_pool import WarmPools
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
@@ -131,6 +132,7 @@ class SandboxSupervisor(SandboxTable):
         raise_nofile_limit()
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
         self._opened = RecentIds(OPENED_STREAMS_REMEMBERED)
+        self._arrivals = StartArrivals(self._sandboxes.get)
         self._warm = WarmPools(backend, self._backend_spec)
         restores = records_dir.parent / "scratch-restores" if records_dir else None
         self._scratch = ScratchTransfers(backend, restores)
@@ -303,8 +305,10 @@ class SandboxSupervisor(SandboxTable):
         sb = Sandbox(sid, RunnerRecord(sid))
         sb.applied(generation)
         self._sandboxes[sid] = sb
-        # Taken before any await, so a stop or delete that arrives meanwhile waits for us.
+        # Taken before any await, so a stop or delete that arrives meanwhile waits for us,
+        # and so does an exec that came first (its waiter runs only after this task yields).
         async with sb.ops:
+            self._arrivals.arrived(sid)
             try:
                 await self._create(sb, spec)
             except BaseException:
@@ -528,6 +532,8 @@ class SandboxSupervisor(SandboxTable):
         await self._file_done(call, done)
 
     async def _exec(self, command: runner_pb2.OpenExec, call: OperateCall) -> None:
+        if command.wait_start:
+            await self._arrivals.settled(command.sandbox_id)
         try:
             self._require(command.sandbox_id, running=True)
         except CommandFailed as exc:

@@ -13,6 +13,9 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
+from sandboxd.runner import start_arrivals
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
@@ -212,5 +215,56 @@ def test_shutdown_kills_running_execs(tmp_path: Path) -> None:
         await running(rig)
         await rig.supervisor.close()
         assert rig.backend.world["sb-1"].execs[0].closed
+
+    run_rig(tmp_path, body)
+
+
+def test_an_exec_sent_before_its_start_runs_once_the_start_is_done(tmp_path: Path) -> None:
+    # Our client's first exec comes right after Start and may overtake the start command
+    # (OpenExec.wait_start): the runner holds it until the sandbox runs, then runs it once.
+    async def body(rig: Rig) -> None:
+        rig.backend.start_delay = 0.2
+        open_exec(rig, "e1", "echo", "hi", wait_start=True)
+        stream = await rig.execs.stream("e1")  # bound, with nothing to run it in yet
+        rig.command("start", **start(spec()))
+        frames = await stream.until_end()
+        assert kinds(frames) == ["output", "exit"]
+        assert frames[0].output.data == b"hi\n"
+        assert len(rig.backend.world["sb-1"].execs) == 1
+        kinds_sent = rig.outbox.kinds()
+        assert kinds_sent.index("event:SANDBOX_PHASE_RUNNING") < kinds_sent.index("result:start")
+        # Without wait_start an exec that comes first is refused at once, as before.
+        open_exec(rig, "e2", "echo", sandbox_id="sb-2")
+        frames = await (await rig.execs.stream("e2")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+
+    run_rig(tmp_path, body)
+
+
+def test_a_waiting_exec_of_a_start_that_fails_is_refused_unrun(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        rig.backend.fail_start.add("sb-1")
+        rig.backend.start_delay = 0.1
+        open_exec(rig, "e1", "echo", wait_start=True)
+        stream = await rig.execs.stream("e1")
+        result = await rig.run("start", **start(spec()))
+        assert result.HasField("failure")
+        frames = await stream.until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+
+    run_rig(tmp_path, body)
+
+
+def test_a_waiting_exec_whose_start_never_comes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(start_arrivals, "ARRIVAL_WAIT_SECONDS", 0.2)
+
+    async def body(rig: Rig) -> None:
+        began = time.monotonic()
+        open_exec(rig, "e1", "echo", sandbox_id="never", wait_start=True)
+        frames = await (await rig.execs.stream("e1")).until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+        assert time.monotonic() - began >= 0.2  # it did wait for the start
 
     run_rig(tmp_path, body)
