@@ -21,11 +21,15 @@ created is waited for (until it runs or ends, at most its start deadline) instea
 
 Why: a create used to cost the client a Get, held until RUNNING, and then a second call for
 the exec; with the exec itself waiting, the command starts the moment the sandbox runs.
-The answer's initial metadata then carries :data:`SANDBOX_HEADER`. Our client sends it
-only where Start's trailing metadata offered it (:data:`FEATURES_HEADER`)."""
+Without stdin it goes to the runner at once and waits there (``OpenExec.wait_start``);
+with stdin the control plane waits, so that ``ready`` never comes before the sandbox runs.
+Our client sends it only where Start's trailing metadata offered it
+(:data:`FEATURES_HEADER`)."""
 SANDBOX_HEADER = "sandboxd-sandbox-bin"
-"""Initial metadata of an exec that waited: the sandbox as Get would answer it, serialized
-(``GetSandboxResponse``), so the client knows what a Get would have told it."""
+"""Initial metadata of an exec that waited, once its command was handed to the running
+sandbox: the sandbox as Get would answer it, serialized (``GetSandboxResponse``). An exec
+answered without it ran nothing (the sandbox failed or went away), and the client asks Get;
+so it is never left out once the command ran."""
 FEATURES_HEADER = "sandboxd-features"
 """Trailing metadata of Start: what this server offers beyond v1beta2 (comma-separated)."""
 EXEC_WAITS_FEATURE = "exec-waits-running"
