@@ -239,8 +239,8 @@ def test_the_lifetime_keeps_counting_while_paused(gateway: Gateway, platform: Pl
     gw = gateway
     started = gw.gateway.Start(
         g.StartSandboxRequest(
-            command=IDLE[0],
-            args=IDLE[1:],
+            command="sh",
+            args=["-c", 'trap "exit 0" TERM; touch /tmp/trapped; sleep infinity & wait'],
             profile_names=["locked-down"],
             max_lifetime_seconds=4,
         ),
@@ -249,6 +249,9 @@ def test_the_lifetime_keeps_counting_while_paused(gateway: Gateway, platform: Pl
     sid = started.sandbox_id
     gw.started.append(sid)
     gw.wait(sid, lambda s: s == g.SANDBOX_STATUS_RUNNING, 60)
+    # Paused before its shell ran as far as the trap (a loaded machine), the main process
+    # would meet SIGTERM with no handler and end 143: wait until the trap is set.
+    gw.exec_until_ok(sid, "test", "-e", "/tmp/trapped", timeout=30)
     began = time.monotonic()
     assert pause(gw, sid).success
     got = gw.wait(sid, lambda s: s == g.SANDBOX_STATUS_COMPLETED, 60)
