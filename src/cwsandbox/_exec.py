@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import shlex
 from collections.abc import Sequence
+from typing import NoReturn
 
 import grpc
 
@@ -323,10 +324,41 @@ async def _open_when_running(
         channel.cancel()
         raise
     if seen is None:
-        channel.cancel()
-        raise _NotStarted
+        try:
+            await _refusal(channel)
+        finally:
+            channel.cancel()
+    assert seen is not None
     life.saw_running(seen)
     return channel
+
+
+#: In-band refusals of a waiting exec that mean its command never ran (the sandbox failed,
+#: ended or went away while starting): the caller asks Get what it is and, if it runs after
+#: all, sends the command again.
+_NOTHING_RAN = frozenset({"SANDBOX_NOT_FOUND", "SANDBOX_NOT_RUNNING"})
+
+
+async def _refusal(channel: ExecChannel) -> NoReturn:
+    """Read why a waiting exec came back without ``SANDBOX_HEADER``; raise accordingly.
+
+    :class:`_NotStarted` only where nothing ran (:data:`_NOTHING_RAN`, or a call the server
+    refused outright, e.g. NOT_FOUND: the Get then says the same in the classic words).
+    Anything else (a runner lost mid-way, say) may have run the command, which must then
+    not be sent again: it is the exec's error, as it would be without the extension.
+    """
+    try:
+        await channel.next()
+    except SandboxExecutionError as exc:
+        if exc.reason in _NOTHING_RAN:
+            raise _NotStarted from None
+        raise
+    except grpc.RpcError:
+        raise _NotStarted from None
+    raise SandboxExecutionError(
+        "the server answered an exec that waited for its sandbox "
+        "without saying that it handed the command over"
+    )
 
 
 def spawn(

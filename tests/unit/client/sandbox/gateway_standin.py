@@ -155,6 +155,9 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         #: Hold a Get of a starting sandbox this long, or until its status changes (as
         #: sandboxd does); 0: answer at once, as the protocol's servers do.
         self.hold_get_seconds = 0.0
+        #: Trailing metadata of Start: what a server offers beyond v1beta2 (sandboxd says
+        #: ``sandboxd-features: exec-waits-running``); none by default, as public servers.
+        self.start_trailers: tuple[tuple[str, str], ...] = ()
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -208,6 +211,8 @@ class StandInGateway(gw_grpc.GatewayServiceServicer, st_grpc.GatewayStreamingSer
         sid = f"sb-{next(self.ids)}"
         box = Box(sid, request, script=list(self.start_script))
         self.boxes[sid] = box
+        if self.start_trailers:
+            context.set_trailing_metadata(self.start_trailers)
         return gw.StartSandboxResponse(
             sandbox_id=sid,
             service_address="10.0.0.1:8080" if request.network.exposed_ports else "",
