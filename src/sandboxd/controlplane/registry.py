@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import logging
 import time
@@ -34,6 +33,7 @@ from sandboxd.controlplane.load_index import LoadIndex, LoadKey, load_key
 from sandboxd.controlplane.runner_link import RunnerLink
 from sandboxd.controlplane.start_backoff import StartRecord
 from sandboxd.store import RunnerRecord
+from sandboxd.wakeups import Wakeups
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 Clock = Callable[[], float]
@@ -205,7 +205,7 @@ class RunnerRegistry:
         self._health_timeout = health_timeout
         self._clock = clock
         self._on_change = on_change or (lambda _runner_id: None)
-        self._link_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._link_waiters: Wakeups[str] = Wakeups()
         self._runners: dict[str, RunnerState] = {}
         self._sorted_ids: list[str] = []
         self._by_load = LoadIndex()
@@ -326,9 +326,7 @@ class RunnerRegistry:
         if state.link is not None:
             state.link.close()
         state.link = RunnerLink(state.runner_id)
-        for waiter in self._link_waiters.pop(state.runner_id, []):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._link_waiters.wake(state.runner_id)
         state.last_heartbeat_monotonic = self._clock()
         self._apply_config(state, message.runner_group_id or "default")
         if not state.support.working:
@@ -408,18 +406,7 @@ class RunnerRegistry:
             left = deadline - loop.time()
             if left <= 0:
                 return None
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters = self._link_waiters.setdefault(runner_id, [])
-            waiters.append(waiter)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._link_waiters.pop(runner_id, None)
+            await self._link_waiters.wait(runner_id, left)
 
     def is_current(self, runner_id: str, connection_id: int) -> bool:
         """Whether ``connection_id`` is still the runner's live connection."""

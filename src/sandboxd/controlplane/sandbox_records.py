@@ -27,7 +27,6 @@ a second, unseen sandbox running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -47,6 +46,7 @@ from sandboxd.controlplane.store_errors import DB_CALL_SECONDS, store_too_slow, 
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import ListQuery, Orphan, SandboxStore, StaleRecord
 from sandboxd.store.schema import DatabaseProblem
+from sandboxd.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -69,7 +69,7 @@ class SandboxRecords:
         self._records: dict[str, SandboxRecord] = {}
         self._recent: deque[tuple[float, str]] = deque()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: Wakeups[str] = Wakeups()
         self._tasks: set[asyncio.Future[None]] = set()
         #: Sandboxes whose RUNNING is shown but could not be stored yet (observe_running).
         self._unsaved: set[str] = set()
@@ -323,9 +323,7 @@ class SandboxRecords:
 
     # -- waiting --------------------------------------------------------------------------
     def _wake(self, sandbox_id: str) -> None:
-        for waiter in self._waiters.pop(sandbox_id, []):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake(sandbox_id)
 
     def _changed(self, record: SandboxRecord, gone: bool = False) -> None:
         self._wake(record.sandbox_id)
@@ -334,19 +332,7 @@ class SandboxRecords:
 
     async def wait_change(self, sandbox_id: str, timeout: float) -> None:
         """Return when this sandbox's record changes, or after ``timeout`` seconds."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(sandbox_id, []).append(waiter)
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # not wait_for (3.11 cancellation race)
-                    await waiter
-        finally:
-            waiters = self._waiters.get(sandbox_id)
-            if waiters is not None:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._waiters.pop(sandbox_id, None)
+        await self._waiters.wait(sandbox_id, timeout)
 
     async def wait_for(
         self, sandbox_id: str, done: Callable[[SandboxRecord | None], bool], timeout: float

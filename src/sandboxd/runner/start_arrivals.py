@@ -13,10 +13,10 @@ then refused like one for an unknown sandbox; the client asks Get what became of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from sandboxd.runner.sandbox_state import STARTING, Sandbox
+from sandboxd.wakeups import Wakeups
 
 __all__ = ["ARRIVAL_WAIT_SECONDS", "StartArrivals"]
 
@@ -28,13 +28,11 @@ class StartArrivals:
 
     def __init__(self, lookup: Callable[[str], Sandbox | None]) -> None:
         self._lookup = lookup
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: Wakeups[str] = Wakeups()
 
     def arrived(self, sandbox_id: str) -> None:
         """A start of ``sandbox_id`` has entered the runner's table: wake its execs."""
-        for waiter in self._waiters.pop(sandbox_id, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake(sandbox_id)
 
     async def settled(self, sandbox_id: str) -> None:
         """Return once ``sandbox_id``'s start has arrived and finished, or the wait is over.
@@ -48,18 +46,7 @@ class StartArrivals:
             left = deadline - loop.time()
             if left <= 0:
                 return
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters = self._waiters.setdefault(sandbox_id, [])
-            waiters.append(waiter)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
-                if not waiters and self._waiters.get(sandbox_id) is waiters:
-                    del self._waiters[sandbox_id]
+            await self._waiters.wait(sandbox_id, left)
         if sb.phase == STARTING:
             async with sb.ops:  # held by the start until it has finished, either way
                 pass
