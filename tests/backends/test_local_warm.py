@@ -309,6 +309,66 @@ def test_slots_of_a_killed_runner_are_destroyed_by_the_next(
     go(aio, scenario())
 
 
+CLAIM_THEN_DIE = """
+import asyncio, json, os, signal, sys
+from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.local import LocalBackend, process
+from sandboxd.images import ImageStore
+
+async def main(data_dir, images_dir):
+    backend = LocalBackend(data_dir, images=ImageStore(images_dir))
+    spec = SandboxSpec("t", "busybox:latest", memory_bytes=128 << 20, disk_bytes=32 << 20)
+    slot = await backend.prepare(spec)
+    groups = sorted(set(backend._cgroups._group_dirs().values()))
+    print(json.dumps({"slot": slot, "groups": groups}), flush=True)
+    send = process.send_request
+
+    def send_then_die(*args, **kwargs):
+        send(*args, **kwargs)  # the agent has the start; the records have not moved yet
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    process.send_request = send_then_die
+    claimed = SandboxSpec("warm-t-died", "busybox:latest", memory_bytes=128 << 20,
+                          disk_bytes=32 << 20, command=("sleep", "1000"))
+    await backend.claim(slot, claimed)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_a_runner_killed_in_the_middle_of_a_claim_leaves_nothing(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    # The claim sends the agent its start before the records move (warm.py): a runner
+    # SIGKILLed in between leaves a started slot in warm/ under its slot name. Its start was
+    # never answered, so the control plane sends it again (cold); the slot must go.
+    data_dir = tmp_path / "runner"
+    argv = [sys.executable, "-c", CLAIM_THEN_DIE, str(data_dir), str(image_store.data_dir)]
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert runner.stdout is not None
+    made = json.loads(runner.stdout.readline())
+    slot, groups = made["slot"], made["groups"]
+    assert runner.wait(60) == -signal.SIGKILL
+
+    async def scenario() -> None:
+        backend = LocalBackend(data_dir, images=image_store)
+        try:
+            assert [p.name for p in (data_dir / "warm").iterdir()] == [slot]
+            assert {Path(d).name for d in slot_cgroups(groups)} == {slot}
+            assert await backend.discard_prepared() == 1
+            assert list((data_dir / "warm").iterdir()) == []
+            assert slot_cgroups(groups) == []
+            assert id_claims(backend) == []
+            assert await backend.recover() == []  # nothing under the claimed id
+            assert await wait_in_use(backend, 0) == 0
+        finally:
+            await backend.close()
+        assert loop_devices(data_dir / "disk") == []
+        assert not (data_dir / "sandboxes" / "warm-t-died").exists()
+
+    go(aio, scenario())
+
+
 def test_close_destroys_unclaimed_slots(
     aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
