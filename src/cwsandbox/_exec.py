@@ -329,7 +329,7 @@ async def _open_when_running(
         finally:
             channel.cancel()
     assert seen is not None
-    life.saw_running(seen)
+    life.learn_from_exec(seen)
     return channel
 
 

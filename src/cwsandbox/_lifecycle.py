@@ -190,7 +190,7 @@ class Lifecycle:
             return sid, True
         return await self.ensure_running(), False
 
-    def saw_running(self, resp: gw.GetSandboxResponse) -> None:
+    def learn_from_exec(self, resp: gw.GetSandboxResponse) -> None:
         """Take what the server said of the sandbox ahead of an exec it handed to it."""
         self.state.apply_get(resp, polling=True)
 

@@ -15,7 +15,7 @@ A transport takes its share of the channels on first use and gives it back on ``
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -59,6 +59,20 @@ class Transport:
             self._shared = _shared_channels.acquire(self.endpoint)
         return self._shared
 
+    def _unary_rpc(
+        self, method: str, request_type: type[Message], response_type: type[Message]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        """``GatewayService/<method>`` on the shared unary channel."""
+        return (
+            self._channels()
+            .unary()
+            .unary_unary(
+                GATEWAY + method,
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+        )
+
     async def unary(
         self,
         method: str,
@@ -76,15 +90,7 @@ class Transport:
 
         ``snapshot_call`` marks the snapshot RPCs, whose NOT_FOUND is a missing snapshot.
         """
-        rpc = (
-            self._channels()
-            .unary()
-            .unary_unary(
-                GATEWAY + method,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )
-        )
+        rpc = self._unary_rpc(method, type(request), response_type)
         try:
             response = await rpc(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as err:
@@ -104,15 +110,7 @@ class Transport:
         self, request: gw.StartSandboxRequest, *, timeout: float
     ) -> tuple[gw.StartSandboxResponse, frozenset[str]]:
         """Call Start; its answer and the extensions the server offered (``FEATURES_HEADER``)."""
-        rpc = (
-            self._channels()
-            .unary()
-            .unary_unary(
-                GATEWAY + "Start",
-                request_serializer=gw.StartSandboxRequest.SerializeToString,
-                response_deserializer=gw.StartSandboxResponse.FromString,
-            )
-        )
+        rpc = self._unary_rpc("Start", gw.StartSandboxRequest, gw.StartSandboxResponse)
         call = rpc(request, timeout=timeout, metadata=self.metadata)
         try:
             response = await call

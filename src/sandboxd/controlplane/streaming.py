@@ -192,11 +192,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             left = START_TIMEOUT_SECONDS
             if record.start_deadline is not None:
                 left = (record.start_deadline - now()).total_seconds()
-            fresh = await self._lifecycle.records.wait_for(
-                record.sandbox_id,
-                lambda r: r is None or r.status not in _STARTING,
-                max(left, 0.0) + START_DEADLINE_SLACK_SECONDS,
-            )
+            fresh = await self._settled(record, max(left, 0.0) + START_DEADLINE_SLACK_SECONDS)
             if fresh is None:
                 await abort_with(context, sandbox_not_found(record.sandbox_id))
             record = fresh
@@ -208,12 +204,13 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         The runner reports RUNNING before it runs the exec, on another stream, so this
         rarely waits; if the report is late or the record gone, the last record known.
         """
-        fresh = await self._lifecycle.records.wait_for(
-            record.sandbox_id,
-            lambda r: r is None or r.status not in _STARTING,
-            ANNOUNCE_WAIT_SECONDS,
+        return await self._settled(record, ANNOUNCE_WAIT_SECONDS) or record
+
+    async def _settled(self, record: SandboxRecord, timeout: float) -> SandboxRecord | None:
+        """The record once no longer starting (None: gone), or as it is after ``timeout``."""
+        return await self._lifecycle.records.wait_for(
+            record.sandbox_id, lambda r: r is None or r.status not in _STARTING, timeout
         )
-        return fresh or record
 
     async def _announce(self, context: Context, record: SandboxRecord) -> None:
         """Send ``SANDBOX_HEADER``: the sandbox as Get answers it, in the exec's headers.
