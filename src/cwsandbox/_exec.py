@@ -282,7 +282,7 @@ async def run_exec(
 
 
 class _NotStarted(Exception):
-    """A waiting exec found the sandbox not running (or could not tell): ask Get instead."""
+    """A waiting exec was refused before its command ran: ask Get, then maybe send it again."""
 
 
 async def _open_when_running(
@@ -298,7 +298,7 @@ async def _open_when_running(
 
     The server holds the command until the sandbox runs, then hands it over and says so in
     the answer's headers, with what Get would say of the sandbox (applied to the handle).
-    An answer without that header (the sandbox failed or went away; nothing ran) raises
+    An answer without that header is read by :func:`_refusal`: where nothing ran it raises
     :class:`_NotStarted`, and the caller's Get then reports why, as without the extension.
     The wait is bounded by the request timeout, like that Get's.
     """
