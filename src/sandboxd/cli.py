@@ -23,6 +23,7 @@ import click
 from sandboxd import __version__
 from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
 from sandboxd.backends_cli import backends_group
+from sandboxd.child_processes import watch_children_with_pidfds
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
 from sandboxd.log_format import setup_logging
@@ -353,6 +354,7 @@ def up_command(**options: object) -> None:
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
     ca_file: Path | None = options["tls_ca"] or cert  # type: ignore[assignment]
+    watch_children_with_pidfds()  # the local runner runs host commands per sandbox
     try:
         with refuse_damaged_database():
             asyncio.run(

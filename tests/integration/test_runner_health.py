@@ -35,7 +35,7 @@ def test_killed_runner_turns_unhealthy_stays_listed_and_recovers(
             client.wait_for(runner_id, healthy=True)
             assert runner_id.startswith("runner-")  # generated and persisted identity
 
-            runner.proc.kill()  # type: ignore[union-attr]
+            runner.kill()  # SIGKILL, once it has stored its credential
             killed_at = time.monotonic()
             lost, _ = client.wait_for(runner_id, healthy=False, timeout=10)
             assert time.monotonic() - killed_at <= 10

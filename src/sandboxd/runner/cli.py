@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import click
 from prometheus_client import CollectorRegistry
 
+from sandboxd.child_processes import watch_children_with_pidfds
 from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
@@ -319,6 +320,7 @@ def runner_command(
         )
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
+    watch_children_with_pidfds()  # host commands per sandbox, without a thread each
     try:
         asyncio.run(_run_with_backend(settings, backend, unavailable, metrics_listen))
     except RunnerRejectedError as exc:

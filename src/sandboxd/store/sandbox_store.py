@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     JSON,
@@ -32,14 +33,17 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     and_,
+    bindparam,
     delete,
     exists,
+    insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord
@@ -184,6 +188,26 @@ _COLUMNS = (
 _TIMES = ("created_at", "start_deadline", "started_at", "ended_at")
 
 
+# The writes of every sandbox's lifecycle (insert, save, remove) go through SQLAlchemy Core,
+# not the ORM: they never need its session bookkeeping, and an ORM-enabled UPDATE (which
+# also synchronises the session's objects) cost 1.3-1.5 ms here against 0.5 ms in Core, an
+# insert 0.6-0.7 ms against 0.2 ms, all of it CPU the event loop waits for.
+_SANDBOXES = cast(Table, SandboxRow.__table__)
+_TAGS = cast(Table, SandboxTagRow.__table__)
+_TOMBSTONES = cast(Table, TombstoneRow.__table__)
+# A save writes every column; one statement made once (0.19 ms a save against 0.5 ms for a
+# statement built per call: building one and finding its compiled form is most of the work).
+_WHERE_ID, _WHERE_VERSION = "where_sandbox_id", "where_version"
+_UPDATE = (
+    update(_SANDBOXES)
+    .where(
+        _SANDBOXES.c.sandbox_id == bindparam(_WHERE_ID),
+        _SANDBOXES.c.version == bindparam(_WHERE_VERSION),
+    )
+    .values({c.name: bindparam(c.name) for c in _SANDBOXES.columns if c.name != "sandbox_id"})
+)
+
+
 def _values(record: SandboxRecord) -> dict[str, object]:
     values: dict[str, object] = {name: getattr(record, name) for name in _COLUMNS}
     values.update({name: getattr(record, name) for name in _TIMES})
@@ -197,6 +221,18 @@ def _values(record: SandboxRecord) -> dict[str, object]:
         terminal_at=(record.ended_at or record.created_at) if record.terminal else None,
     )
     return values
+
+
+def _save(connection: Connection, record: SandboxRecord) -> SandboxRecord:
+    """Write ``record`` over its row if the row is still at ``record.version``."""
+    stored = SandboxRecord(**{**record.__dict__, "version": record.version + 1})
+    values = _values(stored)
+    values[_WHERE_ID] = values.pop("sandbox_id")
+    values[_WHERE_VERSION] = record.version
+    result = connection.execute(_UPDATE, values)
+    if result.rowcount != 1:
+        raise StaleRecord(record.sandbox_id)
+    return stored
 
 
 def record_of(row: SandboxRow) -> SandboxRecord:
@@ -233,11 +269,13 @@ class SandboxStore:
     # -- sandboxes ------------------------------------------------------------------------
     def insert(self, record: SandboxRecord) -> None:
         """Add a new sandbox (and its tags) in one transaction."""
-        with Session(self._engine) as session, session.begin():
-            session.add(SandboxRow(**_values(record)))
-            session.flush()
-            for tag in dict.fromkeys(record.tags):
-                session.add(SandboxTagRow(tag=tag, sandbox_id=record.sandbox_id))
+        with self._engine.begin() as connection:
+            connection.execute(insert(_SANDBOXES), [_values(record)])
+            tags = [
+                {"tag": tag, "sandbox_id": record.sandbox_id} for tag in dict.fromkeys(record.tags)
+            ]
+            if tags:
+                connection.execute(insert(_TAGS), tags)
 
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         """The sandbox with this id, if any."""
@@ -250,56 +288,30 @@ class SandboxStore:
 
         Raises :class:`StaleRecord` when another write came first.
         """
-        stored = SandboxRecord(**{**record.__dict__, "version": record.version + 1})
-        values = _values(stored)
-        values.pop("sandbox_id")
-        with Session(self._engine) as session, session.begin():
-            result = session.execute(
-                update(SandboxRow)
-                .where(
-                    SandboxRow.sandbox_id == record.sandbox_id,
-                    SandboxRow.version == record.version,
-                )
-                .values(**values)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise StaleRecord(record.sandbox_id)
-        return stored
+        with self._engine.begin() as connection:
+            return _save(connection, record)
 
     def save_many(self, records: Sequence[SandboxRecord]) -> list[SandboxRecord]:
         """:meth:`save` for several rows in one transaction (all or none)."""
-        stored = []
-        with Session(self._engine) as session, session.begin():
-            for record in records:
-                new = SandboxRecord(**{**record.__dict__, "version": record.version + 1})
-                values = _values(new)
-                values.pop("sandbox_id")
-                result = session.execute(
-                    update(SandboxRow)
-                    .where(
-                        SandboxRow.sandbox_id == record.sandbox_id,
-                        SandboxRow.version == record.version,
-                    )
-                    .values(**values)
-                )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    raise StaleRecord(record.sandbox_id)
-                stored.append(new)
-        return stored
+        with self._engine.begin() as connection:
+            return [_save(connection, record) for record in records]
 
     def remove(self, record: SandboxRecord, deleted_at: datetime) -> None:
         """Forget a deleted sandbox and leave its tombstone, in one transaction."""
-        with Session(self._engine) as session, session.begin():
-            session.execute(
-                delete(SandboxTagRow).where(SandboxTagRow.sandbox_id == record.sandbox_id)
-            )
-            session.execute(delete(SandboxRow).where(SandboxRow.sandbox_id == record.sandbox_id))
-            session.merge(
-                TombstoneRow(
-                    sandbox_id=record.sandbox_id,
-                    runner_id=record.runner_id,
-                    deleted_at=deleted_at,
-                )
+        sandbox_id = record.sandbox_id
+        with self._engine.begin() as connection:
+            connection.execute(delete(_TAGS).where(_TAGS.c.sandbox_id == sandbox_id))
+            connection.execute(delete(_SANDBOXES).where(_SANDBOXES.c.sandbox_id == sandbox_id))
+            connection.execute(delete(_TOMBSTONES).where(_TOMBSTONES.c.sandbox_id == sandbox_id))
+            connection.execute(
+                insert(_TOMBSTONES),
+                [
+                    {
+                        "sandbox_id": sandbox_id,
+                        "runner_id": record.runner_id,
+                        "deleted_at": deleted_at,
+                    }
+                ],
             )
 
     def live(self) -> list[SandboxRecord]:
