@@ -242,8 +242,11 @@ def test_sandbox_processes_hold_no_host_descriptor(
 
     def check(pid: int) -> None:
         for name in os.listdir(f"/proc/{pid}/fd"):
-            link = os.readlink(f"/proc/{pid}/fd/{name}")
-            st = os.stat(f"/proc/{pid}/fd/{name}")
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+            except FileNotFoundError:  # closed since the listing: it holds nothing
+                continue
             kind = stat.S_IFMT(st.st_mode)
             if kind in (stat.S_IFIFO, stat.S_IFSOCK) or link.startswith("anon_inode:"):
                 continue

@@ -23,8 +23,10 @@ from sandboxd.backends.base import EgressType, IngressMode, MountedFile, Network
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import InvalidSpec, SandboxExists, SandboxStartError
 from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local.state import RECORD
 from sandboxd.backends.local.warm import SLOT_PREFIX
 from sandboxd.images import ImageStore
+from sandboxd.record_log import read_record
 
 from .disk_support import loop_devices, wait_in_use
 from .image_refs import BUSYBOX
@@ -103,7 +105,7 @@ def test_a_claimed_sandbox_is_its_own(
             assert r.stdout.decode().split() == [sid, "claimant", sid, "/tmp", sid]
             state = await b.state(sid)
             assert state.state == "running"
-            record = json.loads((b.sandboxes_dir / sid / "record.json").read_text())
+            record = read_record(b.sandboxes_dir / sid / RECORD)
             assert record["sandbox_id"] == sid and record["started"] is True
             assert not (b.data_dir / "warm" / slot).exists()
             main = await run(h, sid, sh("cat /proc/*/cmdline | tr '\\0' ' '"))
@@ -255,6 +257,7 @@ from pathlib import Path
 from sandboxd.backends.base import NetworkSpec, EgressType, SandboxSpec
 from sandboxd.backends.local import LocalBackend
 from sandboxd.images import ImageStore
+from sandboxd.record_log import read_record
 
 async def main(data_dir, images_dir, count):
     backend = LocalBackend(data_dir, images=ImageStore(images_dir))
@@ -287,10 +290,7 @@ def test_slots_of_a_killed_runner_are_destroyed_by_the_next(
             # the slots outlived their runner: processes, cgroups, layers, networks
             assert sorted(p.name for p in (data_dir / "warm").iterdir()) == sorted(slots)
             assert {Path(d).name for d in slot_cgroups(groups)} == set(slots)
-            leases = [
-                json.loads((data_dir / "warm" / s / "record.json").read_text())["lease"]
-                for s in slots
-            ]
+            leases = [read_record(data_dir / "warm" / s / RECORD)["lease"] for s in slots]
             netns = [f"/run/netns/sandboxd-{lease['tag']}" for lease in leases]
             assert all(Path(ns).exists() for ns in netns)
             assert await backend.discard_prepared() == 3
@@ -314,6 +314,7 @@ import asyncio, json, os, signal, sys
 from sandboxd.backends.base import SandboxSpec
 from sandboxd.backends.local import LocalBackend, process
 from sandboxd.images import ImageStore
+from sandboxd.record_log import read_record
 
 async def main(data_dir, images_dir):
     backend = LocalBackend(data_dir, images=ImageStore(images_dir))

@@ -20,7 +20,7 @@ import pytest
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.e2e.conftest import Platform, run_python
-from tests.support.faults import error_reason, rpc_error, sandbox_pids, wait_until
+from tests.support.faults import error_reason, rpc_error, sandbox_pids, wait_idle, wait_until
 from tests.support.gateway import IDLE, Gateway
 from tests.support.pausing import cpu_usage_ns, frozen
 from tests.support.processes import keyed_channel
@@ -163,6 +163,7 @@ def _exists(gw: Gateway, sandbox_id: str, path: str) -> bool:
 def test_stop_and_delete_of_a_paused_sandbox(gateway: Gateway, platform: Platform) -> None:
     gw = gateway
     sid = gw.start(platform.runner_id, argv=IDLE)
+    wait_idle(sid)  # its shell exits 0 on SIGTERM only once it set its trap
     assert pause(gw, sid).success
     began = time.monotonic()
     gw.stop(sid, grace_seconds=10)
@@ -176,6 +177,7 @@ def test_stop_and_delete_of_a_paused_sandbox(gateway: Gateway, platform: Platfor
         assert "is completed" in (error.details() or ""), error.details()
 
     other = gw.start(platform.runner_id, argv=IDLE)
+    wait_idle(other)
     assert pause(gw, other).success
     gw.delete(other)
     assert rpc_error(lambda: gw.get(other)).code() == grpc.StatusCode.NOT_FOUND

@@ -339,8 +339,8 @@ def test_values_appear_nowhere_but_inside_the_sandboxes(world: World) -> None:
     # shared memory), the runner's and the backend's records of each sandbox, its state.
     # Not the images, nor the sparse disk templates (GiBs of zeros no value was written to).
     assert list(world.data_dir.glob("controlplane.db*"))
-    assert list((world.data_dir / "runner" / "sandboxes").glob("*.json"))
-    assert list((world.data_dir / "backend" / "sandboxes").glob("*/record.json"))
+    assert list((world.data_dir / "runner" / "sandboxes").glob("*.jsonl"))
+    assert list((world.data_dir / "backend" / "sandboxes").glob("*/record.jsonl"))
 
     def skip(path: Path) -> bool:
         return path.suffix == ".img" or "images" in path.relative_to(world.data_dir).parts

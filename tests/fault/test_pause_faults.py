@@ -21,6 +21,7 @@ from tests.support.faults import (
     error_reason,
     rpc_error,
     sandbox_pids,
+    wait_idle,
     wait_until,
 )
 from tests.support.gateway import IDLE, Gateway
@@ -98,6 +99,7 @@ def test_a_pause_asked_while_the_runner_is_away_happens_when_it_returns(
 ) -> None:
     gateway = cluster.gateway()
     sid = gateway.start(cluster.runner_id, argv=IDLE)
+    wait_idle(sid)  # its shell exits 0 on SIGTERM only once it set its trap
     cluster.runner.kill()
     cluster.wait_health(False, UNHEALTHY_BOUND + 2)
 

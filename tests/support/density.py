@@ -17,12 +17,14 @@ reported on its own line.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandboxd.backends.local.state import RECORD
+from sandboxd.record_log import read_record
 
 KERNEL_FIELDS = ("Slab", "SUnreclaim", "PageTables", "KernelStack", "Percpu")
 COUNTED = ("Slab", "PageTables", "KernelStack")
@@ -59,8 +61,8 @@ def process_name(pid: int) -> str:
 
 
 def sandbox_pids(state_dir: Path) -> list[int]:
-    """The keeper and every process in the sandbox's cgroup (from its ``record.json``)."""
-    record = json.loads((state_dir / "record.json").read_text())
+    """The keeper and every process in the sandbox's cgroup (from its record)."""
+    record = read_record(state_dir / RECORD)
     pids = [int(record["keeper_pid"])] if record.get("keeper_pid") else []
     dirs = (record.get("cgroup") or {}).get("dirs", {})  # controller -> directory
     directory = dirs.get("pids") or dirs.get("unified")

@@ -272,6 +272,21 @@ def sandbox_pids(sandbox_id: str) -> list[int]:
     return [pid for pid in _pids() if needle in _cgroup_text(pid)]
 
 
+def wait_idle(sandbox_id: str, timeout: float = 10) -> None:
+    """Wait until an ``IDLE`` sandbox's shell runs its ``sleep``.
+
+    Start returns once the main process is spawned, before the shell has read its script;
+    a SIGTERM (or a freeze) that lands before ``trap`` ends the shell with 143 instead of 0.
+    The shell traps first and starts ``sleep`` after, so a ``sleep`` means the trap is set.
+    """
+    wait_until(
+        f"{sandbox_id}'s shell to start its sleep",
+        lambda: any(process_name(pid) == "sleep" for pid in sandbox_pids(sandbox_id)),
+        timeout,
+        interval=0.02,
+    )
+
+
 def sandbox_init(sandbox_id: str) -> int:
     """The host PID of the sandbox's PID 1 (its agent): the one whose parent is outside it."""
     pids = set(sandbox_pids(sandbox_id))

@@ -4,23 +4,27 @@ Why the runner keeps its own small records: the backend re-attaches to running s
 after a restart (``Backend.recover``), but it knows nothing of the runner's policy: how much
 of the runner's capacity the sandbox reserved (so heartbeats stay honest), when its maximum
 lifetime ends (so a restart does not grant it a fresh lifetime), and where its ports were
-published. One JSON file per sandbox, written atomically, removed when the sandbox is
-destroyed. Without a directory (tests, ephemeral runners) records live only in memory.
+published. One file of appended JSON records per sandbox (``<id>.jsonl``, see
+``sandboxd.record_log``), removed when the sandbox is destroyed. Without a directory (tests,
+ephemeral runners) records live only in memory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from sandboxd.record_log import append_record, read_record
 from sandboxd.runner.resources import Reservation
 
 __all__ = ["RecordStore", "RunnerRecord"]
 
 _log = logging.getLogger(__name__)
+LEGACY_SUFFIX = ".json"
+"""Records as versions before appended records (``.jsonl``) wrote them; still read."""
 
 
 @dataclass(frozen=True)
@@ -35,25 +39,31 @@ class RunnerRecord:
     published_ports: dict[int, int] = field(default_factory=dict)
     generation: int = 0  # of the start command, so reports after a restart carry it
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON values (the reverse of :meth:`from_dict`)."""
+        r = self.reservation
+        return {
+            "sandbox_id": self.sandbox_id,
+            "reservation": [r.cpu_millicores, r.memory_bytes, r.gpu_count],
+            "max_lifetime_seconds": self.max_lifetime_seconds,
+            "started_at": self.started_at,
+            "service_address": self.service_address,
+            "published_ports": {str(k): v for k, v in self.published_ports.items()},
+            "generation": self.generation,
+        }
+
     def to_json(self) -> str:
         """Serialise (the reverse of :meth:`from_json`)."""
-        r = self.reservation
-        return json.dumps(
-            {
-                "sandbox_id": self.sandbox_id,
-                "reservation": [r.cpu_millicores, r.memory_bytes, r.gpu_count],
-                "max_lifetime_seconds": self.max_lifetime_seconds,
-                "started_at": self.started_at,
-                "service_address": self.service_address,
-                "published_ports": {str(k): v for k, v in self.published_ports.items()},
-                "generation": self.generation,
-            }
-        )
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> RunnerRecord:
         """Parse; raises ``ValueError``/``KeyError``/``TypeError`` on a damaged record."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunnerRecord:
+        """Build from JSON values; ``ValueError``/``KeyError``/``TypeError`` when damaged."""
         cpu, memory, gpus = (int(v) for v in data["reservation"])
         return cls(
             sandbox_id=str(data["sandbox_id"]),
@@ -75,19 +85,16 @@ class RecordStore:
 
     def _path(self, sandbox_id: str) -> Path:
         assert self._directory is not None
-        return self._directory / f"{sandbox_id}.json"
+        return self._directory / f"{sandbox_id}.jsonl"
 
     def save(self, record: RunnerRecord) -> None:
-        """Write atomically, so a crash leaves the old or the new record, never half of one."""
+        """Append it to the sandbox's file: a crash leaves the old or the new record whole."""
         self._memory[record.sandbox_id] = record
         if self._directory is None:
             return
         try:
             self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = self._path(record.sandbox_id)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(record.to_json())
-            os.replace(tmp, path)
+            append_record(self._path(record.sandbox_id), record.to_dict())
         except OSError as exc:  # the sandbox still runs; only a later restart loses policy
             _log.warning("cannot save runner record of %s: %s", record.sandbox_id, exc)
 
@@ -100,14 +107,20 @@ class RecordStore:
         self._memory.pop(sandbox_id, None)
         if self._directory is not None:
             self._path(sandbox_id).unlink(missing_ok=True)
+            (self._directory / f"{sandbox_id}{LEGACY_SUFFIX}").unlink(missing_ok=True)
 
     def load_all(self) -> list[RunnerRecord]:
         """Read every record from disk (at start-up); damaged files are skipped and logged."""
         if self._directory is None or not self._directory.is_dir():
             return list(self._memory.values())
-        for path in sorted(self._directory.glob("*.json")):
+        # Files of older versions (<id>.json) first, so a newer <id>.jsonl wins over them.
+        paths = [*self._directory.glob(f"*{LEGACY_SUFFIX}"), *self._directory.glob("*.jsonl")]
+        for path in paths:
             try:
-                record = RunnerRecord.from_json(path.read_text())
+                if path.suffix == LEGACY_SUFFIX:
+                    record = RunnerRecord.from_json(path.read_text())
+                else:
+                    record = RunnerRecord.from_dict(read_record(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 _log.warning("ignoring damaged runner record %s: %s", path, exc)
                 continue

@@ -38,7 +38,7 @@ def test_start_answers_started_after_a_running_event(tmp_path: Path) -> None:
         assert backend_spec.image == "busybox:latest"  # a reference, resolved by the backend
         assert backend_spec.network.egress is EgressType.NONE
         assert backend_spec.network.ingress is None
-        assert (tmp_path / "records" / "sb-1.json").is_file()  # survives a runner restart
+        assert (tmp_path / "records" / "sb-1.jsonl").is_file()  # survives a runner restart
         assert [e.phase for e in rig.supervisor.snapshot()] == [RUNNING]
 
     run_rig(tmp_path, body)
@@ -306,7 +306,7 @@ def test_delete_stops_destroys_and_forgets(tmp_path: Path) -> None:
         assert rig.outbox.kinds()[-2:] == ["event:SANDBOX_PHASE_COMPLETED", "result:2"]
         assert rig.backend.calls[-2:] == [("stop", "sb-1"), ("destroy", "sb-1")]
         assert rig.supervisor.snapshot() == [] and len(rig.ledger) == 0
-        assert not list((tmp_path / "records").glob("*.json"))
+        assert not list((tmp_path / "records").iterdir())
 
     run_rig(tmp_path, body)
 

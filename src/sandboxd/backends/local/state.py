@@ -2,7 +2,7 @@
 
 Why on disk: a runner restart must find every sandbox again (``recover``), including ones
 that ended while it was away, and their logs and exit codes. The state directory
-``<data_dir>/sandboxes/<id>/`` holds ``record.json`` (keeper and agent pids and start times,
+``<data_dir>/sandboxes/<id>/`` holds ``record.jsonl`` (keeper and agent pids and start times,
 cgroup paths, network lease, user id range, published ports, the parts of the spec recovery
 needs), ``main.log`` and ``exit.json`` (written by the keeper, on the host side, never by
 anything inside the sandbox), ``agent.log`` (the agent's own diagnostics), the mounted-file
@@ -26,12 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandboxd.record_log import append_record, read_record
+
 from ..base import EgressType, IngressMode, PublishedPort
 from .cgroups import SandboxCgroup
 from .ingress import PortPublisher
 from .network import Lease
 from .syscalls import process_start_time
 from .userns import IdRange
+
+RECORD = "record.jsonl"
+"""The record's file in a state directory: appended lines, the newest wins (record_log.py)."""
+LEGACY_RECORD = "record.json"
+"""Where versions before record.jsonl kept it; still read when there is no record.jsonl."""
 
 KILLED_WITH_SANDBOX = 137
 
@@ -143,7 +150,7 @@ class SandboxRecord:
                 return
 
     def save(self) -> None:
-        """Write ``record.json`` atomically."""
+        """Save the record: a line appended to ``record.jsonl`` (see sandboxd.record_log)."""
         data = {
             "sandbox_id": self.sandbox_id,
             "egress": self.egress.value,
@@ -163,14 +170,15 @@ class SandboxRecord:
             "started": self.started,
             "image_rootfs": self.image_rootfs,
         }
-        tmp = self.state_dir / "record.json.tmp"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state_dir / "record.json")
+        append_record(self.state_dir / RECORD, data)
 
     @classmethod
     def load(cls, state_dir: Path) -> SandboxRecord:
-        """Read ``record.json`` of a state directory."""
-        data = json.loads((state_dir / "record.json").read_text())
+        """Read the record of a state directory (``record.json`` as older versions wrote it)."""
+        try:
+            data = read_record(state_dir / RECORD)
+        except FileNotFoundError:
+            data = json.loads((state_dir / LEGACY_RECORD).read_text())
         cg = data.get("cgroup")
         lease = data.get("lease")
         ids = data.get("ids")

@@ -2,7 +2,7 @@
 
 Why a slot name and a rename: a warm sandbox is built before anyone knows its sandbox id,
 yet once claimed it must be indistinguishable from one created cold under that id: its
-state directory ``sandboxes/<id>/`` and ``record.json`` (what ``recover`` finds after a
+state directory ``sandboxes/<id>/`` and ``record.jsonl`` (what ``recover`` finds after a
 runner restart), its hostname, environment, command and lifetime. So a slot is built like
 any sandbox (``LocalBackend._build``: user namespace, cgroup, fresh writable layer, network,
 keeper and agent) under ``<data_dir>/warm/<slot>/``, with a slot name that can never be a
@@ -11,7 +11,7 @@ started. A claim then:
 
 1. sets the hostname in the sandbox's UTS namespace: the runner's thread joins the
    namespace and leaves it again (the agent has no capabilities left to do it itself);
-2. rewrites ``record.json`` with the sandbox id, then renames the directory into
+2. saves the record (``record.jsonl``) with the sandbox id, then renames the directory into
    ``sandboxes/<id>/`` (atomic; the keeper writes through a directory descriptor and the
    agent's socket is found by path, so both follow the rename);
 3. starts the main process with the claimant's command, environment (``HOSTNAME``
@@ -197,7 +197,7 @@ class WarmSlots:
         """A slot killed before its first record: its user-id claim and empty cgroup, if any.
 
         ``_build`` claims the ids (labelled with the slot) and makes the cgroup before it
-        writes ``record.json``; no process of the slot can exist yet (the zygote is asked
+        writes ``record.jsonl``; no process of the slot can exist yet (the zygote is asked
         after the record), so removing both is safe.
         """
         b = self._backend
