@@ -272,23 +272,38 @@ def test_remote_functions(client_env: Platform) -> None:
     ]
 
 
+def _wait_armed(sandbox: Sandbox) -> None:
+    """Wait until the main shell has set its TERM trap (it then touches ``/tmp/armed``).
+
+    The handle is ready once the process is spawned, before the shell has read its script:
+    a stop that lands before ``trap`` meets the default action (143), not the trap.
+    """
+    deadline = time.monotonic() + 30
+    while sandbox.exec(["test", "-e", "/tmp/armed"]).result().returncode != 0:
+        assert time.monotonic() < deadline, "the main shell never set its trap"
+        time.sleep(0.02)
+
+
 def test_lifetime_and_graceful_shutdown(client_env: Platform) -> None:
     short = Sandbox.run("sleep", "600", max_lifetime_seconds=2, tags=[TAG])
     short.wait_until_complete(timeout=60).result()
     assert (short.status, short.returncode) == ("completed", 143)  # SIGTERM at end of life
 
-    trap = "trap 'echo bye; exit 7' TERM; sleep 600 & wait"
+    trap = "trap 'echo bye; exit 7' TERM; touch /tmp/armed; sleep 600 & wait"
     graceful = Sandbox.run("sh", "-c", trap, tags=[TAG])
     graceful.wait()
-    time.sleep(0.3)
+    _wait_armed(graceful)
     graceful.stop(graceful_shutdown_seconds=5).result()
     assert graceful.returncode == 7
     with pytest.raises(SandboxTerminatedError):  # this handle stopped it
         graceful.wait_until_complete().result()
     graceful.wait_until_complete(raise_on_termination=False).result()
 
-    stubborn = Sandbox.run("sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600", tags=[TAG])
+    stubborn = Sandbox.run(
+        "sh", "-c", "trap '' TERM; touch /tmp/armed; sleep 600 & wait; sleep 600", tags=[TAG]
+    )
     stubborn.wait()
+    _wait_armed(stubborn)
     started = time.monotonic()
     stubborn.stop(graceful_shutdown_seconds=1).result()
     assert stubborn.returncode == 137 and time.monotonic() - started < 10

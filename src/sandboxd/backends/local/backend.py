@@ -66,6 +66,8 @@ from .ingress import PortPublisher
 from .keeper import NATIVE_KEEPER
 from .network import Lease, NetworkManager
 from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
+from .orphans import id_owner, reap_orphans
+from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
@@ -125,11 +127,13 @@ class LocalBackend(Backend):
         self._cgroups: CgroupManager | None = None
         self._primer = CgroupPrimer()
         self._building = 0  # sandboxes being built now (creates and warm slots)
+        self._key = key
+        self._owner = OwnerLock(key)  # held while this backend lives (owners.py)
         self._net = NetworkManager(key, network_pool)
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._trail = ConnectionTrail(self._net, self._leases_by_tag)
         self._reaped = False
-        self._ids = IdRangePool(self._group)
+        self._ids = IdRangePool(id_owner(key))
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
         self._disk = DiskLayers(self.data_dir / "disk", ready_layers)
@@ -159,6 +163,7 @@ class LocalBackend(Backend):
     async def _ready(self) -> CgroupManager:
         if os.geteuid() != 0:
             raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
+        await self._owner.hold()  # before anything is made ahead: this key is alive
         self._trail.open()  # before any lease is made: new leases log to its group
         if self._cgroups is None:
             try:
@@ -170,6 +175,12 @@ class LocalBackend(Backend):
         if not self._reaped:  # networks a killed predecessor made ahead
             self._reaped = True
             await self._nets.reap()
+            layout, limits = self._cgroups.layout, self._cgroups.limits
+            await reap_orphans(  # what other backends, dead for good, made ahead
+                self._key,
+                str(self._net.pool),
+                remove_group=lambda group: CgroupManager(group, layout, limits).cleanup_group(),
+            )
         return self._cgroups
 
     def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
@@ -752,6 +763,7 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
+        self._owner.release()  # nothing made ahead is left: nobody need reap after us
 
 
 def _root_used_bytes(agent_pid: int | None) -> int:

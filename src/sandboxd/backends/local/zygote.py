@@ -6,7 +6,8 @@ zygote imports everything the keeper and the agent need once, then for each requ
 the sandbox's keeper (``keeper.py``), which prepares the host side and forks the agent,
 PID 1 of the new PID namespace (``boot.py``). The zygote is started in its own session and
 is a child subreaper, so keepers are reaped even after the runner that started it has died;
-a restarted runner simply reconnects to ``zygote.sock``.
+a restarted runner simply reconnects to ``zygote.sock``. Once its run directory is deleted
+and its last keeper has ended, nobody can reach it or needs it, and it exits.
 
 The runner starts it from a sealed in-memory copy of the Python interpreter (see
 ``supervisor.py``), so no process of a sandbox ever has a host binary as its executable:
@@ -31,6 +32,9 @@ from typing import Any
 
 from . import protocol, seccomp, syscalls, userns
 from .keeper import load_native_keeper, run_keeper
+
+ABANDONED_CHECK_SECONDS = 5.0
+"""How often an idle zygote looks whether it was abandoned (:meth:`Zygote._abandoned`)."""
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -180,11 +184,30 @@ class Zygote:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
         while self.running:
-            events = self.sel.select(0 if self.prepare_queue else None)
+            events = self.sel.select(0 if self.prepare_queue else ABANDONED_CHECK_SECONDS)
             for key, _mask in events:
                 key.data(key.fileobj)
             if not events and self.prepare_queue:
                 self._prepare_one()
+            elif not events and self._abandoned():
+                self.running = False
+
+    def _abandoned(self) -> bool:
+        """Whether nobody can reach this zygote, nor needs it.
+
+        True once its run directory was deleted (no runner can find its socket again) and
+        no keeper or other child is left. A runner killed for good whose data directory is
+        then removed would otherwise leave its zygote idling forever.
+        """
+        try:
+            if os.fstat(self.run_dir_fd).st_nlink > 0:
+                return False
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        except OSError:
+            return False
+        return False if pid == 0 else self._abandoned()  # reaped one: look again
 
 
 def main() -> None:
