@@ -14,6 +14,7 @@ import pytest
 
 from sandboxd.controlplane.sandbox_model import Observed, SandboxRecord
 from sandboxd.store import RunnerRecord, Store
+from sandboxd.store.event_store import SandboxEvent
 from sandboxd.store.sandbox_store import ListQuery, StaleRecord
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
@@ -113,5 +114,29 @@ def test_control_plane_keeps_its_runners_across_a_restart(
     store = Store(database_url)  # it really used that database, not DATA_DIR's SQLite file
     try:
         assert [r.runner_id for r in store.load_runners()] == ["kept"]
+    finally:
+        store.close()
+
+
+def test_events_are_stored_in_order_with_their_journal_position(database_url: str) -> None:
+    store = Store(database_url, new_file=True)
+    try:
+        at = datetime(2026, 12, 3, 4, 5, 6, tzinfo=UTC)
+        made = [
+            SandboxEvent("sb-1", "acme", at, "exec", "user:a", {"argv": ["true"], "n": n})
+            for n in range(5)
+        ]
+        first = store.events.append(made[:3], journal_through=3)
+        assert [e.seq for e in first] == sorted({e.seq for e in first}) and first[0].seq > 0
+        assert [e.data["n"] for e in first] == [0, 1, 2] and first[0].at == at
+        assert store.events.journal_position() == 3
+        later = store.events.append(made[3:], journal_through=2)  # never moves back
+        assert store.events.journal_position() == 3 and later[0].seq > first[-1].seq
+        assert store.events.append([], journal_through=9) == []
+        assert store.events.journal_position() == 9
+        read = store.events.page("sb-1", 0, 10)
+        assert [(e.seq, e.data, e.at) for e in read] == [
+            (e.seq, e.data, e.at) for e in first + later
+        ]
     finally:
         store.close()

@@ -9,12 +9,25 @@ collected by age alone (the retention of ended sandboxes), not when the sandbox 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, delete, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sandboxd.store.base import Base, utc
@@ -74,27 +87,31 @@ class EventStore:
         ``journal_through``: the journal number of the last of them, kept in the same
         transaction (:meth:`journal_position`).
         """
-        with Session(self._engine) as session, session.begin():
+        # SQLAlchemy Core, not the ORM's unit of work: this runs for every exec and file
+        # operation: 0.14-0.25 ms for one event where the ORM took 0.57-0.65 ms.
+        with self._engine.begin() as connection:
             if journal_through is not None:
-                position = session.get(EventJournalRow, 1)
-                if position is None:
-                    session.add(EventJournalRow(id=1, stored_through=journal_through))
-                else:
-                    position.stored_through = max(position.stored_through, journal_through)
-            rows = [
-                SandboxEventRow(
-                    sandbox_id=e.sandbox_id,
-                    owner_org=e.owner_org,
-                    at=e.at,
-                    kind=e.kind,
-                    actor=e.actor,
-                    data=e.data,
-                )
-                for e in events
+                _store_journal_position(connection, journal_through)
+            if not events:
+                return []
+            seqs = connection.execute(
+                _INSERT_EVENTS,
+                [
+                    {
+                        "sandbox_id": e.sandbox_id,
+                        "owner_org": e.owner_org,
+                        "at": e.at,
+                        "kind": e.kind,
+                        "actor": e.actor,
+                        "data": e.data,
+                    }
+                    for e in events
+                ],
+            ).scalars()
+            return [
+                replace(e, at=utc(e.at), data=dict(e.data), seq=int(seq))
+                for e, seq in zip(events, seqs, strict=True)
             ]
-            session.add_all(rows)
-            session.flush()
-            return [_event(row) for row in rows]
 
     def journal_position(self) -> int:
         """The highest journal number stored (0: none yet)."""
@@ -118,6 +135,27 @@ class EventStore:
         with Session(self._engine) as session, session.begin():
             done = session.execute(delete(SandboxEventRow).where(SandboxEventRow.at < before))
             return int(getattr(done, "rowcount", 0) or 0)
+
+
+_EVENTS = cast(Table, SandboxEventRow.__table__)
+_JOURNAL = cast(Table, EventJournalRow.__table__)
+_INSERT_EVENTS = insert(_EVENTS).returning(_EVENTS.c.seq, sort_by_parameter_order=True)
+_ADVANCE_JOURNAL = (
+    update(_JOURNAL)
+    .where(_JOURNAL.c.id == 1)
+    .values(
+        stored_through=case(
+            (_JOURNAL.c.stored_through < bindparam("through"), bindparam("through")),
+            else_=_JOURNAL.c.stored_through,
+        )
+    )
+)
+
+
+def _store_journal_position(connection: Connection, through: int) -> None:
+    """Raise the stored journal position to ``through`` (never lower it)."""
+    if connection.execute(_ADVANCE_JOURNAL, {"through": through}).rowcount == 0:
+        connection.execute(insert(_JOURNAL).values(id=1, stored_through=through))
 
 
 def _event(row: SandboxEventRow) -> SandboxEvent:

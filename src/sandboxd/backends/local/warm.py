@@ -96,8 +96,8 @@ class WarmSlots:
         """Slot ``slot`` becomes sandbox ``spec.sandbox_id``, started with ``spec``'s settings.
 
         The agent is asked to start the main process first, and the records move while it
-        does (each record write costs a fraction of a millisecond to a millisecond here:
-        ext4 flushes a file replaced by rename or truncation).
+        does (the id-range label, the appended record line and the directory's rename are
+        file-system work the start need not wait for).
         """
         b = self._backend
         sid = spec.sandbox_id
