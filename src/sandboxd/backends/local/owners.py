@@ -10,8 +10,8 @@ firewall rules per prepared network, and ranges that every later allocation scan
 Each backend therefore holds a shared ``flock`` on ``/run/sandboxd/owners/<key>`` for its
 life; the kernel drops it when the process dies, however it dies. Another backend that can
 take the same file's lock exclusively knows its owner is gone and reaps what that owner
-made ahead (:func:`orphaned_keys`). A key without a lock file (written by a version before
-this one) is never reaped: its owner may still be alive.
+made ahead (:func:`orphaned`, ``orphans.py``). A key without a lock file (written by a
+version before this one) is never reaped: its owner may still be alive.
 """
 
 from __future__ import annotations
