@@ -22,6 +22,7 @@ import click
 
 from sandboxd import __version__
 from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
+from sandboxd.allocator import return_large_buffers_to_the_system
 from sandboxd.backends_cli import backends_group
 from sandboxd.child_processes import watch_children_with_pidfds
 from sandboxd.config import ConfigError, PlatformConfig, load_config
@@ -355,6 +356,7 @@ def up_command(**options: object) -> None:
     runner_id = options["runner_id"]
     ca_file: Path | None = options["tls_ca"] or cert  # type: ignore[assignment]
     watch_children_with_pidfds()  # the local runner runs host commands per sandbox
+    return_large_buffers_to_the_system()  # file bytes in 1 MiB buffers (allocator.py)
     try:
         with refuse_damaged_database():
             asyncio.run(

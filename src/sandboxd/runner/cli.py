@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import click
 from prometheus_client import CollectorRegistry
 
+from sandboxd.allocator import return_large_buffers_to_the_system
 from sandboxd.child_processes import watch_children_with_pidfds
 from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
@@ -321,6 +322,7 @@ def runner_command(
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
     watch_children_with_pidfds()  # host commands per sandbox, without a thread each
+    return_large_buffers_to_the_system()  # file bytes in 1 MiB buffers (allocator.py)
     try:
         asyncio.run(_run_with_backend(settings, backend, unavailable, metrics_listen))
     except RunnerRejectedError as exc:
