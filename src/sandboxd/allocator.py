@@ -17,7 +17,6 @@ stays bounded whatever runs beside it comes first; reusing the buffers would rem
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 MMAP_THRESHOLD_BYTES = 256 * 1024
@@ -30,8 +29,7 @@ def return_large_buffers_to_the_system(threshold: int = MMAP_THRESHOLD_BYTES) ->
     else changes then.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -16,10 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.cgroups import detect
@@ -27,6 +24,7 @@ from sandboxd.backends.local.network import NETNS_DIR
 from sandboxd.backends.local.owners import OwnerLock, orphaned, other_keys
 from sandboxd.backends.local.userns import IDMAP_DIR
 from sandboxd.images import ImageStore
+from tests.support.faults import wait_until
 
 OWNERS = "/run/sandboxd/owners"
 
@@ -40,6 +38,7 @@ from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness
 from sandboxd.backends.local import LocalBackend
 from sandboxd.images import ImageStore
+from tests.support.faults import wait_until
 
 async def main():
     backend = LocalBackend(Path(sys.argv[1]) / "backend", images=ImageStore(sys.argv[2]))
@@ -83,13 +82,6 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _wait(what: str, probe: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(0.05)
 
 
 def _holder(tmp_path: Path, key: str, owners: str) -> subprocess.Popen[str]:
@@ -210,7 +202,7 @@ def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
         assert not [base for base in detect().bases.values() if os.path.isdir(f"{base}/{group}")]
         # Its zygote, reachable by nobody now, with no keeper left, ends on its own.
         zygote = int(info["zygote"])  # type: ignore[call-overload]
-        _wait(f"the abandoned zygote {zygote} to exit", lambda: not _alive(zygote), 30)
+        wait_until(f"the abandoned zygote {zygote} to exit", lambda: not _alive(zygote), 30)
     finally:
         if child.poll() is None:
             child.kill()
@@ -224,9 +216,3 @@ def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
                 await backend.close()
 
         aio.run(close_all())  # on the loop they ran on: their zygotes are shut down
-
-
-@pytest.fixture(autouse=True)
-def _root(request: pytest.FixtureRequest) -> None:
-    if request.node.name.startswith("test_what_") and os.geteuid() != 0:
-        pytest.skip("needs root")

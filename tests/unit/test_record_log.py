@@ -6,6 +6,7 @@ these tests write exactly that and check what a restarted runner reads.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def test_the_file_is_rewritten_with_only_the_newest_record_past_its_limit(
 
 def test_runner_records_of_older_versions_are_read_and_newer_ones_win(tmp_path: Path) -> None:
     old = RunnerRecord("sb-a", Reservation(cpu_millicores=100), started_at=1.0)
-    (tmp_path / "sb-a.json").write_text(old.to_json())  # as a runner before .jsonl wrote it
-    (tmp_path / "sb-b.json").write_text(RunnerRecord("sb-b", generation=1).to_json())
+    # as a runner before .jsonl wrote them
+    (tmp_path / "sb-a.json").write_text(json.dumps(old.to_dict()))
+    (tmp_path / "sb-b.json").write_text(json.dumps(RunnerRecord("sb-b", generation=1).to_dict()))
     store = RecordStore(tmp_path)
     store.save(RunnerRecord("sb-b", generation=2))  # saved by this version
     loaded = {r.sandbox_id: r for r in RecordStore(tmp_path).load_all()}

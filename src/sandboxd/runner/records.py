@@ -11,7 +11,6 @@ ephemeral runners) records live only in memory.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +50,6 @@ class RunnerRecord:
             "published_ports": {str(k): v for k, v in self.published_ports.items()},
             "generation": self.generation,
         }
-
-    def to_json(self) -> str:
-        """Serialise (the reverse of :meth:`from_json`)."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> RunnerRecord:
-        """Parse; raises ``ValueError``/``KeyError``/``TypeError`` on a damaged record."""
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunnerRecord:
@@ -116,11 +106,8 @@ class RecordStore:
         # Files of older versions (<id>.json) first, so a newer <id>.jsonl wins over them.
         paths = [*self._directory.glob(f"*{LEGACY_SUFFIX}"), *self._directory.glob("*.jsonl")]
         for path in paths:
-            try:
-                if path.suffix == LEGACY_SUFFIX:
-                    record = RunnerRecord.from_json(path.read_text())
-                else:
-                    record = RunnerRecord.from_dict(read_record(path))
+            try:  # an older .json file is one JSON line: read_record reads it as well
+                record = RunnerRecord.from_dict(read_record(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 _log.warning("ignoring damaged runner record %s: %s", path, exc)
                 continue

@@ -8,6 +8,7 @@ backend; those have their own conformance suite, and the lead writes end-to-end 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def test_register_advertises_backend_images_and_recovered_sandboxes(
         await backend.start("survivor")
         record = RunnerRecord("survivor", Reservation(cpu_millicores=500), started_at=1.0)
         (tmp_path / "state" / "sandboxes").mkdir(parents=True)
-        (tmp_path / "state" / "sandboxes" / "survivor.json").write_text(record.to_json())
+        legacy = tmp_path / "state" / "sandboxes" / "survivor.json"  # an older version's file
+        legacy.write_text(json.dumps(record.to_dict()))
         async with fake_control_plane() as cp:
             agent = make_agent(cp.url, tmp_path, backend=backend)
 

@@ -66,7 +66,7 @@ from .ingress import PortPublisher
 from .keeper import NATIVE_KEEPER
 from .network import Lease, NetworkManager
 from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
-from .orphans import id_owner, reap_orphans
+from .orphans import backend_group, reap_orphans
 from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
@@ -123,7 +123,7 @@ class LocalBackend(Backend):
         self.images = images
         self.sandboxes_dir = self.data_dir / "sandboxes"
         key = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:8]
-        self._group = f"sandboxd-{key}"
+        self._group = backend_group(key)
         self._cgroups: CgroupManager | None = None
         self._primer = CgroupPrimer()
         self._building = 0  # sandboxes being built now (creates and warm slots)
@@ -133,7 +133,7 @@ class LocalBackend(Backend):
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._trail = ConnectionTrail(self._net, self._leases_by_tag)
         self._reaped = False
-        self._ids = IdRangePool(id_owner(key))
+        self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
         self._disk = DiskLayers(self.data_dir / "disk", ready_layers)

@@ -33,8 +33,8 @@ class Reaped:
     ranges: int = 0
 
 
-def id_owner(key: str) -> str:
-    """The owner name a backend with ``key`` writes into its id-range claims."""
+def backend_group(key: str) -> str:
+    """A backend's name on the host: its cgroup group and the owner of its id-range claims."""
     return f"sandboxd-{key}"
 
 
@@ -60,12 +60,12 @@ async def reap_orphans(
             net = NetworkManager(key, network_pool)
             net.log_group = group_for(key)  # its rules may log there: removed with them
             reaped.networks += await PreparedNetworks(net, 0).reap()
-            ids = IdRangePool(id_owner(key), claim_dir=idmap_dir)
+            ids = IdRangePool(backend_group(key), claim_dir=idmap_dir)
             for ids_range in ids.adopt(PREPARED):
                 ids.release(ids_range)
                 reaped.ranges += 1
             if remove_group is not None:
-                remove_group(id_owner(key))
+                remove_group(backend_group(key))
     if reaped.networks or reaped.ranges:
         log.info(
             "took back %d networks and %d id ranges that %d dead backends made ahead",

@@ -178,7 +178,7 @@ class SandboxRecord:
         try:
             data = read_record(state_dir / RECORD)
         except FileNotFoundError:
-            data = json.loads((state_dir / LEGACY_RECORD).read_text())
+            data = read_record(state_dir / LEGACY_RECORD)  # one JSON line: read alike
         cg = data.get("cgroup")
         lease = data.get("lease")
         ids = data.get("ids")

@@ -202,12 +202,13 @@ class Zygote:
         try:
             if os.fstat(self.run_dir_fd).st_nlink > 0:
                 return False
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:  # reap the ended ones, then look
+                pass
         except ChildProcessError:
-            return True
+            return True  # no child at all
         except OSError:
-            return False
-        return False if pid == 0 else self._abandoned()  # reaped one: look again
+            pass
+        return False
 
 
 def main() -> None:
