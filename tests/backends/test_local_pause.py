@@ -19,6 +19,7 @@ from sandboxd.backends.errors import SandboxNotRunning, SandboxPaused
 from sandboxd.backends.local import freezer
 from sandboxd.backends.local.cgroups import detect
 from tests.backends.test_local_units import CGROUP_V1, MOUNTINFO_V1
+from tests.support.faults import wait_idle
 
 COUNTER = ("/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done")
 
@@ -91,6 +92,8 @@ def test_a_paused_sandbox_stops_and_is_destroyed(
         sid = spec.sandbox_id
         try:
             await h.backend.start(sid)
+            # Its shell exits 0 on SIGTERM only once it has set its trap (then it sleeps).
+            await asyncio.to_thread(wait_idle, sid)
             await h.backend.pause(sid)
             began = time.monotonic()
             code = await asyncio.wait_for(h.backend.stop(sid, 10), 30)
