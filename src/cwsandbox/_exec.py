@@ -214,6 +214,7 @@ async def run_exec(
     channel: ExecChannel | None = None
     failure: BaseException | None = None
     handed_back = False
+    answered = False  # the exit frame came: the server ends the call itself
     loop = asyncio.get_running_loop()
     try:
         if starting is not None:
@@ -243,6 +244,7 @@ async def run_exec(
                 event = await channel.next(ready_by)
                 if isinstance(event, Exit):
                     exit_code = 0 if event.code is None else event.code  # §5.3: no exit = 0
+                    answered = event.code is not None and stdin is None
                     break
                 (err if event.stderr else out).feed(event.data)
         out.feed(b"", final=True)
@@ -266,7 +268,9 @@ async def run_exec(
     finally:
         if pump is not None:
             pump.cancel()
-        if channel is not None:
+        if channel is not None and not answered:
+            # Not after an exit without stdin: the server's status follows the exit frame
+            # at once, and a cancel would only cost both sides a reset of the stream.
             channel.cancel()
         if not handed_back:
             if stdin is not None:

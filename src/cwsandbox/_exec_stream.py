@@ -19,6 +19,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import grpc.aio
 from google.protobuf.message import DecodeError
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
@@ -108,18 +109,11 @@ class ExecChannel:
         height: int | None = None,
         wait_running: bool = False,
     ) -> ExecChannel:
-        """Open the call and send ``init``; without ``interactive`` also half-close.
+        """Open the call and send ``init``; without ``interactive`` also half-close (at once).
 
         ``wait_running``: the sandbox may still be starting and the server waits for it
         (only where Start offered that); :meth:`sandbox_seen` then says what it became.
         """
-        call = await transport.open_exec(
-            timeout=deadline,
-            ready_timeout=connect_timeout,
-            stdin=interactive,
-            wait_running=wait_running,
-        )
-        channel = cls(call)
         init = st.ExecStreamInit(sandbox_id=sandbox_id, command=argv)
         if tty:
             init.tty = True
@@ -127,13 +121,15 @@ class ExecChannel:
                 init.tty_width = width
             if height:
                 init.tty_height = height
-        try:
-            await call.write(st.ExecStreamRequest(init=init))
-            if not interactive:
-                await channel._done_writing()
-        except BaseException:
-            call.cancel()
-            raise
+        call = await transport.open_exec(
+            st.ExecStreamRequest(init=init),
+            timeout=deadline,
+            ready_timeout=connect_timeout,
+            stdin=interactive,
+            wait_running=wait_running,
+        )
+        channel = cls(call)
+        channel._writing_done = not interactive  # init went out with the half-close
         return channel
 
     async def sandbox_seen(self) -> gw.GetSandboxResponse | None:
@@ -199,6 +195,7 @@ class ExecChannel:
         async with self._lock:
             if self._writing_done or self._call.done():
                 return False
+            assert isinstance(self._call, grpc.aio.StreamStreamCall)  # interactive calls only
             await self._call.write(request)
             return True
 
@@ -226,7 +223,7 @@ class ExecChannel:
         async with self._lock:
             if not self._writing_done:
                 self._writing_done = True
-                if not self._call.done():
+                if not self._call.done() and isinstance(self._call, grpc.aio.StreamStreamCall):
                     await self._call.done_writing()
 
     def cancel(self) -> None:

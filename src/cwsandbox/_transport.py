@@ -28,7 +28,7 @@ from cwsandbox.exceptions import SandboxTimeoutError
 from sandboxd_protocol.v1beta2 import gateway_pb2 as gw
 from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 
-__all__ = ["GATEWAY", "STREAMING", "ExecCall", "LogsCall", "Transport"]
+__all__ = ["GATEWAY", "STREAMING", "ExecCall", "InteractiveExecCall", "LogsCall", "Transport"]
 
 GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
 STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
@@ -42,7 +42,12 @@ FEATURES_HEADER = "sandboxd-features"
 EXEC_WAITS_FEATURE = "exec-waits-running"
 EXEC_WAIT = ("sandboxd-exec-wait-running", "1")
 SANDBOX_HEADER = "sandboxd-sandbox-bin"
-ExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
+InteractiveExecCall = grpc.aio.StreamStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
+"""A StreamExec call that takes stdin (and resize) frames after ``init``."""
+ExecCall = (
+    InteractiveExecCall | grpc.aio.UnaryStreamCall[st.ExecStreamRequest, st.ExecStreamResponse]
+)
+"""A StreamExec call: interactive, or ``init`` alone (sent with the half-close)."""
 LogsCall = grpc.aio.StreamStreamCall[st.LogStreamRequest, st.LogStreamResponse]
 
 
@@ -138,6 +143,7 @@ class Transport:
 
     async def open_exec(
         self,
+        first: st.ExecStreamRequest,
         *,
         timeout: float | None,
         ready_timeout: float,
@@ -146,24 +152,41 @@ class Transport:
     ) -> ExecCall:
         """Open a StreamExec call with deadline ``timeout`` (None: no deadline, for terminals).
 
-        Requests are written by the caller; ``stdin=False`` promises none after ``init``;
+        ``first`` (the ``init`` frame) is sent at once. With ``stdin`` the caller writes
+        the rest of the requests; ``stdin=False`` promises none after ``init``, and the
+        call then goes out as a server-streaming one: ``init`` and the half-close leave in
+        one batch, the wire is the same (HTTP/2 does not know the difference) and the
+        server's StreamExec reads one request and end of input, but the client spares the
+        separate write and half-close (a fifth of its CPU per exec, measured).
         ``wait_running`` asks a server that offered it to wait for a starting sandbox.
         The streaming channel is first given ``ready_timeout`` seconds to connect; a server
         that cannot be reached in that time gives ``SandboxTimeoutError``.
         """
         channel = await self.streaming_channel(ready_timeout)
-        multi = channel.stream_stream(
-            STREAMING + "StreamExec",
-            request_serializer=st.ExecStreamRequest.SerializeToString,
-            response_deserializer=st.ExecStreamResponse.FromString,
-        )
         # Without stdin, sandboxd needs no frame after init and sends no ``ready`` (servers
         # that do not know the header ignore it and follow §5 in full).
         metadata = self.metadata if stdin else (*self.metadata, NO_STDIN)
         if wait_running:
             metadata = (*metadata, EXEC_WAIT)
+        if not stdin:
+            single = channel.unary_stream(
+                STREAMING + "StreamExec",
+                request_serializer=st.ExecStreamRequest.SerializeToString,
+                response_deserializer=st.ExecStreamResponse.FromString,
+            )
+            return single(first, timeout=timeout, metadata=metadata)
+        multi = channel.stream_stream(
+            STREAMING + "StreamExec",
+            request_serializer=st.ExecStreamRequest.SerializeToString,
+            response_deserializer=st.ExecStreamResponse.FromString,
+        )
         # No request iterator: requests are written with call.write() (grpc-stubs lag here).
-        call: ExecCall = multi(timeout=timeout, metadata=metadata)  # type: ignore[call-arg]
+        call: InteractiveExecCall = multi(timeout=timeout, metadata=metadata)  # type: ignore[call-arg]
+        try:
+            await call.write(first)
+        except BaseException:
+            call.cancel()
+            raise
         return call
 
     async def open_logs(self, *, timeout: float | None, ready_timeout: float) -> LogsCall:
