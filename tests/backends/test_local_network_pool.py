@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
-from sandboxd.backends.local.network import NETNS_DIR, NetworkManager
+from sandboxd.backends.local.network import NETNS_DIR, NetworkError, NetworkManager
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
 from sandboxd.images import ImageStore
 
@@ -90,5 +91,50 @@ def test_networks_a_dead_runner_left_ready_are_reaped(tmp_path: Path) -> None:
         assert await PreparedNetworks(again).reap() == 1
         assert f"sandboxd-{orphan.tag}" not in _netns()
         assert again.claims() == {}
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def _ip(*argv: str) -> str:
+    return subprocess.run(["ip", *argv], capture_output=True, text=True, check=False).stdout
+
+
+def test_a_network_is_two_ip_runs_and_teardown_survives_missing_parts(tmp_path: Path) -> None:
+    """The host end stays on the host though ``netns add`` shares its batch; teardown goes on
+    past a part that is already gone (a veth deleted by hand), and a clash rolls back."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+    async def scenario() -> None:
+        net = NetworkManager("iptest", pool="10.214.1.0/24", ipam_dir=str(tmp_path / "ipam"))
+        lease = net.allocate("sb-ip")
+        await net.setup(lease, EgressType.INTERNET, ())
+        try:
+            host_end = _ip("-o", "link", "show", lease.host_if)
+            assert "state UP" in host_end or ",UP" in host_end, host_end
+            assert f"{lease.host_ip}/30" in _ip("-o", "-4", "addr", "show", lease.host_if)
+            inside = _ip("-n", lease.netns, "-o", "-4", "addr")
+            assert f"{lease.sandbox_ip}/30" in inside and "eth0" in inside
+            assert f"default via {lease.host_ip}" in _ip("-n", lease.netns, "route")
+            assert lease.host_if not in _ip("-n", lease.netns, "-o", "link")
+            # Someone removed the veth: the namespace must still go with the teardown.
+            subprocess.run(["ip", "link", "del", lease.host_if], check=True)
+        finally:
+            await net.teardown(lease, EgressType.INTERNET, ())
+        assert lease.netns not in _netns()
+        assert _ip("-o", "link", "show", lease.host_if) == ""
+
+        # A namespace of that name exists already: the batch (made ahead, at the lowest
+        # priority) stops before the veth.
+        clash = net.allocate("sb-clash")
+        subprocess.run(["ip", "netns", "add", clash.netns], check=True)
+        try:
+            with pytest.raises(NetworkError, match="File exists"):
+                await net.prepare(clash, nice=True)
+            assert _ip("-o", "link", "show", clash.host_if) == ""
+        finally:
+            subprocess.run(["ip", "netns", "del", clash.netns], check=False)
+            net.release(clash)
+        assert net.claims() == {}
 
     asyncio.run(asyncio.wait_for(scenario(), 120))

@@ -37,7 +37,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -45,7 +44,8 @@ from ..base import EgressType
 from . import egress as policy
 
 NETNS_DIR = "/run/netns"
-_NICE: tuple[str, ...] = ("nice", "-n", "19") if shutil.which("nice") else ()
+LOWEST_PRIORITY = 19
+"""The nice value of commands for networks made ahead of need."""
 IPAM_DIR = "/run/sandboxd/ipam"
 
 
@@ -110,14 +110,24 @@ class Lease:
         return cls(**json.loads(raw))
 
 
-async def run(*argv: str, stdin: bytes | None = None, check: bool = True) -> str:
-    """Run a host command; ``NetworkError`` with its stderr when it fails and ``check``."""
+async def run(
+    *argv: str, stdin: bytes | None = None, check: bool = True, nice: bool = False
+) -> str:
+    """Run a host command; ``NetworkError`` with its stderr when it fails and ``check``.
+
+    ``nice``: the command yields the CPU to everything else (work made ahead of need). Set
+    on the child once it is started rather than by running it under ``nice``: one program
+    execution fewer, and a ``preexec_fn`` would make Python fork instead of ``vfork``.
+    """
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    if nice:
+        with contextlib.suppress(OSError):  # it may have exited already
+            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
     out, err = await proc.communicate(stdin)
     if check and proc.returncode != 0:
         raise NetworkError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
@@ -146,13 +156,13 @@ class RuleWriter:
         self._lock = asyncio.Lock()
         self._removals: list[tuple[str, asyncio.Future[None]]] = []
 
-    async def apply(self, rules: str, pre: tuple[str, ...] = ()) -> None:
+    async def apply(self, rules: str, *, nice: bool = False) -> None:
         """One transaction, after the ones before it; ``NetworkError`` if it fails.
 
-        ``pre`` runs it under another command, e.g. ``nice`` for networks made ahead.
+        ``nice``: at the lowest CPU priority, for networks made ahead.
         """
         async with self._lock:
-            await run(*pre, "iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), nice=nice)
 
     async def apply_quietly(self, rules: str) -> None:
         """One transaction whose failure is expected at times (and ignored)."""
@@ -349,17 +359,19 @@ class NetworkManager:
 
         ``nice``: made ahead of need, its commands yield the CPU to the work of creates.
         """
-        pre = _NICE if nice else ()
         with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
             if fh.read().strip() != "1":
                 _write("/proc/sys/net/ipv4/ip_forward", "1")
-        await run(*pre, "ip", "netns", "add", lease.netns)
+        # Two ``ip`` runs: the namespace and the host end in one batch (``ip`` comes back
+        # to the host's namespace after ``netns add``; a failing line ends the batch with
+        # an error), then the namespace's end from inside it.
         host = (
+            f"netns add {lease.netns}\n"
             f"link add {lease.host_if} type veth peer name eth0 netns {lease.netns}\n"
             f"addr add {lease.host_ip}/30 dev {lease.host_if}\n"
             f"link set {lease.host_if} up\n"
         )
-        await run(*pre, "ip", "-batch", "-", stdin=host.encode())
+        await run("ip", "-batch", "-", stdin=host.encode(), nice=nice)
         with contextlib.suppress(OSError):
             _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
         inside = (
@@ -367,7 +379,7 @@ class NetworkManager:
             "link set eth0 up\nlink set lo up\n"
             f"route add default via {lease.host_ip}\n"
         )
-        await run(*pre, "ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode())
+        await run("ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode(), nice=nice)
 
     def _policy(
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
@@ -415,7 +427,7 @@ class NetworkManager:
         egress: EgressType,
         cidrs: tuple[str, ...],
         blocked: tuple[str, ...],
-        pre: tuple[str, ...] = (),
+        nice: bool = False,
     ) -> tuple[str, ...]:
         """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
         shared, chain = self._policy(lease, egress, cidrs, blocked)
@@ -425,14 +437,14 @@ class NetworkManager:
         self._active.add(lease.tag)
         try:
             await self.rules.apply(
-                self._rules(lease, True, chain if skip else [*shared, *chain]), pre
+                self._rules(lease, True, chain if skip else [*shared, *chain]), nice=nice
             )
         except NetworkError:
             if not skip:
                 raise
             # The chain went away under us (another backend removed it between our
             # sandboxes, or the ruleset was flushed): write it again.
-            await self.rules.apply(self._rules(lease, True, [*shared, *chain]), pre)
+            await self.rules.apply(self._rules(lease, True, [*shared, *chain]), nice=nice)
         self._shared_written = tuple(shared)
         return tuple(chain)
 
@@ -446,7 +458,7 @@ class NetworkManager:
         nice: bool = False,
     ) -> tuple[str, ...]:
         """The host rules of a prepared lease (see :meth:`setup`); the chain written."""
-        return await self._add_rules(lease, egress, cidrs, blocked, _NICE if nice else ())
+        return await self._add_rules(lease, egress, cidrs, blocked, nice)
 
     async def teardown(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
         """Remove rules, veth and namespace; tolerant of parts that never existed.
@@ -455,8 +467,10 @@ class NetworkManager:
         matches ``setup`` for the callers.
         """
         await self.rules.remove(self._rules(lease, False))
-        await run("ip", "link", "del", lease.host_if, check=False)
-        await run("ip", "netns", "del", lease.netns, check=False)
+        # One ``ip`` run; ``-force`` goes on past a line that fails (a part that never
+        # existed). The veth goes first and at once, as its name may be leased again.
+        gone = f"link del {lease.host_if}\nnetns del {lease.netns}\n"
+        await run("ip", "-force", "-batch", "-", stdin=gone.encode(), check=False)
         self.release(lease)
         self._active.discard(lease.tag)
         self.written.pop(lease.tag, None)

@@ -1,8 +1,8 @@
 """Sandbox networks made ahead of need, so that egress adds next to nothing to a create.
 
-Why: setting up an ``internet`` or ``allowlist`` network is four host commands (``ip netns
-add``, two ``ip -batch`` runs, ``iptables-restore``), 25 ms on an idle host and 60 ms or
-more on a busy one, all on the create path. None of it depends on the sandbox, so a few
+Why: setting up an ``internet`` or ``allowlist`` network is three host commands (two ``ip
+-batch`` runs, one of them adding the namespace, and ``iptables-restore``), 12-15 ms on an idle
+host and 60 ms or more on a busy one, all on the create path. None of it depends on the sandbox, so a few
 networks are kept ready (:class:`PreparedNetworks`), each with the host rules of the policy
 the last create asked for (egress type, allowlist, blocked destinations). A create takes one
 and only checks its rules: unchanged (the usual case) costs no command at all; otherwise one
