@@ -2,9 +2,11 @@
 
 What it made ahead of need (ready networks, prepared id ranges) belonged to its process;
 ``owners.py`` tells a dead owner from a live one by a lock the kernel drops when the process
-dies, and ``orphans.py`` takes back what a dead one left. The attacks: a live backend's
-things are never touched, nor a sandbox's claims; a reaper and a returning owner never run
-at once. Real namespaces, veths, rules, claims and cgroups on this host.
+dies, and ``orphans.py`` takes back what a dead one left. Its sandboxes are ended only once
+its data directory is gone too (nobody can come back for them then). The attacks: a live
+backend's things are never touched, nor the sandboxes of a dead one whose data directory
+is still there; a reaper and a returning owner never run at once. Real namespaces, veths,
+rules, claims, cgroups and sandboxes on this host.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from sandboxd.backends.conformance import Harness
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.cgroups import detect
 from sandboxd.backends.local.network import NETNS_DIR
+from sandboxd.backends.local.orphans import Reaped, reap_orphans
 from sandboxd.backends.local.owners import OwnerLock, orphaned, other_keys
 from sandboxd.backends.local.userns import IDMAP_DIR
 from sandboxd.images import ImageStore
 from tests.support.faults import wait_until
 
+from .image_refs import BUSYBOX
+
 OWNERS = "/run/sandboxd/owners"
 
 # A backend in a process of its own: creates one sandbox with egress (so networks are made
-# ahead for that policy), waits until a network and an id range are ready, says what it
-# holds, and idles until it is killed.
+# ahead for that policy) and keeps a second one running; waits until a network and an id
+# range are ready, says what it holds, and idles until it is killed.
 CHILD = """
 import asyncio, json, sys
 from pathlib import Path
@@ -38,23 +45,32 @@ from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness
 from sandboxd.backends.local import LocalBackend
 from sandboxd.images import ImageStore
-from tests.support.faults import wait_until
 
 async def main():
     backend = LocalBackend(Path(sys.argv[1]) / "backend", images=ImageStore(sys.argv[2]))
     harness = Harness(backend, "busybox:latest", None, lambda: backend, prefix="orphan-")
-    async with harness.sandbox(network=NetworkSpec(egress=EgressType.INTERNET)):
+    internet = NetworkSpec(egress=EgressType.INTERNET)
+    async with harness.sandbox(network=internet):
         pass
-    async with asyncio.timeout(60):
-        while len(backend._nets) < 1 or len(backend._ranges.ready) < 1:
-            await asyncio.sleep(0.02)
-    print(json.dumps({
-        "key": backend._key,
-        "tags": [r.lease.tag for r in backend._nets._ready],
-        "slots": [r.slot for r in backend._ranges.ready],
-        "zygote": backend._zygote._proc.pid,
-    }), flush=True)
-    await asyncio.sleep(3600)
+    async with harness.sandbox(network=internet) as sid:
+        async with asyncio.timeout(60):
+            while len(backend._nets) < 1 or len(backend._ranges.ready) < 1:
+                await asyncio.sleep(0.02)
+        rec = backend._records[sid]
+        print(json.dumps({
+            "key": backend._key,
+            "tags": [r.lease.tag for r in backend._nets._ready],
+            "slots": [r.slot for r in backend._ranges.ready],
+            "zygote": backend._zygote._proc.pid,
+            "sandbox": {
+                "id": sid,
+                "agent": rec.agent_pid,
+                "keeper": rec.keeper_pid,
+                "tag": rec.lease.tag,
+                "cgroups": rec.cgroup.unique_dirs,
+            },
+        }), flush=True)
+        await asyncio.sleep(3600)
 
 asyncio.run(main())
 """
@@ -84,17 +100,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _holder(tmp_path: Path, key: str, owners: str) -> subprocess.Popen[str]:
-    """A process that holds ``key``'s owner lock until it is killed."""
+def _holder(
+    tmp_path: Path, key: str, owners: str, data_dir: str | None = None
+) -> subprocess.Popen[str]:
+    """A process that holds ``key``'s owner lock (naming ``data_dir``) until it is killed."""
     code = (
         "import asyncio, sys, time\n"
         "from sandboxd.backends.local.owners import OwnerLock\n"
-        "asyncio.run(OwnerLock(sys.argv[1], sys.argv[2]).hold())\n"
+        "asyncio.run(OwnerLock(sys.argv[1], sys.argv[2], sys.argv[3] or None).hold())\n"
         "print('held', flush=True)\n"
         "time.sleep(3600)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, key, owners], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, key, owners, data_dir or ""],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline() == "held\n"
     return proc
@@ -119,6 +139,41 @@ def test_a_dead_owner_is_told_from_a_live_one_and_its_lock_file_goes(tmp_path: P
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_only_an_owner_whose_data_dir_no_longer_exists_is_abandoned(tmp_path: Path) -> None:
+    owners = str(tmp_path / "owners")
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = _holder(tmp_path, "dirs1234", owners, str(data))
+    try:
+        with orphaned("dirs1234", owners) as orphan:
+            assert orphan is None  # alive
+        holder.kill()
+        holder.wait()
+        with orphaned("dirs1234", owners) as orphan:
+            assert orphan is not None and orphan.data_dir == str(data)
+            assert not orphan.abandoned  # its runner may come back for its sandboxes
+            orphan.keep = True
+        assert other_keys("mine0000", owners) == ["dirs1234"]  # kept for the next look
+        data.rmdir()
+        with orphaned("dirs1234", owners) as orphan:
+            assert orphan is not None and orphan.abandoned
+        assert other_keys("mine0000", owners) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    # What no owner wrote proves nothing: a relative path, garbage, an empty file.
+    Path(owners).mkdir(exist_ok=True)
+    for key, content in (
+        ("rel00000", b'{"data_dir": "gone/elsewhere"}'),
+        ("bin00000", b"\xff\xfe{not json"),
+        ("nul00000", b'{"data_dir": "/tmp/x\\u0000y"}'),
+        ("emp00000", b""),
+    ):
+        Path(owners, key).write_bytes(content)
+        with orphaned(key, owners) as orphan:
+            assert orphan is not None and orphan.data_dir is None and not orphan.abandoned
 
 
 def test_an_owner_that_returns_waits_for_the_reaper_and_holds_a_fresh_file(
@@ -146,7 +201,7 @@ def test_an_owner_that_returns_waits_for_the_reaper_and_holds_a_fresh_file(
     asyncio.run(scenario())
 
 
-def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
+def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is_gone(
     aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     dead_dir = tmp_path / "dead"
@@ -156,7 +211,7 @@ def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
-    info: dict[str, object] = {}
+    info: dict[str, Any] = {}
     witnesses: list[LocalBackend] = []
 
     async def start_backend(name: str) -> LocalBackend:
@@ -169,46 +224,66 @@ def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
         assert child.stdout is not None
         info = json.loads(child.stdout.readline())
         key = str(info["key"])
-        tags = [str(t) for t in info["tags"]]  # type: ignore[attr-defined]
+        tags = [str(t) for t in info["tags"]]
         ready_netns = {f"sandboxd-{tag}" for tag in tags}
+        running = info["sandbox"]
+        running_netns = f"sandboxd-{running['tag']}"
         group = f"sandboxd-{key}"
         assert ready_netns <= _netns() and _claims_naming(f"{group} <prepared>")
+        assert running_netns in _netns() and _alive(running["agent"])
 
         # A backend that starts while it lives leaves everything of it alone.
         aio.run(start_backend("witness"))
-        assert ready_netns <= _netns()
+        assert ready_netns <= _netns() and running_netns in _netns()
         assert _claims_naming(f"{key} prepared:") and _claims_naming(f"{group} <prepared>")
         assert os.path.exists(os.path.join(OWNERS, key))
 
         child.send_signal(signal.SIGKILL)
         child.wait()
-        shutil.rmtree(dead_dir)  # nobody will ever start a backend for it again
-        # A sandbox's claim of the dead key, as a runner that will come back leaves it:
-        # the reaper must not take it (only what was made ahead).
+        # A sandbox's claim of the dead key, as a runner that will come back leaves it.
         kept = Path(IDMAP_DIR) / "16382"  # the last slot: free unless 16,000 are in use
         assert not kept.exists()
         kept.write_text(f"{group} sb-kept\n")
 
+        # Dead, its data directory still there: what it made ahead goes, its sandboxes
+        # (which its runner may come back for) and their claims stay.
         aio.run(start_backend("successor"))
         assert not ready_netns & _netns()
         assert _claims_naming(f"{key} prepared:") == []
         assert _claims_naming(f"{group} <prepared>") == []
         assert kept.read_text() == f"{group} sb-kept\n"
-        assert not os.path.exists(os.path.join(OWNERS, key))
+        assert _alive(running["agent"]) and running_netns in _netns()
+        assert _claims_naming(f"{key} {running['id']}")
+        assert all(os.path.isdir(d) for d in running["cgroups"])
+        assert os.path.exists(os.path.join(OWNERS, key))  # for whoever looks next
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert not [tag for tag in tags if f"sbx{tag}" in links]
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-        assert not [tag for tag in tags if tag in rules]
+        assert not [tag for tag in tags if tag in rules] and running["tag"] in rules
+
+        # Its data directory deleted: nobody can reach, stop or recover that sandbox now.
+        shutil.rmtree(dead_dir)
+        aio.run(start_backend("last"))
+        wait_until("the abandoned sandbox to end", lambda: not _alive(running["agent"]), 30)
+        assert running_netns not in _netns()
+        assert _claims_naming(f"{key} ") == [] and _claims_naming(f"{group} ") == []
+        assert not kept.exists()
+        assert not os.path.exists(os.path.join(OWNERS, key))
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert running["tag"] not in rules
+        assert not [d for d in running["cgroups"] if os.path.isdir(d)]
         assert not [base for base in detect().bases.values() if os.path.isdir(f"{base}/{group}")]
-        # Its zygote, reachable by nobody now, with no keeper left, ends on its own.
-        zygote = int(info["zygote"])  # type: ignore[call-overload]
+        # Its keeper and zygote, reachable by nobody now, end on their own.
+        wait_until("its keeper to exit", lambda: not _alive(running["keeper"]), 30)
+        zygote = int(info["zygote"])
         wait_until(f"the abandoned zygote {zygote} to exit", lambda: not _alive(zygote), 30)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        if info.get("zygote") and _alive(int(info["zygote"])):  # type: ignore[call-overload]
-            os.kill(int(info["zygote"]), signal.SIGKILL)  # type: ignore[call-overload]
+        for pid in (info.get("sandbox", {}).get("agent"), info.get("zygote")):
+            if pid and _alive(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
         (Path(IDMAP_DIR) / "16382").unlink(missing_ok=True)
 
         async def close_all() -> None:
@@ -216,3 +291,76 @@ def test_what_a_killed_backend_made_ahead_is_taken_back_by_the_next_one(
                 await backend.close()
 
         aio.run(close_all())  # on the loop they ran on: their zygotes are shut down
+
+
+def test_a_backend_closed_with_sandboxes_running_keeps_its_lock_file_for_the_reaper(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A clean stop leaves its sandboxes running for the next start; should its data
+    directory be deleted instead, the next backend on the host still finds and ends them."""
+    gone_dir = tmp_path / "closed"
+    backend = LocalBackend(gone_dir / "backend", images=image_store)
+    harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix=f"cl{os.getpid()}-")
+    successor = LocalBackend(tmp_path / "next" / "backend", images=image_store)
+    lock = os.path.join(OWNERS, backend._key)  # type: ignore[attr-defined]
+    agent = 0
+
+    async def leave_one_running() -> int:
+        spec = harness.spec()
+        await backend.create(spec)
+        await backend.start(spec.sandbox_id)
+        pid = int(backend._records[spec.sandbox_id].agent_pid)  # type: ignore[attr-defined]
+        await backend.close()
+        return pid
+
+    try:
+        agent = aio.run(leave_one_running())
+        assert _alive(agent) and os.path.exists(lock)
+        shutil.rmtree(gone_dir)
+        aio.run(successor._ready())  # type: ignore[attr-defined]
+        wait_until("the abandoned sandbox to end", lambda: not _alive(agent), 30)
+        assert not os.path.exists(lock)
+    finally:
+        if agent and _alive(agent):
+            os.kill(agent, signal.SIGKILL)
+        aio.run(successor.close())
+
+
+def test_nothing_of_an_abandoned_owner_is_released_while_a_sandbox_of_it_survives(
+    tmp_path: Path,
+) -> None:
+    """Ids and networks go only once every sandbox of the owner is gone; until then the
+    lock file stays for the next start. ``end_sandboxes`` is the backend's own callback;
+    here a stand-in fails as the kernel does when a cgroup cannot be emptied."""
+    owners, idmap = tmp_path / "owners", tmp_path / "idmap"
+    owners.mkdir()
+    idmap.mkdir()
+    key = "stuck123"
+    (owners / key).write_text(json.dumps({"data_dir": str(tmp_path / "deleted")}))
+    claim = idmap / "7"
+    claim.write_text(f"sandboxd-{key} sb-still-running\n")
+    calls: list[str] = []
+
+    async def cannot_end(group: str) -> int:
+        calls.append(group)
+        raise OSError(16, "Device or resource busy")
+
+    async def ends(group: str) -> int:
+        calls.append(group)
+        return 1
+
+    async def sweep(end: Any) -> Reaped:
+        return await reap_orphans(
+            "mine0000",
+            "10.215.0.0/24",  # a pool nobody claims from: no network to tear down
+            owners_dir=str(owners),
+            idmap_dir=str(idmap),
+            end_sandboxes=end,
+        )
+
+    first = asyncio.run(sweep(cannot_end))
+    assert calls == [f"sandboxd-{key}"] and first.sandboxes == 0 and first.ranges == 0
+    assert claim.exists() and (owners / key).exists()
+    second = asyncio.run(sweep(ends))
+    assert calls[-1] == f"sandboxd-{key}" and second.sandboxes == 1 and second.ranges == 1
+    assert not claim.exists() and not (owners / key).exists()

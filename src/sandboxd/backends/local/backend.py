@@ -128,7 +128,8 @@ class LocalBackend(Backend):
         self._primer = CgroupPrimer()
         self._building = 0  # sandboxes being built now (creates and warm slots)
         self._key = key
-        self._owner = OwnerLock(key)  # held while this backend lives (owners.py)
+        # Held while this backend lives; names its data directory (owners.py).
+        self._owner = OwnerLock(key, data_dir=str(self.data_dir))
         self._net = NetworkManager(key, network_pool)
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._trail = ConnectionTrail(self._net, self._leases_by_tag)
@@ -176,10 +177,13 @@ class LocalBackend(Backend):
             self._reaped = True
             await self._nets.reap()
             layout, limits = self._cgroups.layout, self._cgroups.limits
-            await reap_orphans(  # what other backends, dead for good, made ahead
+            await reap_orphans(  # what other backends, dead for good, left behind
                 self._key,
                 str(self._net.pool),
                 remove_group=lambda group: CgroupManager(group, layout, limits).cleanup_group(),
+                end_sandboxes=lambda group: asyncio.to_thread(
+                    CgroupManager(group, layout, limits).end_sandboxes
+                ),
             )
         return self._cgroups
 
@@ -763,7 +767,9 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
-        self._owner.release()  # nothing made ahead is left: nobody need reap after us
+        # Nothing made ahead is left. Sandboxes that run on keep the lock file, so that
+        # they are ended if this data directory is deleted and nobody comes back (owners.py).
+        self._owner.release(keep_file=any_alive)
 
 
 def _root_used_bytes(agent_pid: int | None) -> int:

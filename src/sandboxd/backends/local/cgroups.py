@@ -31,7 +31,7 @@ CFS_PERIOD_US = 100_000
 
 
 class CgroupError(OSError):
-    """The cgroup layout is unusable (missing controller, not writable)."""
+    """The cgroup layout is unusable (missing controller, not writable); a cgroup stays busy."""
 
 
 @dataclass(frozen=True)
@@ -334,10 +334,42 @@ class CgroupManager:
                     raise
         raise AssertionError("unreachable")
 
-    def cleanup_group(self) -> None:
-        """Remove the (empty) group directories; busy ones are left in place."""
+    def end_sandboxes(self) -> int:
+        """Kill every sandbox in this group and remove its cgroups; how many there were.
+
+        For a group whose backend is gone for good (``orphans.py``), never for a live one.
+        Blocking (it waits for the killed tasks to leave their cgroups): run it in a thread.
+        ``CgroupError`` when some cgroup keeps a process: its ids and network must not be
+        handed to another sandbox yet.
+        """
+        names: set[str] = set()
+        for d in set(self._group_dirs().values()):
+            with contextlib.suppress(OSError):
+                names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        stuck = []
+        for name in sorted(names):
+            dirs = {c: os.path.join(d, name) for c, d in self._group_dirs().items()}
+            dirs = {c: d for c, d in dirs.items() if os.path.isdir(d)}
+            if not dirs:
+                continue
+            cgroup = SandboxCgroup(self.layout.version, dirs)
+            cgroup.kill_all()
+            try:
+                cgroup.remove()
+            except OSError as exc:
+                stuck.append(f"{name} ({exc.strerror or exc})")
+        if stuck:
+            raise CgroupError(f"sandboxes of {self.group} did not end: {', '.join(stuck)}")
+        return len(names)
+
+    def cleanup_group(self) -> bool:
+        """Remove the (empty) group directories; busy ones are left in place.
+
+        True when none is left (no sandbox of this group has cgroups any more).
+        """
         for d in set(self._group_dirs().values()):
             with contextlib.suppress(OSError):
                 os.rmdir(d)
         self._ready = False
         self._bounded.clear()
+        return not any(os.path.isdir(d) for d in self._group_dirs().values())

@@ -47,6 +47,8 @@ NETNS_DIR = "/run/netns"
 LOWEST_PRIORITY = 19
 """The nice value of commands for networks made ahead of need."""
 IPAM_DIR = "/run/sandboxd/ipam"
+PREPARED_HOLDER = "prepared:"
+"""How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
 
 
 class NetworkError(RuntimeError):
@@ -291,21 +293,42 @@ class NetworkManager:
         return Lease(tag, index, str(base + 1), str(base + 2), self.log_group)
 
     def assign(self, lease: Lease, sandbox_id: str) -> None:
-        """Record in a lease's claim who holds it now (a prepared lease, taken)."""
-        with open(self._claim_file(lease.index), "w") as fh:
-            fh.write(f"{self.key} {sandbox_id}\n")
+        """Record in a lease's claim who holds it now (a prepared lease, taken).
 
-    def claims(self) -> dict[int, str]:
-        """Claims of this backend in the host-wide pool: index -> holder (a sandbox id)."""
-        found: dict[int, str] = {}
+        With the name it was made under, which ``tag_for(sandbox_id)`` does not give: a
+        reaper that finds the claim without its backend tears the right network down.
+        """
+        named = "" if sandbox_id == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
+        with open(self._claim_file(lease.index), "w") as fh:
+            fh.write(f"{self.key} {sandbox_id}{named}\n")
+
+    def _claim_fields(self) -> dict[int, list[str]]:
+        """Claims of this backend in the host-wide pool: index -> the words after its key."""
+        found: dict[int, list[str]] = {}
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.ipam):
                 with contextlib.suppress(OSError, ValueError):
                     with open(self._claim_file(int(name))) as fh:
-                        key, _, holder = fh.read().strip().partition(" ")
-                    if key == self.key:
-                        found[int(name)] = holder
+                        key, *fields = fh.read().split()
+                    if key == self.key and fields:
+                        found[int(name)] = fields
         return found
+
+    def claims(self) -> dict[int, str]:
+        """Claims of this backend in the host-wide pool: index -> holder (a sandbox id)."""
+        return {index: fields[0] for index, fields in self._claim_fields().items()}
+
+    def claimed_leases(self) -> list[Lease]:
+        """Every lease this backend claims, each under the name its network was made with."""
+        leases = []
+        for index, fields in self._claim_fields().items():
+            holder = fields[0]
+            if holder.startswith(PREPARED_HOLDER):
+                tag = holder.removeprefix(PREPARED_HOLDER)
+            else:  # a taken prepared lease names its tag; one made for the sandbox, not
+                tag = fields[1] if len(fields) > 1 else self.tag_for(holder)
+            leases.append(self.lease_at(index, tag))
+        return leases
 
     def release(self, lease: Lease) -> None:
         """Return a lease's subnet to the pool."""

@@ -1,14 +1,14 @@
 """Sandbox networks made ahead of need, so that egress adds next to nothing to a create.
 
-Why: setting up an ``internet`` or ``allowlist`` network is three host commands (two ``ip
--batch`` runs, one of them adding the namespace, and ``iptables-restore``), 12-15 ms on an idle
-host and 60 ms or more on a busy one, all on the create path. None of it depends on the sandbox, so a few
-networks are kept ready (:class:`PreparedNetworks`), each with the host rules of the policy
-the last create asked for (egress type, allowlist, blocked destinations). A create takes one
-and only checks its rules: unchanged (the usual case) costs no command at all; otherwise one
-``iptables-restore`` rewrites the chain. The pool refills in the background after a create,
-its commands at the lowest CPU priority, so on a small host they do not slow the creates and
-execs they run beside.
+Why: setting up an ``internet`` or ``allowlist`` network is three host commands (two
+``ip -batch`` runs, one of them adding the namespace, and ``iptables-restore``), 12-15 ms on
+an idle host and 60 ms or more on a busy one, all on the create path. None of it depends on
+the sandbox, so a few networks are kept ready (:class:`PreparedNetworks`), each with the
+host rules of the policy the last create asked for (egress type, allowlist, blocked
+destinations). A create takes one and only checks its rules: unchanged (the usual case)
+costs no command at all; otherwise one ``iptables-restore`` rewrites the chain. The pool
+refills in the background after a create, its commands at the lowest CPU priority, so on a
+small host they do not slow the creates and execs they run beside.
 
 A prepared network is a full network with nobody in it: a namespace without processes, with
 the same rules it would get at create time. Taken ones are never given back: teardown is the
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..base import EgressType
-from .network import Lease, NetworkError, NetworkManager
+from .network import PREPARED_HOLDER, Lease, NetworkError, NetworkManager
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_READY_NETWORKS = 2
 """Networks kept ready once a sandbox with egress was created (0: made at create)."""
-PREPARED = "prepared:"
+PREPARED = PREPARED_HOLDER
 
 Policy = tuple[EgressType, tuple[str, ...], tuple[str, ...]]
 

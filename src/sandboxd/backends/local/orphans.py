@@ -6,14 +6,23 @@ for every other key whose owner is provably gone (its lock is free), so that a r
 killed for good, its data directory deleted, leaks nothing for longer than it takes the
 next backend on the host to start. Only claims marked as made ahead are touched: those of
 sandboxes stay until their own runner comes back for them.
+
+Unless none can come back: an owner whose data directory no longer exists at all
+(``Orphan.abandoned`` in ``owners.py``) left sandboxes nobody can reach, stop, read or
+recover (their records, agent sockets and logs were in that directory), that would
+otherwise run until the host reboots, holding memory, their networks and id ranges. Those
+are ended: every process in the owner's cgroup group is killed and its cgroups removed,
+and all of the owner's networks and id ranges are taken back, not only those made ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..base import EgressType
 from .connection_trail import group_for
 from .network import NetworkManager
 from .network_pool import PreparedNetworks
@@ -26,11 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reaped:
-    """What one sweep took back: owners found gone, networks torn down, ranges released."""
+    """What one sweep took back: owners found gone, networks torn down, ranges released.
+
+    ``sandboxes``: sandboxes of abandoned owners (data directory gone too) that were ended.
+    """
 
     owners: int = 0
     networks: int = 0
     ranges: int = 0
+    sandboxes: int = 0
 
 
 def backend_group(key: str) -> str:
@@ -44,33 +57,68 @@ async def reap_orphans(
     *,
     owners_dir: str = OWNERS_DIR,
     idmap_dir: str = IDMAP_DIR,
-    remove_group: Callable[[str], None] | None = None,
+    remove_group: Callable[[str], bool] | None = None,
+    end_sandboxes: Callable[[str], Awaitable[int]] | None = None,
 ) -> Reaped:
     """Tear down the prepared networks and release the prepared ranges of dead owners.
 
     ``remove_group`` is given each dead owner's cgroup group name, to remove it if empty
-    (its sandboxes' groups keep it while any is left).
+    (its sandboxes' groups keep it while any is left); it says whether the group is gone.
+    ``end_sandboxes`` is given the group of each abandoned owner, to kill its sandboxes and
+    remove their cgroups (how many); the owner's networks and ranges are then all taken
+    back. Without it nothing is ended.
     """
     reaped = Reaped()
     for key in other_keys(own_key, owners_dir):
-        with orphaned(key, owners_dir) as gone:
-            if not gone:
+        with orphaned(key, owners_dir) as orphan:
+            if orphan is None:
                 continue
             reaped.owners += 1
+            everything = end_sandboxes is not None and orphan.abandoned
+            if everything and end_sandboxes is not None:
+                # First, and all of them: a range or network taken back while a process of
+                # its sandbox still ran could be handed to another sandbox beside it.
+                try:
+                    reaped.sandboxes += await end_sandboxes(backend_group(key))
+                except OSError as exc:
+                    log.warning("abandoned backend %s: %s; trying again next start", key, exc)
+                    orphan.keep = True
+                    continue
             net = NetworkManager(key, network_pool)
             net.log_group = group_for(key)  # its rules may log there: removed with them
-            reaped.networks += await PreparedNetworks(net, 0).reap()
+            if everything:
+                reaped.networks += await _tear_down_all(net)
+            else:
+                reaped.networks += await PreparedNetworks(net, 0).reap()
             ids = IdRangePool(backend_group(key), claim_dir=idmap_dir)
-            for ids_range in ids.adopt(PREPARED):
+            for ids_range in ids.claimed() if everything else ids.adopt(PREPARED):
                 ids.release(ids_range)
                 reaped.ranges += 1
-            if remove_group is not None:
-                remove_group(backend_group(key))
+            group_gone = remove_group is None or remove_group(backend_group(key))
+            # Sandboxes of it run on: a later reaper looks again (its runner may come back
+            # for them, or its data directory be deleted after all).
+            orphan.keep = orphan.data_dir is not None and not everything and not group_gone
+    if reaped.sandboxes:
+        log.warning(
+            "ended %d sandboxes of backends whose data directory was deleted after they died "
+            "(nobody could reach or recover them)",
+            reaped.sandboxes,
+        )
     if reaped.networks or reaped.ranges:
         log.info(
-            "took back %d networks and %d id ranges that %d dead backends made ahead",
+            "took back %d networks and %d id ranges that %d dead backends left",
             reaped.networks,
             reaped.ranges,
             reaped.owners,
         )
     return reaped
+
+
+async def _tear_down_all(net: NetworkManager) -> int:
+    """Every network ``net``'s (abandoned) owner claims, its sandboxes' as well; how many."""
+    gone = 0
+    for lease in net.claimed_leases():
+        with contextlib.suppress(Exception):
+            await net.teardown(lease, EgressType.INTERNET, ())
+            gone += 1
+    return gone

@@ -12,6 +12,10 @@ life; the kernel drops it when the process dies, however it dies. Another backen
 take the same file's lock exclusively knows its owner is gone and reaps what that owner
 made ahead (:func:`orphaned`, ``orphans.py``). A key without a lock file (written by a
 version before this one) is never reaped: its owner may still be alive.
+
+The file also names the owner's data directory (:func:`recorded_data_dir`): when that
+directory is gone too, no runner can ever come back for the owner's sandboxes (their
+records, sockets and logs were in it), and the reaper ends them as well.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 OWNERS_DIR = "/run/sandboxd/owners"
 _RETRY_SECONDS = 0.02  # while another backend reaps this key's leftovers (milliseconds)
@@ -59,9 +65,10 @@ def _open_locked(path: str, operation: int, create: bool = True) -> int | None:
 class OwnerLock:
     """The shared lock that says a backend with this key is alive (see the module text)."""
 
-    def __init__(self, key: str, directory: str = OWNERS_DIR) -> None:
+    def __init__(self, key: str, directory: str = OWNERS_DIR, data_dir: str | None = None) -> None:
         self.key = key
         self.directory = directory
+        self.data_dir = data_dir
         self._fd: int | None = None
 
     @property
@@ -79,14 +86,23 @@ class OwnerLock:
             fd = _open_locked(path, fcntl.LOCK_SH)
             if fd is not None:
                 self._fd = fd
+                if self.data_dir is not None:
+                    _record_data_dir(fd, self.data_dir)
                 return
             await asyncio.sleep(_RETRY_SECONDS)
 
-    def release(self) -> None:
-        """Let the lock go, and remove the file when no other holder of this key is left."""
+    def release(self, keep_file: bool = False) -> None:
+        """Let the lock go, and remove the file when no other holder of this key is left.
+
+        ``keep_file``: leave it (the backend leaves sandboxes running, which a reaper must
+        still be able to find should their data directory be deleted).
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if keep_file:
+            os.close(fd)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while another holds it
             path = os.path.join(self.directory, self.key)
@@ -98,11 +114,59 @@ class OwnerLock:
             os.close(fd)
 
 
-@contextlib.contextmanager
-def orphaned(key: str, directory: str = OWNERS_DIR) -> Iterator[bool]:
-    """Whether ``key``'s owner is gone; while True, ``key``'s lock is held exclusively.
+def _record_data_dir(fd: int, data_dir: str) -> None:
+    """Write the owner's data directory into its lock file (holders of a key share one)."""
+    data = json.dumps({"data_dir": data_dir}).encode()
+    with contextlib.suppress(OSError):  # without it the key's sandboxes are only never reaped
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
 
-    On leaving after True the lock file is removed (still held, so no owner took it).
+
+def recorded_data_dir(key: str, directory: str = OWNERS_DIR) -> str | None:
+    """The data directory ``key``'s owner wrote into its lock file; None if it wrote none.
+
+    Read while :func:`orphaned` holds the file, so no owner is writing it then.
+    """
+    try:
+        with open(os.path.join(directory, key), "rb") as fh:
+            found = json.loads(fh.read(4096) or b"null")
+    except (OSError, ValueError):
+        return None
+    data_dir = found.get("data_dir") if isinstance(found, dict) else None
+    if not isinstance(data_dir, str) or not os.path.isabs(data_dir) or "\0" in data_dir:
+        return None
+    return data_dir
+
+
+@dataclass
+class Orphan:
+    """A key whose owner is gone, its lock file held exclusively (see :func:`orphaned`).
+
+    ``data_dir`` is the directory the owner recorded (None: it recorded none). ``keep``,
+    set by the reaper, leaves the lock file in place for a later one: the owner's sandboxes
+    may still run, and if its data directory is deleted later they are to be ended then.
+    """
+
+    key: str
+    data_dir: str | None
+    keep: bool = False
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the owner's data directory is gone too: no runner will come back.
+
+        Only a directory that no longer exists at all counts; one that exists but is empty
+        or another (a data disk not mounted yet, say) might still be the owner's.
+        """
+        return self.data_dir is not None and not os.path.lexists(self.data_dir)
+
+
+@contextlib.contextmanager
+def orphaned(key: str, directory: str = OWNERS_DIR) -> Iterator[Orphan | None]:
+    """``key`` if its owner is gone (its lock then held exclusively), else None.
+
+    On leaving with an orphan its lock file is removed (still held, so no owner took it),
+    unless the reaper set :attr:`Orphan.keep`.
     """
     path = os.path.join(directory, key)
     try:
@@ -110,12 +174,14 @@ def orphaned(key: str, directory: str = OWNERS_DIR) -> Iterator[bool]:
     except OSError:
         fd = None
     if fd is None:
-        yield False
+        yield None
         return
     try:
-        yield True
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        orphan = Orphan(key, recorded_data_dir(key, directory))
+        yield orphan
+        if not orphan.keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     finally:
         os.close(fd)
 

@@ -89,13 +89,21 @@ class IdRangePool:
 
     def adopt(self, marker: str) -> list[IdRange]:
         """Ranges this owner claimed under ``marker`` (e.g. prepared ahead before a restart)."""
+        return [ids for ids, label in self._claims() if label == marker]
+
+    def claimed(self) -> list[IdRange]:
+        """Every range this owner claims, whoever it went to (an abandoned owner's, reaped)."""
+        return [ids for ids, _label in self._claims()]
+
+    def _claims(self) -> list[tuple[IdRange, str]]:
         found = []
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.claim_dir):
                 path = os.path.join(self.claim_dir, name)
                 with contextlib.suppress(OSError, ValueError), open(path) as fh:
-                    if fh.read().strip() == f"{self.owner} {marker}":
-                        found.append(self._range(int(name)))
+                    owner, _, label = fh.read().strip().partition(" ")
+                    if owner == self.owner:
+                        found.append((self._range(int(name)), label))
         return found
 
     def relabel(self, ids: IdRange, sandbox_id: str) -> None:
