@@ -364,3 +364,31 @@ def test_nothing_of_an_abandoned_owner_is_released_while_a_sandbox_of_it_survive
     second = asyncio.run(sweep(ends))
     assert calls[-1] == f"sandboxd-{key}" and second.sandboxes == 1 and second.ranges == 1
     assert not claim.exists() and not (owners / key).exists()
+
+
+def test_a_running_backend_sweeps_again_for_owners_abandoned_since_it_started(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A dead runner's data directory deleted while this one runs: found without a restart."""
+    backend = LocalBackend(
+        tmp_path / "sweeper" / "backend", images=image_store, orphan_sweep_seconds=0.2
+    )
+    key = f"sw{os.getpid() % 1000000:06d}"
+    lock = Path(OWNERS) / key
+    claim = Path(IDMAP_DIR) / "16381"  # next to the last slot: free unless 16,000 are in use
+    try:
+        aio.run(backend._ready())  # type: ignore[attr-defined]  # the first sweep is done
+        assert not claim.exists()
+        claim.write_text(f"sandboxd-{key} sb-abandoned\n")
+        lock.write_text(json.dumps({"data_dir": str(tmp_path / "never-there")}))
+
+        async def swept() -> None:
+            async with asyncio.timeout(30):
+                while claim.exists() or lock.exists():
+                    await asyncio.sleep(0.05)
+
+        aio.run(swept())
+    finally:
+        claim.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        aio.run(backend.close())

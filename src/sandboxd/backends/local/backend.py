@@ -66,7 +66,7 @@ from .ingress import PortPublisher
 from .keeper import NATIVE_KEEPER
 from .network import Lease, NetworkManager
 from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
-from .orphans import backend_group, reap_orphans
+from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweeper, backend_group
 from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
@@ -89,6 +89,7 @@ class LocalBackend(Backend):
     ahead (``disk.py``); 0 makes every layer on the create path. ``native_keeper=False``
     keeps each sandbox's keeper in Python after set-up (``keeper.py`` says why the native
     one is the default; tests use this to check both behave alike).
+    ``orphan_sweep_seconds``: how often it looks for what dead backends left (``orphans.py``).
     """
 
     name = "local"
@@ -118,6 +119,7 @@ class LocalBackend(Backend):
         ready_layers: int = DEFAULT_READY,
         ready_networks: int = DEFAULT_READY_NETWORKS,
         native_keeper: bool = True,
+        orphan_sweep_seconds: float = ORPHAN_SWEEP_SECONDS,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.images = images
@@ -134,6 +136,8 @@ class LocalBackend(Backend):
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._trail = ConnectionTrail(self._net, self._leases_by_tag)
         self._reaped = False
+        self._orphans: OrphanSweeper | None = None  # made once the cgroup layout is known
+        self._orphan_sweep_seconds = orphan_sweep_seconds
         self._ids = IdRangePool(self._group)
         self._zygote = ZygoteClient(self.data_dir / "run")
         self._ranges = PreparedIdRanges(self._ids, self._zygote)
@@ -177,14 +181,17 @@ class LocalBackend(Backend):
             self._reaped = True
             await self._nets.reap()
             layout, limits = self._cgroups.layout, self._cgroups.limits
-            await reap_orphans(  # what other backends, dead for good, left behind
+            self._orphans = OrphanSweeper(  # what other backends, dead for good, left behind
                 self._key,
                 str(self._net.pool),
                 remove_group=lambda group: CgroupManager(group, layout, limits).cleanup_group(),
                 end_sandboxes=lambda group: asyncio.to_thread(
                     CgroupManager(group, layout, limits).end_sandboxes
                 ),
+                interval=self._orphan_sweep_seconds,
             )
+            await self._orphans.sweep()
+            self._orphans.start()
         return self._cgroups
 
     def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
@@ -743,6 +750,8 @@ class LocalBackend(Backend):
         """Stop port relays and drop connections; shut the zygote down if nothing runs."""
         for task in list(self._release_tasks):
             task.cancel()
+        if self._orphans is not None:
+            await self._orphans.close()
         await self._warm.discard_all()  # ready but never claimed: nobody's sandboxes
         self._trail.close()
         await self._ranges.close()

@@ -17,6 +17,7 @@ and all of the owner's networks and id ranges are taken back, not only those mad
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,9 @@ from .prepared_ids import PREPARED
 from .userns import IDMAP_DIR, IdRangePool
 
 log = logging.getLogger(__name__)
+
+ORPHAN_SWEEP_SECONDS = 300.0
+"""How often a running backend looks again for what dead ones left (:class:`OrphanSweeper`)."""
 
 
 @dataclass
@@ -122,3 +126,58 @@ async def _tear_down_all(net: NetworkManager) -> int:
             await net.teardown(lease, EgressType.INTERNET, ())
             gone += 1
     return gone
+
+
+class OrphanSweeper:
+    """:func:`reap_orphans` when a backend starts, then every ``interval`` seconds.
+
+    Why again while it runs: a dead runner's data directory may be deleted while the other
+    runners on the host keep running for weeks, and its sandboxes would run on until one of
+    them restarted. Each sweep only tries a lock per dead key (no lock file, no work), so it
+    costs nothing on a host where nothing died.
+    """
+
+    def __init__(
+        self,
+        own_key: str,
+        network_pool: str,
+        *,
+        remove_group: Callable[[str], bool],
+        end_sandboxes: Callable[[str], Awaitable[int]],
+        interval: float = ORPHAN_SWEEP_SECONDS,
+    ) -> None:
+        self._own_key = own_key
+        self._network_pool = network_pool
+        self._remove_group = remove_group
+        self._end_sandboxes = end_sandboxes
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> Reaped:
+        """One sweep of every dead owner on the host."""
+        return await reap_orphans(
+            self._own_key,
+            self._network_pool,
+            remove_group=self._remove_group,
+            end_sandboxes=self._end_sandboxes,
+        )
+
+    def start(self) -> None:
+        """Sweep every ``interval`` seconds from now on (once; until :meth:`close`)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._every_interval(), name="orphan-sweeper")
+
+    async def close(self) -> None:
+        """Stop sweeping (a sweep in progress is cancelled; what it did is done)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except Exception:  # a sweep that failed is tried again next time
+                log.exception("sweeping what dead backends left failed")
