@@ -71,7 +71,7 @@ from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
 from .prepared_ids import PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
-from .scratch import ScratchArchiveReader, ScratchFs, make_scratch
+from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
@@ -663,7 +663,8 @@ class LocalBackend(Backend):
             )
         await scratch.lock.acquire()
         try:
-            return _Locked(ScratchArchiveReader(scratch, freeze=rec.is_running()), scratch.lock)
+            reader = ScratchArchiveReader(scratch, freeze=rec.is_running())
+            return LockedReader(reader, scratch.lock)
         except BaseException:
             scratch.lock.release()
             raise
@@ -794,24 +795,3 @@ def _root_used_bytes(agent_pid: int | None) -> int:
     except OSError:
         return 0
     return (fs.f_blocks - fs.f_bfree) * fs.f_frsize
-
-
-class _Locked(FileReader):
-    """A reader that holds ``lock`` until it is closed (one archive per file system)."""
-
-    def __init__(self, reader: FileReader, lock: asyncio.Lock) -> None:
-        self.size = reader.size
-        self._reader = reader
-        self._lock: asyncio.Lock | None = lock
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._reader.__aiter__()
-
-    async def aclose(self) -> None:
-        """Close the reader, then let the next archive (or destroy) go."""
-        try:
-            await self._reader.aclose()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None

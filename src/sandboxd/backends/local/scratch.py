@@ -164,3 +164,24 @@ class ScratchArchiveReader(FileReader):
             os.close(self._read_fd)
             self._read_fd = -1
         await asyncio.to_thread(self._thread.join)
+
+
+class LockedReader(FileReader):
+    """A reader that holds ``lock`` until it is closed (one archive per file system)."""
+
+    def __init__(self, reader: FileReader, lock: asyncio.Lock) -> None:
+        self.size = reader.size
+        self._reader = reader
+        self._lock: asyncio.Lock | None = lock
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._reader.__aiter__()
+
+    async def aclose(self) -> None:
+        """Close the reader, then let the next archive (or destroy) go."""
+        try:
+            await self._reader.aclose()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
