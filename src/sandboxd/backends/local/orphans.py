@@ -133,8 +133,9 @@ class OrphanSweeper:
 
     Why again while it runs: a dead runner's data directory may be deleted while the other
     runners on the host keep running for weeks, and its sandboxes would run on until one of
-    them restarted. Each sweep only tries a lock per dead key (no lock file, no work), so it
-    costs nothing on a host where nothing died.
+    them restarted. A sweep tries one lock per other backend's lock file (a live backend's
+    refuses at once), so it costs next to nothing on a host where nothing died. A sweep that
+    is cancelled part-way leaves the owner's lock file for the next one.
     """
 
     def __init__(
