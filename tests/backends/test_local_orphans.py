@@ -310,20 +310,30 @@ def test_a_backend_closed_with_sandboxes_running_keeps_its_lock_file_for_the_rea
         await backend.create(spec)
         await backend.start(spec.sandbox_id)
         pid = int(backend._records[spec.sandbox_id].agent_pid)  # type: ignore[attr-defined]
+        zygotes.append(backend._zygote._proc.pid)  # type: ignore[attr-defined]
         await backend.close()
         return pid
 
+    zygotes: list[int] = []
     try:
         agent = aio.run(leave_one_running())
         assert _alive(agent) and os.path.exists(lock)
         shutil.rmtree(gone_dir)
         aio.run(successor._ready())  # type: ignore[attr-defined]
+        zygotes.append(successor._zygote._proc.pid)  # type: ignore[attr-defined]
         wait_until("the abandoned sandbox to end", lambda: not _alive(agent), 30)
         assert not os.path.exists(lock)
+        # The closed backend's zygote, its run directory gone and its keeper ended, exits.
+        wait_until("the abandoned zygote to exit", lambda: not _alive(zygotes[0]), 30)
     finally:
         if agent and _alive(agent):
             os.kill(agent, signal.SIGKILL)
         aio.run(successor.close())
+        # Seen at times (not understood yet, noted on issue 9): the successor's zygote
+        # outlives its close in this test. Ended here so that no run leaves one behind.
+        for pid in zygotes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_nothing_of_an_abandoned_owner_is_released_while_a_sandbox_of_it_survives(
