@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
+import pytest
+
 from sandboxd.backends.conformance import Harness, collect, run, sh
-from sandboxd.backends.local import LocalBackend, log_budget, protocol
+from sandboxd.backends.local import LocalBackend, log_budget, protocol, supervisor
 from sandboxd.images import ImageStore
 
 from .image_refs import BUSYBOX
@@ -245,3 +248,27 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_zygote_that_does_not_exit_when_asked_is_killed(
+    aio: asyncio.Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown is asked only when nothing runs: a zygote that misses the request (here it
+    is stopped) is ended by its pid instead of idling on after its backend closed."""
+    monkeypatch.setattr(supervisor, "SHUTDOWN_TIMEOUT", 0.5)
+    zygote = supervisor.ZygoteClient(tmp_path / "run")
+    pid = 0
+
+    async def scenario() -> None:
+        nonlocal pid
+        await zygote.ensure()
+        pid = zygote._proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        await zygote.shutdown()
+
+    try:
+        go(aio, scenario())
+        assert pid and not Path(f"/proc/{pid}").exists()  # killed and reaped
+    finally:
+        if pid and Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)

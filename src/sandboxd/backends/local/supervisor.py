@@ -37,6 +37,7 @@ _BOOT = (
     "from sandboxd.backends.local.zygote import main; main()"
 )
 READY_TIMEOUT = 15.0
+SHUTDOWN_TIMEOUT = 5.0  # seconds a zygote asked to exit may take before it is killed
 _MFD_EXEC = 0x10  # Linux 6.3+: say explicitly that this memfd is meant to be executed
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -222,8 +223,14 @@ class ZygoteClient:
                 protocol.send(self._sock, {"op": "shutdown"})
         self.close()
         if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self._proc.wait, 5)
+            try:
+                await asyncio.to_thread(self._proc.wait, SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # It serves nobody now (shutdown is only asked when nothing runs): a zygote
+                # that missed the request must not idle on, so it is ended by its pid.
+                log.warning("zygote %d did not exit when asked; killing it", self._proc.pid)
+                self._proc.kill()
+                await asyncio.to_thread(self._proc.wait)
             self._proc = None
 
     def close(self) -> None:
