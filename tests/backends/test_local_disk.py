@@ -306,8 +306,12 @@ def test_runners_killed_mid_create_leave_no_layer_behind(
                 await backend.destroy(sid)
             assert await wait_in_use(backend, 0) == 0
             assert stray_files(where) == []
+            # Nor a state directory or a user-id range of a create killed before its first
+            # record: each would hold one of the host's ranges for good.
+            assert list(backend.sandboxes_dir.iterdir()) == []
         finally:
             await backend.close()
         assert await wait_for_loops(where, 0) == []
+        assert backend._ids.claimed() == []  # type: ignore[attr-defined]
 
     go(aio, scenario())

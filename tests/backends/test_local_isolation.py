@@ -353,3 +353,51 @@ def test_sandbox_survives_a_runner_process_restart(
             await backend.close()
 
     go(aio, scenario())
+
+
+def _host_uid_base(agent_pid: int) -> int:
+    """The first host uid of a sandbox's user namespace (its agent's ``uid_map``)."""
+    inside, host, _count = Path(f"/proc/{agent_pid}/uid_map").read_text().split()
+    assert inside == "0"
+    return int(host)
+
+
+def test_concurrent_sandboxes_never_share_host_ids(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Each sandbox owns its host uid range alone, from a fresh backend's first create on.
+
+    Ranges are prepared ahead (a user namespace made by the zygote); a range must be handed
+    out once, or two sandboxes would run as the same host users.
+    """
+    from sandboxd.backends.local import LocalBackend
+
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "ids", images=image_store)
+        h = Harness(backend, BUSYBOX, None, lambda: backend)
+        live: list[str] = []
+        try:
+            first = h.spec()
+            await backend.create(first)  # the first create: the pool starts preparing now
+            live.append(first.sandbox_id)
+            ranges = backend._ranges  # type: ignore[attr-defined]
+            async with asyncio.timeout(20):  # let it prepare its ranges ahead
+                while len(ranges.ready) < ranges.depth:
+                    await asyncio.sleep(0.02)
+            more = [h.spec() for _ in range(ranges.depth + 2)]  # all prepared, then fresh
+            await asyncio.gather(*(backend.create(spec) for spec in more))
+            live.extend(spec.sandbox_id for spec in more)
+            for sid in live:
+                await backend.start(sid)
+            bases = [_host_uid_base(record(h, sid).agent_pid) for sid in live]  # type: ignore[attr-defined]
+            assert len(set(bases)) == len(bases), bases
+            slots = [record(h, sid).ids.slot for sid in live]  # type: ignore[attr-defined]
+            waiting = [ids.slot for ids in ranges.ready]
+            assert not set(waiting) & set(slots), (waiting, slots)  # none handed out twice
+            assert len(set(waiting)) == len(waiting), waiting
+        finally:
+            for sid in live:
+                await backend.destroy(sid)
+            await backend.close()
+
+    go(aio, scenario())

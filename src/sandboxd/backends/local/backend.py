@@ -75,6 +75,7 @@ from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
+from .unrecorded import forget_unrecorded
 from .userns import IdRangeError, IdRangePool
 from .volumes import VolumeDirs
 from .warm import WarmSlots
@@ -587,6 +588,8 @@ class LocalBackend(Backend):
             try:
                 rec = SandboxRecord.load(state_dir)
             except (OSError, ValueError, KeyError, TypeError):
+                if state_dir.name not in self._records:  # not a create in progress here
+                    await forget_unrecorded(state_dir, self._ids, self._ready)
                 continue
             old = self._records.pop(rec.sandbox_id, None)
             if old is not None:

@@ -37,7 +37,12 @@ class PreparedIdRanges:
         self._task: asyncio.Task[None] | None = None
 
     def _adopt(self) -> None:
-        """Take over the ranges a predecessor (killed before it gave them back) prepared."""
+        """Take over the ranges a predecessor (killed before it gave them back) prepared.
+
+        Before this pool claims any range itself (``refill`` and ``take`` call it first):
+        the claims carry the same marker, and a range of our own adopted too would be
+        handed to two sandboxes, which would then run as the same host users.
+        """
         if not self._adopted:
             self._adopted = True
             self.ready.extend(self.pool.adopt(PREPARED))
@@ -52,6 +57,7 @@ class PreparedIdRanges:
 
     def refill(self) -> None:
         """Top the prepared ranges up in the background (one task at a time)."""
+        self._adopt()
         if self.depth <= 0 or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.get_running_loop().create_task(self._refill())

@@ -36,15 +36,14 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import socket
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..base import DEFAULT_PATH, SandboxSpec
-from ..errors import BackendError, InvalidSpec, SandboxExists, SandboxStartError
+from ..errors import InvalidSpec, SandboxExists, SandboxStartError
 from . import process, syscalls
 from .state import SandboxRecord
+from .unrecorded import forget_unrecorded
 
 if TYPE_CHECKING:
     from .backend import LocalBackend
@@ -181,7 +180,7 @@ class WarmSlots:
             try:
                 rec = SandboxRecord.load(state_dir)
             except (OSError, ValueError, KeyError, TypeError):
-                await self._forget_unrecorded(state_dir)
+                await forget_unrecorded(state_dir, b._ids, b._ready)  # killed mid-build
                 continue
             if rec.lease is not None:
                 b._net.claim(rec.lease)
@@ -192,24 +191,6 @@ class WarmSlots:
             records.append(rec)
         await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
         return len(left)
-
-    async def _forget_unrecorded(self, state_dir: Path) -> None:
-        """A slot killed before its first record: its user-id claim and empty cgroup, if any.
-
-        ``_build`` claims the ids (labelled with the slot) and makes the cgroup before it
-        writes ``record.jsonl``; no process of the slot can exist yet (the zygote is asked
-        after the record), so removing both is safe.
-        """
-        b = self._backend
-        slot = state_dir.name
-        for ids in b._ids.adopt(slot):
-            b._ids.release(ids)
-        with contextlib.suppress(BackendError, OSError):
-            cgroups = await b._ready()
-            for group in set(cgroups._group_dirs().values()):
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(group, slot))
-        shutil.rmtree(state_dir, ignore_errors=True)
 
     async def _destroy(self, rec: SandboxRecord) -> None:
         rec.kill_agent()
