@@ -402,3 +402,23 @@ def test_a_running_backend_sweeps_again_for_owners_abandoned_since_it_started(
         claim.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)
         aio.run(backend.close())
+
+
+def test_a_backend_closed_while_preparing_id_ranges_gives_every_range_back(
+    aio: asyncio.Runner, image_store: ImageStore, tmp_path: Path
+) -> None:
+    """A clean stop removes the lock file, so nobody would ever reap a range left claimed:
+    the one being prepared when ``close()`` cancels the refill must be given back too."""
+
+    async def start_and_close(attempt: int) -> list[int]:
+        backend = LocalBackend(tmp_path / f"closing-{attempt}", images=image_store)
+        await backend._ready()  # type: ignore[attr-defined] # the refill starts
+        await asyncio.sleep(0.001 * attempt)  # stop at different points of it
+        await backend.close()
+        left = backend._ids.claimed()  # type: ignore[attr-defined]
+        for ids in left:  # so that a failure leaks nothing either
+            backend._ids.release(ids)  # type: ignore[attr-defined]
+        return [ids.slot for ids in left]
+
+    for attempt in range(4):
+        assert aio.run(start_and_close(attempt)) == [], attempt

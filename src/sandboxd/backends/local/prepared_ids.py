@@ -70,8 +70,10 @@ class PreparedIdRanges:
                 return
             try:
                 await self.zygote.prepare_userns(ids.slot, ids.first, ids.count)
-            except (OSError, ZygoteError) as exc:
+            except BaseException as exc:  # cancelled by close() too: else the claim stays
                 self.pool.release(ids)
+                if not isinstance(exc, OSError | ZygoteError):
+                    raise
                 log.warning("could not prepare a user namespace ahead: %s", exc)
                 return
             self.ready.append(ids)
