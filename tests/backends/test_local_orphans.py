@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sandboxd.backends.conformance import Harness
+from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.cgroups import detect
 from sandboxd.backends.local.network import NETNS_DIR
@@ -248,9 +249,17 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         # Dead, its data directory still there: what it made ahead goes, its sandboxes
         # (which its runner may come back for) and their claims stay.
         aio.run(start_backend("successor"))
-        assert not ready_netns & _netns()
-        assert _claims_naming(f"{key} prepared:") == []
-        assert _claims_naming(f"{group} <prepared>") == []
+        # Its start sweeps; a backend of a test beside this one may be sweeping the same
+        # owner at that moment (it then holds the lock): whoever does, it is done soon.
+        wait_until(
+            "what it made ahead to go",
+            lambda: (
+                not ready_netns & _netns()
+                and _claims_naming(f"{key} prepared:") == []
+                and _claims_naming(f"{group} <prepared>") == []
+            ),
+            30,
+        )
         assert kept.read_text() == f"{group} sb-kept\n"
         assert _alive(running["agent"]) and running_netns in _netns()
         assert _claims_naming(f"{key} {running['id']}")
@@ -264,11 +273,18 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         # Its data directory deleted: nobody can reach, stop or recover that sandbox now.
         shutil.rmtree(dead_dir)
         aio.run(start_backend("last"))
-        wait_until("the abandoned sandbox to end", lambda: not _alive(running["agent"]), 30)
-        assert running_netns not in _netns()
-        assert _claims_naming(f"{key} ") == [] and _claims_naming(f"{group} ") == []
-        assert not kept.exists()
-        assert not os.path.exists(os.path.join(OWNERS, key))
+        wait_until(
+            "the abandoned sandbox to end, its network, claims and lock file to go",
+            lambda: (
+                not _alive(running["agent"])
+                and running_netns not in _netns()
+                and _claims_naming(f"{key} ") == []
+                and _claims_naming(f"{group} ") == []
+                and not kept.exists()
+                and not os.path.exists(os.path.join(OWNERS, key))
+            ),
+            30,
+        )
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
         assert running["tag"] not in rules
         assert not [d for d in running["cgroups"] if os.path.isdir(d)]
@@ -422,3 +438,93 @@ def test_a_backend_closed_while_preparing_id_ranges_gives_every_range_back(
 
     for attempt in range(4):
         assert aio.run(start_and_close(attempt)) == [], attempt
+
+
+def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_reach(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A runner killed, its data directory deleted and created again, the runner restarted:
+    the backend has the same name but no record of the old sandbox, which nobody could
+    reach, stop or recover any more. Its recovery ends it and frees what it held."""
+    data_dir = tmp_path / "wiped"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data_dir), str(image_store.data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    info: dict[str, Any] = {}
+    backend = LocalBackend(data_dir / "backend", images=image_store)
+    try:
+        assert child.stdout is not None
+        info = json.loads(child.stdout.readline())
+        running = info["sandbox"]
+        netns = f"sandboxd-{running['tag']}"
+        assert _alive(running["agent"]) and netns in _netns()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        shutil.rmtree(data_dir)
+        (data_dir / "backend").mkdir(parents=True)  # the same path: the same backend name
+        assert backend._key == info["key"]  # type: ignore[attr-defined]
+
+        assert aio.run(backend.recover()) == []
+        wait_until("the unreachable sandbox to end", lambda: not _alive(running["agent"]), 30)
+        assert netns not in _netns()
+        assert _claims_naming(running["id"]) == []  # its network and its id range
+        assert not [d for d in running["cgroups"] if os.path.isdir(d)]
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert running["tag"] not in rules
+        # What a new sandbox needs still works, with the ids and network it freed.
+        harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix="anew-")
+        internet = NetworkSpec(egress=EgressType.INTERNET)
+
+        async def one() -> bytes:
+            async with harness.sandbox(network=internet) as sid:
+                return (await run(harness, sid, ["echo", "fresh"])).stdout
+
+        assert aio.run(one()) == b"fresh\n"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if info and _alive(info["sandbox"]["agent"]):
+            os.kill(info["sandbox"]["agent"], signal.SIGKILL)
+        aio.run(backend.close())
+        if info:
+            wait_until("its zygote to exit", lambda: not _alive(int(info["zygote"])), 30)
+
+
+def test_a_dead_owner_keeps_its_lock_file_while_claims_of_its_sandboxes_are_left(
+    tmp_path: Path,
+) -> None:
+    """A runner killed while it tore a sandbox down can leave that sandbox's id range
+    claimed with no cgroup left. Its data directory still there, the claim is not the
+    reaper's to give back (the runner may come back and release it from its record), but
+    the lock file stays, so that the claim goes once the directory is deleted."""
+    owners, idmap, data_dir = tmp_path / "owners", tmp_path / "idmap", tmp_path / "data"
+    for d in (owners, idmap, data_dir):
+        d.mkdir()
+    key = "torn1234"
+    (owners / key).write_text(json.dumps({"data_dir": str(data_dir)}))
+    torn, prepared = idmap / "3", idmap / "4"
+    torn.write_text(f"sandboxd-{key} sb-torn-down\n")
+    prepared.write_text(f"sandboxd-{key} <prepared>\n")
+
+    async def none_left(group: str) -> int:
+        return 0
+
+    async def sweep() -> Reaped:
+        return await reap_orphans(
+            "mine0000",
+            "10.215.0.0/24",  # a pool nobody claims from: no network to tear down
+            owners_dir=str(owners),
+            idmap_dir=str(idmap),
+            remove_group=lambda group: True,  # no cgroup of it is left
+            end_sandboxes=none_left,
+        )
+
+    asyncio.run(sweep())
+    assert not prepared.exists() and torn.exists()
+    assert (owners / key).exists()  # it used to go here, and the claim with it for good
+    shutil.rmtree(data_dir)
+    asyncio.run(sweep())
+    assert not torn.exists() and not (owners / key).exists()

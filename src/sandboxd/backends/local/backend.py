@@ -75,7 +75,7 @@ from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
-from .unrecorded import forget_unrecorded
+from .unrecorded import end_unknown, forget_unrecorded, known_names
 from .userns import IdRangeError, IdRangePool
 from .volumes import VolumeDirs
 from .warm import WarmSlots
@@ -582,9 +582,8 @@ class LocalBackend(Backend):
     async def recover(self) -> list[str]:
         """Reload every state directory; re-attach to live agents; re-publish their ports."""
         alive: list[str] = []
-        if not self.sandboxes_dir.is_dir():
-            return alive
-        for state_dir in sorted(self.sandboxes_dir.iterdir()):
+        found = self.sandboxes_dir.iterdir() if self.sandboxes_dir.is_dir() else ()
+        for state_dir in sorted(found):
             try:
                 rec = SandboxRecord.load(state_dir)
             except (OSError, ValueError, KeyError, TypeError):
@@ -613,6 +612,10 @@ class LocalBackend(Backend):
             if rec.ingress is not None and rec.exposed_ports:
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
+        with contextlib.suppress(BackendUnavailable):  # what it has no record of ends
+            cgroups = await self._ready()
+            known = known_names(self._records, self.sandboxes_dir, self._warm.names())
+            await end_unknown(known, cgroups, self._ids, self._net)
         return alive
 
     # -- pause (freezer.py) --------------------------------------------------------------------
@@ -780,9 +783,11 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
-        # Nothing made ahead is left. Sandboxes that run on keep the lock file, so that
-        # they are ended if this data directory is deleted and nobody comes back (owners.py).
-        self._owner.release(keep_file=any_alive)
+        # Nothing made ahead is left. Sandboxes that run on, or anything still claimed (a
+        # cgroup that would not empty kept its ids), keep the lock file, so that all of it
+        # is ended and freed if this data directory is deleted and nobody comes back.
+        claimed = bool(self._ids.claimed() or self._net.claims())
+        self._owner.release(keep_file=any_alive or claimed)
 
 
 def _root_used_bytes(agent_pid: int | None) -> int:

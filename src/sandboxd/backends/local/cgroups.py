@@ -18,6 +18,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from . import parent_cgroup
@@ -334,10 +335,11 @@ class CgroupManager:
                     raise
         raise AssertionError("unreachable")
 
-    def end_sandboxes(self) -> int:
-        """Kill every sandbox in this group and remove its cgroups; how many there were.
+    def end_sandboxes(self, keep: Collection[str] = ()) -> int:
+        """Kill every sandbox in this group but ``keep`` and remove its cgroups; how many.
 
-        For a group whose backend is gone for good (``orphans.py``), never for a live one.
+        For a group whose backend is gone for good (``orphans.py``), or, sparing the
+        sandboxes it knows, for a backend's own group when it starts (``unrecorded.py``).
         Blocking (it waits for the killed tasks to leave their cgroups): run it in a thread.
         ``CgroupError`` when some cgroup keeps a process: its ids and network must not be
         handed to another sandbox yet.
@@ -346,6 +348,7 @@ class CgroupManager:
         for d in set(self._group_dirs().values()):
             with contextlib.suppress(OSError):
                 names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        names.difference_update(keep)
         stuck = []
         for name in sorted(names):
             dirs = {c: os.path.join(d, name) for c, d in self._group_dirs().items()}

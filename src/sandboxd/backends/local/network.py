@@ -37,7 +37,7 @@ import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
 from ..base import EgressType
@@ -318,11 +318,16 @@ class NetworkManager:
         """Claims of this backend in the host-wide pool: index -> holder (a sandbox id)."""
         return {index: fields[0] for index, fields in self._claim_fields().items()}
 
-    def claimed_leases(self) -> list[Lease]:
-        """Every lease this backend claims, each under the name its network was made with."""
+    def claimed_leases(self, spare: Collection[str] | None = None) -> list[Lease]:
+        """Every lease this backend claims, each under the name its network was made with.
+
+        With ``spare``: but the leases those sandboxes hold and the prepared ones.
+        """
         leases = []
         for index, fields in self._claim_fields().items():
             holder = fields[0]
+            if spare is not None and (holder in spare or holder.startswith(PREPARED_HOLDER)):
+                continue
             if holder.startswith(PREPARED_HOLDER):
                 tag = holder.removeprefix(PREPARED_HOLDER)
             else:  # a taken prepared lease names its tag; one made for the sandbox, not

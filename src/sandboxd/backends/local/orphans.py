@@ -99,9 +99,14 @@ async def reap_orphans(
                 ids.release(ids_range)
                 reaped.ranges += 1
             group_gone = remove_group is None or remove_group(backend_group(key))
-            # Sandboxes of it run on: a later reaper looks again (its runner may come back
-            # for them, or its data directory be deleted after all).
-            orphan.keep = orphan.data_dir is not None and not everything and not group_gone
+            # Sandboxes of it run on, or their ranges and networks are still claimed (it
+            # was killed while it tore one down): a later reaper looks again. Its runner may
+            # come back for them, or its data directory be deleted after all; the claims
+            # go then, not now: a runner that comes back releases what its records name.
+            left = bool(ids.claimed() or net.claims())
+            orphan.keep = (
+                orphan.data_dir is not None and not everything and (not group_gone or left)
+            )
     if reaped.sandboxes:
         log.warning(
             "ended %d sandboxes of backends whose data directory was deleted after they died "

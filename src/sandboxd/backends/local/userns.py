@@ -89,13 +89,14 @@ class IdRangePool:
 
     def adopt(self, marker: str) -> list[IdRange]:
         """Ranges this owner claimed under ``marker`` (e.g. prepared ahead before a restart)."""
-        return [ids for ids, label in self._claims() if label == marker]
+        return [ids for ids, label in self.claims() if label == marker]
 
     def claimed(self) -> list[IdRange]:
         """Every range this owner claims, whoever it went to (an abandoned owner's, reaped)."""
-        return [ids for ids, _label in self._claims()]
+        return [ids for ids, _label in self.claims()]
 
-    def _claims(self) -> list[tuple[IdRange, str]]:
+    def claims(self) -> list[tuple[IdRange, str]]:
+        """Every range this owner claims, with its label (a sandbox, or a marker)."""
         found = []
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.claim_dir):

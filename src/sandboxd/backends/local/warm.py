@@ -166,6 +166,11 @@ class WarmSlots:
             rec.kill_agent()
         await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
 
+    def names(self) -> set[str]:
+        """Every slot this backend has: ready ones and those a predecessor left in ``warm/``."""
+        on_disk = {d.name for d in self.dir.iterdir()} if self.dir.is_dir() else set()
+        return on_disk | set(self._slots)
+
     async def discard_prepared(self) -> int:
         """Destroy slots a previous runner process left in ``warm/``; how many there were.
 
