@@ -77,6 +77,16 @@ asyncio.run(main())
 """
 
 
+def _backend_in_a_process(data_dir: Path, image_store: ImageStore) -> subprocess.Popen[str]:
+    """``CHILD`` on ``data_dir``: it prints what it holds, then idles until killed."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data_dir), str(image_store.data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
 def _netns() -> set[str]:
     return set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
 
@@ -206,12 +216,7 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
     aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     dead_dir = tmp_path / "dead"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(dead_dir), str(image_store.data_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    child = _backend_in_a_process(dead_dir, image_store)
     info: dict[str, Any] = {}
     witnesses: list[LocalBackend] = []
 
@@ -447,12 +452,7 @@ def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_rea
     the backend has the same name but no record of the old sandbox, which nobody could
     reach, stop or recover any more. Its recovery ends it and frees what it held."""
     data_dir = tmp_path / "wiped"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(data_dir), str(image_store.data_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    child = _backend_in_a_process(data_dir, image_store)
     info: dict[str, Any] = {}
     backend = LocalBackend(data_dir / "backend", images=image_store)
     try:
