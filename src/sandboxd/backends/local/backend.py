@@ -586,9 +586,11 @@ class LocalBackend(Backend):
         for state_dir in sorted(found):
             try:
                 rec = SandboxRecord.load(state_dir)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (FileNotFoundError, ValueError):  # no record, or not one complete line
                 if state_dir.name not in self._records:  # not a create in progress here
                     await forget_unrecorded(state_dir, self._ids, self._ready)
+                continue
+            except (OSError, KeyError, TypeError):  # saved whole once: it may run, keep it
                 continue
             old = self._records.pop(rec.sandbox_id, None)
             if old is not None:
