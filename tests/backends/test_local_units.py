@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from sandboxd.backends import backend_names, get_backend_class
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.errors import InvalidSpec
-from sandboxd.backends.local import logfile, protocol
+from sandboxd.backends.local import log_budget, logfile, protocol
 from sandboxd.backends.local.cgroups import detect
 from sandboxd.backends.local.network import Lease, NetworkManager
 from sandboxd.backends.local.spawn import exit_code_from_status
@@ -138,3 +139,35 @@ def test_cgroup_v2_manager_on_a_fake_tree(tmp_path: Path) -> None:
     assert (box / "memory.max").read_text() == str(1 << 20)
     assert (box / "pids.max").read_text() == "7"
     assert cg.procs_files() == [str(box / "cgroup.procs")]
+
+
+def _ended_log(sandboxes: Path, name: str, size: int) -> Path:
+    (sandboxes / name).mkdir(parents=True)
+    (sandboxes / name / log_budget.EXIT_FILE).write_text("{}")
+    log = sandboxes / name / log_budget.LOG_FILE
+    log.write_bytes(b"x" * size)
+    return log
+
+
+def test_a_closing_log_budget_runs_its_pending_check_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check poked within the interval waits for it; at shutdown it runs at once (a
+    runner's stop used to wait up to 2 s for it), and nothing runs after close()."""
+    monkeypatch.setattr(log_budget, "INTERVAL_SECONDS", 3600.0)
+    sandboxes = tmp_path / "sandboxes"
+    _ended_log(sandboxes, "first", 600)
+
+    async def scenario() -> Path:
+        keeper = log_budget.BudgetKeeper(sandboxes, budget_bytes=1000)
+        keeper.poke()  # the first check runs at once: 600 bytes fit
+        await keeper.settle()
+        later = _ended_log(sandboxes, "later", 600)  # now 1,200 bytes: over the budget
+        keeper.poke()  # within the interval: this check waits (an hour, here)
+        await asyncio.wait_for(keeper.close(), 30)
+        return later
+
+    later = asyncio.run(scenario())
+    first = sandboxes / "first" / log_budget.LOG_FILE
+    assert log_budget.EVICTED_NOTICE.strip() in first.read_bytes()  # the oldest went
+    assert later.read_bytes() == b"x" * 600
