@@ -164,6 +164,7 @@ class LocalBackend(Backend):
                 NATIVE_KEEPER,
             )
         self._warm = WarmSlots(self)
+        self._built = False
 
     # -- plumbing ----------------------------------------------------------------------------
     async def _ready(self) -> CgroupManager:
@@ -171,17 +172,13 @@ class LocalBackend(Backend):
             raise BackendUnavailable("the local backend needs root (namespaces, mounts, cgroups)")
         await self._owner.hold()  # before anything is made ahead: this key is alive
         self._trail.open()  # before any lease is made: new leases log to its group
-        if self._cgroups is None:
-            try:
-                self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
-            except CgroupError as exc:
-                raise BackendUnavailable(str(exc)) from exc
+        cgroups = self._cgroup_manager()
         await self._zygote.ensure()
         self._ranges.refill()
         if not self._reaped:  # networks a killed predecessor made ahead
             self._reaped = True
             await self._nets.reap()
-            layout, limits = self._cgroups.layout, self._cgroups.limits
+            layout, limits = cgroups.layout, cgroups.limits
             self._orphans = OrphanSweeper(  # what other backends, dead for good, left behind
                 self._key,
                 str(self._net.pool),
@@ -193,6 +190,15 @@ class LocalBackend(Backend):
             )
             await self._orphans.sweep()
             self._orphans.start()
+        return cgroups
+
+    def _cgroup_manager(self) -> CgroupManager:
+        """The cgroup manager (made once), without anything else ``_ready`` starts."""
+        if self._cgroups is None:
+            try:
+                self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
+            except CgroupError as exc:
+                raise BackendUnavailable(str(exc)) from exc
         return self._cgroups
 
     def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
@@ -266,6 +272,7 @@ class LocalBackend(Backend):
     async def _build(
         self, rec: SandboxRecord, spec: SandboxSpec, cgroups: CgroupManager, rootfs: Path
     ) -> None:
+        self._built = True  # recover() no longer ends what it has no record of
         rec.image_rootfs = str(rootfs)  # saved with the record: images in use stay
         try:
             disk_fd = await self._disk.take(spec.disk_bytes)
@@ -556,7 +563,7 @@ class LocalBackend(Backend):
             memory_peak_bytes=raw.get("memory_peak_bytes", 0),
             pids=raw.get("pids", 0),
             oom_kills=raw.get("oom_kills", 0),
-            disk_bytes=_root_used_bytes(rec.agent_pid) if rec.is_running() else 0,
+            disk_bytes=files.root_used_bytes(rec.agent_pid) if rec.is_running() else 0,
         )
 
     async def state(self, sandbox_id: str) -> SandboxState:
@@ -588,7 +595,8 @@ class LocalBackend(Backend):
                 rec = SandboxRecord.load(state_dir)
             except (FileNotFoundError, ValueError):  # no record, or not one complete line
                 if state_dir.name not in self._records:  # not a create in progress here
-                    await forget_unrecorded(state_dir, self._ids, self._ready)
+                    with contextlib.suppress(BackendUnavailable):
+                        forget_unrecorded(state_dir, self._ids, self._cgroup_manager())
                 continue
             except (OSError, KeyError, TypeError):  # saved whole once: it may run, keep it
                 continue
@@ -614,10 +622,13 @@ class LocalBackend(Backend):
             if rec.ingress is not None and rec.exposed_ports:
                 await self._publish(rec)
             alive.append(rec.sandbox_id)
-        with contextlib.suppress(BackendUnavailable):  # what it has no record of ends
-            cgroups = await self._ready()
-            known = known_names(self._records, self.sandboxes_dir, self._warm.names())
-            await end_unknown(known, cgroups, self._ids, self._net)
+        # What it has no record of ends, before it built anything (no create escapes known).
+        # Not through _ready(): nothing made ahead is touched here (nor a predecessor's).
+        if not self._built and os.geteuid() == 0:
+            self._trail.open()  # its leases logged to the group: their rules name it
+            with contextlib.suppress(BackendUnavailable):
+                known = known_names(self._records, self.sandboxes_dir, self._warm.names())
+                await end_unknown(known, self._cgroup_manager(), self._ids, self._net)
         return alive
 
     # -- pause (freezer.py) --------------------------------------------------------------------
@@ -785,23 +796,7 @@ class LocalBackend(Backend):
             await self._zygote.shutdown()
             if self._cgroups is not None:
                 self._cgroups.cleanup_group()
-        # Nothing made ahead is left. Sandboxes that run on, or anything still claimed (a
-        # cgroup that would not empty kept its ids), keep the lock file, so that all of it
-        # is ended and freed if this data directory is deleted and nobody comes back.
-        claimed = bool(self._ids.claimed() or self._net.claims())
-        self._owner.release(keep_file=any_alive or claimed)
-
-
-def _root_used_bytes(agent_pid: int | None) -> int:
-    """Used bytes of the file system at the sandbox's root (its writable layer's).
-
-    ``statvfs`` of ``/proc/PID/root`` itself: the kernel's link to the sandbox's root, never
-    a path the sandbox controls (nothing under it is resolved). 0 when the agent is gone.
-    """
-    if agent_pid is None:
-        return 0
-    try:
-        fs = os.statvfs(f"/proc/{agent_pid}/root")
-    except OSError:
-        return 0
-    return (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        # Running sandboxes or claims left keep the lock file: all is ended and freed if this
+        # data directory is deleted and nobody comes back (owners.py).
+        left = any_alive or bool(self._ids.claimed() or self._net.claims())
+        self._owner.release(keep_file=left)

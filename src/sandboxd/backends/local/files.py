@@ -230,3 +230,18 @@ async def follow_log(
             return
         if not records:
             await asyncio.sleep(LOG_POLL_SECONDS)
+
+
+def root_used_bytes(agent_pid: int | None) -> int:
+    """Used bytes of the file system at the sandbox's root (its writable layer's).
+
+    ``statvfs`` of ``/proc/PID/root`` itself: the kernel's link to the sandbox's root, never
+    a path the sandbox controls (nothing under it is resolved). 0 when the agent is gone.
+    """
+    if agent_pid is None:
+        return 0
+    try:
+        fs = os.statvfs(f"/proc/{agent_pid}/root")
+    except OSError:
+        return 0
+    return (fs.f_blocks - fs.f_bfree) * fs.f_frsize

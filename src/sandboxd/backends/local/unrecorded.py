@@ -26,11 +26,10 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from ..base import EgressType
-from ..errors import BackendError
 from .cgroups import CgroupError, CgroupManager
 from .network import NetworkManager
 from .prepared_ids import PREPARED
@@ -42,20 +41,14 @@ __all__ = ["end_unknown", "forget_unrecorded", "known_names"]
 log = logging.getLogger(__name__)
 
 
-async def forget_unrecorded(
-    state_dir: Path, ids: IdRangePool, cgroups: Callable[[], Awaitable[CgroupManager]]
-) -> None:
+def forget_unrecorded(state_dir: Path, ids: IdRangePool, cgroups: CgroupManager) -> None:
     """Release the id claim labelled with ``state_dir``'s name, its cgroup, then the dir.
 
     Only while that cgroup holds no process: a record that cannot be read (damaged, say)
-    of a sandbox that runs is left alone, ids and all. ``cgroups`` gives the backend's
-    cgroup manager (it may fail where there is none; the rest is removed then all the same).
+    of a sandbox that runs is left alone, ids and all.
     """
     name = state_dir.name
-    manager: CgroupManager | None = None
-    with contextlib.suppress(BackendError, OSError):
-        manager = await cgroups()
-    dirs = [os.path.join(g, name) for g in set(manager._group_dirs().values())] if manager else []
+    dirs = [os.path.join(g, name) for g in set(cgroups._group_dirs().values())]
     for d in dirs:
         with contextlib.suppress(OSError), open(os.path.join(d, "cgroup.procs")) as fh:
             if fh.read().strip():

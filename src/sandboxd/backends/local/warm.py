@@ -40,7 +40,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from ..base import DEFAULT_PATH, SandboxSpec
-from ..errors import InvalidSpec, SandboxExists, SandboxStartError
+from ..errors import BackendError, InvalidSpec, SandboxExists, SandboxStartError
 from . import process, syscalls
 from .state import SandboxRecord
 from .unrecorded import forget_unrecorded
@@ -185,7 +185,8 @@ class WarmSlots:
             try:
                 rec = SandboxRecord.load(state_dir)
             except (OSError, ValueError, KeyError, TypeError):
-                await forget_unrecorded(state_dir, b._ids, b._ready)  # killed mid-build
+                with contextlib.suppress(BackendError):  # killed mid-build
+                    forget_unrecorded(state_dir, b._ids, await b._ready())
                 continue
             if rec.lease is not None:
                 b._net.claim(rec.lease)
