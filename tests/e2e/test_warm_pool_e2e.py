@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +127,7 @@ def create_and_exec(profile: str, **kw: object) -> tuple[float, Sandbox]:
     return time.perf_counter() - start, sandbox
 
 
-def test_a_pool_fills_serves_matching_creates_faster_and_refills(pooled: Platform) -> None:
+def test_a_pool_fills_serves_matching_creates_and_refills(pooled: Platform) -> None:
     ready = eventually(pool, full, timeout=60)
     assert ready.size == POOL_SIZE and ready.ready == POOL_SIZE, ready
     others = [p for p in list_profiles() if p.profile_name == "cold"]
@@ -139,18 +138,17 @@ def test_a_pool_fills_serves_matching_creates_faster_and_refills(pooled: Platfor
 
     assert get_runner(pooled.runner_id).resources.running_sandboxes == 0  # type: ignore[union-attr]
 
-    cold, warm = [], []
+    # Each matching create is served by the pool (its claims count). How much faster that is
+    # is measured by bench/sandboxes.py, not here: under CI's load a timed comparison of a
+    # few creates failed at random (DESIGN: speed by benchmarks, not timed tests).
     for _ in range(4):
-        took, sandbox = create_and_exec("cold")
-        cold.append(took)
+        _took, sandbox = create_and_exec("cold")
         sandbox.stop(graceful_shutdown_seconds=0).result()
         claims = eventually(pool, full).claims
-        took, sandbox = create_and_exec("pooled")
-        warm.append(took)
+        _took, sandbox = create_and_exec("pooled")
         sandbox.stop(graceful_shutdown_seconds=0).result()
         want = claims + 1
         assert eventually(pool, lambda p, want=want: p.claims == want).claims == want
-    assert statistics.median(warm) < statistics.median(cold), (warm, cold)
 
     # a request for other resources does not match the pool: it goes cold
     claims = eventually(pool, full).claims
