@@ -335,6 +335,12 @@ class CgroupManager:
                     raise
         raise AssertionError("unreachable")
 
+    def existing(self, sandbox_id: str) -> SandboxCgroup | None:
+        """The cgroup of ``sandbox_id`` as far as its directories exist; None if none does."""
+        dirs = {c: os.path.join(d, sandbox_id) for c, d in self._group_dirs().items()}
+        dirs = {c: d for c, d in dirs.items() if os.path.isdir(d)}
+        return SandboxCgroup(self.layout.version, dirs) if dirs else None
+
     def end_sandboxes(self, keep: Collection[str] = ()) -> int:
         """Kill every sandbox in this group but ``keep`` and remove its cgroups; how many.
 
@@ -351,11 +357,9 @@ class CgroupManager:
         names.difference_update(keep)
         stuck = []
         for name in sorted(names):
-            dirs = {c: os.path.join(d, name) for c, d in self._group_dirs().items()}
-            dirs = {c: d for c, d in dirs.items() if os.path.isdir(d)}
-            if not dirs:
+            cgroup = self.existing(name)
+            if cgroup is None:
                 continue
-            cgroup = SandboxCgroup(self.layout.version, dirs)
             cgroup.kill_all()
             try:
                 cgroup.remove()

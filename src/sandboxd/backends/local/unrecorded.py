@@ -47,18 +47,15 @@ def forget_unrecorded(state_dir: Path, ids: IdRangePool, cgroups: CgroupManager)
     Only while that cgroup holds no process: a record that cannot be read (damaged, say)
     of a sandbox that runs is left alone, ids and all.
     """
-    name = state_dir.name
-    dirs = [os.path.join(g, name) for g in set(cgroups._group_dirs().values())]
-    for d in dirs:
-        with contextlib.suppress(OSError), open(os.path.join(d, "cgroup.procs")) as fh:
-            if fh.read().strip():
-                log.warning("%s has no readable record but processes run in it; kept", state_dir)
-                return
-    for claimed in ids.adopt(name):
+    cgroup = cgroups.existing(state_dir.name)
+    if cgroup is not None and cgroup.pids():
+        log.warning("%s has no readable record but processes run in it; kept", state_dir)
+        return
+    for claimed in ids.adopt(state_dir.name):
         ids.release(claimed)
-    for d in dirs:
+    if cgroup is not None:
         with contextlib.suppress(OSError):
-            os.rmdir(d)  # empty: nothing ever ran in it
+            cgroup.remove()  # empty: nothing ever ran in it
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
