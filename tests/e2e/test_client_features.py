@@ -205,10 +205,6 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
-def _rss_kib(pid: int) -> int:
-    return _memory_kib(pid).get("VmRSS", 0)
-
-
 def test_one_gib_round_trip_in_constant_memory(client_env: Platform) -> None:
     """1 GiB in and out through FileService: neither the client nor the server holds it.
 
@@ -216,8 +212,8 @@ def test_one_gib_round_trip_in_constant_memory(client_env: Platform) -> None:
     bytes flow; both directions are bounded by a few frames per hop whatever the size.
     """
     server = client_env.proc.popen.pid
-    before = _rss_kib(server)
-    peak, at_peak, started = before, _memory_kib(server), time.monotonic()
+    at_peak, started = _memory_kib(server), time.monotonic()
+    before = peak = at_peak["VmRSS"]
     timeline: dict[int, int] = {}  # second -> the server's largest RSS growth in it (MiB)
     example = subprocess.Popen(
         [OUR_PYTHON, str(ROOT / "examples" / "large_file_streaming.py"), "1024"],
