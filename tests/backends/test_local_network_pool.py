@@ -7,8 +7,12 @@ it (reachability itself is ``test_local_network.py``'s and ``test_local_egress.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import pytest
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
-from sandboxd.backends.local.network import NETNS_DIR, NetworkError, NetworkManager
+from sandboxd.backends.local.network import NETNS_DIR, Lease, NetworkError, NetworkManager
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
 from sandboxd.images import ImageStore
 
@@ -138,3 +142,157 @@ def test_a_network_is_two_ip_runs_and_teardown_survives_missing_parts(tmp_path: 
         assert net.claims() == {}
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+async def _remove(net: NetworkManager, leases: dict[str, int]) -> None:
+    """Whatever of these leases (tag -> index) is left, gone: namespaces, links, rules."""
+    for tag, index in leases.items():
+        await net.teardown(net.lease_at(index, tag), EgressType.INTERNET, ())
+
+
+def _left_of(lease_tags: set[str]) -> list[str]:
+    """Namespaces, links and host rules of these leases that still exist."""
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    links = _ip("-o", "link")
+    left = [f"netns sandboxd-{tag}" for tag in lease_tags if f"sandboxd-{tag}" in _netns()]
+    left += [f"link sbx{tag}" for tag in lease_tags if f"sbx{tag}:" in links]
+    left += [f"rule {line}" for line in rules.splitlines() for t in lease_tags if t in line]
+    return left
+
+
+@pytest.fixture
+def slow_net_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ip`` and ``iptables-restore`` runs that *make* something start 0.5 s late (as when a
+    busy host starves the niced commands of networks made ahead); removals run at once."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    for name in ("ip", "iptables-restore"):
+        real = shutil.which(name)
+        assert real is not None
+        (slow / name).write_text(
+            "#!/bin/sh\n"
+            'input=$(cat; echo x); input="${input%x}"\n'
+            'case "$input" in *"netns add"*|*"addr add"*|*"-I INPUT"*) sleep 0.5 ;; esac\n'
+            f'printf %s "$input" | exec {real} "$@"\n'
+        )
+        (slow / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+
+
+@pytest.mark.usefixtures("slow_net_commands")
+def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Cancelled creates and closed pools tear down what their host commands made.
+
+    A cancelled task used to leave its ``ip``/``iptables-restore`` child running: the
+    rollback ran first, found nothing, released the subnet, and then the child made the
+    namespace, the veth with the subnet's address, or the rules. A later network with
+    the same subnet then shared its address with the leftover veth, and its sandbox reached
+    nothing (seen in CI: an ``internet`` sandbox whose every connection timed out).
+    """
+
+    async def scenario() -> None:
+        net = NetworkManager("canceltest", pool="10.214.2.0/24", ipam_dir=str(tmp_path / "ipam"))
+        made: dict[str, int] = {}  # every lease, also the pool's half-made ones: tag -> index
+        lease_at = net.lease_at
+
+        def recorded(index: int, tag: str) -> Lease:
+            made[tag] = index
+            return lease_at(index, tag)
+
+        net.lease_at = recorded  # type: ignore[method-assign]
+        for when in (0.1, 0.6, 1.1):  # in the first ``ip``, the second, ``iptables-restore``
+            lease = net.allocate(f"sb-{when}")
+            task = asyncio.ensure_future(net.setup(lease, EgressType.INTERNET, ()))
+            await asyncio.sleep(when)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert net.claims() == {}
+        for when in (0.1, 0.6, 1.1):  # a pool closed in the middle of making one ahead
+            pool = PreparedNetworks(net, ready=1)
+            pool._policy = (EgressType.INTERNET, (), ())
+            pool.refill()
+            await asyncio.sleep(when)
+            await pool.close()
+            assert net.claims() == {}
+        # Also a while later, when a child still running would have made its part.
+        await asyncio.sleep(1.0)
+        try:
+            assert _left_of(set(made)) == []
+        finally:
+            await _remove(net, made)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+KILLED_MID_FILL = r"""
+import asyncio, sys
+from sandboxd.backends.base import EgressType
+from sandboxd.backends.local.network import NetworkManager
+from sandboxd.backends.local.network_pool import PreparedNetworks
+
+async def main():
+    net = NetworkManager("killtest", pool="10.214.3.0/24", ipam_dir=sys.argv[1])
+    pool = PreparedNetworks(net, ready=2)
+    pool._policy = (EgressType.INTERNET, (), ())
+    pool.refill()
+    print("filling", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.usefixtures("slow_net_commands")
+def test_a_runner_killed_while_making_networks_ahead_leaves_nothing_after_the_reap(
+    tmp_path: Path,
+) -> None:
+    """SIGKILLed while its niced commands wait for the CPU: they die with it, so the network
+    the next runner reaps is not made again behind its back."""
+    ipam = tmp_path / "ipam"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_FILL, str(ipam)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "filling"
+        time.sleep(0.2)  # its first ``ip`` is waiting to start
+    finally:
+        proc.kill()
+        proc.wait()
+
+    async def reap() -> list[str]:
+        net = NetworkManager("killtest", pool="10.214.3.0/24", ipam_dir=str(ipam))
+        making = {h.removeprefix(PREPARED): i for i, h in net.claims().items()}
+        assert len(making) == 1  # the one it was making
+        await PreparedNetworks(net).reap()
+        assert net.claims() == {}
+        await asyncio.sleep(1.0)  # past the moment the killed runner's command would run
+        left = _left_of(set(making))
+        await _remove(net, making)
+        return left
+
+    assert asyncio.run(asyncio.wait_for(reap(), 60)) == []
+
+
+def test_a_subnet_whose_address_a_leftover_interface_holds_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A veth left with a subnet's host address (a crash, by hand) is not shared: the next
+    sandbox gets the subnet after it, and the log says which address is taken and where."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    net = NetworkManager("skiptest", pool="10.214.4.0/24", ipam_dir=str(tmp_path / "ipam"))
+    leftover = f"sbxleft{os.getpid() % 100000}"  # a veth, as the backend makes them
+    peer = ["peer", "name", f"{leftover}p"]
+    subprocess.run(["ip", "link", "add", leftover, "type", "veth", *peer], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.214.4.5/30", "dev", leftover], check=True)
+        lease = net.allocate("sb-after-leftover")
+        assert (lease.index, lease.host_ip) == (2, "10.214.4.9")
+        assert net.claims() == {2: "sb-after-leftover"}  # index 1's claim was given back
+        assert "10.214.4.5" in caplog.text and "skipping sandbox subnet" in caplog.text
+    finally:
+        subprocess.run(["ip", "link", "del", leftover], check=False)
+    assert net.allocate("sb-next").index == 1  # free again once the leftover is gone

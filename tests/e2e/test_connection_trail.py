@@ -31,7 +31,7 @@ for ip in sys.argv[2:]:
         with socket.create_connection((ip, port), timeout=2) as s:
             print(ip, "reached")
     except OSError as e:
-        print(ip, "blocked", type(e).__name__)
+        print(ip, "blocked", repr(e).replace(" ", "_"))
 """
 
 FLOOD = """
@@ -91,7 +91,7 @@ def test_each_attempt_is_in_the_trail_with_its_decision_and_rule(
             test_host.ip_a: "blocked",
             test_host.private_b: "blocked",
             test_host.host_ip: "blocked",
-        }
+        }, result.stdout  # each "blocked" line names its error
         events = connections(up, sandbox.sandbox_id, want=4)
     trail = by_destination(events)
     allowed = trail[(test_host.private_a, 8080)]
@@ -118,7 +118,7 @@ def test_internet_mode_allows_public_and_names_the_accept_rule(
 ) -> None:
     with Sandbox.run(defaults=defaults) as sandbox:
         result = sandbox.exec(["python3", "-c", PROBE, "8080", test_host.ip_a]).result()
-        assert result.stdout.split()[:2] == [test_host.ip_a, "reached"]
+        assert result.stdout.split()[:2] == [test_host.ip_a, "reached"], result.stdout
         events = connections(up, sandbox.sandbox_id, want=1)
     attempt = by_destination(events)[(test_host.ip_a, 8080)]
     assert attempt["decision"] == "allowed"

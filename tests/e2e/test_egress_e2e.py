@@ -24,10 +24,10 @@ PROBE = """
 import socket, sys
 for ip in sys.argv[1:]:
     try:
-        with socket.create_connection((ip, 8080), timeout=3) as s:
+        with socket.create_connection((ip, 8080), timeout=10) as s:
             print(ip, "reached" if s.recv(64).startswith(b"hello ") else "odd")
     except OSError as e:
-        print(ip, "blocked", type(e).__name__)
+        print(ip, "blocked", repr(e).replace(" ", "_"))
 """
 
 
@@ -41,9 +41,15 @@ def up(tmp_path_factory: pytest.TempPathFactory, test_host: NetHost) -> Iterator
 
 
 def probe(sandbox: Sandbox, *ips: str) -> dict[str, str]:
+    """``ip -> "reached" | "blocked"``; each blocked one's error is kept in PROBE_ERRORS."""
     result = sandbox.exec(["python3", "-c", PROBE, *ips]).result()
     assert result.returncode == 0, result.stderr
-    return {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    lines = [line.split() for line in result.stdout.splitlines()]
+    PROBE_ERRORS.update({f[0]: f[2] for f in lines if len(f) > 2})
+    return {f[0]: f[1] for f in lines}
+
+
+PROBE_ERRORS: dict[str, str] = {}
 
 
 def test_internet_and_allowlist_modes_from_the_config(
@@ -54,8 +60,11 @@ def test_internet_and_allowlist_modes_from_the_config(
     everyone = (test_host.ip_a, *test_host.non_public)
     with Sandbox.run(defaults=defaults) as internet:
         seen = probe(internet, *everyone)
-    assert seen == {test_host.ip_a: "reached"} | {ip: "blocked" for ip in test_host.non_public}
+    expected = {test_host.ip_a: "reached"} | {ip: "blocked" for ip in test_host.non_public}
+    assert seen == expected, PROBE_ERRORS
     lan = NetworkOptions(egress_mode="lan")
     with Sandbox.run(defaults=defaults, network=lan) as allowlisted:
         seen = probe(allowlisted, *everyone)
-    assert seen == {ip: "blocked" for ip in everyone} | {test_host.private_a: "reached"}
+    assert seen == {ip: "blocked" for ip in everyone} | {test_host.private_a: "reached"}, (
+        PROBE_ERRORS
+    )

@@ -36,12 +36,17 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import os
+import shutil
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
+
+_log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
 LOWEST_PRIORITY = 19
@@ -120,8 +125,14 @@ async def run(
     ``nice``: the command yields the CPU to everything else (work made ahead of need). Set
     on the child once it is started rather than by running it under ``nice``: one program
     execution fewer, and a ``preexec_fn`` would make Python fork instead of ``vfork``.
+    Such a command can start seconds late on a busy host, so it also dies with this process
+    (``setpriv --pdeathsig``): if the runner is killed meanwhile, the next one reaps the
+    network it was making, and a command that ran after that reap would leave its parts
+    behind for good. Commands on a create's path run at once and need no such guard.
     """
+    guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
     proc = await asyncio.create_subprocess_exec(
+        *guard,
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -130,10 +141,50 @@ async def run(
     if nice:
         with contextlib.suppress(OSError):  # it may have exited already
             os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
-    out, err = await proc.communicate(stdin)
+    try:
+        out, err = await proc.communicate(stdin)
+    except BaseException:
+        await _end(proc)
+        raise
     if check and proc.returncode != 0:
         raise NetworkError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace")
+
+
+_SETPRIV = shutil.which("setpriv")  # util-linux, as ``nsenter`` is
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill a command whose caller was cancelled, and wait until it has exited.
+
+    Why: the caller's rollback (``teardown``) comes next. A command left running would make
+    its namespace, veth or rules *after* the rollback looked for them, with the subnet
+    already released: a leftover veth holding an address that the next sandbox gets too,
+    which then reaches nothing. A niced command on a busy host can start seconds late.
+    Killed, it has made part of its work at most, which teardown removes. Waiting cannot be
+    cancelled again: the rollback must not start before the command is gone.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    exited = asyncio.ensure_future(proc.wait())
+    while not exited.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(exited)
+
+
+def _on_this_host(address: str) -> bool:
+    """Whether an interface of this host has ``address`` already (one ``bind``, no command).
+
+    Why: a veth left with a subnet's host address (by a crash, by hand) would share it with
+    the next sandbox given that subnet, whose replies would then go to the leftover: that
+    sandbox would reach nothing, and nothing would say why.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False  # EADDRNOTAVAIL: no interface here has it
+    return True
 
 
 def _write(path: str, value: str) -> None:
@@ -282,9 +333,19 @@ class NetworkManager:
                 fd = os.open(self._claim_file(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
+            lease = self.lease_at(index, tag)
+            if _on_this_host(lease.host_ip):
+                os.close(fd)
+                self.release(lease)
+                _log.warning(
+                    "skipping sandbox subnet %s/30: an interface on this host has %s although "
+                    "nobody claims it (left by a crash or by hand; `ip -o addr | grep %s`)",
+                    lease.host_ip, lease.host_ip, lease.host_ip,
+                )  # fmt: skip
+                continue
             os.write(fd, f"{self.key} {sandbox_id}\n".encode())
             os.close(fd)
-            return self.lease_at(index, tag)
+            return lease
         raise NetworkError(f"network pool {self.pool} exhausted")
 
     def lease_at(self, index: int, tag: str) -> Lease:
