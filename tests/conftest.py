@@ -1,9 +1,11 @@
-"""Suite-wide rules: in CI nothing may be skipped.
+"""Suite-wide rules: in CI nothing may be skipped, and nothing may be left on the host.
 
 A skip is for a machine that lacks something (not root, a missing package). CI runs as root
 with everything installed by ``scripts/setup.sh``, so there a skip means a test silently did
 not run: with ``SANDBOXD_REQUIRE_NO_SKIPS=1`` (set by ``.ci/run``) the session fails and
-lists them.
+lists them. With ``SANDBOXD_REQUIRE_NO_LEFTOVERS=1`` (also set by ``.ci/run``) it fails when
+sandbox namespaces, links or firewall rules that appeared during it are still there at its
+end (``tests/support/leftovers.py``).
 """
 
 from __future__ import annotations
@@ -15,15 +17,36 @@ import pytest
 # Fixtures any test may ask for: a PostgreSQL server and databases on SQLite and PostgreSQL
 # (tests/support/postgres.py), and test networks whose hosts run runners (tests/support/hosts.py).
 from tests.support.hosts import test_network
+from tests.support.leftovers import host_network_leftovers
 from tests.support.postgres import database_url, postgres_server, store_fault
 
 __all__ = ["database_url", "postgres_server", "store_fault", "test_network"]
 
+_BEFORE: set[str] = set()
+
+
+def _checks_leftovers(session: pytest.Session) -> bool:
+    """Only the controlling process checks (xdist workers end before the others do)."""
+    worker = hasattr(session.config, "workerinput")
+    return os.environ.get("SANDBOXD_REQUIRE_NO_LEFTOVERS") == "1" and not worker
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _checks_leftovers(session):
+        _BEFORE.update(host_network_leftovers())
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if _checks_leftovers(session):
+        left = sorted(host_network_leftovers() - _BEFORE)
+        for thing in left:
+            if reporter is not None:
+                reporter.write_line(f"LEFT ON THE HOST (not allowed): {thing}", red=True)
+        if left:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if os.environ.get("SANDBOXD_REQUIRE_NO_SKIPS") != "1":
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if not skipped:
         return

@@ -1,0 +1,41 @@
+"""What sandbox networking left on this host: namespaces, links and firewall rules.
+
+Why a suite-wide check: a leaked veth keeps its subnet's host address, and the next sandbox
+given that subnet reaches nothing (a CI run failed that way, far from the test that leaked
+it). Each test checks its own sandboxes; this catches what no single test looks for, in CI
+(``SANDBOXD_REQUIRE_NO_LEFTOVERS=1``, set by ``.ci/run``) at the end of the session,
+counting only what appeared during it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+NETNS_DIR = "/run/netns"
+# Sandbox veths are ``sbx<tag>``; the test helpers' own links start with ``sbx`` too.
+LINK_PREFIX = "sbx"
+
+
+def _run(*argv: str) -> str:
+    if shutil.which(argv[0]) is None:
+        return ""
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+def host_network_leftovers() -> set[str]:
+    """Every sandboxd namespace, ``sbx*`` link and sandboxd firewall rule or chain, now."""
+    found: set[str] = set()
+    if os.path.isdir(NETNS_DIR):
+        found |= {f"netns {n}" for n in os.listdir(NETNS_DIR) if n.startswith("sandboxd-")}
+    for line in _run("ip", "-o", "link").splitlines():
+        fields = line.split(":", 2)
+        if len(fields) > 1 and fields[1].strip().startswith(LINK_PREFIX):
+            found.add(f"link {fields[1].strip().split('@')[0]}")
+    for table in ("filter", "nat"):
+        for line in _run("iptables-save", "-t", table).splitlines():
+            if "sandboxd:" in line or re.match(r"^:(SBX-|SANDBOXD-)", line):
+                found.add(f"{table} {line}")
+    return found
