@@ -389,6 +389,30 @@ def test_close_destroys_unclaimed_slots(
     go(aio, scenario())
 
 
+def test_a_discard_whose_caller_is_cancelled_still_tears_the_slot_down(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """The slot left the backend's list when its discard began; a discard cancelled half-way
+    used to leave its sandbox's cgroup, writable layer and id range to nobody."""
+
+    async def scenario() -> None:
+        backend = LocalBackend(tmp_path / "runner", images=image_store)
+        h = harness(backend)
+        slot = await backend.prepare(h.spec())
+        groups = group_dirs(backend)
+        discarding = asyncio.ensure_future(backend.discard(slot))
+        await asyncio.sleep(0.001)  # under way: the agent is killed, not yet waited for
+        discarding.cancel()
+        await asyncio.gather(discarding, return_exceptions=True)
+        await backend.close()  # waits for the teardown the cancelled caller left
+        assert list((tmp_path / "runner" / "warm").iterdir()) == []
+        assert slot_cgroups(groups) == []
+        assert id_claims(backend) == []
+        assert loop_devices(tmp_path / "runner" / "disk") == []
+
+    go(aio, scenario())
+
+
 def test_a_slot_killed_before_its_first_record_leaves_nothing(
     aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:

@@ -182,11 +182,16 @@ class WarmPools:
         return True
 
     async def close(self) -> None:
-        """Stop refilling and destroy every ready slot (runner shutdown)."""
+        """Stop refilling and destroy every ready slot (runner shutdown).
+
+        Only the filler is cancelled (a build cleans up after itself). Discards under way
+        are waited for, never cancelled: their slot has already left the backend's list, so
+        a discard cut short would leave its sandbox, user-id range and network to nobody.
+        """
         self._closed = True
+        if self._filler is not None:
+            self._filler.cancel()
         tasks = [t for t in (self._filler, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         slots = [slot for pool in self._pools.values() for slot, _key in pool.ready]
         self._pools.clear()

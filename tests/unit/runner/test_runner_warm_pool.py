@@ -39,6 +39,7 @@ class WarmStandin(StandinBackend):
         self.fail_prepare = ""
         self.fail_claim = False
         self.claimed: list[str] = []
+        self.discard_seconds = 0.0  # how long tearing a slot down takes
 
     async def prepare(self, spec: SandboxSpec) -> str:
         await asyncio.sleep(0)
@@ -57,8 +58,10 @@ class WarmStandin(StandinBackend):
         await self.start(spec.sandbox_id)
 
     async def discard(self, slot: str) -> None:
-        self.slots.pop(slot, None)
-        self.discarded.append(slot)
+        self.slots.pop(slot, None)  # as the local backend: the slot is gone from its list
+        if self.discard_seconds:
+            await asyncio.sleep(self.discard_seconds)
+        self.discarded.append(slot)  # ... and only now torn down (its claims given back)
 
 
 def pool_of(profile: str = "pooled", size: int = 2, **fields: object) -> runner_pb2.WarmPool:
@@ -191,6 +194,26 @@ def test_shutdown_discards_every_slot(tmp_path: Path) -> None:
 
     run_rig(tmp_path, body, backend=backend)
     assert backend.slots == {} and len(backend.discarded) == 3
+
+
+def test_shutdown_lets_discards_under_way_finish(tmp_path: Path) -> None:
+    """A slot being discarded at shutdown (its pool shrank or went) is torn down whole.
+
+    Shutdown used to cancel those discards with the filler: the slot had left the backend's
+    list, so nobody tore it down, and its user-id range stayed claimed on the host.
+    """
+    backend = WarmStandin()
+
+    async def body(rig: Rig) -> None:
+        rig.supervisor.configure_warm_pools([pool_of(size=2)])
+        await settle(rig, 2)
+        backend.discard_seconds = 0.2
+        rig.supervisor.configure_warm_pools([])  # both slots are being discarded ...
+        await asyncio.sleep(0.01)
+        assert backend.slots == {} and backend.discarded == []  # ... when shutdown comes
+
+    run_rig(tmp_path, body, backend=backend)
+    assert len(backend.discarded) == 2
 
 
 def test_backends_without_pools_ignore_them(tmp_path: Path) -> None:

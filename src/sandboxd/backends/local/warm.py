@@ -60,6 +60,8 @@ class WarmSlots:
         self._backend = backend
         self.dir = backend.data_dir / WARM_DIR
         self._slots: dict[str, SandboxRecord] = {}
+        # Teardowns under way, whose callers may have been cancelled meanwhile: close waits.
+        self._destroying: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -149,10 +151,17 @@ class WarmSlots:
             raise SandboxStartError(f"sandbox {sid!r}: {reply['error']['message']}")
 
     async def discard(self, slot: str) -> None:
-        """Destroy one slot (nothing if it is unknown)."""
+        """Destroy one slot (nothing if it is unknown).
+
+        The teardown goes on if the caller is cancelled (the slot has left ``_slots``, so
+        nothing else would tear it down), and :meth:`discard_all` waits for it.
+        """
         rec = self._slots.pop(slot, None)
         if rec is not None:
-            await self._destroy(rec)
+            task = asyncio.ensure_future(self._destroy(rec))
+            self._destroying.add(task)
+            task.add_done_callback(self._destroying.discard)
+            await asyncio.shield(task)
 
     async def discard_all(self) -> None:
         """Destroy every slot of this process (runner shutdown), all at once.
@@ -164,7 +173,9 @@ class WarmSlots:
         self._slots.clear()
         for rec in records:
             rec.kill_agent()
-        await asyncio.gather(*(self._destroy(rec) for rec in records), return_exceptions=True)
+        await asyncio.gather(
+            *(self._destroy(rec) for rec in records), *self._destroying, return_exceptions=True
+        )
 
     def names(self) -> set[str]:
         """Every slot this backend has: ready ones and those a predecessor left in ``warm/``."""
