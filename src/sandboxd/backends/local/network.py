@@ -23,41 +23,38 @@ removed with the last sandbox of this backend when no other backend on the host 
 Creates rarely run any of this: ``network_pool.py`` keeps networks made ahead (with the
 rules of the last policy asked for) and only checks their rules at create time.
 
-A backend writes its rules one transaction at a time, and the removals that queued meanwhile
-go together in one (:class:`RuleWriter`): with a thousand sandboxes on a host, parallel
-``iptables-restore`` processes each fetching and searching the whole ruleset only queue on
-the kernel's lock, time out and retry.
+A backend writes its rules one transaction at a time, and what queued meanwhile goes together
+in one (``rule_writer.py``): with a thousand sandboxes on a host, or a burst of creates,
+parallel ``iptables-restore`` processes each fetching and searching the whole ruleset only
+queue on the kernel's lock, time out and retry. The commands themselves run through
+``host_commands.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import ipaddress
 import json
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
+from .host_commands import NetworkError, run
+from .rule_writer import RESTORE, RuleWriter
+
+__all__ = ["Lease", "NetworkError", "NetworkManager", "RuleWriter", "run"]
 
 _log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
-LOWEST_PRIORITY = 19
-"""The nice value of commands for networks made ahead of need."""
 IPAM_DIR = "/run/sandboxd/ipam"
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
-
-
-class NetworkError(RuntimeError):
-    """A host networking command failed."""
 
 
 @dataclass(frozen=True)
@@ -117,61 +114,6 @@ class Lease:
         return cls(**json.loads(raw))
 
 
-async def run(
-    *argv: str, stdin: bytes | None = None, check: bool = True, nice: bool = False
-) -> str:
-    """Run a host command; ``NetworkError`` with its stderr when it fails and ``check``.
-
-    ``nice``: the command yields the CPU to everything else (work made ahead of need). Set
-    on the child once it is started rather than by running it under ``nice``: one program
-    execution fewer, and a ``preexec_fn`` would make Python fork instead of ``vfork``.
-    Such a command can start seconds late on a busy host, so it also dies with this process
-    (``setpriv --pdeathsig``): if the runner is killed meanwhile, the next one reaps the
-    network it was making, and a command that ran after that reap would leave its parts
-    behind for good. Commands on a create's path run at once and need no such guard.
-    """
-    guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
-    proc = await asyncio.create_subprocess_exec(
-        *guard,
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    if nice:
-        with contextlib.suppress(OSError):  # it may have exited already
-            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
-    try:
-        out, err = await proc.communicate(stdin)
-    except BaseException:
-        await _end(proc)
-        raise
-    if check and proc.returncode != 0:
-        raise NetworkError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
-
-
-_SETPRIV = shutil.which("setpriv")  # util-linux, as ``nsenter`` is
-
-
-async def _end(proc: asyncio.subprocess.Process) -> None:
-    """Kill a command whose caller was cancelled, and wait until it has exited.
-
-    Why: the caller's rollback (``teardown``) comes next. A command left running would make
-    its namespace, veth or rules *after* the rollback looked for them, with the subnet
-    already released: a leftover veth holding an address that the next sandbox gets too,
-    which then reaches nothing. A niced command on a busy host can start seconds late.
-    Killed, it has made part of its work at most, which teardown removes. Waiting cannot be
-    cancelled again: the rollback must not start before the command is gone.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    exited = asyncio.ensure_future(proc.wait())
-    while not exited.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(exited)
-
-
 def _on_this_host(address: str) -> bool:
     """Whether an interface of this host has ``address`` already (one ``bind``, no command).
 
@@ -190,94 +132,6 @@ def _on_this_host(address: str) -> bool:
 def _write(path: str, value: str) -> None:
     with open(path, "w") as fh:
         fh.write(value)
-
-
-class RuleWriter:
-    """Runs one backend's ``iptables-restore`` transactions one at a time; batches removals.
-
-    Why: a transaction makes iptables fetch and search the rules of the chains it touches,
-    and the xtables lock lets one writer in at a time. With hundreds of sandboxes one removal
-    costs ~0.3 s (measured with ~18,000 rules), so a burst of stops run as parallel
-    processes queued on the lock, timed out after ``-w 5``, fell back to one command per
-    rule and so made the queue longer still: at ~860 sandboxes a runner had 168 of them
-    waiting and the host a load average of 130, and creates failed. Here a backend has one
-    transaction in flight; removals that arrive meanwhile are merged into the next one
-    (one fetch for all of them), and if that fails each is retried on its own, as before.
-    """
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._removals: list[tuple[str, asyncio.Future[None]]] = []
-
-    async def apply(self, rules: str, *, nice: bool = False) -> None:
-        """One transaction, after the ones before it; ``NetworkError`` if it fails.
-
-        ``nice``: at the lowest CPU priority, for networks made ahead.
-        """
-        async with self._lock:
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), nice=nice)
-
-    async def apply_quietly(self, rules: str) -> None:
-        """One transaction whose failure is expected at times (and ignored)."""
-        async with self._lock:
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode(), check=False)
-
-    async def remove(self, rules: str) -> None:
-        """Remove rules (a transaction of deletions), merged with any removals queued with it.
-
-        Never fails: what cannot be removed in one transaction is removed rule by rule, and
-        what is gone already is skipped.
-        """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._removals.append((rules, done))
-        async with self._lock:
-            batch, self._removals = self._removals, []
-            try:
-                if batch:
-                    await self._remove_batch([queued for queued, _waiter in batch])
-            finally:  # even when cancelled: no caller waits for a batch nobody runs
-                for _queued, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        await done
-
-    async def _remove_batch(self, transactions: list[str]) -> None:
-        try:
-            await run("iptables-restore", "--noflush", "-w", "5", stdin=merge(transactions))
-            return
-        except NetworkError:
-            if len(transactions) == 1:
-                await _remove_one_by_one(transactions[0])
-                return
-        for rules in transactions:  # one of them failed: each on its own
-            try:
-                await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
-            except NetworkError:
-                await _remove_one_by_one(rules)
-
-
-def merge(transactions: Sequence[str]) -> bytes:
-    """``iptables-restore`` transactions as one: each table's lines in order, one COMMIT."""
-    tables: dict[str, list[str]] = {}
-    table = "filter"
-    for rules in transactions:
-        for line in rules.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-                tables.setdefault(table, [])
-            elif line and line != "COMMIT":
-                tables.setdefault(table, []).append(line)
-    out = [part for name, lines in tables.items() for part in (f"*{name}", *lines, "COMMIT")]
-    return ("\n".join(out) + "\n").encode()
-
-
-async def _remove_one_by_one(rules: str) -> None:
-    table = "filter"
-    for line in rules.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith("-"):
-            await run("iptables", "-w", "5", "-t", table, *line.split(), check=False)
 
 
 class NetworkManager:
@@ -506,7 +360,7 @@ class NetworkManager:
             return written
         body = [*shared, *chain] if stale_shared else chain
         rules = "\n".join(["*filter", *body, "COMMIT", ""])
-        await run("iptables-restore", "--noflush", "-w", "5", stdin=rules.encode())
+        await run(*RESTORE, stdin=rules.encode())
         self._shared_written = tuple(shared)
         return tuple(chain)
 

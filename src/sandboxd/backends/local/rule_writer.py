@@ -1,0 +1,175 @@
+"""One backend's firewall transactions: in the order asked, merged while others run.
+
+Why: an ``iptables-restore`` transaction makes iptables fetch and search the rules of the
+chains it touches, and the xtables lock lets one writer in at a time. With hundreds of
+sandboxes one removal costs ~0.3 s (measured with ~18,000 rules), and a burst of stops run
+as parallel processes queued on the lock, timed out after ``-w 5``, fell back to one command
+per rule and so made the queue longer still (at ~860 sandboxes a runner had 168 of them
+waiting, a load average of 130, and creates failed). Creates queued the same way: in a burst
+of 100 concurrent creates on 2 cores, each waited a median 0.84 s for its turn to add its
+rules, and the adds ran one after another for 2.3 s of the burst's 3.5 s.
+
+So a backend has one writer task and one queue. Whatever was asked while a transaction ran
+goes out together next: consecutive adds as one transaction, consecutive removals as one.
+Order is kept between kinds, so a create's rollback (a removal queued after its add) never
+runs before the add. When a merged transaction fails, each part is run on its own, so one
+bad part fails only its own caller. Adds asked for by a caller that was cancelled before
+its turn are dropped; a removal always runs, even when its caller is cancelled meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .host_commands import NetworkError, run
+
+_log = logging.getLogger(__name__)
+
+ADD, REMOVE, QUIET = "add", "remove", "quiet"
+
+
+@dataclass
+class _Asked:
+    kind: str
+    rules: str
+    nice: bool
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done.done():  # its caller was cancelled meanwhile
+            return
+        if error is None:
+            self.done.set_result(None)
+        elif isinstance(error, Exception):
+            self.done.set_exception(error)
+        else:  # the writer itself was cancelled (the loop is closing)
+            self.done.cancel()
+
+
+class RuleWriter:
+    """Runs one backend's ``iptables-restore`` transactions (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._queue: list[_Asked] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def apply(self, rules: str, *, nice: bool = False) -> None:
+        """Add rules (one transaction, maybe merged with others); ``NetworkError`` if it fails.
+
+        ``nice``: at the lowest CPU priority, for networks made ahead (a merged transaction
+        is niced only when every part of it is).
+        """
+        await self._ask(_Asked(ADD, rules, nice))
+
+    async def apply_quietly(self, rules: str) -> None:
+        """One transaction whose failure is expected at times (and ignored); never merged."""
+        await asyncio.shield(self._ask(_Asked(QUIET, rules, False)))
+
+    async def remove(self, rules: str) -> None:
+        """Remove rules (a transaction of deletions), merged with the removals queued with it.
+
+        Never fails: what cannot be removed in one transaction is removed rule by rule, and
+        what is gone already is skipped. Runs even if the caller is cancelled meanwhile.
+        """
+        await asyncio.shield(self._ask(_Asked(REMOVE, rules, False)))
+
+    async def _ask(self, asked: _Asked) -> None:
+        self._queue.append(asked)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        await asked.done
+
+    async def _write(self) -> None:
+        taken: list[_Asked] = []
+        try:
+            while self._queue:
+                taken, self._queue = self._queue, []
+                for kind, run_of in itertools.groupby(taken, key=lambda a: a.kind):
+                    # An add whose caller is gone (cancelled) before its turn is dropped.
+                    batch = [a for a in run_of if kind != ADD or not a.done.done()]
+                    try:
+                        await _BATCHES[kind](batch)
+                    except Exception as exc:  # not a command's failure: spawning it failed
+                        _log.warning("firewall transaction failed: %s", exc)
+                        for asked in batch:
+                            asked.finish(exc if kind == ADD else None)
+                    for asked in batch:
+                        asked.finish()
+        except BaseException as exc:  # the writer is cancelled: the loop is closing
+            for asked in (*taken, *self._queue):
+                asked.finish(exc)
+            raise
+
+
+RESTORE = ("iptables-restore", "--noflush", "-w", "5")
+
+
+async def _add(batch: list[_Asked]) -> None:
+    if not batch:
+        return
+    try:
+        await run(*RESTORE, stdin=merge([a.rules for a in batch]), nice=all(a.nice for a in batch))
+        return
+    except NetworkError as exc:
+        if len(batch) == 1:
+            batch[0].finish(exc)
+            return
+    for asked in batch:  # one part failed the whole: each on its own
+        try:
+            await run(*RESTORE, stdin=asked.rules.encode(), nice=asked.nice)
+        except NetworkError as exc:
+            asked.finish(exc)
+
+
+async def _remove(batch: list[_Asked]) -> None:
+    transactions = [asked.rules for asked in batch]
+    try:
+        await run(*RESTORE, stdin=merge(transactions))
+        return
+    except NetworkError:
+        if len(transactions) == 1:
+            await _remove_one_by_one(transactions[0])
+            return
+    for rules in transactions:  # one of them failed: each on its own
+        try:
+            await run(*RESTORE, stdin=rules.encode())
+        except NetworkError:
+            await _remove_one_by_one(rules)
+
+
+async def _quietly(batch: list[_Asked]) -> None:
+    for asked in batch:
+        await run(*RESTORE, stdin=asked.rules.encode(), check=False)
+
+
+_BATCHES = {ADD: _add, REMOVE: _remove, QUIET: _quietly}
+
+
+def merge(transactions: Sequence[str]) -> bytes:
+    """``iptables-restore`` transactions as one: each table's lines in order, one COMMIT."""
+    tables: dict[str, list[str]] = {}
+    table = "filter"
+    for rules in transactions:
+        for line in rules.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+                tables.setdefault(table, [])
+            elif line and line != "COMMIT":
+                tables.setdefault(table, []).append(line)
+    out = [part for name, lines in tables.items() for part in (f"*{name}", *lines, "COMMIT")]
+    return ("\n".join(out) + "\n").encode()
+
+
+async def _remove_one_by_one(rules: str) -> None:
+    table = "filter"
+    for line in rules.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-"):
+            await run("iptables", "-w", "5", "-t", table, *line.split(), check=False)

@@ -1,0 +1,123 @@
+"""One backend's firewall transactions (``rule_writer.py``), on this host's real iptables.
+
+Each test works in chains of its own (``SBXRW<pid>-…``, never hooked into ``INPUT`` or
+``FORWARD``, so no packet is ever judged by them) and removes them at the end. The
+``iptables-restore`` the writer runs is the real one behind a wrapper that logs each run,
+which is how the tests count transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxd.backends.local.host_commands import NetworkError
+from sandboxd.backends.local.rule_writer import RuleWriter
+
+PREFIX = f"SBXRW{os.getpid() % 100000}-"
+
+
+def chain(n: int) -> str:
+    return f"{PREFIX}{n}"
+
+
+def add(n: int) -> str:
+    return f"*filter\n:{chain(n)} - [0:0]\n-A {chain(n)} -j RETURN\nCOMMIT\n"
+
+
+def remove(n: int) -> str:
+    return f"*filter\n-F {chain(n)}\n-X {chain(n)}\nCOMMIT\n"
+
+
+def ours() -> set[str]:
+    """Our chains that exist now."""
+    out = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True)
+    declared = (line for line in out.stdout.splitlines() if line.startswith(f":{PREFIX}"))
+    return {line[1:].split()[0] for line in declared}
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A log with a line per ``iptables-restore`` run; our chains are removed afterwards."""
+    real = shutil.which("iptables-restore")
+    if os.geteuid() != 0 or real is None:
+        pytest.skip("needs root and iptables")
+    log = tmp_path / "runs.log"
+    wrapper = tmp_path / "bin" / "iptables-restore"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    log.touch()
+    try:
+        yield log
+    finally:
+        for name in ours():
+            subprocess.run(["iptables", "-w", "5", "-F", name], check=False)
+            subprocess.run(["iptables", "-w", "5", "-X", name], check=False)
+
+
+def count(log: Path) -> int:
+    return len(log.read_text().splitlines())
+
+
+def test_adds_asked_together_go_out_together_and_each_caller_learns_its_own_fate(
+    runs: Path,
+) -> None:
+    async def scenario() -> None:
+        writer = RuleWriter()
+        await asyncio.gather(*(writer.apply(add(n)) for n in range(30)))
+        assert ours() == {chain(n) for n in range(30)}
+        # The first runs alone; the 29 asked while it ran go out as one.
+        assert count(runs) <= 3, count(runs)
+        # A bad part (a rule in a chain that does not exist) fails only its own caller.
+        bad = "*filter\n-A SBXRW-NO-SUCH-CHAIN -j RETURN\nCOMMIT\n"
+        got = await asyncio.gather(
+            *(writer.apply(add(n)) for n in range(30, 35)),
+            writer.apply(bad),
+            return_exceptions=True,
+        )
+        assert got[:5] == [None] * 5 and isinstance(got[5], NetworkError)
+        assert "line 2 failed" in str(got[5])  # its own transaction's line: run on its own
+        assert ours() == {chain(n) for n in range(35)}
+        await asyncio.gather(*(writer.remove(remove(n)) for n in range(35)))
+        assert ours() == set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_order_is_kept_and_a_cancelled_caller_leaves_nothing_behind(runs: Path) -> None:
+    """A removal asked after an add runs after it; an add whose caller was cancelled before
+    its turn is dropped; a removal runs even when its caller is cancelled."""
+
+    async def scenario() -> None:
+        writer = RuleWriter()
+        first = asyncio.ensure_future(writer.apply(add(0)))  # runs at once
+        await asyncio.sleep(0)
+        dropped = asyncio.ensure_future(writer.apply(add(1)))  # waits for its turn ...
+        await asyncio.sleep(0)
+        dropped.cancel()  # ... and its caller goes away
+        await first
+        await asyncio.gather(dropped, return_exceptions=True)
+        await asyncio.sleep(0.2)
+        assert ours() == {chain(0)}  # the cancelled add never ran
+        # An add and the rollback's removal asked right after it: never the other way round.
+        await asyncio.gather(writer.apply(add(2)), writer.remove(remove(2)))
+        assert ours() == {chain(0)}
+        removing = asyncio.ensure_future(writer.remove(remove(0)))
+        await asyncio.sleep(0)
+        removing.cancel()
+        await asyncio.gather(removing, return_exceptions=True)
+        for _ in range(100):  # it runs anyway
+            if not ours():
+                break
+            await asyncio.sleep(0.05)
+        assert ours() == set()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
