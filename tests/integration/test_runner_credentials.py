@@ -8,9 +8,12 @@ join token would try: take over a registered runner id, or attach to another run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -314,3 +317,82 @@ def test_cli_refuses_a_token_on_the_command_line() -> None:
     )
     assert result.returncode == 2
     assert "--join-token-file" in result.stderr and "SANDBOXD_JOIN_TOKEN" in result.stderr
+
+
+class AnswersLost:
+    """A TCP relay to the control plane that passes what the runner sends and, of what comes
+    back, only the connection's own HTTP/2 frames (settings, pings: stream 0), so the join
+    arrives and the runner never hears an answer on any call."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._upstream)
+                self._sockets += [client, upstream]
+                threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=self._answers, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+
+    @staticmethod
+    def _answers(source: socket.socket, sink: socket.socket) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                buffer += chunk
+                while len(buffer) >= 9:  # a frame header: length(3) type flags stream(4)
+                    size = 9 + int.from_bytes(buffer[:3], "big")
+                    if len(buffer) < size:
+                        break
+                    frame, buffer = buffer[:size], buffer[size:]
+                    if int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF == 0:
+                        sink.sendall(frame)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_runner_that_dies_before_hearing_its_join_answer_comes_back_with_its_credential(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """The control plane binds the runner id when it accepts the join; a runner killed before
+    the answer reached it used to hold no credential, and was refused for good ("already holds
+    a credential") until an operator made a token pinned to it. Now the runner stores the
+    credential it proposes before it sends the join."""
+    relay = AnswersLost(cp.target)
+    through_relay = [*NO_BACKEND, "--control-plane", relay.url]  # the last one given wins
+    joining = RunnerProcess(cp, tmp_path / "alpha", runner_id="alpha", extra_args=through_relay)
+    joining.start()
+    try:
+        with cp.discovery() as client:
+            listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
+            wait_until("the join reached the control plane", listed, 20)
+    finally:
+        assert joining.proc is not None
+        joining.proc.kill()  # a crash: it never heard the answer
+        relay.close()
+    stored = json.loads((tmp_path / "alpha" / "runner-credential").read_text())
+    assert stored["runner_id"] == "alpha" and stored["credential"].startswith("sbxr_")
+    # Back without any join token: only the stored credential can let it in.
+    again = runner(cp, tmp_path / "alpha", "alpha", token="").start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for("alpha", healthy=True)
+    finally:
+        again.stop()

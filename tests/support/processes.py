@@ -418,12 +418,10 @@ class RunnerProcess:
     def _let_join_finish(self, timeout: float = 10.0) -> None:
         """Wait (bounded) until a live runner has written its credential file.
 
-        Why: discovery calls a runner healthy as soon as the control plane has sent it a
-        credential, a moment before the runner writes that credential to its state directory.
-        A runner stopped in between restarts with only the shared join token, which the
-        control plane rightly refuses for an id that already holds a credential; tests that
-        restart a runner mean one that finished joining. A runner that exits (refused) or
-        never joins within ``timeout`` is stopped anyway.
+        Why: tests that restart a runner mean one that finished joining. A runner now stores
+        the credential it proposes before it sends its join (``agent._propose``), so this
+        returns at once unless the runner has not reached its first join yet. A runner that
+        exits (refused) or never joins within ``timeout`` is stopped anyway.
         """
         assert self.proc is not None
         credential = self.state_dir / "runner-credential"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from sandboxd.controlplane.caller import UNAUTHENTICATED_ADMIN, Identity, bind
-from sandboxd.controlplane.identity_service import IdentityService
+from sandboxd.controlplane.identity_service import PROPOSED_CREDENTIAL_HEADER, IdentityService
 from sandboxd.errors import ApiError, permission_denied, status_trailers
 
 RUNNER_PREFIX = "/sandboxd.runner.v1.RunnerService/"
@@ -49,6 +49,14 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+def header(metadata: Iterable[tuple[str, Any]], name: str) -> str:
+    """The value of the first ``name`` header ("" if none)."""
+    for key, value in metadata:
+        if key.lower() == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return ""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Resolves each call's identity from its metadata, or refuses the call unread."""
 
@@ -56,10 +64,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._identity = identity
         self._insecure = insecure_no_auth
 
-    async def _resolve(self, method: str, token: str | None) -> Identity:
+    async def _resolve(
+        self, method: str, token: str | None, metadata: Iterable[tuple[str, Any]]
+    ) -> Identity:
         if method.startswith(RUNNER_PREFIX):
+            joining = method == RUNNER_CONNECT
+            proposed = header(metadata, PROPOSED_CREDENTIAL_HEADER) if joining else ""
             return await self._identity.authenticate_runner(
-                token, allow_join=method == RUNNER_CONNECT
+                token, allow_join=joining, proposed=proposed
             )
         if self._insecure:
             return UNAUTHENTICATED_ADMIN
@@ -79,7 +91,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         What the interceptor does before binding, for calls that do not come through the
         gRPC server (the in-process runner link, :mod:`sandboxd.controlplane.local_link`).
         """
-        return await self._resolve(method, bearer_token(metadata))
+        metadata = tuple(metadata)
+        return await self._resolve(method, bearer_token(metadata), metadata)
 
     async def intercept_service(  # type: ignore[override]  # grpc-stubs forget None
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -89,9 +102,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED, nothing to read
             return None
         method = handler_call_details.method or ""
-        token = bearer_token(handler_call_details.invocation_metadata)
+        metadata = tuple(handler_call_details.invocation_metadata or ())
         try:
-            identity = await self._resolve(method, token)
+            identity = await self._resolve(method, bearer_token(metadata), metadata)
         except ApiError as error:
             return _refusing(handler, error)
         return _binding(handler, identity)

@@ -49,9 +49,14 @@ class RunnerCaller:
 
 @dataclass(frozen=True)
 class JoiningRunner:
-    """A new runner presenting a (still usable) join token; allowed only to register."""
+    """A new runner presenting a (still usable) join token; allowed only to register.
+
+    ``proposed``: the credential the runner stored before joining, from its
+    ``sandboxd-proposed-credential`` metadata ("" when it sent none); checked by the join.
+    """
 
     token: JoinTokenInfo
+    proposed: str = ""
 
 
 Identity = Caller | RunnerCaller | JoiningRunner

@@ -208,9 +208,12 @@ class IdentityService:
         return Caller(key_id=key.key_id, organization=key.organization, role=key.role)
 
     async def authenticate_runner(
-        self, bearer: str | None, *, allow_join: bool
+        self, bearer: str | None, *, allow_join: bool, proposed: str = ""
     ) -> RunnerCaller | JoiningRunner:
-        """A runner's credential, or (only when ``allow_join``) a usable join token."""
+        """A runner's credential, or (only when ``allow_join``) a usable join token.
+
+        ``proposed`` (a joining runner's own credential, see :meth:`join`) is carried along.
+        """
         if allow_join:
             parsed = _parse_as(
                 bearer,
@@ -221,7 +224,7 @@ class IdentityService:
         else:
             parsed = _parse_as(bearer, "runner credential", SecretKind.RUNNER_CREDENTIAL)
         if parsed.kind is SecretKind.JOIN_TOKEN:
-            return JoiningRunner(await self._usable_token(parsed))
+            return JoiningRunner(await self._usable_token(parsed), proposed)
         entry = await self._lookup(
             self._runners, parsed.public_id, self._store.runner_credential_by_id
         )
@@ -253,7 +256,7 @@ class IdentityService:
         return token
 
     async def join(
-        self, token: JoinTokenInfo, runner_id: str, requested_group: str
+        self, token: JoinTokenInfo, runner_id: str, requested_group: str, proposed: str = ""
     ) -> tuple[RunnerCredentialInfo, str]:
         """Spend a use of ``token`` and issue the credential bound to ``runner_id``.
 
@@ -261,8 +264,14 @@ class IdentityService:
         the credential records no group and the runner keeps choosing its own. A runner id
         that already holds a credential is refused (PERMISSION_DENIED) unless the token is
         pinned to it. ``requested_group`` is only logged.
+
+        ``proposed``: the credential the runner made and stored before asking (its
+        ``sandboxd-proposed-credential`` metadata: a secret, so never in a message), bound
+        instead of a minted one, so that a runner that dies before it hears the answer
+        already holds it. A join repeating the proposal already bound to the id gets it
+        again without spending a use (the store's ``join_runner``).
         """
-        secret = mint(SecretKind.RUNNER_CREDENTIAL)
+        secret = _proposed_credential(proposed) if proposed else mint(SecretKind.RUNNER_CREDENTIAL)
         now = utcnow()
         credential = RunnerCredentialInfo(
             runner_id=runner_id,
@@ -430,3 +439,18 @@ def write_secret_file(path: Path, text: str) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+PROPOSED_CREDENTIAL_HEADER = "sandboxd-proposed-credential"
+"""The metadata in which a joining runner proposes its own credential (see ``join``)."""
+
+
+def _proposed_credential(text: str) -> ParsedSecret:
+    """A runner's proposed credential, if it is a well-formed one (INVALID_ARGUMENT if not)."""
+    parsed = parse(text)
+    if parsed is None or parsed.kind is not SecretKind.RUNNER_CREDENTIAL:
+        raise invalid_argument(
+            PROPOSED_CREDENTIAL_HEADER,
+            "must be a runner credential, sbxr_<16 hex digits>_<43 characters>",
+        )
+    return parsed

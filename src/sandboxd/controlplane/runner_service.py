@@ -105,7 +105,9 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         who = current_runner()
         requested = register.runner_group_id or DEFAULT_GROUP
         if isinstance(who, JoiningRunner):
-            credential, secret = await self._identity.join(who.token, register.runner_id, requested)
+            credential, secret = await self._identity.join(
+                who.token, register.runner_id, requested, who.proposed
+            )
             register.runner_group_id = credential.runner_group_id or requested
             return secret
         if register.runner_id != who.runner_id:

@@ -46,6 +46,7 @@ import grpc.aio
 from google.protobuf import timestamp_pb2
 
 import sandboxd
+from sandboxd.identity.keyformat import SecretKind, mint
 from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
@@ -64,7 +65,13 @@ from sandboxd.runner.images import ImageList
 from sandboxd.runner.operations import DEFAULT_IDLE_OPERATIONS, OperationPool
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.settings import RunnerSettings
-from sandboxd.runner.stream import ControlStream, RunnerChannel, bearer, open_channel
+from sandboxd.runner.stream import (
+    PROPOSED_CREDENTIAL_HEADER,
+    ControlStream,
+    RunnerChannel,
+    bearer,
+    open_channel,
+)
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 if TYPE_CHECKING:
@@ -156,6 +163,7 @@ class RunnerAgent:
         )
         self._runner_id = resolve_runner_id(settings.runner_id, settings.state_dir)
         self._credential = load_credential(settings.state_dir, self._runner_id)
+        self._proposal = ""  # the credential proposed by the join under way (see _propose)
         self._token_tried = False
         self._on_registered = on_registered
         self._heartbeat_interval = settings.heartbeat_interval
@@ -355,7 +363,13 @@ class RunnerAgent:
         channel = self._open_channel()
         stream: ControlStream | None = None
         try:
-            stream = ControlStream(channel, bearer(self._credential or self._settings.join_token))
+            joining = self._credential is None
+            if joining and not self._proposal and not self._token_tried:
+                self._proposal = self._propose()
+            metadata = bearer(self._credential or self._settings.join_token)
+            if joining and self._proposal:  # a secret: metadata, never a message
+                metadata = (*metadata, (PROPOSED_CREDENTIAL_HEADER, self._proposal))
+            stream = ControlStream(channel, metadata)
             # No await between the snapshot in the register message and the stream becoming
             # current: later events queue behind the register on the stream's write lock.
             register = runner_pb2.RunnerMessage(register=self._register_message())
@@ -395,6 +409,35 @@ class RunnerAgent:
             keepalive_interval=self._settings.keepalive_interval,
             ca_file=self._settings.ca_file,
         )
+
+    def _propose(self) -> str:
+        """A credential to propose on joining, stored before the join is sent ("" if not).
+
+        Why: the control plane binds the runner id to a credential the moment it accepts the
+        join. A runner that died before storing a credential the control plane made was
+        refused for good afterwards (its id "already holds a credential"), until an operator
+        made a token pinned to it. Stored first, the credential survives any crash: if the
+        join was accepted, the runner comes back with it; if not, the control plane refuses
+        it and the runner joins again with its token (:meth:`_fall_back_to_join_token`). A
+        redial in the same process after an unanswered join proposes the same one again,
+        which the control plane accepts as a repeat. A control plane that ignores proposals
+        answers with one of its own, which :meth:`_keep_credential` stores as before.
+
+        Only a first join proposes: after a refused credential the runner keeps that one on
+        disk until the token's join succeeds, so a runner pointed at the wrong control plane
+        does not lose the credential of the right one.
+        """
+        proposal = mint(SecretKind.RUNNER_CREDENTIAL).text
+        try:
+            save_credential(self._settings.state_dir, self._runner_id, proposal)
+        except OSError as exc:
+            _log.warning(
+                "runner %s cannot store a credential before joining (%s); joining without one",
+                self._runner_id,
+                exc,
+            )
+            return ""
+        return proposal
 
     def _register_message(self) -> runner_pb2.Register:
         capabilities = runner_pb2.Capabilities()
@@ -469,6 +512,7 @@ class RunnerAgent:
         _log.info("runner %s joined; its credential is stored in %s", self._runner_id, path)
 
     def _on_session_registered(self, registered: runner_pb2.Registered) -> None:
+        self._proposal = ""  # joined (or registered with a credential): nothing is pending
         if registered.credential:
             self._keep_credential(registered.credential)
         if registered.cluster_id and registered.cluster_id != load_cluster_id(

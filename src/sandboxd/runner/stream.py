@@ -25,6 +25,10 @@ ConnectCall = grpc.aio.StreamStreamCall[runner_pb2.RunnerMessage, runner_pb2.Con
 Metadata = tuple[tuple[str, str], ...]
 
 
+PROPOSED_CREDENTIAL_HEADER = "sandboxd-proposed-credential"
+"""Metadata of a first join: the credential the runner stored before it (``agent._propose``)."""
+
+
 def bearer(secret: str) -> Metadata:
     """Call metadata that authenticates a runner call (credential or join token)."""
     return (("authorization", f"Bearer {secret}"),)

@@ -9,6 +9,7 @@ succeed; the database decides, not a read-then-write in Python.
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 
 from sqlalchemy import DateTime, Integer, String, select, update
@@ -205,6 +206,9 @@ class IdentityStore:
     ) -> RunnerCredentialInfo:
         """Spend one use of a token and bind ``credential`` to its runner id, atomically.
 
+        A join that repeats the credential already bound to the id (the runner proposed it
+        and never heard the answer) returns that binding unchanged and spends nothing.
+
         Raises :class:`JoinRefused` when the token is not usable, is pinned to another id, or
         the id already holds a credential the token may not replace. Nothing changes then.
         """
@@ -225,6 +229,8 @@ class IdentityStore:
                         f"not {runner_id!r}",
                     )
                 existing = session.get(RunnerCredentialRow, runner_id)
+                if existing is not None and _repeated(existing, credential, digest):
+                    return existing.info()  # its answer was lost; nothing spent again
                 if existing is not None and not token.runner_id:
                     raise JoinRefused("bound", _bound_message(runner_id, existing))
                 spent = session.execute(
@@ -296,4 +302,13 @@ def _bound_message(runner_id: str, existing: RunnerCredentialRow) -> str:
         f"runner id {runner_id!r} already holds {state} ({existing.credential_id}); only that "
         "runner may register under it. A new host needs its own runner id; to re-admit this "
         f"id, create a token pinned to it (sandboxd tokens create --runner-id {runner_id})"
+    )
+
+
+def _repeated(existing: RunnerCredentialRow, credential: RunnerCredentialInfo, digest: str) -> bool:
+    """Whether ``existing`` is ``credential`` itself, live: a join sent again."""
+    return (
+        existing.revoked_at is None
+        and existing.credential_id == credential.credential_id
+        and hmac.compare_digest(existing.digest, digest)
     )

@@ -14,6 +14,7 @@ import pytest
 from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller
 from sandboxd.controlplane.identity_service import IdentityService
 from sandboxd.errors import ApiError
+from sandboxd.identity.keyformat import SecretKind, mint
 from sandboxd.identity.model import ADMIN_ORG, Role
 from sandboxd.store import Store
 
@@ -169,6 +170,43 @@ def test_a_second_runner_cannot_claim_a_registered_id(service: IdentityService) 
     error = refused(service.join(join_second.token, "alpha", "default"))
     assert error.code is grpc.StatusCode.PERMISSION_DENIED
     assert error.reason == "CWSANDBOX_RUNNER_ID_TAKEN"
+
+
+def test_a_runner_may_propose_the_credential_it_stored_before_joining(
+    service: IdentityService,
+) -> None:
+    """The control plane binds the proposal itself (so a runner that dies before hearing the
+    answer already holds it); a malformed proposal, or one of another kind, is refused and
+    names the field; one reusing another runner's credential id is refused and that runner
+    keeps its credential."""
+    proposal = mint(SecretKind.RUNNER_CREDENTIAL)
+    _, token_secret = run(service.create_join_token(max_uses=10))
+    joining = run(service.authenticate_runner(token_secret, allow_join=True))
+    assert isinstance(joining, JoiningRunner)
+    credential, secret = run(service.join(joining.token, "alpha", "default", proposal.text))
+    assert (secret, credential.credential_id) == (proposal.text, proposal.public_id)
+    caller = run(service.authenticate_runner(proposal.text, allow_join=False))
+    assert caller == RunnerCaller("alpha", proposal.public_id, "")
+    for bad in ("sbxr_not-a-credential", mint(SecretKind.API_KEY).text, "x" * 200):
+        error = refused(service.join(joining.token, "beta", "default", bad))
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "sandboxd-proposed-credential" in error.message
+    # The same join again (its answer was lost): the same binding, no use of the token spent.
+    tokens_before = {t.token_id: t.uses for t in run(service.list_join_tokens(True))}
+    again, again_secret = run(service.join(joining.token, "alpha", "default", proposal.text))
+    assert (again.credential_id, again_secret) == (proposal.public_id, proposal.text)
+    assert {t.token_id: t.uses for t in run(service.list_join_tokens(True))} == tokens_before
+    other = mint(SecretKind.RUNNER_CREDENTIAL).text  # a different proposal is another runner
+    assert refused(service.join(joining.token, "alpha", "default", other)).code is (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # Another runner's credential id (shown in refusals and listings) with a secret of its own.
+    stolen_id = f"sbxr_{proposal.public_id}_{mint(SecretKind.RUNNER_CREDENTIAL).text[-43:]}"
+    error = refused(service.join(joining.token, "mallory", "default", stolen_id))
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED
+    assert run(service.authenticate_runner(proposal.text, allow_join=False)) == caller
+    stolen = refused(service.authenticate_runner(stolen_id, allow_join=False))
+    assert stolen.code is grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_revoked_runner_credential_is_refused_at_once(service: IdentityService) -> None:
