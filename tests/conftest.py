@@ -4,8 +4,8 @@ A skip is for a machine that lacks something (not root, a missing package). CI r
 with everything installed by ``scripts/setup.sh``, so there a skip means a test silently did
 not run: with ``SANDBOXD_REQUIRE_NO_SKIPS=1`` (set by ``.ci/run``) the session fails and
 lists them. With ``SANDBOXD_REQUIRE_NO_LEFTOVERS=1`` (also set by ``.ci/run``) it fails when
-sandbox namespaces, links or firewall rules that appeared during it are still there at its
-end (``tests/support/leftovers.py``).
+sandbox namespaces, links, firewall rules or sandboxd processes that appeared during it are
+still there at its end, after a grace of 15 s (``tests/support/leftovers.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 # Fixtures any test may ask for: a PostgreSQL server and databases on SQLite and PostgreSQL
 # (tests/support/postgres.py), and test networks whose hosts run runners (tests/support/hosts.py).
 from tests.support.hosts import test_network
-from tests.support.leftovers import host_network_leftovers
+from tests.support.leftovers import host_network_leftovers, left_behind, sandboxd_processes
 from tests.support.postgres import database_url, postgres_server, store_fault
 
 __all__ = ["database_url", "postgres_server", "store_fault", "test_network"]
@@ -33,13 +33,13 @@ def _checks_leftovers(session: pytest.Session) -> bool:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if _checks_leftovers(session):
-        _BEFORE.update(host_network_leftovers())
+        _BEFORE.update(host_network_leftovers() | sandboxd_processes())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if _checks_leftovers(session):
-        left = sorted(host_network_leftovers() - _BEFORE)
+        left = left_behind(_BEFORE)
         for thing in left:
             if reporter is not None:
                 reporter.write_line(f"LEFT ON THE HOST (not allowed): {thing}", red=True)

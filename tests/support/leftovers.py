@@ -1,4 +1,4 @@
-"""What sandbox networking left on this host: namespaces, links and firewall rules.
+"""What sandboxd left on this host: namespaces, links, firewall rules and processes.
 
 Why a suite-wide check: a leaked veth keeps its subnet's host address, and the next sandbox
 given that subnet reaches nothing (a CI run failed that way, far from the test that leaked
@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 NETNS_DIR = "/run/netns"
 # Sandbox veths are ``sbx<tag>``; the test helpers' own links start with ``sbx`` too.
@@ -39,3 +40,40 @@ def host_network_leftovers() -> set[str]:
             if "sandboxd:" in line or re.match(r"^:(SBX-|SANDBOXD-)", line):
                 found.add(f"{table} {line}")
     return found
+
+
+# The names sandboxd's own processes give themselves (prctl), and how its CLI is started.
+PROCESS_NAMES = ("sandboxd-init", "sandboxd-keeper", "sandboxd-zygote")
+CLI_MARKERS = ("-m sandboxd ", "/bin/sandboxd ")
+
+
+def sandboxd_processes() -> set[str]:
+    """Every live sandboxd process (agents, keepers, zygotes, CLI processes), by pid."""
+    found: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                comm = fh.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if comm in PROCESS_NAMES or any(marker in args for marker in CLI_MARKERS):
+            found.add(f"process {entry} {comm}: {args[:120].strip()}")
+    return found
+
+
+def left_behind(before: set[str], grace: float = 15.0) -> list[str]:
+    """What appeared since ``before`` and is still there after ``grace`` seconds at most.
+
+    Processes get the grace (an agent killed a moment ago is reaped by its keeper); links,
+    namespaces and rules are looked at again with them.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        left = (host_network_leftovers() | sandboxd_processes()) - before
+        if not left or time.monotonic() >= deadline:
+            return sorted(left)
+        time.sleep(0.5)
