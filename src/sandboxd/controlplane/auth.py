@@ -38,23 +38,21 @@ else:
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
-def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-    """The token of the first ``authorization: Bearer <token>`` header, if any."""
+def header(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None:
+    """The value of the first ``name`` header (None if there is none)."""
     for key, value in metadata or ():
-        if key.lower() != "authorization":
-            continue
-        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-        scheme, _, token = text.strip().partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
+        if key.lower() == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     return None
 
 
-def header(metadata: Iterable[tuple[str, Any]], name: str) -> str:
-    """The value of the first ``name`` header ("" if none)."""
-    for key, value in metadata:
-        if key.lower() == name:
-            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return ""
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of the first ``authorization: Bearer <token>`` header, if any."""
+    text = header(metadata, "authorization")
+    if text is None:
+        return None
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -69,7 +67,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Identity:
         if method.startswith(RUNNER_PREFIX):
             joining = method == RUNNER_CONNECT
-            proposed = header(metadata, PROPOSED_CREDENTIAL_HEADER) if joining else ""
+            proposed = (header(metadata, PROPOSED_CREDENTIAL_HEADER) or "") if joining else ""
             return await self._identity.authenticate_runner(
                 token, allow_join=joining, proposed=proposed
             )

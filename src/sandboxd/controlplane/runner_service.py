@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from sandboxd.controlplane.auth import header
 from sandboxd.controlplane.caller import JoiningRunner, RunnerCaller, current_runner
 from sandboxd.controlplane.connection_events import ConnectionEvents
 from sandboxd.controlplane.identity_service import IdentityService
@@ -229,14 +230,15 @@ class RunnerService(runner_pb2_grpc.RunnerServiceServicer):
         self, runner_id: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> RunnerLink | None:
         """The link of the connection an ``Operate`` call names, if it is still the current one."""
-        for key, value in context.invocation_metadata() or ():
-            if key == CONNECTION_HEADER:
-                text = value.decode(errors="replace") if isinstance(value, bytes) else value
-                if not text.isdigit() or not self._registry.is_current(runner_id, int(text)):
-                    return None
-                state = self._registry.get(runner_id)
-                return state.link if state is not None else None
-        return None
+        text = header(context.invocation_metadata(), CONNECTION_HEADER)
+        if (
+            text is None
+            or not text.isdigit()
+            or not self._registry.is_current(runner_id, int(text))
+        ):
+            return None
+        state = self._registry.get(runner_id)
+        return state.link if state is not None else None
 
     async def Operate(  # frames stay encoded (raw_frames.py)
         self,

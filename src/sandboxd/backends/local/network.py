@@ -47,7 +47,7 @@ from . import egress as policy
 from .host_commands import NetworkError, run
 from .rule_writer import RESTORE, RuleWriter
 
-__all__ = ["Lease", "NetworkError", "NetworkManager", "RuleWriter", "run"]
+__all__ = ["Lease", "NetworkError", "NetworkManager"]
 
 _log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .host_commands import NetworkError, run
@@ -111,36 +111,39 @@ RESTORE = ("iptables-restore", "--noflush", "-w", "5")
 
 
 async def _add(batch: list[_Asked]) -> None:
-    if not batch:
-        return
+    async def failed(asked: _Asked, error: NetworkError) -> None:
+        asked.finish(error)
+
+    if batch:
+        await _in_one_or_each(batch, failed)
+
+
+async def _remove(batch: list[_Asked]) -> None:
+    async def failed(asked: _Asked, _error: NetworkError) -> None:
+        await _remove_one_by_one(asked.rules)  # what is gone already is skipped
+
+    await _in_one_or_each(batch, failed)
+
+
+async def _in_one_or_each(
+    batch: list[_Asked], failed: Callable[[_Asked, NetworkError], Awaitable[None]]
+) -> None:
+    """``batch`` as one transaction; if that fails, each part on its own.
+
+    ``failed`` is called for each part that fails alone. Niced only when every part is.
+    """
     try:
         await run(*RESTORE, stdin=merge([a.rules for a in batch]), nice=all(a.nice for a in batch))
         return
     except NetworkError as exc:
         if len(batch) == 1:
-            batch[0].finish(exc)
+            await failed(batch[0], exc)
             return
-    for asked in batch:  # one part failed the whole: each on its own
+    for asked in batch:
         try:
             await run(*RESTORE, stdin=asked.rules.encode(), nice=asked.nice)
         except NetworkError as exc:
-            asked.finish(exc)
-
-
-async def _remove(batch: list[_Asked]) -> None:
-    transactions = [asked.rules for asked in batch]
-    try:
-        await run(*RESTORE, stdin=merge(transactions))
-        return
-    except NetworkError:
-        if len(transactions) == 1:
-            await _remove_one_by_one(transactions[0])
-            return
-    for rules in transactions:  # one of them failed: each on its own
-        try:
-            await run(*RESTORE, stdin=rules.encode())
-        except NetworkError:
-            await _remove_one_by_one(rules)
+            await failed(asked, exc)
 
 
 async def _quietly(batch: list[_Asked]) -> None:
