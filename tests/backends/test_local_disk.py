@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.backends.base import MountedFile
+from sandboxd.backends.base import EgressType, MountedFile, NetworkSpec
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import FileOperationError, SandboxStartError
 from sandboxd.backends.local import LocalBackend
@@ -183,6 +183,45 @@ def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
         assert await wait_in_use(b, before) == before
         assert stray_files(where) == []
         assert not (Path(getattr(b, "data_dir")) / "sandboxes" / spec.sandbox_id).exists()  # noqa: B009
+
+    go(aio, scenario())
+
+
+def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The runner's one-call create: the agent reports the failed start with its readiness;
+    the layer, the network, the id range, the cgroups and the state directory all go."""
+    b = local_harness.backend
+    where = disk_dir(local_harness)
+
+    async def scenario() -> None:
+        before = await wait_in_use(b, 0)
+        internet = NetworkSpec(egress=EgressType.INTERNET)
+        spec = local_harness.spec(command=("/no/such/program",), network=internet)
+        sid = spec.sandbox_id
+        seen: list[str] = []
+        build = b._build_with_disk  # type: ignore[attr-defined]
+
+        async def watched(rec: object, *args: object) -> None:
+            try:
+                await build(rec, *args)
+            finally:
+                seen.extend(getattr(rec, "cgroup").unique_dirs)  # noqa: B009
+
+        b._build_with_disk = watched  # type: ignore[attr-defined]
+        try:
+            with pytest.raises(SandboxStartError, match="/no/such/program"):
+                await b.create_and_start(spec)
+        finally:
+            del b._build_with_disk  # type: ignore[attr-defined]
+        assert await wait_in_use(b, before) == before
+        assert stray_files(where) == []
+        assert not (Path(getattr(b, "data_dir")) / "sandboxes" / sid).exists()  # noqa: B009
+        assert seen and not [d for d in seen if os.path.exists(d)]  # the cgroups were made
+        assert sid not in b._net.claims().values()  # type: ignore[attr-defined]
+        assert f"sandboxd-{b._net.tag_for(sid)}" not in os.listdir("/run/netns")  # type: ignore[attr-defined]
+        assert sid not in [label for _ids, label in b._ids.claims()]  # type: ignore[attr-defined]
 
     go(aio, scenario())
 

@@ -32,6 +32,8 @@ threads safely. Errors are the typed tree in ``errors.py``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import re
 import signal
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
-from .errors import BackendUnavailable, InvalidSpec, PauseUnsupported
+from .errors import BackendError, BackendUnavailable, InvalidSpec, PauseUnsupported
 
 Stream = Literal["stdout", "stderr"]
 SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -493,6 +495,22 @@ class Backend(ABC):
     @abstractmethod
     async def start(self, sandbox_id: str) -> None:
         """Start the main process (its output goes to the sandbox's log)."""
+
+    async def create_and_start(self, spec: SandboxSpec) -> None:
+        """:meth:`create`, then :meth:`start`; on failure nothing of the sandbox is left.
+
+        The runner's cold path. A backend that can start the main process as part of its
+        set-up overrides this to save the hand-off between the two (the local backend's
+        agent starts it before reporting ready). A failed start raises
+        ``SandboxStartError`` with why, after the sandbox was destroyed.
+        """
+        await self.create(spec)
+        try:
+            await self.start(spec.sandbox_id)
+        except BaseException:
+            with contextlib.suppress(BackendError):
+                await asyncio.shield(self.destroy(spec.sandbox_id))
+            raise
 
     @abstractmethod
     async def exec(

@@ -40,6 +40,7 @@ from sandboxd.backends.errors import (
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxStartError,
 )
 
 _counter = itertools.count(1)
@@ -70,12 +71,13 @@ class Harness:
 
     @contextlib.asynccontextmanager
     async def sandbox(self, start: bool = True, **kw: Any) -> AsyncIterator[str]:
-        """Create (and start) a sandbox for the block's duration; destroyed after."""
+        """Create (and start, as the runner does) a sandbox for the block; destroyed after."""
         spec = self.spec(**kw)
-        await self.backend.create(spec)
+        if start:
+            await self.backend.create_and_start(spec)
+        else:
+            await self.backend.create(spec)
         try:
-            if start:
-                await self.backend.start(spec.sandbox_id)
             yield spec.sandbox_id
         finally:
             await self.backend.destroy(spec.sandbox_id)
@@ -267,6 +269,36 @@ async def check_wait_returns_main_exit_code(h: Harness) -> None:
             raise AssertionError("exec after exit must raise SandboxNotRunning")
 
 
+async def check_create_and_start(h: Harness) -> None:
+    """Create then start, or both at once (the runner's way); a failed start leaves nothing."""
+    async with h.sandbox(start=False, command=("sleep", "1000")) as sid:
+        assert (await h.backend.state(sid)).state == "created"
+        await h.backend.start(sid)
+        assert (await h.backend.state(sid)).state == "running"
+    async with h.sandbox(command=("/bin/sh", "-c", "echo started; exec sleep 1000")) as sid:
+        assert (await h.backend.state(sid)).state == "running"
+        assert (await run(h, sid, ["true"])).code == 0
+        deadline = time.monotonic() + 10
+        while b"started\n" not in b"".join([c.data async for c in h.backend.logs(sid)]):
+            assert time.monotonic() < deadline, "the main process's output never reached the log"
+            await asyncio.sleep(0.02)
+    bad = h.spec(command=("/no/such/program",))
+    try:
+        await h.backend.create_and_start(bad)
+    except SandboxStartError as exc:
+        assert "/no/such/program" in str(exc), exc
+    else:
+        raise AssertionError("a main process that cannot start must raise SandboxStartError")
+    try:
+        await h.backend.state(bad.sandbox_id)
+    except SandboxNotFound:
+        pass
+    else:
+        raise AssertionError("a failed create_and_start must leave nothing behind")
+    await h.backend.create_and_start(replace(bad, command=("sleep", "1000")))  # the id is free
+    await h.backend.destroy(bad.sandbox_id)
+
+
 async def check_logs_of_main_process(h: Harness) -> None:
     script = "echo one; echo two >&2; sleep 1; echo three"
     async with h.sandbox(command=("/bin/sh", "-c", script)) as sid:
@@ -446,6 +478,7 @@ async def check_scratch_snapshot_and_restore(h: Harness) -> None:
 
 CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_exec_output_and_exit_code,
+    check_create_and_start,
     check_exec_stdin_roundtrip,
     check_exec_signals_are_128_plus_n,
     check_exec_env_and_cwd,

@@ -360,10 +360,9 @@ class SandboxSupervisor(SandboxTable):
         try:
             if await self._warm.claim(spec.profile_name, backend_spec):
                 created = True  # and started, from the profile's warm pool
-            else:
-                await self._backend.create(backend_spec)
+            else:  # a failed create_and_start leaves nothing behind
+                await self._backend.create_and_start(backend_spec)
                 created = True
-                await self._backend.start(sb.sandbox_id)
             state = await self._backend.state(sb.sandbox_id)
         except BaseException:
             self._scratch.discard(sb.sandbox_id)

@@ -322,6 +322,19 @@ class Agent:
             return
         if msg:
             self._start_settings(msg)
+        failed = self.start_main()
+        if failed is not None:
+            self._reply(conn, {"error": {"kind": "exec", "message": failed}})
+            return
+        self._reply(conn, {"ok": True, "pid": self.main_pid})
+
+    def start_main(self) -> str | None:
+        """Start the main process; None, or why it could not start (its exit is recorded).
+
+        Called for a ``start`` request, or by ``boot.py`` right after set-up when the spawn
+        request asked for it (a create that starts at once saves the runner a round trip).
+        """
+        assert self.main_out is not None, "the main process was started already"
         out_w, err_w = self.main_out
         self.main_out = None
         argv, cwd = list(self.cfg["command"]), self.cfg["workdir"]
@@ -336,9 +349,8 @@ class Agent:
             code, text = self._spawn_error(exc, argv, cwd)
             with contextlib.suppress(OSError):
                 os.write(err_w, text)
-            self._reply(conn, {"error": {"kind": "exec", "message": text.decode().strip()}})
             self._record_exit(code, "start_failed")
-            return
+            return text.decode(errors="replace").strip()
         finally:
             for fd in (out_w, err_w):
                 os.close(fd)
@@ -347,7 +359,7 @@ class Agent:
         if lifetime:
             self.lifetime_deadline = time.monotonic() + float(lifetime)
         self.children[pid] = self._on_main_exit
-        self._reply(conn, {"ok": True, "pid": pid})
+        return None
 
     def _on_main_exit(self, code: int) -> None:
         self._record_exit(code, self.stop_reason if self._stopping else "exited")

@@ -20,6 +20,11 @@ Why in this order:
    no-new-privileges, make the process undumpable (its ``/proc`` entries unreadable to the
    sandbox), arm the parent-death signal (the sandbox dies with its keeper) and load the
    seccomp filter.
+5. **The main process**, when the spawn request says ``start`` (a create that starts at
+   once): it is started before the agent reports ready, so the runner needs no second
+   request, and a start that fails is reported with the readiness (``ok``, a newline,
+   then why). The ready pipe is the agent's alone (close-on-exec, and the agent is
+   undumpable), so nothing the main process does can write to it.
 
 Standard library only (runs in the agent).
 """
@@ -37,6 +42,8 @@ from . import rootfs, seccomp, syscalls, userns
 from .agent import Agent
 
 SETUP_TIMEOUT = 20.0
+READY_MESSAGE_LIMIT = 4000
+"""Bytes of a set-up or start failure the agent reports (one read of the ready pipe)."""
 
 
 @dataclass
@@ -184,10 +191,15 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         _lock_down(req, fds)
         agent = Agent(req, fds.listener, fds.stdout_w, fds.stderr_w, fds.status_w)
+        ready = b"ok"
+        if req.get("start"):  # the create starts the main process too: no start request
+            failed = agent.start_main()
+            if failed is not None:
+                ready += b"\n" + failed.encode()[:READY_MESSAGE_LIMIT]
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.write(fds.ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            os.write(fds.ready_w, f"{type(exc).__name__}: {exc}".encode()[:READY_MESSAGE_LIMIT])
         os._exit(1)
-    os.write(fds.ready_w, b"ok")
+    os.write(fds.ready_w, ready)
     os.close(fds.ready_w)
     agent.serve_forever()

@@ -190,11 +190,14 @@ def run_keeper(
         os.close(joined_w)
         status = _wait_byte(ready_r, SETUP_TIMEOUT).decode(errors="replace")
         os.close(ready_r)
-        if status != "ok":
+        ready, _, start_failed = status.partition("\n")
+        if ready != "ok":
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             raise RuntimeError(status or "agent died during setup")
         result.update(ok=True, pid=pid, keeper_pid=os.getpid())
+        if start_failed:  # set up, but the main process (asked to start at once) did not
+            result["start_error"] = start_failed
     except BaseException as exc:
         text = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
         result.update(ok=False, error=text)

@@ -28,7 +28,7 @@ from typing import Any
 
 from sandboxd.record_log import append_record, read_record
 
-from ..base import EgressType, IngressMode, PublishedPort
+from ..base import EgressType, IngressMode, MountedFile, PublishedPort
 from .cgroups import SandboxCgroup
 from .ingress import PortPublisher
 from .network import Lease
@@ -148,6 +148,26 @@ class SandboxRecord:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                 return
+
+    def stage_files(
+        self, mounted: tuple[MountedFile, ...], resolv_conf: bytes | None
+    ) -> list[list[str]]:
+        """Write the mounted files into ``files/`` here; ``[path inside, host path]`` each.
+
+        The keeper seals a copy of each (no host descriptor crosses into the sandbox).
+        ``resolv_conf`` (the host's resolver settings, for a sandbox with a network) is
+        added unless the sandbox mounts its own.
+        """
+        files = list(mounted)
+        if resolv_conf is not None and not any(m.path == "/etc/resolv.conf" for m in files):
+            files.append(MountedFile("/etc/resolv.conf", resolv_conf))
+        (self.state_dir / "files").mkdir(mode=0o700)
+        file_map = []
+        for i, mf in enumerate(files):
+            host = self.state_dir / "files" / str(i)
+            host.write_bytes(mf.data)
+            file_map.append([mf.path, str(host)])
+        return file_map
 
     def save(self) -> None:
         """Save the record: a line appended to ``record.jsonl`` (see sandboxd.record_log)."""
