@@ -25,6 +25,8 @@ import pytest
 from click.testing import CliRunner
 
 from sandboxd.cli import main
+from sandboxd.identity.keyformat import SecretKind, mint
+from sandboxd.runner.credentials import PENDING_FILE, load_credential, save_credential
 from sandboxd_protocol.sandboxd_v1 import admin_pb2, runner_pb2
 from sandboxd_protocol.v1beta2 import gateway_pb2, streaming_pb2
 from tests.support.fake_runner import FakeRunner, exec_exit, status_of
@@ -322,11 +324,13 @@ def test_cli_refuses_a_token_on_the_command_line() -> None:
 class AnswersLost:
     """A TCP relay to the control plane that passes what the runner sends and, of what comes
     back, only the connection's own HTTP/2 frames (settings, pings: stream 0), so the join
-    arrives and the runner never hears an answer on any call."""
+    arrives and the runner never hears an answer on any call. The first ``answered``
+    connections pass everything (a refusal the runner must hear first)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, answered: int = 0) -> None:
         host, port = target.rsplit(":", 1)
         self._upstream = (host, int(port))
+        self._answered = answered
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._sockets: list[socket.socket] = [self._listener]
@@ -339,7 +343,9 @@ class AnswersLost:
                 upstream = socket.create_connection(self._upstream)
                 self._sockets += [client, upstream]
                 threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=self._answers, args=(upstream, client), daemon=True).start()
+                back = self._pump if self._answered > 0 else self._answers
+                self._answered -= 1
+                threading.Thread(target=back, args=(upstream, client), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -396,3 +402,45 @@ def test_a_runner_that_dies_before_hearing_its_join_answer_comes_back_with_its_c
             client.wait_for("alpha", healthy=True)
     finally:
         again.stop()
+
+
+def test_a_runner_that_dies_before_hearing_its_token_join_answer_after_a_refusal_comes_back(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """A stored credential the control plane refuses (its database was reset, say): the
+    runner joins with its single-use token, proposing a credential it keeps beside the
+    refused one, and is killed before it hears the answer. It used to come back with only
+    the refused credential and a spent token, locked out for good. Now it tries what it
+    proposed, which the control plane bound."""
+    state = tmp_path / "alpha"
+    stale = mint(SecretKind.RUNNER_CREDENTIAL).text
+    save_credential(state, "alpha", stale)
+    token = cp.create_join_token(max_uses=1)
+    relay = AnswersLost(cp.target, answered=1)  # the refusal is heard, the join's answer not
+    through_relay = [*NO_BACKEND, "--control-plane", relay.url]
+    joining = RunnerProcess(
+        cp, state, runner_id="alpha", join_token=token, extra_args=through_relay
+    ).start()
+    try:
+        with cp.discovery() as client:
+            listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
+            wait_until("the token's join reached the control plane", listed, 30)
+    finally:
+        assert joining.proc is not None
+        joining.proc.kill()
+        relay.close()
+    assert load_credential(state, "alpha") == stale  # the refused one stays in place
+    proposed = load_credential(state, "alpha", PENDING_FILE)
+    assert proposed is not None and proposed != stale
+    assert stat.S_IMODE((state / PENDING_FILE).stat().st_mode) == 0o600  # a secret
+    [spent] = [t for t in tokens(cp).values() if t.max_uses == 1]
+    assert spent.uses == 1
+    again = runner(cp, state, "alpha", token).start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for("alpha", healthy=True)
+        assert load_credential(state, "alpha") == proposed
+        wait_until("the pending proposal is gone", lambda: not (state / PENDING_FILE).exists(), 10)
+    finally:
+        again.stop()
+    assert next(t for t in tokens(cp).values() if t.max_uses == 1).uses == 1  # nothing spent

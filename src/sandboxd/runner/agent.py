@@ -37,6 +37,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,13 @@ from sandboxd.runner.backoff import Backoff
 from sandboxd.runner.capacity import allocatable_capabilities
 from sandboxd.runner.cluster_id import load_cluster_id, save_cluster_id
 from sandboxd.runner.connection_reports import forward_connection_attempts
-from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
+from sandboxd.runner.credentials import (
+    CREDENTIAL_FILE,
+    PENDING_FILE,
+    forget_pending,
+    load_credential,
+    save_credential,
+)
 from sandboxd.runner.exec_relay import OperateCall
 from sandboxd.runner.failures import refuse_command, refuse_operation
 from sandboxd.runner.fingerprint import (
@@ -164,6 +171,7 @@ class RunnerAgent:
         self._runner_id = resolve_runner_id(settings.runner_id, settings.state_dir)
         self._credential = load_credential(settings.state_dir, self._runner_id)
         self._proposal = ""  # the credential proposed by the join under way (see _propose)
+        self._pending_tried = False  # the proposal of a join whose answer was lost, as bearer
         self._token_tried = False
         self._on_registered = on_registered
         self._heartbeat_interval = settings.heartbeat_interval
@@ -302,7 +310,7 @@ class RunnerAgent:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in REJECTION_CODES:
                     details = _one_line(exc.details() or "")
-                    if self._fall_back_to_join_token(details):
+                    if self._after_refused_credential(details):
                         continue
                     _log.error(
                         "runner %s rejected by %s (%s: %s); check its %s",
@@ -338,6 +346,36 @@ class RunnerAgent:
                 raise asyncio.CancelledError  # a cancellation some await swallowed
             await asyncio.sleep(delay)
 
+    def _after_refused_credential(self, details: str) -> bool:
+        """What to dial with next after a refusal: True when there is something left to try.
+
+        First the credential a token join proposed before this one was refused, if that
+        join's answer was lost (the control plane may have bound it: it then works as is,
+        even when the token has been used up since), then the join token.
+        """
+        if self._credential is None and self._token_tried:
+            # The token's join itself was refused, and the refusal heard: the control plane
+            # did not bind its proposal, which a later start must not try.
+            with contextlib.suppress(OSError):
+                forget_pending(self._settings.state_dir)
+            self._proposal = ""
+        if self._credential is None or self._pending_tried:
+            return self._fall_back_to_join_token(details)
+        self._pending_tried = True
+        try:
+            pending = load_credential(self._settings.state_dir, self._runner_id, PENDING_FILE)
+        except ValueError:
+            pending = None
+        if pending is None or pending == self._credential:
+            return self._fall_back_to_join_token(details)
+        self._credential = pending
+        _log.warning(
+            "runner %s: credential refused (%s); trying the one its last join proposed",
+            self._runner_id,
+            details,
+        )
+        return True
+
     def _fall_back_to_join_token(self, details: str) -> bool:
         """After a refused credential, try the join token once, if the operator gave one.
 
@@ -364,7 +402,7 @@ class RunnerAgent:
         stream: ControlStream | None = None
         try:
             joining = self._credential is None
-            if joining and not self._proposal and not self._token_tried:
+            if joining and not self._proposal:
                 self._proposal = self._propose()
             metadata = bearer(self._credential or self._settings.join_token)
             if joining and self._proposal:  # a secret: metadata, never a message
@@ -423,13 +461,20 @@ class RunnerAgent:
         which the control plane accepts as a repeat. A control plane that ignores proposals
         answers with one of its own, which :meth:`_keep_credential` stores as before.
 
-        Only a first join proposes: after a refused credential the runner keeps that one on
-        disk until the token's join succeeds, so a runner pointed at the wrong control plane
-        does not lose the credential of the right one.
+        After a refused credential the proposal goes beside it (``PENDING_FILE``), not over
+        it, until the token's join succeeds, so a runner pointed at the wrong control plane
+        keeps the credential of the right one; a pending proposal left by a join whose answer
+        was lost is proposed again (the control plane takes a repeat as the same join).
         """
+        state_dir, name = self._settings.state_dir, CREDENTIAL_FILE
+        if self._token_tried:
+            name = PENDING_FILE
+            with contextlib.suppress(ValueError):
+                if pending := load_credential(state_dir, self._runner_id, PENDING_FILE):
+                    return pending
         proposal = mint(SecretKind.RUNNER_CREDENTIAL).text
         try:
-            save_credential(self._settings.state_dir, self._runner_id, proposal)
+            save_credential(state_dir, self._runner_id, proposal, name)
         except OSError as exc:
             _log.warning(
                 "runner %s cannot store a credential before joining (%s); joining without one",
@@ -515,6 +560,10 @@ class RunnerAgent:
         self._proposal = ""  # joined (or registered with a credential): nothing is pending
         if registered.credential:
             self._keep_credential(registered.credential)
+        elif self._pending_tried and self._credential is not None:
+            self._keep_credential(self._credential)  # the pending one was bound: it is ours
+        with contextlib.suppress(OSError):
+            forget_pending(self._settings.state_dir)
         if registered.cluster_id and registered.cluster_id != load_cluster_id(
             self._settings.state_dir
         ):

@@ -20,7 +20,12 @@ import pytest
 import sandboxd
 from sandboxd.runner import Reservation, ReservationLedger, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.agent import NoCredentialError
-from sandboxd.runner.credentials import CREDENTIAL_FILE, load_credential, save_credential
+from sandboxd.runner.credentials import (
+    CREDENTIAL_FILE,
+    PENDING_FILE,
+    load_credential,
+    save_credential,
+)
 from sandboxd.runner.fingerprint import NOT_CONFIGURED
 from sandboxd.runner.identity import RUNNER_ID_FILE
 from sandboxd.runner.settings import RunnerSettings
@@ -330,6 +335,9 @@ def test_a_refused_credential_falls_back_to_the_join_token_once(fake_control_pla
             with pytest.raises(RunnerRejectedError):
                 await asyncio.wait_for(agent.run(), timeout=5)
             assert cp.connections == 2
+        # The token's join was refused and the refusal heard: its proposal was not bound, so
+        # nothing pending is left for a later start to try.
+        assert not (tmp_path / PENDING_FILE).exists()
         # Without a join token a refused credential is final at once.
         async with fake_control_plane(reject_bearer="revoked-credential") as cp:
             agent = make_agent(cp.url, tmp_path, join_token="")
