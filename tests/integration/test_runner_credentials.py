@@ -374,6 +374,25 @@ class AnswersLost:
             sock.close()
 
 
+def join_unanswered_then_kill(
+    cp: ControlPlaneProcess, state: Path, relay: AnswersLost, token: str | None = None
+) -> None:
+    """Runner "alpha" joins through ``relay``; SIGKILLed once the control plane lists it."""
+    through_relay = [*NO_BACKEND, "--control-plane", relay.url]  # the last one given wins
+    joining = RunnerProcess(
+        cp, state, runner_id="alpha", join_token=token, extra_args=through_relay
+    )
+    joining.start()
+    try:
+        with cp.discovery() as client:
+            listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
+            wait_until("the join reached the control plane", listed, 30)
+    finally:
+        assert joining.proc is not None
+        joining.proc.kill()  # a crash: it never heard the answer
+        relay.close()
+
+
 def test_a_runner_that_dies_before_hearing_its_join_answer_comes_back_with_its_credential(
     cp: ControlPlaneProcess, tmp_path: Path
 ) -> None:
@@ -381,18 +400,7 @@ def test_a_runner_that_dies_before_hearing_its_join_answer_comes_back_with_its_c
     the answer reached it used to hold no credential, and was refused for good ("already holds
     a credential") until an operator made a token pinned to it. Now the runner stores the
     credential it proposes before it sends the join."""
-    relay = AnswersLost(cp.target)
-    through_relay = [*NO_BACKEND, "--control-plane", relay.url]  # the last one given wins
-    joining = RunnerProcess(cp, tmp_path / "alpha", runner_id="alpha", extra_args=through_relay)
-    joining.start()
-    try:
-        with cp.discovery() as client:
-            listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
-            wait_until("the join reached the control plane", listed, 20)
-    finally:
-        assert joining.proc is not None
-        joining.proc.kill()  # a crash: it never heard the answer
-        relay.close()
+    join_unanswered_then_kill(cp, tmp_path / "alpha", AnswersLost(cp.target))
     stored = json.loads((tmp_path / "alpha" / "runner-credential").read_text())
     assert stored["runner_id"] == "alpha" and stored["credential"].startswith("sbxr_")
     # Back without any join token: only the stored credential can let it in.
@@ -417,18 +425,7 @@ def test_a_runner_that_dies_before_hearing_its_token_join_answer_after_a_refusal
     save_credential(state, "alpha", stale)
     token = cp.create_join_token(max_uses=1)
     relay = AnswersLost(cp.target, answered=1)  # the refusal is heard, the join's answer not
-    through_relay = [*NO_BACKEND, "--control-plane", relay.url]
-    joining = RunnerProcess(
-        cp, state, runner_id="alpha", join_token=token, extra_args=through_relay
-    ).start()
-    try:
-        with cp.discovery() as client:
-            listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
-            wait_until("the token's join reached the control plane", listed, 30)
-    finally:
-        assert joining.proc is not None
-        joining.proc.kill()
-        relay.close()
+    join_unanswered_then_kill(cp, state, relay, token)
     assert load_credential(state, "alpha") == stale  # the refused one stays in place
     proposed = load_credential(state, "alpha", PENDING_FILE)
     assert proposed is not None and proposed != stale
