@@ -80,6 +80,8 @@ from .volumes import VolumeDirs
 from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
+REFILL_DELAY_SECONDS = 0.05
+"""How long after a create its pools (layers, networks) start to refill."""
 
 
 class LocalBackend(Backend):
@@ -254,14 +256,19 @@ class LocalBackend(Backend):
         self._records[sid] = rec
         try:
             await self._build(rec, spec, cgroups, rootfs, start)
-            self._disk.refill()  # after the create, so making layers ahead never delays it
-            self._nets.refill()
+            # Layers and networks are made ahead a little later: right now the client's first
+            # exec follows, and a refill would compete with it for the CPU.
+            asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self._refill)
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
                 raise
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
+
+    def _refill(self) -> None:
+        self._disk.refill()
+        self._nets.refill()
 
     def _rootfs(self, image: str) -> Path:
         """The image's root file system, shared read-only by every sandbox of that image."""

@@ -23,6 +23,8 @@ from .userns import IdRange, IdRangeError, IdRangePool
 log = logging.getLogger(__name__)
 PREPARED = "<prepared>"
 DEFAULT_DEPTH = 4
+REFILL_DELAY_SECONDS = 0.05
+"""How long after a take the prepared ranges start to refill."""
 
 
 class PreparedIdRanges:
@@ -34,6 +36,7 @@ class PreparedIdRanges:
         self.depth = depth
         self.ready: deque[IdRange] = deque()
         self._adopted = False
+        self._closed = False  # a refill scheduled by a take may come due after close()
         self._task: asyncio.Task[None] | None = None
 
     def _adopt(self) -> None:
@@ -52,11 +55,15 @@ class PreparedIdRanges:
         self._adopt()
         ids = self.ready.popleft() if self.ready else self.pool.allocate(sandbox_id)
         self.pool.relabel(ids, sandbox_id)
-        self.refill()
+        # A little later: the zygote is about to spawn this sandbox, and its first exec
+        # follows; a namespace made meanwhile would compete with both for the CPU.
+        asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self.refill)
         return ids
 
     def refill(self) -> None:
         """Top the prepared ranges up in the background (one task at a time)."""
+        if self._closed:
+            return
         self._adopt()
         if self.depth <= 0 or (self._task is not None and not self._task.done()):
             return
@@ -80,6 +87,7 @@ class PreparedIdRanges:
 
     async def close(self) -> None:
         """Stop refilling and give back every range not handed out, a predecessor's too."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
