@@ -9,7 +9,10 @@ addresses and a small bounded TCP server. No packet is sent anywhere else. What
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
 from sandboxd.backends.conformance import Harness, run, sh
+from sandboxd.backends.local.zygote import EMPTY_NETNS_AHEAD
 
 from .nethost import NetHost, test_host
 
@@ -194,5 +198,55 @@ def test_stop_releases_network_and_cgroups_but_keeps_logs(
         assert b"bye" in logged
         assert await backend.wait(spec.sandbox_id) in (137, 143)
         await backend.destroy(spec.sandbox_id)
+
+    go(aio, scenario())
+
+
+def _net_namespaces_held(pid: int) -> set[str]:
+    """The network namespaces (``net:[inode]``) process ``pid`` holds descriptors of."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    held = set()
+    for entry in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(entry)
+            if target.startswith("net:["):
+                held.add(target)
+    return held
+
+
+def test_sandboxes_without_a_network_each_get_a_fresh_namespace_made_ahead(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The zygote keeps empty network namespaces ready (unsharing one costs about a
+    millisecond on the create path); each goes to exactly one sandbox, with only ``lo``."""
+    b = local_harness.backend
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=net(EgressType.NONE)):
+            pass  # the first one asks for the pool
+        zygote = b._zygote._proc.pid  # type: ignore[attr-defined]
+        seen: set[str] = set()
+        for _ in range(2):
+            deadline = time.monotonic() + 10
+            while len(ready := _net_namespaces_held(zygote)) < EMPTY_NETNS_AHEAD:
+                assert time.monotonic() < deadline, f"the zygote holds {ready}"
+                await asyncio.sleep(0.02)
+            async with local_harness.sandbox(network=net(EgressType.NONE)) as sid:
+                agent = b._records[sid].agent_pid  # type: ignore[attr-defined]
+                netns = os.readlink(f"/proc/{agent}/ns/net")
+                assert netns in ready, (netns, ready)  # one made ahead...
+                assert netns not in _net_namespaces_held(zygote)  # ...and handed over whole
+                assert netns not in seen and netns != os.readlink("/proc/self/ns/net")
+                seen.add(netns)
+                r = await run(
+                    local_harness, sid, sh("cat /proc/net/dev; readlink /proc/self/ns/net")
+                )
+                interfaces = [
+                    ln.split(":")[0].strip() for ln in r.stdout.decode().splitlines()[2:-1]
+                ]
+                assert interfaces == ["lo"], r.stdout
+                assert r.stdout.decode().splitlines()[-1] == netns
+                r = await run(local_harness, sid, ["cat", "/sys/class/net/lo/flags"])
+                assert int(r.stdout, 16) & 0x1  # IFF_UP: the agent brought lo up
 
     go(aio, scenario())

@@ -59,7 +59,8 @@ class AgentFds:
     joined_r: int
     userns: int
     disk: int  # the writable layer, a detached mount (disk.py); closed once attached
-    netns: int | None = None
+    netns: int | None = None  # the runner's network (a named namespace with a veth)
+    empty_netns: int | None = None  # else a fresh one the zygote made ahead (only lo)
     files: list[tuple[str, int]] = field(default_factory=list)
     scratch: int | None = None  # a scratch file system (scratch.py); closed once attached
     volumes: list[int] = field(default_factory=list)  # detached binds (volumes.py), in order
@@ -79,6 +80,8 @@ class AgentFds:
         }
         if self.netns is not None:
             fds.add(self.netns)
+        if self.empty_netns is not None:
+            fds.add(self.empty_netns)
         if self.scratch is not None:
             fds.add(self.scratch)
         fds.update(self.volumes)
@@ -123,6 +126,10 @@ def _namespaces(req: dict[str, Any], fds: AgentFds) -> None:
         fds.netns = None
         for key in ("all", "default"):
             _write_sysctl(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "1")
+    elif fds.empty_netns is not None:  # as if unshared here, a millisecond earlier
+        syscalls.setns(fds.empty_netns, syscalls.CLONE_NEWNET)
+        os.close(fds.empty_netns)
+        fds.empty_netns = None
     else:
         flags |= syscalls.CLONE_NEWNET
     syscalls.unshare(flags)

@@ -128,6 +128,7 @@ def run_keeper(
     *,
     scratch_fd: int | None = None,
     volume_fds: tuple[int, ...] = (),
+    empty_netns_fd: int | None = None,
 ) -> NoReturn:
     """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
 
@@ -138,6 +139,8 @@ def run_keeper(
     request says ``native_keeper: false``). ``scratch_fd`` is the scratch file system
     (``scratch.py``), if the request has one; it goes to the agent like the layer, and so
     do ``volume_fds``, the detached binds of its persistent volumes (``volumes.py``).
+    ``empty_netns_fd`` is a fresh network namespace the zygote made ahead, for a sandbox
+    without a network of the runner's; without one the agent unshares its own.
     """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
@@ -176,6 +179,7 @@ def run_keeper(
             scratch=scratch_fd,
             volumes=list(volume_fds),
             netns=netns,
+            empty_netns=empty_netns_fd,
             files=files,
         )
         req["keeper_pid"] = os.getpid()

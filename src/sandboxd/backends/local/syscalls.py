@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import struct
+from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -100,6 +101,41 @@ def unshare(flags: int) -> None:
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace that ``fd`` refers to (``setns(2)``)."""
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def namespace_by_helper(flag: int, kind: str, prepare: Callable[[int], None]) -> int:
+    """A new namespace (``flag``, e.g. ``CLONE_NEWNET``); an fd of it (``/proc/PID/ns/KIND``).
+
+    A helper child unshares it and waits while ``prepare(pid)`` runs here (a user
+    namespace's maps are written then); the namespace lives on through the descriptor
+    after the helper exits. Why a helper: the caller (the zygote) must stay where it is.
+    Raises ``OSError`` when the helper could not unshare.
+    """
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the helper child
+        code = 0
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            unshare(flag)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError(f"could not create a {kind} namespace (unshare failed)")
+        prepare(pid)
+        return os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)  # EOF releases the helper
+        os.waitpid(pid, 0)
 
 
 def mount(

@@ -137,37 +137,22 @@ class IdRangePool:
 def create_userns(first: int, count: int) -> int:
     """A new user namespace mapping ``0..count-1`` to ``first..``; an fd that keeps it.
 
-    A helper child unshares the namespace and waits while we (real root) write its maps;
-    the namespace then lives on through the returned descriptor after the child exits.
+    A helper child unshares the namespace and waits while we (real root) write its maps
+    (``syscalls.namespace_by_helper``).
     """
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the helper child
-        code = 0
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            syscalls.unshare(syscalls.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.close(ready_w)
-    os.close(go_r)
-    try:
-        if os.read(ready_r, 1) != b"1":
-            raise IdRangeError("could not create a user namespace (unshare failed)")
+
+    def write_maps(pid: int) -> None:
         mapping = f"0 {first} {count}\n"
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{pid}/{name}", "w") as fh:
                 fh.write(mapping)
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(go_w)  # EOF releases the helper
-        os.waitpid(pid, 0)
+
+    try:
+        return syscalls.namespace_by_helper(syscalls.CLONE_NEWUSER, "user", write_maps)
+    except OSError as exc:
+        if exc.errno is None:  # the helper's unshare failed
+            raise IdRangeError("could not create a user namespace (unshare failed)") from None
+        raise
 
 
 def enter_userns(userns_fd: int) -> None:
