@@ -11,7 +11,6 @@ dependencies (and the local backend's zygote, which imports this package, stays 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,7 +23,14 @@ BUILTIN_BACKENDS: dict[str, str] = {
 
 
 def _catalog() -> dict[str, str]:
-    """Every known backend name and its ``module:Class``; a built-in wins a name clash."""
+    """Every known backend name and its ``module:Class``; a built-in wins a name clash.
+
+    ``importlib.metadata`` is imported here, not at the top: it pulls in ``email``,
+    ``zipfile`` and more (about 7 MB), and the local backend's zygote, which imports this
+    package, would carry them into the fork of every sandbox.
+    """
+    from importlib.metadata import entry_points
+
     found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     return {**found, **BUILTIN_BACKENDS}
 
