@@ -562,6 +562,7 @@ class RunnerAgent:
             self._keep_credential(registered.credential)
         elif self._pending_tried and self._credential is not None:
             self._keep_credential(self._credential)  # the pending one was bound: it is ours
+            self._pending_tried = False  # stored once; later redials need not store it again
         with contextlib.suppress(OSError):
             forget_pending(self._settings.state_dir)
         if registered.cluster_id and registered.cluster_id != load_cluster_id(
