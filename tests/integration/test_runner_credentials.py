@@ -49,6 +49,16 @@ def runner(
     return RunnerProcess(cp, state, runner_id=runner_id, join_token=token, extra_args=NO_BACKEND)
 
 
+def admitted(cp: ControlPlaneProcess, state: Path, runner_id: str, token: str | None) -> None:
+    """Start the runner, wait until the control plane lists it healthy, then stop it."""
+    process = runner(cp, state, runner_id, token).start()
+    try:
+        with cp.discovery() as client:
+            client.wait_for(runner_id, healthy=True)
+    finally:
+        process.stop()
+
+
 def exit_status(process: RunnerProcess, timeout: float = 20) -> int:
     assert process.proc is not None
     return process.proc.popen.wait(timeout=timeout)
@@ -79,10 +89,7 @@ def test_a_single_use_token_admits_exactly_one_runner(
             client.wait_for("first", healthy=True)
         # The first runner holds its own credential now: a restart needs no token at all.
         first.stop()
-        again = runner(cp, tmp_path / "first", "first", token="").start()
-        with cp.discovery() as client:
-            client.wait_for("first", healthy=True)
-        again.stop()
+        admitted(cp, tmp_path / "first", "first", token="")
     finally:
         first.stop()
 
@@ -186,13 +193,7 @@ def test_a_revoked_runner_is_dropped_and_cannot_register_again(
     assert exit_status(other_host) == 3
     assert "already holds a revoked credential" in other_host.proc.output  # type: ignore[union-attr]
     # Only a token pinned to the id re-admits it (an operator's deliberate act).
-    pinned = cp.create_join_token(runner_id="beta")
-    readmitted = runner(cp, tmp_path / "beta", "beta", pinned).start()
-    try:
-        with cp.discovery() as client:
-            client.wait_for("beta", healthy=True)
-    finally:
-        readmitted.stop()
+    admitted(cp, tmp_path / "beta", "beta", cp.create_join_token(runner_id="beta"))
 
 
 def test_operation_streams_bind_only_to_the_owning_runners_connection(
@@ -404,12 +405,7 @@ def test_a_runner_that_dies_before_hearing_its_join_answer_comes_back_with_its_c
     stored = json.loads((tmp_path / "alpha" / "runner-credential").read_text())
     assert stored["runner_id"] == "alpha" and stored["credential"].startswith("sbxr_")
     # Back without any join token: only the stored credential can let it in.
-    again = runner(cp, tmp_path / "alpha", "alpha", token="").start()
-    try:
-        with cp.discovery() as client:
-            client.wait_for("alpha", healthy=True)
-    finally:
-        again.stop()
+    admitted(cp, tmp_path / "alpha", "alpha", token="")
 
 
 def test_a_runner_that_dies_before_hearing_its_token_join_answer_after_a_refusal_comes_back(
@@ -432,12 +428,7 @@ def test_a_runner_that_dies_before_hearing_its_token_join_answer_after_a_refusal
     assert stat.S_IMODE((state / PENDING_FILE).stat().st_mode) == 0o600  # a secret
     [spent] = [t for t in tokens(cp).values() if t.max_uses == 1]
     assert spent.uses == 1
-    again = runner(cp, state, "alpha", token).start()
-    try:
-        with cp.discovery() as client:
-            client.wait_for("alpha", healthy=True)
-        assert load_credential(state, "alpha") == proposed
-        wait_until("the pending proposal is gone", lambda: not (state / PENDING_FILE).exists(), 10)
-    finally:
-        again.stop()
+    admitted(cp, state, "alpha", token)
+    assert load_credential(state, "alpha") == proposed
+    assert not (state / PENDING_FILE).exists()  # removed when it registered
     assert next(t for t in tokens(cp).values() if t.max_uses == 1).uses == 1  # nothing spent
