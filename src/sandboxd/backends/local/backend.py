@@ -68,7 +68,7 @@ from .network_pool import DEFAULT_READY_NETWORKS, PreparedNetworks
 from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweeper, backend_group
 from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
-from .prepared_ids import PreparedIdRanges
+from .prepared_ids import REFILL_DELAY_SECONDS, PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
 from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .state import SandboxRecord
@@ -80,8 +80,6 @@ from .volumes import VolumeDirs
 from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
-REFILL_DELAY_SECONDS = 0.05
-"""How long after a create its pools (layers, networks) start to refill."""
 
 
 class LocalBackend(Backend):

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 PREPARED = "<prepared>"
 DEFAULT_DEPTH = 4
 REFILL_DELAY_SECONDS = 0.05
-"""How long after a take the prepared ranges start to refill."""
+"""How long after a create the backend's pools (these ranges, layers, networks) refill."""
 
 
 class PreparedIdRanges:
