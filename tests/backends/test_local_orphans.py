@@ -528,3 +528,49 @@ def test_a_dead_owner_keeps_its_lock_file_while_claims_of_its_sandboxes_are_left
     shutil.rmtree(data_dir)
     asyncio.run(sweep())
     assert not torn.exists() and not (owners / key).exists()
+
+
+def _zygotes_of(run_dir: Path) -> list[int]:
+    """Pids of the zygotes serving ``run_dir`` (their command line names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if cmdline.startswith("sandboxd-zygote") and str(run_dir) in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_work_made_ahead_never_starts_a_zygote(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A refill that comes due once the zygote was shut down (a backend closed, or let go by
+    a runner that went away) gives up; it used to start a new zygote that nobody would ask
+    to exit. A create still starts one."""
+    backend = LocalBackend(tmp_path / "backend", images=image_store)
+    run_dir = tmp_path / "backend"
+
+    async def scenario() -> None:
+        try:
+            await backend._ready()  # type: ignore[attr-defined]
+            [first] = _zygotes_of(run_dir)
+            await backend._zygote.shutdown()  # type: ignore[attr-defined]
+            wait_until("the zygote to exit", lambda: not _alive(first), 10)
+            ranges = backend._ranges  # type: ignore[attr-defined]
+            ranges.ready.clear()
+            ranges.refill()
+            await asyncio.wait_for(ranges._task, 10)
+            assert _zygotes_of(run_dir) == []
+            assert not ranges.ready  # nothing prepared
+            h = Harness(backend, BUSYBOX, None, lambda: backend)
+            async with h.sandbox() as sid:  # a create starts one
+                assert (await run(h, sid, ["true"])).code == 0
+                assert len(_zygotes_of(run_dir)) == 1
+        finally:
+            await backend.close()
+        wait_until("no zygote left", lambda: _zygotes_of(run_dir) == [], 10)
+
+    aio.run(asyncio.wait_for(scenario(), 60))

@@ -90,14 +90,21 @@ class ZygoteClient:
             self._dir_fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return protocol.socket_path(self._dir_fd, "zygote.sock")
 
-    async def ensure(self) -> None:
-        """Connect to a running zygote, or start one."""
+    async def ensure(self, start: bool = True) -> None:
+        """Connect to a running zygote, or (``start``) start one; else ``ZygoteError``.
+
+        Only work a create waits for starts a zygote. Work made ahead and a shutdown find
+        one or give up: a refill that comes due after a shutdown (or after its runner let
+        the backend go) must not leave a new zygote behind that nobody will ask to exit.
+        """
         async with self._lock:
             if self._sock is not None:
                 return
             try:
                 sock = protocol.connect(self._path())
-            except OSError:
+            except OSError as exc:
+                if not start:
+                    raise ZygoteError(f"no zygote is running ({exc})") from None
                 await self._start()
                 sock = protocol.connect(self._path())
             sock.setblocking(False)
@@ -197,14 +204,19 @@ class ZygoteClient:
     async def prepare_userns(self, slot: int, first: int, count: int) -> None:
         """Have the zygote make the user namespace of a claimed id range ahead of time."""
         msg = {"op": "prepare_userns", "uid_slot": slot, "uid_first": first, "uid_count": count}
-        reply = await self._call(msg, 30.0)
+        reply = await self._call(msg, 30.0, start=False)
         if not reply.get("ok"):
             raise ZygoteError(f"preparing a user namespace failed: {reply.get('error')}")
 
     async def _call(
-        self, request: dict[str, Any], timeout: float, fds: tuple[int, ...] = ()
+        self,
+        request: dict[str, Any],
+        timeout: float,
+        fds: tuple[int, ...] = (),
+        *,
+        start: bool = True,
     ) -> dict[str, Any]:
-        await self.ensure()
+        await self.ensure(start)
         assert self._sock is not None
         req = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -218,7 +230,7 @@ class ZygoteClient:
     async def shutdown(self) -> None:
         """Ask the zygote to exit (agents it still parents are re-parented to init)."""
         with contextlib.suppress(OSError, ZygoteError):
-            await self.ensure()
+            await self.ensure(start=False)
             if self._sock is not None:
                 protocol.send(self._sock, {"op": "shutdown"})
         self.close()
