@@ -531,17 +531,22 @@ def test_a_dead_owner_keeps_its_lock_file_while_claims_of_its_sandboxes_are_left
 
 
 def _zygotes_of(run_dir: Path) -> list[int]:
-    """Pids of the zygotes serving ``run_dir`` (their command line names it)."""
-    found = []
+    """Pids of the zygotes serving ``run_dir`` (their command line names it).
+
+    A zygote's fork (a keeper before it execs, a namespace helper) carries the same command
+    line for a moment; it is told apart by its parent, which is a zygote.
+    """
+    named: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             if cmdline.startswith("sandboxd-zygote") and str(run_dir) in cmdline:
-                found.append(int(entry.name))
-    return found
+                named[int(entry.name)] = ppid
+    return sorted(pid for pid, ppid in named.items() if ppid not in named)
 
 
 def test_work_made_ahead_never_starts_a_zygote(
