@@ -13,6 +13,8 @@ The control plane is found through ``CWSANDBOX_BASE_URL`` (default
 
 from __future__ import annotations
 
+# First: it sets gRPC's fork default before anything imports grpc (see the module).
+from cwsandbox import _fork_guard  # noqa: F401  # isort: skip
 from cwsandbox._attachments import FileSystemSnapshotOptions, Secret
 from cwsandbox._defaults import SandboxDefaults
 from cwsandbox._discovery import get_profile, get_runner, list_profiles, list_runners

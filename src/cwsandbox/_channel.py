@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from cwsandbox._config import MAX_MESSAGE_BYTES, Endpoint, auth_metadata, tls_credentials
+from cwsandbox._fork_guard import refuse_after_fork
 
 __all__ = ["CHANNEL_OPTIONS", "open_channel", "unary_call"]
 
@@ -34,6 +35,7 @@ def open_channel(endpoint: Endpoint) -> Iterator[grpc.Channel]:
     ``http://`` gives a plaintext (h2c) channel, ``https://`` a TLS channel with the
     system's root certificates (or ``$CWSANDBOX_CA_FILE``).
     """
+    refuse_after_fork()
     if endpoint.secure:
         channel = grpc.secure_channel(endpoint.target, tls_credentials(), options=CHANNEL_OPTIONS)
     else:

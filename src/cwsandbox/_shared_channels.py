@@ -9,8 +9,9 @@ behind unary traffic), opened on first use and kept open while the process lives
 What keeps sharing safe:
 
 * **Forks.** Channels belong to the process that opened them: a forked child (whose pid
-  differs) opens its own and never uses, or closes, its parent's (gRPC objects must not
-  cross a fork).
+  differs) never uses, or closes, its parent's (gRPC objects must not cross a fork). Nor
+  can it open its own: gRPC does not run again after such a fork, so ``_fork_guard``
+  refuses with an error that says so instead of a hang.
 * **Event loops.** ``aio`` channels are bound to the loop that made them; each loop has its
   own pool, and a pool whose loop has closed is dropped, its channels unused.
 * **Credentials.** The key is the endpoint plus the TLS trust in force when a handle is
@@ -39,6 +40,7 @@ import grpc.aio
 
 from cwsandbox._channel import CHANNEL_OPTIONS
 from cwsandbox._config import CA_FILE_ENV, Endpoint, tls_credentials
+from cwsandbox._fork_guard import refuse_after_fork
 
 __all__ = ["MAX_IDLE_ENDPOINTS", "SharedChannels", "acquire", "pool_size"]
 
@@ -74,6 +76,7 @@ def _open(endpoint: Endpoint, role: str) -> grpc.aio.Channel:
     would share the unary calls' connection, and a channel opened to replace a broken one
     would get the same connection, still waiting out its reconnect backoff.
     """
+    refuse_after_fork()
     options = (
         *CHANNEL_OPTIONS,
         ("grpc.use_local_subchannel_pool", 1),

@@ -6,9 +6,6 @@ the client's end of the connection of every call: one peer means one channel.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent import futures
 from pathlib import Path
 
@@ -113,42 +110,3 @@ def test_a_changed_ca_file_gets_another_channel(
     assert moved is not changed and moved is not first
     for entry in (first, again, changed, moved):
         _loop.loop().call_soon_threadsafe(entry.release)
-
-
-_FORKING_CLIENT = """
-import os
-from cwsandbox import Sandbox, _loop, _shared_channels
-
-sandbox = Sandbox.run()
-sandbox.exec(["true"]).result()
-loop = _loop.loop()
-in_parent = _shared_channels.pool_size(loop)
-read, write = os.pipe()
-pid = os.fork()
-if pid == 0:  # the child: the parent's pool is not its own
-    os.write(write, str(_shared_channels.pool_size(loop)).encode())
-    os._exit(0)
-os.close(write)
-in_child = os.read(read, 64).decode() or "nothing"
-_, status = os.waitpid(pid, 0)
-sandbox.exec(["true"]).result()  # the parent's channel still works: the child closed nothing
-sandbox.stop(graceful_shutdown_seconds=0).result()
-print(in_parent, in_child, status)
-"""
-
-
-def test_a_forked_child_never_uses_its_parents_channels(gateway: Gateway) -> None:
-    """Runs in a process of its own: gRPC's fork support restarts gRPC's threads in a child
-    forked while the client's loop is in a call, and one of them crashed there (SIGSEGV, about
-    1 run in 30, before the child's first line). That is gRPC's fork limit, not this test's
-    subject, so that process has gRPC's fork support off."""
-    env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
-    done = subprocess.run(
-        [sys.executable, "-c", _FORKING_CLIENT], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    in_parent, in_child, status = done.stdout.split()
-    assert int(in_parent) >= 1
-    assert (in_child, status) == ("0", "0")
-    assert len(peers(gateway, "StreamExec")) == 1  # the parent's one connection, both times
