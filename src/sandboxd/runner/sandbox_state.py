@@ -60,6 +60,13 @@ class Sandbox:
     report: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Task[None] | None = None
     timer: asyncio.Task[None] | None = None  # lifetime expiry, later retention expiry
+    # Set once it has left STARTING, or its start failed: what an exec that came with the
+    # start waits for (start_arrivals.py), not for the start's report and the rest.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.phase != STARTING:  # recovered as it was: nothing to wait for
+            self.settled.set()
 
     def applied(self, generation: int) -> None:
         """A command of ``generation`` reached this sandbox (generations only grow)."""
@@ -73,6 +80,8 @@ class Sandbox:
         self.exit_code = exit_code
         self.reason = reason
         self.changed_at = time.time()
+        if phase != STARTING:
+            self.settled.set()
 
     def started(self) -> runner_pb2.SandboxStarted:
         """The answer to its start command."""

@@ -4,8 +4,8 @@ Why: our client sends its first exec right after Start, and the control plane ha
 the runner at once instead of waiting to hear that the sandbox runs (a round trip through
 the control plane fewer on every create). The exec and the start command travel on
 different streams, so the exec may arrive first; it then waits here for the start to
-arrive, and for the start to finish (the sandbox's ``ops`` lock, held by a start in
-progress). Bounded: a start that has not arrived within ``ARRIVAL_WAIT_SECONDS`` is not
+arrive, and for the sandbox to run (``Sandbox.settled``; not for the start's report, which
+goes on meanwhile). Bounded: a start that has not arrived within ``ARRIVAL_WAIT_SECONDS`` is not
 coming (the control plane sends it as soon as it has stored the sandbox), and the exec is
 then refused like one for an unknown sandbox; the client asks Get what became of it.
 """
@@ -48,5 +48,7 @@ class StartArrivals:
                 return
             await self._waiters.wait(sandbox_id, left)
         if sb.phase == STARTING:
-            async with sb.ops:  # held by the start until it has finished, either way
-                pass
+            # Set as the sandbox runs (or its start fails): the exec goes while the start
+            # still reports RUNNING to the control plane, which announces the exec's
+            # sandbox as running either way (streaming.py).
+            await sb.settled.wait()

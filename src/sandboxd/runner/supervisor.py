@@ -313,6 +313,7 @@ class SandboxSupervisor(SandboxTable):
                 await self._create(sb, spec)
             except BaseException:
                 self._sandboxes.pop(sid, None)
+                sb.settled.set()  # its waiting execs find it gone
                 raise
             # RUNNING first; the watcher starts after it, so COMPLETED always comes later.
             await self._emit(sb)

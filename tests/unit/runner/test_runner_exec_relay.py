@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.runner import start_arrivals
+from sandboxd.runner.sandbox_state import Sandbox
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.unit.runner.exec_standin import Rig, run_rig, spec, start
@@ -237,6 +238,37 @@ def test_an_exec_sent_before_its_start_runs_once_the_start_is_done(tmp_path: Pat
         open_exec(rig, "e2", "echo", sandbox_id="sb-2")
         frames = await (await rig.execs.stream("e2")).until_end()
         assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+
+    run_rig(tmp_path, body)
+
+
+def test_a_waiting_exec_goes_as_the_sandbox_runs_not_after_the_starts_report(
+    tmp_path: Path,
+) -> None:
+    # It used to wait for the whole start, the RUNNING report to the control plane
+    # included (0.4 ms of a warm create's first exec); the sandbox runs before that.
+    async def body(rig: Rig) -> None:
+        report = rig.supervisor._emit
+        exec_ran_first: list[bool] = []
+
+        async def slow_report(sb: Sandbox) -> None:
+            if sb.phase == runner_pb2.SANDBOX_PHASE_RUNNING and not exec_ran_first:
+                deadline = time.monotonic() + 3
+                while not rig.backend.world["sb-1"].execs and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                exec_ran_first.append(bool(rig.backend.world["sb-1"].execs))
+            await report(sb)
+
+        rig.supervisor._emit = slow_report  # type: ignore[method-assign]
+        rig.backend.start_delay = 0.2  # the exec is waiting well before the sandbox runs
+        open_exec(rig, "e1", "echo", "hi", wait_start=True)
+        stream = await rig.execs.stream("e1")
+        starting = asyncio.ensure_future(rig.run("start", **start(spec())))
+        frames = await stream.until_end()
+        assert kinds(frames) == ["output", "exit"]
+        assert not (await starting).HasField("failure")
+        assert exec_ran_first == [True]
+        assert "event:SANDBOX_PHASE_RUNNING" in rig.outbox.kinds()
 
     run_rig(tmp_path, body)
 
