@@ -5,9 +5,9 @@ the runner at once instead of waiting to hear that the sandbox runs (a round tri
 the control plane fewer on every create). The exec and the start command travel on
 different streams, so the exec may arrive first; it then waits here for the start to
 arrive, and for the sandbox to run (``Sandbox.settled``; not for the start's report, which
-goes on meanwhile). Bounded: a start that has not arrived within ``ARRIVAL_WAIT_SECONDS`` is not
-coming (the control plane sends it as soon as it has stored the sandbox), and the exec is
-then refused like one for an unknown sandbox; the client asks Get what became of it.
+goes on meanwhile). Bounded: a start that has not arrived within ``ARRIVAL_WAIT_SECONDS``
+is not coming (the control plane sends it as soon as it has stored the sandbox), and the
+exec is then refused like one for an unknown sandbox; the client asks Get what became of it.
 """
 
 from __future__ import annotations
