@@ -64,7 +64,10 @@ def return_large_buffers_to_the_system(threshold: int = MMAP_THRESHOLD_BYTES) ->
     malloc_trim.argtypes = (ctypes.c_size_t,)
     malloc_trim.restype = ctypes.c_int
     threading.Thread(
-        target=trim_when_grown, args=(lambda: malloc_trim(0),), name="malloc-trim", daemon=True
+        target=trim_when_grown,
+        args=(lambda: malloc_trim(0), resident_bytes()),  # the size now, not when it runs
+        name="malloc-trim",
+        daemon=True,
     ).start()
     return True
 
@@ -77,21 +80,19 @@ def resident_bytes() -> int:
 
 def trim_when_grown(
     trim: Any,
+    floor: int,
     *,
     interval: float = TRIM_INTERVAL_SECONDS,
     slack: int = TRIM_SLACK_BYTES,
-    rounds: int | None = None,
 ) -> None:
     """Every ``interval`` seconds, ``trim()`` once the process has grown ``slack`` bytes.
 
-    Grown past its smallest size since the last trim, or past what was left after it (live
-    memory, which is not trimmed again). ``rounds``: stop after that many checks (tests).
+    Grown past ``floor`` (its size at the start), its smallest size since, or what was left
+    after the last trim (live memory, which is not trimmed again). Runs for the life of the
+    process, in a daemon thread of its own.
     """
-    floor = resident_bytes()
-    done = 0
-    while rounds is None or done < rounds:
+    while True:
         time.sleep(interval)
-        done += 1
         size = resident_bytes()
         if size > floor + slack:
             trim()
