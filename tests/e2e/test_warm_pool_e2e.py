@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,15 +223,23 @@ def _slots(data_dir: Path) -> set[str]:
 
 
 def _traces(data_dir: Path, slots: set[str]) -> dict[str, object]:
-    """What of ``slots`` is left on the host: processes, cgroups, id claims, directories."""
+    """What of ``slots`` is left on the host: processes, cgroups, id claims, directories.
+
+    ``os.walk`` passes over directories that go while it looks: tests beside this one remove
+    their sandboxes' cgroups and claims meanwhile (``Path.glob`` raised FileNotFoundError).
+    """
     cgroups = sorted(
-        str(p) for s in slots for p in Path("/sys/fs/cgroup").glob(f"*/**/sandboxd-*/{s}")
+        os.path.join(root, name)
+        for root, dirs, _files in os.walk("/sys/fs/cgroup")
+        if os.path.basename(root).startswith("sandboxd-")
+        for name in dirs
+        if name in slots
     )
     claims = []
-    for path in Path("/run/sandboxd").rglob("*"):
-        if path.is_file():
+    for root, _dirs, files in os.walk("/run/sandboxd"):
+        for name in files:
             try:
-                text = path.read_text(errors="replace")
+                text = Path(root, name).read_text(errors="replace")
             except OSError:
                 continue
             claims += [text.strip() for s in slots if s in text]
