@@ -193,9 +193,22 @@ class EventLog:
 
     def observe_record(self, record: SandboxRecord) -> None:
         """Turn a record change into lifecycle events (each transition once)."""
+        self._observe(record, shown=False)
+
+    def observe_shown(self, record: SandboxRecord) -> None:
+        """A change shown before it is stored (a runner's RUNNING report): noted now.
+
+        Why: a client that saw RUNNING may exec at once, and its exec must follow
+        "running" in the trail even when the write is slow. The stored record that follows
+        notes nothing more. Its version is still the stored one's, so "placed" is left to
+        the insert (a record reloaded after a restart was placed before it).
+        """
+        self._observe(record, shown=True)
+
+    def _observe(self, record: SandboxRecord, shown: bool) -> None:
         sandbox_id, status, desired = record.sandbox_id, record.status, record.desired
         before = self._seen.get(sandbox_id) or self._ended.get(sandbox_id)
-        if before is None and record.version == 1:
+        if before is None and record.version == 1 and not shown:
             self.note(
                 record,
                 "placed",

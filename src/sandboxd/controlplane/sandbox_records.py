@@ -74,6 +74,9 @@ class SandboxRecords:
         #: Sandboxes whose RUNNING is shown but could not be stored yet (observe_running).
         self._unsaved: set[str] = set()
         self.on_change: Callable[[SandboxRecord], None] = lambda _record: None
+        #: Called with a record shown before it is stored (:meth:`observe_running`), for
+        #: observers of what happened (the event trail) rather than of what is stored.
+        self.on_show: Callable[[SandboxRecord], None] = lambda _record: None
 
     # -- database ---------------------------------------------------------------------------
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -316,10 +319,13 @@ class SandboxRecords:
         """Put ``record`` in memory and wake its waiters, before storing it.
 
         The reconciler is not kicked: it acts on what is stored (a failed write is retried
-        by the command or the snapshot that brought it, after their pause).
+        by the command or the snapshot that brought it, after their pause). ``on_show`` is
+        told: the event trail must say "running" before the exec that a client sends once
+        it saw RUNNING here, however slow the write.
         """
         self._remember(record)
         self._wake(record.sandbox_id)
+        self.on_show(record)
 
     # -- waiting --------------------------------------------------------------------------
     def _wake(self, sandbox_id: str) -> None:

@@ -226,6 +226,7 @@ class ControlPlane:
             self.store.events, self.sandboxes, EventJournal(settings.data_dir / EVENT_JOURNAL)
         )
         self._also_on_change(self.events.observe_record)
+        self.sandboxes.on_show = self.events.observe_shown  # RUNNING, the moment it shows
         self.identity = IdentityService(self.store.identity)
         self.runner_lifecycle = RunnerLifecycle(
             self.registry, self.lifecycle, self._persist_runner, self._delete_runner_row

@@ -22,6 +22,7 @@ import pytest
 
 from sandboxd.config import load_config
 from sandboxd.controlplane import sandbox_records
+from sandboxd.controlplane.events import EventLog
 from sandboxd.controlplane.lifecycle import want_stopped
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord, now
@@ -146,6 +147,61 @@ def test_running_is_shown_while_it_is_written(
         assert result is not None and result.observed is Observed.RUNNING
         assert store.sandboxes.get("sb-1") == records.cached("sb-1") == result
         assert kicked == ["sb-1"]
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_trail_says_running_while_the_write_hangs_and_only_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that saw RUNNING may exec at once: "running" must come before that exec in
+    the trail, however slow the write (CI saw ``placed, exec, running``), and the stored
+    record must not note it again."""
+
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        events = EventLog(store.events, records)
+        records.on_change = events.observe_record
+        records.on_show = events.observe_shown
+        await records.add(new_record())
+        gate = threading.Event()
+        monkeypatch.setattr(store.sandboxes, "save", gated(store.sandboxes.save, gate))
+        waiter = asyncio.ensure_future(records.wait_change("sb-1", 5))
+        writing = asyncio.ensure_future(records.observe_running("sb-1", running))
+        await asyncio.wait_for(waiter, 2)  # shown; the write still hangs
+        shown = records.cached("sb-1")
+        assert shown is not None
+        events.note(shown, "exec", "api-key:k", argv=["true"], exit_code=0)
+        gate.set()
+        await writing
+        await events.flush()
+        kinds = [event.kind for event in await events.page("sb-1", 0, 100)]
+        assert kinds == ["placed", "running", "exec"]
+        records.close()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_reloaded_after_a_restart_is_not_placed_again_when_it_runs(
+    tmp_path: Path,
+) -> None:
+    """After a restart the trail has not seen the sandbox; its RUNNING report, shown before
+    it is stored, notes "running" but not a second "placed"."""
+
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        records = SandboxRecords(store.sandboxes, RunnerRegistry(load_config(None)))
+        await records.add(new_record())  # placed by the control plane before the restart
+        events = EventLog(store.events, records)  # the new process's trail
+        records.on_change = events.observe_record
+        records.on_show = events.observe_shown
+        await records.observe_running("sb-1", running)
+        await events.flush()
+        assert [event.kind for event in await events.page("sb-1", 0, 100)] == ["running"]
         records.close()
         store.close()
 
