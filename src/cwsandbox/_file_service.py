@@ -107,8 +107,9 @@ async def service_read(
             if response.WhichOneof("frame") == "info":
                 size = response.info.size
                 continue
-            received += len(response.data)
-            if not await sink(response.data):
+            data = response.data  # each access copies the bytes out of the message
+            received += len(data)
+            if not await sink(data):
                 return received  # the reader was closed: stop, the call is cancelled
     except grpc.RpcError as err:
         if _unimplemented(err):

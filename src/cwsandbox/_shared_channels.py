@@ -23,6 +23,12 @@ What keeps sharing safe:
   fast until gRPC's reconnect backoff ends; calls still on the old one get a grace period.
 * **Bounded.** At most ``MAX_IDLE_ENDPOINTS`` endpoints that no handle uses are kept; the
   least recently used beyond that are closed.
+* **Bounded buffering.** The streaming channel's HTTP/2 window is fixed at
+  :data:`STREAM_WINDOW_BYTES` per stream instead of grown by gRPC's bandwidth-delay probes.
+  Why: a reader slower than the server (a busy host) slows its pings' answers, the probes
+  read that as a long, fat link, and the window grew until gRPC held 120–220 MiB of a
+  1 GiB ``read_file_streaming`` unread (measured with three busy cores beside it; the reader
+  itself holds at most 8 MiB). A fixed 4 MiB still fills a 10 ms round trip at 400 MB/s.
 """
 
 from __future__ import annotations
@@ -42,16 +48,21 @@ from cwsandbox._channel import CHANNEL_OPTIONS
 from cwsandbox._config import CA_FILE_ENV, Endpoint, tls_credentials
 from cwsandbox._fork_guard import refuse_after_fork
 
-__all__ = ["MAX_IDLE_ENDPOINTS", "SharedChannels", "acquire", "pool_size"]
+__all__ = ["MAX_IDLE_ENDPOINTS", "STREAM_WINDOW_BYTES", "SharedChannels", "acquire", "pool_size"]
 
 #: Endpoints kept open with no handle using them.
 MAX_IDLE_ENDPOINTS = 8
+#: The per-stream HTTP/2 receive window of the streaming channel (not grown by probes).
+STREAM_WINDOW_BYTES = 4 * 1024 * 1024
 #: Calls still running on a replaced channel get this long before it is closed.
 REPLACED_GRACE_SECONDS = 30.0
 _ROOTS_ENV = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
 
 Key = tuple[str, bool, str]
 _BROKEN = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+_FIXED_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES))
 
 
 def trust_key(endpoint: Endpoint) -> str:
@@ -81,6 +92,7 @@ def _open(endpoint: Endpoint, role: str) -> grpc.aio.Channel:
         *CHANNEL_OPTIONS,
         ("grpc.use_local_subchannel_pool", 1),
         ("cwsandbox.channel_role", role),
+        *(_FIXED_WINDOW if role == "stream" else ()),
     )
     if endpoint.secure:
         return grpc.aio.secure_channel(endpoint.target, tls_credentials(), options=options)

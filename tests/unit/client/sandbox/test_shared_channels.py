@@ -110,3 +110,32 @@ def test_a_changed_ca_file_gets_another_channel(
     assert moved is not changed and moved is not first
     for entry in (first, again, changed, moved):
         _loop.loop().call_soon_threadsafe(entry.release)
+
+
+def test_the_streaming_channel_has_a_fixed_window_and_the_unary_one_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC's bandwidth probes grew the streaming window on a busy host until gRPC held
+    120-220 MiB of a 1 GiB ``read_file_streaming`` unread (CI: a 285 MiB client). The
+    streaming channel fixes it; unary calls keep gRPC's defaults.
+
+    The options are recorded on their way to gRPC (a stand-in for the channel factory):
+    gRPC does not report a channel's arguments back, and the growth itself needs a loaded
+    host to show (``tests/e2e``, ``test_one_gib_round_trip_in_constant_memory``).
+    """
+    made: dict[str, dict[str, object]] = {}
+
+    def record(target: str, options: tuple[tuple[str, object], ...]) -> object:
+        arguments = dict(options)
+        made[str(arguments["cwsandbox.channel_role"])] = arguments
+        return object()
+
+    monkeypatch.setattr(_shared_channels.grpc.aio, "insecure_channel", record)
+    endpoint = resolve_endpoint("http://127.0.0.1:9")
+    _shared_channels._open(endpoint, "stream")
+    _shared_channels._open(endpoint, "unary")
+    window = _shared_channels.STREAM_WINDOW_BYTES
+    assert made["stream"]["grpc.http2.bdp_probe"] == 0
+    assert made["stream"]["grpc.http2.lookahead_bytes"] == window == 4 * 1024 * 1024
+    assert "grpc.http2.bdp_probe" not in made["unary"]
+    assert "grpc.http2.lookahead_bytes" not in made["unary"]
