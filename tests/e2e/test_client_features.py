@@ -235,7 +235,7 @@ def test_one_gib_round_trip_in_constant_memory(client_env: Platform) -> None:
     assert report["received"] == report["bytes"] == 1024 * MIB
     assert report["expected_sha256"] == report["remote_sha256"] == report["received_sha256"]
     sizes = {k: v for k, v in report.items() if "sha" not in k}
-    # The file itself never sits in memory: the reader holds 8 MiB unread, gRPC a 4 MiB
+    # The file itself never sits in memory: the reader holds 8 MiB unread, gRPC an 8 MiB
     # window. (Before the client fixed its streaming window, a busy host let gRPC's
     # bandwidth probes grow it until gRPC held 120-220 MiB of the file: CI saw 285 MiB.)
     assert report["peak_rss_mib"] < 150, sizes

@@ -136,6 +136,23 @@ def test_the_streaming_channel_has_a_fixed_window_and_the_unary_one_does_not(
     _shared_channels._open(endpoint, "unary")
     window = _shared_channels.STREAM_WINDOW_BYTES
     assert made["stream"]["grpc.http2.bdp_probe"] == 0
-    assert made["stream"]["grpc.http2.lookahead_bytes"] == window == 4 * 1024 * 1024
+    assert made["stream"]["grpc.http2.lookahead_bytes"] == window == 8 * 1024 * 1024
     assert "grpc.http2.bdp_probe" not in made["unary"]
     assert "grpc.http2.lookahead_bytes" not in made["unary"]
+    # A long link may want a larger window, or gRPC's probes back (0).
+    monkeypatch.setenv(_shared_channels.STREAM_WINDOW_ENV, "33554432")
+    _shared_channels._open(endpoint, "stream")
+    assert made["stream"]["grpc.http2.lookahead_bytes"] == 32 * 1024 * 1024
+    monkeypatch.setenv(_shared_channels.STREAM_WINDOW_ENV, "0")
+    _shared_channels._open(endpoint, "stream")
+    assert "grpc.http2.bdp_probe" not in made["stream"]
+
+
+@pytest.mark.parametrize("value", ["-1", "4k", "1000", "2147483648", "²", "1e6"])
+def test_a_bad_stream_window_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(_shared_channels.STREAM_WINDOW_ENV, value)
+    with pytest.raises(ValueError, match="CWSANDBOX_STREAM_WINDOW_BYTES") as caught:
+        _shared_channels.stream_window_options()
+    assert repr(value) in str(caught.value)
