@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from cwsandbox._file_frames import data_frame, read_frame, write_frame
 from cwsandbox._lifecycle import Lifecycle
 from cwsandbox.exceptions import SandboxFileError, SandboxRequestTimeoutError
 from sandboxd_protocol.sandboxd_v1 import files_pb2 as fp
@@ -95,7 +96,7 @@ async def service_read(
     call = channel.unary_stream(
         FILES + "ReadFile",
         request_serializer=fp.ReadFileRequest.SerializeToString,
-        response_deserializer=fp.ReadFileResponse.FromString,
+        response_deserializer=read_frame,
     )(
         fp.ReadFileRequest(sandbox_id=sid, path=path),
         timeout=timeout,
@@ -104,10 +105,13 @@ async def service_read(
     received, size = 0, -1
     try:
         async for response in call:
-            if response.WhichOneof("frame") == "info":
+            if isinstance(response, bytes):
+                data = response  # a data frame, sliced out of the wire bytes
+            elif response.WhichOneof("frame") == "info":
                 size = response.info.size
                 continue
-            data = response.data  # each access copies the bytes out of the message
+            else:
+                data = response.data
             received += len(data)
             if not await sink(data):
                 return received  # the reader was closed: stop, the call is cancelled
@@ -129,12 +133,17 @@ async def service_read(
     return received
 
 
-async def _frames(sid: str, path: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+async def _frames(
+    sid: str, path: str, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[fp.WriteFileRequest | bytes]:
     yield fp.WriteFileRequest(init=fp.WriteFileInit(sandbox_id=sid, path=path))
     async for chunk in chunks:
+        if len(chunk) <= MAX_FRAME_BYTES:
+            yield data_frame(chunk)
+            continue
         view = memoryview(chunk)
         for start in range(0, len(view), MAX_FRAME_BYTES):
-            yield fp.WriteFileRequest(data=bytes(view[start : start + MAX_FRAME_BYTES]))
+            yield data_frame(view[start : start + MAX_FRAME_BYTES])
 
 
 async def service_write(
@@ -163,7 +172,7 @@ async def service_write(
 
     call = channel.stream_unary(
         FILES + "WriteFile",
-        request_serializer=fp.WriteFileRequest.SerializeToString,
+        request_serializer=write_frame,
         response_deserializer=fp.WriteFileResponse.FromString,
     )(_frames(sid, path, counted()), timeout=timeout, metadata=life.transport.metadata)
     try:

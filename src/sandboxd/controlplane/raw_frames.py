@@ -20,30 +20,19 @@ from typing import Any
 
 import grpc
 
+from sandboxd_protocol import one_field
 from sandboxd_protocol.sandboxd_v1 import files_pb2, runner_pb2
 
 DOWN_DATA = 0x32
 """Tag byte of field 6, length-delimited: ``WriteFileRequest.data``, ``OperationDown.data``."""
 UP_DATA = 0x22
 """Tag byte of field 4, length-delimited: ``OperationUp.data``, ``ReadFileResponse.data``."""
-_MAX_VARINT = 10
 
 
 def data_length(raw: bytes, tag: int) -> int | None:
     """The payload length when ``raw`` is exactly one ``tag`` field; otherwise None."""
-    if len(raw) < 2 or raw[0] != tag:
-        return None
-    length, shift, i = 0, 0, 1
-    while True:
-        if i >= len(raw) or i > _MAX_VARINT:
-            return None
-        byte = raw[i]
-        length |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    return length if i + length == len(raw) else None
+    start = one_field.payload_start(raw, tag)
+    return None if start is None else len(raw) - start
 
 
 def payload(raw: bytes) -> memoryview:
@@ -54,14 +43,7 @@ def payload(raw: bytes) -> memoryview:
     return memoryview(raw)[i + 1 :]
 
 
-def encode(tag: int, data: bytes | memoryview) -> bytes:
-    """A one-field frame carrying ``data`` (what ``Message(data=...)`` would encode to)."""
-    length, head = len(data), bytearray([tag])
-    while length >= 0x80:
-        head.append((length & 0x7F) | 0x80)
-        length >>= 7
-    head.append(length)
-    return bytes(head) + bytes(data)
+encode = one_field.encode
 
 
 def _raw(data: bytes) -> bytes:
