@@ -9,10 +9,9 @@ and then taking ``.data`` copies the bytes twice (each access to a ``bytes`` fie
 it); slicing them out of the frame copies them once.
 
 The server does the same on its side (``sandboxd.controlplane.raw_frames``), with the
-same helpers (``sandboxd_protocol.one_field``). Only frames
-that are exactly one data field take the short way; anything else, including frames a
-hostile server might bend (a second field, a truncated length), goes through protobuf and
-means what protobuf says it means.
+same helpers (``sandboxd_protocol.one_field``). Only frames that are exactly one data
+field take the short way; anything else, including frames a hostile server might bend (a
+second field, a truncated length), goes through protobuf and means what protobuf says.
 """
 
 from __future__ import annotations
