@@ -159,7 +159,8 @@ def run_keeper(
         listener = protocol.listen(protocol.socket_path(state_fd, "agent.sock")).detach()
         netns = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC) if req.get("netns") else None
         if userns_fd is None:
-            userns_fd = userns.create_userns(int(req["uid_first"]), int(req["uid_count"]))
+            first, count = int(req["uid_first"]), int(req["uid_count"])
+            userns_fd = userns.create_userns(first, count, native_fd)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)

@@ -3,9 +3,10 @@
 Why ctypes rather than bubblewrap or ``nsenter``: the sandbox is built by a forked copy of a
 small, already-running Python process (see ``zygote.py``), so every namespace, mount and
 capability step is a plain system call in that process: no program is executed until the
-user's own command. This module must import only the standard library, because it is loaded
-into the zygote and the in-sandbox agent, which cannot import anything once they have pivoted
-into the image's root.
+user's own command (on the host side, only the native keeper and its namespace helper).
+This module must import only the standard library, because it is loaded into the zygote
+and the in-sandbox agent, which cannot import anything once they have pivoted into the
+image's root.
 """
 
 from __future__ import annotations
@@ -103,17 +104,24 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
-def namespace_by_helper(flag: int, kind: str, prepare: Callable[[int], None]) -> int:
+def namespace_by_helper(
+    flag: int, kind: str, prepare: Callable[[int], None], helper: int | None = None
+) -> int:
     """A new namespace (``flag``, e.g. ``CLONE_NEWNET``); an fd of it (``/proc/PID/ns/KIND``).
 
     A helper child unshares it and waits while ``prepare(pid)`` runs here (a user
     namespace's maps are written then); the namespace lives on through the descriptor
     after the helper exits. Why a helper: the caller (the zygote) must stay where it is.
-    Raises ``OSError`` when the helper could not unshare.
+    ``helper`` is an executable descriptor of ``sandboxd-keeper`` (the zygote's sealed copy),
+    started as that helper with ``posix_spawn``: a fork of the Python caller and its exit cost
+    several times more CPU (``native/keeper.c`` says how much). Without it, or when it cannot
+    be started, the caller forks. Raises ``OSError`` when the helper could not unshare.
     """
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = _spawn_native_helper(helper, flag, ready_w, go_r) if helper is not None else None
+    if pid is None:
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the helper child
         code = 0
         try:
@@ -136,6 +144,25 @@ def namespace_by_helper(flag: int, kind: str, prepare: Callable[[int], None]) ->
         os.close(ready_r)
         os.close(go_w)  # EOF releases the helper
         os.waitpid(pid, 0)
+
+
+def _spawn_native_helper(helper: int, flag: int, ready_w: int, go_r: int) -> int | None:
+    """Start ``sandboxd-keeper unshare FLAG READY GO``; its pid, or None if it cannot start.
+
+    The two pipe ends are made inheritable only for the spawn. That is safe in the zygote
+    and the keepers, which are single-threaded: no other thread can start a program
+    meanwhile and inherit them. The helper closes every other descriptor itself.
+    """
+    argv = ["sandboxd-nshelp", "unshare", str(flag), str(ready_w), str(go_r)]
+    try:
+        os.set_inheritable(ready_w, True)
+        os.set_inheritable(go_r, True)
+        return os.posix_spawn(f"/proc/self/fd/{helper}", argv, {})
+    except OSError:  # e.g. a host that refuses to execute memfds: fork as before
+        return None
+    finally:
+        os.set_inheritable(ready_w, False)
+        os.set_inheritable(go_r, False)
 
 
 def mount(

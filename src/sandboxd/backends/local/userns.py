@@ -134,11 +134,12 @@ class IdRangePool:
             os.unlink(os.path.join(self.claim_dir, str(ids.slot)))
 
 
-def create_userns(first: int, count: int) -> int:
+def create_userns(first: int, count: int, helper: int | None = None) -> int:
     """A new user namespace mapping ``0..count-1`` to ``first..``; an fd that keeps it.
 
     A helper child unshares the namespace and waits while we (real root) write its maps
-    (``syscalls.namespace_by_helper``).
+    (``syscalls.namespace_by_helper``; ``helper``: the native program to start as that
+    child, else the caller forks).
     """
 
     def write_maps(pid: int) -> None:
@@ -148,7 +149,7 @@ def create_userns(first: int, count: int) -> int:
                 fh.write(mapping)
 
     try:
-        return syscalls.namespace_by_helper(syscalls.CLONE_NEWUSER, "user", write_maps)
+        return syscalls.namespace_by_helper(syscalls.CLONE_NEWUSER, "user", write_maps, helper)
     except OSError as exc:
         if exc.errno is None:  # the helper's unshare failed
             raise IdRangeError("could not create a user namespace (unshare failed)") from None

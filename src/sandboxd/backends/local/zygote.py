@@ -179,7 +179,8 @@ class Zygote:
         try:
             slot, first, count = int(msg["uid_slot"]), int(msg["uid_first"]), int(msg["uid_count"])
             if slot not in self.namespaces:
-                self.namespaces[slot] = (first, count, userns.create_userns(first, count))
+                made = userns.create_userns(first, count, self.native_keeper)
+                self.namespaces[slot] = (first, count, made)
             reply["ok"] = True
         except (OSError, KeyError, TypeError, ValueError, userns.IdRangeError) as exc:
             reply.update(ok=False, error=str(exc))
@@ -215,7 +216,9 @@ class Zygote:
         """One more empty network namespace ready (only ``lo``, down; the agent brings it up)."""
         try:
             self.empty_netns.append(
-                syscalls.namespace_by_helper(syscalls.CLONE_NEWNET, "net", lambda _pid: None)
+                syscalls.namespace_by_helper(
+                    syscalls.CLONE_NEWNET, "net", lambda _pid: None, self.native_keeper
+                )
             )
         except OSError as exc:  # the sandbox then unshares its own, as without the pool
             print(f"sandboxd-zygote: no empty network namespace made ahead: {exc}", flush=True)

@@ -19,11 +19,23 @@
  *   sandboxd-keeper STATE_DIR_FD LOG_FD AGENT_PID STDOUT_FD STDERR_FD STATUS_FD DIAG_FD
  *                   LOG_LIMIT
  * Exit status 0 after exit.json is written; 2 on bad arguments (keeper.py checks them).
+ *
+ * Second use, the namespace helper (syscalls.namespace_by_helper):
+ *   sandboxd-keeper unshare FLAG READY_FD GO_FD
+ * unshares a user (CLONE_NEWUSER) or network (CLONE_NEWNET) namespace, writes "1" to READY_FD
+ * and waits for EOF on GO_FD, while its parent writes the maps and opens /proc/PID/ns/KIND.
+ * Why here: the zygote used to fork itself for this, twice per sandbox (its user namespace
+ * and, without a network, an empty network namespace); a fork of a Python process and its
+ * exit cost ~3 ms of CPU, copy-on-write faults in the zygote included, against ~0.5 ms for
+ * starting this program with posix_spawn. Exit 1 if the unshare failed (nothing written),
+ * 2 on bad arguments; every other descriptor is closed first.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +50,9 @@
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
 #endif
 
 #define CHUNK 65536
@@ -217,7 +232,36 @@ static void write_exit(void) {
     renameat(state_fd, "exit.json.tmp", state_fd, "exit.json");
 }
 
+/* The namespace helper (see the top of this file); argv[1] is "unshare". */
+static int unshare_helper(char **argv) {
+    long long flag, ready, go;
+    if (parse_int(argv[2], 0, INT_MAX, &flag) < 0 || parse_int(argv[3], 3, INT_MAX, &ready) < 0 ||
+        parse_int(argv[4], 3, INT_MAX, &go) < 0 || ready == go)
+        return 2;
+    if (flag != CLONE_NEWUSER && flag != CLONE_NEWNET)
+        return 2; /* only the two kinds the zygote and keepers ask for */
+    prctl(PR_SET_NAME, "sandboxd-nshelp", 0, 0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* Nothing else the parent held stays open here (descriptors 3.. other than the two). */
+    int lo = (int)(ready < go ? ready : go), hi = (int)(ready < go ? go : ready);
+    if (lo > 3)
+        syscall(SYS_close_range, 3u, (unsigned)lo - 1, 0u);
+    if (hi > lo + 1)
+        syscall(SYS_close_range, (unsigned)lo + 1, (unsigned)hi - 1, 0u);
+    syscall(SYS_close_range, (unsigned)hi + 1, ~0u, 0u);
+    if (unshare((int)flag) != 0)
+        return 1;
+    char c = '1';
+    if (write((int)ready, &c, 1) != 1)
+        return 1;
+    while (read((int)go, &c, 1) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "unshare") == 0)
+        return unshare_helper(argv);
     long long v[8];
     static const long long hi[8] = {INT_MAX, INT_MAX, INT_MAX, INT_MAX,
                                     INT_MAX, INT_MAX, INT_MAX, LLONG_MAX};
