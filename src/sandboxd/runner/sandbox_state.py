@@ -60,9 +60,13 @@ class Sandbox:
     report: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Task[None] | None = None
     timer: asyncio.Task[None] | None = None  # lifetime expiry, later retention expiry
-    # Set once it has left STARTING, or its start failed: what an exec that came with the
-    # start waits for (start_arrivals.py), not for the start's report and the rest.
+    # Set once the backend runs it (see ``backend_started``), once it has left STARTING, or
+    # once its start failed: what an exec that came with the start waits for
+    # (start_arrivals.py), not for the start's bookkeeping and report.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # The backend created and started it, while its start may still be recording it and
+    # reporting RUNNING: execs and file operations may go to it already.
+    backend_running: bool = False
 
     def __post_init__(self) -> None:
         if self.phase != STARTING:  # recovered as it was: nothing to wait for
@@ -82,6 +86,18 @@ class Sandbox:
         self.changed_at = time.time()
         if phase != STARTING:
             self.settled.set()
+
+    def backend_started(self) -> None:
+        """The backend runs it: waiting execs go now, not after the runner's record is saved.
+
+        Why: a warm claim's or a cold create's first exec used to wait, after the backend's
+        answer, for the backend's state, the runner's record (a new file: an inode to
+        allocate) and the RUNNING report, 1-2 ms of the create's first exec. A start that
+        fails after this point destroys the sandbox, and an exec already in it then ends
+        with an error, as one whose sandbox goes away does.
+        """
+        self.backend_running = True
+        self.settled.set()
 
     def started(self) -> runner_pb2.SandboxStarted:
         """The answer to its start command."""

@@ -131,11 +131,13 @@ class SandboxTable:
 
     def _require(self, sandbox_id: str, *, running: bool = False) -> Sandbox:
         sb = self._sandboxes.get(sandbox_id)
-        if sb is None or (running and sb.phase == STARTING):
+        # A sandbox still starting counts as running once its backend runs it.
+        starting = sb is not None and sb.phase == STARTING
+        if sb is None or (running and starting and not sb.backend_running):
             raise failures.sandbox_not_found(sandbox_id)
         if running and sb.phase == runner_pb2.SANDBOX_PHASE_PAUSED:
             raise failures.sandbox_paused(sandbox_id)
-        if running and sb.phase != runner_pb2.SANDBOX_PHASE_RUNNING:
+        if running and sb.phase != runner_pb2.SANDBOX_PHASE_RUNNING and not starting:
             raise failures.sandbox_not_running(sandbox_id)
         return sb
 

@@ -364,6 +364,8 @@ class SandboxSupervisor(SandboxTable):
             else:  # a failed create_and_start leaves nothing behind
                 await self._backend.create_and_start(backend_spec)
                 created = True
+            sb.backend_started()  # waiting execs go now; what follows is bookkeeping
+            await asyncio.sleep(0)  # let them send their command before we go on
             state = await self._backend.state(sb.sandbox_id)
         except BaseException:
             self._scratch.discard(sb.sandbox_id)

@@ -250,8 +250,10 @@ class StandinBackend(Backend):
 
     async def destroy(self, sandbox_id: str) -> None:
         self.calls.append(("destroy", sandbox_id))
-        self._get(sandbox_id)
+        sb = self._get(sandbox_id)
         self.exit_main(sandbox_id, 137, "killed")
+        for session in sb.execs:  # every process of the sandbox dies with it, as for real
+            await session.kill()
         del self.world[sandbox_id]
 
     async def stats(self, sandbox_id: str) -> SandboxStats:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sandboxd.backends.errors import SandboxNotFound
 from sandboxd.runner import start_arrivals
 from sandboxd.runner.sandbox_state import Sandbox
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -269,6 +271,76 @@ def test_a_waiting_exec_goes_as_the_sandbox_runs_not_after_the_starts_report(
         assert not (await starting).HasField("failure")
         assert exec_ran_first == [True]
         assert "event:SANDBOX_PHASE_RUNNING" in rig.outbox.kinds()
+
+    run_rig(tmp_path, body)
+
+
+def test_a_waiting_exec_goes_once_the_backend_runs_the_sandbox_before_its_bookkeeping(
+    tmp_path: Path,
+) -> None:
+    # After the backend's answer the start still asks the backend's state, saves the
+    # runner's record and reports RUNNING; the exec no longer waits for any of it. Held
+    # here at the first of them: the exec runs to its end, and the start then completes.
+    async def body(rig: Rig) -> None:
+        asked = asyncio.Event()
+        release = asyncio.Event()
+        state = rig.backend.state
+
+        async def held_state(sandbox_id: str) -> Any:
+            asked.set()
+            await release.wait()
+            return await state(sandbox_id)
+
+        rig.backend.state = held_state  # type: ignore[method-assign]
+        open_exec(rig, "e1", "echo", "hi", wait_start=True)
+        stream = await rig.execs.stream("e1")
+        starting = asyncio.ensure_future(rig.run("start", **start(spec())))
+        async with asyncio.timeout(5):
+            await asked.wait()
+            frames = await stream.until_end()
+        assert kinds(frames) == ["output", "exit"]
+        assert frames[0].output.data == b"hi\n"
+        assert not starting.done()
+        assert "event:SANDBOX_PHASE_RUNNING" not in rig.outbox.kinds()
+        # Other operations see it as running too: a second exec, not waiting, runs.
+        open_exec(rig, "e2", "echo", "again")
+        frames = await (await rig.execs.stream("e2")).until_end()
+        assert kinds(frames) == ["output", "exit"]
+        release.set()
+        assert not (await starting).HasField("failure")
+        assert "event:SANDBOX_PHASE_RUNNING" in rig.outbox.kinds()
+
+    run_rig(tmp_path, body)
+
+
+def test_an_exec_in_a_sandbox_whose_start_fails_after_the_backend_ran_it_ends(
+    tmp_path: Path,
+) -> None:
+    # The start fails after the backend ran the sandbox (its state cannot be read): the
+    # sandbox is destroyed, and an exec already running in it ends instead of hanging.
+    async def body(rig: Rig) -> None:
+        release = asyncio.Event()
+        state = rig.backend.state
+
+        async def failing_state(sandbox_id: str) -> Any:
+            await release.wait()
+            await state(sandbox_id)
+            raise SandboxNotFound(sandbox_id)
+
+        rig.backend.state = failing_state  # type: ignore[method-assign]
+        open_exec(rig, "e1", "sleep", wait_start=True)
+        stream = await rig.execs.stream("e1")
+        starting = asyncio.ensure_future(rig.run("start", **start(spec())))
+        async with asyncio.timeout(5):
+            while "sb-1" not in rig.backend.world or not rig.backend.world["sb-1"].execs:
+                await asyncio.sleep(0.01)
+        release.set()
+        assert (await starting).HasField("failure")
+        async with asyncio.timeout(5):
+            frames = await stream.until_end()
+        assert kinds(frames)[-1] in ("exit", "error")
+        assert "sb-1" not in rig.backend.world
+        assert "event:SANDBOX_PHASE_RUNNING" not in rig.outbox.kinds()
 
     run_rig(tmp_path, body)
 
