@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cwsandbox._events import iter_events
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import RECOVERY, Cluster, sandbox_init, sandboxd_admin, wait_until
 
@@ -34,7 +35,9 @@ def observed_in_database(locker: sqlite3.Connection, sandbox_id: str) -> str:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_running_shown_before_stored_survives_a_kill9(cluster: Cluster, database_url: str) -> None:
+def test_running_shown_before_stored_survives_a_kill9(
+    cluster: Cluster, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gateway = cluster.gateway()
     runner_proc = cluster.runner.proc
     assert runner_proc is not None
@@ -78,3 +81,10 @@ def test_running_shown_before_stored_survives_a_kill9(cluster: Cluster, database
     orphans = sandboxd_admin(cluster.control_plane, "sandboxes", "orphans")
     assert orphans.returncode == 0, orphans.stderr
     assert sandbox_id not in orphans.stdout, orphans.stdout
+    # The trail noted "running" when it was shown; the restarted control plane learned that
+    # (EventLog.seed and recover), so the runner's report after the restart adds no second.
+    monkeypatch.setenv("CWSANDBOX_BASE_URL", cluster.control_plane.url)
+    monkeypatch.setenv("CWSANDBOX_API_KEY", cluster.control_plane.admin_key)
+    kinds = [event.kind for event in iter_events(sandbox_id)]
+    assert kinds.count("running") == 1, kinds
+    assert kinds.count("placed") == 1, kinds

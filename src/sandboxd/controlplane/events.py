@@ -28,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -62,6 +62,11 @@ STATUS_NAMES = {1: "creating", 2: "running", 3: "completed", 4: "failed", 5: "te
                 6: "pending", 7: "paused", 9: "terminating"}  # fmt: skip
 TERMINAL = frozenset({3, 4, 5})
 PAUSED = 7
+RUNNING = 2
+STARTING = frozenset({1, 6})
+"""Creating and pending: a record stored before its runner's RUNNING report landed."""
+SHOWN_KINDS = {"running": RUNNING, "resumed": RUNNING, "paused": PAUSED}
+"""Trail events that may be noted before their record is stored, and the status they mean."""
 GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
 FILES = "/sandboxd.files.v1.FileService/"
 V1_SANDBOXES = "/coreweave.sandbox.v1.SandboxService/"
@@ -166,12 +171,48 @@ class EventLog:
             log.warning("event trail: the database is behind; oldest pending events dropped")
         self._wake.set()
 
+    def seed(self, records: Iterable[SandboxRecord]) -> None:
+        """At start-up: what the loaded records already are, before anything changes.
+
+        Why: the trail notes transitions, from what it saw last. A restarted control plane
+        has seen nothing, so each sandbox's first change after a restart was read as a new
+        sandbox: "running" noted a second time, and the change itself ("stopping",
+        "deleted") not at all. Call after the records loaded and before :meth:`recover`.
+        """
+        for record in records:
+            seen = _Seen(record.status, record.desired)
+            if record.status not in TERMINAL:
+                self._seen.setdefault(record.sandbox_id, seen)
+            elif record.desired is not Desired.DELETED:
+                self._ended.setdefault(record.sandbox_id, seen)
+        while len(self._ended) > ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
+
+    async def _seed_shown(self) -> None:
+        """Sandboxes whose stored record still says starting, but whose trail says more.
+
+        A runner's RUNNING is noted when shown, before its record is stored
+        (:meth:`observe_shown`); a control plane killed in between has it in the trail (or
+        its journal) but not in the record. What the trail last said is what it has seen,
+        so the report that follows the restart is not noted again. Only records loaded as
+        starting are looked up: a few at most, the ones in flight at the kill.
+        """
+        starting = [sid for sid, seen in self._seen.items() if seen.status in STARTING]
+        for sandbox_id in starting:
+            kind = await asyncio.to_thread(self._store.latest_kind, sandbox_id, tuple(SHOWN_KINDS))
+            seen = self._seen.get(sandbox_id)
+            if kind is not None and seen is not None and seen.status in STARTING:
+                seen.status = SHOWN_KINDS[kind]
+
     async def recover(self) -> int:
         """At start-up: store what the journal holds beyond the database; how many events.
 
-        Also opens the journal for this run, numbering on from the highest number seen.
+        Also opens the journal for this run, numbering on from the highest number seen,
+        and learns what the trail said last of sandboxes stored as starting
+        (:meth:`_seed_shown`).
         """
         if self._journal is None:
+            await self._seed_shown()
             return 0
         position = await asyncio.to_thread(self._store.journal_position)
         entries = await asyncio.to_thread(self._journal.read)
@@ -189,6 +230,7 @@ class EventLog:
             if id(event) not in self._hashing:
                 self._journal.write(self._next_number, event)
             self._next_number += 1
+        await self._seed_shown()
         return len(missing)
 
     def observe_record(self, record: SandboxRecord) -> None:
@@ -208,6 +250,11 @@ class EventLog:
     def _observe(self, record: SandboxRecord, shown: bool) -> None:
         sandbox_id, status, desired = record.sandbox_id, record.status, record.desired
         before = self._seen.get(sandbox_id) or self._ended.get(sandbox_id)
+        if before is None and status in TERMINAL and record.version > 1 and not shown:
+            # Ended before this process saw it (every live record is seeded at start-up,
+            # see seed()): loaded as ended, or forgotten from _ended. Its "ended" is in the
+            # trail already; only its delete can be news.
+            before = _Seen(status, Desired.STOPPED)
         if before is None and record.version == 1 and not shown:
             self.note(
                 record,

@@ -305,6 +305,7 @@ class ControlPlane:
             )
             self.registry.restore(self.store.load_runners())
             await self.sandboxes.load()
+            self.events.seed(self.sandboxes.live())  # so only changes from here are noted
             await self.events.recover()  # what a killed predecessor had not stored yet
             # A stop that waited for one of them happens now (snapshot_stops.py).
             failed = await self.snapshots.fail_unfinished()

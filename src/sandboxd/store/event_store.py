@@ -130,6 +130,16 @@ class EventStore:
             ).all()
             return [_event(row) for row in rows]
 
+    def latest_kind(self, sandbox_id: str, kinds: Sequence[str]) -> str | None:
+        """The kind of the newest event of ``sandbox_id`` among ``kinds``, if any."""
+        with Session(self._engine) as session:
+            return session.scalars(
+                select(SandboxEventRow.kind)
+                .where(SandboxEventRow.sandbox_id == sandbox_id, SandboxEventRow.kind.in_(kinds))
+                .order_by(SandboxEventRow.seq.desc())
+                .limit(1)
+            ).first()
+
     def collect(self, before: datetime) -> int:
         """Delete events older than ``before``; returns how many."""
         with Session(self._engine) as session, session.begin():
