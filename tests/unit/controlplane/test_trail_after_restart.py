@@ -56,16 +56,25 @@ class Process:
         return [event.kind for event in await self.events.page(sandbox_id, 0, 100)]
 
 
+async def first_life(store: Store, *, end: bool = False) -> list[str]:
+    """sb-1 placed and running (and ended) in a first process; its trail then."""
+    first = Process(store)
+    await first.records.add(new_record())
+    await first.records.observe_running("sb-1", running)
+    if end:
+        await first.records.update("sb-1", ended)
+    try:
+        return await first.kinds()
+    finally:
+        first.records.close()
+
+
 def test_a_stop_after_a_restart_is_noted_as_stopping_not_as_running_again(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
         store = Store.sqlite(tmp_path / "cp.db")
-        first = Process(store)
-        await first.records.add(new_record())
-        await first.records.observe_running("sb-1", running)
-        assert await first.kinds() == ["placed", "running"]
-        first.records.close()
+        assert await first_life(store) == ["placed", "running"]
 
         second = Process(store)
         await second.start()
@@ -109,12 +118,7 @@ def test_deleting_a_sandbox_that_ended_before_the_restart_notes_only_the_delete(
 ) -> None:
     async def scenario() -> None:
         store = Store.sqlite(tmp_path / "cp.db")
-        first = Process(store)
-        await first.records.add(new_record())
-        await first.records.observe_running("sb-1", running)
-        await first.records.update("sb-1", ended)
-        assert await first.kinds() == ["placed", "running", "ended"]
-        first.records.close()
+        assert await first_life(store, end=True) == ["placed", "running", "ended"]
 
         second = Process(store)
         await second.start()
