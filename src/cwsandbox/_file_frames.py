@@ -22,9 +22,9 @@ from sandboxd_protocol.sandboxd_v1 import files_pb2 as fp
 __all__ = ["data_frame", "read_frame", "write_frame"]
 
 #: Tag byte of ``WriteFileRequest.data`` (field 6, length-delimited).
-WRITE_DATA_TAG = 0x32
+WRITE_DATA_TAG = one_field.FILE_DATA_DOWN
 #: Tag byte of ``ReadFileResponse.data`` (field 4, length-delimited).
-READ_DATA_TAG = 0x22
+READ_DATA_TAG = one_field.FILE_DATA_UP
 
 
 def data_frame(chunk: bytes | memoryview) -> bytes:

@@ -10,9 +10,14 @@ field copied out) costs far more than the bytes. The server relays them unparsed
 
 from __future__ import annotations
 
-__all__ = ["encode", "payload_start"]
+__all__ = ["FILE_DATA_DOWN", "FILE_DATA_UP", "encode", "payload_start"]
 
 _MAX_VARINT_BYTES = 10
+
+FILE_DATA_DOWN = 0x32
+"""Tag byte of field 6, length-delimited: ``WriteFileRequest.data``, ``OperationDown.data``."""
+FILE_DATA_UP = 0x22
+"""Tag byte of field 4, length-delimited: ``OperationUp.data``, ``ReadFileResponse.data``."""
 
 
 def payload_start(raw: bytes, tag: int) -> int | None:

@@ -23,10 +23,10 @@ import grpc
 from sandboxd_protocol import one_field
 from sandboxd_protocol.sandboxd_v1 import files_pb2, runner_pb2
 
-DOWN_DATA = 0x32
-"""Tag byte of field 6, length-delimited: ``WriteFileRequest.data``, ``OperationDown.data``."""
-UP_DATA = 0x22
-"""Tag byte of field 4, length-delimited: ``OperationUp.data``, ``ReadFileResponse.data``."""
+DOWN_DATA = one_field.FILE_DATA_DOWN
+"""Tag byte of ``WriteFileRequest.data`` and ``OperationDown.data`` (field 6)."""
+UP_DATA = one_field.FILE_DATA_UP
+"""Tag byte of ``OperationUp.data`` and ``ReadFileResponse.data`` (field 4)."""
 
 
 def data_length(raw: bytes, tag: int) -> int | None:
@@ -37,10 +37,10 @@ def data_length(raw: bytes, tag: int) -> int | None:
 
 def payload(raw: bytes) -> memoryview:
     """The bytes of a frame :func:`data_length` accepted (no copy)."""
-    i = 1
-    while raw[i] & 0x80:
-        i += 1
-    return memoryview(raw)[i + 1 :]
+    start = one_field.payload_start(raw, raw[0])
+    if start is None:
+        raise ValueError("not a frame of exactly one data field")
+    return memoryview(raw)[start:]
 
 
 encode = one_field.encode

@@ -41,3 +41,12 @@ def test_anything_else_is_refused() -> None:
     init = files_pb2.WriteFileRequest(init=files_pb2.WriteFileInit(path="/x"))
     assert data_length(init.SerializeToString(), DOWN_DATA) is None  # another field
     assert data_length(data, UP_DATA) is None  # the other direction's tag
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x32\x05ab", b"\x32\x01ab", b"\x32\xff\xff\xff", b"\x12\x01a" + b"\x32\x00"]
+)
+def test_the_payload_of_a_frame_that_is_not_one_data_field_is_refused(raw: bytes) -> None:
+    """Callers check with data_length first; one that did not gets an error, not bytes."""
+    with pytest.raises(ValueError, match="exactly one data field"):
+        payload(raw)
