@@ -39,7 +39,12 @@ from google.protobuf.message import Message
 
 from sandboxd.controlplane.caller import Caller, current_caller
 from sandboxd.controlplane.event_journal import EventJournal
-from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord
+from sandboxd.controlplane.sandbox_model import (
+    STARTING_STATUSES,
+    TERMINAL_STATUSES,
+    Desired,
+    SandboxRecord,
+)
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.errors import ApiError
 from sandboxd.log_format import bind_sandbox
@@ -60,11 +65,9 @@ MAX_PENDING = 100_000
 CONTROL_PLANE = "control-plane"
 STATUS_NAMES = {1: "creating", 2: "running", 3: "completed", 4: "failed", 5: "terminated",
                 6: "pending", 7: "paused", 9: "terminating"}  # fmt: skip
-TERMINAL = frozenset({3, 4, 5})
+TERMINAL = TERMINAL_STATUSES
 PAUSED = 7
 RUNNING = 2
-STARTING = frozenset({1, 6})
-"""Creating and pending: a record stored before its runner's RUNNING report landed."""
 SHOWN_KINDS = {"running": RUNNING, "resumed": RUNNING, "paused": PAUSED}
 """Trail events that may be noted before their record is stored, and the status they mean."""
 GATEWAY = "/coreweave.sandbox.v1beta2.GatewayService/"
@@ -197,11 +200,11 @@ class EventLog:
         so the report that follows the restart is not noted again. Only records loaded as
         starting are looked up: a few at most, the ones in flight at the kill.
         """
-        starting = [sid for sid, seen in self._seen.items() if seen.status in STARTING]
+        starting = [sid for sid, seen in self._seen.items() if seen.status in STARTING_STATUSES]
         for sandbox_id in starting:
             kind = await asyncio.to_thread(self._store.latest_kind, sandbox_id, tuple(SHOWN_KINDS))
             seen = self._seen.get(sandbox_id)
-            if kind is not None and seen is not None and seen.status in STARTING:
+            if kind is not None and seen is not None and seen.status in STARTING_STATUSES:
                 seen.status = SHOWN_KINDS[kind]
 
     async def recover(self) -> int:

@@ -33,6 +33,8 @@ S = gateway_pb2
 TERMINAL_STATUSES = frozenset(
     {S.SANDBOX_STATUS_COMPLETED, S.SANDBOX_STATUS_FAILED, S.SANDBOX_STATUS_TERMINATED}
 )
+STARTING_STATUSES = frozenset({S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING})
+"""Placed, not yet reported running (or ended) by its runner."""
 START_TIMEOUT_SECONDS = 120.0
 """How long a sandbox may take to be reported running before it is given up (FAILED)."""
 

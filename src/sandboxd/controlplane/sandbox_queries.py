@@ -19,13 +19,15 @@ from sandboxd.controlplane.pagination import (
     page_size_of,
     take_page,
 )
-from sandboxd.controlplane.sandbox_model import TERMINAL_STATUSES, SandboxRecord
+from sandboxd.controlplane.sandbox_model import (
+    STARTING_STATUSES,
+    TERMINAL_STATUSES,
+    SandboxRecord,
+)
 from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.store.sandbox_store import ListQuery
-from sandboxd_protocol.v1beta2 import gateway_pb2
 
 GET_LONG_POLL_SECONDS = 0.5
-S = gateway_pb2
 
 
 async def settled_record(lifecycle: Lifecycle, sandbox_id: str) -> SandboxRecord:
@@ -35,7 +37,7 @@ async def settled_record(lifecycle: Lifecycle, sandbox_id: str) -> SandboxRecord
     sees it instead of sleeping its poll interval.
     """
     record = await lifecycle.record(sandbox_id)
-    if record.status in (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING):
+    if record.status in STARTING_STATUSES:
         await lifecycle.records.wait_change(record.sandbox_id, GET_LONG_POLL_SECONDS)
         record = await lifecycle.record(sandbox_id)
     return record

@@ -35,7 +35,12 @@ from sandboxd.controlplane.gateway import get_response
 from sandboxd.controlplane.lifecycle import Lifecycle, sandbox_not_found, sandbox_paused
 from sandboxd.controlplane.limits import check_exec_init
 from sandboxd.controlplane.operations import Operation, Operations
-from sandboxd.controlplane.sandbox_model import START_TIMEOUT_SECONDS, SandboxRecord, now
+from sandboxd.controlplane.sandbox_model import (
+    START_TIMEOUT_SECONDS,
+    STARTING_STATUSES,
+    SandboxRecord,
+    now,
+)
 from sandboxd.controlplane.start_request import not_implemented
 from sandboxd.errors import ApiError, abort_with, invalid_argument
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -55,7 +60,6 @@ S = gateway_pb2
 NO_STDIN_HEADER = "sandboxd-no-stdin"
 """Call metadata (value ``1``) of an exec whose client sends no input: its stdin is closed
 from the start and it needs no ``ready`` (our client sends it; others get the full §5)."""
-_STARTING = (S.SANDBOX_STATUS_CREATING, S.SANDBOX_STATUS_PENDING)
 _CLOSE = runner_pb2.OperationDown(
     input=streaming_pb2.ExecStreamRequest(close=streaming_pb2.ExecStreamClose())
 )
@@ -161,7 +165,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
             runner_waits = False
             if (WAIT_RUNNING_HEADER, "1") in metadata:
                 announce = context
-                if no_stdin and record.status in _STARTING:
+                if no_stdin and record.status in STARTING_STATUSES:
                     runner_waits = True  # sent now; the runner holds it until the start is done
                 else:  # ``ready`` must not go out before the sandbox runs: wait here
                     record = await self._await_start(record, context)
@@ -188,7 +192,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         by the client, whose cancellation ends the call. A sandbox deleted meanwhile is
         answered like an unknown one (NOT_FOUND).
         """
-        if record.status in _STARTING:
+        if record.status in STARTING_STATUSES:
             left = START_TIMEOUT_SECONDS
             if record.start_deadline is not None:
                 left = (record.start_deadline - now()).total_seconds()
@@ -209,7 +213,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
     async def _settled(self, record: SandboxRecord, timeout: float) -> SandboxRecord | None:
         """The record once no longer starting (None: gone), or as it is after ``timeout``."""
         return await self._lifecycle.records.wait_for(
-            record.sandbox_id, lambda r: r is None or r.status not in _STARTING, timeout
+            record.sandbox_id, lambda r: r is None or r.status not in STARTING_STATUSES, timeout
         )
 
     async def _announce(self, context: Context, record: SandboxRecord) -> None:
@@ -220,7 +224,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         send the command a second time.
         """
         answer = get_response(record, self._lifecycle.reason_of(record))
-        if answer.sandbox_status in _STARTING:
+        if answer.sandbox_status in STARTING_STATUSES:
             answer.sandbox_status = S.SANDBOX_STATUS_RUNNING
         await context.send_initial_metadata(((SANDBOX_HEADER, answer.SerializeToString()),))
 
