@@ -275,6 +275,27 @@ def test_a_waiting_exec_goes_as_the_sandbox_runs_not_after_the_starts_report(
     run_rig(tmp_path, body)
 
 
+def hold_state(rig: Rig, *, fail: bool = False) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the start at ``backend.state`` (its first step after the backend's answer).
+
+    Returns ``(asked, release)``: set when the start asks, and what lets it go on; with
+    ``fail`` the state then cannot be read (``SandboxNotFound``), and the start fails.
+    """
+    asked, release = asyncio.Event(), asyncio.Event()
+    state = rig.backend.state
+
+    async def held(sandbox_id: str) -> Any:
+        asked.set()
+        await release.wait()
+        answer = await state(sandbox_id)
+        if fail:
+            raise SandboxNotFound(sandbox_id)
+        return answer
+
+    rig.backend.state = held  # type: ignore[method-assign]
+    return asked, release
+
+
 def test_a_waiting_exec_goes_once_the_backend_runs_the_sandbox_before_its_bookkeeping(
     tmp_path: Path,
 ) -> None:
@@ -282,16 +303,7 @@ def test_a_waiting_exec_goes_once_the_backend_runs_the_sandbox_before_its_bookke
     # runner's record and reports RUNNING; the exec no longer waits for any of it. Held
     # here at the first of them: the exec runs to its end, and the start then completes.
     async def body(rig: Rig) -> None:
-        asked = asyncio.Event()
-        release = asyncio.Event()
-        state = rig.backend.state
-
-        async def held_state(sandbox_id: str) -> Any:
-            asked.set()
-            await release.wait()
-            return await state(sandbox_id)
-
-        rig.backend.state = held_state  # type: ignore[method-assign]
+        asked, release = hold_state(rig)
         open_exec(rig, "e1", "echo", "hi", wait_start=True)
         stream = await rig.execs.stream("e1")
         starting = asyncio.ensure_future(rig.run("start", **start(spec())))
@@ -319,15 +331,7 @@ def test_an_exec_in_a_sandbox_whose_start_fails_after_the_backend_ran_it_ends(
     # The start fails after the backend ran the sandbox (its state cannot be read): the
     # sandbox is destroyed, and an exec already running in it ends instead of hanging.
     async def body(rig: Rig) -> None:
-        release = asyncio.Event()
-        state = rig.backend.state
-
-        async def failing_state(sandbox_id: str) -> Any:
-            await release.wait()
-            await state(sandbox_id)
-            raise SandboxNotFound(sandbox_id)
-
-        rig.backend.state = failing_state  # type: ignore[method-assign]
+        _, release = hold_state(rig, fail=True)
         open_exec(rig, "e1", "sleep", wait_start=True)
         stream = await rig.execs.stream("e1")
         starting = asyncio.ensure_future(rig.run("start", **start(spec())))
