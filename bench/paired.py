@@ -18,7 +18,9 @@ client is this checkout's for both. The baseline's native keeper is built from i
 ``keeper.c`` when it has none. Measures: ``warm`` and ``cold`` (create → first exec result on
 ``bench/sandboxes.py``'s bench-warm and bench-cold profiles, 0.2 s apart so pools refill),
 ``exec`` (``true`` in a sandbox kept running), ``burst`` (100 concurrent creates, each to its
-first exec result; the sample is the burst's p99, 3 s apart).
+first exec result; the sample is the burst's p99, 3 s apart). Beside the latencies it
+prints the CPU time each build's ``sandboxd up`` process (control plane and its in-process
+runner; not the zygote, keepers or agents) spent per sample, from ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def sample(measure: str, held: object) -> float:
     return took
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker() -> None:
     """Start ``sandboxd up``, then answer one sample per measure name read from stdin."""
     import sandboxes
@@ -89,10 +98,13 @@ def worker() -> None:
             held = Sandbox.run(container_image=IMAGE)
             held.exec(["true"]).result()
             print("ready", flush=True)
+            pid = up.proc.popen.pid
             for line in sys.stdin:
                 if line.strip() not in MEASURES:
                     break
-                print(f"{sample(line.strip(), held):.6f}", flush=True)
+                cpu = process_cpu_seconds(pid)
+                took = sample(line.strip(), held)
+                print(f"{took:.6f} {process_cpu_seconds(pid) - cpu:.6f}", flush=True)
             held.stop(graceful_shutdown_seconds=0).result()
 
 
@@ -116,11 +128,13 @@ class Build:
         if not line:
             sys.exit(f"{name}: its sandboxd up did not start")
 
-    def sample(self, measure: str) -> float:
+    def sample(self, measure: str) -> tuple[float, float]:
+        """One sample: its latency and its ``sandboxd up``'s CPU time, in seconds."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(measure + "\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        took, cpu = self.proc.stdout.readline().split()
+        return float(took), float(cpu)
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -158,26 +172,31 @@ def main() -> None:
     ensure_native_keeper(args.baseline)
     builds = (Build("baseline", args.baseline), Build("this", ROOT.parent))
     taken: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in measures}
+    cpu: dict[str, list[float]] = {m: [0.0, 0.0] for m in measures}
     try:
         for round_number in range(args.rounds):
             for measure in measures:
                 order = (0, 1) if round_number % 2 == 0 else (1, 0)
                 for index in order:
-                    taken[measure][index].append(builds[index].sample(measure))
+                    took, spent = builds[index].sample(measure)
+                    taken[measure][index].append(took)
+                    cpu[measure][index] += spent
     finally:
         for build in builds:
             build.close()
     print(f"\npaired: {args.baseline} (baseline) against {ROOT.parent} (this), "
           f"{args.rounds} rounds, order alternating")  # fmt: skip
-    header = ("measure", "baseline p50", "this p50", "this/base", "this faster")
-    print("{:8} {:>13} {:>10} {:>10} {:>12}".format(*header))
+    header = ("measure", "baseline p50", "this p50", "this/base", "this faster", "up CPU/sample")
+    print("{:8} {:>13} {:>10} {:>10} {:>12} {:>22}".format(*header))
     for measure, (base, this) in taken.items():
         ratios = [b / a for a, b in zip(base, this, strict=True)]
         faster = sum(r < 1 for r in ratios)
         base_ms, this_ms = statistics.median(base) * 1000, statistics.median(this) * 1000
+        base_cpu, this_cpu = (spent / len(base) * 1000 for spent in cpu[measure])
         print(
             f"{measure:8} {base_ms:10.2f} ms {this_ms:7.2f} ms"
             f" {statistics.median(ratios):10.3f} {faster:>7}/{len(ratios)}"
+            f" {base_cpu:8.2f} → {this_cpu:.2f} ms"
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from sandboxd.controlplane.method_table import MethodTable
 from sandboxd_protocol import one_field
 from sandboxd_protocol.sandboxd_v1 import files_pb2, runner_pb2
 
@@ -59,7 +60,7 @@ def _either(message_type: Any) -> Callable[[Any], bytes]:
     return encode_frame
 
 
-def add_services(runner_service: Any, file_service: Any, server: grpc.aio.Server) -> None:
+def add_services(runner_service: Any, file_service: Any, table: MethodTable) -> None:
     """Register ``RunnerService`` and ``FileService`` with raw bytes where frames are relayed.
 
     ``Operate`` takes raw ``OperationUp`` frames and gives ``OperationDown`` messages or raw
@@ -90,9 +91,5 @@ def add_services(runner_service: Any, file_service: Any, server: grpc.aio.Server
             response_serializer=_either(files_pb2.ReadFileResponse),
         ),
     }
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler("sandboxd.runner.v1.RunnerService", runner),
-            grpc.method_handlers_generic_handler("sandboxd.files.v1.FileService", files),
-        )
-    )
+    table.add_registered_method_handlers("sandboxd.runner.v1.RunnerService", runner)
+    table.add_registered_method_handlers("sandboxd.files.v1.FileService", files)

@@ -43,6 +43,7 @@ from sandboxd.controlplane.lifecycle import Lifecycle
 from sandboxd.controlplane.live_config import LiveConfig, startup_config
 from sandboxd.controlplane.local_link import LocalRunners
 from sandboxd.controlplane.malformed import MalformedRequestInterceptor
+from sandboxd.controlplane.method_table import MethodTable
 from sandboxd.controlplane.metrics import (
     ControlPlaneMetrics,
     MetricsInterceptor,
@@ -338,8 +339,9 @@ class ControlPlane:
         if self.metrics is not None:  # outermost: refused calls are counted too
             interceptors.insert(0, MetricsInterceptor(self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        table = MethodTable()  # one handler for every method (method_table.py says why)
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            self.discovery, server
+            self.discovery, table
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(  # type: ignore[no-untyped-call]
             GatewayService(
@@ -348,14 +350,14 @@ class ControlPlane:
                 self.operations,
                 FssGateway(self.snapshots, self.lifecycle),
             ),
-            server,
+            table,
         )
         streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            StreamingService(self.lifecycle, self.operations), server
+            StreamingService(self.lifecycle, self.operations), table
         )
         # coreweave.sandbox.v1 (the official 0.27+ clients) on the same port and plumbing.
         add_v1_services(
-            server,
+            table,
             registry=self.registry,
             lifecycle=self.lifecycle,
             files=self.files,
@@ -374,9 +376,9 @@ class ControlPlane:
         )
         self.local_runners = LocalRunners(runners, auth.identify)
         # File bytes pass through both as they were encoded (raw_frames.py).
-        add_services(runners, FileService(self.lifecycle, self.files), server)
+        add_services(runners, FileService(self.lifecycle, self.files), table)
         events_pb2_grpc.add_EventServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            EventService(self.events, self.sandboxes), server
+            EventService(self.events, self.sandboxes), table
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(
@@ -388,11 +390,12 @@ class ControlPlane:
                 config=self.live_config,
                 secrets=self.secrets,
             ),
-            server,
+            table,
         )
         secrets_pb2_grpc.add_SecretStoreServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SecretStoreService(self.secrets), server
+            SecretStoreService(self.secrets), table
         )
+        table.install(server)
         cert, key = self.settings.tls_cert, self.settings.tls_key
         if cert is not None and key is not None:
             credentials = server_credentials(cert, key)

@@ -17,6 +17,7 @@ import grpc
 
 from sandboxd.controlplane.files import Files
 from sandboxd.controlplane.lifecycle import Lifecycle
+from sandboxd.controlplane.method_table import MethodTable
 from sandboxd.controlplane.operations import Operations
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.streaming import StreamingService
@@ -138,7 +139,7 @@ class V1VolumeService(volume_pb2_grpc.VolumeServiceServicer):
 
 
 def add_v1_services(
-    server: grpc.aio.Server,
+    server: MethodTable,
     *,
     registry: RunnerRegistry,
     lifecycle: Lifecycle,
@@ -148,7 +149,7 @@ def add_v1_services(
     snapshots: Snapshots,
     volumes: Volumes,
 ) -> None:
-    """Serve ``coreweave.sandbox.v1`` on ``server`` over the shared plumbing."""
+    """Add ``coreweave.sandbox.v1`` to the server's method table, over the shared plumbing."""
     streams = V1Streams(StreamingService(lifecycle, operations))
     fss = V1Snapshots(snapshots, lifecycle)
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(  # type: ignore[no-untyped-call]
