@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sandboxd.backends.base import Backend
+from sandboxd.backends.base import Backend, SandboxState
 from sandboxd.backends.errors import BackendError, SandboxNotFound
 from sandboxd.runner import failures
 from sandboxd.runner.records import RecordStore, RunnerRecord
@@ -90,10 +91,12 @@ class SandboxTable:
             _log.exception("backend %s failed to recover sandboxes", self._backend.name)
             return []
         for sid in alive:
-            record = records.pop(sid, None)
-            if record is None:  # created by a runner that kept no records: adopt as is
-                state = await self._backend.state(sid)
-                record = RunnerRecord(sid, started_at=state.started_at or time.time())
+            # No record: created by a runner that kept none. A record not yet started: that
+            # runner was killed between the backend's answer and its record (``_create``).
+            record = records.pop(sid, None) or RunnerRecord(sid)
+            if not record.started_at:
+                record = self._record_of_started(record, await self._backend.state(sid))
+                self._records.save(record)
             self._ledger.release(sid)
             self._ledger.reserve(sid, record.reservation, force=True)
             sb = Sandbox(sid, record, phase=await self._live_phase(sid))
@@ -105,6 +108,10 @@ class SandboxTable:
             await self._recover_ended(sid, record)
         _log.info("recovered %d running sandbox(es)", len(alive))
         return alive
+
+    def _record_of_started(self, record: RunnerRecord, state: SandboxState) -> RunnerRecord:
+        """``record`` completed with when the sandbox started (the supervisor adds ports)."""
+        return dataclasses.replace(record, started_at=state.started_at or time.time())
 
     async def _live_phase(self, sandbox_id: str) -> runner_pb2.SandboxPhase:
         """RUNNING, or PAUSED for a sandbox that was paused when the last runner stopped."""

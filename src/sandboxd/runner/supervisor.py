@@ -36,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from sandboxd.backends.base import Backend, SandboxSpec
+from sandboxd.backends.base import Backend, SandboxSpec, SandboxState
 from sandboxd.backends.errors import BackendError, InvalidSpec, SandboxNotFound
 from sandboxd.controlplane.limits import (
     MAX_FILE_PATH_CHARS,
@@ -357,8 +357,18 @@ class SandboxSupervisor(SandboxTable):
                     available=exc.available,
                 )
             ) from None
+        # Saved before the backend makes anything: a runner killed between the backend's
+        # answer and the record below still knows the sandbox's reservation, lifetime and
+        # generation when it adopts the sandbox after its restart (``recover``).
+        sb.record = RunnerRecord(
+            sb.sandbox_id,
+            reservation=reservation,
+            max_lifetime_seconds=spec.max_lifetime_seconds,
+            generation=sb.generation,
+        )  # started_at 0: not started yet
         created = False
         try:
+            self._records.save(sb.record)
             if await self._warm.claim(spec.profile_name, backend_spec):
                 created = True  # and started, from the profile's warm pool
             else:  # a failed create_and_start leaves nothing behind
@@ -370,22 +380,24 @@ class SandboxSupervisor(SandboxTable):
         except BaseException:
             self._scratch.discard(sb.sandbox_id)
             self._ledger.release(sb.sandbox_id)
+            self._records.remove(sb.sandbox_id)
             if created:
                 with contextlib.suppress(BackendError):
                     await self._backend.destroy(sb.sandbox_id)
             raise
         self._scratch.discard(sb.sandbox_id)  # the staged restore archive, if any, is used
-        sb.record = RunnerRecord(
-            sb.sandbox_id,
-            reservation=reservation,
-            max_lifetime_seconds=spec.max_lifetime_seconds,
+        sb.record = self._record_of_started(sb.record, state)
+        self._records.save(sb.record)
+        sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
+
+    def _record_of_started(self, record: RunnerRecord, state: SandboxState) -> RunnerRecord:
+        """``record`` completed with when the sandbox started and where its ports are."""
+        return dataclasses.replace(
+            record,
             started_at=state.started_at or time.time(),
             service_address=service_address(state.ports, self._public_host),
             published_ports={p.container_port: p.host_port for p in state.ports},
-            generation=sb.generation,
         )
-        self._records.save(sb.record)
-        sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
 
     async def _prepare_volume(self, prepare: runner_pb2.PrepareVolume) -> None:
         """Make or find a persistent volume's directory (``Backend.prepare_volume``)."""

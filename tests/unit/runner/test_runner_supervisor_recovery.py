@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.errors import BackendUnavailable
 from sandboxd.runner.resources import Reservation, ReservationLedger
 from sandboxd.runner.supervisor import SandboxSupervisor
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -102,3 +104,68 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
             await sup.close()
 
     asyncio.run(main())
+
+
+def test_a_runner_killed_between_the_backends_answer_and_its_record_keeps_the_policy(
+    tmp_path: Path,
+) -> None:
+    # The start is held where it asks the backend's state, after the backend runs the
+    # sandbox and before the runner's record says it started. The first supervisor is then
+    # abandoned as it is, nothing of it running again (as after a SIGKILL); the second
+    # adopts the sandbox with the reservation, lifetime and generation of its start, from
+    # the record saved before the backend was asked. Before, it adopted it "as is": no
+    # reservation, no lifetime (it would have run forever), generation 0.
+    async def main() -> None:
+        world: dict = {}
+        images = image_store(tmp_path)
+        records = tmp_path / "records"
+        first_backend = StandinBackend(world, images)
+        asked, never = asyncio.Event(), asyncio.Event()
+
+        async def held_forever(sandbox_id: str) -> Any:
+            asked.set()
+            await never.wait()
+
+        first_backend.state = held_forever  # type: ignore[method-assign]
+        first = SandboxSupervisor(
+            first_backend, ReservationLedger(CAPACITY), Outbox().send, records_dir=records
+        )
+        held = spec("cut", max_lifetime_seconds=2)
+        first.handle(
+            runner_pb2.Command(
+                request_id="1", start=runner_pb2.StartSandbox(spec=held, generation=7)
+            )
+        )
+        async with asyncio.timeout(5):
+            await asked.wait()
+        assert world["cut"].state == "running"
+
+        out = Outbox()
+        ledger = ReservationLedger(CAPACITY)
+        second = SandboxSupervisor(
+            StandinBackend(world, images), ledger, out.send, records_dir=records
+        )
+        try:
+            assert await second.recover() == ["cut"]
+            [event] = second.snapshot()
+            assert (event.sandbox_id, event.phase, event.generation) == ("cut", RUNNING, 7)
+            assert ledger.reservation("cut") == Reservation(1000, 1 << 30, 0)
+            event = (await out.next("event", timeout=4)).event
+            assert event.sandbox_id == "cut" and event.reason == "max lifetime of 2 s reached"
+        finally:
+            await second.close()
+
+    asyncio.run(main())
+
+
+def test_a_start_that_fails_leaves_no_record(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        async def refused(spec: SandboxSpec) -> None:
+            raise BackendUnavailable("the backend is down")
+
+        rig.backend.create_and_start = refused  # type: ignore[method-assign]
+        result = await rig.run("1", **start(spec()))
+        assert result.HasField("failure")
+        assert list((tmp_path / "records").glob("*")) == []
+
+    run_rig(tmp_path, body)
