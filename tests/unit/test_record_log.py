@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,17 @@ def test_backend_records_of_older_versions_are_read_and_saves_go_to_the_new_file
     record.save()  # after an upgrade: record.jsonl, which wins over record.json
     loaded = SandboxRecord.load(tmp_path)
     assert (loaded.keeper_pid, loaded.egress) == (43, EgressType.INTERNET)
+
+
+def test_runner_records_make_their_directory_when_it_is_missing(tmp_path: Path) -> None:
+    # Saves append without asking for the directory first (one syscall less per save on
+    # the create path); the first save, or one after the directory went away, makes it.
+    directory = tmp_path / "state" / "records"
+    store = RecordStore(directory)
+    store.save(RunnerRecord("sb-1", generation=1))
+    assert directory.stat().st_mode & 0o777 == 0o700
+    store.save(RunnerRecord("sb-1", generation=2))
+    shutil.rmtree(directory)
+    store.save(RunnerRecord("sb-2", generation=3))
+    loaded = {r.sandbox_id: r.generation for r in RecordStore(directory).load_all()}
+    assert loaded == {"sb-2": 3}

@@ -82,9 +82,13 @@ class RecordStore:
         self._memory[record.sandbox_id] = record
         if self._directory is None:
             return
+        path, data = self._path(record.sandbox_id), record.to_dict()
         try:
-            self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            append_record(self._path(record.sandbox_id), record.to_dict())
+            try:  # the directory exists but for the first save: no mkdir on the create path
+                append_record(path, data)
+            except FileNotFoundError:
+                self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                append_record(path, data)
         except OSError as exc:  # the sandbox still runs; only a later restart loses policy
             _log.warning("cannot save runner record of %s: %s", record.sandbox_id, exc)
 
