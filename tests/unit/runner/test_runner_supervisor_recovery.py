@@ -169,3 +169,49 @@ def test_a_start_that_fails_leaves_no_record(tmp_path: Path) -> None:
         assert list((tmp_path / "records").glob("*")) == []
 
     run_rig(tmp_path, body)
+
+
+def test_a_runner_killed_before_the_backend_made_anything_lets_the_start_come_again(
+    tmp_path: Path,
+) -> None:
+    # Killed after the record is saved but before the backend was asked: the restarted
+    # runner finds a record and no sandbox, drops the record without reporting anything
+    # (the control plane still has the sandbox starting), and the start it sends again
+    # makes the sandbox as if for the first time.
+    async def main() -> None:
+        world: dict = {}
+        images = image_store(tmp_path)
+        records = tmp_path / "records"
+        first_backend = StandinBackend(world, images)
+        asked, never = asyncio.Event(), asyncio.Event()
+
+        async def held_forever(_spec: SandboxSpec) -> None:
+            asked.set()
+            await never.wait()
+
+        first_backend.create_and_start = held_forever  # type: ignore[method-assign]
+        first = SandboxSupervisor(
+            first_backend, ReservationLedger(CAPACITY), Outbox().send, records_dir=records
+        )
+        first.handle(runner_pb2.Command(request_id="1", **start(spec("early"))))
+        async with asyncio.timeout(5):
+            await asked.wait()
+        assert (records / "early.jsonl").exists() and "early" not in world
+
+        out = Outbox()
+        ledger = ReservationLedger(CAPACITY)
+        second = SandboxSupervisor(
+            StandinBackend(world, images), ledger, out.send, records_dir=records
+        )
+        try:
+            assert await second.recover() == []
+            assert second.snapshot() == [] and len(ledger) == 0
+            assert not (records / "early.jsonl").exists()
+            second.handle(runner_pb2.Command(request_id="2", **start(spec("early"))))
+            assert not (await out.result("2")).HasField("failure")
+            [event] = second.snapshot()
+            assert (event.sandbox_id, event.phase) == ("early", RUNNING)
+        finally:
+            await second.close()
+
+    asyncio.run(main())
