@@ -65,7 +65,6 @@ MAX_PENDING = 100_000
 CONTROL_PLANE = "control-plane"
 STATUS_NAMES = {1: "creating", 2: "running", 3: "completed", 4: "failed", 5: "terminated",
                 6: "pending", 7: "paused", 9: "terminating"}  # fmt: skip
-TERMINAL = TERMINAL_STATUSES
 PAUSED = 7
 RUNNING = 2
 SHOWN_KINDS = {"running": RUNNING, "resumed": RUNNING, "paused": PAUSED}
@@ -184,7 +183,7 @@ class EventLog:
         """
         for record in records:
             seen = _Seen(record.status, record.desired)
-            if record.status not in TERMINAL:
+            if record.status not in TERMINAL_STATUSES:
                 self._seen.setdefault(record.sandbox_id, seen)
             elif record.desired is not Desired.DELETED:
                 self._ended.setdefault(record.sandbox_id, seen)
@@ -253,7 +252,7 @@ class EventLog:
     def _observe(self, record: SandboxRecord, shown: bool) -> None:
         sandbox_id, status, desired = record.sandbox_id, record.status, record.desired
         before = self._seen.get(sandbox_id) or self._ended.get(sandbox_id)
-        if before is None and status in TERMINAL and record.version > 1 and not shown:
+        if before is None and status in TERMINAL_STATUSES and record.version > 1 and not shown:
             # Ended before this process saw it (every live record is seeded at start-up,
             # see seed()): loaded as ended, or forgotten from _ended. Its "ended" is in the
             # trail already; only its delete can be news.
@@ -274,7 +273,9 @@ class EventLog:
                 self.note(record, kind, runner, runner_id=record.runner_id)
             elif status == PAUSED:
                 self.note(record, "paused", runner)
-            elif status in TERMINAL and (before is None or before.status not in TERMINAL):
+            elif status in TERMINAL_STATUSES and (
+                before is None or before.status not in TERMINAL_STATUSES
+            ):
                 self.note(
                     record,
                     "ended",
@@ -290,7 +291,7 @@ class EventLog:
                 )
             elif desired is Desired.DELETED:
                 self.note(record, "deleted", CONTROL_PLANE)
-        if status not in TERMINAL:
+        if status not in TERMINAL_STATUSES:
             self._seen[sandbox_id] = _Seen(status, desired)
             return
         self._seen.pop(sandbox_id, None)

@@ -32,6 +32,7 @@ from sandboxd.runner import failures
 from sandboxd.runner.records import RecordStore, RunnerRecord
 from sandboxd.runner.resources import ReservationLedger
 from sandboxd.runner.sandbox_state import STARTING, TERMINAL, Sandbox, describe_exit, event_of
+from sandboxd.runner.spec_mapping import service_address
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 __all__ = ["DEFAULT_RETAIN_EXITED_SECONDS", "LIFETIME_STOP_GRACE_SECONDS", "SandboxTable", "Send"]
@@ -58,8 +59,10 @@ class SandboxTable:
         *,
         records_dir: Path | None,
         retain_exited_seconds: float | None,
+        public_host: str,
     ) -> None:
         self._backend = backend
+        self._public_host = public_host  # names this host in service addresses
         self._ledger = ledger
         self._send = send
         self._records = RecordStore(records_dir)
@@ -110,8 +113,13 @@ class SandboxTable:
         return alive
 
     def _record_of_started(self, record: RunnerRecord, state: SandboxState) -> RunnerRecord:
-        """``record`` completed with when the sandbox started (the supervisor adds ports)."""
-        return dataclasses.replace(record, started_at=state.started_at or time.time())
+        """``record`` completed with when the sandbox started and where its ports are."""
+        return dataclasses.replace(
+            record,
+            started_at=state.started_at or time.time(),
+            service_address=service_address(state.ports, self._public_host),
+            published_ports={p.container_port: p.host_port for p in state.ports},
+        )
 
     async def _live_phase(self, sandbox_id: str) -> runner_pb2.SandboxPhase:
         """RUNNING, or PAUSED for a sandbox that was paused when the last runner stopped."""

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import logging
 import socket
-import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from sandboxd.backends.base import Backend, SandboxSpec, SandboxState
+from sandboxd.backends.base import Backend, SandboxSpec
 from sandboxd.backends.errors import BackendError, InvalidSpec, SandboxNotFound
 from sandboxd.controlplane.limits import (
     MAX_FILE_PATH_CHARS,
@@ -65,7 +64,6 @@ from sandboxd.runner.scratch_transfers import ScratchTransfers
 from sandboxd.runner.spec_mapping import (
     apply_limits,
     reservation_of,
-    service_address,
     to_backend_spec,
     volume_source,
 )
@@ -124,8 +122,8 @@ class SandboxSupervisor(SandboxTable):
             send,
             records_dir=records_dir,
             retain_exited_seconds=retain_exited_seconds,
+            public_host=public_host or socket.gethostname(),
         )
-        self._public_host = public_host or socket.gethostname()
         self._tasks: set[asyncio.Task[None]] = set()
         self._control_plane = ControlPlaneAddresses(control_plane) if control_plane else None
         self._egress_blocked = egress_blocked
@@ -389,15 +387,6 @@ class SandboxSupervisor(SandboxTable):
         sb.record = self._record_of_started(sb.record, state)
         self._records.save(sb.record)
         sb.set_phase(runner_pb2.SANDBOX_PHASE_RUNNING)
-
-    def _record_of_started(self, record: RunnerRecord, state: SandboxState) -> RunnerRecord:
-        """``record`` completed with when the sandbox started and where its ports are."""
-        return dataclasses.replace(
-            record,
-            started_at=state.started_at or time.time(),
-            service_address=service_address(state.ports, self._public_host),
-            published_ports={p.container_port: p.host_port for p in state.ports},
-        )
 
     async def _prepare_volume(self, prepare: runner_pb2.PrepareVolume) -> None:
         """Make or find a persistent volume's directory (``Backend.prepare_volume``)."""

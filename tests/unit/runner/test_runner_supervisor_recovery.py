@@ -106,6 +106,44 @@ def test_recovery_marks_unstarted_leftovers_failed(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+async def killed_while_held(
+    tmp_path: Path, world: dict, step: str, command: runner_pb2.Command
+) -> SandboxSupervisor:
+    """A runner's supervisor as a SIGKILL leaves it: held in the backend's ``step`` for good.
+
+    ``command`` runs until it calls ``step`` (``state``, ``create_and_start``), which never
+    answers; nothing of the supervisor runs again. The caller keeps the returned supervisor
+    referenced, so its held task is not collected (and its clean-up run) before the end.
+    """
+    backend = StandinBackend(world, image_store(tmp_path))
+    asked, never = asyncio.Event(), asyncio.Event()
+
+    async def held_forever(*_args: Any) -> None:
+        asked.set()
+        await never.wait()
+
+    setattr(backend, step, held_forever)
+    first = SandboxSupervisor(
+        backend, ReservationLedger(CAPACITY), Outbox().send, records_dir=tmp_path / "records"
+    )
+    first.handle(command)
+    async with asyncio.timeout(5):
+        await asked.wait()
+    return first
+
+
+def restarted(tmp_path: Path, world: dict) -> tuple[SandboxSupervisor, Outbox, ReservationLedger]:
+    """The next runner's supervisor, on the same records and the same running sandboxes."""
+    out, ledger = Outbox(), ReservationLedger(CAPACITY)
+    supervisor = SandboxSupervisor(
+        StandinBackend(world, image_store(tmp_path)),
+        ledger,
+        out.send,
+        records_dir=tmp_path / "records",
+    )
+    return supervisor, out, ledger
+
+
 def test_a_runner_killed_between_the_backends_answer_and_its_record_keeps_the_policy(
     tmp_path: Path,
 ) -> None:
@@ -117,34 +155,14 @@ def test_a_runner_killed_between_the_backends_answer_and_its_record_keeps_the_po
     # reservation, no lifetime (it would have run forever), generation 0.
     async def main() -> None:
         world: dict = {}
-        images = image_store(tmp_path)
-        records = tmp_path / "records"
-        first_backend = StandinBackend(world, images)
-        asked, never = asyncio.Event(), asyncio.Event()
-
-        async def held_forever(sandbox_id: str) -> Any:
-            asked.set()
-            await never.wait()
-
-        first_backend.state = held_forever  # type: ignore[method-assign]
-        first = SandboxSupervisor(
-            first_backend, ReservationLedger(CAPACITY), Outbox().send, records_dir=records
-        )
         held = spec("cut", max_lifetime_seconds=2)
-        first.handle(
-            runner_pb2.Command(
-                request_id="1", start=runner_pb2.StartSandbox(spec=held, generation=7)
-            )
+        command = runner_pb2.Command(
+            request_id="1", start=runner_pb2.StartSandbox(spec=held, generation=7)
         )
-        async with asyncio.timeout(5):
-            await asked.wait()
+        first = await killed_while_held(tmp_path, world, "state", command)
         assert world["cut"].state == "running"
 
-        out = Outbox()
-        ledger = ReservationLedger(CAPACITY)
-        second = SandboxSupervisor(
-            StandinBackend(world, images), ledger, out.send, records_dir=records
-        )
+        second, out, ledger = restarted(tmp_path, world)
         try:
             assert await second.recover() == ["cut"]
             [event] = second.snapshot()
@@ -154,6 +172,7 @@ def test_a_runner_killed_between_the_backends_answer_and_its_record_keeps_the_po
             assert event.sandbox_id == "cut" and event.reason == "max lifetime of 2 s reached"
         finally:
             await second.close()
+        del first
 
     asyncio.run(main())
 
@@ -180,29 +199,12 @@ def test_a_runner_killed_before_the_backend_made_anything_lets_the_start_come_ag
     # makes the sandbox as if for the first time.
     async def main() -> None:
         world: dict = {}
-        images = image_store(tmp_path)
         records = tmp_path / "records"
-        first_backend = StandinBackend(world, images)
-        asked, never = asyncio.Event(), asyncio.Event()
-
-        async def held_forever(_spec: SandboxSpec) -> None:
-            asked.set()
-            await never.wait()
-
-        first_backend.create_and_start = held_forever  # type: ignore[method-assign]
-        first = SandboxSupervisor(
-            first_backend, ReservationLedger(CAPACITY), Outbox().send, records_dir=records
-        )
-        first.handle(runner_pb2.Command(request_id="1", **start(spec("early"))))
-        async with asyncio.timeout(5):
-            await asked.wait()
+        command = runner_pb2.Command(request_id="1", **start(spec("early")))
+        first = await killed_while_held(tmp_path, world, "create_and_start", command)
         assert (records / "early.jsonl").exists() and "early" not in world
 
-        out = Outbox()
-        ledger = ReservationLedger(CAPACITY)
-        second = SandboxSupervisor(
-            StandinBackend(world, images), ledger, out.send, records_dir=records
-        )
+        second, out, ledger = restarted(tmp_path, world)
         try:
             assert await second.recover() == []
             assert second.snapshot() == [] and len(ledger) == 0
@@ -213,5 +215,6 @@ def test_a_runner_killed_before_the_backend_made_anything_lets_the_start_come_ag
             assert (event.sandbox_id, event.phase) == ("early", RUNNING)
         finally:
             await second.close()
+        del first
 
     asyncio.run(main())
