@@ -12,6 +12,9 @@ over real gRPC:
   sandbox's processes, by kind (mean, and p50/p99 over the sandboxes), and the growth of
   the kernel's slab, page tables and kernel stacks (and of ``MemAvailable``, as a
   cross-check); plus what the platform's own processes grew by;
+* creates ``--fresh`` more, one at a time, each to its first exec result, while all of them
+  exist (what a user's next sandbox waits on a full host), and counts the host mount table's
+  growth per sandbox (each entry is copied by every new mount namespace, so by every create);
 * the floors beside them: ``nsenter -a -t <PID 1> true`` into 200 of the sandboxes (what
   entering a sandbox costs without the platform), and 100 ``sleep`` processes
   in namespaces of their own made by ``unshare`` (the least an isolated idle process costs);
@@ -97,6 +100,30 @@ def exec_round(boxes: list[Any], errors: list[str]) -> list[float]:
     return samples
 
 
+def host_mounts() -> int:
+    """Entries in this process's mount table (the host's: the runner's namespace)."""
+    with open("/proc/self/mountinfo", "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def fresh_creates(count: int, profile: str | None, errors: list[str]) -> list[float]:
+    """Create → first exec result, one sandbox at a time (each stopped after), in seconds."""
+    from cwsandbox import Sandbox
+
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        try:
+            box = Sandbox.run(profile_names=[profile] if profile else None)
+            box.exec(["true"], timeout_seconds=EXEC_TIMEOUT).result()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        samples.append(time.perf_counter() - start)
+        stop_all([box])
+    return samples
+
+
 def stop_all(boxes: list[Any]) -> None:
     def stop(box: Any) -> None:
         with contextlib.suppress(Exception):  # reported by the leftover check below
@@ -111,6 +138,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--profile", default=None, help="profile name (default: the default)")
     parser.add_argument("--up-arg", action="append", default=[], help="extra `sandboxd up` arg")
+    parser.add_argument("--fresh", type=int, default=20, help="creates timed while all exist")
     parser.add_argument("--record", metavar="NAME", help="save this run as the baseline NAME")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -135,17 +163,20 @@ def main() -> None:
             platform_before = density.platform_pss_kib(platform)
             fds_before = density.open_fds(up.proc.popen.pid)
             before = density.meminfo()
+            mounts_before = host_mounts()
 
             start = time.perf_counter()
             boxes, create_lat, errors = create_all(args.count, args.profile)
             create_wall = time.perf_counter() - start
             held = len(boxes)
             rounds = [exec_round(boxes, exec_errors) for _ in range(2)]
+            mounts_after = host_mounts()
             after = density.meminfo()
             cost = density.process_cost(backend_dir)
             platform_after = density.platform_pss_kib(platform)
             fds_after = density.open_fds(up.proc.popen.pid)
             floor_exec = [density.nsenter_seconds(pid) for pid in cost.agents[:FLOOR_EXECS]]
+            fresh = fresh_creates(args.fresh, args.profile, errors)
 
             start = time.perf_counter()
             stop_all(boxes)
@@ -174,6 +205,9 @@ def main() -> None:
         "create p99 ms": round(pct(create_lat, 0.99), 1),
         "exec p50 ms": round(pct(execs, 0.5), 2),
         "exec p99 ms": round(pct(execs, 0.99), 2),
+        "create+exec while all exist p50 ms": round(pct(fresh, 0.5), 1),
+        "create+exec while all exist p99 ms": round(pct(fresh, 0.99), 1),
+        "host mounts per sandbox": round((mounts_after - mounts_before) / max(held, 1), 2),
         "memory per sandbox MiB": round(per_sandbox, 2),
         "  processes (PSS) MiB": round(cost.per_sandbox_mib(), 2),
         "  processes p50 MiB": round(pct(each_mib, 0.5), 2),

@@ -272,3 +272,31 @@ def test_a_zygote_that_does_not_exit_when_asked_is_killed(
     finally:
         if pid and Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_spawn_that_names_a_network_but_brings_no_namespace_is_refused(
+    aio: asyncio.Runner, tmp_path: Path
+) -> None:
+    """The runner's network namespace travels as a descriptor with the spawn request. A
+    request that says it has one but comes without it must fail with a clear error, never
+    start the sandbox in a namespace of its own (a sandbox with egress silently offline)."""
+    zygote = supervisor.ZygoteClient(tmp_path / "run")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    layer = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # any descriptor
+    request = {"state_dir": str(state), "files": [], "netns": True, "uid_first": 0}
+
+    async def scenario() -> dict[str, object]:
+        await zygote.ensure()
+        try:
+            return await zygote.spawn(request, fds=(layer,))
+        finally:
+            await zygote.shutdown()
+
+    try:
+        reply = go(aio, scenario())
+    finally:
+        os.close(layer)
+    assert isinstance(reply, dict) and reply.get("ok") is False
+    assert reply.get("error") == "no network namespace came with the request"
+    assert not (state / "exit.json").exists()

@@ -220,7 +220,10 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         assert not (Path(getattr(b, "data_dir")) / "sandboxes" / sid).exists()  # noqa: B009
         assert seen and not [d for d in seen if os.path.exists(d)]  # the cgroups were made
         assert sid not in b._net.claims().values()  # type: ignore[attr-defined]
-        assert f"sandboxd-{b._net.tag_for(sid)}" not in os.listdir("/run/netns")  # type: ignore[attr-defined]
+        tag = b._net.tag_for(sid)  # type: ignore[attr-defined]
+        shown = subprocess.run(["ip", "link", "show", "dev", f"sbx{tag}"], capture_output=True)
+        assert shown.returncode != 0  # the veth's host end is gone
+        assert b._net.netns_fd(b._net.lease_at(1, tag)) is None  # type: ignore[attr-defined]
         assert sid not in [label for _ids, label in b._ids.claims()]  # type: ignore[attr-defined]
 
     go(aio, scenario())

@@ -119,10 +119,14 @@ def test_host_rules_exist_while_running_and_vanish_on_destroy(
             in rules
         )
         assert f"-A {lease.chain} -d 198.51.100.0/24 -j ACCEPT" in rules
-        assert Path(lease.netns_path).exists()
+        # Its own namespace, held by its processes alone: no name, no mount on the host.
+        agent = local_harness.backend._records[spec.sandbox_id].agent_pid  # type: ignore[attr-defined]
+        assert os.stat(f"/proc/{agent}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+        assert not Path("/run/netns", lease.netns).exists()
+        assert lease.tag not in Path("/proc/self/mountinfo").read_text()
+        assert local_harness.backend._net.netns_fd(lease) is None  # type: ignore[attr-defined]
         await local_harness.backend.destroy(spec.sandbox_id)
         assert lease.tag not in _iptables()
-        assert not Path(lease.netns_path).exists()
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert lease.host_if not in links
 
@@ -191,7 +195,6 @@ def test_stop_releases_network_and_cgroups_but_keeps_logs(
             await asyncio.sleep(0.05)
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert lease.host_if not in links
-        assert not Path(lease.netns_path).exists()
         assert lease.tag not in _iptables()
         assert not any(Path(d).exists() for d in cgroup_dirs)
         logged = b"".join([chunk.data async for chunk in backend.logs(spec.sandbox_id)])

@@ -20,7 +20,12 @@ import pytest
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
-from sandboxd.backends.local.network import NETNS_DIR, Lease, NetworkError, NetworkManager
+from sandboxd.backends.local.network import (
+    LEGACY_NETNS_DIR,
+    Lease,
+    NetworkError,
+    NetworkManager,
+)
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
 from sandboxd.images import ImageStore
 
@@ -30,7 +35,31 @@ INTERNET = NetworkSpec(egress=EgressType.INTERNET)
 
 
 def _netns() -> set[str]:
-    return set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
+    """Named network namespaces (``ip netns add``): sandboxd makes none."""
+    return set(os.listdir(LEGACY_NETNS_DIR)) if os.path.isdir(LEGACY_NETNS_DIR) else set()
+
+
+def _link(name: str) -> bool:
+    """Whether a link of that name exists in this namespace (the host end of a veth)."""
+    shown = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True)
+    return shown.returncode == 0
+
+
+def _iptables() -> str:
+    return subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+
+
+def _mounts() -> int:
+    with open("/proc/self/mountinfo") as fh:
+        return len(fh.readlines())
+
+
+def _inside(net: NetworkManager, lease: Lease, *argv: str) -> str:
+    """``ip`` run in ``lease``'s namespace, through the descriptor ``net`` holds."""
+    fd = net.netns_fd(lease)
+    assert fd is not None
+    enter = ["nsenter", f"--net=/proc/{os.getpid()}/fd/{fd}", "--"]
+    return subprocess.run([*enter, "ip", *argv], capture_output=True, text=True).stdout
 
 
 async def _ready(pool: PreparedNetworks, count: int) -> None:
@@ -66,12 +95,15 @@ def test_a_create_takes_a_ready_network_and_the_pool_refills(
             assert net.claims()[lease.index] == second  # the claim names its sandbox now
             r = await run(local_harness, second, ["cat", "/proc/net/dev"])
             assert b"eth0" in r.stdout
-        assert f"sandboxd-{lease.tag}" not in _netns()  # torn down like any other
+        assert not _link(lease.host_if)  # torn down like any other
+        assert net.netns_fd(lease) is None  # let go once its sandbox was in it
         await _ready(pool, 1)
-        left = {f"sandboxd-{r.lease.tag}" for r in pool._ready}
-        assert left <= _netns()
+        left = [r.lease for r in pool._ready]
+        assert all(_link(r.host_if) and net.netns_fd(r) is not None for r in left)
+        assert not {f"sandboxd-{r.tag}" for r in left} & _netns()  # no name, no mount
         await pool.close()
-        assert not left & _netns()  # closing tears the ready ones down
+        for ready in left:  # closing tears the ready ones down
+            assert not _link(ready.host_if) and net.netns_fd(ready) is None
         assert not [h for h in net.claims().values() if h.startswith(PREPARED)]
 
     aio.run(asyncio.wait_for(scenario(), 120))
@@ -89,12 +121,15 @@ def test_networks_a_dead_runner_left_ready_are_reaped(tmp_path: Path) -> None:
         await _ready(crashed, 1)
         orphan = crashed._ready[0].lease
         await net.teardown(lease, EgressType.INTERNET, ())
-        assert f"sandboxd-{orphan.tag}" in _netns()
-        # The process died here: nothing closed the pool. The next one reaps what it left.
+        assert _link(orphan.host_if)
+        # The process "died" here: nothing closed the pool (its namespace is still held,
+        # as by a runner that hangs). The next one reaps what it left.
         again = NetworkManager("reaptest", pool="10.214.0.0/24", ipam_dir=str(tmp_path / "ipam"))
         assert await PreparedNetworks(again).reap() == 1
-        assert f"sandboxd-{orphan.tag}" not in _netns()
+        assert not _link(orphan.host_if)
+        assert orphan.tag not in _iptables()
         assert again.claims() == {}
+        net.let_go(orphan)
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
@@ -103,41 +138,48 @@ def _ip(*argv: str) -> str:
     return subprocess.run(["ip", *argv], capture_output=True, text=True, check=False).stdout
 
 
-def test_a_network_is_two_ip_runs_and_teardown_survives_missing_parts(tmp_path: Path) -> None:
-    """The host end stays on the host though ``netns add`` shares its batch; teardown goes on
-    past a part that is already gone (a veth deleted by hand), and a clash rolls back."""
+def test_a_network_is_one_ip_run_in_an_unnamed_namespace_and_teardown_survives_missing_parts(
+    tmp_path: Path,
+) -> None:
+    """The namespace has no name and adds no mount; the host end is on the host, with its
+    address, up; teardown goes on past a part already gone (a veth deleted by hand); a
+    leftover host end of the same name fails the batch and nothing of it stays held."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
 
     async def scenario() -> None:
         net = NetworkManager("iptest", pool="10.214.1.0/24", ipam_dir=str(tmp_path / "ipam"))
         lease = net.allocate("sb-ip")
+        mounts = _mounts()
         await net.setup(lease, EgressType.INTERNET, ())
         try:
+            assert _mounts() == mounts and lease.netns not in _netns()
             host_end = _ip("-o", "link", "show", lease.host_if)
             assert "state UP" in host_end or ",UP" in host_end, host_end
             assert f"{lease.host_ip}/30" in _ip("-o", "-4", "addr", "show", lease.host_if)
-            inside = _ip("-n", lease.netns, "-o", "-4", "addr")
+            inside = _inside(net, lease, "-o", "-4", "addr")
             assert f"{lease.sandbox_ip}/30" in inside and "eth0" in inside
-            assert f"default via {lease.host_ip}" in _ip("-n", lease.netns, "route")
-            assert lease.host_if not in _ip("-n", lease.netns, "-o", "link")
-            # Someone removed the veth: the namespace must still go with the teardown.
+            assert f"default via {lease.host_ip}" in _inside(net, lease, "route")
+            assert lease.host_if not in _inside(net, lease, "-o", "link")
+            assert "lo: <LOOPBACK,UP" in _inside(net, lease, "-o", "link")
+            # Someone removed the veth: the teardown must still go on.
             subprocess.run(["ip", "link", "del", lease.host_if], check=True)
         finally:
             await net.teardown(lease, EgressType.INTERNET, ())
-        assert lease.netns not in _netns()
+        assert net.netns_fd(lease) is None
         assert _ip("-o", "link", "show", lease.host_if) == ""
 
-        # A namespace of that name exists already: the batch (made ahead, at the lowest
-        # priority) stops before the veth.
+        # A host end of that name exists already (a crash, by hand): the batch (made
+        # ahead, at the lowest priority) fails, and no namespace stays held.
         clash = net.allocate("sb-clash")
-        subprocess.run(["ip", "netns", "add", clash.netns], check=True)
+        peer = ["peer", "name", f"{clash.host_if[:12]}p"]
+        subprocess.run(["ip", "link", "add", clash.host_if, "type", "veth", *peer], check=True)
         try:
             with pytest.raises(NetworkError, match="File exists"):
                 await net.prepare(clash, nice=True)
-            assert _ip("-o", "link", "show", clash.host_if) == ""
+            assert net.netns_fd(clash) is None
         finally:
-            subprocess.run(["ip", "netns", "del", clash.netns], check=False)
+            subprocess.run(["ip", "link", "del", clash.host_if], check=False)
             net.release(clash)
         assert net.claims() == {}
 
@@ -153,9 +195,8 @@ async def _remove(net: NetworkManager, leases: dict[str, int]) -> None:
 def _left_of(lease_tags: set[str]) -> list[str]:
     """Namespaces, links and host rules of these leases that still exist."""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    links = _ip("-o", "link")
     left = [f"netns sandboxd-{tag}" for tag in lease_tags if f"sandboxd-{tag}" in _netns()]
-    left += [f"link sbx{tag}" for tag in lease_tags if f"sbx{tag}:" in links]
+    left += [f"link sbx{tag}" for tag in lease_tags if _link(f"sbx{tag}")]  # ip shows sbx…@ifN
     left += [f"rule {line}" for line in rules.splitlines() for t in lease_tags if t in line]
     return left
 
@@ -168,15 +209,23 @@ def slow_net_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("needs root")
     slow = tmp_path / "slow-bin"
     slow.mkdir()
+    real_ip, real_restore = shutil.which("ip"), shutil.which("iptables-restore")
+    assert real_ip is not None and real_restore is not None
+    # ``ip`` reads a network's batch line by line while its caller waits for an answer
+    # (``in_new_network_namespace``): its first line decides, the rest streams through.
+    (slow / "ip").write_text(
+        "#!/bin/sh\n"
+        "IFS= read -r first\n"
+        'case "$first" in "link add"*) sleep 0.5 ;; esac\n'
+        f'{{ printf "%s\\n" "$first"; exec cat; }} | {real_ip} "$@"\n'
+    )
+    (slow / "iptables-restore").write_text(
+        "#!/bin/sh\n"
+        'input=$(cat; echo x); input="${input%x}"\n'
+        'case "$input" in *"-I INPUT"*) sleep 0.5 ;; esac\n'
+        f'printf %s "$input" | exec {real_restore} "$@"\n'
+    )
     for name in ("ip", "iptables-restore"):
-        real = shutil.which(name)
-        assert real is not None
-        (slow / name).write_text(
-            "#!/bin/sh\n"
-            'input=$(cat; echo x); input="${input%x}"\n'
-            'case "$input" in *"netns add"*|*"addr add"*|*"-I INPUT"*) sleep 0.5 ;; esac\n'
-            f'printf %s "$input" | exec {real} "$@"\n'
-        )
         (slow / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
 
@@ -202,7 +251,9 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
             return lease_at(index, tag)
 
         net.lease_at = recorded  # type: ignore[method-assign]
-        for when in (0.1, 0.6, 1.1):  # in the first ``ip``, the second, ``iptables-restore``
+        # In ``ip``'s wait, about when it runs (its namespace being opened), and in
+        # ``iptables-restore``'s wait.
+        for when in (0.1, 0.55, 0.8):
             lease = net.allocate(f"sb-{when}")
             task = asyncio.ensure_future(net.setup(lease, EgressType.INTERNET, ()))
             await asyncio.sleep(when)
@@ -210,7 +261,7 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             assert net.claims() == {}
-        for when in (0.1, 0.6, 1.1):  # a pool closed in the middle of making one ahead
+        for when in (0.1, 0.55, 0.8):  # a pool closed in the middle of making one ahead
             pool = PreparedNetworks(net, ready=1)
             pool._policy = (EgressType.INTERNET, (), ())
             pool.refill()
@@ -221,28 +272,42 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
         await asyncio.sleep(1.0)
         try:
             assert _left_of(set(made)) == []
+            held = [tag for tag, i in made.items() if net.netns_fd(lease_at(i, tag)) is not None]
+            assert held == []  # no namespace kept by a descriptor nobody will close
         finally:
             await _remove(net, made)
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
 
-KILLED_MID_FILL = r"""
+FILLING = r"""
 import asyncio, sys
 from sandboxd.backends.base import EgressType
 from sandboxd.backends.local.network import NetworkManager
 from sandboxd.backends.local.network_pool import PreparedNetworks
 
 async def main():
-    net = NetworkManager("killtest", pool="10.214.3.0/24", ipam_dir=sys.argv[1])
+    ipam, key, subnets, ready = sys.argv[1:]
+    net = NetworkManager(key, pool=subnets, ipam_dir=ipam)
     pool = PreparedNetworks(net, ready=2)
     pool._policy = (EgressType.INTERNET, (), ())
     pool.refill()
-    print("filling", flush=True)
+    if ready == "ready":  # say so once both are made, naming their host ends
+        while len(pool) < 2:
+            await asyncio.sleep(0.02)
+        print(" ".join(r.lease.host_if for r in pool._ready), flush=True)
+    else:
+        print("filling", flush=True)
     await asyncio.sleep(60)
 
 asyncio.run(main())
 """
+
+
+def _filling(ipam: Path, key: str, subnets: str, ready: bool) -> subprocess.Popen[str]:
+    """A process that makes two networks ahead (``ready``: prints their host ends once made)."""
+    argv = [sys.executable, "-c", FILLING, str(ipam), key, subnets, "ready" if ready else "-"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
 @pytest.mark.usefixtures("slow_net_commands")
@@ -252,9 +317,7 @@ def test_a_runner_killed_while_making_networks_ahead_leaves_nothing_after_the_re
     """SIGKILLed while its niced commands wait for the CPU: they die with it, so the network
     the next runner reaps is not made again behind its back."""
     ipam = tmp_path / "ipam"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_MID_FILL, str(ipam)], stdout=subprocess.PIPE, text=True
-    )
+    proc = _filling(ipam, "killtest", "10.214.3.0/24", ready=False)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "filling"
         time.sleep(0.2)  # its first ``ip`` is waiting to start
@@ -274,6 +337,41 @@ def test_a_runner_killed_while_making_networks_ahead_leaves_nothing_after_the_re
         return left
 
     assert asyncio.run(asyncio.wait_for(reap(), 60)) == []
+
+
+def test_a_runner_killed_with_networks_ready_leaves_no_namespace_and_the_reap_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The namespaces of networks made ahead die with the process that holds them (no name
+    in ``/run/netns`` outlives it), and their veths with them, before any reap; the next
+    runner's reap removes the rules and claims that stay."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ipam = tmp_path / "ipam"
+    proc = _filling(ipam, "filledtest", "10.214.5.0/24", ready=True)
+    try:
+        assert proc.stdout is not None
+        host_ends = proc.stdout.readline().split()
+        assert len(host_ends) == 2 and all(_link(end) for end in host_ends)
+    finally:
+        proc.kill()  # SIGKILL: nothing of the process tears anything down
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_link(end) for end in host_ends):
+        assert time.monotonic() < deadline, f"veths outlived their namespace: {host_ends}"
+        time.sleep(0.05)
+    tags = [end.removeprefix("sbx") for end in host_ends]
+    assert not {f"sandboxd-{tag}" for tag in tags} & _netns()
+
+    async def reap() -> None:
+        net = NetworkManager("filledtest", pool="10.214.5.0/24", ipam_dir=str(ipam))
+        assert len(net.claims()) == 2
+        assert all(tag in _iptables() for tag in tags)  # the rules stayed
+        assert await PreparedNetworks(net).reap() == 2
+        assert net.claims() == {}
+        assert not [tag for tag in tags if tag in _iptables()]
+
+    asyncio.run(asyncio.wait_for(reap(), 60))
 
 
 def test_a_subnet_whose_address_a_leftover_interface_holds_is_skipped(

@@ -25,7 +25,6 @@ from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.cgroups import detect
-from sandboxd.backends.local.network import NETNS_DIR
 from sandboxd.backends.local.orphans import Reaped, reap_orphans
 from sandboxd.backends.local.owners import OwnerLock, orphaned, other_keys
 from sandboxd.backends.local.userns import IDMAP_DIR
@@ -87,8 +86,14 @@ def _backend_in_a_process(data_dir: Path, image_store: ImageStore) -> subprocess
     )
 
 
-def _netns() -> set[str]:
-    return set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
+def _links() -> set[str]:
+    """Names of this namespace's links (a sandbox network's host end is ``sbx<tag>``).
+
+    What a network's namespace is can't be seen by name (it has none); its veth pair lives
+    exactly as long as it does, or until teardown deletes it.
+    """
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in shown.splitlines() if line}
 
 
 def _claims_naming(text: str) -> list[str]:
@@ -231,16 +236,16 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         info = json.loads(child.stdout.readline())
         key = str(info["key"])
         tags = [str(t) for t in info["tags"]]
-        ready_netns = {f"sandboxd-{tag}" for tag in tags}
+        ready_links = {f"sbx{tag}" for tag in tags}
         running = info["sandbox"]
-        running_netns = f"sandboxd-{running['tag']}"
+        running_link = f"sbx{running['tag']}"
         group = f"sandboxd-{key}"
-        assert ready_netns <= _netns() and _claims_naming(f"{group} <prepared>")
-        assert running_netns in _netns() and _alive(running["agent"])
+        assert ready_links <= _links() and _claims_naming(f"{group} <prepared>")
+        assert running_link in _links() and _alive(running["agent"])
 
         # A backend that starts while it lives leaves everything of it alone.
         aio.run(start_backend("witness"))
-        assert ready_netns <= _netns() and running_netns in _netns()
+        assert ready_links <= _links() and running_link in _links()
         assert _claims_naming(f"{key} prepared:") and _claims_naming(f"{group} <prepared>")
         assert os.path.exists(os.path.join(OWNERS, key))
 
@@ -259,14 +264,14 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         wait_until(
             "what it made ahead to go",
             lambda: (
-                not ready_netns & _netns()
+                not ready_links & _links()
                 and _claims_naming(f"{key} prepared:") == []
                 and _claims_naming(f"{group} <prepared>") == []
             ),
             30,
         )
         assert kept.read_text() == f"{group} sb-kept\n"
-        assert _alive(running["agent"]) and running_netns in _netns()
+        assert _alive(running["agent"]) and running_link in _links()
         assert _claims_naming(f"{key} {running['id']}")
         assert all(os.path.isdir(d) for d in running["cgroups"])
         assert os.path.exists(os.path.join(OWNERS, key))  # for whoever looks next
@@ -282,7 +287,7 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
             "the abandoned sandbox to end, its network, claims and lock file to go",
             lambda: (
                 not _alive(running["agent"])
-                and running_netns not in _netns()
+                and running_link not in _links()
                 and _claims_naming(f"{key} ") == []
                 and _claims_naming(f"{group} ") == []
                 and not kept.exists()
@@ -459,8 +464,8 @@ def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_rea
         assert child.stdout is not None
         info = json.loads(child.stdout.readline())
         running = info["sandbox"]
-        netns = f"sandboxd-{running['tag']}"
-        assert _alive(running["agent"]) and netns in _netns()
+        link = f"sbx{running['tag']}"
+        assert _alive(running["agent"]) and link in _links()
         child.send_signal(signal.SIGKILL)
         child.wait()
         shutil.rmtree(data_dir)
@@ -469,7 +474,7 @@ def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_rea
 
         assert aio.run(backend.recover()) == []
         wait_until("the unreachable sandbox to end", lambda: not _alive(running["agent"]), 30)
-        assert netns not in _netns()
+        assert link not in _links()
         assert _claims_naming(running["id"]) == []  # its network and its id range
         assert not [d for d in running["cgroups"] if os.path.isdir(d)]
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout

@@ -360,13 +360,19 @@ class LocalBackend(Backend):
             for fd in handed[1:]:
                 os.close(fd)
             raise
+        netns_fd = self._net.netns_fd(rec.lease) if rec.lease is not None else None
+        if rec.lease is not None and netns_fd is None:  # not made by this process: a bug
+            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: its network has no namespace")
         try:
             request = self._spawn_request(rec, spec, rootfs, file_map, env, hostname)
             request["start"] = start  # the agent starts the main process before "ready"
-            reply = await self._zygote.spawn(request, fds=handed)
+            extra = (netns_fd,) if netns_fd is not None else ()
+            reply = await self._zygote.spawn(request, fds=(*handed, *extra))
         finally:
             for fd in handed[1:]:
                 os.close(fd)  # the zygote got its own copy
+            if rec.lease is not None:
+                self._net.let_go(rec.lease)  # the sandbox holds it now, or it failed
         if not reply.get("ok"):
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply.get('error')}")
         rec.agent_pid = int(reply["pid"])
@@ -405,7 +411,7 @@ class LocalBackend(Backend):
             "files": file_map,
             "hostname": hostname[:63],
             "cgroup_procs": rec.cgroup.procs_files(),
-            "netns": rec.lease.netns_path if rec.lease else None,
+            "netns": rec.lease is not None,  # its descriptor comes last with the request
             "env": env,
             "workdir": spec.workdir,
             "command": list(spec.command),

@@ -59,7 +59,7 @@ class AgentFds:
     joined_r: int
     userns: int
     disk: int  # the writable layer, a detached mount (disk.py); closed once attached
-    netns: int | None = None  # the runner's network (a named namespace with a veth)
+    netns: int | None = None  # the runner's network (a namespace with a veth, by descriptor)
     empty_netns: int | None = None  # else a fresh one the zygote made ahead (only lo)
     files: list[tuple[str, int]] = field(default_factory=list)
     scratch: int | None = None  # a scratch file system (scratch.py); closed once attached

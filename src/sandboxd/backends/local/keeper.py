@@ -129,6 +129,7 @@ def run_keeper(
     scratch_fd: int | None = None,
     volume_fds: tuple[int, ...] = (),
     empty_netns_fd: int | None = None,
+    netns_fd: int | None = None,
 ) -> NoReturn:
     """Prepare, fork the agent, report to the runner, then keep the sandbox until it ends.
 
@@ -141,6 +142,8 @@ def run_keeper(
     do ``volume_fds``, the detached binds of its persistent volumes (``volumes.py``).
     ``empty_netns_fd`` is a fresh network namespace the zygote made ahead, for a sandbox
     without a network of the runner's; without one the agent unshares its own.
+    ``netns_fd`` is the network the runner made for the sandbox (its egress), when the
+    request says it has one (``netns``); it goes to the agent like the layer.
     """
     result: dict[str, Any] = {"req": req.get("req")}
     try:
@@ -157,7 +160,9 @@ def run_keeper(
         )
         files = [(str(path), _sealed_copy(str(host))) for path, host in req["files"]]
         listener = protocol.listen(protocol.socket_path(state_fd, "agent.sock")).detach()
-        netns = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC) if req.get("netns") else None
+        if req.get("netns") and netns_fd is None:
+            raise RuntimeError("no network namespace came with the request")
+        netns = netns_fd if req.get("netns") else None
         if userns_fd is None:
             first, count = int(req["uid_first"]), int(req["uid_count"])
             userns_fd = userns.create_userns(first, count, native_fd)

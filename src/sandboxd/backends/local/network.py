@@ -3,9 +3,10 @@
 Egress ``none`` needs nothing here: the agent unshares a fresh network namespace and brings
 up its loopback, so host loopback services are simply not in that namespace.
 
-For the other two, the runner creates a named namespace (``ip netns add``), a veth pair with
-a /30 from a private pool (one end in the namespace as ``eth0``, default route via the host
-end), IPv6 off on both ends, and one ``iptables-restore --noflush`` transaction on the host:
+For the other two, the runner creates a network namespace held by a descriptor (no name, no
+mount: ``host_commands.in_new_network_namespace``), a veth pair with a /30 from a private
+pool (one end in the namespace as ``eth0``, default route via the host end), IPv6 off on
+both ends, and one ``iptables-restore --noflush`` transaction on the host:
 
 * ``INPUT -i <veth> -j DROP``: the sandbox cannot reach services on the host itself, on any
   of its addresses, including ones the host gains after the sandbox was created;
@@ -44,15 +45,17 @@ from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
-from .host_commands import NetworkError, run
+from .host_commands import NetworkError, in_new_network_namespace, run
 from .rule_writer import RESTORE, RuleWriter
+from .syscalls import set_ipv4_address, set_link_up
 
 __all__ = ["Lease", "NetworkError", "NetworkManager"]
 
 _log = logging.getLogger(__name__)
 
-NETNS_DIR = "/run/netns"
 IPAM_DIR = "/run/sandboxd/ipam"
+LEGACY_NETNS_DIR = "/run/netns"
+"""Where ``ip netns add`` names namespaces; sandboxd's own are no longer there (``Lease.netns``)."""
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
 
@@ -70,13 +73,12 @@ class Lease:
 
     @property
     def netns(self) -> str:
-        """Name of the named network namespace."""
-        return f"sandboxd-{self.tag}"
+        """The name sandboxd gave the namespace in ``/run/netns`` before 2026-12-04.
 
-    @property
-    def netns_path(self) -> str:
-        """Path of the namespace's bind mount."""
-        return os.path.join(NETNS_DIR, self.netns)
+        Networks are no longer named; teardown still removes a named one that a runner of
+        an earlier version made (a sandbox it left running across the upgrade).
+        """
+        return f"sandboxd-{self.tag}"
 
     @property
     def host_if(self) -> str:
@@ -145,6 +147,11 @@ class NetworkManager:
         if net.prefixlen > 29:
             raise ValueError("network pool must be /29 or larger")
         self.pool = net
+        # The namespaces of networks made here whose sandbox has not joined them yet (those
+        # made ahead, and those of creates in flight): lease tag -> descriptor. Once the
+        # sandbox's processes are in it, the runner lets go (``let_go``); nothing else keeps
+        # a namespace, so one whose sandbox is gone, or whose runner died, is gone too.
+        self._netns: dict[str, int] = {}
         self._active: set[str] = set()  # tags of leases whose rules reference the shared chain
         # The shared chain as this process last wrote it. Re-declaring a chain that has rules
         # costs iptables-nft a full rule-cache fetch (~12 ms), so a create leaves it alone
@@ -301,28 +308,38 @@ class NetworkManager:
         """Namespace, veth, addresses and routes, without rules (the caller rolls back).
 
         ``nice``: made ahead of need, its commands yield the CPU to the work of creates.
+        One ``ip`` run, in the new namespace: it makes the veth there and puts its other
+        end in this process's namespace (the runner's, which need not be the host's); that
+        end's address and state are two ioctls here. A host end left by a crash under the
+        same name fails the batch ("File exists") before anything else is made.
         """
         with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
             if fh.read().strip() != "1":
                 _write("/proc/sys/net/ipv4/ip_forward", "1")
-        # Two ``ip`` runs: the namespace and the host end in one batch (``ip`` comes back
-        # to the host's namespace after ``netns add``; a failing line ends the batch with
-        # an error), then the namespace's end from inside it.
-        host = (
-            f"netns add {lease.netns}\n"
-            f"link add {lease.host_if} type veth peer name eth0 netns {lease.netns}\n"
-            f"addr add {lease.host_ip}/30 dev {lease.host_if}\n"
-            f"link set {lease.host_if} up\n"
-        )
-        await run("ip", "-batch", "-", stdin=host.encode(), nice=nice)
-        with contextlib.suppress(OSError):
-            _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
         inside = (
+            f"link add eth0 type veth peer name {lease.host_if} netns {os.getpid()}\n"
             f"addr add {lease.sandbox_ip}/30 dev eth0\n"
             "link set eth0 up\nlink set lo up\n"
             f"route add default via {lease.host_ip}\n"
         )
-        await run("ip", "-n", lease.netns, "-batch", "-", stdin=inside.encode(), nice=nice)
+        self._netns[lease.tag] = await in_new_network_namespace(inside, nice=nice)
+        try:
+            with contextlib.suppress(OSError):
+                _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
+            set_ipv4_address(lease.host_if, lease.host_ip, 30)  # while down: see there
+            set_link_up(lease.host_if)
+        except OSError as exc:
+            raise NetworkError(f"{lease.host_if}: {exc}") from None
+
+    def netns_fd(self, lease: Lease) -> int | None:
+        """The descriptor of ``lease``'s namespace while this process still holds it."""
+        return self._netns.get(lease.tag)
+
+    def let_go(self, lease: Lease) -> None:
+        """Close this process's hold on ``lease``'s namespace (its sandbox holds it now)."""
+        fd = self._netns.pop(lease.tag, None)
+        if fd is not None:
+            os.close(fd)
 
     def _policy(
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
@@ -410,9 +427,14 @@ class NetworkManager:
         matches ``setup`` for the callers.
         """
         await self.rules.remove(self._rules(lease, False))
-        # One ``ip`` run; ``-force`` goes on past a line that fails (a part that never
-        # existed). The veth goes first and at once, as its name may be leased again.
-        gone = f"link del {lease.host_if}\nnetns del {lease.netns}\n"
+        # The veth goes at once (both ends), as its name and subnet may be leased again;
+        # the namespace dies with its last holder. One ``ip`` run; ``-force`` goes on past
+        # a line that fails (a part that never existed). Only a network of an earlier
+        # version has a named namespace (``Lease.netns``) to remove.
+        self.let_go(lease)
+        gone = f"link del {lease.host_if}\n"
+        if os.path.lexists(os.path.join(LEGACY_NETNS_DIR, lease.netns)):
+            gone += f"netns del {lease.netns}\n"
         await run("ip", "-force", "-batch", "-", stdin=gone.encode(), check=False)
         self.release(lease)
         self._active.discard(lease.tag)

@@ -17,7 +17,7 @@ from typing import Any
 
 MAX_MESSAGE = 4 << 20  # an exec request as JSON; the kernel sends at most ~4 MiB as one message
 MAX_FDS = 4
-MAX_SPAWN_FDS = 12  # a spawn: writable layer, scratch file system, up to 8 volumes (base.py)
+MAX_SPAWN_FDS = 12  # a spawn: writable layer, scratch file system, up to 8 volumes (base.py), netns
 _SO_SNDBUFFORCE = 32  # root may exceed wmem_max; a SEQPACKET message must fit the send buffer
 _SMALL = 200_000  # below the default send buffer: no socket option needed
 

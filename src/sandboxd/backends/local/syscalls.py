@@ -353,6 +353,8 @@ def capability_sets(pid: int | str = "self") -> dict[str, int]:
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
+_SIOCSIFADDR = 0x8916
+_SIOCSIFNETMASK = 0x891C
 _IFF_UP = 0x1
 
 
@@ -362,6 +364,19 @@ def set_link_up(name: str = "lo") -> None:
         req = struct.pack("16sH14x", name.encode(), 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+
+
+def set_ipv4_address(name: str, address: str, prefix_len: int) -> None:
+    """Give a link of the current network namespace its IPv4 address (two ioctls, no ``ip``).
+
+    Call it while the link is down: the kernel adds the subnet's route when the link comes
+    up, so the class-sized mask ``SIOCSIFADDR`` starts with is never routed.
+    """
+    mask = socket.inet_ntoa(((1 << 32) - (1 << (32 - prefix_len))).to_bytes(4, "big"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for request, value in ((_SIOCSIFADDR, address), (_SIOCSIFNETMASK, mask)):
+            sockaddr = struct.pack("HH4s8x", socket.AF_INET, 0, socket.inet_aton(value))
+            fcntl.ioctl(sock, request, struct.pack("16s16s", name.encode(), sockaddr))
 
 
 def process_start_time(pid: int) -> int | None:

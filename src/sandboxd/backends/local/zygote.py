@@ -101,6 +101,9 @@ class Zygote:
         # Then one detached bind per persistent volume (volumes.py), in the request's order.
         wanted = len(msg.get("volumes") or []) if msg is not None and disk_fd is not None else 0
         volume_fds, fds = tuple(fds[:wanted]), fds[wanted:]  # too few: the agent refuses
+        # Last, the network namespace the runner made, when the request says it has one.
+        wants_netns = msg is not None and disk_fd is not None and bool(msg.get("netns"))
+        netns_fd = fds.pop(0) if fds and wants_netns else None  # none: the keeper refuses
         for fd in fds:
             os.close(fd)
         if msg is None:
@@ -109,7 +112,7 @@ class Zygote:
             return
         op = msg.get("op")
         if op == "spawn":
-            self._spawn(conn, msg, disk_fd, scratch_fd, volume_fds)
+            self._spawn(conn, msg, disk_fd, scratch_fd, volume_fds, runner_netns_fd=netns_fd)
         elif op == "prepare_userns":
             self.prepare_queue.append((conn, msg))  # after pending spawns: see serve()
         elif op == "ping":
@@ -129,10 +132,13 @@ class Zygote:
         disk_fd: int | None,
         scratch_fd: int | None = None,
         volume_fds: tuple[int, ...] = (),
+        *,
+        runner_netns_fd: int | None = None,
     ) -> None:
         """Fork the keeper; it gets the prepared user namespace and the writable layer.
 
         The zygote keeps neither: a layer it held would outlive its sandbox.
+        ``runner_netns_fd`` is the network namespace the runner made (egress), if any.
         """
         userns_fd: int | None = None
         netns_fd: int | None = None
@@ -156,7 +162,10 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
-            held_fds = (userns_fd, netns_fd, disk_fd, scratch_fd, self.native_keeper, *volume_fds)
+            held_fds = (
+                userns_fd, netns_fd, runner_netns_fd, disk_fd, scratch_fd, self.native_keeper,
+                *volume_fds,
+            )  # fmt: skip
             keep.update(fd for fd in held_fds if fd is not None)
             _close_fds_except(keep)
             run_keeper(
@@ -168,8 +177,9 @@ class Zygote:
                 scratch_fd=scratch_fd,
                 volume_fds=volume_fds,
                 empty_netns_fd=netns_fd,
+                netns_fd=runner_netns_fd,
             )
-        for held in (userns_fd, netns_fd, disk_fd, scratch_fd, *volume_fds):
+        for held in (userns_fd, netns_fd, runner_netns_fd, disk_fd, scratch_fd, *volume_fds):
             if held is not None:
                 os.close(held)
 
