@@ -23,7 +23,6 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from sandboxd.images.store import ImageError, ImageNotFound, ImageStore
 
@@ -71,6 +70,7 @@ from .parent_cgroup import ParentLimits
 from .prepared_ids import REFILL_DELAY_SECONDS, PreparedIdRanges
 from .rootfs import LOWER, ROOT, RW
 from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
+from .spawn_request import SpawnSettings, spawn_request
 from .state import SandboxRecord
 from .supervisor import ZygoteClient
 from .syscalls import process_start_time
@@ -149,13 +149,11 @@ class LocalBackend(Backend):
         self._records: dict[str, SandboxRecord] = {}
         self._release_tasks: set[asyncio.Future[None]] = set()
         self._release_locks: dict[str, asyncio.Lock] = {}
-        self._log_limit = log_limit_bytes
         self._budget = log_budget.BudgetKeeper(self.sandboxes_dir, log_budget_bytes)
-        self._max_execs = max_execs
-        self._lifetime_grace = lifetime_grace_seconds
-        self._seccomp = seccomp
+        self._spawn_settings = SpawnSettings(
+            log_limit_bytes, lifetime_grace_seconds, seccomp, max_execs, native_keeper
+        )
         self._parent_limits = parent_limits  # None: this host's allocatable capacity
-        self._native_keeper = native_keeper
         if native_keeper and not NATIVE_KEEPER.exists():
             log.warning(
                 "%s is not built (run scripts/setup.sh): keepers stay in Python, about 2 MiB "
@@ -364,7 +362,8 @@ class LocalBackend(Backend):
         if rec.lease is not None and netns_fd is None:  # not made by this process: a bug
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: its network has no namespace")
         try:
-            request = self._spawn_request(rec, spec, rootfs, file_map, env, hostname)
+            settings = self._spawn_settings
+            request = spawn_request(rec, spec, rootfs, file_map, env, hostname, settings)
             request["start"] = start  # the agent starts the main process before "ready"
             extra = (netns_fd,) if netns_fd is not None else ()
             reply = await self._zygote.spawn(request, fds=(*handed, *extra))
@@ -388,44 +387,6 @@ class LocalBackend(Backend):
             raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {reply['start_error']}")
         if rec.ingress is not None and rec.exposed_ports:
             await self._publish(rec)
-
-    def _spawn_request(  # noqa: PLR0917 (one call site, the create path)
-        self,
-        rec: SandboxRecord,
-        spec: SandboxSpec,
-        rootfs: Path,
-        file_map: list[list[str]],
-        env: dict[str, str],
-        hostname: str,
-    ) -> dict[str, Any]:
-        """What the zygote's keeper and the agent need to build this sandbox."""
-        assert rec.ids is not None and rec.cgroup is not None
-        scratch = {"mount_path": spec.scratch.mount_path} if spec.scratch else None
-        return {
-            "state_dir": str(rec.state_dir),
-            "rootfs": str(rootfs),
-            "uid_slot": rec.ids.slot,
-            "uid_first": rec.ids.first,
-            "uid_count": rec.ids.count,
-            "disk_bytes": spec.disk_bytes,
-            "files": file_map,
-            "hostname": hostname[:63],
-            "cgroup_procs": rec.cgroup.procs_files(),
-            "netns": rec.lease is not None,  # its descriptor comes last with the request
-            "env": env,
-            "workdir": spec.workdir,
-            "command": list(spec.command),
-            "max_lifetime": spec.max_lifetime_seconds,
-            "lifetime_grace": self._lifetime_grace,
-            "log_limit": self._log_limit,
-            "seccomp": self._seccomp,
-            "max_execs": self._max_execs,
-            "native_keeper": self._native_keeper,
-            "scratch": scratch,
-            "volumes": [
-                {"mount_path": v.mount_path, "read_only": v.read_only} for v in spec.volumes
-            ],
-        }
 
     def _release_on_exit(self, rec: SandboxRecord) -> None:
         """Once PID 1 is gone, give back the kernel resources; keep logs and exit code.
