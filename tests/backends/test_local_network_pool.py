@@ -280,6 +280,44 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
     asyncio.run(asyncio.wait_for(scenario(), 120))
 
 
+@pytest.mark.timeout(60)
+def test_a_cancelled_set_up_returns_though_its_batch_is_read_by_a_process_that_outlives_ip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while ``ip``'s input is read by something the kill does not reach (here a
+    wrapper's pipeline; in CI, the slow wrapper under load), the set-up must still end: its
+    input is closed, so the reader ends, and with it the last holder of the output pipes
+    that ``wait()`` waits for. Before, the input stayed open and the rollback hung for good
+    (a pool's ``close()`` with it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    real_ip = shutil.which("ip")
+    assert real_ip is not None
+    wrapped = tmp_path / "bin"
+    wrapped.mkdir()
+    (wrapped / "ip").write_text(f'#!/bin/sh\ncat | (sleep 0.3; exec {real_ip} "$@")\n')
+    (wrapped / "ip").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapped}:{os.environ['PATH']}")
+
+    async def scenario() -> Lease:
+        net = NetworkManager("hangtest", pool="10.214.6.0/24", ipam_dir=str(tmp_path / "ipam"))
+        lease = net.allocate("sb-hang")
+        task = asyncio.ensure_future(net.setup(lease, EgressType.INTERNET, ()))
+        await asyncio.sleep(0.1)  # the wrapper's pipeline runs, ``ip`` not yet
+        task.cancel()
+        async with asyncio.timeout(20):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert task.cancelled() and net.claims() == {} and net.netns_fd(lease) is None
+        return lease
+
+    lease = asyncio.run(scenario())
+    deadline = time.monotonic() + 20  # what ``ip`` made after the rollback dies with it
+    while _link(lease.host_if):
+        assert time.monotonic() < deadline, f"{lease.host_if} outlived its namespace"
+        time.sleep(0.05)
+
+
 FILLING = r"""
 import asyncio, sys
 from sandboxd.backends.base import EgressType

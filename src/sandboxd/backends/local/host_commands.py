@@ -95,6 +95,9 @@ async def in_new_network_namespace(batch: str, *, nice: bool = False) -> int:
     except BaseException:
         if held >= 0:
             os.close(held)
+        # Its input ends too: whatever read it on our behalf (a wrapper's pipeline) then
+        # ends, and with it every holder of its output pipes, which ``wait()`` waits for.
+        proc.stdin.close()
         await _end(proc)
         raise
     if proc.returncode != 0 or held < 0 or _same_namespace(held):
