@@ -12,7 +12,7 @@ Rules, all on the host's ``FORWARD`` path (see ``network.py`` for the hooks):
   addresses. It is host-wide and its content is the same for every sandbox, so each
   sandbox's transaction re-declares it (``iptables-restore`` flushes a declared chain and
   refills it atomically): the per-sandbox rule count stays at a handful whatever the list,
-  and every create refreshes the host's addresses as they are at that moment.
+  and creates refresh the host's addresses (read at most once a second: ``network.py``).
 * **Traffic addressed to the host itself never gets here**: the kernel delivers a packet
   for any local address (on any interface, including one added after the sandbox was
   created) to ``INPUT``, where ``INPUT -i <veth> -j DROP`` stops it. The host's addresses in
@@ -73,7 +73,8 @@ def host_addresses(
     cannot be read (not Linux). Routes inside ``exclude`` (the sandbox pool: the host ends
     of sandbox veths, which the sandbox chain drops whole) are left out.
 
-    Why it is built like this: it runs on every create, and a host with many sandboxes has
+    Why it is built like this: it runs up to once a second while sandboxes are created
+    (``NetworkManager._host_addresses``), and a host with many sandboxes has
     a trie of tens of thousands of lines. One regex pass finds the routes; the networks are
     made only when the set changed since the last call (sandboxes coming and going change
     only routes inside ``exclude``).

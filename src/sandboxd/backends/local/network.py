@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
@@ -56,6 +57,8 @@ _log = logging.getLogger(__name__)
 IPAM_DIR = "/run/sandboxd/ipam"
 LEGACY_NETNS_DIR = "/run/netns"
 """Where ``ip netns add`` names namespaces; sandboxd's own are no longer there (``Lease.netns``)."""
+HOST_ADDRESSES_SECONDS = 1.0
+"""How long a read of the host's own addresses serves the rules of later creates."""
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
 
@@ -165,6 +168,8 @@ class NetworkManager:
         # Per lease tag: the lines of the shared chain and of its own chain as last written.
         self.written: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._shared_seen: tuple[str, ...] = ()
+        # The host's own addresses as last read, and when (``_host_addresses``).
+        self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -345,7 +350,7 @@ class NetworkManager:
         self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...], blocked: tuple[str, ...]
     ) -> tuple[list[str], list[str]]:
         """The shared chain's lines and ``lease``'s own chain's lines, as of now."""
-        hosts = policy.host_addresses(exclude=self.pool)
+        hosts = self._host_addresses()
         shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
         chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
         if lease.log_group:  # first: every attempt is seen, whatever then decides it
@@ -355,6 +360,21 @@ class NetworkManager:
             self._shared_seen = known  # one copy for every lease while it is unchanged
         self.written[lease.tag] = (self._shared_seen, tuple(chain))
         return shared, chain
+
+    def _host_addresses(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """The host's own addresses for the shared chain, read at most once a second.
+
+        Why not at every create: the routing trie they are read from grows with every
+        sandbox (each veth's host end is a local address), and with 1,000 sandboxes its read
+        and parse were a fifth of the runner's CPU during creates (py-spy). The list in the
+        chain is the second line only: traffic to any address of the host, including one it
+        gained a moment ago, is dropped on its way in (``INPUT -i <veth>``), so a create
+        within a second of an address change may list the address one create later.
+        """
+        now = time.monotonic()
+        if self._hosts is None or now - self._hosts[0] >= HOST_ADDRESSES_SECONDS:
+            self._hosts = (now, policy.host_addresses(exclude=self.pool))
+        return self._hosts[1]
 
     async def refresh_rules(
         self,
