@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.backends.base import EgressType, IngressMode, MountedFile, NetworkSpec
+from sandboxd.backends.base import (
+    EgressType,
+    IngressMode,
+    MountedFile,
+    NetworkSpec,
+    ScratchSpec,
+)
 from sandboxd.backends.conformance import Harness, run, sh
+from sandboxd.backends.errors import SandboxStartError
 from sandboxd.backends.local.zygote import EMPTY_NETNS_AHEAD
 
 from .nethost import NetHost, test_host
@@ -251,5 +258,44 @@ def test_sandboxes_without_a_network_each_get_a_fresh_namespace_made_ahead(
                 assert r.stdout.decode().splitlines()[-1] == netns
                 r = await run(local_harness, sid, ["cat", "/sys/class/net/lo/flags"])
                 assert int(r.stdout, 16) & 0x1  # IFF_UP: the agent brought lo up
+
+    go(aio, scenario())
+
+
+def test_a_network_whose_namespace_the_runner_lost_fails_the_create_and_leaks_nothing(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """A guard against a bug of ours: the spawn must carry the namespace the runner made.
+    Without it the create fails by name (never a sandbox offline in a namespace of its
+    own), and the descriptors made for it and the network are given back."""
+    backend = local_harness.backend
+    pool = backend._nets  # type: ignore[attr-defined]
+    take = pool.take
+
+    async def take_then_lose(*args: object, **kwargs: object) -> object:
+        lease = await take(*args, **kwargs)
+        backend._net.let_go(lease)  # type: ignore[attr-defined]
+        return lease
+
+    async def scenario() -> None:
+        scratch = ScratchSpec(mount_path="/data", size_bytes=16 << 20)  # one descriptor more
+        async with local_harness.sandbox(network=net(EgressType.INTERNET), scratch=scratch):
+            pass  # what a backend opens once (its zygote, pools) is open from here on
+        spec = local_harness.spec(network=net(EgressType.INTERNET), scratch=scratch)
+        fds = len(os.listdir("/proc/self/fd"))
+        pool.take = take_then_lose
+        try:
+            with pytest.raises(SandboxStartError, match="its network has no"):
+                await backend.create(spec)
+        finally:
+            del pool.take
+        # Pools refill what the create took (a layer, a network: one descriptor each, as
+        # before it); a leak stays above the count from before.
+        async with asyncio.timeout(20):
+            while len(os.listdir("/proc/self/fd")) > fds:
+                await asyncio.sleep(0.05)
+        assert spec.sandbox_id not in backend._net.claims().values()  # type: ignore[attr-defined]
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert f"sbx{backend._net.tag_for(spec.sandbox_id)}" not in links  # type: ignore[attr-defined]
 
     go(aio, scenario())

@@ -358,10 +358,10 @@ class LocalBackend(Backend):
             for fd in handed[1:]:
                 os.close(fd)
             raise
-        netns_fd = self._net.netns_fd(rec.lease) if rec.lease is not None else None
-        if rec.lease is not None and netns_fd is None:  # not made by this process: a bug
-            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: its network has no namespace")
         try:
+            netns_fd = self._net.netns_fd(rec.lease) if rec.lease is not None else None
+            if rec.lease is not None and netns_fd is None:  # not made by this process: a bug
+                raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: its network has no netns")
             settings = self._spawn_settings
             request = spawn_request(rec, spec, rootfs, file_map, env, hostname, settings)
             request["start"] = start  # the agent starts the main process before "ready"
