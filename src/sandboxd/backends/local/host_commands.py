@@ -27,25 +27,13 @@ async def run(
 ) -> str:
     """Run a host command; ``NetworkError`` with its stderr when it fails and ``check``.
 
-    ``nice``: the command yields the CPU to everything else (work made ahead of need). Set
-    on the child once it is started rather than by running it under ``nice``: one program
-    execution fewer, and a ``preexec_fn`` would make Python fork instead of ``vfork``.
+    ``nice``: the command yields the CPU to everything else (work made ahead of need).
     Such a command can start seconds late on a busy host, so it also dies with this process
     (``setpriv --pdeathsig``): if the runner is killed meanwhile, the next one reaps the
     network it was making, and a command that ran after that reap would leave its parts
     behind for good. Commands on a create's path run at once and need no such guard.
     """
-    guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
-    proc = await asyncio.create_subprocess_exec(
-        *guard,
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    if nice:
-        with contextlib.suppress(OSError):  # it may have exited already
-            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
+    proc = await _start(argv, nice=nice, with_input=stdin is not None)
     try:
         out, err = await proc.communicate(stdin)
     except BaseException:
@@ -75,13 +63,8 @@ async def in_new_network_namespace(batch: str, *, nice: bool = False) -> int:
     line that fails ends ``ip`` before the mark: ``NetworkError`` with its stderr.
     ``nice`` as for :func:`run`. The caller owns (and closes) the descriptor.
     """
-    guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
     argv = ("unshare", "--net", "--", "ip", "-batch", "-")
-    pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(*guard, *argv, stdin=pipe, stdout=pipe, stderr=pipe)
-    if nice:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
+    proc = await _start(argv, nice=nice, with_input=True)
     assert proc.stdin is not None and proc.stdout is not None
     held = -1
     try:
@@ -95,9 +78,6 @@ async def in_new_network_namespace(batch: str, *, nice: bool = False) -> int:
     except BaseException:
         if held >= 0:
             os.close(held)
-        # Its input ends too: whatever read it on our behalf (a wrapper's pipeline) then
-        # ends, and with it every holder of its output pipes, which ``wait()`` waits for.
-        proc.stdin.close()
         await _end(proc)
         raise
     if proc.returncode != 0 or held < 0 or _same_namespace(held):
@@ -106,6 +86,30 @@ async def in_new_network_namespace(batch: str, *, nice: bool = False) -> int:
         why = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
         raise NetworkError(f"{' '.join(argv)}: {why}")
     return held
+
+
+async def _start(
+    argv: tuple[str, ...], *, nice: bool, with_input: bool
+) -> asyncio.subprocess.Process:
+    """Start a host command with its output piped; ``nice`` as for :func:`run`.
+
+    The priority is set on the started child rather than by running it under ``nice``: one
+    program execution fewer, and a ``preexec_fn`` would make Python fork instead of
+    ``vfork``. A niced command can start seconds late, so it dies with this process.
+    """
+    guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        *guard,
+        *argv,
+        stdin=pipe if with_input else asyncio.subprocess.DEVNULL,
+        stdout=pipe,
+        stderr=pipe,
+    )
+    if nice:
+        with contextlib.suppress(OSError):  # it may have exited already
+            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
+    return proc
 
 
 def _same_namespace(fd: int) -> bool:
@@ -122,7 +126,13 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     which then reaches nothing. A niced command on a busy host can start seconds late.
     Killed, it has made part of its work at most, which teardown removes. Waiting cannot be
     cancelled again: the rollback must not start before the command is gone.
+
+    Its input ends first: whatever read it on the command's behalf (a wrapper's pipeline
+    the kill does not reach) then ends too, and with it every holder of the output pipes,
+    which ``wait()`` waits for. Without it such a rollback hung for good.
     """
+    if proc.stdin is not None:
+        proc.stdin.close()
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     exited = asyncio.ensure_future(proc.wait())
