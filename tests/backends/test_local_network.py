@@ -28,6 +28,7 @@ from sandboxd.backends.base import (
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.errors import SandboxStartError
 from sandboxd.backends.local.zygote import EMPTY_NETNS_AHEAD
+from tests.support.host_network import iptables_rules
 
 from .nethost import NetHost, test_host
 
@@ -108,11 +109,6 @@ def test_sandboxes_cannot_reach_each_other(
     go(aio, scenario())
 
 
-def _iptables() -> str:
-    out = subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
-    return out
-
-
 def test_host_rules_exist_while_running_and_vanish_on_destroy(
     aio: asyncio.Runner, local_harness: Harness
 ) -> None:
@@ -120,7 +116,7 @@ def test_host_rules_exist_while_running_and_vanish_on_destroy(
         spec = local_harness.spec(network=net(EgressType.ALLOWLIST, "198.51.100.0/24"))
         await local_harness.backend.create(spec)
         lease = local_harness.backend._records[spec.sandbox_id].lease  # type: ignore[attr-defined]
-        rules = _iptables()
+        rules = iptables_rules()
         assert (
             f'-A INPUT -i {lease.host_if} -m comment --comment "sandboxd:{lease.tag}" -j DROP'
             in rules
@@ -133,7 +129,7 @@ def test_host_rules_exist_while_running_and_vanish_on_destroy(
         assert lease.tag not in Path("/proc/self/mountinfo").read_text()
         assert local_harness.backend._net.netns_fd(lease) is None  # type: ignore[attr-defined]
         await local_harness.backend.destroy(spec.sandbox_id)
-        assert lease.tag not in _iptables()
+        assert lease.tag not in iptables_rules()
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert lease.host_if not in links
 
@@ -202,7 +198,7 @@ def test_stop_releases_network_and_cgroups_but_keeps_logs(
             await asyncio.sleep(0.05)
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert lease.host_if not in links
-        assert lease.tag not in _iptables()
+        assert lease.tag not in iptables_rules()
         assert not any(Path(d).exists() for d in cgroup_dirs)
         logged = b"".join([chunk.data async for chunk in backend.logs(spec.sandbox_id)])
         assert b"bye" in logged

@@ -28,6 +28,7 @@ from sandboxd.backends.local.network import (
 )
 from sandboxd.backends.local.network_pool import PREPARED, PreparedNetworks
 from sandboxd.images import ImageStore
+from tests.support.host_network import iptables_rules, link_exists
 
 from .image_refs import BUSYBOX
 
@@ -37,16 +38,6 @@ INTERNET = NetworkSpec(egress=EgressType.INTERNET)
 def _netns() -> set[str]:
     """Named network namespaces (``ip netns add``): sandboxd makes none."""
     return set(os.listdir(LEGACY_NETNS_DIR)) if os.path.isdir(LEGACY_NETNS_DIR) else set()
-
-
-def _link(name: str) -> bool:
-    """Whether a link of that name exists in this namespace (the host end of a veth)."""
-    shown = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True)
-    return shown.returncode == 0
-
-
-def _iptables() -> str:
-    return subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
 
 
 def _mounts() -> int:
@@ -95,15 +86,15 @@ def test_a_create_takes_a_ready_network_and_the_pool_refills(
             assert net.claims()[lease.index] == second  # the claim names its sandbox now
             r = await run(local_harness, second, ["cat", "/proc/net/dev"])
             assert b"eth0" in r.stdout
-        assert not _link(lease.host_if)  # torn down like any other
+        assert not link_exists(lease.host_if)  # torn down like any other
         assert net.netns_fd(lease) is None  # let go once its sandbox was in it
         await _ready(pool, 1)
         left = [r.lease for r in pool._ready]
-        assert all(_link(r.host_if) and net.netns_fd(r) is not None for r in left)
+        assert all(link_exists(r.host_if) and net.netns_fd(r) is not None for r in left)
         assert not {f"sandboxd-{r.tag}" for r in left} & _netns()  # no name, no mount
         await pool.close()
         for ready in left:  # closing tears the ready ones down
-            assert not _link(ready.host_if) and net.netns_fd(ready) is None
+            assert not link_exists(ready.host_if) and net.netns_fd(ready) is None
         assert not [h for h in net.claims().values() if h.startswith(PREPARED)]
 
     aio.run(asyncio.wait_for(scenario(), 120))
@@ -121,13 +112,13 @@ def test_networks_a_dead_runner_left_ready_are_reaped(tmp_path: Path) -> None:
         await _ready(crashed, 1)
         orphan = crashed._ready[0].lease
         await net.teardown(lease, EgressType.INTERNET, ())
-        assert _link(orphan.host_if)
+        assert link_exists(orphan.host_if)
         # The process "died" here: nothing closed the pool (its namespace is still held,
         # as by a runner that hangs). The next one reaps what it left.
         again = NetworkManager("reaptest", pool="10.214.0.0/24", ipam_dir=str(tmp_path / "ipam"))
         assert await PreparedNetworks(again).reap() == 1
-        assert not _link(orphan.host_if)
-        assert orphan.tag not in _iptables()
+        assert not link_exists(orphan.host_if)
+        assert orphan.tag not in iptables_rules()
         assert again.claims() == {}
         net.let_go(orphan)
 
@@ -194,9 +185,9 @@ async def _remove(net: NetworkManager, leases: dict[str, int]) -> None:
 
 def _left_of(lease_tags: set[str]) -> list[str]:
     """Namespaces, links and host rules of these leases that still exist."""
-    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    rules = iptables_rules()
     left = [f"netns sandboxd-{tag}" for tag in lease_tags if f"sandboxd-{tag}" in _netns()]
-    left += [f"link sbx{tag}" for tag in lease_tags if _link(f"sbx{tag}")]  # ip shows sbx…@ifN
+    left += [f"link sbx{tag}" for tag in lease_tags if link_exists(f"sbx{tag}")]
     left += [f"rule {line}" for line in rules.splitlines() for t in lease_tags if t in line]
     return left
 
@@ -313,7 +304,7 @@ def test_a_cancelled_set_up_returns_though_its_batch_is_read_by_a_process_that_o
 
     lease = asyncio.run(scenario())
     deadline = time.monotonic() + 20  # what ``ip`` made after the rollback dies with it
-    while _link(lease.host_if):
+    while link_exists(lease.host_if):
         assert time.monotonic() < deadline, f"{lease.host_if} outlived its namespace"
         time.sleep(0.05)
 
@@ -390,12 +381,12 @@ def test_a_runner_killed_with_networks_ready_leaves_no_namespace_and_the_reap_th
     try:
         assert proc.stdout is not None
         host_ends = proc.stdout.readline().split()
-        assert len(host_ends) == 2 and all(_link(end) for end in host_ends)
+        assert len(host_ends) == 2 and all(link_exists(end) for end in host_ends)
     finally:
         proc.kill()  # SIGKILL: nothing of the process tears anything down
         proc.wait()
     deadline = time.monotonic() + 20
-    while any(_link(end) for end in host_ends):
+    while any(link_exists(end) for end in host_ends):
         assert time.monotonic() < deadline, f"veths outlived their namespace: {host_ends}"
         time.sleep(0.05)
     tags = [end.removeprefix("sbx") for end in host_ends]
@@ -404,10 +395,10 @@ def test_a_runner_killed_with_networks_ready_leaves_no_namespace_and_the_reap_th
     async def reap() -> None:
         net = NetworkManager("filledtest", pool="10.214.5.0/24", ipam_dir=str(ipam))
         assert len(net.claims()) == 2
-        assert all(tag in _iptables() for tag in tags)  # the rules stayed
+        assert all(tag in iptables_rules() for tag in tags)  # the rules stayed
         assert await PreparedNetworks(net).reap() == 2
         assert net.claims() == {}
-        assert not [tag for tag in tags if tag in _iptables()]
+        assert not [tag for tag in tags if tag in iptables_rules()]
 
     asyncio.run(asyncio.wait_for(reap(), 60))
 

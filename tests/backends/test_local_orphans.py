@@ -30,6 +30,7 @@ from sandboxd.backends.local.owners import OwnerLock, orphaned, other_keys
 from sandboxd.backends.local.userns import IDMAP_DIR
 from sandboxd.images import ImageStore
 from tests.support.faults import wait_until
+from tests.support.host_network import link_names
 
 from .image_refs import BUSYBOX
 
@@ -84,16 +85,6 @@ def _backend_in_a_process(data_dir: Path, image_store: ImageStore) -> subprocess
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
-
-
-def _links() -> set[str]:
-    """Names of this namespace's links (a sandbox network's host end is ``sbx<tag>``).
-
-    What a network's namespace is can't be seen by name (it has none); its veth pair lives
-    exactly as long as it does, or until teardown deletes it.
-    """
-    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in shown.splitlines() if line}
 
 
 def _claims_naming(text: str) -> list[str]:
@@ -240,12 +231,12 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         running = info["sandbox"]
         running_link = f"sbx{running['tag']}"
         group = f"sandboxd-{key}"
-        assert ready_links <= _links() and _claims_naming(f"{group} <prepared>")
-        assert running_link in _links() and _alive(running["agent"])
+        assert ready_links <= link_names() and _claims_naming(f"{group} <prepared>")
+        assert running_link in link_names() and _alive(running["agent"])
 
         # A backend that starts while it lives leaves everything of it alone.
         aio.run(start_backend("witness"))
-        assert ready_links <= _links() and running_link in _links()
+        assert ready_links <= link_names() and running_link in link_names()
         assert _claims_naming(f"{key} prepared:") and _claims_naming(f"{group} <prepared>")
         assert os.path.exists(os.path.join(OWNERS, key))
 
@@ -264,14 +255,14 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
         wait_until(
             "what it made ahead to go",
             lambda: (
-                not ready_links & _links()
+                not ready_links & link_names()
                 and _claims_naming(f"{key} prepared:") == []
                 and _claims_naming(f"{group} <prepared>") == []
             ),
             30,
         )
         assert kept.read_text() == f"{group} sb-kept\n"
-        assert _alive(running["agent"]) and running_link in _links()
+        assert _alive(running["agent"]) and running_link in link_names()
         assert _claims_naming(f"{key} {running['id']}")
         assert all(os.path.isdir(d) for d in running["cgroups"])
         assert os.path.exists(os.path.join(OWNERS, key))  # for whoever looks next
@@ -287,7 +278,7 @@ def test_a_killed_backend_is_reaped_and_its_sandboxes_ended_once_its_data_dir_is
             "the abandoned sandbox to end, its network, claims and lock file to go",
             lambda: (
                 not _alive(running["agent"])
-                and running_link not in _links()
+                and running_link not in link_names()
                 and _claims_naming(f"{key} ") == []
                 and _claims_naming(f"{group} ") == []
                 and not kept.exists()
@@ -465,7 +456,7 @@ def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_rea
         info = json.loads(child.stdout.readline())
         running = info["sandbox"]
         link = f"sbx{running['tag']}"
-        assert _alive(running["agent"]) and link in _links()
+        assert _alive(running["agent"]) and link in link_names()
         child.send_signal(signal.SIGKILL)
         child.wait()
         shutil.rmtree(data_dir)
@@ -474,7 +465,7 @@ def test_a_data_dir_made_anew_at_the_same_path_ends_the_sandboxes_nobody_can_rea
 
         assert aio.run(backend.recover()) == []
         wait_until("the unreachable sandbox to end", lambda: not _alive(running["agent"]), 30)
-        assert link not in _links()
+        assert link not in link_names()
         assert _claims_naming(running["id"]) == []  # its network and its id range
         assert not [d for d in running["cgroups"] if os.path.isdir(d)]
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout

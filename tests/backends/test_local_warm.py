@@ -27,17 +27,11 @@ from sandboxd.backends.local.state import RECORD
 from sandboxd.backends.local.warm import SLOT_PREFIX
 from sandboxd.images import ImageStore
 from sandboxd.record_log import read_record
+from tests.support.host_network import link_exists
 
 from .disk_support import loop_devices, wait_in_use
 from .image_refs import BUSYBOX
 from .nethost import NetHost, test_host
-
-
-def _link(name: str) -> bool:
-    """Whether a link of that name exists in this namespace (the host end of a veth)."""
-    shown = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True)
-    return shown.returncode == 0
-
 
 __all__ = ["test_host"]  # the module-scoped test host fixture (nethost.py)
 
@@ -299,12 +293,12 @@ def test_slots_of_a_killed_runner_are_destroyed_by_the_next(
             assert {Path(d).name for d in slot_cgroups(groups)} == set(slots)
             leases = [read_record(data_dir / "warm" / s / RECORD)["lease"] for s in slots]
             host_ends = [f"sbx{lease['tag']}" for lease in leases]  # the veths' host ends
-            assert all(_link(end) for end in host_ends)  # their namespaces: the slots'
+            assert all(link_exists(end) for end in host_ends)  # their namespaces: the slots'
             assert await backend.discard_prepared() == 3
             assert list((data_dir / "warm").iterdir()) == []
             assert slot_cgroups(groups) == []
             assert id_claims(backend) == []
-            assert not any(_link(end) for end in host_ends)
+            assert not any(link_exists(end) for end in host_ends)
             assert await wait_in_use(backend, 0) == 0  # no layer (loop device) left in use
         finally:
             await backend.close()

@@ -1,0 +1,30 @@
+"""What a test sees of the host's network: its links and its firewall rules.
+
+Why one place: several backend tests watch a sandbox network's host end (``sbx<tag>``) and
+its rules appear and vanish, and each kept its own copy of these few lines.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+
+def link_exists(name: str) -> bool:
+    """Whether a link of that name exists in this namespace (the host end of a veth).
+
+    ``ip link show dev`` rather than a search of ``ip -o link``: that prints a veth as
+    ``sbx<tag>@ifN:``, which a search for ``sbx<tag>:`` never finds.
+    """
+    shown = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True)
+    return shown.returncode == 0
+
+
+def link_names() -> set[str]:
+    """Names of this namespace's links, without the ``@peer`` suffix of a veth."""
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in shown.splitlines() if line}
+
+
+def iptables_rules() -> str:
+    """The host's firewall rules as ``iptables-save`` prints them (every table)."""
+    return subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
