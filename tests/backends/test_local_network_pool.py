@@ -410,7 +410,7 @@ def test_a_subnet_whose_address_a_leftover_interface_holds_is_skipped(
     sandbox gets the subnet after it, and the log says which address is taken and where."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    net = NetworkManager("skiptest", pool="10.214.4.0/24", ipam_dir=str(tmp_path / "ipam"))
+    net = NetworkManager("skiptest", pool="10.214.4.0/28", ipam_dir=str(tmp_path / "ipam"))
     leftover = f"sbxleft{os.getpid() % 100000}"  # a veth, as the backend makes them
     peer = ["peer", "name", f"{leftover}p"]
     subprocess.run(["ip", "link", "add", leftover, "type", "veth", *peer], check=True)
@@ -422,4 +422,5 @@ def test_a_subnet_whose_address_a_leftover_interface_holds_is_skipped(
         assert "10.214.4.5" in caplog.text and "skipping sandbox subnet" in caplog.text
     finally:
         subprocess.run(["ip", "link", "del", leftover], check=False)
-    assert net.allocate("sb-next").index == 1  # free again once the leftover is gone
+    assert net.allocate("sb-next").index == 3
+    assert net.allocate("sb-wrapped").index == 1  # free again once the leftover is gone

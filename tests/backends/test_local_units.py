@@ -14,7 +14,7 @@ from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.errors import InvalidSpec
 from sandboxd.backends.local import log_budget, logfile, protocol
 from sandboxd.backends.local.cgroups import detect
-from sandboxd.backends.local.network import Lease, NetworkManager
+from sandboxd.backends.local.network import Lease, NetworkError, NetworkManager
 from sandboxd.backends.local.spawn import exit_code_from_status
 
 MOUNTINFO_V1 = """\
@@ -103,7 +103,27 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     second = other_backend.allocate("other")
     assert second.index != lease.index  # the pool is shared host-wide
     mgr.release(lease)
-    assert other_backend.allocate("third").index == lease.index
+    third = other_backend.allocate("third")
+    assert third.index not in (lease.index, second.index)  # not reused at once
+
+
+def test_allocation_goes_on_after_the_last_subnet_and_wraps_around(tmp_path: Path) -> None:
+    """Each allocation looks after the last one (no scan of every held subnet from the
+    first), a subnet given back is handed out only once the search wraps around to it, and
+    a pool with every subnet claimed says so."""
+    mgr = NetworkManager("k", "10.99.0.0/27", ipam_dir=str(tmp_path))  # subnets 1..7
+    leases = [mgr.allocate(f"box{n}") for n in range(4)]
+    assert [lease.index for lease in leases] == [1, 2, 3, 4]
+    mgr.release(leases[1])
+    assert mgr.allocate("box4").index == 5  # index 2 is free, but the search goes on
+    mgr.release(leases[0])
+    assert [mgr.allocate(f"box{n}").index for n in (5, 6, 7)] == [6, 7, 1]  # wrapped
+    assert mgr.allocate("box8").index == 2
+    with pytest.raises(NetworkError, match="exhausted"):
+        mgr.allocate("box9")
+    restarted = NetworkManager("k", "10.99.0.0/27", ipam_dir=str(tmp_path))
+    mgr.release(mgr.lease_at(6, "x"))
+    assert restarted.allocate("box10").index == 6  # a new process starts from the first
 
 
 def test_network_spec_validation() -> None:

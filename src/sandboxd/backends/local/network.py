@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -170,6 +171,7 @@ class NetworkManager:
         self._shared_seen: tuple[str, ...] = ()
         # The host's own addresses as last read, and when (``_host_addresses``).
         self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
+        self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -191,10 +193,20 @@ class NetworkManager:
             fh.write("")
 
     def allocate(self, sandbox_id: str) -> Lease:
-        """Reserve the next free /30 of the pool (an exclusive create of its claim file)."""
+        """Reserve the next free /30 of the pool (an exclusive create of its claim file).
+
+        The search starts after the subnet this process handed out last and wraps around,
+        rather than from the pool's first subnet each time: with a thousand sandboxes that
+        scan was a thousand failed creates per allocation (8 % of ``sandboxd up``'s samples
+        while creating beside 1,000 sandboxes). A subnet just given back is also not handed
+        out again at once, so nothing addressed to the sandbox that had it (a late reply,
+        a connection-tracking entry) reaches the next one while a free subnet is elsewhere.
+        """
         os.makedirs(self.ipam, exist_ok=True)
         tag = self.tag_for(sandbox_id)
-        for index in range(1, self.pool.num_addresses // 4):
+        end = self.pool.num_addresses // 4
+        start = self._cursor if 1 <= self._cursor < end else 1
+        for index in itertools.chain(range(start, end), range(1, start)):
             try:
                 fd = os.open(self._claim_file(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
@@ -211,6 +223,7 @@ class NetworkManager:
                 continue
             os.write(fd, f"{self.key} {sandbox_id}\n".encode())
             os.close(fd)
+            self._cursor = index + 1
             return lease
         raise NetworkError(f"network pool {self.pool} exhausted")
 
