@@ -1,5 +1,6 @@
 // Building the page from data. Every string goes in as a text node or an attribute value,
 // never as HTML: sandbox-controlled text (ids, tags, logs, reasons) cannot become markup.
+import type { PageContext } from "./main";
 
 type Child = Node | string | number | null | undefined | false;
 
@@ -50,4 +51,19 @@ export function bytes(n: number): string {
 
 export function status(value: string): string {
   return (value || "").replace(/^SANDBOX_STATUS_/, "").toLowerCase();
+}
+
+// Run `work` again `ms` after each run has finished, until the page is left. Not
+// setInterval: on a slow platform that starts a new round while earlier ones still wait,
+// and the browser's few connections per host fill with reads, so a click's request (a
+// Stop) queues behind them.
+export function repeatAfter(ctx: PageContext, ms: number, work: () => Promise<unknown>) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const round = async () => {
+    await work().catch(() => {});
+    if (ctx.live()) timer = setTimeout(round, ms);
+  };
+  if (!ctx.live()) return;
+  timer = setTimeout(round, ms);
+  ctx.onLeave(() => clearTimeout(timer));
 }

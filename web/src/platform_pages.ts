@@ -1,6 +1,6 @@
 // Runners (live capacity, health, cordon/drain, admin actions) and profiles with bindings.
 import { api, ApiError, type Json } from "./api";
-import { button, bytes, el, table } from "./dom";
+import { button, bytes, el, repeatAfter, table } from "./dom";
 import type { PageContext } from "./main";
 
 function state(runner: Json): string {
@@ -65,8 +65,7 @@ export async function runnersPage(ctx: PageContext) {
   }
 
   await load();
-  const timer = setInterval(() => load().catch(() => {}), 3000);
-  ctx.onLeave(() => clearInterval(timer));
+  repeatAfter(ctx, 3000, load);
 }
 
 export async function profilesPage(ctx: PageContext) {

@@ -3,7 +3,7 @@ import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import { api, ApiError, socketUrl, type Json } from "./api";
-import { button, bytes, el, status, table } from "./dom";
+import { button, bytes, el, repeatAfter, status, table } from "./dom";
 import { Graph } from "./graph";
 import type { PageContext } from "./main";
 
@@ -149,8 +149,7 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
     await Promise.allSettled([refresh(), readEvents(), readStats()]);
   };
   await tick();
-  const timer = setInterval(tick, 2000);
-  ctx.onLeave(() => clearInterval(timer));
+  repeatAfter(ctx, 2000, tick);
 
   // Live logs: bytes appended as text (never HTML), the oldest dropped past a bound.
   const decoder = new TextDecoder();

@@ -1,6 +1,6 @@
 // The sandbox list with filters, and the form that starts one.
 import { api, ApiError, type Json } from "./api";
-import { el, link, status, table } from "./dom";
+import { el, link, repeatAfter, status, table } from "./dom";
 import type { PageContext } from "./main";
 
 const STATUSES = ["", "pending", "creating", "running", "paused", "terminating", "completed", "failed"];
@@ -85,6 +85,5 @@ export async function sandboxesPage(ctx: PageContext) {
   }
 
   await load();
-  const timer = setInterval(() => load().catch(() => {}), 3000);
-  ctx.onLeave(() => clearInterval(timer));
+  repeatAfter(ctx, 3000, load);
 }
