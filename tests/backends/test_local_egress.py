@@ -190,8 +190,11 @@ def test_rule_set_is_small_shared_and_torn_down(
             # First, the log of new connections for the activity trail (connection_trail.py).
             assert own[0].startswith(f"-A {lease.chain} -m conntrack --ctstate NEW -m limit")
             assert f'-j NFLOG --nflog-prefix "sbx:{lease.tag}:fwd"' in own[0]
-            hooks = [line for line in rules if f"sandboxd:{lease.tag}" in line]
-            assert any(" INPUT " in hook and "-j NFLOG" in hook for hook in hooks), hooks
+            # On its INPUT hook (in its bucket's chain), the log first, then the drop.
+            hooks = [
+                r for r in rules if r.startswith(f"-A SBX-I-{lease.tag[0]} -i {lease.host_if} ")
+            ]
+            assert len(hooks) == 2 and "-j NFLOG" in hooks[0] and hooks[1].endswith("-j DROP")
             assert own[1:] == [
                 f"-A {lease.chain} -d 10.213.0.0/16 -j DROP",
                 f"-A {lease.chain} -j {SHARED_CHAIN}",

@@ -117,10 +117,16 @@ def test_host_rules_exist_while_running_and_vanish_on_destroy(
         await local_harness.backend.create(spec)
         lease = local_harness.backend._records[spec.sandbox_id].lease  # type: ignore[attr-defined]
         rules = iptables_rules()
-        assert (
-            f'-A INPUT -i {lease.host_if} -m comment --comment "sandboxd:{lease.tag}" -j DROP'
-            in rules
-        )
+        bucket = lease.tag[0]  # its hooks are in its bucket's chains (hook_chains.py)
+        mark = f'-m comment --comment "sandboxd:{lease.tag}"'
+        assert f"-A SBX-I-{bucket} -i {lease.host_if} {mark} -j DROP" in rules
+        assert f"-A SBX-F-{bucket} -i {lease.host_if} {mark} -j {lease.chain}" in rules
+        hooks = '-m comment --comment "sandboxd:hooks"'
+        assert f"-A INPUT -i sbx{bucket}+ {hooks} -j SBX-I-{bucket}" in rules
+        assert f"-A FORWARD -i sbx{bucket}+ {hooks} -j SBX-F-{bucket}" in rules
+        assert f"-A FORWARD -o sbx{bucket}+ {hooks} -j SBX-F-{bucket}" in rules
+        direct = ("-A INPUT ", "-A FORWARD ", "-A POSTROUTING ")
+        assert not [r for r in rules.splitlines() if r.startswith(direct) and lease.tag in r]
         assert f"-A {lease.chain} -d 198.51.100.0/24 -j ACCEPT" in rules
         # Its own namespace, held by its processes alone: no name, no mount on the host.
         agent = local_harness.backend._records[spec.sandbox_id].agent_pid  # type: ignore[attr-defined]

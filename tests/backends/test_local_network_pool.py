@@ -20,6 +20,7 @@ import pytest
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local.hook_chains import UNKNOWN
 from sandboxd.backends.local.network import (
     LEGACY_NETNS_DIR,
     Lease,
@@ -237,9 +238,9 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
         made: dict[str, int] = {}  # every lease, also the pool's half-made ones: tag -> index
         lease_at = net.lease_at
 
-        def recorded(index: int, tag: str) -> Lease:
+        def recorded(index: int, tag: str, hooks: str = UNKNOWN) -> Lease:
             made[tag] = index
-            return lease_at(index, tag)
+            return lease_at(index, tag, hooks)
 
         net.lease_at = recorded  # type: ignore[method-assign]
         # In ``ip``'s wait, about when it runs (its namespace being opened), and in

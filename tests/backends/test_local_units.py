@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from pathlib import Path
@@ -96,9 +97,19 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     body = [f":{lease.chain} - [0:0]", f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT"]
     add = mgr._rules(lease, True, body)
     assert f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT" in add
-    assert f"-I INPUT -i {lease.host_if}" in add
+    assert f"-A SBX-I-{lease.tag[0]} -i {lease.host_if}" in add  # in its bucket's chain
+    assert "INPUT" not in add and "FORWARD" not in add and "POSTROUTING" not in add
+    assert f"-A SBX-N-0a6300 -s {lease.sandbox_ip}/32" in add  # its /24's nat chain
     remove = mgr._rules(lease, False)
-    assert f"-X {lease.chain}" in remove and "-I " not in remove
+    assert f"-X {lease.chain}" in remove and "-A " not in remove
+    assert f"-D SBX-F-{lease.tag[0]} -i {lease.host_if}" in remove
+    # A sandbox an earlier version made (its record names no hooks) keeps its hooks in
+    # INPUT, FORWARD and POSTROUTING themselves, and they are removed from there.
+    record = json.loads(lease.to_json())
+    del record["hooks"]
+    old = Lease.from_json(json.dumps(record))
+    assert f"-D INPUT -i {old.host_if} " in mgr._rules(old, False)
+    assert f"-D POSTROUTING -s {old.sandbox_ip}/32" in mgr._rules(old, False)
     other_backend = NetworkManager("k2", "10.99.0.0/24", ipam_dir=str(tmp_path))
     second = other_backend.allocate("other")
     assert second.index != lease.index  # the pool is shared host-wide

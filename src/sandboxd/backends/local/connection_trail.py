@@ -110,7 +110,8 @@ class ConnectionTrail:
         sandbox_id, lease = found
         decision: ConnectionDecision
         if parts[2] == "host":
-            decision, rule = "dropped", f"INPUT -i {lease.host_if} -j DROP (the host itself)"
+            decision = "dropped"
+            rule = f"{lease.input_hooks} -i {lease.host_if} -j DROP (the host itself)"
         else:
             chains = await self._net.installed(lease)
             verdict = decide(chains, lease.chain, packet.destination, packet.protocol, packet.port)

@@ -6,15 +6,17 @@ up its loopback, so host loopback services are simply not in that namespace.
 For the other two, the runner creates a network namespace held by a descriptor (no name, no
 mount: ``host_commands.in_new_network_namespace``), a veth pair with a /30 from a private
 pool (one end in the namespace as ``eth0``, default route via the host end), IPv6 off on
-both ends, and one ``iptables-restore --noflush`` transaction on the host:
+both ends, and one ``iptables-restore --noflush`` transaction on the host, whose hooks sit
+in small chains that ``INPUT``, ``FORWARD`` and ``POSTROUTING`` jump to by bucket
+(``hook_chains.py`` says why and how):
 
-* ``INPUT -i <veth> -j DROP``: the sandbox cannot reach services on the host itself, on any
-  of its addresses, including ones the host gains after the sandbox was created;
-* ``FORWARD -i <veth> -j SBX-<tag>``: a per-sandbox chain that drops the sandbox pool (other
-  sandboxes), jumps to the shared chain of non-public destinations and then accepts
-  (``internet``) or accepts only the allowlisted CIDRs (``allowlist``); what is reachable
-  and why is ``egress.py``'s business;
-* ``FORWARD -o <veth>`` for replies, and ``POSTROUTING ... -j MASQUERADE`` for NAT.
+* ``-i <veth> -j DROP`` on the ``INPUT`` path: the sandbox cannot reach services on the host
+  itself, on any of its addresses, including ones the host gains after it was created;
+* ``-i <veth> -j SBX-<tag>`` on the ``FORWARD`` path: a per-sandbox chain that drops the
+  sandbox pool (other sandboxes), jumps to the shared chain of non-public destinations and
+  then accepts (``internet``) or accepts only the allowlisted CIDRs (``allowlist``); what is
+  reachable and why is ``egress.py``'s business;
+* ``-o <veth>`` on the ``FORWARD`` path for replies, and ``-j MASQUERADE`` for NAT.
 
 Filtering on the host rather than inside the namespace keeps every rule out of the
 sandbox's reach and lets teardown be one transaction. IPv4 forwarding must be on
@@ -47,6 +49,17 @@ from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
+from .hook_chains import (
+    CHAINED,
+    DIRECT,
+    UNKNOWN,
+    HookGroup,
+    filter_group,
+    forward_chain,
+    input_chain,
+    nat_chain,
+    nat_group,
+)
 from .host_commands import NetworkError, in_new_network_namespace, run
 from .rule_writer import RESTORE, RuleWriter
 from .syscalls import set_ipv4_address, set_link_up
@@ -74,6 +87,8 @@ class Lease:
     sandbox_ip: str
     # The NFLOG group its rules log connection attempts to (0: none; see connection_trail).
     log_group: int = 0
+    # Where its hooks are (``hook_chains.py``); a record of an earlier version names none.
+    hooks: str = DIRECT
 
     @property
     def netns(self) -> str:
@@ -93,6 +108,17 @@ class Lease:
     def chain(self) -> str:
         """Per-sandbox filter chain."""
         return f"SBX-{self.tag}"
+
+    @property
+    def input_hooks(self) -> str:
+        """The chain its ``INPUT`` hooks are in."""
+        return "INPUT" if self.hooks == DIRECT else input_chain(self.tag)
+
+    def hook_groups(self) -> tuple[HookGroup, ...]:
+        """The bucket chains its hooks are in (none for hooks written directly)."""
+        if self.hooks == DIRECT:
+            return ()
+        return (filter_group(self.tag), nat_group(self.sandbox_ip))
 
     def log_rule(self, hook: str) -> str:
         """The rule spec that logs new connections into ``log_group`` ("" when none).
@@ -172,6 +198,9 @@ class NetworkManager:
         # The host's own addresses as last read, and when (``_host_addresses``).
         self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
         self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
+        # The hook chain groups this process made or found in use (``hook_chains.py``), by
+        # key: removed with its last network unless another backend's sandboxes use them.
+        self._hooks_made: dict[str, HookGroup] = {}
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -211,7 +240,7 @@ class NetworkManager:
                 fd = os.open(self._claim_file(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
-            lease = self.lease_at(index, tag)
+            lease = self.lease_at(index, tag, CHAINED)
             if _on_this_host(lease.host_ip):
                 os.close(fd)
                 self.release(lease)
@@ -227,10 +256,14 @@ class NetworkManager:
             return lease
         raise NetworkError(f"network pool {self.pool} exhausted")
 
-    def lease_at(self, index: int, tag: str) -> Lease:
-        """The lease of the ``index``-th /30 of the pool, named ``tag``."""
+    def lease_at(self, index: int, tag: str, hooks: str = UNKNOWN) -> Lease:
+        """The lease of the ``index``-th /30 of the pool, named ``tag``.
+
+        ``hooks``: where its hooks are; unknown for a lease rebuilt from a claim that a
+        process of any version left (teardown then removes both layouts).
+        """
         base = self.pool.network_address + index * 4
-        return Lease(tag, index, str(base + 1), str(base + 2), self.log_group)
+        return Lease(tag, index, str(base + 1), str(base + 2), self.log_group, hooks)
 
     def assign(self, lease: Lease, sandbox_id: str) -> None:
         """Record in a lease's claim who holds it now (a prepared lease, taken).
@@ -282,6 +315,28 @@ class NetworkManager:
 
     def _rules(self, lease: Lease, add: bool, body: Sequence[str] = ()) -> str:
         """The transaction that adds (``body``: chain lines) or removes a sandbox's rules."""
+        if lease.hooks == DIRECT:
+            return self._direct_rules(lease, add, body)
+        op = "-A" if add else "-D"
+        comment = f"-m comment --comment sandboxd:{lease.tag}"
+        into, forward = input_chain(lease.tag), forward_chain(lease.tag)
+        logged = [f"{op} {into} -i {lease.host_if} {comment} {lease.log_rule('host')}"]
+        hooks = [
+            *(logged if lease.log_group else []),  # first: every attempt is seen
+            f"{op} {into} -i {lease.host_if} {comment} -j DROP",
+            f"{op} {forward} -i {lease.host_if} {comment} -j {lease.chain}",
+            f"{op} {forward} -o {lease.host_if} -m conntrack --ctstate RELATED,ESTABLISHED "
+            f"{comment} -j ACCEPT",
+        ]
+        nat = (
+            f"{op} {nat_chain(lease.sandbox_ip)} -s {lease.sandbox_ip}/32 ! -o {lease.host_if} "
+            f"{comment} -j MASQUERADE"
+        )
+        own = [*body, *hooks] if add else [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
+        return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
+
+    def _direct_rules(self, lease: Lease, add: bool, body: Sequence[str] = ()) -> str:
+        """``_rules`` of a lease whose hooks are in ``INPUT`` and the rest themselves."""
         ins, app = ("-I", "-A") if add else ("-D", "-D")
         comment = f"-m comment --comment sandboxd:{lease.tag}"
         logged = [f"{ins} INPUT -i {lease.host_if} {comment} {lease.log_rule('host')}"]
@@ -422,24 +477,52 @@ class NetworkManager:
         blocked: tuple[str, ...],
         nice: bool = False,
     ) -> tuple[str, ...]:
-        """One transaction: the shared chain (only when it needs writing), ours, the hooks."""
+        """One transaction: the shared chain (only when it needs writing), ours, the hooks.
+
+        The hook chains the lease needs are made first, each group once per process.
+        """
         shared, chain = self._policy(lease, egress, cidrs, blocked)
         skip = tuple(shared) == self._shared_written and bool(self._active)
         # Counted from now on, so that a concurrent teardown of our last other sandbox does
-        # not remove the shared chain while this transaction is on its way.
+        # not remove the shared chain or the hook chains while this is on its way.
         self._active.add(lease.tag)
+        await self._make_hook_chains(lease, nice)
         try:
             await self.rules.apply(
                 self._rules(lease, True, chain if skip else [*shared, *chain]), nice=nice
             )
         except NetworkError:
-            if not skip:
-                raise
-            # The chain went away under us (another backend removed it between our
-            # sandboxes, or the ruleset was flushed): write it again.
+            # A chain went away under us (another backend removed the shared chain, or an
+            # empty hook chain, between our sandboxes; or the ruleset was flushed): make
+            # them again. Nothing of the failed transaction was written.
+            for group in lease.hook_groups():
+                self._hooks_made.pop(group.key, None)
+            await self._make_hook_chains(lease, nice)
             await self.rules.apply(self._rules(lease, True, [*shared, *chain]), nice=nice)
         self._shared_written = tuple(shared)
         return tuple(chain)
+
+    async def _make_hook_chains(self, lease: Lease, nice: bool) -> None:
+        """The bucket chains of ``lease``'s hooks, made unless this process made them.
+
+        One transaction per group, which fails when the group exists already (made by
+        another backend on the host, or by this process before a restart): either way
+        it exists afterwards, jumps included, as both are made in the same transaction.
+        """
+        for group in lease.hook_groups():
+            if group.key not in self._hooks_made:
+                self._hooks_made[group.key] = group
+                await self.rules.apply_quietly(group.transaction(group.create), nice=nice)
+
+    async def remove_hook_chains(self) -> None:
+        """Remove the hook chains this process made or used, each group unless it is in use.
+
+        The kernel refuses to delete a chain that still has rules (another backend's
+        sandboxes), which rolls that group's transaction back whole, jumps included.
+        """
+        groups, self._hooks_made = list(self._hooks_made.values()), {}
+        for group in groups:
+            await self.rules.apply_quietly(group.transaction(group.remove))
 
     async def install_rules(
         self,
@@ -460,6 +543,10 @@ class NetworkManager:
         matches ``setup`` for the callers.
         """
         await self.rules.remove(self._rules(lease, False))
+        if lease.hooks == UNKNOWN:  # rebuilt from a claim: a process of any version made it
+            await self.rules.remove(self._direct_rules(lease, False))
+        for group in lease.hook_groups():
+            self._hooks_made.setdefault(group.key, group)  # removed with our last network
         # The veth goes at once (both ends), as its name and subnet may be leased again;
         # the namespace dies with its last holder. One ``ip`` run; ``-force`` goes on past
         # a line that fails (a part that never existed). Only a network of an earlier
@@ -475,6 +562,7 @@ class NetworkManager:
         if not self._active:
             self._shared_written = None
             await self.remove_shared_chain()
+            await self.remove_hook_chains()
 
     async def remove_shared_chain(self) -> None:
         """Delete the shared chain unless some sandbox (of any backend) still jumps to it.

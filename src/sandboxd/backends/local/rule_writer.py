@@ -67,9 +67,12 @@ class RuleWriter:
         """
         await self._ask(_Asked(ADD, rules, nice))
 
-    async def apply_quietly(self, rules: str) -> None:
-        """One transaction whose failure is expected at times (and ignored); never merged."""
-        await asyncio.shield(self._ask(_Asked(QUIET, rules, False)))
+    async def apply_quietly(self, rules: str, *, nice: bool = False) -> None:
+        """One transaction whose failure is expected at times (and ignored); never merged.
+
+        ``nice`` as for :meth:`apply`.
+        """
+        await asyncio.shield(self._ask(_Asked(QUIET, rules, nice)))
 
     async def remove(self, rules: str) -> None:
         """Remove rules (a transaction of deletions), merged with the removals queued with it.
@@ -148,7 +151,7 @@ async def _in_one_or_each(
 
 async def _quietly(batch: list[_Asked]) -> None:
     for asked in batch:
-        await run(*RESTORE, stdin=asked.rules.encode(), check=False)
+        await run(*RESTORE, stdin=asked.rules.encode(), check=False, nice=asked.nice)
 
 
 _BATCHES = {ADD: _add, REMOVE: _remove, QUIET: _quietly}
