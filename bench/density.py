@@ -14,11 +14,12 @@ over real gRPC:
   cross-check); plus what the platform's own processes grew by;
 * creates ``--fresh`` more, one at a time, each to its first exec result, while all of them
   exist (what a user's next sandbox waits on a full host), and counts the host mount table's
-  growth per sandbox (each entry is copied by every new mount namespace, so by every create);
+  growth per sandbox (each entry is copied by every new mount namespace, so by every create),
+  and the CPU its host commands (``ip``, ``iptables-restore``) took per create and stop;
 * the floors beside them: ``nsenter -a -t <PID 1> true`` into 200 of the sandboxes (what
   entering a sandbox costs without the platform), and 100 ``sleep`` processes
   in namespaces of their own made by ``unshare`` (the least an isolated idle process costs);
-* stops them all and times that.
+* stops them all and times that (and the host commands' CPU per stop).
 
 Each row is printed beside its floor, the last recorded baseline (``bench/baselines.json``, key
 ``density``) and the issue's targets: 1,000 idle sandboxes on 2 cores / 24 GiB, exec p99
@@ -124,6 +125,18 @@ def fresh_creates(count: int, profile: str | None, errors: list[str]) -> list[fl
     return samples
 
 
+def commands_cpu_seconds(pid: int) -> float:
+    """CPU time of the ended children of ``pid`` so far: the host commands a runner in
+    ``sandboxd up`` ran (``ip``, ``iptables-restore``); its zygote's forks are not theirs.
+
+    Why a row of its own: it counts work, not waiting, so it moves less with this VM's
+    speed than a latency does.
+    """
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_all(boxes: list[Any]) -> None:
     def stop(box: Any) -> None:
         with contextlib.suppress(Exception):  # reported by the leftover check below
@@ -176,11 +189,15 @@ def main() -> None:
             platform_after = density.platform_pss_kib(platform)
             fds_after = density.open_fds(up.proc.popen.pid)
             floor_exec = [density.nsenter_seconds(pid) for pid in cost.agents[:FLOOR_EXECS]]
+            commands = commands_cpu_seconds(up.proc.popen.pid)
             fresh = fresh_creates(args.fresh, args.profile, errors)
+            fresh_commands = commands_cpu_seconds(up.proc.popen.pid) - commands
 
             start = time.perf_counter()
+            commands = commands_cpu_seconds(up.proc.popen.pid)
             stop_all(boxes)
             stop_wall = time.perf_counter() - start
+            stop_commands = commands_cpu_seconds(up.proc.popen.pid) - commands
             boxes = []
         finally:
             stop_all(boxes)
@@ -207,6 +224,9 @@ def main() -> None:
         "exec p99 ms": round(pct(execs, 0.99), 2),
         "create+exec while all exist p50 ms": round(pct(fresh, 0.5), 1),
         "create+exec while all exist p99 ms": round(pct(fresh, 0.99), 1),
+        "  host commands CPU per create+stop ms": round(
+            fresh_commands * 1000 / max(len(fresh), 1), 1
+        ),
         "host mounts per sandbox": round((mounts_after - mounts_before) / max(held, 1), 2),
         "memory per sandbox MiB": round(per_sandbox, 2),
         "  processes (PSS) MiB": round(cost.per_sandbox_mib(), 2),
@@ -220,6 +240,7 @@ def main() -> None:
             (platform_after - platform_before) / 1024 / max(held, 1), 3
         ),
         "stop all, s": round(stop_wall, 1),
+        "  host commands CPU per stop ms": round(stop_commands * 1000 / max(held, 1), 1),
         "runner+control plane fds per sandbox": round((fds_after - fds_before) / max(held, 1), 2),
     }
     stored = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sandboxd.backends.base import EgressType
-from sandboxd.backends.local.hook_chains import filter_group, nat_chain
+from sandboxd.backends.local.hook_chains import nat_chain
 from sandboxd.backends.local.network import Lease, NetworkManager
 
 POOL = "10.214.8.0/24"
@@ -106,53 +107,127 @@ def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: P
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-def test_a_hook_chain_removed_under_a_backend_is_made_again(tmp_path: Path) -> None:
+# A backend's hook group removed by another backend (it found the chains empty), in a
+# network namespace of its own: on the host it could race other test workers' sandboxes.
+REMOVED = r"""
+import asyncio, subprocess, sys
+from sandboxd.backends.base import EgressType
+from sandboxd.backends.local.hook_chains import filter_group, nat_group
+from sandboxd.backends.local.network import NetworkManager
+
+def rules(table="filter"):
+    saved = ["iptables-save", "-t", table]
+    return subprocess.run(saved, capture_output=True, text=True, check=True).stdout.splitlines()
+
+def check(ok, what):
+    if not ok:
+        sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+
+async def main(ipam):
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # see FLUSHED
+    a = NetworkManager("removed", pool="10.214.9.0/24", ipam_dir=ipam)
+    keep = a.allocate("sb-keep")
+    bucket = next(d for d in "0123456789abcdef" if d != keep.tag[0])
+    ids = (f"sb-{n}" for n in range(10_000) if a.tag_for(f"sb-{n}")[0] == bucket)
+    await a.setup(keep, EgressType.INTERNET, ())
+    first = a.allocate(next(ids))
+    await a.setup(first, EgressType.INTERNET, ())
+    await a.teardown(first, EgressType.INTERNET, ())  # a still has `keep`: nothing removed
+    group = filter_group(first.tag)
+    check(any(r.endswith(f"-j SBX-I-{bucket}") for r in rules()), "no jump to the bucket")
+    removed = subprocess.run(
+        ["iptables-restore", "--noflush"], input=group.transaction(group.remove), text=True
+    )  # what another backend's last teardown does with a group it finds empty
+    check(removed.returncode == 0, "the empty group could not be removed")
+    again = a.allocate(next(ids))
+    await a.setup(again, EgressType.INTERNET, ())
+    check(any(again.host_if in r for r in rules() if r.startswith(f"-A SBX-I-{bucket} ")),
+          "the new network's hooks are missing")
+    check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
+    check(sum(r.endswith(f"-j SBX-F-{bucket}") for r in rules()) == 2, "not two FORWARD jumps")
+    for lease in (again, keep):
+        await a.teardown(lease, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+    check(a.claims() == {}, "claims left")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
+"""
+
+
+def test_a_hook_group_removed_under_a_backend_is_made_again(tmp_path: Path) -> None:
     """Backend a made a bucket's chains and still has a network elsewhere; the bucket's
     chains, empty, are removed by another backend's last teardown. a's next network in that
-    bucket makes them again instead of failing (a does not know they went)."""
-    a = NetworkManager("hookagain", pool=POOL, ipam_dir=str(tmp_path / "ipam"))
-    taken: set[str] = set()
-    keep_id = f"sb-hooks-{os.getpid()}-keep"
-    keep_bucket = a.tag_for(keep_id)[0]
+    bucket makes them again, jumps once each, instead of failing (a did not see them go)."""
+    _in_own_network_namespace(REMOVED, tmp_path)
 
-    async def removed_under_us(leases: list[Lease]) -> str:
-        """A bucket whose chains a made and that another backend then removed."""
-        for bucket in (d for d in "0123456789abcdef" if d != keep_bucket):
-            first = a.allocate(_sandbox_in_bucket(a, bucket, taken))
-            leases.append(first)
-            await a.setup(first, INTERNET, ())
-            await a.teardown(first, INTERNET, ())  # a still has `keep`: nothing removed
-            assert _jumps_to(f"SBX-I-{bucket}")
-            group = filter_group(first.tag)
-            removed = subprocess.run(
-                ["iptables-restore", "--noflush"],
-                input=group.transaction(group.remove),
-                text=True,
-                capture_output=True,
-            )  # what another backend's last teardown does; refused while others use it
-            if removed.returncode == 0:  # else another test worker has sandboxes there
-                return bucket
-        raise AssertionError("every bucket's chains were in use by other sandboxes")
 
-    async def scenario() -> None:
-        keep = a.allocate(keep_id)
-        leases = [keep]
-        await a.setup(keep, INTERNET, ())
-        try:
-            bucket = await removed_under_us(leases)
-            assert _chain(f"SBX-I-{bucket}") == [] and _jumps_to(f"SBX-I-{bucket}") == []
-            again = a.allocate(_sandbox_in_bucket(a, bucket, taken))
-            leases.append(again)
-            await a.setup(again, INTERNET, ())
-            assert [r for r in _chain(f"SBX-I-{bucket}") if f"-i {again.host_if} " in r]
-            assert [r for r in _chain(f"SBX-F-{bucket}") if f"-j {again.chain}" in r]
-            assert len(_jumps_to(f"SBX-I-{bucket}")) == 1
-        finally:
-            for lease in reversed(leases):
-                await a.teardown(lease, INTERNET, ())
-        for lease in leases:
-            _gone_or_unused(f"SBX-I-{lease.tag[0]}", leases)
-            _gone_or_unused(f"SBX-F-{lease.tag[0]}", leases)
-        assert a.claims() == {}
+def _in_own_network_namespace(script: str, tmp_path: Path) -> None:
+    ran = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", script, str(tmp_path / "ipam")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr + ran.stdout
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+# Run in a network namespace of its own (its own, empty firewall), since it flushes built-in
+# chains: on the host that would take other test workers' sandboxes' jumps away.
+FLUSHED = r"""
+import asyncio, subprocess, sys
+from sandboxd.backends.base import EgressType
+from sandboxd.backends.local.network import NetworkManager
+
+def rules(table="filter"):
+    saved = ["iptables-save", "-t", table]
+    return subprocess.run(saved, capture_output=True, text=True, check=True).stdout.splitlines()
+
+def check(ok, what):
+    if not ok:
+        sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+
+async def main(ipam):
+    # With no address at all, this namespace would let a socket bind to any: every subnet
+    # would look taken by an interface (network._on_this_host).
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    net = NetworkManager("flushed", pool="10.214.9.0/24", ipam_dir=ipam)
+    first = net.allocate("sb-first")
+    bucket = first.tag[0]
+    second_id = next(f"sb-{n}" for n in range(10_000) if net.tag_for(f"sb-{n}")[0] == bucket)
+    await net.setup(first, EgressType.INTERNET, ())
+    # A firewall manager flushes the built-in chains (ours stay, unreached) and puts its
+    # own rule first.
+    for chain in ("INPUT", "FORWARD"):
+        subprocess.run(["iptables", "-F", chain], check=True)
+    subprocess.run(["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
+    subprocess.run(["iptables", "-I", "FORWARD", "-j", "ACCEPT"], check=True)
+    second = net.allocate(second_id)
+    await net.setup(second, EgressType.INTERNET, ())
+    hooks = '-m comment --comment "sandboxd:hooks"'
+    for jump in (
+        f"-A INPUT -i sbx{bucket}+ {hooks} -j SBX-I-{bucket}",
+        f"-A FORWARD -i sbx{bucket}+ {hooks} -j SBX-F-{bucket}",
+        f"-A FORWARD -o sbx{bucket}+ {hooks} -j SBX-F-{bucket}",
+    ):
+        check(rules().count(jump) == 1, f"not exactly one {jump!r}")
+    forward = [r for r in rules() if r.startswith("-A FORWARD ")]
+    check(forward[-1] == "-A FORWARD -j ACCEPT", "our jumps are not above the host's rule")
+    check(any(second.host_if in r for r in rules() if r.startswith(f"-A SBX-I-{bucket} ")),
+          "the new network's hooks are missing")
+    check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "nat jump not back once")
+    await net.teardown(second, EgressType.INTERNET, ())
+    await net.teardown(first, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
+"""
+
+
+def test_a_flushed_jump_is_put_back_first_by_the_next_network(tmp_path: Path) -> None:
+    """The host's firewall manager flushes INPUT, FORWARD and POSTROUTING (our chains stay,
+    with nothing jumping to them) and puts its own rule first: the next network's add finds
+    a jump missing and puts every jump of its group back, once, above the host's rule,
+    instead of writing hooks nothing reaches. The last teardown leaves nothing."""
+    _in_own_network_namespace(FLUSHED, tmp_path)

@@ -98,7 +98,15 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     add = mgr._rules(lease, True, body)
     assert f"-A {lease.chain} -d 1.2.3.0/24 -j ACCEPT" in add
     assert f"-A SBX-I-{lease.tag[0]} -i {lease.host_if}" in add  # in its bucket's chain
-    assert "INPUT" not in add and "FORWARD" not in add and "POSTROUTING" not in add
+    builtin = ("INPUT", "FORWARD", "POSTROUTING")
+    assert not [
+        line
+        for line in add.splitlines()
+        if line.split()[1:2] and line.split()[1] in builtin and lease.host_if in line
+    ]
+    bucket = lease.tag[0]  # its group's jumps taken out and put back first (hook_chains.py)
+    jump = f"INPUT -i sbx{bucket}+ -m comment --comment sandboxd:hooks -j SBX-I-{bucket}"
+    assert f"-D {jump}\n-I {jump}" in add
     assert f"-A SBX-N-0a6300 -s {lease.sandbox_ip}/32" in add  # its /24's nat chain
     remove = mgr._rules(lease, False)
     assert f"-X {lease.chain}" in remove and "-A " not in remove

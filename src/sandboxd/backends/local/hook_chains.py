@@ -18,7 +18,12 @@ The layout (every jump carries the comment ``sandboxd:hooks``):
   in ``POSTROUTING``, so the address picks the chain).
 
 A packet of a sandbox meets exactly the rules it met before, in the same order relative to
-each other; the wildcard jumps only choose where to look. A group's chains and jumps are
+each other; the wildcard jumps only choose where to look. Every add of a network takes its
+group's jumps out and puts them back (:attr:`HookGroup.jumps_again`): first in ``INPUT`` and
+``FORWARD`` again, as each sandbox's own hooks used to be, and a jump that a firewall
+manager flushed away makes the add fail and be repaired instead of writing hooks that
+nothing reaches (only the sandboxes made before such a flush are exposed until the next
+create, as they were before these chains). A group's chains and jumps are
 made in one transaction, the first time a process needs them, with ``-N`` (never declared
 as ``:NAME`` in a transaction, which would flush an existing chain: another backend's
 sandboxes' rules). They are removed in one transaction with the process's last network,
@@ -60,12 +65,38 @@ def nat_chain(sandbox_ip: str) -> str:
 
 @dataclass(frozen=True)
 class HookGroup:
-    """Chains that are made and removed together, with the jumps that reach them."""
+    """Chains that are made and removed together, with the jumps that reach them.
+
+    ``place`` is how a jump is put in its built-in chain: ``-I`` (first, as the hooks were)
+    in ``filter``, ``-A`` in ``nat`` (after the host's own source NAT, as they were).
+    """
 
     key: str
     table: str
-    create: tuple[str, ...]
-    remove: tuple[str, ...]
+    chains: tuple[str, ...]
+    jumps: tuple[str, ...]
+    place: str
+
+    @property
+    def create(self) -> tuple[str, ...]:
+        """The chains and their jumps (fails whole if a chain exists)."""
+        return (*(f"-N {c}" for c in self.chains), *(f"{self.place} {j}" for j in self.jumps))
+
+    @property
+    def remove(self) -> tuple[str, ...]:
+        """The jumps and the chains (refused whole while a chain has a rule)."""
+        return (*(f"-D {j}" for j in self.jumps), *(f"-X {c}" for c in self.chains))
+
+    @property
+    def jumps_again(self) -> tuple[str, ...]:
+        """Each jump taken out and put back: part of every add of a network in the group.
+
+        It fails when a jump is missing (the built-in chain was flushed, the chains left),
+        which the add then repairs, rather than hooks nothing reaches; and it puts the
+        jumps first again, above rules the host inserted since, as each sandbox's own hooks
+        were when they sat in ``INPUT`` and ``FORWARD`` themselves.
+        """
+        return tuple(line for j in self.jumps for line in (f"-D {j}", f"{self.place} {j}"))
 
     def transaction(self, lines: tuple[str, ...]) -> str:
         """``lines`` as one ``iptables-restore`` transaction on this group's table."""
@@ -81,12 +112,7 @@ def filter_group(tag: str) -> HookGroup:
         f"FORWARD -i {prefix} {HOOKS_COMMENT} -j {forward}",
         f"FORWARD -o {prefix} {HOOKS_COMMENT} -j {forward}",
     )
-    return HookGroup(
-        key=f"filter:{tag[0]}",
-        table="filter",
-        create=(f"-N {into}", f"-N {forward}", *(f"-I {jump}" for jump in jumps)),
-        remove=(*(f"-D {jump}" for jump in jumps), f"-X {into}", f"-X {forward}"),
-    )
+    return HookGroup(f"filter:{tag[0]}", "filter", (into, forward), jumps, "-I")
 
 
 def nat_group(sandbox_ip: str) -> HookGroup:
@@ -94,9 +120,4 @@ def nat_group(sandbox_ip: str) -> HookGroup:
     chain = nat_chain(sandbox_ip)
     net = ipaddress.IPv4Network(f"{sandbox_ip}/24", strict=False)
     jump = f"POSTROUTING -s {net} {HOOKS_COMMENT} -j {chain}"
-    return HookGroup(
-        key=f"nat:{chain}",
-        table="nat",
-        create=(f"-N {chain}", f"-A {jump}"),
-        remove=(f"-D {jump}", f"-X {chain}"),
-    )
+    return HookGroup(f"nat:{chain}", "nat", (chain,), (jump,), "-A")

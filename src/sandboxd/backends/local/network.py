@@ -332,8 +332,12 @@ class NetworkManager:
             f"{op} {nat_chain(lease.sandbox_ip)} -s {lease.sandbox_ip}/32 ! -o {lease.host_if} "
             f"{comment} -j MASQUERADE"
         )
-        own = [*body, *hooks] if add else [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
-        return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
+        if not add:
+            own = [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
+            return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
+        filter_jumps, nat_jumps = (group.jumps_again for group in lease.hook_groups())
+        filter_part = ["*filter", *body, *filter_jumps, *hooks, "COMMIT"]
+        return "\n".join([*filter_part, "*nat", *nat_jumps, nat, "COMMIT", ""])
 
     def _direct_rules(self, lease: Lease, add: bool, body: Sequence[str] = ()) -> str:
         """``_rules`` of a lease whose hooks are in ``INPUT`` and the rest themselves."""
@@ -492,12 +496,12 @@ class NetworkManager:
                 self._rules(lease, True, chain if skip else [*shared, *chain]), nice=nice
             )
         except NetworkError:
-            # A chain went away under us (another backend removed the shared chain, or an
-            # empty hook chain, between our sandboxes; or the ruleset was flushed): make
-            # them again. Nothing of the failed transaction was written.
+            # A chain or a jump went away under us (another backend removed the shared
+            # chain, or a hook group it found empty, between our sandboxes; or the ruleset
+            # was flushed): make them again. Nothing of the failed transaction was written.
             for group in lease.hook_groups():
-                self._hooks_made.pop(group.key, None)
-            await self._make_hook_chains(lease, nice)
+                self._hooks_made[group.key] = group
+                await self._repair_hook_chains(group, nice)
             await self.rules.apply(self._rules(lease, True, [*shared, *chain]), nice=nice)
         self._shared_written = tuple(shared)
         return tuple(chain)
@@ -513,6 +517,20 @@ class NetworkManager:
             if group.key not in self._hooks_made:
                 self._hooks_made[group.key] = group
                 await self.rules.apply_quietly(group.transaction(group.create), nice=nice)
+
+    async def _repair_hook_chains(self, group: HookGroup, nice: bool) -> None:
+        """Whatever of ``group`` is missing, made: each chain, and each jump exactly once.
+
+        Step by step, each its own transaction, as any part may exist or not: the chains,
+        then one copy of each jump taken out (where there is one), then every jump put in.
+        """
+        for line in (
+            *(f"-N {chain}" for chain in group.chains),
+            *(f"-D {jump}" for jump in group.jumps),
+        ):
+            await self.rules.apply_quietly(group.transaction((line,)), nice=nice)
+        jumps = tuple(f"{group.place} {jump}" for jump in group.jumps)
+        await self.rules.apply_quietly(group.transaction(jumps), nice=nice)
 
     async def remove_hook_chains(self) -> None:
         """Remove the hook chains this process made or used, each group unless it is in use.
