@@ -107,12 +107,12 @@ def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: P
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-# A backend's hook group removed by another backend (it found the chains empty), in a
-# network namespace of its own: on the host it could race other test workers' sandboxes.
-REMOVED = r"""
+# What both scripts below share: the firewall as iptables-save prints it, and a check that
+# ends the script with that printed.
+PRELUDE = r"""
 import asyncio, subprocess, sys
 from sandboxd.backends.base import EgressType
-from sandboxd.backends.local.hook_chains import filter_group, nat_group
+from sandboxd.backends.local.hook_chains import filter_group
 from sandboxd.backends.local.network import NetworkManager
 
 def rules(table="filter"):
@@ -122,6 +122,14 @@ def rules(table="filter"):
 def check(ok, what):
     if not ok:
         sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+"""
+
+
+# A backend's hook group removed by another backend (it found the chains empty), in a
+# network namespace of its own: on the host it could race other test workers' sandboxes.
+REMOVED = (
+    PRELUDE
+    + r"""
 
 async def main(ipam):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # see FLUSHED
@@ -153,6 +161,7 @@ async def main(ipam):
 
 asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
 """
+)
 
 
 def test_a_hook_group_removed_under_a_backend_is_made_again(tmp_path: Path) -> None:
@@ -174,18 +183,9 @@ def _in_own_network_namespace(script: str, tmp_path: Path) -> None:
 
 # Run in a network namespace of its own (its own, empty firewall), since it flushes built-in
 # chains: on the host that would take other test workers' sandboxes' jumps away.
-FLUSHED = r"""
-import asyncio, subprocess, sys
-from sandboxd.backends.base import EgressType
-from sandboxd.backends.local.network import NetworkManager
-
-def rules(table="filter"):
-    saved = ["iptables-save", "-t", table]
-    return subprocess.run(saved, capture_output=True, text=True, check=True).stdout.splitlines()
-
-def check(ok, what):
-    if not ok:
-        sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+FLUSHED = (
+    PRELUDE
+    + r"""
 
 async def main(ipam):
     # With no address at all, this namespace would let a socket bind to any: every subnet
@@ -223,6 +223,7 @@ async def main(ipam):
 
 asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
 """
+)
 
 
 def test_a_flushed_jump_is_put_back_first_by_the_next_network(tmp_path: Path) -> None:
