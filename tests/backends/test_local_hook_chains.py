@@ -112,7 +112,6 @@ def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: P
 PRELUDE = r"""
 import asyncio, subprocess, sys
 from sandboxd.backends.base import EgressType
-from sandboxd.backends.local.hook_chains import filter_group
 from sandboxd.backends.local.network import NetworkManager
 
 def rules(table="filter"):
@@ -140,20 +139,36 @@ async def main(ipam):
     await a.setup(keep, EgressType.INTERNET, ())
     first = a.allocate(next(ids))
     await a.setup(first, EgressType.INTERNET, ())
-    await a.teardown(first, EgressType.INTERNET, ())  # a still has `keep`: nothing removed
-    group = filter_group(first.tag)
     check(any(r.endswith(f"-j SBX-I-{bucket}") for r in rules()), "no jump to the bucket")
-    removed = subprocess.run(
-        ["iptables-restore", "--noflush"], input=group.transaction(group.remove), text=True
-    )  # what another backend's last teardown does with a group it finds empty
-    check(removed.returncode == 0, "the empty group could not be removed")
+    await a.teardown(first, EgressType.INTERNET, ())  # a's last network in the bucket
+    check(not [r for r in rules() if f"SBX-I-{bucket}" in r or f"SBX-F-{bucket}" in r],
+          "the bucket's chains stayed after its last network")
+    check(any(r.endswith(f"-j SBX-I-{keep.tag[0]}") for r in rules()), "keep's bucket went")
+    second = a.allocate(next(ids))
+    await a.setup(second, EgressType.INTERNET, ())
+    # The ruleset is flushed and its chains deleted (a firewall reload) while a has
+    # networks: a's next network in the bucket makes every chain and jump again.
+    for table in ("filter", "nat"):
+        subprocess.run(["iptables", "-t", table, "-F"], check=True)
+        subprocess.run(["iptables", "-t", table, "-X"], check=True)
     again = a.allocate(next(ids))
     await a.setup(again, EgressType.INTERNET, ())
     check(any(again.host_if in r for r in rules() if r.startswith(f"-A SBX-I-{bucket} ")),
           "the new network's hooks are missing")
     check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
     check(sum(r.endswith(f"-j SBX-F-{bucket}") for r in rules()) == 2, "not two FORWARD jumps")
-    for lease in (again, keep):
+    check(any(r.startswith(f"-A {again.chain} ") for r in rules()), "its own chain is missing")
+    check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "nat jump not made again")
+    # Only the nat table is wiped: the next add commits its filter part and fails in nat
+    # (each table commits on its own); tried again, its filter hooks must not be doubled.
+    for step in ("-F", "-X"):
+        subprocess.run(["iptables", "-t", "nat", step], check=True)
+    late = a.allocate(next(ids))
+    await a.setup(late, EgressType.INTERNET, ())
+    hooks = [r for r in rules() if r.startswith("-A SBX-") and f" {late.host_if} " in r]
+    check(len(hooks) == 3, "its filter hooks are not there once each")  # -i twice, -o once
+    check(sum(late.tag in r for r in rules("nat")) == 1, "its nat rule is not there once")
+    for lease in (late, again, second, keep):
         await a.teardown(lease, EgressType.INTERNET, ())
     left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
     check(left == [], f"left after the last teardown: {left}")
@@ -164,10 +179,15 @@ asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
 )
 
 
-def test_a_hook_group_removed_under_a_backend_is_made_again(tmp_path: Path) -> None:
-    """Backend a made a bucket's chains and still has a network elsewhere; the bucket's
-    chains, empty, are removed by another backend's last teardown. a's next network in that
-    bucket makes them again, jumps once each, instead of failing (a did not see them go)."""
+def test_a_bucket_goes_with_its_last_network_and_a_wiped_one_is_made_again(
+    tmp_path: Path,
+) -> None:
+    """A backend's last network in a bucket takes the bucket's chains with it, while its
+    networks elsewhere keep theirs. Then the whole ruleset is flushed and its chains deleted
+    (a firewall reload) while the backend has networks: its next network in the bucket
+    makes the chains, jumps (once each) and its own chain again instead of failing. Then
+    only the nat table is wiped: the next add fails after committing its filter part, and
+    is tried again without doubling it (else its teardown would leave a copy behind)."""
     _in_own_network_namespace(REMOVED, tmp_path)
 
 

@@ -121,3 +121,44 @@ def test_order_is_kept_and_a_cancelled_caller_leaves_nothing_behind(runs: Path) 
         assert ours() == set()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_part_retried_after_a_merged_add_failed_in_nat_is_not_added_twice(runs: Path) -> None:
+    """``iptables-restore`` commits each table on its own: a merged add that fails in its
+    ``nat`` part has committed its ``filter`` part. Each part tried again on its own is undone
+    first, so a good part's filter rule is there once, not twice; the bad part fails alone."""
+
+    def part(n: int, nat_chain: str) -> tuple[str, str]:
+        rule = f"-A {chain(0)} -s 10.99.{n}.1/32 -j RETURN"
+        nat = f"-A {nat_chain} -s 10.99.{n}.1/32 -j RETURN"
+        adds = f"*filter\n{rule}\nCOMMIT\n*nat\n{nat}\nCOMMIT\n"
+        undoes = f"*filter\n{rule.replace('-A', '-D', 1)}\nCOMMIT\n*nat\n"
+        return adds, undoes + f"{nat.replace('-A', '-D', 1)}\nCOMMIT\n"
+
+    nat_chain = f"{PREFIX}nat"
+
+    async def scenario() -> None:
+        writer = RuleWriter()
+        await writer.apply(add(0))  # our filter chain, with one rule
+        await writer.apply(f"*nat\n:{nat_chain} - [0:0]\nCOMMIT\n")
+        good, good_undo = part(1, nat_chain)
+        bad, bad_undo = part(2, f"{PREFIX}no-such-nat-chain")
+        first = asyncio.ensure_future(writer.apply(add(9)))  # runs alone; the two queue
+        results = await asyncio.gather(
+            writer.apply(good, undo=good_undo),
+            writer.apply(bad, undo=bad_undo),
+            return_exceptions=True,
+        )
+        await first
+        assert results[0] is None and isinstance(results[1], NetworkError)
+        rules = subprocess.run(["iptables", "-S", chain(0)], capture_output=True, text=True)
+        assert rules.stdout.count("10.99.1.1/32") == 1, rules.stdout  # not twice
+        nat = subprocess.run(["iptables", "-t", "nat", "-S", nat_chain], capture_output=True)
+        assert nat.stdout.decode().count("10.99.1.1/32") == 1
+        await writer.remove(bad_undo)  # its caller's part: the filter rule it left
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        subprocess.run(["iptables", "-t", "nat", "-F", nat_chain], check=False)
+        subprocess.run(["iptables", "-t", "nat", "-X", nat_chain], check=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from sandboxd.backends.local.hook_chains import forward_chain, input_chain, nat_chain
 from sandboxd.images import ImageStore, build_python_image
 from sandboxd_protocol.v1beta2 import streaming_pb2
 from tests.support.gateway import Gateway
@@ -435,17 +437,20 @@ def _claims(key: str, group: str) -> list[str]:
     return sorted(out)
 
 
-def _prepared_network_tags(key: str) -> set[str]:
-    """Tags of the networks the backend keyed ``key`` holds ready (no sandbox's yet)."""
-    tags: set[str] = set()
+def _prepared_networks(key: str) -> dict[str, str]:
+    """The networks the backend keyed ``key`` holds ready (no sandbox's yet): tag -> the
+    sandbox address (from the claim's pool directory, ``10.213.0.0_16``, and /30 index)."""
+    found: dict[str, str] = {}
     ipam = Path("/run/sandboxd/ipam")
     if ipam.is_dir():
         for path in ipam.rglob("*"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 text = path.read_text(errors="replace").strip() if path.is_file() else ""
                 if text.startswith(key + PREPARED_NET):
-                    tags.add(text.split(PREPARED_NET, 1)[1])
-    return tags
+                    pool = ipaddress.IPv4Network(path.parent.name.replace("_", "/"))
+                    address = pool.network_address + int(path.name) * 4 + 2
+                    found[text.split(PREPARED_NET, 1)[1]] = str(address)
+    return found
 
 
 def host_inventory(
@@ -483,9 +488,20 @@ def host_inventory(
     ]
     netns = sorted(name for name in _listdir("/run/netns") if name in netns_names)
     links = host.run("ip", "-o", "link", "show").stdout.splitlines()
-    ready = _prepared_network_tags(key)
+    ready = _prepared_networks(key)
+    # With them their hook chains (hook_chains.py), which live as long as a network is in
+    # them: which ones depends on the refill too.
     ready_marks = tuple(
-        mark for tag in ready for mark in (f"sandboxd:{tag}", f"SBX-{tag}", f"sbx{tag}")
+        mark
+        for tag, address in ready.items()
+        for mark in (
+            f"sandboxd:{tag}",
+            f"SBX-{tag}",
+            f"sbx{tag}",
+            input_chain(tag),
+            forward_chain(tag),
+            nat_chain(address),
+        )
     ) + (("SANDBOXD-NONPUBLIC",) if ready else ())
     ready_links = {f"sbx{tag}" for tag in ready}
     names = (line.split(":")[1].strip().split("@")[0] for line in links)

@@ -26,9 +26,9 @@ nothing reaches (only the sandboxes made before such a flush are exposed until t
 create, as they were before these chains). A group's chains and jumps are
 made in one transaction, the first time a process needs them, with ``-N`` (never declared
 as ``:NAME`` in a transaction, which would flush an existing chain: another backend's
-sandboxes' rules). They are removed in one transaction with the process's last network,
-which the kernel refuses, and so rolls back whole, while any sandbox (of any backend on the
-host) still has a rule in them.
+sandboxes' rules). They are removed in one transaction with the process's last network in
+the group, which the kernel refuses, and so rolls back whole, while any sandbox (of any
+backend on the host) still has a rule in them.
 """
 
 from __future__ import annotations

@@ -198,9 +198,11 @@ class NetworkManager:
         # The host's own addresses as last read, and when (``_host_addresses``).
         self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
         self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
-        # The hook chain groups this process made or found in use (``hook_chains.py``), by
-        # key: removed with its last network unless another backend's sandboxes use them.
+        # The hook chain groups (``hook_chains.py``) this process made or found made, by
+        # key, and the tags of its networks in each: a group is removed with the last of
+        # them, unless another backend's sandboxes use it too.
         self._hooks_made: dict[str, HookGroup] = {}
+        self._members: dict[str, set[str]] = {}
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -217,6 +219,7 @@ class NetworkManager:
     def claim(self, lease: Lease) -> None:
         """Re-assert a recovered lease's claim (no-op when it is still recorded)."""
         self._active.add(lease.tag)
+        self._join_groups(lease)
         os.makedirs(self.ipam, exist_ok=True)
         with open(self._claim_file(lease.index), "a") as fh:
             fh.write("")
@@ -490,21 +493,46 @@ class NetworkManager:
         # Counted from now on, so that a concurrent teardown of our last other sandbox does
         # not remove the shared chain or the hook chains while this is on its way.
         self._active.add(lease.tag)
+        self._join_groups(lease)
         await self._make_hook_chains(lease, nice)
+        removal = self._rules(lease, False)
         try:
-            await self.rules.apply(
-                self._rules(lease, True, chain if skip else [*shared, *chain]), nice=nice
-            )
+            body = chain if skip else [*shared, *chain]
+            await self.rules.apply(self._rules(lease, True, body), nice=nice, undo=removal)
         except NetworkError:
             # A chain or a jump went away under us (another backend removed the shared
             # chain, or a hook group it found empty, between our sandboxes; or the ruleset
-            # was flushed): make them again. Nothing of the failed transaction was written.
+            # was flushed): make them again. The failed transaction may have committed its
+            # filter part (each table commits on its own): that goes first.
+            await self.rules.remove(removal)
             for group in lease.hook_groups():
                 self._hooks_made[group.key] = group
                 await self._repair_hook_chains(group, nice)
-            await self.rules.apply(self._rules(lease, True, [*shared, *chain]), nice=nice)
+            body = [*shared, *chain]
+            await self.rules.apply(self._rules(lease, True, body), nice=nice, undo=removal)
         self._shared_written = tuple(shared)
         return tuple(chain)
+
+    def _join_groups(self, lease: Lease) -> None:
+        """Count ``lease`` in its hook groups (which then stay while it has rules)."""
+        for group in lease.hook_groups():
+            self._members.setdefault(group.key, set()).add(lease.tag)
+
+    async def _leave_groups(self, lease: Lease) -> None:
+        """Uncount ``lease``; remove each of its groups it was the last of ours in.
+
+        The removal is one transaction per group, which the kernel refuses (and so rolls
+        back whole, jumps included) while a chain still has a rule: another backend's
+        sandboxes. It is asked for at once, so a create that needs the group again asks
+        for it to be made after the removal, never before.
+        """
+        for group in lease.hook_groups():
+            members = self._members.get(group.key, set())
+            members.discard(lease.tag)
+            if not members:
+                self._members.pop(group.key, None)
+                self._hooks_made.pop(group.key, None)
+                await self.rules.apply_quietly(group.transaction(group.remove))
 
     async def _make_hook_chains(self, lease: Lease, nice: bool) -> None:
         """The bucket chains of ``lease``'s hooks, made unless this process made them.
@@ -532,16 +560,6 @@ class NetworkManager:
         jumps = tuple(f"{group.place} {jump}" for jump in group.jumps)
         await self.rules.apply_quietly(group.transaction(jumps), nice=nice)
 
-    async def remove_hook_chains(self) -> None:
-        """Remove the hook chains this process made or used, each group unless it is in use.
-
-        The kernel refuses to delete a chain that still has rules (another backend's
-        sandboxes), which rolls that group's transaction back whole, jumps included.
-        """
-        groups, self._hooks_made = list(self._hooks_made.values()), {}
-        for group in groups:
-            await self.rules.apply_quietly(group.transaction(group.remove))
-
     async def install_rules(
         self,
         lease: Lease,
@@ -563,8 +581,7 @@ class NetworkManager:
         await self.rules.remove(self._rules(lease, False))
         if lease.hooks == UNKNOWN:  # rebuilt from a claim: a process of any version made it
             await self.rules.remove(self._direct_rules(lease, False))
-        for group in lease.hook_groups():
-            self._hooks_made.setdefault(group.key, group)  # removed with our last network
+        await self._leave_groups(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
         # the namespace dies with its last holder. One ``ip`` run; ``-force`` goes on past
         # a line that fails (a part that never existed). Only a network of an earlier
@@ -580,7 +597,6 @@ class NetworkManager:
         if not self._active:
             self._shared_written = None
             await self.remove_shared_chain()
-            await self.remove_hook_chains()
 
     async def remove_shared_chain(self) -> None:
         """Delete the shared chain unless some sandbox (of any backend) still jumps to it.

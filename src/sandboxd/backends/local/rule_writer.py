@@ -13,8 +13,10 @@ So a backend has one writer task and one queue. Whatever was asked while a trans
 goes out together next: consecutive adds as one transaction, consecutive removals as one.
 Order is kept between kinds, so a create's rollback (a removal queued after its add) never
 runs before the add. When a merged transaction fails, each part is run on its own, so one
-bad part fails only its own caller. Adds asked for by a caller that was cancelled before
-its turn are dropped; a removal always runs, even when its caller is cancelled meanwhile.
+bad part fails only its own caller; an add's part is undone first, as ``iptables-restore``
+commits each table on its own and a failed transaction may have committed some. Adds asked
+for by a caller that was cancelled before its turn are dropped; a removal always runs, even
+when its caller is cancelled meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class _Asked:
     kind: str
     rules: str
     nice: bool
+    undo: str = ""  # an add's removal: run before the add is tried again on its own
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -59,13 +62,18 @@ class RuleWriter:
         self._queue: list[_Asked] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def apply(self, rules: str, *, nice: bool = False) -> None:
+    async def apply(self, rules: str, *, nice: bool = False, undo: str = "") -> None:
         """Add rules (one transaction, maybe merged with others); ``NetworkError`` if it fails.
 
         ``nice``: at the lowest CPU priority, for networks made ahead (a merged transaction
-        is niced only when every part of it is).
+        is niced only when every part of it is). ``undo``: the transaction that removes what
+        ``rules`` adds. ``iptables-restore`` commits each table on its own, so a transaction
+        that failed in its ``nat`` part may have added its ``filter`` part; before a part of
+        a failed merged transaction is tried again on its own, its undo runs (tolerant of
+        what is not there), so nothing is added twice. A caller that tries again after a
+        failure undoes the same way first.
         """
-        await self._ask(_Asked(ADD, rules, nice))
+        await self._ask(_Asked(ADD, rules, nice, undo))
 
     async def apply_quietly(self, rules: str, *, nice: bool = False) -> None:
         """One transaction whose failure is expected at times (and ignored); never merged.
@@ -143,10 +151,20 @@ async def _in_one_or_each(
             await failed(batch[0], exc)
             return
     for asked in batch:
+        if asked.undo:  # what of it the failed transaction committed (see ``apply``)
+            await undo(asked.undo)
         try:
             await run(*RESTORE, stdin=asked.rules.encode(), nice=asked.nice)
         except NetworkError as exc:
             await failed(asked, exc)
+
+
+async def undo(rules: str) -> None:
+    """Remove ``rules`` (deletions) in one transaction, or one by one skipping what is gone."""
+    try:
+        await run(*RESTORE, stdin=rules.encode())
+    except NetworkError:
+        await _remove_one_by_one(rules)
 
 
 async def _quietly(batch: list[_Asked]) -> None:
