@@ -523,8 +523,8 @@ class NetworkManager:
 
         The removal is one transaction per group, which the kernel refuses (and so rolls
         back whole, jumps included) while a chain still has a rule: another backend's
-        sandboxes. It is asked for at once, so a create that needs the group again asks
-        for it to be made after the removal, never before.
+        sandboxes. A create that needs the group meanwhile may find it gone under its add,
+        which then makes it again (:meth:`_add_rules`), as for another backend's removal.
         """
         for group in lease.hook_groups():
             members = self._members.get(group.key, set())
