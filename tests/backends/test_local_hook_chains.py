@@ -236,6 +236,18 @@ async def main(ipam):
     check(any(second.host_if in r for r in rules() if r.startswith(f"-A SBX-I-{bucket} ")),
           "the new network's hooks are missing")
     check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "nat jump not back once")
+    # A host rule put first later: a network made ahead of need (niced, as the pool does)
+    # puts the group's jumps first again; a create's add only checks them (no deletion,
+    # whose commit waits 15-30 ms).
+    subprocess.run(["iptables", "-I", "INPUT", "-j", "ACCEPT"], check=True)
+    ahead = net.allocate(next(f"sb-a{n}" for n in range(10_000)
+                              if net.tag_for(f"sb-a{n}")[0] == bucket))
+    await net.prepare(ahead, nice=True)
+    await net.install_rules(ahead, EgressType.INTERNET, (), (), nice=True)
+    inputs = [r for r in rules() if r.startswith("-A INPUT ")]
+    check(inputs[0].endswith(f"-j SBX-I-{bucket}"), "the jump is not first again")
+    check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in inputs) == 1, "not one INPUT jump")
+    await net.teardown(ahead, EgressType.INTERNET, ())
     await net.teardown(second, EgressType.INTERNET, ())
     await net.teardown(first, EgressType.INTERNET, ())
     left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
@@ -250,5 +262,6 @@ def test_a_flushed_jump_is_put_back_first_by_the_next_network(tmp_path: Path) ->
     """The host's firewall manager flushes INPUT, FORWARD and POSTROUTING (our chains stay,
     with nothing jumping to them) and puts its own rule first: the next network's add finds
     a jump missing and puts every jump of its group back, once, above the host's rule,
-    instead of writing hooks nothing reaches. The last teardown leaves nothing."""
+    instead of writing hooks nothing reaches. A host rule put first later: the next network
+    made ahead of need puts the jumps first again. The last teardown leaves nothing."""
     _in_own_network_namespace(FLUSHED, tmp_path)

@@ -104,9 +104,11 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
         for line in add.splitlines()
         if line.split()[1:2] and line.split()[1] in builtin and lease.host_if in line
     ]
-    bucket = lease.tag[0]  # its group's jumps taken out and put back first (hook_chains.py)
+    bucket = lease.tag[0]  # its group's jumps checked (hook_chains.py)
     jump = f"INPUT -i sbx{bucket}+ -m comment --comment sandboxd:hooks -j SBX-I-{bucket}"
-    assert f"-D {jump}\n-I {jump}" in add
+    assert f"-C {jump}" in add and f"-D {jump}" not in add
+    ahead = mgr._rules(lease, True, body, lift=True)  # made ahead: also put first again
+    assert f"-D {jump}\n-I {jump}" in ahead
     assert f"-A SBX-N-0a6300 -s {lease.sandbox_ip}/32" in add  # its /24's nat chain
     remove = mgr._rules(lease, False)
     assert f"-X {lease.chain}" in remove and "-A " not in remove

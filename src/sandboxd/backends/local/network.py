@@ -316,8 +316,13 @@ class NetworkManager:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._claim_file(lease.index))
 
-    def _rules(self, lease: Lease, add: bool, body: Sequence[str] = ()) -> str:
-        """The transaction that adds (``body``: chain lines) or removes a sandbox's rules."""
+    def _rules(
+        self, lease: Lease, add: bool, body: Sequence[str] = (), *, lift: bool = False
+    ) -> str:
+        """The transaction that adds (``body``: chain lines) or removes a sandbox's rules.
+
+        ``lift``: the add also puts its groups' jumps first again (``hook_chains.py``).
+        """
         if lease.hooks == DIRECT:
             return self._direct_rules(lease, add, body)
         op = "-A" if add else "-D"
@@ -338,7 +343,9 @@ class NetworkManager:
         if not add:
             own = [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
             return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
-        filter_jumps, nat_jumps = (group.jumps_again for group in lease.hook_groups())
+        filter_jumps, nat_jumps = (
+            group.jumps_again if lift else group.jumps_checked for group in lease.hook_groups()
+        )
         filter_part = ["*filter", *body, *filter_jumps, *hooks, "COMMIT"]
         return "\n".join([*filter_part, "*nat", *nat_jumps, nat, "COMMIT", ""])
 
@@ -498,7 +505,8 @@ class NetworkManager:
         removal = self._rules(lease, False)
         try:
             body = chain if skip else [*shared, *chain]
-            await self.rules.apply(self._rules(lease, True, body), nice=nice, undo=removal)
+            rules = self._rules(lease, True, body, lift=nice)  # made ahead: off a create's path
+            await self.rules.apply(rules, nice=nice, undo=removal)
         except NetworkError:
             # A chain or a jump went away under us (another backend removed the shared
             # chain, or a hook group it found empty, between our sandboxes; or the ruleset
@@ -508,8 +516,8 @@ class NetworkManager:
             for group in lease.hook_groups():
                 self._hooks_made[group.key] = group
                 await self._repair_hook_chains(group, nice)
-            body = [*shared, *chain]
-            await self.rules.apply(self._rules(lease, True, body), nice=nice, undo=removal)
+            rules = self._rules(lease, True, [*shared, *chain], lift=nice)
+            await self.rules.apply(rules, nice=nice, undo=removal)
         self._shared_written = tuple(shared)
         return tuple(chain)
 
