@@ -18,18 +18,21 @@ The layout (every jump carries the comment ``sandboxd:hooks``):
   in ``POSTROUTING``, so the address picks the chain).
 
 A packet of a sandbox meets exactly the rules it met before, in the same order relative to
-each other; the wildcard jumps only choose where to look. Every add of a network checks
-its group's jumps (:attr:`HookGroup.jumps_checked`): a jump that a firewall manager flushed
-away makes the add fail and be repaired instead of writing hooks that nothing reaches (only
-the sandboxes made before such a flush are exposed until the next add, as they were before
-these chains). An add of a network made ahead also puts the jumps first again, above rules
-the host inserted since (:attr:`HookGroup.jumps_again`), as each sandbox's own hooks used
-to be. A group's chains and jumps are
-made in one transaction, the first time a process needs them, with ``-N`` (never declared
-as ``:NAME`` in a transaction, which would flush an existing chain: another backend's
-sandboxes' rules). They are removed in one transaction with the process's last network in
-the group, which the kernel refuses, and so rolls back whole, while any sandbox (of any
-backend on the host) still has a rule in them.
+each other; the wildcard jumps only choose where to look.
+
+Every add of a network checks its group's jumps (:attr:`HookGroup.jumps_checked`): a jump
+that a firewall manager flushed away makes the add fail and be repaired instead of writing
+hooks that nothing reaches. The sandboxes made before such a flush are exposed until that
+next add; their hooks, in our chains, survive it (with the hooks in ``INPUT`` and
+``FORWARD`` themselves they were lost for good). An add of a network made ahead also puts
+the jumps first again, above rules the host inserted since (:attr:`HookGroup.jumps_again`),
+as each sandbox's own hooks used to be.
+
+A group's chains and jumps are made in one transaction, the first time a process needs
+them, with ``-N`` (never declared as ``:NAME`` in a transaction, which would flush an
+existing chain: another backend's sandboxes' rules). They are removed in one transaction
+with the process's last network in the group, which the kernel refuses, and so rolls back
+whole, while any sandbox (of any backend on the host) still has a rule in them.
 """
 
 from __future__ import annotations
