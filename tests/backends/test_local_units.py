@@ -212,3 +212,28 @@ def test_a_closing_log_budget_runs_its_pending_check_at_once(
     first = sandboxes / "first" / log_budget.LOG_FILE
     assert log_budget.EVICTED_NOTICE.strip() in first.read_bytes()  # the oldest went
     assert later.read_bytes() == b"x" * 600
+
+
+def test_a_hook_group_repair_never_takes_a_jump_out(tmp_path: Path) -> None:
+    """Between two transactions a jump taken out leaves the sandboxes behind it unfiltered,
+    so the repair only checks each jump and puts in the missing ones. The rule writer is a
+    stand-in here that records what it is asked and says the INPUT jump is missing."""
+    mgr = NetworkManager("k", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    group = mgr.allocate("box").hook_groups()[0]
+    asked: list[str] = []
+
+    async def apply(rules: str, *, nice: bool = False, undo: str = "") -> None:
+        asked.append(rules)
+        if "-C INPUT" in rules:
+            raise NetworkError("iptables-restore: line 2 failed")
+
+    async def apply_quietly(rules: str, *, nice: bool = False) -> None:
+        asked.append(rules)
+
+    mgr.rules.apply = apply  # type: ignore[method-assign]
+    mgr.rules.apply_quietly = apply_quietly  # type: ignore[method-assign]
+    asyncio.run(mgr._repair_hook_chains(group, False))
+    lines = [line for rules in asked for line in rules.splitlines()]
+    assert not [line for line in lines if line.startswith("-D ")]
+    assert [line for line in lines if line.startswith("-I ")] == [f"-I {group.jumps[0]}"]
+    assert len([line for line in lines if line.startswith("-C ")]) == len(group.jumps)

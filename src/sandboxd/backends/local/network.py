@@ -555,18 +555,22 @@ class NetworkManager:
                 await self.rules.apply_quietly(group.transaction(group.create), nice=nice)
 
     async def _repair_hook_chains(self, group: HookGroup, nice: bool) -> None:
-        """Whatever of ``group`` is missing, made: each chain, and each jump exactly once.
+        """Whatever of ``group`` is missing, made: each chain, and each jump that is gone.
 
         Step by step, each its own transaction, as any part may exist or not: the chains,
-        then one copy of each jump taken out (where there is one), then every jump put in.
+        then each jump checked (``-C``) and put in only when missing. A jump is never taken
+        out here: between two transactions the sandboxes behind it would go unfiltered.
+        Two repairs of one group at once may both put a missing jump in; the copy too many
+        only keeps the group's chains after its last sandbox, it exposes nothing.
         """
-        for line in (
-            *(f"-N {chain}" for chain in group.chains),
-            *(f"-D {jump}" for jump in group.jumps),
-        ):
-            await self.rules.apply_quietly(group.transaction((line,)), nice=nice)
-        jumps = tuple(f"{group.place} {jump}" for jump in group.jumps)
-        await self.rules.apply_quietly(group.transaction(jumps), nice=nice)
+        for chain in group.chains:
+            await self.rules.apply_quietly(group.transaction((f"-N {chain}",)), nice=nice)
+        for jump in group.jumps:
+            try:
+                await self.rules.apply(group.transaction((f"-C {jump}",)), nice=nice)
+            except NetworkError:  # missing
+                placed = group.transaction((f"{group.place} {jump}",))
+                await self.rules.apply_quietly(placed, nice=nice)
 
     async def install_rules(
         self,
