@@ -198,10 +198,10 @@ class NetworkManager:
         # The host's own addresses as last read, and when (``_host_addresses``).
         self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
         self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
-        # The hook chain groups (``hook_chains.py``) this process made or found made, by
-        # key, and the tags of its networks in each: a group is removed with the last of
+        # The keys of the hook chain groups (``hook_chains.py``) this process made or found
+        # made, and the tags of its networks in each: a group is removed with the last of
         # them, unless another backend's sandboxes use it too.
-        self._hooks_made: dict[str, HookGroup] = {}
+        self._hooks_made: set[str] = set()
         self._members: dict[str, set[str]] = {}
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
@@ -514,7 +514,7 @@ class NetworkManager:
             # filter part (each table commits on its own): that goes first.
             await self.rules.remove(removal)
             for group in lease.hook_groups():
-                self._hooks_made[group.key] = group
+                self._hooks_made.add(group.key)
                 await self._repair_hook_chains(group, nice)
             rules = self._rules(lease, True, [*shared, *chain], lift=nice)
             await self.rules.apply(rules, nice=nice, undo=removal)
@@ -539,7 +539,7 @@ class NetworkManager:
             members.discard(lease.tag)
             if not members:
                 self._members.pop(group.key, None)
-                self._hooks_made.pop(group.key, None)
+                self._hooks_made.discard(group.key)
                 await self.rules.apply_quietly(group.transaction(group.remove))
 
     async def _make_hook_chains(self, lease: Lease, nice: bool) -> None:
@@ -551,7 +551,7 @@ class NetworkManager:
         """
         for group in lease.hook_groups():
             if group.key not in self._hooks_made:
-                self._hooks_made[group.key] = group
+                self._hooks_made.add(group.key)
                 await self.rules.apply_quietly(group.transaction(group.create), nice=nice)
 
     async def _repair_hook_chains(self, group: HookGroup, nice: bool) -> None:
