@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from sandboxd.backends.errors import FileOperationError, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
 from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
+from sandboxd.backends.local.state import SandboxRecord
 from sandboxd.images import ImageStore
 from tests.support.postgres import small_tmpfs
 
@@ -191,7 +193,9 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
     aio: asyncio.Runner, local_harness: Harness
 ) -> None:
     """The runner's one-call create: the agent reports the failed start with its readiness;
-    the layer, the network, the id range, the cgroups and the state directory all go."""
+    the layer, the network, the id range, the cgroups and the state directory all go, and
+    the keeper has ended (it writes exit.json as it ends: a directory removed before then
+    could be left behind, and the id with it)."""
     b = local_harness.backend
     where = disk_dir(local_harness)
 
@@ -201,13 +205,19 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         spec = local_harness.spec(command=("/no/such/program",), network=internet)
         sid = spec.sandbox_id
         seen: list[str] = []
+        keepers: list[SandboxRecord] = []
         build = b._build_with_disk  # type: ignore[attr-defined]
 
-        async def watched(rec: object, *args: object) -> None:
+        async def watched(rec: SandboxRecord, *args: object) -> None:
             try:
                 await build(rec, *args)
             finally:
                 seen.extend(getattr(rec, "cgroup").unique_dirs)  # noqa: B009
+                keepers.append(replace(rec))  # its keeper's pid and start time, as they were
+                if rec.keeper_pid is not None:  # a keeper slow to end: held for 0.3 s
+                    os.kill(rec.keeper_pid, signal.SIGSTOP)
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(0.3, os.kill, rec.keeper_pid, signal.SIGCONT)
 
         b._build_with_disk = watched  # type: ignore[attr-defined]
         try:
@@ -218,6 +228,8 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         assert await wait_in_use(b, before) == before
         assert stray_files(where) == []
         assert not (Path(getattr(b, "data_dir")) / "sandboxes" / sid).exists()  # noqa: B009
+        assert keepers and keepers[0].keeper_pid is not None
+        assert not keepers[0].agent_alive(), "the failed create returned before its keeper ended"
         assert seen and not [d for d in seen if os.path.exists(d)]  # the cgroups were made
         assert sid not in b._net.claims().values()  # type: ignore[attr-defined]
         tag = b._net.tag_for(sid)  # type: ignore[attr-defined]

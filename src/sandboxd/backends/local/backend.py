@@ -81,6 +81,10 @@ from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
 
+# How long a teardown waits for a killed sandbox's keeper to write exit.json and end (it
+# takes milliseconds; a stuck one is SIGKILLed after this).
+KEEPER_END_SECONDS = 5.0
+
 
 class LocalBackend(Backend):
     """Runs sandboxes on this host. Needs root, overlayfs, ext4, loop devices and cgroups.
@@ -530,6 +534,7 @@ class LocalBackend(Backend):
                 scratch.close()
         await self._release(rec)
         self._release_locks.pop(rec.sandbox_id, None)
+        await rec.keeper_ended(KEEPER_END_SECONDS)  # then nothing writes in the state dir
         rec.close_fds()
         shutil.rmtree(rec.state_dir, ignore_errors=True)
         self._records.pop(rec.sandbox_id, None)

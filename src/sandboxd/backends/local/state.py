@@ -149,6 +149,24 @@ class SandboxRecord:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                 return
 
+    async def keeper_ended(self, timeout: float) -> None:
+        """Return once the keeper is gone, killing it if it outlives ``timeout`` seconds.
+
+        Why wait: the keeper writes ``exit.json`` (and may append to ``agent.log``) in the
+        state directory as it ends. Removing the directory before then races it: a file made
+        while ``rmtree`` lists the directory leaves the directory, and so the sandbox's id,
+        taken (seen in CI: a failed create whose id was then "already exists").
+        """
+        if self.pidfd is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited_future()), timeout)
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited_future()), timeout)
+
     def stage_files(
         self, mounted: tuple[MountedFile, ...], resolv_conf: bytes | None
     ) -> list[list[str]]:
