@@ -43,6 +43,7 @@ from sandboxd.controlplane.quotas import Usage
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import Desired, SandboxRecord, give_up, now
 from sandboxd.controlplane.store_errors import DB_CALL_SECONDS, store_too_slow, store_unavailable
+from sandboxd.controlplane.usage_tally import UsageTally
 from sandboxd.errors import ApiError
 from sandboxd.store.sandbox_store import ListQuery, Orphan, SandboxStore, StaleRecord
 from sandboxd.store.schema import DatabaseProblem
@@ -66,7 +67,9 @@ class SandboxRecords:
         self._store = store
         self._registry = registry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-store")
+        # Changed only by _put and _drop, which keep the quota tally with it.
         self._records: dict[str, SandboxRecord] = {}
+        self._usage = UsageTally()
         self._recent: deque[tuple[float, str]] = deque()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: Wakeups[str] = Wakeups()
@@ -163,17 +166,8 @@ class SandboxRecords:
         return [r for r in self._records.values() if r.live]
 
     def usage(self, organization: str) -> Usage:
-        """What ``organization``'s unfinished sandboxes take, for its quotas."""
-        mine = [
-            r
-            for r in self._records.values()
-            if r.owner_org == organization and not r.terminal and r.desired is not Desired.DELETED
-        ]
-        return Usage(
-            running_sandboxes=len(mine),
-            cpu_millicores=sum(r.cpu_limit_millicores for r in mine),
-            memory_bytes=sum(r.memory_limit_bytes for r in mine),
-        )
+        """What ``organization``'s unfinished sandboxes take, for its quotas (O(1): a tally)."""
+        return self._usage.usage(organization)
 
     async def page(self, query: ListQuery) -> list[SandboxRecord]:
         """One page of ``List`` from the database (memory may hold newer copies of a row)."""
@@ -241,7 +235,7 @@ class SandboxRecords:
                 except StaleRecord:
                     self._unsaved.discard(sandbox_id)
                     # Another writer (another control plane on the same database) came first.
-                    self._records.pop(sandbox_id, None)
+                    self._drop(sandbox_id)
                     if attempt == 2:
                         raise ApiError(
                             grpc.StatusCode.ABORTED,
@@ -283,7 +277,7 @@ class SandboxRecords:
         """Forget a deleted sandbox, leaving a tombstone (one transaction)."""
 
         def landed(_: None, _abandoned: bool) -> None:
-            self._records.pop(record.sandbox_id, None)
+            self._drop(record.sandbox_id)
             self._unsaved.discard(record.sandbox_id)
             lock = self._locks.get(record.sandbox_id)
             if lock is not None and not lock.locked():
@@ -293,8 +287,15 @@ class SandboxRecords:
 
         await self._call(lambda: self._store.remove(record, now()), "remove", landed)
 
-    def _remember(self, record: SandboxRecord) -> None:
+    def _put(self, record: SandboxRecord) -> None:
+        self._usage.replace(self._records.get(record.sandbox_id), record)
         self._records[record.sandbox_id] = record
+
+    def _drop(self, sandbox_id: str) -> None:
+        self._usage.replace(self._records.pop(sandbox_id, None), None)
+
+    def _remember(self, record: SandboxRecord) -> None:
+        self._put(record)
         if record.live:
             self._registry.reserve(record.runner_id, record.sandbox_id, record.reservation())
         else:
@@ -310,7 +311,7 @@ class SandboxRecords:
             _, sandbox_id = self._recent.popleft()
             record = self._records.get(sandbox_id)
             if record is not None and not record.live and record.desired is not Desired.DELETED:
-                del self._records[sandbox_id]
+                self._drop(sandbox_id)
                 lock = self._locks.get(sandbox_id)
                 if lock is not None and not lock.locked():
                     del self._locks[sandbox_id]
