@@ -26,7 +26,9 @@ hooks that nothing reaches. The sandboxes made before such a flush are exposed u
 next add; their hooks, in our chains, survive it (with the hooks in ``INPUT`` and
 ``FORWARD`` themselves they were lost for good). An add of a network made ahead also puts
 the jumps first again, above rules the host inserted since (:attr:`HookGroup.jumps_again`),
-as each sandbox's own hooks used to be.
+as each sandbox's own hooks used to be, at most once per group every ``LIFT_SECONDS``
+(30 s, ``network.py``): a rule a firewall manager puts above them is overtaken within that
+time.
 
 A group's chains and jumps are made in one transaction, the first time a process needs
 them, with ``-N`` (never declared as ``:NAME`` in a transaction, which would flush an
@@ -107,8 +109,9 @@ class HookGroup:
         Checks as :attr:`jumps_checked` does, and puts the jumps first again, above rules
         the host inserted since, as each sandbox's own hooks were when they sat in
         ``INPUT`` and ``FORWARD`` themselves. Not on a create's path: a deletion makes the
-        kernel's commit wait for readers (15-30 ms here, against 2 ms for a check), and the
-        pool refills after every create that takes a network, so the jumps go back up soon.
+        kernel's commit wait for readers (15-30 ms here, against 2 ms for a check; 40-125 ms
+        for a niced network made ahead while creates ran). So a network made ahead does it
+        at most once per group every ``network.LIFT_SECONDS``.
         """
         return tuple(line for j in self.jumps for line in (f"-D {j}", f"{self.place} {j}"))
 

@@ -75,6 +75,12 @@ HOST_ADDRESSES_SECONDS = 1.0
 """How long a read of the host's own addresses serves the rules of later creates."""
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
+LIFT_SECONDS = 30.0
+"""How long after a hook group's jumps were put first again a network made ahead only
+checks them. Why not at every one: the deletion makes the commit wait for the kernel's
+readers, and with it the refill; a client creating sandboxes one after another then took
+networks faster than the pool made them (40-125 ms per network), and every third create made
+its own, 100-160 ms, on its path (see ``_lift_due``)."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,7 @@ class NetworkManager:
         # them, unless another backend's sandboxes use it too.
         self._hooks_made: set[str] = set()
         self._members: dict[str, set[str]] = {}
+        self._lifted: dict[str, float] = {}  # group key -> when its jumps were put first
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -317,11 +324,17 @@ class NetworkManager:
             os.unlink(self._claim_file(lease.index))
 
     def _rules(
-        self, lease: Lease, add: bool, body: Sequence[str] = (), *, lift: bool = False
+        self,
+        lease: Lease,
+        add: bool,
+        body: Sequence[str] = (),
+        *,
+        lift: bool | Collection[str] = False,
     ) -> str:
         """The transaction that adds (``body``: chain lines) or removes a sandbox's rules.
 
-        ``lift``: the add also puts its groups' jumps first again (``hook_chains.py``).
+        ``lift``: the add also puts its groups' jumps first again (``hook_chains.py``):
+        all of them (True), or those whose keys it names.
         """
         if lease.hooks == DIRECT:
             return self._direct_rules(lease, add, body)
@@ -344,7 +357,10 @@ class NetworkManager:
             own = [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
             return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
         filter_jumps, nat_jumps = (
-            group.jumps_again if lift else group.jumps_checked for group in lease.hook_groups()
+            group.jumps_again
+            if lift is True or (lift and group.key in lift)
+            else group.jumps_checked
+            for group in lease.hook_groups()
         )
         filter_part = ["*filter", *body, *filter_jumps, *hooks, "COMMIT"]
         return "\n".join([*filter_part, "*nat", *nat_jumps, nat, "COMMIT", ""])
@@ -489,11 +505,15 @@ class NetworkManager:
         egress: EgressType,
         cidrs: tuple[str, ...],
         blocked: tuple[str, ...],
+        *,
         nice: bool = False,
+        lift: bool = False,
     ) -> tuple[str, ...]:
         """One transaction: the shared chain (only when it needs writing), ours, the hooks.
 
         The hook chains the lease needs are made first, each group once per process.
+        ``lift``: the jumps of its groups not put first for ``LIFT_SECONDS`` are put first
+        again (a network made ahead; see ``_rules``); ``nice`` as for :meth:`prepare`.
         """
         shared, chain = self._policy(lease, egress, cidrs, blocked)
         skip = tuple(shared) == self._shared_written and bool(self._active)
@@ -503,9 +523,10 @@ class NetworkManager:
         self._join_groups(lease)
         await self._make_hook_chains(lease, nice)
         removal = self._rules(lease, False)
+        lifted = self._lift_due(lease) if lift else set()
         try:
             body = chain if skip else [*shared, *chain]
-            rules = self._rules(lease, True, body, lift=nice)  # made ahead: off a create's path
+            rules = self._rules(lease, True, body, lift=lifted)  # made ahead: off a create's path
             await self.rules.apply(rules, nice=nice, undo=removal)
         except NetworkError:
             # A chain or a jump went away under us (another backend removed the shared
@@ -516,10 +537,25 @@ class NetworkManager:
             for group in lease.hook_groups():
                 self._hooks_made.add(group.key)
                 await self._repair_hook_chains(group, nice)
-            rules = self._rules(lease, True, [*shared, *chain], lift=nice)
+            rules = self._rules(lease, True, [*shared, *chain], lift=lifted)
             await self.rules.apply(rules, nice=nice, undo=removal)
         self._shared_written = tuple(shared)
+        for key in lifted:
+            self._lifted[key] = time.monotonic()
         return tuple(chain)
+
+    def _lift_due(self, lease: Lease) -> set[str]:
+        """The keys of ``lease``'s groups whose jumps were not put first in ``LIFT_SECONDS``.
+
+        A host rule inserted above them (a firewall manager's) is thus overtaken within
+        that time, by the next network made ahead, rather than by every one.
+        """
+        clock = time.monotonic()
+        return {
+            group.key
+            for group in lease.hook_groups()
+            if clock - self._lifted.get(group.key, -LIFT_SECONDS) >= LIFT_SECONDS
+        }
 
     def _join_groups(self, lease: Lease) -> None:
         """Count ``lease`` in its hook groups (which then stay while it has rules)."""
@@ -581,8 +617,12 @@ class NetworkManager:
         *,
         nice: bool = False,
     ) -> tuple[str, ...]:
-        """The host rules of a prepared lease (see :meth:`setup`); the chain written."""
-        return await self._add_rules(lease, egress, cidrs, blocked, nice)
+        """The host rules of a network made ahead (see :meth:`setup`); the chain written.
+
+        Its hook groups' jumps are put first again, as a sandbox's own hooks used to be,
+        unless that was done in the last ``LIFT_SECONDS`` (``_lift_due``).
+        """
+        return await self._add_rules(lease, egress, cidrs, blocked, nice=nice, lift=True)
 
     async def teardown(self, lease: Lease, egress: EgressType, cidrs: tuple[str, ...]) -> None:
         """Remove rules, veth and namespace; tolerant of parts that never existed.
