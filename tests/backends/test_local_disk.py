@@ -9,6 +9,7 @@ sandbox's ``df``, its cgroup's memory counters, and the host's loop devices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -189,6 +190,29 @@ def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
     go(aio, scenario())
 
 
+def hold_for_a_while(pid: int, seconds: float) -> None:
+    """Stop process ``pid`` for ``seconds`` (through a pidfd: never another process).
+
+    A process already gone (under load, a failed sandbox's keeper may end first) is left.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+    except ProcessLookupError:
+        os.close(pidfd)
+        return
+
+    def resume() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        os.close(pidfd)
+
+    asyncio.get_running_loop().call_later(seconds, resume)
+
+
 def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
     aio: asyncio.Runner, local_harness: Harness
 ) -> None:
@@ -215,9 +239,7 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
                 seen.extend(getattr(rec, "cgroup").unique_dirs)  # noqa: B009
                 keepers.append(replace(rec))  # its keeper's pid and start time, as they were
                 if rec.keeper_pid is not None:  # a keeper slow to end: held for 0.3 s
-                    os.kill(rec.keeper_pid, signal.SIGSTOP)
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(0.3, os.kill, rec.keeper_pid, signal.SIGCONT)
+                    hold_for_a_while(rec.keeper_pid, 0.3)
 
         b._build_with_disk = watched  # type: ignore[attr-defined]
         try:

@@ -112,7 +112,7 @@ def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: P
 PRELUDE = r"""
 import asyncio, subprocess, sys
 from sandboxd.backends.base import EgressType
-from sandboxd.backends.local.network import NetworkManager
+from sandboxd.backends.local.network import LIFT_SECONDS, NetworkManager
 
 def rules(table="filter"):
     saved = ["iptables-save", "-t", table]
@@ -237,9 +237,12 @@ async def main(ipam):
           "the new network's hooks are missing")
     check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "nat jump not back once")
     # A host rule put first later: a network made ahead of need (niced, as the pool does)
-    # puts the group's jumps first again; a create's add only checks them (no deletion,
-    # whose commit waits 15-30 ms).
+    # puts the group's jumps first again, once LIFT_SECONDS have passed since they were
+    # last put first (here: the group was made); a create's add only checks them (no
+    # deletion, whose commit waits 15-30 ms).
     subprocess.run(["iptables", "-I", "INPUT", "-j", "ACCEPT"], check=True)
+    for key in net._lifted:  # LIFT_SECONDS later
+        net._lifted[key] -= LIFT_SECONDS
     ahead = net.allocate(next(f"sb-a{n}" for n in range(10_000)
                               if net.tag_for(f"sb-a{n}")[0] == bucket))
     await net.prepare(ahead, nice=True)

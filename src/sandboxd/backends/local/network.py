@@ -584,11 +584,15 @@ class NetworkManager:
         One transaction per group, which fails when the group exists already (made by
         another backend on the host, or by this process before a restart): either way
         it exists afterwards, jumps included, as both are made in the same transaction.
+        Made here, its jumps were just put first: the next ``LIFT_SECONDS`` of networks
+        made ahead only check them (``_lift_due``; found made by another backend, they are
+        put first once that time is over).
         """
         for group in lease.hook_groups():
             if group.key not in self._hooks_made:
                 self._hooks_made.add(group.key)
                 await self.rules.apply_quietly(group.transaction(group.create), nice=nice)
+                self._lifted[group.key] = time.monotonic()
 
     async def _repair_hook_chains(self, group: HookGroup, nice: bool) -> None:
         """Whatever of ``group`` is missing, made: each chain, and each jump that is gone.
