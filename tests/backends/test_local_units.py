@@ -285,3 +285,24 @@ def test_networks_made_ahead_put_a_groups_jumps_first_at_most_once_per_interval(
     for group in groups:  # the interval is over
         mgr._lifted[group.key] -= network_module.LIFT_SECONDS
     assert sorted(deleted_jumps(leases[3], made_ahead=True)) == every_jump
+
+
+def test_the_log_budget_evicts_ended_logs_oldest_first_and_never_a_running_one(
+    tmp_path: Path,
+) -> None:
+    """Within the budget nothing is touched; over it, ended sandboxes' logs go oldest end
+    first until the rest fit, and a running sandbox's log (no exit.json) stays whole."""
+    sandboxes = tmp_path / "sandboxes"
+    old, newer = _ended_log(sandboxes, "old", 600), _ended_log(sandboxes, "newer", 600)
+    os.utime(sandboxes / "old" / log_budget.EXIT_FILE, (1_000, 1_000))  # ended first
+    (sandboxes / "running").mkdir()
+    running = sandboxes / "running" / log_budget.LOG_FILE
+    running.write_bytes(b"r" * 2000)
+    (sandboxes / "no-log").mkdir()  # a sandbox being made: no log yet
+    assert log_budget.enforce(sandboxes, budget_bytes=3200) == []
+    assert old.read_bytes() == newer.read_bytes() == b"x" * 600
+    assert log_budget.enforce(sandboxes, budget_bytes=2900) == [old]
+    assert log_budget.EVICTED_NOTICE.strip() in old.read_bytes()
+    assert newer.read_bytes() == b"x" * 600 and running.read_bytes() == b"r" * 2000
+    evicted = log_budget.enforce(sandboxes, budget_bytes=100)  # cannot fit: all ended go
+    assert evicted == [newer] and running.read_bytes() == b"r" * 2000
