@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -190,36 +191,41 @@ def test_a_create_that_fails_after_the_layer_is_mounted_leaves_nothing(
     go(aio, scenario())
 
 
-def hold_for_a_while(pid: int, seconds: float) -> None:
+def hold_for_a_while(pid: int, seconds: float) -> Callable[[], None]:
     """Stop process ``pid`` for ``seconds`` (through a pidfd: never another process).
 
-    A process already gone (under load, a failed sandbox's keeper may end first) is left.
+    Returns what resumes it at once; call it when the test ends, whatever happened (a loop
+    closed before ``seconds`` would leave the process stopped for good). A process already
+    gone (under load, a failed sandbox's keeper may end first) is left.
     """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return
+        return lambda: None
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
     except ProcessLookupError:
         os.close(pidfd)
-        return
+        return lambda: None
+    resumed = False
 
     def resume() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
-        os.close(pidfd)
+        nonlocal resumed
+        if not resumed:
+            resumed = True
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+            os.close(pidfd)
 
     asyncio.get_running_loop().call_later(seconds, resume)
+    return resume
 
 
 def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
     aio: asyncio.Runner, local_harness: Harness
 ) -> None:
     """The runner's one-call create: the agent reports the failed start with its readiness;
-    the layer, the network, the id range, the cgroups and the state directory all go, and
-    the keeper has ended (it writes exit.json as it ends: a directory removed before then
-    could be left behind, and the id with it)."""
+    the layer, the network, the id range, the cgroups and the state directory all go."""
     b = local_harness.backend
     where = disk_dir(local_harness)
 
@@ -229,17 +235,13 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         spec = local_harness.spec(command=("/no/such/program",), network=internet)
         sid = spec.sandbox_id
         seen: list[str] = []
-        keepers: list[SandboxRecord] = []
         build = b._build_with_disk  # type: ignore[attr-defined]
 
-        async def watched(rec: SandboxRecord, *args: object) -> None:
+        async def watched(rec: object, *args: object) -> None:
             try:
                 await build(rec, *args)
             finally:
                 seen.extend(getattr(rec, "cgroup").unique_dirs)  # noqa: B009
-                keepers.append(replace(rec))  # its keeper's pid and start time, as they were
-                if rec.keeper_pid is not None:  # a keeper slow to end: held for 0.3 s
-                    hold_for_a_while(rec.keeper_pid, 0.3)
 
         b._build_with_disk = watched  # type: ignore[attr-defined]
         try:
@@ -250,8 +252,6 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         assert await wait_in_use(b, before) == before
         assert stray_files(where) == []
         assert not (Path(getattr(b, "data_dir")) / "sandboxes" / sid).exists()  # noqa: B009
-        assert keepers and keepers[0].keeper_pid is not None
-        assert not keepers[0].agent_alive(), "the failed create returned before its keeper ended"
         assert seen and not [d for d in seen if os.path.exists(d)]  # the cgroups were made
         assert sid not in b._net.claims().values()  # type: ignore[attr-defined]
         tag = b._net.tag_for(sid)  # type: ignore[attr-defined]
@@ -259,6 +259,49 @@ def test_a_create_and_start_whose_main_process_cannot_start_leaves_nothing(
         assert shown.returncode != 0  # the veth's host end is gone
         assert b._net.netns_fd(b._net.lease_at(1, tag)) is None  # type: ignore[attr-defined]
         assert sid not in [label for _ids, label in b._ids.claims()]  # type: ignore[attr-defined]
+
+    go(aio, scenario())
+
+
+def test_a_failed_create_returns_after_its_keeper_ended_and_frees_the_id(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The keeper writes exit.json in the state directory as it ends; a teardown that
+    removed the directory before then could leave it behind, and the sandbox's id taken
+    (seen in CI: a create again with the id of a failed one said "already exists").
+
+    The failure is injected after the sandbox was set up and runs (standing in for what
+    can fail then: publishing its ports, a cancelled create), and its keeper is held
+    stopped for 0.3 s, so that the create's teardown finds it still running; the check
+    comes before the hold ends."""
+    b = local_harness.backend
+
+    async def scenario() -> None:
+        spec = local_harness.spec(command=("sleep", "1000"))
+        keepers: list[SandboxRecord] = []
+        resumes: list[Callable[[], None]] = []
+        build = b._build_with_disk  # type: ignore[attr-defined]
+
+        async def failing(rec: SandboxRecord, *args: object) -> None:
+            await build(rec, *args)
+            keepers.append(replace(rec))  # its keeper's pid and start time
+            assert rec.keeper_pid is not None and rec.agent_alive()
+            resumes.append(hold_for_a_while(rec.keeper_pid, 0.3))
+            raise SandboxStartError("injected: a failure after the sandbox runs")
+
+        b._build_with_disk = failing  # type: ignore[attr-defined]
+        try:
+            with pytest.raises(SandboxStartError, match="injected"):
+                await b.create_and_start(spec)
+            assert keepers, "the sandbox was never built"
+            assert not keepers[0].agent_alive(), "the create returned before its keeper ended"
+        finally:
+            del b._build_with_disk  # type: ignore[attr-defined]
+            for resume in resumes:  # never a keeper left stopped, whatever failed
+                resume()
+        assert not (Path(getattr(b, "data_dir")) / "sandboxes" / spec.sandbox_id).exists()  # noqa: B009
+        await b.create_and_start(spec)  # the id is free
+        await b.destroy(spec.sandbox_id)
 
     go(aio, scenario())
 
