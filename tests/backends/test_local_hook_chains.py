@@ -19,26 +19,20 @@ import pytest
 from sandboxd.backends.base import EgressType
 from sandboxd.backends.local.hook_chains import nat_chain
 from sandboxd.backends.local.network import Lease, NetworkManager
+from tests.support.host_network import chain_rules, jumps_to
 
 POOL = "10.214.8.0/24"
 INTERNET = EgressType.INTERNET
+
+
+ROOT = str(Path(__file__).resolve().parents[2])
+"""The repository root, on the namespace scripts' path (they import ``tests.support``)."""
 
 
 @pytest.fixture(autouse=True)
 def _root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-
-
-def _chain(name: str, table: str = "filter") -> list[str]:
-    """The ``-A`` lines of chain ``name``; empty when the chain does not exist."""
-    shown = subprocess.run(["iptables", "-t", table, "-S", name], capture_output=True, text=True)
-    return [line for line in shown.stdout.splitlines() if line.startswith("-A ")]
-
-
-def _jumps_to(chain: str, table: str = "filter") -> list[str]:
-    rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-    return [line for line in rules.splitlines() if line.endswith(f"-j {chain}")]
 
 
 def _sandbox_in_bucket(net: NetworkManager, bucket: str, taken: set[str]) -> str:
@@ -53,10 +47,10 @@ def _sandbox_in_bucket(net: NetworkManager, bucket: str, taken: set[str]) -> str
 
 def _gone_or_unused(chain: str, ours: list[Lease], table: str = "filter") -> None:
     """None of our rules left in ``chain``; the chain gone (and not jumped to) or in use."""
-    lines = _chain(chain, table)
+    lines = chain_rules(chain, table)
     assert not [line for line in lines for lease in ours if lease.tag in line]
     if not lines:
-        assert _jumps_to(chain, table) == [], f"{chain} is gone but still jumped to"
+        assert jumps_to(chain, table) == [], f"{chain} is gone but still jumped to"
 
 
 def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: Path) -> None:
@@ -79,22 +73,24 @@ def test_two_backends_share_a_bucket_and_the_last_one_out_removes_it(tmp_path: P
             await b.setup(lb, INTERNET, ())
             try:
                 for lease in (la, lb):
-                    assert [r for r in _chain(into) if f"-i {lease.host_if} " in r]
-                    assert [r for r in _chain(forward) if f"-j {lease.chain}" in r]
-                    assert [r for r in _chain(nat_chain(lease.sandbox_ip), "nat") if lease.tag in r]
+                    assert [r for r in chain_rules(into) if f"-i {lease.host_if} " in r]
+                    assert [r for r in chain_rules(forward) if f"-j {lease.chain}" in r]
+                    assert [
+                        r for r in chain_rules(nat_chain(lease.sandbox_ip), "nat") if lease.tag in r
+                    ]
                 # One jump per hook, however many backends made the group's chains.
                 hooks = '-m comment --comment "sandboxd:hooks"'
-                assert _jumps_to(into) == [f"-A INPUT -i sbx{bucket}+ {hooks} -j {into}"]
-                assert sorted(_jumps_to(forward)) == [
+                assert jumps_to(into) == [f"-A INPUT -i sbx{bucket}+ {hooks} -j {into}"]
+                assert sorted(jumps_to(forward)) == [
                     f"-A FORWARD -i sbx{bucket}+ {hooks} -j {forward}",
                     f"-A FORWARD -o sbx{bucket}+ {hooks} -j {forward}",
                 ]
                 await a.teardown(la, INTERNET, ())  # a's last network: it tries to remove
-                assert not [r for r in _chain(into) + _chain(forward) if la.tag in r]
-                assert [r for r in _chain(into) if lb.tag in r]  # b's hooks stay whole
-                assert [r for r in _chain(forward) if f"-j {lb.chain}" in r]
-                assert len(_jumps_to(into)) == 1 and len(_jumps_to(forward)) == 2
-                assert _chain(lb.chain)  # and b's own chain
+                assert not [r for r in chain_rules(into) + chain_rules(forward) if la.tag in r]
+                assert [r for r in chain_rules(into) if lb.tag in r]  # b's hooks stay whole
+                assert [r for r in chain_rules(forward) if f"-j {lb.chain}" in r]
+                assert len(jumps_to(into)) == 1 and len(jumps_to(forward)) == 2
+                assert chain_rules(lb.chain)  # and b's own chain
             finally:
                 await b.teardown(lb, INTERNET, ())
         finally:
@@ -113,10 +109,7 @@ PRELUDE = r"""
 import asyncio, subprocess, sys
 from sandboxd.backends.base import EgressType
 from sandboxd.backends.local.network import LIFT_SECONDS, NetworkManager
-
-def rules(table="filter"):
-    saved = ["iptables-save", "-t", table]
-    return subprocess.run(saved, capture_output=True, text=True, check=True).stdout.splitlines()
+from tests.support.host_network import table_rules as rules
 
 def check(ok, what):
     if not ok:
@@ -197,6 +190,7 @@ def _in_own_network_namespace(script: str, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])},
     )
     assert ran.returncode == 0, ran.stderr + ran.stdout
 

@@ -1,7 +1,9 @@
 """What a test sees of the host's network: its links and its firewall rules.
 
 Why one place: several backend tests watch a sandbox network's host end (``sbx<tag>``) and
-its rules appear and vanish, and each kept its own copy of these few lines.
+its rules appear and vanish, and each kept its own copy of these few lines. Scripts that a
+test runs in a network namespace of its own import them too (the repository root is on
+their path, see ``tests/backends/test_local_hook_chains.py``).
 """
 
 from __future__ import annotations
@@ -28,3 +30,20 @@ def link_names() -> set[str]:
 def iptables_rules() -> str:
     """The host's firewall rules as ``iptables-save`` prints them (every table)."""
     return subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
+
+
+def table_rules(table: str = "filter") -> list[str]:
+    """The lines ``iptables-save`` prints for one table."""
+    saved = ["iptables-save", "-t", table]
+    return subprocess.run(saved, check=True, capture_output=True, text=True).stdout.splitlines()
+
+
+def chain_rules(name: str, table: str = "filter") -> list[str]:
+    """The ``-A`` lines of chain ``name``; empty when the chain does not exist."""
+    shown = subprocess.run(["iptables", "-t", table, "-S", name], capture_output=True, text=True)
+    return [line for line in shown.stdout.splitlines() if line.startswith("-A ")]
+
+
+def jumps_to(chain: str, table: str = "filter") -> list[str]:
+    """The rules of ``table`` that jump to ``chain``."""
+    return [line for line in table_rules(table) if line.endswith(f"-j {chain}")]
