@@ -108,7 +108,8 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     bucket = lease.tag[0]  # its group's jumps checked (hook_chains.py)
     jump = f"INPUT -i sbx{bucket}+ -m comment --comment sandboxd:hooks -j SBX-I-{bucket}"
     assert f"-C {jump}" in add and f"-D {jump}" not in add
-    ahead = mgr._rules(lease, True, body, lift=True)  # made ahead: also put first again
+    keys = [group.key for group in lease.hook_groups()]
+    ahead = mgr._rules(lease, True, body, lifted=keys)  # made ahead: also put first again
     assert f"-D {jump}\n-I {jump}" in ahead
     assert f"-A SBX-N-0a6300 -s {lease.sandbox_ip}/32" in add  # its /24's nat chain
     remove = mgr._rules(lease, False)

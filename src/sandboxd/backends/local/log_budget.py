@@ -73,7 +73,7 @@ def enforce(sandboxes_dir: Path, budget_bytes: int) -> list[Path]:
     notice = encode_record("stderr", EVICTED_NOTICE)
     evicted = []
     ended = [(at, lg) for lg in logs if (at := _ended_at(lg)) is not None]
-    for _ended_at_time, log in sorted(ended, key=lambda pair: pair[0]):
+    for _, log in sorted(ended, key=lambda pair: pair[0]):
         if total <= budget_bytes:
             break
         if log.size <= len(notice):

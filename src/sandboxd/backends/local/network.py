@@ -329,12 +329,12 @@ class NetworkManager:
         add: bool,
         body: Sequence[str] = (),
         *,
-        lift: bool | Collection[str] = False,
+        lifted: Collection[str] = (),
     ) -> str:
         """The transaction that adds (``body``: chain lines) or removes a sandbox's rules.
 
-        ``lift``: the add also puts its groups' jumps first again (``hook_chains.py``):
-        all of them (True), or those whose keys it names.
+        ``lifted``: the keys of the groups whose jumps the add also puts first again
+        (``hook_chains.py``).
         """
         if lease.hooks == DIRECT:
             return self._direct_rules(lease, add, body)
@@ -357,9 +357,7 @@ class NetworkManager:
             own = [*hooks, f"-F {lease.chain}", f"-X {lease.chain}"]
             return "\n".join(["*filter", *own, "COMMIT", "*nat", nat, "COMMIT", ""])
         filter_jumps, nat_jumps = (
-            group.jumps_again
-            if lift is True or (lift and group.key in lift)
-            else group.jumps_checked
+            group.jumps_again if group.key in lifted else group.jumps_checked
             for group in lease.hook_groups()
         )
         filter_part = ["*filter", *body, *filter_jumps, *hooks, "COMMIT"]
@@ -526,7 +524,7 @@ class NetworkManager:
         lifted = self._lift_due(lease) if lift else set()
         try:
             body = chain if skip else [*shared, *chain]
-            rules = self._rules(lease, True, body, lift=lifted)  # made ahead: off a create's path
+            rules = self._rules(lease, True, body, lifted=lifted)  # made ahead: off a create's path
             await self.rules.apply(rules, nice=nice, undo=removal)
         except NetworkError:
             # A chain or a jump went away under us (another backend removed the shared
@@ -537,7 +535,7 @@ class NetworkManager:
             for group in lease.hook_groups():
                 self._hooks_made.add(group.key)
                 await self._repair_hook_chains(group, nice)
-            rules = self._rules(lease, True, [*shared, *chain], lift=lifted)
+            rules = self._rules(lease, True, [*shared, *chain], lifted=lifted)
             await self.rules.apply(rules, nice=nice, undo=removal)
         self._shared_written = tuple(shared)
         for key in lifted:
@@ -576,6 +574,7 @@ class NetworkManager:
             if not members:
                 self._members.pop(group.key, None)
                 self._hooks_made.discard(group.key)
+                self._lifted.pop(group.key, None)  # set again when it is made again
                 await self.rules.apply_quietly(group.transaction(group.remove))
 
     async def _make_hook_chains(self, lease: Lease, nice: bool) -> None:
