@@ -239,7 +239,7 @@ async def main(ipam):
         net._lifted[key] -= LIFT_SECONDS
     ahead = net.allocate(next(f"sb-a{n}" for n in range(10_000)
                               if net.tag_for(f"sb-a{n}")[0] == bucket))
-    await net.prepare(ahead, nice=True)
+    await net.prepare(ahead)
     await net.install_rules(ahead, EgressType.INTERNET, (), (), nice=True)
     inputs = [r for r in rules() if r.startswith("-A INPUT ")]
     check(inputs[0].endswith(f"-j SBX-I-{bucket}"), "the jump is not first again")

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
-from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local import LocalBackend, network_namespace
 from sandboxd.backends.local.hook_chains import UNKNOWN
 from sandboxd.backends.local.network import (
     LEGACY_NETNS_DIR,
@@ -161,14 +162,14 @@ def test_a_network_is_one_ip_run_in_an_unnamed_namespace_and_teardown_survives_m
         assert net.netns_fd(lease) is None
         assert _ip("-o", "link", "show", lease.host_if) == ""
 
-        # A host end of that name exists already (a crash, by hand): the batch (made
-        # ahead, at the lowest priority) fails, and no namespace stays held.
+        # A host end of that name exists already (a crash, by hand): making the veth
+        # fails, and no namespace stays held.
         clash = net.allocate("sb-clash")
         peer = ["peer", "name", f"{clash.host_if[:12]}p"]
         subprocess.run(["ip", "link", "add", clash.host_if, "type", "veth", *peer], check=True)
         try:
             with pytest.raises(NetworkError, match="File exists"):
-                await net.prepare(clash, nice=True)
+                await net.prepare(clash)
             assert net.netns_fd(clash) is None
         finally:
             subprocess.run(["ip", "link", "del", clash.host_if], check=False)
@@ -195,31 +196,33 @@ def _left_of(lease_tags: set[str]) -> list[str]:
 
 @pytest.fixture
 def slow_net_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ip`` and ``iptables-restore`` runs that *make* something start 0.5 s late (as when a
-    busy host starves the niced commands of networks made ahead); removals run at once."""
+    """Making a namespace and ``iptables-restore`` runs that *add* rules start 0.5 s late (as
+    when a busy host starves the niced work of networks made ahead); removals run at once.
+
+    The namespace is made by system calls in a thread (``network_namespace.py``): its
+    thread sleeps first (a stand-in for a starved thread; the calls after it are real).
+    """
     if os.geteuid() != 0:
         pytest.skip("needs root")
     slow = tmp_path / "slow-bin"
     slow.mkdir()
-    real_ip, real_restore = shutil.which("ip"), shutil.which("iptables-restore")
-    assert real_ip is not None and real_restore is not None
-    # ``ip`` reads a network's batch line by line while its caller waits for an answer
-    # (``in_new_network_namespace``): its first line decides, the rest streams through.
-    (slow / "ip").write_text(
-        "#!/bin/sh\n"
-        "IFS= read -r first\n"
-        'case "$first" in "link add"*) sleep 0.5 ;; esac\n'
-        f'{{ printf "%s\\n" "$first"; exec cat; }} | {real_ip} "$@"\n'
-    )
+    real_restore = shutil.which("iptables-restore")
+    assert real_restore is not None
     (slow / "iptables-restore").write_text(
         "#!/bin/sh\n"
         'input=$(cat; echo x); input="${input%x}"\n'
         'case "$input" in *"-I INPUT"*) sleep 0.5 ;; esac\n'
         f'printf %s "$input" | exec {real_restore} "$@"\n'
     )
-    for name in ("ip", "iptables-restore"):
-        (slow / name).chmod(0o755)
+    (slow / "iptables-restore").chmod(0o755)
     monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    real_make = network_namespace._make
+
+    def late_make(plan: network_namespace.VethPlan) -> int:
+        time.sleep(0.5)
+        return real_make(plan)
+
+    monkeypatch.setattr(network_namespace, "_make", late_make)
 
 
 @pytest.mark.usefixtures("slow_net_commands")
@@ -243,8 +246,8 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
             return lease_at(index, tag, hooks)
 
         net.lease_at = recorded  # type: ignore[method-assign]
-        # In ``ip``'s wait, about when it runs (its namespace being opened), and in
-        # ``iptables-restore``'s wait.
+        # In the namespace's making (its thread cannot be stopped: the rollback waits for
+        # it), about when it ends, and in ``iptables-restore``'s wait.
         for when in (0.1, 0.55, 0.8):
             lease = net.allocate(f"sb-{when}")
             task = asyncio.ensure_future(net.setup(lease, EgressType.INTERNET, ()))
@@ -273,41 +276,44 @@ def test_a_network_set_up_cancelled_at_any_moment_leaves_nothing_behind(tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_a_cancelled_set_up_returns_though_its_batch_is_read_by_a_process_that_outlives_ip(
+def test_a_cancelled_set_up_waits_for_its_namespace_thread_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled while ``ip``'s input is read by something the kill does not reach (here a
-    wrapper's pipeline; in CI, the slow wrapper under load), the set-up must still end: its
-    input is closed, so the reader ends, and with it the last holder of the output pipes
-    that ``wait()`` waits for. Before, the input stayed open and the rollback hung for good
-    (a pool's ``close()`` with it)."""
+    """Cancelled while its namespace is being made (a thread that cannot be stopped, here
+    held 0.5 s as on a starved host), the set-up ends only after that thread has: then it
+    closes the namespace and the rollback removes the veth. A rollback that ran first would
+    find nothing, release the subnet, and leave the thread's veth and namespace behind."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    real_ip = shutil.which("ip")
-    assert real_ip is not None
-    wrapped = tmp_path / "bin"
-    wrapped.mkdir()
-    (wrapped / "ip").write_text(f'#!/bin/sh\ncat | (sleep 0.3; exec {real_ip} "$@")\n')
-    (wrapped / "ip").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrapped}:{os.environ['PATH']}")
+    real_make = network_namespace._make
+    finished: list[float] = []
 
-    async def scenario() -> Lease:
+    def late_make(plan: network_namespace.VethPlan) -> int:
+        time.sleep(0.5)
+        try:
+            return real_make(plan)
+        finally:
+            finished.append(time.monotonic())
+
+    monkeypatch.setattr(network_namespace, "_make", late_make)
+
+    async def scenario() -> None:
         net = NetworkManager("hangtest", pool="10.214.6.0/24", ipam_dir=str(tmp_path / "ipam"))
         lease = net.allocate("sb-hang")
         task = asyncio.ensure_future(net.setup(lease, EgressType.INTERNET, ()))
-        await asyncio.sleep(0.1)  # the wrapper's pipeline runs, ``ip`` not yet
+        await asyncio.sleep(0.1)  # its thread sleeps, nothing is made yet
         task.cancel()
         async with asyncio.timeout(20):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        assert task.cancelled() and net.claims() == {} and net.netns_fd(lease) is None
-        return lease
+        ended = time.monotonic()
+        assert task.cancelled()
+        assert finished and finished[0] <= ended  # the thread's work came before the end
+        assert net.claims() == {} and net.netns_fd(lease) is None
+        assert not link_exists(lease.host_if)
+        assert not [t for t in threading.enumerate() if t.name == "sandboxd-netns"]
 
-    lease = asyncio.run(scenario())
-    deadline = time.monotonic() + 20  # what ``ip`` made after the rollback dies with it
-    while link_exists(lease.host_if):
-        assert time.monotonic() < deadline, f"{lease.host_if} outlived its namespace"
-        time.sleep(0.05)
+    asyncio.run(scenario())
 
 
 FILLING = r"""
@@ -344,13 +350,14 @@ def _filling(ipam: Path, key: str, subnets: str, ready: bool) -> subprocess.Pope
 def test_a_runner_killed_while_making_networks_ahead_leaves_nothing_after_the_reap(
     tmp_path: Path,
 ) -> None:
-    """SIGKILLed while its niced commands wait for the CPU: they die with it, so the network
-    the next runner reaps is not made again behind its back."""
+    """SIGKILLed while its niced commands wait for the CPU (here its rules' late
+    ``iptables-restore``; its namespace's thread is done by then): they die with it, so the
+    network the next runner reaps is not made again behind its back."""
     ipam = tmp_path / "ipam"
     proc = _filling(ipam, "killtest", "10.214.3.0/24", ready=False)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "filling"
-        time.sleep(0.2)  # its first ``ip`` is waiting to start
+        time.sleep(0.2)  # its first ``iptables-restore`` is waiting to start
     finally:
         proc.kill()
         proc.wait()

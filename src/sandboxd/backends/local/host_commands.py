@@ -1,4 +1,4 @@
-"""Host commands of sandbox networking (``ip``, ``iptables-restore``): run, niced, ended.
+"""Host commands of sandbox networking (``iptables-restore``, ``iptables``): run, niced, ended.
 
 Every command that makes or removes a sandbox network's parts goes through :func:`run`, so
 two rules hold everywhere: a command whose caller was cancelled is killed and waited for
@@ -44,50 +44,6 @@ async def run(
     return out.decode(errors="replace")
 
 
-_NETNS_MARK = b"link show dev lo\n"
-"""The batch's last line: its output says that every line before it succeeded."""
-
-
-async def in_new_network_namespace(batch: str, *, nice: bool = False) -> int:
-    """Run an ``ip`` batch in a new network namespace; a descriptor that keeps the namespace.
-
-    Why no name (``ip netns add``): a named namespace is a bind mount in ``/run/netns``,
-    one more entry in the host's mount table per sandbox, which every new mount namespace
-    (each create) and every ``ip -n`` then copies; a thousand sandboxes slowed both. A
-    namespace held by descriptor is no mount, and it dies with its last holder: a runner
-    killed with networks made ahead leaves no namespace (their veths go with it).
-
-    ``unshare`` makes the namespace and execs ``ip``, which reads the batch line by line.
-    Once ``ip`` answers the mark after the batch, the namespace is opened through its
-    ``/proc`` entry while ``ip`` still waits for more input; then its input ends. A batch
-    line that fails ends ``ip`` before the mark: ``NetworkError`` with its stderr.
-    ``nice`` as for :func:`run`. The caller owns (and closes) the descriptor.
-    """
-    argv = ("unshare", "--net", "--", "ip", "-batch", "-")
-    proc = await _start(argv, nice=nice, with_input=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    held = -1
-    try:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # ip ended: see below
-            proc.stdin.write(batch.encode() + _NETNS_MARK)
-            await proc.stdin.drain()
-        if await proc.stdout.readline():
-            held = os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        proc.stdin.close()  # ``communicate()`` without input leaves it open
-        _out, err = await proc.communicate()
-    except BaseException:
-        if held >= 0:
-            os.close(held)
-        await _end(proc)
-        raise
-    if proc.returncode != 0 or held < 0 or _same_namespace(held):
-        if held >= 0:
-            os.close(held)
-        why = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-        raise NetworkError(f"{' '.join(argv)}: {why}")
-    return held
-
-
 async def _start(
     argv: tuple[str, ...], *, nice: bool, with_input: bool
 ) -> asyncio.subprocess.Process:
@@ -110,11 +66,6 @@ async def _start(
         with contextlib.suppress(OSError):  # it may have exited already
             os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
     return proc
-
-
-def _same_namespace(fd: int) -> bool:
-    """Whether ``fd`` is this process's own network namespace (so none was made)."""
-    return os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

@@ -4,7 +4,7 @@ Egress ``none`` needs nothing here: the agent unshares a fresh network namespace
 up its loopback, so host loopback services are simply not in that namespace.
 
 For the other two, the runner creates a network namespace held by a descriptor (no name, no
-mount: ``host_commands.in_new_network_namespace``), a veth pair with a /30 from a private
+mount, no program run: ``network_namespace.py``), a veth pair with a /30 from a private
 pool (one end in the namespace as ``eth0``, default route via the host end), IPv6 off on
 both ends, and one ``iptables-restore --noflush`` transaction on the host, whose hooks sit
 in small chains that ``INPUT``, ``FORWARD`` and ``POSTROUTING`` jump to by bucket
@@ -35,6 +35,7 @@ queue on the kernel's lock, time out and retry. The commands themselves run thro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import ipaddress
@@ -49,6 +50,7 @@ from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
+from . import netlink
 from .hook_chains import (
     CHAINED,
     DIRECT,
@@ -60,7 +62,8 @@ from .hook_chains import (
     nat_chain,
     nat_group,
 )
-from .host_commands import NetworkError, in_new_network_namespace, run
+from .host_commands import NetworkError, run
+from .network_namespace import VethPlan, new_network_namespace
 from .rule_writer import RESTORE, RuleWriter
 from .syscalls import set_ipv4_address, set_link_up
 
@@ -405,25 +408,21 @@ class NetworkManager:
             await self.teardown(lease, egress, cidrs)
             raise
 
-    async def prepare(self, lease: Lease, *, nice: bool = False) -> None:
+    async def prepare(self, lease: Lease) -> None:
         """Namespace, veth, addresses and routes, without rules (the caller rolls back).
 
-        ``nice``: made ahead of need, its commands yield the CPU to the work of creates.
-        One ``ip`` run, in the new namespace: it makes the veth there and puts its other
-        end in this process's namespace (the runner's, which need not be the host's); that
-        end's address and state are two ioctls here. A host end left by a crash under the
-        same name fails the batch ("File exists") before anything else is made.
+        System calls in a thread of its own (``network_namespace.py``): it makes the
+        namespace and the veth there, with its other end in this process's namespace (the
+        runner's, which need not be the host's); that end's address and state are two
+        ioctls here. A host end left by a crash under the same name fails the veth ("File
+        exists") before anything else is made. Also when made ahead of need, this runs at the
+        normal CPU priority (``new_network_namespace`` says why); it is about 2 ms of CPU.
         """
         with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
             if fh.read().strip() != "1":
                 _write("/proc/sys/net/ipv4/ip_forward", "1")
-        inside = (
-            f"link add eth0 type veth peer name {lease.host_if} netns {os.getpid()}\n"
-            f"addr add {lease.sandbox_ip}/30 dev eth0\n"
-            "link set eth0 up\nlink set lo up\n"
-            f"route add default via {lease.host_ip}\n"
-        )
-        self._netns[lease.tag] = await in_new_network_namespace(inside, nice=nice)
+        plan = VethPlan(lease.host_if, lease.sandbox_ip, 30, lease.host_ip)
+        self._netns[lease.tag] = await new_network_namespace(plan)
         try:
             with contextlib.suppress(OSError):
                 _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
@@ -511,7 +510,8 @@ class NetworkManager:
 
         The hook chains the lease needs are made first, each group once per process.
         ``lift``: the jumps of its groups not put first for ``LIFT_SECONDS`` are put first
-        again (a network made ahead; see ``_rules``); ``nice`` as for :meth:`prepare`.
+        again (a network made ahead; see ``_rules``); ``nice``: its commands yield the CPU
+        to the work of creates (made ahead of need).
         """
         shared, chain = self._policy(lease, egress, cidrs, blocked)
         skip = tuple(shared) == self._shared_written and bool(self._active)
@@ -638,14 +638,17 @@ class NetworkManager:
             await self.rules.remove(self._direct_rules(lease, False))
         await self._leave_groups(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
-        # the namespace dies with its last holder. One ``ip`` run; ``-force`` goes on past
-        # a line that fails (a part that never existed). Only a network of an earlier
-        # version has a named namespace (``Lease.netns``) to remove.
+        # the namespace dies with its last holder. One netlink request (on a worker thread:
+        # the kernel may wait for its readers before it answers); a link that is gone
+        # already is no error. Only a network of an earlier version has a named namespace
+        # (``Lease.netns``) to remove, with ``ip``.
         self.let_go(lease)
-        gone = f"link del {lease.host_if}\n"
+        try:
+            await asyncio.to_thread(netlink.delete_link, lease.host_if)
+        except OSError as exc:
+            _log.warning("removing %s: %s", lease.host_if, exc)
         if os.path.lexists(os.path.join(LEGACY_NETNS_DIR, lease.netns)):
-            gone += f"netns del {lease.netns}\n"
-        await run("ip", "-force", "-batch", "-", stdin=gone.encode(), check=False)
+            await run("ip", "netns", "del", lease.netns, check=False)
         self.release(lease)
         self._active.discard(lease.tag)
         self.written.pop(lease.tag, None)

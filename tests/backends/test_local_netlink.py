@@ -1,0 +1,123 @@
+"""The netlink requests and the namespace thread of sandbox networks, against the real kernel.
+
+Each test works in a network namespace of its own (``unshare --net`` around a child
+Python), so nothing here touches the host's links.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sandboxd.backends.local import netlink
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+
+def _in_own_netns(script: str) -> str:
+    """Run ``script`` in a fresh network namespace; its output (it must exit 0)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), *sys.path])}
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a\0b"])
+def test_a_bad_interface_name_is_refused_before_anything_is_sent(name: str) -> None:
+    with pytest.raises(ValueError, match="bad interface name"):
+        netlink.delete_link(name)
+    with pytest.raises(ValueError, match="bad interface name"):
+        netlink.add_veth("eth0", name, 0)
+
+
+def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_was() -> None:
+    """eth0 with its address and default route inside; the host end here, down; a clash is
+    EEXIST with nothing made; the runner's thread never left its namespace; removal is
+    idempotent."""
+    out = _in_own_netns(
+        """
+        import asyncio, os, subprocess, threading
+        from sandboxd.backends.local import netlink
+        from sandboxd.backends.local.network import NetworkError
+        from sandboxd.backends.local.network_namespace import VethPlan, new_network_namespace
+
+        def ip(*argv, ns=None):
+            enter = ["nsenter", f"--net=/proc/self/fd/{ns}"] if ns is not None else []
+            return subprocess.run([*enter, "ip", *argv], capture_output=True, text=True,
+                                  pass_fds=(ns,) if ns is not None else ()).stdout
+
+        before = os.stat("/proc/thread-self/ns/net").st_ino
+        plan = VethPlan("sbxtest0", "10.99.0.2", 30, "10.99.0.1")
+        fd = asyncio.run(new_network_namespace(plan))
+        assert os.stat("/proc/thread-self/ns/net").st_ino == before
+        assert os.fstat(fd).st_ino != before
+        inside = ip("-o", "-4", "addr", ns=fd)
+        assert "eth0" in inside and "10.99.0.2/30" in inside, inside
+        links = ip("-o", "link", ns=fd)
+        assert "lo: <LOOPBACK,UP" in links and "eth0@" in links, links
+        assert "sbxtest0" not in links
+        host_end = ip("-o", "link", "show", "sbxtest0")
+        assert "sbxtest0@" in host_end and "state DOWN" in host_end, host_end
+        subprocess.run(["ip", "addr", "add", "10.99.0.1/30", "dev", "sbxtest0"], check=True)
+        subprocess.run(["ip", "link", "set", "sbxtest0", "up"], check=True)
+        assert "default via 10.99.0.1 dev eth0" in ip("route", ns=fd)
+
+        try:
+            asyncio.run(new_network_namespace(plan))
+        except NetworkError as exc:
+            assert "sbxtest0" in str(exc) and "File exists" in str(exc), exc
+        else:
+            raise AssertionError("a second veth of the same name was made")
+        assert not [t for t in threading.enumerate() if t.name == "sandboxd-netns"]
+
+        assert netlink.delete_link("sbxtest0") is True
+        assert ip("-o", "link", "show", "sbxtest0") == ""
+        assert "eth0" not in ip("-o", "link", ns=fd)  # the peer went with it
+        assert netlink.delete_link("sbxtest0") is False
+        os.close(fd)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_a_gateway_outside_every_subnet_fails_and_holds_no_namespace() -> None:
+    """A step that fails after the namespace exists (here the route) closes it: no
+    descriptor is handed out, and the veth dies with the namespace."""
+    out = _in_own_netns(
+        """
+        import asyncio, os, subprocess, time
+        from sandboxd.backends.local.network import NetworkError
+        from sandboxd.backends.local.network_namespace import VethPlan, new_network_namespace
+
+        opened = len(os.listdir("/proc/self/fd"))
+        plan = VethPlan("sbxtest1", "10.99.1.2", 30, "192.0.2.1")
+        try:
+            asyncio.run(new_network_namespace(plan))
+        except NetworkError as exc:
+            assert "sbxtest1" in str(exc), exc
+        else:
+            raise AssertionError("a route via an unreachable gateway was added")
+        assert len(os.listdir("/proc/self/fd")) == opened
+        deadline = time.monotonic() + 20
+        while subprocess.run(["ip", "-o", "link", "show", "sbxtest1"],
+                             capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, "the veth outlived its namespace"
+            time.sleep(0.05)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
