@@ -101,7 +101,8 @@ def probe(name: str, pool: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Fin
     except CgroupError as exc:
         problems.append(str(exc))
     egress = ["none"]
-    if shutil.which("ip") and shutil.which("iptables-restore"):
+    # The rules are iptables runs; the namespace and veth are system calls (netlink.py).
+    if shutil.which("iptables-restore") and shutil.which("iptables"):
         egress += ["internet", "allowlist"]
     ingress = ["public", "internal"]
     attrs["egress_types"] = ",".join(egress)
