@@ -49,7 +49,7 @@ def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_
     idempotent."""
     out = _in_own_netns(
         """
-        import asyncio, os, subprocess, threading
+        import asyncio, os, subprocess, threading, time
         from sandboxd.backends.local import netlink
         from sandboxd.backends.local.network import NetworkError
         from sandboxd.backends.local.network_namespace import VethPlan, new_network_namespace
@@ -81,7 +81,10 @@ def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_
             assert "sbxtest0" in str(exc) and "File exists" in str(exc), exc
         else:
             raise AssertionError("a second veth of the same name was made")
-        assert not [t for t in threading.enumerate() if t.name == "sandboxd-netns"]
+        deadline = time.monotonic() + 10  # its threads end right after their answer
+        while [t for t in threading.enumerate() if t.name == "sandboxd-netns"]:
+            assert time.monotonic() < deadline, "a network thread did not end"
+            time.sleep(0.01)
 
         assert netlink.delete_link("sbxtest0") is True
         assert ip("-o", "link", "show", "sbxtest0") == ""

@@ -35,7 +35,6 @@ queue on the kernel's lock, time out and retry. The commands themselves run thro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import ipaddress
@@ -50,7 +49,6 @@ from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
-from . import netlink
 from .hook_chains import (
     CHAINED,
     DIRECT,
@@ -63,7 +61,7 @@ from .hook_chains import (
     nat_group,
 )
 from .host_commands import NetworkError, run
-from .network_namespace import VethPlan, new_network_namespace
+from .network_namespace import VethPlan, new_network_namespace, remove_link
 from .rule_writer import RESTORE, RuleWriter
 from .syscalls import set_ipv4_address, set_link_up
 
@@ -638,13 +636,12 @@ class NetworkManager:
             await self.rules.remove(self._direct_rules(lease, False))
         await self._leave_groups(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
-        # the namespace dies with its last holder. One netlink request (on a worker thread:
-        # the kernel may wait for its readers before it answers); a link that is gone
+        # the namespace dies with its last holder. One netlink request; a link that is gone
         # already is no error. Only a network of an earlier version has a named namespace
         # (``Lease.netns``) to remove, with ``ip``.
         self.let_go(lease)
         try:
-            await asyncio.to_thread(netlink.delete_link, lease.host_if)
+            await remove_link(lease.host_if)
         except OSError as exc:
             _log.warning("removing %s: %s", lease.host_if, exc)
         if os.path.lexists(os.path.join(LEGACY_NETNS_DIR, lease.netns)):

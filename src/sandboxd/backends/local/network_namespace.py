@@ -1,4 +1,4 @@
-"""A sandbox's network namespace with its veth, made by system calls in a thread of its own.
+"""A sandbox's network namespace and veth, made (and removed) by system calls in threads.
 
 Why a thread: a network namespace is per thread in Linux, so a thread can ``unshare`` one,
 make the veth pair from inside it (the peer going to the runner's namespace), address it,
@@ -15,7 +15,8 @@ both veth ends) dies with its last holder, also when the runner is killed.
 A caller cancelled meanwhile waits for the thread (it cannot be stopped, and it takes a
 millisecond or two), then the namespace is closed before the cancellation goes on, so the
 caller's rollback never races what the thread makes (``host_commands._end`` holds the same
-rule for commands).
+rule for commands). The veth's removal (:func:`remove_link`) runs in a new thread as well,
+so that a burst of removals never occupies the loop's shared worker threads.
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import netlink
 from .host_commands import NetworkError
 from .syscalls import CLONE_NEWNET, set_ipv4_address, set_link_up, unshare
 
 _THIS_THREADS = "/proc/thread-self/ns/net"
+THREAD_NAME = "sandboxd-netns"
+"""The name of the threads that make and remove networks (tests look for leftovers)."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,7 @@ async def new_network_namespace(plan: VethPlan) -> int:
     Raises ``NetworkError`` naming the host end when a step fails (``File exists`` when a
     link of that name is there already); nothing is then held.
     """
-    done: concurrent.futures.Future[int] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            done.set_result(_make(plan))
-        except BaseException as exc:  # handed to the waiting caller
-            done.set_exception(exc)
-
-    threading.Thread(target=run, name="sandboxd-netns", daemon=True).start()
-    made = asyncio.wrap_future(done)
+    made = _in_new_thread(lambda: _make(plan))
     try:
         return await asyncio.shield(made)
     except asyncio.CancelledError:
@@ -80,6 +77,30 @@ async def new_network_namespace(plan: VethPlan) -> int:
         raise
     except OSError as exc:
         raise NetworkError(f"{plan.host_if}: {exc.strerror or exc}") from None
+
+
+async def remove_link(name: str) -> bool:
+    """Delete link ``name`` (a veth's host end takes the other end along); False if none.
+
+    In a thread of its own too: the kernel may wait for its readers before it answers, and
+    a burst of removals must not occupy the event loop's shared worker threads, which
+    creates use. The removal goes on if the caller is cancelled meanwhile.
+    """
+    return await asyncio.shield(_in_new_thread(lambda: netlink.delete_link(name)))
+
+
+def _in_new_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """``work()`` in a new thread that ends with it; its outcome as a future of this loop."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # handed to the waiting caller
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=THREAD_NAME, daemon=True).start()
+    return asyncio.wrap_future(done)
 
 
 def _make(plan: VethPlan) -> int:
