@@ -11,12 +11,14 @@ Run (as root)::
 
     git worktree add /tmp/base <rev>      # the build to compare against
     .venv/bin/python bench/paired.py --baseline /tmp/base [--rounds 40] \\
-        [--measures warm,cold,exec,burst]
+        [--measures warm,cold,egress,exec,burst]
 
 A build is a checkout whose ``src/`` goes first on ``PYTHONPATH`` of its ``sandboxd up``; the
 client is this checkout's for both. The baseline's native keeper is built from its own
 ``keeper.c`` when it has none. Measures: ``warm`` and ``cold`` (create → first exec result on
 ``bench/sandboxes.py``'s bench-warm and bench-cold profiles, 0.2 s apart so pools refill),
+``egress`` (the same on the default profile: ``internet`` egress, networks made ahead, the
+bench's "create -> first exec result" row),
 ``exec`` (``true`` in a sandbox kept running), ``burst`` (100 concurrent creates, each to its
 first exec result; the sample is the burst's p99, 3 s apart). Beside the latencies it
 prints the CPU time each build's ``sandboxd up`` process (control plane and its in-process
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
 IMAGE = "python:3.11"
-MEASURES = ("warm", "cold", "exec", "burst")
+MEASURES = ("warm", "cold", "egress", "exec", "burst")
 PROFILES = {"warm": "bench-warm", "cold": "bench-cold"}
 POOL_PAUSE_SECONDS = 0.2
 BURST = 100
@@ -57,6 +59,11 @@ def sample(measure: str, held: object) -> float:
         started = time.perf_counter()
         held.exec(["true"]).result()  # type: ignore[attr-defined]
         return time.perf_counter() - started
+    if measure == "egress":  # the default profile (internet egress, its networks made ahead)
+        took, box = sandboxes.create_and_exec(IMAGE)
+        box.stop(graceful_shutdown_seconds=0).result()  # type: ignore[attr-defined]
+        time.sleep(POOL_PAUSE_SECONDS)
+        return took
     if measure == "burst":
         with ThreadPoolExecutor(BURST) as pool:
             runs = list(pool.map(lambda _: sandboxes.create_and_exec(IMAGE), range(BURST)))
