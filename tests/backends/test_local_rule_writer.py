@@ -162,3 +162,25 @@ def test_a_part_retried_after_a_merged_add_failed_in_nat_is_not_added_twice(runs
     finally:
         subprocess.run(["iptables", "-t", "nat", "-F", nat_chain], check=False)
         subprocess.run(["iptables", "-t", "nat", "-X", nat_chain], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_transactions_run_in_the_order_asked_also_when_the_first_is_shielded(
+    runs: Path,
+) -> None:
+    """A chain asked for (``apply_quietly``, shielded) just before another caller's add that
+    jumps to it runs first. It was queued one step late, so the add ran first and failed
+    (``Chain ... does not exist``): in a burst of creates, one create's hook group and the
+    next create's add, whose failure then cost a second of retries and repairs."""
+
+    async def scenario() -> None:
+        writer = RuleWriter()
+        make = f"*filter\n:{chain(1)} - [0:0]\nCOMMIT\n"
+        use = f"*filter\n:{chain(2)} - [0:0]\n-A {chain(2)} -j {chain(1)}\nCOMMIT\n"
+        await asyncio.gather(writer.apply_quietly(make), writer.apply(use))
+        assert ours() == {chain(1), chain(2)}
+        await asyncio.gather(writer.remove(remove(2)), writer.apply(add(3)))
+        await writer.remove(remove(1))  # queued after the removal of the jump to it
+        assert ours() == {chain(3)}
+
+    asyncio.run(scenario())

@@ -73,14 +73,14 @@ class RuleWriter:
         what is not there), so nothing is added twice. A caller that tries again after a
         failure undoes the same way first.
         """
-        await self._ask(_Asked(ADD, rules, nice, undo))
+        await self._queued(_Asked(ADD, rules, nice, undo))
 
     async def apply_quietly(self, rules: str, *, nice: bool = False) -> None:
         """One transaction whose failure is expected at times (and ignored); never merged.
 
         ``nice`` as for :meth:`apply`.
         """
-        await asyncio.shield(self._ask(_Asked(QUIET, rules, nice)))
+        await asyncio.shield(self._queued(_Asked(QUIET, rules, nice)))
 
     async def remove(self, rules: str) -> None:
         """Remove rules (a transaction of deletions), merged with the removals queued with it.
@@ -88,13 +88,22 @@ class RuleWriter:
         Never fails: what cannot be removed in one transaction is removed rule by rule, and
         what is gone already is skipped. Runs even if the caller is cancelled meanwhile.
         """
-        await asyncio.shield(self._ask(_Asked(REMOVE, rules, False)))
+        await asyncio.shield(self._queued(_Asked(REMOVE, rules, False)))
 
-    async def _ask(self, asked: _Asked) -> None:
+    def _queued(self, asked: _Asked) -> asyncio.Future[None]:
+        """Queue ``asked`` now, before the caller yields; its ``done`` future.
+
+        Now, not in a task of its own: the order of the queue is the order of the calls.
+        A hook group's chains asked for by one create (``apply_quietly``, shielded) were
+        queued one step later than another create's add that needs them, which then ran
+        first and failed (``Chain 'SBX-I-4' does not exist``); in a burst of creates each
+        such failure retried its parts alone and repaired the group, a second of one
+        transaction after another while every other create waited for its rules.
+        """
         self._queue.append(asked)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
-        await asked.done
+        return asked.done
 
     async def _write(self) -> None:
         taken: list[_Asked] = []
