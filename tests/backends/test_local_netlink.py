@@ -40,7 +40,7 @@ def test_a_bad_interface_name_is_refused_before_anything_is_sent(name: str) -> N
     with pytest.raises(ValueError, match="bad interface name"):
         netlink.delete_link(name)
     with pytest.raises(ValueError, match="bad interface name"):
-        netlink.add_veth("eth0", name, 0)
+        netlink.set_up_sandbox_link(name, 0, "10.99.2.2", 30, "10.99.2.1")
 
 
 def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_was() -> None:

@@ -1,10 +1,10 @@
-"""The three rtnetlink requests a sandbox network needs: veth pair, default route, removal.
+"""The rtnetlink requests of a sandbox network: its veth, address, links up, route; removal.
 
 Why by hand rather than ``ip`` or a netlink library: each ``ip`` run on a create's path
 was a process started through asyncio (a fork of the runner, an exec, pipes and a child
 watcher: 3-5 ms of CPU, more on a busy host), and a burst of creates spent more of its CPU
 starting ``unshare`` and ``ip`` than the kernel spent making their networks. A library
-such as pyroute2 would do, but three fixed messages are a few dozen lines, and this module
+such as pyroute2 would do, but six fixed messages are a few dozen lines, and this module
 (standard library only) adds nothing to the runner's imports.
 
 Every request asks for an acknowledgement and waits for it, so a failure (a name that
@@ -19,10 +19,12 @@ import itertools
 import os
 import socket
 import struct
+from collections.abc import Sequence
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
@@ -37,6 +39,12 @@ IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
 RTA_GATEWAY = 5
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFF_UP = 0x1
+LOOPBACK_INDEX = 1
+INSIDE_INDEX = 2
+INSIDE_NAME = "eth0"
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE = 0
@@ -45,6 +53,7 @@ RTN_UNICAST = 1
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
 _ATTR = struct.Struct("=HH")  # rtattr
 _sequence = itertools.count(1)
 
@@ -62,64 +71,92 @@ def _name(name: str) -> bytes:
     return raw + b"\0"
 
 
-def _request(kind: int, flags: int, body: bytes) -> None:
-    """Send one request in this thread's network namespace and wait for its acknowledgement.
+def _requests(messages: Sequence[tuple[int, int, bytes]]) -> None:
+    """Send requests in one write, in this thread's network namespace; wait for every ack.
 
-    The socket is made here, so the request acts in the namespace of the calling thread
-    (``network_namespace.py`` makes one in a thread of its own).
+    The socket is made here, so the requests act in the namespace of the calling thread
+    (``network_namespace.py`` makes one in a thread of its own). The kernel runs them in
+    order and answers each; the first that failed, in order, is raised as ``OSError``.
+    One write and one socket for them all: each system call of a thread in this process
+    may wait for the interpreter lock afterwards, which in a burst of creates meant
+    milliseconds per call.
     """
-    seq = next(_sequence)
-    flags |= NLM_F_REQUEST | NLM_F_ACK
-    message = _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0)
+    wire = bytearray()
+    sequence: list[int] = []
+    for kind, flags, body in messages:
+        seq = next(_sequence)
+        sequence.append(seq)
+        asked = flags | NLM_F_REQUEST | NLM_F_ACK
+        wire += _HEADER.pack(_HEADER.size + len(body), kind, asked, seq, 0) + body
+    failed: dict[int, int] = {}
+    pending = set(sequence)
     kind_of_socket = socket.SOCK_RAW | socket.SOCK_CLOEXEC
     with socket.socket(socket.AF_NETLINK, kind_of_socket, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        sock.sendall(message + body)
-        while True:
+        sock.sendall(wire)
+        while pending:
             reply = sock.recv(65536)
             offset = 0
             while offset + _HEADER.size <= len(reply):
                 length, rtype, _flags, rseq, _pid = _HEADER.unpack_from(reply, offset)
                 if length < _HEADER.size:
                     raise OSError(errno.EPROTO, "malformed netlink reply")
-                if rseq == seq and rtype == NLMSG_ERROR:
+                if rseq in pending and rtype == NLMSG_ERROR:
+                    pending.discard(rseq)
                     (code,) = struct.unpack_from("=i", reply, offset + _HEADER.size)
                     if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return
+                        failed[rseq] = -code
                 offset += (length + 3) & ~3
+    for seq in sequence:
+        if seq in failed:
+            raise OSError(failed[seq], os.strerror(failed[seq]))
 
 
-def add_veth(name: str, peer: str, peer_netns_fd: int) -> None:
-    """A veth pair: ``name`` here, ``peer`` in the namespace ``peer_netns_fd`` refers to.
+def _link(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
+    return _IFINFO.pack(0, 0, index, flags, change)
 
-    Both down and without addresses. ``EEXIST`` if either name is taken (a host end left by
-    a crash, or a duplicate): then nothing was made.
+
+def set_up_sandbox_link(
+    host_if: str, runner_netns_fd: int, address: str, prefix_len: int, gateway: str
+) -> None:
+    """In the calling thread's new namespace: its end of a veth pair, up and routed.
+
+    ``eth0`` (interface 2: ``lo`` is always 1 in a new namespace) with ``address``/
+    ``prefix_len``, up, ``lo`` up, and a default route via ``gateway``; the other end,
+    ``host_if``, in the namespace ``runner_netns_fd`` refers to, down and without an
+    address. Five requests in one write. ``EEXIST`` if ``host_if`` is taken (a host end
+    left by a crash, or a duplicate): then no veth was made. The caller discards the
+    namespace on any error, and with it whatever of this was made.
     """
-    peer_info = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer))
-    peer_info += _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
-    info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(
-        IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info)
-    )
-    body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
-    body += _attr(IFLA_LINKINFO, info)
-    _request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
-
-
-def add_default_route(gateway: str) -> None:
-    """``default via gateway`` in the main table (the gateway must be on a link that is up)."""
-    body = _RTMSG.pack(
+    peer = _link() + _attr(IFLA_IFNAME, _name(host_if))
+    peer += _attr(IFLA_NET_NS_FD, struct.pack("=I", runner_netns_fd))
+    info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
+    veth = _link(INSIDE_INDEX) + _attr(IFLA_IFNAME, _name(INSIDE_NAME)) + _attr(IFLA_LINKINFO, info)
+    packed = socket.inet_aton(address)
+    if not 0 < prefix_len <= 32:
+        raise ValueError(f"bad prefix length {prefix_len}")
+    addr = _IFADDR.pack(socket.AF_INET, prefix_len, 0, RT_SCOPE_UNIVERSE, INSIDE_INDEX)
+    addr += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+    route = _RTMSG.pack(
         socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0
     )
-    body += _attr(RTA_GATEWAY, socket.inet_aton(gateway))
-    _request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+    route += _attr(RTA_GATEWAY, socket.inet_aton(gateway))
+    made = NLM_F_CREATE | NLM_F_EXCL
+    _requests(
+        [
+            (RTM_NEWLINK, made, veth),
+            (RTM_NEWADDR, made, addr),
+            (RTM_NEWLINK, 0, _link(INSIDE_INDEX, IFF_UP, IFF_UP)),
+            (RTM_NEWLINK, 0, _link(LOOPBACK_INDEX, IFF_UP, IFF_UP)),
+            (RTM_NEWROUTE, made, route),
+        ]
+    )
 
 
 def delete_link(name: str) -> bool:
     """Delete link ``name`` (a veth takes its peer with it); False if there is none."""
-    body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
     try:
-        _request(RTM_DELLINK, 0, body)
+        _requests([(RTM_DELLINK, 0, _link() + _attr(IFLA_IFNAME, _name(name)))])
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             return False

@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from . import netlink
 from .host_commands import NetworkError
-from .syscalls import CLONE_NEWNET, set_ipv4_address, set_link_up, unshare
+from .syscalls import CLONE_NEWNET, unshare
 
 _THIS_THREADS = "/proc/thread-self/ns/net"
 THREAD_NAME = "sandboxd-netns"
@@ -112,11 +112,9 @@ def _make(plan: VethPlan) -> int:
         held = os.open(_THIS_THREADS, os.O_RDONLY | os.O_CLOEXEC)
         if os.fstat(held).st_ino == os.fstat(runner_ns).st_ino:
             raise OSError(0, "no new network namespace was made")
-        netlink.add_veth("eth0", plan.host_if, runner_ns)
-        set_ipv4_address("eth0", plan.address, plan.prefix_len)  # while down (see there)
-        set_link_up("eth0")
-        set_link_up("lo")
-        netlink.add_default_route(plan.gateway)
+        netlink.set_up_sandbox_link(
+            plan.host_if, runner_ns, plan.address, plan.prefix_len, plan.gateway
+        )
     except BaseException:
         if held >= 0:
             os.close(held)
