@@ -414,7 +414,7 @@ class NetworkManager:
         runner's, which need not be the host's); that end's address and state are two
         ioctls here. A host end left by a crash under the same name fails the veth ("File
         exists") before anything else is made. Also when made ahead of need, this runs at the
-        normal CPU priority (``new_network_namespace`` says why); it is about 2 ms of CPU.
+        normal CPU priority (``new_network_namespace`` says why); it is 1-2 ms of CPU.
         """
         with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/ip_forward") as fh:
             if fh.read().strip() != "1":

@@ -61,7 +61,7 @@ async def new_network_namespace(plan: VethPlan) -> int:
     namespace). Never at a lowered CPU priority, also when made ahead of need: the thread
     holds the interpreter lock between its calls, and a niced thread preempted while
     holding it would stall the event loop for as long as it waits for the CPU (priority
-    inversion); its work is about 2 ms of CPU, most of it in the kernel.
+    inversion); its work is 1-2 ms of CPU, most of it in the kernel.
     Raises ``NetworkError`` naming the host end when a step fails (``File exists`` when a
     link of that name is there already); nothing is then held.
     """
