@@ -7,9 +7,10 @@ starting ``unshare`` and ``ip`` than the kernel spent making their networks. A l
 such as pyroute2 would do, but six fixed messages are a few dozen lines, and this module
 (standard library only) adds nothing to the runner's imports.
 
-Every request asks for an acknowledgement and waits for it, so a failure (a name that
-exists, a gateway that is not reachable) is an ``OSError`` with the kernel's errno, here,
-before anything else is made.
+The requests of a set go out in one write and each asks for an acknowledgement; the kernel
+runs and answers them all, in order. The first that failed (a name that exists, a gateway
+that is not reachable) is raised as an ``OSError`` with the kernel's errno; the caller then
+discards the namespace, and with it whatever the rest of the set made.
 """
 
 from __future__ import annotations
