@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,14 +17,10 @@ import pytest
 from sandboxd.backends.base import EgressType
 from sandboxd.backends.local.hook_chains import nat_chain
 from sandboxd.backends.local.network import Lease, NetworkManager
-from tests.support.host_network import chain_rules, jumps_to
+from tests.support.host_network import chain_rules, in_own_network_namespace, jumps_to
 
 POOL = "10.214.8.0/24"
 INTERNET = EgressType.INTERNET
-
-
-ROOT = str(Path(__file__).resolve().parents[2])
-"""The repository root, on the namespace scripts' path (they import ``tests.support``)."""
 
 
 @pytest.fixture(autouse=True)
@@ -185,14 +179,7 @@ def test_a_bucket_goes_with_its_last_network_and_a_wiped_one_is_made_again(
 
 
 def _in_own_network_namespace(script: str, tmp_path: Path) -> None:
-    ran = subprocess.run(
-        ["unshare", "--net", "--", sys.executable, "-c", script, str(tmp_path / "ipam")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])},
-    )
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    in_own_network_namespace(script, str(tmp_path / "ipam"))
 
 
 # Run in a network namespace of its own (its own, empty firewall), since it flushes built-in

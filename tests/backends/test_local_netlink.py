@@ -7,32 +7,19 @@ Python), so nothing here touches the host's links.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from sandboxd.backends.local import netlink
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.host_network import in_own_network_namespace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 
 def _in_own_netns(script: str) -> str:
     """Run ``script`` in a fresh network namespace; its output (it must exit 0)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "src"), *sys.path])}
-    done = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return in_own_network_namespace(textwrap.dedent(script), timeout=60)
 
 
 @pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a\0b"])

@@ -2,13 +2,18 @@
 
 Why one place: several backend tests watch a sandbox network's host end (``sbx<tag>``) and
 its rules appear and vanish, and each kept its own copy of these few lines. Scripts that a
-test runs in a network namespace of its own import them too (the repository root is on
-their path, see ``tests/backends/test_local_hook_chains.py``).
+test runs in a network namespace of its own (:func:`in_own_network_namespace`, which puts
+the repository root on their path) import them too.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def link_exists(name: str) -> bool:
@@ -47,3 +52,22 @@ def chain_rules(name: str, table: str = "filter") -> list[str]:
 def jumps_to(chain: str, table: str = "filter") -> list[str]:
     """The rules of ``table`` that jump to ``chain``."""
     return [line for line in table_rules(table) if line.endswith(f"-j {chain}")]
+
+
+def in_own_network_namespace(script: str, *argv: str, timeout: float = 120) -> str:
+    """Run Python ``script`` (with ``argv``) in a new network namespace; its output.
+
+    Its own namespace, so it may flush firewall chains or make links without touching the
+    host's or other test workers'. The repository root goes first on its path (it imports
+    ``tests.support``); it must exit 0, or the test fails with its output.
+    """
+    ran = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])},
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    return ran.stdout
