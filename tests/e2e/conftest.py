@@ -19,7 +19,8 @@ import pytest
 
 from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from tests.support.official import OFFICIAL_VERSION, official_python
-from tests.support.processes import SANDBOXD, Proc, admin_call, child_env, free_port, printed
+from tests.support.ports import free_port
+from tests.support.processes import SANDBOXD, Proc, admin_call, child_env, printed
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["OFFICIAL_VERSION", "Platform", "run_python"]

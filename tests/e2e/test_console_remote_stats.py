@@ -17,7 +17,7 @@ import pytest
 from tests.support.console import Console
 from tests.support.faults import UNHEALTHY_BOUND, Cluster, start_cluster, wait_until
 from tests.support.hosts import HostNetwork
-from tests.support.processes import free_port
+from tests.support.ports import free_port
 
 # Holds about 24 MiB of memory so the graph has something to show.
 HOLD = "python3 -c 'import time; b = bytearray(24 << 20); time.sleep(600)'"

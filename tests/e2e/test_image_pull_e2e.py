@@ -22,7 +22,8 @@ from cwsandbox import Sandbox
 from sandboxd.images import ImageStore
 from sandboxd.images.build import build_image
 from tests.support.faults import wait_until
-from tests.support.processes import SANDBOXD, Proc, all_in_one, child_env, free_port
+from tests.support.ports import free_port
+from tests.support.processes import SANDBOXD, Proc, all_in_one, child_env
 
 USER, PASSWORD = "tester", "s3cret-pw"
 MARKER = "pulled from the test registry\n"

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import OUR_PYTHON, run_python
+from tests.support.ports import free_port
 from tests.support.processes import (
     SANDBOXD,
     ControlPlaneProcess,
     Proc,
     RunnerProcess,
     child_env,
-    free_port,
     printed,
 )
 from tests.support.tls import TlsFiles, make_tls_files

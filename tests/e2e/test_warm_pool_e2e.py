@@ -27,7 +27,8 @@ from cwsandbox.exceptions import CWSandboxError
 from tests.backends.disk_support import loop_devices
 from tests.e2e.conftest import GUIDE_RUNNER_ID, Platform, run_python
 from tests.support.faults import sandbox_pids
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port, printed
+from tests.support.ports import free_port
+from tests.support.processes import SANDBOXD, Proc, child_env, printed
 
 POOL_SIZE = 2
 CONFIG = f"""

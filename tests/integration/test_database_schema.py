@@ -34,8 +34,9 @@ from sandboxd.store.base import Base
 from sandboxd.store.sandbox_store import ListQuery
 from sandboxd.store.schema import DatabaseProblem, head_revision
 from sandboxd_protocol.v1beta2 import gateway_pb2 as S
+from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
-from tests.support.processes import SANDBOXD, child_env, free_port
+from tests.support.processes import SANDBOXD, child_env
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy-29f4169.sql"
 EXIT_DATABASE = 4

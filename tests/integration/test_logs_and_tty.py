@@ -28,7 +28,8 @@ from sandboxd_protocol.v1beta2 import (
     streaming_pb2,
     streaming_pb2_grpc,
 )
-from tests.support.processes import SANDBOXD, Proc, child_env, free_port, keyed_channel, printed
+from tests.support.ports import free_port
+from tests.support.processes import SANDBOXD, Proc, child_env, keyed_channel, printed
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,9 @@ from sandboxd.secrets.rules import (
     MAX_VALUE_BYTES,
 )
 from sandboxd_protocol.v1beta2 import secrets_pb2 as sp
+from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
-from tests.support.processes import SANDBOXD, ControlPlaneProcess, child_env, free_port
+from tests.support.processes import SANDBOXD, ControlPlaneProcess, child_env
 from tests.support.secret_api import SecretsApi, error_of, files_containing, marker, status_of
 
 EXIT_DATABASE = 4

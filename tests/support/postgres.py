@@ -44,7 +44,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.processes import Proc, free_port
+from tests.support.ports import free_port
+from tests.support.processes import Proc
 
 PG_ROOT = Path("/usr/lib/postgresql")
 _READY = "LOG:  database system is ready to accept connections"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from google.protobuf.message import Message
 
 from sandboxd_protocol.sandboxd_v1 import admin_pb2
 from sandboxd_protocol.v1beta2 import discovery_pb2, discovery_pb2_grpc
+from tests.support.ports import free_port
 
 SANDBOXD = [sys.executable, "-m", "sandboxd"]
 ADMIN = "/sandboxd.admin.v1.AdminService/"
@@ -106,13 +106,6 @@ def write_secret(path: Path, secret: str) -> Path:
     path.touch(mode=0o600)
     path.write_text(secret + "\n")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

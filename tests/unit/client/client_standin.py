@@ -9,7 +9,6 @@ live in ``tests/e2e``.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sandboxd_protocol.v1beta2 import discovery_pb2 as pb
 from sandboxd_protocol.v1beta2 import discovery_pb2_grpc as pb_grpc
+from tests.support.ports import free_port
 
 GiB = 1024**3
 
@@ -340,7 +340,4 @@ def bad_request(*violations: tuple[str, str]) -> Message:
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback URL on which nothing listens (the port was bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import grpc.aio
 import pytest
 
 from sandboxd_protocol.sandboxd_v1 import runner_pb2, runner_pb2_grpc
+from tests.support.ports import free_port
 from tests.unit.runner.exec_standin import bearer_of
 
 
@@ -168,9 +168,7 @@ class FakeControlPlane(runner_pb2_grpc.RunnerServiceServicer):
 @pytest.fixture
 def unused_port() -> int:
     """A port that nothing listens on right now (for "control plane is down" tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture
