@@ -31,9 +31,9 @@ def test_a_bad_interface_name_is_refused_before_anything_is_sent(name: str) -> N
 
 
 def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_was() -> None:
-    """eth0 with its address and default route inside; the host end here, down; a clash is
-    EEXIST with nothing made; the runner's thread never left its namespace; removal is
-    idempotent."""
+    """eth0 with its address and default route inside, IPv6 off there from the start; the
+    host end here, addressed and up, without IPv6; a clash is EEXIST with nothing made;
+    the runner's thread never left its namespace; removal is idempotent."""
     out = _in_own_netns(
         """
         import asyncio, os, subprocess, threading, time
@@ -56,11 +56,20 @@ def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_
         links = ip("-o", "link", ns=fd)
         assert "lo: <LOOPBACK,UP" in links and "eth0@" in links, links
         assert "sbxtest0" not in links
-        host_end = ip("-o", "link", "show", "sbxtest0")
-        assert "sbxtest0@" in host_end and "state DOWN" in host_end, host_end
-        subprocess.run(["ip", "addr", "add", "10.99.0.1/30", "dev", "sbxtest0"], check=True)
-        subprocess.run(["ip", "link", "set", "sbxtest0", "up"], check=True)
+        host_end = ip("-o", "addr", "show", "sbxtest0")
+        assert "10.99.0.1/30" in host_end and "inet6" not in host_end, host_end
+        assert ",UP," in ip("-o", "link", "show", "sbxtest0")  # IFF_UP set
         assert "default via 10.99.0.1 dev eth0" in ip("route", ns=fd)
+        # IPv6 is off inside before any link came up: no address at all, not even ::1
+        assert ip("-6", "addr", ns=fd) == "", ip("-6", "addr", ns=fd)
+        for scope in ("all", "default", "eth0", "lo"):
+            conf = f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"
+            assert subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", "cat", conf],
+                                  capture_output=True, text=True, pass_fds=(fd,)).stdout == "1\\n"
+        with open("/proc/sys/net/ipv6/conf/sbxtest0/disable_ipv6") as host_conf:
+            assert host_conf.read() == "1\\n"
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6") as runner_default:
+            assert runner_default.read() == "0\\n"  # the runner's own namespace is untouched
 
         try:
             asyncio.run(new_network_namespace(plan))

@@ -58,10 +58,12 @@ def test_internet_reaches_outside_through_nat(
                 # the test host sees the host's address: the sandbox is masqueraded
                 assert code == 0 and out == f"hello {ip} from-peer {test_host.host_ip}\n".encode()
             r = await run(local_harness, sid, ["ip", "-o", "-4", "addr"])
-            assert b"eth0" in r.stdout
-            assert (
-                await run(local_harness, sid, ["cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])
-            ).stdout == b"1\n"
+            assert b"eth0" in r.stdout and b"lo    inet 127.0.0.1/8" in r.stdout, r.stdout
+            for scope in ("all", "default", "eth0", "lo"):
+                conf = f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"
+                assert (await run(local_harness, sid, ["cat", conf])).stdout == b"1\n", scope
+            # no IPv6 address at all, not even lo's ::1, and no way to the host over IPv6
+            assert (await run(local_harness, sid, ["ip", "-6", "addr"])).stdout == b""
 
     go(aio, scenario())
 

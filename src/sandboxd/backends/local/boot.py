@@ -98,11 +98,6 @@ def close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _write_sysctl(path: str, value: str) -> None:
-    with contextlib.suppress(OSError), open(path, "w") as fh:
-        fh.write(value)
-
-
 def _wait_byte(fd: int, timeout: float) -> bytes:
     poller = select.poll()  # not select(): it refuses descriptors from 1,024 up
     poller.register(fd, select.POLLIN)
@@ -120,12 +115,15 @@ def _shed_host_descriptors(fds: AgentFds) -> None:
 
 def _namespaces(req: dict[str, Any], fds: AgentFds) -> None:
     flags = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+    lo_down = True
     if fds.netns is not None:
         syscalls.setns(fds.netns, syscalls.CLONE_NEWNET)
         os.close(fds.netns)
         fds.netns = None
-        for key in ("all", "default"):
-            _write_sysctl(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "1")
+        # Nothing more to do here: the runner switched IPv6 off in it and brought lo up
+        # (network_namespace.py). Each of those takes the kernel's network lock, which
+        # a burst of creates keeps busy, and an IPv6 switch waits for it by retrying.
+        lo_down = False
     elif fds.empty_netns is not None:  # as if unshared here, a millisecond earlier
         syscalls.setns(fds.empty_netns, syscalls.CLONE_NEWNET)
         os.close(fds.empty_netns)
@@ -133,7 +131,8 @@ def _namespaces(req: dict[str, Any], fds: AgentFds) -> None:
     else:
         flags |= syscalls.CLONE_NEWNET
     syscalls.unshare(flags)
-    syscalls.set_link_up("lo")
+    if lo_down:
+        syscalls.set_link_up("lo")
 
 
 def _lock_down(req: dict[str, Any], fds: AgentFds) -> None:

@@ -63,7 +63,6 @@ from .hook_chains import (
 from .host_commands import NetworkError, run
 from .network_namespace import VethPlan, new_network_namespace, remove_link
 from .rule_writer import RESTORE, RuleWriter
-from .syscalls import set_ipv4_address, set_link_up
 
 __all__ = ["Lease", "NetworkError", "NetworkManager"]
 
@@ -411,8 +410,9 @@ class NetworkManager:
 
         System calls in a thread of its own (``network_namespace.py``): it makes the
         namespace and the veth there, with its other end in this process's namespace (the
-        runner's, which need not be the host's); that end's address and state are two
-        ioctls here. A host end left by a crash under the same name fails the veth ("File
+        runner's, which need not be the host's), then comes back to give that end its
+        address and bring it up; the loop's thread never waits for the kernel's network
+        lock. A host end left by a crash under the same name fails the veth ("File
         exists") before anything else is made. Also when made ahead of need, this runs at the
         normal CPU priority (``new_network_namespace`` says why); it is 1-2 ms of CPU.
         """
@@ -421,13 +421,6 @@ class NetworkManager:
                 _write("/proc/sys/net/ipv4/ip_forward", "1")
         plan = VethPlan(lease.host_if, lease.sandbox_ip, 30, lease.host_ip)
         self._netns[lease.tag] = await new_network_namespace(plan)
-        try:
-            with contextlib.suppress(OSError):
-                _write(f"/proc/sys/net/ipv6/conf/{lease.host_if}/disable_ipv6", "1")
-            set_ipv4_address(lease.host_if, lease.host_ip, 30)  # while down: see there
-            set_link_up(lease.host_if)
-        except OSError as exc:
-            raise NetworkError(f"{lease.host_if}: {exc}") from None
 
     def netns_fd(self, lease: Lease) -> int | None:
         """The descriptor of ``lease``'s namespace while this process still holds it."""

@@ -2,8 +2,9 @@
 
 Why a thread: a network namespace is per thread in Linux, so a thread can ``unshare`` one,
 make the veth pair from inside it (the peer going to the runner's namespace), address it,
-bring it up, add the default route, open the namespace and end, while the event loop's
-thread stays where it is. That is a few system calls instead of ``unshare`` and ``ip``
+bring it up, add the default route, open the namespace, go back to the runner's namespace
+to address the host end and bring it up, and end, while the event loop's thread stays
+where it is. That is a few system calls instead of ``unshare`` and ``ip``
 runs: a burst of 100 creates spent about 5 ms of CPU per create starting those two
 programs through asyncio, more than the kernel's own work on the network.
 
@@ -32,7 +33,7 @@ from typing import TypeVar
 
 from . import netlink
 from .host_commands import NetworkError
-from .syscalls import CLONE_NEWNET, unshare
+from .syscalls import CLONE_NEWNET, set_ipv4_address, set_link_up, setns, unshare
 
 _THIS_THREADS = "/proc/thread-self/ns/net"
 THREAD_NAME = "sandboxd-netns"
@@ -42,10 +43,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class VethPlan:
-    """What a new namespace gets: its ``eth0`` and the name of the veth's host end.
+    """What a new namespace gets: its ``eth0``, and the veth's host end in the runner's.
 
-    ``eth0`` has ``address``/``prefix_len`` and a default route via ``gateway`` (the host
-    end's address).
+    ``eth0`` has ``address``/``prefix_len`` and a default route via ``gateway``; the host
+    end, ``host_if``, has ``gateway``/``prefix_len``. Both are up, without IPv6.
     """
 
     host_if: str
@@ -57,8 +58,10 @@ class VethPlan:
 async def new_network_namespace(plan: VethPlan) -> int:
     """A descriptor of a new network namespace, set up as ``plan`` says.
 
-    The host end is left down and without an address (the caller's part, in its own
-    namespace). Never at a lowered CPU priority, also when made ahead of need: the thread
+    Also the host end's part is done in the thread (back in the runner's namespace), not
+    on the event loop's: each of its steps takes the kernel's network configuration lock
+    (RTNL), which a burst of creates keeps busy, and the loop would wait for it. Never at a
+    lowered CPU priority, also when made ahead of need: the thread
     holds the interpreter lock between its calls, and a niced thread preempted while
     holding it would stall the event loop for as long as it waits for the CPU (priority
     inversion); its work is 1-2 ms of CPU, most of it in the kernel.
@@ -104,7 +107,13 @@ def _in_new_thread(work: Callable[[], T]) -> asyncio.Future[T]:
 
 
 def _make(plan: VethPlan) -> int:
-    """In this (new, short-lived) thread: leave for a new namespace and set it up."""
+    """In this (new, short-lived) thread: leave for a new namespace, set it up, come back.
+
+    IPv6 is switched off in the new namespace before any link in it is up, so ``eth0`` is
+    made without it and ``lo`` never gets ``::1``: nothing to take down afterwards. Then,
+    back in the runner's namespace, the host end gets its IPv6 switched off, its address,
+    and comes up.
+    """
     runner_ns = os.open(_THIS_THREADS, os.O_RDONLY | os.O_CLOEXEC)
     held = -1
     try:
@@ -112,9 +121,15 @@ def _make(plan: VethPlan) -> int:
         held = os.open(_THIS_THREADS, os.O_RDONLY | os.O_CLOEXEC)
         if os.fstat(held).st_ino == os.fstat(runner_ns).st_ino:
             raise OSError(0, "no new network namespace was made")
+        for scope in ("default", "all"):  # links made from now on, and those there (lo)
+            _disable_ipv6(scope)
         netlink.set_up_sandbox_link(
             plan.host_if, runner_ns, plan.address, plan.prefix_len, plan.gateway
         )
+        setns(runner_ns, CLONE_NEWNET)
+        _disable_ipv6(plan.host_if)
+        set_ipv4_address(plan.host_if, plan.gateway, plan.prefix_len)  # while down: see there
+        set_link_up(plan.host_if)
     except BaseException:
         if held >= 0:
             os.close(held)
@@ -122,3 +137,19 @@ def _make(plan: VethPlan) -> int:
     finally:
         os.close(runner_ns)
     return held
+
+
+def _disable_ipv6(scope: str) -> None:
+    """Switch IPv6 off for ``scope`` (a link, ``all`` or ``default``) in this thread's namespace.
+
+    A kernel without IPv6 has no such file: nothing to switch off. Any other failure is
+    raised: a sandbox network must not be handed out with IPv6 on, beside the IPv4 rules.
+    """
+    try:
+        fd = os.open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
