@@ -184,3 +184,36 @@ def test_transactions_run_in_the_order_asked_also_when_the_first_is_shielded(
         assert ours() == {chain(3)}
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_quiet_transactions_asked_together_run_as_one_and_a_failing_one_spoils_no_other(
+    runs: Path,
+) -> None:
+    """Hook groups asked for at once (a burst's first creates) are one ``iptables-restore``
+    run when none exists; when one exists already (``-N`` fails), the merged run is rolled
+    back by the kernel and each runs alone: every other group is still made, and the one
+    that failed fails quietly."""
+
+    def make(n: int) -> str:
+        return f"*filter\n-N {chain(n)}\n-A {chain(n)} -j RETURN\nCOMMIT\n"
+
+    async def scenario() -> None:
+        writer = RuleWriter()
+        first = asyncio.ensure_future(writer.apply_quietly(make(0)))  # runs at once ...
+        await asyncio.sleep(0)
+        await asyncio.gather(first, *(writer.apply_quietly(make(n)) for n in range(1, 13)))
+        assert ours() == {chain(n) for n in range(13)}
+        assert count(runs) == 2, count(runs)  # ... and the 12 asked meanwhile as one
+
+        before = count(runs)
+        blocker = asyncio.ensure_future(writer.apply_quietly(make(20)))
+        await asyncio.sleep(0)
+        again = [make(n) for n in (21, 5, 22)]  # 5 exists: its -N fails
+        await asyncio.gather(blocker, *(writer.apply_quietly(rules) for rules in again))
+        assert ours() == {chain(n) for n in (*range(13), 20, 21, 22)}
+        assert count(runs) - before == 1 + 1 + 3  # the blocker, the merged try, each alone
+        out = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True)
+        assert out.stdout.count(f"-A {chain(5)} -j RETURN") == 1  # nothing added twice
+
+    asyncio.run(scenario())
