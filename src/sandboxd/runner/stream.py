@@ -49,6 +49,10 @@ def open_channel(
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Its own connections: gRPC otherwise shares them between channels of the same
+        # target and options, and a redial's channel could take over the last session's
+        # connection, still open while that channel closes, instead of starting clean.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if keepalive_interval is not None:
         options += [
