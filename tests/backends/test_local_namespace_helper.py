@@ -78,7 +78,7 @@ def test_a_user_namespace_made_by_the_helper_maps_root_to_the_sandboxs_range(
         os.close(fd)
 
 
-def test_an_empty_network_namespace_made_by_the_helper_has_only_loopback(helper: int) -> None:
+def test_an_empty_network_namespace_made_by_the_helper_has_only_loopback_up(helper: int) -> None:
     fd = syscalls.namespace_by_helper(syscalls.CLONE_NEWNET, "net", lambda _pid: None, helper)
     try:
         assert _ns_link(fd).startswith("net:[")
@@ -86,6 +86,9 @@ def test_an_empty_network_namespace_made_by_the_helper_has_only_loopback(helper:
         devices = _inside(fd, syscalls.CLONE_NEWNET, "/proc/self/net/dev")
         names = [line.split(":")[0].strip() for line in devices.splitlines()[2:]]
         assert names == ["lo"]
+        # lo is up (made ahead, so the agent need not bring it up on a create's path): the
+        # kernel gave it 127.0.0.1, which it does only when the link comes up
+        assert "127.0.0.1" in _inside(fd, syscalls.CLONE_NEWNET, "/proc/self/net/fib_trie")
     finally:
         os.close(fd)
 

@@ -261,7 +261,7 @@ def test_sandboxes_without_a_network_each_get_a_fresh_namespace_made_ahead(
                 assert interfaces == ["lo"], r.stdout
                 assert r.stdout.decode().splitlines()[-1] == netns
                 r = await run(local_harness, sid, ["cat", "/sys/class/net/lo/flags"])
-                assert int(r.stdout, 16) & 0x1  # IFF_UP: the agent brought lo up
+                assert int(r.stdout, 16) & 0x1  # IFF_UP: the helper brought lo up ahead
 
     go(aio, scenario())
 

@@ -359,11 +359,17 @@ _IFF_UP = 0x1
 
 
 def set_link_up(name: str = "lo") -> None:
-    """Bring an interface of the current network namespace up with one ioctl (no ``ip`` run)."""
+    """Bring an interface of the current network namespace up with one ioctl (no ``ip`` run).
+
+    Only reads its flags when it is up already: setting them takes the kernel's network
+    configuration lock (RTNL), which a burst of creates keeps busy, and reading does not.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         req = struct.pack("16sH14x", name.encode(), 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+        if not flags & _IFF_UP:
+            up = struct.pack("16sH14x", name.encode(), flags | _IFF_UP)
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, up)
 
 
 def set_ipv4_address(name: str, address: str, prefix_len: int) -> None:
