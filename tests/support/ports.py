@@ -6,8 +6,9 @@ and the moment its server binds it (or binds it again after a restart), any clie
 machine can take it for a connection: CI once failed with "Address already in use" that way.
 So the ports handed out here lie below the ephemeral range, where the kernel never picks a
 source port, and each pytest-xdist worker has a slice of its own, so two workers never hand
-out the same port. Within a worker the ports go round the slice, so a port is handed out
-again only after all the others.
+out the same port (22 slices with the default range; a 23rd worker would share the first).
+Within a worker the ports go round the slice, so a port is handed out again only after all
+the others.
 """
 
 from __future__ import annotations
