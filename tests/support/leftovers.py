@@ -43,7 +43,7 @@ def host_network_leftovers() -> set[str]:
 
 
 # The names sandboxd's own processes give themselves (prctl), and how its CLI is started.
-PROCESS_NAMES = ("sandboxd-init", "sandboxd-keeper", "sandboxd-zygote")
+PROCESS_NAMES = ("sandboxd-init", "sandboxd-keeper", "sandboxd-spare", "sandboxd-zygote")
 CLI_MARKERS = ("-m sandboxd ", "/bin/sandboxd ")
 
 

@@ -35,11 +35,13 @@ import contextlib
 import os
 import select
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from . import rootfs, seccomp, syscalls, userns
+from . import protocol, rootfs, seccomp, syscalls, userns
 from .agent import Agent
+from .resolve import Root
 
 SETUP_TIMEOUT = 20.0
 READY_MESSAGE_LIMIT = 4000
@@ -162,8 +164,38 @@ def _volumes(req: dict[str, Any], fds: AgentFds) -> tuple[tuple[str, int, bool],
     )
 
 
-def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
-    """PID 1 of the new PID namespace: shed, build, join, become, lock down, then serve."""
+def _await_join(fds: AgentFds, owner: int, *, late_files: bool) -> None:
+    """Wait for the keeper's word that we are in the sandbox's cgroups.
+
+    An agent forked ahead (``spares.py``) hears it on a socket, together with the mounted
+    files, which its keeper copied only once claimed: they are placed here, in root, as
+    :func:`rootfs.build` places them for a forked agent.
+    """
+    if not late_files:
+        joined = _wait_byte(fds.joined_r, SETUP_TIMEOUT)
+        os.close(fds.joined_r)
+    else:
+        with socket.socket(fileno=fds.joined_r) as chan:
+            chan.settimeout(SETUP_TIMEOUT)
+            msg, named = protocol.recv_named(chan)
+        if msg is None:
+            raise OSError("the keeper exited during setup")
+        joined = str(msg.get("joined", "")).encode()
+        paths = msg.get("files") or []
+        files = [(str(path), named[f"file{i}"]) for i, path in enumerate(paths)]
+        if joined == b"ok" and files:
+            with Root("/") as root:
+                rootfs.place_files(root, files, owner)
+    if joined != b"ok":
+        raise OSError(f"joining the sandbox cgroups failed: {joined.decode(errors='replace')}")
+
+
+def agent_main(req: dict[str, Any], fds: AgentFds, *, late_files: bool = False) -> NoReturn:
+    """PID 1 of the new PID namespace: shed, build, join, become, lock down, then serve.
+
+    ``late_files``: this agent was forked ahead and hears of its mounted files from its
+    keeper after the build (:func:`_await_join`).
+    """
     try:
         _shed_host_descriptors(fds)
         syscalls.set_process_name("sandboxd-init")
@@ -188,10 +220,7 @@ def agent_main(req: dict[str, Any], fds: AgentFds) -> NoReturn:
         if null != 0:
             os.dup2(null, 0)
             os.close(null)
-        joined = _wait_byte(fds.joined_r, SETUP_TIMEOUT)
-        if joined != b"ok":
-            raise OSError(f"joining the sandbox cgroups failed: {joined.decode(errors='replace')}")
-        os.close(fds.joined_r)
+        _await_join(fds, owner, late_files=late_files)
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         _lock_down(req, fds)
         agent = Agent(req, fds.listener, fds.stdout_w, fds.stderr_w, fds.status_w)

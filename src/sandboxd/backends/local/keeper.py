@@ -42,6 +42,7 @@ import selectors
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -109,16 +110,6 @@ def _sealed_copy(host_path: str) -> int:
     return mfd
 
 
-def _join_cgroups(pid: int, procs_files: list[str]) -> bytes:
-    try:
-        for procs in procs_files:
-            with open(procs, "w") as fh:
-                fh.write(str(pid))
-    except OSError as exc:
-        return f"{exc}".encode()
-    return b"ok"
-
-
 def run_keeper(
     req: dict[str, Any],
     reply: socket.socket,
@@ -145,20 +136,13 @@ def run_keeper(
     ``netns_fd`` is the network the runner made for the sandbox (its egress), when the
     request says it has one (``netns``); it goes to the agent like the layer.
     """
-    result: dict[str, Any] = {"req": req.get("req")}
     try:
         if disk_fd is None:
             raise RuntimeError("no writable layer came with the request")
         os.setsid()
         syscalls.set_process_name("sandboxd-keeper")
-        state_fd = os.open(req["state_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        log_fd = os.open(
-            LOG_FILE,
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o600,
-            dir_fd=state_fd,
-        )
-        files = [(str(path), _sealed_copy(str(host))) for path, host in req["files"]]
+        state_fd, log_fd = open_state(req)
+        files = sealed_files(req)
         listener = protocol.listen(protocol.socket_path(state_fd, "agent.sock")).detach()
         if req.get("netns") and netns_fd is None:
             raise RuntimeError("no network namespace came with the request")
@@ -196,10 +180,79 @@ def run_keeper(
         for fd in fds.keep():
             os.close(fd)
         with contextlib.suppress(BrokenPipeError):  # the agent failed; its report follows
-            os.write(joined_w, _join_cgroups(pid, req["cgroup_procs"]))
+            os.write(joined_w, join_cgroups(pid, req))
         os.close(joined_w)
-        status = _wait_byte(ready_r, SETUP_TIMEOUT).decode(errors="replace")
-        os.close(ready_r)
+    except BaseException as exc:
+        report_failure(req, reply, exc)
+    keep_sandbox(
+        req,
+        reply,
+        Kept(state_fd, log_fd, pid, ready_r, (out_r, err_r, status_r, diag_r)),
+        native_fd,
+    )
+
+
+def open_state(req: dict[str, Any]) -> tuple[int, int]:
+    """The sandbox's state directory and its ``main.log``, opened (never through a symlink)."""
+    state_fd = os.open(req["state_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    log_fd = os.open(
+        LOG_FILE,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+        0o600,
+        dir_fd=state_fd,
+    )
+    return state_fd, log_fd
+
+
+def sealed_files(req: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(path in the sandbox, sealed memfd)`` for every mounted file of the request."""
+    return [(str(path), _sealed_copy(str(host))) for path, host in req["files"]]
+
+
+def join_cgroups(pid: int, req: dict[str, Any]) -> bytes:
+    """Move the agent into the sandbox's cgroups: ``b"ok"`` or why not (for the agent)."""
+    try:
+        for procs in req["cgroup_procs"]:
+            with open(procs, "w") as fh:
+                fh.write(str(pid))
+    except OSError as exc:
+        return f"{exc}".encode()
+    return b"ok"
+
+
+def report_failure(req: dict[str, Any], reply: socket.socket, exc: BaseException) -> NoReturn:
+    """Tell the runner why the sandbox could not be made, and end this keeper."""
+    text = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(OSError):
+        protocol.send(reply, {"req": req.get("req"), "ok": False, "error": text})
+    os._exit(1)
+
+
+@dataclass
+class Kept:
+    """What a keeper holds once its agent is on its way: its files and its ends of pipes."""
+
+    state_fd: int
+    log_fd: int
+    agent_pid: int
+    ready_r: int
+    outputs: tuple[int, int, int, int]  # stdout, stderr, status, diagnostics
+
+
+def keep_sandbox(
+    req: dict[str, Any], reply: socket.socket, kept: Kept, native_fd: int | None
+) -> NoReturn:
+    """Wait for the agent's readiness, answer the runner, then keep the sandbox to its end.
+
+    Once set up, the keeper becomes ``sandboxd-keeper`` (``native_fd``) unless the
+    request says ``native_keeper: false`` or the program cannot run; :class:`KeeperLoop`
+    then does the same work in Python.
+    """
+    pid = kept.agent_pid
+    result: dict[str, Any] = {"req": req.get("req")}
+    try:
+        status = _wait_byte(kept.ready_r, SETUP_TIMEOUT).decode(errors="replace")
+        os.close(kept.ready_r)
         ready, _, start_failed = status.partition("\n")
         if ready != "ok":
             with contextlib.suppress(OSError):
@@ -209,21 +262,17 @@ def run_keeper(
         if start_failed:  # set up, but the main process (asked to start at once) did not
             result["start_error"] = start_failed
     except BaseException as exc:
-        text = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-        result.update(ok=False, error=text)
-        with contextlib.suppress(OSError):
-            protocol.send(reply, result)
-        os._exit(1)
+        report_failure(req, reply, exc)
     with contextlib.suppress(OSError):
         protocol.send(reply, result)
     reply.close()
     limit = int(req.get("log_limit", 64 << 20))
-    outputs = (out_r, err_r, status_r, diag_r)
+    out_r, err_r, status_r, diag_r = kept.outputs
     if native_fd is not None and req.get("native_keeper", True):
-        _exec_native(native_fd, state_fd, log_fd, pid, outputs, limit)
+        _exec_native(native_fd, kept.state_fd, kept.log_fd, pid, kept.outputs, limit)
     keeper = KeeperLoop(
-        state_fd,
-        LogWriter(log_fd, limit),
+        kept.state_fd,
+        LogWriter(kept.log_fd, limit),
         pid,
         {out_r: "stdout", err_r: "stderr"},
         status_r,

@@ -18,6 +18,7 @@ from typing import Any
 MAX_MESSAGE = 4 << 20  # an exec request as JSON; the kernel sends at most ~4 MiB as one message
 MAX_FDS = 4
 MAX_SPAWN_FDS = 12  # a spawn: writable layer, scratch file system, up to 8 volumes (base.py), netns
+HANDOVER_FDS = 64  # descriptors per message of a handover (send_handover); SCM_RIGHTS allows 253
 _SO_SNDBUFFORCE = 32  # root may exceed wmem_max; a SEQPACKET message must fit the send buffer
 _SMALL = 200_000  # below the default send buffer: no socket option needed
 
@@ -93,12 +94,25 @@ def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[Message | None, l
 
 def listen(path: str) -> socket.socket:
     """Bind and listen on a SEQPACKET socket at ``path`` (replacing a stale one)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        bind_listener(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listener(sock: socket.socket, path: str) -> None:
+    """Bind a SEQPACKET socket made earlier to ``path`` (replacing a stale one) and listen.
+
+    A spare keeper (``spares.py``) makes its agent's socket before it knows the sandbox,
+    so the agent inherits it; the keeper binds it here once it is claimed.
+    """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.bind(path)
     sock.listen(128)
-    return sock
 
 
 def connect(path: str) -> socket.socket:
@@ -110,3 +124,61 @@ def connect(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def send_handover(sock: socket.socket, msg: Message, fds: list[int]) -> None:
+    """Send ``msg`` with any number of descriptors: one message, then more for the rest.
+
+    A handover (to a process forked ahead, see ``zygote.py``) carries every descriptor a
+    sandbox is made of, mounted files included, which can be more than one message may
+    carry. ``msg`` gets ``fd_count``; the descriptors follow in order, ``HANDOVER_FDS`` per
+    message. Nothing is closed here: the sender still owns its copies.
+    """
+    chunks = [fds[i : i + HANDOVER_FDS] for i in range(0, len(fds), HANDOVER_FDS)] or [[]]
+    send(sock, {**msg, "fd_count": len(fds)}, chunks[0])
+    for chunk in chunks[1:]:
+        send(sock, {"more": True}, chunk)
+
+
+def recv_handover(sock: socket.socket) -> tuple[Message | None, list[int]]:
+    """Receive what :func:`send_handover` sent: ``(None, [])`` on EOF before or within it."""
+    msg, fds = recv(sock, HANDOVER_FDS)
+    if msg is None:
+        return None, []
+    try:
+        wanted = int(msg.get("fd_count", 0))
+        while len(fds) < wanted:
+            more, got = recv(sock, HANDOVER_FDS)
+            fds += got
+            if more is None or not got:
+                raise ProtocolError(f"a handover ended after {len(fds)} of {wanted} descriptors")
+        if len(fds) != wanted:
+            raise ProtocolError(f"a handover brought {len(fds)} descriptors, not {wanted}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return msg, fds
+
+
+def send_named(sock: socket.socket, msg: Message, named: dict[str, int | None]) -> None:
+    """A handover of named descriptors (None values left out); ``msg`` gets their names."""
+    names = [name for name, fd in named.items() if fd is not None]
+    send_handover(sock, {**msg, "fds": names}, [fd for fd in named.values() if fd is not None])
+
+
+def recv_named(sock: socket.socket) -> tuple[Message | None, dict[str, int]]:
+    """Receive what :func:`send_named` sent: the message and its descriptors by name."""
+    msg, fds = recv_handover(sock)
+    if msg is None:
+        return None, {}
+    names = msg.get("fds")
+    if (
+        not isinstance(names, list)
+        or len(names) != len(fds)
+        or len(set(map(str, names))) != len(fds)
+    ):
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError("a handover's descriptor names do not match its descriptors")
+    return msg, dict(zip(map(str, names), fds, strict=True))

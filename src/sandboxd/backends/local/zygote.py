@@ -30,13 +30,15 @@ import sys
 from collections import deque
 from typing import Any
 
-from . import protocol, seccomp, syscalls, userns
+from . import protocol, seccomp, spares, syscalls, userns
 from .keeper import load_native_keeper, run_keeper
 
 ABANDONED_CHECK_SECONDS = 5.0
 """How often an idle zygote looks whether it was abandoned (:meth:`Zygote._abandoned`)."""
 EMPTY_NETNS_AHEAD = 4
 """Empty network namespaces kept ready for sandboxes without a network (egress none)."""
+SPARES_AHEAD = 2
+"""Keeper and agent pairs forked ahead (``spares.py``) once a sandbox was asked for."""
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -72,6 +74,9 @@ class Zygote:
         # descriptors keep them (no name in /run/netns): nothing outlives the zygote.
         self.empty_netns: list[int] = []
         self.empty_netns_wanted = False
+        # Keeper and agent pairs forked ahead (spares.py): a create then forks nothing.
+        self.spares: deque[spares.Spare] = deque()
+        self.spares_wanted = False
 
     def _accept(self, _obj: Any) -> None:
         conn, _ = self.listener.accept()
@@ -135,9 +140,12 @@ class Zygote:
         *,
         runner_netns_fd: int | None = None,
     ) -> None:
-        """Fork the keeper; it gets the prepared user namespace and the writable layer.
+        """Hand the request to a spare pair, or fork a keeper for it.
 
-        The zygote keeps neither: a layer it held would outlive its sandbox.
+        The sandbox gets the user namespace and the writable layer; the zygote keeps
+        neither: a layer it held would outlive its sandbox. Only a request with a user
+        namespace made ahead, and with every descriptor it names, goes to a spare
+        (``spares.py``); the others go to a fork, which reports what is missing.
         ``runner_netns_fd`` is the network namespace the runner made (egress), if any.
         """
         userns_fd: int | None = None
@@ -152,22 +160,67 @@ class Zygote:
                 userns_fd = fd
             else:
                 os.close(fd)
+        self.spares_wanted = True
+        complete = (
+            userns_fd is not None
+            and disk_fd is not None
+            and (runner_netns_fd is not None or not msg.get("netns"))
+            and len(volume_fds) == len(msg.get("volumes") or [])
+            and (scratch_fd is not None or not msg.get("scratch"))
+        )
+        named = {
+            "userns": userns_fd, "disk": disk_fd, "scratch": scratch_fd,
+            "empty_netns": netns_fd, "netns": runner_netns_fd,
+            **{f"volume{i}": fd for i, fd in enumerate(volume_fds)},
+        }  # fmt: skip
+        if not (complete and self._claim_spare(conn, msg, named)):
+            self._fork_keeper(conn, msg, userns_fd, netns_fd, disk_fd, scratch_fd, volume_fds,
+                              runner_netns_fd)  # fmt: skip
+        for held in (userns_fd, netns_fd, runner_netns_fd, disk_fd, scratch_fd, *volume_fds):
+            if held is not None:
+                os.close(held)
+
+    def _claim_spare(
+        self, conn: socket.socket, msg: dict[str, Any], named: dict[str, int | None]
+    ) -> bool:
+        """Hand the sandbox to a spare pair; False when none is left alive."""
+        while self.spares:
+            spare = self.spares.popleft()
+            try:
+                spares.claim(spare, msg, named, conn.fileno())
+                return True
+            except OSError:
+                continue  # it died while waiting: the next one, or a fork
+            finally:
+                spare.close()
+        return False
+
+    def _fork_keeper(  # noqa: PLR0917 - each argument a distinct descriptor
+        self,
+        conn: socket.socket,
+        msg: dict[str, Any],
+        userns_fd: int | None,
+        netns_fd: int | None,
+        disk_fd: int | None,
+        scratch_fd: int | None,
+        volume_fds: tuple[int, ...],
+        runner_netns_fd: int | None,
+    ) -> None:
+        """Fork a keeper for this one request (no spare pair was ready or could take it)."""
         try:
             pid = os.fork()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 protocol.send(conn, {"req": msg.get("req"), "ok": False, "error": str(exc)})
-            pid = -1
+            return
         if pid == 0:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             keep = {conn.fileno(), 0, 1, 2}
             held_fds = (
                 userns_fd, netns_fd, runner_netns_fd, disk_fd, scratch_fd, self.native_keeper,
                 *volume_fds,
             )  # fmt: skip
             keep.update(fd for fd in held_fds if fd is not None)
-            _close_fds_except(keep)
+            self._as_child(keep)
             run_keeper(
                 msg,
                 conn,
@@ -179,9 +232,21 @@ class Zygote:
                 empty_netns_fd=netns_fd,
                 netns_fd=runner_netns_fd,
             )
-        for held in (userns_fd, netns_fd, runner_netns_fd, disk_fd, scratch_fd, *volume_fds):
-            if held is not None:
-                os.close(held)
+
+    def _fork_spare(self) -> None:
+        """One more spare pair (``spares.py``), forked while nothing else waits."""
+        try:
+            self.spares.append(spares.fork_spare(self.native_keeper, self._as_child))
+        except OSError as exc:  # creates fork their keepers themselves meanwhile
+            print(f"sandboxd-zygote: no keeper forked ahead: {exc}", flush=True)
+            self.spares_wanted = False
+
+    @staticmethod
+    def _as_child(keep: set[int]) -> None:
+        """In a fresh fork: the default signal handling, and no descriptor but ``keep``."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _close_fds_except(keep)
 
     def _prepare_one(self) -> None:
         conn, msg = self.prepare_queue.popleft()
@@ -208,16 +273,21 @@ class Zygote:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
         while self.running:
-            idle_work = self.prepare_queue or self._netns_short()
+            idle_work = self.prepare_queue or self._spares_short() or self._netns_short()
             events = self.sel.select(0 if idle_work else ABANDONED_CHECK_SECONDS)
             for key, _mask in events:
                 key.data(key.fileobj)
             if not events and self.prepare_queue:
                 self._prepare_one()
+            elif not events and self._spares_short():
+                self._fork_spare()
             elif not events and self._netns_short():
                 self._make_empty_netns()
             elif not events and self._abandoned():
                 self.running = False
+
+    def _spares_short(self) -> bool:
+        return self.spares_wanted and len(self.spares) < SPARES_AHEAD
 
     def _netns_short(self) -> bool:
         return self.empty_netns_wanted and len(self.empty_netns) < EMPTY_NETNS_AHEAD
@@ -244,6 +314,9 @@ class Zygote:
         try:
             if os.fstat(self.run_dir_fd).st_nlink > 0:
                 return False
+            self.spares_wanted = False
+            while self.spares:  # they end on EOF; a later look finds them gone
+                self.spares.pop().close()
             while os.waitpid(-1, os.WNOHANG)[0] != 0:  # reap the ended ones, then look
                 pass
         except ChildProcessError:
