@@ -15,7 +15,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -325,13 +325,18 @@ def test_cli_refuses_a_token_on_the_command_line() -> None:
 class AnswersLost:
     """A TCP relay to the control plane that passes what the runner sends and, of what comes
     back, only the connection's own HTTP/2 frames (settings, pings: stream 0), so the join
-    arrives and the runner never hears an answer on any call. The first ``answered``
-    connections pass everything (a refusal the runner must hear first)."""
+    arrives and the runner never hears an answer on any call.
 
-    def __init__(self, target: str, answered: int = 0) -> None:
+    ``lose_from`` says, for each new connection, whether its answers are lost (always, by
+    default). A test whose runner must hear a refusal first loses answers only once the
+    runner stored the credential it proposes, which it does before it dials its join.
+    Counting connections instead was flaky: a first session that ended for another reason
+    (a slow CI machine) spent the one answered connection, and the refusal was lost."""
+
+    def __init__(self, target: str, lose_from: Callable[[], bool] = lambda: True) -> None:
         host, port = target.rsplit(":", 1)
         self._upstream = (host, int(port))
-        self._answered = answered
+        self._lose_from = lose_from
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._sockets: list[socket.socket] = [self._listener]
@@ -344,8 +349,7 @@ class AnswersLost:
                 upstream = socket.create_connection(self._upstream)
                 self._sockets += [client, upstream]
                 threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-                back = self._pump if self._answered > 0 else self._answers
-                self._answered -= 1
+                back = self._answers if self._lose_from() else self._pump
                 threading.Thread(target=back, args=(upstream, client), daemon=True).start()
 
     @staticmethod
@@ -387,7 +391,11 @@ def join_unanswered_then_kill(
     try:
         with cp.discovery() as client:
             listed = lambda: "alpha" in [r.runner_id for r in client.all_runners()]  # noqa: E731
-            wait_until("the join reached the control plane", listed, 30)
+            try:
+                wait_until("the join reached the control plane", listed, 30)
+            except AssertionError as exc:  # what the runner said, to tell why
+                assert joining.proc is not None
+                raise AssertionError(f"{exc}; the runner said:\n{joining.proc.output}") from None
     finally:
         assert joining.proc is not None
         joining.proc.kill()  # a crash: it never heard the answer
@@ -420,7 +428,8 @@ def test_a_runner_that_dies_before_hearing_its_token_join_answer_after_a_refusal
     stale = mint(SecretKind.RUNNER_CREDENTIAL).text
     save_credential(state, "alpha", stale)
     token = cp.create_join_token(max_uses=1)
-    relay = AnswersLost(cp.target, answered=1)  # the refusal is heard, the join's answer not
+    # The refusal is heard; the answer to the join, dialed once its proposal is stored, not.
+    relay = AnswersLost(cp.target, lose_from=(state / PENDING_FILE).exists)
     join_unanswered_then_kill(cp, state, relay, token)
     assert load_credential(state, "alpha") == stale  # the refused one stays in place
     proposed = load_credential(state, "alpha", PENDING_FILE)
