@@ -300,3 +300,46 @@ def test_a_spawn_that_names_a_network_but_brings_no_namespace_is_refused(
     assert isinstance(reply, dict) and reply.get("ok") is False
     assert reply.get("error") == "no network namespace came with the request"
     assert not (state / "exit.json").exists()
+
+
+def test_signals_the_runner_inherited_as_ignored_are_default_in_the_sandbox(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A runner whose parent ignored a signal (here SIGUSR2) inherits that, and ignored
+    dispositions survive ``execve``: the zygote notes them once (``agent.ignored_signals``)
+    and every agent resets them, so neither the main process nor an exec starts with a
+    standard signal ignored. (glibc's ``posix_spawn`` leaves its two internal signals, 32
+    and 33, ignored in every child it starts, which no program sends; masked out here.)"""
+    previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # inherited by the new zygote
+    try:
+
+        async def scenario() -> tuple[bytes, bytes, bytes]:
+            backend = LocalBackend(tmp_path / "nohup", images=image_store)
+            h = Harness(backend, BUSYBOX, None, lambda: backend)
+            try:
+                async with h.sandbox(command=("grep", "SigIgn", "/proc/self/status")) as sid:
+                    zygote = backend._zygote._proc
+                    assert zygote is not None
+                    premise = Path(f"/proc/{zygote.pid}/status").read_text()
+                    status = await backend.wait(sid)
+                    main = b"".join([chunk.data async for chunk in backend.logs(sid)])
+                    assert status == 0, main
+                async with h.sandbox(command=("sleep", "1000")) as sid:
+                    exec_status = await run(h, sid, ["grep", "SigIgn", "/proc/self/status"])
+                    agent = await run(h, sid, ["grep", "SigIgn", "/proc/1/status"])
+                return premise.encode(), main, exec_status.stdout + agent.stdout
+            finally:
+                await backend.close()
+
+        premise, main, execs = go(aio, scenario())  # type: ignore[misc]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    zygote_ignored = int(premise.split(b"SigIgn:")[1].split()[0], 16)
+    assert zygote_ignored & (1 << (signal.SIGUSR2 - 1)), premise  # the premise holds
+    glibc_internal = (1 << 31) | (1 << 32)
+    assert int(main.split()[1], 16) & ~glibc_internal == 0, main
+    exec_line, agent_line = execs.splitlines()
+    assert int(exec_line.split()[1], 16) & ~glibc_internal == 0, execs
+    # The agent (PID 1) itself ignores only SIGPIPE, as Python does, to see EPIPE (not even
+    # SIGXFSZ, which Python ignores too); every child gets it back (spawn.spawn_fast).
+    assert int(agent_line.split()[1], 16) == 1 << (signal.SIGPIPE - 1), execs

@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any
 
 from . import protocol, seccomp, spares, syscalls, userns
+from .agent import ignored_signals
 from .keeper import load_native_keeper, run_keeper
 
 ABANDONED_CHECK_SECONDS = 5.0
@@ -330,6 +331,7 @@ def main() -> None:
     """Entry point: ``RUN_DIR [READY_FD [EXE_FD]]``."""
     syscalls.set_process_name("sandboxd-zygote")
     syscalls.set_cmdline(f"sandboxd-zygote {sys.argv[1]}")
+    ignored_signals()  # before any handler of ours: what every agent resets (agent.py)
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     run_dir = sys.argv[1]
     ready_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
