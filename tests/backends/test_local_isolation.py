@@ -240,6 +240,12 @@ def test_cannot_gain_capabilities(aio: asyncio.Runner, local_harness: Harness) -
             )
             r = await run(local_harness, sid, sh("grep NoNewPrivs /proc/self/status"))
             assert r.stdout.split()[1] == b"1"
+            # The OOM killer takes a user process before the agent (spawn.expose_to_oom: set
+            # just after the spawn, so a process reads its own a moment later).
+            r = await run(local_harness, sid, sh("sleep 0.2; cat /proc/$$/oom_score_adj"))
+            assert r.stdout == b"500\n", r
+            r = await run(local_harness, sid, ["cat", "/proc/1/oom_score_adj"])
+            assert r.stdout == b"0\n", r
             for cmd in attempts:
                 r = await run(local_harness, sid, sh(cmd))
                 assert r.code != 0, (cmd, r.stdout, r.stderr)

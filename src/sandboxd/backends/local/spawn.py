@@ -65,6 +65,16 @@ def expose_to_oom(pid: int | str = "self") -> None:
     -1000 for the agent: that needs ``CAP_SYS_RESOURCE`` (some VMs withhold it even from
     root), and where it works, children inherit -1000 as the floor they may lower
     themselves to, so a sandbox could make its own processes unkillable.
+
+    Written just after the spawn, so for its first instructions a process has the agent's
+    score. Why not the agent raising its own score around the spawn, so children are born
+    exposed: for the spawn's duration (up to a millisecond, longer under memory pressure)
+    the agent would be as good a choice as a fork bomb's processes (the fork-bomb test
+    failed with that variant, run beside others).
     """
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as fh:
-        fh.write(str(OOM_SCORE_EXPOSED))
+    with contextlib.suppress(OSError):  # no text-file layer: this runs on every exec's path
+        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"%d" % OOM_SCORE_EXPOSED)
+        finally:
+            os.close(fd)

@@ -274,8 +274,9 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """``prctl(2)``."""
-    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+    """``prctl(2)`` (the error text is made only on failure: dozens run per create)."""
+    result = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    return result if result >= 0 else _check(result, f"prctl({option})")
 
 
 def set_process_name(name: str) -> None:
@@ -304,8 +305,13 @@ def set_cmdline(title: str) -> None:
 
 
 @functools.cache
+@functools.cache
 def last_cap() -> int:
-    """The highest capability number this kernel knows (read once)."""
+    """The highest capability number this kernel knows (read once, by the zygote).
+
+    Every agent drops the capabilities up to it; it used to read the file again each time,
+    inside the sandbox's own ``/proc``, on every create's path.
+    """
     try:
         with open("/proc/sys/kernel/cap_last_cap") as fh:
             return int(fh.read())
