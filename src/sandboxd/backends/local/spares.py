@@ -96,8 +96,15 @@ def claim(spare: Spare, req: dict[str, Any], named: dict[str, int | None], reply
     the runner's connection, for the keeper. The agent is told first: a keeper claimed
     without its agent would report a failed create, while an agent claimed without its
     keeper only ends (its keeper's socket is closed), and the caller tries another pair.
-    The caller still owns every descriptor either way.
+    The caller still owns every descriptor either way. A pair that already lost either
+    half is refused before anything is sent: an agent that attached the writable layer and
+    then ended would leave the next try a layer that is no longer detached.
     """
+    poller = select.poll()
+    for sock in (spare.agent, spare.keeper):
+        poller.register(sock, select.POLLOUT)
+    if gone := [fd for fd, ev in poller.poll(0) if ev & (select.POLLHUP | select.POLLERR)]:
+        raise ConnectionResetError(f"a spare pair lost {len(gone)} of its processes")
     protocol.send_named(spare.agent, {"req": req}, named)
     protocol.send_named(spare.keeper, {"req": req}, {"reply": reply})
 
