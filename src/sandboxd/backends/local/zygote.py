@@ -4,7 +4,9 @@ Why a zygote: starting a Python interpreter per sandbox costs tens of millisecon
 forking the runner itself is unsafe (it is multi-threaded: gRPC, asyncio executors). The
 zygote imports everything the keeper and the agent need once, then for each request forks
 the sandbox's keeper (``keeper.py``), which prepares the host side and forks the agent,
-PID 1 of the new PID namespace (``boot.py``). The zygote is started in its own session and
+PID 1 of the new PID namespace (``boot.py``); or, more often, it hands the request to a
+keeper and agent pair it forked ahead while idle (``spares.py``), so a create forks
+nothing on its path. The zygote is started in its own session and
 is a child subreaper, so keepers are reaped even after the runner that started it has died;
 a restarted runner simply reconnects to ``zygote.sock``. Once its run directory is deleted
 and its last keeper has ended, nobody can reach it or needs it, and it exits.
