@@ -12,8 +12,7 @@ import os
 import signal
 import socket
 import stat
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from sandboxd.backends.errors import SandboxStartError
 from sandboxd.backends.local import LocalBackend, protocol
 from sandboxd.backends.local.state import SandboxRecord
 from sandboxd.images import ImageStore
+from tests.support.polling import until
 
 from .image_refs import BUSYBOX
 
@@ -64,19 +64,10 @@ def spares_of(zygote: int) -> dict[int, int]:
     return pairs
 
 
-async def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return found
-
-
 async def two_pairs(backend: LocalBackend) -> tuple[int, dict[int, int]]:
     """The zygote's pid and its two spare pairs, once both are forked."""
     zygote = _zygote_pid(backend)
-    pairs = await wait_for(
+    pairs = await until(
         "two spare pairs", lambda: len(spares_of(zygote)) >= 2 and spares_of(zygote)
     )
     assert isinstance(pairs, dict)
@@ -178,7 +169,7 @@ def test_a_spare_holds_nothing_of_any_sandbox_while_it_waits(
     async def scenario() -> None:
         async with h.sandbox(command=("sleep", "1000")):
             zygote = _zygote_pid(backend)
-            pairs = await wait_for("a spare pair", lambda: spares_of(zygote))
+            pairs = await until("a spare pair", lambda: spares_of(zygote))
             assert isinstance(pairs, dict)
             for keeper, agent in pairs.items():
                 agent_fds = fd_targets(agent)
@@ -211,14 +202,14 @@ def test_spares_end_with_their_zygote_and_a_dead_spare_is_passed_over(
             for keeper in pairs:
                 os.kill(keeper, signal.SIGKILL)
             gone = list(pairs) + list(pairs.values())
-            await wait_for("the killed spares gone", lambda: not any(map(_stat_fields, gone)))
+            await until("the killed spares gone", lambda: not any(map(_stat_fields, gone)))
             async with h.sandbox() as second:
                 assert (await run(h, second, ["echo", "served"])).stdout == b"served\n"
-            again = await wait_for("spares again", lambda: spares_of(zygote))
+            again = await until("spares again", lambda: spares_of(zygote))
             assert isinstance(again, dict)
             os.kill(zygote, signal.SIGKILL)
             spares = list(again) + list(again.values())
-            await wait_for(
+            await until(
                 "the spares gone with their zygote", lambda: not any(map(_stat_fields, spares))
             )
             assert (await run(h, first, ["echo", "still"])).stdout == b"still\n"
@@ -244,7 +235,7 @@ def test_a_claimed_spare_that_fails_reports_why_and_the_next_create_works(
             claimed = [k for k in pairs if k not in spares_of(zygote)]
             assert len(claimed) == 1, (pairs, spares_of(zygote))
             used = [claimed[0], pairs[claimed[0]]]
-            await wait_for("the failed pair gone", lambda: not any(map(_stat_fields, used)))
+            await until("the failed pair gone", lambda: not any(map(_stat_fields, used)))
             async with h.sandbox() as third:
                 assert (await run(h, third, ["echo", "next"])).stdout == b"next\n"
 

@@ -32,24 +32,13 @@ from sandboxd.runner.credentials import load_credential, save_credential
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import bearer, open_channel, runner_stub
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from tests.support.polling import until
 
 LINKS = ["grpc", "in-process"]
 RUNNER = "links-r1"
 CAPS = runner_pb2.Capabilities(
     cpu_millicores=2000, memory_bytes=4 << 30, architectures=["amd64"], hostname="links"
 )
-DEADLINE = 30.0
-
-
-async def until(what: str, probe: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    """Poll ``probe`` on the loop until it is truthy; fail naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := probe()):
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 class Setup:

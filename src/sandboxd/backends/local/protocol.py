@@ -129,7 +129,7 @@ def connect(path: str) -> socket.socket:
 def send_handover(sock: socket.socket, msg: Message, fds: list[int]) -> None:
     """Send ``msg`` with any number of descriptors: one message, then more for the rest.
 
-    A handover (to a process forked ahead, see ``zygote.py``) carries every descriptor a
+    A handover (to a process forked ahead, see ``spares.py``) carries every descriptor a
     sandbox is made of, mounted files included, which can be more than one message may
     carry. ``msg`` gets ``fd_count``; the descriptors follow in order, ``HANDOVER_FDS`` per
     message. Nothing is closed here: the sender still owns its copies.
