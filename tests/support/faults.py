@@ -298,9 +298,19 @@ def sandbox_init(sandbox_id: str) -> int:
 
 
 def keeper_of(sandbox_id: str) -> int:
-    """The host PID of the sandbox's keeper (``sandboxd-keeper``, parent of its PID 1)."""
+    """The host PID of the sandbox's keeper (``sandboxd-keeper``, parent of its PID 1).
+
+    Waits (bounded) for the name: a keeper answers the runner, then execs the native
+    program from its sealed memfd, whose name (``memfd:sandboxd-…``) it carries until the
+    program names itself, a moment later. A started sandbox can be looked at in between.
+    """
     keeper = parent_of(sandbox_init(sandbox_id))
-    assert process_name(keeper) == "sandboxd-keeper", (keeper, process_name(keeper))
+    wait_until(
+        f"{keeper} is named sandboxd-keeper ({process_name(keeper)})",
+        lambda: process_name(keeper) == "sandboxd-keeper",
+        10,
+        0.01,
+    )
     return keeper
 
 
