@@ -249,3 +249,59 @@ def test_a_flushed_jump_is_put_back_first_by_the_next_network(tmp_path: Path) ->
     instead of writing hooks nothing reaches. A host rule put first later: the next network
     made ahead of need puts the jumps first again. The last teardown leaves nothing."""
     _in_own_network_namespace(FLUSHED, tmp_path)
+
+
+# Networks made ahead while one network is alive, taken and torn down one after another as
+# a client creating and removing sandboxes in a loop does, in a namespace of its own.
+BUCKETED = (
+    PRELUDE
+    + r"""
+from sandboxd.backends.local import network_pool
+from sandboxd.backends.local.network_pool import PreparedNetworks
+
+def buckets():
+    return {r.split()[0].removeprefix(":SBX-I-") for r in rules() if r.startswith(":SBX-I-")}
+
+async def filled(pool, n):
+    pool.refill()
+    async with asyncio.timeout(30):
+        while len(pool._ready) < n:
+            await asyncio.sleep(0.02)
+
+async def main(ipam):
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # see FLUSHED
+    net = NetworkManager("bucketed", pool="10.214.10.0/24", ipam_dir=ipam)
+    keep = net.allocate("sb-keep")
+    await net.setup(keep, EgressType.INTERNET, ())
+    bucket = keep.tag[0]
+    pool = PreparedNetworks(net, ready=3)
+    pool._policy = (EgressType.INTERNET, (), ())
+    await filled(pool, 3)
+    check(all(r.lease.tag[0] == bucket for r in pool._ready), "a network ahead left the bucket")
+    for n in range(4):  # taken, torn down, made again: the bucket's group stays the only one
+        lease = await pool.take(f"sb-{n}", EgressType.INTERNET, (), (), lambda _lease: None)
+        await net.teardown(lease, EgressType.INTERNET, ())
+        await filled(pool, 3)
+        check(buckets() == {bucket}, f"hook groups {buckets()}, not only {bucket}")
+    network_pool.BUCKET_ROOM = len(pool._ready) + 1  # the bucket is full now
+    pool._size = 5
+    await filled(pool, 5)
+    others = {r.lease.tag[0] for r in pool._ready} - {bucket}
+    check(len(buckets()) > 1 and others, "a full bucket took more networks")
+    await pool.close()
+    await net.teardown(keep, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+"""
+)
+
+
+def test_networks_made_ahead_join_a_hook_group_in_use(tmp_path: Path) -> None:
+    """With one network alive, every network made ahead gets a tag in its bucket, so a
+    client that creates and removes sandboxes one after another never makes or removes a
+    hook group: a removal is a deletion, whose commit holds up every firewall transaction
+    behind it, the adds of creates included. A bucket at ``BUCKET_ROOM`` networks takes no
+    more (another opens), so buckets stay about equal; the last teardown leaves nothing."""
+    _in_own_network_namespace(BUCKETED, tmp_path)

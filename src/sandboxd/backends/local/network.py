@@ -546,6 +546,14 @@ class NetworkManager:
             if clock - self._lifted.get(group.key, -LIFT_SECONDS) >= LIFT_SECONDS
         }
 
+    def buckets_with_room(self, room: int) -> set[str]:
+        """The hook buckets (first tag digits) holding 1 to ``room - 1`` of our networks."""
+        return {
+            key.removeprefix("filter:")
+            for key, members in self._members.items()
+            if key.startswith("filter:") and 0 < len(members) < room
+        }
+
     def _join_groups(self, lease: Lease) -> None:
         """Count ``lease`` in its hook groups (which then stay while it has rules)."""
         for group in lease.hook_groups():

@@ -41,6 +41,12 @@ as fast as the niced refill makes them (20-65 ms each on the 2-core VM), so a po
 ran dry now and then and that create made its network on its path (60-120 ms). 40 creates
 in a row: 8 of 40 over 55 ms with two, 3-5 with four (the first create always makes its
 own). Each ready network is an empty namespace, a veth pair and its rules."""
+BUCKET_ROOM = 64
+"""A hook bucket with this many of our networks takes no more made ahead (``_holder_name``):
+about a sixteenth of 1,000 sandboxes, the size ``hook_chains.py`` was measured at."""
+BUCKET_TRIES = 256
+"""Names tried for a bucket in use; one in sixteen hits a given bucket, so 256 tries all
+miss it once in 15 million networks, which then only opens another bucket."""
 PREPARED = PREPARED_HOLDER
 
 Policy = tuple[EgressType, tuple[str, ...], tuple[str, ...]]
@@ -109,7 +115,7 @@ class PreparedNetworks:
         while not self._closed and self._policy is not None and len(self._ready) < self._size:
             policy = self._policy
             egress, cidrs, blocked = policy
-            lease = self._net.allocate(f"p-{secrets.token_hex(8)}")  # a random tag
+            lease = self._net.allocate(self._holder_name())
             self._net.assign(lease, f"{PREPARED}{lease.tag}")
             try:
                 await self._net.prepare(lease)
@@ -122,6 +128,28 @@ class PreparedNetworks:
                     return
                 raise
             self._ready.append(_Ready(lease, policy, chain))
+
+    def _holder_name(self) -> str:
+        """A random name for a network made ahead, whose tag falls in a hook bucket in use.
+
+        Why not any random tag: a tag's first digit picks its hook group
+        (``hook_chains.py``), made with the first network in it and removed with the last,
+        and with a handful of networks alive most random tags land in an empty bucket. A
+        client that makes and removes sandboxes one after another then made and removed a
+        group almost every time; each removal is a deletion, whose commit waits for the
+        kernel's readers (an RCU grace period, 10-25 ms here) and holds up every firewall
+        transaction after it, the adds of creates and of these networks included: 37 of 162
+        transactions for 41 creates, the pool ran dry, and one create in ten took 80-120 ms
+        making its own network behind them. Buckets stay about equal in size: one counts as
+        in use only below ``BUCKET_ROOM`` networks. A few hashes, no system call.
+        """
+        wanted = self._net.buckets_with_room(BUCKET_ROOM)
+        name = f"p-{secrets.token_hex(8)}"
+        for _ in range(BUCKET_TRIES):
+            if not wanted or self._net.tag_for(name)[0] in wanted:
+                break
+            name = f"p-{secrets.token_hex(8)}"
+        return name
 
     async def reap(self) -> int:
         """Tear down prepared networks a previous process left (it died); how many."""
