@@ -357,6 +357,38 @@ def test_mountinfo_shows_no_host_path(
     go(aio, scenario())
 
 
+def test_sandboxes_share_empty_mount_points_that_stay_empty_on_the_host(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """Every agent mounts its image, disk and root on the backend's ``mnt/`` directories, in
+    a mount namespace of its own: with two sandboxes running, each writing a file of its
+    own, the host's mount points stay empty and unmounted, neither sees the other's file,
+    and a sandbox's state directory holds no mount points of its own."""
+    mount_dir = Path(getattr(local_harness.backend, "data_dir")) / "mnt"  # noqa: B009
+
+    def host_mounts() -> str:
+        with open("/proc/self/mountinfo") as fh:
+            return fh.read()
+
+    async def scenario() -> None:
+        async with local_harness.sandbox() as one, local_harness.sandbox() as two:
+            for sid in (one, two):
+                r = await run(local_harness, sid, sh(f"echo {sid} > /mine && ls /"))
+                assert r.code == 0, r.stderr
+            for sid, other in ((one, two), (two, one)):
+                r = await run(local_harness, sid, sh("cat /mine"))
+                assert r.stdout.decode().strip() == sid and other not in r.stdout.decode()
+            assert sorted(os.listdir(mount_dir)) == ["lower", "root", "rw"]
+            for sub in ("lower", "root", "rw"):
+                assert os.listdir(mount_dir / sub) == [], sub
+            assert str(mount_dir) not in host_mounts()
+            for sid in (one, two):
+                state_dir = record(local_harness, sid).state_dir  # type: ignore[attr-defined]
+                assert not {"lower", "root", "rw"} & set(os.listdir(state_dir))
+
+    go(aio, scenario())
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -435,3 +435,25 @@ def test_a_subnet_whose_address_a_leftover_interface_holds_is_skipped(
         subprocess.run(["ip", "link", "del", leftover], check=False)
     assert net.allocate("sb-next").index == 3
     assert net.allocate("sb-wrapped").index == 1  # free again once the leftover is gone
+
+
+def test_a_claim_handed_on_is_rewritten_in_place_and_reads_whole(tmp_path: Path) -> None:
+    """A network made ahead and taken names its new holder in its claim, written over the
+    old one without truncating the file (padding instead): every reader sees exactly one
+    holder, also after a longer name was there, and the file keeps its inode."""
+    net = NetworkManager("claimtest", pool="10.214.12.0/24", ipam_dir=str(tmp_path / "ipam"))
+    lease = net.allocate(f"{PREPARED}x")
+    claim = Path(net.ipam) / str(lease.index)
+    inode = claim.stat().st_ino
+    net.assign(lease, "sb-a-rather-long-sandbox-name-0123456789")
+    assert net.claims() == {lease.index: "sb-a-rather-long-sandbox-name-0123456789"}
+    net.assign(lease, "sb-short")
+    assert net.claims() == {lease.index: "sb-short"}
+    assert net.claimed_leases()[0].tag == lease.tag  # the tag it was made under, still
+    text = claim.read_text()
+    assert text.count("\n") == 1 and text.endswith("\n") and text.split() == [
+        "claimtest", "sb-short", lease.tag,
+    ]  # fmt: skip
+    assert claim.stat().st_ino == inode
+    net.release(lease)
+    assert net.claims() == {}

@@ -81,6 +81,8 @@ from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
 
+MOUNT_DIR = "mnt"
+"""Under the data directory: the mount points every sandbox's agent mounts on."""
 # How long a teardown waits for a killed sandbox's keeper to write exit.json and end (it
 # takes milliseconds; a stuck one is SIGKILLed after this).
 KEEPER_END_SECONDS = 5.0
@@ -266,6 +268,18 @@ class LocalBackend(Backend):
                 raise
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
 
+    def _mount_points(self) -> str:
+        """The directory of empty mount points every agent mounts its root on (a string).
+
+        Shared: each agent mounts in a private mount namespace of its own (``rootfs.py``'s
+        ``mount_overlay`` says why). Made again if it went missing; a look costs a ``stat``.
+        """
+        mount_dir = self.data_dir / MOUNT_DIR
+        if not (mount_dir / ROOT).is_dir():
+            for sub in (LOWER, RW, ROOT):
+                (mount_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(mount_dir)
+
     def _refill(self) -> None:
         self._disk.refill()
         self._nets.refill()
@@ -316,8 +330,7 @@ class LocalBackend(Backend):
         disk_fd: int,
         start: bool,
     ) -> None:
-        for sub in (ROOT, RW, LOWER):
-            (rec.state_dir / sub).mkdir(mode=0o700)
+        mount_dir = self._mount_points()
         resolv = self._net.resolv_conf() if rec.egress is not EgressType.NONE else None
         file_map = rec.stage_files(spec.mounted_files, resolv)
         try:
@@ -369,6 +382,7 @@ class LocalBackend(Backend):
             settings = self._spawn_settings
             request = spawn_request(rec, spec, rootfs, file_map, env, hostname, settings)
             request["start"] = start  # the agent starts the main process before "ready"
+            request["mount_dir"] = mount_dir
             extra = (netns_fd,) if netns_fd is not None else ()
             reply = await self._zygote.spawn(request, fds=(*handed, *extra))
         finally:

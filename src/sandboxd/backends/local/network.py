@@ -152,6 +152,20 @@ class Lease:
         return cls(**json.loads(raw))
 
 
+def _claim_line(words: str, size: int) -> bytes:
+    """``words`` as a claim's one line, padded with spaces to at least ``size`` bytes.
+
+    Why written over the old claim in place, never truncated: truncating a file to nothing
+    and writing it again makes ext4 start its write-back at the close (``auto_da_alloc``;
+    ``/run`` is not a tmpfs everywhere), 0.16-0.4 ms on a create's path against 0.01 ms.
+    Readers split on whitespace, so the padding is invisible, and one write of less than a
+    page at offset 0 leaves the old claim or the new one to a reader, never a mix, even
+    when the process is killed.
+    """
+    line = words.encode()
+    return line.ljust(size - 1) + b"\n"
+
+
 def _on_this_host(address: str) -> bool:
     """Whether an interface of this host has ``address`` already (one ``bind``, no command).
 
@@ -282,8 +296,11 @@ class NetworkManager:
         reaper that finds the claim without its backend tears the right network down.
         """
         named = "" if sandbox_id == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
-        with open(self._claim_file(lease.index), "w") as fh:
-            fh.write(f"{self.key} {sandbox_id}{named}\n")
+        fd = os.open(self._claim_file(lease.index), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, _claim_line(f"{self.key} {sandbox_id}{named}", os.fstat(fd).st_size), 0)
+        finally:
+            os.close(fd)
 
     def _claim_fields(self) -> dict[int, list[str]]:
         """Claims of this backend in the host-wide pool: index -> the words after its key."""

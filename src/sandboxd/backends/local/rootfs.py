@@ -93,15 +93,20 @@ SYS_MASKED_DIRS = (
 LOWER, RW, ROOT = "lower", "rw", "root"
 
 
-def mount_overlay(state_dir: str, lower: str, disk_fd: int, userns_fd: int, owner: int) -> None:
+def mount_overlay(mount_dir: str, lower: str, disk_fd: int, userns_fd: int, owner: int) -> None:
     """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``.
 
+    ``mount_dir`` holds the empty directories ``lower``, ``rw`` and ``root`` to mount on.
+    Every sandbox of a backend mounts on the same ones (``LocalBackend._mount_points``):
+    mounts belong to this mount namespace, made private first, so no other sandbox and not
+    the host sees them, and a create makes no directories for them (three inodes in the
+    runner's file system, made and deleted again per sandbox, 0.3-0.4 ms on its path).
     ``disk_fd`` is the writable layer, made by the runner as a detached mount with
     ``upper`` and ``work`` in it (``disk_mount.py``); from here on it lives in this
     namespace only, and the descriptor is closed.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    os.chdir(state_dir)
+    os.chdir(mount_dir)
     bind_idmapped(lower, LOWER, userns_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
     try:
         attach_mount(disk_fd, RW)
@@ -288,7 +293,7 @@ def mount_volume(root: Root, volume: tuple[str, int, bool], userns_fd: int, owne
 
 def build(
     *,
-    state_dir: str,
+    mount_dir: str,
     lower: str,
     disk_fd: int,
     files: list[tuple[str, int]],
@@ -303,7 +308,7 @@ def build(
     ``owner`` is the host uid (and gid) of the sandbox's root: what it must own.
     ``disk_fd`` is the writable layer (see :func:`mount_overlay`).
     """
-    mount_overlay(state_dir, lower, disk_fd, userns_fd, owner)
+    mount_overlay(mount_dir, lower, disk_fd, userns_fd, owner)
     pivot_into(ROOT)
     mount_proc()
     mount_dev(owner)
