@@ -29,6 +29,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -42,6 +43,23 @@ EMPTY_NETNS_AHEAD = 4
 """Empty network namespaces kept ready for sandboxes without a network (egress none)."""
 SPARES_AHEAD = 2
 """Keeper and agent pairs forked ahead (``spares.py``) once a sandbox was asked for."""
+QUIET_AFTER_SPAWN_SECONDS = 0.015
+"""After a spawn, work made ahead (spares, namespaces) waits this long. Why: it was done at
+once, while the sandbox just handed out built itself, and a spare pair is two forks of a
+Python process (2-3 ms of CPU) competing with that build, its keeper and the runner on a
+small host. 15 ms covers a build; a client creating sandboxes one after another asks again
+20 ms or more later, and a spare is left for it meanwhile (``SPARES_AHEAD``)."""
+
+
+def idle_wait(idle_work: bool, quiet_until: float, now: float) -> float:
+    """How long the zygote's loop waits for a message before it does something itself.
+
+    With work made ahead to do, until the quiet time after the last spawn is over (0 when
+    it is); without, until the next look whether it was abandoned.
+    """
+    if not idle_work:
+        return ABANDONED_CHECK_SECONDS
+    return max(0.0, quiet_until - now)
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -68,6 +86,7 @@ class Zygote:
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._reap)
         self.running = True
+        self.quiet_until = 0.0  # monotonic: no work made ahead before (see QUIET_AFTER_SPAWN)
         # User namespaces made ahead of time for id ranges the runner has claimed: creating
         # one costs a fork and two map writes (~2 ms), too much for the create path.
         self.namespaces: dict[int, tuple[int, int, int]] = {}  # slot -> (first, count, fd)
@@ -151,6 +170,7 @@ class Zygote:
         (``spares.py``); the others go to a fork, which reports what is missing.
         ``runner_netns_fd`` is the network namespace the runner made (egress), if any.
         """
+        self.quiet_until = time.monotonic() + QUIET_AFTER_SPAWN_SECONDS
         userns_fd: int | None = None
         netns_fd: int | None = None
         if not msg.get("netns"):  # no network of the runner's: an empty one, if one is ready
@@ -268,25 +288,28 @@ class Zygote:
     def serve(self, ready_fd: int | None) -> None:
         """Signal readiness on ``ready_fd`` and loop until asked to shut down.
 
-        Spawns are served as they arrive; namespace preparation (user namespaces the runner
-        asked for, then empty network namespaces) only when nothing else is waiting, so a
-        burst of creates never queues behind it.
+        Spawns are served as they arrive; work made ahead (user namespaces the runner asked
+        for, spare pairs, empty network namespaces) only when nothing else is waiting, so a
+        burst of creates never queues behind it, and not within
+        ``QUIET_AFTER_SPAWN_SECONDS`` of a spawn, so it does not compete with that build.
         """
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
         while self.running:
-            idle_work = self.prepare_queue or self._spares_short() or self._netns_short()
-            events = self.sel.select(0 if idle_work else ABANDONED_CHECK_SECONDS)
+            idle_work = bool(self.prepare_queue or self._spares_short() or self._netns_short())
+            events = self.sel.select(idle_wait(idle_work, self.quiet_until, time.monotonic()))
             for key, _mask in events:
                 key.data(key.fileobj)
-            if not events and self.prepare_queue:
+            if events or (idle_work and time.monotonic() < self.quiet_until):
+                continue
+            if self.prepare_queue:
                 self._prepare_one()
-            elif not events and self._spares_short():
+            elif self._spares_short():
                 self._fork_spare()
-            elif not events and self._netns_short():
+            elif self._netns_short():
                 self._make_empty_netns()
-            elif not events and self._abandoned():
+            elif self._abandoned():
                 self.running = False
 
     def _spares_short(self) -> bool:
