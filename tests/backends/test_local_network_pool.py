@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.base import EgressType, MountedFile, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.local import LocalBackend, network_namespace
 from sandboxd.backends.local.hook_chains import UNKNOWN
@@ -457,3 +457,50 @@ def test_a_claim_handed_on_is_rewritten_in_place_and_reads_whole(tmp_path: Path)
     assert claim.stat().st_ino == inode
     net.release(lease)
     assert net.claims() == {}
+
+
+def test_sandboxes_with_a_network_get_the_host_resolver_settings_read_only(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A sandbox with egress reads the host's ``/etc/resolv.conf`` (one copy the backend
+    keeps, sealed per sandbox, so its state directory holds no file of its own for it),
+    cannot change it for itself or anyone else, and keeps the file it mounts itself; a
+    sandbox without a network has no such mount."""
+    host = Path("/etc/resolv.conf").read_bytes()
+    if NetworkManager.resolv_conf() is None:
+        pytest.skip("this host's resolv.conf names only loopback name servers")
+    backend = LocalBackend(tmp_path / "backend", images=image_store)
+    harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix=f"rc{os.getpid()}-")
+    own = MountedFile("/etc/resolv.conf", b"nameserver 192.0.2.53\n")
+
+    async def body() -> None:
+        async with (
+            harness.sandbox(network=INTERNET) as one,
+            harness.sandbox(network=INTERNET) as two,
+        ):
+            r = await run(harness, one, ["cat", "/etc/resolv.conf"])
+            assert r.stdout == host
+            r = await run(harness, one, ["cat", "/proc/self/mountinfo"])
+            assert b" /etc/resolv.conf " in r.stdout  # the sealed copy, mounted read-only
+            r = await run(harness, one, ["sh", "-c", "echo nameserver 6.6.6.6 > /etc/resolv.conf"])
+            assert r.code != 0
+            assert (await run(harness, two, ["cat", "/etc/resolv.conf"])).stdout == host
+            for sid in (one, two):  # one copy for all, no per-sandbox files on the host
+                state_dir = backend._records[sid].state_dir  # type: ignore[attr-defined]
+                assert not (state_dir / "files").exists()
+        assert Path("/etc/resolv.conf").read_bytes() == host
+        async with harness.sandbox(network=INTERNET, mounted_files=(own,)) as mine:
+            assert (await run(harness, mine, ["cat", "/etc/resolv.conf"])).stdout == own.data
+            state_dir = backend._records[mine].state_dir  # type: ignore[attr-defined]
+            assert [p.read_bytes() for p in (state_dir / "files").iterdir()] == [own.data]
+        async with harness.sandbox() as offline:  # the image's own file, if any: no mount
+            r = await run(harness, offline, ["cat", "/proc/self/mountinfo"])
+            assert b" /etc/resolv.conf " not in r.stdout
+
+    async def scenario() -> None:
+        try:
+            await body()
+        finally:
+            await backend.close()
+
+    aio.run(asyncio.wait_for(scenario(), 120))

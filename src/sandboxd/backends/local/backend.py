@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 
 MOUNT_DIR = "mnt"
 """Under the data directory: the mount points every sandbox's agent mounts on."""
+RESOLV_FILE = "resolv.conf"
+"""Under the data directory: the resolver settings sandboxes with a network get."""
 # How long a teardown waits for a killed sandbox's keeper to write exit.json and end (it
 # takes milliseconds; a stuck one is SIGKILLed after this).
 KEEPER_END_SECONDS = 5.0
@@ -135,6 +137,7 @@ class LocalBackend(Backend):
         self._cgroups: CgroupManager | None = None
         self._primer = CgroupPrimer()
         self._building = 0  # sandboxes being built now (creates and warm slots)
+        self._resolv_written: bytes | None = None  # what _resolv_file last wrote
         self._key = key
         # Held while this backend lives; names its data directory (owners.py).
         self._owner = OwnerLock(key, data_dir=str(self.data_dir))
@@ -280,6 +283,24 @@ class LocalBackend(Backend):
                 (mount_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         return str(mount_dir)
 
+    def _resolv_file(self) -> str | None:
+        """The host's resolver settings for sandboxes with a network, as a file of ours.
+
+        One file for every sandbox, written again (a new file renamed over the old) only
+        when ``/etc/resolv.conf`` changed: a keeper copying it meanwhile reads the old or
+        the new settings whole. None when the host has no usable name server.
+        """
+        data = self._net.resolv_conf()
+        if data is None:
+            return None
+        path = self.data_dir / RESOLV_FILE
+        if data != self._resolv_written or not path.is_file():
+            tmp = path.with_name(f"{RESOLV_FILE}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            self._resolv_written = data
+        return str(path)
+
     def _refill(self) -> None:
         self._disk.refill()
         self._nets.refill()
@@ -331,7 +352,7 @@ class LocalBackend(Backend):
         start: bool,
     ) -> None:
         mount_dir = self._mount_points()
-        resolv = self._net.resolv_conf() if rec.egress is not EgressType.NONE else None
+        resolv = self._resolv_file() if rec.egress is not EgressType.NONE else None
         file_map = rec.stage_files(spec.mounted_files, resolv)
         try:
             rec.ids = self._ranges.take(rec.sandbox_id)

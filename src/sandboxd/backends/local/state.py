@@ -168,23 +168,25 @@ class SandboxRecord:
                 await asyncio.wait_for(asyncio.shield(self.exited_future()), timeout)
 
     def stage_files(
-        self, mounted: tuple[MountedFile, ...], resolv_conf: bytes | None
+        self, mounted: tuple[MountedFile, ...], resolv_conf: str | None
     ) -> list[list[str]]:
         """Write the mounted files into ``files/`` here; ``[path inside, host path]`` each.
 
         The keeper seals a copy of each (no host descriptor crosses into the sandbox).
-        ``resolv_conf`` (the host's resolver settings, for a sandbox with a network) is
-        added unless the sandbox mounts its own.
+        ``resolv_conf`` (the host file of the runner's resolver settings, for a sandbox
+        with a network, shared by all: ``LocalBackend._resolv_file``) is added unless the
+        sandbox mounts its own. ``files/`` is made only for mounted files: most sandboxes
+        have none, and every directory is an inode made and freed on the create's path.
         """
-        files = list(mounted)
-        if resolv_conf is not None and not any(m.path == "/etc/resolv.conf" for m in files):
-            files.append(MountedFile("/etc/resolv.conf", resolv_conf))
-        (self.state_dir / "files").mkdir(mode=0o700)
         file_map = []
-        for i, mf in enumerate(files):
+        if mounted:
+            (self.state_dir / "files").mkdir(mode=0o700)
+        for i, mf in enumerate(mounted):
             host = self.state_dir / "files" / str(i)
             host.write_bytes(mf.data)
             file_map.append([mf.path, str(host)])
+        if resolv_conf is not None and not any(m.path == "/etc/resolv.conf" for m in mounted):
+            file_map.append(["/etc/resolv.conf", resolv_conf])
         return file_map
 
     def save(self) -> None:
