@@ -203,6 +203,34 @@ def test_nothing_survives_stop_and_destroy(aio: asyncio.Runner, local_harness: H
     go(aio, attack())
 
 
+def test_kill_0_in_an_exec_reaches_only_its_own_process_group(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The main process and every exec lead a process group of their own (the agent spawns
+    them with ``setpgid``): ``kill 0`` in one exec ends its own group only, while the main
+    process and what another exec left running live on."""
+
+    def sleeps(out: bytes) -> list[str]:
+        return sorted(out.decode().split())
+
+    async def attack() -> None:
+        async with local_harness.sandbox(command=("sleep", "1000")) as sid:
+            r = await run(local_harness, sid, sh("cut -d' ' -f1,5 /proc/$$/stat"))
+            pid, group = r.stdout.split()
+            assert pid == group, r.stdout  # its own group, led by itself
+            before = await run(local_harness, sid, sh("pidof sleep"))
+            assert len(sleeps(before.stdout)) == 1, before  # the main process
+            left = await run(local_harness, sid, sh("sleep 1000 >/dev/null 2>&1 & echo $!"))
+            r = await run(local_harness, sid, sh("kill -TERM 0; sleep 5; echo survived"))
+            assert r.code == 128 + 15 and b"survived" not in r.stdout, r
+            after = await run(local_harness, sid, sh("pidof sleep"))
+            assert sleeps(after.stdout) == sorted(
+                [*sleeps(before.stdout), left.stdout.decode().strip()]
+            )
+
+    go(aio, attack())
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -274,7 +274,10 @@ class Agent:
         cwd: str,
         tty: bool = False,
     ) -> int:
-        """Resolve ``cwd`` and ``argv[0]`` in root, then start the process in a new session."""
+        """Resolve ``cwd`` and ``argv[0]`` in root, then start the process in a group of its own.
+
+        A terminal exec gets a session of its own too (its terminal needs one).
+        """
         self._enter_cwd(cwd)
         try:
             path = find_executable(self.root, argv[0], env.get("PATH", DEFAULT_PATH), cwd)
