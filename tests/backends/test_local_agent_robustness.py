@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -304,6 +305,45 @@ def test_a_spawn_that_names_a_network_but_brings_no_namespace_is_refused(
     assert isinstance(reply, dict) and reply.get("ok") is False
     assert reply.get("error") == "no network namespace came with the request"
     assert not (state / "exit.json").exists()
+
+
+def test_a_zygote_of_an_earlier_version_is_asked_to_exit_before_a_new_one_starts(
+    aio: asyncio.Runner, tmp_path: Path
+) -> None:
+    """A zygote outlives its runner and runs the code it was started with. A runner of a
+    newer version finds one listening on the old socket name: it asks it to exit (its
+    sandboxes would keep running) and starts its own, on the versioned name; nothing of its
+    own requests goes to the old one."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old.bind(str(run_dir / protocol.EARLIER_ZYGOTE_SOCKETS[0]))
+    old.listen(4)
+    heard: list[object] = []
+
+    def earlier_zygote() -> None:  # what an earlier version's zygote does with a message
+        conn, _ = old.accept()
+        with conn:
+            heard.append(protocol.recv(conn)[0])
+
+    listener = threading.Thread(target=earlier_zygote, daemon=True)
+    listener.start()
+    zygote = supervisor.ZygoteClient(run_dir)
+
+    async def scenario() -> None:
+        await zygote.ensure()
+        try:
+            assert (run_dir / protocol.ZYGOTE_SOCKET).exists()
+        finally:
+            await zygote.shutdown()
+
+    try:
+        go(aio, scenario())
+        listener.join(10)
+        assert heard == [{"op": "shutdown"}]
+        assert not (run_dir / protocol.EARLIER_ZYGOTE_SOCKETS[0]).exists()
+    finally:
+        old.close()
 
 
 def test_signals_the_runner_inherited_as_ignored_are_default_in_the_sandbox(

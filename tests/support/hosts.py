@@ -74,6 +74,7 @@ from typing import Any, Literal
 
 import pytest
 
+from sandboxd.backends.local.protocol import ZYGOTE_SOCKET
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
 CLAIM_DIR = Path("/run/sandboxd-tests/hostnet")
@@ -419,7 +420,7 @@ def release_prepared_claims(backend_dir: Path) -> None:
 
 
 def _zygote_listening(run_dir: Path) -> bool:
-    """Whether a zygote answers on ``run_dir/zygote.sock`` (a dead one leaves the file)."""
+    """Whether a zygote answers in ``run_dir`` (a dead one leaves its socket file)."""
     try:
         dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -427,7 +428,7 @@ def _zygote_listening(run_dir: Path) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             # Through the directory's fd: the full path may exceed sun_path's 108 bytes.
-            sock.connect(f"/proc/self/fd/{dir_fd}/zygote.sock")
+            sock.connect(f"/proc/self/fd/{dir_fd}/{ZYGOTE_SOCKET}")
         return True
     except OSError:
         return False

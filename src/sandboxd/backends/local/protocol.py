@@ -29,6 +29,19 @@ class ProtocolError(ValueError):
     """A message that is too large, not JSON, or not a JSON object: refused, never fatal."""
 
 
+ZYGOTE_SOCKET = "zygote-2.sock"
+"""The zygote's socket in its run directory, named with the version of its spawn request.
+
+Why versioned: a zygote outlives its runner (``supervisor.py``), and it runs the code it
+was started with. A runner restarted on a newer sandboxd must not hand its requests to one
+an earlier version left running, which would read them the old way (this one's agents mount
+on shared mount points, ``LocalBackend._mount_points``; an earlier one's looked for them in
+each state directory, and failed). Bump the number whenever a request changes meaning, and
+add the old name to ``EARLIER_ZYGOTE_SOCKETS``."""
+EARLIER_ZYGOTE_SOCKETS = ("zygote.sock",)
+"""Where zygotes of earlier versions listen: asked to exit when a new one is started."""
+
+
 def socket_path(dir_fd: int, name: str) -> str:
     """A short path to ``name`` in an open directory, dodging the 108-byte sun_path limit."""
     return f"/proc/self/fd/{dir_fd}/{name}"

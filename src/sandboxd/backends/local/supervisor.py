@@ -2,7 +2,7 @@
 
 Why the zygote outlives the runner: it is the parent (subreaper) of every keeper, so it must
 keep reaping them while a runner restarts; the new runner finds it through
-``<data_dir>/run/zygote.sock``. Replies to spawn requests come back on the shared
+``<data_dir>/run/`` (``protocol.ZYGOTE_SOCKET``). Replies to spawn requests come back on the shared
 connection tagged with the request id (each is sent by the forked keeper that did the work,
 as one SEQPACKET message), so concurrent creates never wait for each other.
 
@@ -88,7 +88,25 @@ class ZygoteClient:
         if self._dir_fd is None:
             self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._dir_fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return protocol.socket_path(self._dir_fd, "zygote.sock")
+        return protocol.socket_path(self._dir_fd, protocol.ZYGOTE_SOCKET)
+
+    def _retire_earlier(self) -> None:
+        """Ask zygotes of earlier versions in this run directory to exit (best effort).
+
+        Before this one starts its own: an earlier zygote reads spawn requests the old
+        way (``protocol.ZYGOTE_SOCKET`` says why the name is versioned), so it must not
+        idle on beside the new one. Its sandboxes keep running: their keepers are
+        re-parented when it exits, as when a zygote is killed.
+        """
+        assert self._dir_fd is not None
+        for name in protocol.EARLIER_ZYGOTE_SOCKETS:
+            path = protocol.socket_path(self._dir_fd, name)
+            with contextlib.suppress(OSError, protocol.ProtocolError):
+                with protocol.connect(path) as sock:
+                    protocol.send(sock, {"op": "shutdown"})
+                log.info("asked the zygote of an earlier version (%s) to exit", name)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     async def ensure(self, start: bool = True) -> None:
         """Connect to a running zygote, or (``start``) start one; else ``ZygoteError``.
@@ -105,6 +123,7 @@ class ZygoteClient:
             except OSError as exc:
                 if not start:
                     raise ZygoteError(f"no zygote is running ({exc})") from None
+                self._retire_earlier()
                 await self._start()
                 sock = protocol.connect(self._path())
             sock.setblocking(False)

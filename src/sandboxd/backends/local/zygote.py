@@ -8,8 +8,9 @@ PID 1 of the new PID namespace (``boot.py``); or, more often, it hands the reque
 keeper and agent pair it forked ahead while idle (``spares.py``), so a create forks
 nothing on its path. The zygote is started in its own session and
 is a child subreaper, so keepers are reaped even after the runner that started it has died;
-a restarted runner simply reconnects to ``zygote.sock``. Once its run directory is deleted
-and its last keeper has ended, nobody can reach it or needs it, and it exits.
+a restarted runner simply reconnects to its socket (``protocol.ZYGOTE_SOCKET``). Once its
+run directory is deleted and its last keeper has ended, nobody can reach it or needs it, and
+it exits.
 
 The runner starts it from a sealed in-memory copy of the Python interpreter (see
 ``supervisor.py``), so no process of a sandbox ever has a host binary as its executable:
@@ -77,7 +78,9 @@ class Zygote:
         # Loaded once: every keeper execs this sealed copy after its set-up (keeper.py).
         self.native_keeper = load_native_keeper()
         self.run_dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.listener = protocol.listen(protocol.socket_path(self.run_dir_fd, "zygote.sock"))
+        self.listener = protocol.listen(
+            protocol.socket_path(self.run_dir_fd, protocol.ZYGOTE_SOCKET)
+        )
         self.sel = selectors.DefaultSelector()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
