@@ -203,7 +203,7 @@ def agent_main(req: dict[str, Any], fds: AgentFds, *, late_files: bool = False) 
         _namespaces(req, fds)
         owner = int(req["uid_first"])
         rootfs.build(
-            mount_dir=req.get("mount_dir") or req["state_dir"],
+            mount_dir=req["mount_dir"],
             lower=req["rootfs"],
             disk_fd=fds.disk,
             files=fds.files,
