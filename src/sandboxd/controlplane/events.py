@@ -360,8 +360,13 @@ class EventLog:
     # -- reading ------------------------------------------------------------------------
 
     async def page(self, sandbox_id: str, after_seq: int, limit: int) -> list[SandboxEvent]:
-        """Events of a sandbox after ``after_seq``, oldest first (pending ones written first)."""
-        if any(e.sandbox_id == sandbox_id for e in self._pending):
+        """Events of a sandbox after ``after_seq``, oldest first (pending ones written first).
+
+        A flush under way holds its batch outside ``_pending`` until the database has it,
+        so a read then waits for that flush too (``flush`` takes the same lock): else an
+        event noted just before, say a snapshot's, was missing from a read right after.
+        """
+        if self._lock.locked() or any(e.sandbox_id == sandbox_id for e in self._pending):
             await self.flush()
         return await asyncio.to_thread(self._store.page, sandbox_id, after_seq, limit)
 

@@ -128,3 +128,38 @@ def test_deleting_a_sandbox_that_ended_before_the_restart_notes_only_the_delete(
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_read_while_a_flush_is_writing_sees_the_events_of_that_flush(tmp_path: Path) -> None:
+    """The writer takes pending events out of the queue and then waits for the database; a
+    read in that moment found nothing pending and read the database before the batch was
+    in it (a CI run lost a snapshot's event this way). Here the batch's write is held open
+    until the read has started: the read must still return the event."""
+
+    async def scenario() -> None:
+        store = Store.sqlite(tmp_path / "cp.db")
+        process = Process(store)
+        await process.records.add(new_record())
+        entered, release = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        write = store.events.append
+
+        def held_append(*args: object) -> object:
+            loop.call_soon_threadsafe(entered.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+            return write(*args)  # type: ignore[arg-type]
+
+        store.events.append = held_append  # type: ignore[method-assign]
+        try:
+            flushing = asyncio.ensure_future(process.events.flush())
+            await asyncio.wait_for(entered.wait(), 10)
+            reading = asyncio.ensure_future(process.events.page("sb-1", 0, 100))
+            await asyncio.sleep(0)  # the read has looked at the queue: nothing pending
+            release.set()
+            await flushing
+            assert [e.kind for e in await reading] == ["placed"]
+        finally:
+            store.events.append = write  # type: ignore[method-assign]
+            process.records.close()
+
+    asyncio.run(scenario())
