@@ -202,6 +202,7 @@ class RunnerAgent:
                 public_host=self._capabilities.hostname or None,
                 control_plane=settings.control_plane,
                 max_execs_per_sandbox=settings.max_execs_per_sandbox,
+                max_concurrent_creates=settings.max_concurrent_creates,
                 egress_blocked=settings.egress_blocked,
             )
 

@@ -32,7 +32,11 @@ def _quantity(parse: Callable[[str], int]) -> Callable[[click.Context, click.Par
 
 
 def limit_options(command: F) -> F:
-    """Add ``--reserve-cpu``/``-memory``, ``--max-execs-per-sandbox`` and ``--block-egress``."""
+    """Add the options of what the runner keeps back and what sandboxes may hold or reach.
+
+    ``--reserve-cpu``/``-memory``, ``--max-execs-per-sandbox``, ``--max-concurrent-creates``
+    and ``--block-egress``.
+    """
     command = click.option(
         "--block-egress",
         "egress_blocked",
@@ -41,6 +45,14 @@ def limit_options(command: F) -> F:
         envvar="SANDBOXD_BLOCK_EGRESS",
         help="A CIDR no sandbox may reach, on top of the non-public ranges, this host and the "
         "control plane (e.g. a public IP the provider maps to this host); repeat for several.",
+    )(command)
+    command = click.option(
+        "--max-concurrent-creates",
+        type=click.IntRange(min=1),
+        default=None,
+        envvar="SANDBOXD_MAX_CONCURRENT_CREATES",
+        help="Cold creates the backend builds at once; more wait their turn in arrival order "
+        "[default: twice the CPUs the runner may use].",
     )(command)
     command = click.option(
         "--max-execs-per-sandbox",

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from sandboxd.runner.capacity import HostReserve
+from sandboxd.runner.create_slots import default_concurrent_creates
 from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -75,7 +76,8 @@ class RunnerSettings:
 
     ``reserve`` is the CPU and memory kept for the host (see ``capacity.py``): the runner
     reports, and its sandboxes together may use, the rest. ``max_execs_per_sandbox`` caps
-    concurrent execs in one sandbox (see ``exec_limits.py``). ``egress_blocked`` are CIDRs no
+    concurrent execs in one sandbox (see ``exec_limits.py``), ``max_concurrent_creates`` the
+    cold creates the backend builds at once (``create_slots.py``). ``egress_blocked`` are CIDRs no
     sandbox may reach on top of the built-in list and the control plane (``egress.py``), e.g.
     a public address the provider maps to this host without any interface carrying it.
     """
@@ -94,6 +96,7 @@ class RunnerSettings:
     keepalive_interval: float | None = DEFAULT_KEEPALIVE_SECONDS
     reserve: HostReserve = field(default_factory=HostReserve)
     max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
+    max_concurrent_creates: int = field(default_factory=default_concurrent_creates)
     egress_blocked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -110,6 +113,8 @@ class RunnerSettings:
             raise ValueError("runner_group_id must not be empty")
         if self.max_execs_per_sandbox < 1:
             raise ValueError("max_execs_per_sandbox must be at least 1")
+        if self.max_concurrent_creates < 1:
+            raise ValueError("max_concurrent_creates must be at least 1")
         for cidr in self.egress_blocked:
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -44,6 +44,7 @@ from sandboxd.controlplane.limits import (
     check_runner_spec,
 )
 from sandboxd.runner import failures
+from sandboxd.runner.create_slots import default_concurrent_creates
 from sandboxd.runner.egress import ControlPlaneAddresses
 from sandboxd.runner.exec_limits import (
     DEFAULT_MAX_EXECS_PER_SANDBOX,
@@ -101,6 +102,9 @@ class SandboxSupervisor(SandboxTable):
     as are the ``egress_blocked`` CIDRs.
     At most ``max_execs_per_sandbox`` execs run at once in one sandbox, and no more on the
     whole runner than its open-files limit (raised to the hard limit here) has room for.
+    The backend builds at most ``max_concurrent_creates`` cold creates at once (default
+    :func:`~sandboxd.runner.create_slots.default_concurrent_creates`); the rest wait their
+    turn in arrival order.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class SandboxSupervisor(SandboxTable):
         retain_exited_seconds: float | None = DEFAULT_RETAIN_EXITED_SECONDS,
         control_plane: str | None = None,
         max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX,
+        max_concurrent_creates: int | None = None,
         egress_blocked: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
@@ -129,6 +134,8 @@ class SandboxSupervisor(SandboxTable):
         self._egress_blocked = egress_blocked
         raise_nofile_limit()
         self._exec_slots = ExecSlots(max_execs_per_sandbox, runner_exec_budget())
+        creates = max_concurrent_creates or default_concurrent_creates()
+        self._create_slots = asyncio.Semaphore(creates)
         self._opened = RecentIds(OPENED_STREAMS_REMEMBERED)
         self._arrivals = StartArrivals(self._sandboxes.get)
         self._warm = WarmPools(backend, self._backend_spec)
@@ -370,7 +377,8 @@ class SandboxSupervisor(SandboxTable):
             if await self._warm.claim(spec.profile_name, backend_spec):
                 created = True  # and started, from the profile's warm pool
             else:  # a failed create_and_start leaves nothing behind
-                await self._backend.create_and_start(backend_spec)
+                async with self._create_slots:  # a burst's builds take turns (create_slots.py)
+                    await self._backend.create_and_start(backend_spec)
                 created = True
             sb.backend_started()  # waiting execs go now; what follows is bookkeeping
             await asyncio.sleep(0)  # let them send their command before we go on

@@ -153,6 +153,13 @@ def test_bad_url_is_a_usage_error(tmp_path):
     assert "http:// or https://" in result.output
 
 
+def test_a_zero_create_bound_is_a_usage_error_naming_the_option(tmp_path):
+    args = ["--control-plane", "http://127.0.0.1:1", "--state-dir", str(tmp_path)]
+    result = CliRunner().invoke(runner_command, [*args, "--max-concurrent-creates", "0"])
+    assert result.exit_code == 2
+    assert "--max-concurrent-creates" in result.output
+
+
 def test_help_lists_the_options():
     result = CliRunner().invoke(runner_command, ["--help"])
     assert result.exit_code == 0
@@ -165,6 +172,7 @@ def test_help_lists_the_options():
         "--state-dir",
         "--heartbeat-interval",
         "--log-level",
+        "--max-concurrent-creates",
     ):
         assert option in result.output
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -51,6 +52,7 @@ def test_settings_defaults(tmp_path):
     assert (settings.reconnect_backoff_min, settings.reconnect_backoff_max) == (0.2, 5.0)
     assert settings.address.target == "127.0.0.1:1"
     assert RunnerSettings(control_plane="http://h:1").state_dir.name == "runner"
+    assert settings.max_concurrent_creates == 2 * len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,7 @@ def test_settings_defaults(tmp_path):
         {"runner_group_id": ""},
         {"register_timeout": -1},
         {"keepalive_interval": 0},
+        {"max_concurrent_creates": 0},
     ],
 )
 def test_settings_validation(tmp_path, overrides):
