@@ -6,8 +6,9 @@ event loop, and a burst that builds everything at once makes every build wait fo
 others. In a burst of 100 concurrent creates (``bench/sandboxes.py``, 2 cores), unbounded,
 all of them finished together: p50 1.67–2.16 s against a p99 of 1.70–2.32 s. Four at a time
 (alternating runs, the same machine): p50 1.00–1.37 s, p99 1.70–2.16 s, so half of the
-sandboxes are ready in about half the time and none later. Fewer builds in flight also keep
-each one shorter, so a create arriving during a burst is not held behind all of it.
+sandboxes are ready in about half the time and none later. A create that arrives during a
+burst waits behind those queued before it, and is ready about when it would have been
+without the bound: the work ahead of it is the same, only no longer shared out evenly.
 
 Only the backend's build takes a slot, in arrival order: a create's reservation is made
 before it queues (capacity stays honest while it waits), and warm-pool claims, which build
