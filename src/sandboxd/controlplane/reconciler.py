@@ -109,9 +109,19 @@ class RunnerReconciler:
         # (monotonic) time: an outage must not become a loop of round trips and log lines.
         self._snapshot_not_before = 0.0
         self._snapshot_delay = SNAPSHOT_RETRY_SECONDS[0]
+        # Reports counted as they are applied, and each sandbox's latest, so that a snapshot
+        # never calls lost a sandbox reported after it was asked for (apply_snapshot).
+        self._reports = 0
+        self._reported_at: dict[str, int] = {}
+        self._asked: list[int] = []  # the report count when each pending snapshot was asked
         self._full = True
         self._dirty: set[str] = set()
         self._task = asyncio.create_task(self._loop(), name=f"reconcile-{runner_id}")
+
+    @property
+    def snapshots_asked(self) -> int:
+        """Snapshots asked of the runner whose answers are not applied yet."""
+        return len(self._asked)
 
     @property
     def pending(self) -> int:
@@ -232,6 +242,8 @@ class RunnerReconciler:
         asyncio.get_running_loop().call_later(RETRY_SECONDS, self.kick, sandbox_id)
 
     async def _observe(self, sandbox_id: str, report: Report) -> None:
+        self._reports += 1  # an event, a command's answer or a snapshot's line: see apply_snapshot
+        self._reported_at[sandbox_id] = self._reports
         if report.phase is Observed.RUNNING:  # shown while stored: a create's hot path
             await self._records.observe_running(sandbox_id, lambda r: observe(r, report))
         else:
@@ -382,12 +394,23 @@ class RunnerReconciler:
 
     # -- what the runner reports ----------------------------------------------------------
     async def _request_snapshot(self, link: RunnerLink) -> None:
+        since = self._reports  # what is reported from now on may be newer than the snapshot
+        self._asked.append(since)
         try:
-            result = await link.call(runner_pb2.Command(snapshot=runner_pb2.Snapshot()))
-        except ApiError as error:
-            log.info("runner %s: no snapshot (%s)", self.runner_id, error.message)
-            return
-        await self.apply_snapshot(list(result.snapshot.sandboxes), "")
+            try:
+                result = await link.call(runner_pb2.Command(snapshot=runner_pb2.Snapshot()))
+            except ApiError as error:
+                log.info("runner %s: no snapshot (%s)", self.runner_id, error.message)
+                return
+            await self.apply_snapshot(list(result.snapshot.sandboxes), "", since=since)
+        finally:
+            self._asked.remove(since)
+            self._forget_reports()
+
+    def _forget_reports(self) -> None:
+        """Drop the report marks no snapshot still waiting for its answer can need."""
+        floor = min(self._asked, default=self._reports)
+        self._reported_at = {sid: n for sid, n in self._reported_at.items() if n > floor}
 
     async def apply_event(self, event: runner_pb2.SandboxEvent) -> None:
         """A runner's report about one sandbox: update its observed state."""
@@ -403,14 +426,27 @@ class RunnerReconciler:
                 self._snapshot_later()
 
     async def apply_snapshot(
-        self, events: list[runner_pb2.SandboxEvent], runner_cluster_id: str
+        self,
+        events: list[runner_pb2.SandboxEvent],
+        runner_cluster_id: str,
+        since: int | None = None,
     ) -> None:
         """Everything the runner holds: update, destroy what we deleted, note orphans.
 
         A sandbox the runner no longer reports although it was running here is gone (its
         runner lost it, e.g. with the host). One that is not yet reported as started is
         left to the reconciler, which starts it (again).
+
+        ``since``: the report count when the snapshot was asked for (None: now, for the one a
+        runner brings when it connects). A sandbox reported after that is not called lost:
+        the runner leaves sandboxes still starting out of a snapshot, and one whose start
+        ends after the snapshot was made has its RUNNING report applied before, or while,
+        the snapshot is (the answer waits on another task). Calling it lost made a sandbox
+        that ran fine FAILED after a control plane restart (a CI run of
+        ``test_controlplane_kill9_and_restart_loses_nothing``). A sandbox really gone is
+        found by the next snapshot.
         """
+        since = self._reports if since is None else since
         reported = {event.sandbox_id: event for event in events}
         unknown: list[runner_pb2.SandboxEvent] = []
         try:
@@ -424,6 +460,8 @@ class RunnerReconciler:
                     await self._observe(sid, report)
             for record in self._records.live_on(self.runner_id):
                 if record.sandbox_id not in reported and record.observed in STARTED:
+                    if self._reported_at.get(record.sandbox_id, 0) > since:
+                        continue  # reported after the snapshot was asked for (see above)
                     lost = Report(Observed.GONE, record.observed_generation, reason=LOST_REASON)
                     await self._observe(record.sandbox_id, lost)
             await self._classify_unknown(unknown, runner_cluster_id)
