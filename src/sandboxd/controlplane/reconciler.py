@@ -64,6 +64,8 @@ RETRY_SECONDS = 2.0
 """A command that failed without progress is sent again after this long, not at once."""
 SNAPSHOT_RETRY_SECONDS = (1.0, 30.0)
 """A snapshot that could not be stored is asked for again after 1 s, doubling up to 30 s."""
+RECHECK_SECONDS = 1.0
+"""A snapshot that left a sandbox undecided (``apply_snapshot``) is followed by another."""
 LOST_REASON = "lost: its runner no longer has it"
 
 StartNote = Callable[[str, bool, str], None]
@@ -444,9 +446,10 @@ class RunnerReconciler:
         the snapshot is (the answer waits on another task). Calling it lost made a sandbox
         that ran fine FAILED after a control plane restart (a CI run of
         ``test_controlplane_kill9_and_restart_loses_nothing``). A sandbox really gone is
-        found by the next snapshot.
+        found by the next snapshot, asked for :data:`RECHECK_SECONDS` later.
         """
         since = self._reports if since is None else since
+        undecided = False
         reported = {event.sandbox_id: event for event in events}
         unknown: list[runner_pb2.SandboxEvent] = []
         try:
@@ -461,7 +464,8 @@ class RunnerReconciler:
             for record in self._records.live_on(self.runner_id):
                 if record.sandbox_id not in reported and record.observed in STARTED:
                     if self._reported_at.get(record.sandbox_id, 0) > since:
-                        continue  # reported after the snapshot was asked for (see above)
+                        undecided = True  # reported after the snapshot was asked for (above)
+                        continue
                     lost = Report(Observed.GONE, record.observed_generation, reason=LOST_REASON)
                     await self._observe(record.sandbox_id, lost)
             await self._classify_unknown(unknown, runner_cluster_id)
@@ -472,6 +476,10 @@ class RunnerReconciler:
             self._snapshot_later()
             return
         self._snapshot_delay = SNAPSHOT_RETRY_SECONDS[0]
+        if undecided:  # a newer snapshot decides whether it is still there
+            self._snapshot_due = True
+            self._snapshot_not_before = time.monotonic() + RECHECK_SECONDS
+            asyncio.get_running_loop().call_later(RECHECK_SECONDS, self.kick)
         self.kick()
 
     def _snapshot_later(self) -> None:

@@ -225,7 +225,8 @@ def test_a_snapshot_never_calls_lost_a_sandbox_reported_after_it_was_asked_for(
 
     A CI run of ``test_controlplane_kill9_and_restart_loses_nothing`` saw such a sandbox
     marked FAILED ("lost: its runner no longer has it") while it ran fine. A sandbox that
-    was running before the snapshot was asked for and is missing from it is still lost.
+    was running before the snapshot was asked for and is missing from it is still lost, and
+    the undecided one is decided by a newer snapshot, asked for a second later.
     """
 
     async def scenario() -> None:
@@ -263,6 +264,17 @@ def test_a_snapshot_never_calls_lost_a_sandbox_reported_after_it_was_asked_for(
             kept = rig.records.cached("sb-2")
             assert kept is not None and kept.observed is Observed.RUNNING, kept
             assert not kept.terminal
+            # A newer snapshot decides: asked for about a second later. Had the runner really
+            # lost sb-2, this one (made after its report) says so, and it is lost.
+            async with asyncio.timeout(5):
+                while True:
+                    message = await link.outbox.get()
+                    assert message is not None, "the link closed"
+                    if message.command.WhichOneof("action") == "snapshot":
+                        break
+            rig.answer(link, message.command, snapshot=runner_pb2.SandboxList())
+            gone = await rig.settle("sb-2", lambda r: r.terminal)
+            assert gone is not None and gone.status_reason.startswith("lost")
 
     asyncio.run(scenario())
 
