@@ -110,7 +110,14 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
       ),
     );
   }
-  await refresh();
+  // A read that fails (a dropped connection) shows why and is read again by the next round,
+  // instead of ending the page: a CI run's page stayed empty after one failed read.
+  await refresh().catch((error) => {
+    summary.replaceChildren(
+      el("p", { class: "error", "data-testid": "sandbox-read-error" },
+        `Could not read the sandbox (read again in 2 s): ${error instanceof Error ? error.message : String(error)}`),
+    );
+  });
 
   // The activity trail, read after the last event seen.
   let lastSeq = 0;
