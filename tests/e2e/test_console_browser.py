@@ -194,6 +194,15 @@ SLOW_STATS = """
 """
 
 
+def open_a_new_sandbox(page: Page, platform: Platform, key_name: str) -> None:
+    """Sign in with a new member key, start ``sleep 600`` from the list, land on its page."""
+    sign_in(page, Console.of(platform.proc), member_key(platform, key_name))
+    page.goto(Console.of(platform.proc).url + "#/sandboxes")
+    page.get_by_test_id("start-command").fill("sleep 600")
+    page.get_by_test_id("start").click()
+    page.wait_for_url("**/#/sandboxes/sb-*")
+
+
 def test_a_slow_platform_does_not_pile_up_the_pages_reads(
     browser: Browser, platform: Platform
 ) -> None:
@@ -205,11 +214,7 @@ def test_a_slow_platform_does_not_pile_up_the_pages_reads(
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.add_init_script(SLOW_STATS)
-    sign_in(page, Console.of(platform.proc), member_key(platform, "browser-slow"))
-    page.goto(Console.of(platform.proc).url + "#/sandboxes")
-    page.get_by_test_id("start-command").fill("sleep 600")
-    page.get_by_test_id("start").click()
-    page.wait_for_url("**/#/sandboxes/sb-*")
+    open_a_new_sandbox(page, platform, "browser-slow")
     expect(page.get_by_test_id("sandbox-status")).to_have_text("running")
     deadline = time.monotonic() + TIMEOUT_MS / 1000  # the page's CSP forbids wait_for_function
     while page.evaluate("window.__stats.done") < 3:
@@ -244,11 +249,7 @@ def test_a_failed_read_of_the_sandbox_page_is_read_again(
             route.continue_()
 
     page.route(re.compile(r".*/api/sandboxes/sb-[^/?]+$"), drop_the_second_read)
-    sign_in(page, Console.of(platform.proc), member_key(platform, "browser-drop"))
-    page.goto(Console.of(platform.proc).url + "#/sandboxes")
-    page.get_by_test_id("start-command").fill("sleep 600")
-    page.get_by_test_id("start").click()
-    page.wait_for_url("**/#/sandboxes/sb-*")
+    open_a_new_sandbox(page, platform, "browser-drop")
     expect(page.get_by_test_id("sandbox-status")).to_have_text("running")
     assert len(reads) >= 3  # the dropped one was read again
     page.get_by_test_id("stop").click()
