@@ -28,7 +28,12 @@ def loop_devices(disk_dir: Path) -> list[str]:
 
 
 async def wait_for_loops(disk_dir: Path, count: int, timeout: float = 10.0) -> list[str]:
-    """Wait until exactly ``count`` of ``disk_dir``'s loop devices are attached."""
+    """Wait until exactly ``count`` of ``disk_dir``'s loop devices are attached.
+
+    Also after a close: the kernel detaches a layer's loop device once the layer's last
+    mount is gone, a moment after its descriptor is closed (a CI run saw one still attached
+    right after ``LocalBackend.close``).
+    """
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         devices = loop_devices(disk_dir)

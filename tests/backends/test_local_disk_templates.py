@@ -22,7 +22,7 @@ from sandboxd.backends.local.disk_template import (
     read_superblock,
 )
 
-from .disk_support import loop_devices
+from .disk_support import wait_for_loops
 
 MiB = 1 << 20
 
@@ -110,7 +110,7 @@ def test_layers_are_made_ahead_for_recent_sizes_and_freed_on_close(tmp_path: Pat
         assert layers.ready == 0
 
     asyncio.run(scenario())
-    assert loop_devices(tmp_path / "disk") == []
+    assert asyncio.run(wait_for_loops(tmp_path / "disk", 0)) == []
 
 
 def test_small_layers_still_get_a_few_thousand_inodes(tmp_path: Path) -> None:

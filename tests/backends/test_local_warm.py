@@ -29,7 +29,7 @@ from sandboxd.images import ImageStore
 from sandboxd.record_log import read_record
 from tests.support.host_network import link_exists
 
-from .disk_support import loop_devices, wait_in_use
+from .disk_support import wait_for_loops, wait_in_use
 from .image_refs import BUSYBOX
 from .nethost import NetHost, test_host
 
@@ -302,7 +302,7 @@ def test_slots_of_a_killed_runner_are_destroyed_by_the_next(
             assert await wait_in_use(backend, 0) == 0  # no layer (loop device) left in use
         finally:
             await backend.close()
-        assert loop_devices(data_dir / "disk") == []
+        assert await wait_for_loops(data_dir / "disk", 0) == []
         assert (
             not (data_dir / "sandboxes").exists() or list((data_dir / "sandboxes").iterdir()) == []
         )
@@ -365,7 +365,7 @@ def test_a_runner_killed_in_the_middle_of_a_claim_leaves_nothing(
             assert await wait_in_use(backend, 0) == 0
         finally:
             await backend.close()
-        assert loop_devices(data_dir / "disk") == []
+        assert await wait_for_loops(data_dir / "disk", 0) == []
         assert not (data_dir / "sandboxes" / "warm-t-died").exists()
 
     go(aio, scenario())
@@ -385,7 +385,7 @@ def test_close_destroys_unclaimed_slots(
         assert list((tmp_path / "runner" / "warm").iterdir()) == []
         assert slot_cgroups(groups) == []
         assert id_claims(backend) == []
-        assert loop_devices(tmp_path / "runner" / "disk") == []
+        assert await wait_for_loops(tmp_path / "runner" / "disk", 0) == []
 
     go(aio, scenario())
 
@@ -409,7 +409,7 @@ def test_a_discard_whose_caller_is_cancelled_still_tears_the_slot_down(
         assert list((tmp_path / "runner" / "warm").iterdir()) == []
         assert slot_cgroups(groups) == []
         assert id_claims(backend) == []
-        assert loop_devices(tmp_path / "runner" / "disk") == []
+        assert await wait_for_loops(tmp_path / "runner" / "disk", 0) == []
 
     go(aio, scenario())
 
