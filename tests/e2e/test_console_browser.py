@@ -251,7 +251,11 @@ def test_a_failed_read_of_the_sandbox_page_is_read_again(
     page.route(re.compile(r".*/api/sandboxes/sb-[^/?]+$"), drop_the_second_read)
     open_a_new_sandbox(page, platform, "browser-drop")
     expect(page.get_by_test_id("sandbox-status")).to_have_text("running")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000  # the page reads on every 2 s
+    while len(reads) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
     assert len(reads) >= 3  # the dropped one was read again
+    expect(page.get_by_test_id("sandbox-status")).to_have_text("running")  # still shown
     page.get_by_test_id("stop").click()
     expect(page.get_by_test_id("sandbox-status")).to_have_text(
         re.compile("completed|failed|terminated"), timeout=30_000

@@ -93,8 +93,8 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
   }
   terminalBox.append(el("p", { class: "note" }, "The terminal opens when the sandbox runs."));
 
-  async function refresh() {
-    current = await api.get(path);
+  // The summary from the last read (the page's first read is the one above).
+  function render() {
     openTerminal();
     summary.replaceChildren(
       table(
@@ -110,14 +110,14 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
       ),
     );
   }
-  // A read that fails (a dropped connection) shows why and is read again by the next round,
-  // instead of ending the page: a CI run's page stayed empty after one failed read.
-  await refresh().catch((error) => {
-    summary.replaceChildren(
-      el("p", { class: "error", "data-testid": "sandbox-read-error" },
-        `Could not read the sandbox (read again in 2 s): ${error instanceof Error ? error.message : String(error)}`),
-    );
-  });
+  async function refresh() {
+    current = await api.get(path);
+    render();
+  }
+  // Shown from the read above, not read again: a second read that failed (a dropped
+  // connection) ended the page before its rounds began (a CI run's page stayed empty).
+  // The rounds' reads may fail: the next round reads again.
+  render();
 
   // The activity trail, read after the last event seen.
   let lastSeq = 0;
@@ -155,7 +155,7 @@ export async function sandboxPage(ctx: PageContext, sandboxId: string) {
   const tick = async () => {
     await Promise.allSettled([refresh(), readEvents(), readStats()]);
   };
-  await tick();
+  await Promise.allSettled([readEvents(), readStats()]);  // the sandbox was just read
   repeatAfter(ctx, 2000, tick);
 
   // Live logs: bytes appended as text (never HTML), the oldest dropped past a bound.
