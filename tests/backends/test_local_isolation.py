@@ -12,6 +12,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,6 +222,13 @@ def test_kill_0_in_an_exec_reaches_only_its_own_process_group(
             before = await run(local_harness, sid, sh("pidof sleep"))
             assert len(sleeps(before.stdout)) == 1, before  # the main process
             left = await run(local_harness, sid, sh("sleep 1000 >/dev/null 2>&1 & echo $!"))
+            # The shell may exit before its forked child has become ``sleep`` (on a busy
+            # host it is still ``sh`` for a while): wait for the exec, or pidof misses it.
+            comm = f"/proc/{left.stdout.decode().strip()}/comm"
+            deadline = time.monotonic() + 10
+            while (await run(local_harness, sid, ["cat", comm])).stdout != b"sleep\n":
+                assert time.monotonic() < deadline, "the background sleep never started"
+                await asyncio.sleep(0.05)
             r = await run(local_harness, sid, sh("kill -TERM 0; sleep 5; echo survived"))
             assert r.code == 128 + 15 and b"survived" not in r.stdout, r
             after = await run(local_harness, sid, sh("pidof sleep"))
