@@ -56,6 +56,12 @@ _FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 # errors=remount-ro: an I/O error (say, the host disk filled under the sparse image) stops
 # writes to this sandbox's layer instead of letting it build on a damaged filesystem.
 MOUNT_FLAGS = ("noinit_itable", "discard", "nobarrier")
+# no_prefetch_block_bitmaps: without it the kernel's ext4lazyinit thread reads every block
+# group's bitmap of each new layer after its mount (80 reads through the loop device for a
+# 10 GiB layer, a fifth of a millisecond of CPU per create); a group's bitmap is read when
+# the sandbox first writes there instead. Optional: a kernel older than 5.9 does not know it,
+# and the layer is mounted without it.
+OPTIONAL_MOUNT_FLAGS = ("no_prefetch_block_bitmaps",)
 MOUNT_STRINGS = (("errors", "remount-ro"),)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -144,6 +150,9 @@ def mount_detached(dev_fd: int) -> int:
         for cmd, key, value in settings:
             if _libc.syscall(_SYS_FSCONFIG, fs, cmd, key, value, 0) < 0:
                 raise _fs_error(fs, f"fsconfig {key.decode()}")
+        for name in OPTIONAL_MOUNT_FLAGS:
+            if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FLAG, name.encode(), None, 0) < 0:
+                _fs_error(fs, name)  # not known to this kernel: mount without it (log read)
         if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
             raise _fs_error(fs, "mounting the layer's ext4")
         attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
