@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import stat
+import struct
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,6 +274,11 @@ def test_sandbox_processes_hold_no_host_descriptor(
     go(aio, scenario())
 
 
+def _unread(pipe_end: int) -> int:
+    """Bytes written to a pipe and not yet read from it."""
+    return int(struct.unpack("i", fcntl.ioctl(pipe_end, termios.FIONREAD, b"\0" * 4))[0])
+
+
 def test_worker_for_a_blocked_write_holds_no_host_descriptor(
     aio: asyncio.Runner, local_harness: Harness, tmp_path: Path
 ) -> None:
@@ -293,6 +301,11 @@ def test_worker_for_a_blocked_write_holds_no_host_descriptor(
                     while not children.read_text().split():
                         await asyncio.sleep(0.01)
                 worker = int(children.read_text().split()[0])
+                # Inspected once it has read what was written: a worker still shedding the
+                # agent's descriptors (right after its fork) loses them while being listed.
+                async with asyncio.timeout(10):
+                    while _unread(write_end):
+                        await asyncio.sleep(0.01)
                 for name in os.listdir(f"/proc/{worker}/fd"):
                     st = os.stat(f"/proc/{worker}/fd/{name}")
                     if stat.S_IFMT(st.st_mode) in (stat.S_IFIFO, stat.S_IFSOCK):
