@@ -6,10 +6,14 @@ the signed-in key, over TLS when the port speaks TLS (trusting ``--tls-ca``).
 
 from __future__ import annotations
 
+import http.client
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from sandboxd.console.server import KEEP_ALIVE_SECONDS
 from tests.support.console import Console
 from tests.support.processes import SANDBOXD, ControlPlaneProcess, Proc, child_env
 from tests.support.tls import make_tls_files
@@ -45,6 +49,34 @@ def test_the_console_signs_in_and_reads_over_a_tls_port(tmp_path: Path) -> None:
             assert reply.status_code == 200, reply.text
             assert reply.json() == {"runners": []}
             assert client.get("api/sandboxes").json() == {"sandboxes": []}
+    finally:
+        assert plane.stop() == 0
+
+
+def test_an_idle_browser_connection_is_kept_longer_than_a_pages_pause(tmp_path: Path) -> None:
+    """A connection left idle for 6 s still answers the next request on it.
+
+    uvicorn's default closed it after 5 s, and a request that a browser sent on it as the
+    server closed it failed (``Failed to fetch``): a console page then showed only that.
+    """
+    plane = ControlPlaneProcess(
+        tmp_path / "cp", extra_args=["--console-listen", "127.0.0.1:0"]
+    ).start()
+    try:
+        assert plane.proc is not None
+        url = urlsplit(Console.of(plane.proc).url)
+        connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        try:
+            connection.request("GET", "/")
+            first = connection.getresponse()
+            assert first.status == 200 and first.read()
+            assert KEEP_ALIVE_SECONDS > 6
+            time.sleep(6)  # the idle pause itself is what is tested, not a wait for an event
+            connection.request("GET", "/")  # the same socket: http.client does not redial
+            second = connection.getresponse()
+            assert second.status == 200 and second.read()
+        finally:
+            connection.close()
     finally:
         assert plane.stop() == 0
 

@@ -18,13 +18,29 @@ export function whenSignedOut(callback: () => void) {
   onSignedOut = callback;
 }
 
+// How long a GET whose connection dropped waits before it is sent once more.
+const RESEND_AFTER_MS = 250;
+
+// fetch, and for a GET (nothing changes on the server) once more after a network error: a
+// kept-alive connection that the server closed as the request went out fails the request
+// ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed empty.
+async function send(method: string, path: string, init: RequestInit): Promise<Response> {
+  try {
+    return await fetch(path, init);
+  } catch (error) {
+    if (method !== "GET" || !(error instanceof TypeError)) throw error;
+    await new Promise((resolve) => setTimeout(resolve, RESEND_AFTER_MS));
+    return fetch(path, init);
+  }
+}
+
 async function call(method: string, path: string, body?: Json): Promise<Json> {
   const init: RequestInit = { method, credentials: "same-origin", headers: {} };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     (init.headers as Record<string, string>)["content-type"] = "application/json";
   }
-  const response = await fetch(path, init);
+  const response = await send(method, path, init);
   let data: Json = {};
   try {
     data = await response.json();

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 
 MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024
 STARTUP_TIMEOUT_SECONDS = 10.0
+KEEP_ALIVE_SECONDS = 65
+"""How long an idle browser connection stays open (uvicorn's default is 5 s).
+
+Why longer: a request the browser sends on a kept-alive connection just as the server
+closes it fails ("Failed to fetch"). With 5 s, the connections a page leaves idle between
+its rounds of reads were closed under it every few seconds; browsers give up idle
+connections they never reused after 10 s, so those now end on the browser's side.
+"""
 
 
 class _QuietSignalsServer(uvicorn.Server):
@@ -125,6 +133,7 @@ class ConsoleServer:
             ws="websockets-sansio",
             ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES,
             server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
         self._server = _QuietSignalsServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="console")
