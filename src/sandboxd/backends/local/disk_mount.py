@@ -152,7 +152,9 @@ def mount_detached(dev_fd: int) -> int:
                 raise _fs_error(fs, f"fsconfig {key.decode()}")
         for name in OPTIONAL_MOUNT_FLAGS:
             if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FLAG, name.encode(), None, 0) < 0:
-                _fs_error(fs, name)  # not known to this kernel: mount without it (log read)
+                # Not known to this kernel: mount without it. Its message is read off the
+                # context's log, so that a later failure reports its own words.
+                _fs_error(fs, name)
         if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
             raise _fs_error(fs, "mounting the layer's ext4")
         attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
