@@ -1,0 +1,92 @@
+"""Host commands made ahead of need run niced and die with the process that started them.
+
+``sandboxd.backends.local.host_commands.run(..., nice=True)`` is how a runner makes networks
+ahead of need. Such a command may start seconds late on a busy host; if the runner is killed
+meanwhile, the next runner reaps the half-made network, and a command that ran after that
+would leave rules behind for good. So it must die with its runner (``setpriv --pdeathsig``).
+Here a real Python process starts one and is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxd.backends.local.host_commands import LOWEST_PRIORITY
+
+STARTER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from sandboxd.backends.local.host_commands import run
+
+    # The command writes its PID, then becomes a long sleep (exec keeps the PID).
+    script = f"echo $$ > {sys.argv[1]}.tmp && mv {sys.argv[1]}.tmp {sys.argv[1]} && exec sleep 600"
+    asyncio.run(run("sh", "-c", script, nice=sys.argv[2] == "nice"))
+    """
+)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name, or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _started_command(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A Python process running one host command; the command's PID and start time."""
+    pid_file = tmp_path / "pid"
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(pid_file), mode])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert starter.poll() is None, "the starter ended before its command ran"
+        assert time.monotonic() < deadline, "the host command never started"
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    fields = _stat_fields(pid)
+    assert fields is not None
+    return starter, pid, fields[19]  # starttime: tells this process from a later one
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_a_command_made_ahead_runs_niced_and_dies_with_its_runner(tmp_path: Path) -> None:
+    starter, pid, started = _started_command(tmp_path, "nice")
+    try:
+        fields = _stat_fields(pid)
+        assert fields is not None and int(fields[16]) == LOWEST_PRIORITY  # its nice value
+        os.kill(starter.pid, signal.SIGKILL)
+        starter.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while (fields := _stat_fields(pid)) is not None and fields[19] == started:
+            if fields[0] == "Z":
+                break  # killed, not yet reaped by its new parent
+            assert time.monotonic() < deadline, "the command outlived the process that ran it"
+            time.sleep(0.01)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        fields = _stat_fields(pid)
+        if fields is not None and fields[19] == started:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_command_on_the_create_path_runs_at_normal_priority(tmp_path: Path) -> None:
+    starter, pid, started = _started_command(tmp_path, "plain")
+    try:
+        fields = _stat_fields(pid)
+        assert fields is not None and int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        starter.kill()
+        starter.wait(timeout=30)
+        fields = _stat_fields(pid)
+        if fields is not None and fields[19] == started:
+            os.kill(pid, signal.SIGKILL)
