@@ -38,7 +38,6 @@ from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
 from sandboxd.runner.capacity import HostReserve
-from sandboxd.runner.create_slots import default_concurrent_creates
 from sandboxd.runner.fingerprint import (
     DISABLED,
     NEEDS_ROOT,
@@ -288,7 +287,7 @@ def runner_command(
     reserve_cpu: int | None,
     reserve_memory: int | None,
     max_execs_per_sandbox: int,
-    max_concurrent_creates: int | None,
+    max_concurrent_creates: int,
     egress_blocked: tuple[str, ...],
     metrics_listen: str | None,
     log_format: str,
@@ -308,7 +307,7 @@ def runner_command(
             keepalive_interval=keepalive_interval or None,
             reserve=HostReserve(cpu_millicores=reserve_cpu, memory_bytes=reserve_memory),
             max_execs_per_sandbox=max_execs_per_sandbox,
-            max_concurrent_creates=max_concurrent_creates or default_concurrent_creates(),
+            max_concurrent_creates=max_concurrent_creates,
             egress_blocked=egress_blocked,
         )
     except ValueError as exc:

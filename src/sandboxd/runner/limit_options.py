@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from sandboxd.runner.create_slots import default_concurrent_creates
 from sandboxd.runner.exec_limits import DEFAULT_MAX_EXECS_PER_SANDBOX
 from sandboxd_protocol.quantities import QuantityError, cpu_millicores, memory_bytes
 
@@ -49,10 +50,10 @@ def limit_options(command: F) -> F:
     command = click.option(
         "--max-concurrent-creates",
         type=click.IntRange(min=1),
-        default=None,
+        default=default_concurrent_creates,
+        show_default="twice the CPUs the runner may use",
         envvar="SANDBOXD_MAX_CONCURRENT_CREATES",
-        help="Cold creates the backend builds at once; more wait their turn in arrival order "
-        "[default: twice the CPUs the runner may use].",
+        help="Cold creates the backend builds at once; more wait their turn in arrival order.",
     )(command)
     command = click.option(
         "--max-execs-per-sandbox",
