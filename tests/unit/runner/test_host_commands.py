@@ -57,6 +57,15 @@ def _started_command(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes]
     return starter, pid, fields[19]  # starttime: tells this process from a later one
 
 
+def _end(starter: subprocess.Popen[bytes], pid: int, started: str) -> None:
+    """Kill the starter and, if it still lives (the same process), the command."""
+    starter.kill()
+    starter.wait(timeout=30)
+    fields = _stat_fields(pid)
+    if fields is not None and fields[19] == started:
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
 def test_a_command_made_ahead_runs_niced_and_dies_with_its_runner(tmp_path: Path) -> None:
     starter, pid, started = _started_command(tmp_path, "nice")
@@ -72,11 +81,7 @@ def test_a_command_made_ahead_runs_niced_and_dies_with_its_runner(tmp_path: Path
             assert time.monotonic() < deadline, "the command outlived the process that ran it"
             time.sleep(0.01)
     finally:
-        if starter.poll() is None:
-            starter.kill()
-        fields = _stat_fields(pid)
-        if fields is not None and fields[19] == started:
-            os.kill(pid, signal.SIGKILL)
+        _end(starter, pid, started)
 
 
 def test_a_command_on_the_create_path_runs_at_normal_priority(tmp_path: Path) -> None:
@@ -85,8 +90,4 @@ def test_a_command_on_the_create_path_runs_at_normal_priority(tmp_path: Path) ->
         fields = _stat_fields(pid)
         assert fields is not None and int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0)
     finally:
-        starter.kill()
-        starter.wait(timeout=30)
-        fields = _stat_fields(pid)
-        if fields is not None and fields[19] == started:
-            os.kill(pid, signal.SIGKILL)
+        _end(starter, pid, started)
