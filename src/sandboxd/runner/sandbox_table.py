@@ -254,16 +254,20 @@ class SandboxTable:
             return
         sb = Sandbox(sid, record)
         sb.applied(record.generation)
-        if state.state == "exited" and state.reason != "lost":
+        # Killed with its build: the runner died before it recorded the start, and its
+        # sandbox's PID 1 went without a report (a half-built sandbox dies with its runner).
+        # That is no exit of the sandbox's own: it reads as never started, not COMPLETED 137.
+        cut_short = not record.started_at and state.reason == "killed"
+        if state.state == "exited" and state.reason != "lost" and not cut_short:
             reason = describe_exit(state.reason)
             if state.reason == "lifetime":
                 reason = f"max lifetime of {record.max_lifetime_seconds} s reached"
             sb.set_phase(
                 runner_pb2.SANDBOX_PHASE_COMPLETED, exit_code=state.exit_code, reason=reason
             )
-        elif state.state == "exited":  # no exit status: its processes died with the host
+        elif state.state == "exited" and not cut_short:  # its processes died with the host
             sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason=LOST_REASON)
-        else:  # created but never started
+        else:  # created but never started, or killed with its build
             sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason="lost while the runner restarted")
         sb.changed_at = state.finished_at or time.time()
         self._sandboxes[sid] = sb

@@ -1,0 +1,58 @@
+"""A runner is SIGKILLed while creates wait their turn for the backend, then restarted.
+
+The runner builds at most ``--max-concurrent-creates`` cold creates at once and queues the
+rest in memory (``sandboxd.runner.create_slots``), each with its reservation and its runner
+record already made. A kill loses the queue. After the restart every sandbox that was
+waiting must still be created, exactly once, and run: nothing the control plane accepted
+may be lost with the runner's memory. The one being built at the kill dies with it (a
+half-built sandbox cannot be finished by anyone); it must read FAILED saying so, not
+COMPLETED with the 137 of a kill, as it did before (found by this test).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sandboxd_protocol.v1beta2 import gateway_pb2 as g
+from tests.support.faults import RECOVERY, sandbox_pids, start_cluster, wait_until
+from tests.support.hosts import HostNetwork
+
+COUNT = 12
+STARTING = (g.SANDBOX_STATUS_PENDING, g.SANDBOX_STATUS_CREATING)
+CUT_SHORT = "lost while the runner restarted"
+
+
+def test_creates_waiting_their_turn_when_the_runner_is_killed_all_run_after_its_restart(
+    test_network: HostNetwork, database_url: str, tmp_path: Path
+) -> None:
+    with start_cluster(
+        test_network, tmp_path, database_url, runner_args=["--max-concurrent-creates", "1"]
+    ) as cluster:
+        gateway = cluster.gateway()
+        with ThreadPoolExecutor(COUNT) as pool:  # all at once: one builds, the rest queue
+            ids = list(pool.map(lambda _: gateway.create(cluster.runner_id), range(COUNT)))
+        wait_until(
+            "a first sandbox on the host",
+            lambda: any(sandbox_pids(s) for s in ids),
+            30,
+            interval=0.01,
+        )
+        cluster.runner.kill()
+        waiting = [s for s in ids if not sandbox_pids(s)]
+        # One build at a time: of those not on the host, all but one at most were queued.
+        assert len(waiting) >= 2, f"only {len(waiting)} of {COUNT} not yet built at the kill"
+
+        cluster.runner.start()  # same state directory: same id, credential and records
+        cluster.wait_health(True, RECOVERY)
+        for sandbox_id in ids:
+            got = gateway.wait(sandbox_id, lambda s: s not in STARTING, 60)
+            if sandbox_id not in waiting and got.sandbox_status != g.SANDBOX_STATUS_RUNNING:
+                assert got.sandbox_status == g.SANDBOX_STATUS_FAILED, (sandbox_id, got)
+                assert got.status_reason == CUT_SHORT, (sandbox_id, got)
+                continue  # built when the runner died
+            assert got.sandbox_status == g.SANDBOX_STATUS_RUNNING, (sandbox_id, got)
+            # Started exactly once: one main process, whose shell runs one ``sleep``.
+            sleeps = "grep -l '^sleep$' /proc/[0-9]*/comm | wc -l"
+            result = gateway.exec_until_ok(sandbox_id, "sh", "-c", sleeps)
+            assert (result.exit_code, result.stdout) == (0, b"1\n"), (sandbox_id, result)
