@@ -6,7 +6,9 @@ record already made. A kill loses the queue. After the restart every sandbox tha
 waiting must still be created, exactly once, and run: nothing the control plane accepted
 may be lost with the runner's memory. The one being built at the kill dies with it (a
 half-built sandbox cannot be finished by anyone); it must read FAILED saying so, not
-COMPLETED with the 137 of a kill, as it did before (found by this test).
+COMPLETED with the 137 of a kill, as it did before (found by this test), nor as a sandbox
+whose host went down. Depending on how far its build got it may have had no process on the
+host yet at the kill, so it may be any one of those the test saw waiting.
 """
 
 from __future__ import annotations
@@ -45,14 +47,15 @@ def test_creates_waiting_their_turn_when_the_runner_is_killed_all_run_after_its_
 
         cluster.runner.start()  # same state directory: same id, credential and records
         cluster.wait_health(True, RECOVERY)
+        cut_short = []
         for sandbox_id in ids:
             got = gateway.wait(sandbox_id, lambda s: s not in STARTING, 60)
-            if sandbox_id not in waiting and got.sandbox_status != g.SANDBOX_STATUS_RUNNING:
-                assert got.sandbox_status == g.SANDBOX_STATUS_FAILED, (sandbox_id, got)
-                assert got.status_reason == CUT_SHORT, (sandbox_id, got)
-                continue  # built when the runner died
+            if got.sandbox_status == g.SANDBOX_STATUS_FAILED and got.status_reason == CUT_SHORT:
+                cut_short.append(sandbox_id)  # the one being built when the runner died
+                continue
             assert got.sandbox_status == g.SANDBOX_STATUS_RUNNING, (sandbox_id, got)
             # Started exactly once: one main process, whose shell runs one ``sleep``.
             sleeps = "grep -l '^sleep$' /proc/[0-9]*/comm | wc -l"
             result = gateway.exec_until_ok(sandbox_id, "sh", "-c", sleeps)
             assert (result.exit_code, result.stdout) == (0, b"1\n"), (sandbox_id, result)
+        assert len(cut_short) <= 1, cut_short  # one build at a time

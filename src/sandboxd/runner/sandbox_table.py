@@ -254,10 +254,11 @@ class SandboxTable:
             return
         sb = Sandbox(sid, record)
         sb.applied(record.generation)
-        # Killed with its build: the runner died before it recorded the start, and its
-        # sandbox's PID 1 went without a report (a half-built sandbox dies with its runner).
-        # That is no exit of the sandbox's own: it reads as never started, not COMPLETED 137.
-        cut_short = not record.started_at and state.reason == "killed"
+        # Killed with its build: the runner died before it recorded the start, and the
+        # sandbox ended without a report of its own (PID 1 killed, or its keeper gone: a
+        # half-built sandbox dies with its runner). It reads as never started, not as a
+        # COMPLETED 137 or a sandbox whose host went down.
+        cut_short = not record.started_at and state.reason in ("killed", "lost")
         if state.state == "exited" and state.reason != "lost" and not cut_short:
             reason = describe_exit(state.reason)
             if state.reason == "lifetime":
