@@ -305,3 +305,67 @@ def test_networks_made_ahead_join_a_hook_group_in_use(tmp_path: Path) -> None:
     behind it, the adds of creates included. A bucket at ``BUCKET_ROOM`` networks takes no
     more (another opens), so buckets stay about equal; the last teardown leaves nothing."""
     _in_own_network_namespace(BUCKETED, tmp_path)
+
+
+# Two backends of one host, in a network namespace of their own. Backend b's last network in
+# a bucket goes, taking the bucket's hook group with it, at the worst moments for backend a:
+# after a found the group made (so a's add fails), and again after a repaired it (so a's
+# next try fails too). The interleaving is injected by wrapping a's two steps (real rules,
+# real iptables; only the timing is forced): on a busy host it happens by itself, rarely.
+RACED = (
+    PRELUDE
+    + r"""
+
+async def main(ipam):
+    a, b = (NetworkManager(n, pool="10.214.9.0/24", ipam_dir=ipam) for n in ("raceda", "racedb"))
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # see FLUSHED
+    la = a.allocate("sb-a")
+    bucket = la.tag[0]
+    ids = (f"sb-b{n}" for n in range(10_000) if b.tag_for(f"sb-b{n}")[0] == bucket)
+    removals = []
+
+    async def b_goes(lb):  # b's only network in the bucket: its teardown removes the group
+        await b.teardown(lb, EgressType.INTERNET, ())
+        check(not any(f"SBX-F-{bucket}" in r for r in rules()), "b did not remove the group")
+        removals.append(lb.tag)
+
+    made, repair = a._make_hook_chains, a._repair_hook_chains
+
+    async def made_then_removed(lease, nice):
+        await made(lease, nice)
+        await b_goes(first)
+
+    async def repaired_then_removed(group, nice):
+        await repair(group, nice)
+        if len(removals) < 3 and group.key.startswith("filter:"):
+            lb = b.allocate(next(ids))
+            await b.setup(lb, EgressType.INTERNET, ())
+            await b_goes(lb)
+
+    first = b.allocate(next(ids))  # the group exists, made by b, when a comes
+    await b.setup(first, EgressType.INTERNET, ())
+    a._make_hook_chains, a._repair_hook_chains = made_then_removed, repaired_then_removed
+    await a.setup(la, EgressType.INTERNET, ())
+    check(len(removals) == 3, f"the group was removed {len(removals)} times, not 3")
+    hooks = [r for r in rules() if r.startswith("-A SBX-") and f" {la.host_if} " in r]
+    check(len(hooks) == 3, "a's hooks are not there once each")  # -i twice, -o once
+    check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
+    check(sum(r.endswith(f"-j SBX-F-{bucket}") for r in rules()) == 2, "not two FORWARD jumps")
+    check(any(la.tag in r for r in rules("nat")), "a's nat rule is missing")
+    await a.teardown(la, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardowns: {left}")
+    check(a.claims() == {} and b.claims() == {}, "claims left")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+"""
+)
+
+
+def test_a_hook_group_removed_again_after_its_repair_is_repaired_again(tmp_path: Path) -> None:
+    """Another backend's last network in a bucket may go, and take the bucket's hook group
+    with it, while a network of ours is on its way in: after we found the group made, and
+    again after we repaired it. Our add tries again each time, so the create succeeds with
+    its hooks there once each, where one repair and one retry failed it ("Chain 'SBX-F-6'
+    does not exist", seen with two runners creating sandboxes side by side)."""
+    _in_own_network_namespace(RACED, tmp_path)

@@ -73,6 +73,14 @@ LEGACY_NETNS_DIR = "/run/netns"
 """Where ``ip netns add`` names namespaces; sandboxd's own are no longer there (``Lease.netns``)."""
 HOST_ADDRESSES_SECONDS = 1.0
 """How long a read of the host's own addresses serves the rules of later creates."""
+ADD_TRIES = 4
+"""How often a network's rules are tried, each retry after repairing its hook groups.
+
+Why more than twice: another backend on the host removes a group it found empty (its last
+network in it went) whenever that happens, including between our repair of the group and
+our next try, while our rules are not in it yet (seen with two runners creating and
+removing sandboxes side by side). Each failed try is one such race lost: the add fails
+only when its group is removed under it four times in a row."""
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
 LIFT_SECONDS = 30.0
@@ -530,21 +538,26 @@ class NetworkManager:
         await self._make_hook_chains(lease, nice)
         removal = self._rules(lease, False)
         lifted = self._lift_due(lease) if lift else set()
-        try:
-            body = chain if skip else [*shared, *chain]
+        body = chain if skip else [*shared, *chain]
+        for tries_left in range(ADD_TRIES - 1, -1, -1):
             rules = self._rules(lease, True, body, lifted=lifted)  # made ahead: off a create's path
-            await self.rules.apply(rules, nice=nice, undo=removal)
-        except NetworkError:
+            try:
+                await self.rules.apply(rules, nice=nice, undo=removal)
+                break
+            except NetworkError:
+                if not tries_left:
+                    raise
             # A chain or a jump went away under us (another backend removed the shared
             # chain, or a hook group it found empty, between our sandboxes; or the ruleset
             # was flushed): make them again. The failed transaction may have committed its
-            # filter part (each table commits on its own): that goes first.
+            # filter part (each table commits on its own): that goes first. Another
+            # backend may remove a group again between its repair and our next try, while
+            # our rules are not in it yet: hence more than one try.
             await self.rules.remove(removal)
             for group in lease.hook_groups():
                 self._hooks_made.add(group.key)
                 await self._repair_hook_chains(group, nice)
-            rules = self._rules(lease, True, [*shared, *chain], lifted=lifted)
-            await self.rules.apply(rules, nice=nice, undo=removal)
+            body = [*shared, *chain]
         self._shared_written = tuple(shared)
         for key in lifted:
             self._lifted[key] = time.monotonic()
