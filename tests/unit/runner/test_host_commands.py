@@ -9,6 +9,7 @@ Here a real Python process starts one and is killed with SIGKILL.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.backends.local.host_commands import LOWEST_PRIORITY
+from sandboxd.backends.local.host_commands import LOWEST_PRIORITY, NetworkError, run
 
 STARTER = textwrap.dedent(
     """
@@ -91,3 +92,28 @@ def test_a_command_on_the_create_path_runs_at_normal_priority(tmp_path: Path) ->
         assert fields is not None and int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0)
     finally:
         _end(starter, pid, started)
+
+
+@pytest.mark.parametrize("nice", [False, True])
+def test_a_command_runs_from_the_path_in_force_when_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: bool
+) -> None:
+    """Commands are run by their absolute path, looked up once per ``PATH``: a ``PATH``
+    changed since the last run (a runner's environment, or a test's wrapper) is followed,
+    and a program found nowhere fails as a bare name did (``setpriv`` reports it)."""
+    if nice and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    dirs = [tmp_path / "first", tmp_path / "second"]
+    for folder in dirs:
+        folder.mkdir()
+        probe = folder / "sandboxd-probe"
+        probe.write_text(f'#!/bin/sh\necho "{folder.name} $0"\n')
+        probe.chmod(0o755)
+    base = os.environ["PATH"]
+    for folder in (*dirs, dirs[0]):
+        monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{base}")
+        out = asyncio.run(run("sandboxd-probe", nice=nice))
+        assert out == f"{folder.name} {folder / 'sandboxd-probe'}\n"
+    monkeypatch.setenv("PATH", base)
+    with pytest.raises(NetworkError if nice else FileNotFoundError, match="sandboxd-probe"):
+        asyncio.run(run("sandboxd-probe", nice=nice))

@@ -57,7 +57,8 @@ async def _start(
     pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
         *guard,
-        *argv,
+        _located(argv[0]),
+        *argv[1:],
         stdin=pipe if with_input else asyncio.subprocess.DEVNULL,
         stdout=pipe,
         stderr=pipe,
@@ -66,6 +67,28 @@ async def _start(
         with contextlib.suppress(OSError):  # it may have exited already
             os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
     return proc
+
+
+def _located(program: str) -> str:
+    """``program``'s absolute path in this ``PATH``, looked up once (as given if not found).
+
+    Why: given a bare name, the child (or ``setpriv``) tries ``execve`` in every ``PATH``
+    directory before the one holding it, on every run: seven failed calls per firewall
+    transaction on a host whose ``PATH`` starts with user directories. A program missing
+    now is looked up again next time, and fails as it would have; a changed ``PATH`` is
+    looked up anew.
+    """
+    key = (program, os.environ.get("PATH", ""))
+    found = _LOCATED.get(key)
+    if found is None:
+        found = shutil.which(program)
+        if found is None:
+            return program
+        _LOCATED[key] = found
+    return found
+
+
+_LOCATED: dict[tuple[str, str], str] = {}
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:
