@@ -35,6 +35,7 @@ from sandboxd.runner.metrics import RunnerCollector
 from sandboxd.runner.sandboxes import build_local_backend
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import RunnerChannel
+from sandboxd.startup_heap import freeze_startup_objects
 
 IN_PROCESS = "in-process"
 """The local runner's calls are handed to the control plane in memory (local_link.py)."""
@@ -113,6 +114,7 @@ async def serve_control_plane(settings: ControlPlaneSettings) -> None:
     stop = _stop_event()
     control_plane = ControlPlane(settings)
     await control_plane.start()
+    freeze_startup_objects()
     print(
         f"sandboxd: administrator key in {settings.data_dir / 'admin-key'} (export it as "
         "CWSANDBOX_API_KEY for sandboxd keys/tokens/runners)",
@@ -209,6 +211,7 @@ async def run_all_in_one(
         )
         if ready in done:
             ready.result()
+            freeze_startup_objects()
             announce(control_plane, api_key=control_plane.admin_key, ca_file=tls_ca)
             await asyncio.wait({agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         else:

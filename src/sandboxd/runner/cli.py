@@ -51,6 +51,7 @@ from sandboxd.runner.settings import (
     RunnerSettings,
     default_state_dir,
 )
+from sandboxd.startup_heap import freeze_startup_objects
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ async def _run_with_backend(
             registry.register(RunnerCollector(agent, asyncio.get_running_loop()))
             metrics = serve_metrics(metrics_listen, {"/metrics": registry})
             _log.info("runner metrics on http://%s/metrics", metrics_listen)
+        freeze_startup_objects()
         await _run_until_signalled(agent)
     finally:
         if metrics is not None:
