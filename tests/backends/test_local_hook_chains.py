@@ -108,6 +108,10 @@ from tests.support.host_network import table_rules as rules
 def check(ok, what):
     if not ok:
         sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+
+def manager(name, ipam):  # this namespace's loopback up first: see FLUSHED
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return NetworkManager(name, pool="10.214.9.0/24", ipam_dir=ipam)
 """
 
 
@@ -317,8 +321,7 @@ RACED = (
     + r"""
 
 async def main(ipam):
-    a, b = (NetworkManager(n, pool="10.214.9.0/24", ipam_dir=ipam) for n in ("raceda", "racedb"))
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # see FLUSHED
+    a, b = manager("raceda", ipam), manager("racedb", ipam)
     la = a.allocate("sb-a")
     bucket = la.tag[0]
     ids = (f"sb-b{n}" for n in range(10_000) if b.tag_for(f"sb-b{n}")[0] == bucket)
@@ -369,3 +372,44 @@ def test_a_hook_group_removed_again_after_its_repair_is_repaired_again(tmp_path:
     its hooks there once each, where one repair and one retry failed it ("Chain 'SBX-F-6'
     does not exist", seen with two runners creating sandboxes side by side)."""
     _in_own_network_namespace(RACED, tmp_path)
+
+
+# Several adds of one process fail at once (their group was wiped by a firewall reload) and
+# repair it at the same time, in a network namespace of its own.
+CONCURRENT = (
+    PRELUDE
+    + r"""
+
+async def main(ipam):
+    net = manager("concurrent", ipam)
+    first = net.allocate("sb-first")
+    bucket = first.tag[0]
+    ids = (f"sb-{n}" for n in range(10_000) if net.tag_for(f"sb-{n}")[0] == bucket)
+    await net.setup(first, EgressType.INTERNET, ())
+    for table in ("filter", "nat"):  # a firewall reload while `first` is up
+        subprocess.run(["iptables", "-t", table, "-F"], check=True)
+        subprocess.run(["iptables", "-t", table, "-X"], check=True)
+    burst = [net.allocate(next(ids)) for _ in range(4)]
+    await asyncio.gather(*(net.setup(lease, EgressType.INTERNET, ()) for lease in burst))
+    for lease in burst:
+        check(any(lease.host_if in r for r in rules() if r.startswith(f"-A SBX-I-{bucket} ")),
+              f"{lease.tag}'s hooks are missing")
+    check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
+    check(sum(r.endswith(f"-j SBX-F-{bucket}") for r in rules()) == 2, "not two FORWARD jumps")
+    check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "not one nat jump")
+    for lease in (*burst, first):
+        await net.teardown(lease, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+"""
+)
+
+
+def test_adds_that_repair_one_group_at_once_leave_one_jump_per_hook(tmp_path: Path) -> None:
+    """A firewall reload wipes a group while its backend has a network in it; four creates
+    then fail their adds at once and repair the group together. They take turns, so each
+    hook has one jump afterwards (not one per repair), and the last teardown removes the
+    group: with a jump too many the kernel refused that, and the chains stayed for good."""
+    _in_own_network_namespace(CONCURRENT, tmp_path)

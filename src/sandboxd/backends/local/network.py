@@ -35,6 +35,7 @@ queue on the kernel's lock, time out and retry. The commands themselves run thro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import ipaddress
@@ -232,6 +233,7 @@ class NetworkManager:
         self._hooks_made: set[str] = set()
         self._members: dict[str, set[str]] = {}
         self._lifted: dict[str, float] = {}  # group key -> when its jumps were put first
+        self._repairs: dict[str, asyncio.Lock] = {}  # group key -> its repairs take turns
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -628,17 +630,23 @@ class NetworkManager:
         Step by step, each its own transaction, as any part may exist or not: the chains,
         then each jump checked (``-C``) and put in only when missing. A jump is never taken
         out here: between two transactions the sandboxes behind it would go unfiltered.
-        Two repairs of one group at once may both put a missing jump in; the copy too many
-        only keeps the group's chains after its last sandbox, it exposes nothing.
+
+        Repairs of one group in this process take turns, so the next finds the jumps the
+        one before put in. Without that, every add that failed at once (a burst of creates
+        after a firewall reload) checked before any of them put a jump in, and each put in
+        its own: a copy too many exposes nothing, but the kernel then refuses the group's
+        removal with its last sandbox, so its chains stayed on the host for good. Two
+        backends repairing one group at the same moment can still do that.
         """
-        for chain in group.chains:
-            await self.rules.apply_quietly(group.transaction((f"-N {chain}",)), nice=nice)
-        for jump in group.jumps:
-            try:
-                await self.rules.apply(group.transaction((f"-C {jump}",)), nice=nice)
-            except NetworkError:  # missing
-                placed = group.transaction((f"{group.place} {jump}",))
-                await self.rules.apply_quietly(placed, nice=nice)
+        async with self._repairs.setdefault(group.key, asyncio.Lock()):
+            for chain in group.chains:
+                await self.rules.apply_quietly(group.transaction((f"-N {chain}",)), nice=nice)
+            for jump in group.jumps:
+                try:
+                    await self.rules.apply(group.transaction((f"-C {jump}",)), nice=nice)
+                except NetworkError:  # missing
+                    placed = group.transaction((f"{group.place} {jump}",))
+                    await self.rules.apply_quietly(placed, nice=nice)
 
     async def install_rules(
         self,
