@@ -79,8 +79,8 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
     tmp_path: Path,
     egress: EgressType,
 ) -> None:
-    """Ten creates at once; the zygote is killed with SIGKILL as soon as the first sandbox
-    runs (how many of the others it had handed on varies from run to run). Every create ends
+    """Ten creates at once; the zygote is killed with SIGKILL as soon as three requests wait
+    on it (how many of the others it had handed on varies from run to run). Every create ends
     within the test's bound: running (and answering an exec), or failed with ``SandboxStartError``.
     Each running sandbox has its own uid range. A create after the kill works (a new zygote).
     After every sandbox is destroyed and the backend closed, no process, link, rule or loop
@@ -89,7 +89,13 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
     backend = LocalBackend(data, images=image_store)
     h = Harness(backend, BUSYBOX, None, lambda: backend)
     network = NetworkSpec(egress=egress)
-    tags: set[str] = set()  # every network of the backend, as the later create sees them
+    tags: set[str] = set()  # every network the backend held while the test looked
+
+    async def note_networks(creates: list[asyncio.Future[None]]) -> None:
+        """Note the networks of the creates (failed ones too) while they are on their way."""
+        while not all(create.done() for create in creates):
+            tags.update(lease.tag for lease in backend._net.claimed_leases())
+            await asyncio.sleep(0.002)
 
     async def scenario() -> None:
         try:
@@ -97,10 +103,14 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
                 pass
             specs = [h.spec(command=("sleep", "1000"), network=network) for _ in range(BURST)]
             creates = [asyncio.ensure_future(backend.create_and_start(s)) for s in specs]
-            await asyncio.wait(creates, return_when=asyncio.FIRST_COMPLETED)
+            watch = asyncio.ensure_future(note_networks(creates))
+            # The kill comes once three requests wait on the zygote (or a create is done).
+            while len(backend._zygote._pending) < 3 and not any(c.done() for c in creates):
+                await asyncio.sleep(0.001)
             zygote = backend._zygote._proc.pid  # type: ignore[union-attr]
             os.kill(zygote, signal.SIGKILL)
             outcomes = await asyncio.gather(*creates, return_exceptions=True)
+            await watch
             running = [s.sandbox_id for s, o in zip(specs, outcomes, strict=True) if o is None]
             assert running, "no create of the burst ran"
             for spec, outcome in zip(specs, outcomes, strict=True):
