@@ -259,17 +259,17 @@ class SandboxTable:
         # half-built sandbox dies with its runner). It reads as never started, not as a
         # COMPLETED 137 or a sandbox whose host went down.
         cut_short = not record.started_at and state.reason in ("killed", "lost")
-        if state.state == "exited" and state.reason != "lost" and not cut_short:
+        if state.state != "exited" or cut_short:  # never started, or killed with its build
+            sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason="lost while the runner restarted")
+        elif state.reason == "lost":  # no exit status: its processes died with the host
+            sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason=LOST_REASON)
+        else:
             reason = describe_exit(state.reason)
             if state.reason == "lifetime":
                 reason = f"max lifetime of {record.max_lifetime_seconds} s reached"
             sb.set_phase(
                 runner_pb2.SANDBOX_PHASE_COMPLETED, exit_code=state.exit_code, reason=reason
             )
-        elif state.state == "exited" and not cut_short:  # its processes died with the host
-            sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason=LOST_REASON)
-        else:  # created but never started, or killed with its build
-            sb.set_phase(runner_pb2.SANDBOX_PHASE_FAILED, reason="lost while the runner restarted")
         sb.changed_at = state.finished_at or time.time()
         self._sandboxes[sid] = sb
         if self._retain is not None:
