@@ -12,9 +12,10 @@ Later creates get a new zygote. Nothing of any of them outlives its destroy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from sandboxd.backends.errors import SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.images import ImageStore
 from tests.support.leftovers import PROCESS_NAMES, host_network_leftovers
+from tests.support.polling import until
 
 from .disk_support import loop_devices, wait_for_loops
 from .image_refs import BUSYBOX
@@ -57,14 +59,6 @@ def our_processes(data: Path, group: str) -> list[str]:
         except OSError:
             continue  # gone meanwhile
     return found
-
-
-async def gone(what: str, probe: Callable[[], list[str]], timeout: float = 15.0) -> None:
-    """Wait until ``probe`` finds nothing; fail naming what is left after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while left := probe():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} left: {left}"
-        await asyncio.sleep(0.1)
 
 
 def go(aio: asyncio.Runner, coro: object) -> object:
@@ -104,9 +98,11 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
             specs = [h.spec(command=("sleep", "1000"), network=network) for _ in range(BURST)]
             creates = [asyncio.ensure_future(backend.create_and_start(s)) for s in specs]
             watch = asyncio.ensure_future(note_networks(creates))
-            # The kill comes once three requests wait on the zygote (or a create is done).
-            while len(backend._zygote._pending) < 3 and not any(c.done() for c in creates):
-                await asyncio.sleep(0.001)
+            await until(  # the kill comes once three requests wait on the zygote
+                "three requests waiting on the zygote, or a create done",
+                lambda: len(backend._zygote._pending) >= 3 or any(c.done() for c in creates),
+                interval=0.001,
+            )
             zygote = backend._zygote._proc.pid  # type: ignore[union-attr]
             os.kill(zygote, signal.SIGKILL)
             outcomes = await asyncio.gather(*creates, return_exceptions=True)
@@ -138,12 +134,17 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
         assert await wait_for_loops(data / "disk", 0) == []
         assert backend._ids.claimed() == [], "uid ranges still claimed"
         assert backend._net.claims() == {}, "network claims left"
-        group = backend._group
-        await gone("processes", lambda: our_processes(data, group))
-        await gone(
-            "links and rules",
-            lambda: sorted(x for x in host_network_leftovers() if any(t in x for t in tags)),
-        )
+
+        def networks() -> list[str]:
+            return sorted(x for x in host_network_leftovers() if any(t in x for t in tags))
+
+        for what, probe in (
+            ("processes", functools.partial(our_processes, data, backend._group)),
+            ("links and rules", networks),
+        ):
+            with contextlib.suppress(AssertionError):  # then say what is left
+                await until(f"no {what} of the backend left", lambda p=probe: not p(), 15)
+            assert probe() == [], f"{what} left"
 
     go(aio, scenario())
     assert loop_devices(data / "disk") == []
