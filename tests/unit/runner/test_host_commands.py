@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from sandboxd.backends.local.host_commands import LOWEST_PRIORITY, NetworkError, run
+from tests.support.faults import wait_until
 
 STARTER = textwrap.dedent(
     """
@@ -47,11 +47,13 @@ def _started_command(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes]
     """A Python process running one host command; the command's PID and start time."""
     pid_file = tmp_path / "pid"
     starter = subprocess.Popen([sys.executable, "-c", STARTER, str(pid_file), mode])
-    deadline = time.monotonic() + 30
-    while not pid_file.exists():
-        assert starter.poll() is None, "the starter ended before its command ran"
-        assert time.monotonic() < deadline, "the host command never started"
-        time.sleep(0.01)
+    wait_until(
+        "the host command started (or its starter ended)",
+        lambda: pid_file.exists() or starter.poll() is not None,
+        30,
+        interval=0.01,
+    )
+    assert pid_file.exists(), "the starter ended before its command ran"
     pid = int(pid_file.read_text())
     fields = _stat_fields(pid)
     assert fields is not None
@@ -75,12 +77,12 @@ def test_a_command_made_ahead_runs_niced_and_dies_with_its_runner(tmp_path: Path
         assert fields is not None and int(fields[16]) == LOWEST_PRIORITY  # its nice value
         os.kill(starter.pid, signal.SIGKILL)
         starter.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while (fields := _stat_fields(pid)) is not None and fields[19] == started:
-            if fields[0] == "Z":
-                break  # killed, not yet reaped by its new parent
-            assert time.monotonic() < deadline, "the command outlived the process that ran it"
-            time.sleep(0.01)
+
+        def ended() -> bool:  # gone, another process by now, or killed and not yet reaped
+            fields = _stat_fields(pid)
+            return fields is None or fields[19] != started or fields[0] == "Z"
+
+        wait_until("the command ended with the process that ran it", ended, 10, interval=0.01)
     finally:
         _end(starter, pid, started)
 
