@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -387,3 +389,37 @@ def test_signals_the_runner_inherited_as_ignored_are_default_in_the_sandbox(
     # The agent (PID 1) itself ignores only SIGPIPE, as Python does, to see EPIPE (not even
     # SIGXFSZ, which Python ignores too); every child gets it back (spawn.spawn_fast).
     assert int(agent_line.split()[1], 16) == 1 << (signal.SIGPIPE - 1), execs
+
+
+def test_a_zygote_asked_to_exit_with_a_reply_unread_exits_by_itself(
+    aio: asyncio.Runner, tmp_path: Path
+) -> None:
+    """A reply still unread on the runner's side when it asks the zygote to exit (a user
+    namespace asked for ahead, whose caller the close cancelled): the zygote still reads the
+    request and exits by itself (status 0). Before, the runner closed the connection right
+    after the request, the kernel reset it for the unread reply, the zygote's read failed
+    before it reached the request, and it was killed (SIGKILL) ``SHUTDOWN_TIMEOUT`` later."""
+    zygote = supervisor.ZygoteClient(tmp_path / "run")
+    proc: subprocess.Popen[bytes] | None = None  # then: SIGCONT, if it was stopped
+
+    async def scenario() -> None:
+        nonlocal proc
+        await zygote.ensure()
+        proc = zygote._proc
+        sock = zygote._sock
+        assert sock is not None
+        protocol.send(sock, {"op": "ping", "req": 0})
+        # Without yielding to the loop (which would read it): the reply is there, unread.
+        assert select.select([sock], [], [], 10)[0], "no reply to the ping"
+        # Busy (stopped) while the request comes, so the runner's side acts first.
+        os.kill(proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        asyncio.get_running_loop().call_later(0.2, os.kill, proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        await zygote.shutdown()
+
+    try:
+        go(aio, scenario())
+        assert proc is not None and proc.returncode == 0, "the zygote was killed"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()

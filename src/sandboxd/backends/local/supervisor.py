@@ -247,15 +247,23 @@ class ZygoteClient:
             self._pending.pop(req, None)
 
     async def shutdown(self) -> None:
-        """Ask the zygote to exit (agents it still parents are re-parented to init)."""
-        with contextlib.suppress(OSError, ZygoteError):
-            await self.ensure(start=False)
-            if self._sock is not None:
-                protocol.send(self._sock, {"op": "shutdown"})
+        """Ask the zygote to exit (agents it still parents are re-parented to init).
+
+        The connection is closed only once the zygote answered the request or closed its
+        end. Why wait: closed at once while a reply was still unread on this side (to a
+        user namespace asked for ahead, whose caller was cancelled by the close), the
+        kernel reset the connection, the zygote's next read failed (``ECONNRESET``) before
+        it read the request behind it, and it idled on until it was killed
+        ``SHUTDOWN_TIMEOUT`` later.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_TIMEOUT
+        with contextlib.suppress(OSError, ZygoteError, TimeoutError):
+            await self._call({"op": "shutdown"}, SHUTDOWN_TIMEOUT, start=False)
         self.close()
         if self._proc is not None:
             try:
-                await asyncio.to_thread(self._proc.wait, SHUTDOWN_TIMEOUT)
+                await asyncio.to_thread(self._proc.wait, max(0.0, deadline - loop.time()))
             except subprocess.TimeoutExpired:
                 # It serves nobody now (shutdown is only asked when nothing runs): a zygote
                 # that missed the request must not idle on, so it is ended by its pid.

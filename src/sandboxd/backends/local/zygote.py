@@ -152,7 +152,7 @@ class Zygote:
                 protocol.send(conn, reply)
         elif op == "shutdown":
             with contextlib.suppress(OSError):
-                protocol.send(conn, {"ok": True})
+                protocol.send(conn, {"ok": True, **({"req": msg["req"]} if "req" in msg else {})})
             self.running = False
 
     def _spawn(
