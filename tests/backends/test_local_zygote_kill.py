@@ -2,11 +2,11 @@
 
 Every create goes through the zygote: it hands the request to a keeper and agent pair forked
 ahead, or forks one. Killed in the middle of a burst, some requests were claimed (their pairs
-go on building), some read and not yet handed on, some still unread in its socket. Each
-create must end either as a running sandbox that answers an exec, or as a failed create that
-says why and leaves nothing: a pair that kept building for a create the runner gave up would
-hold a uid range, a writable layer and a network the runner then hands to the next sandbox.
-Later creates get a new zygote. Nothing of any of them outlives its destroy.
+go on building), some read and not yet handed on, some still unread in its socket. The
+claimed ones end as running sandboxes; the others are made again with a new zygote (nothing
+of them ran), after their failed attempt took its parts with it: a pair that kept building
+for an attempt the runner gave up would hold a uid range, a writable layer and a network the
+runner then hands to the next sandbox. Nothing of any of them outlives its destroy.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import signal
 from pathlib import Path
@@ -24,6 +25,7 @@ from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
 from sandboxd.backends.errors import SandboxStartError
 from sandboxd.backends.local import LocalBackend
+from sandboxd.backends.local.prepared_ids import PREPARED
 from sandboxd.images import ImageStore
 from tests.support.leftovers import PROCESS_NAMES, host_network_leftovers
 from tests.support.polling import until
@@ -75,8 +77,9 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
 ) -> None:
     """Ten creates at once; the zygote is killed with SIGKILL as soon as three requests wait
     on it (how many of the others it had handed on varies from run to run). Every create ends
-    within the test's bound: running (and answering an exec), or failed with ``SandboxStartError``.
-    Each running sandbox has its own uid range. A create after the kill works (a new zygote).
+    within the test's bound running (and answering an exec): those the zygote had not handed
+    on are made again with a new zygote (before, 5-8 of 10 failed here without egress).
+    Each running sandbox has its own uid range. A create after the kill works too.
     After every sandbox is destroyed and the backend closed, no process, link, rule or loop
     device of theirs is left, and every uid range is free again."""
     data = tmp_path / "zygote-kill"
@@ -107,13 +110,9 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
             os.kill(zygote, signal.SIGKILL)
             outcomes = await asyncio.gather(*creates, return_exceptions=True)
             await watch
-            running = [s.sandbox_id for s, o in zip(specs, outcomes, strict=True) if o is None]
-            assert running, "no create of the burst ran"
-            for spec, outcome in zip(specs, outcomes, strict=True):
-                if outcome is not None:  # a failed create takes its parts with it
-                    assert isinstance(outcome, SandboxStartError), repr(outcome)
-                    assert spec.sandbox_id in str(outcome), str(outcome)
-                    assert spec.sandbox_id not in backend._records
+            failed = [repr(o) for o in outcomes if o is not None]
+            assert not failed, f"{len(failed)} of {BURST} creates failed: {failed}"
+            running = [s.sandbox_id for s in specs]
             ranges = set()
             for sid in running:
                 assert (await run(h, sid, ["echo", "up"])).stdout == b"up\n", sid
@@ -147,4 +146,63 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
             assert probe() == [], f"{what} left"
 
     go(aio, scenario())
+    assert loop_devices(data / "disk") == []
+
+
+def test_a_request_the_zygote_never_read_is_made_again_with_a_new_zygote(
+    aio: asyncio.Runner,
+    image_store: ImageStore,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The zygote is stopped (SIGSTOP), a create sends its request, and the zygote is killed
+    (SIGKILL) with the request still unread in its socket: the create runs, built by a new
+    zygote, and holds one uid range and one network claim (the failed attempt's are given
+    back). A create that fails for another reason (its command does not exist) is not made
+    again."""
+    data = tmp_path / "zygote-lost"
+    backend = LocalBackend(data, images=image_store)
+    h = Harness(backend, BUSYBOX, None, lambda: backend)
+    network = NetworkSpec(egress=EgressType.NONE)  # no await between the id range and spawn
+
+    async def scenario() -> None:
+        try:
+            async with h.sandbox(command=("sleep", "1000")):  # the zygote and its spares
+                pass
+            zygote = backend._zygote._proc.pid  # type: ignore[union-attr]
+            ranges = backend._ranges  # user namespaces made ahead go through the zygote too
+
+            def quiet() -> bool:
+                refill = ranges._task
+                done = refill is None or refill.done()
+                return done and len(ranges.ready) >= ranges.depth and not backend._zygote._pending
+
+            await until("no request on its way and no refill due", quiet)
+            os.kill(zygote, signal.SIGSTOP)
+            spec = h.spec(command=("sleep", "1000"), network=network)
+            create = asyncio.ensure_future(backend.create_and_start(spec))
+            # The spawn is the request on its way: the next refill is due 50 ms after it.
+            await until("the request sent", lambda: bool(backend._zygote._pending), 10, 0.001)
+            os.kill(zygote, signal.SIGKILL)
+            await create
+            assert backend._zygote._proc.pid != zygote  # type: ignore[union-attr]
+            assert (await run(h, spec.sandbox_id, ["echo", "up"])).stdout == b"up\n"
+            assert "creating it again with a new zygote" in caplog.text
+            held = [label for _ids, label in backend._ids.claims() if label != PREPARED]
+            assert held == [spec.sandbox_id], held  # the failed attempt's range went back
+            caplog.clear()
+            with pytest.raises(SandboxStartError, match="no-such-program"):
+                await backend.create_and_start(h.spec(command=("/no-such-program",)))
+            assert "creating it again" not in caplog.text
+            await backend.destroy(spec.sandbox_id)
+        finally:
+            for sid in list(backend._records):
+                await backend.destroy(sid)
+            await backend.close()
+        assert backend._ids.claimed() == [], "uid ranges still claimed"
+        assert backend._net.claims() == {}, "network claims left"
+
+    with caplog.at_level(logging.WARNING, logger="sandboxd.backends.local.backend"):
+        go(aio, scenario())
     assert loop_devices(data / "disk") == []

@@ -68,11 +68,11 @@ from .orphans import ORPHAN_SWEEP_SECONDS, OrphanSweeper, backend_group
 from .owners import OwnerLock
 from .parent_cgroup import ParentLimits
 from .prepared_ids import REFILL_DELAY_SECONDS, PreparedIdRanges
-from .rootfs import LOWER, ROOT, RW
 from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
+from .shared_files import SharedFiles
 from .spawn_request import SpawnSettings, spawn_request
 from .state import SandboxRecord
-from .supervisor import ZygoteClient
+from .supervisor import ZygoteClient, ZygoteLost
 from .syscalls import process_start_time
 from .unrecorded import end_unknown, forget_unrecorded, known_names
 from .userns import IdRangeError, IdRangePool
@@ -81,10 +81,6 @@ from .warm import WarmSlots
 
 log = logging.getLogger(__name__)
 
-MOUNT_DIR = "mnt"
-"""Under the data directory: the mount points every sandbox's agent mounts on."""
-RESOLV_FILE = "resolv.conf"
-"""Under the data directory: the resolver settings sandboxes with a network get."""
 # How long a teardown waits for a killed sandbox's keeper to write exit.json and end (it
 # takes milliseconds; a stuck one is SIGKILLed after this).
 KEEPER_END_SECONDS = 5.0
@@ -137,7 +133,7 @@ class LocalBackend(Backend):
         self._cgroups: CgroupManager | None = None
         self._primer = CgroupPrimer()
         self._building = 0  # sandboxes being built now (creates and warm slots)
-        self._resolv_written: bytes | None = None  # what _resolv_file last wrote
+        self._shared = SharedFiles(self.data_dir)
         self._key = key
         # Held while this backend lives; names its data directory (owners.py).
         self._owner = OwnerLock(key, data_dir=str(self.data_dir))
@@ -248,6 +244,21 @@ class LocalBackend(Backend):
         await self._create(spec, start=True)
 
     async def _create(self, spec: SandboxSpec, *, start: bool) -> None:
+        """Build the sandbox; once more, with a new zygote, when the zygote went away first.
+
+        Why again: a zygote killed in the middle of a burst (by the OOM killer, by hand)
+        failed every create it had not answered, though nothing of them ran
+        (``ZygoteLost`` says why) and the failed attempt took its parts with it.
+        """
+        try:
+            await self._create_once(spec, start=start)
+        except SandboxStartError as exc:
+            if not isinstance(exc.__cause__, ZygoteLost):
+                raise
+            log.warning("%s; creating it again with a new zygote", exc)
+            await self._create_once(spec, start=start)
+
+    async def _create_once(self, spec: SandboxSpec, *, start: bool) -> None:
         cgroups = await self._ready()
         sid = spec.sandbox_id
         state_dir = self.sandboxes_dir / sid
@@ -270,36 +281,6 @@ class LocalBackend(Backend):
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
                 raise
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
-
-    def _mount_points(self) -> str:
-        """The directory of empty mount points every agent mounts its root on (a string).
-
-        Shared: each agent mounts in a private mount namespace of its own (``rootfs.py``'s
-        ``mount_overlay`` says why). Made again if it went missing; a look costs a ``stat``.
-        """
-        mount_dir = self.data_dir / MOUNT_DIR
-        if not (mount_dir / ROOT).is_dir():
-            for sub in (LOWER, RW, ROOT):
-                (mount_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return str(mount_dir)
-
-    def _resolv_file(self) -> str | None:
-        """The host's resolver settings for sandboxes with a network, as a file of ours.
-
-        One file for every sandbox, written again (a new file renamed over the old) only
-        when ``/etc/resolv.conf`` changed: a keeper copying it meanwhile reads the old or
-        the new settings whole. None when the host has no usable name server.
-        """
-        data = self._net.resolv_conf()
-        if data is None:
-            return None
-        path = self.data_dir / RESOLV_FILE
-        if data != self._resolv_written or not path.is_file():
-            tmp = path.with_name(f"{RESOLV_FILE}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-            self._resolv_written = data
-        return str(path)
 
     def _refill(self) -> None:
         self._disk.refill()
@@ -351,8 +332,10 @@ class LocalBackend(Backend):
         disk_fd: int,
         start: bool,
     ) -> None:
-        mount_dir = self._mount_points()
-        resolv = self._resolv_file() if rec.egress is not EgressType.NONE else None
+        mount_dir = self._shared.mount_points()
+        resolv = None
+        if rec.egress is not EgressType.NONE:
+            resolv = self._shared.resolv_file(self._net.resolv_conf())
         file_map = rec.stage_files(spec.mounted_files, resolv)
         try:
             rec.ids = self._ranges.take(rec.sandbox_id)

@@ -35,7 +35,7 @@ ZYGOTE_SOCKET = "zygote-2.sock"
 Why versioned: a zygote outlives its runner (``supervisor.py``), and it runs the code it
 was started with. A runner restarted on a newer sandboxd must not hand its requests to one
 an earlier version left running, which would read them the old way (this one's agents mount
-on shared mount points, ``LocalBackend._mount_points``; an earlier one's looked for them in
+on shared mount points, ``SharedFiles.mount_points``; an earlier one's looked for them in
 each state directory, and failed). Bump the number whenever a request changes meaning, and
 add the old name to ``EARLIER_ZYGOTE_SOCKETS``."""
 EARLIER_ZYGOTE_SOCKETS = ("zygote.sock",)

@@ -97,7 +97,7 @@ def mount_overlay(mount_dir: str, lower: str, disk_fd: int, userns_fd: int, owne
     """Private mounts; idmapped image at ``lower``; the sandbox's disk + overlay at ``root``.
 
     ``mount_dir`` holds the empty directories ``lower``, ``rw`` and ``root`` to mount on.
-    Every sandbox of a backend mounts on the same ones (``LocalBackend._mount_points``):
+    Every sandbox of a backend mounts on the same ones (``SharedFiles.mount_points``):
     mounts belong to this mount namespace, made private first, so no other sandbox and not
     the host sees them, and a create makes no directories for them (three inodes in the
     runner's file system, made and deleted again per sandbox, 0.3-0.4 ms on its path).

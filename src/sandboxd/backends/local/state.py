@@ -174,7 +174,7 @@ class SandboxRecord:
 
         The keeper seals a copy of each (no host descriptor crosses into the sandbox).
         ``resolv_conf`` (the host file of the runner's resolver settings, for a sandbox
-        with a network, shared by all: ``LocalBackend._resolv_file``) is added unless the
+        with a network, shared by all: ``SharedFiles.resolv_file``) is added unless the
         sandbox mounts its own. ``files/`` is made only for mounted files: most sandboxes
         have none, and every directory is an inode made and freed on the create's path.
         """

@@ -72,6 +72,20 @@ class ZygoteError(RuntimeError):
     """The zygote could not be started or reached."""
 
 
+class ZygoteLost(ZygoteError):
+    """The zygote went away before it answered: no sandbox of the request exists; it may go again.
+
+    Why that holds: a keeper that took a request keeps a copy of the runner's connection
+    until it has replied (``spares.py``), so the connection ends only after every request
+    a keeper took was answered, and its reply is read before the end. A request still
+    unanswered then was never taken by a keeper (a spare agent that took it alone ends with
+    its keeper), or by one that died before it answered, whose agent died with it
+    (parent-death signal), taking the sandbox along. Only in that last case, the keeper and
+    the zygote both killed while the sandbox was built, can its main process have started.
+    A request whose send failed was never read.
+    """
+
+
 class ZygoteClient:
     """Starts (or finds) the zygote of one data directory and multiplexes spawn requests."""
 
@@ -194,7 +208,7 @@ class ZygoteClient:
             for fd in fds:
                 os.close(fd)
             if msg is None:
-                self._disconnect(ZygoteError("zygote connection lost"))
+                self._disconnect(ZygoteLost("zygote connection lost"))
                 return
             fut = self._pending.pop(int(msg.get("req", 0)), None)
             if fut is not None and not fut.done():
@@ -240,7 +254,10 @@ class ZygoteClient:
         req = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req] = fut
-        protocol.send(self._sock, {**request, "req": req}, fds)
+        try:
+            protocol.send(self._sock, {**request, "req": req}, fds)
+        except (BrokenPipeError, ConnectionResetError) as exc:  # gone; not yet seen by the loop
+            self._disconnect(ZygoteLost(f"zygote connection lost ({exc.strerror or exc})"))
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
