@@ -167,9 +167,10 @@ def mount_detached(dev_fd: int) -> int:
 
 
 def prepare_layer(template: str, size: int, extents: Sequence[Sequence[int]]) -> int:
-    """A fresh layer from ``template``, mounted detached, with ``upper`` and ``work`` made.
+    """A fresh layer from ``template``, mounted detached, its ``upper`` and ``work`` empty.
 
-    Only the returned descriptor keeps it: close it and the kernel frees everything.
+    Both directories come with the template (``disk_template.py``). Only the returned
+    descriptor keeps the layer: close it and the kernel frees everything.
     """
     image = copy_image(template, size, extents)
     try:
@@ -177,13 +178,6 @@ def prepare_layer(template: str, size: int, extents: Sequence[Sequence[int]]) ->
     finally:
         os.close(image)  # the loop device holds the file now
     try:
-        mnt = mount_detached(dev)
+        return mount_detached(dev)
     finally:
         os.close(dev)  # the mount holds the device now; unmounting it clears the device
-    try:
-        os.mkdir("upper", 0o755, dir_fd=mnt)  # chowned to the sandbox's root by the agent
-        os.mkdir("work", 0o700, dir_fd=mnt)
-    except BaseException:
-        os.close(mnt)
-        raise
-    return mnt
