@@ -234,6 +234,8 @@ class NetworkManager:
         self._members: dict[str, set[str]] = {}
         self._lifted: dict[str, float] = {}  # group key -> when its jumps were put first
         self._repairs: dict[str, asyncio.Lock] = {}  # group key -> its repairs take turns
+        # Torn-down networks whose rules could not be removed (see ``teardown``), by tag.
+        self._unremoved: dict[str, Lease] = {}
         # Host-wide claims, one file per /30: several backends (data directories) on one
         # host share the pool without handing out the same subnet twice. /run is a tmpfs,
         # so claims do not outlive a reboot (and neither do the veths).
@@ -669,11 +671,15 @@ class NetworkManager:
 
         ``egress`` and ``cidrs`` are not needed (the chain is flushed whole); the signature
         matches ``setup`` for the callers.
+
+        Rules whose removal could not even be started (``RuleWriter.remove``) stay counted
+        and claimed: the claim is marked as one to reap (``prepared:<tag>``, which the next
+        start of this backend tears down, and the orphan sweep if it never comes back), and
+        the next teardown here tries again first. Before, the claim went and the rules
+        stayed on the host for good, with nothing left that named them.
         """
-        await self.rules.remove(self._rules(lease, False))
-        if lease.hooks == UNKNOWN:  # rebuilt from a claim: a process of any version made it
-            await self.rules.remove(self._direct_rules(lease, False))
-        await self._leave_groups(lease)
+        await self._remove_unremoved()
+        removed = await self._remove_rules(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
         # the namespace dies with its last holder. One netlink request; a link that is gone
         # already is no error. Only a network of an earlier version has a named namespace
@@ -685,6 +691,31 @@ class NetworkManager:
             _log.warning("removing %s: %s", lease.host_if, exc)
         if os.path.lexists(os.path.join(LEGACY_NETNS_DIR, lease.netns)):
             await run("ip", "netns", "del", lease.netns, check=False)
+        if not removed:
+            _log.warning("the rules of network %s could not be removed; tried again later",
+                         lease.tag)  # fmt: skip
+            self._unremoved[lease.tag] = lease
+            self.assign(lease, PREPARED_HOLDER + lease.tag)
+            return
+        await self._forget(lease)
+
+    async def _remove_rules(self, lease: Lease) -> bool:
+        """Remove ``lease``'s rules; False when the removal could not be started."""
+        removed = await self.rules.remove(self._rules(lease, False))
+        if lease.hooks == UNKNOWN:  # rebuilt from a claim: a process of any version made it
+            removed = await self.rules.remove(self._direct_rules(lease, False)) and removed
+        return removed
+
+    async def _remove_unremoved(self) -> None:
+        """Try again to remove the rules of torn-down networks that a failure left."""
+        for tag, lease in list(self._unremoved.items()):
+            if await self._remove_rules(lease):
+                self._unremoved.pop(tag, None)
+                await self._forget(lease)
+
+    async def _forget(self, lease: Lease) -> None:
+        """After ``lease``'s rules went: its groups and claim, and the shared chain if last."""
+        await self._leave_groups(lease)
         self.release(lease)
         self._active.discard(lease.tag)
         self.written.pop(lease.tag, None)

@@ -40,15 +40,16 @@ class _Asked:
     rules: str
     nice: bool
     undo: str = ""  # an add's removal: run before the add is tried again on its own
-    done: asyncio.Future[None] = field(
+    # Its result: whether it ran (False: a removal whose command could not be started).
+    done: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def finish(self, error: BaseException | None = None, *, ran: bool = True) -> None:
         if self.done.done():  # its caller was cancelled meanwhile
             return
         if error is None:
-            self.done.set_result(None)
+            self.done.set_result(ran)
         elif isinstance(error, Exception):
             self.done.set_exception(error)
         else:  # the writer itself was cancelled (the loop is closing)
@@ -85,15 +86,17 @@ class RuleWriter:
         """
         await asyncio.shield(self._queued(_Asked(QUIET, rules, nice)))
 
-    async def remove(self, rules: str) -> None:
+    async def remove(self, rules: str) -> bool:
         """Remove rules (a transaction of deletions), merged with the removals queued with it.
 
-        Never fails: what cannot be removed in one transaction is removed rule by rule, and
-        what is gone already is skipped. Runs even if the caller is cancelled meanwhile.
+        What cannot be removed in one transaction is removed rule by rule, and what is gone
+        already is skipped. Runs even if the caller is cancelled meanwhile. False when the
+        command could not be started at all (no memory or process left for it, say): then
+        the rules are all still there, and the caller must not forget them.
         """
-        await asyncio.shield(self._queued(_Asked(REMOVE, rules, False)))
+        return await asyncio.shield(self._queued(_Asked(REMOVE, rules, False)))
 
-    def _queued(self, asked: _Asked) -> asyncio.Future[None]:
+    def _queued(self, asked: _Asked) -> asyncio.Future[bool]:
         """Queue ``asked`` now, before the caller yields; its ``done`` future.
 
         Now, not in a task of its own: the order of the queue is the order of the calls.
@@ -121,7 +124,7 @@ class RuleWriter:
                     except Exception as exc:  # not a command's failure: spawning it failed
                         _log.warning("firewall transaction failed: %s", exc)
                         for asked in batch:
-                            asked.finish(exc if kind == ADD else None)
+                            asked.finish(exc if kind == ADD else None, ran=False)
                     for asked in batch:
                         asked.finish()
         except BaseException as exc:  # the writer is cancelled: the loop is closing

@@ -1,0 +1,89 @@
+"""A network's rules whose removal could not be started: kept, claimed, and removed later.
+
+Removing a network's rules is an ``iptables-restore`` run; starting it can fail (no memory
+or no process left on a host in trouble). Those rules are all still there, so the network
+must not be forgotten: before, its claim went, the rules stayed on the host for good, and
+nothing left named them. Run in a network namespace of its own (its own, empty firewall).
+The failure is made by replacing the function that starts the command (said here): the
+conditions that make a real start fail would hurt the rest of the host.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.host_network import in_own_network_namespace
+
+UNREMOVED = r"""
+import asyncio, errno, subprocess, sys
+from sandboxd.backends.base import EgressType
+from sandboxd.backends.local import rule_writer
+from sandboxd.backends.local.network import NetworkManager
+from sandboxd.backends.local.network_pool import PreparedNetworks
+from tests.support.host_network import table_rules as rules
+
+INTERNET = EgressType.INTERNET
+
+def check(ok, what):
+    if not ok:
+        sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
+
+def ours(lease):
+    return [r for r in rules() + rules("nat") if lease.tag in r]
+
+def link(lease):
+    return subprocess.run(["ip", "-o", "link", "show", lease.host_if], capture_output=True).stdout
+
+async def main(ipam):
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    net = NetworkManager("unremoved", pool="10.214.10.0/24", ipam_dir=ipam)
+    gone, other = net.allocate("sb-gone"), net.allocate("sb-other")
+    await net.setup(gone, INTERNET, ())
+    await net.setup(other, INTERNET, ())
+    started = rule_writer.run
+
+    async def cannot_start(*argv, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable", argv[0])
+
+    rule_writer.run = cannot_start
+    await net.teardown(gone, INTERNET, ())  # returns: the sandbox is gone either way
+    rule_writer.run = started
+    check(link(gone) == b"", "the veth stayed")
+    check(len(ours(gone)) >= 5, "the rules went although their removal never ran")
+    claims = net.claims()
+    check(claims.get(gone.index) == f"prepared:{gone.tag}", f"claim not kept to reap: {claims}")
+
+    # The next start of the backend (a new manager, same name) reaps it.
+    again = NetworkManager("unremoved", pool="10.214.10.0/24", ipam_dir=ipam)
+    check(await PreparedNetworks(again).reap() == 1, "the restarted backend reaped nothing")
+    check(ours(gone) == [], f"left after the reap: {ours(gone)}")
+    check(gone.index not in net.claims(), "the claim stayed after the reap")
+
+    # In the same process, the next teardown tries the removal again first.
+    third = net.allocate("sb-third")
+    await net.setup(third, INTERNET, ())
+    rule_writer.run = cannot_start
+    await net.teardown(third, INTERNET, ())
+    rule_writer.run = started
+    check(ours(third), "the third network's rules went although their removal never ran")
+    await net.teardown(other, INTERNET, ())
+    check(ours(third) == [] and ours(other) == [], "left after the next teardown")
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+    check(net.claims() == {}, f"claims left: {net.claims()}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+"""
+
+
+def test_rules_whose_removal_could_not_start_stay_claimed_and_go_later(tmp_path: Path) -> None:
+    """A teardown whose rule removal cannot be started still removes the veth and returns,
+    but keeps the network's rules counted and its claim, marked as one to reap. The
+    backend's next start (a new manager of the same name) reaps them; in the same process
+    the next teardown removes them first. At the end nothing of any of them is left."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    in_own_network_namespace(UNREMOVED, str(tmp_path / "ipam"))
