@@ -423,3 +423,24 @@ def test_a_zygote_asked_to_exit_with_a_reply_unread_exits_by_itself(
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_request_sent_to_a_zygote_already_dead_fails_as_lost(
+    aio: asyncio.Runner, tmp_path: Path
+) -> None:
+    """The zygote died and the loop has not seen its end yet: the request's send fails
+    (nobody holds the other end), and the caller gets ``ZygoteLost`` (nothing was read, so
+    a create may go again), not a bare ``BrokenPipeError``."""
+    zygote = supervisor.ZygoteClient(tmp_path / "run")
+
+    async def scenario() -> None:
+        await zygote.ensure()
+        proc = zygote._proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()  # without yielding to the loop, which would see the end first
+        with pytest.raises(supervisor.ZygoteLost, match="zygote connection lost"):
+            await zygote._call({"op": "ping"}, 10)
+        await zygote.shutdown()
+
+    go(aio, scenario())
