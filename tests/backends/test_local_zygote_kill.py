@@ -68,7 +68,7 @@ def go(aio: asyncio.Runner, coro: object) -> object:
 
 
 @pytest.mark.parametrize("egress", [EgressType.NONE, EgressType.INTERNET])
-def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
+def test_a_zygote_killed_amid_a_burst_leaves_every_create_running(
     aio: asyncio.Runner,
     image_store: ImageStore,
     busybox_rootfs: Path,
@@ -76,8 +76,8 @@ def test_a_zygote_killed_amid_a_burst_leaves_every_create_whole_or_gone(
     egress: EgressType,
 ) -> None:
     """Ten creates at once; the zygote is killed with SIGKILL as soon as three requests wait
-    on it (how many of the others it had handed on varies from run to run). Every create ends
-    within the test's bound running (and answering an exec): those the zygote had not handed
+    on it (how many of the others it had handed on varies from run to run). Every create ends,
+    within the test's bound, running (and answering an exec): those the zygote had not handed
     on are made again with a new zygote (before, 5-8 of 10 failed here without egress).
     Each running sandbox has its own uid range. A create after the kill works too.
     After every sandbox is destroyed and the backend closed, no process, link, rule or loop
@@ -158,9 +158,9 @@ def test_a_request_the_zygote_never_read_is_made_again_with_a_new_zygote(
 ) -> None:
     """The zygote is stopped (SIGSTOP), a create sends its request, and the zygote is killed
     (SIGKILL) with the request still unread in its socket: the create runs, built by a new
-    zygote, and holds one uid range and one network claim (the failed attempt's are given
-    back). A create that fails for another reason (its command does not exist) is not made
-    again."""
+    zygote, and holds one uid range (the failed attempt's went back). A create that fails for
+    another reason (its command does not exist) is not made again. Nothing is claimed after
+    the close."""
     data = tmp_path / "zygote-lost"
     backend = LocalBackend(data, images=image_store)
     h = Harness(backend, BUSYBOX, None, lambda: backend)
