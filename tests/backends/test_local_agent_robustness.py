@@ -400,20 +400,19 @@ def test_a_zygote_asked_to_exit_with_a_reply_unread_exits_by_itself(
     after the request, the kernel reset it for the unread reply, the zygote's read failed
     before it reached the request, and it was killed (SIGKILL) ``SHUTDOWN_TIMEOUT`` later."""
     zygote = supervisor.ZygoteClient(tmp_path / "run")
-    proc: subprocess.Popen[bytes] | None = None  # then: SIGCONT, if it was stopped
+    proc: subprocess.Popen[bytes] | None = None
 
     async def scenario() -> None:
         nonlocal proc
         await zygote.ensure()
-        proc = zygote._proc
-        sock = zygote._sock
-        assert sock is not None
+        proc, sock = zygote._proc, zygote._sock
+        assert proc is not None and sock is not None
         protocol.send(sock, {"op": "ping", "req": 0})
         # Without yielding to the loop (which would read it): the reply is there, unread.
         assert select.select([sock], [], [], 10)[0], "no reply to the ping"
         # Busy (stopped) while the request comes, so the runner's side acts first.
-        os.kill(proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-        asyncio.get_running_loop().call_later(0.2, os.kill, proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        os.kill(proc.pid, signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(0.2, os.kill, proc.pid, signal.SIGCONT)
         await zygote.shutdown()
 
     try:
