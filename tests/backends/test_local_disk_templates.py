@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
@@ -122,29 +121,3 @@ def test_small_layers_still_get_a_few_thousand_inodes(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert count >= MIN_INODES
-
-
-def test_a_template_holds_the_overlay_directories_and_replaces_earlier_versions(
-    tmp_path: Path,
-) -> None:
-    """The overlay's ``upper`` (0755) and ``work`` (0700, empty) come with the template, so a
-    layer's copy needs no ``mkdir``; the filesystem's root keeps mode 0755. A template of an
-    earlier version in the directory is removed once one of this version is made, and the
-    directory ``mkfs`` copied from is gone."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices and mounts")
-    earlier = tmp_path / "ext4-v1-256.img"
-    earlier.write_bytes(b"made by an earlier version")
-    template = make_template(tmp_path, cap_blocks(16 * MiB))
-    assert sorted(os.listdir(tmp_path)) == [template.path.name]
-    layer = template.prepare()
-    try:
-        root = f"/proc/self/fd/{layer}"
-        assert sorted(os.listdir(root)) == ["lost+found", "upper", "work"]
-        assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
-        assert stat.S_IMODE(os.stat(f"{root}/upper").st_mode) == 0o755
-        assert stat.S_IMODE(os.stat(f"{root}/work").st_mode) == 0o700
-        assert os.listdir(f"{root}/upper") == [] and os.listdir(f"{root}/work") == []
-        assert os.stat(f"{root}/upper").st_uid == 0  # the agent gives it to the sandbox
-    finally:
-        os.close(layer)

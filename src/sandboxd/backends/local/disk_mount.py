@@ -167,10 +167,9 @@ def mount_detached(dev_fd: int) -> int:
 
 
 def prepare_layer(template: str, size: int, extents: Sequence[Sequence[int]]) -> int:
-    """A fresh layer from ``template``, mounted detached, its ``upper`` and ``work`` empty.
+    """A fresh layer from ``template``, mounted detached, with ``upper`` and ``work`` made.
 
-    Both directories come with the template (``disk_template.py``). Only the returned
-    descriptor keeps the layer: close it and the kernel frees everything.
+    Only the returned descriptor keeps it: close it and the kernel frees everything.
     """
     image = copy_image(template, size, extents)
     try:
@@ -178,6 +177,18 @@ def prepare_layer(template: str, size: int, extents: Sequence[Sequence[int]]) ->
     finally:
         os.close(image)  # the loop device holds the file now
     try:
-        return mount_detached(dev)
+        mnt = mount_detached(dev)
     finally:
         os.close(dev)  # the mount holds the device now; unmounting it clears the device
+    # Made here, ahead of need, not in the template (tried: ``mkfs -d``): these two
+    # mkdirs read the layer's bitmaps and inode table into memory, which the agent's
+    # overlay mount then finds there (it makes ``work/work`` and probes the filesystem).
+    # With the directories in the template a layer was ready 0.7 ms sooner, but that
+    # reading moved onto the create path: cold creates 6-9 % slower (paired, 30-40 rounds).
+    try:
+        os.mkdir("upper", 0o755, dir_fd=mnt)  # chowned to the sandbox's root by the agent
+        os.mkdir("work", 0o700, dir_fd=mnt)
+    except BaseException:
+        os.close(mnt)
+        raise
+    return mnt

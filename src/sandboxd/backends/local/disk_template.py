@@ -3,16 +3,10 @@
 ``mkfs.ext4`` takes several milliseconds and writes the same metadata every time for a given
 size, so the runner runs it once per size and copies the result (``disk.py`` says why the
 layer is a filesystem at all). The template is a sparse file (40 KiB of data for small
-layers, about 180 KiB at 10 GiB, 1 MiB at 100 GiB) named ``ext4-v2-<blocks>.img`` in
+layers, about 180 KiB at 10 GiB, 1 MiB at 100 GiB) named ``ext4-v1-<blocks>.img`` in
 ``<data_dir>/disk``; it is never
 changed once made, and it is made as a nameless file linked into place when complete, so a
-crash leaves either a whole template or none. Templates of an earlier version there are
-removed when one of this version is made (layers copied from them do not need them).
-
-The overlay's ``upper`` (0755) and ``work`` (0700) directories are in the template
-(``mkfs -d``, e2fsprogs 1.43 or later), not made in each copy: in a fresh copy each
-``mkdir`` reads its bitmaps and inode table through the loop device, 0.6 ms per layer
-(0.4 ms of it CPU) of a preparation that now takes about 2.3 ms.
+crash leaves either a whole template or none.
 
 Why these ``mkfs`` options: no journal, because the layer does not outlive the host
 (sandboxes end with a reboot) so there is nothing to recover after a crash, and a journal
@@ -31,7 +25,6 @@ import errno
 import os
 import struct
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +37,7 @@ MIN_INODES = 4096
 MIN_BLOCKS = 256  # 1 MiB: smaller ext4 filesystems are not worth making
 BLOCKS_PER_GROUP = 8 * BLOCK  # ext4's default and largest: one bitmap block per group
 MIN_BLOCKS_PER_GROUP = 1024
-TEMPLATE_VERSION = "ext4-v2"  # v2: upper and work made by mkfs
+TEMPLATE_VERSION = "ext4-v1"
 MKFS = (
     "mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-I", str(INODE_SIZE), "-m", "0",
     "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
@@ -119,21 +112,12 @@ def data_extents(fd: int) -> tuple[tuple[int, int], ...]:
 
 
 def _mkfs(disk_dir: Path, blocks: int, inodes: int, group: int) -> int:
-    """An anonymous file of ``blocks`` blocks with a fresh ext4 on it; its descriptor.
-
-    The filesystem holds the overlay's empty ``upper`` and ``work`` directories (see the
-    module docstring), copied by ``mkfs`` from a directory made for it and removed after.
-    """
+    """An anonymous file of ``blocks`` blocks with a fresh ext4 on it; its descriptor."""
     fd = os.open(disk_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, blocks * BLOCK)
-        with tempfile.TemporaryDirectory(dir=disk_dir, prefix=".mkfs-") as source:
-            os.chmod(source, 0o755)  # mkfs gives the filesystem's root its mode
-            os.mkdir(os.path.join(source, "upper"), 0o755)  # chowned to the sandbox's root
-            os.mkdir(os.path.join(source, "work"), 0o700)
-            argv = [*MKFS, "-N", str(inodes), "-g", str(group), "-d", source]
-            argv.append(f"/proc/self/fd/{fd}")
-            done = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, check=False)
+        argv = [*MKFS, "-N", str(inodes), "-g", str(group), f"/proc/self/fd/{fd}"]
+        done = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise DiskError(f"mkfs.ext4 failed: {done.stderr.strip() or done.returncode}")
     except BaseException:
@@ -199,18 +183,10 @@ def make_template(disk_dir: Path, cap: int) -> Template:
             pass  # made meanwhile (another runner of this data directory): the same thing
         finally:
             os.close(dir_fd)
-        _remove_earlier_versions(disk_dir)
         return load_template(path, cap)
     finally:
         if best is not None:
             os.close(best[1])
-
-
-def _remove_earlier_versions(disk_dir: Path) -> None:
-    """Delete templates an earlier version made here; this one never copies them."""
-    for old in disk_dir.glob("ext4-v*-*.img"):
-        if not old.name.startswith(f"{TEMPLATE_VERSION}-"):
-            old.unlink(missing_ok=True)
 
 
 def load_template(path: Path, cap: int) -> Template:
