@@ -217,3 +217,29 @@ def test_quiet_transactions_asked_together_run_as_one_and_a_failing_one_spoils_n
         assert out.stdout.count(f"-A {chain(5)} -j RETURN") == 1  # nothing added twice
 
     asyncio.run(scenario())
+
+
+def test_a_removal_whose_command_cannot_start_says_so(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no ``iptables-restore`` to start (a ``PATH`` without it: the start itself fails,
+    as it does on a host out of memory or processes), ``remove`` answers False and the
+    rules stay; once the command can start again, the same removal answers True and the
+    chain is gone. Before, the first answered like a removal that ran, and its caller gave
+    the network's claim back with the rules still on the host."""
+    empty = tmp_path / "no-commands"
+    empty.mkdir()
+    usable = os.environ["PATH"]
+
+    async def scenario() -> None:
+        writer = RuleWriter()
+        await writer.apply(add(60))
+        monkeypatch.setenv("PATH", str(empty))
+        removed = await writer.remove(remove(60))
+        monkeypatch.setenv("PATH", usable)
+        assert removed is False
+        assert chain(60) in ours()
+        assert await writer.remove(remove(60)) is True
+        assert chain(60) not in ours()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from tests.support.faults import RECOVERY, sandbox_pids, start_cluster, wait_until
+from tests.support.gateway import ExecResult
 from tests.support.hosts import HostNetwork
 
 COUNT = 12
 STARTING = (g.SANDBOX_STATUS_PENDING, g.SANDBOX_STATUS_CREATING)
 CUT_SHORT = "lost while the runner restarted"
+SLEEPS = "grep -l '^sleep$' /proc/[0-9]*/comm | wc -l"  # in the sandbox's PID namespace
 
 
 def test_creates_waiting_their_turn_when_the_runner_is_killed_all_run_after_its_restart(
@@ -54,8 +56,13 @@ def test_creates_waiting_their_turn_when_the_runner_is_killed_all_run_after_its_
                 cut_short.append(sandbox_id)  # the one being built when the runner died
                 continue
             assert got.sandbox_status == g.SANDBOX_STATUS_RUNNING, (sandbox_id, got)
-            # Started exactly once: one main process, whose shell runs one ``sleep``.
-            sleeps = "grep -l '^sleep$' /proc/[0-9]*/comm | wc -l"
-            result = gateway.exec_until_ok(sandbox_id, "sh", "-c", sleeps)
+            # Started exactly once: one main process, whose shell runs one ``sleep``. The
+            # shell forks it a moment after the sandbox reads RUNNING (CI once saw none yet).
+
+            def counted(sid: str = sandbox_id) -> ExecResult | None:
+                result = gateway.exec_until_ok(sid, "sh", "-c", SLEEPS)
+                return result if result.stdout != b"0\n" else None
+
+            result = wait_until(f"a sleep in {sandbox_id}", counted, 10, interval=0.05)
             assert (result.exit_code, result.stdout) == (0, b"1\n"), (sandbox_id, result)
         assert len(cut_short) <= 1, cut_short  # one build at a time
