@@ -130,6 +130,29 @@ def test_network_rules_and_allocation(tmp_path: Path) -> None:
     assert third.index not in (lease.index, second.index)  # not reused at once
 
 
+def test_a_recovered_lease_whose_claim_is_gone_is_claimed_again_in_its_owners_name(
+    tmp_path: Path,
+) -> None:
+    """A runner recovering a sandbox whose claim file went missing makes it again naming
+    the backend, the sandbox and the network's name, so that the backend's own listing, and
+    any reaper after it, finds it; before, the file was made empty and no one ever could. A
+    claim that is there is left as it is."""
+    mgr = NetworkManager("k", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    lease = mgr.allocate("p-prepared")  # made under one name, taken by a sandbox of another
+    mgr.assign(lease, "box")
+    kept = Path(mgr.ipam, str(lease.index)).read_bytes()
+    mgr.claim(lease, "box")
+    assert Path(mgr.ipam, str(lease.index)).read_bytes() == kept
+    mgr.release(lease)  # gone under it (by a crash, by hand)
+    restarted = NetworkManager("k", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    restarted.claim(lease, "box")
+    assert restarted.claims() == {lease.index: "box"}
+    assert [(found.index, found.tag) for found in restarted.claimed_leases()] == [
+        (lease.index, lease.tag)
+    ]
+    assert restarted.claimed_leases(spare={"box"}) == []
+
+
 def test_allocation_goes_on_after_the_last_subnet_and_wraps_around(tmp_path: Path) -> None:
     """Each allocation looks after the last one (no scan of every held subnet from the
     first), a subnet given back is handed out only once the search wraps around to it, and

@@ -609,7 +609,7 @@ class LocalBackend(Backend):
                 old.close_fds()
             self._records[rec.sandbox_id] = rec
             if rec.lease is not None:
-                self._net.claim(rec.lease)
+                self._net.claim(rec.lease, rec.sandbox_id)
             if rec.ids is not None:
                 self._ids.claim(rec.ids)
             if not rec.agent_alive():

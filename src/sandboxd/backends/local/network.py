@@ -249,13 +249,27 @@ class NetworkManager:
     def _claim_file(self, index: int) -> str:
         return os.path.join(self.ipam, str(index))
 
-    def claim(self, lease: Lease) -> None:
-        """Re-assert a recovered lease's claim (no-op when it is still recorded)."""
+    def claim(self, lease: Lease, holder: str) -> None:
+        """Re-assert a recovered lease's claim; one missing is made again, naming ``holder``.
+
+        Why the line: a missing claim was made again empty, which names no backend and no
+        sandbox, so no reaper (``claims``, the orphan sweep) could ever take it back once
+        its sandbox and backend were gone: the subnet stayed taken on the host for good
+        (one was found on the development host). A claim that is there is left as it is.
+        """
         self._active.add(lease.tag)
         self._join_groups(lease)
         os.makedirs(self.ipam, exist_ok=True)
-        with open(self._claim_file(lease.index), "a") as fh:
-            fh.write("")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(self._claim_file(lease.index), flags, 0o600)
+        except FileExistsError:
+            return
+        try:
+            named = "" if holder == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
+            os.write(fd, f"{self.key} {holder}{named}\n".encode())
+        finally:
+            os.close(fd)
 
     def allocate(self, sandbox_id: str) -> Lease:
         """Reserve the next free /30 of the pool (an exclusive create of its claim file).

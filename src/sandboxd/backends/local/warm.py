@@ -200,7 +200,7 @@ class WarmSlots:
                     forget_unrecorded(state_dir, b._ids, await b._ready())
                 continue
             if rec.lease is not None:
-                b._net.claim(rec.lease)
+                b._net.claim(rec.lease, rec.sandbox_id)
             if rec.ids is not None:
                 b._ids.claim(rec.ids)
             rec.attach()
