@@ -266,8 +266,7 @@ class NetworkManager:
         except FileExistsError:
             return
         try:
-            named = "" if holder == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
-            os.write(fd, f"{self.key} {holder}{named}\n".encode())
+            os.write(fd, f"{self._holder_words(lease, holder)}\n".encode())
         finally:
             os.close(fd)
 
@@ -321,12 +320,18 @@ class NetworkManager:
         With the name it was made under, which ``tag_for(sandbox_id)`` does not give: a
         reaper that finds the claim without its backend tears the right network down.
         """
-        named = "" if sandbox_id == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
         fd = os.open(self._claim_file(lease.index), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.pwrite(fd, _claim_line(f"{self.key} {sandbox_id}{named}", os.fstat(fd).st_size), 0)
+            os.pwrite(
+                fd, _claim_line(self._holder_words(lease, sandbox_id), os.fstat(fd).st_size), 0
+            )
         finally:
             os.close(fd)
+
+    def _holder_words(self, lease: Lease, holder: str) -> str:
+        """A claim's line for ``lease`` held by ``holder``: the network's name unless implied."""
+        named = "" if holder == PREPARED_HOLDER + lease.tag else f" {lease.tag}"
+        return f"{self.key} {holder}{named}"
 
     def _claim_fields(self) -> dict[int, list[str]]:
         """Claims of this backend in the host-wide pool: index -> the words after its key."""
