@@ -18,53 +18,55 @@ import pytest
 from tests.support.host_network import in_own_network_namespace
 
 UNREMOVED = r"""
-import asyncio, errno, subprocess, sys
+import asyncio, errno, os, signal, subprocess, sys
 from sandboxd.backends.base import EgressType
 from sandboxd.backends.local import rule_writer
 from sandboxd.backends.local.network import NetworkManager
 from sandboxd.backends.local.network_pool import PreparedNetworks
-from tests.support.host_network import table_rules as rules
+from tests.support.host_network import link_exists, table_rules as rules
 
 INTERNET = EgressType.INTERNET
+ipam = sys.argv[1]
 
 def check(ok, what):
     if not ok:
         sys.exit(f"{what}\n" + "\n".join(rules() + rules("nat")))
 
+def manager():
+    return NetworkManager("unremoved", pool="10.214.10.0/24", ipam_dir=ipam)
+
 def ours(lease):
     return [r for r in rules() + rules("nat") if lease.tag in r]
 
-def link(lease):
-    return subprocess.run(["ip", "-o", "link", "show", lease.host_if], capture_output=True).stdout
+async def cannot_start(*argv, **kwargs):
+    raise OSError(errno.EAGAIN, "Resource temporarily unavailable", argv[0])
 
-async def main(ipam):
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    net = NetworkManager("unremoved", pool="10.214.10.0/24", ipam_dir=ipam)
-    gone, other = net.allocate("sb-gone"), net.allocate("sb-other")
+async def fail_then_die(write):
+    net = manager()
+    gone = net.allocate("sb-gone")
     await net.setup(gone, INTERNET, ())
-    await net.setup(other, INTERNET, ())
-    started = rule_writer.run
-
-    async def cannot_start(*argv, **kwargs):
-        raise OSError(errno.EAGAIN, "Resource temporarily unavailable", argv[0])
-
     rule_writer.run = cannot_start
     await net.teardown(gone, INTERNET, ())  # returns: the sandbox is gone either way
-    rule_writer.run = started
-    check(link(gone) == b"", "the veth stayed")
+    os.write(write, gone.to_json().encode())
+    os.kill(os.getpid(), signal.SIGKILL)  # the runner dies with the rules left
+
+async def main(gone):
+    check(not link_exists(gone.host_if), "the veth stayed")
     check(len(ours(gone)) >= 5, "the rules went although their removal never ran")
+    net = manager()
     claims = net.claims()
     check(claims.get(gone.index) == f"prepared:{gone.tag}", f"claim not kept to reap: {claims}")
 
-    # The next start of the backend (a new manager, same name) reaps it.
-    again = NetworkManager("unremoved", pool="10.214.10.0/24", ipam_dir=ipam)
-    check(await PreparedNetworks(again).reap() == 1, "the restarted backend reaped nothing")
+    # The next start of the backend reaps it.
+    check(await PreparedNetworks(net).reap() == 1, "the restarted backend reaped nothing")
     check(ours(gone) == [], f"left after the reap: {ours(gone)}")
     check(gone.index not in net.claims(), "the claim stayed after the reap")
 
-    # In the same process, the next teardown tries the removal again first.
-    third = net.allocate("sb-third")
+    # In a process that lives on, the next teardown tries the removal again first.
+    other, third = net.allocate("sb-other"), net.allocate("sb-third")
+    await net.setup(other, INTERNET, ())
     await net.setup(third, INTERNET, ())
+    started = rule_writer.run
     rule_writer.run = cannot_start
     await net.teardown(third, INTERNET, ())
     rule_writer.run = started
@@ -75,15 +77,28 @@ async def main(ipam):
     check(left == [], f"left after the last teardown: {left}")
     check(net.claims() == {}, f"claims left: {net.claims()}")
 
-asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    asyncio.run(asyncio.wait_for(fail_then_die(write), 60))
+    os._exit(3)  # not reached: it was killed
+os.close(write)
+_, status = os.waitpid(child, 0)
+check(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child ended {status}")
+from sandboxd.backends.local.network import Lease
+gone = Lease.from_json(os.read(read, 4096).decode())
+asyncio.run(asyncio.wait_for(main(gone), 90))
 """
 
 
 def test_rules_whose_removal_could_not_start_stay_claimed_and_go_later(tmp_path: Path) -> None:
     """A teardown whose rule removal cannot be started still removes the veth and returns,
-    but keeps the network's rules counted and its claim, marked as one to reap. The
-    backend's next start (a new manager of the same name) reaps them; in the same process
-    the next teardown removes them first. At the end nothing of any of them is left."""
+    but keeps the network's rules counted and its claim, marked as one to reap. Its process
+    is then killed with SIGKILL; the backend's next start (a new manager of the same name)
+    reaps them. In a process that lives on, the next teardown removes them first. At the
+    end nothing of any of them is left."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     in_own_network_namespace(UNREMOVED, str(tmp_path / "ipam"))
