@@ -15,7 +15,9 @@ client over real gRPC on loopback:
 
 Each row is printed beside its floor, measured in the same run (create: plain ``unshare``
 of the same namespaces and ``bwrap --unshare-all`` when installed, each running ``true``;
-exec: ``nsenter`` into a running namespace set, running ``true``), and beside the baseline
+exec: ``nsenter`` into a running namespace set, running ``true``; for every row that makes
+calls, the same gRPC calls to a bare ``grpc.aio`` server that answers at once, the transport
+alone: ``bench/grpc_floor.py``), and beside the baseline
 named in ``bench/baselines.json`` (key ``sandboxes``; ``--record NAME`` replaces it with this
 run). It then runs ``bench/local_backend.py`` in the same invocation, which times the same
 shapes on the backend alone, and says whether podman (the peer) is installed. Targets from
@@ -39,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+import grpc_floor
+
 from tests.support.processes import all_in_one
 
 BASELINES = ROOT / "baselines.json"
@@ -95,6 +99,13 @@ def floors(n: int) -> dict[str, str]:
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
+    starts, execs = grpc_floor.measure(n * 4)
+    calls = [start + run for start, run in zip(starts, execs, strict=True)]
+    transport = f"gRPC Start+StreamExec {fmt(calls)}"
+    for row in ("create -> first exec result", "same shape, cold (no pool)"):
+        out[row] = "; ".join(part for part in (out.get(row), transport) if part)
+    out["warm pool"] = transport
+    out["exec true round trip"] += f"; gRPC StreamExec {fmt(execs)}"
     return out
 
 
