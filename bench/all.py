@@ -5,7 +5,8 @@ with ``--quick``). It runs, one after another, each in a fresh ``sandboxd up``:
 
 * ``bench/sandboxes.py --concurrency 100``: create → first exec (cold, and from a warm pool
   where the branch has them), exec ``true`` round trip, 100 concurrent creates each until its
-  first exec result; floors: the local backend alone, plain ``bwrap``, ``unshare``;
+  first exec result; floors: the local backend alone, plain ``bwrap``, ``unshare``, and the
+  same gRPC calls to a server that answers at once (``bench/grpc_floor.py``);
 * ``bench/density.py --count 1000``: idle sandboxes held with the embedded defaults, host
   memory per idle sandbox, exec p50/p99 while all exist; floors: ``nsenter`` and ``unshare``;
 * ``bench/files.py --sizes 1024``: 1 GiB streaming write and read, 16 MiB unary; floor: ``cp``;
