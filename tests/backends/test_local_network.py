@@ -14,7 +14,9 @@ import os
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,6 +268,36 @@ def test_sandboxes_without_a_network_each_get_a_fresh_namespace_made_ahead(
     go(aio, scenario())
 
 
+async def _descriptors_at_rest(backend: object) -> dict[str, str]:
+    """This process's descriptors (number -> target) with the backend's pools full.
+
+    The pools (networks, writable layers, id ranges) are asked to refill, then waited for
+    until none is refilling and the count holds still for 0.2 s (at most 20 s). Why: a
+    create's refill runs a moment after it (``REFILL_DELAY_SECONDS``) and a failed create
+    asks for none, so a count taken right after a create depended on where the pools were,
+    and a CI run saw the count after the failed create stay above it with nothing leaked;
+    with the pools full both times, a leak of one descriptor shows.
+    """
+    pools: Any = backend
+    pools._refill()
+    pools._ranges.refill()
+    deadline = time.monotonic() + 20
+    last = -1
+    while time.monotonic() < deadline:
+        refills = [pools._nets._refill, pools._ranges._task, *pools._disk._refills.values()]
+        busy = any(task is not None and not task.done() for task in refills)
+        count = len(os.listdir("/proc/self/fd"))
+        if not busy and count == last:
+            break
+        last = count
+        await asyncio.sleep(0.2)
+    found: dict[str, str] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return found
+
+
 def test_a_network_whose_namespace_the_runner_lost_fails_the_create_and_leaks_nothing(
     aio: asyncio.Runner, local_harness: Harness
 ) -> None:
@@ -286,18 +318,18 @@ def test_a_network_whose_namespace_the_runner_lost_fails_the_create_and_leaks_no
         async with local_harness.sandbox(network=net(EgressType.INTERNET), scratch=scratch):
             pass  # what a backend opens once (its zygote, pools) is open from here on
         spec = local_harness.spec(network=net(EgressType.INTERNET), scratch=scratch)
-        fds = len(os.listdir("/proc/self/fd"))
+        before = await _descriptors_at_rest(backend)
         pool.take = take_then_lose
         try:
             with pytest.raises(SandboxStartError, match="its network has no"):
                 await backend.create(spec)
         finally:
             del pool.take
-        # Pools refill what the create took (a layer, a network: one descriptor each, as
-        # before it); a leak stays above the count from before.
-        async with asyncio.timeout(20):
-            while len(os.listdir("/proc/self/fd")) > fds:
-                await asyncio.sleep(0.05)
+        # The pools made full again (the create took a layer and a network, one descriptor
+        # each), a leak stays above the count from before.
+        after = await _descriptors_at_rest(backend)
+        added = sorted((Counter(after.values()) - Counter(before.values())).elements())
+        assert len(after) <= len(before), f"descriptors left open: {added}"
         assert spec.sandbox_id not in backend._net.claims().values()  # type: ignore[attr-defined]
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         assert f"sbx{backend._net.tag_for(spec.sandbox_id)}" not in links  # type: ignore[attr-defined]
