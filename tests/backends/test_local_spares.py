@@ -231,6 +231,37 @@ def test_spares_end_with_their_zygote_and_a_dead_spare_is_passed_over(
     go(aio, scenario())
 
 
+def _named(pid: int) -> str | None:
+    """The process name of ``pid`` (a zombie included); None once nothing has that pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.index("(") + 1 : raw.rindex(")")]
+
+
+def test_a_zygote_that_shuts_down_reaps_its_spares_before_it_exits(
+    aio: asyncio.Runner, backend: LocalBackend
+) -> None:
+    """A backend closed with nothing running shuts its zygote down; the zygote lets its
+    spare pairs go and reaps them before it exits. Before, they ended only when its exit
+    closed their sockets and were handed to init as zombies (four found right after a
+    quickstart's SIGTERM): a host whose PID 1 does not reap kept them for good."""
+    h = Harness(backend, BUSYBOX, None, lambda: backend)
+
+    async def scenario() -> None:
+        async with h.sandbox():
+            pass
+        zygote, pairs = await two_pairs(backend)
+        spares = [*pairs, *pairs.values()]
+        await backend.close()
+        await until("the zygote exited", lambda: _stat_fields(zygote) is None)
+        left = [pid for pid in spares if _named(pid) == SPARE]
+        assert left == [], f"spares left to init: {left}"
+
+    go(aio, scenario())
+
+
 def test_a_claimed_spare_that_fails_reports_why_and_the_next_create_works(
     aio: asyncio.Runner, backend: LocalBackend
 ) -> None:

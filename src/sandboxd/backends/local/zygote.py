@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import selectors
 import signal
 import socket
@@ -44,6 +45,8 @@ EMPTY_NETNS_AHEAD = 4
 """Empty network namespaces kept ready for sandboxes without a network (egress none)."""
 SPARES_AHEAD = 2
 """Keeper and agent pairs forked ahead (``spares.py``) once a sandbox was asked for."""
+SPARES_END_SECONDS = 1.0
+"""How long a zygote that shuts down waits for its spare pairs to end (``_end_spares``)."""
 QUIET_AFTER_SPAWN_SECONDS = 0.015
 """After a spawn, work made ahead (spares, namespaces) waits this long. Why: it was done at
 once, while the sandbox just handed out built itself, and a spare pair is two forks of a
@@ -314,6 +317,35 @@ class Zygote:
                 self._make_empty_netns()
             elif self._abandoned():
                 self.running = False
+        self._end_spares()
+
+    def _end_spares(self) -> None:
+        """Let the spare pairs go and reap them, and any other child ending meanwhile.
+
+        Why before exiting: a pair ends on EOF, which it sees only once this process is
+        gone, and it was then handed to init as a zombie (two per pair; a spare agent
+        whose keeper ended first comes to us, the subreaper). A host whose PID 1 does not
+        reap (a container started without an init) kept them for good, four per runner
+        stop. Bounded by ``SPARES_END_SECONDS``: a child still running then (a keeper
+        whose sandbox is still being torn down) is left as before.
+        """
+        self.spares_wanted = False
+        while self.spares:
+            self.spares.pop().close()
+        deadline = time.monotonic() + SPARES_END_SECONDS
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # no child left
+            left = deadline - time.monotonic()
+            if pid == 0 and left <= 0:
+                return
+            if pid == 0:  # woken by SIGCHLD (the wake-up pipe) or the deadline
+                select.select([self.wake_r], [], [], left)
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 512):
+                        pass
 
     def _spares_short(self) -> bool:
         return self.spares_wanted and len(self.spares) < SPARES_AHEAD
