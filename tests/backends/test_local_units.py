@@ -13,10 +13,11 @@ import pytest
 from sandboxd.backends import backend_names, get_backend_class
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.errors import InvalidSpec
-from sandboxd.backends.local import log_budget, logfile, protocol
+from sandboxd.backends.local import log_budget, logfile, network_pool, protocol
 from sandboxd.backends.local import network as network_module
 from sandboxd.backends.local.cgroups import detect
 from sandboxd.backends.local.network import Lease, NetworkError, NetworkManager
+from sandboxd.backends.local.network_pool import PreparedNetworks
 from sandboxd.backends.local.spawn import exit_code_from_status
 
 MOUNTINFO_V1 = """\
@@ -151,6 +152,19 @@ def test_a_recovered_lease_whose_claim_is_gone_is_claimed_again_in_its_owners_na
         (lease.index, lease.tag)
     ]
     assert restarted.claimed_leases(spare={"box"}) == []
+
+
+def test_networks_made_ahead_never_join_a_full_hook_bucket(tmp_path: Path) -> None:
+    """A network made ahead joins a hook bucket in use that has room; with the only bucket
+    in use full, it opens another. Before, a name drawn with no bucket having room was taken
+    whatever its bucket, and one in sixteen joined the full one (a CI run saw it twice in a
+    row, so a bucket grew past ``BUCKET_ROOM``)."""
+    mgr = NetworkManager("k", "10.99.0.0/24", ipam_dir=str(tmp_path))
+    mgr._members["filter:d"] = {f"t{n}" for n in range(network_pool.BUCKET_ROOM)}
+    pool = PreparedNetworks(mgr, 0)
+    assert "d" not in {mgr.tag_for(pool._holder_name())[0] for _ in range(500)}
+    mgr._members["filter:3"] = {"t-with-room"}
+    assert {mgr.tag_for(pool._holder_name())[0] for _ in range(200)} == {"3"}
 
 
 def test_allocation_goes_on_after_the_last_subnet_and_wraps_around(tmp_path: Path) -> None:

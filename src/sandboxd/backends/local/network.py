@@ -599,12 +599,12 @@ class NetworkManager:
             if clock - self._lifted.get(group.key, -LIFT_SECONDS) >= LIFT_SECONDS
         }
 
-    def buckets_with_room(self, room: int) -> set[str]:
-        """The hook buckets (first tag digits) holding 1 to ``room - 1`` of our networks."""
+    def bucket_sizes(self) -> dict[str, int]:
+        """How many of our networks each hook bucket (first tag digit) holds, if any."""
         return {
-            key.removeprefix("filter:")
+            key.removeprefix("filter:"): len(members)
             for key, members in self._members.items()
-            if key.startswith("filter:") and 0 < len(members) < room
+            if key.startswith("filter:") and members
         }
 
     def _join_groups(self, lease: Lease) -> None:

@@ -45,8 +45,9 @@ BUCKET_ROOM = 64
 """A hook bucket with this many of our networks takes no more made ahead (``_holder_name``):
 about a sixteenth of 1,000 sandboxes, the size ``hook_chains.py`` was measured at."""
 BUCKET_TRIES = 256
-"""Names tried for a bucket in use; one in sixteen hits a given bucket, so 256 tries all
-miss it once in 15 million networks, which then only opens another bucket."""
+"""Names tried for a bucket in use with room (with none, for one not full); one in sixteen
+hits a given bucket, so 256 tries all miss it once in 15 million networks, which then only
+opens another bucket (or, with all sixteen full, joins a full one)."""
 PREPARED = PREPARED_HOLDER
 
 Policy = tuple[EgressType, tuple[str, ...], tuple[str, ...]]
@@ -141,12 +142,18 @@ class PreparedNetworks:
         transaction after it, the adds of creates and of these networks included: 37 of 162
         transactions for 41 creates, the pool ran dry, and one create in ten took 80-120 ms
         making its own network behind them. Buckets stay about equal in size: one counts as
-        in use only below ``BUCKET_ROOM`` networks. A few hashes, no system call.
+        in use only below ``BUCKET_ROOM`` networks, and a full one takes none made ahead.
+        With no bucket in use below that, the name opens another bucket: before, any random
+        name was taken then, and one in sixteen landed in the full bucket anyway (a CI run
+        saw two in a row). A few hashes, no system call.
         """
-        wanted = self._net.buckets_with_room(BUCKET_ROOM)
+        sizes = self._net.bucket_sizes()
+        with_room = {digit for digit, size in sizes.items() if size < BUCKET_ROOM}
+        full = {digit for digit, size in sizes.items() if size >= BUCKET_ROOM}
         name = f"p-{secrets.token_hex(8)}"
         for _ in range(BUCKET_TRIES):
-            if not wanted or self._net.tag_for(name)[0] in wanted:
+            digit = self._net.tag_for(name)[0]
+            if (digit in with_room) if with_room else (digit not in full):
                 break
             name = f"p-{secrets.token_hex(8)}"
         return name
