@@ -112,6 +112,14 @@ def check(ok, what):
 def manager(name, ipam):  # this namespace's loopback up first: see FLUSHED
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     return NetworkManager(name, pool="10.214.9.0/24", ipam_dir=ipam)
+
+def two_backends(ipam, name):  # backends a and b, a's first network and its bucket
+    a, b = manager(f"{name}a", ipam), manager(f"{name}b", ipam)
+    first = a.allocate(f"sb-{name}")
+    return a, b, first, first.tag[0]
+
+def names_in(net, bucket, prefix="sb-"):  # sandbox names whose networks fall in ``bucket``
+    return (f"{prefix}{n}" for n in range(10_000) if net.tag_for(f"{prefix}{n}")[0] == bucket)
 """
 
 
@@ -126,7 +134,7 @@ async def main(ipam):
     a = NetworkManager("removed", pool="10.214.9.0/24", ipam_dir=ipam)
     keep = a.allocate("sb-keep")
     bucket = next(d for d in "0123456789abcdef" if d != keep.tag[0])
-    ids = (f"sb-{n}" for n in range(10_000) if a.tag_for(f"sb-{n}")[0] == bucket)
+    ids = names_in(a, bucket)
     await a.setup(keep, EgressType.INTERNET, ())
     first = a.allocate(next(ids))
     await a.setup(first, EgressType.INTERNET, ())
@@ -199,7 +207,7 @@ async def main(ipam):
     net = NetworkManager("flushed", pool="10.214.9.0/24", ipam_dir=ipam)
     first = net.allocate("sb-first")
     bucket = first.tag[0]
-    second_id = next(f"sb-{n}" for n in range(10_000) if net.tag_for(f"sb-{n}")[0] == bucket)
+    second_id = next(names_in(net, bucket))
     await net.setup(first, EgressType.INTERNET, ())
     # A firewall manager flushes the built-in chains (ours stay, unreached) and puts its
     # own rule first.
@@ -313,43 +321,43 @@ def test_networks_made_ahead_join_a_hook_group_in_use(tmp_path: Path) -> None:
 
 # Two backends of one host, in a network namespace of their own. Backend b's last network in
 # a bucket goes, taking the bucket's hook group with it, at the worst moments for backend a:
-# after a found the group made (so a's add fails), and again after a repaired it (so a's
-# next try fails too). The interleaving is injected by wrapping a's two steps (real rules,
-# real iptables; only the timing is forced): on a busy host it happens by itself, rarely.
+# after a found the group made (so a's add fails), and again right after a repaired it. The
+# interleaving is injected by wrapping a's two steps (real rules, real iptables; only the
+# timing is forced): on a busy host it happens by itself, rarely.
 RACED = (
     PRELUDE
     + r"""
 
 async def main(ipam):
-    a, b = manager("raceda", ipam), manager("racedb", ipam)
-    la = a.allocate("sb-a")
-    bucket = la.tag[0]
-    ids = (f"sb-b{n}" for n in range(10_000) if b.tag_for(f"sb-b{n}")[0] == bucket)
-    removals = []
-
-    async def b_goes(lb):  # b's only network in the bucket: its teardown removes the group
-        await b.teardown(lb, EgressType.INTERNET, ())
-        check(not any(f"SBX-F-{bucket}" in r for r in rules()), "b did not remove the group")
-        removals.append(lb.tag)
-
+    a, b, la, bucket = two_backends(ipam, "raced")
+    ids = names_in(b, bucket, "sb-b")
+    repairs, late = [], []
     made, repair = a._make_hook_chains, a._repair_hook_chains
 
-    async def made_then_removed(lease, nice):
+    async def made_then_removed(lease, nice):  # b's only network in the bucket goes
         await made(lease, nice)
-        await b_goes(first)
+        await b.teardown(first, EgressType.INTERNET, ())
+        check(not any(f"SBX-F-{bucket}" in r for r in rules()), "b did not remove the group")
 
-    async def repaired_then_removed(group, nice):
+    async def repaired_then_raced(group, nice):
         await repair(group, nice)
-        if len(removals) < 3 and group.key.startswith("filter:"):
+        repairs.append(group.key)
+        if group.key.startswith("filter:") and not late:
+            # b makes and tears down another network in the bucket now. Its removal of the
+            # group waits for the host-wide lock, which a holds through its next try; were
+            # it not held, b would be done within the wait below and a's next try would
+            # find the group gone again.
             lb = b.allocate(next(ids))
             await b.setup(lb, EgressType.INTERNET, ())
-            await b_goes(lb)
+            late.append(asyncio.create_task(b.teardown(lb, EgressType.INTERNET, ())))
+            await asyncio.wait(late, timeout=1.0)
 
     first = b.allocate(next(ids))  # the group exists, made by b, when a comes
     await b.setup(first, EgressType.INTERNET, ())
-    a._make_hook_chains, a._repair_hook_chains = made_then_removed, repaired_then_removed
+    a._make_hook_chains, a._repair_hook_chains = made_then_removed, repaired_then_raced
     await a.setup(la, EgressType.INTERNET, ())
-    check(len(removals) == 3, f"the group was removed {len(removals)} times, not 3")
+    await late[0]  # b's removal ran after a's add, and the kernel refused it
+    check(repairs.count(f"filter:{bucket}") == 1, f"a's next try failed: repairs {repairs}")
     hooks = [r for r in rules() if r.startswith("-A SBX-") and f" {la.host_if} " in r]
     check(len(hooks) == 3, "a's hooks are not there once each")  # -i twice, -o once
     check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
@@ -365,12 +373,15 @@ asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
 )
 
 
-def test_a_hook_group_removed_again_after_its_repair_is_repaired_again(tmp_path: Path) -> None:
+def test_a_hook_group_is_not_removed_between_a_repair_and_the_next_try(tmp_path: Path) -> None:
     """Another backend's last network in a bucket may go, and take the bucket's hook group
-    with it, while a network of ours is on its way in: after we found the group made, and
-    again after we repaired it. Our add tries again each time, so the create succeeds with
-    its hooks there once each, where one repair and one retry failed it ("Chain 'SBX-F-6'
-    does not exist", seen with two runners creating sandboxes side by side)."""
+    with it, while a network of ours is on its way in ("Chain 'SBX-F-6' does not exist",
+    seen with two runners creating sandboxes side by side): our add then repairs the group
+    and tries again. It does so holding the host-wide lock, under which no backend removes
+    a group, so the other backend's next removal, which came right after our repair, waits
+    and is then refused (our hooks are in the group): one repair, the create succeeds with
+    its hooks there once each. Before the lock, the group could be removed again after each
+    repair, and the create failed after four."""
     _in_own_network_namespace(RACED, tmp_path)
 
 
@@ -384,7 +395,7 @@ async def main(ipam):
     net = manager("concurrent", ipam)
     first = net.allocate("sb-first")
     bucket = first.tag[0]
-    ids = (f"sb-{n}" for n in range(10_000) if net.tag_for(f"sb-{n}")[0] == bucket)
+    ids = names_in(net, bucket)
     await net.setup(first, EgressType.INTERNET, ())
     for table in ("filter", "nat"):  # a firewall reload while `first` is up
         subprocess.run(["iptables", "-t", table, "-F"], check=True)
@@ -413,3 +424,44 @@ def test_adds_that_repair_one_group_at_once_leave_one_jump_per_hook(tmp_path: Pa
     hook has one jump afterwards (not one per repair), and the last teardown removes the
     group: with a jump too many the kernel refused that, and the chains stayed for good."""
     _in_own_network_namespace(CONCURRENT, tmp_path)
+
+
+# Two backends each repair one group at the same moment (a reload took its jumps while
+# both had networks in it), in a network namespace of its own.
+TWO_BACKENDS = (
+    PRELUDE
+    + r"""
+
+async def main(ipam):
+    a, b, first, bucket = two_backends(ipam, "two")
+    a_ids, b_ids = names_in(a, bucket, "sb-a-"), names_in(b, bucket, "sb-b")
+    await a.setup(first, EgressType.INTERNET, ())
+    second = b.allocate(next(b_ids))
+    await b.setup(second, EgressType.INTERNET, ())
+    for chain in ("INPUT", "FORWARD"):  # a reload of the host's own chains only
+        subprocess.run(["iptables", "-F", chain], check=True)
+    subprocess.run(["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
+    burst = [(a, a.allocate(next(a_ids))) for _ in range(3)]
+    burst += [(b, b.allocate(next(b_ids))) for _ in range(3)]
+    await asyncio.gather(*(net.setup(lease, EgressType.INTERNET, ()) for net, lease in burst))
+    check(sum(r.endswith(f"-j SBX-I-{bucket}") for r in rules()) == 1, "not one INPUT jump")
+    check(sum(r.endswith(f"-j SBX-F-{bucket}") for r in rules()) == 2, "not two FORWARD jumps")
+    check(sum("sandboxd:hooks" in r for r in rules("nat")) == 1, "not one nat jump")
+    for net, lease in [*burst, (a, first), (b, second)]:
+        await net.teardown(lease, EgressType.INTERNET, ())
+    left = [r for r in rules() + rules("nat") if "SBX-" in r or "sandboxd" in r]
+    check(left == [], f"left after the last teardown: {left}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
+"""
+)
+
+
+def test_two_backends_repairing_one_group_at_once_leave_one_jump_per_hook(tmp_path: Path) -> None:
+    """A reload takes a group's jumps while two backends have networks in it; both then
+    create at once, every add fails and repairs the group. The repairs hold the host-wide
+    lock, so they take turns across backends as within one: one jump per hook afterwards,
+    and the last teardown removes the group. Before, each backend checked the jumps before
+    the other put them in, both put them in, and the kernel then refused the group's
+    removal with its last sandbox, so its chains stayed on the host for good."""
+    _in_own_network_namespace(TWO_BACKENDS, tmp_path)

@@ -35,7 +35,6 @@ queue on the kernel's lock, time out and retry. The commands themselves run thro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import ipaddress
@@ -64,6 +63,7 @@ from .hook_chains import (
 from .host_commands import NetworkError, run
 from .network_namespace import VethPlan, new_network_namespace, remove_link
 from .rule_writer import RESTORE, RuleWriter
+from .shared_rules_lock import SharedRulesLock
 
 __all__ = ["Lease", "NetworkError", "NetworkManager"]
 
@@ -77,11 +77,10 @@ HOST_ADDRESSES_SECONDS = 1.0
 ADD_TRIES = 4
 """How often a network's rules are tried, each retry after repairing its hook groups.
 
-Why more than twice: another backend on the host removes a group it found empty (its last
-network in it went) whenever that happens, including between our repair of the group and
-our next try, while our rules are not in it yet (seen with two runners creating and
-removing sandboxes side by side). Each failed try is one such race lost: the add fails
-only when its group is removed under it four times in a row."""
+Another backend on the host removes a group it found empty (its last network in it went)
+whenever that happens, but not while we hold the host-wide lock from our repair through
+our next try (``shared_rules_lock.py``), so a retry fails only when the ruleset is flushed
+again meanwhile (a firewall reload) or the lock was passed over."""
 PREPARED_HOLDER = "prepared:"
 """How a claim names a network made ahead of need: ``prepared:<tag>`` (``network_pool.py``)."""
 LIFT_SECONDS = 30.0
@@ -233,7 +232,6 @@ class NetworkManager:
         self._hooks_made: set[str] = set()
         self._members: dict[str, set[str]] = {}
         self._lifted: dict[str, float] = {}  # group key -> when its jumps were put first
-        self._repairs: dict[str, asyncio.Lock] = {}  # group key -> its repairs take turns
         # Torn-down networks whose rules could not be removed (see ``teardown``), by tag.
         self._unremoved: dict[str, Lease] = {}
         # Host-wide claims, one file per /30: several backends (data directories) on one
@@ -241,6 +239,7 @@ class NetworkManager:
         # so claims do not outlive a reboot (and neither do the veths).
         pool_name = str(self.pool).replace("/", "_")
         self.ipam = os.path.join(ipam_dir, pool_name)
+        self._shared_rules = SharedRulesLock(ipam_dir)  # shared_rules_lock.py says why
 
     def tag_for(self, sandbox_id: str) -> str:
         """A short, stable name part: unique per (data dir, sandbox)."""
@@ -562,29 +561,47 @@ class NetworkManager:
         removal = self._rules(lease, False)
         lifted = self._lift_due(lease) if lift else set()
         body = chain if skip else [*shared, *chain]
-        for tries_left in range(ADD_TRIES - 1, -1, -1):
-            rules = self._rules(lease, True, body, lifted=lifted)  # made ahead: off a create's path
-            try:
-                await self.rules.apply(rules, nice=nice, undo=removal)
-                break
-            except NetworkError:
-                if not tries_left:
-                    raise
+        rules = self._rules(lease, True, body, lifted=lifted)  # made ahead: off a create's path
+        try:
+            await self.rules.apply(rules, nice=nice, undo=removal)
+        except NetworkError:
             # A chain or a jump went away under us (another backend removed the shared
             # chain, or a hook group it found empty, between our sandboxes; or the ruleset
-            # was flushed): make them again. The failed transaction may have committed its
-            # filter part (each table commits on its own): that goes first. Another
-            # backend may remove a group again between its repair and our next try, while
-            # our rules are not in it yet: hence more than one try.
-            await self.rules.remove(removal)
-            for group in lease.hook_groups():
-                self._hooks_made.add(group.key)
-                await self._repair_hook_chains(group, nice)
-            body = [*shared, *chain]
+            # was flushed): made again and tried again under the host-wide lock, so no
+            # backend removes them meanwhile and repairs take turns.
+            async with self._shared_rules.held():
+                await self._repair_and_add(lease, [*shared, *chain], removal, lifted, nice)
         self._shared_written = tuple(shared)
         for key in lifted:
             self._lifted[key] = time.monotonic()
         return tuple(chain)
+
+    async def _repair_and_add(
+        self,
+        lease: Lease,
+        body: list[str],
+        removal: str,
+        lifted: set[str],
+        nice: bool,
+    ) -> None:
+        """After a failed add: remove what of it committed, repair its groups, add again.
+
+        The failed transaction may have committed its filter part (each table commits on
+        its own): that goes first. Up to ``ADD_TRIES - 1`` more tries; with the host-wide
+        lock held the first normally does it (a firewall reload meanwhile may need another).
+        """
+        for tries_left in range(ADD_TRIES - 2, -1, -1):
+            await self.rules.remove(removal)
+            for group in lease.hook_groups():
+                self._hooks_made.add(group.key)
+                await self._repair_hook_chains(group, nice)
+            rules = self._rules(lease, True, body, lifted=lifted)
+            try:
+                await self.rules.apply(rules, nice=nice, undo=removal)
+                return
+            except NetworkError:
+                if not tries_left:
+                    raise
 
     def _lift_due(self, lease: Lease) -> set[str]:
         """The keys of ``lease``'s groups whose jumps were not put first in ``LIFT_SECONDS``.
@@ -627,7 +644,8 @@ class NetworkManager:
                 self._members.pop(group.key, None)
                 self._hooks_made.discard(group.key)
                 self._lifted.pop(group.key, None)  # set again when it is made again
-                await self.rules.apply_quietly(group.transaction(group.remove))
+                async with self._shared_rules.held():
+                    await self.rules.apply_quietly(group.transaction(group.remove))
 
     async def _make_hook_chains(self, lease: Lease, nice: bool) -> None:
         """The bucket chains of ``lease``'s hooks, made unless this process made them.
@@ -652,22 +670,21 @@ class NetworkManager:
         then each jump checked (``-C``) and put in only when missing. A jump is never taken
         out here: between two transactions the sandboxes behind it would go unfiltered.
 
-        Repairs of one group in this process take turns, so the next finds the jumps the
-        one before put in. Without that, every add that failed at once (a burst of creates
-        after a firewall reload) checked before any of them put a jump in, and each put in
-        its own: a copy too many exposes nothing, but the kernel then refuses the group's
-        removal with its last sandbox, so its chains stayed on the host for good. Two
-        backends repairing one group at the same moment can still do that.
+        Called with the host-wide lock held (``_repair_and_add``), so repairs take turns,
+        in this process and across backends: the next finds the jumps the one before put
+        in. Without that, every add that failed at once (a burst of creates after a firewall
+        reload) checked before any of them put a jump in, and each put in its own: a copy
+        too many exposes nothing, but the kernel then refuses the group's removal with its
+        last sandbox, so its chains stayed on the host for good.
         """
-        async with self._repairs.setdefault(group.key, asyncio.Lock()):
-            for chain in group.chains:
-                await self.rules.apply_quietly(group.transaction((f"-N {chain}",)), nice=nice)
-            for jump in group.jumps:
-                try:
-                    await self.rules.apply(group.transaction((f"-C {jump}",)), nice=nice)
-                except NetworkError:  # missing
-                    placed = group.transaction((f"{group.place} {jump}",))
-                    await self.rules.apply_quietly(placed, nice=nice)
+        for chain in group.chains:
+            await self.rules.apply_quietly(group.transaction((f"-N {chain}",)), nice=nice)
+        for jump in group.jumps:
+            try:
+                await self.rules.apply(group.transaction((f"-C {jump}",)), nice=nice)
+            except NetworkError:  # missing
+                placed = group.transaction((f"{group.place} {jump}",))
+                await self.rules.apply_quietly(placed, nice=nice)
 
     async def install_rules(
         self,
@@ -751,7 +768,8 @@ class NetworkManager:
         transaction, before or after this one.
         """
         rules = f"*filter\n-F {policy.SHARED_CHAIN}\n-X {policy.SHARED_CHAIN}\nCOMMIT\n"
-        await self.rules.apply_quietly(rules)
+        async with self._shared_rules.held():
+            await self.rules.apply_quietly(rules)
 
     async def installed(self, lease: Lease) -> dict[str, list[str]]:
         """The lines of ``lease``'s chain and of the shared chain, as this process wrote them.
