@@ -8,14 +8,14 @@ event loop thread (as our client makes them), to a ``grpc.aio`` server in anothe
 that answers at once — no interceptors, no database, no runner, no sandbox.
 
 Run alone: ``.venv/bin/python bench/grpc_floor.py [--iterations 300]``; the sandbox
-benchmark calls :func:`measure`. ``--serve PORT`` is the server half (a child process).
+benchmark calls :func:`measure`. ``--serve`` is the server half (a child process, which
+says the port it bound).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -53,13 +53,13 @@ class _Streaming(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         yield streaming_pb2.ExecStreamResponse(exit=streaming_pb2.ExecStreamExit(exit_code=0))
 
 
-async def _serve(port: int) -> None:
+async def _serve() -> None:
     server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(_Gateway(), server)
     streaming_pb2_grpc.add_GatewayStreamingServiceServicer_to_server(_Streaming(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    print("ready", flush=True)
+    print(f"ready {port}", flush=True)
     await server.wait_for_termination()
 
 
@@ -95,24 +95,17 @@ async def _round_trips(port: int, iterations: int) -> tuple[list[float], list[fl
         return starts, execs
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def measure(iterations: int) -> tuple[list[float], list[float]]:
     """Start and exec round trips (seconds) against a bare server in a child process."""
-    port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
+        said = server.stdout.readline().split()  # "ready PORT", the port it bound
+        if len(said) != 2 or said[0] != "ready":
             raise RuntimeError("the bare gRPC server did not start")
-        return asyncio.run(_round_trips(port, iterations))
+        return asyncio.run(_round_trips(int(said[1]), iterations))
     finally:
         server.kill()
         server.wait()
@@ -121,10 +114,10 @@ def measure(iterations: int) -> tuple[list[float], list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.serve))
+        asyncio.run(_serve())
         return
     starts, execs = measure(args.iterations)
     for name, samples in (("Start (unary)", starts), ("StreamExec (one exit frame)", execs)):

@@ -111,16 +111,31 @@ class Zygote:
         self.sel.register(conn, selectors.EVENT_READ, self._on_message)
 
     def _reap(self, _obj: Any) -> None:
+        self._drain_wakeups()
+        self._reap_ended()
+
+    def _drain_wakeups(self) -> None:
+        """Empty the wake-up pipe (a byte per signal, SIGCHLD above all)."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_r, 512):
                 pass
+
+    @staticmethod
+    def _reap_ended() -> bool:
+        """Reap every child that has ended; True when no child is left at all."""
         while True:
             try:
                 pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return True
             if pid == 0:
-                return
+                return False
+
+    def _let_spares_go(self) -> None:
+        """Fork no more spare pairs, and close the ones there are: they end on EOF."""
+        self.spares_wanted = False
+        while self.spares:
+            self.spares.pop().close()
 
     def _on_message(self, conn: socket.socket) -> None:
         try:
@@ -329,23 +344,14 @@ class Zygote:
         stop. Bounded by ``SPARES_END_SECONDS``: a child still running then (a keeper
         whose sandbox is still being torn down) is left as before.
         """
-        self.spares_wanted = False
-        while self.spares:
-            self.spares.pop().close()
+        self._let_spares_go()
         deadline = time.monotonic() + SPARES_END_SECONDS
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return  # no child left
+        while not self._reap_ended():
             left = deadline - time.monotonic()
-            if pid == 0 and left <= 0:
+            if left <= 0:
                 return
-            if pid == 0:  # woken by SIGCHLD (the wake-up pipe) or the deadline
-                select.select([self.wake_r], [], [], left)
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self.wake_r, 512):
-                        pass
+            select.select([self.wake_r], [], [], left)  # woken by SIGCHLD, or the deadline
+            self._drain_wakeups()
 
     def _spares_short(self) -> bool:
         return self.spares_wanted and len(self.spares) < SPARES_AHEAD
@@ -375,16 +381,10 @@ class Zygote:
         try:
             if os.fstat(self.run_dir_fd).st_nlink > 0:
                 return False
-            self.spares_wanted = False
-            while self.spares:  # they end on EOF; a later look finds them gone
-                self.spares.pop().close()
-            while os.waitpid(-1, os.WNOHANG)[0] != 0:  # reap the ended ones, then look
-                pass
-        except ChildProcessError:
-            return True  # no child at all
+            self._let_spares_go()  # a later look finds them gone
+            return self._reap_ended()  # True: no child at all
         except OSError:
-            pass
-        return False
+            return False
 
 
 def main() -> None:
