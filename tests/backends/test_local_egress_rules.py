@@ -178,3 +178,42 @@ def test_the_host_addresses_are_read_at_most_once_a_second(
     clock[0] += 0.01
     assert net._host_addresses() == (IPv4Network("203.0.113.8/32"),)  # an address came
     assert len(reads) == 2
+
+
+def test_the_resolver_settings_are_read_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every create with egress needs the host's resolv.conf twice (its file and the shared
+    chain's DNS rules); in a burst each read took 0.1 ms of the event loop. A read serves
+    the next second; an edit of the host's file reaches the creates after it."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_bytes(b"nameserver 192.0.2.53\n")
+    reads: list[str] = []
+    real = network.policy.resolv_conf
+
+    def read() -> bytes | None:
+        reads.append("read")
+        return real(str(conf))
+
+    clock = [100.0]
+    monkeypatch.setattr(network.policy, "resolv_conf", read)
+    monkeypatch.setattr(network, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    net = network.NetworkManager("rctest", pool="10.214.8.0/24", ipam_dir="/nonexistent")
+    assert net.sandbox_resolv_conf() == b"nameserver 192.0.2.53\n"
+    conf.write_bytes(b"nameserver 192.0.2.54\n")
+    clock[0] += network.HOST_ADDRESSES_SECONDS - 0.01
+    assert net.sandbox_resolv_conf() == b"nameserver 192.0.2.53\n"
+    assert reads == ["read"]
+    clock[0] += 0.01
+    assert net.sandbox_resolv_conf() == b"nameserver 192.0.2.54\n"  # the edit, a second on
+    conf.write_bytes(b"nameserver 127.0.0.53\n")
+    clock[0] += network.HOST_ADDRESSES_SECONDS
+    assert net.sandbox_resolv_conf() is None  # only the host's own resolver: none given
+    assert len(reads) == 3
+
+
+def test_a_missing_resolv_conf_gives_no_resolver_settings(tmp_path: Path) -> None:
+    """A host without the file (a minimal container) gives sandboxes none, not an error."""
+    assert network.policy.resolv_conf(str(tmp_path / "absent")) is None
+    (tmp_path / "two").write_bytes(b"nameserver 127.0.0.1\nnameserver 198.51.100.1\n")
+    assert network.policy.resolv_conf(str(tmp_path / "two")) is not None

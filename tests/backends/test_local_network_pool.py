@@ -20,7 +20,7 @@ import pytest
 
 from sandboxd.backends.base import EgressType, MountedFile, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
-from sandboxd.backends.local import LocalBackend, network_namespace
+from sandboxd.backends.local import LocalBackend, egress, network_namespace
 from sandboxd.backends.local.hook_chains import UNKNOWN
 from sandboxd.backends.local.network import (
     LEGACY_NETNS_DIR,
@@ -467,7 +467,7 @@ def test_sandboxes_with_a_network_get_the_host_resolver_settings_read_only(
     cannot change it for itself or anyone else, and keeps the file it mounts itself; a
     sandbox without a network has no such mount."""
     host = Path("/etc/resolv.conf").read_bytes()
-    if NetworkManager.resolv_conf() is None:
+    if egress.resolv_conf() is None:
         pytest.skip("this host's resolv.conf names only loopback name servers")
     backend = LocalBackend(tmp_path / "backend", images=image_store)
     harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix=f"rc{os.getpid()}-")

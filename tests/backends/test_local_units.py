@@ -365,3 +365,25 @@ def test_the_zygote_makes_nothing_ahead_during_the_quiet_time_after_a_spawn() ->
     assert idle_wait(True, quiet_until, quiet_until) == 0
     assert idle_wait(True, quiet_until, quiet_until + 5) == 0
     assert idle_wait(False, quiet_until, spawned) == ABANDONED_CHECK_SECONDS
+
+
+def test_waiting_on_a_socket_watches_its_number_and_lets_go_of_it() -> None:
+    """``wait_readable`` of a socket returns once it has data and leaves nothing watched
+    (it watches the descriptor number: asyncio formats a socket's address into the error it
+    builds for every lookup of an object it does not watch yet, on each exec's path)."""
+    from sandboxd.backends.local import process
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        left, right = socket.socketpair()
+        with left, right:
+            left.setblocking(False)
+            waiting = asyncio.ensure_future(process.wait_readable(left))
+            await asyncio.sleep(0)
+            assert loop._selector.get_map()[left.fileno()].fileobj == left.fileno()  # type: ignore[attr-defined]
+            assert not waiting.done()
+            right.send(b"x")
+            await asyncio.wait_for(waiting, 5)
+            assert left.fileno() not in loop._selector.get_map()  # type: ignore[attr-defined]
+
+    asyncio.run(body())

@@ -335,7 +335,7 @@ class LocalBackend(Backend):
         mount_dir = self._shared.mount_points()
         resolv = None
         if rec.egress is not EgressType.NONE:
-            resolv = self._shared.resolv_file(self._net.resolv_conf())
+            resolv = self._shared.resolv_file(self._net.sandbox_resolv_conf())
         file_map = rec.stage_files(spec.mounted_files, resolv)
         try:
             rec.ids = self._ranges.take(rec.sandbox_id)

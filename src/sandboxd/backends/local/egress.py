@@ -108,6 +108,23 @@ _LOCAL_ROUTE = re.compile(r"\|-- ([0-9.]+)\n(?:[ \t]+/[^\n]*\n)*?[ \t]+/([0-9]+)
 _LAST: dict[str, tuple[frozenset[tuple[str, str]], tuple[IPv4Network, ...]]] = {}
 
 
+def resolv_conf(path: str = "/etc/resolv.conf") -> bytes | None:
+    """The host's resolv.conf for sandboxes with egress; None if it names only loopback servers.
+
+    A loopback server (systemd-resolved's 127.0.0.53, say) is the host's own, which no
+    sandbox may reach; such a sandbox gets no resolver settings from the host.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    servers = [ln.split()[1] for ln in data.decode(errors="replace").splitlines()
+               if ln.startswith("nameserver") and len(ln.split()) > 1]  # fmt: skip
+    usable = [s for s in servers if not s.startswith(("127.", "::1"))]
+    return data if usable else None
+
+
 def nameservers(resolv_conf: bytes | None) -> tuple[IPv4Address, ...]:
     """The IPv4 ``nameserver`` entries of a resolv.conf (others are ignored)."""
     servers: list[IPv4Address] = []

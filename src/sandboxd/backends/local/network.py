@@ -225,6 +225,7 @@ class NetworkManager:
         self._shared_seen: tuple[str, ...] = ()
         # The host's own addresses as last read, and when (``_host_addresses``).
         self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
+        self._resolv: tuple[float, bytes | None] | None = None  # (``sandbox_resolv_conf``)
         self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
         # The keys of the hook chain groups (``hook_chains.py``) this process made or found
         # made, and the tags of its networks in each: a group is removed with the last of
@@ -484,7 +485,7 @@ class NetworkManager:
     ) -> tuple[list[str], list[str]]:
         """The shared chain's lines and ``lease``'s own chain's lines, as of now."""
         hosts = self._host_addresses()
-        shared = policy.shared_chain(hosts, policy.nameservers(self.resolv_conf()))
+        shared = policy.shared_chain(hosts, policy.nameservers(self.sandbox_resolv_conf()))
         chain = policy.sandbox_chain(lease.chain, self.pool, egress, cidrs, blocked, hosts=hosts)
         if lease.log_group:  # first: every attempt is seen, whatever then decides it
             chain.insert(1, f"-A {lease.chain} {lease.log_rule('fwd')}")
@@ -785,15 +786,14 @@ class NetworkManager:
             self.written[lease.tag] = known
         return {policy.SHARED_CHAIN: list(known[0]), lease.chain: list(known[1])}
 
-    @staticmethod
-    def resolv_conf() -> bytes | None:
-        """The host's resolv.conf for internet sandboxes, unless it points at loopback."""
-        try:
-            with open("/etc/resolv.conf", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            return None
-        servers = [ln.split()[1] for ln in data.decode(errors="replace").splitlines()
-                   if ln.startswith("nameserver") and len(ln.split()) > 1]  # fmt: skip
-        usable = [s for s in servers if not s.startswith(("127.", "::1"))]
-        return data if usable else None
+    def sandbox_resolv_conf(self) -> bytes | None:
+        """``egress.resolv_conf()``, read at most once a second (``HOST_ADDRESSES_SECONDS``).
+
+        Why: every create with egress needs it twice (its file and the shared chain's DNS
+        rules), and in a burst of creates each read took 0.1 ms of the event loop. An edit
+        of the host's file reaches the creates that start a second later at most.
+        """
+        now = time.monotonic()
+        if self._resolv is None or now - self._resolv[0] >= HOST_ADDRESSES_SECONDS:
+            self._resolv = (now, policy.resolv_conf())
+        return self._resolv[1]

@@ -35,7 +35,15 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 async def wait_readable(fd: int | socket.socket) -> None:
-    """Wait until ``fd`` is readable."""
+    """Wait until ``fd`` is readable.
+
+    A socket is watched by its descriptor number. Why: asyncio looks a watched object up
+    first, and for one it does not watch yet builds a ``KeyError`` whose message is the
+    object's ``repr``, which for a socket asks the kernel for both of its addresses; 13 us
+    of every add and remove, several times on each exec's and each warm claim's path.
+    """
+    if isinstance(fd, socket.socket):
+        fd = fd.fileno()
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_reader(fd, _resolve, fut)
@@ -136,6 +144,7 @@ class LocalExecSession(ExecSession):
         self.tty = tty
         self.pid = pid
         self._sock = sock
+        self._sock_fd = sock.fileno()  # watched by number (see wait_readable); closed last
         self._stdin: int | None = stdin
         self._outputs = dict(outputs)
         self._loop = asyncio.get_running_loop()
@@ -150,7 +159,7 @@ class LocalExecSession(ExecSession):
             self._loop.add_reader(fd, self._pump, fd)
         if stdin >= 0 and stdin not in self._outputs:
             os.set_blocking(stdin, False)
-        self._loop.add_reader(sock, self._on_control)
+        self._loop.add_reader(self._sock_fd, self._on_control)
 
     # -- output ----------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -213,7 +222,8 @@ class LocalExecSession(ExecSession):
 
     def finish(self, code: int) -> None:
         """Record the exit code, then read what is left in the pipes and end the streams."""
-        self._loop.remove_reader(self._sock)
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock_fd)
         self._exited = True
         if not self._exit.done():
             self._exit.set_result(code)
@@ -286,9 +296,10 @@ class LocalExecSession(ExecSession):
         if self._stdin is not None:
             os.close(self._stdin)
             self._stdin = None
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._sock)
-        self._sock.close()
+        if self._sock.fileno() >= 0:  # not closed yet, so the number still names it
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock_fd)
+            self._sock.close()
         if not self._exit.done():
             self._exit.set_result(KILLED_WITH_SANDBOX)
 
