@@ -24,7 +24,7 @@ import pytest
 
 from sandboxd.backends.base import EgressType, MountedFile, NetworkSpec
 from sandboxd.backends.conformance import Harness, run, sh
-from sandboxd.backends.errors import FileOperationError, SandboxStartError
+from sandboxd.backends.errors import FileOperationError, RunnerExhausted, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.disk import DEFAULT_READY, DiskLayers
 from sandboxd.backends.local.disk_template import MIN_INODES, DiskError
@@ -333,8 +333,11 @@ def test_a_failed_create_returns_after_its_keeper_ended_and_frees_the_id(
 def test_a_full_host_disk_refuses_the_create(aio: asyncio.Runner, tmp_path: Path) -> None:
     async def scenario(layers: DiskLayers) -> None:
         try:
-            with pytest.raises(DiskError, match="disk is full"):
+            with pytest.raises(DiskError, match="disk is full") as caught:
                 await layers.take(GiB)
+            # The runner's fault, not the request's: placement backs the runner off.
+            assert isinstance(caught.value, RunnerExhausted)
+            assert caught.value.resource == "disk"
             fd = await layers.take(8 * MiB)  # a layer that fits is still made
             assert os.statvfs(f"/proc/self/fd/{fd}").f_blocks * 4096 == 8 * MiB
             os.close(fd)

@@ -11,6 +11,7 @@ in one place)::
     ├── SandboxNotFound           no sandbox with that id
     ├── SandboxNotRunning         exec/file op on a sandbox whose main process has ended
     ├── SandboxStartError         create() or start() failed; nothing is left behind
+    │   └── RunnerExhausted       ... because the runner ran out of ``.resource`` (disk, ...)
     ├── VolumeNotFound            a persistent volume's directory is missing on this runner
     └── FileOperationError        a file helper failed; ``.path``, ``.errno``
         ├── FileNotFound
@@ -73,6 +74,23 @@ class PauseUnsupported(BackendError):
 
 class SandboxStartError(BackendError):
     """Creating or starting the sandbox failed."""
+
+
+class RunnerExhausted(SandboxStartError):
+    """The runner has none left of something the control plane does not count.
+
+    ``resource`` names it: ``disk`` (the filesystem of the writable layers), ``network``
+    (the subnets of the sandbox network pool), ``user_ids`` (the user id ranges). Why a
+    class of its own: such a runner fails every start placed on it, and as each failure
+    gives its reservation back it stays the least loaded runner, so placement sent it every
+    Start of the cluster. Reported as ``RESOURCE_EXHAUSTED`` with the reason
+    ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED``, it counts against the runner, and placement
+    backs it off after a few (``start_backoff.py``) and sends Starts to the others.
+    """
+
+    def __init__(self, resource: str, message: str) -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 class FileOperationError(BackendError):

@@ -26,6 +26,7 @@ from sandboxd.backends.errors import (
     InvalidSpec,
     ParentNotFound,
     PauseUnsupported,
+    RunnerExhausted,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
@@ -56,6 +57,10 @@ _MAX_MESSAGE_CHARS = 2000
 def _code(status: grpc.StatusCode) -> int:
     value: int = status.value[0]
     return value
+
+
+RUNNER_CAPACITY_EXHAUSTED = "CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED"
+"""The reason of a start this runner had no room for (the control plane backs it off)."""
 
 
 def failure(
@@ -188,6 +193,14 @@ def from_backend_error(
     if isinstance(exc, VolumeNotFound):
         return failure(
             grpc.StatusCode.FAILED_PRECONDITION, "CWSANDBOX_VOLUME_BACKEND_NOT_FOUND", str(exc)
+        )
+    if isinstance(exc, RunnerExhausted):  # the runner's fault: placement backs it off
+        return failure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            RUNNER_CAPACITY_EXHAUSTED,
+            f"this runner has no room for the sandbox: {exc}",
+            sandbox_id=sandbox_id,
+            resource=exc.resource,
         )
     if isinstance(exc, SandboxStartError):
         return failure(grpc.StatusCode.FAILED_PRECONDITION, "", str(exc), sandbox_id=sandbox_id)

@@ -355,7 +355,7 @@ class SandboxSupervisor(SandboxTable):
             raise CommandFailed(
                 failure(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED",
+                    failures.RUNNER_CAPACITY_EXHAUSTED,
                     f"this runner has no room for the sandbox ({exc})",
                     resource=exc.resource,
                     requested=exc.requested,

@@ -59,7 +59,6 @@ from .cgroup_primer import CgroupPrimer
 from .cgroups import CgroupError, CgroupManager
 from .connection_trail import ConnectionTrail
 from .disk import DEFAULT_READY, DiskLayers
-from .disk_template import DiskError
 from .ingress import PortPublisher
 from .keeper import NATIVE_KEEPER
 from .network import Lease, NetworkManager
@@ -75,7 +74,7 @@ from .state import SandboxRecord
 from .supervisor import ZygoteClient, ZygoteLost
 from .syscalls import process_start_time
 from .unrecorded import end_unknown, forget_unrecorded, known_names
-from .userns import IdRangeError, IdRangePool
+from .userns import IdRangePool
 from .volumes import VolumeDirs
 from .warm import WarmSlots
 
@@ -312,10 +311,7 @@ class LocalBackend(Backend):
     ) -> None:
         self._built = True  # recover() no longer ends what it has no record of
         rec.image_rootfs = str(rootfs)  # saved with the record: images in use stay
-        try:
-            disk_fd = await self._disk.take(spec.disk_bytes)
-        except DiskError as exc:
-            raise SandboxStartError(f"sandbox {rec.sandbox_id!r}: {exc}") from None
+        disk_fd = await self._disk.take(spec.disk_bytes)  # a failure is wrapped by the caller
         self._building += 1
         try:
             await self._build_with_disk(rec, spec, cgroups, rootfs, disk_fd, start)
@@ -337,10 +333,7 @@ class LocalBackend(Backend):
         if rec.egress is not EgressType.NONE:
             resolv = self._shared.resolv_file(self._net.sandbox_resolv_conf())
         file_map = rec.stage_files(spec.mounted_files, resolv)
-        try:
-            rec.ids = self._ranges.take(rec.sandbox_id)
-        except IdRangeError as exc:
-            raise SandboxStartError(str(exc)) from None
+        rec.ids = self._ranges.take(rec.sandbox_id)
         rec.cgroup = cgroups.create(rec.sandbox_id)
         rec.save()
         rec.cgroup.set_limits(

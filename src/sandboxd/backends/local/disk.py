@@ -67,7 +67,7 @@ import os
 from collections import OrderedDict, deque
 from pathlib import Path
 
-from .disk_template import DiskError, Template, cap_blocks, make_template
+from .disk_template import DiskError, DiskFull, Template, cap_blocks, disk_error, make_template
 
 log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 1 << 30
@@ -98,7 +98,7 @@ class DiskLayers:
         st = os.statvfs(self.disk_dir)
         free = st.f_bavail * st.f_frsize
         if free < min(disk_bytes, MIN_FREE_BYTES):
-            raise DiskError(
+            raise DiskFull(
                 f"the runner's disk is full: {free >> 20} MiB free in {self.disk_dir}, "
                 f"a {disk_bytes >> 20} MiB writable layer needs at least "
                 f"{min(disk_bytes, MIN_FREE_BYTES) >> 20} MiB"
@@ -119,7 +119,7 @@ class DiskLayers:
             try:
                 fd = await self._prepare(await self.template(cap))
             except OSError as exc:
-                raise DiskError(f"making a writable layer of {disk_bytes} bytes: {exc}") from exc
+                raise disk_error(f"a writable layer of {disk_bytes} bytes", exc) from exc
         self._ready.setdefault(cap, deque())
         self._ready.move_to_end(cap)
         while len(self._ready) > READY_SIZES:  # a size nobody asked for lately
@@ -141,7 +141,7 @@ class DiskLayers:
         try:
             template = await asyncio.shield(making)
         except OSError as exc:
-            raise DiskError(f"making the disk template of {cap} blocks: {exc}") from exc
+            raise disk_error(f"the disk template of {cap} blocks", exc) from exc
         self._templates[cap] = template
         return template
 

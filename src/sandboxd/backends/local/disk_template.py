@@ -28,6 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import RunnerExhausted
 from .disk_mount import prepare_layer
 
 BLOCK = 4096
@@ -49,6 +50,19 @@ _EXT4_MAGIC = 0xEF53
 
 class DiskError(RuntimeError):
     """The writable layer cannot be made (no room on the host, ``mkfs.ext4`` failed)."""
+
+
+class DiskFull(DiskError, RunnerExhausted):
+    """No room on the runner's disk for another writable layer (the runner's fault)."""
+
+    def __init__(self, message: str) -> None:
+        RunnerExhausted.__init__(self, "disk", message)
+
+
+def disk_error(what: str, exc: OSError) -> DiskError:
+    """``exc`` from making ``what`` as a DiskError; :class:`DiskFull` when it is ENOSPC."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (DiskFull if full else DiskError)(f"making {what}: {exc}")
 
 
 @dataclass(frozen=True)

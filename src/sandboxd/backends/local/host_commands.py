@@ -13,6 +13,8 @@ import contextlib
 import os
 import shutil
 
+from ..errors import RunnerExhausted
+
 LOWEST_PRIORITY = 19
 """The nice value of commands for networks made ahead of need."""
 _SETPRIV = shutil.which("setpriv")  # util-linux, as ``nsenter`` is
@@ -20,6 +22,13 @@ _SETPRIV = shutil.which("setpriv")  # util-linux, as ``nsenter`` is
 
 class NetworkError(RuntimeError):
     """A host networking command failed."""
+
+
+class NetworkPoolExhausted(NetworkError, RunnerExhausted):
+    """Every subnet of the sandbox network pool is claimed (the runner's fault)."""
+
+    def __init__(self, message: str) -> None:
+        RunnerExhausted.__init__(self, "network", message)
 
 
 async def run(

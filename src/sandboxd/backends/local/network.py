@@ -60,7 +60,7 @@ from .hook_chains import (
     nat_chain,
     nat_group,
 )
-from .host_commands import NetworkError, run
+from .host_commands import NetworkError, NetworkPoolExhausted, run
 from .network_namespace import VethPlan, new_network_namespace, remove_link
 from .rule_writer import RESTORE, RuleWriter
 from .shared_rules_lock import SharedRulesLock
@@ -303,7 +303,7 @@ class NetworkManager:
             os.close(fd)
             self._cursor = index + 1
             return lease
-        raise NetworkError(f"network pool {self.pool} exhausted")
+        raise NetworkPoolExhausted(f"network pool {self.pool} exhausted")
 
     def lease_at(self, index: int, tag: str, hooks: str = UNKNOWN) -> Lease:
         """The lease of the ``index``-th /30 of the pool, named ``tag``.

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..base import FileReader, ScratchSpec
-from ..errors import BackendError, SandboxStartError
+from ..errors import BackendError, RunnerExhausted, SandboxStartError
 from .disk import DiskLayers
 from .disk_template import DiskError
 from .resolve import openat2
@@ -72,6 +72,8 @@ async def make_scratch(
     try:
         mount_fd = await layers.take(spec.size_bytes)
     except DiskError as exc:
+        if isinstance(exc, RunnerExhausted):  # a full disk: the runner's fault (DiskFull)
+            raise RunnerExhausted(exc.resource, f"scratch file system: {exc}") from None
         raise SandboxStartError(f"scratch file system: {exc}") from None
     try:
         for name in LAYER_DIRS:  # the sandbox gets an empty file system

@@ -23,6 +23,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from ..errors import RunnerExhausted
 from . import syscalls
 
 IDS_PER_SANDBOX = 65536
@@ -33,6 +34,13 @@ IDMAP_DIR = "/run/sandboxd/idmap"
 
 class IdRangeError(RuntimeError):
     """No free id range, or the host cannot create user namespaces."""
+
+
+class IdRangesExhausted(IdRangeError, RunnerExhausted):
+    """Every user id range is claimed (the runner's fault: ``resource`` is ``user_ids``)."""
+
+    def __init__(self, resource: str, message: str) -> None:
+        RunnerExhausted.__init__(self, resource, message)
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class IdRangePool:
             os.close(fd)
             self._next = slot + 1
             return self._range(slot)
-        raise IdRangeError(f"all {self.slots} user id ranges are in use")
+        raise IdRangesExhausted("user_ids", f"all {self.slots} user id ranges are in use")
 
     def adopt(self, marker: str) -> list[IdRange]:
         """Ranges this owner claimed under ``marker`` (e.g. prepared ahead before a restart)."""
