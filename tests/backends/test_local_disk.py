@@ -338,6 +338,10 @@ def test_a_full_host_disk_refuses_the_create(aio: asyncio.Runner, tmp_path: Path
             # The runner's fault, not the request's: placement backs the runner off.
             assert isinstance(caught.value, RunnerExhausted)
             assert caught.value.resource == "disk"
+            room = layers.room()  # what heartbeats report: the largest layer that fits
+            assert room is not None and 8 * MiB < room <= 48 * MiB
+            with pytest.raises(DiskError, match="disk is full"):
+                await layers.take(room + MiB)
             fd = await layers.take(8 * MiB)  # a layer that fits is still made
             assert os.statvfs(f"/proc/self/fd/{fd}").f_blocks * 4096 == 8 * MiB
             os.close(fd)
@@ -347,6 +351,7 @@ def test_a_full_host_disk_refuses_the_create(aio: asyncio.Runner, tmp_path: Path
 
     with small_tmpfs(tmp_path / "host", "48m") as mount:
         go(aio, scenario(DiskLayers(mount / "disk")))
+    assert DiskLayers(tmp_path / "roomy").room() is None  # 1 GiB free or more: any size
 
 
 # -- a runner killed with SIGKILL -------------------------------------------------------------

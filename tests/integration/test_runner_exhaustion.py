@@ -1,17 +1,21 @@
 """A runner whose disk is full stops attracting Starts: real control plane, real runners.
 
-Two runners with the local backend; the filesystem of ``a-full``'s writable layers is a
-16 MiB tmpfs, too small for any sandbox's layer. Placement prefers the least loaded runner,
-and before, a start that failed there for want of disk did not count against the runner:
-each failure gave its reservation back, so ``a-full`` stayed the least loaded and every
-Start of the cluster landed on it and failed. Now the runner answers such a start with
-``RESOURCE_EXHAUSTED`` / ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED``, which the start backoff
-holds against it: after three failures placement skips it (and says why when it is asked
-for by name), and Starts land on ``b-roomy``.
+Two runners with the local backend; the filesystem of ``a-full``'s writable layers is (or
+becomes) a 16 MiB tmpfs, too small for any sandbox's layer. Placement prefers the least
+loaded runner, and before, such a runner got every Start of the cluster: each start failed
+there for want of disk, the failure did not count against the runner, and it gave the
+reservation back, so ``a-full`` stayed the least loaded. Now:
+
+* the runner reports the largest layer it can make in its registration and heartbeats
+  (``Resources.disk_room_bytes``), and placement skips it for profiles whose layer is larger;
+* a start that fails for want of disk anyway (it filled up since the last heartbeat) is
+  ``RESOURCE_EXHAUSTED`` / ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED``, which the start backoff
+  holds against the runner, and the runner's next heartbeat reports the room it has left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,28 +31,39 @@ from tests.support.postgres import small_tmpfs
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
 pytestmark = pytest.mark.e2e
-FULL_DISK = (
-    "this runner has no room for the sandbox: the runner's disk is full: "  # and the numbers
+NO_ROOM = "this runner has no room for the sandbox: the runner's disk is full: "
+SKIPPED = (
+    "runner a-full, profile default: its disk is full: it has room for a writable layer of at most "
 )
+Gateway = gateway_pb2_grpc.GatewayServiceStub
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+@contextlib.contextmanager
+def two_runners(root: Path, full_first: bool, heartbeat: float = 0.5) -> Iterator[Gateway]:
+    """``a-full`` and ``b-roomy``; ``a-full``'s layers on a 16 MiB tmpfs, mounted before
+    the runners start (``full_first``) or once both have registered."""
     if os.geteuid() != 0:
         pytest.skip("the runners' local backend needs root")
-    cp = ControlPlaneProcess(data_dir=tmp_path / "cp").start()
+    cp = ControlPlaneProcess(
+        data_dir=root / "cp", heartbeat_interval=heartbeat, health_timeout=max(10, heartbeat * 4)
+    ).start()
     runners: list[RunnerProcess] = []
     channel = cp.channel()
-    with small_tmpfs(tmp_path / "a-data" / "backend" / "disk", size="16m"):
+    disk = root / "a-data" / "backend" / "disk"
+    with contextlib.ExitStack() as mounts:
         try:
+            if full_first:
+                mounts.enter_context(small_tmpfs(disk, size="16m"))
             for name in ("a-full", "b-roomy"):
-                data = tmp_path / f"{name[0]}-data"
+                data = root / f"{name[0]}-data"
                 ensure_default_image(data)  # from the machine-wide build cache
                 args = ["--backend", "local", "--data-dir", str(data)]
-                runners.append(RunnerProcess(cp, tmp_path / name, name, extra_args=args).start())
+                runners.append(RunnerProcess(cp, root / name, name, extra_args=args).start())
             with cp.discovery() as client:
                 for name in ("a-full", "b-roomy"):
                     client.wait_for(name, healthy=True, timeout=60)
+            if not full_first:
+                mounts.enter_context(small_tmpfs(disk, size="16m"))
             yield gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         finally:
             channel.close()
@@ -57,27 +72,66 @@ def gateway(tmp_path: Path) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
             cp.stop()
 
 
-def test_a_runner_out_of_disk_is_backed_off_and_starts_go_to_one_with_room(
-    gateway: gateway_pb2_grpc.GatewayServiceStub,
-) -> None:
-    running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
+def stop_all(gateway: Gateway, sandbox_ids: list[str]) -> None:
+    for sandbox_id in sandbox_ids:
+        stop = g.StopSandboxRequest(sandbox_id=sandbox_id, graceful_shutdown_seconds=0)
+        gateway.Stop(stop, timeout=60)
+
+
+def test_a_runner_whose_disk_is_full_gets_no_starts(tmp_path: Path) -> None:
+    with two_runners(tmp_path, full_first=True) as gateway:
+        running: list[str] = []
+        try:
+            for _ in range(3):  # a-full is the least loaded all along
+                running.append(start(gateway))
+                got = wait_status(gateway, running[-1], g.SANDBOX_STATUS_RUNNING)
+                assert got.runner_id == "b-roomy"
+            _, violations = details(refused(gateway, runner_ids=["a-full"]))
+            [(field, description)] = violations
+            assert field == "runner_ids"
+            assert description.startswith(SKIPPED), description
+            assert description.endswith(", the profile's is 10Gi"), description
+        finally:
+            stop_all(gateway, running)
+
+
+def test_a_runner_whose_disk_fills_up_fails_a_few_starts_at_most(tmp_path: Path) -> None:
+    """The disk fills up after the runner said it had room (heartbeats 20 s apart): the
+    start placed there fails, naming the runner's disk, and counts against the runner; its
+    next heartbeat (sent when its reservations change) or, after three, the backoff sends
+    Starts to ``b-roomy``. Without either, every Start went on failing on ``a-full``."""
+    with two_runners(tmp_path, full_first=False, heartbeat=20) as gateway:
+        running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
+        try:
+            assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
+            failed: list[g.GetSandboxResponse] = []
+            for _ in range(4):
+                got = wait_status_any(gateway, start(gateway))
+                if got.sandbox_status == g.SANDBOX_STATUS_RUNNING:
+                    running.append(got.sandbox_id)
+                    assert got.runner_id == "b-roomy"
+                    break
+                failed.append(got)
+            assert running[1:], f"every Start failed: {[f.status_reason for f in failed]}"
+            assert 1 <= len(failed) <= 3
+            for got in failed:
+                assert got.runner_id == "a-full"
+                assert got.status_reason.startswith(NO_ROOM), got.status_reason
+            _, violations = details(refused(gateway, runner_ids=["a-full"]))
+            [(field, description)] = violations
+            assert field == "runner_ids"
+            assert description.startswith(SKIPPED) or description.startswith(
+                f"runner a-full: backed off after 3 failed starts: {NO_ROOM}"
+            ), description
+        finally:
+            stop_all(gateway, running)
+
+
+def wait_status_any(gateway: Gateway, sandbox_id: str) -> g.GetSandboxResponse:
+    """The sandbox once it is RUNNING or FAILED (whichever)."""
     try:
-        assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id == "b-roomy"
-        for _ in range(3):  # the least loaded runner is a-full: each Start goes there
-            failed = wait_status(gateway, start(gateway), g.SANDBOX_STATUS_FAILED)
-            assert failed.runner_id == "a-full"
-            assert failed.status_reason.startswith(FULL_DISK), failed.status_reason
-            assert "MiB free in " in failed.status_reason
-        running.append(start(gateway))  # a-full is backed off: placed on the other
-        got = wait_status(gateway, running[-1], g.SANDBOX_STATUS_RUNNING)
-        assert got.runner_id == "b-roomy"
-        _, violations = details(refused(gateway, runner_ids=["a-full"]))
-        [(field, description)] = violations
-        assert field == "runner_ids"
-        assert description.startswith(
-            f"runner a-full: backed off after 3 failed starts: {FULL_DISK}"
-        ), description
-    finally:
-        for sandbox_id in running:
-            stop = g.StopSandboxRequest(sandbox_id=sandbox_id, graceful_shutdown_seconds=0)
-            gateway.Stop(stop, timeout=60)
+        return wait_status(gateway, sandbox_id, g.SANDBOX_STATUS_RUNNING)
+    except AssertionError:
+        got = gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox_id), timeout=30)
+        assert got.sandbox_status == g.SANDBOX_STATUS_FAILED, got
+        return got

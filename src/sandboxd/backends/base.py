@@ -485,6 +485,15 @@ class Backend(ABC):
         off the event loop and caches the answer for a few seconds.
         """
 
+    def disk_room_bytes(self) -> int | None:
+        """The largest writable layer (``SandboxSpec.disk_bytes``) it can make now; None: any.
+
+        Reported with every heartbeat, so placement skips a runner whose disk is full rather
+        than sending it Starts that fail. Called on the event loop: it must be quick (one
+        ``statvfs``). The default reports no limit.
+        """
+        return None
+
     @abstractmethod
     async def create(self, spec: SandboxSpec) -> None:
         """Build the isolated environment; the main process is not started yet.

@@ -347,6 +347,16 @@ def _check(
                     f"{request.gpu_count} GPUs requested, {runner.free_gpu_count} free",
                 )
             )
+        room = _disk_room(runner)
+        if room is not None and profile.quantities.disk_bytes > room:
+            problems.append(
+                (
+                    "runner_ids",
+                    f"its disk is full: it has room for a writable layer of at most "
+                    f"{format_memory(room)}, the profile's is "
+                    f"{format_memory(profile.quantities.disk_bytes)}",
+                )
+            )
     if problems or fit.egress is None:
         return problems
     q = profile.quantities
@@ -369,6 +379,12 @@ def _check(
         pids_max=q.pids_max,
         max_lifetime_seconds=fit.lifetime,
     )
+
+
+def _disk_room(runner: RunnerState) -> int | None:
+    """The largest writable layer the runner said it can make now (None: any, or unsaid)."""
+    resources = runner.resources
+    return resources.disk_room_bytes if resources.HasField("disk_room_bytes") else None
 
 
 def _surely_unfit(request: SandboxRequest, runner: RunnerState, fit: _ProfileFit) -> bool:

@@ -180,6 +180,7 @@ class RunnerAgent:
         self._connected = False
         # Heartbeats carry the image list, so images built while connected become placeable.
         self._image_list = ImageList(backend.image_refs) if backend is not None else None
+        self._disk_room = backend.disk_room_bytes if backend is not None else None
         self._stream: ControlStream | None = None
         self._channel: RunnerChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -502,7 +503,7 @@ class RunnerAgent:
             tags=list(self._settings.tags),
             capabilities=capabilities,
             version=sandboxd.__version__,
-            resources=self._ledger.snapshot(),
+            resources=self._resources(),
             sandboxes=sandboxes,
             cluster_id=load_cluster_id(self._settings.state_dir),
         )
@@ -622,6 +623,18 @@ class RunnerAgent:
                 task.result()
         # Otherwise the reader saw a clean end of stream.
 
+    def _resources(self) -> runner_pb2.Resources:
+        """Live resources for a registration or heartbeat, with the backend's disk room.
+
+        Why the room: the control plane counts CPU, memory and GPUs, not disk; a runner whose
+        disk is full failed every Start placed on it (``Backend.disk_room_bytes``).
+        """
+        resources = self._ledger.snapshot()
+        room = self._disk_room() if self._disk_room is not None else None
+        if room is not None:
+            resources.disk_room_bytes = room
+        return resources
+
     async def _heartbeat_loop(self, stream: ControlStream, changed: asyncio.Event) -> None:
         """Send a heartbeat every interval, on a fixed schedule rather than drifting.
 
@@ -644,7 +657,7 @@ class RunnerAgent:
             last = due if loop.time() - due < self._heartbeat_interval else loop.time()
             sent_at = timestamp_pb2.Timestamp()
             sent_at.GetCurrentTime()
-            heartbeat = runner_pb2.Heartbeat(resources=self._ledger.snapshot(), sent_at=sent_at)
+            heartbeat = runner_pb2.Heartbeat(resources=self._resources(), sent_at=sent_at)
             if self._supervisor is not None:
                 heartbeat.warm_pools.extend(self._supervisor.warm_pool_states())
             if self._image_list is not None:

@@ -70,16 +70,18 @@ class BackendStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., egress_types: _Optional[_Iterable[str]] = ..., ingress_types: _Optional[_Iterable[str]] = ..., gpus: _Optional[bool] = ..., volumes: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes")
+    __slots__ = ("available_cpu_millicores", "available_memory_bytes", "available_gpu_count", "running_sandboxes", "disk_room_bytes")
     AVAILABLE_CPU_MILLICORES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    DISK_ROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
     available_cpu_millicores: int
     available_memory_bytes: int
     available_gpu_count: int
     running_sandboxes: int
-    def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ...) -> None: ...
+    disk_room_bytes: int
+    def __init__(self, available_cpu_millicores: _Optional[int] = ..., available_memory_bytes: _Optional[int] = ..., available_gpu_count: _Optional[int] = ..., running_sandboxes: _Optional[int] = ..., disk_room_bytes: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("runner_id", "runner_group_id", "tags", "capabilities", "version", "resources", "sandboxes", "cluster_id")

@@ -262,3 +262,55 @@ def test_a_named_profile_rejection_counts_only_runners_offering_it() -> None:
     )
     assert error.reason == "CWSANDBOX_PROFILE_MISMATCH"
     assert error.metadata["runners_considered"] == "301"
+
+
+# -- the runner's disk ------------------------------------------------------------------
+
+
+def disk_room(registry: RunnerRegistry, runner_id: str, room: int | None) -> None:
+    """A heartbeat of ``runner_id`` saying how large a writable layer it can make now."""
+    connection = registry.get(runner_id).connection_id  # type: ignore[union-attr]
+    resources = runner_pb2.Resources()
+    if room is not None:
+        resources.disk_room_bytes = room
+    assert registry.heartbeat(runner_id, connection or 0, resources)
+
+
+def test_a_runner_whose_disk_is_full_is_skipped_and_says_so() -> None:
+    """The profile's layer is 10 GiB (the default ceiling); "full" has room for 16 MiB, so a
+    Start there would fail: placement sends it to "roomy", though "full" is less loaded."""
+    registry = make(("full", [LOCAL]), ("roomy", [LOCAL]))
+    reserve(registry, "roomy", "sb-0")
+    disk_room(registry, "full", 16 << 20)
+    assert placed_on(registry) == "roomy"
+    error = refusal(registry, runner_ids=["full"])
+    assert [(v.field, v.description) for v in error.violations] == [
+        (
+            "runner_ids",
+            "runner full, profile default: its disk is full: it has room for a writable "
+            "layer of at most 16Mi, the profile's is 10Gi",
+        )
+    ]
+    disk_room(registry, "full", None)  # room again: any layer fits
+    assert placed_on(registry) == "full"
+
+
+def test_a_runner_that_does_not_report_its_disk_is_trusted_as_before() -> None:
+    registry = make(("old", [LOCAL]))
+    disk_room(registry, "old", None)
+    assert placed_on(registry) == "old"
+
+
+def test_a_profile_whose_layer_fits_the_room_left_still_goes_there() -> None:
+    config = CONFIG.replace("    spec:\n", "    spec:\n      resource_ceilings: {disk: 8Mi}\n", 1)
+    registry = RunnerRegistry(parse_config(config, "t.yaml"), clock=Clock(), health_timeout=3600)
+    registry.register(
+        runner_pb2.Register(
+            runner_id="small",
+            capabilities=runner_pb2.Capabilities(
+                cpu_millicores=8000, memory_bytes=16 * GIB, backend_statuses=[LOCAL]
+            ),
+        )
+    )
+    disk_room(registry, "small", 16 << 20)
+    assert placed_on(registry) == "small"

@@ -99,10 +99,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> LocalBackend:
-        """State in ``<data_dir>/backend``, images in the store in ``<data_dir>/images``.
-
-        All sandboxes together stay within the runner's capacity (the parent cgroup).
-        """
+        """State in ``<data_dir>/backend``, images in ``<data_dir>/images``, capacity capped."""
         limits = ParentLimits(config.cpu_millicores, config.memory_bytes)
         root = Path(config.data_dir)
         return cls(root / "backend", images=ImageStore(root), parent_limits=limits)
@@ -229,6 +226,10 @@ class LocalBackend(Backend):
         from .fingerprint import probe
 
         return probe(self.name, self._net.pool)
+
+    def disk_room_bytes(self) -> int | None:
+        """How large a writable layer fits now (``DiskLayers.room``), for heartbeats."""
+        return self._disk.room()
 
     async def create(self, spec: SandboxSpec) -> None:
         """Cgroups, network, then the zygote builds namespaces, overlay and agent."""

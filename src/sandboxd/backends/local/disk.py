@@ -92,6 +92,15 @@ class DiskLayers:
         """How many layers are made and waiting (each holds a loop device)."""
         return sum(len(fds) for fds in self._ready.values())
 
+    def room(self) -> int | None:
+        """The largest layer :meth:`check_room` lets through now (None: any size)."""
+        for where in (self.disk_dir, self.disk_dir.parent):  # made by the first create
+            with contextlib.suppress(OSError):
+                st = os.statvfs(where)
+                free = st.f_bavail * st.f_frsize
+                return None if free >= MIN_FREE_BYTES else free
+        return None
+
     def check_room(self, disk_bytes: int) -> None:
         """Refuse a layer while the host filesystem is (nearly) full; see the module doc."""
         self.disk_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
