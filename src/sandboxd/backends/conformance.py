@@ -37,6 +37,7 @@ from sandboxd.backends.errors import (
     FilePermissionDenied,
     ImageUnavailable,
     ParentNotFound,
+    RunnerExhausted,
     SandboxExists,
     SandboxNotFound,
     SandboxNotRunning,
@@ -476,6 +477,22 @@ async def check_scratch_snapshot_and_restore(h: Harness) -> None:
         assert r.code == 0 and r.stdout == b"kept\nd/f\n", r
 
 
+async def check_disk_room(h: Harness) -> None:
+    """``disk_room_bytes`` (sent with every heartbeat, for placement) is None or a size.
+
+    A layer larger than a size it gives fails as the runner's exhaustion, not the request's
+    (``RunnerExhausted`` naming ``disk``), so that the control plane backs the runner off.
+    """
+    room = h.backend.disk_room_bytes()
+    assert room is None or (isinstance(room, int) and room >= 0), f"disk room {room!r}"
+    if room is not None:
+        try:
+            async with h.sandbox(disk_bytes=room + (1 << 20)):
+                raise AssertionError(f"a layer larger than the {room} bytes of room was made")
+        except RunnerExhausted as exc:
+            assert exc.resource == "disk", exc.resource
+
+
 CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_exec_output_and_exit_code,
     check_create_and_start,
@@ -501,6 +518,7 @@ CHECKS: list[Callable[[Harness], Awaitable[None]]] = [
     check_pause_if_supported,
     check_python_image,
     check_scratch_snapshot_and_restore,
+    check_disk_room,
 ]
 
 
