@@ -37,10 +37,10 @@ class IdRangeError(RuntimeError):
 
 
 class IdRangesExhausted(IdRangeError, RunnerExhausted):
-    """Every user id range is claimed (the runner's fault: ``resource`` is ``user_ids``)."""
+    """Every user id range is claimed (the runner's fault)."""
 
-    def __init__(self, resource: str, message: str) -> None:
-        RunnerExhausted.__init__(self, resource, message)
+    def __init__(self, message: str) -> None:
+        RunnerExhausted.__init__(self, "user_ids", message)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class IdRangePool:
             os.close(fd)
             self._next = slot + 1
             return self._range(slot)
-        raise IdRangesExhausted("user_ids", f"all {self.slots} user id ranges are in use")
+        raise IdRangesExhausted(f"all {self.slots} user id ranges are in use")
 
     def adopt(self, marker: str) -> list[IdRange]:
         """Ranges this owner claimed under ``marker`` (e.g. prepared ahead before a restart)."""
