@@ -12,6 +12,7 @@ rules, claims, cgroups and sandboxes on this host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -575,3 +576,73 @@ def test_work_made_ahead_never_starts_a_zygote(
         wait_until("no zygote left", lambda: _zygotes_of(run_dir) == [], 10)
 
     aio.run(asyncio.wait_for(scenario(), 60))
+
+
+# A backend on a sandbox network pool of its own: makes networks ahead, then idles.
+CHILD_ON_POOL = """
+import asyncio, json, sys
+from pathlib import Path
+from sandboxd.backends.base import EgressType, NetworkSpec
+from sandboxd.backends.conformance import Harness
+from sandboxd.backends.local import LocalBackend
+from sandboxd.images import ImageStore
+
+async def main():
+    backend = LocalBackend(
+        Path(sys.argv[1]) / "backend", images=ImageStore(sys.argv[2]), network_pool=sys.argv[3]
+    )
+    harness = Harness(backend, "busybox:latest", None, lambda: backend, prefix="orphan-pool-")
+    async with harness.sandbox(network=NetworkSpec(egress=EgressType.INTERNET)):
+        pass
+    async with asyncio.timeout(60):
+        while len(backend._nets) < 1:
+            await asyncio.sleep(0.02)
+    print(json.dumps({"key": backend._key, "tags": [r.lease.tag for r in backend._nets._ready]}),
+          flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_dead_backend_on_another_network_pool_is_reaped_too(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Claims are filed under their pool (``/run/sandboxd/ipam/<pool>``): a sweep of the
+    sweeper's own pool alone never saw those of a dead backend on another pool, and dropped
+    its lock file, so its networks made ahead stayed on the host for good."""
+    pool, pool_dir = "10.214.64.0/24", Path("/run/sandboxd/ipam/10.214.64.0_24")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_ON_POOL, str(tmp_path / "dead"), str(image_store.data_dir),
+         pool],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    successor: LocalBackend | None = None
+    try:
+        assert child.stdout is not None
+        info = json.loads(child.stdout.readline())
+        key, links = str(info["key"]), {f"sbx{tag}" for tag in info["tags"]}
+        assert links and links <= link_names()
+        assert [p.name for p in pool_dir.iterdir()], "no claim in the other pool"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        successor = LocalBackend(tmp_path / "successor" / "backend", images=image_store)
+        aio.run(successor._ready())  # type: ignore[attr-defined]  # its start sweeps
+        wait_until(
+            "the dead backend's networks on the other pool to go",
+            lambda: not links & link_names() and not list(pool_dir.iterdir()),
+            30,
+        )
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert not [tag for tag in info["tags"] if tag in rules]
+        assert not os.path.exists(os.path.join(OWNERS, key))  # nothing of it is left to name
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if successor is not None:
+            aio.run(successor.close())
+        with contextlib.suppress(OSError):
+            pool_dir.rmdir()

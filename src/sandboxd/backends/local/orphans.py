@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..base import EgressType
 from .connection_trail import group_for
-from .network import NetworkManager
+from .network import IPAM_DIR, NetworkManager
 from .network_pool import PreparedNetworks
 from .owners import OWNERS_DIR, orphaned, other_keys
 from .prepared_ids import PREPARED
@@ -88,12 +90,13 @@ async def reap_orphans(
                     log.warning("abandoned backend %s: %s; trying again next start", key, exc)
                     orphan.keep = True
                     continue
-            net = NetworkManager(key, network_pool)
-            net.log_group = group_for(key)  # its rules may log there: removed with them
-            if everything:
-                reaped.networks += await _tear_down_all(net)
-            else:
-                reaped.networks += await PreparedNetworks(net, 0).reap()
+            nets = [NetworkManager(key, pool) for pool in pools_on_host(network_pool)]
+            for net in nets:
+                net.log_group = group_for(key)  # its rules may log there: removed with them
+                if everything:
+                    reaped.networks += await _tear_down_all(net)
+                else:
+                    reaped.networks += await PreparedNetworks(net, 0).reap()
             ids = IdRangePool(backend_group(key), claim_dir=idmap_dir)
             for ids_range in ids.claimed() if everything else ids.adopt(PREPARED):
                 ids.release(ids_range)
@@ -103,7 +106,7 @@ async def reap_orphans(
             # was killed while it tore one down): a later reaper looks again. Its runner may
             # come back for them, or its data directory be deleted after all; the claims
             # go then, not now: a runner that comes back releases what its records name.
-            left = bool(ids.claimed() or net.claims())
+            left = bool(ids.claimed() or any(net.claims() for net in nets))
             orphan.keep = (
                 orphan.data_dir is not None and not everything and (not group_gone or left)
             )
@@ -121,6 +124,25 @@ async def reap_orphans(
             reaped.owners,
         )
     return reaped
+
+
+def pools_on_host(own: str, ipam_dir: str = IPAM_DIR) -> list[str]:
+    """``own`` and every other sandbox network pool that has claims on this host.
+
+    Why every one: a backend files its claims under its own pool (``NetworkManager.ipam``),
+    so a dead backend that used another pool than the sweeper left them where a sweep of
+    the sweeper's pool alone never looked, and its owner's lock file then went with
+    nothing to name them: its networks stayed for good.
+    """
+    found = [own]
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(ipam_dir)):
+            with contextlib.suppress(ValueError):
+                pool = ipaddress.IPv4Network(name.replace("_", "/"))
+                known = pool.prefixlen > 29 or str(pool) in found  # NetworkManager takes /29+
+                if not known and os.path.isdir(os.path.join(ipam_dir, name)):
+                    found.append(str(pool))
+    return found
 
 
 async def _tear_down_all(net: NetworkManager) -> int:
