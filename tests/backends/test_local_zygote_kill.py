@@ -23,7 +23,7 @@ import pytest
 
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run
-from sandboxd.backends.errors import SandboxStartError
+from sandboxd.backends.errors import BackendUnavailable, SandboxStartError
 from sandboxd.backends.local import LocalBackend
 from sandboxd.backends.local.prepared_ids import PREPARED
 from sandboxd.images import ImageStore
@@ -206,3 +206,40 @@ def test_a_request_the_zygote_never_read_is_made_again_with_a_new_zygote(
     with caplog.at_level(logging.WARNING, logger="sandboxd.backends.local.backend"):
         go(aio, scenario())
     assert loop_devices(data / "disk") == []
+
+
+def test_a_zygote_that_will_not_start_makes_the_backend_unavailable_not_the_request(
+    aio: asyncio.Runner,
+    image_store: ImageStore,
+    busybox_rootfs: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner whose zygote cannot start fails every create, whatever it asks for: the
+    backend is unavailable (UNAVAILABLE, counted against the runner, so placement backs it
+    off), not an internal error (as it was when the zygote failed before the build) nor a
+    start error (the request's fault, as it was when it failed during the build, which left
+    the runner the least loaded and sent it every Start). The sabotage: the interpreter the
+    zygote is started with is ``/bin/false``, which exits without a word."""
+    from sandboxd.backends.local import supervisor
+    from sandboxd.controlplane.runner_link import failure_error
+    from sandboxd.controlplane.start_backoff import blames_runner
+    from sandboxd.runner.failures import from_backend_error
+
+    monkeypatch.setattr(supervisor, "sealed_interpreter", lambda: None)
+    monkeypatch.setattr(supervisor.sys, "executable", "/bin/false")
+    backend = LocalBackend(tmp_path / "backend", images=image_store)
+    harness = Harness(backend, BUSYBOX, None, lambda: backend, prefix=f"nz{os.getpid()}-")
+    spec = harness.spec()
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(BackendUnavailable, match="zygote failed to start") as caught:
+                await backend.create_and_start(spec)
+            failure = from_backend_error(caught.value, spec.sandbox_id)
+            assert blames_runner(failure_error(failure)), failure
+            assert not (tmp_path / "backend" / "sandboxes" / spec.sandbox_id).exists()
+        finally:
+            await backend.close()
+
+    aio.run(scenario())

@@ -71,7 +71,7 @@ from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .shared_files import SharedFiles
 from .spawn_request import SpawnSettings, spawn_request
 from .state import SandboxRecord
-from .supervisor import ZygoteClient, ZygoteLost
+from .supervisor import ZygoteClient, ZygoteError, ZygoteLost
 from .syscalls import process_start_time
 from .unrecorded import end_unknown, forget_unrecorded, known_names
 from .userns import IdRangePool
@@ -246,9 +246,8 @@ class LocalBackend(Backend):
     async def _create(self, spec: SandboxSpec, *, start: bool) -> None:
         """Build the sandbox; once more, with a new zygote, when the zygote went away first.
 
-        Why again: a zygote killed in the middle of a burst (by the OOM killer, by hand)
-        failed every create it had not answered, though nothing of them ran
-        (``ZygoteLost`` says why) and the failed attempt took its parts with it.
+        Why again: a zygote killed in the middle of a burst (by the OOM killer, by hand) failed
+        every create it had not answered, though nothing of them ran (``ZygoteLost``).
         """
         try:
             await self._create_once(spec, start=start)
@@ -272,13 +271,14 @@ class LocalBackend(Backend):
         self._records[sid] = rec
         try:
             await self._build(rec, spec, cgroups, rootfs, start)
-            # Layers and networks are made ahead a little later: right now the client's first
-            # exec follows, and a refill would compete with it for the CPU.
+            # Layers and networks are made ahead later: the client's first exec comes now.
             asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self._refill)
         except BaseException as exc:
             rec.kill_agent()
             await self._cleanup(rec)
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
+                raise
+            if type(exc) is ZygoteError:  # none starts (not ZygoteLost): BackendUnavailable
                 raise
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
 

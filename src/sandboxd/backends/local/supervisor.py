@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import BackendUnavailable
 from . import protocol
 from .process import wait_readable
 
@@ -68,8 +69,14 @@ def sealed_interpreter() -> int | None:
     return fd
 
 
-class ZygoteError(RuntimeError):
-    """The zygote could not be started or reached."""
+class ZygoteError(BackendUnavailable):
+    """The zygote could not be started or reached.
+
+    Why "unavailable": every sandbox starts through the zygote, so a runner whose zygote
+    will not start fails every create, whatever it asks for; reported as the backend being
+    unavailable, that counts against the runner and placement backs it off, where a start
+    error (the request's fault) left it the least loaded runner, which got every Start.
+    """
 
 
 class ZygoteLost(ZygoteError):
