@@ -597,7 +597,8 @@ async def main():
     async with asyncio.timeout(60):
         while len(backend._nets) < 1:
             await asyncio.sleep(0.02)
-    print(json.dumps({"key": backend._key, "tags": [r.lease.tag for r in backend._nets._ready]}),
+    tags = [r.lease.tag for r in backend._nets._ready]
+    print(json.dumps({"key": backend._key, "tags": tags, "zygote": backend._zygote._proc.pid}),
           flush=True)
     await asyncio.sleep(3600)
 
@@ -620,6 +621,7 @@ def test_a_dead_backend_on_another_network_pool_is_reaped_too(
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     successor: LocalBackend | None = None
+    info: dict[str, Any] = {}
     try:
         assert child.stdout is not None
         info = json.loads(child.stdout.readline())
@@ -642,6 +644,10 @@ def test_a_dead_backend_on_another_network_pool_is_reaped_too(
         if child.poll() is None:
             child.kill()
             child.wait()
+        zygote = int(info.get("zygote", 0))  # its data directory is still there: it stays
+        if zygote and _alive(zygote):
+            os.kill(zygote, signal.SIGKILL)
+            wait_until(f"the dead backend's zygote {zygote} to go", lambda: not _alive(zygote), 30)
         if successor is not None:
             aio.run(successor.close())
         with contextlib.suppress(OSError):
