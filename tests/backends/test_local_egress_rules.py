@@ -169,7 +169,7 @@ def test_the_host_addresses_are_read_at_most_once_a_second(
 
     clock = [100.0]
     monkeypatch.setattr(network.policy, "host_addresses", read)
-    monkeypatch.setattr(network, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(network.policy, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     net = network.NetworkManager("ttltest", pool="10.214.7.0/24", ipam_dir="/nonexistent")
     first = net._host_addresses()
     clock[0] += network.HOST_ADDRESSES_SECONDS - 0.01
@@ -197,7 +197,7 @@ def test_the_resolver_settings_are_read_at_most_once_a_second(
 
     clock = [100.0]
     monkeypatch.setattr(network.policy, "resolv_conf", read)
-    monkeypatch.setattr(network, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(network.policy, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     net = network.NetworkManager("rctest", pool="10.214.8.0/24", ipam_dir="/nonexistent")
     assert net.sandbox_resolv_conf() == b"nameserver 192.0.2.53\n"
     conf.write_bytes(b"nameserver 192.0.2.54\n")

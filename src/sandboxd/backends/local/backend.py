@@ -71,7 +71,7 @@ from .scratch import LockedReader, ScratchArchiveReader, ScratchFs, make_scratch
 from .shared_files import SharedFiles
 from .spawn_request import SpawnSettings, spawn_request
 from .state import SandboxRecord
-from .supervisor import ZygoteClient, ZygoteError, ZygoteLost
+from .supervisor import ZygoteClient, ZygoteLost
 from .syscalls import process_start_time
 from .unrecorded import end_unknown, forget_unrecorded, known_names
 from .userns import IdRangePool
@@ -278,8 +278,8 @@ class LocalBackend(Backend):
             await self._cleanup(rec)
             if isinstance(exc, SandboxStartError | asyncio.CancelledError):
                 raise
-            if type(exc) is ZygoteError:  # none starts (not ZygoteLost): BackendUnavailable
-                raise
+            if isinstance(exc, BackendUnavailable) and not isinstance(exc, ZygoteLost):
+                raise  # no zygote starts, say: every create fails (ZygoteLost is retried)
             raise SandboxStartError(f"creating sandbox {sid!r} failed: {exc}") from exc
 
     def _refill(self) -> None:

@@ -104,9 +104,8 @@ class DiskLayers:
     def check_room(self, disk_bytes: int) -> None:
         """Refuse a layer while the host filesystem is (nearly) full; see the module doc."""
         self.disk_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = os.statvfs(self.disk_dir)
-        free = st.f_bavail * st.f_frsize
-        if free < min(disk_bytes, MIN_FREE_BYTES):
+        free = self.room()  # None: 1 GiB or more
+        if free is not None and disk_bytes > free:
             raise DiskFull(
                 f"the runner's disk is full: {free >> 20} MiB free in {self.disk_dir}, "
                 f"a {disk_bytes >> 20} MiB writable layer needs at least "

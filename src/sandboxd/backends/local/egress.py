@@ -37,13 +37,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
+from typing import Generic, TypeVar
 
 from ..base import EgressType
 
 SHARED_CHAIN = "SANDBOXD-NONPUBLIC"
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
+T = TypeVar("T")
 
 NON_PUBLIC: tuple[tuple[str, str], ...] = (
     ("0.0.0.0/8", "'this' network"),
@@ -106,6 +109,26 @@ def host_addresses(
 
 _LOCAL_ROUTE = re.compile(r"\|-- ([0-9.]+)\n(?:[ \t]+/[^\n]*\n)*?[ \t]+/([0-9]+) [^\n]*LOCAL\n")
 _LAST: dict[str, tuple[frozenset[tuple[str, str]], tuple[IPv4Network, ...]]] = {}
+
+
+class HostFact(Generic[T]):
+    """What ``read`` returns, read again only once ``seconds`` have passed since.
+
+    For facts of the host that every create with egress needs and that rarely change (its
+    addresses, its resolver settings): ``NetworkManager`` says why each may be that old.
+    """
+
+    def __init__(self, seconds: float, read: Callable[[], T]) -> None:
+        self._seconds = seconds
+        self._read = read
+        self._last: tuple[float, T] | None = None
+
+    def __call__(self) -> T:
+        """The value, read now if the last read is ``seconds`` old (or there was none)."""
+        now = time.monotonic()
+        if self._last is None or now - self._last[0] >= self._seconds:
+            self._last = (now, self._read())
+        return self._last[1]
 
 
 def resolv_conf(path: str = "/etc/resolv.conf") -> bytes | None:

@@ -224,8 +224,10 @@ class NetworkManager:
         self.written: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._shared_seen: tuple[str, ...] = ()
         # The host's own addresses as last read, and when (``_host_addresses``).
-        self._hosts: tuple[float, tuple[ipaddress.IPv4Network, ...]] | None = None
-        self._resolv: tuple[float, bytes | None] | None = None  # (``sandbox_resolv_conf``)
+        self._hosts = policy.HostFact(
+            HOST_ADDRESSES_SECONDS, lambda: policy.host_addresses(exclude=self.pool)
+        )
+        self._resolv = policy.HostFact(HOST_ADDRESSES_SECONDS, policy.resolv_conf)
         self._cursor = 1  # where ``allocate`` looks first: after the subnet it gave last
         # The keys of the hook chain groups (``hook_chains.py``) this process made or found
         # made, and the tags of its networks in each: a group is removed with the last of
@@ -505,10 +507,7 @@ class NetworkManager:
         gained a moment ago, is dropped on its way in (``INPUT -i <veth>``), so a create
         within a second of an address change may list the address one create later.
         """
-        now = time.monotonic()
-        if self._hosts is None or now - self._hosts[0] >= HOST_ADDRESSES_SECONDS:
-            self._hosts = (now, policy.host_addresses(exclude=self.pool))
-        return self._hosts[1]
+        return self._hosts()
 
     async def refresh_rules(
         self,
@@ -793,7 +792,4 @@ class NetworkManager:
         rules), and in a burst of creates each read took 0.1 ms of the event loop. An edit
         of the host's file reaches the creates that start a second later at most.
         """
-        now = time.monotonic()
-        if self._resolv is None or now - self._resolv[0] >= HOST_ADDRESSES_SECONDS:
-            self._resolv = (now, policy.resolv_conf())
-        return self._resolv[1]
+        return self._resolv()
