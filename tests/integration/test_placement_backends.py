@@ -56,14 +56,14 @@ def refused(gateway: gateway_pb2_grpc.GatewayServiceStub, **fields: object) -> g
 
 
 def wait_status(
-    gateway: gateway_pb2_grpc.GatewayServiceStub, sandbox_id: str, wanted: int
+    gateway: gateway_pb2_grpc.GatewayServiceStub, sandbox_id: str, *wanted: int
 ) -> g.GetSandboxResponse:
-    """Poll until the sandbox has left CREATING (or 60 s passed); it must be ``wanted``."""
+    """Poll until the sandbox has left CREATING (or 60 s passed); it must be one of ``wanted``."""
     deadline = time.monotonic() + 60
     while True:
         got = gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox_id), timeout=30)
         if got.sandbox_status != g.SANDBOX_STATUS_CREATING:
-            assert got.sandbox_status == wanted, got
+            assert got.sandbox_status in wanted, got
             return got
         assert time.monotonic() < deadline, got
         time.sleep(0.05)

@@ -106,7 +106,9 @@ def test_a_runner_whose_disk_fills_up_fails_a_few_starts_at_most(tmp_path: Path)
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
             failed: list[g.GetSandboxResponse] = []
             for _ in range(4):
-                got = wait_status_any(gateway, start(gateway))
+                got = wait_status(
+                    gateway, start(gateway), g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
+                )
                 if got.sandbox_status == g.SANDBOX_STATUS_RUNNING:
                     running.append(got.sandbox_id)
                     assert got.runner_id == "b-roomy"
@@ -125,13 +127,3 @@ def test_a_runner_whose_disk_fills_up_fails_a_few_starts_at_most(tmp_path: Path)
             ), description
         finally:
             stop_all(gateway, running)
-
-
-def wait_status_any(gateway: Gateway, sandbox_id: str) -> g.GetSandboxResponse:
-    """The sandbox once it is RUNNING or FAILED (whichever)."""
-    try:
-        return wait_status(gateway, sandbox_id, g.SANDBOX_STATUS_RUNNING)
-    except AssertionError:
-        got = gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox_id), timeout=30)
-        assert got.sandbox_status == g.SANDBOX_STATUS_FAILED, got
-        return got
