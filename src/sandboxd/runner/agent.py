@@ -60,7 +60,7 @@ from sandboxd.runner.credentials import (
     save_credential,
 )
 from sandboxd.runner.exec_relay import OperateCall
-from sandboxd.runner.failures import refuse_command, refuse_operation
+from sandboxd.runner.failures import RUNNER_CAPACITY_EXHAUSTED, refuse_command, refuse_operation
 from sandboxd.runner.fingerprint import (
     NOT_CONFIGURED,
     backend_status,
@@ -71,6 +71,7 @@ from sandboxd.runner.identity import resolve_runner_id
 from sandboxd.runner.images import ImageList
 from sandboxd.runner.operations import DEFAULT_IDLE_OPERATIONS, OperationPool
 from sandboxd.runner.resources import ReservationLedger
+from sandboxd.runner.sandbox_table import Send
 from sandboxd.runner.settings import RunnerSettings
 from sandboxd.runner.stream import (
     PROPOSED_CREDENTIAL_HEADER,
@@ -655,15 +656,38 @@ class RunnerAgent:
                     pass
             # Stay on schedule, but do not burst to catch up after a long stall.
             last = due if loop.time() - due < self._heartbeat_interval else loop.time()
-            sent_at = timestamp_pb2.Timestamp()
-            sent_at.GetCurrentTime()
-            heartbeat = runner_pb2.Heartbeat(resources=self._resources(), sent_at=sent_at)
-            if self._supervisor is not None:
-                heartbeat.warm_pools.extend(self._supervisor.warm_pool_states())
-            if self._image_list is not None:
-                heartbeat.images[:] = await self._image_list.refreshed()
-                heartbeat.images_listed = True
-            await stream.send(runner_pb2.RunnerMessage(heartbeat=heartbeat))
+            await stream.send(await self._heartbeat(list_images=True))
+
+    async def _heartbeat(self, *, list_images: bool) -> runner_pb2.RunnerMessage:
+        """A heartbeat as it is now; ``list_images``: with the image list (else kept as is)."""
+        sent_at = timestamp_pb2.Timestamp()
+        sent_at.GetCurrentTime()
+        heartbeat = runner_pb2.Heartbeat(resources=self._resources(), sent_at=sent_at)
+        if self._supervisor is not None:
+            heartbeat.warm_pools.extend(self._supervisor.warm_pool_states())
+        if list_images and self._image_list is not None:
+            heartbeat.images[:] = await self._image_list.refreshed()
+            heartbeat.images_listed = True
+        return runner_pb2.RunnerMessage(heartbeat=heartbeat)
+
+    def _replies_on(self, stream: ControlStream) -> Send:
+        """Send a command's result on ``stream``, after a heartbeat if the runner was full.
+
+        A start refused for want of room (``RUNNER_CAPACITY_EXHAUSTED``) goes out behind a
+        heartbeat. Why: the failure alone tells placement nothing about the runner's room;
+        its regular heartbeat (every 2 s by default) or the start backoff (after three
+        failures) did, and every Start placed here meanwhile failed too. The heartbeat
+        carries the room left (``Resources.disk_room_bytes``), and on one stream it reaches
+        the control plane before the failure does, so the Start a client sends after seeing
+        the failure is already placed elsewhere.
+        """
+
+        async def reply(message: runner_pb2.RunnerMessage) -> None:
+            if message.result.failure.reason == RUNNER_CAPACITY_EXHAUSTED:
+                await stream.send(await self._heartbeat(list_images=False))
+            await stream.send(message)
+
+        return reply
 
     async def _reader_loop(self, stream: ControlStream) -> None:
         while True:
@@ -690,7 +714,7 @@ class RunnerAgent:
             _log.debug("heartbeat interval now %.1fs", self._heartbeat_interval)
         elif kind == "command":
             if self._supervisor is not None:
-                self._supervisor.handle(message.command, reply=stream.send)
+                self._supervisor.handle(message.command, reply=self._replies_on(stream))
             else:
                 why = "this runner has no sandbox backend (run it with --backend local, as root)"
                 self._spawn(refuse_command(message.command, stream.send, why))

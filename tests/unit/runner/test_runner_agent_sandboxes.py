@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd.backends.base import SandboxSpec
+from sandboxd.backends.errors import RunnerExhausted
 from sandboxd.runner import RunnerAgent
 from sandboxd.runner.records import RunnerRecord
 from sandboxd.runner.resources import Reservation
@@ -37,6 +38,14 @@ def make_agent(url: str, tmp_path: Path, **kwargs: Any) -> RunnerAgent:
         reconnect_backoff_max=0.2,
     )
     return RunnerAgent(settings, capabilities=CAPS, **kwargs)
+
+
+async def registered(cp: Any, agent: RunnerAgent) -> None:
+    """Wait until ``agent`` has registered with ``cp`` and holds the connection."""
+    await cp.next_message("register")
+    async with asyncio.timeout(5):
+        while not agent.connected:
+            await asyncio.sleep(0.01)
 
 
 async def run_agent(agent: RunnerAgent, body: Any) -> None:
@@ -87,9 +96,7 @@ def test_commands_and_execs_flow_through_the_agent(fake_control_plane, tmp_path:
             agent = make_agent(cp.url, tmp_path, backend=backend)
 
             async def body() -> None:
-                await cp.next_message("register")
-                while not agent.connected:
-                    await asyncio.sleep(0.01)
+                await registered(cp, agent)
                 cp.push(request_id="7", start=runner_pb2.StartSandbox(spec=spec()))
                 event = (await cp.next_message("event")).message.event
                 assert event.phase == runner_pb2.SANDBOX_PHASE_RUNNING
@@ -150,6 +157,55 @@ def test_without_a_backend_commands_are_refused(fake_control_plane, tmp_path: Pa
                 )
                 frames = await (await execs.stream("x")).until_end()
                 assert [f.error.code for f in frames] == ["BACKEND_UNAVAILABLE"]
+
+            await run_agent(agent, body)
+
+    asyncio.run(main())
+
+
+class FullDiskBackend(StandinBackend):
+    """A stand-in whose disk filled up: every create fails for want of room."""
+
+    room = 1 << 20
+
+    def disk_room_bytes(self) -> int | None:
+        return self.room
+
+    async def create(self, spec: SandboxSpec) -> None:
+        await super().create(spec)  # an unknown image is refused first, as it is for real
+        del self.world[spec.sandbox_id]
+        raise RunnerExhausted("disk", "the runner's disk is full: 1.0MiB free")
+
+
+def test_a_start_refused_for_want_of_room_comes_right_after_a_heartbeat(
+    fake_control_plane, tmp_path: Path
+) -> None:
+    """Placement learns the room that is left before it learns of the failure (on one stream,
+    in order), not at the next regular heartbeat; other failures bring no extra heartbeat."""
+
+    async def main() -> None:
+        async with fake_control_plane() as cp:
+            cp.heartbeat_interval_ms = 600_000  # no regular heartbeat during the test
+            backend = FullDiskBackend(images=image_store(tmp_path))
+            agent = make_agent(cp.url, tmp_path, backend=backend)
+
+            async def body() -> None:
+                await registered(cp, agent)
+                cp.push(request_id="1", start=runner_pb2.StartSandbox(spec=spec()))
+                first = (await cp.next_message()).message
+                assert first.WhichOneof("message") == "heartbeat", first
+                assert first.heartbeat.resources.disk_room_bytes == FullDiskBackend.room
+                second = (await cp.next_message()).message
+                assert second.result.request_id == "1"
+                assert second.result.failure.reason == "CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED"
+
+                bad = spec()
+                bad.image = "no-such-image"  # refused for the request, not for the runner
+                cp.push(request_id="2", start=runner_pb2.StartSandbox(spec=bad))
+                third = (await cp.next_message()).message
+                assert third.WhichOneof("message") == "result", third
+                assert third.result.request_id == "2"
+                assert third.result.failure.reason != "CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED"
 
             await run_agent(agent, body)
 
