@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from sandboxd.backends.base import EgressType, NetworkSpec
 from sandboxd.backends.conformance import Harness, run, sh
 from sandboxd.backends.local.egress import NON_PUBLIC, SHARED_CHAIN
+from sandboxd.controlplane.v1.network import MAX_EGRESS_RULES, network_wish
+from sandboxd_protocol.v1 import sandbox_pb2 as V
 
 from .nethost import NetHost, test_host
 
@@ -206,5 +208,47 @@ def test_rule_set_is_small_shared_and_torn_down(
             await local_harness.backend.destroy(spec.sandbox_id)
         assert lease.tag not in _iptables()
         assert f":{lease.chain} " not in _iptables()
+
+    go(aio, scenario())
+
+
+EDGE_CIDRS = (
+    "0.0.0.0/0",  # everything
+    "0.0.0.0/32",
+    "255.255.255.255/32",
+    "10.213.0.7/16",  # the sandbox pool itself, host bits set (not strict)
+    "127.0.0.0/8",
+    "169.254.169.254/32",
+    "224.0.0.0/4",
+    "::/0",  # IPv6: parsed, then left out of the rules
+    "2001:db8::/32",
+)
+
+
+def test_no_allowlist_a_request_may_send_makes_the_host_firewall_fail(
+    aio: asyncio.Runner, local_harness: Harness
+) -> None:
+    """The attack on ``HostNetworkFailed``: a failure to make a sandbox's network counts
+    against the runner (the start backoff skips it for everyone), so no request may be able
+    to cause one. A v1 request is the only one that writes CIDRs of its own: the largest
+    allowlist it may send, of edge values that pass the control plane's parsing (the same
+    ``network_wish`` that serves CreateSandbox), must be written by the real firewall."""
+    rules = [V.EgressRule(cidr=V.CidrBlock(cidr=cidr)) for cidr in EDGE_CIDRS]
+    rules += [
+        V.EgressRule(cidr=V.CidrBlock(cidr=f"198.51.{i}.{i}/{8 + i % 25}"))
+        for i in range(MAX_EGRESS_RULES - len(rules))
+    ]
+    wish = network_wish(V.SandboxSpec(network=V.NetworkOptions(egress=rules)))
+    assert wish.egress_type == EgressType.ALLOWLIST.value
+    spec = NetworkSpec(EgressType.ALLOWLIST, cidrs=wish.egress_cidrs)
+
+    async def scenario() -> None:
+        async with local_harness.sandbox(network=spec) as sid:  # raised HostNetworkFailed
+            assert (await run(local_harness, sid, ["true"])).code == 0
+            lease = local_harness.backend._records[sid].lease  # type: ignore[attr-defined]
+            own = [line for line in _iptables().splitlines() if f"-A {lease.chain} " in line]
+            written = {line.split(" -d ")[1].split()[0] for line in own if " -d " in line}
+            ipv4 = {cidr for cidr in wish.egress_cidrs if ":" not in cidr} - {"0.0.0.0/0"}
+            assert ipv4 <= written, ipv4 - written  # each is a rule (0.0.0.0/0 has no -d)
 
     go(aio, scenario())

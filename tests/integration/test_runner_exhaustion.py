@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.controlplane.start_backoff import FAILURES_BEFORE_BACKOFF
 from sandboxd.up import ensure_default_image
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from sandboxd_protocol.v1beta2 import gateway_pb2_grpc
@@ -32,6 +33,7 @@ from tests.support.postgres import small_tmpfs
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
 pytestmark = pytest.mark.e2e
+NO_NETWORK = "the host could not make the sandbox's network: "
 NO_ROOM = "this runner has no room for the sandbox: the runner's disk is full: "
 SKIPPED = (
     "runner a-full, profile default: its disk is full: it has room for a writable layer of at most "
@@ -40,9 +42,17 @@ Gateway = gateway_pb2_grpc.GatewayServiceStub
 
 
 @contextlib.contextmanager
-def two_runners(root: Path, full_first: bool, heartbeat: float = 0.5) -> Iterator[Gateway]:
-    """``a-full`` and ``b-roomy``; ``a-full``'s layers on a 16 MiB tmpfs, mounted before
-    the runners start (``full_first``) or once both have registered."""
+def two_runners(
+    root: Path,
+    names: tuple[str, str] = ("a-full", "b-roomy"),
+    *,
+    full: str = "",
+    heartbeat: float = 0.5,
+    first_env: dict[str, str] | None = None,
+) -> Iterator[Gateway]:
+    """Two runners with the local backend; the first is the one in trouble: its layers on
+    a 16 MiB tmpfs mounted ``full`` = "before" the runners start or "after" both have
+    registered, and ``first_env`` in its environment."""
     if os.geteuid() != 0:
         pytest.skip("the runners' local backend needs root")
     cp = ControlPlaneProcess(
@@ -53,17 +63,18 @@ def two_runners(root: Path, full_first: bool, heartbeat: float = 0.5) -> Iterato
     disk = root / "a-data" / "backend" / "disk"
     with contextlib.ExitStack() as mounts:
         try:
-            if full_first:
+            if full == "before":
                 mounts.enter_context(small_tmpfs(disk, size="16m"))
-            for name in ("a-full", "b-roomy"):
+            for name, env in zip(names, (first_env or {}, {}), strict=True):
                 data = root / f"{name[0]}-data"
                 ensure_default_image(data)  # from the machine-wide build cache
                 args = ["--backend", "local", "--data-dir", str(data)]
-                runners.append(RunnerProcess(cp, root / name, name, extra_args=args).start())
+                runner = RunnerProcess(cp, root / name, name, extra_args=args, extra_env=env)
+                runners.append(runner.start())
             with cp.discovery() as client:
-                for name in ("a-full", "b-roomy"):
+                for name in names:
                     client.wait_for(name, healthy=True, timeout=60)
-            if not full_first:
+            if full == "after":
                 mounts.enter_context(small_tmpfs(disk, size="16m"))
             yield gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         finally:
@@ -73,6 +84,24 @@ def two_runners(root: Path, full_first: bool, heartbeat: float = 0.5) -> Iterato
             cp.stop()
 
 
+def starts_until_one_runs(
+    gateway: Gateway, running: list[str], on: str, tries: int
+) -> list[g.GetSandboxResponse]:
+    """Start sandboxes until one runs (on runner ``on``; added to ``running``), at most
+    ``tries``; the ones that failed before it."""
+    failed: list[g.GetSandboxResponse] = []
+    for _ in range(tries):
+        got = wait_status(
+            gateway, start(gateway), g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
+        )
+        if got.sandbox_status == g.SANDBOX_STATUS_RUNNING:
+            running.append(got.sandbox_id)
+            assert got.runner_id == on
+            return failed
+        failed.append(got)
+    raise AssertionError(f"every Start failed: {[f.status_reason for f in failed]}")
+
+
 def stop_all(gateway: Gateway, sandbox_ids: list[str]) -> None:
     for sandbox_id in sandbox_ids:
         stop = g.StopSandboxRequest(sandbox_id=sandbox_id, graceful_shutdown_seconds=0)
@@ -80,7 +109,7 @@ def stop_all(gateway: Gateway, sandbox_ids: list[str]) -> None:
 
 
 def test_a_runner_whose_disk_is_full_gets_no_starts(tmp_path: Path) -> None:
-    with two_runners(tmp_path, full_first=True) as gateway:
+    with two_runners(tmp_path, full="before") as gateway:
         running: list[str] = []
         try:
             for _ in range(3):  # a-full is the least loaded all along
@@ -102,21 +131,11 @@ def test_a_runner_whose_disk_fills_up_fails_one_start_only(tmp_path: Path) -> No
     runner sends a heartbeat with the room it has left before the failure, so the next
     Start already goes to ``b-roomy``. Before, the next regular heartbeat (20 s here) or the
     backoff (after three failures) did; and before that, every Start failed on ``a-full``."""
-    with two_runners(tmp_path, full_first=False, heartbeat=20) as gateway:
+    with two_runners(tmp_path, full="after", heartbeat=20) as gateway:
         running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
-            failed: list[g.GetSandboxResponse] = []
-            for _ in range(4):
-                got = wait_status(
-                    gateway, start(gateway), g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
-                )
-                if got.sandbox_status == g.SANDBOX_STATUS_RUNNING:
-                    running.append(got.sandbox_id)
-                    assert got.runner_id == "b-roomy"
-                    break
-                failed.append(got)
-            assert running[1:], f"every Start failed: {[f.status_reason for f in failed]}"
+            failed = starts_until_one_runs(gateway, running, "b-roomy", tries=4)
             [one] = failed
             assert one.runner_id == "a-full"
             assert one.status_reason.startswith(NO_ROOM), one.status_reason
@@ -124,5 +143,46 @@ def test_a_runner_whose_disk_fills_up_fails_one_start_only(tmp_path: Path) -> No
             [(field, description)] = violations
             assert field == "runner_ids"
             assert description.startswith(SKIPPED), description  # the room, not a backoff
+        finally:
+            stop_all(gateway, running)
+
+
+BROKEN_FIREWALL = """#!/bin/sh
+# sandboxd's test: a stand-in for a host whose firewall is broken; every change is refused.
+echo "iptables-restore: line 2 failed: the kernel's tables cannot be reached" >&2
+exit 1
+"""
+
+
+def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None:
+    """``a-broken`` cannot make any sandbox network: its ``iptables-restore`` fails (a
+    script that stands in for a broken host firewall, first on its ``PATH``; everything
+    else is real). Each start there fails naming the network, counts against the runner
+    (``HostNetworkFailed`` is the backend being unavailable), and after three the backoff
+    sends Starts to ``b-fine``. Before, the failure was a plain start error: not counted,
+    so ``a-broken`` stayed the least loaded and every Start of the cluster failed on it."""
+    tools = tmp_path / "broken-firewall"
+    tools.mkdir()
+    (tools / "iptables-restore").write_text(BROKEN_FIREWALL)
+    (tools / "iptables-restore").chmod(0o755)
+    env = {"PATH": f"{tools}:{os.environ['PATH']}"}
+    with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as gateway:
+        running = [start(gateway, runner_ids=["b-fine"])]  # b-fine is now the more loaded
+        try:
+            assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
+            failed = starts_until_one_runs(
+                gateway, running, "b-fine", tries=FAILURES_BEFORE_BACKOFF + 2
+            )
+            assert len(failed) == FAILURES_BEFORE_BACKOFF
+            for got in failed:
+                assert got.runner_id == "a-broken"
+                assert NO_NETWORK in got.status_reason, got.status_reason
+                assert "the kernel's tables cannot be reached" in got.status_reason
+            _, violations = details(refused(gateway, runner_ids=["a-broken"]))
+            [(field, description)] = violations
+            assert field == "runner_ids"
+            assert description.startswith(
+                f"runner a-broken: backed off after {FAILURES_BEFORE_BACKOFF} failed starts: "
+            ), description
         finally:
             stop_all(gateway, running)

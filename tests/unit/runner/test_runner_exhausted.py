@@ -18,7 +18,7 @@ import pytest
 
 from sandboxd.backends.errors import RunnerExhausted, SandboxStartError
 from sandboxd.backends.local.disk_template import DiskError, DiskFull, disk_error
-from sandboxd.backends.local.host_commands import NetworkError
+from sandboxd.backends.local.host_commands import HostNetworkFailed, NetworkError
 from sandboxd.backends.local.network import NetworkManager
 from sandboxd.backends.local.userns import IdRangeError, IdRangePool
 from sandboxd.controlplane.runner_link import failure_error
@@ -79,3 +79,15 @@ def test_the_last_subnet_taken_is_the_runners_exhaustion(tmp_path: Path) -> None
     assert isinstance(caught.value, RunnerExhausted)
     assert caught.value.resource == "network"
     assert str(caught.value) == "network pool 10.214.9.0/29 exhausted"
+
+
+def test_a_host_that_cannot_make_networks_is_the_runners_fault_and_still_a_network_error() -> None:
+    """A broken host firewall fails every create with egress on that runner: counted (the
+    request cannot cause it: ``test_local_egress.py`` sends the worst allowlist it may)."""
+    exc = HostNetworkFailed("the host could not make the sandbox's network: iptables-restore: x")
+    assert isinstance(exc, NetworkError)  # the network code's own handling still applies
+    failure = failures.from_backend_error(exc, "sb-3")
+    assert failure.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert failure.reason == "CWSANDBOX_BACKEND_UNAVAILABLE"
+    assert failure.message == str(exc)
+    assert _counted(failure)

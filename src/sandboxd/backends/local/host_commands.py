@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 
-from ..errors import RunnerExhausted
+from ..errors import BackendUnavailable, RunnerExhausted
 
 LOWEST_PRIORITY = 19
 """The nice value of commands for networks made ahead of need."""
@@ -29,6 +29,23 @@ class NetworkPoolExhausted(NetworkError, RunnerExhausted):
 
     def __init__(self, message: str) -> None:
         RunnerExhausted.__init__(self, "network", message)
+
+
+class HostNetworkFailed(NetworkError, BackendUnavailable):
+    """The host could not make a sandbox's network: its firewall or its links refused.
+
+    Why the runner's fault and not the request's: nothing a Start says reaches these
+    commands unchecked. The egress type is one of a few names; the allowlist is a profile's
+    or a v1 request's CIDR rules (at most 64), each parsed as a network where it came in
+    and passed on in its normal form, and IPv6 ones are left out of the rules; the blocked
+    destinations are the runner's settings, parsed when loaded; exposed ports are served by
+    a relay, not by rules (``ingress.py``). So a failure here says the host is broken (an
+    ``iptables`` that cannot reach the kernel's tables, no veth support, a lock held for
+    longer than its wait), and every create with egress on this runner fails alike. As a
+    ``BackendUnavailable`` it counts against the runner, and the start backoff sends
+    Starts to others; as a plain start error it did not, and a runner with a broken
+    firewall stayed the least loaded and got every Start of the cluster.
+    """
 
 
 async def run(

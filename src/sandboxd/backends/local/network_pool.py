@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..base import EgressType
+from .host_commands import HostNetworkFailed
 from .network import PREPARED_HOLDER, Lease, NetworkError, NetworkManager
 
 _log = logging.getLogger(__name__)
@@ -102,7 +103,11 @@ class PreparedNetworks:
             return ready.lease
         lease = self._net.allocate(sandbox_id)
         claimed(lease)
-        await self._net.setup(lease, egress, cidrs, blocked)
+        try:
+            await self._net.setup(lease, egress, cidrs, blocked)
+        except NetworkError as exc:
+            why = f"the host could not make the sandbox's network: {exc}"
+            raise HostNetworkFailed(why) from exc
         return lease
 
     def refill(self) -> None:
