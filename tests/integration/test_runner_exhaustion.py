@@ -1,4 +1,4 @@
-"""A runner whose disk is full stops attracting Starts: real control plane, real runners.
+"""A runner that cannot make sandboxes stops attracting Starts: real control plane and runners.
 
 Two runners with the local backend; the filesystem of ``a-full``'s writable layers is (or
 becomes) a 16 MiB tmpfs, too small for any sandbox's layer. Placement prefers the least
@@ -12,6 +12,9 @@ reservation back, so ``a-full`` stayed the least loaded. Now:
   ``RESOURCE_EXHAUSTED`` / ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED``, which the start backoff
   holds against the runner, and the runner reports the room it has left in a heartbeat
   sent just before that failure.
+
+The same holds for a runner whose host cannot make sandbox networks (its firewall refuses
+every change): its failures count against it, and after three the Starts go elsewhere.
 """
 
 from __future__ import annotations
