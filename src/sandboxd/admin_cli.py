@@ -426,7 +426,19 @@ def _lifecycle_line(state: admin_pb2.RunnerLifecycle) -> str:
     else:
         where = "cordoned" if state.cordoned else "schedulable"
     health = "healthy" if state.healthy else "not connected"
-    return f"runner {state.runner_id}: {where}, {health}, {state.live_sandboxes} sandbox(es)"
+    line = f"runner {state.runner_id}: {where}, {health}, {state.live_sandboxes} sandbox(es)"
+    return line + _start_failures(state)
+
+
+def _start_failures(state: admin_pb2.RunnerLifecycle) -> str:
+    """``; backed off until ... after N failed starts (last: ...)``, or nothing."""
+    if not state.failed_starts:
+        return ""
+    said = f"{state.failed_starts} failed start(s) in a row (last: {state.last_start_failure})"
+    if not state.HasField("backed_off_until"):
+        return f"; {said}"
+    until = state.backed_off_until.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+    return f"; placement skips it until {until} after {said}"
 
 
 def _lifecycle_call(ctx: click.Context, method: str, request: Message) -> admin_pb2.RunnerLifecycle:

@@ -32,6 +32,7 @@ from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from sandboxd_protocol.v1beta2 import gateway_pb2_grpc
 from tests.integration.test_placement_backends import refused, start, wait_status
 from tests.integration.test_placement_rejections import details
+from tests.support.faults import sandboxd_admin
 from tests.support.postgres import small_tmpfs
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
@@ -52,10 +53,11 @@ def two_runners(
     full: str = "",
     heartbeat: float = 0.5,
     first_env: dict[str, str] | None = None,
-) -> Iterator[Gateway]:
+) -> Iterator[tuple[Gateway, ControlPlaneProcess]]:
     """Two runners with the local backend; the first is the one in trouble: its layers on
     a 16 MiB tmpfs mounted ``full`` = "before" the runners start or "after" both have
-    registered, and ``first_env`` in its environment."""
+    registered, and ``first_env`` in its environment. Yields the gateway and the control
+    plane."""
     if os.geteuid() != 0:
         pytest.skip("the runners' local backend needs root")
     cp = ControlPlaneProcess(
@@ -79,7 +81,7 @@ def two_runners(
                     client.wait_for(name, healthy=True, timeout=60)
             if full == "after":
                 mounts.enter_context(small_tmpfs(disk, size="16m"))
-            yield gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+            yield gateway_pb2_grpc.GatewayServiceStub(channel), cp  # type: ignore[no-untyped-call]
         finally:
             channel.close()
             for runner in runners:
@@ -112,7 +114,7 @@ def stop_all(gateway: Gateway, sandbox_ids: list[str]) -> None:
 
 
 def test_a_runner_whose_disk_is_full_gets_no_starts(tmp_path: Path) -> None:
-    with two_runners(tmp_path, full="before") as gateway:
+    with two_runners(tmp_path, full="before") as (gateway, _):
         running: list[str] = []
         try:
             for _ in range(3):  # a-full is the least loaded all along
@@ -134,7 +136,7 @@ def test_a_runner_whose_disk_fills_up_fails_one_start_only(tmp_path: Path) -> No
     runner sends a heartbeat with the room it has left before the failure, so the next
     Start already goes to ``b-roomy``. Before, the next regular heartbeat (20 s here) or the
     backoff (after three failures) did; and before that, every Start failed on ``a-full``."""
-    with two_runners(tmp_path, full="after", heartbeat=20) as gateway:
+    with two_runners(tmp_path, full="after", heartbeat=20) as (gateway, _):
         running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
@@ -169,7 +171,7 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None
     (tools / "iptables-restore").write_text(BROKEN_FIREWALL)
     (tools / "iptables-restore").chmod(0o755)
     env = {"PATH": f"{tools}:{os.environ['PATH']}"}
-    with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as gateway:
+    with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as (gateway, cp):
         running = [start(gateway, runner_ids=["b-fine"])]  # b-fine is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
@@ -187,5 +189,15 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None
             assert description.startswith(
                 f"runner a-broken: backed off after {FAILURES_BEFORE_BACKOFF} failed starts: "
             ), description
+            # What the operator sees: healthy and schedulable, yet skipped, and why.
+            said = sandboxd_admin(cp, "runners", "status", "a-broken")
+            assert said.returncode == 0, said.stderr
+            assert said.stdout.startswith(
+                "runner a-broken: schedulable, healthy, 0 sandbox(es); placement skips it "
+            ), said.stdout
+            assert f"after {FAILURES_BEFORE_BACKOFF} failed start(s) in a row (last: " in (
+                said.stdout
+            )
+            assert NO_NETWORK in said.stdout, said.stdout
         finally:
             stop_all(gateway, running)

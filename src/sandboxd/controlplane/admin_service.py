@@ -97,6 +97,9 @@ def lifecycle_message(state: RunnerLifecycleState) -> admin_pb2.RunnerLifecycle:
         drain_deadline=_stamp(state.drain_deadline),
         live_sandboxes=state.live_sandboxes,
         healthy=state.healthy,
+        failed_starts=state.failed_starts,
+        last_start_failure=state.last_start_failure,
+        backed_off_until=_stamp(state.backed_off_until),
     )
 
 

@@ -259,12 +259,13 @@ class PlatformCollector(Collector):
         runners = GaugeMetricFamily(
             "sandboxd_runners", "Known runners, by state.", labels=["state"]
         )
-        counts = {"healthy": 0, "unhealthy": 0, "cordoned": 0}
+        counts = {"healthy": 0, "unhealthy": 0, "cordoned": 0, "backed_off": 0}
         capacity = {"allocatable": [0, 0], "requested": [0, 0]}
         for state in self._registry.iter_from():
             healthy = self._registry.is_healthy(state)
             counts["healthy" if healthy else "unhealthy"] += 1
             counts["cordoned"] += int(getattr(state, "cordoned", False))
+            counts["backed_off"] += int(self._registry.backed_off(state))
             if healthy:
                 capacity["allocatable"][0] += state.capabilities.cpu_millicores
                 capacity["allocatable"][1] += state.capabilities.memory_bytes

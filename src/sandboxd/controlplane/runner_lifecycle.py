@@ -49,6 +49,11 @@ class RunnerLifecycleState:
     drain_deadline: datetime | None
     live_sandboxes: int
     healthy: bool
+    # Starts that failed in a row because of the runner, the last one's message, and the end
+    # of the placement backoff they caused (None: not backed off): ``start_backoff.py``.
+    failed_starts: int = 0
+    last_start_failure: str = ""
+    backed_off_until: datetime | None = None
 
     @property
     def draining(self) -> bool:
@@ -88,12 +93,16 @@ class RunnerLifecycle:
     def state(self, runner_id: str) -> RunnerLifecycleState:
         """Where ``runner_id`` stands now (NOT_FOUND if no such runner is known)."""
         runner = self._runner(runner_id)
+        backed_off = self._registry.backed_off(runner)
         return RunnerLifecycleState(
             runner_id=runner.runner_id,
             cordoned=runner.cordoned,
             drain_deadline=runner.drain_deadline,
             live_sandboxes=len(self._lifecycle.records.live_on(runner.runner_id)),
             healthy=self._registry.is_healthy(runner),
+            failed_starts=runner.starts.failures,
+            last_start_failure=runner.starts.last_failure,
+            backed_off_until=self._registry.backoff_ends_at(runner) if backed_off else None,
         )
 
     async def cordon(self, runner_id: str) -> RunnerLifecycleState:

@@ -311,20 +311,26 @@ class ListSecretsResponse(_message.Message):
     def __init__(self, secrets: _Optional[_Iterable[_Union[SecretEntry, _Mapping]]] = ...) -> None: ...
 
 class RunnerLifecycle(_message.Message):
-    __slots__ = ("runner_id", "cordoned", "draining", "drain_deadline", "live_sandboxes", "healthy")
+    __slots__ = ("runner_id", "cordoned", "draining", "drain_deadline", "live_sandboxes", "healthy", "failed_starts", "last_start_failure", "backed_off_until")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     CORDONED_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     LIVE_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_START_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    BACKED_OFF_UNTIL_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     cordoned: bool
     draining: bool
     drain_deadline: _timestamp_pb2.Timestamp
     live_sandboxes: int
     healthy: bool
-    def __init__(self, runner_id: _Optional[str] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_sandboxes: _Optional[int] = ..., healthy: _Optional[bool] = ...) -> None: ...
+    failed_starts: int
+    last_start_failure: str
+    backed_off_until: _timestamp_pb2.Timestamp
+    def __init__(self, runner_id: _Optional[str] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_sandboxes: _Optional[int] = ..., healthy: _Optional[bool] = ..., failed_starts: _Optional[int] = ..., last_start_failure: _Optional[str] = ..., backed_off_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CordonRunnerRequest(_message.Message):
     __slots__ = ("runner_id",)

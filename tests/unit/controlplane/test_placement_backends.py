@@ -6,19 +6,24 @@ drives health and backoff.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import grpc
 import pytest
 
+from sandboxd.admin_cli import _lifecycle_line
 from sandboxd.config import parse_config
 from sandboxd.controlplane.backend_support import support_of
 from sandboxd.controlplane.discovery import DiscoveryService
+from sandboxd.controlplane.metrics import PlatformCollector
 from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.rejections import MAX_LISTED_VIOLATIONS
 from sandboxd.controlplane.start_backoff import backoff_seconds, blames_runner
 from sandboxd.controlplane.start_request import parse_start_request
 from sandboxd.errors import ApiError, status_trailers
-from sandboxd_protocol.sandboxd_v1 import runner_pb2
+from sandboxd_protocol.sandboxd_v1 import admin_pb2, runner_pb2
 from sandboxd_protocol.v1beta2 import discovery_pb2
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 
@@ -314,3 +319,54 @@ def test_a_profile_whose_layer_fits_the_room_left_still_goes_there() -> None:
     )
     disk_room(registry, "small", 16 << 20)
     assert placed_on(registry) == "small"
+
+
+class _Empty:
+    """Stand-in for the sandbox records, open streams and reconcilers of a control plane with
+    no sandboxes: the gauges of runners do not read them."""
+
+    def live(self) -> list[object]:
+        return []
+
+    def __len__(self) -> int:
+        return 0
+
+    def queue_depth(self) -> int:
+        return 0
+
+
+def _runners_by_state(registry: RunnerRegistry) -> dict[str, float]:
+    empty: Any = _Empty()
+    [family] = [
+        m for m in PlatformCollector(registry, empty, empty, empty).collect()
+        if m.name == "sandboxd_runners"
+    ]  # fmt: skip
+    return {sample.labels["state"]: sample.value for sample in family.samples}
+
+
+def test_a_backed_off_runner_is_counted_apart_while_its_backoff_lasts() -> None:
+    """The operator's signal (``sandboxd_runners{state="backed_off"}``) that a runner takes
+    no Starts although it is healthy and not cordoned."""
+    registry = make(("flaky", [LOCAL]), ("steady", [LOCAL]))
+    clock = registry._clock
+    assert isinstance(clock, Clock)
+    for _ in range(3):
+        registry.note_start("flaky", ok=False, reason="the host could not make the network")
+    assert _runners_by_state(registry) == {
+        "healthy": 2, "unhealthy": 0, "cordoned": 0, "backed_off": 1
+    }  # fmt: skip
+    clock.now += 5  # the period ends: counted as placeable again
+    assert _runners_by_state(registry)["backed_off"] == 0
+
+
+def test_the_cli_says_when_and_why_placement_skips_a_runner() -> None:
+    state = admin_pb2.RunnerLifecycle(runner_id="r1", healthy=True, live_sandboxes=2)
+    assert _lifecycle_line(state) == "runner r1: schedulable, healthy, 2 sandbox(es)"
+    state.failed_starts, state.last_start_failure = 2, "no veth"
+    assert _lifecycle_line(state).endswith("; 2 failed start(s) in a row (last: no veth)")
+    state.failed_starts = 3
+    state.backed_off_until.FromDatetime(datetime(2026, 12, 5, 3, 0, 5, tzinfo=UTC))
+    assert _lifecycle_line(state).endswith(
+        "; placement skips it until 2026-12-05T03:00:05+00:00 after 3 failed start(s) in a "
+        "row (last: no veth)"
+    )
