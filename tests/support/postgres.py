@@ -369,13 +369,15 @@ class SqliteDiskFull:
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` (made if missing), unmounted on exit."""
+def small_tmpfs(path: Path, size: str = "8m", inodes: int = 0) -> Iterator[Path]:
+    """A tmpfs of ``size`` (and at most ``inodes`` inodes, the root included; 0: the
+    default) mounted at ``path`` (made if missing), unmounted on exit."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
     path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         check=True,
         capture_output=True,
     )

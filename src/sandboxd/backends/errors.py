@@ -80,7 +80,8 @@ class RunnerExhausted(SandboxStartError):
     """The runner has none left of something the control plane does not count.
 
     ``resource`` names it: ``disk`` (the filesystem of the writable layers), ``network``
-    (the subnets of the sandbox network pool), ``user_ids`` (the user id ranges). Why a
+    (the subnets of the sandbox network pool), ``user_ids`` (the user id ranges),
+    ``cgroups`` (the kernel makes no more). Why a
     class of its own: such a runner fails every start placed on it, and as each failure
     gives its reservation back it stays the least loaded runner, so placement sent it every
     Start of the cluster. Reported as ``RESOURCE_EXHAUSTED`` with the reason

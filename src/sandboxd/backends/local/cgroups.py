@@ -21,6 +21,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from ..errors import RunnerExhausted
 from . import parent_cgroup
 from .parent_cgroup import ParentLimits
 
@@ -33,6 +34,25 @@ CFS_PERIOD_US = 100_000
 
 class CgroupError(OSError):
     """The cgroup layout is unusable (missing controller, not writable); a cgroup stays busy."""
+
+
+class CgroupsExhausted(CgroupError, RunnerExhausted):
+    """The kernel makes no more cgroups here: the runner's fault, never the request's.
+
+    ``ENOSPC`` when a controller has no ids left (v1's memory controller has 65,535, and
+    the memory cgroups of removed sandboxes hold theirs while page cache still charges
+    them: the classic "mkdir: no space left on device" of a busy container host),
+    ``EAGAIN`` at a v2 ``cgroup.max.descendants`` or ``cgroup.max.depth``, ``ENOMEM``.
+    The directory names are the sandbox ids the control plane made, so no request can
+    cause it, and every create on this runner fails alike until the kernel frees ids: as a
+    ``RunnerExhausted`` it counts against the runner and Starts go elsewhere.
+    """
+
+    def __init__(self, message: str) -> None:
+        RunnerExhausted.__init__(self, "cgroups", message)
+
+
+_EXHAUSTED = frozenset({errno.ENOSPC, errno.EAGAIN, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -329,6 +349,9 @@ class CgroupManager:
                 for d in reversed(made):
                     with contextlib.suppress(OSError):
                         os.rmdir(d)
+                if exc.errno in _EXHAUSTED:
+                    why = f"the kernel makes no more cgroups here: {exc}"
+                    raise CgroupsExhausted(why) from exc
                 if isinstance(exc, FileNotFoundError):
                     self._bounded.clear()  # a group dir went away: bound it again
                 if not isinstance(exc, FileNotFoundError) or attempt == 2:
