@@ -31,7 +31,7 @@ from sandboxd.config.overcommit import Overcommit
 from sandboxd.controlplane.backend_support import BackendSupport, support_of
 from sandboxd.controlplane.load_index import LoadIndex, LoadKey, load_key
 from sandboxd.controlplane.runner_link import RunnerLink
-from sandboxd.controlplane.start_backoff import StartRecord
+from sandboxd.controlplane.start_backoff import FAILURES_BEFORE_BACKOFF, StartRecord
 from sandboxd.store import RunnerRecord
 from sandboxd.wakeups import Wakeups
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
@@ -274,7 +274,15 @@ class RunnerRegistry:
         if state is None:
             return
         was_backed_off = state.starts.backed_off(self._clock())
+        failed_before = state.starts.failures
         state.starts.note(ok, reason, self._clock())
+        if ok and failed_before >= FAILURES_BEFORE_BACKOFF:
+            _log.warning(
+                "runner %s: a sandbox started again after %d failed starts in a row; placement "
+                "uses it again",
+                runner_id,
+                failed_before,
+            )
         if not was_backed_off and self.backed_off(state):
             _log.warning(
                 "runner %s: %d sandbox starts failed in a row (last: %s); placement skips it "

@@ -359,6 +359,22 @@ def test_a_backed_off_runner_is_counted_apart_while_its_backoff_lasts() -> None:
     assert _runners_by_state(registry)["backed_off"] == 0
 
 
+def test_a_runner_that_works_again_says_so_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The operator who saw "placement skips it" in the log also sees the end of it."""
+    registry = make(("flaky", [LOCAL]))
+    registry.note_start("flaky", ok=False, reason="once")
+    registry.note_start("flaky", ok=True)  # a failure or two is no pattern: nothing said
+    assert "started again" not in caplog.text
+    for _ in range(3):
+        registry.note_start("flaky", ok=False, reason="no veth")
+    assert "runner flaky: 3 sandbox starts failed in a row (last: no veth)" in caplog.text
+    registry.note_start("flaky", ok=True)
+    assert (
+        "runner flaky: a sandbox started again after 3 failed starts in a row; placement uses "
+        "it again" in caplog.text
+    )
+
+
 def test_the_cli_says_when_and_why_placement_skips_a_runner() -> None:
     state = admin_pb2.RunnerLifecycle(runner_id="r1", healthy=True, live_sandboxes=2)
     assert _lifecycle_line(state) == "runner r1: schedulable, healthy, 2 sandbox(es)"
