@@ -6,6 +6,8 @@ import type { PageContext } from "./main";
 function state(runner: Json): string {
   if (runner.draining) return `draining (deadline ${runner.drain_deadline ?? "now"})`;
   if (runner.cordoned) return "cordoned";
+  // Its starts keep failing: placement skips it for a while (sandboxd runners status says why).
+  if (runner.backed_off_until) return `starts failing: skipped until ${runner.backed_off_until}`;
   return "schedulable";
 }
 

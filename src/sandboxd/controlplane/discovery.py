@@ -102,6 +102,8 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             if state.drain_deadline is not None:
                 message.draining = True
                 message.drain_deadline.FromDatetime(state.drain_deadline)
+        if self._registry.backed_off(state):  # its starts keep failing (start_backoff.py)
+            message.backed_off_until.FromDatetime(self._registry.backoff_ends_at(state))
         if view == discovery_pb2.RUNNER_VIEW_FULL:
             live = state.available
             message.resources.CopyFrom(

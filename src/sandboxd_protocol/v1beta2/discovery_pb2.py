@@ -26,41 +26,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)coreweave/sandbox/v1beta2/discovery.proto\x12\x19\x63oreweave.sandbox.v1beta2\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x03\n\x0f\x41vailableRunner\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x17\n\x0frunner_group_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12H\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x32.coreweave.sandbox.v1beta2.RunnerCapabilitySummary\x12\x43\n\tresources\x18\x06 \x01(\x0b\x32\x30.coreweave.sandbox.v1beta2.RunnerResourceSummary\x12\x15\n\rprofile_names\x18\x07 \x03(\t\x12\x30\n\x0c\x63onnected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tis_shared\x18\t \x01(\x08\x12\x10\n\x08\x63ordoned\x18\x64 \x01(\x08\x12\x10\n\x08\x64raining\x18\x65 \x01(\x08\x12\x32\n\x0e\x64rain_deadline\x18\x66 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x17RunnerCapabilitySummary\x12\x1a\n\x12max_cpu_millicores\x18\x01 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x02 \x01(\x03\x12\x15\n\rmax_gpu_count\x18\x03 \x01(\x03\x12\x1b\n\x13supported_gpu_types\x18\x04 \x03(\t\x12\x1f\n\x17supported_architectures\x18\x05 \x03(\t\x12\x1b\n\x13supports_privileged\x18\x06 \x01(\x08\x12!\n\x19\x61vailable_storage_classes\x18\x07 \x03(\t\"\xf5\x02\n\x15RunnerResourceSummary\x12 \n\x18\x61vailable_cpu_millicores\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x61vailable_gpu_count\x18\x03 \x01(\x03\x12\x19\n\x11running_sandboxes\x18\x04 \x01(\x05\x12\"\n\x1a\x61llocatable_cpu_millicores\x18\x64 \x01(\x03\x12 \n\x18\x61llocatable_memory_bytes\x18\x65 \x01(\x03\x12 \n\x18requested_cpu_millicores\x18\x66 \x01(\x03\x12\x1e\n\x16requested_memory_bytes\x18g \x01(\x03\x12\x1b\n\x13requested_gpu_count\x18h \x01(\x03\x12\x1c\n\x14\x63pu_overcommit_ratio\x18i \x01(\x01\x12\x1f\n\x17memory_overcommit_ratio\x18j \x01(\x01\"#\n\x13ServiceExposureMode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\nEgressMode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xce\x02\n\x0eProfileSummary\x12\x14\n\x0cprofile_name\x18\x01 \x01(\t\x12\x11\n\trunner_id\x18\x02 \x01(\t\x12\x1b\n\x13supported_gpu_types\x18\x03 \x03(\t\x12\x1f\n\x17supported_architectures\x18\x04 \x03(\t\x12N\n\x16service_exposure_modes\x18\x05 \x03(\x0b\x32..coreweave.sandbox.v1beta2.ServiceExposureMode\x12;\n\x0c\x65gress_modes\x18\x06 \x03(\x0b\x32%.coreweave.sandbox.v1beta2.EgressMode\x12H\n\x12sandboxd_warm_pool\x18\xe9\x07 \x01(\x0b\x32+.coreweave.sandbox.v1beta2.SandboxdWarmPool\"N\n\x10SandboxdWarmPool\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x03\"\xfe\x01\n\x1bListAvailableRunnersRequest\x12\x17\n\x0frunner_group_id\x18\x01 \x01(\t\x12\x14\n\x0cprofile_name\x18\x02 \x01(\t\x12\x10\n\x08gpu_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0e\x65xclude_shared\x18\x05 \x01(\x08\x12\x14\n\x0chealthy_only\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x33\n\x04view\x18\t \x01(\x0e\x32%.coreweave.sandbox.v1beta2.RunnerView\"t\n\x1cListAvailableRunnersResponse\x12;\n\x07runners\x18\x01 \x03(\x0b\x32*.coreweave.sandbox.v1beta2.AvailableRunner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x19GetAvailableRunnerRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x33\n\x04view\x18\x02 \x01(\x0e\x32%.coreweave.sandbox.v1beta2.RunnerView\"<\n\x11GetProfileRequest\x12\x14\n\x0cprofile_name\x18\x01 \x01(\t\x12\x11\n\trunner_id\x18\x02 \x01(\t\"\x8f\x01\n\x13ListProfilesRequest\x12\x10\n\x08gpu_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x16\n\x0e\x65xclude_shared\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x11\n\trunner_id\x18\x06 \x01(\t\"l\n\x14ListProfilesResponse\x12;\n\x08profiles\x18\x01 \x03(\x0b\x32).coreweave.sandbox.v1beta2.ProfileSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*V\n\nRunnerView\x12\x1b\n\x17RUNNER_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11RUNNER_VIEW_BASIC\x10\x01\x12\x14\n\x10RUNNER_VIEW_FULL\x10\x02\x32\xec\x03\n\x10\x44iscoveryService\x12\x87\x01\n\x14ListAvailableRunners\x12\x36.coreweave.sandbox.v1beta2.ListAvailableRunnersRequest\x1a\x37.coreweave.sandbox.v1beta2.ListAvailableRunnersResponse\x12v\n\x12GetAvailableRunner\x12\x34.coreweave.sandbox.v1beta2.GetAvailableRunnerRequest\x1a*.coreweave.sandbox.v1beta2.AvailableRunner\x12o\n\x0cListProfiles\x12..coreweave.sandbox.v1beta2.ListProfilesRequest\x1a/.coreweave.sandbox.v1beta2.ListProfilesResponse\x12\x65\n\nGetProfile\x12,.coreweave.sandbox.v1beta2.GetProfileRequest\x1a).coreweave.sandbox.v1beta2.ProfileSummaryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)coreweave/sandbox/v1beta2/discovery.proto\x12\x19\x63oreweave.sandbox.v1beta2\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n\x0f\x41vailableRunner\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x17\n\x0frunner_group_id\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12H\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x32.coreweave.sandbox.v1beta2.RunnerCapabilitySummary\x12\x43\n\tresources\x18\x06 \x01(\x0b\x32\x30.coreweave.sandbox.v1beta2.RunnerResourceSummary\x12\x15\n\rprofile_names\x18\x07 \x03(\t\x12\x30\n\x0c\x63onnected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tis_shared\x18\t \x01(\x08\x12\x10\n\x08\x63ordoned\x18\x64 \x01(\x08\x12\x10\n\x08\x64raining\x18\x65 \x01(\x08\x12\x32\n\x0e\x64rain_deadline\x18\x66 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x62\x61\x63ked_off_until\x18g \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x17RunnerCapabilitySummary\x12\x1a\n\x12max_cpu_millicores\x18\x01 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x02 \x01(\x03\x12\x15\n\rmax_gpu_count\x18\x03 \x01(\x03\x12\x1b\n\x13supported_gpu_types\x18\x04 \x03(\t\x12\x1f\n\x17supported_architectures\x18\x05 \x03(\t\x12\x1b\n\x13supports_privileged\x18\x06 \x01(\x08\x12!\n\x19\x61vailable_storage_classes\x18\x07 \x03(\t\"\xf5\x02\n\x15RunnerResourceSummary\x12 \n\x18\x61vailable_cpu_millicores\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x02 \x01(\x03\x12\x1b\n\x13\x61vailable_gpu_count\x18\x03 \x01(\x03\x12\x19\n\x11running_sandboxes\x18\x04 \x01(\x05\x12\"\n\x1a\x61llocatable_cpu_millicores\x18\x64 \x01(\x03\x12 \n\x18\x61llocatable_memory_bytes\x18\x65 \x01(\x03\x12 \n\x18requested_cpu_millicores\x18\x66 \x01(\x03\x12\x1e\n\x16requested_memory_bytes\x18g \x01(\x03\x12\x1b\n\x13requested_gpu_count\x18h \x01(\x03\x12\x1c\n\x14\x63pu_overcommit_ratio\x18i \x01(\x01\x12\x1f\n\x17memory_overcommit_ratio\x18j \x01(\x01\"#\n\x13ServiceExposureMode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\nEgressMode\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xce\x02\n\x0eProfileSummary\x12\x14\n\x0cprofile_name\x18\x01 \x01(\t\x12\x11\n\trunner_id\x18\x02 \x01(\t\x12\x1b\n\x13supported_gpu_types\x18\x03 \x03(\t\x12\x1f\n\x17supported_architectures\x18\x04 \x03(\t\x12N\n\x16service_exposure_modes\x18\x05 \x03(\x0b\x32..coreweave.sandbox.v1beta2.ServiceExposureMode\x12;\n\x0c\x65gress_modes\x18\x06 \x03(\x0b\x32%.coreweave.sandbox.v1beta2.EgressMode\x12H\n\x12sandboxd_warm_pool\x18\xe9\x07 \x01(\x0b\x32+.coreweave.sandbox.v1beta2.SandboxdWarmPool\"N\n\x10SandboxdWarmPool\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x03\"\xfe\x01\n\x1bListAvailableRunnersRequest\x12\x17\n\x0frunner_group_id\x18\x01 \x01(\t\x12\x14\n\x0cprofile_name\x18\x02 \x01(\t\x12\x10\n\x08gpu_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x16\n\x0e\x65xclude_shared\x18\x05 \x01(\x08\x12\x14\n\x0chealthy_only\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x33\n\x04view\x18\t \x01(\x0e\x32%.coreweave.sandbox.v1beta2.RunnerView\"t\n\x1cListAvailableRunnersResponse\x12;\n\x07runners\x18\x01 \x03(\x0b\x32*.coreweave.sandbox.v1beta2.AvailableRunner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x19GetAvailableRunnerRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x33\n\x04view\x18\x02 \x01(\x0e\x32%.coreweave.sandbox.v1beta2.RunnerView\"<\n\x11GetProfileRequest\x12\x14\n\x0cprofile_name\x18\x01 \x01(\t\x12\x11\n\trunner_id\x18\x02 \x01(\t\"\x8f\x01\n\x13ListProfilesRequest\x12\x10\n\x08gpu_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x16\n\x0e\x65xclude_shared\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x11\n\trunner_id\x18\x06 \x01(\t\"l\n\x14ListProfilesResponse\x12;\n\x08profiles\x18\x01 \x03(\x0b\x32).coreweave.sandbox.v1beta2.ProfileSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*V\n\nRunnerView\x12\x1b\n\x17RUNNER_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11RUNNER_VIEW_BASIC\x10\x01\x12\x14\n\x10RUNNER_VIEW_FULL\x10\x02\x32\xec\x03\n\x10\x44iscoveryService\x12\x87\x01\n\x14ListAvailableRunners\x12\x36.coreweave.sandbox.v1beta2.ListAvailableRunnersRequest\x1a\x37.coreweave.sandbox.v1beta2.ListAvailableRunnersResponse\x12v\n\x12GetAvailableRunner\x12\x34.coreweave.sandbox.v1beta2.GetAvailableRunnerRequest\x1a*.coreweave.sandbox.v1beta2.AvailableRunner\x12o\n\x0cListProfiles\x12..coreweave.sandbox.v1beta2.ListProfilesRequest\x1a/.coreweave.sandbox.v1beta2.ListProfilesResponse\x12\x65\n\nGetProfile\x12,.coreweave.sandbox.v1beta2.GetProfileRequest\x1a).coreweave.sandbox.v1beta2.ProfileSummaryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coreweave.sandbox.v1beta2.discovery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNNERVIEW']._serialized_start=2406
-  _globals['_RUNNERVIEW']._serialized_end=2492
+  _globals['_RUNNERVIEW']._serialized_start=2460
+  _globals['_RUNNERVIEW']._serialized_end=2546
   _globals['_AVAILABLERUNNER']._serialized_start=106
-  _globals['_AVAILABLERUNNER']._serialized_end=521
-  _globals['_RUNNERCAPABILITYSUMMARY']._serialized_start=524
-  _globals['_RUNNERCAPABILITYSUMMARY']._serialized_end=752
-  _globals['_RUNNERRESOURCESUMMARY']._serialized_start=755
-  _globals['_RUNNERRESOURCESUMMARY']._serialized_end=1128
-  _globals['_SERVICEEXPOSUREMODE']._serialized_start=1130
-  _globals['_SERVICEEXPOSUREMODE']._serialized_end=1165
-  _globals['_EGRESSMODE']._serialized_start=1167
-  _globals['_EGRESSMODE']._serialized_end=1193
-  _globals['_PROFILESUMMARY']._serialized_start=1196
-  _globals['_PROFILESUMMARY']._serialized_end=1530
-  _globals['_SANDBOXDWARMPOOL']._serialized_start=1532
-  _globals['_SANDBOXDWARMPOOL']._serialized_end=1610
-  _globals['_LISTAVAILABLERUNNERSREQUEST']._serialized_start=1613
-  _globals['_LISTAVAILABLERUNNERSREQUEST']._serialized_end=1867
-  _globals['_LISTAVAILABLERUNNERSRESPONSE']._serialized_start=1869
-  _globals['_LISTAVAILABLERUNNERSRESPONSE']._serialized_end=1985
-  _globals['_GETAVAILABLERUNNERREQUEST']._serialized_start=1987
-  _globals['_GETAVAILABLERUNNERREQUEST']._serialized_end=2086
-  _globals['_GETPROFILEREQUEST']._serialized_start=2088
-  _globals['_GETPROFILEREQUEST']._serialized_end=2148
-  _globals['_LISTPROFILESREQUEST']._serialized_start=2151
-  _globals['_LISTPROFILESREQUEST']._serialized_end=2294
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=2296
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=2404
-  _globals['_DISCOVERYSERVICE']._serialized_start=2495
-  _globals['_DISCOVERYSERVICE']._serialized_end=2987
+  _globals['_AVAILABLERUNNER']._serialized_end=575
+  _globals['_RUNNERCAPABILITYSUMMARY']._serialized_start=578
+  _globals['_RUNNERCAPABILITYSUMMARY']._serialized_end=806
+  _globals['_RUNNERRESOURCESUMMARY']._serialized_start=809
+  _globals['_RUNNERRESOURCESUMMARY']._serialized_end=1182
+  _globals['_SERVICEEXPOSUREMODE']._serialized_start=1184
+  _globals['_SERVICEEXPOSUREMODE']._serialized_end=1219
+  _globals['_EGRESSMODE']._serialized_start=1221
+  _globals['_EGRESSMODE']._serialized_end=1247
+  _globals['_PROFILESUMMARY']._serialized_start=1250
+  _globals['_PROFILESUMMARY']._serialized_end=1584
+  _globals['_SANDBOXDWARMPOOL']._serialized_start=1586
+  _globals['_SANDBOXDWARMPOOL']._serialized_end=1664
+  _globals['_LISTAVAILABLERUNNERSREQUEST']._serialized_start=1667
+  _globals['_LISTAVAILABLERUNNERSREQUEST']._serialized_end=1921
+  _globals['_LISTAVAILABLERUNNERSRESPONSE']._serialized_start=1923
+  _globals['_LISTAVAILABLERUNNERSRESPONSE']._serialized_end=2039
+  _globals['_GETAVAILABLERUNNERREQUEST']._serialized_start=2041
+  _globals['_GETAVAILABLERUNNERREQUEST']._serialized_end=2140
+  _globals['_GETPROFILEREQUEST']._serialized_start=2142
+  _globals['_GETPROFILEREQUEST']._serialized_end=2202
+  _globals['_LISTPROFILESREQUEST']._serialized_start=2205
+  _globals['_LISTPROFILESREQUEST']._serialized_end=2348
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=2350
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=2458
+  _globals['_DISCOVERYSERVICE']._serialized_start=2549
+  _globals['_DISCOVERYSERVICE']._serialized_end=3041
 # @@protoc_insertion_point(module_scope)

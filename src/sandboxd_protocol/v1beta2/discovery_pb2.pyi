@@ -21,7 +21,7 @@ RUNNER_VIEW_BASIC: RunnerView
 RUNNER_VIEW_FULL: RunnerView
 
 class AvailableRunner(_message.Message):
-    __slots__ = ("runner_id", "runner_group_id", "tags", "healthy", "capabilities", "resources", "profile_names", "connected_at", "is_shared", "cordoned", "draining", "drain_deadline")
+    __slots__ = ("runner_id", "runner_group_id", "tags", "healthy", "capabilities", "resources", "profile_names", "connected_at", "is_shared", "cordoned", "draining", "drain_deadline", "backed_off_until")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class AvailableRunner(_message.Message):
     CORDONED_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    BACKED_OFF_UNTIL_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     runner_group_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -46,7 +47,8 @@ class AvailableRunner(_message.Message):
     cordoned: bool
     draining: bool
     drain_deadline: _timestamp_pb2.Timestamp
-    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., healthy: _Optional[bool] = ..., capabilities: _Optional[_Union[RunnerCapabilitySummary, _Mapping]] = ..., resources: _Optional[_Union[RunnerResourceSummary, _Mapping]] = ..., profile_names: _Optional[_Iterable[str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_shared: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    backed_off_until: _timestamp_pb2.Timestamp
+    def __init__(self, runner_id: _Optional[str] = ..., runner_group_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., healthy: _Optional[bool] = ..., capabilities: _Optional[_Union[RunnerCapabilitySummary, _Mapping]] = ..., resources: _Optional[_Union[RunnerResourceSummary, _Mapping]] = ..., profile_names: _Optional[_Iterable[str]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_shared: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backed_off_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RunnerCapabilitySummary(_message.Message):
     __slots__ = ("max_cpu_millicores", "max_memory_bytes", "max_gpu_count", "supported_gpu_types", "supported_architectures", "supports_privileged", "available_storage_classes")

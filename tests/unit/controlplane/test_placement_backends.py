@@ -355,8 +355,13 @@ def test_a_backed_off_runner_is_counted_apart_while_its_backoff_lasts() -> None:
     assert _runners_by_state(registry) == {
         "healthy": 2, "unhealthy": 0, "cordoned": 0, "backed_off": 1
     }  # fmt: skip
+    listed = DiscoveryService(registry).list_runners(discovery_pb2.ListAvailableRunnersRequest())
+    skipped = {r.runner_id for r in listed.runners if r.HasField("backed_off_until")}
+    assert skipped == {"flaky"}  # discovery (and the console) show it too
     clock.now += 5  # the period ends: counted as placeable again
     assert _runners_by_state(registry)["backed_off"] == 0
+    listed = DiscoveryService(registry).list_runners(discovery_pb2.ListAvailableRunnersRequest())
+    assert not any(r.HasField("backed_off_until") for r in listed.runners)
 
 
 def test_a_runner_that_works_again_says_so_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
