@@ -199,5 +199,8 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None
                 said.stdout
             )
             assert NO_NETWORK in said.stdout, said.stdout
+            with cp.discovery() as client:  # what users and the web console see
+                assert client.get_runner("a-broken").HasField("backed_off_until")
+                assert not client.get_runner("b-fine").HasField("backed_off_until")
         finally:
             stop_all(gateway, running)
