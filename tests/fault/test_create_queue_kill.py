@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
-from tests.support.faults import RECOVERY, sandbox_pids, start_cluster, wait_until
+from tests.support.faults import RECOVERY, sandboxes_on_host, start_cluster, wait_until
 from tests.support.gateway import ExecResult
 from tests.support.hosts import HostNetwork
 
@@ -36,14 +36,10 @@ def test_creates_waiting_their_turn_when_the_runner_is_killed_all_run_after_its_
         gateway = cluster.gateway()
         with ThreadPoolExecutor(COUNT) as pool:  # all at once: one builds, the rest queue
             ids = list(pool.map(lambda _: gateway.create(cluster.runner_id), range(COUNT)))
-        wait_until(
-            "a first sandbox on the host",
-            lambda: any(sandbox_pids(s) for s in ids),
-            30,
-            interval=0.01,
-        )
+        wait_until("a first sandbox on the host", lambda: sandboxes_on_host(ids), 30, interval=0.01)
         cluster.runner.kill()
-        waiting = [s for s in ids if not sandbox_pids(s)]
+        built = sandboxes_on_host(ids)
+        waiting = [s for s in ids if s not in built]
         # One build at a time: of those not on the host, all but one at most were queued.
         assert len(waiting) >= 2, f"only {len(waiting)} of {COUNT} not yet built at the kill"
 

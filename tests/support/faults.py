@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
@@ -272,6 +272,21 @@ def sandbox_pids(sandbox_id: str) -> list[int]:
     """Host PIDs of every process in the sandbox's cgroup (its path carries the sandbox id)."""
     needle = f"/{sandbox_id}\n"
     return [pid for pid in _pids() if needle in _cgroup_text(pid)]
+
+
+def sandboxes_on_host(sandbox_ids: Collection[str]) -> set[str]:
+    """Which of ``sandbox_ids`` have a process on the host, from one pass over ``/proc``.
+
+    Why one pass: :func:`sandbox_pids` reads every process's cgroup file, and asking it for
+    each of a dozen sandboxes in turn took long enough on a busy CI host for the runner to
+    build most of them before a test that polls for the first one saw it.
+    """
+    needles = {f"/{sandbox_id}\n": sandbox_id for sandbox_id in sandbox_ids}
+    found: set[str] = set()
+    for pid in _pids():
+        text = _cgroup_text(pid)
+        found.update(sid for needle, sid in needles.items() if needle in text)
+    return found
 
 
 def wait_idle(sandbox_id: str, timeout: float = 10) -> None:
