@@ -102,8 +102,9 @@ class DiscoveryService(discovery_pb2_grpc.DiscoveryServiceServicer):
             if state.drain_deadline is not None:
                 message.draining = True
                 message.drain_deadline.FromDatetime(state.drain_deadline)
-        if self._registry.backed_off(state):  # its starts keep failing (start_backoff.py)
-            message.backed_off_until.FromDatetime(self._registry.backoff_ends_at(state))
+        until = self._registry.backed_off_until(state)  # its starts keep failing
+        if until is not None:
+            message.backed_off_until.FromDatetime(until)
         if view == discovery_pb2.RUNNER_VIEW_FULL:
             live = state.available
             message.resources.CopyFrom(

@@ -446,12 +446,12 @@ def _unusable(registry: RunnerRegistry, runner: RunnerState) -> tuple[str, str] 
     if runner.cordoned:
         what = "draining" if runner.drain_deadline is not None else "cordoned"
         return f"{what} by an administrator (no new sandboxes)", what
-    if registry.backed_off(runner):
+    until = registry.backed_off_until(runner)
+    if until is not None:
         starts = runner.starts
-        until = registry.backoff_ends_at(runner).isoformat(timespec="seconds")
         return (
             f"backed off after {starts.failures} failed starts: {starts.last_failure}, "
-            f"until {until}",
+            f"until {until.isoformat(timespec='seconds')}",
             "backed off",
         )
     return None

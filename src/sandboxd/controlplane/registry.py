@@ -297,10 +297,14 @@ class RunnerRegistry:
         """Whether placement skips this runner now because its starts keep failing."""
         return state.starts.backed_off(self._clock())
 
-    def backoff_ends_at(self, state: RunnerState) -> datetime:
-        """The wall-clock time a runner's current backoff ends (for explanations)."""
-        remaining = max(0.0, state.starts.until - self._clock())
-        return datetime.now(UTC) + timedelta(seconds=remaining)
+    def backed_off_until(self, state: RunnerState) -> datetime | None:
+        """The wall-clock time the runner's current backoff ends; None when it is not backed off.
+
+        For what people read (refusals, discovery, the admin's status), not for decisions.
+        """
+        if not self.backed_off(state):
+            return None
+        return datetime.now(UTC) + timedelta(seconds=state.starts.until - self._clock())
 
     def register(self, message: runner_pb2.Register) -> tuple[RunnerState, int]:
         """Record a (re)connected runner; returns its state and the new connection's id.

@@ -93,7 +93,6 @@ class RunnerLifecycle:
     def state(self, runner_id: str) -> RunnerLifecycleState:
         """Where ``runner_id`` stands now (NOT_FOUND if no such runner is known)."""
         runner = self._runner(runner_id)
-        backed_off = self._registry.backed_off(runner)
         return RunnerLifecycleState(
             runner_id=runner.runner_id,
             cordoned=runner.cordoned,
@@ -102,7 +101,7 @@ class RunnerLifecycle:
             healthy=self._registry.is_healthy(runner),
             failed_starts=runner.starts.failures,
             last_start_failure=runner.starts.last_failure,
-            backed_off_until=self._registry.backoff_ends_at(runner) if backed_off else None,
+            backed_off_until=self._registry.backed_off_until(runner),
         )
 
     async def cordon(self, runner_id: str) -> RunnerLifecycleState:
