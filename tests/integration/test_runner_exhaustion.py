@@ -11,10 +11,12 @@ reservation back, so ``a-full`` stayed the least loaded. Now:
 * a start that fails for want of disk anyway (it filled up since the last heartbeat) is
   ``RESOURCE_EXHAUSTED`` / ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED``, which the start backoff
   holds against the runner, and the runner reports the room it has left in a heartbeat
-  sent just before that failure.
+  sent just before that failure; the control plane moves that start to the other runner
+  (``controlplane/start_moves.py``), so the sandbox runs after all.
 
 The same holds for a runner whose host cannot make sandbox networks (its firewall refuses
-every change): its failures count against it, and after three the Starts go elsewhere.
+every change): its failures count against it and its starts move elsewhere, and after
+three the Starts go elsewhere directly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from cwsandbox import Sandbox
+from cwsandbox._events import iter_events
 from sandboxd.controlplane.start_backoff import FAILURES_BEFORE_BACKOFF
 from sandboxd.up import ensure_default_image
 from sandboxd_protocol.v1beta2 import gateway_pb2 as g
@@ -130,26 +134,55 @@ def test_a_runner_whose_disk_is_full_gets_no_starts(tmp_path: Path) -> None:
             stop_all(gateway, running)
 
 
-def test_a_runner_whose_disk_fills_up_fails_one_start_only(tmp_path: Path) -> None:
+def test_a_runner_whose_disk_fills_up_hands_its_start_to_another(tmp_path: Path) -> None:
     """The disk fills up after the runner said it had room (heartbeats 20 s apart): the
-    start placed there fails, naming the runner's disk, and counts against the runner. The
-    runner sends a heartbeat with the room it has left before the failure, so the next
-    Start already goes to ``b-roomy``. Before, the next regular heartbeat (20 s here) or the
-    backoff (after three failures) did; and before that, every Start failed on ``a-full``."""
+    start placed there fails for want of room, counts against the runner, and the control
+    plane moves it to ``b-roomy``, where it runs under the same id; the client never sees
+    a failure. The runner sends a heartbeat with the room it has left before the failure,
+    so the next Start goes to ``b-roomy`` at once. Before, that sandbox ended FAILED; and
+    before that, every Start failed on ``a-full``."""
     with two_runners(tmp_path, full="after", heartbeat=20) as (gateway, _):
         running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
-            failed = starts_until_one_runs(gateway, running, "b-roomy", tries=4)
-            [one] = failed
-            assert one.runner_id == "a-full"
-            assert one.status_reason.startswith(NO_ROOM), one.status_reason
+            running.append(start(gateway))  # placed on a-full, the least loaded
+            got = wait_status(
+                gateway, running[-1], g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
+            )
+            assert (got.sandbox_status, got.runner_id) == (g.SANDBOX_STATUS_RUNNING, "b-roomy")
             _, violations = details(refused(gateway, runner_ids=["a-full"]))
             [(field, description)] = violations
             assert field == "runner_ids"
             assert description.startswith(SKIPPED), description  # the room, not a backoff
+            assert starts_until_one_runs(gateway, running, "b-roomy", tries=1) == []
         finally:
             stop_all(gateway, running)
+
+
+def test_our_client_never_sees_the_moved_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Sandbox.run()`` and an exec, as the guide writes them, while the runner the start
+    is placed on has no room: the client's first exec was sent to that runner to wait for
+    the start (``exec-waits-running``), which refuses it once the start failed there; the
+    client then asks Get, sees the sandbox still starting (moved), and sends the exec again
+    once it runs on ``b-roomy``."""
+    with two_runners(tmp_path, full="after", heartbeat=20) as (gateway, cp):
+        keep = [start(gateway, runner_ids=["b-roomy"])]  # so a-full is the least loaded
+        try:
+            assert wait_status(gateway, keep[0], g.SANDBOX_STATUS_RUNNING).runner_id
+            monkeypatch.setenv("CWSANDBOX_BASE_URL", cp.url)
+            monkeypatch.setenv("CWSANDBOX_API_KEY", cp.admin_key)
+            with Sandbox.run() as sandbox:
+                result = sandbox.exec(["echo", "ran after all"]).result()
+                assert (result.returncode, result.stdout) == (0, "ran after all\n")
+                got = gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox.sandbox_id), timeout=30)
+                assert got.runner_id == "b-roomy"
+                trail = [(e.kind, e.data) for e in iter_events(sandbox.sandbox_id)]
+                moved = {"runner_id": "b-roomy", "from_runner_id": "a-full"}
+                assert ("moved", moved) in trail, trail
+        finally:
+            stop_all(gateway, keep)
 
 
 BROKEN_FIREWALL = """#!/bin/sh
@@ -162,9 +195,10 @@ exit 1
 def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None:
     """``a-broken`` cannot make any sandbox network: its ``iptables-restore`` fails (a
     script that stands in for a broken host firewall, first on its ``PATH``; everything
-    else is real). Each start there fails naming the network, counts against the runner
-    (``HostNetworkFailed`` is the backend being unavailable), and after three the backoff
-    sends Starts to ``b-fine``. Before, the failure was a plain start error: not counted,
+    else is real). Each start there fails naming the network and counts against the runner
+    (``HostNetworkFailed`` is the backend being unavailable); a start pinned there ends
+    FAILED, the others move to ``b-fine`` and run. After three failures the backoff sends
+    Starts to ``b-fine`` directly. Before, the failure was a plain start error: not counted,
     so ``a-broken`` stayed the least loaded and every Start of the cluster failed on it."""
     tools = tmp_path / "broken-firewall"
     tools.mkdir()
@@ -175,14 +209,20 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None
         running = [start(gateway, runner_ids=["b-fine"])]  # b-fine is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
-            failed = starts_until_one_runs(
-                gateway, running, "b-fine", tries=FAILURES_BEFORE_BACKOFF + 2
-            )
-            assert len(failed) == FAILURES_BEFORE_BACKOFF
-            for got in failed:
-                assert got.runner_id == "a-broken"
-                assert NO_NETWORK in got.status_reason, got.status_reason
-                assert "the kernel's tables cannot be reached" in got.status_reason
+            pinned = start(gateway, runner_ids=["a-broken"])  # no other runner may take it
+            got = wait_status(gateway, pinned, g.SANDBOX_STATUS_FAILED)
+            assert got.runner_id == "a-broken"
+            assert NO_NETWORK in got.status_reason, got.status_reason
+            assert "the kernel's tables cannot be reached" in got.status_reason
+            for _ in range(FAILURES_BEFORE_BACKOFF - 1):  # each tried on a-broken first
+                running.append(start(gateway))
+                got = wait_status(
+                    gateway, running[-1], g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
+                )
+                assert (got.sandbox_status, got.runner_id) == (
+                    g.SANDBOX_STATUS_RUNNING,
+                    "b-fine",
+                ), got.status_reason
             _, violations = details(refused(gateway, runner_ids=["a-broken"]))
             [(field, description)] = violations
             assert field == "runner_ids"

@@ -80,6 +80,7 @@ STREAMING = "/coreweave.sandbox.v1beta2.GatewayStreamingService/"
 class _Seen:
     status: int
     desired: Desired
+    runner_id: str = ""
 
 
 class EventLog:
@@ -182,7 +183,7 @@ class EventLog:
         "deleted") not at all. Call after the records loaded and before :meth:`recover`.
         """
         for record in records:
-            seen = _Seen(record.status, record.desired)
+            seen = _Seen(record.status, record.desired, record.runner_id)
             if record.status not in TERMINAL_STATUSES:
                 self._seen.setdefault(record.sandbox_id, seen)
             elif record.desired is not Desired.DELETED:
@@ -267,6 +268,15 @@ class EventLog:
                 image=record.image,
             )
         runner = f"runner:{record.runner_id}"
+        if before is not None and before.runner_id and before.runner_id != record.runner_id:
+            # Its first runner failed the start (start_moves.py).
+            self.note(
+                record,
+                "moved",
+                CONTROL_PLANE,
+                runner_id=record.runner_id,
+                from_runner_id=before.runner_id,
+            )
         if before is None or before.status != status:
             if status == 2:
                 kind = "resumed" if before is not None and before.status == PAUSED else "running"
@@ -292,7 +302,7 @@ class EventLog:
             elif desired is Desired.DELETED:
                 self.note(record, "deleted", CONTROL_PLANE)
         if status not in TERMINAL_STATUSES:
-            self._seen[sandbox_id] = _Seen(status, desired)
+            self._seen[sandbox_id] = _Seen(status, desired, record.runner_id)
             return
         self._seen.pop(sandbox_id, None)
         if desired is Desired.DELETED:

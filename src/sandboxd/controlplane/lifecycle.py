@@ -22,7 +22,7 @@ import grpc
 
 from sandboxd.controlplane.caller import current_caller
 from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
-from sandboxd.controlplane.placement import Placement, place
+from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.quotas import Quotas
 from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
@@ -37,12 +37,11 @@ from sandboxd.controlplane.sandbox_model import (
     start_deadline,
 )
 from sandboxd.controlplane.sandbox_records import SandboxRecords
-from sandboxd.controlplane.secret_refs import references
+from sandboxd.controlplane.sandbox_spec import build_spec, placed_fields
 from sandboxd.controlplane.secrets import Secrets
+from sandboxd.controlplane.start_moves import StartMoves
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd.errors import ApiError, invalid_argument
-from sandboxd.snapshots.scratch_request import scratch_volume
-from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from sandboxd_protocol.v1beta2 import gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -95,66 +94,6 @@ def file_too_large(path: str, size: int, cap: int) -> ApiError:
     )
 
 
-def build_spec(
-    sandbox_id: str, request: SandboxRequest, placement: Placement
-) -> runner_pb2.SandboxSpec:
-    """The runner's instructions: the request resolved against the chosen profile."""
-    ceilings = placement.profile.quantities  # parsed once, when the configuration loaded
-    spec = runner_pb2.SandboxSpec(
-        sandbox_id=sandbox_id,
-        image=placement.image,
-        command=request.command,
-        environment=request.environment,
-        cpu_millicores=placement.cpu_limit,
-        memory_bytes=placement.memory_limit,
-        gpu_count=placement.gpu_count,
-        gpu_type=placement.gpu_type,
-        disk_bytes=placement.disk_bytes,
-        pids_max=placement.pids_max,
-        network=runner_pb2.NetworkPolicy(
-            egress_mode=placement.egress_mode,
-            egress_type=placement.egress_type.value,
-            egress_cidrs=placement.egress_cidrs,
-            ingress_mode=placement.ingress_mode,
-            ingress_type=placement.ingress_type,
-            exposed_ports=request.exposed_ports,
-        ),
-        mounted_files=[runner_pb2.MountedFile(path=p, content=c) for p, c in request.mounted_files],
-        max_lifetime_seconds=placement.max_lifetime_seconds,
-        profile_name=placement.profile.profile_name,
-        reservation=runner_pb2.Reservation(
-            cpu_millicores=placement.cpu_request,
-            memory_bytes=placement.memory_request,
-            gpu_count=placement.gpu_count,
-        ),
-        limits=runner_pb2.ProfileLimits(
-            max_cpu_millicores=ceilings.max_cpu_millicores or 0,
-            max_memory_bytes=ceilings.max_memory_bytes or 0,
-            max_gpu_count=ceilings.max_gpu_count or 0,
-            max_disk_bytes=ceilings.max_disk_bytes or 0,
-            max_pids=ceilings.max_pids or 0,
-            egress_types=ceilings.egress_types,
-        ),
-        secret_references=references(request.secrets),
-    )
-    if request.scratch is not None:
-        spec.scratch.CopyFrom(scratch_volume(request.scratch, ceilings.max_disk_bytes))
-    for volume in request.volumes:
-        source = runner_pb2.VolumeSource(
-            organization=volume.organization,
-            claim_name=volume.claim_name,
-            sub_path=volume.sub_path,
-        )
-        spec.volumes.add(
-            name=volume.name,
-            volume_id=volume.volume_id,
-            source=source,
-            mount_path=volume.mount_path,
-            read_only=volume.read_only,
-        )
-    return spec
-
-
 class Lifecycle:
     """Sandbox operations: each writes desired state, and waits only where the API must."""
 
@@ -165,12 +104,16 @@ class Lifecycle:
         quotas: Quotas,
         reconcilers: Reconcilers,
         secrets: Secrets | None = None,
+        *,
+        moves: StartMoves | None = None,
     ) -> None:
         self.registry = registry
         self.secrets = secrets
         self.records = records
         self.quotas = quotas
         self.reconcilers = reconcilers
+        # The requests of starting sandboxes, for moving a start its runner failed.
+        self.moves = moves if moves is not None else StartMoves(records, registry)
 
     async def record(self, sandbox_id: str) -> SandboxRecord:
         """The record with this id as the current caller may see it, else NOT_FOUND.
@@ -250,25 +193,20 @@ class Lifecycle:
         created = now()
         record = SandboxRecord(
             sandbox_id=sandbox_id,
-            runner_id=placement.runner.runner_id,
-            runner_group_id=placement.runner.runner_group_id,
-            profile_name=placement.profile.profile_name,
-            image=placement.image,
             owner_org=owner,
-            spec=spec.SerializeToString(),
             tags=list(request.tags),
             exposed_ports=list(request.exposed_ports),
-            applied_egress_mode=placement.egress_mode,
-            applied_ingress_mode=placement.ingress_mode,
-            reserved_cpu_millicores=placement.cpu_request,
-            reserved_memory_bytes=placement.memory_request,
-            reserved_gpu_count=placement.gpu_count,
-            cpu_limit_millicores=placement.cpu_limit,
-            memory_limit_bytes=placement.memory_limit,
             created_at=created,
             start_deadline=start_deadline(created),
+            **placed_fields(placement, spec),
         )
-        await self.records.add(record)  # the reconciler is kicked by the change
+        # Held until the sandbox runs or ends: another runner may have to take it over.
+        self.moves.hold(sandbox_id, request)
+        try:
+            await self.records.add(record)  # the reconciler is kicked by the change
+        except BaseException:
+            self.moves.release(sandbox_id)
+            raise
         if not request.exposed_ports:
             return record
         done = await self.records.wait_for(

@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sandboxd.controlplane.operations import Operations
@@ -38,6 +38,7 @@ from sandboxd.controlplane.reconciler import Reconcilers
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import SandboxRecord
 from sandboxd.controlplane.sandbox_records import SandboxRecords
+from sandboxd.controlplane.start_moves import StartMoves
 
 __all__ = [
     "ControlPlaneMetrics",
@@ -248,11 +249,13 @@ class PlatformCollector(Collector):
         records: SandboxRecords,
         operations: Operations,
         reconcilers: Reconcilers,
+        moves: StartMoves | None = None,
     ) -> None:
         self._registry = registry
         self._records = records
         self._operations = operations
         self._reconcilers = reconcilers
+        self._moves = moves
 
     def collect(self) -> Iterator[Metric]:
         """Runners by state, sandboxes by status and profile, streams, queues, capacity."""
@@ -311,6 +314,12 @@ class PlatformCollector(Collector):
             "Sandboxes waiting for their runner's reconciler.",
             value=self._reconcilers.queue_depth(),
         )
+        if self._moves is not None:
+            yield CounterMetricFamily(
+                "sandboxd_start_moves",
+                "Starts a runner failed for its own reasons that another runner took over.",
+                value=self._moves.moved,
+            )
 
 
 # (handler attribute, how to make a handler of that kind, whether the response streams)

@@ -412,10 +412,15 @@ def _first_fit(request: SandboxRequest, runner: RunnerState, fits: _Fits) -> Pla
 
 
 def _least_loaded(
-    registry: RunnerRegistry, request: SandboxRequest, fits: _Fits
+    registry: RunnerRegistry,
+    request: SandboxRequest,
+    fits: _Fits,
+    avoid: frozenset[str] = frozenset(),
 ) -> Placement | None:
     """Walk runners from the least loaded; the first that fits is the least loaded fit."""
     for runner in registry.by_load(with_gpus=request.gpu_count > 0):
+        if runner.runner_id in avoid:
+            continue
         if fits.promising(runner) and registry.can_take_sandboxes(runner):
             placement = _first_fit(request, runner, fits)
             if placement is not None:
@@ -424,11 +429,16 @@ def _least_loaded(
 
 
 def _best_of_named(
-    registry: RunnerRegistry, request: SandboxRequest, fits: _Fits
+    registry: RunnerRegistry,
+    request: SandboxRequest,
+    fits: _Fits,
+    avoid: frozenset[str] = frozenset(),
 ) -> Placement | None:
     """Among the runners the request names, the least loaded that fits."""
     found = []
     for runner_id in dict.fromkeys(request.runner_ids):
+        if runner_id in avoid:
+            continue
         runner = registry.get(runner_id)
         if runner is not None and registry.can_take_sandboxes(runner):
             placement = _first_fit(request, runner, fits)
@@ -549,3 +559,18 @@ def place(registry: RunnerRegistry, request: SandboxRequest) -> Placement:
     if isinstance(outcome, Placement):
         return outcome
     raise outcome
+
+
+def place_elsewhere(
+    registry: RunnerRegistry, request: SandboxRequest, avoid: frozenset[str]
+) -> Placement | None:
+    """Where ``request`` fits on a usable runner outside ``avoid``; None if nowhere.
+
+    For a start moved off the runners that failed it (``start_moves.py``): the request was
+    placed once already, so its names exist, and nothing is explained when it fits nowhere
+    (the start then fails with its runner's own reason).
+    """
+    fits = _Fits(request)
+    if request.runner_ids:
+        return _best_of_named(registry, request, fits, avoid)
+    return _least_loaded(registry, request, fits, avoid)

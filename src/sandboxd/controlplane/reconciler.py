@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -69,6 +69,8 @@ RECHECK_SECONDS = 1.0
 LOST_REASON = "lost: its runner no longer has it"
 
 StartNote = Callable[[str, bool, str], None]
+MoveStart = Callable[[SandboxRecord, ApiError], Awaitable[bool]]
+"""Moves a start its runner failed to another runner (``StartMoves.move``): True if moved."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,15 @@ class RunnerReconciler:
         registry: RunnerRegistry,
         note_start: StartNote,
         secrets: Secrets | None = None,
+        *,
+        move_start: MoveStart | None = None,
     ) -> None:
         self.runner_id = runner_id
         self._records = records
         self._registry = registry
         self._note_start = note_start
         self._secrets = secrets
+        self._move_start = move_start
         self._wake = asyncio.Event()
         self._inflight: dict[str, InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -303,6 +308,8 @@ class RunnerReconciler:
                 raise NoProgress from None
             if blames_runner(error):  # placement backs off runners whose starts keep failing
                 self._note_start(self.runner_id, False, error.message)
+                if self._move_start is not None and await self._move_start(record, error):
+                    return  # another runner's reconciler starts it (start_moves.py)
             await self._observe(
                 record.sandbox_id,
                 Report(Observed.FAILED, record.generation, reason=error.message),
@@ -531,11 +538,17 @@ class Reconcilers:
     """The reconcilers of every runner, created on first need."""
 
     def __init__(
-        self, records: SandboxRecords, registry: RunnerRegistry, secrets: Secrets | None = None
+        self,
+        records: SandboxRecords,
+        registry: RunnerRegistry,
+        secrets: Secrets | None = None,
+        *,
+        move_start: MoveStart | None = None,
     ) -> None:
         self._records = records
         self._registry = registry
         self._secrets = secrets
+        self._move_start = move_start
         self._by_runner: dict[str, RunnerReconciler] = {}
         records.on_change = lambda record: self.of(record.runner_id).kick(record.sandbox_id)
 
@@ -552,7 +565,12 @@ class Reconcilers:
         reconciler = self._by_runner.get(runner_id)
         if reconciler is None:
             reconciler = RunnerReconciler(
-                runner_id, self._records, self._registry, self.note_start, self._secrets
+                runner_id,
+                self._records,
+                self._registry,
+                self.note_start,
+                self._secrets,
+                move_start=self._move_start,
             )
             self._by_runner[runner_id] = reconciler
         return reconciler

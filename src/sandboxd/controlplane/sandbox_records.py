@@ -295,6 +295,10 @@ class SandboxRecords:
         self._usage.replace(self._records.pop(sandbox_id, None), None)
 
     def _remember(self, record: SandboxRecord) -> None:
+        before = self._records.get(record.sandbox_id)
+        if before is not None and before.runner_id != record.runner_id:
+            # A start moved to another runner (start_moves.py): the first one holds nothing.
+            self._registry.release(before.runner_id, record.sandbox_id)
         self._put(record)
         if record.live:
             self._registry.reserve(record.runner_id, record.sandbox_id, record.reservation())

@@ -62,6 +62,7 @@ from sandboxd.controlplane.sandbox_records import SandboxRecords
 from sandboxd.controlplane.secret_store_service import SecretStoreService
 from sandboxd.controlplane.secrets import open_secrets
 from sandboxd.controlplane.snapshot_stops import stop_after_lost_snapshots
+from sandboxd.controlplane.start_moves import StartMoves
 from sandboxd.controlplane.streaming import StreamingService
 from sandboxd.controlplane.v1.resources_db import V1Resources
 from sandboxd.controlplane.v1.services import add_v1_services
@@ -200,14 +201,19 @@ class ControlPlane:
             self.store.close()
             where = describe(self.store.url)
             raise DatabaseProblem(f"cannot read {where}: {exc}") from None
-        self.reconcilers = Reconcilers(self.sandboxes, self.registry, self.secrets)
+        self.start_moves = StartMoves(self.sandboxes, self.registry)
+        self.reconcilers = Reconcilers(
+            self.sandboxes, self.registry, self.secrets, move_start=self.start_moves.move
+        )
         self.lifecycle = Lifecycle(
             self.registry,
             self.sandboxes,
             Quotas(settings.config.quotas),
             self.reconcilers,
             self.secrets,
+            moves=self.start_moves,
         )
+        self._also_on_change(self.start_moves.observe_record)
         self.cluster_id = ""
         self._collector: asyncio.Task[None] | None = None
         self.operations = Operations(self.registry)
@@ -218,7 +224,13 @@ class ControlPlane:
         self.metrics_routes: dict[str, CollectorRegistry] = {}
         if self.metrics is not None:
             self.metrics.registry.register(
-                PlatformCollector(self.registry, self.sandboxes, self.operations, self.reconcilers)
+                PlatformCollector(
+                    self.registry,
+                    self.sandboxes,
+                    self.operations,
+                    self.reconcilers,
+                    self.start_moves,
+                )
             )
             self._also_on_change(self.metrics.observe_record)
         # The activity trail (events.py): every record change, and calls on sandboxes.

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import cast
 
 from sandboxd.config import ResolvedProfile
-from sandboxd.controlplane.lifecycle import build_spec
 from sandboxd.controlplane.placement import Placement, _fit_profile
 from sandboxd.controlplane.registry import RunnerState
+from sandboxd.controlplane.sandbox_spec import build_spec
 from sandboxd.controlplane.start_request import SandboxRequest
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
 from sandboxd_protocol.v1beta2 import discovery_pb2

@@ -15,9 +15,9 @@ import pytest
 import sandboxd_protocol.quantities
 from sandboxd.config import parse_config
 from sandboxd.controlplane import placement
-from sandboxd.controlplane.lifecycle import build_spec
 from sandboxd.controlplane.placement import Placement, place
 from sandboxd.controlplane.registry import RunnerRegistry
+from sandboxd.controlplane.sandbox_spec import build_spec
 from sandboxd.controlplane.start_request import SandboxRequest, parse_start_request
 from sandboxd.errors import ApiError
 from sandboxd_protocol.sandboxd_v1 import runner_pb2
