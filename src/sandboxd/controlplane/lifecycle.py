@@ -112,8 +112,9 @@ class Lifecycle:
         self.records = records
         self.quotas = quotas
         self.reconcilers = reconcilers
-        # The requests of starting sandboxes, for moving a start its runner failed.
-        self.moves = moves if moves is not None else StartMoves(records, registry)
+        # The requests of starting sandboxes, for moving a start its runner failed (None:
+        # starts are not moved). Its ``observe_record`` must see every record change.
+        self.moves = moves
 
     async def record(self, sandbox_id: str) -> SandboxRecord:
         """The record with this id as the current caller may see it, else NOT_FOUND.
@@ -201,11 +202,13 @@ class Lifecycle:
             **placed_fields(placement, spec),
         )
         # Held until the sandbox runs or ends: another runner may have to take it over.
-        self.moves.hold(sandbox_id, request)
+        if self.moves is not None:
+            self.moves.hold(sandbox_id, request)
         try:
             await self.records.add(record)  # the reconciler is kicked by the change
         except BaseException:
-            self.moves.release(sandbox_id)
+            if self.moves is not None:
+                self.moves.release(sandbox_id)
             raise
         if not request.exposed_ports:
             return record
