@@ -134,14 +134,25 @@ def test_a_runner_whose_disk_is_full_gets_no_starts(tmp_path: Path) -> None:
             stop_all(gateway, running)
 
 
-def test_a_runner_whose_disk_fills_up_hands_its_start_to_another(tmp_path: Path) -> None:
+def moved_between(
+    cp: ControlPlaneProcess, sandbox_id: str, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, object]]:
+    """The ``moved`` events of ``sandbox_id``'s trail (read as the admin)."""
+    monkeypatch.setenv("CWSANDBOX_BASE_URL", cp.url)
+    monkeypatch.setenv("CWSANDBOX_API_KEY", cp.admin_key)
+    return [e.data for e in iter_events(sandbox_id) if e.kind == "moved"]
+
+
+def test_a_runner_whose_disk_fills_up_hands_its_start_to_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The disk fills up after the runner said it had room (heartbeats 20 s apart): the
     start placed there fails for want of room, counts against the runner, and the control
     plane moves it to ``b-roomy``, where it runs under the same id; the client never sees
     a failure. The runner sends a heartbeat with the room it has left before the failure,
     so the next Start goes to ``b-roomy`` at once. Before, that sandbox ended FAILED; and
     before that, every Start failed on ``a-full``."""
-    with two_runners(tmp_path, full="after", heartbeat=20) as (gateway, _):
+    with two_runners(tmp_path, full="after", heartbeat=20) as (gateway, cp):
         running = [start(gateway, runner_ids=["b-roomy"])]  # b-roomy is now the more loaded
         try:
             assert wait_status(gateway, running[0], g.SANDBOX_STATUS_RUNNING).runner_id
@@ -150,6 +161,8 @@ def test_a_runner_whose_disk_fills_up_hands_its_start_to_another(tmp_path: Path)
                 gateway, running[-1], g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
             )
             assert (got.sandbox_status, got.runner_id) == (g.SANDBOX_STATUS_RUNNING, "b-roomy")
+            moved = moved_between(cp, running[-1], monkeypatch)
+            assert moved == [{"runner_id": "b-roomy", "from_runner_id": "a-full"}]
             _, violations = details(refused(gateway, runner_ids=["a-full"]))
             [(field, description)] = violations
             assert field == "runner_ids"
@@ -178,9 +191,8 @@ def test_our_client_never_sees_the_moved_start(
                 assert (result.returncode, result.stdout) == (0, "ran after all\n")
                 got = gateway.Get(g.GetSandboxRequest(sandbox_id=sandbox.sandbox_id), timeout=30)
                 assert got.runner_id == "b-roomy"
-                trail = [(e.kind, e.data) for e in iter_events(sandbox.sandbox_id)]
-                moved = {"runner_id": "b-roomy", "from_runner_id": "a-full"}
-                assert ("moved", moved) in trail, trail
+                moved = moved_between(cp, sandbox.sandbox_id, monkeypatch)
+                assert moved == [{"runner_id": "b-roomy", "from_runner_id": "a-full"}]
         finally:
             stop_all(gateway, keep)
 
@@ -192,7 +204,9 @@ exit 1
 """
 
 
-def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None:
+def test_a_runner_whose_firewall_is_broken_is_backed_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``a-broken`` cannot make any sandbox network: its ``iptables-restore`` fails (a
     script that stands in for a broken host firewall, first on its ``PATH``; everything
     else is real). Each start there fails naming the network and counts against the runner
@@ -223,6 +237,9 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(tmp_path: Path) -> None
                     g.SANDBOX_STATUS_RUNNING,
                     "b-fine",
                 ), got.status_reason
+                assert moved_between(cp, running[-1], monkeypatch) == [
+                    {"runner_id": "b-fine", "from_runner_id": "a-broken"}
+                ]
             _, violations = details(refused(gateway, runner_ids=["a-broken"]))
             [(field, description)] = violations
             assert field == "runner_ids"
