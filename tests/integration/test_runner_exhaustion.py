@@ -36,7 +36,7 @@ from sandboxd_protocol.v1beta2 import gateway_pb2 as g
 from sandboxd_protocol.v1beta2 import gateway_pb2_grpc
 from tests.integration.test_placement_backends import refused, start, wait_status
 from tests.integration.test_placement_rejections import details
-from tests.support.faults import sandboxd_admin
+from tests.support.faults import backend_key, sandbox_pids, sandboxd_admin, wait_until
 from tests.support.postgres import small_tmpfs
 from tests.support.processes import ControlPlaneProcess, RunnerProcess
 
@@ -261,3 +261,69 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(
                 assert not client.get_runner("b-fine").HasField("backed_off_until")
         finally:
             stop_all(gateway, running)
+
+
+SLOW_BROKEN_FIREWALL = """#!/bin/sh
+# sandboxd's test: a broken host firewall that takes its time to refuse each change.
+sleep 0.05
+echo "iptables-restore: line 2 failed: the kernel's tables cannot be reached" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("moment", ["while it fails", "once moved"])
+def test_a_control_plane_killed_while_a_start_moves_runs_it_once_or_fails_it(
+    tmp_path: Path, moment: str
+) -> None:
+    """The control plane is SIGKILLed right after a Start that lands on ``a-broken`` (whose
+    firewall refuses each change after a moment), or right after the start was moved to
+    ``b-fine``, and restarts on the same data. Either way the sandbox then settles in
+    exactly one place: RUNNING on ``b-fine`` once the move was stored (``b-fine`` may or
+    may not have had the start: it is sent again), else FAILED on ``a-broken`` naming the
+    network (a restarted control plane holds no request to move, and tries ``a-broken``
+    again). Its processes run on ``b-fine`` only, or nowhere."""
+    tools = tmp_path / "slow-broken-firewall"
+    tools.mkdir()
+    (tools / "iptables-restore").write_text(SLOW_BROKEN_FIREWALL)
+    (tools / "iptables-restore").chmod(0o755)
+    env = {"PATH": f"{tools}:{os.environ['PATH']}"}
+    with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as (gateway, cp):
+        keep = [start(gateway, runner_ids=["b-fine"])]  # so a-broken is the least loaded
+        try:
+            assert wait_status(gateway, keep[0], g.SANDBOX_STATUS_RUNNING).runner_id
+            sandbox_id = start(gateway)
+            if moment == "once moved":
+                request = g.GetSandboxRequest(sandbox_id=sandbox_id)
+                wait_until(
+                    "the start moved to b-fine",
+                    lambda: gateway.Get(request, timeout=10).runner_id == "b-fine",
+                    60,
+                    interval=0.01,
+                )
+            cp.kill()
+            cp.start()
+            with cp.channel() as channel:
+                again: Gateway = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+                got = wait_status(
+                    again, sandbox_id, g.SANDBOX_STATUS_RUNNING, g.SANDBOX_STATUS_FAILED
+                )
+                if got.sandbox_status == g.SANDBOX_STATUS_RUNNING:
+                    assert got.runner_id == "b-fine"
+                    b_group = f"sandboxd-{backend_key(tmp_path / 'b-data')}/{sandbox_id}"
+                    pids = wait_until("its processes", lambda: sandbox_pids(sandbox_id), 30)
+                    for pid in pids:
+                        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+                        assert b_group in cgroup, cgroup
+                    keep.append(sandbox_id)
+                else:
+                    assert moment == "while it fails", got
+                    assert got.runner_id == "a-broken"
+                    assert NO_NETWORK in got.status_reason, got.status_reason
+                    wait_until(
+                        "nothing of it on the host", lambda: not sandbox_pids(sandbox_id), 30
+                    )
+                stop_all(again, keep)
+                keep.clear()
+        finally:
+            if keep:
+                stop_all(gateway, keep)
