@@ -204,6 +204,14 @@ exit 1
 """
 
 
+def firewall_env(tools: Path, script: str) -> dict[str, str]:
+    """A runner's environment whose ``iptables-restore`` is ``script`` (put in ``tools``)."""
+    tools.mkdir()
+    (tools / "iptables-restore").write_text(script)
+    (tools / "iptables-restore").chmod(0o755)
+    return {"PATH": f"{tools}:{os.environ['PATH']}"}
+
+
 def test_a_runner_whose_firewall_is_broken_is_backed_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,11 +222,7 @@ def test_a_runner_whose_firewall_is_broken_is_backed_off(
     FAILED, the others move to ``b-fine`` and run. After three failures the backoff sends
     Starts to ``b-fine`` directly. Before, the failure was a plain start error: not counted,
     so ``a-broken`` stayed the least loaded and every Start of the cluster failed on it."""
-    tools = tmp_path / "broken-firewall"
-    tools.mkdir()
-    (tools / "iptables-restore").write_text(BROKEN_FIREWALL)
-    (tools / "iptables-restore").chmod(0o755)
-    env = {"PATH": f"{tools}:{os.environ['PATH']}"}
+    env = firewall_env(tmp_path / "broken-firewall", BROKEN_FIREWALL)
     with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as (gateway, cp):
         running = [start(gateway, runner_ids=["b-fine"])]  # b-fine is now the more loaded
         try:
@@ -282,11 +286,7 @@ def test_a_control_plane_killed_while_a_start_moves_runs_it_once_or_fails_it(
     may not have had the start: it is sent again), else FAILED on ``a-broken`` naming the
     network (a restarted control plane holds no request to move, and tries ``a-broken``
     again). Its processes run on ``b-fine`` only, or nowhere."""
-    tools = tmp_path / "slow-broken-firewall"
-    tools.mkdir()
-    (tools / "iptables-restore").write_text(SLOW_BROKEN_FIREWALL)
-    (tools / "iptables-restore").chmod(0o755)
-    env = {"PATH": f"{tools}:{os.environ['PATH']}"}
+    env = firewall_env(tmp_path / "slow-broken-firewall", SLOW_BROKEN_FIREWALL)
     with two_runners(tmp_path, ("a-broken", "b-fine"), first_env=env) as (gateway, cp):
         keep = [start(gateway, runner_ids=["b-fine"])]  # so a-broken is the least loaded
         try:
