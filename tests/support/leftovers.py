@@ -1,4 +1,5 @@
-"""What sandboxd left on this host: namespaces, links, firewall rules and processes.
+"""What sandboxd left on this host: namespaces, links, firewall rules, empty subnet claims
+and processes.
 
 Why a suite-wide check: a leaked veth keeps its subnet's host address, and the next sandbox
 given that subnet reaches nothing (a CI run failed that way, far from the test that leaked
@@ -9,6 +10,7 @@ counting only what appeared during it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ import subprocess
 import time
 
 NETNS_DIR = "/run/netns"
+IPAM_DIR = "/run/sandboxd/ipam"
 # Sandbox veths are ``sbx<tag>``; the test helpers' own links start with ``sbx`` too.
 LINK_PREFIX = "sbx"
 
@@ -39,6 +42,17 @@ def host_network_leftovers() -> set[str]:
         for line in _run("iptables-save", "-t", table).splitlines():
             if "sandboxd:" in line or re.match(r"^:(SBX-|SANDBOXD-)", line):
                 found.add(f"{table} {line}")
+    # An empty subnet claim names no backend, so nothing could ever give it back
+    # (backends/local/claim_files.py); claims that name one are the orphan sweep's.
+    if os.path.isdir(IPAM_DIR):
+        for pool in os.listdir(IPAM_DIR):
+            directory = os.path.join(IPAM_DIR, pool)
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    path = os.path.join(directory, name)
+                    with contextlib.suppress(OSError):
+                        if os.path.isfile(path) and os.path.getsize(path) == 0:
+                            found.add(f"empty subnet claim {path}")
     return found
 
 

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
+from .claim_files import ClaimWriter
 from .hook_chains import (
     CHAINED,
     DIRECT,
@@ -262,15 +263,8 @@ class NetworkManager:
         self._active.add(lease.tag)
         self._join_groups(lease)
         os.makedirs(self.ipam, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            fd = os.open(self._claim_file(lease.index), flags, 0o600)
-        except FileExistsError:
-            return
-        try:
-            os.write(fd, f"{self._holder_words(lease, holder)}\n".encode())
-        finally:
-            os.close(fd)
+        with ClaimWriter(self.ipam, f"{self._holder_words(lease, holder)}\n") as writer:
+            writer.place(self._claim_file(lease.index))  # False: it is there; left as it is
 
     def allocate(self, sandbox_id: str) -> Lease:
         """Reserve the next free /30 of the pool (an exclusive create of its claim file).
@@ -286,25 +280,21 @@ class NetworkManager:
         tag = self.tag_for(sandbox_id)
         end = self.pool.num_addresses // 4
         start = self._cursor if 1 <= self._cursor < end else 1
-        for index in itertools.chain(range(start, end), range(1, start)):
-            try:
-                fd = os.open(self._claim_file(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            lease = self.lease_at(index, tag, CHAINED)
-            if _on_this_host(lease.host_ip):
-                os.close(fd)
-                self.release(lease)
-                _log.warning(
-                    "skipping sandbox subnet %s/30: an interface on this host has %s although "
-                    "nobody claims it (left by a crash or by hand; `ip -o addr | grep %s`)",
-                    lease.host_ip, lease.host_ip, lease.host_ip,
-                )  # fmt: skip
-                continue
-            os.write(fd, f"{self.key} {sandbox_id}\n".encode())
-            os.close(fd)
-            self._cursor = index + 1
-            return lease
+        with ClaimWriter(self.ipam, f"{self.key} {sandbox_id}\n") as writer:
+            for index in itertools.chain(range(start, end), range(1, start)):
+                if not writer.place(self._claim_file(index)):
+                    continue
+                lease = self.lease_at(index, tag, CHAINED)
+                if _on_this_host(lease.host_ip):
+                    self.release(lease)
+                    _log.warning(
+                        "skipping sandbox subnet %s/30: an interface on this host has %s although "
+                        "nobody claims it (left by a crash or by hand; `ip -o addr | grep %s`)",
+                        lease.host_ip, lease.host_ip, lease.host_ip,
+                    )  # fmt: skip
+                    continue
+                self._cursor = index + 1
+                return lease
         raise NetworkPoolExhausted(f"network pool {self.pool} exhausted")
 
     def lease_at(self, index: int, tag: str, hooks: str = UNKNOWN) -> Lease:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..errors import RunnerExhausted
 from . import syscalls
+from .claim_files import ClaimWriter
 
 IDS_PER_SANDBOX = 65536
 DEFAULT_FIRST_ID = 1 << 30  # far above any /etc/subuid allocation or real account
@@ -81,18 +82,13 @@ class IdRangePool:
     def allocate(self, sandbox_id: str) -> IdRange:
         """Claim a free range (an exclusive create of its claim file)."""
         os.makedirs(self.claim_dir, mode=0o700, exist_ok=True)
-        for step in range(self.slots):
-            slot = (self._next + step) % self.slots
-            path = os.path.join(self.claim_dir, str(slot))
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            with contextlib.suppress(OSError):
-                os.write(fd, f"{self.owner} {sandbox_id}\n".encode())
-            os.close(fd)
-            self._next = slot + 1
-            return self._range(slot)
+        # Whole or not at all: a claim left empty by a kill names no owner to reap it.
+        with ClaimWriter(self.claim_dir, f"{self.owner} {sandbox_id}\n") as writer:
+            for step in range(self.slots):
+                slot = (self._next + step) % self.slots
+                if writer.place(os.path.join(self.claim_dir, str(slot))):
+                    self._next = slot + 1
+                    return self._range(slot)
         raise IdRangesExhausted(f"all {self.slots} user id ranges are in use")
 
     def adopt(self, marker: str) -> list[IdRange]:
