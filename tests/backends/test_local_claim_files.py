@@ -81,18 +81,22 @@ def test_a_taken_name_is_left_as_it_is_and_the_next_one_is_tried(tmp_path: Path)
     assert claims_in(tmp_path)["4"] == claims_in(tmp_path)["5"] == "k3 sb-d\n"
 
 
+@pytest.mark.parametrize("missing", ["O_TMPFILE", "/proc"])
 def test_without_unnamed_files_claims_are_made_as_before(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    """A filesystem without ``O_TMPFILE``: an exclusive create written at once."""
+    """A filesystem without ``O_TMPFILE``, or a host without ``/proc``: an exclusive
+    create written at once."""
     real_open = os.open
 
-    def no_tmpfile(path: str, flags: int, mode: int = 0o777) -> int:
-        if flags & os.O_TMPFILE == os.O_TMPFILE:
+    def without(path: str, flags: int, mode: int = 0o777) -> int:
+        if missing == "O_TMPFILE" and flags & os.O_TMPFILE == os.O_TMPFILE:
             raise OSError(errno.EOPNOTSUPP, "no unnamed files here")
+        if missing == "/proc" and path == "/proc/self/fd":
+            raise FileNotFoundError(errno.ENOENT, "no /proc here", path)
         return real_open(path, flags, mode)
 
-    monkeypatch.setattr(claim_files.os, "open", no_tmpfile)
+    monkeypatch.setattr(claim_files.os, "open", without)
     manager = NetworkManager("k", POOL, ipam_dir=str(tmp_path))
     assert [manager.allocate(f"sb-{i}").index for i in range(3)] == [1, 2, 3]
     assert claims_in(tmp_path) == {"1": "k sb-0\n", "2": "k sb-1\n", "3": "k sb-2\n"}

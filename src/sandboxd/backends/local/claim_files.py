@@ -21,7 +21,8 @@ class ClaimWriter:
     line or not there, whenever the process dies. An unnamed file is offered to one index
     after another until one is free; once linked it is used up (a file that was linked can
     never be linked again after its name is removed). Where the filesystem has no
-    ``O_TMPFILE``, the claim is created exclusively and written at once, as before.
+    ``O_TMPFILE``, or the link cannot be made (no ``/proc``), the claim is created
+    exclusively and written at once, as before.
     """
 
     def __init__(self, directory: str, line: str) -> None:
@@ -80,6 +81,10 @@ class ClaimWriter:
             os.link(str(fd), path, src_dir_fd=self._proc_fds(), follow_symlinks=True)
         except FileExistsError:
             return False
+        except OSError:  # no /proc here, or such links refused: create and write, as before
+            self._unnamed = False
+            self._close()
+            return self.place(path)
         self._close()  # linked: the next claim needs a file of its own
         return True
 
