@@ -1,7 +1,7 @@
-"""Claim files of the host-wide subnet pool, created whole (see :class:`ClaimWriter`).
+"""Host-wide claim files, created whole: sandbox subnets and user id ranges.
 
-Standard library only: the network manager runs in the runner, and its claims are read by
-every backend on the host and by the orphan sweep (``network.py``, ``orphans.py``).
+Standard library only: the zygote imports it with ``userns.py``. The claims are read by every
+backend on the host and by the orphan sweep (``network.py``, ``userns.py``, ``orphans.py``).
 """
 
 from __future__ import annotations
