@@ -292,10 +292,15 @@ class SandboxSupervisor(SandboxTable):
         sid = spec.sandbox_id
         if not sid:
             raise failures.invalid_argument("sandbox_id", "must not be empty")
-        existing = self._sandboxes.get(sid)
-        if existing is not None:  # a retried start (e.g. its result was lost) is answered again
+        while (existing := self._sandboxes.get(sid)) is not None:
+            # A retried start (its result was lost, e.g. with the control plane) is answered
+            # again once the first is done. If the first failed, its sandbox is gone and this
+            # one is a new try (loop): answering "already exists" made the control plane ask
+            # for a snapshot and try again 2 s later.
             existing.applied(generation)
             async with existing.ops:
+                if self._sandboxes.get(sid) is not existing:
+                    continue
                 if existing.phase not in LIVE:
                     raise CommandFailed(
                         failure(

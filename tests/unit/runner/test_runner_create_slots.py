@@ -112,3 +112,43 @@ def test_a_create_cancelled_while_it_waits_leaves_nothing(tmp_path: Path) -> Non
 
 def test_the_default_is_twice_the_usable_cpus() -> None:
     assert default_concurrent_creates() == 2 * len(__import__("os").sched_getaffinity(0))
+
+
+class FailsFirstTime(CountingBackend):
+    """A stand-in whose first start of each sandbox fails (its command "does not exist")."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tried: set[str] = set()
+
+    async def create_and_start(self, spec: SandboxSpec) -> None:
+        if spec.sandbox_id in self.tried:
+            self.fail_start.discard(spec.sandbox_id)
+        else:
+            self.tried.add(spec.sandbox_id)
+            self.fail_start.add(spec.sandbox_id)
+        await super().create_and_start(spec)
+
+
+def test_a_start_sent_again_while_the_first_fails_is_a_new_try(tmp_path: Path) -> None:
+    """The control plane restarted while a start was being built and sent it again: the
+    second start waits for the first, and when the first fails (its sandbox gone), the
+    second builds the sandbox anew and answers "started". Before, it answered
+    ALREADY_EXISTS although nothing was there, and the control plane asked for a snapshot
+    and tried once more 2 s later."""
+    backend = FailsFirstTime(images=image_store(tmp_path))
+
+    async def body(rig: Rig) -> None:
+        rig.command("1", **start(spec("sb-a", reservation=SMALL)))
+        await _until("the first build under way", lambda: backend.building == 1)
+        rig.command("2", **start(spec("sb-a", reservation=SMALL)))
+        await _turns()
+        assert backend.entered == ["sb-a"]  # the second waits for the first
+        backend.gate.set()
+        assert (await rig.outbox.result("1")).HasField("failure")
+        second = await rig.outbox.result("2")
+        assert second.WhichOneof("result") == "started", second
+        assert backend.entered == ["sb-a", "sb-a"]
+        assert "sb-a" in rig.ledger
+
+    run_rig(tmp_path, body, backend=backend, max_concurrent_creates=2)
