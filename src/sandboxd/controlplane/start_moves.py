@@ -88,7 +88,9 @@ class StartMoves:
         """Keep ``request`` while its sandbox starts (called before its record is added)."""
         if len(self._held) >= MAX_HELD:
             return
-        self._held[sandbox_id] = _Held(replace(request, mounted_files=()))
+        if request.mounted_files:  # the stored spec keeps them; a copy only then (hot path)
+            request = replace(request, mounted_files=())
+        self._held[sandbox_id] = _Held(request)
 
     def release(self, sandbox_id: str) -> None:
         """Forget a request (its record was never stored)."""
