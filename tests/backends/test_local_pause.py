@@ -87,7 +87,8 @@ def test_a_paused_sandbox_stops_and_is_destroyed(
     h = local_harness
 
     async def scenario() -> None:
-        spec = h.spec()  # the default command: exits 0 on SIGTERM
+        # A shell that exits 0 on SIGTERM: the default keep-alive has no process to signal.
+        spec = h.spec(command=("/bin/sh", "-c", 'trap "exit 0" TERM; sleep infinity & wait'))
         await h.backend.create(spec)
         sid = spec.sandbox_id
         try:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
 from .errors import BackendError, BackendUnavailable, InvalidSpec, PauseUnsupported
+from .keep_alive import KEEP_ALIVE
 
 Stream = Literal["stdout", "stderr"]
 SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -225,7 +226,7 @@ class SandboxSpec:
 
     sandbox_id: str
     image: str  # a reference the backend resolves (``name:tag``, or ``name`` for latest)
-    command: tuple[str, ...] = ("/bin/sh", "-c", 'trap "exit 0" TERM INT; sleep infinity & wait')
+    command: tuple[str, ...] = KEEP_ALIVE  # stay up until stopped (``keep_alive.py``)
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str = "/"
     cpu_millicores: int | None = None

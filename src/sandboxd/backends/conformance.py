@@ -314,10 +314,15 @@ async def check_logs_of_main_process(h: Harness) -> None:
         assert [c.data for c in late] == [b"three\n"]
 
 
-async def wait_for_sleep(h: Harness, sid: str) -> None:
-    """Until the main command's ``sleep`` runs (a shell's trap is only set by then)."""
+async def wait_for_sleep(h: Harness, sid: str, *, or_no_shell: bool = False) -> None:
+    """Until the main command's ``sleep`` runs (a shell's trap is only set by then).
+
+    ``or_no_shell``: also done when no shell runs at all, for the default keep-alive,
+    which a backend may carry out without one (``keep_alive.py``).
+    """
     for _ in range(200):
-        if b"sleep" in (await run(h, sid, ["ps", "-o", "args"])).stdout:
+        listing = (await run(h, sid, ["ps", "-o", "args"])).stdout
+        if b"sleep" in listing or (or_no_shell and b"/bin/sh" not in listing):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("main process never started sleeping")
@@ -325,8 +330,9 @@ async def wait_for_sleep(h: Harness, sid: str) -> None:
 
 async def check_stop_exit_codes(h: Harness) -> None:
     async with h.sandbox() as sid:  # default keep-alive traps TERM and exits 0
-        await wait_for_sleep(h, sid)
+        await wait_for_sleep(h, sid, or_no_shell=True)
         assert await asyncio.wait_for(h.backend.stop(sid, 5), 10) == 0
+        assert (await h.backend.state(sid)).reason == "stopped"
     async with h.sandbox(command=("sleep", "1000")) as sid:
         assert await asyncio.wait_for(h.backend.stop(sid, 5), 10) == 143
         assert (await h.backend.state(sid)).reason == "stopped"
@@ -347,6 +353,9 @@ async def check_stop_exit_codes(h: Harness) -> None:
 async def check_lifetime_is_enforced(h: Harness) -> None:
     async with h.sandbox(command=("sleep", "1000"), max_lifetime_seconds=1) as sid:
         assert await asyncio.wait_for(h.backend.wait(sid), 15) == 143
+        assert (await h.backend.state(sid)).reason == "lifetime"
+    async with h.sandbox(max_lifetime_seconds=1) as sid:  # the keep-alive ends with 0
+        assert await asyncio.wait_for(h.backend.wait(sid), 15) == 0
         assert (await h.backend.state(sid)).reason == "lifetime"
 
 

@@ -8,7 +8,9 @@ seccomp filter loaded, so an exec is one ``vfork``+``execve`` of the user's prog
 PID 1 it also reaps orphans, starts the main process on the output pipes its keeper reads,
 enforces the stop grace period and the lifetime, and reports the main process's start and
 exit code (128+N for signal N) to the keeper, which records them on the host; when PID 1
-exits the kernel kills everything left in the sandbox.
+exits the kernel kills everything left in the sandbox. The default main command, a shell
+that only waits to be stopped, is not run: the agent stays up in its place and reports exit
+code 0 when the sandbox is stopped, as that shell would (``keep_alive.py``).
 
 The agent holds no host descriptor and resolves every path in root (``resolve.py``); it
 treats every request as hostile: a malformed, oversized or unknown message gets an error
@@ -36,6 +38,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ..keep_alive import keeps_alive
 from . import fileops, protocol
 from .resolve import Root, find_executable
 from .spawn import (
@@ -115,6 +118,9 @@ class Agent:
         self.conns: set[socket.socket] = set()
         self.execs = 0
         self.main_pid: int | None = None
+        #: The main command is the default keep-alive, which the agent carries out itself:
+        #: no process, and exit code 0 once stopped (``keep_alive.py``).
+        self.kept_alive = False
         self.stop_deadline: float | None = None
         self.stop_reason = "stopped"
         self.lifetime_deadline: float | None = None
@@ -238,7 +244,7 @@ class Agent:
                 self.stop(float(grace), "stopped")
                 self._reply(conn, {"ok": True})
             elif op == "ping":
-                state = "running" if self.main_pid else "created"
+                state = "running" if self.main_pid or self.kept_alive else "created"
                 self._reply(conn, {"ok": True, "state": state})
             else:
                 self._reply(conn, {"error": {"kind": "protocol", "message": f"bad op {op!r}"}})
@@ -359,11 +365,15 @@ class Agent:
         argv, cwd = list(self.cfg["command"]), self.cfg["workdir"]
         self._status(f"started {time.time():.6f}")
         try:
-            stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                pid = self._spawn(argv, (stdin, out_w, err_w), self.env, cwd)
-            finally:
-                os.close(stdin)
+            if keeps_alive(argv):  # nothing to run: stay up until stopped, then exit 0
+                self.kept_alive = True
+            else:
+                stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self.main_pid = self._spawn(argv, (stdin, out_w, err_w), self.env, cwd)
+                finally:
+                    os.close(stdin)
+                self.children[self.main_pid] = self._on_main_exit
         except OSError as exc:
             code, text = self._spawn_error(exc, argv, cwd)
             with contextlib.suppress(OSError):
@@ -373,11 +383,9 @@ class Agent:
         finally:
             for fd in (out_w, err_w):
                 os.close(fd)
-        self.main_pid = pid
         lifetime = self.cfg.get("max_lifetime")
         if lifetime:
             self.lifetime_deadline = time.monotonic() + float(lifetime)
-        self.children[pid] = self._on_main_exit
         return None
 
     def _on_main_exit(self, code: int) -> None:
@@ -389,8 +397,8 @@ class Agent:
             return
         self._stopping = True
         self.stop_reason = reason
-        if self.main_pid is None:
-            self._record_exit(143, reason)
+        if self.main_pid is None:  # the keep-alive exits 0 as its shell would; unstarted: 143
+            self._record_exit(0 if self.kept_alive else 143, reason)
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.main_pid, signal.SIGTERM)
