@@ -246,6 +246,21 @@ def dropping(nth: int, seen: list[str], method: str = "GET") -> Callable[[Route]
     return handle
 
 
+def test_a_dropped_sign_in_is_sent_again(browser: Browser, platform: Platform) -> None:
+    """A sign-in whose connection dropped (``Failed to fetch``) is sent once more and signs
+    in: a CI run's console stayed at its sign-in form after one such request. A second
+    sign-in only makes a second session, so it may be sent twice (a Start may not)."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    attempts: list[str] = []
+    page.route(re.compile(r".*/api/session$"), dropping(1, attempts, method="POST"))
+    sign_in(page, Console.of(platform.proc), member_key(platform, "browser-sign-in"))
+    assert len(attempts) == 2, attempts  # the dropped one, then the same again
+    expect(page.get_by_test_id("who")).to_contain_text("browser-sign-in")
+    context.close()
+
+
 def test_a_failed_read_of_the_sandbox_page_is_read_again(
     browser: Browser, platform: Platform
 ) -> None:

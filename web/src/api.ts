@@ -18,17 +18,25 @@ export function whenSignedOut(callback: () => void) {
   onSignedOut = callback;
 }
 
-// How long a GET whose connection dropped waits before it is sent once more.
+// How long a request whose connection dropped waits before it is sent once more.
 const RESEND_AFTER_MS = 250;
 
-// fetch, and for a GET (nothing changes on the server) once more after a network error: a
+// Requests that may be sent twice: a GET changes nothing on the server, and a second
+// sign-in only makes a second session (the first, if it was made, is never used and
+// expires). A Start or a Stop is never sent again: its form says what failed.
+function resendable(method: string, path: string): boolean {
+  return method === "GET" || (method === "POST" && path === "/api/session");
+}
+
+// fetch, and once more after a network error for a request that may be sent twice: a
 // kept-alive connection that the server closed as the request went out fails the request
-// ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed empty.
+// ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed
+// empty, and a sign-in that failed so left the console at its sign-in form (CI).
 async function send(method: string, path: string, init: RequestInit): Promise<Response> {
   try {
     return await fetch(path, init);
   } catch (error) {
-    if (method !== "GET" || !(error instanceof TypeError)) throw error;
+    if (!resendable(method, path) || !(error instanceof TypeError)) throw error;
     await new Promise((resolve) => setTimeout(resolve, RESEND_AFTER_MS));
     return fetch(path, init);
   }
