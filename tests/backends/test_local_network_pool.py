@@ -102,6 +102,50 @@ def test_a_create_takes_a_ready_network_and_the_pool_refills(
     aio.run(asyncio.wait_for(scenario(), 120))
 
 
+def test_a_second_live_backend_on_the_same_key_leaves_the_firsts_networks_alone(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Networks made ahead are taken back only from a dead predecessor. A second backend
+    on the same data directory while the first still runs (a test's reopened backend, two
+    runners given one directory) reaped the first's ready networks, rules, links and claims,
+    as if it had died; a rule add of the first still on its way then landed after the
+    reap, and CI found the rules of four such networks left on the host."""
+    data_dir = tmp_path / "backend"
+    first = LocalBackend(data_dir, images=image_store)
+    harness = Harness(first, BUSYBOX, None, lambda: first, prefix=f"nk{os.getpid()}-")
+    pool: PreparedNetworks = first._nets  # type: ignore[attr-defined]
+    net: NetworkManager = first._net  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        second = None
+        try:
+            async with harness.sandbox(network=INTERNET):
+                pass
+            await _ready(pool, 2)
+            ready = [r.lease for r in pool._ready]
+            second = LocalBackend(data_dir, images=image_store)
+            other = Harness(second, BUSYBOX, None, lambda: second, prefix=f"nl{os.getpid()}-")
+            async with other.sandbox():  # its first create starts it (and reaped there)
+                pass
+            assert second._owner.held and not second._owner.alone  # type: ignore[attr-defined]
+            for lease in ready:
+                assert link_exists(lease.host_if), lease
+                assert net.claims().get(lease.index) == f"{PREPARED}{lease.tag}"
+                assert lease.tag in iptables_rules()
+            async with harness.sandbox(network=INTERNET) as sid:  # a ready one still works
+                r = await run(harness, sid, ["cat", "/proc/net/dev"])
+                assert b"eth0" in r.stdout
+        finally:
+            if second is not None:
+                await second.close()
+            await first.close()
+        rules = iptables_rules()
+        assert not [t for t in (lease.tag for lease in ready) if t in rules]
+        assert not [h for h in net.claims().values() if h.startswith(PREPARED)]
+
+    aio.run(asyncio.wait_for(scenario(), 120))
+
+
 def test_networks_a_dead_runner_left_ready_are_reaped(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

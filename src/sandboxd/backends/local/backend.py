@@ -172,10 +172,13 @@ class LocalBackend(Backend):
         self._trail.open()  # before any lease is made: new leases log to its group
         cgroups = self._cgroup_manager()
         await self._zygote.ensure()
+        if not self._owner.alone:  # another live backend has this key: its ranges are its
+            self._ranges.adopt_none()
         self._ranges.refill()
-        if not self._reaped:  # networks a killed predecessor made ahead
+        if not self._reaped:  # networks a killed predecessor made ahead (none is alive)
             self._reaped = True
-            await self._nets.reap()
+            if self._owner.alone:
+                await self._nets.reap()
             layout, limits = cgroups.layout, cgroups.limits
             self._orphans = OrphanSweeper(  # what other backends, dead for good, left behind
                 self._key,

@@ -52,14 +52,32 @@ def _open_locked(path: str, operation: int, create: bool = True) -> int | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return None
         raise
+    return fd if _still_named(fd, path) else None
+
+
+def _still_named(fd: int, path: str) -> bool:
+    """Whether ``path`` still names ``fd``'s file; if not, ``fd`` is closed."""
     try:
         same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         same = False
     if not same:
         os.close(fd)
-        return None
-    return fd
+    return same
+
+
+def _shared_now(fd: int, path: str) -> bool:
+    """Turn the exclusive lock on ``fd`` into a shared one; False (``fd`` closed) if lost.
+
+    The kernel drops the old lock before it takes the new one, so a reaper may take the
+    file exclusively in between (and unlink it): the lock is then taken anew.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    return _still_named(fd, path)
 
 
 class OwnerLock:
@@ -70,6 +88,11 @@ class OwnerLock:
         self.directory = directory
         self.data_dir = data_dir
         self._fd: int | None = None
+        #: Whether no other live backend held this key when :meth:`hold` took it. Only then
+        #: is what the key made ahead (networks, id ranges) a dead predecessor's to take
+        #: back; with another holder alive (two runners on one data directory, or a test's
+        #: second backend) it is that holder's, still in use.
+        self.alone = False
 
     @property
     def held(self) -> bool:
@@ -77,15 +100,25 @@ class OwnerLock:
         return self._fd is not None
 
     async def hold(self) -> None:
-        """Take the lock (shared); waits while another backend reaps this key's leftovers."""
+        """Take the lock (shared); waits while another backend reaps this key's leftovers.
+
+        The lock is tried exclusively first, which tells whether another live backend
+        holds the key (:attr:`alone`), and then kept shared.
+        """
         if self._fd is not None:
             return
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = os.path.join(self.directory, self.key)
         while True:
-            fd = _open_locked(path, fcntl.LOCK_SH)
+            alone = True
+            fd = _open_locked(path, fcntl.LOCK_EX)
+            if fd is not None and not _shared_now(fd, path):
+                fd = None  # a reaper came between: the file is its, or gone
+            if fd is None:
+                alone = False
+                fd = _open_locked(path, fcntl.LOCK_SH)
             if fd is not None:
-                self._fd = fd
+                self._fd, self.alone = fd, alone
                 if self.data_dir is not None:
                     _record_data_dir(fd, self.data_dir)
                 return

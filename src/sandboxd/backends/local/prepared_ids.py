@@ -50,6 +50,10 @@ class PreparedIdRanges:
             self._adopted = True
             self.ready.extend(self.pool.adopt(PREPARED))
 
+    def adopt_none(self) -> None:
+        """Take over no predecessor's ranges: the key's other holder is alive and uses them."""
+        self._adopted = True
+
     def take(self, sandbox_id: str) -> IdRange:
         """A range for ``sandbox_id``: a prepared one if any, else a freshly claimed one."""
         self._adopt()
