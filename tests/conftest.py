@@ -10,14 +10,23 @@ still there at its end, after a grace of 15 s (``tests/support/leftovers.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
 import pytest
 
 # Fixtures any test may ask for: a PostgreSQL server and databases on SQLite and PostgreSQL
 # (tests/support/postgres.py), and test networks whose hosts run runners (tests/support/hosts.py).
 from tests.support.hosts import test_network
-from tests.support.leftovers import host_network_leftovers, left_behind, sandboxd_processes
+from tests.support.leftovers import (
+    WARNINGS_ENV,
+    host_network_leftovers,
+    left_behind,
+    record_warnings,
+    sandboxd_processes,
+    warnings_about,
+)
 from tests.support.postgres import database_url, postgres_server, store_fault
 
 __all__ = ["database_url", "postgres_server", "store_fault", "test_network"]
@@ -29,6 +38,17 @@ def _checks_leftovers(session: pytest.Session) -> bool:
     """Only the controlling process checks (xdist workers end before the others do)."""
     worker = hasattr(session.config, "workerinput")
     return os.environ.get("SANDBOXD_REQUIRE_NO_LEFTOVERS") == "1" and not worker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test process records sandboxd's warnings for the leftover report."""
+    if os.environ.get("SANDBOXD_REQUIRE_NO_LEFTOVERS") != "1":
+        return
+    if not hasattr(config, "workerinput"):  # the controller names the file; workers inherit
+        handle, path = tempfile.mkstemp(prefix="sandboxd-test-warnings-", suffix=".log")
+        os.close(handle)
+        os.environ[WARNINGS_ENV] = path
+    record_warnings()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -45,6 +65,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 reporter.write_line(f"LEFT ON THE HOST (not allowed): {thing}", red=True)
         if left:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            for line in warnings_about(left):
+                if reporter is not None:
+                    reporter.write_line(f"warning about it: {line}", red=True)
+        with contextlib.suppress(OSError):
+            os.unlink(os.environ.get(WARNINGS_ENV, ""))
     if os.environ.get("SANDBOXD_REQUIRE_NO_SKIPS") != "1":
         return
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []

@@ -371,6 +371,38 @@ def test_a_runner_killed_in_the_middle_of_a_claim_leaves_nothing(
     go(aio, scenario())
 
 
+def test_a_second_live_backend_on_the_same_key_leaves_the_firsts_slots_alone(
+    aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A runner destroys the warm slots a *dead* predecessor left, never those of a live
+    backend on the same data directory (two runners given one directory): those are ready
+    sandboxes that backend is about to hand out."""
+
+    async def scenario() -> None:
+        first = LocalBackend(tmp_path / "runner", images=image_store)
+        second = None
+        try:
+            h = harness(first)
+            slot = await first.prepare(h.spec())
+            second = LocalBackend(tmp_path / "runner", images=image_store)
+            assert await second.discard_prepared() == 0
+            assert not second._owner.alone  # type: ignore[attr-defined]
+            assert [p.name for p in (tmp_path / "runner" / "warm").iterdir()] == [slot]
+            spec = h.spec()
+            await first.claim(slot, spec)  # still whole: it becomes a sandbox that runs
+            r = await run(h, spec.sandbox_id, ["echo", "claimed"])
+            assert r.stdout == b"claimed\n"
+            await first.destroy(spec.sandbox_id)
+        finally:
+            if second is not None:
+                await second.close()
+            await first.close()
+        assert list((tmp_path / "runner" / "warm").iterdir()) == []
+        assert await wait_for_loops(tmp_path / "runner" / "disk", 0) == []
+
+    go(aio, scenario())
+
+
 def test_close_destroys_unclaimed_slots(
     aio: asyncio.Runner, image_store: ImageStore, busybox_rootfs: Path, tmp_path: Path
 ) -> None:

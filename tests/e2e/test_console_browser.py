@@ -290,6 +290,34 @@ def test_a_failed_read_of_the_sandbox_page_is_read_again(
     context.close()
 
 
+def test_a_read_with_no_answer_is_given_up_and_sent_again(
+    browser: Browser, platform: Platform
+) -> None:
+    """The page's first read (``GET /api/session``) getting no answer at all is given up after
+    10 s and sent once more, so the sign-in form appears. In a CI run such a read waited
+    120 s and the page stayed blank: ``fetch`` never gives up on its own. The first read is
+    held by the test (never answered, never failed); every other one is real."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    reads: list[Route] = []
+
+    def hold_the_first(route: Route) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        reads.append(route)
+        if len(reads) > 1:
+            route.continue_()
+
+    page.route(re.compile(r".*/api/session$"), hold_the_first)
+    started = time.monotonic()
+    sign_in(page, Console.of(platform.proc), member_key(platform, "browser-no-answer"))
+    assert len(reads) >= 2  # the held read, then the same again
+    assert time.monotonic() - started >= 9  # given up only after its 10 s
+    context.close()
+
+
 def test_a_dropped_first_read_of_a_page_is_sent_again(browser: Browser, platform: Platform) -> None:
     """The sandbox page's first read failing as a dropped connection (``Failed to fetch``)
     is sent again: the page shows the sandbox and its Stop. A CI run's page showed nothing

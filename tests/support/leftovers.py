@@ -11,6 +11,7 @@ counting only what appeared during it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -91,3 +92,33 @@ def left_behind(before: set[str], grace: float = 15.0) -> list[str]:
         if not left or time.monotonic() >= deadline:
             return sorted(left)
         time.sleep(0.5)
+
+
+WARNINGS_ENV = "SANDBOXD_TEST_WARNINGS"
+"""The file every test process appends sandboxd's warnings to (set by the controller)."""
+
+
+def record_warnings() -> None:
+    """Append this process's ``sandboxd`` warnings to the suite's file (named in the env).
+
+    Why: a leftover is found at the end of the session, far from the test and the process
+    that left it, and pytest shows no log of a test that passed. The warnings that name
+    the leftover (its tag, say) tell which step failed and why (``warnings_about``).
+    """
+    path = os.environ.get(WARNINGS_ENV)
+    if not path:
+        return
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s pid {os.getpid()} %(name)s: %(message)s"))
+    logging.getLogger("sandboxd").addHandler(handler)
+
+
+def warnings_about(left: list[str], limit: int = 40) -> list[str]:
+    """The recorded warnings that name a sandbox network tag found in ``left``."""
+    path = os.environ.get(WARNINGS_ENV)
+    tags = {m.group(1) for thing in left for m in re.finditer(r"sandboxd:([0-9a-f]{10})", thing)}
+    if not path or not tags or not os.path.exists(path):
+        return []
+    with open(path, errors="replace") as fh:
+        return [line.rstrip() for line in fh if any(tag in line for tag in tags)][-limit:]

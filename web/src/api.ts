@@ -28,17 +28,42 @@ function resendable(method: string, path: string): boolean {
   return method === "GET" || (method === "POST" && path === "/api/session");
 }
 
-// fetch, and once more after a network error for a request that may be sent twice: a
-// kept-alive connection that the server closed as the request went out fails the request
-// ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed
+// How long a request that may be sent twice waits for its answer's header before it is given
+// up and sent once more. A CI run's page waited 120 s for its first read (GET /api/session)
+// with no answer and no error, and stayed blank: fetch itself never gives up.
+const ANSWER_WITHIN_MS = 10_000;
+
+// fetch, giving up on a request that may be sent twice when no answer has begun within
+// ANSWER_WITHIN_MS. Only the wait for the header is bounded: a body that is arriving is read
+// to its end.
+async function fetchWithin(path: string, init: RequestInit, bounded: boolean): Promise<Response> {
+  if (!bounded) return fetch(path, init);
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
+  try {
+    return await fetch(path, { ...init, signal: abort.signal });
+  } catch (error) {
+    if (abort.signal.aborted) {
+      throw new TypeError(`no answer from the console in ${ANSWER_WITHIN_MS / 1000} s`);
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// fetch, and once more after a network error or no answer for a request that may be sent
+// twice: a kept-alive connection that the server closed as the request went out fails the
+// request ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed
 // empty, and a sign-in that failed so left the console at its sign-in form (CI).
 async function send(method: string, path: string, init: RequestInit): Promise<Response> {
+  const again = resendable(method, path);
   try {
-    return await fetch(path, init);
+    return await fetchWithin(path, init, again);
   } catch (error) {
-    if (!resendable(method, path) || !(error instanceof TypeError)) throw error;
+    if (!again || !(error instanceof TypeError)) throw error;
     await new Promise((resolve) => setTimeout(resolve, RESEND_AFTER_MS));
-    return fetch(path, init);
+    return fetchWithin(path, init, again);
   }
 }
 

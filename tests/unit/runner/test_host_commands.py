@@ -123,3 +123,36 @@ def test_a_command_runs_from_the_path_in_force_when_it_runs(
     monkeypatch.setenv("PATH", base)
     with pytest.raises(NetworkError if nice else FileNotFoundError, match="sandboxd-probe"):
         asyncio.run(run("sandboxd-probe", nice=nice))
+
+
+def test_no_host_command_runs_from_a_thread_in_another_network_namespace() -> None:
+    """A thread that entered another network namespace (a sandbox's) and stayed there must
+    not run firewall commands: a rule added there filters nothing on the host, and a removal
+    there "succeeds" while the host keeps the rule. The command is refused by name; back
+    home, the same thread runs it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a network namespace of its own")
+    import threading
+
+    from sandboxd.backends.local import syscalls
+
+    outcome: dict[str, object] = {}
+
+    def elsewhere() -> None:  # a thread of its own: the test's thread stays home
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNET)
+            try:
+                asyncio.run(run("true"))
+            except NetworkError as exc:
+                outcome["away"] = str(exc)
+            syscalls.setns(home, syscalls.CLONE_NEWNET)
+            outcome["home"] = asyncio.run(run("echo", "ran"))
+        finally:
+            os.close(home)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(30)
+    assert "not in the runner's network namespace" in str(outcome.get("away"))
+    assert outcome.get("home") == "ran\n"

@@ -777,6 +777,7 @@ class LocalBackend(Backend):
         self._trail.close()
         await self._ranges.close()
         await self._nets.close()
+        await self._net.remove_unremoved()  # a last try for rules a failure left
         await self._budget.close()
         await self._disk.close()
         any_alive = False

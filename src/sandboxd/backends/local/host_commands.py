@@ -70,6 +70,35 @@ async def run(
     return out.decode(errors="replace")
 
 
+def _network_namespace() -> tuple[int, int] | None:
+    """The calling thread's network namespace (device, inode); None where it cannot be read."""
+    try:
+        found = os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+_HOME_NAMESPACE = _network_namespace()
+"""The network namespace the runner was started in: the host's, where its rules belong."""
+
+
+def _check_namespace() -> None:
+    """Refuse to run a command from another network namespace than the runner's own.
+
+    Why: a command inherits the namespace of the thread that starts it, and a thread that
+    entered a sandbox's namespace (to make a socket there, ``ingress.py``) and failed to
+    come back would have every rule added in the wrong place, where it filters nothing, and
+    every removal "succeed" there while the host keeps the rules. One ``stat`` per command.
+    """
+    now = _network_namespace()
+    if _HOME_NAMESPACE is not None and now is not None and now != _HOME_NAMESPACE:
+        raise NetworkError(
+            "this thread is not in the runner's network namespace: no host network "
+            "command is run from here"
+        )
+
+
 async def _start(
     argv: tuple[str, ...], *, nice: bool, with_input: bool
 ) -> asyncio.subprocess.Process:
@@ -79,6 +108,7 @@ async def _start(
     program execution fewer, and a ``preexec_fn`` would make Python fork instead of
     ``vfork``. A niced command can start seconds late, so it dies with this process.
     """
+    _check_namespace()
     guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
     pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(

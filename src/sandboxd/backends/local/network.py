@@ -63,7 +63,7 @@ from .hook_chains import (
 )
 from .host_commands import NetworkError, NetworkPoolExhausted, run
 from .network_namespace import VethPlan, new_network_namespace, remove_link
-from .rule_writer import RESTORE, RuleWriter
+from .rule_writer import RESTORE, RuleWriter, merge
 from .shared_rules_lock import SharedRulesLock
 
 __all__ = ["Lease", "NetworkError", "NetworkManager"]
@@ -704,7 +704,7 @@ class NetworkManager:
         the next teardown here tries again first. Before, the claim went and the rules
         stayed on the host for good, with nothing left that named them.
         """
-        await self._remove_unremoved()
+        await self.remove_unremoved()
         removed = await self._remove_rules(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
         # the namespace dies with its last holder. One netlink request; a link that is gone
@@ -726,14 +726,30 @@ class NetworkManager:
         await self._forget(lease)
 
     async def _remove_rules(self, lease: Lease) -> bool:
-        """Remove ``lease``'s rules; False when the removal could not be started."""
-        removed = await self.rules.remove(self._rules(lease, False))
-        if lease.hooks == UNKNOWN:  # rebuilt from a claim: a process of any version made it
-            removed = await self.rules.remove(self._direct_rules(lease, False)) and removed
-        return removed
+        """Remove ``lease``'s rules; False when some may still be there (``RuleWriter.remove``).
 
-    async def _remove_unremoved(self) -> None:
-        """Try again to remove the rules of torn-down networks that a failure left."""
+        A lease rebuilt from a claim (hooks unknown: a process of any version made it) has
+        the hooks of both layouts removed, then its chain: one transaction, which fails for
+        the layout that is not there and so goes rule by rule, where "not there" is no
+        failure. Removed one layout after the other, the first one's ``-X`` of the chain
+        failed while the other layout's jumps still held it, which is a real failure.
+        """
+        if lease.hooks != UNKNOWN:
+            return await self.rules.remove(self._rules(lease, False))
+        either = merge([self._rules(lease, False), self._direct_rules(lease, False)]).decode()
+        chain_ops = (f"-F {lease.chain}", f"-X {lease.chain}")
+        lines = [line for line in either.splitlines() if line not in chain_ops]
+        end_of_filter = lines.index("COMMIT")  # the filter table comes first in both
+        return await self.rules.remove(
+            "\n".join([*lines[:end_of_filter], *chain_ops, *lines[end_of_filter:], ""])
+        )
+
+    async def remove_unremoved(self) -> None:
+        """Try again to remove the rules of torn-down networks that a failure left.
+
+        Called before each teardown, and once more when the backend closes: what still
+        fails then stays claimed (``prepared:<tag>``) for the next start or an orphan sweep.
+        """
         for tag, lease in list(self._unremoved.items()):
             if await self._remove_rules(lease):
                 self._unremoved.pop(tag, None)

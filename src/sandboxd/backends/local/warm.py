@@ -185,11 +185,16 @@ class WarmSlots:
     async def discard_prepared(self) -> int:
         """Destroy slots a previous runner process left in ``warm/``; how many there were.
 
-        All are killed first, then waited for together (see :meth:`discard_all`).
+        All are killed first, then waited for together (see :meth:`discard_all`). Only a
+        backend alone on its key does so: with another live backend on the same data
+        directory (two runners given one directory), the slots there are its ready ones.
         """
         if not self.dir.is_dir():
             return 0
         b = self._backend
+        await b._ready()  # holds the key, and tells whether another live backend does
+        if not b._owner.alone:
+            return 0
         left = [d for d in sorted(self.dir.iterdir()) if d.name not in self._slots]
         records = []
         for state_dir in left:
