@@ -83,7 +83,7 @@ _HOME_NAMESPACE = _network_namespace()
 """The network namespace the runner was started in: the host's, where its rules belong."""
 
 
-def _check_namespace() -> None:
+def _check_namespace(argv: tuple[str, ...]) -> None:
     """Refuse to run a command from another network namespace than the runner's own.
 
     Why: a command inherits the namespace of the thread that starts it, and a thread that
@@ -94,8 +94,8 @@ def _check_namespace() -> None:
     now = _network_namespace()
     if _HOME_NAMESPACE is not None and now is not None and now != _HOME_NAMESPACE:
         raise NetworkError(
-            "this thread is not in the runner's network namespace: no host network "
-            "command is run from here"
+            f"{' '.join(argv)}: this thread is not in the runner's network namespace: no "
+            "host network command is run from here"
         )
 
 
@@ -108,7 +108,7 @@ async def _start(
     program execution fewer, and a ``preexec_fn`` would make Python fork instead of
     ``vfork``. A niced command can start seconds late, so it dies with this process.
     """
-    _check_namespace()
+    _check_namespace(argv)
     guard = (_SETPRIV, "--pdeathsig", "KILL") if nice and _SETPRIV is not None else ()
     pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
