@@ -232,6 +232,10 @@ GONE_ALREADY = (
     "Couldn't load target",  # the same, from the legacy iptables
 )
 """What ``iptables`` says of a rule or chain that is not there: removed already."""
+ONE_BY_ONE_TRIES = 2
+ONE_BY_ONE_RETRY_SECONDS = 0.05
+"""A deletion that failed for another reason is tried again once, this much later: a
+failure that passes (the kernel's tables busy a moment) then costs no kept network."""
 
 
 async def _remove_one_by_one(rules: str) -> bool:
@@ -248,10 +252,21 @@ async def _remove_one_by_one(rules: str) -> bool:
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-"):
-            try:
-                await run("iptables", "-w", "5", "-t", table, *line.split())
-            except NetworkError as exc:
-                if not any(gone in str(exc) for gone in GONE_ALREADY):
-                    _log.warning("a firewall rule could not be removed: %s", exc)
-                    removed = False
+            removed = await _remove_line(table, line) and removed
     return removed
+
+
+async def _remove_line(table: str, line: str) -> bool:
+    """One deletion; tried once more a moment later when it fails but for being gone."""
+    for attempt in range(ONE_BY_ONE_TRIES):
+        try:
+            await run("iptables", "-w", "5", "-t", table, *line.split())
+            return True
+        except NetworkError as exc:
+            if any(gone in str(exc) for gone in GONE_ALREADY):
+                return True
+            if attempt + 1 == ONE_BY_ONE_TRIES:
+                _log.warning("a firewall rule could not be removed: %s", exc)
+                return False
+            await asyncio.sleep(ONE_BY_ONE_RETRY_SECONDS)
+    return False
