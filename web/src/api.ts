@@ -33,11 +33,10 @@ function resendable(method: string, path: string): boolean {
 // with no answer and no error, and stayed blank: fetch itself never gives up.
 const ANSWER_WITHIN_MS = 10_000;
 
-// fetch, giving up on a request that may be sent twice when no answer has begun within
-// ANSWER_WITHIN_MS. Only the wait for the header is bounded: a body that is arriving is read
+// fetch, giving up when no answer has begun within ANSWER_WITHIN_MS (for requests that may
+// be sent twice). Only the wait for the header is bounded: a body that is arriving is read
 // to its end.
-async function fetchWithin(path: string, init: RequestInit, bounded: boolean): Promise<Response> {
-  if (!bounded) return fetch(path, init);
+async function fetchWithin(path: string, init: RequestInit): Promise<Response> {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
   try {
@@ -57,13 +56,13 @@ async function fetchWithin(path: string, init: RequestInit, bounded: boolean): P
 // request ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed
 // empty, and a sign-in that failed so left the console at its sign-in form (CI).
 async function send(method: string, path: string, init: RequestInit): Promise<Response> {
-  const again = resendable(method, path);
+  if (!resendable(method, path)) return fetch(path, init);
   try {
-    return await fetchWithin(path, init, again);
+    return await fetchWithin(path, init);
   } catch (error) {
-    if (!again || !(error instanceof TypeError)) throw error;
+    if (!(error instanceof TypeError)) throw error;
     await new Promise((resolve) => setTimeout(resolve, RESEND_AFTER_MS));
-    return fetchWithin(path, init, again);
+    return fetchWithin(path, init);
   }
 }
 
