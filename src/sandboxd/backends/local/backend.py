@@ -200,6 +200,7 @@ class LocalBackend(Backend):
                 self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
             except CgroupError as exc:
                 raise BackendUnavailable(str(exc)) from exc
+            self._primer.hold_fast_moves()  # before the first move: no priming needed then
         return self._cgroups
 
     def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
@@ -345,10 +346,9 @@ class LocalBackend(Backend):
             memory_bytes=spec.memory_bytes,
             pids_max=spec.pids_max,
         )
-        # Now that the cgroups exist (a priming write holds the cgroup mutex while it waits,
-        # so before their mkdir it would delay them): the keeper's move into them, a few ms
-        # from now, then waits less (cgroup_primer.py). Not when other builds run: their
-        # moves keep the lock's fast path open already, and a writer more only contends.
+        # Where moves are not fast already (fast_moves.py), prime the keeper's move, now that
+        # the cgroups exist: a priming write holds the cgroup mutex while it waits. Not when
+        # other builds run: their moves keep the lock open, and a writer more only contends.
         if self._building == 1:
             self._primer.prime()
         if rec.egress is not EgressType.NONE:
@@ -780,6 +780,7 @@ class LocalBackend(Backend):
         await self._net.remove_unremoved()  # a last try for rules a failure left
         await self._budget.close()
         await self._disk.close()
+        self._primer.close()
         any_alive = False
         for rec in list(self._records.values()):
             if rec.publisher is not None:

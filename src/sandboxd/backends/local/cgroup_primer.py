@@ -19,17 +19,22 @@ measurement that led here (``bench/sandboxes.py`` shows it through the whole pla
 At most one priming write is in flight; a create that finds one running starts no other.
 Failures are ignored: priming only ever saves time. A host whose cgroup hierarchies are
 mounted with ``favordynmods`` keeps the lock on its slow path all the time, and gains (and
-loses) nothing.
+loses) nothing. That is the better way, and the runner takes it where it can
+(:meth:`CgroupPrimer.hold_fast_moves`, ``fast_moves.py``): then nothing is primed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
+from . import fast_moves
 from .cgroups import CgroupError, detect
 
 __all__ = ["CgroupPrimer"]
+
+log = logging.getLogger(__name__)
 
 
 class CgroupPrimer:
@@ -39,6 +44,36 @@ class CgroupPrimer:
         self._lock = threading.Lock()
         self._busy = False
         self._procs: str | None = None
+        self._fast: int | None = None  # the descriptor holding fast moves (fast_moves.py)
+        self._tried_fast = False
+
+    @property
+    def fast(self) -> bool:
+        """Whether this runner holds the host's cgroup moves fast (nothing to prime)."""
+        return self._fast is not None
+
+    def hold_fast_moves(self) -> bool:
+        """Make the host's cgroup moves fast, once; whether they are (``fast_moves.py``).
+
+        Not when the operator said no; tried once per backend (it needs root).
+        """
+        if not self._tried_fast:
+            self._tried_fast = True
+            if not fast_moves.wanted():
+                log.info("cgroup moves are primed: %s=0", fast_moves.ENV)
+            else:
+                try:
+                    self._fast = fast_moves.hold_fast_moves()
+                except OSError as exc:
+                    log.warning("cgroup moves are primed, not fast (favordynmods): %s", exc)
+        return self.fast
+
+    def close(self) -> None:
+        """Let go of fast moves (the kernel may keep the mode: see ``fast_moves.py``)."""
+        if self._fast is not None:
+            os.close(self._fast)
+            self._fast = None
+        self._tried_fast = False
 
     def _own_procs(self) -> str | None:
         """``cgroup.procs`` of the cgroup this process is in now (one hierarchy is enough)."""
@@ -50,9 +85,9 @@ class CgroupPrimer:
         return os.path.join(base, "cgroup.procs") if base else None
 
     def prime(self) -> bool:
-        """Start a priming write unless one is running; whether one was started."""
+        """Start a priming write unless one is running or moves are fast; whether one was."""
         with self._lock:
-            if self._busy:
+            if self._busy or self._fast is not None:
                 return False
             self._busy = True
         thread = threading.Thread(target=self._write, name="cgroup-primer", daemon=True)
