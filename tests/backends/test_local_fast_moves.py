@@ -9,7 +9,9 @@ the mode until the next boot, every run after the first would pass anyway.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,18 +62,28 @@ def test_nothing_is_primed_while_moves_are_fast() -> None:
     assert not primer.fast
 
 
+def primer_idle(primer: CgroupPrimer) -> Callable[[], bool]:
+    """Whether ``primer`` has no priming write in flight (for ``wait_until``)."""
+    return lambda: not primer._busy
+
+
 def test_the_operator_can_say_no(monkeypatch: pytest.MonkeyPatch) -> None:
     """``SANDBOXD_FAST_CGROUP_MOVES=0``: no hierarchy is made, and creates are primed."""
     _require_root()
     made: list[int] = []
-    monkeypatch.setattr(fast_moves, "hold_fast_moves", lambda: made.append(1) or -1)
+
+    def hold() -> int:
+        made.append(1)
+        return -1
+
+    monkeypatch.setattr(fast_moves, "hold_fast_moves", hold)
     for no in ("0", "false", "No", " off "):
         monkeypatch.setenv(fast_moves.ENV, no)
         primer = CgroupPrimer()
         assert not primer.hold_fast_moves()
         assert not primer.fast
         assert primer.prime()
-        wait_until("the priming write to end", lambda p=primer: not p._busy, 10, 0.005)
+        wait_until("the priming write to end", primer_idle(primer), 10, 0.005)
     assert made == []
     monkeypatch.setenv(fast_moves.ENV, "1")
     assert fast_moves.wanted()
@@ -91,7 +103,7 @@ def test_a_host_that_cannot_make_it_primes(monkeypatch: pytest.MonkeyPatch) -> N
     assert not primer.hold_fast_moves()
     assert not primer.hold_fast_moves()  # tried once: no warning at every create
     assert primer.prime()
-    wait_until("the priming write to end", lambda: not primer._busy, 10, 0.005)
+    wait_until("the priming write to end", primer_idle(primer), 10, 0.005)
 
 
 def test_a_backend_holds_fast_moves_once_ready(aio: asyncio.Runner, local_backend: Backend) -> None:
@@ -99,3 +111,36 @@ def test_a_backend_holds_fast_moves_once_ready(aio: asyncio.Runner, local_backen
     aio.run(local_backend._ready())  # type: ignore[attr-defined]
     assert local_backend._primer.fast  # type: ignore[attr-defined]
     assert _listed(Path("/proc/self/cgroup").read_text())
+
+
+def test_a_hierarchy_still_being_taken_down_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``EBUSY`` (the last holder just let go) is tried again; any other error is not.
+
+    The kernel's answers are stand-ins (a mock, unavoidable: the ~50 ms in which a
+    released hierarchy is still being taken down cannot be hit on purpose).
+    """
+    answers: list[int | OSError] = [OSError(errno.EBUSY, "busy"), OSError(errno.EBUSY, "busy"), 7]
+
+    def once() -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(fast_moves, "_hold_once", once)
+    assert fast_moves.hold_fast_moves() == 7
+    assert answers == []
+    answers[:] = [OSError(errno.EPERM, "not permitted"), 7]
+    with pytest.raises(OSError) as refused:
+        fast_moves.hold_fast_moves()
+    assert refused.value.errno == errno.EPERM
+    assert answers == [7]
+    monkeypatch.setattr(fast_moves, "BUSY_SECONDS", 0.05)
+
+    def always_busy() -> int:
+        raise OSError(errno.EBUSY, "busy")
+
+    monkeypatch.setattr(fast_moves, "_hold_once", always_busy)
+    with pytest.raises(OSError) as busy:
+        fast_moves.hold_fast_moves()
+    assert busy.value.errno == errno.EBUSY
