@@ -34,13 +34,12 @@ def _listed(proc_cgroup: str) -> list[str]:
 
 
 def test_the_hierarchy_is_mounted_nowhere_and_holds_no_process() -> None:
-    """No mount table gains an entry, and every process stays at the new hierarchy's root."""
+    """No mount of it is attached anywhere, and every process stays at its root."""
     _require_root()
-    mounts_before = Path("/proc/self/mountinfo").read_text()
     held = [fast_moves.hold_fast_moves(), fast_moves.hold_fast_moves()]  # a second runner joins
     try:
-        assert NAMED not in Path("/proc/self/mountinfo").read_text()
-        assert Path("/proc/self/mountinfo").read_text() == mounts_before
+        # Not compared with the whole table before: other test processes mount meanwhile.
+        assert fast_moves.HIERARCHY_NAME not in Path("/proc/self/mountinfo").read_text()
         listed = _listed(Path("/proc/self/cgroup").read_text())
         assert len(listed) == 1 and listed[0].endswith(":/"), listed
         assert _listed(Path("/proc/1/cgroup").read_text())[0].endswith(":/")
