@@ -23,6 +23,7 @@ from sandboxd.controlplane.call_headers import (
     SANDBOX_HEADER,
     WAIT_RUNNING_HEADER,
 )
+from sandboxd.controlplane.streaming import NO_STDIN_HEADER
 from sandboxd_protocol.v1beta2 import gateway_pb2, gateway_pb2_grpc
 from sandboxd_protocol.v1beta2 import streaming_pb2 as st
 from sandboxd_protocol.v1beta2 import streaming_pb2_grpc as st_grpc
@@ -135,6 +136,47 @@ def test_start_offers_the_extension(quiet_platform: Platform) -> None:
         finally:
             stub.Stop(
                 gateway_pb2.StopSandboxRequest(sandbox_id=response.sandbox_id),
+                metadata=auth,
+                timeout=30,
+            )
+
+
+def test_an_exec_sent_before_the_sandbox_runs_gets_its_header_and_its_frames_only(
+    quiet_platform: Platform,
+) -> None:
+    """Sent right after Start (the runner holds it): the header, then output and exit.
+
+    The runner says when the command runs (``OpenExec.announce_running``) so the header can
+    go out while it runs; that word is the control plane's alone and never reaches the
+    client, whose frames are exactly those of any exec without stdin.
+    """
+    auth = (("authorization", f"Bearer {quiet_platform.api_key}"),)
+    with grpc.insecure_channel(quiet_platform.target) as channel:
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        started = gateway.Start(
+            gateway_pb2.StartSandboxRequest(command="sleep", args=["60"]), metadata=auth, timeout=30
+        )
+        try:
+            for round_ in range(3):
+                init = st.ExecStreamInit(
+                    sandbox_id=started.sandbox_id, command=["sh", "-c", f"echo run{round_}"]
+                )
+                call = st_grpc.GatewayStreamingServiceStub(channel).StreamExec(
+                    iter([st.ExecStreamRequest(init=init)]),
+                    metadata=(*auth, (WAIT_RUNNING_HEADER, "1"), (NO_STDIN_HEADER, "1")),
+                    timeout=30,
+                )
+                frames = list(call)
+                assert [f.WhichOneof("response") for f in frames] == ["output", "exit"]
+                assert frames[0].output.data == f"run{round_}\n".encode()
+                assert frames[1].exit.exit_code == 0
+                seen = gateway_pb2.GetSandboxResponse.FromString(
+                    dict(call.initial_metadata())[SANDBOX_HEADER]  # type: ignore[arg-type]
+                )
+                assert seen.sandbox_status == gateway_pb2.SANDBOX_STATUS_RUNNING
+        finally:
+            gateway.Stop(
+                gateway_pb2.StopSandboxRequest(sandbox_id=started.sandbox_id),
                 metadata=auth,
                 timeout=30,
             )

@@ -243,9 +243,13 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
         The header (``SANDBOX_HEADER``) tells the client that its command was handed to a
         running sandbox, and what Get would say of it: once the command is on its way to
         the runner (the write overlaps the run), or with ``runner_waits`` (the runner waits
-        for the sandbox's start, ``OpenExec.wait_start``) with the runner's first frame, the
-        proof that it ran. A refused exec has no header: nothing ran, and the client asks
-        Get what became of the sandbox before it tries again.
+        for the sandbox's start, ``OpenExec.wait_start``) once the runner says the command
+        runs (its ``ready`` frame, ``OpenExec.announce_running``, or else its first frame),
+        the proof that it ran. A refused exec has no header: nothing ran, and the client
+        asks Get what became of the sandbox before it tries again. Why the runner's
+        ``ready``: sending the header is a round of its own through gRPC (1-2 ms on a busy
+        2-core host); after the first frame it came on top of the whole command (for a
+        create's first exec, the command's exit), now it overlaps the command's run.
         """
         try:
             if runner_waits:
@@ -265,6 +269,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         env=init.env,
                         stdin_closed=no_stdin,
                         wait_start=runner_waits,
+                        announce_running=runner_waits and announce is not None,
                     )
                 ),
             )
@@ -288,12 +293,15 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         "RUNNER_UNAVAILABLE", "the runner's exec stream ended without an exit"
                     )
                     return
+                kind = frame.exec.WhichOneof("response")
                 if announce is not None:
-                    if frame.exec.WhichOneof("response") != "error":
+                    if kind != "error":
                         await self._announce(announce, await self._started(record))
                     announce = None
+                if kind == "ready":  # the runner's word that the command runs: ours alone
+                    continue
                 yield frame.exec
-                if frame.exec.WhichOneof("response") in ("exit", "error"):
+                if kind in ("exit", "error"):
                     await self._let_client_finish(operation, pump)
                     return
         except ApiError as error:

@@ -8,12 +8,14 @@ slows the process down (its pipe fills) instead of the runner dropping or hoardi
 
 Frame order follows v1beta2.md §5.2, minus ``ready``, which the control plane sends itself
 as soon as the exec is bound (stdin sent before the process runs waits in flow control):
-``output`` as it is produced, ``exit`` last, after all output. Problems found after the
-stream exists (sandbox gone or stopped, bad argv) become one in-band ``error`` frame, which
-clients turn into a typed exception. Stdin ends on ``close`` (the control plane turns a
-client's half-close into one) or at once when the open says ``stdin_closed``. If the call
-ends, fails or is cancelled before ``exit``, the process is killed: nobody is left to read
-its output.
+``output`` as it is produced, ``exit`` last, after all output. One ``ready`` comes first
+only when the open asks for it (``OpenExec.announce_running``): the process runs, and the
+control plane, which keeps that frame to itself, tells its client so while it runs.
+Problems found after the stream exists (sandbox gone or stopped, bad argv) become one
+in-band ``error`` frame, which clients turn into a typed exception. Stdin ends on ``close``
+(the control plane turns a client's half-close into one) or at once when the open says
+``stdin_closed``. If the call ends, fails or is cancelled before ``exit``, the process is
+killed: nobody is left to read its output.
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ async def relay_exec(backend: Backend, command: runner_pb2.OpenExec, call: Opera
             await refuse_exec(call, _error_code(exc), str(exc))
             return
         try:
+            if command.announce_running:  # it runs: the control plane tells its client now
+                ready = streaming_pb2.StreamingExecReady(session_id=command.stream_id)
+                ready.ready_at.GetCurrentTime()
+                await call.write(_up(streaming_pb2.ExecStreamResponse(ready=ready)))
             if command.stdin_closed:
                 await session.close_stdin()
             await _relay(call, session, command.stream_id, stdin_open=not command.stdin_closed)

@@ -423,7 +423,7 @@ class SandboxList(_message.Message):
     def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxEvent, _Mapping]]] = ...) -> None: ...
 
 class OpenExec(_message.Message):
-    __slots__ = ("stream_id", "sandbox_id", "command", "tty", "tty_width", "tty_height", "env", "stdin_closed", "wait_start")
+    __slots__ = ("stream_id", "sandbox_id", "command", "tty", "tty_width", "tty_height", "env", "stdin_closed", "wait_start", "announce_running")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +440,7 @@ class OpenExec(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     STDIN_CLOSED_FIELD_NUMBER: _ClassVar[int]
     WAIT_START_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sandbox_id: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -449,7 +450,8 @@ class OpenExec(_message.Message):
     env: _containers.ScalarMap[str, str]
     stdin_closed: bool
     wait_start: bool
-    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., tty_width: _Optional[int] = ..., tty_height: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin_closed: _Optional[bool] = ..., wait_start: _Optional[bool] = ...) -> None: ...
+    announce_running: bool
+    def __init__(self, stream_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., tty_width: _Optional[int] = ..., tty_height: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin_closed: _Optional[bool] = ..., wait_start: _Optional[bool] = ..., announce_running: _Optional[bool] = ...) -> None: ...
 
 class OpenLogs(_message.Message):
     __slots__ = ("stream_id", "sandbox_id", "follow", "tail_lines", "since_time", "timestamps", "resume_session_id", "resume_offset")

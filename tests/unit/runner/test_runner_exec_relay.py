@@ -3,8 +3,9 @@
 The server side is the in-process stand-in in ``exec_standin.py`` (a real grpc.aio server on
 127.0.0.1); the process side is the stand-in backend's scripted ``StandinExec``. What is
 pinned here is the runner's half of v1beta2.md §5: no ``ready`` (the control plane sends it
-when it binds), output as produced, ``exit`` last, in-band ``error`` frames,
-stdin/resize/close (or stdin closed from the open), and kill on cancel.
+when it binds) unless the open asks for one (``announce_running``), output as produced,
+``exit`` last, in-band ``error`` frames, stdin/resize/close (or stdin closed from the open),
+and kill on cancel.
 """
 
 from __future__ import annotations
@@ -244,6 +245,25 @@ def test_an_exec_sent_before_its_start_runs_once_the_start_is_done(tmp_path: Pat
     run_rig(tmp_path, body)
 
 
+def test_a_waiting_exec_asked_to_announce_says_ready_once_it_runs(tmp_path: Path) -> None:
+    # OpenExec.announce_running: one `ready` before anything else, once the process runs, so
+    # the control plane tells its client while the command runs. Only when asked: the
+    # control plane never passes it on, and one that does not know it expects none.
+    async def body(rig: Rig) -> None:
+        rig.backend.start_delay = 0.2
+        open_exec(rig, "e1", "echo", "hi", wait_start=True, announce_running=True)
+        stream = await rig.execs.stream("e1")
+        rig.command("start", **start(spec()))
+        frames = await stream.until_end()
+        assert kinds(frames) == ["ready", "output", "exit"]
+        assert frames[0].ready.session_id == "e1"
+        assert frames[0].ready.ready_at.seconds > 0
+        assert frames[1].output.data == b"hi\n"
+        assert len(rig.backend.world["sb-1"].execs) == 1
+
+    run_rig(tmp_path, body)
+
+
 def test_a_waiting_exec_goes_as_the_sandbox_runs_not_after_the_starts_report(
     tmp_path: Path,
 ) -> None:
@@ -354,6 +374,23 @@ def test_a_waiting_exec_of_a_start_that_fails_is_refused_unrun(tmp_path: Path) -
         rig.backend.fail_start.add("sb-1")
         rig.backend.start_delay = 0.1
         open_exec(rig, "e1", "echo", wait_start=True)
+        stream = await rig.execs.stream("e1")
+        result = await rig.run("start", **start(spec()))
+        assert result.HasField("failure")
+        frames = await stream.until_end()
+        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
+
+    run_rig(tmp_path, body)
+
+
+def test_a_waiting_exec_asked_to_announce_of_a_start_that_fails_says_no_ready(
+    tmp_path: Path,
+) -> None:
+    # Nothing ran: the control plane must not tell its client that it did.
+    async def body(rig: Rig) -> None:
+        rig.backend.fail_start.add("sb-1")
+        rig.backend.start_delay = 0.1
+        open_exec(rig, "e1", "echo", wait_start=True, announce_running=True)
         stream = await rig.execs.stream("e1")
         result = await rig.run("start", **start(spec()))
         assert result.HasField("failure")
