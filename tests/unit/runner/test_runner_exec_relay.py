@@ -369,28 +369,15 @@ def test_an_exec_in_a_sandbox_whose_start_fails_after_the_backend_ran_it_ends(
     run_rig(tmp_path, body)
 
 
-def test_a_waiting_exec_of_a_start_that_fails_is_refused_unrun(tmp_path: Path) -> None:
-    async def body(rig: Rig) -> None:
-        rig.backend.fail_start.add("sb-1")
-        rig.backend.start_delay = 0.1
-        open_exec(rig, "e1", "echo", wait_start=True)
-        stream = await rig.execs.stream("e1")
-        result = await rig.run("start", **start(spec()))
-        assert result.HasField("failure")
-        frames = await stream.until_end()
-        assert kinds(frames) == ["error"] and frames[0].error.code == "SANDBOX_NOT_FOUND"
-
-    run_rig(tmp_path, body)
-
-
-def test_a_waiting_exec_asked_to_announce_of_a_start_that_fails_says_no_ready(
-    tmp_path: Path,
+@pytest.mark.parametrize("announce", [False, True])
+def test_a_waiting_exec_of_a_start_that_fails_is_refused_unrun(
+    tmp_path: Path, announce: bool
 ) -> None:
-    # Nothing ran: the control plane must not tell its client that it did.
+    # Asked to announce (OpenExec.announce_running) or not: nothing ran, so no ready.
     async def body(rig: Rig) -> None:
         rig.backend.fail_start.add("sb-1")
         rig.backend.start_delay = 0.1
-        open_exec(rig, "e1", "echo", wait_start=True, announce_running=True)
+        open_exec(rig, "e1", "echo", wait_start=True, announce_running=announce)
         stream = await rig.execs.stream("e1")
         result = await rig.run("start", **start(spec()))
         assert result.HasField("failure")
