@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,3 +144,36 @@ def test_a_hierarchy_still_being_taken_down_is_waited_out(monkeypatch: pytest.Mo
     with pytest.raises(OSError) as busy:
         fast_moves.hold_fast_moves()
     assert busy.value.errno == errno.EBUSY
+
+
+def test_two_first_creates_at_once_make_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backends make it from a thread at their first create: two at once hold one descriptor.
+
+    The hierarchy is a stand-in that counts (a mock: a real one would not show a second
+    descriptor leaking, and the two threads must overlap on purpose).
+    """
+    made: list[int] = []
+    entered = threading.Event()
+    go_on = threading.Event()
+
+    def slow_hold() -> int:
+        made.append(1)
+        entered.set()
+        go_on.wait(10)
+        return os.dup(0)
+
+    monkeypatch.setattr(fast_moves, "hold_fast_moves", slow_hold)
+    primer = CgroupPrimer()
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(primer.hold_fast_moves()))
+               for _ in range(2)]  # fmt: skip
+    threads[0].start()
+    assert entered.wait(10)
+    threads[1].start()
+    go_on.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == [True, True]
+    assert made == [1]
+    primer.close()
+    assert not primer.fast

@@ -171,6 +171,8 @@ class LocalBackend(Backend):
         await self._owner.hold()  # before anything is made ahead: this key is alive
         self._trail.open()  # before any lease is made: new leases log to its group
         cgroups = self._cgroup_manager()
+        if not self._primer.tried_fast:  # before the first move (a thread: it may wait 0.5 s)
+            await asyncio.to_thread(self._primer.hold_fast_moves)
         await self._zygote.ensure()
         if not self._owner.alone:  # another live backend has this key: its ranges are its
             self._ranges.adopt_none()
@@ -200,7 +202,6 @@ class LocalBackend(Backend):
                 self._cgroups = CgroupManager(self._group, limits=self._parent_limits)
             except CgroupError as exc:
                 raise BackendUnavailable(str(exc)) from exc
-            self._primer.hold_fast_moves()  # before the first move: no priming needed then
         return self._cgroups
 
     def _leases_by_tag(self) -> dict[str, tuple[str, Lease]]:
@@ -346,9 +347,9 @@ class LocalBackend(Backend):
             memory_bytes=spec.memory_bytes,
             pids_max=spec.pids_max,
         )
-        # Where moves are not fast already (fast_moves.py), prime the keeper's move, now that
-        # the cgroups exist: a priming write holds the cgroup mutex while it waits. Not when
-        # other builds run: their moves keep the lock open, and a writer more only contends.
+        # Unless moves are fast (fast_moves.py), prime the keeper's move now that the cgroups
+        # exist (a priming write holds the cgroup mutex: before their mkdir it would delay
+        # them); not when other builds run (their moves keep the lock open already).
         if self._building == 1:
             self._primer.prime()
         if rec.egress is not EgressType.NONE:

@@ -46,34 +46,42 @@ class CgroupPrimer:
         self._procs: str | None = None
         self._fast: int | None = None  # the descriptor holding fast moves (fast_moves.py)
         self._tried_fast = False
+        self._fast_lock = threading.Lock()  # two first creates at once make it once
 
     @property
     def fast(self) -> bool:
         """Whether this runner holds the host's cgroup moves fast (nothing to prime)."""
         return self._fast is not None
 
+    @property
+    def tried_fast(self) -> bool:
+        """Whether :meth:`hold_fast_moves` ran already (it runs once per backend)."""
+        return self._tried_fast
+
     def hold_fast_moves(self) -> bool:
         """Make the host's cgroup moves fast, once; whether they are (``fast_moves.py``).
 
         Not when the operator said no; tried once per backend (it needs root).
         """
-        if not self._tried_fast:
-            self._tried_fast = True
-            if not fast_moves.wanted():
-                log.info("cgroup moves are primed: %s=0", fast_moves.ENV)
-            else:
-                try:
-                    self._fast = fast_moves.hold_fast_moves()
-                except OSError as exc:
-                    log.warning("cgroup moves are primed, not fast (favordynmods): %s", exc)
+        with self._fast_lock:
+            if not self._tried_fast:
+                self._tried_fast = True
+                if not fast_moves.wanted():
+                    log.info("cgroup moves are primed: %s=0", fast_moves.ENV)
+                else:
+                    try:
+                        self._fast = fast_moves.hold_fast_moves()
+                    except OSError as exc:
+                        log.warning("cgroup moves are primed, not fast (favordynmods): %s", exc)
         return self.fast
 
     def close(self) -> None:
         """Let go of fast moves (the kernel may keep the mode: see ``fast_moves.py``)."""
-        if self._fast is not None:
-            os.close(self._fast)
-            self._fast = None
-        self._tried_fast = False
+        with self._fast_lock:
+            if self._fast is not None:
+                os.close(self._fast)
+                self._fast = None
+            self._tried_fast = False
 
     def _own_procs(self) -> str | None:
         """``cgroup.procs`` of the cgroup this process is in now (one hierarchy is enough)."""
