@@ -14,8 +14,8 @@ Linux 6.0 and later have a mode for hosts that make and move processes all the t
 grace period, and every fork and exit pays a memory barrier more instead (nanoseconds,
 against a fork's tens of microseconds). It is how Linux always ran for years before 6.0,
 which made it optional (its commit: "cgroup: Make !percpu threadgroup_rwsem operations
-optional"). The same measurement with the mode on: the move
-0.49 ms, the agent's wait 0.64 ms, its whole set-up 5.5 ms.
+optional"). The same measurement with the mode on: the move 0.49 ms, the agent's wait
+0.64 ms, its whole set-up 5.5 ms.
 
 The mode is a mount option of any cgroup hierarchy, and it acts on the whole host. So the
 runner makes a hierarchy of its own for it, one that changes nothing else: a named cgroup
@@ -41,12 +41,14 @@ import errno
 import os
 import time
 
-__all__ = ["HIERARCHY_NAME", "hold_fast_moves", "wanted"]
-
+__all__ = ["BUSY_SECONDS", "ENV", "HIERARCHY_NAME", "hold_fast_moves", "wanted"]
 
 HIERARCHY_NAME = "sandboxd-fast-moves"
+"""The named hierarchy's name: every runner on a host shares the one hierarchy."""
 ENV = "SANDBOXD_FAST_CGROUP_MOVES"
+"""The operator's switch: ``0`` (or ``false``, ``no``, ``off``) keeps the kernel's default."""
 BUSY_SECONDS = 0.5
+"""How long a hierarchy that is still being taken down (``EBUSY``) is waited out."""
 
 # The new mount API has one set of numbers on every architecture (asm-generic, 5.2+).
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
