@@ -26,14 +26,20 @@ Standard library only, like the rest of the backend's system-call helpers.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import struct
 from collections.abc import Sequence
 
-from .syscalls import MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID
+from .syscalls import (
+    FSCONFIG_SET_FLAG,
+    FSCONFIG_SET_STRING,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    FsSetting,
+    mount_fs_detached,
+)
 
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -44,10 +50,6 @@ _LO_FLAGS_OFFSET = 52  # 5 x u64, then lo_number, lo_encrypt_type, lo_encrypt_ke
 BLOCK_SIZE = 4096
 _ATTACH_TRIES = 64
 
-# The new mount API has one set of numbers on every architecture (asm-generic, 5.2+).
-_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
-_FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 1
-_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
 # noinit_itable: the inode tables are holes, which read as zeros; never write them.
 # discard: blocks the sandbox frees are punched out of the image, so the host gets them back.
 # nobarrier: no cache flushes. The layer never outlives the host (there is nothing to make
@@ -63,9 +65,6 @@ MOUNT_FLAGS = ("noinit_itable", "discard", "nobarrier")
 # and the layer is mounted without it.
 OPTIONAL_MOUNT_FLAGS = ("no_prefetch_block_bitmaps",)
 MOUNT_STRINGS = (("errors", "remount-ro"),)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def copy_image(template: str, size: int, extents: Sequence[Sequence[int]]) -> int:
@@ -123,47 +122,21 @@ def attach_loop(image_fd: int) -> int:
     raise OSError(errno.EBUSY, "no free loop device")
 
 
-def _fs_error(fs: int, what: str) -> OSError:
-    err = ctypes.get_errno()
-    detail = ""
-    try:  # the filesystem's own words, if it left any in the context's log
-        os.set_blocking(fs, False)
-        detail = os.read(fs, 4096).decode(errors="replace").strip()
-    except OSError:
-        pass
-    return OSError(err, f"{what}: {os.strerror(err)}{f' ({detail})' if detail else ''}")
-
-
 def mount_detached(dev_fd: int) -> int:
     """The ext4 on ``dev_fd`` as a detached mount (nosuid, nodev); its descriptor."""
-    fs = _libc.syscall(_SYS_FSOPEN, b"ext4", _FSOPEN_CLOEXEC)
-    if fs < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"fsopen ext4: {os.strerror(err)}")
-    try:
-        # The device by our descriptor, not by /dev path: nothing can swap it in between.
-        settings: list[tuple[int, bytes, bytes | None]] = [
-            (_FSCONFIG_SET_STRING, b"source", f"/proc/self/fd/{dev_fd}".encode())
-        ]
-        settings += [(_FSCONFIG_SET_FLAG, name.encode(), None) for name in MOUNT_FLAGS]
-        settings += [(_FSCONFIG_SET_STRING, k.encode(), v.encode()) for k, v in MOUNT_STRINGS]
-        for cmd, key, value in settings:
-            if _libc.syscall(_SYS_FSCONFIG, fs, cmd, key, value, 0) < 0:
-                raise _fs_error(fs, f"fsconfig {key.decode()}")
-        for name in OPTIONAL_MOUNT_FLAGS:
-            if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FLAG, name.encode(), None, 0) < 0:
-                # Not known to this kernel: mount without it. Its message is read off the
-                # context's log, so that a later failure reports its own words.
-                _fs_error(fs, name)
-        if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
-            raise _fs_error(fs, "mounting the layer's ext4")
-        attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
-        mnt = _libc.syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, attrs)
-        if mnt < 0:
-            raise _fs_error(fs, "fsmount")
-        return int(mnt)
-    finally:
-        os.close(fs)
+    # The device by our descriptor, not by /dev path: nothing can swap it in between.
+    settings: list[FsSetting] = [
+        (FSCONFIG_SET_STRING, b"source", f"/proc/self/fd/{dev_fd}".encode())
+    ]
+    settings += [(FSCONFIG_SET_FLAG, name.encode(), None) for name in MOUNT_FLAGS]
+    settings += [(FSCONFIG_SET_STRING, k.encode(), v.encode()) for k, v in MOUNT_STRINGS]
+    return mount_fs_detached(
+        "ext4",
+        settings,
+        made="mounting the layer's ext4",
+        optional_flags=OPTIONAL_MOUNT_FLAGS,
+        attrs=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
 
 
 def prepare_layer(template: str, size: int, extents: Sequence[Sequence[int]]) -> int:

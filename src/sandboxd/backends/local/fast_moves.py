@@ -36,10 +36,11 @@ support, a runner inside a cgroup namespace) the runner primes too, and says so 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import time
+
+from .syscalls import FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FsSetting, mount_fs_detached
 
 __all__ = ["BUSY_SECONDS", "ENV", "HIERARCHY_NAME", "hold_fast_moves", "wanted"]
 
@@ -50,35 +51,16 @@ ENV = "SANDBOXD_FAST_CGROUP_MOVES"
 BUSY_SECONDS = 0.5
 """How long a hierarchy that is still being taken down (``EBUSY``) is waited out."""
 
-# The new mount API has one set of numbers on every architecture (asm-generic, 5.2+).
-_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
-_FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 1
-_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
-_SETTINGS: tuple[tuple[int, bytes, bytes | None], ...] = (
-    (_FSCONFIG_SET_STRING, b"name", HIERARCHY_NAME.encode()),
-    (_FSCONFIG_SET_FLAG, b"none", None),  # no controller: it limits and accounts nothing
-    (_FSCONFIG_SET_FLAG, b"favordynmods", None),
+_SETTINGS: tuple[FsSetting, ...] = (
+    (FSCONFIG_SET_STRING, b"name", HIERARCHY_NAME.encode()),
+    (FSCONFIG_SET_FLAG, b"none", None),  # no controller: it limits and accounts nothing
+    (FSCONFIG_SET_FLAG, b"favordynmods", None),
 )
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def wanted() -> bool:
     """Whether the operator lets the runner put the host in this mode (the default)."""
     return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
-
-
-def _error(what: str, fs: int = -1) -> OSError:
-    err = ctypes.get_errno()
-    detail = ""
-    if fs >= 0:  # the kernel's own words, if it left any in the context's log
-        try:
-            os.set_blocking(fs, False)
-            detail = os.read(fs, 4096).decode(errors="replace").strip()
-        except OSError:
-            pass
-    return OSError(err, f"{what}: {os.strerror(err)}{f' ({detail})' if detail else ''}")
 
 
 def hold_fast_moves() -> int:
@@ -99,18 +81,4 @@ def hold_fast_moves() -> int:
 
 
 def _hold_once() -> int:
-    fs = _libc.syscall(_SYS_FSOPEN, b"cgroup", _FSOPEN_CLOEXEC)
-    if fs < 0:
-        raise _error("fsopen cgroup")
-    try:
-        for cmd, key, value in _SETTINGS:
-            if _libc.syscall(_SYS_FSCONFIG, fs, cmd, key, value, 0) < 0:
-                raise _error(f"fsconfig {key.decode()}", fs)
-        if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
-            raise _error("making the hierarchy", fs)
-        mnt = _libc.syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, 0)
-        if mnt < 0:
-            raise _error("fsmount", fs)
-        return int(mnt)
-    finally:
-        os.close(fs)
+    return mount_fs_detached("cgroup", _SETTINGS, made="making the hierarchy")
