@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +180,30 @@ def test_two_first_creates_at_once_make_it_once(monkeypatch: pytest.MonkeyPatch)
     assert made == [1]
     primer.close()
     assert not primer.fast
+
+
+def test_a_runner_killed_while_holding_it_leaves_nothing_and_the_next_one_holds_it() -> None:
+    """SIGKILL of a holder: the kernel lets its descriptor go; a restart at once holds it.
+
+    The holder is a real process (not a runner: only the descriptor's life is under test).
+    """
+    _require_root()
+    script = (
+        "import sys, time; from sandboxd.backends.local import fast_moves as f; "
+        "f.hold_fast_moves(); print('held', flush=True); time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"
+        assert _listed(Path(f"/proc/{holder.pid}/cgroup").read_text())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    fd = fast_moves.hold_fast_moves()  # the next runner, at once (EBUSY is waited out)
+    try:
+        assert fast_moves.HIERARCHY_NAME not in Path("/proc/self/mountinfo").read_text()
+        assert _listed(Path("/proc/self/cgroup").read_text())
+    finally:
+        os.close(fd)
