@@ -269,7 +269,7 @@ class StreamingService(streaming_pb2_grpc.GatewayStreamingServiceServicer):
                         env=init.env,
                         stdin_closed=no_stdin,
                         wait_start=runner_waits,
-                        announce_running=runner_waits and announce is not None,
+                        announce_running=runner_waits,  # it always comes with ``announce``
                     )
                 ),
             )
