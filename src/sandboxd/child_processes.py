@@ -15,24 +15,45 @@ import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 
-def watch_children_with_pidfds() -> bool:
-    """Use pidfds to learn of child exits in this process, where that is needed and works.
+@contextlib.contextmanager
+def children_watched_with_pidfds() -> Iterator[bool]:
+    """Within the block, this process learns of child exits through pidfds, where needed.
 
-    Call from the main thread before the first child is started. Returns whether the pidfd
-    watcher is now installed (False on 3.12+, where it is the default already, and on
-    kernels without ``pidfd_open``, where the threaded watcher stays).
+    Wrap the ``asyncio.run`` of a runner (from the main thread, before its first child).
+    Yields whether the pidfd watcher is installed (False on 3.12+, where it is the default
+    already, and on kernels without ``pidfd_open``, where the threaded watcher stays).
+
+    Why only within the block: on 3.11 the watcher is the process's, and a pidfd watcher
+    serves only the event loop last set in the main thread. Installed for good, it left
+    every other loop of the process unable to start a child ("asyncio.get_child_watcher()
+    is not activated"): a test that ran the runner's command in-process broke the test
+    session's long-lived loop, whose backend then could not remove its networks' rules.
+    The watcher that was there before comes back when the block ends.
     """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+    if sys.version_info >= (3, 12) or not _pidfds_work():
+        yield False
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_child_watcher()
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    try:
+        yield True
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(previous)
+
+
+def _pidfds_work() -> bool:
+    """Whether this kernel has ``pidfd_open`` (Linux 5.3+) and this Python exposes it."""
+    if not hasattr(os, "pidfd_open"):
         return False
     try:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with contextlib.suppress(AttributeError):
-            asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-            return True
-    return False
+    return True

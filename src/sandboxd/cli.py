@@ -24,7 +24,7 @@ from sandboxd import __version__
 from sandboxd.admin_cli import ADMIN_GROUPS, CONFIG_COMMANDS, parse_duration
 from sandboxd.allocator import return_large_buffers_to_the_system
 from sandboxd.backends_cli import backends_group
-from sandboxd.child_processes import watch_children_with_pidfds
+from sandboxd.child_processes import children_watched_with_pidfds
 from sandboxd.config import ConfigError, PlatformConfig, load_config
 from sandboxd.images.cli import images_group
 from sandboxd.log_format import setup_logging
@@ -355,10 +355,10 @@ def up_command(**options: object) -> None:
     warn_if_insecure(settings.insecure_no_auth, settings.listen)
     runner_id = options["runner_id"]
     ca_file: Path | None = options["tls_ca"] or cert  # type: ignore[assignment]
-    watch_children_with_pidfds()  # the local runner runs host commands per sandbox
     return_large_buffers_to_the_system()  # file bytes in 1 MiB buffers (allocator.py)
     try:
-        with refuse_damaged_database():
+        # The local runner runs host commands per sandbox: their exits through pidfds.
+        with refuse_damaged_database(), children_watched_with_pidfds():
             asyncio.run(
                 run_all_in_one(
                     settings,

@@ -11,6 +11,7 @@ counting only what appeared during it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -115,10 +116,41 @@ def record_warnings() -> None:
 
 
 def warnings_about(left: list[str], limit: int = 40) -> list[str]:
-    """The recorded warnings that name a sandbox network tag found in ``left``."""
+    """The recorded warnings that name a sandbox network tag found in ``left``, with context.
+
+    Context: every warning of the same process in the ``CONTEXT_SECONDS`` before one that
+    names a tag. Why: the step that failed often names no tag (a command that could not be
+    started says only why), and the warning that does ("could not be removed") says only
+    that it failed. A CI run left four networks' rules with nothing else to go by.
+    """
     path = os.environ.get(WARNINGS_ENV)
     tags = {m.group(1) for thing in left for m in re.finditer(r"sandboxd:([0-9a-f]{10})", thing)}
     if not path or not tags or not os.path.exists(path):
         return []
     with open(path, errors="replace") as fh:
-        return [line.rstrip() for line in fh if any(tag in line for tag in tags)][-limit:]
+        lines = [line.rstrip() for line in fh]
+    naming = [i for i, line in enumerate(lines) if any(tag in line for tag in tags)]
+    keep: set[int] = set()
+    for i in naming:
+        keep.add(i)
+        when, pid = _stamp(lines[i])
+        for j in range(i - 1, -1, -1):
+            before, other = _stamp(lines[j])
+            if when is None or before is None or when - before > CONTEXT_SECONDS:
+                break
+            if other == pid:
+                keep.add(j)
+    return [lines[i] for i in sorted(keep)][-limit:]
+
+
+CONTEXT_SECONDS = 30.0
+"""How far back ``warnings_about`` shows a process's other warnings."""
+
+
+def _stamp(line: str) -> tuple[float | None, str]:
+    """A recorded warning's time (seconds) and pid, as ``record_warnings`` wrote them."""
+    found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) pid (\d+) ", line)
+    if found is None:
+        return None, ""
+    stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+    return stamp + int(found.group(2)) / 1000, found.group(3)

@@ -33,7 +33,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from sandboxd.allocator import return_large_buffers_to_the_system
-from sandboxd.child_processes import watch_children_with_pidfds
+from sandboxd.child_processes import children_watched_with_pidfds
 from sandboxd.log_format import setup_logging
 from sandboxd.metrics_http import MetricsServer, serve_metrics
 from sandboxd.runner.agent import NoCredentialError, RunnerAgent, RunnerRejectedError
@@ -325,10 +325,10 @@ def runner_command(
         )
 
     # The agent logs "runner <id> registered with <url> (profiles: ...)" on each registration.
-    watch_children_with_pidfds()  # host commands per sandbox, without a thread each
     return_large_buffers_to_the_system()  # file bytes in 1 MiB buffers (allocator.py)
     try:
-        asyncio.run(_run_with_backend(settings, backend, unavailable, metrics_listen))
+        with children_watched_with_pidfds():  # host commands per sandbox, no thread each
+            asyncio.run(_run_with_backend(settings, backend, unavailable, metrics_listen))
     except RunnerRejectedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REJECTED)

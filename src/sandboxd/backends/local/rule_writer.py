@@ -123,7 +123,8 @@ class RuleWriter:
                     try:
                         await _BATCHES[kind](batch)
                     except Exception as exc:  # not a command's failure: spawning it failed
-                        _log.warning("firewall transaction failed: %s", exc)
+                        _log.warning("a firewall %s of %d transactions could not be run: %r",
+                                     kind, len(batch), exc)  # fmt: skip
                         for asked in batch:
                             asked.finish(exc if kind == ADD else None, ran=False)
                     for asked in batch:
