@@ -123,7 +123,7 @@ class RuleWriter:
                     try:
                         await _BATCHES[kind](batch)
                     except Exception as exc:  # not a command's failure: spawning it failed
-                        _log.warning("a firewall %s of %d transactions could not be run: %r",
+                        _log.warning("firewall transactions (%s, %d) could not be started: %r",
                                      kind, len(batch), exc)  # fmt: skip
                         for asked in batch:
                             asked.finish(exc if kind == ADD else None, ran=False)
