@@ -91,7 +91,10 @@ async def reap_orphans(
                     orphan.keep = True
                     continue
             nets = [NetworkManager(key, pool) for pool in pools_on_host(network_pool)]
-            for net in nets:
+            # An owner from another network namespace: its networks are there, and are
+            # that namespace's reaper's to take back (``Orphan.foreign``); kept claimed.
+            elsewhere = orphan.foreign and any(net.claims() for net in nets)
+            for net in [] if orphan.foreign else nets:
                 net.log_group = group_for(key)  # its rules may log there: removed with them
                 if everything:
                     reaped.networks += await _tear_down_all(net)
@@ -107,7 +110,7 @@ async def reap_orphans(
             # come back for them, or its data directory be deleted after all; the claims
             # go then, not now: a runner that comes back releases what its records name.
             left = bool(ids.claimed() or any(net.claims() for net in nets))
-            orphan.keep = (
+            orphan.keep = elsewhere or (
                 orphan.data_dir is not None and not everything and (not group_gone or left)
             )
     if reaped.sandboxes:

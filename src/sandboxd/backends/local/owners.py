@@ -16,6 +16,15 @@ version before this one) is never reaped: its owner may still be alive.
 The file also names the owner's data directory (:func:`recorded_data_dir`): when that
 directory is gone too, no runner can ever come back for the owner's sandboxes (their
 records, sockets and logs were in it), and the reaper ends them as well.
+
+And it names the owner's network namespace (:func:`netns_id`). Why: ``/run/sandboxd`` is
+shared by every runner that shares the host's mounts, also one in a network namespace of
+its own (a runner in a container with its own network, the fault tests' "hosts"). Such a
+runner's reaper took a dead host runner's prepared networks for its own to remove: it ran
+the removal in its own namespace, where those rules never were, took "not there" for
+"removed", and gave their claims back while the rules stayed on the host for good, with
+nothing left that named them. A reaper now leaves the networks of an owner from another
+namespace, claims and all, to a reaper in that namespace (``Orphan.foreign``).
 """
 
 from __future__ import annotations
@@ -147,9 +156,21 @@ class OwnerLock:
             os.close(fd)
 
 
+def netns_id() -> str | None:
+    """The calling thread's network namespace, as ``device:inode``; None if unreadable."""
+    try:
+        found = os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return None
+    return f"{found.st_dev}:{found.st_ino}"
+
+
 def _record_data_dir(fd: int, data_dir: str) -> None:
-    """Write the owner's data directory into its lock file (holders of a key share one)."""
-    data = json.dumps({"data_dir": data_dir}).encode()
+    """Write the owner's data directory and network namespace into its lock file.
+
+    Holders of a key share one file; they share a data directory, and so a host.
+    """
+    data = json.dumps({"data_dir": data_dir, "netns": netns_id()}).encode()
     with contextlib.suppress(OSError):  # without it the key's sandboxes are only never reaped
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
@@ -160,15 +181,26 @@ def recorded_data_dir(key: str, directory: str = OWNERS_DIR) -> str | None:
 
     Read while :func:`orphaned` holds the file, so no owner is writing it then.
     """
+    data_dir = _recorded(key, directory).get("data_dir")
+    if not isinstance(data_dir, str) or not os.path.isabs(data_dir) or "\0" in data_dir:
+        return None
+    return data_dir
+
+
+def recorded_netns(key: str, directory: str = OWNERS_DIR) -> str | None:
+    """The network namespace ``key``'s owner wrote; None if none (a version before this)."""
+    netns = _recorded(key, directory).get("netns")
+    return netns if isinstance(netns, str) else None
+
+
+def _recorded(key: str, directory: str) -> dict[str, object]:
+    """What ``key``'s owner wrote into its lock file (empty if nothing readable)."""
     try:
         with open(os.path.join(directory, key), "rb") as fh:
             found = json.loads(fh.read(4096) or b"null")
     except (OSError, ValueError):
-        return None
-    data_dir = found.get("data_dir") if isinstance(found, dict) else None
-    if not isinstance(data_dir, str) or not os.path.isabs(data_dir) or "\0" in data_dir:
-        return None
-    return data_dir
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass
@@ -183,6 +215,17 @@ class Orphan:
     key: str
     data_dir: str | None
     keep: bool = False
+    netns: str | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """Whether the owner ran in another network namespace than this thread's.
+
+        Its networks (links, firewall rules) are there, out of this reaper's reach: their
+        removal from here would find nothing and seem to succeed (see the module
+        docstring). An owner that recorded none (a version before this) counts as local.
+        """
+        return self.netns is not None and self.netns != netns_id()
 
     @property
     def abandoned(self) -> bool:
@@ -210,7 +253,9 @@ def orphaned(key: str, directory: str = OWNERS_DIR) -> Iterator[Orphan | None]:
         yield None
         return
     try:
-        orphan = Orphan(key, recorded_data_dir(key, directory))
+        orphan = Orphan(
+            key, recorded_data_dir(key, directory), netns=recorded_netns(key, directory)
+        )
         yield orphan
         if not orphan.keep:
             with contextlib.suppress(FileNotFoundError):
