@@ -9,15 +9,18 @@ named them (found on this machine after a CI run: four networks' rules, no claim
 
 The claims here are real files in the host-wide claim directory, in a pool no other test
 uses; no network is made (the teardown of one that is not there is what the reaper did).
+A namespace that stays is one made with ``ip netns add``, removed at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,16 +56,30 @@ async def _sweep(owners: Path, idmap: Path) -> Reaped:
     )
 
 
-@pytest.mark.parametrize("where", ["here", "elsewhere"])
+@contextlib.contextmanager
+def _live_namespace() -> Iterator[str]:
+    """A named network namespace (``ip netns add``) that exists until the block ends."""
+    name = f"sbxorph{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        found = os.stat(f"/run/netns/{name}")
+        yield f"{found.st_dev}:{found.st_ino}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere", "gone"])
 def test_a_dead_owners_networks_are_taken_back_only_in_its_own_network_namespace(
     tmp_path: Path, where: str
 ) -> None:
-    """An abandoned owner (its data directory deleted) with a network made ahead: from its
-    own namespace the reaper takes the network back and the lock file goes; from another
-    it leaves the claim and the lock file for a reaper there. Without the check, the claim
-    went in both cases."""
+    """An abandoned owner (its data directory deleted) with a network made ahead:
+    - from its own namespace the reaper takes the network back and the lock file goes;
+    - from another namespace that still exists, the claim and the lock file stay for a
+      reaper there (without the check, the claim went and the rules stayed);
+    - from a namespace that is gone (its links and rules went with it), the claim is given
+      back and the lock file goes (kept, they would stay until the host reboots)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root: the host-wide claim directory and a network namespace")
+        pytest.skip("needs root: the host-wide claim directory and network namespaces")
     owners, idmap = tmp_path / "owners", tmp_path / "idmap"
     owners.mkdir()
     idmap.mkdir()
@@ -70,21 +87,27 @@ def test_a_dead_owners_networks_are_taken_back_only_in_its_own_network_namespace
     net = NetworkManager(key, POOL)
     lease = net.allocate("made-ahead")
     net.assign(lease, f"{PREPARED_HOLDER}{lease.tag}")
-    recorded = netns_id() if where == "here" else _other_namespace()
-    assert recorded is not None and (where == "here") == (recorded == netns_id())
-    (owners / key).write_text(json.dumps({"data_dir": str(tmp_path / "gone"), "netns": recorded}))
-    try:
-        reaped = asyncio.run(_sweep(owners, idmap))
+    claimed = {lease.index: f"{PREPARED_HOLDER}{lease.tag}"}
+    with contextlib.ExitStack() as stack:
+        stack.callback(net.release, lease)
         if where == "here":
-            assert net.claims() == {}
-            assert reaped.networks == 1 and not (owners / key).exists()
+            recorded = netns_id()
+        elif where == "elsewhere":
+            recorded = stack.enter_context(_live_namespace())
         else:
-            assert net.claims() == {lease.index: f"{PREPARED_HOLDER}{lease.tag}"}
+            recorded = _other_namespace()  # its process has exited: the namespace is gone
+        assert recorded is not None and (where == "here") == (recorded == netns_id())
+        lock = {"data_dir": str(tmp_path / "gone"), "netns": recorded}
+        (owners / key).write_text(json.dumps(lock))
+        reaped = asyncio.run(_sweep(owners, idmap))
+        if where == "elsewhere":
+            assert net.claims() == claimed
             assert reaped.networks == 0 and (owners / key).exists()
             asyncio.run(_sweep(owners, idmap))  # a later sweep from here: still not its
-            assert net.claims() == {lease.index: f"{PREPARED_HOLDER}{lease.tag}"}
-    finally:
-        net.release(lease)
+            assert net.claims() == claimed
+        else:
+            assert net.claims() == {}
+            assert reaped.networks == 1 and not (owners / key).exists()
 
 
 def test_an_owner_records_its_network_namespace(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..base import EgressType
 from .connection_trail import group_for
-from .network import IPAM_DIR, NetworkManager
+from .network import IPAM_DIR, PREPARED_HOLDER, NetworkManager
 from .network_pool import PreparedNetworks
 from .owners import OWNERS_DIR, orphaned, other_keys
 from .prepared_ids import PREPARED
@@ -91,12 +91,16 @@ async def reap_orphans(
                     orphan.keep = True
                     continue
             nets = [NetworkManager(key, pool) for pool in pools_on_host(network_pool)]
-            # An owner from another network namespace: its networks are there, and are
-            # that namespace's reaper's to take back (``Orphan.foreign``); kept claimed.
-            elsewhere = orphan.foreign and any(net.claims() for net in nets)
-            for net in [] if orphan.foreign else nets:
+            # An owner from another network namespace: while that namespace exists its
+            # networks are there, that namespace's reaper's to take back, and stay claimed
+            # (``Orphan.foreign_and_alive``); once it is gone they went with it, and only
+            # their claims are left to give back.
+            elsewhere = orphan.foreign_and_alive and any(net.claims() for net in nets)
+            for net in [] if elsewhere else nets:
                 net.log_group = group_for(key)  # its rules may log there: removed with them
-                if everything:
+                if orphan.foreign:
+                    reaped.networks += _release_claims(net, everything)
+                elif everything:
                     reaped.networks += await _tear_down_all(net)
                 else:
                     reaped.networks += await PreparedNetworks(net, 0).reap()
@@ -146,6 +150,22 @@ def pools_on_host(own: str, ipam_dir: str = IPAM_DIR) -> list[str]:
                 if not known and os.path.isdir(os.path.join(ipam_dir, name)):
                     found.append(str(pool))
     return found
+
+
+def _release_claims(net: NetworkManager, everything: bool) -> int:
+    """Give back the claims of networks whose namespace is gone (their parts went with it).
+
+    ``everything``: its sandboxes' too (they were ended); else only those made ahead.
+    """
+    holders = net.claims()
+    leases = [
+        lease
+        for lease in net.claimed_leases()
+        if everything or holders.get(lease.index, "").startswith(PREPARED_HOLDER)
+    ]
+    for lease in leases:
+        net.release(lease)
+    return len(leases)
 
 
 async def _tear_down_all(net: NetworkManager) -> int:

@@ -24,7 +24,9 @@ runner's reaper took a dead host runner's prepared networks for its own to remov
 the removal in its own namespace, where those rules never were, took "not there" for
 "removed", and gave their claims back while the rules stayed on the host for good, with
 nothing left that named them. A reaper now leaves the networks of an owner from another
-namespace, claims and all, to a reaper in that namespace (``Orphan.foreign``).
+namespace that still exists, claims and all, to a reaper in that namespace
+(``Orphan.foreign_and_alive``); of one from a namespace that is gone (its links and rules
+went with it) it only gives the claims back.
 """
 
 from __future__ import annotations
@@ -165,6 +167,28 @@ def netns_id() -> str | None:
     return f"{found.st_dev}:{found.st_ino}"
 
 
+def netns_in_use(wanted: str) -> bool:
+    """Whether network namespace ``wanted`` (a :func:`netns_id`) still exists, as far as seen.
+
+    A namespace lives while a process is in it or a bind mount holds it (``ip netns add``
+    makes one under ``/run/netns``); both are looked at. Why it matters: a dead owner from a
+    namespace that is gone took its links and rules with it, so its network claims are only
+    files left to give back; one from a namespace that still exists has its networks there.
+    A namespace held only by an open descriptor elsewhere is not seen (taken for gone).
+    """
+    places = [f"/proc/{name}/ns/net" for name in os.listdir("/proc") if name.isdigit()]
+    with contextlib.suppress(OSError):
+        places += [entry.path for entry in os.scandir("/run/netns")]
+    for place in places:
+        try:
+            found = os.stat(place)
+        except OSError:  # the process ended meanwhile, or not ours to look at
+            continue
+        if f"{found.st_dev}:{found.st_ino}" == wanted:
+            return True
+    return False
+
+
 def _record_data_dir(fd: int, data_dir: str) -> None:
     """Write the owner's data directory and network namespace into its lock file.
 
@@ -226,6 +250,11 @@ class Orphan:
         docstring). An owner that recorded none (a version before this) counts as local.
         """
         return self.netns is not None and self.netns != netns_id()
+
+    @property
+    def foreign_and_alive(self) -> bool:
+        """Whether the owner's other network namespace still exists (:func:`netns_in_use`)."""
+        return self.foreign and self.netns is not None and netns_in_use(self.netns)
 
     @property
     def abandoned(self) -> bool:
