@@ -70,16 +70,19 @@ async def run(
     return out.decode(errors="replace")
 
 
-def _network_namespace() -> tuple[int, int] | None:
-    """The calling thread's network namespace (device, inode); None where it cannot be read."""
+def network_namespace(path: str = "/proc/thread-self/ns/net") -> tuple[int, int] | None:
+    """The network namespace (device, inode) of ``path``, by default the calling thread's.
+
+    None where it cannot be read (a process that ended, say).
+    """
     try:
-        found = os.stat("/proc/thread-self/ns/net")
+        found = os.stat(path)
     except OSError:
         return None
     return found.st_dev, found.st_ino
 
 
-_HOME_NAMESPACE = _network_namespace()
+_HOME_NAMESPACE = network_namespace()
 """The network namespace the runner was started in: the host's, where its rules belong."""
 
 
@@ -91,7 +94,7 @@ def _check_namespace(argv: tuple[str, ...]) -> None:
     come back would have every rule added in the wrong place, where it filters nothing, and
     every removal "succeed" there while the host keeps the rules. One ``stat`` per command.
     """
-    now = _network_namespace()
+    now = network_namespace()
     if _HOME_NAMESPACE is not None and now is not None and now != _HOME_NAMESPACE:
         raise NetworkError(
             f"{' '.join(argv)}: this thread is not in the runner's network namespace: no "

@@ -40,6 +40,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .host_commands import network_namespace
+
 OWNERS_DIR = "/run/sandboxd/owners"
 _RETRY_SECONDS = 0.02  # while another backend reaps this key's leftovers (milliseconds)
 
@@ -158,13 +160,13 @@ class OwnerLock:
             os.close(fd)
 
 
-def netns_id() -> str | None:
-    """The calling thread's network namespace, as ``device:inode``; None if unreadable."""
-    try:
-        found = os.stat("/proc/thread-self/ns/net")
-    except OSError:
-        return None
-    return f"{found.st_dev}:{found.st_ino}"
+def netns_id(path: str = "/proc/thread-self/ns/net") -> str | None:
+    """The network namespace of ``path`` (by default the calling thread's) as ``dev:inode``.
+
+    None if unreadable.
+    """
+    found = network_namespace(path)
+    return None if found is None else f"{found[0]}:{found[1]}"
 
 
 def netns_in_use(wanted: str) -> bool:
@@ -179,14 +181,7 @@ def netns_in_use(wanted: str) -> bool:
     places = [f"/proc/{name}/ns/net" for name in os.listdir("/proc") if name.isdigit()]
     with contextlib.suppress(OSError):
         places += [entry.path for entry in os.scandir("/run/netns")]
-    for place in places:
-        try:
-            found = os.stat(place)
-        except OSError:  # the process ended meanwhile, or not ours to look at
-            continue
-        if f"{found.st_dev}:{found.st_ino}" == wanted:
-            return True
-    return False
+    return any(netns_id(place) == wanted for place in places)
 
 
 def _record_data_dir(fd: int, data_dir: str) -> None:
