@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,9 @@ OWNERS = "/run/sandboxd/owners"
 
 # A backend in a process of its own: creates one sandbox with egress (so networks are made
 # ahead for that policy) and keeps a second one running; waits until a network and an id
-# range are ready, says what it holds, and idles until it is killed.
+# range are ready, says what it holds, and idles until it is killed. Its sandboxes' ids
+# start with a prefix of its own (argv[3]): claims are found by the id they name, and two
+# such children on other workers both had "orphan-2" (one test then saw the other's).
 CHILD = """
 import asyncio, json, sys
 from pathlib import Path
@@ -50,7 +53,7 @@ from sandboxd.images import ImageStore
 
 async def main():
     backend = LocalBackend(Path(sys.argv[1]) / "backend", images=ImageStore(sys.argv[2]))
-    harness = Harness(backend, "busybox:latest", None, lambda: backend, prefix="orphan-")
+    harness = Harness(backend, "busybox:latest", None, lambda: backend, prefix=sys.argv[3])
     internet = NetworkSpec(egress=EgressType.INTERNET)
     async with harness.sandbox(network=internet):
         pass
@@ -81,11 +84,16 @@ asyncio.run(main())
 def _backend_in_a_process(data_dir: Path, image_store: ImageStore) -> subprocess.Popen[str]:
     """``CHILD`` on ``data_dir``: it prints what it holds, then idles until killed."""
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(data_dir), str(image_store.data_dir)],
+        [sys.executable, "-c", CHILD, str(data_dir), str(image_store.data_dir), _unique_prefix()],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+
+
+def _unique_prefix() -> str:
+    """A sandbox id prefix no other test (or worker) uses: ``orphan-<hex>-``."""
+    return f"orphan-{secrets.token_hex(4)}-"
 
 
 def _claims_naming(text: str) -> list[str]:
