@@ -37,6 +37,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -172,16 +173,49 @@ def netns_id(path: str = "/proc/thread-self/ns/net") -> str | None:
 def netns_in_use(wanted: str) -> bool:
     """Whether network namespace ``wanted`` (a :func:`netns_id`) still exists, as far as seen.
 
-    A namespace lives while a process is in it or a bind mount holds it (``ip netns add``
-    makes one under ``/run/netns``); both are looked at. Why it matters: a dead owner from a
+    A namespace lives while a process is in it, a mount holds it (``ip netns add`` makes
+    one under ``/run/netns``, Docker under ``/run/docker/netns``) or a descriptor of it is
+    open; all three are looked at, the cheapest first. Why it matters: a dead owner from a
     namespace that is gone took its links and rules with it, so its network claims are only
     files left to give back; one from a namespace that still exists has its networks there.
-    A namespace held only by an open descriptor elsewhere is not seen (taken for gone).
+    Not seen: a mount of it in another mount namespace only (taken for gone).
     """
-    places = [f"/proc/{name}/ns/net" for name in os.listdir("/proc") if name.isdigit()]
-    with contextlib.suppress(OSError):
-        places += [entry.path for entry in os.scandir("/run/netns")]
-    return any(netns_id(place) == wanted for place in places)
+    pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    if any(netns_id(f"/proc/{pid}/ns/net") == wanted for pid in pids):
+        return True
+    return _mounted(wanted) or any(_open_in(pid, wanted) for pid in pids)
+
+
+def _mounted(wanted: str) -> bool:
+    """Whether a mount in this mount namespace holds namespace ``wanted``."""
+    inode = wanted.partition(":")[2]
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:  # ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...; ROOT is net:[INODE]
+        fields = line.split()
+        if len(fields) > 4 and fields[3] == f"net:[{inode}]":
+            where = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040
+            if netns_id(where) == wanted:
+                return True
+    return False
+
+
+def _open_in(pid: str, wanted: str) -> bool:
+    """Whether process ``pid`` holds a descriptor of namespace ``wanted``."""
+    name = f"net:[{wanted.partition(':')[2]}]"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or not ours to look into
+        return False
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        with contextlib.suppress(OSError):
+            if os.readlink(path) == name and netns_id(path) == wanted:
+                return True
+    return False
 
 
 def _record_data_dir(fd: int, data_dir: str) -> None:
