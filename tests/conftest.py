@@ -4,8 +4,9 @@ A skip is for a machine that lacks something (not root, a missing package). CI r
 with everything installed by ``scripts/setup.sh``, so there a skip means a test silently did
 not run: with ``SANDBOXD_REQUIRE_NO_SKIPS=1`` (set by ``.ci/run``) the session fails and
 lists them. With ``SANDBOXD_REQUIRE_NO_LEFTOVERS=1`` (also set by ``.ci/run``) it fails when
-sandbox namespaces, links, firewall rules or sandboxd processes that appeared during it are
-still there at its end, after a grace of 15 s (``tests/support/leftovers.py``).
+sandbox namespaces, links, firewall rules, claims nothing could give back (an empty one, or
+one whose owner has no lock file) or sandboxd processes that appeared during it are still
+there at its end, after a grace of 15 s (``tests/support/leftovers.py``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What sandboxd left on this host: namespaces, links, firewall rules, empty subnet claims
-and processes.
+"""What sandboxd left on this host: namespaces, links, firewall rules, claims nothing can
+give back, and processes.
 
 Why a suite-wide check: a leaked veth keeps its subnet's host address, and the next sandbox
 given that subnet reaches nothing (a CI run failed that way, far from the test that leaked
@@ -21,6 +21,8 @@ import time
 
 NETNS_DIR = "/run/netns"
 IPAM_DIR = "/run/sandboxd/ipam"
+IDMAP_DIR = "/run/sandboxd/idmap"
+OWNERS_DIR = "/run/sandboxd/owners"
 # Sandbox veths are ``sbx<tag>``; the test helpers' own links start with ``sbx`` too.
 LINK_PREFIX = "sbx"
 
@@ -32,7 +34,7 @@ def _run(*argv: str) -> str:
 
 
 def host_network_leftovers() -> set[str]:
-    """Every sandboxd namespace, ``sbx*`` link and sandboxd firewall rule or chain, now."""
+    """Every sandboxd namespace, ``sbx*`` link, firewall rule or chain, and stray claim, now."""
     found: set[str] = set()
     if os.path.isdir(NETNS_DIR):
         found |= {f"netns {n}" for n in os.listdir(NETNS_DIR) if n.startswith("sandboxd-")}
@@ -44,18 +46,39 @@ def host_network_leftovers() -> set[str]:
         for line in _run("iptables-save", "-t", table).splitlines():
             if "sandboxd:" in line or re.match(r"^:(SBX-|SANDBOXD-)", line):
                 found.add(f"{table} {line}")
-    # An empty subnet claim names no backend, so nothing could ever give it back
-    # (backends/local/claim_files.py); claims that name one are the orphan sweep's.
-    if os.path.isdir(IPAM_DIR):
-        for pool in os.listdir(IPAM_DIR):
-            directory = os.path.join(IPAM_DIR, pool)
-            if os.path.isdir(directory):
-                for name in os.listdir(directory):
-                    path = os.path.join(directory, name)
-                    with contextlib.suppress(OSError):
-                        if os.path.isfile(path) and os.path.getsize(path) == 0:
-                            found.add(f"empty subnet claim {path}")
+    return found | unreapable_claims()
+
+
+def unreapable_claims() -> set[str]:
+    """Subnet and user-id-range claims that nothing could ever give back, now.
+
+    A claim names its owner: a backend key (subnets) or its group ``sandboxd-<key>`` (id
+    ranges). The orphan sweep goes by the owners' lock files (``/run/sandboxd/owners``),
+    which a backend holds while it runs and the sweep removes once it took everything of a
+    dead one back; so a claim whose owner has no lock file, or an empty one (it names
+    nobody), stays taken until the host reboots (``backends/local/claim_files.py``,
+    ``orphans.py``). A dead owner's claims with its lock file still there are the next
+    sweep's, not leftovers.
+    """
+    owners = set(os.listdir(OWNERS_DIR)) if os.path.isdir(OWNERS_DIR) else set()
+    found: set[str] = set()
+    for directory, prefix in [(IDMAP_DIR, "sandboxd-"), *((p, "") for p in _subnet_pools())]:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError), open(path) as fh:
+                    owner = (fh.read().split() or [""])[0]
+                if not owner:
+                    found.add(f"empty claim {path}")
+                elif owner.removeprefix(prefix) not in owners:
+                    found.add(f"claim {path} of {owner}, which has no lock file")
     return found
+
+
+def _subnet_pools() -> list[str]:
+    if not os.path.isdir(IPAM_DIR):
+        return []
+    return [os.path.join(IPAM_DIR, pool) for pool in os.listdir(IPAM_DIR)]
 
 
 # The names sandboxd's own processes give themselves (prctl), and how its CLI is started.
