@@ -21,6 +21,7 @@ from dataclasses import replace
 import grpc
 
 from sandboxd.controlplane.caller import current_caller
+from sandboxd.controlplane.held_requests import encode_request
 from sandboxd.controlplane.limits import MAX_FILE_PATH_CHARS
 from sandboxd.controlplane.placement import place
 from sandboxd.controlplane.quotas import Quotas
@@ -199,6 +200,7 @@ class Lifecycle:
             exposed_ports=list(request.exposed_ports),
             created_at=created,
             start_deadline=start_deadline(created),
+            start_request=encode_request(request),  # a move after a restart places it again
             **placed_fields(placement, spec),
         )
         # Held until the sandbox runs or ends: another runner may have to take it over.

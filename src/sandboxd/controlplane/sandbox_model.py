@@ -92,6 +92,9 @@ class SandboxRecord:
     owner_org: str = ADMIN_ORG
     # The runner's instructions (a serialized runner SandboxSpec); None for adopted orphans.
     spec: bytes | None = None
+    # The client's request while the sandbox starts (``held_requests.py``), so that a start
+    # its runner fails can move to another runner also after a restart; None once settled.
+    start_request: bytes | None = None
     tags: list[str] = field(default_factory=list)
     exposed_ports: list[int] = field(default_factory=list)
     applied_egress_mode: str = ""
@@ -251,6 +254,7 @@ def observe(record: SandboxRecord, report: Report) -> SandboxRecord | None:
             observed=report.phase,
             observed_generation=report.generation,
             started_at=record.started_at or report.at or now(),
+            start_request=None,
         )
     if new < old or (new == old and report.generation <= record.observed_generation):
         if report.service_address and report.service_address != record.service_address:
@@ -260,6 +264,7 @@ def observe(record: SandboxRecord, report: Report) -> SandboxRecord | None:
         record,
         observed=report.phase if new > old or new == 1 else record.observed,
         observed_generation=max(record.observed_generation, report.generation),
+        start_request=None,  # its start settled: it will not move any more
     )
     if report.service_address is not None:
         changed.service_address = report.service_address
@@ -319,6 +324,7 @@ def give_up(record: SandboxRecord, why: str) -> SandboxRecord:
         generation=record.generation + 1,
         verdict=why,
         ended_at=record.ended_at or now(),
+        start_request=None,  # it will not be started anywhere
     )
 
 

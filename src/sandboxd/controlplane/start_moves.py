@@ -20,10 +20,11 @@ What moves, and what does not:
 * onto the same profile, with the same limits, so the organization's quotas and what the
   client was told at Start still hold; a request whose pins leave no other runner (its
   volumes' runner, say) fails as before;
-* only requests this control plane placed and still holds. They are kept in memory while
-  their sandbox starts (without their mounted files, which the stored spec keeps): a start
-  placed before this control plane restarted, or by another control plane on the same
-  database, fails as before instead of being moved.
+* only requests known: held in memory while their sandbox starts (without their mounted
+  files, which the stored spec keeps), and stored with the record until the start settles
+  (``held_requests.py``), so a start placed before this control plane restarted, or by
+  another control plane on the same database, moves too. A start whose record has none (a
+  row of an earlier version) or one this version cannot read fails as before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
+from sandboxd.controlplane.held_requests import decode_request
 from sandboxd.controlplane.placement import place_elsewhere
 from sandboxd.controlplane.registry import RunnerRegistry
 from sandboxd.controlplane.sandbox_model import Desired, Observed, SandboxRecord
@@ -104,6 +106,16 @@ class StartMoves:
         if record.sandbox_id in self._held and not _still_starting(record):
             del self._held[record.sandbox_id]
 
+    def _adopt(self, record: SandboxRecord) -> _Held | None:
+        """Hold the request stored with ``record`` (placed before a restart, or elsewhere)."""
+        request = decode_request(record.start_request)
+        if request is None or not _still_starting(record):
+            return None
+        held = _Held(request)
+        if len(self._held) < MAX_HELD:
+            self._held[record.sandbox_id] = held  # its runners that failed it count from here
+        return held
+
     async def move(self, record: SandboxRecord, error: ApiError) -> bool:
         """Place a start that ``record``'s runner failed with ``error`` on another runner.
 
@@ -111,8 +123,10 @@ class StartMoves:
         False when the start is not moved and is to end FAILED as the runner said. Raises
         UNAVAILABLE when the database refuses the write (the start is then tried again).
         """
-        held = self._held.get(record.sandbox_id)
-        if held is None or record.spec is None or not moves_elsewhere(error):
+        if record.spec is None or not moves_elsewhere(error):
+            return False
+        held = self._held.get(record.sandbox_id) or self._adopt(record)
+        if held is None:
             return False
         failed_on = record.runner_id
         if failed_on not in held.failed_on:

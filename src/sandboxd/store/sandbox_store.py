@@ -67,6 +67,7 @@ class SandboxRow(Base):
     profile_name: Mapped[str] = mapped_column(String(255), default="")
     image: Mapped[str] = mapped_column(String(512), default="")
     spec: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    start_request: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     exposed_ports: Mapped[list[int]] = mapped_column(JSON, default=list)
     applied_egress_mode: Mapped[str] = mapped_column(String(128), default="")
@@ -180,6 +181,7 @@ class ListQuery:
 
 _COLUMNS = (
     "sandbox_id", "owner_org", "runner_id", "runner_group_id", "profile_name", "image", "spec",
+    "start_request",
     "applied_egress_mode", "applied_ingress_mode", "reserved_cpu_millicores",
     "reserved_memory_bytes", "reserved_gpu_count", "cpu_limit_millicores",
     "memory_limit_bytes", "generation", "stop_grace_seconds", "observed_generation",

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from sandboxd.config import parse_config
-from sandboxd.controlplane import caller
+from sandboxd.controlplane import caller, lifecycle
 from sandboxd.controlplane.events import EventLog
 from sandboxd.controlplane.lifecycle import Lifecycle, want_deleted
 from sandboxd.controlplane.metrics import PlatformCollector
@@ -331,14 +331,64 @@ async def _a_start_deleted_meanwhile_is_not_moved(rig: Rig) -> None:
 test_a_start_deleted_meanwhile_is_not_moved = scenario(_a_start_deleted_meanwhile_is_not_moved)
 
 
-async def _a_request_held_by_no_one_fails_as_before(rig: Rig) -> None:
-    """A start placed before this control plane restarted has no held request: FAILED."""
-    placed = await rig.start()
-    rig.moves.release(placed.sandbox_id)  # what a restart forgets
-    rig.fail("a-first", await rig.next_start("a-first"), NO_ROOM)
-    got = await rig.settled(placed.sandbox_id)
-    assert (got.observed, got.runner_id) == (Observed.FAILED, "a-first")
-    await rig.no_start("b-second")
+def test_a_request_known_to_no_one_fails_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose request is neither held nor stored (its row written by an earlier
+    version, before this control plane restarted): FAILED, as before."""
+    monkeypatch.setattr(lifecycle, "encode_request", lambda _request: None)  # an older row
+
+    async def go(rig: Rig) -> None:
+        placed = await rig.start()
+        rig.moves.release(placed.sandbox_id)  # what a restart forgets
+        rig.fail("a-first", await rig.next_start("a-first"), NO_ROOM)
+        got = await rig.settled(placed.sandbox_id)
+        assert (got.observed, got.runner_id) == (Observed.FAILED, "a-first")
+        await rig.no_start("b-second")
+
+    scenario(go)(tmp_path)
 
 
-test_a_request_held_by_no_one_fails_as_before = scenario(_a_request_held_by_no_one_fails_as_before)
+def test_a_start_placed_before_a_restart_still_moves(tmp_path: Path) -> None:
+    """The control plane is gone while a start is on its way to a-first, and its successor
+    on the same database holds no request in memory; a-first then fails the start for want
+    of room. It moves to b-second all the same, with the very spec the first one built (the
+    request is stored with the record, held_requests.py), and the stored request goes once
+    the sandbox runs. Before, it ended FAILED."""
+
+    async def go() -> None:
+        before = Rig(tmp_path)
+        try:
+            placed = await before.start(
+                environment_variables={"GREETING": "hi"},
+                tags=["t1"],
+                mounted_files=[g.MountedFile(mount_path="/etc/x", file_content=b"x")],
+            )
+            first = await before.next_start("a-first")  # sent, never answered
+        finally:
+            await before.close()
+        rig = Rig(tmp_path)  # the successor, on the same database
+        try:
+            assert await rig.records.load() == 1
+            assert len(rig.moves) == 0
+            rig.reconcilers.kick_all()
+            again = await rig.next_start("a-first")
+            assert again.start.spec == first.start.spec
+            rig.fail("a-first", again, NO_ROOM)
+            moved = await rig.next_start("b-second")
+            assert moved.start.spec == first.start.spec
+            rig.run("b-second", moved)
+            got = await rig.settled(placed.sandbox_id)
+            assert (got.runner_id, got.observed) == ("b-second", Observed.RUNNING)
+
+            def stored_settled() -> bool:  # RUNNING is shown first, stored right after
+                stored = rig.store.sandboxes.get(placed.sandbox_id)
+                assert stored is not None and stored.runner_id == "b-second"
+                return stored.start_request is None
+
+            await until(stored_settled)
+            assert rig.moves_counted() == 1
+        finally:
+            await rig.close()
+
+    asyncio.run(go())
