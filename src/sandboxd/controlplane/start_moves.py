@@ -16,7 +16,8 @@ What moves, and what does not:
   ``CWSANDBOX_RUNNER_CAPACITY_EXHAUSTED`` (its disk, its cgroups). INTERNAL and UNKNOWN
   count against the runner too, but a request that crashes a runner would crash the next
   one as well: it is not carried around the cluster;
-* at most :data:`MAX_MOVES` times, and within the sandbox's one start deadline;
+* at most :data:`MAX_MOVES` times (a restarted control plane counts afresh), and within
+  the sandbox's one start deadline, which a restart does not extend;
 * onto the same profile, with the same limits, so the organization's quotas and what the
   client was told at Start still hold; a request whose pins leave no other runner (its
   volumes' runner, say) fails as before;
@@ -108,12 +109,12 @@ class StartMoves:
 
     def _adopt(self, record: SandboxRecord) -> _Held | None:
         """Hold the request stored with ``record`` (placed before a restart, or elsewhere)."""
+        if len(self._held) >= MAX_HELD or not _still_starting(record):
+            return None  # past the bound, as for new starts: its failures could not be counted
         request = decode_request(record.start_request)
-        if request is None or not _still_starting(record):
+        if request is None:
             return None
-        held = _Held(request)
-        if len(self._held) < MAX_HELD:
-            self._held[record.sandbox_id] = held  # its runners that failed it count from here
+        held = self._held[record.sandbox_id] = _Held(request)  # its failures count from here
         return held
 
     async def move(self, record: SandboxRecord, error: ApiError) -> bool:
