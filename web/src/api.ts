@@ -18,8 +18,10 @@ export function whenSignedOut(callback: () => void) {
   onSignedOut = callback;
 }
 
-// How long a request whose connection dropped waits before it is sent once more.
-const RESEND_AFTER_MS = 250;
+// How long a request whose connection dropped waits before it is sent again, each time: at
+// most twice more. Once more was not enough on a loaded CI machine: a sign-in whose first
+// attempt was dropped on purpose (the browser test) failed the same way a second time.
+const RESEND_AFTER_MS = [250, 1000];
 
 // Requests that may be sent twice: a GET changes nothing on the server, and a second
 // sign-in only makes a second session (the first, if it was made, is never used and
@@ -51,19 +53,21 @@ async function fetchWithin(path: string, init: RequestInit): Promise<Response> {
   }
 }
 
-// fetch, and once more after a network error or no answer for a request that may be sent
+// fetch, and again after a network error or no answer for a request that may be sent
 // twice: a kept-alive connection that the server closed as the request went out fails the
 // request ("Failed to fetch") though nothing is wrong; a page whose first read failed stayed
 // empty, and a sign-in that failed so left the console at its sign-in form (CI).
 async function send(method: string, path: string, init: RequestInit): Promise<Response> {
   if (!resendable(method, path)) return fetch(path, init);
-  try {
-    return await fetchWithin(path, init);
-  } catch (error) {
-    if (!(error instanceof TypeError)) throw error;
-    await new Promise((resolve) => setTimeout(resolve, RESEND_AFTER_MS));
-    return fetchWithin(path, init);
+  for (const wait of RESEND_AFTER_MS) {
+    try {
+      return await fetchWithin(path, init);
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
   }
+  return fetchWithin(path, init);
 }
 
 async function call(method: string, path: string, body?: Json): Promise<Json> {
