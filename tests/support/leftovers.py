@@ -10,7 +10,6 @@ counting only what appeared during it.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -63,22 +62,35 @@ def unreapable_claims() -> set[str]:
     owners = set(os.listdir(OWNERS_DIR)) if os.path.isdir(OWNERS_DIR) else set()
     found: set[str] = set()
     for directory, prefix in [(IDMAP_DIR, "sandboxd-"), *((p, "") for p in _subnet_pools())]:
-        with contextlib.suppress(OSError):
-            for name in os.listdir(directory):
-                path = os.path.join(directory, name)
-                with contextlib.suppress(OSError), open(path) as fh:
+        for path in _claim_files(directory):
+            try:
+                with open(path) as fh:
                     owner = (fh.read().split() or [""])[0]
-                if not owner:
-                    found.add(f"empty claim {path}")
-                elif owner.removeprefix(prefix) not in owners:
-                    found.add(f"claim {path} of {owner}, which has no lock file")
+            except OSError:  # given back meanwhile
+                continue
+            if not owner:
+                found.add(f"empty claim {path}")
+            elif owner.removeprefix(prefix) not in owners:
+                found.add(f"claim {path} of {owner}, which has no lock file")
     return found
 
 
 def _subnet_pools() -> list[str]:
+    """The pool directories under ``IPAM_DIR`` (not its lock file)."""
     if not os.path.isdir(IPAM_DIR):
         return []
-    return [os.path.join(IPAM_DIR, pool) for pool in os.listdir(IPAM_DIR)]
+    pools = (os.path.join(IPAM_DIR, name) for name in os.listdir(IPAM_DIR))
+    return [pool for pool in pools if os.path.isdir(pool)]
+
+
+def _claim_files(directory: str) -> list[str]:
+    """The claims in ``directory``: its files but hidden ones (locks)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    paths = (os.path.join(directory, n) for n in names if not n.startswith("."))
+    return [path for path in paths if os.path.isfile(path)]
 
 
 # The names sandboxd's own processes give themselves (prctl), and how its CLI is started.

@@ -30,6 +30,8 @@ def test_claims_of_owners_without_a_lock_file_and_empty_claims_are_found(
     (idmap / "4").write_text("sandboxd-alive1 sbx-1\n")
     (idmap / "5").write_text("sandboxd-ghost prepared\n")
     (idmap / "6").write_text("   \n")
+    (tmp_path / "ipam" / ".shared-rules.lock").touch()  # locks are no claims
+    (pool / ".lock").touch()
     assert leftovers.unreapable_claims() == {
         f"claim {pool / '2'} of ghost, which has no lock file",
         f"empty claim {pool / '3'}",
