@@ -95,7 +95,13 @@ async def reap_orphans(
             # networks are there, that namespace's reaper's to take back, and stay claimed
             # (``Orphan.foreign_and_alive``); once it is gone they went with it, and only
             # their claims are left to give back.
-            elsewhere = orphan.foreign_and_alive and any(net.claims() for net in nets)
+            # (The look for that namespace may read every descriptor on the host: in a
+            # thread, and only for an owner from elsewhere that has networks.)
+            elsewhere = (
+                orphan.foreign
+                and any(net.claims() for net in nets)
+                and await asyncio.to_thread(lambda: orphan.foreign_and_alive)
+            )
             for net in [] if elsewhere else nets:
                 net.log_group = group_for(key)  # its rules may log there: removed with them
                 if orphan.foreign:

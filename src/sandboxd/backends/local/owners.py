@@ -178,7 +178,8 @@ def netns_in_use(wanted: str) -> bool:
     open; all three are looked at, the cheapest first. Why it matters: a dead owner from a
     namespace that is gone took its links and rules with it, so its network claims are only
     files left to give back; one from a namespace that still exists has its networks there.
-    Not seen: a mount of it in another mount namespace only (taken for gone).
+    Not seen: a mount of it in another mount namespace only (taken for gone). Blocking: it
+    may read every descriptor on the host (25 ms beside 600 processes); call it in a thread.
     """
     pids = [name for name in os.listdir("/proc") if name.isdigit()]
     if any(netns_id(f"/proc/{pid}/ns/net") == wanted for pid in pids):
