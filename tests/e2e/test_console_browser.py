@@ -228,17 +228,18 @@ def test_a_slow_platform_does_not_pile_up_the_pages_reads(
     context.close()
 
 
-def dropping(nth: int, seen: list[str], method: str = "GET") -> Callable[[Route], None]:
-    """A route handler that fails the ``nth`` request of ``method`` as a reset connection
-    (what a dropped connection does to ``fetch``) and lets every other one through;
-    ``seen`` gets the URL of each request of ``method``."""
+def dropping(nth: int | range, seen: list[str], method: str = "GET") -> Callable[[Route], None]:
+    """A route handler that fails the ``nth`` request of ``method`` (or each in a range of
+    them) as a reset connection (what a dropped connection does to ``fetch``) and lets
+    every other one through; ``seen`` gets the URL of each request of ``method``."""
+    drop = range(nth, nth + 1) if isinstance(nth, int) else nth
 
     def handle(route: Route) -> None:
         if route.request.method != method:
             route.continue_()
             return
         seen.append(route.request.url)
-        if len(seen) == nth:
+        if len(seen) in drop:
             route.abort("connectionreset")
         else:
             route.continue_()
@@ -270,18 +271,7 @@ def test_a_sign_in_dropped_twice_is_sent_a_third_time(browser: Browser, platform
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     attempts: list[str] = []
-
-    def drop_two(route: Route) -> None:
-        if route.request.method != "POST":
-            route.continue_()
-            return
-        attempts.append(route.request.url)
-        if len(attempts) <= 2:
-            route.abort("connectionreset")
-        else:
-            route.continue_()
-
-    page.route(re.compile(r".*/api/session$"), drop_two)
+    page.route(re.compile(r".*/api/session$"), dropping(range(1, 3), attempts, method="POST"))
     sign_in(page, Console.of(platform.proc), member_key(platform, "browser-sign-in-3"))
     assert len(attempts) == 3, attempts
     expect(page.get_by_test_id("who")).to_contain_text("browser-sign-in-3")
