@@ -40,6 +40,7 @@ from tests.support.processes import (
     SANDBOXD,
     ControlPlaneProcess,
     DiscoveryClient,
+    Proc,
     RunnerProcess,
     child_env,
 )
@@ -73,6 +74,14 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout:.0f} s: {what} (last: {last!r})")
         time.sleep(interval)
+
+
+def recent_output(name: str, proc: Proc | None, lines: int = 60) -> str:
+    """The last ``lines`` lines ``proc`` printed, headed by ``name``, for a failure message."""
+    if proc is None:
+        return f"--- {name}: not started"
+    tail = list(proc.lines)[-lines:]
+    return "\n".join([f"--- {name} (exit status {proc.popen.poll()}), last lines:", *tail])
 
 
 # -- the cluster ---------------------------------------------------------------------------------
@@ -123,14 +132,24 @@ class Cluster:
         return None
 
     def wait_health(self, healthy: bool, timeout: float) -> float:
-        """Seconds until discovery reports the runner with this health (fails after timeout)."""
+        """Seconds until discovery reports the runner with this health (fails after timeout).
+
+        A failure carries the last lines both processes printed: a runner that was slow to
+        come back (seen once in CI, under load) says there what it was doing.
+        """
         start = time.monotonic()
-        wait_until(
-            f"runner {self.runner_id} healthy={healthy}",
-            lambda: self.runner_health() is healthy,
-            timeout,
-            interval=0.05,
-        )
+        try:
+            wait_until(
+                f"runner {self.runner_id} healthy={healthy}",
+                lambda: self.runner_health() is healthy,
+                timeout,
+                interval=0.05,
+            )
+        except AssertionError as failure:
+            raise AssertionError(
+                f"{failure}\n{recent_output('runner', self.runner.proc)}"
+                f"\n{recent_output('control plane', self.control_plane.proc)}"
+            ) from None
         return time.monotonic() - start
 
     def connected_at(self) -> float:
