@@ -133,7 +133,7 @@ class LocalBackend(Backend):
         self._key = key
         # Held while this backend lives; names its data directory (owners.py).
         self._owner = OwnerLock(key, data_dir=str(self.data_dir))
-        self._net = NetworkManager(key, network_pool)
+        self._net = NetworkManager(key, network_pool, watch=True)  # rule_watch.py
         self._nets = PreparedNetworks(self._net, ready_networks)
         self._trail = ConnectionTrail(self._net, self._leases_by_tag)
         self._reaped = False
@@ -778,6 +778,7 @@ class LocalBackend(Backend):
         self._trail.close()
         await self._ranges.close()
         await self._nets.close()
+        await self._net.close()  # its rule watch first: nothing is put back from here on
         await self._net.remove_unremoved()  # a last try for rules a failure left
         await self._budget.close()
         await self._disk.close()

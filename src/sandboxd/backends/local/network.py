@@ -35,17 +35,17 @@ queue on the kernel's lock, time out and retry. The commands themselves run thro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import ipaddress
 import itertools
-import json
 import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass
 
 from ..base import EgressType
 from . import egress as policy
@@ -55,15 +55,16 @@ from .hook_chains import (
     DIRECT,
     UNKNOWN,
     HookGroup,
-    filter_group,
     forward_chain,
     input_chain,
     nat_chain,
-    nat_group,
 )
 from .host_commands import NetworkError, NetworkPoolExhausted, run
+from .lease import Lease
 from .network_namespace import VethPlan, new_network_namespace, remove_link
+from .rule_watch import RuleWatch
 from .rule_writer import RESTORE, RuleWriter, merge
+from .rules_put_back import RulesPutBack
 from .shared_rules_lock import SharedRulesLock
 
 __all__ = ["Lease", "NetworkError", "NetworkManager"]
@@ -90,75 +91,6 @@ checks them. Why not at every one: the deletion makes the commit wait for the ke
 readers, and with it the refill; a client creating sandboxes one after another then took
 networks faster than the pool made them (40-125 ms per network), and every third create made
 its own, 100-160 ms, on its path (see ``_lift_due``)."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The network resources of one sandbox (persisted in its state directory)."""
-
-    tag: str
-    index: int
-    host_ip: str
-    sandbox_ip: str
-    # The NFLOG group its rules log connection attempts to (0: none; see connection_trail).
-    log_group: int = 0
-    # Where its hooks are (``hook_chains.py``); a record of an earlier version names none.
-    hooks: str = DIRECT
-
-    @property
-    def netns(self) -> str:
-        """The name sandboxd gave the namespace in ``/run/netns`` before 2026-12-04.
-
-        Networks are no longer named; teardown still removes a named one that a runner of
-        an earlier version made (a sandbox it left running across the upgrade).
-        """
-        return f"sandboxd-{self.tag}"
-
-    @property
-    def host_if(self) -> str:
-        """Host end of the veth pair (IFNAMSIZ is 16 with the NUL)."""
-        return f"sbx{self.tag}"
-
-    @property
-    def chain(self) -> str:
-        """Per-sandbox filter chain."""
-        return f"SBX-{self.tag}"
-
-    @property
-    def input_hooks(self) -> str:
-        """The chain its ``INPUT`` hooks are in."""
-        return "INPUT" if self.hooks == DIRECT else input_chain(self.tag)
-
-    def hook_groups(self) -> tuple[HookGroup, ...]:
-        """The bucket chains its hooks are in (none for hooks written directly)."""
-        if self.hooks == DIRECT:
-            return ()
-        return (filter_group(self.tag), nat_group(self.sandbox_ip))
-
-    def log_rule(self, hook: str) -> str:
-        """The rule spec that logs new connections into ``log_group`` ("" when none).
-
-        Only a connection's first packet (conntrack ``NEW``) is logged, at most 20 a second
-        after a burst of 40 per sandbox and hook: a sandbox that floods cannot flood the
-        runner. The prefix names the lease and the hook (``fwd`` for the sandbox's chain,
-        ``host`` for its ``INPUT`` hook); the sandbox cannot forge it.
-        """
-        if not self.log_group:
-            return ""
-        return (
-            "-m conntrack --ctstate NEW -m limit --limit 20/second --limit-burst 40 "
-            f"-j NFLOG --nflog-group {self.log_group} --nflog-prefix sbx:{self.tag}:{hook} "
-            "--nflog-size 64"
-        )
-
-    def to_json(self) -> str:
-        """Serialize for the state directory."""
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str) -> Lease:
-        """Inverse of ``to_json``."""
-        return cls(**json.loads(raw))
 
 
 def _claim_line(words: str, size: int) -> bytes:
@@ -195,10 +127,18 @@ def _write(path: str, value: str) -> None:
         fh.write(value)
 
 
-class NetworkManager:
+class NetworkManager(RulesPutBack):
     """Allocates /30s from ``pool`` and sets up / tears down sandbox networks."""
 
-    def __init__(self, key: str, pool: str = "10.213.0.0/16", ipam_dir: str = IPAM_DIR) -> None:
+    def __init__(
+        self,
+        key: str,
+        pool: str = "10.213.0.0/16",
+        ipam_dir: str = IPAM_DIR,
+        *,
+        watch: bool = False,
+    ) -> None:
+        """``watch``: put rules back that something else took away (``rule_watch.py``)."""
         self.key = key
         net = ipaddress.ip_network(pool)
         if not isinstance(net, ipaddress.IPv4Network):
@@ -212,6 +152,13 @@ class NetworkManager:
         # a namespace, so one whose sandbox is gone, or whose runner died, is gone too.
         self._netns: dict[str, int] = {}
         self._active: set[str] = set()  # tags of leases whose rules reference the shared chain
+        self._leases: dict[str, Lease] = {}  # the lease of each of those tags
+        # Tags whose rules are being written, put back or removed right now (how many such
+        # works each): the watch leaves them to that work. One whose teardown could not
+        # remove its rules stays in it until they are gone.
+        self.busy: Counter[str] = Counter()
+        self._restoring: dict[str, asyncio.Future[None]] = {}  # tag -> its rules' put-back
+        self._watch = RuleWatch(self) if watch else None
         # The shared chain as this process last wrote it. Re-declaring a chain that has rules
         # costs iptables-nft a full rule-cache fetch (~12 ms), so a create leaves it alone
         # while its content is unchanged and one of our own rules still jumps to it (the
@@ -261,7 +208,9 @@ class NetworkManager:
         (one was found on the development host). A claim that is there is left as it is.
         """
         self._active.add(lease.tag)
+        self._leases[lease.tag] = lease
         self._join_groups(lease)
+        self._start_watch()
         os.makedirs(self.ipam, exist_ok=True)
         with ClaimWriter(self.ipam, f"{self._holder_words(lease, holder)}\n") as writer:
             writer.place(self._claim_file(lease.index))  # False: it is there; left as it is
@@ -520,7 +469,12 @@ class NetworkManager:
             return written
         body = [*shared, *chain] if stale_shared else chain
         rules = "\n".join(["*filter", *body, "COMMIT", ""])
-        await run(*RESTORE, stdin=rules.encode())
+        self._busy_begin(lease.tag)
+        try:
+            await self._after_put_back(lease.tag)
+            await run(*RESTORE, stdin=rules.encode())
+        finally:
+            self._busy_end(lease.tag)
         self._shared_written = tuple(shared)
         return tuple(chain)
 
@@ -546,7 +500,26 @@ class NetworkManager:
         # Counted from now on, so that a concurrent teardown of our last other sandbox does
         # not remove the shared chain or the hook chains while this is on its way.
         self._active.add(lease.tag)
+        self._leases[lease.tag] = lease
+        self._busy_begin(lease.tag)
+        try:
+            return await self._write_rules(lease, shared, chain, skip, nice=nice, lift=lift)
+        finally:
+            self._busy_end(lease.tag)
+
+    async def _write_rules(
+        self,
+        lease: Lease,
+        shared: list[str],
+        chain: list[str],
+        skip: bool,
+        *,
+        nice: bool,
+        lift: bool,
+    ) -> tuple[str, ...]:
+        """``_add_rules``' transaction (``skip``: the shared chain is written already)."""
         self._join_groups(lease)
+        self._start_watch()
         await self._make_hook_chains(lease, nice)
         removal = self._rules(lease, False)
         lifted = self._lift_due(lease) if lift else set()
@@ -704,6 +677,8 @@ class NetworkManager:
         the next teardown here tries again first. Before, the claim went and the rules
         stayed on the host for good, with nothing left that named them.
         """
+        self._busy_begin(lease.tag)  # until forgotten, with its rules gone
+        await self._after_put_back(lease.tag)
         await self.remove_unremoved()
         removed = await self._remove_rules(lease)
         # The veth goes at once (both ends), as its name and subnet may be leased again;
@@ -760,6 +735,8 @@ class NetworkManager:
         await self._leave_groups(lease)
         self.release(lease)
         self._active.discard(lease.tag)
+        self._leases.pop(lease.tag, None)
+        self.busy.pop(lease.tag, None)
         self.written.pop(lease.tag, None)
         if not self._active:
             self._shared_written = None

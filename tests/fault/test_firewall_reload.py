@@ -1,0 +1,89 @@
+"""A firewall reload on a runner's host does not leave its sandboxes unfiltered.
+
+The fault: the host's firewall manager reloads (every chain of the ``filter`` and ``nat``
+tables flushed and deleted, as ``netfilter-persistent reload`` or configuration management
+applying a saved file do) while a sandbox with ``internet`` egress runs. Its rules went with
+the reload, and before the rule watch (``rule_watch.py``) nothing put them back: the sandbox
+reached the host's own services, and every private network, for as long as it ran.
+
+The runner runs in a host namespace of its own (``tests/support/hosts.py``), so the reload is
+of that host's firewall only; a service listens on the host's address there.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+
+from tests.support.faults import Cluster, wait_until
+from tests.support.hosts import enter
+
+PORT = 8123
+SERVICE = """
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"host service\\n")
+    conn.close()
+"""
+PROBE = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as conn:
+        print("reached", conn.recv(64).decode().strip())
+except OSError as error:
+    print("blocked", type(error).__name__)
+"""
+
+
+def _ours(netns: str) -> collections.Counter[str]:
+    """The sandboxd rules of the host ``netns``, as ``iptables-save`` prints them."""
+    saved = subprocess.run(
+        [*enter(netns), "iptables-save"], check=True, capture_output=True, text=True
+    ).stdout
+    marks = ("SBX", "sandboxd", "SANDBOXD")
+    return collections.Counter(
+        line
+        for line in saved.splitlines()
+        if line.startswith("-A ") and any(m in line for m in marks)
+    )
+
+
+def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
+    host = cluster.host
+    service = subprocess.Popen(
+        [*enter(host.netns), sys.executable, "-c", SERVICE, host.address, str(PORT)]
+    )
+    try:
+
+        def probe() -> str:
+            run = gateway.exec(sandbox_id, "python3", "-c", PROBE, host.address, str(PORT))
+            return run.stdout.decode().strip()
+
+        def listening() -> bool:
+            ran = subprocess.run(
+                [*enter(host.netns), sys.executable, "-c", PROBE, host.address, str(PORT)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            return ran.stdout.startswith("reached")
+
+        wait_until("the host's service listening", listening, 10)
+        assert probe().startswith("blocked"), "the sandbox reached the host before the reload"
+        before = _ours(host.netns)
+        assert any(line.endswith("-j DROP") and "SBX-I-" in line for line in before), before
+
+        for table in ("filter", "nat"):
+            for step in ("-F", "-X"):
+                subprocess.run([*enter(host.netns), "iptables", "-t", table, step], check=True)
+        assert not _ours(host.netns)  # the reload took every rule of ours
+
+        wait_until("every rule back", lambda: _ours(host.netns) == before, 10)
+        assert probe().startswith("blocked"), "the sandbox reaches the host after the reload"
+        assert gateway.exec(sandbox_id, "true").exit_code == 0  # it still runs, untouched
+    finally:
+        service.kill()
+        service.wait()
