@@ -160,6 +160,44 @@ def test_a_recovered_network_is_put_back_as_the_kernel_had_it(tmp_path: Path) ->
     in_own_network_namespace(RECOVERED, str(tmp_path / "ipam"))
 
 
+NOTICED = (
+    PRELUDE
+    + r"""
+async def main(ipam):
+    run("ip", "link", "set", "lo", "up")
+    rule_watch.CHECK_SECONDS = 30.0  # only the kernel's notices can wake the watch
+    net = NetworkManager("noticed", pool="10.214.13.0/24", ipam_dir=ipam, watch=True)
+    first = await setup(net, "sb-first")
+    await asyncio.sleep(0.3)
+    looks = net.watch.looks
+    check(looks == 1, f"{looks} looks before any change of the host's")  # the first one
+    more = [await setup(net, f"sb-{n}") for n in range(3)]  # our own commits only
+    await asyncio.sleep(0.5)
+    check(net.watch.looks == looks, "the watch read the rules after this process's changes")
+    before = ours()
+    started = time.monotonic()
+    for table in ("filter", "nat"):
+        run("iptables", "-t", table, "-F")
+        run("iptables", "-t", table, "-X")
+    await back(before, "a reload", seconds=5)
+    check(time.monotonic() - started < 5, "not woken by the reload's notices")
+    for lease in (first, *more):
+        await net.teardown(lease, EgressType.INTERNET, ())
+    await net.close()
+    check(not ours(), f"left after the teardowns: {ours()}")
+
+asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
+"""
+)
+
+
+def test_the_hosts_change_wakes_the_watch_and_its_own_do_not(tmp_path: Path) -> None:
+    """With the kernel's change notices, the watch reads the rules when another process
+    changed them (a reload is put back at once, not at the next periodic look) and never
+    for the backend's own creates, which wrote what they meant to."""
+    in_own_network_namespace(NOTICED, str(tmp_path / "ipam"))
+
+
 # -- find_damage on its own: what counts as missing --------------------------------------------
 
 SAVED = """*filter

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections import deque
 
 from ..errors import BackendUnavailable, RunnerExhausted
 
@@ -122,10 +123,23 @@ async def _start(
         stdout=pipe,
         stderr=pipe,
     )
+    _STARTED.append(proc.pid)
     if nice:
         with contextlib.suppress(OSError):  # it may have exited already
             os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
     return proc
+
+
+_STARTED: deque[int] = deque(maxlen=256)
+
+
+def started_here(pid: int) -> bool:
+    """Whether ``pid`` is one of the last host commands this process started.
+
+    The rule watch (``rule_watch.py``) tells its own firewall changes from the host's by the
+    process the kernel names for each; 256 is far more than run at once.
+    """
+    return pid in _STARTED
 
 
 def _located(program: str) -> str:

@@ -15,12 +15,13 @@ discards the namespace, and with it whatever the rest of the set made.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -206,5 +207,81 @@ def nft_generation() -> int | None:
             return None
         if attr & 0x7FFF == NFTA_GEN_ID and size >= _ATTR.size + 4:
             return int(struct.unpack_from(">I", reply, offset + _ATTR.size)[0])
+        offset += (size + 3) & ~3
+    return None
+
+
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NFNLGRP_NFTABLES = 7
+NFTA_GEN_PROC_PID = 2
+SO_RCVBUFFORCE = 33  # not in Python's socket module
+_MONITOR_BUFFER = 4 << 20
+
+
+class RulesetChanges:
+    """The kernel's notices of committed nf_tables changes, and which process made each.
+
+    Every commit ends with a new-generation notice naming the committing process
+    (``NFTA_GEN_PROC_PID``, its pid in the first pid namespace). :meth:`drain` reads what
+    queued and says whether any commit came from a process the caller does not know as
+    its own, or whether notices were lost (the queue overflowed: anything may have
+    happened). Non-blocking; the caller watches :meth:`fileno` for readability.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+        try:
+            self._sock.bind((0, 0))
+            with contextlib.suppress(OSError):  # the default size only costs lost notices
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _MONITOR_BUFFER)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        except OSError:
+            self._sock.close()
+            raise
+
+    def fileno(self) -> int:
+        """The socket to watch for readability."""
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()
+
+    def drain(self, ours: Callable[[int], bool]) -> bool:
+        """Read every queued notice; True if a commit was not ``ours`` (by pid) or lost."""
+        foreign = False
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return foreign
+            except OSError:  # ENOBUFS: notices were dropped
+                foreign = True
+                continue
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    return True  # not a notice we can read: assume the worst
+                if kind == NFT_MSG_NEWGEN:
+                    pid = _gen_pid(data[offset + _HEADER.size + _NFGENMSG.size : offset + length])
+                    foreign = foreign or pid is None or not ours(pid)
+                offset += (length + 3) & ~3
+
+
+def _gen_pid(attrs: bytes) -> int | None:
+    """``NFTA_GEN_PROC_PID`` of a new-generation notice's attributes (None if absent)."""
+    offset = 0
+    while offset + _ATTR.size <= len(attrs):
+        size, attr = _ATTR.unpack_from(attrs, offset)
+        if size < _ATTR.size:
+            return None
+        if attr & 0x7FFF == NFTA_GEN_PROC_PID and size >= _ATTR.size + 4:
+            return int(struct.unpack_from(">I", attrs, offset + _ATTR.size)[0])
         offset += (size + 3) & ~3
     return None

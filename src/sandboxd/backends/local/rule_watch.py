@@ -8,17 +8,23 @@ flushes every chain, ours included. Before this watch only the backend's next ad
 the sandboxes already running: they stayed unfiltered for good, free to reach the host's
 services, private networks and the cloud's metadata address.
 
-How: every :data:`CHECK_SECONDS` the watch reads the kernel's ruleset generation
-(``netlink.nft_generation``, about 7 µs). Unchanged since the last look, nothing changed any
-rule and nothing runs. Changed (by anyone, this backend included), it reads the ruleset
-once (``iptables-save``) and counts, for each of its networks, the rules that must be there
-(:func:`find_damage`): the network's hooks (found by their ``sandboxd:<tag>`` comment),
-its own chain's rules, the jumps of the hook groups it uses, the shared chain. What is
-short is written again (``NetworkManager.restore``): a network's hooks and its chain as
-they were written (read back from the kernel for a network this process recovered, the
-first time it looks), the groups' jumps, the shared chain. So a reload leaves the sandboxes
-unfiltered for about a second, not until the next create. Where the generation cannot be
-read (``iptables-legacy``) the watch looks every :data:`LEGACY_CHECK_SECONDS`.
+How: the kernel announces every committed change of the ruleset with the pid of the process
+that made it (``netlink.RulesetChanges``). A change this process's own commands made (a
+create, a teardown: they wrote what they meant to) needs no look. One of another process's
+(or notices lost to an overflow) wakes the watch, which waits :data:`SETTLE_SECONDS` for the
+rest of a reload to land, reads the ruleset once (``iptables-save``) and counts, for each of
+its networks, the rules that must be there (:func:`find_damage`): the network's hooks (found
+by their ``sandboxd:<tag>`` comment), its own chain's rules, the jumps of the hook groups it
+uses, the shared chain. What is short is written again (``NetworkManager.put_back``): a
+network's hooks and its chain as they were written (read back from the kernel for a network
+this process recovered, at its first look, which comes at once), the groups' jumps, the
+shared chain; the look after it checks what the repair wrote. So a reload leaves the
+sandboxes unfiltered for a few tens of milliseconds, not until the next create. The rules
+are also read every :data:`FULL_LOOK_SECONDS` in any case. Without the notices (a runner in
+a pid namespace of its own, whose pids are not the ones the kernel names) every new ruleset
+generation (``netlink.nft_generation``, read every :data:`CHECK_SECONDS`, about 7 µs) leads
+to a look; where no generation can be read (``iptables-legacy``) the watch looks every
+:data:`LEGACY_CHECK_SECONDS`.
 
 Networks whose rules are being written or removed right now (``NetworkManager.busy``) are
 left to that work, and so are networks of earlier versions (hooks in ``INPUT`` itself). Only
@@ -40,8 +46,8 @@ from typing import TYPE_CHECKING
 
 from .egress import SHARED_CHAIN
 from .hook_chains import CHAINED, HOOKS_COMMENT, HookGroup
-from .host_commands import NetworkError, run
-from .netlink import nft_generation
+from .host_commands import NetworkError, run, started_here
+from .netlink import RulesetChanges, nft_generation
 
 if TYPE_CHECKING:
     from .network import Lease, NetworkManager
@@ -54,6 +60,15 @@ CHECK_SECONDS = 1.0
 """How often the watch reads the ruleset generation (and reads the rules if it changed)."""
 LEGACY_CHECK_SECONDS = 10.0
 """How often it reads the rules where no generation can be read (``iptables-legacy``)."""
+SETTLE_SECONDS = 0.05
+"""How long after the host's first change the watch looks: a reload of several commands
+(flush, then delete the chains) is then over, and is put back once."""
+MIN_LOOK_SECONDS = 0.25
+"""The least time between two looks that the host's changes wake: where other backends (or
+tools) on the host change rules all the time, each backend reads them at most four times a
+second."""
+FULL_LOOK_SECONDS = 60.0
+"""How often it reads the rules even when the kernel's notices name no change of the host's."""
 _HOOKS_MARK = '"' + HOOKS_COMMENT.rsplit(" ", 1)[-1] + '"'  # as iptables-save prints it
 
 
@@ -67,6 +82,7 @@ class Saved:
     chains: dict[str, list[str]] = field(default_factory=dict)
     # (built-in chain, target) -> jumps commented ``sandboxd:hooks``
     jumps: Counter[tuple[str, str]] = field(default_factory=Counter)
+    declared: set[str] = field(default_factory=set)  # every chain there, empty ones too
 
     @classmethod
     def parse(cls, text: str) -> Saved:
@@ -76,6 +92,9 @@ class Saved:
         for line in text.splitlines():
             if line.startswith("*"):
                 table = line[1:].strip()
+                continue
+            if line.startswith(":"):
+                saved.declared.add(line[1:].split(" ", 1)[0])
                 continue
             if not line.startswith("-A "):
                 continue
@@ -148,6 +167,22 @@ def _legacy_iptables() -> bool:
     return found is None or "legacy" in os.path.realpath(found)
 
 
+def _in_first_pid_namespace() -> bool:
+    """Whether this process's pids are the ones the kernel's notices name.
+
+    The notices name a committing process by its pid in the first pid namespace; only a
+    process in that namespace can tell its own commands' commits from the host's by pid.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
+
+
 class RuleWatch:
     """The watch of one ``NetworkManager``'s rules (see the module docstring)."""
 
@@ -157,12 +192,31 @@ class RuleWatch:
         self._seen: int | None = None  # the generation of the last look that found all
         self._looked_at = -1e9
         self._legacy = _legacy_iptables()
+        self._changes: RulesetChanges | None = None
+        # Set when the host (not this process) committed a change, or notices were lost;
+        # set at first, so the first look reads recovered networks' chains back.
+        self._foreign = True
+        self._wake = asyncio.Event()
+        self.looks = 0  # times the rules were read
         self.repairs = 0  # looks that found something missing and wrote it again
 
     def start(self) -> None:
-        """Watch from now on (once; the caller has a running event loop)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="rule-watch")
+        """Watch from now on (once); not before there is a running event loop to watch on."""
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside the loop: the next add or claim on it starts it
+        if self._changes is None and not self._legacy and _in_first_pid_namespace():
+            try:
+                self._changes = RulesetChanges()
+                loop.add_reader(self._changes.fileno(), self._on_notices)
+            except OSError as exc:  # no nf_tables notices here: the generation is read instead
+                _log.info("firewall rule watch without change notices: %s", exc)
+                self._changes = None
+        self._wake.set()  # a first look at once: it learns recovered networks' chains
+        self._task = loop.create_task(self._watch(), name="rule-watch")
 
     async def close(self) -> None:
         """Stop watching."""
@@ -171,34 +225,64 @@ class RuleWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._changes is not None:
+            asyncio.get_running_loop().remove_reader(self._changes.fileno())
+            self._changes.close()
+            self._changes = None
+
+    def _on_notices(self) -> None:
+        """Read the kernel's notices; a commit of the host's wakes the watch at once."""
+        if self._changes is not None and self._changes.drain(started_here):
+            self._foreign = True
+            self._wake.set()
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECK_SECONDS):
+                    await self._wake.wait()
+            if self._wake.is_set():  # the host changed rules: let the rest of it land first
+                since = time.monotonic() - self._looked_at
+                await asyncio.sleep(max(SETTLE_SECONDS, MIN_LOOK_SECONDS - since))
+                self._wake.clear()
             try:
                 await self.look()
             except Exception:  # one failed look must not end the watch
                 _log.exception("firewall rule watch: the look failed; trying again")
 
+    def _changed(self, generation: int | None, now: float) -> bool:
+        """Whether a look is due: something other than this process changed the ruleset.
+
+        With the kernel's notices, only a commit of another process (or lost notices)
+        counts, and once in :data:`FULL_LOOK_SECONDS` a look is due anyway; without them,
+        any new generation, or where there is none every :data:`LEGACY_CHECK_SECONDS`.
+        """
+        if self._changes is not None:
+            self._on_notices()  # what queued up to now
+            return self._foreign or now - self._looked_at >= FULL_LOOK_SECONDS
+        if generation is None:
+            return now - self._looked_at >= LEGACY_CHECK_SECONDS
+        return generation != self._seen
+
     async def look(self, *, force: bool = False) -> Damage:
         """Look once, if the ruleset changed since the last look; put back what is missing."""
         generation = None if self._legacy else nft_generation()
         now = time.monotonic()
-        if not force:
-            if generation is not None and generation == self._seen:
-                return Damage()
-            if generation is None and now - self._looked_at < LEGACY_CHECK_SECONDS:
-                return Damage()
+        if not force and not self._changed(generation, now):
+            return Damage()
         self._looked_at = now
+        self._foreign = False  # a change from here on is seen by the next look
         net = self._net
         leases = [lease for lease in net.watched_leases() if lease.hooks == CHAINED]
         if not leases:
             self._seen = generation
             return Damage()
+        self.looks += 1
         try:
             saved = Saved.parse(await run("iptables-save"))
         except NetworkError as exc:
             _log.warning("firewall rule watch: cannot read the rules: %s", exc)
+            self._foreign = True  # look again
             return Damage()
         now_watched = {lease.tag for lease in net.watched_leases()}
         leases = [lease for lease in leases if lease.tag in now_watched]  # none went meanwhile
@@ -215,5 +299,8 @@ class RuleWatch:
             len(damage.leases), len(damage.groups),
             " and the shared egress chain" if damage.shared_chain else "",
         )  # fmt: skip
-        await net.put_back(damage, groups)
-        return damage  # the next look checks what the repair wrote (its generation is new)
+        try:
+            await net.put_back(damage, groups, saved)
+        finally:
+            self._foreign = True  # the next look checks what the repair wrote
+        return damage

@@ -18,7 +18,7 @@ from . import egress as policy
 from .hook_chains import HookGroup
 from .host_commands import NetworkError
 from .lease import Lease
-from .rule_watch import Damage, RuleWatch
+from .rule_watch import Damage, RuleWatch, Saved
 from .rule_writer import RuleWriter
 from .shared_rules_lock import SharedRulesLock
 
@@ -116,31 +116,45 @@ class RulesPutBack:
                 found[lease.tag] = known[1]
         return found
 
-    async def put_back(self, damage: Damage, groups: Mapping[str, HookGroup]) -> None:
-        """Write again what the watch found missing: the shared chain, groups, networks."""
+    async def put_back(self, damage: Damage, groups: Mapping[str, HookGroup], saved: Saved) -> None:
+        """Write again what the watch found missing: the shared chain, groups, networks.
+
+        ``saved``: the rules as the look found them. A group none of whose chains is there
+        is made whole, chains and jumps in one transaction, all such groups merged into one
+        run, and a network with nothing left is written without removing anything first:
+        after a reload that is every one of them, and repaired step by step and rule by rule
+        (as a group or network partly there is) 20 networks took 0.8 s to come back.
+        """
         if damage.shared_chain:
             shared = policy.shared_chain(
                 self._host_addresses(), policy.nameservers(self.sandbox_resolv_conf())
             )
             await self.rules.apply("\n".join(["*filter", *shared, "COMMIT", ""]))
             self._shared_written = tuple(shared)
-        if damage.groups:
+        gone = [groups[k] for k in damage.groups if not set(groups[k].chains) & saved.declared]
+        made = [self.rules.apply_quietly(group.transaction(group.create)) for group in gone]
+        await asyncio.gather(*made)  # queued together: one transaction when all succeed
+        partly = [key for key in damage.groups if groups[key] not in gone]
+        if partly:
             async with self._shared_rules.held():
-                for key in damage.groups:
-                    self._hooks_made.add(key)
+                for key in partly:
                     await self._repair_hook_chains(groups[key], nice=False)
+        self._hooks_made.update(damage.groups)
         leases = [self._leases[t] for t in damage.leases if t in self._leases]
-        outcomes = await asyncio.gather(*(self._put_back(lease) for lease in leases),
-                                        return_exceptions=True)  # fmt: skip
+        outcomes = await asyncio.gather(
+            *(self._put_back(lease, _anything_left(lease, saved)) for lease in leases),
+            return_exceptions=True,
+        )
         for lease, outcome in zip(leases, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 _log.warning("putting back the rules of network %s: %s", lease.tag, outcome)
 
-    async def _put_back(self, lease: Lease) -> None:
+    async def _put_back(self, lease: Lease, left: bool = True) -> None:
         """Remove what is left of ``lease``'s rules and write them again, as they were written.
 
         Concurrent put-backs queue their removals and then their adds together, so the rule
         writer merges them: a reload's repair of many networks is a few transactions.
+        ``left``: whether any of its rules may still be there (else nothing is removed).
         """
         if lease.tag in self.busy or lease.tag not in self._active:
             return  # being written or removed: that work decides
@@ -151,7 +165,8 @@ class RulesPutBack:
             known = self.written.get(lease.tag)
             chain = _restorable(known[1], lease.chain) if known else _closed_chain(lease.chain)
             removal = self._rules(lease, False)
-            await self.rules.remove(removal)
+            if left:
+                await self.rules.remove(removal)
             try:
                 await self.rules.apply(self._rules(lease, True, chain), undo=removal)
             except NetworkError:  # a group or the shared chain missing too: repaired first
@@ -193,3 +208,9 @@ def _restorable(lines: Iterable[str], chain: str) -> list[str]:
 def _closed_chain(chain: str) -> list[str]:
     """A chain that refuses everything: for a network whose rules nobody can say any more."""
     return [f":{chain} - [0:0]", f"-A {chain} -j {policy.REJECT}"]
+
+
+def _anything_left(lease: Lease, saved: Saved) -> bool:
+    """Whether a rule of ``lease`` (a hook, or its chain) is still among ``saved``."""
+    hooks = saved.hooks[("filter", lease.tag)] or saved.hooks[("nat", lease.tag)]
+    return bool(hooks) or lease.chain in saved.declared
