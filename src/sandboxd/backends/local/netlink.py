@@ -200,15 +200,7 @@ def nft_generation() -> int | None:
     length, kind, _flags, _seq, _pid = _HEADER.unpack_from(reply)
     if kind != NFT_MSG_NEWGEN:
         return None  # an error answer: no nf_tables here
-    offset = _HEADER.size + _NFGENMSG.size
-    while offset + _ATTR.size <= min(length, len(reply)):
-        size, attr = _ATTR.unpack_from(reply, offset)
-        if size < _ATTR.size:
-            return None
-        if attr & 0x7FFF == NFTA_GEN_ID and size >= _ATTR.size + 4:
-            return int(struct.unpack_from(">I", reply, offset + _ATTR.size)[0])
-        offset += (size + 3) & ~3
-    return None
+    return _u32_attr(reply[_HEADER.size + _NFGENMSG.size : length], NFTA_GEN_ID)
 
 
 SOL_NETLINK = 270
@@ -269,19 +261,20 @@ class RulesetChanges:
                 if length < _HEADER.size:
                     return True  # not a notice we can read: assume the worst
                 if kind == NFT_MSG_NEWGEN:
-                    pid = _gen_pid(data[offset + _HEADER.size + _NFGENMSG.size : offset + length])
+                    attrs = data[offset + _HEADER.size + _NFGENMSG.size : offset + length]
+                    pid = _u32_attr(attrs, NFTA_GEN_PROC_PID)
                     foreign = foreign or pid is None or not ours(pid)
                 offset += (length + 3) & ~3
 
 
-def _gen_pid(attrs: bytes) -> int | None:
-    """``NFTA_GEN_PROC_PID`` of a new-generation notice's attributes (None if absent)."""
+def _u32_attr(attrs: bytes, wanted: int) -> int | None:
+    """The big-endian 32-bit attribute ``wanted`` of netfilter attributes (None if absent)."""
     offset = 0
     while offset + _ATTR.size <= len(attrs):
         size, attr = _ATTR.unpack_from(attrs, offset)
         if size < _ATTR.size:
             return None
-        if attr & 0x7FFF == NFTA_GEN_PROC_PID and size >= _ATTR.size + 4:
+        if attr & 0x7FFF == wanted and size >= _ATTR.size + 4:
             return int(struct.unpack_from(">I", attrs, offset + _ATTR.size)[0])
         offset += (size + 3) & ~3
     return None
