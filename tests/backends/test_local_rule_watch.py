@@ -49,6 +49,10 @@ def check(ok, what):
 def run(*argv):
     subprocess.run(argv, check=True)
 
+def reload(*tables):  # as a firewall reload does: every chain of each table gone at once
+    subprocess.run(["iptables-restore"], input="".join(f"*{t}\nCOMMIT\n" for t in tables),
+                   text=True, check=True)
+
 async def back(before, what, seconds=10):
     deadline = time.monotonic() + seconds
     while ours() != before:
@@ -76,9 +80,7 @@ async def main(ipam):
     await asyncio.sleep(0.3)  # the watch has looked: nothing was missing, nothing written
     check(net.watch.repairs == 0 and ours() == before, "the watch wrote without a change")
     # A firewall reload: every chain of both tables flushed and deleted.
-    for table in ("filter", "nat"):
-        run("iptables", "-t", table, "-F")
-        run("iptables", "-t", table, "-X")
+    reload("filter", "nat")
     await back(before, "a reload")
     # Partial losses, one at a time: built-in chains only, one sandbox's chain, nat only.
     run("iptables", "-F", "INPUT"); run("iptables", "-F", "FORWARD")
@@ -87,7 +89,7 @@ async def main(ipam):
     await back(before, "an allowlist sandbox's chain flushed")
     run("iptables", "-F", "SANDBOXD-NONPUBLIC")
     await back(before, "the shared chain flushed")
-    run("iptables", "-t", "nat", "-F"); run("iptables", "-t", "nat", "-X")
+    reload("nat")
     await back(before, "the nat table wiped")
     for lease in leases:
         await net.teardown(lease, EgressType.INTERNET, ())
@@ -124,9 +126,7 @@ async def main(ipam):
         second.claim(lease, lease.tag)
     await second.watch.look(force=True)  # its first look learns the chains as they are
     check(ours() == before, "the first look changed rules")
-    for table in ("filter", "nat"):
-        run("iptables", "-t", table, "-F")
-        run("iptables", "-t", table, "-X")
+    reload("filter", "nat")
     await back(before, "a reload")
     await second.close()  # that runner goes; the next takes the networks over
     # A recovered network whose chain was gone before the watch ever saw it: put back as a
@@ -176,11 +176,20 @@ async def main(ipam):
     check(net.watch.looks == looks, "the watch read the rules after this process's changes")
     before = ours()
     started = time.monotonic()
-    for table in ("filter", "nat"):
-        run("iptables", "-t", table, "-F")
-        run("iptables", "-t", table, "-X")
+    reload("filter", "nat")
     await back(before, "a reload", seconds=5)
     check(time.monotonic() - started < 5, "not woken by the reload's notices")
+    # A reload made of several commands in a row, as a firewall script runs them: each
+    # must succeed (a chain put back between its flush and its -X would fail the -X, and
+    # the script with it), and the rules come back once, after the last.
+    rule_watch.SETTLE_SECONDS = 1.0  # a quiet second: room for a slow machine's gaps
+    repairs = net.watch.repairs
+    steps = ("iptables -F", "iptables -X", "iptables -t nat -F", "iptables -t nat -X",
+             "iptables -A FORWARD -j ACCEPT")
+    subprocess.run(["sh", "-ec", "; ".join(steps)], check=True)
+    await back(before, "a reload script", seconds=10)
+    await asyncio.sleep(1.5)  # the look after the repair, which finds all
+    check(net.watch.repairs == repairs + 1, f"{net.watch.repairs - repairs} repairs, not one")
     for lease in (first, *more):
         await net.teardown(lease, EgressType.INTERNET, ())
     await net.close()
@@ -194,7 +203,8 @@ asyncio.run(asyncio.wait_for(main(sys.argv[1]), 60))
 def test_the_hosts_change_wakes_the_watch_and_its_own_do_not(tmp_path: Path) -> None:
     """With the kernel's change notices, the watch reads the rules when another process
     changed them (a reload is put back at once, not at the next periodic look) and never
-    for the backend's own creates, which wrote what they meant to."""
+    for the backend's own creates, which wrote what they meant to. A reload script of
+    several commands runs whole (nothing put back between its steps) and is put back once."""
     in_own_network_namespace(NOTICED, str(tmp_path / "ipam"))
 
 

@@ -76,11 +76,19 @@ def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluste
         before = _ours(host.netns)
         assert any(line.endswith("-j DROP") and "SBX-I-" in line for line in before), before
 
-        for table in ("filter", "nat"):
-            for step in ("-F", "-X"):
-                subprocess.run([*enter(host.netns), "iptables", "-t", table, step], check=True)
-        assert not _ours(host.netns)  # the reload took every rule of ours
+        # A reload as configuration management does it: a saved ruleset restored, here one
+        # with no rules, every chain of both tables gone at once.
+        subprocess.run(
+            [*enter(host.netns), "iptables-restore"],
+            input="*filter\nCOMMIT\n*nat\nCOMMIT\n", text=True, check=True,
+        )  # fmt: skip
+        runner = cluster.runner.proc
+        assert runner is not None
 
+        def warned() -> bool:  # the proof that the reload took the rules and they were put back
+            return any("lost rules of this runner's" in line for line in list(runner.lines))
+
+        wait_until("the runner's warning", warned, 10)
         wait_until("every rule back", lambda: _ours(host.netns) == before, 10)
         assert probe().startswith("blocked"), "the sandbox reaches the host after the reload"
         assert gateway.exec(sandbox_id, "true").exit_code == 0  # it still runs, untouched

@@ -11,17 +11,18 @@ services, private networks and the cloud's metadata address.
 How: the kernel announces every committed change of the ruleset with the pid of the process
 that made it (``netlink.RulesetChanges``). A change this process's own commands made (a
 create, a teardown: they wrote what they meant to) needs no look. One of another process's
-(or notices lost to an overflow) wakes the watch, which waits :data:`SETTLE_SECONDS` for the
-rest of a reload to land, reads the ruleset once (``iptables-save``) and counts, for each of
-its networks, the rules that must be there (:func:`find_damage`): the network's hooks (found
-by their ``sandboxd:<tag>`` comment), its own chain's rules, the jumps of the hook groups it
-uses, the shared chain. What is short is written again (``NetworkManager.put_back``): a
-network's hooks and its chain as they were written (read back from the kernel for a network
-this process recovered, at its first look, which comes at once), the groups' jumps, the
-shared chain; the look after it checks what the repair wrote. So a reload leaves the
-sandboxes unfiltered for a few tens of milliseconds, not until the next create. The rules
-are also read every :data:`FULL_LOOK_SECONDS` in any case. Without the notices (a runner in
-a pid namespace of its own, whose pids are not the ones the kernel names) every new ruleset
+(or notices lost to an overflow) wakes the watch, which waits until the host changed nothing
+for :data:`SETTLE_SECONDS` (the rest of a reload: see ``RuleWatch._settle``), reads the
+ruleset once (``iptables-save``) and counts, for each of its networks, the rules that must
+be there (:func:`find_damage`): the network's hooks (found by their ``sandboxd:<tag>``
+comment), its own chain's rules, the jumps of the hook groups it uses, the shared chain.
+What is short is written again (``NetworkManager.put_back``): a network's hooks and its
+chain as they were written (read back from the kernel for a network this process recovered,
+at its first look, which comes at once), the groups' jumps, the shared chain; the look after
+it checks what the repair wrote. So a reload leaves the sandboxes unfiltered for its own
+duration and a few hundred milliseconds, not until the next create. The rules are also read
+every :data:`FULL_LOOK_SECONDS` in any case. Without the notices (a runner in a pid
+namespace of its own, whose pids are not the ones the kernel names) every new ruleset
 generation (``netlink.nft_generation``, read every :data:`CHECK_SECONDS`, about 7 µs) leads
 to a look; where no generation can be read (``iptables-legacy``) the watch looks every
 :data:`LEGACY_CHECK_SECONDS`.
@@ -60,9 +61,11 @@ CHECK_SECONDS = 1.0
 """How often the watch reads the ruleset generation (and reads the rules if it changed)."""
 LEGACY_CHECK_SECONDS = 10.0
 """How often it reads the rules where no generation can be read (``iptables-legacy``)."""
-SETTLE_SECONDS = 0.05
-"""How long after the host's first change the watch looks: a reload of several commands
-(flush, then delete the chains) is then over, and is put back once."""
+SETTLE_SECONDS = 0.2
+"""How long the host must have changed no rule before the watch looks (``RuleWatch._settle``):
+a reload of several commands is then over, and is put back once, after it."""
+MAX_SETTLE_SECONDS = 3.0
+"""The longest the watch waits for the host's changes to stop before it looks anyway."""
 MIN_LOOK_SECONDS = 0.25
 """The least time between two looks that the host's changes wake: where other backends (or
 tools) on the host change rules all the time, each backend reads them at most four times a
@@ -241,14 +244,34 @@ class RuleWatch:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_SECONDS):
                     await self._wake.wait()
-            if self._wake.is_set():  # the host changed rules: let the rest of it land first
-                since = time.monotonic() - self._looked_at
-                await asyncio.sleep(max(SETTLE_SECONDS, MIN_LOOK_SECONDS - since))
-                self._wake.clear()
+            if self._wake.is_set():
+                await self._settle()
             try:
                 await self.look()
             except Exception:  # one failed look must not end the watch
                 _log.exception("firewall rule watch: the look failed; trying again")
+
+    async def _settle(self) -> None:
+        """Wait until the host's change is over: no new one for :data:`SETTLE_SECONDS`.
+
+        Why: a firewall manager's reload is often many commands (flush, delete the chains,
+        add its rules). Our chains put back between its flush and its ``-X`` would make that
+        ``-X`` fail (a chain still referenced), and a script that stops at a failure would
+        leave the host's firewall half made. So the watch waits for quiet, at most
+        :data:`MAX_SETTLE_SECONDS` (a host that never stops changing rules is looked at
+        anyway), and never sooner than :data:`MIN_LOOK_SECONDS` after its last look.
+        """
+        started = time.monotonic()
+        while True:
+            self._wake.clear()
+            await asyncio.sleep(SETTLE_SECONDS)
+            waited = time.monotonic() - started
+            if not self._wake.is_set() or waited >= MAX_SETTLE_SECONDS:
+                break
+        since = time.monotonic() - self._looked_at
+        if since < MIN_LOOK_SECONDS:
+            await asyncio.sleep(MIN_LOOK_SECONDS - since)
+        self._wake.clear()
 
     def _changed(self, generation: int | None, now: float) -> bool:
         """Whether a look is due: something other than this process changed the ruleset.
