@@ -144,6 +144,10 @@ def test_runner_metrics_show_each_sandbox_and_follow_its_disk(
         cpu_before = reading("sandboxd_sandbox_cpu_seconds_total")
         assert sandbox.exec(["sh", "-c", busy]).result().returncode == 0
         assert reading("sandboxd_sandbox_cpu_seconds_total") > cpu_before
-        assert value(scrape(url)[1], "sandboxd_runner_sandboxes", runner=platform.runner_id) >= 1
+        _, samples = scrape(url)
+        assert value(samples, "sandboxd_runner_sandboxes", runner=platform.runner_id) >= 1
+        # The backend's own events: none on a host whose firewall nobody reloaded, but there.
+        repairs = {("runner", platform.runner_id), ("event", "firewall_repairs")}
+        assert samples[("sandboxd_runner_backend_events_total", frozenset(repairs))] == 0
     # Once stopped, the sandbox is no longer listed.
     assert sandbox.sandbox_id not in scrape(url)[0]

@@ -15,11 +15,18 @@ from __future__ import annotations
 import collections
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
-from tests.support.faults import Cluster, wait_until
-from tests.support.hosts import enter
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.faults import Cluster, start_cluster, wait_until
+from tests.support.hosts import HostNetwork, enter
 
 PORT = 8123
+METRICS_PORT = 9464  # the runner's, in its host's own network namespace
 SERVICE = """
 import socket, sys
 server = socket.create_server((sys.argv[1], int(sys.argv[2])))
@@ -51,6 +58,28 @@ def _ours(netns: str) -> collections.Counter[str]:
     )
 
 
+@pytest.fixture
+def cluster(test_network: HostNetwork, database_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    """The fault tests' cluster, its runner serving metrics on its host's address."""
+    metrics = ("--metrics-listen", f"0.0.0.0:{METRICS_PORT}")
+    with start_cluster(test_network, tmp_path, database_url, runner_args=metrics) as running:
+        yield running
+
+
+def _repairs(cluster: Cluster) -> float:
+    """``sandboxd_runner_backend_events_total{event="firewall_repairs"}`` of the runner."""
+    url = f"http://{cluster.host.address}:{METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:  # the test network only
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name, sample.labels.get("event")) == (
+                "sandboxd_runner_backend_events_total", "firewall_repairs"
+            ):  # fmt: skip
+                return float(sample.value)
+    raise AssertionError("the runner publishes no firewall_repairs count")
+
+
 def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluster) -> None:
     gateway = cluster.gateway()
     sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
@@ -75,6 +104,7 @@ def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluste
         assert probe().startswith("blocked"), "the sandbox reached the host before the reload"
         before = _ours(host.netns)
         assert any(line.endswith("-j DROP") and "SBX-I-" in line for line in before), before
+        assert _repairs(cluster) == 0
 
         # A reload as configuration management does it: a saved ruleset restored, here one
         # with no rules, every chain of both tables gone at once.
@@ -90,6 +120,7 @@ def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluste
 
         wait_until("the runner's warning", warned, 10)
         wait_until("every rule back", lambda: _ours(host.netns) == before, 10)
+        assert _repairs(cluster) >= 1  # an operator's alert sees it too
         assert probe().startswith("blocked"), "the sandbox reaches the host after the reload"
         assert gateway.exec(sandbox_id, "true").exit_code == 0  # it still runs, untouched
     finally:

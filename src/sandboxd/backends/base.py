@@ -630,6 +630,16 @@ class Backend(ABC):
         """Thaw a paused sandbox: its processes continue where they were (idempotent)."""
         raise PauseUnsupported(f"the {self.name} backend cannot pause sandboxes")
 
+    # -- counters (optional) ----------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Counts of what the backend did on its own since it started, by event name.
+
+        The runner publishes them as ``sandboxd_runner_backend_events_total{event}``. Read
+        from the metrics server's thread, so reading them must not touch the event loop.
+        A backend with nothing to count (the default) has none.
+        """
+        return {}
+
     # -- connection trail (optional) --------------------------------------------------------------
     async def connection_attempts(self) -> AsyncIterator[list[ConnectionAttempt]]:
         """Batches of outbound connection attempts by this backend's sandboxes, as they happen.

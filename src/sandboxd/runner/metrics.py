@@ -92,3 +92,14 @@ class RunnerCollector(Collector):
         )
         running.add_metric([runner], len(stats))
         yield running
+        events = CounterMetricFamily(
+            "sandboxd_runner_backend_events",
+            "What the runner's backend did on its own (firewall_repairs: sandbox rules a "
+            "firewall reload took away, put back).",
+            labels=["runner", "event"],
+        )
+        supervisor = self._agent.supervisor
+        counted = supervisor.backend.counters() if supervisor is not None else {}
+        for event, count in sorted(counted.items()):
+            events.add_metric([runner, event], count)
+        yield events

@@ -768,6 +768,11 @@ class LocalBackend(Backend):
         rec = self._get(sandbox_id)
         return files.follow_log(rec.log_path, lambda: not rec.is_running(), follow, since)
 
+    def counters(self) -> dict[str, int]:
+        """``firewall_repairs``: times the rule watch put back rules the host took away."""
+        watch = self._net.watch
+        return {"firewall_repairs": watch.repairs if watch is not None else 0}
+
     async def close(self) -> None:
         """Stop port relays and drop connections; shut the zygote down if nothing runs."""
         for task in list(self._release_tasks):
