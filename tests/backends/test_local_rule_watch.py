@@ -258,6 +258,16 @@ def test_each_missing_rule_is_found(dropped: str, expected: Damage) -> None:
     assert _damage(text) == expected
 
 
+def test_a_missing_rule_is_found_beside_a_doubled_one() -> None:
+    """A hook twice in one table does not make up for one missing in another."""
+    doubled = SAVED.replace(
+        '-A SBX-I-0 -i sbx0123456789 -m comment --comment "sandboxd:0123456789" -j DROP',
+        '-A SBX-I-0 -i sbx0123456789 -m comment --comment "sandboxd:0123456789" -j DROP\n' * 2,
+    )
+    text = "\n".join(line for line in doubled.splitlines() if "MASQUERADE" not in line)
+    assert _damage(text) == Damage(("0123456789",))
+
+
 def test_a_rule_the_host_added_beside_ours_is_no_damage() -> None:
     extra = SAVED.replace("COMMIT", "-A FORWARD -j ACCEPT\n-A INPUT -j DROP\nCOMMIT", 1)
     assert not _damage(extra)

@@ -106,7 +106,7 @@ class Saved:
                 continue
             chain = words[1]
             saved.chains.setdefault(chain, []).append(line)
-            if _HOOKS_MARK in line and "-j" in words:
+            if _HOOKS_MARK in line and "-j" in words[:-1]:
                 saved.jumps[(chain, words[words.index("-j") + 1])] += 1
                 continue
             start = line.find('"sandboxd:')
@@ -150,10 +150,10 @@ def find_damage(
     damaged = []
     for lease in leases:
         want = expected_hooks(lease)
-        have = [saved.hooks[(table, lease.tag)] for table in want]
+        short = any(saved.hooks[(table, lease.tag)] < count for table, count in want.items())
         written = chains.get(lease.tag)
         rules = sum(line.startswith("-A ") for line in written) if written else 1
-        if have < list(want.values()) or len(saved.chains.get(lease.chain, ())) < rules:
+        if short or len(saved.chains.get(lease.chain, ())) < rules:
             damaged.append(lease.tag)
     broken = []
     for group in groups:
