@@ -122,16 +122,24 @@ async def main(ipam):
     # A restarted runner: a new manager of the same backend takes the networks over from
     # their claims, without knowing their policies.
     second = NetworkManager("recovered", pool="10.214.12.0/24", ipam_dir=ipam, watch=True)
-    for lease in (kept, lost):
-        second.claim(lease, lease.tag)
-    await second.watch.look(force=True)  # its first look learns the chains as they are
-    check(ours() == before, "the first look changed rules")
+    rule_watch.CHECK_SECONDS = 30.0  # only a claim (and the start) make the watch look now
+    async def looked(n):
+        deadline = time.monotonic() + 5
+        while second.watch.looks < n:
+            check(time.monotonic() < deadline, f"{second.watch.looks} looks, not {n}")
+            await asyncio.sleep(0.02)
+    second.claim(kept, kept.tag)  # its first look learns the chain as it is
+    await looked(1)
+    second.claim(lost, lost.tag)  # recovered later: a look of its own soon after
+    await looked(2)
+    check(ours() == before, "the looks changed rules")
     reload("filter", "nat")
     await back(before, "a reload")
     await second.close()  # that runner goes; the next takes the networks over
     # A recovered network whose chain was gone before the watch ever saw it: put back as a
     # chain that refuses everything, not left open.
     run("iptables", "-F", lost.chain)
+    rule_watch.CHECK_SECONDS = 0.05
     third = NetworkManager("recovered", pool="10.214.12.0/24", ipam_dir=ipam, watch=True)
     for lease in (kept, lost):
         third.claim(lease, lease.tag)
@@ -153,10 +161,11 @@ asyncio.run(asyncio.wait_for(main(sys.argv[1]), 90))
 
 
 def test_a_recovered_network_is_put_back_as_the_kernel_had_it(tmp_path: Path) -> None:
-    """A restarted runner's manager knows its recovered networks only by their claims: its
-    first look reads their chains back, so a reload afterwards puts an allowlist network's
-    rules back exactly (not a guess at its policy). A network whose chain was already gone
-    when it was first seen gets a chain that refuses everything (fails closed)."""
+    """A restarted runner's manager knows its recovered networks only by their claims: each
+    claim makes the watch look soon (not at its next periodic look), which reads the chain
+    back, so a reload afterwards puts an allowlist network's rules back exactly (not a
+    guess at its policy). A network whose chain was already gone when it was first seen
+    gets a chain that refuses everything (fails closed)."""
     in_own_network_namespace(RECOVERED, str(tmp_path / "ipam"))
 
 

@@ -211,6 +211,8 @@ class NetworkManager(RulesPutBack):
         self._leases[lease.tag] = lease
         self._join_groups(lease)
         self._start_watch()
+        if self._watch is not None:
+            self._watch.look_soon()  # it reads the recovered network's chain back
         os.makedirs(self.ipam, exist_ok=True)
         with ClaimWriter(self.ipam, f"{self._holder_words(lease, holder)}\n") as writer:
             writer.place(self._claim_file(lease.index))  # False: it is there; left as it is
