@@ -18,7 +18,7 @@ be there (:func:`find_damage`): the network's hooks (found by their ``sandboxd:<
 comment), its own chain's rules, the jumps of the hook groups it uses, the shared chain.
 What is short is written again (``NetworkManager.put_back``): a network's hooks and its
 chain as they were written (read back from the kernel for a network this process recovered,
-at its first look, which comes at once), the groups' jumps, the shared chain; the look after
+by a look its claim brings about at once), the groups' jumps, the shared chain; the look after
 it checks what the repair wrote. So a reload leaves the sandboxes unfiltered for its own
 duration and a few hundred milliseconds, not until the next create. The rules are also read
 every :data:`FULL_LOOK_SECONDS` in any case. Without the notices (a runner in a pid
