@@ -151,8 +151,8 @@ class NetworkManager(RulesPutBack):
         # sandbox's processes are in it, the runner lets go (``let_go``); nothing else keeps
         # a namespace, so one whose sandbox is gone, or whose runner died, is gone too.
         self._netns: dict[str, int] = {}
-        self._active: set[str] = set()  # tags of leases whose rules reference the shared chain
-        self._leases: dict[str, Lease] = {}  # the lease of each of those tags
+        # The leases whose rules reference the shared chain, by tag.
+        self._active: dict[str, Lease] = {}
         # Tags whose rules are being written, put back or removed right now (how many such
         # works each): the watch leaves them to that work. One whose teardown could not
         # remove its rules stays in it until they are gone.
@@ -207,8 +207,7 @@ class NetworkManager(RulesPutBack):
         its sandbox and backend were gone: the subnet stayed taken on the host for good
         (one was found on the development host). A claim that is there is left as it is.
         """
-        self._active.add(lease.tag)
-        self._leases[lease.tag] = lease
+        self._active[lease.tag] = lease
         self._join_groups(lease)
         self._start_watch()
         if self._watch is not None:
@@ -501,8 +500,7 @@ class NetworkManager(RulesPutBack):
         skip = tuple(shared) == self._shared_written and bool(self._active)
         # Counted from now on, so that a concurrent teardown of our last other sandbox does
         # not remove the shared chain or the hook chains while this is on its way.
-        self._active.add(lease.tag)
-        self._leases[lease.tag] = lease
+        self._active[lease.tag] = lease
         self._busy_begin(lease.tag)
         try:
             return await self._write_rules(lease, shared, chain, skip, nice=nice, lift=lift)
@@ -736,8 +734,7 @@ class NetworkManager(RulesPutBack):
         """After ``lease``'s rules went: its groups and claim, and the shared chain if last."""
         await self._leave_groups(lease)
         self.release(lease)
-        self._active.discard(lease.tag)
-        self._leases.pop(lease.tag, None)
+        self._active.pop(lease.tag, None)
         self.busy.pop(lease.tag, None)
         self.written.pop(lease.tag, None)
         if not self._active:

@@ -31,8 +31,7 @@ class RulesPutBack:
     """The rule watch's side of ``NetworkManager`` (which sets every attribute below)."""
 
     _watch: RuleWatch | None
-    _active: set[str]
-    _leases: dict[str, Lease]
+    _active: dict[str, Lease]
     busy: Counter[str]
     _restoring: dict[str, asyncio.Future[None]]
     written: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
@@ -78,11 +77,7 @@ class RulesPutBack:
 
     def watched_leases(self) -> list[Lease]:
         """The leases whose rules are ours and not being written or removed right now."""
-        return [
-            lease
-            for tag, lease in self._leases.items()
-            if tag in self._active and tag not in self.busy
-        ]
+        return [lease for tag, lease in self._active.items() if tag not in self.busy]
 
     def groups_of(self, leases: Iterable[Lease]) -> dict[str, HookGroup]:
         """The hook groups ``leases`` use, by key."""
@@ -140,7 +135,7 @@ class RulesPutBack:
                 for key in partly:
                     await self._repair_hook_chains(groups[key], nice=False)
         self._hooks_made.update(damage.groups)
-        leases = [self._leases[t] for t in damage.leases if t in self._leases]
+        leases = [self._active[t] for t in damage.leases if t in self._active]
         outcomes = await asyncio.gather(
             *(self._put_back(lease, _anything_left(lease, saved)) for lease in leases),
             return_exceptions=True,
