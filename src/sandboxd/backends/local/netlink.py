@@ -170,7 +170,7 @@ NETLINK_NETFILTER = 12
 NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
 NFT_MSG_NEWGEN = (10 << 8) | 15
 NFTA_GEN_ID = 1
-_NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
+_NFGENMSG = struct.Struct("!BBH")  # family, version, resource id (big-endian)
 _GEN_TIMEOUT_SECONDS = 1.0
 
 

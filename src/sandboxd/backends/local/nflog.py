@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from .netlink import NETLINK_NETFILTER, SO_RCVBUFFORCE
+
 __all__ = ["LoggedPacket", "NflogReader", "NflogUnavailable", "parse_messages"]
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
@@ -154,7 +155,7 @@ class NflogReader:
         try:
             sock.bind((0, 0))
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
             self._request(sock, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])), 1)
             mode = struct.pack("!IBB", COPY_BYTES, NFULNL_COPY_PACKET, 0)
             self._request(sock, _attr(NFULA_CFG_MODE, mode), 2)
