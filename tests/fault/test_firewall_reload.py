@@ -13,6 +13,7 @@ of that host's firewall only; a service listens on the host's address there.
 from __future__ import annotations
 
 import collections
+import contextlib
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.faults import Cluster, start_cluster, wait_until
+from tests.support.faults import RECOVERY, Cluster, start_cluster, wait_until
 from tests.support.hosts import HostNetwork, enter
 
 PORT = 8123
@@ -80,38 +81,54 @@ def _repairs(cluster: Cluster) -> float:
     raise AssertionError("the runner publishes no firewall_repairs count")
 
 
-def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluster) -> None:
-    gateway = cluster.gateway()
-    sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
+@contextlib.contextmanager
+def _host_service(cluster: Cluster) -> Iterator[None]:
+    """A service on the runner host's address, answering, while the block runs."""
     host = cluster.host
     service = subprocess.Popen(
         [*enter(host.netns), sys.executable, "-c", SERVICE, host.address, str(PORT)]
     )
+
+    def listening() -> bool:  # reached from the host itself
+        ran = subprocess.run(
+            [*enter(host.netns), sys.executable, "-c", PROBE, host.address, str(PORT)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return ran.stdout.startswith("reached")
+
     try:
+        wait_until("the host's service listening", listening, 10)
+        yield
+    finally:
+        service.kill()
+        service.wait()
+
+
+def _reload(netns: str) -> None:
+    """A reload as configuration management does it: a saved ruleset restored, here one with
+    no rules, every chain of both tables gone at once."""
+    subprocess.run(
+        [*enter(netns), "iptables-restore"],
+        input="*filter\nCOMMIT\n*nat\nCOMMIT\n", text=True, check=True,
+    )  # fmt: skip
+
+
+def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
+    host = cluster.host
+    with _host_service(cluster):
 
         def probe() -> str:
             run = gateway.exec(sandbox_id, "python3", "-c", PROBE, host.address, str(PORT))
             return run.stdout.decode().strip()
 
-        def listening() -> bool:
-            ran = subprocess.run(
-                [*enter(host.netns), sys.executable, "-c", PROBE, host.address, str(PORT)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            return ran.stdout.startswith("reached")
-
-        wait_until("the host's service listening", listening, 10)
         assert probe().startswith("blocked"), "the sandbox reached the host before the reload"
         before = _ours(host.netns)
         assert any(line.endswith("-j DROP") and "SBX-I-" in line for line in before), before
         assert _repairs(cluster) == 0
 
-        # A reload as configuration management does it: a saved ruleset restored, here one
-        # with no rules, every chain of both tables gone at once.
-        subprocess.run(
-            [*enter(host.netns), "iptables-restore"],
-            input="*filter\nCOMMIT\n*nat\nCOMMIT\n", text=True, check=True,
-        )  # fmt: skip
+        _reload(host.netns)
         runner = cluster.runner.proc
         assert runner is not None
 
@@ -123,6 +140,30 @@ def test_a_reload_on_the_runner_host_leaves_its_sandbox_filtered(cluster: Cluste
         assert _repairs(cluster) >= 1  # an operator's alert sees it too
         assert probe().startswith("blocked"), "the sandbox reaches the host after the reload"
         assert gateway.exec(sandbox_id, "true").exit_code == 0  # it still runs, untouched
-    finally:
-        service.kill()
-        service.wait()
+
+
+def test_a_runner_killed_right_after_a_reload_puts_the_rules_back_when_restarted(
+    cluster: Cluster,
+) -> None:
+    """The runner is SIGKILLed right after the reload, before or while it puts the rules
+    back. Restarted, it recovers the sandbox and puts every hook back, once each; the
+    sandbox's own chain comes back as it was or, if it was gone before the new runner saw
+    it, refusing everything: either way the sandbox does not reach the host."""
+    gateway = cluster.gateway()
+    sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
+    host = cluster.host
+    with _host_service(cluster):
+        hooks_before = [line for line in _ours(host.netns).elements() if '"sandboxd:' in line]
+        assert hooks_before, "the sandbox has no hooks"
+        _reload(host.netns)
+        cluster.runner.kill()  # SIGKILL, within the watch's wait for quiet
+        cluster.runner.start()
+        cluster.wait_health(True, RECOVERY)
+
+        def hooks_back() -> bool:
+            now = [line for line in _ours(host.netns).elements() if '"sandboxd:' in line]
+            return collections.Counter(now) == collections.Counter(hooks_before)
+
+        wait_until("every hook back, once", hooks_back, 10)
+        run = gateway.exec(sandbox_id, "python3", "-c", PROBE, host.address, str(PORT))
+        assert run.stdout.decode().startswith("blocked"), run
