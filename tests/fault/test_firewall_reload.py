@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sandboxd.backends.local.state import SandboxRecord
 from tests.support.faults import RECOVERY, Cluster, start_cluster, wait_until
 from tests.support.hosts import HostNetwork, enter
 
@@ -146,22 +147,27 @@ def test_a_runner_killed_right_after_a_reload_puts_the_rules_back_when_restarted
     cluster: Cluster,
 ) -> None:
     """The runner is SIGKILLed right after the reload, before or while it puts the rules
-    back. Restarted, it recovers the sandbox and puts every hook back, once each; the
-    sandbox's own chain comes back as it was or, if it was gone before the new runner saw
-    it, refusing everything: either way the sandbox does not reach the host."""
+    back. Restarted, it recovers the sandbox and puts every hook of its network back, once
+    each; the sandbox's own chain comes back as it was or, if it was gone before the new
+    runner saw it, refusing everything: either way the sandbox does not reach the host.
+    (The networks the killed runner had made ahead are not its sandbox's: the next runner
+    removes those and makes new ones.)"""
     gateway = cluster.gateway()
     sandbox_id = gateway.start(cluster.runner_id, profile="default")  # internet egress
     host = cluster.host
+    record = SandboxRecord.load(cluster.runner.state_dir / "backend" / "sandboxes" / sandbox_id)
+    assert record.lease is not None
+    mark = f'"sandboxd:{record.lease.tag}"'  # the comment of its network's hooks
     with _host_service(cluster):
-        hooks_before = [line for line in _ours(host.netns).elements() if '"sandboxd:' in line]
-        assert hooks_before, "the sandbox has no hooks"
+        hooks_before = [line for line in _ours(host.netns).elements() if mark in line]
+        assert len(hooks_before) == 5, hooks_before  # INPUT log and drop, FORWARD twice, nat
         _reload(host.netns)
         cluster.runner.kill()  # SIGKILL, within the watch's wait for quiet
         cluster.runner.start()
         cluster.wait_health(True, RECOVERY)
 
         def hooks_back() -> bool:
-            now = [line for line in _ours(host.netns).elements() if '"sandboxd:' in line]
+            now = [line for line in _ours(host.netns).elements() if mark in line]
             return collections.Counter(now) == collections.Counter(hooks_before)
 
         wait_until("every hook back, once", hooks_back, 10)
