@@ -21,6 +21,9 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+# Before grpc: the transport the client and the server choose (cwsandbox/_grpc_transport.py),
+# so that the floor runs on the same one as the platform.
+import cwsandbox  # noqa: F401  # isort: skip
 import grpc
 import grpc.aio
 

@@ -41,6 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+# The client first, as a program using it imports it: it picks gRPC's transport before
+# gRPC starts (cwsandbox/_grpc_transport.py).
+import cwsandbox  # noqa: F401  # isort: skip
 import grpc_floor
 
 from tests.support.processes import all_in_one

@@ -13,8 +13,10 @@ The control plane is found through ``CWSANDBOX_BASE_URL`` (default
 
 from __future__ import annotations
 
-# First: it sets gRPC's fork default before anything imports grpc (see the module).
+# First: they set gRPC's fork default and its transport before anything imports grpc (see
+# the modules).
 from cwsandbox import _fork_guard  # noqa: F401  # isort: skip
+from cwsandbox import _grpc_transport  # noqa: F401  # isort: skip
 from cwsandbox._attachments import FileSystemSnapshotOptions, Secret
 from cwsandbox._defaults import SandboxDefaults
 from cwsandbox._discovery import get_profile, get_runner, list_profiles, list_runners

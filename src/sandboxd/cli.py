@@ -12,6 +12,9 @@ import os
 # gRPC's C core reads this when it is first imported; keep its INFO chatter off our stderr.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+# The client's choice of gRPC's transport (measured there), before anything imports grpc.
+from cwsandbox import _grpc_transport  # noqa: F401  # isort: skip
+
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
