@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -356,7 +355,7 @@ def test_a_cancelled_set_up_waits_for_its_namespace_thread_and_leaves_nothing(
         assert net.claims() == {} and net.netns_fd(lease) is None
         assert not link_exists(lease.host_if)
         deadline = time.monotonic() + 10  # its threads end right after their answer
-        while [t for t in threading.enumerate() if t.name == network_namespace.THREAD_NAME]:
+        while network_namespace.running_threads():
             assert time.monotonic() < deadline, "a network thread did not end"
             await asyncio.sleep(0.01)
 
