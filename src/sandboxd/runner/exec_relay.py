@@ -167,11 +167,25 @@ async def _relay(call: OperateCall, session: ExecSession, stream_id: str, stdin_
             await call.done_writing()
             # The control plane ends the call once it has the exit frame.
             async with asyncio.timeout(END_OF_CALL_TIMEOUT):
-                await asyncio.shield(inputs)
+                await inputs  # cancelled at the timeout, as below anyway
     finally:
-        for task in (output, inputs):
-            task.cancel()
-        await asyncio.gather(output, inputs, return_exceptions=True)
+        await _end(output, inputs)
+
+
+async def _end(*tasks: asyncio.Task[None]) -> None:
+    """Cancel ``tasks`` and wait for those not over yet; retrieve every outcome.
+
+    Why not one ``gather``: it waits a turn of the event loop for each task, also for those
+    already over, which on an exec of ``true`` are both.
+    """
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: never logged as "never retrieved"
 
 
 async def _pump_output(call: OperateCall, session: ExecSession) -> None:

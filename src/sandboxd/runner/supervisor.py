@@ -178,10 +178,19 @@ class SandboxSupervisor(SandboxTable):
         A stream id seen before is refused: the control plane binds an operation again on
         the runner's next connection when the stream it first used died before the runner
         answered, and the first may have arrived after all. Running it twice is never right.
-        It runs in a task of the supervisor's, so :meth:`close` ends it (and kills an exec).
+        It runs in the caller's task (``operations.OperationPool``'s, one per bound call), which
+        the supervisor holds meanwhile, so :meth:`close` ends it (and kills an exec). Why not a
+        task of its own, as commands get: the caller only waits for it, and a task more cost
+        each exec three more turns of the event loop.
         """
-        kind = first.WhichOneof("frame")
-        await self._spawn(self._operate(first, call), f"operation-{kind}")
+        task = asyncio.current_task()  # an Operate call's
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._operate(first, call)  # its failure is the caller's to log
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _operate(self, first: runner_pb2.OperationDown, call: OperateCall) -> None:
         kind = first.WhichOneof("frame")

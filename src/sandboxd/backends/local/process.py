@@ -241,9 +241,8 @@ class LocalExecSession(ExecSession):
                 return chunk
             if not self._outputs and self._exited:
                 raise StopAsyncIteration
-            if not self._outputs:
-                await asyncio.shield(self._exit)
-                continue
+            # Output to come, or (every pipe at its end) the exit code: :meth:`finish` wakes
+            # this too, one turn of the event loop sooner than a shield of ``_exit`` would.
             self._wakeup = self._loop.create_future()
             await self._wakeup
 
@@ -302,6 +301,8 @@ class LocalExecSession(ExecSession):
             self._sock.close()
         if not self._exit.done():
             self._exit.set_result(KILLED_WITH_SANDBOX)
+        self._exited = True
+        self._notify()  # a reader waiting for output or the exit code: the stream is over
 
 
 async def open_exec(
