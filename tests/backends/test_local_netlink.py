@@ -36,10 +36,12 @@ def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_
     the runner's thread never left its namespace; removal is idempotent."""
     out = _in_own_netns(
         """
-        import asyncio, os, subprocess, threading, time
+        import asyncio, os, subprocess, time
         from sandboxd.backends.local import netlink
         from sandboxd.backends.local.network import NetworkError
-        from sandboxd.backends.local.network_namespace import VethPlan, new_network_namespace
+        from sandboxd.backends.local.network_namespace import (
+            VethPlan, new_network_namespace, running_threads,
+        )
 
         def ip(*argv, ns=None):
             enter = ["nsenter", f"--net=/proc/self/fd/{ns}"] if ns is not None else []
@@ -78,7 +80,7 @@ def test_the_namespace_thread_builds_the_network_and_leaves_the_runner_where_it_
         else:
             raise AssertionError("a second veth of the same name was made")
         deadline = time.monotonic() + 10  # its threads end right after their answer
-        while [t for t in threading.enumerate() if t.name == "sandboxd-netns"]:
+        while running_threads():
             assert time.monotonic() < deadline, "a network thread did not end"
             time.sleep(0.01)
 
