@@ -387,3 +387,53 @@ def test_waiting_on_a_socket_watches_its_number_and_lets_go_of_it() -> None:
             assert left.fileno() not in loop._selector.get_map()  # type: ignore[attr-defined]
 
     asyncio.run(body())
+
+
+def test_an_exec_sessions_reader_ends_at_the_exit_and_when_the_session_is_closed() -> None:
+    """A reader whose pipes have all ended waits for the exit code, and ends when it comes,
+    or when the session is closed without one (the relay closes it after the client went
+    away). Before 39e107e a reader left waiting at a close spun on the finished exit future
+    and held the event loop for good."""
+    from sandboxd.backends.local import process
+
+    async def session_with_ended_pipes() -> tuple[process.LocalExecSession, socket.socket]:
+        agent, runner = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runner.setblocking(False)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        os.write(out_w, b"said")
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+        session = process.LocalExecSession(
+            runner, stdin=in_w, outputs={out_r: "stdout", err_r: "stderr"}, tty=False
+        )
+        return session, agent
+
+    async def read_all(session: process.LocalExecSession) -> list[bytes]:
+        return [chunk.data async for chunk in session]
+
+    async def body() -> None:
+        session, agent = await session_with_ended_pipes()
+        with agent:
+            reader = asyncio.ensure_future(read_all(session))
+            await asyncio.sleep(0.05)  # both pipes read to their end; the exit is to come
+            assert not reader.done()
+            protocol.send(agent, {"exit": 3}, [])
+            assert await asyncio.wait_for(reader, 5) == [b"said"]
+            assert await session.wait() == 3
+            await session.close()
+
+        session, agent = await session_with_ended_pipes()
+        with agent:
+            reader = asyncio.ensure_future(read_all(session))
+            await asyncio.sleep(0.05)
+            assert not reader.done()
+            # The agent never answers the kill that close() sends first: close() gives up
+            # after its 5 s and ends the session without an exit code.
+            await asyncio.wait_for(session.close(), 15)
+            assert await asyncio.wait_for(reader, 5) == [b"said"]
+            assert await session.wait() == process.KILLED_WITH_SANDBOX
+            assert protocol.recv(agent)[0] == {"signal": 9}  # the kill it was asked for
+
+    asyncio.run(body())
