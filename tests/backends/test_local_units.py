@@ -392,8 +392,9 @@ def test_waiting_on_a_socket_watches_its_number_and_lets_go_of_it() -> None:
 def test_an_exec_sessions_reader_ends_at_the_exit_and_when_the_session_is_closed() -> None:
     """A reader whose pipes have all ended waits for the exit code, and ends when it comes,
     or when the session is closed without one (the relay closes it after the client went
-    away). Before 39e107e a reader left waiting at a close spun on the finished exit future
-    and held the event loop for good."""
+    away). Before 39e107e a reader still waiting at such a close spun on the finished exit
+    future and held the event loop for good (the relay cancels its reader before it closes,
+    so no caller did)."""
     from sandboxd.backends.local import process
 
     async def session_with_ended_pipes() -> tuple[process.LocalExecSession, socket.socket]:
