@@ -26,7 +26,14 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "EXPERIMENTS_ENV", "TESTED_RELEASES", "choose_transport", "grpc_release"]
+__all__ = [
+    "EXPERIMENTS",
+    "EXPERIMENTS_ENV",
+    "TESTED_RELEASES",
+    "choose_transport",
+    "grpc_release",
+    "tested",
+]
 
 EXPERIMENTS_ENV = "GRPC_EXPERIMENTS"
 EXPERIMENTS = "-event_engine_client,-event_engine_listener"
@@ -54,13 +61,15 @@ def grpc_release() -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+def tested(release: tuple[int, int] | None) -> bool:
+    """Whether ``release`` (``major, minor``; None: unknown) is one the choice applies to."""
+    first, end = TESTED_RELEASES
+    return release is not None and first <= release < end
+
+
 def choose_transport() -> None:
     """Set :data:`EXPERIMENTS` unless the process chose its own, on a tested release."""
-    if EXPERIMENTS_ENV in os.environ:
-        return
-    release = grpc_release()
-    first, end = TESTED_RELEASES
-    if release is not None and first <= release < end:
+    if EXPERIMENTS_ENV not in os.environ and tested(grpc_release()):
         os.environ[EXPERIMENTS_ENV] = EXPERIMENTS
 
 

@@ -48,9 +48,7 @@ def _fresh(code: str, *args: str, env: dict[str, str] | None = None) -> list[str
 
 
 def _applies() -> bool:
-    release = _grpc_transport.grpc_release()
-    first, end = _grpc_transport.TESTED_RELEASES
-    return release is not None and first <= release < end
+    return _grpc_transport.tested(_grpc_transport.grpc_release())
 
 
 def test_the_installed_grpc_release_is_read_without_importing_it() -> None:
